@@ -1,0 +1,23 @@
+# The entrypoint: data.portcullis.decision (opa build -t wasm -e portcullis/decision).
+#
+#   {"allow": bool, "deny": [{"rule","message"}], "warn": [{"rule","message"}],
+#    "scope": "<scope name>" | null, "mode": "enforce" | "warn" | "dry-run"}
+#
+# allow is true exactly when deny is empty. The policy never relaxes allow for the warn or dry-run modes: the
+# proxy applies the mode (warn: allow and report; dry-run: allow and only log).
+package portcullis
+
+deny_set := violations - excepted
+
+warn_set := warnings | excepted_warnings
+
+# Deterministic order: by rule id, then message.
+entries(s) := [{"rule": t[0], "message": t[1]} | some t in sort([[x.rule, x.message] | some x in s])]
+
+decision := {
+	"allow": count(deny_set) == 0,
+	"deny": entries(deny_set),
+	"warn": entries(warn_set),
+	"scope": scope_name,
+	"mode": mode,
+}

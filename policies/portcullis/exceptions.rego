@@ -1,0 +1,39 @@
+# Exceptions: config.exceptions turn deny entries into warn entries.
+#
+# An exception applies to the image when one of its `images` globs matches "<registry>/<repository>" or one of
+# its `digests` equals image.digest, and it is unexpired (`expires` is required, RFC3339, later than input.now).
+# It covers the deny entries whose rule id matches one of its `rules` globs (default ["*"] = every rule).
+# When several exceptions cover an entry, the first one in config order is named in the message.
+package portcullis
+
+exceptions := [e | some e in object.get(cfg, "exceptions", []); is_object(e)]
+
+exception_matches_image(e) if glob_any(object.get(e, "images", []), image_ref)
+
+exception_matches_image(e) if {
+	is_string(img.digest)
+	some d in object.get(e, "digests", [])
+	d == img.digest
+}
+
+active_exceptions contains i if {
+	some i, e in exceptions
+	unexpired(e)
+	exception_matches_image(e)
+}
+
+exception_for(rule) := min({i | some i in active_exceptions; glob_any(object.get(exceptions[i], "rules", ["*"]), rule)})
+
+excepted contains v if {
+	some v in violations
+	exception_for(v.rule)
+}
+
+excepted_warnings contains {"rule": v.rule, "message": msg} if {
+	some v in excepted
+	e := exceptions[exception_for(v.rule)]
+	msg := concat("", [
+		v.message, " (excepted by ", object.get(e, "owner", "<unknown>"), " until ", e.expires, ": ",
+		object.get(e, "reason", "no reason given"), ")",
+	])
+}

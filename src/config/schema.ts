@@ -1,0 +1,150 @@
+/**
+ * The configuration file's shape. zod validates it and gives every error a field path, which load.ts prefixes with
+ * the file name. Defaults live here, so the rest of the code reads a fully populated, typed object.
+ */
+import { z } from 'zod';
+
+const duration = z
+  .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h, 7d')])
+  .transform((v) => (typeof v === 'number' ? v * 1000 : parseDuration(v)));
+
+const size = z
+  .union([z.number().int().nonnegative(), z.string().regex(/^\d+(B|KiB|MiB|GiB|TiB)$/, 'expected a size such as 512MiB or 20GiB')])
+  .transform((v) => (typeof v === 'number' ? v : parseSize(v)));
+
+export function parseDuration(s: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)$/.exec(s);
+  if (!m) throw new Error(`bad duration ${s}`);
+  const n = Number(m[1]);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
+  return n * unit;
+}
+
+export function parseSize(s: string): number {
+  const m = /^(\d+)(B|KiB|MiB|GiB|TiB)$/.exec(s);
+  if (!m) throw new Error(`bad size ${s}`);
+  const exp = { B: 0, KiB: 1, MiB: 2, GiB: 3, TiB: 4 }[m[2] as 'B' | 'KiB' | 'MiB' | 'GiB' | 'TiB'];
+  return Number(m[1]) * 1024 ** exp;
+}
+
+/** A registry host as it appears in image references: `docker.io`, `ghcr.io`, `127.0.0.1:5001`. */
+const hostName = z
+  .string()
+  .regex(/^[a-zA-Z0-9.-]+(:\d{1,5})?$/, 'expected a registry host such as ghcr.io or 127.0.0.1:5001')
+  .transform((h) => h.toLowerCase());
+
+/** Secrets never sit inline in the file: they come from an environment variable or a file. */
+const secretRef = z
+  .object({ env: z.string().min(1).optional(), file: z.string().min(1).optional() })
+  .strict()
+  .refine((s) => (s.env === undefined) !== (s.file === undefined), 'give exactly one of env or file');
+
+const credentials = z
+  .object({
+    username: z.string().min(1).optional(),
+    usernameFrom: secretRef.optional(),
+    password: secretRef,
+  })
+  .strict()
+  .refine((c) => (c.username === undefined) !== (c.usernameFrom === undefined), 'give exactly one of username or usernameFrom');
+
+const upstream = z
+  .object({
+    name: z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, 'lowercase letters, digits, - and _'),
+    /** The registry host clients name in image references; routing matches ns and path prefixes against it. */
+    registry: hostName,
+    url: z.url({ protocol: /^https?$/ }).transform((u) => u.replace(/\/+$/, '')),
+    aliases: z.array(hostName).default([]),
+    credentials: credentials.optional(),
+    /** PEM CA bundle to trust for this upstream, for private registries. */
+    ca: z.string().optional(),
+    /** Only for tests and labs: skip TLS verification. */
+    insecure: z.boolean().default(false),
+    timeouts: z
+      .object({ connect: duration.default(10_000), headers: duration.default(30_000), body: duration.default(300_000) })
+      .strict()
+      .default({ connect: 10_000, headers: 30_000, body: 300_000 }),
+    /** Upper bound on concurrent requests to this upstream; queued beyond it. */
+    concurrency: z.number().int().positive().default(64),
+    retries: z.number().int().min(0).max(10).default(3),
+    /** Docker Hub's rule: single-component names live under library/. */
+    libraryPrefix: z.boolean().optional(),
+  })
+  .strict();
+
+const tls = z
+  .object({ cert: z.string(), key: z.string(), clientCA: z.string().optional() })
+  .strict();
+
+const cache = z
+  .object({
+    maxSize: size.default(20 * 1024 ** 3),
+    /** How long a tag→digest mapping is trusted before it is revalidated with a HEAD upstream. */
+    tagTTL: duration.default(60_000),
+    /** How long past its TTL a tag mapping may still be served while the upstream is unreachable. */
+    staleIfError: duration.default(86_400_000),
+  })
+  .strict();
+
+const limits = z
+  .object({
+    maxManifestSize: size.default(4 * 1024 * 1024),
+    maxHeaderSize: size.default(16 * 1024),
+    requestTimeout: duration.default(600_000),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    listen: z
+      .string()
+      .regex(/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/, 'expected host:port')
+      .default('127.0.0.1:5000'),
+    tls: tls.optional(),
+    dataDir: z.string().default('./data'),
+    cache: cache.default({ maxSize: 20 * 1024 ** 3, tagTTL: 60_000, staleIfError: 86_400_000 }),
+    limits: limits.default({ maxManifestSize: 4 * 1024 * 1024, maxHeaderSize: 16 * 1024, requestTimeout: 600_000 }),
+    upstreams: z.array(upstream).min(1, 'configure at least one upstream'),
+    /** Upstream name used when a request names no registry (Docker's registry-mirrors sends plain paths). */
+    defaultUpstream: z.string().optional(),
+    gate: z
+      .object({
+        /** How long an allow is reused before the policy runs again for the same digest. */
+        allowTTL: duration.default(600_000),
+        /** Denies expire sooner, so that a fix (a new signature, a scan) takes effect quickly. */
+        denyTTL: duration.default(30_000),
+        /** How long an admitted image's children and blobs stay fetchable without a new root decision. */
+        closureTTL: duration.default(3_600_000),
+      })
+      .strict()
+      .default({ allowTTL: 600_000, denyTTL: 30_000, closureTTL: 3_600_000 }),
+    log: z
+      .object({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') })
+      .strict()
+      .default({ level: 'info' }),
+    /** Graceful shutdown: how long in-flight downloads may run after SIGTERM before they are discarded. */
+    shutdownGrace: duration.default(30_000),
+  })
+  .strict()
+  .superRefine((cfg, ctx) => {
+    const seen = new Map<string, string>();
+    cfg.upstreams.forEach((u, i) => {
+      for (const host of [u.registry, ...u.aliases]) {
+        const other = seen.get(host);
+        if (other) ctx.addIssue({ code: 'custom', path: ['upstreams', i, 'registry'], message: `host ${host} is already served by upstream "${other}"` });
+        seen.set(host, u.name);
+      }
+    });
+    const names = new Set<string>();
+    cfg.upstreams.forEach((u, i) => {
+      if (names.has(u.name)) ctx.addIssue({ code: 'custom', path: ['upstreams', i, 'name'], message: `duplicate upstream name "${u.name}"` });
+      names.add(u.name);
+    });
+    if (cfg.defaultUpstream !== undefined && !names.has(cfg.defaultUpstream)) {
+      ctx.addIssue({ code: 'custom', path: ['defaultUpstream'], message: `no upstream named "${cfg.defaultUpstream}"` });
+    }
+  });
+
+export type Config = z.output<typeof configSchema>;
+export type UpstreamConfig = Config['upstreams'][number];
+export type SecretRef = z.output<typeof secretRef>;

@@ -1,0 +1,189 @@
+/**
+ * The admission gate (DESIGN §1). A root manifest, asked for by tag or by a digest that no admitted closure holds,
+ * gets a policy decision; on admission the gate records the root's closure (child manifests, config, layers) so
+ * that those, and only those, can then be fetched by digest in the same repository. Everything else by digest is
+ * refused, which is what closes the by-digest bypass.
+ *
+ * Fail closed: an exception anywhere in evidence or policy evaluation becomes a deny whose message carries it.
+ */
+import { randomUUID } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { MetaStore, ClosureMember } from '../cache/metastore.js';
+import type { Manifest } from '../proxy/manifests.js';
+import type { Digest } from '../routing/reference.js';
+import type { Route } from '../routing/route.js';
+import type { Admission, Decider, PolicyInput, PolicyResult, ScanProvider, SignatureProvider, Violation } from './types.js';
+
+export interface GateOptions {
+  allowTTL: number;
+  denyTTL: number;
+  /** How long an admitted closure lets its members through without a new root decision. */
+  closureTTL: number;
+}
+
+export interface RootRequest {
+  route: Route;
+  method: 'GET' | 'HEAD';
+  tag: string | null;
+  manifest: Manifest;
+  kind: 'manifest' | 'accessory';
+  client: { ip: string; user: string | null; userAgent: string | null };
+}
+
+/** Observers get every decision for logging and metrics; they must not throw. */
+export interface DecisionObserver {
+  onDecision(event: { admission: Admission; input: PolicyInput; result: PolicyResult | undefined; revision: string; evalMs: number; route: Route }): void;
+}
+
+const notConfiguredSignatures: SignatureProvider = {
+  trustRevision: 'none',
+  signatures: () => Promise.resolve({ signatures: { status: 'not_configured', verified: [], rejected: [] }, attestations: [] }),
+};
+const notConfiguredScan: ScanProvider = { scan: () => Promise.resolve({ status: 'not_configured' }) };
+
+export class Gate {
+  private readonly decisions: LRUCache<string, { admission: Admission; expiresAt: number }>;
+  private readonly flights = new Map<string, Promise<Admission>>();
+
+  constructor(
+    private decider: Decider,
+    private readonly meta: MetaStore,
+    private readonly opts: GateOptions,
+    private readonly signatures: SignatureProvider = notConfiguredSignatures,
+    private readonly scan: ScanProvider = notConfiguredScan,
+    private readonly observers: DecisionObserver[] = [],
+    private readonly now: () => number = Date.now,
+  ) {
+    this.decisions = new LRUCache({ max: 50_000 });
+  }
+
+  get policyRevision(): string {
+    return this.decider.revision;
+  }
+
+  /** Swaps the policy (hot reload). Cached decisions are keyed by revision, so they lapse on their own. */
+  setDecider(d: Decider): void {
+    this.decider = d;
+  }
+
+  /** Decides for a root manifest; concurrent identical requests share one evaluation. */
+  async admitRoot(req: RootRequest): Promise<Admission> {
+    const key = [req.route.upstream.name, req.route.repository, req.manifest.digest, req.tag ?? '', req.kind, this.decider.revision, this.signatures.trustRevision].join('\n');
+    const hit = this.decisions.get(key);
+    if (hit && hit.expiresAt > this.now()) {
+      // The closure may have lapsed (TTLs differ, restarts); re-record it so members stay reachable.
+      if (hit.admission.serve) this.recordClosure(req.route, req.manifest);
+      return { ...hit.admission, cached: true };
+    }
+    let p = this.flights.get(key);
+    if (!p) {
+      p = this.decide(req).then((admission) => {
+        const ttl = admission.outcome === 'allow' ? this.opts.allowTTL : this.opts.denyTTL;
+        this.decisions.set(key, { admission, expiresAt: this.now() + ttl });
+        return admission;
+      });
+      p.finally(() => this.flights.delete(key)).catch(() => {});
+      this.flights.set(key, p);
+    }
+    return p;
+  }
+
+  private async decide(req: RootRequest): Promise<Admission> {
+    const decisionId = randomUUID();
+    const input = await this.buildInput(req);
+    const started = performance.now();
+    let result: PolicyResult | undefined;
+    let admission: Admission;
+    try {
+      result = await this.decider.evaluate(input);
+      admission = toAdmission(decisionId, result);
+    } catch (e) {
+      const reason = e instanceof Error ? e.message : String(e);
+      const v: Violation = { rule: 'policy.error', message: `policy evaluation failed: ${reason}` };
+      admission = { decisionId, serve: false, outcome: 'deny', message: v.message, violations: [v], warnings: [], mode: 'enforce', cached: false };
+    }
+    const evalMs = performance.now() - started;
+    if (admission.serve) this.recordClosure(req.route, req.manifest);
+    else this.meta.dropClosure(req.route.upstream.name, req.route.repository, req.manifest.digest);
+    for (const o of this.observers) {
+      try {
+        o.onDecision({ admission, input, result, revision: this.decider.revision, evalMs, route: req.route });
+      } catch {
+        // Logging must never change a decision.
+      }
+    }
+    return admission;
+  }
+
+  private async buildInput(req: RootRequest): Promise<PolicyInput> {
+    const { route, manifest } = req;
+    const ctx = { upstream: route.upstream.name, registry: route.registry, repository: route.repository, digest: manifest.digest, mediaType: manifest.mediaType };
+    const [sig, scan] = await Promise.all([
+      this.signatures.signatures(ctx).catch((e: unknown) => ({
+        signatures: { status: 'error' as const, verified: [], rejected: [{ reason: `signature check failed: ${String(e)}` }] },
+        attestations: [],
+      })),
+      this.scan.scan(ctx).catch(() => ({ status: 'error' as const })),
+    ]);
+    const platforms = manifest.parsed.manifests
+      .map((d) => d.platform)
+      .filter((p): p is NonNullable<typeof p> => p !== undefined && typeof p.os === 'string')
+      .map((p) => [p.os, p.architecture, p.variant].filter(Boolean).join('/'));
+    return {
+      version: 1,
+      now: new Date(this.now()).toISOString(),
+      request: {
+        kind: req.kind,
+        method: req.method,
+        client: { ip: req.client.ip, user: req.client.user, user_agent: req.client.userAgent },
+        routing: route.routing,
+      },
+      image: {
+        registry: route.registry,
+        repository: route.repository,
+        tag: req.tag,
+        digest: manifest.digest,
+        media_type: manifest.mediaType,
+        platforms,
+        labels: manifest.parsed.annotations ?? {},
+        created: manifest.parsed.annotations?.['org.opencontainers.image.created'] ?? null,
+      },
+      upstream: { name: route.upstream.name, url: route.upstream.url },
+      signatures: sig.signatures,
+      attestations: sig.attestations,
+      scan,
+    };
+  }
+
+  private recordClosure(route: Route, m: Manifest): void {
+    const members: ClosureMember[] = [{ digest: m.digest, kind: 'manifest' }];
+    for (const d of m.parsed.manifests) members.push({ digest: d.digest, kind: 'manifest' });
+    for (const d of m.parsed.blobs) members.push({ digest: d.digest, kind: 'blob' });
+    this.meta.putClosure(route.upstream.name, route.repository, m.digest, members, this.now() + this.opts.closureTTL);
+  }
+
+  /** The admitted root whose closure holds this digest in this repository. */
+  rootOf(route: Route, digest: Digest): Digest | undefined {
+    return this.meta.closureRootOf(route.upstream.name, route.repository, digest, this.now())?.root;
+  }
+
+  /** A child manifest of an admitted root was served: its own config and layers join the root's closure. */
+  extendClosure(route: Route, root: Digest, child: Manifest): void {
+    const members: ClosureMember[] = [
+      ...child.parsed.manifests.map((d) => ({ digest: d.digest, kind: 'manifest' as const })),
+      ...child.parsed.blobs.map((d) => ({ digest: d.digest, kind: 'blob' as const })),
+    ];
+    if (members.length) this.meta.putClosure(route.upstream.name, route.repository, root, members, this.now() + this.opts.closureTTL);
+  }
+}
+
+function toAdmission(decisionId: string, r: PolicyResult): Admission {
+  const violations = r.deny;
+  const denied = !r.allow || violations.length > 0;
+  const base = { decisionId, violations, warnings: r.warn, mode: r.mode, cached: false };
+  if (!denied) return { ...base, serve: true, outcome: 'allow', message: r.warn.map((w) => w.message).join('; ') };
+  const message = violations.length ? violations.map((v) => `${v.message} [${v.rule}]`).join('; ') : 'denied by policy';
+  if (r.mode === 'warn') return { ...base, serve: true, outcome: 'warn', message };
+  if (r.mode === 'dry-run') return { ...base, serve: true, outcome: 'dry-run-deny', message };
+  return { ...base, serve: false, outcome: 'deny', message };
+}

@@ -1,0 +1,124 @@
+/**
+ * Every Prometheus metric the proxy exports, defined in one place so that the names and labels stay consistent
+ * and the README's table can be checked against a single file. Each server instance owns its own registry, which
+ * keeps tests that start several proxies in one process independent.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly requests = new Counter({
+    name: 'portcullis_http_requests_total',
+    help: 'Client requests by route kind, method and status',
+    labelNames: ['kind', 'method', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly requestDuration = new Histogram({
+    name: 'portcullis_http_request_duration_seconds',
+    help: 'Time to first response byte for client requests, by route kind',
+    labelNames: ['kind', 'method'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly upstreamRequests = new Counter({
+    name: 'portcullis_upstream_requests_total',
+    help: 'Requests sent to upstream registries, by upstream, kind, method and status (error = no response)',
+    labelNames: ['upstream', 'kind', 'method', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamDuration = new Histogram({
+    name: 'portcullis_upstream_request_duration_seconds',
+    help: 'Upstream response header latency',
+    labelNames: ['upstream', 'kind'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  });
+  readonly upstreamRetries = new Counter({
+    name: 'portcullis_upstream_retries_total',
+    help: 'Upstream requests retried after a connection error or 5xx',
+    labelNames: ['upstream', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamInflight = new Gauge({
+    name: 'portcullis_upstream_inflight',
+    help: 'Upstream requests holding a concurrency slot',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamRateLimitRemaining = new Gauge({
+    name: 'portcullis_upstream_ratelimit_remaining',
+    help: 'Last ratelimit-remaining header seen from the upstream (Docker Hub pull quota)',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  });
+  readonly tokenFetches = new Counter({
+    name: 'portcullis_upstream_token_fetches_total',
+    help: 'Bearer token requests to upstream token realms',
+    labelNames: ['upstream', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly cacheHits = new Counter({
+    name: 'portcullis_cache_requests_total',
+    help: 'Cache lookups by kind (blob, manifest, tag) and result (hit, miss, stale, join)',
+    labelNames: ['kind', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly cacheBytes = new Gauge({
+    name: 'portcullis_cache_bytes',
+    help: 'Bytes held in the content cache',
+    registers: [this.registry],
+  });
+  readonly cacheEntries = new Gauge({
+    name: 'portcullis_cache_entries',
+    help: 'Entries held in the content cache',
+    registers: [this.registry],
+  });
+  readonly cacheEvictions = new Counter({
+    name: 'portcullis_cache_evictions_total',
+    help: 'Entries evicted to stay under the cache size limit',
+    registers: [this.registry],
+  });
+  readonly bytesServed = new Counter({
+    name: 'portcullis_served_bytes_total',
+    help: 'Bytes sent to clients, by source (cache or upstream stream-through)',
+    labelNames: ['source'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamBytes = new Counter({
+    name: 'portcullis_upstream_bytes_total',
+    help: 'Blob bytes read from upstreams',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  });
+  readonly singleflightWaiters = new Counter({
+    name: 'portcullis_singleflight_joins_total',
+    help: 'Requests that joined a download already in progress instead of fetching again',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly digestMismatches = new Counter({
+    name: 'portcullis_digest_mismatches_total',
+    help: 'Upstream content whose bytes did not hash to the expected digest (discarded)',
+    labelNames: ['upstream', 'kind'] as const,
+    registers: [this.registry],
+  });
+  private activeDownloads: () => number = () => 0;
+  readonly downloadsInflight = new Gauge({
+    name: 'portcullis_blob_downloads_inflight',
+    help: 'Blob downloads from upstreams in progress',
+    registers: [this.registry],
+    collect: () => {
+      this.downloadsInflight.set(this.activeDownloads());
+    },
+  });
+
+  /** The gauge reads the live count at scrape time rather than being updated on every download. */
+  trackDownloads(count: () => number): void {
+    this.activeDownloads = count;
+  }
+
+  constructor(opts: { defaultMetrics?: boolean } = {}) {
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'portcullis_' });
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * Reads an OPA bundle (tar.gz from `opa build -t wasm`): `/policy.wasm`, `/data.json` and `/.manifest`. The bundle
+ * is fully validated before anything uses it, so a broken file can be rejected while the last good one stays.
+ */
+import { createHash } from 'node:crypto';
+import { gunzipSync } from 'node:zlib';
+import { Readable } from 'node:stream';
+import { extract } from 'tar-stream';
+
+export interface PolicyBundle {
+  wasm: Buffer;
+  data: Record<string, unknown>;
+  manifest: { revision: string; roots?: string[]; wasm?: Array<{ entrypoint: string; module: string }> };
+  /** The manifest's revision, or a content hash when it has none. */
+  revision: string;
+}
+
+const MAX_BUNDLE = 64 * 1024 * 1024;
+
+export class BundleError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'BundleError';
+  }
+}
+
+export async function readBundle(gz: Buffer): Promise<PolicyBundle> {
+  if (gz.length > MAX_BUNDLE) throw new BundleError(`bundle is ${gz.length} bytes, over the ${MAX_BUNDLE}-byte limit`);
+  let tar: Buffer;
+  try {
+    tar = gunzipSync(gz, { maxOutputLength: MAX_BUNDLE * 4 });
+  } catch (e) {
+    throw new BundleError(`not a gzip file: ${(e as Error).message}`);
+  }
+  const files = new Map<string, Buffer>();
+  const ex = extract();
+  const done = new Promise<void>((resolve, reject) => {
+    ex.on('entry', (header, stream, next) => {
+      const chunks: Buffer[] = [];
+      stream.on('data', (c: unknown) => chunks.push(c as Buffer));
+      stream.on('end', () => {
+        if (header.type === 'file') files.set(`/${header.name.replace(/^\/+/, '')}`, Buffer.concat(chunks));
+        next();
+      });
+      stream.on('error', reject);
+    });
+    ex.on('finish', resolve);
+    ex.on('error', (e: Error) => reject(new BundleError(`not a tar archive: ${e.message}`)));
+  });
+  Readable.from([tar]).pipe(ex);
+  await done;
+  const wasm = files.get('/policy.wasm');
+  if (!wasm) throw new BundleError('bundle has no /policy.wasm (build it with `opa build -t wasm`)');
+  let data: Record<string, unknown> = {};
+  const dataJson = files.get('/data.json');
+  if (dataJson) {
+    try {
+      data = JSON.parse(dataJson.toString('utf8')) as Record<string, unknown>;
+    } catch (e) {
+      throw new BundleError(`/data.json is not JSON: ${(e as Error).message}`);
+    }
+  }
+  let manifest: PolicyBundle['manifest'] = { revision: '' };
+  const m = files.get('/.manifest');
+  if (m) {
+    try {
+      manifest = JSON.parse(m.toString('utf8')) as PolicyBundle['manifest'];
+    } catch (e) {
+      throw new BundleError(`/.manifest is not JSON: ${(e as Error).message}`);
+    }
+  }
+  const revision = manifest.revision || `sha256:${createHash('sha256').update(wasm).digest('hex').slice(0, 16)}`;
+  return { wasm, data, manifest, revision };
+}

@@ -1,0 +1,79 @@
+/**
+ * The in-process decider: a Rego policy compiled to WASM, evaluated with @open-policy-agent/opa-wasm.
+ *
+ * Builtins that the WASM module does not carry are supplied here (only `time.parse_rfc3339_ns`; the bundle is
+ * built against policies/capabilities.json, so the policy cannot call anything else). The time comes from the
+ * input, never from a clock builtin, so decisions are reproducible.
+ */
+import { loadPolicy, type LoadedPolicy } from '@open-policy-agent/opa-wasm';
+import type { Decider, PolicyInput, PolicyResult, Violation } from '../gate/types.js';
+import type { PolicyBundle } from './bundle.js';
+
+export const ENTRYPOINT = 'portcullis/decision';
+
+const customBuiltins = {
+  'time.parse_rfc3339_ns': (s: unknown): number => {
+    if (typeof s !== 'string') throw new Error('time.parse_rfc3339_ns: expected a string');
+    const ms = Date.parse(s);
+    if (!Number.isFinite(ms)) throw new Error(`time.parse_rfc3339_ns: invalid time "${s.slice(0, 40)}"`);
+    return ms * 1e6;
+  },
+};
+
+export class WasmDecider implements Decider {
+  private constructor(
+    private readonly policy: LoadedPolicy,
+    readonly revision: string,
+  ) {}
+
+  /**
+   * @param config operator settings, injected as data.portcullis.config (overriding any the bundle carries)
+   */
+  static async create(bundle: PolicyBundle, config: Record<string, unknown>): Promise<WasmDecider> {
+    const policy = await loadPolicy(bundle.wasm, undefined, customBuiltins);
+    if (!(ENTRYPOINT in (policy.entrypoints as Record<string, number>))) {
+      throw new Error(`bundle has no entrypoint ${ENTRYPOINT} (has: ${Object.keys(policy.entrypoints as object).join(', ') || 'none'})`);
+    }
+    const data = structuredClone(bundle.data);
+    const portcullis = (typeof data.portcullis === 'object' && data.portcullis !== null ? data.portcullis : {}) as Record<string, unknown>;
+    portcullis.config = config;
+    data.portcullis = portcullis;
+    policy.setData(data);
+    const d = new WasmDecider(policy, bundle.revision);
+    return d;
+  }
+
+  evaluate(input: PolicyInput): Promise<PolicyResult> {
+    // The SDK throws strings for aborts and objects for missing builtins; normalise to Error for the gate.
+    let rs: unknown;
+    try {
+      rs = this.policy.evaluate(input, ENTRYPOINT);
+    } catch (e) {
+      return Promise.reject(new Error(typeof e === 'string' ? e : e instanceof Error ? e.message : JSON.stringify(e)));
+    }
+    try {
+      return Promise.resolve(parseResult(rs));
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+  }
+}
+
+/** Validates the policy's output shape; anything unexpected is an error, which the gate turns into a deny. */
+export function parseResult(rs: unknown): PolicyResult {
+  const value = Array.isArray(rs) ? (rs[0] as { result?: unknown } | undefined)?.result : (rs as { result?: unknown } | undefined)?.result;
+  if (value === undefined) throw new Error(`${ENTRYPOINT} is undefined for this input`);
+  if (typeof value !== 'object' || value === null) throw new Error(`${ENTRYPOINT} is not an object`);
+  const v = value as Record<string, unknown>;
+  if (typeof v.allow !== 'boolean') throw new Error(`${ENTRYPOINT}.allow is not a boolean`);
+  const list = (x: unknown, field: string): Violation[] => {
+    if (x === undefined) return [];
+    if (!Array.isArray(x)) throw new Error(`${ENTRYPOINT}.${field} is not an array`);
+    return x.map((e) => {
+      const o = e as Record<string, unknown>;
+      return { rule: typeof o?.rule === 'string' ? o.rule : 'unknown', message: typeof o?.message === 'string' ? o.message : JSON.stringify(e) };
+    });
+  };
+  const mode = v.mode === 'warn' || v.mode === 'dry-run' ? v.mode : 'enforce';
+  return { allow: v.allow, deny: list(v.deny, 'deny'), warn: list(v.warn, 'warn'), scope: typeof v.scope === 'string' ? v.scope : null, mode };
+}

@@ -1,0 +1,132 @@
+/**
+ * Blobs: from the content cache when present, else streamed through from the upstream by a single shared download
+ * per digest (cache/download.ts). Ranges are served from either source.
+ */
+import { createReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
+import type { BlobStore } from '../cache/blobstore.js';
+import type { DownloadManager, DownloadSource } from '../cache/download.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { Digest } from '../routing/reference.js';
+import type { Route } from '../routing/route.js';
+import { errors } from '../server/errors.js';
+import { headerString, type UpstreamClient } from '../upstream/client.js';
+import { statusError, toRegistryError } from './manifests.js';
+
+export interface OpenBlob {
+  size: number;
+  source: 'cache' | 'upstream';
+  /** Bytes [start, end], inclusive. Call at most once. */
+  stream(start: number, end: number): Readable;
+  /** Frees the lease when stream() is never called (HEAD, or a 416). */
+  release(): void;
+}
+
+export class BlobService {
+  constructor(
+    private readonly store: BlobStore,
+    private readonly downloads: DownloadManager,
+    private readonly clientFor: (upstream: string) => UpstreamClient,
+    private readonly metrics: Metrics,
+  ) {}
+
+  /** Size of a blob, without downloading it. */
+  async size(route: Route, digest: Digest): Promise<number> {
+    const cached = this.store.size(digest);
+    if (cached !== undefined) return cached;
+    const inflight = this.downloads.get(digest);
+    if (inflight) {
+      await inflight.ready.catch(() => {});
+      if (inflight.size !== undefined) return inflight.size;
+    }
+    let res;
+    try {
+      res = await this.clientFor(route.upstream.name).send({
+        method: 'HEAD',
+        path: `/v2/${route.repository}/blobs/${digest}`,
+        kind: 'blob',
+        repository: route.repository,
+      });
+    } catch (e) {
+      throw toRegistryError(e, route.upstream.name);
+    }
+    res.body.resume();
+    if (res.status === 404) throw errors.blobUnknown(`blob unknown: ${digest} not found in ${route.registry}/${route.repository}`);
+    if (res.status !== 200) throw statusError(res, route.upstream.name, `blob ${digest}`);
+    const len = Number(headerString(res.headers['content-length']));
+    if (!Number.isSafeInteger(len) || len < 0) throw errors.upstream(`upstream "${route.upstream.name}" sent no Content-Length for blob ${digest}`);
+    return len;
+  }
+
+  /** Opens a blob for reading, joining or starting the upstream download on a miss. */
+  async open(route: Route, digest: Digest): Promise<OpenBlob> {
+    const lease = this.store.lease(digest);
+    if (lease) {
+      this.metrics.cacheHits.inc({ kind: 'blob', result: 'hit' });
+      let used = false;
+      return {
+        size: lease.size,
+        source: 'cache',
+        stream: (start, end) => {
+          used = true;
+          const s = createReadStream(lease.path, { start, end, highWaterMark: 256 * 1024 });
+          s.once('close', lease.release);
+          return s;
+        },
+        release: () => {
+          if (!used) lease.release();
+        },
+      };
+    }
+    const { download, joined } = this.downloads.getOrStart(digest, () => this.fetch(route, digest));
+    this.metrics.cacheHits.inc({ kind: 'blob', result: joined ? 'join' : 'miss' });
+    if (joined) this.metrics.singleflightWaiters.inc({ kind: 'blob' });
+    await download.ready.catch((e: unknown) => {
+      throw toRegistryError(e, route.upstream.name);
+    });
+    // A download whose upstream sent no length is only servable once complete.
+    if (download.size === undefined) {
+      await download.finished;
+      if (download.state !== 'done') throw toRegistryError(download.error, route.upstream.name);
+    }
+    return { size: download.size as number, source: 'upstream', stream: (s, e) => download.reader(s, e), release: () => {} };
+  }
+
+  private async fetch(route: Route, digest: Digest): Promise<DownloadSource> {
+    const upstream = route.upstream.name;
+    const controller = new AbortController();
+    const res = await this.clientFor(upstream).send({
+      method: 'GET',
+      path: `/v2/${route.repository}/blobs/${digest}`,
+      kind: 'blob',
+      repository: route.repository,
+      signal: controller.signal,
+    });
+    if (res.status === 404) {
+      res.body.resume();
+      throw errors.blobUnknown(`blob unknown: ${digest} not found in ${route.registry}/${route.repository}`);
+    }
+    if (res.status !== 200) {
+      res.body.resume();
+      throw statusError(res, upstream, `blob ${digest}`);
+    }
+    const len = Number(headerString(res.headers['content-length']));
+    const counter = this.metrics.upstreamBytes.labels({ upstream });
+    const body = res.body;
+    async function* counted(): AsyncGenerator<Buffer> {
+      for await (const chunk of body) {
+        const b = chunk as Buffer;
+        counter.inc(b.length);
+        yield b;
+      }
+    }
+    return {
+      size: Number.isSafeInteger(len) && len >= 0 ? len : undefined,
+      body: counted(),
+      cancel: () => {
+        controller.abort();
+        body.destroy();
+      },
+    };
+  }
+}

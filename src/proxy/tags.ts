@@ -1,0 +1,81 @@
+/**
+ * tags/list, passed through with its pagination. The upstream's Link header points at the upstream's path; it is
+ * rewritten to the name the client used, so that following it comes back through the proxy.
+ */
+import type { Route } from '../routing/route.js';
+import { errors } from '../server/errors.js';
+import { headerString, type UpstreamClient } from '../upstream/client.js';
+import { statusError, toRegistryError } from './manifests.js';
+
+export interface TagList {
+  body: Buffer;
+  link?: string;
+}
+
+const MAX_TAGS_BODY = 16 * 1024 * 1024;
+
+export class TagService {
+  constructor(private readonly clientFor: (upstream: string) => UpstreamClient) {}
+
+  /**
+   * @param clientName the `<name>` the client asked for (with any host prefix), used in the body and Link
+   * @param query n and last, already validated
+   * @param nsSuffix `&ns=…` to keep on Link URLs, or ''
+   */
+  async list(route: Route, clientName: string, query: { n?: number; last?: string }, nsSuffix: string): Promise<TagList> {
+    const qs = new URLSearchParams();
+    if (query.n !== undefined) qs.set('n', String(query.n));
+    if (query.last !== undefined) qs.set('last', query.last);
+    const q = qs.toString();
+    let res;
+    try {
+      res = await this.clientFor(route.upstream.name).send({
+        method: 'GET',
+        path: `/v2/${route.repository}/tags/list${q ? `?${q}` : ''}`,
+        kind: 'tags',
+        repository: route.repository,
+        headers: { accept: 'application/json' },
+      });
+    } catch (e) {
+      throw toRegistryError(e, route.upstream.name);
+    }
+    if (res.status === 404) {
+      res.body.resume();
+      throw errors.nameUnknown(`repository ${route.registry}/${route.repository} not found upstream`);
+    }
+    if (res.status !== 200) {
+      res.body.resume();
+      throw statusError(res, route.upstream.name, `tags of ${route.repository}`);
+    }
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for await (const c of res.body) {
+      total += (c as Buffer).length;
+      if (total > MAX_TAGS_BODY) {
+        res.body.destroy();
+        throw errors.upstream(`upstream "${route.upstream.name}" sent an oversized tag list`);
+      }
+      chunks.push(c as Buffer);
+    }
+    let doc: { name?: unknown; tags?: unknown };
+    try {
+      doc = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof doc;
+    } catch {
+      throw errors.upstream(`upstream "${route.upstream.name}" sent a tag list that is not JSON`);
+    }
+    const tags = Array.isArray(doc.tags) ? doc.tags.filter((t): t is string => typeof t === 'string') : [];
+    const out: TagList = { body: Buffer.from(JSON.stringify({ name: clientName, tags })) };
+    const link = headerString(res.headers.link);
+    const next = link ? /<([^>]+)>\s*;\s*rel="?next"?/.exec(link)?.[1] : undefined;
+    if (next) {
+      const u = new URL(next, 'http://upstream.invalid');
+      const nq = new URLSearchParams();
+      const n = u.searchParams.get('n');
+      const last = u.searchParams.get('last');
+      if (n) nq.set('n', n);
+      if (last) nq.set('last', last);
+      out.link = `</v2/${clientName}/tags/list?${nq.toString()}${nsSuffix}>; rel="next"`;
+    }
+    return out;
+  }
+}

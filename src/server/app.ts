@@ -1,0 +1,192 @@
+/**
+ * Wires the proxy together from a Config and runs the HTTP(S) server: request ids and logs, metrics, health
+ * endpoints, limits, and a graceful shutdown that lets running downloads finish (or discards them) before exit.
+ */
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { pino, type Logger } from 'pino';
+import { BlobStore } from '../cache/blobstore.js';
+import { DownloadManager } from '../cache/download.js';
+import { MetaStore } from '../cache/metastore.js';
+import type { Config } from '../config/schema.js';
+import { Gate, type DecisionObserver } from '../gate/gate.js';
+import type { Decider, ScanProvider, SignatureProvider } from '../gate/types.js';
+import { Metrics } from '../metrics/metrics.js';
+import { BlobService } from '../proxy/blobs.js';
+import { ManifestService } from '../proxy/manifests.js';
+import { ReferrersService } from '../proxy/referrers.js';
+import { TagService } from '../proxy/tags.js';
+import { Router } from '../routing/route.js';
+import { UpstreamClient } from '../upstream/client.js';
+import { errors, RegistryError } from './errors.js';
+import { RegistryHandlers } from './handlers.js';
+import { parseEndpoint, type Endpoint } from './paths.js';
+import { sendError, sendJson } from './respond.js';
+
+export interface AppOptions {
+  config: Config;
+  decider: Decider;
+  logger?: Logger;
+  metrics?: Metrics;
+  signatures?: SignatureProvider;
+  scan?: ScanProvider;
+  observers?: DecisionObserver[];
+  /** Extra readiness checks (policy loaded, …); all must pass for /readyz. */
+  readiness?: Array<() => string | undefined>;
+  now?: () => number;
+}
+
+export class App {
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readonly gate: Gate;
+  readonly blobStore: BlobStore;
+  readonly meta: MetaStore;
+  readonly downloads: DownloadManager;
+  private readonly clients = new Map<string, UpstreamClient>();
+  private readonly handlers: RegistryHandlers;
+  private server: Server | undefined;
+  private shuttingDown = false;
+
+  constructor(private readonly opts: AppOptions) {
+    const { config } = opts;
+    this.metrics = opts.metrics ?? new Metrics();
+    this.log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' } });
+    this.meta = new MetaStore(config.dataDir);
+    this.blobStore = new BlobStore(config.dataDir, config.cache.maxSize, {
+      onEvict: () => this.metrics.cacheEvictions.inc(),
+      onSizeChange: (bytes, entries) => {
+        this.metrics.cacheBytes.set(bytes);
+        this.metrics.cacheEntries.set(entries);
+      },
+    });
+    this.metrics.cacheBytes.set(this.blobStore.totalBytes);
+    this.metrics.cacheEntries.set(this.blobStore.entries);
+    this.downloads = new DownloadManager(this.blobStore);
+    const router = new Router(config);
+    for (const u of config.upstreams) this.clients.set(u.name, new UpstreamClient(u, { metrics: this.metrics }));
+    const clientFor = (name: string): UpstreamClient => {
+      const c = this.clients.get(name);
+      if (!c) throw new Error(`no client for upstream ${name}`);
+      return c;
+    };
+    const manifests = new ManifestService(config, this.meta, clientFor, this.metrics, opts.now);
+    this.gate = new Gate(
+      opts.decider,
+      this.meta,
+      { allowTTL: config.gate.allowTTL, denyTTL: config.gate.denyTTL, closureTTL: config.gate.closureTTL },
+      opts.signatures,
+      opts.scan,
+      opts.observers ?? [],
+      opts.now,
+    );
+    this.handlers = new RegistryHandlers({
+      router,
+      manifests,
+      blobs: new BlobService(this.blobStore, this.downloads, clientFor, this.metrics),
+      tags: new TagService(clientFor),
+      referrers: new ReferrersService(clientFor, manifests),
+      gate: this.gate,
+      metrics: this.metrics,
+    });
+    this.metrics.trackDownloads(() => this.downloads.active);
+  }
+
+  /** Starts listening; resolves with the bound address (port 0 picks a free one). */
+  async listen(listen = this.opts.config.listen): Promise<AddressInfo> {
+    const { config } = this.opts;
+    const serverOpts = { maxHeaderSize: config.limits.maxHeaderSize, requestTimeout: config.limits.requestTimeout, headersTimeout: 30_000, keepAliveTimeout: 65_000 };
+    const handler = (req: IncomingMessage, res: ServerResponse): void => void this.onRequest(req, res);
+    this.server = config.tls
+      ? createHttpsServer(
+          {
+            ...serverOpts,
+            cert: readFileSync(config.tls.cert),
+            key: readFileSync(config.tls.key),
+            ...(config.tls.clientCA ? { ca: readFileSync(config.tls.clientCA), requestCert: true, rejectUnauthorized: true } : {}),
+          },
+          handler,
+        )
+      : createHttpServer(serverOpts, handler);
+    const idx = listen.lastIndexOf(':');
+    const host = listen.slice(0, idx).replace(/^\[|\]$/g, '');
+    const port = Number(listen.slice(idx + 1));
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(port, host, () => resolve());
+    });
+    const addr = this.server.address() as AddressInfo;
+    this.log.info({ address: addr.address, port: addr.port, tls: Boolean(config.tls), upstreams: config.upstreams.map((u) => u.name) }, 'listening');
+    return addr;
+  }
+
+  private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const started = performance.now();
+    const rid = typeof req.headers['x-request-id'] === 'string' && /^[\w.-]{1,64}$/.test(req.headers['x-request-id']) ? req.headers['x-request-id'] : randomUUID();
+    res.setHeader('x-request-id', rid);
+    res.setHeader('docker-distribution-api-version', 'registry/2.0');
+    const url = new URL(req.url ?? '/', 'http://proxy.invalid');
+    const method = req.method ?? 'GET';
+    let kind = 'other';
+    const log = this.log.child({ rid });
+    res.once('finish', () => {
+      const ms = performance.now() - started;
+      this.metrics.requests.inc({ kind, method, status: String(res.statusCode) });
+      this.metrics.requestDuration.observe({ kind, method }, ms / 1000);
+      log.info({ method, path: url.pathname, ns: url.searchParams.get('ns') ?? undefined, status: res.statusCode, ms: Math.round(ms), ua: req.headers['user-agent'] }, 'request');
+    });
+    res.once('close', () => {
+      if (!res.writableFinished) log.warn({ method, path: url.pathname }, 'response aborted');
+    });
+    try {
+      if (url.pathname === '/healthz') return sendJson(res, 200, { status: 'ok' });
+      if (url.pathname === '/readyz') return this.readyz(res);
+      if (url.pathname === '/metrics') {
+        const body = await this.metrics.registry.metrics();
+        return sendJson(res, 200, body, method === 'HEAD', this.metrics.registry.contentType);
+      }
+      const ep: Endpoint | undefined = url.pathname.startsWith('/v2') ? parseEndpoint(url.pathname) : undefined;
+      if (!ep) throw errors.notFound(`no such endpoint: ${url.pathname.slice(0, 200)}`);
+      kind = ep.kind;
+      if (method !== 'GET' && method !== 'HEAD') {
+        // Refuse before reading any body; the connection is closed so an unread upload cannot be smuggled on.
+        res.setHeader('connection', 'close');
+        res.setHeader('allow', 'GET, HEAD');
+        throw errors.unsupported(`${method} is not supported: this is a read-only pull-through proxy`);
+      }
+      if (ep.kind === 'upload') throw errors.unsupported('pushes are not supported: this is a read-only pull-through proxy');
+      if (this.shuttingDown) res.setHeader('connection', 'close');
+      await this.handlers.handle({ req, res, url, method, clientIp: req.socket.remoteAddress ?? '' }, ep);
+    } catch (e) {
+      const err = e instanceof RegistryError ? e : errors.upstream(`internal error: ${e instanceof Error ? e.message : String(e)}`, 500);
+      if (!(e instanceof RegistryError) || err.status >= 500) log.warn({ err: e instanceof Error ? e.message : String(e), path: url.pathname }, 'request failed');
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      sendError(res, err, method === 'HEAD');
+    }
+  }
+
+  private readyz(res: ServerResponse): void {
+    const problems = (this.opts.readiness ?? []).map((f) => f()).filter((p): p is string => p !== undefined);
+    if (this.shuttingDown) problems.push('shutting down');
+    sendJson(res, problems.length ? 503 : 200, { status: problems.length ? 'unready' : 'ready', problems });
+  }
+
+  /** Stops accepting, lets in-flight downloads finish within the grace period, then closes everything. */
+  async close(graceMs = this.opts.config.shutdownGrace): Promise<void> {
+    this.shuttingDown = true;
+    const server = this.server;
+    const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
+    server?.closeIdleConnections();
+    await this.downloads.drain(graceMs);
+    server?.closeAllConnections();
+    await closed;
+    await Promise.all([...this.clients.values()].map((c) => c.destroy()));
+    this.meta.close();
+  }
+}

@@ -1,0 +1,222 @@
+/**
+ * The registry endpoints. Each handler validates its input, routes to an upstream, asks the gate, and serves.
+ * Order matters for security: nothing is fetched for a name that does not route to a configured upstream, and
+ * nothing by digest is served outside an admitted closure.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import type { Gate } from '../gate/gate.js';
+import type { Admission } from '../gate/types.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { BlobService } from '../proxy/blobs.js';
+import type { Manifest, ManifestService } from '../proxy/manifests.js';
+import { accepts } from '../proxy/mediatypes.js';
+import type { ReferrersService } from '../proxy/referrers.js';
+import type { TagService } from '../proxy/tags.js';
+import { isDigest, looksLikeDigest, parseReference, type Digest } from '../routing/reference.js';
+import type { Route, Router } from '../routing/route.js';
+import { errors, RegistryError } from './errors.js';
+import type { Endpoint } from './paths.js';
+import { parseRange, sendJson } from './respond.js';
+
+export interface HandlerDeps {
+  router: Router;
+  manifests: ManifestService;
+  blobs: BlobService;
+  tags: TagService;
+  referrers: ReferrersService;
+  gate: Gate;
+  metrics: Metrics;
+}
+
+export interface RequestContext {
+  req: IncomingMessage;
+  res: ServerResponse;
+  url: URL;
+  method: 'GET' | 'HEAD';
+  clientIp: string;
+}
+
+/** Accessory tags (cosign `.sig`/`.att`/`.sbom`, the referrers fallback tag) are a separate kind of request. */
+const ACCESSORY_TAG = /^sha256-[a-f0-9]{64}(\.(sig|att|sbom))?$/;
+
+export class RegistryHandlers {
+  constructor(private readonly d: HandlerDeps) {}
+
+  route(ctx: RequestContext, name: string): Route {
+    const ns = ctx.url.searchParams.get('ns') ?? undefined;
+    const r = this.d.router.resolve(name, ns);
+    if ('code' in r) throw r.code === 'NAME_UNKNOWN' ? errors.nameUnknown(r.message) : errors.nameInvalid(r.message);
+    if (r.ns !== undefined) ctx.res.setHeader('oci-namespace', r.ns);
+    return r;
+  }
+
+  async handle(ctx: RequestContext, ep: Endpoint): Promise<void> {
+    switch (ep.kind) {
+      case 'base':
+        sendJson(ctx.res, 200, '{}', ctx.method === 'HEAD');
+        return;
+      case 'manifest':
+        return this.manifest(ctx, this.route(ctx, ep.name), ep.reference);
+      case 'blob':
+        return this.blob(ctx, this.route(ctx, ep.name), ep.digest);
+      case 'tags':
+        return this.tagList(ctx, this.route(ctx, ep.name), ep.name);
+      case 'referrers':
+        return this.referrerList(ctx, this.route(ctx, ep.name), ep.digest);
+      case 'catalog':
+        throw errors.unsupported('the catalog is not served by this proxy', 404);
+      case 'upload':
+        throw errors.unsupported('this is a read-only pull-through proxy: pushes are not supported');
+    }
+  }
+
+  private async manifest(ctx: RequestContext, route: Route, reference: string): Promise<void> {
+    const ref = parseReference(reference);
+    if (!ref) {
+      throw looksLikeDigest(reference)
+        ? errors.digestInvalid(`invalid or unsupported digest "${reference.slice(0, 80)}"`)
+        : errors.manifestInvalid(`invalid tag "${reference.slice(0, 80)}"`);
+    }
+    let manifest: Manifest;
+    let admission: Admission | undefined;
+    if (ref.kind === 'tag') {
+      const resolved = await this.d.manifests.resolveTag(route, ref.tag);
+      manifest = await this.d.manifests.get(route, resolved.digest);
+      if (resolved.stale) ctx.res.setHeader('warning', '299 - "served from cache: upstream unreachable"');
+      admission = await this.admit(ctx, route, manifest, ref.tag);
+    } else {
+      const root = this.d.gate.rootOf(route, ref.digest);
+      manifest = await this.d.manifests.get(route, ref.digest);
+      if (root && root !== ref.digest) {
+        // A child of an admitted root: covered by the root's decision; its own blobs join the closure.
+        this.d.gate.extendClosure(route, root, manifest);
+      } else {
+        admission = await this.admit(ctx, route, manifest, null);
+      }
+    }
+    const res = ctx.res;
+    if (!accepts(ctx.req.headers.accept, manifest.mediaType)) {
+      throw errors.manifestUnknown(`manifest is ${manifest.mediaType}, which the request's Accept header does not include`);
+    }
+    res.statusCode = 200;
+    res.setHeader('content-type', manifest.mediaType);
+    res.setHeader('content-length', manifest.bytes.length);
+    res.setHeader('docker-content-digest', manifest.digest);
+    res.setHeader('etag', `"${manifest.digest}"`);
+    res.end(ctx.method === 'HEAD' ? undefined : manifest.bytes);
+    void admission;
+  }
+
+  /** Runs the gate for a root manifest; throws the 403 for an enforced deny, and sets decision headers. */
+  private async admit(ctx: RequestContext, route: Route, manifest: Manifest, tag: string | null): Promise<Admission> {
+    const kind = tag !== null && ACCESSORY_TAG.test(tag) ? 'accessory' : 'manifest';
+    const admission = await this.d.gate.admitRoot({
+      route,
+      method: ctx.method,
+      tag,
+      manifest,
+      kind,
+      client: { ip: ctx.clientIp, user: null, userAgent: ctx.req.headers['user-agent'] ?? null },
+    });
+    const res = ctx.res;
+    res.setHeader('portcullis-decision-id', admission.decisionId);
+    const ref = `${route.registry}/${route.repository}@${manifest.digest}`;
+    if (!admission.serve) {
+      const short = oneLine(admission.message, 300);
+      throw errors.denied(
+        `portcullis: denied ${ref}: ${short} [decision ${admission.decisionId}]`,
+        { decision_id: admission.decisionId, violations: admission.violations },
+        { 'portcullis-decision-id': admission.decisionId, 'portcullis-reason': headerSafe(short) },
+      );
+    }
+    if (admission.outcome === 'warn') {
+      res.setHeader('warning', `299 - "${headerSafe(`portcullis: would deny ${ref}: ${oneLine(admission.message, 200)}`).replace(/"/g, "'")}"`);
+      res.setHeader('portcullis-reason', headerSafe(oneLine(admission.message, 300)));
+    }
+    return admission;
+  }
+
+  private async blob(ctx: RequestContext, route: Route, digestStr: string): Promise<void> {
+    if (!isDigest(digestStr)) throw errors.digestInvalid(`invalid or unsupported digest "${digestStr.slice(0, 80)}"`);
+    const digest: Digest = digestStr;
+    if (!this.d.gate.rootOf(route, digest)) {
+      throw errors.denied(
+        `portcullis: denied ${route.registry}/${route.repository}@${digest}: not part of an admitted image; pull the image by tag or by its root digest first`,
+        { reason: 'not_in_admitted_closure' },
+        { 'portcullis-reason': 'not part of an admitted image' },
+      );
+    }
+    const res = ctx.res;
+    if (ctx.method === 'HEAD') {
+      const size = await this.d.blobs.size(route, digest);
+      res.statusCode = 200;
+      res.setHeader('content-length', size);
+      res.setHeader('content-type', 'application/octet-stream');
+      res.setHeader('docker-content-digest', digest);
+      res.setHeader('accept-ranges', 'bytes');
+      res.end();
+      return;
+    }
+    const blob = await this.d.blobs.open(route, digest);
+    const range = parseRange(ctx.req.headers.range, blob.size);
+    if (range.kind === 'unsatisfiable') {
+      blob.release();
+      throw errors.rangeInvalid(`requested range is outside the blob's ${blob.size} bytes`, blob.size);
+    }
+    const [start, end] = range.kind === 'range' ? [range.start, range.end] : [0, blob.size - 1];
+    res.statusCode = range.kind === 'range' ? 206 : 200;
+    if (range.kind === 'range') res.setHeader('content-range', `bytes ${start}-${end}/${blob.size}`);
+    res.setHeader('content-length', Math.max(0, end - start + 1));
+    res.setHeader('content-type', 'application/octet-stream');
+    res.setHeader('docker-content-digest', digest);
+    res.setHeader('accept-ranges', 'bytes');
+    if (blob.size === 0) {
+      blob.release();
+      res.end();
+      return;
+    }
+    const counter = this.d.metrics.bytesServed.labels({ source: blob.source });
+    const stream = blob.stream(start, end);
+    stream.on('data', (c: Buffer) => counter.inc(c.length));
+    // A failed verification errors the stream; pipeline then destroys the response, so the client sees a broken
+    // transfer rather than a clean end.
+    await pipeline(stream, res);
+  }
+
+  private async tagList(ctx: RequestContext, route: Route, clientName: string): Promise<void> {
+    const nRaw = ctx.url.searchParams.get('n');
+    const last = ctx.url.searchParams.get('last') ?? undefined;
+    let n: number | undefined;
+    if (nRaw !== null) {
+      n = Number(nRaw);
+      if (!Number.isSafeInteger(n) || n < 0) throw new RegistryError(400, 'UNSUPPORTED', `invalid n "${nRaw.slice(0, 20)}"`);
+      if (n === 0) {
+        sendJson(ctx.res, 200, { name: clientName, tags: [] }, ctx.method === 'HEAD');
+        return;
+      }
+    }
+    const ns = ctx.url.searchParams.get('ns');
+    const list = await this.d.tags.list(route, clientName, { n, last }, ns ? `&ns=${encodeURIComponent(ns)}` : '');
+    if (list.link) ctx.res.setHeader('link', list.link);
+    sendJson(ctx.res, 200, list.body, ctx.method === 'HEAD');
+  }
+
+  private async referrerList(ctx: RequestContext, route: Route, digest: string): Promise<void> {
+    if (!isDigest(digest)) throw errors.digestInvalid(`invalid or unsupported digest "${digest.slice(0, 80)}"`);
+    const artifactType = ctx.url.searchParams.get('artifactType') ?? undefined;
+    const r = await this.d.referrers.list(route, digest, artifactType);
+    if (r.filtersApplied) ctx.res.setHeader('oci-filters-applied', 'artifactType');
+    sendJson(ctx.res, 200, r.index, ctx.method === 'HEAD', 'application/vnd.oci.image.index.v1+json');
+  }
+}
+
+function oneLine(s: string, max: number): string {
+  const t = s.replace(/\s+/g, ' ').trim();
+  return t.length > max ? `${t.slice(0, max - 1)}…` : t;
+}
+
+/** Header values must be latin1 without control characters. */
+function headerSafe(s: string): string {
+  return s.replace(/[^\x20-\x7e]/g, '?');
+}

@@ -1,0 +1,52 @@
+/** Response helpers shared by the handlers: OCI errors, JSON bodies, and Range parsing. */
+import type { ServerResponse } from 'node:http';
+import { RegistryError } from './errors.js';
+
+export function sendError(res: ServerResponse, err: RegistryError, head: boolean): void {
+  if (res.headersSent) {
+    res.destroy(err);
+    return;
+  }
+  const body = err.body();
+  res.statusCode = err.status;
+  for (const [k, v] of Object.entries(err.headers)) res.setHeader(k, v);
+  res.setHeader('content-type', 'application/json');
+  res.setHeader('content-length', Buffer.byteLength(body));
+  res.end(head ? undefined : body);
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown, head = false, contentType = 'application/json'): void {
+  const text = typeof body === 'string' ? body : Buffer.isBuffer(body) ? body : JSON.stringify(body);
+  res.statusCode = status;
+  res.setHeader('content-type', contentType);
+  res.setHeader('content-length', Buffer.byteLength(text));
+  res.end(head ? undefined : text);
+}
+
+export type RangeResult = { kind: 'none' } | { kind: 'range'; start: number; end: number } | { kind: 'unsatisfiable' };
+
+/**
+ * A single `bytes=` range (RFC 9110 §14.1.2). Multi-range requests are answered with the whole body, which the RFC
+ * allows and which no registry client needs otherwise.
+ */
+export function parseRange(header: string | undefined, size: number): RangeResult {
+  if (!header) return { kind: 'none' };
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!m) return { kind: 'none' };
+  const [, a, b] = m;
+  if (a === '' && b === '') return { kind: 'none' };
+  let start: number;
+  let end: number;
+  if (a === '') {
+    const suffix = Number(b);
+    if (suffix === 0) return { kind: 'unsatisfiable' };
+    start = Math.max(0, size - suffix);
+    end = size - 1;
+  } else {
+    start = Number(a);
+    end = b === '' ? size - 1 : Math.min(Number(b), size - 1);
+    if (b !== '' && Number(b) < start) return { kind: 'none' };
+  }
+  if (!Number.isSafeInteger(start) || start >= size) return { kind: 'unsatisfiable' };
+  return { kind: 'range', start, end };
+}

@@ -1,0 +1,159 @@
+/**
+ * Upstream authentication: Basic, and the Docker registry token flow (GET, or the OAuth2 POST form when we hold
+ * credentials). Tokens are cached per scope until shortly before they expire, and concurrent misses for the same
+ * scope share one token request, so a herd of pulls costs the token server one round trip.
+ */
+import { request, type Dispatcher } from 'undici';
+import { parseChallenges, type Challenge } from './challenge.js';
+
+export interface Credentials {
+  username: string;
+  password: string;
+}
+
+interface CachedToken {
+  value: string;
+  expiresAt: number;
+}
+
+export class AuthError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'AuthError';
+  }
+}
+
+export class Authenticator {
+  /** The last challenge the upstream sent; learned lazily from the first 401. */
+  private challenge: Challenge | undefined;
+  private readonly tokens = new Map<string, CachedToken>();
+  private readonly inflight = new Map<string, Promise<string>>();
+
+  constructor(
+    private readonly upstreamUrl: URL,
+    private readonly credentials: () => Credentials | undefined,
+    private readonly dispatcher: Dispatcher,
+    private readonly now: () => number = Date.now,
+    private readonly onTokenFetch: (outcome: 'ok' | 'error') => void = () => {},
+  ) {}
+
+  /** The Authorization header to send for this scope, or undefined when none is known to be needed yet. */
+  async authorization(scope: string): Promise<string | undefined> {
+    const ch = this.challenge;
+    if (!ch) return undefined;
+    if (ch.scheme === 'basic') return this.basic();
+    if (ch.scheme === 'bearer') return `Bearer ${await this.token(ch, scope)}`;
+    return undefined;
+  }
+
+  /**
+   * Learns from a 401. Returns true when retrying with fresh credentials can help: a new challenge, or a bearer
+   * token that may have been revoked early.
+   */
+  onUnauthorized(wwwAuthenticate: string | undefined, scope: string): boolean {
+    const challenges = wwwAuthenticate ? parseChallenges(wwwAuthenticate) : [];
+    const chosen = challenges.find((c) => c.scheme === 'bearer' && c.params.realm) ?? challenges.find((c) => c.scheme === 'basic');
+    if (!chosen) return false;
+    if (chosen.scheme === 'basic' && !this.credentials()) return false;
+    const changed = JSON.stringify(chosen) !== JSON.stringify(this.challenge);
+    this.challenge = chosen;
+    const hadToken = this.tokens.delete(this.tokenKey(chosen, scope));
+    return changed || hadToken;
+  }
+
+  private basic(): string | undefined {
+    const c = this.credentials();
+    return c ? `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}` : undefined;
+  }
+
+  private tokenKey(ch: Challenge, scope: string): string {
+    return `${ch.params.realm}\n${ch.params.service ?? ''}\n${scope}`;
+  }
+
+  private async token(ch: Challenge, scope: string): Promise<string> {
+    const key = this.tokenKey(ch, scope);
+    const cached = this.tokens.get(key);
+    if (cached && cached.expiresAt > this.now()) return cached.value;
+    let p = this.inflight.get(key);
+    if (!p) {
+      p = this.fetchToken(ch, scope)
+        .then((t) => {
+          this.tokens.set(key, t);
+          this.onTokenFetch('ok');
+          return t.value;
+        })
+        .catch((e: unknown) => {
+          this.onTokenFetch('error');
+          throw e;
+        })
+        .finally(() => this.inflight.delete(key));
+      this.inflight.set(key, p);
+    }
+    return p;
+  }
+
+  private realmUrl(ch: Challenge): URL {
+    const realm = ch.params.realm;
+    if (!realm) throw new AuthError('bearer challenge without realm');
+    let url: URL;
+    try {
+      url = new URL(realm);
+    } catch {
+      throw new AuthError(`bearer realm is not a URL: ${realm.slice(0, 100)}`);
+    }
+    // An https upstream must not be able to send our credentials to a plain-http realm.
+    if (this.upstreamUrl.protocol === 'https:' && url.protocol !== 'https:') {
+      throw new AuthError(`refusing non-https token realm ${url.origin} for an https upstream`);
+    }
+    return url;
+  }
+
+  private async fetchToken(ch: Challenge, scope: string): Promise<CachedToken> {
+    const realm = this.realmUrl(ch);
+    const creds = this.credentials();
+    const service = ch.params.service;
+    const started = this.now();
+    let res = creds ? await this.postToken(realm, service, scope, creds) : undefined;
+    if (!res) {
+      const url = new URL(realm);
+      if (service) url.searchParams.set('service', service);
+      for (const s of scope.split(' ').filter(Boolean)) url.searchParams.append('scope', s);
+      const headers: Record<string, string> = {};
+      const basic = this.basic();
+      if (basic) headers.authorization = basic;
+      const r = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher });
+      const body = await r.body.text();
+      if (r.statusCode !== 200) throw new AuthError(`token request to ${url.origin} failed: HTTP ${r.statusCode}`);
+      res = body;
+    }
+    let parsed: { token?: unknown; access_token?: unknown; expires_in?: unknown; issued_at?: unknown };
+    try {
+      parsed = JSON.parse(res) as typeof parsed;
+    } catch {
+      throw new AuthError(`token response from ${realm.origin} is not JSON`);
+    }
+    const value = typeof parsed.token === 'string' && parsed.token ? parsed.token : parsed.access_token;
+    if (typeof value !== 'string' || !value) throw new AuthError(`token response from ${realm.origin} has no token`);
+    // The spec's default lifetime is 60 s; refresh a little early so a token never expires mid-request.
+    const expiresIn = typeof parsed.expires_in === 'number' && parsed.expires_in > 0 ? parsed.expires_in : 60;
+    const issued = typeof parsed.issued_at === 'string' ? Date.parse(parsed.issued_at) : NaN;
+    const base = Number.isFinite(issued) && issued <= this.now() + 60_000 ? Math.min(issued, started) : started;
+    return { value, expiresAt: base + expiresIn * 1000 * 0.9 };
+  }
+
+  /** OAuth2 password grant; undefined when the realm does not support it, so the caller falls back to GET. */
+  private async postToken(realm: URL, service: string | undefined, scope: string, creds: Credentials): Promise<string | undefined> {
+    const form = new URLSearchParams({ grant_type: 'password', client_id: 'portcullis', username: creds.username, password: creds.password, scope });
+    if (service) form.set('service', service);
+    const r = await request(realm, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: form.toString(),
+      dispatcher: this.dispatcher,
+    });
+    const body = await r.body.text();
+    if (r.statusCode === 200) return body;
+    if ([400, 401, 404, 405].includes(r.statusCode)) return undefined;
+    throw new AuthError(`token request to ${realm.origin} failed: HTTP ${r.statusCode}`);
+  }
+}

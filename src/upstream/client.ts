@@ -1,0 +1,211 @@
+/**
+ * The HTTP client for one upstream registry: a keep-alive undici Agent, a concurrency limit, authentication,
+ * redirects followed by hand (dropping Authorization across hosts), and retries with jittered backoff for
+ * connection errors and 5xx on idempotent requests. A 429 is not retried here: it goes back to the client with
+ * its Retry-After, because the client's own backoff is the right place to wait.
+ */
+import { readFileSync } from 'node:fs';
+import type { IncomingHttpHeaders } from 'node:http';
+import type { Readable } from 'node:stream';
+import { Agent, request, type Dispatcher } from 'undici';
+import type { UpstreamConfig } from '../config/schema.js';
+import { readSecret } from '../config/load.js';
+import type { Metrics } from '../metrics/metrics.js';
+import { Semaphore } from '../util/semaphore.js';
+import { Authenticator, AuthError, type Credentials } from './auth.js';
+
+export type UpstreamKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'ping';
+
+export interface UpstreamRequest {
+  method: 'GET' | 'HEAD';
+  /** Path below the upstream base URL, starting with /v2/. */
+  path: string;
+  kind: UpstreamKind;
+  /** Repository for the token scope; omit for /v2/. */
+  repository?: string;
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+export interface UpstreamResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: Readable;
+  /** Where the response finally came from, after redirects. */
+  url: string;
+}
+
+export class UpstreamUnavailableError extends Error {
+  constructor(
+    readonly upstream: string,
+    reason: unknown,
+  ) {
+    super(`upstream "${upstream}" unreachable: ${reason instanceof Error ? reason.message : String(reason)}`, { cause: reason });
+    this.name = 'UpstreamUnavailableError';
+  }
+}
+
+const RETRY_STATUSES = new Set([500, 502, 503, 504]);
+const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
+const MAX_REDIRECTS = 5;
+
+export interface UpstreamClientOptions {
+  metrics: Metrics;
+  /** Base backoff in ms; tests shorten it. */
+  backoffMs?: number;
+  sleep?: (ms: number) => Promise<void>;
+}
+
+export class UpstreamClient {
+  readonly name: string;
+  readonly baseUrl: URL;
+  private readonly agent: Agent;
+  private readonly limiter: Semaphore;
+  private readonly auth: Authenticator;
+  private readonly backoffMs: number;
+  private readonly sleep: (ms: number) => Promise<void>;
+
+  constructor(
+    readonly config: UpstreamConfig,
+    private readonly opts: UpstreamClientOptions,
+  ) {
+    this.name = config.name;
+    this.baseUrl = new URL(config.url);
+    const ca = config.ca ? readFileSync(config.ca) : undefined;
+    this.agent = new Agent({
+      keepAliveTimeout: 30_000,
+      connections: config.concurrency,
+      headersTimeout: config.timeouts.headers,
+      bodyTimeout: config.timeouts.body,
+      connect: { timeout: config.timeouts.connect, rejectUnauthorized: !config.insecure, ...(ca ? { ca } : {}) },
+    });
+    this.limiter = new Semaphore(config.concurrency);
+    this.backoffMs = opts.backoffMs ?? 200;
+    this.sleep = opts.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
+    this.auth = new Authenticator(this.baseUrl, () => this.credentials(), this.agent, Date.now, (outcome) =>
+      opts.metrics.tokenFetches.inc({ upstream: this.name, outcome }),
+    );
+  }
+
+  private credentials(): Credentials | undefined {
+    const c = this.config.credentials;
+    if (!c) return undefined;
+    const username = c.username ?? readSecret(c.usernameFrom!);
+    return { username, password: readSecret(c.password) };
+  }
+
+  /**
+   * Sends a request and returns once headers arrive. The caller must consume or destroy `body`; the concurrency
+   * slot is held until the body closes, so a slow download counts against the limit for as long as it runs.
+   */
+  async send(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const release = await this.limiter.acquire(req.signal);
+    this.opts.metrics.upstreamInflight.inc({ upstream: this.name });
+    const done = (): void => {
+      release();
+      this.opts.metrics.upstreamInflight.dec({ upstream: this.name });
+    };
+    let res: UpstreamResponse;
+    try {
+      res = await this.sendWithRetries(req);
+    } catch (e) {
+      done();
+      throw e;
+    }
+    res.body.once('close', done);
+    res.body.once('end', done);
+    res.body.once('error', done);
+    return res;
+  }
+
+  private async sendWithRetries(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const attempts = this.config.retries + 1;
+    let lastError: unknown;
+    for (let attempt = 0; attempt < attempts; attempt++) {
+      if (attempt > 0) {
+        // Full jitter keeps a herd of retries from arriving in lockstep.
+        const cap = Math.min(this.backoffMs * 2 ** (attempt - 1), 5_000);
+        await this.sleep(cap / 2 + Math.random() * (cap / 2));
+      }
+      try {
+        const res = await this.sendAuthenticated(req);
+        if (RETRY_STATUSES.has(res.status) && attempt < attempts - 1) {
+          res.body.resume();
+          this.opts.metrics.upstreamRetries.inc({ upstream: this.name, reason: String(res.status) });
+          continue;
+        }
+        return res;
+      } catch (e) {
+        if (req.signal?.aborted || e instanceof AuthError) throw e instanceof AuthError ? new UpstreamUnavailableError(this.name, e) : e;
+        lastError = e;
+        this.opts.metrics.upstreamRetries.inc({ upstream: this.name, reason: 'connection' });
+      }
+    }
+    throw new UpstreamUnavailableError(this.name, lastError);
+  }
+
+  private async sendAuthenticated(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const scope = req.repository ? `repository:${req.repository}:pull` : '';
+    let authorization = scope || this.config.credentials ? await this.auth.authorization(scope) : undefined;
+    let res = await this.follow(req, authorization);
+    if (res.status === 401 && res.fromUpstreamHost) {
+      const retry = this.auth.onUnauthorized(headerString(res.headers['www-authenticate']), scope);
+      if (retry) {
+        res.body.resume();
+        authorization = await this.auth.authorization(scope);
+        res = await this.follow(req, authorization);
+      }
+    }
+    return res;
+  }
+
+  /** One logical request, following redirects by hand. */
+  private async follow(req: UpstreamRequest, authorization: string | undefined): Promise<UpstreamResponse & { fromUpstreamHost: boolean }> {
+    let url = new URL(req.path, this.baseUrl);
+    const origin = url.origin;
+    for (let hop = 0; ; hop++) {
+      const headers: Record<string, string> = { 'user-agent': 'portcullis/0.1', ...req.headers };
+      // Credentials belong to the upstream's host; a redirect to a CDN or anywhere else must not carry them.
+      if (authorization && url.origin === origin) headers.authorization = authorization;
+      const started = performance.now();
+      let r: Dispatcher.ResponseData;
+      try {
+        r = await request(url, { method: req.method, headers, dispatcher: this.agent, signal: req.signal });
+      } catch (e) {
+        this.opts.metrics.upstreamRequests.inc({ upstream: this.name, kind: req.kind, method: req.method, status: 'error' });
+        throw e;
+      }
+      this.opts.metrics.upstreamDuration.observe({ upstream: this.name, kind: req.kind }, (performance.now() - started) / 1000);
+      this.opts.metrics.upstreamRequests.inc({ upstream: this.name, kind: req.kind, method: req.method, status: String(r.statusCode) });
+      const remaining = headerString(r.headers['ratelimit-remaining']);
+      if (remaining) {
+        const n = Number.parseInt(remaining, 10);
+        if (Number.isFinite(n)) this.opts.metrics.upstreamRateLimitRemaining.set({ upstream: this.name }, n);
+      }
+      const location = headerString(r.headers.location);
+      if (REDIRECT_STATUSES.has(r.statusCode) && location) {
+        r.body.resume();
+        if (hop >= MAX_REDIRECTS) throw new Error(`too many redirects from ${origin}`);
+        const next = new URL(location, url);
+        if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new Error(`redirect to unsupported scheme ${next.protocol}`);
+        // Never downgrade from https.
+        if (url.protocol === 'https:' && next.protocol !== 'https:') throw new Error(`refusing https→http redirect to ${next.origin}`);
+        url = next;
+        continue;
+      }
+      return { status: r.statusCode, headers: r.headers, body: r.body, url: url.toString(), fromUpstreamHost: url.origin === origin };
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+
+  async destroy(): Promise<void> {
+    await this.agent.destroy();
+  }
+}
+
+export function headerString(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}
