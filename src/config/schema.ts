@@ -118,6 +118,44 @@ export const configSchema = z
       })
       .strict()
       .default({ allowTTL: 600_000, denyTTL: 30_000, closureTTL: 3_600_000 }),
+    policy: z
+      .object({
+        /** An OPA bundle file (tar.gz from `opa build -t wasm`); watched and hot-reloaded. */
+        bundleFile: z.string().optional(),
+        /** An HTTP(S) bundle server, polled with ETag. */
+        bundleUrl: z.url({ protocol: /^https?$/ }).optional(),
+        /** An external OPA server's REST API (base URL); the decision is POSTed to /v1/data/portcullis/decision. */
+        opaUrl: z.url({ protocol: /^https?$/ }).optional(),
+        /** How often the bundle file or URL is checked for a new revision. */
+        pollInterval: duration.default(2_000),
+        /** Timeout for one call to an external OPA. */
+        opaTimeout: duration.default(2_000),
+        /** Rule settings for the policy: injected as data.portcullis.config (see policies/README.md). */
+        settings: z.record(z.string(), z.unknown()).default({}),
+      })
+      .strict()
+      .default({ pollInterval: 2_000, opaTimeout: 2_000, settings: {} })
+      .superRefine((p, ctx) => {
+        const n = [p.bundleFile, p.bundleUrl, p.opaUrl].filter((x) => x !== undefined).length;
+        if (n > 1) ctx.addIssue({ code: 'custom', path: [], message: 'give only one of bundleFile, bundleUrl or opaUrl' });
+      }),
+    decisionLog: z
+      .object({
+        sink: z.enum(['none', 'stdout', 'file', 'http']).default('stdout'),
+        file: z.string().optional(),
+        url: z.url({ protocol: /^https?$/ }).optional(),
+        batchSize: z.number().int().positive().default(100),
+        flushInterval: duration.default(5_000),
+        maxQueue: z.number().int().positive().default(10_000),
+        /** JSON pointers under /input to replace with "**masked**" (client identity, for example). */
+        mask: z.array(z.string().regex(/^\/input(\/[^/]+)+$/, 'expected a JSON pointer under /input')).default([]),
+      })
+      .strict()
+      .default({ sink: 'stdout', batchSize: 100, flushInterval: 5_000, maxQueue: 10_000, mask: [] })
+      .superRefine((d, ctx) => {
+        if (d.sink === 'file' && !d.file) ctx.addIssue({ code: 'custom', path: ['file'], message: 'sink "file" needs a file path' });
+        if (d.sink === 'http' && !d.url) ctx.addIssue({ code: 'custom', path: ['url'], message: 'sink "http" needs a url' });
+      }),
     log: z
       .object({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') })
       .strict()

@@ -103,6 +103,58 @@ export class Metrics {
     labelNames: ['upstream', 'kind'] as const,
     registers: [this.registry],
   });
+  readonly decisions = new Counter({
+    name: 'portcullis_decisions_total',
+    help: 'Admission decisions by outcome (allow, deny, warn, dry-run-deny), first rule, upstream and mode',
+    labelNames: ['outcome', 'rule', 'upstream', 'mode'] as const,
+    registers: [this.registry],
+  });
+  readonly decisionCache = new Counter({
+    name: 'portcullis_decision_cache_total',
+    help: 'Root manifest decisions served from the decision cache (hit) or evaluated (miss)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly policyEvalDuration = new Histogram({
+    name: 'portcullis_policy_evaluation_seconds',
+    help: 'Policy evaluation latency (input built, evidence excluded)',
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
+    registers: [this.registry],
+  });
+  readonly decisionDuration = new Histogram({
+    name: 'portcullis_decision_seconds',
+    help: 'Whole root decision: evidence gathering plus policy evaluation',
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+  readonly policyRevision = new Gauge({
+    name: 'portcullis_policy_bundle_info',
+    help: 'The policy revision in use (value 1), by revision and source',
+    labelNames: ['revision', 'source'] as const,
+    registers: [this.registry],
+  });
+  readonly policyReloads = new Counter({
+    name: 'portcullis_policy_reloads_total',
+    help: 'Policy bundle loads by result (ok, error)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly policyLastReloadOk = new Gauge({
+    name: 'portcullis_policy_last_reload_success',
+    help: '1 if the last policy load attempt succeeded, 0 if it failed (the previous revision stays in use)',
+    registers: [this.registry],
+  });
+  readonly decisionLogDropped = new Counter({
+    name: 'portcullis_decision_log_dropped_total',
+    help: 'Decision log events dropped because the sink queue was full or delivery kept failing',
+    registers: [this.registry],
+  });
+  readonly decisionLogSent = new Counter({
+    name: 'portcullis_decision_log_sent_total',
+    help: 'Decision log events delivered to the sink',
+    registers: [this.registry],
+  });
+
   private activeDownloads: () => number = () => 0;
   readonly downloadsInflight = new Gauge({
     name: 'portcullis_blob_downloads_inflight',

@@ -12,11 +12,11 @@ import type { PolicyBundle } from './bundle.js';
 export const ENTRYPOINT = 'portcullis/decision';
 
 const customBuiltins = {
-  'time.parse_rfc3339_ns': (s: unknown): number => {
-    if (typeof s !== 'string') throw new Error('time.parse_rfc3339_ns: expected a string');
+  // Undefined for a bad time: the rule that needed it (an exception's expiry) then does not apply (fail closed).
+  'time.parse_rfc3339_ns': (s: unknown): number | undefined => {
+    if (typeof s !== 'string' || !/^\d{4}-\d{2}-\d{2}T/.test(s)) return undefined;
     const ms = Date.parse(s);
-    if (!Number.isFinite(ms)) throw new Error(`time.parse_rfc3339_ns: invalid time "${s.slice(0, 40)}"`);
-    return ms * 1e6;
+    return Number.isFinite(ms) ? ms * 1e6 : undefined;
   },
 };
 

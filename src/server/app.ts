@@ -46,6 +46,8 @@ export class App {
   readonly blobStore: BlobStore;
   readonly meta: MetaStore;
   readonly downloads: DownloadManager;
+  readonly router: Router;
+  readonly manifests: ManifestService;
   private readonly clients = new Map<string, UpstreamClient>();
   private readonly handlers: RegistryHandlers;
   private server: Server | undefined;
@@ -66,14 +68,14 @@ export class App {
     this.metrics.cacheBytes.set(this.blobStore.totalBytes);
     this.metrics.cacheEntries.set(this.blobStore.entries);
     this.downloads = new DownloadManager(this.blobStore);
-    const router = new Router(config);
+    const router = (this.router = new Router(config));
     for (const u of config.upstreams) this.clients.set(u.name, new UpstreamClient(u, { metrics: this.metrics }));
     const clientFor = (name: string): UpstreamClient => {
       const c = this.clients.get(name);
       if (!c) throw new Error(`no client for upstream ${name}`);
       return c;
     };
-    const manifests = new ManifestService(config, this.meta, clientFor, this.metrics, opts.now);
+    const manifests = (this.manifests = new ManifestService(config, this.meta, clientFor, this.metrics, opts.now));
     this.gate = new Gate(
       opts.decider,
       this.meta,

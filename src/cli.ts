@@ -1,0 +1,137 @@
+#!/usr/bin/env node
+/**
+ * The `portcullis` command: serve, check an image, validate a config. Exit codes: 0 ok/allow, 1 deny or invalid,
+ * 2 error.
+ */
+import { parseArgs } from 'node:util';
+import { pino } from 'pino';
+import { ConfigError, loadConfig } from './config/load.js';
+import type { Config } from './config/schema.js';
+import { checkImage } from './gate/check.js';
+import type { DecisionObserver } from './gate/gate.js';
+import { buildProxy } from './server/bootstrap.js';
+
+const USAGE = `usage:
+  portcullis serve [--config FILE]
+  portcullis check [--config FILE] [--json] <image-ref>
+  portcullis config check [FILE]
+
+The config defaults to $PORTCULLIS_CONFIG or config/portcullis.yaml.`;
+
+function configPath(v: string | undefined): string {
+  return v ?? process.env.PORTCULLIS_CONFIG ?? 'config/portcullis.yaml';
+}
+
+function load(file: string): Config {
+  try {
+    return loadConfig(file);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`${e.message}\n`);
+      process.exit(1);
+    }
+    throw e;
+  }
+}
+
+async function serve(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } } });
+  const config = load(configPath(values.config));
+  const proxy = await buildProxy(config);
+  await proxy.app.listen();
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    proxy.app.log.info({ signal, graceMs: config.shutdownGrace }, 'shutting down');
+    proxy.close().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        proxy.app.log.error({ err: String(e) }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+async function check(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' } } });
+  const ref = positionals[0];
+  if (!ref) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const config = load(configPath(values.config));
+  config.decisionLog.sink = 'none';
+  const capture: { last?: Parameters<DecisionObserver['onDecision']>[0] } = {};
+  const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)), extraObservers: [{ onDecision: (e) => (capture.last = e) }] });
+  try {
+    const report = await checkImage(proxy.app, ref, capture);
+    const a = report.admission;
+    if (values.json) {
+      process.stdout.write(`${JSON.stringify({ image: report.image, upstream: report.upstream, decision_id: a.decisionId, outcome: a.outcome, serve: a.serve, mode: a.mode, deny: a.violations, warn: a.warnings, input: report.input, result: report.result }, null, 2)}\n`);
+    } else {
+      const lines = [
+        `image:     ${report.image}`,
+        `upstream:  ${report.upstream}`,
+        `decision:  ${a.outcome.toUpperCase()} (mode ${a.mode}, policy ${proxy.policy.revision}, decision ${a.decisionId})`,
+        `signature: ${report.input?.signatures.status ?? 'unknown'}`,
+        `scan:      ${report.input?.scan.status ?? 'unknown'}`,
+        ...a.violations.map((v) => `  deny  ${v.rule}: ${v.message}`),
+        ...a.warnings.map((v) => `  warn  ${v.rule}: ${v.message}`),
+      ];
+      process.stdout.write(`${lines.join('\n')}\n`);
+    }
+    return a.serve ? 0 : 1;
+  } catch (e) {
+    process.stderr.write(`check failed: ${e instanceof Error ? e.message : String(e)}\n`);
+    return 2;
+  } finally {
+    await proxy.close();
+  }
+}
+
+function configCheck(args: string[]): number {
+  const file = configPath(args[0]);
+  try {
+    const c = loadConfig(file);
+    process.stdout.write(`${file}: ok (${c.upstreams.length} upstream${c.upstreams.length === 1 ? '' : 's'}: ${c.upstreams.map((u) => `${u.name}=${u.registry}`).join(', ')})\n`);
+    return 0;
+  } catch (e) {
+    process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
+    return 1;
+  }
+}
+
+async function main(argv: string[]): Promise<number | undefined> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case 'serve':
+      await serve(rest);
+      return undefined;
+    case 'check':
+      return check(rest);
+    case 'config':
+      if (rest[0] === 'check') return configCheck(rest.slice(1));
+      break;
+    case '--help':
+    case '-h':
+    case 'help':
+      process.stdout.write(`${USAGE}\n`);
+      return 0;
+  }
+  process.stderr.write(`${USAGE}\n`);
+  return 2;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code !== undefined) process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`portcullis: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exitCode = 2;
+  },
+);

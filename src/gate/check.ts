@@ -1,0 +1,74 @@
+/**
+ * `portcullis check <image>`: the serving pipeline (route, resolve, verify, evidence, policy) for one image
+ * reference, without a client. It reports what a pull would get, so an operator can test a policy change or
+ * explain a denial.
+ */
+import type { App } from '../server/app.js';
+import { RegistryError } from '../server/errors.js';
+import { isDigest, isValidTag, looksLikeHost } from '../routing/reference.js';
+import type { DecisionObserver } from './gate.js';
+import type { Admission, PolicyInput, PolicyResult } from './types.js';
+
+export interface CheckReport {
+  image: string;
+  upstream: string;
+  digest: string;
+  admission: Admission;
+  input: PolicyInput | undefined;
+  result: PolicyResult | undefined;
+}
+
+export interface ParsedImageRef {
+  host: string | undefined;
+  name: string;
+  tag: string | undefined;
+  digest: string | undefined;
+}
+
+/** Docker-style reference: `[host[:port]/]path[:tag][@digest]`. */
+export function parseImageRef(ref: string): ParsedImageRef {
+  let rest = ref;
+  let digest: string | undefined;
+  const at = rest.indexOf('@');
+  if (at !== -1) {
+    digest = rest.slice(at + 1);
+    rest = rest.slice(0, at);
+    if (!isDigest(digest)) throw new Error(`invalid digest in ${ref}`);
+  }
+  let tag: string | undefined;
+  const lastSlash = rest.lastIndexOf('/');
+  const colon = rest.lastIndexOf(':');
+  if (colon > lastSlash) {
+    tag = rest.slice(colon + 1);
+    rest = rest.slice(0, colon);
+    if (!isValidTag(tag)) throw new Error(`invalid tag in ${ref}`);
+  }
+  const first = rest.split('/', 1)[0] ?? '';
+  if (rest.includes('/') && looksLikeHost(first)) return { host: first, name: rest.slice(first.length + 1), tag, digest };
+  return { host: undefined, name: rest, tag: digest ? tag : (tag ?? 'latest'), digest };
+}
+
+export async function checkImage(app: App, ref: string, capture: { last?: Parameters<DecisionObserver['onDecision']>[0] }): Promise<CheckReport> {
+  const p = parseImageRef(ref);
+  const route = app.router.resolve(p.host ? `${p.host}/${p.name}` : p.name, undefined);
+  if ('code' in route) throw new RegistryError(route.code === 'NAME_UNKNOWN' ? 404 : 400, route.code, route.message);
+  const digest = p.digest ?? (await app.manifests.resolveTag(route, p.tag as string)).digest;
+  if (!isDigest(digest)) throw new Error('unreachable: invalid digest');
+  const manifest = await app.manifests.get(route, digest);
+  const admission = await app.gate.admitRoot({
+    route,
+    method: 'GET',
+    tag: p.digest ? null : (p.tag ?? null),
+    manifest,
+    kind: 'manifest',
+    client: { ip: 'cli', user: null, userAgent: 'portcullis-check' },
+  });
+  return {
+    image: `${route.registry}/${route.repository}${p.tag && !p.digest ? `:${p.tag}` : ''}@${digest}`,
+    upstream: route.upstream.name,
+    digest,
+    admission,
+    input: capture.last?.input,
+    result: capture.last?.result,
+  };
+}

@@ -1,0 +1,140 @@
+/**
+ * Holds the policy in use and replaces it when a new bundle arrives, from a watched file or an HTTP bundle server
+ * (ETag polling). A new bundle is fully loaded and checked before the swap, so a broken one is logged, counted,
+ * and ignored: the last good revision keeps deciding. The swap is a single reference assignment, so a decision in
+ * progress always finishes on the policy it started with.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { request } from 'undici';
+import type { Decider, PolicyInput, PolicyResult } from '../gate/types.js';
+import type { Metrics } from '../metrics/metrics.js';
+import { readBundle } from './bundle.js';
+import { OpaRestDecider } from './opa-rest.js';
+import { WasmDecider } from './wasm.js';
+
+export type PolicySource = { kind: 'file'; path: string } | { kind: 'url'; url: string } | { kind: 'opa'; url: string; timeoutMs: number };
+
+export interface ReloadStatus {
+  ok: boolean;
+  at: string;
+  revision: string | undefined;
+  error?: string;
+}
+
+export class PolicyManager implements Decider {
+  private current: Decider | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private fileStamp = '';
+  private etag = '';
+  private polling: Promise<void> | undefined;
+  last: ReloadStatus | undefined;
+
+  constructor(
+    private readonly source: PolicySource,
+    private readonly settings: Record<string, unknown>,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+    private readonly pollIntervalMs: number,
+    private readonly onSwap: (revision: string) => void = () => {},
+  ) {}
+
+  get revision(): string {
+    return this.current?.revision ?? 'none';
+  }
+
+  get loaded(): boolean {
+    return this.current !== undefined;
+  }
+
+  evaluate(input: PolicyInput): Promise<PolicyResult> {
+    const d = this.current;
+    if (!d) return Promise.reject(new Error('no policy loaded'));
+    return d.evaluate(input);
+  }
+
+  /** Loads the first policy; throws when it cannot, because starting without one would deny everything silently. */
+  async start(): Promise<void> {
+    if (this.source.kind === 'opa') {
+      this.install(new OpaRestDecider(this.source.url, this.source.timeoutMs), 'opa');
+      return;
+    }
+    await this.poll(true);
+    if (!this.current) throw new Error(`no policy could be loaded from ${this.describe()}: ${this.last?.error ?? 'unknown error'}`);
+    this.timer = setInterval(() => {
+      if (!this.polling) this.polling = this.poll(false).finally(() => (this.polling = undefined));
+    }, this.pollIntervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Checks the source once; exposed so tests and the CLI need not wait for the timer. */
+  async poll(force = false): Promise<void> {
+    try {
+      const bytes = this.source.kind === 'file' ? await this.readFileIfChanged(force) : await this.fetchIfChanged();
+      if (!bytes) return;
+      const bundle = await readBundle(bytes);
+      const decider = await WasmDecider.create(bundle, this.settings);
+      this.install(decider, this.source.kind);
+    } catch (e) {
+      const error = e instanceof Error ? e.message : String(e);
+      this.last = { ok: false, at: new Date().toISOString(), revision: this.current?.revision, error };
+      this.metrics.policyReloads.inc({ result: 'error' });
+      this.metrics.policyLastReloadOk.set(0);
+      this.log.error({ source: this.describe(), error, keeping: this.current?.revision ?? null }, 'policy bundle rejected; keeping the last good revision');
+    }
+  }
+
+  private install(d: Decider, source: string): void {
+    const previous = this.current?.revision;
+    this.current = d;
+    this.metrics.policyRevision.reset();
+    this.metrics.policyRevision.set({ revision: d.revision, source }, 1);
+    this.metrics.policyReloads.inc({ result: 'ok' });
+    this.metrics.policyLastReloadOk.set(1);
+    this.last = { ok: true, at: new Date().toISOString(), revision: d.revision };
+    if (previous !== d.revision) {
+      this.log.info({ source: this.describe(), revision: d.revision, previous: previous ?? null }, 'policy loaded');
+      this.onSwap(d.revision);
+    }
+  }
+
+  private async readFileIfChanged(force: boolean): Promise<Buffer | undefined> {
+    const path = (this.source as { path: string }).path;
+    const st = await stat(path);
+    const stamp = `${st.mtimeMs}:${st.size}:${st.ino}`;
+    if (!force && stamp === this.fileStamp) return undefined;
+    const bytes = await readFile(path);
+    // Record the stamp only after reading, so a file replaced mid-read is looked at again next time.
+    this.fileStamp = stamp;
+    return bytes;
+  }
+
+  private async fetchIfChanged(): Promise<Buffer | undefined> {
+    const url = (this.source as { url: string }).url;
+    const headers: Record<string, string> = {};
+    if (this.etag) headers['if-none-match'] = this.etag;
+    const res = await request(url, { method: 'GET', headers, headersTimeout: 10_000, bodyTimeout: 30_000 });
+    if (res.statusCode === 304) {
+      res.body.resume();
+      return undefined;
+    }
+    if (res.statusCode !== 200) {
+      res.body.resume();
+      throw new Error(`bundle server answered HTTP ${res.statusCode}`);
+    }
+    const bytes = Buffer.from(await res.body.arrayBuffer());
+    const etag = res.headers.etag;
+    // A broken bundle under the same ETag will not get better, so it is not fetched again until the ETag changes.
+    this.etag = typeof etag === 'string' ? etag : '';
+    return bytes;
+  }
+
+  private describe(): string {
+    return this.source.kind === 'file' ? `file ${this.source.path}` : `${this.source.kind} ${this.source.url}`;
+  }
+}

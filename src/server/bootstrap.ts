@@ -1,0 +1,56 @@
+/**
+ * Builds a running proxy from a validated Config: the policy manager (bundle file, bundle URL or external OPA),
+ * the decision log, and the App. Shared by `portcullis serve` and `portcullis check`, so both run the same
+ * pipeline.
+ */
+import { resolve } from 'node:path';
+import { pino, type Logger } from 'pino';
+import type { Config } from '../config/schema.js';
+import { DecisionLog, DecisionMetrics } from '../gate/decision-log.js';
+import type { DecisionObserver } from '../gate/gate.js';
+import { Metrics } from '../metrics/metrics.js';
+import { PolicyManager, type PolicySource } from '../policy/manager.js';
+import { App } from './app.js';
+
+export const DEFAULT_BUNDLE = 'policies/bundle.tar.gz';
+
+export interface Proxy {
+  app: App;
+  policy: PolicyManager;
+  decisionLog: DecisionLog;
+  close(): Promise<void>;
+}
+
+export function policySource(config: Config): PolicySource {
+  const p = config.policy;
+  if (p.opaUrl) return { kind: 'opa', url: p.opaUrl, timeoutMs: p.opaTimeout };
+  if (p.bundleUrl) return { kind: 'url', url: p.bundleUrl };
+  return { kind: 'file', path: resolve(p.bundleFile ?? DEFAULT_BUNDLE) };
+}
+
+export async function buildProxy(config: Config, opts: { logger?: Logger; extraObservers?: DecisionObserver[]; now?: () => number } = {}): Promise<Proxy> {
+  const log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' } });
+  const metrics = new Metrics();
+  const policy = new PolicyManager(policySource(config), config.policy.settings, metrics, log, config.policy.pollInterval);
+  await policy.start();
+  const decisionLog = new DecisionLog(config.decisionLog, metrics, log);
+  const app = new App({
+    config,
+    decider: policy,
+    logger: log,
+    metrics,
+    observers: [new DecisionMetrics(metrics), decisionLog, ...(opts.extraObservers ?? [])],
+    readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
+    ...(opts.now ? { now: opts.now } : {}),
+  });
+  return {
+    app,
+    policy,
+    decisionLog,
+    async close() {
+      policy.stop();
+      await app.close();
+      await decisionLog.close();
+    },
+  };
+}

@@ -1,0 +1,12 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    testTimeout: 120_000,
+    hookTimeout: 120_000,
+    // Integration tests start real registries, containerd and proxies on loopback; on 2 cores, running files
+    // in parallel makes timings noisy without making the suite faster.
+    fileParallelism: false,
+    include: ['test/**/*.test.ts'],
+  },
+});
