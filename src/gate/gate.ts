@@ -100,7 +100,7 @@ export class Gate {
     } catch (e) {
       const reason = e instanceof Error ? e.message : String(e);
       const v: Violation = { rule: 'policy.error', message: `policy evaluation failed: ${reason}` };
-      admission = { decisionId, serve: false, outcome: 'deny', message: v.message, violations: [v], warnings: [], mode: 'enforce', cached: false };
+      admission = { decisionId, serve: false, outcome: 'deny', message: formatViolations([v]), violations: [v], warnings: [], mode: 'enforce', cached: false };
     }
     const evalMs = performance.now() - started;
     if (admission.serve) this.recordClosure(req.route, req.manifest);
@@ -182,8 +182,13 @@ function toAdmission(decisionId: string, r: PolicyResult): Admission {
   const denied = !r.allow || violations.length > 0;
   const base = { decisionId, violations, warnings: r.warn, mode: r.mode, cached: false };
   if (!denied) return { ...base, serve: true, outcome: 'allow', message: r.warn.map((w) => w.message).join('; ') };
-  const message = violations.length ? violations.map((v) => `${v.message} [${v.rule}]`).join('; ') : 'denied by policy';
+  const message = violations.length ? formatViolations(violations) : 'denied by policy';
   if (r.mode === 'warn') return { ...base, serve: true, outcome: 'warn', message };
   if (r.mode === 'dry-run') return { ...base, serve: true, outcome: 'dry-run-deny', message };
   return { ...base, serve: false, outcome: 'deny', message };
+}
+
+/** `message [rule]; message [rule]`: one line that names every failed rule and its evidence. */
+function formatViolations(vs: Violation[]): string {
+  return vs.map((v) => `${v.message} [${v.rule}]`).join('; ');
 }

@@ -43,6 +43,10 @@ export interface RunningProxy {
 
 export const ALLOW_ALL = { no_match: 'deny', scopes: [{ name: 'all', images: ['**'] }] };
 
+function hasOtherSource(policy: unknown): boolean {
+  return typeof policy === 'object' && policy !== null && ('opaUrl' in policy || 'bundleUrl' in policy);
+}
+
 export async function startProxy(opts: StartProxyOptions): Promise<RunningProxy> {
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'pc-proxy-')));
   const doc = {
@@ -54,7 +58,7 @@ export async function startProxy(opts: StartProxyOptions): Promise<RunningProxy>
     log: { level: process.env.PORTCULLIS_TEST_LOG ?? 'silent' },
     ...opts.extra,
     policy: {
-      bundleFile: resolve('policies/bundle.tar.gz'),
+      ...(hasOtherSource(opts.extra?.policy) ? {} : { bundleFile: resolve('policies/bundle.tar.gz') }),
       pollInterval: '200ms',
       ...((opts.extra?.policy as object | undefined) ?? {}),
       settings: opts.settings ?? ALLOW_ALL,
