@@ -159,5 +159,11 @@ export class DecisionMetrics implements DecisionObserver {
     const rule = a.violations[0]?.rule ?? (a.outcome === 'allow' ? 'none' : 'unknown');
     this.metrics.decisions.inc({ outcome: a.outcome, rule, upstream: e.route.upstream.name, mode: a.mode });
     this.metrics.policyEvalDuration.observe(e.evalMs / 1000);
+    this.metrics.decisionDuration.observe(e.totalMs / 1000);
+    this.metrics.decisionCache.inc({ result: 'miss' });
+  }
+
+  onCacheHit(): void {
+    this.metrics.decisionCache.inc({ result: 'hit' });
   }
 }

@@ -32,7 +32,19 @@ export interface RootRequest {
 
 /** Observers get every decision for logging and metrics; they must not throw. */
 export interface DecisionObserver {
-  onDecision(event: { admission: Admission; input: PolicyInput; result: PolicyResult | undefined; revision: string; evalMs: number; route: Route }): void;
+  onDecision(event: {
+    admission: Admission;
+    input: PolicyInput;
+    result: PolicyResult | undefined;
+    revision: string;
+    /** Policy evaluation alone. */
+    evalMs: number;
+    /** Evidence gathering plus evaluation: the decision overhead of a cold pull. */
+    totalMs: number;
+    route: Route;
+  }): void;
+  /** A root decision answered from the decision cache. */
+  onCacheHit?(route: Route): void;
 }
 
 const notConfiguredSignatures: SignatureProvider = {
@@ -71,6 +83,7 @@ export class Gate {
     const key = [req.route.upstream.name, req.route.repository, req.manifest.digest, req.tag ?? '', req.kind, this.decider.revision, this.signatures.trustRevision].join('\n');
     const hit = this.decisions.get(key);
     if (hit && hit.expiresAt > this.now()) {
+      for (const o of this.observers) o.onCacheHit?.(req.route);
       // The closure may have lapsed (TTLs differ, restarts); re-record it so members stay reachable.
       if (hit.admission.serve) this.recordClosure(req.route, req.manifest);
       return { ...hit.admission, cached: true };
@@ -89,6 +102,7 @@ export class Gate {
   }
 
   private async decide(req: RootRequest): Promise<Admission> {
+    const decisionStarted = performance.now();
     const decisionId = randomUUID();
     const input = await this.buildInput(req);
     const started = performance.now();
@@ -107,7 +121,7 @@ export class Gate {
     else this.meta.dropClosure(req.route.upstream.name, req.route.repository, req.manifest.digest);
     for (const o of this.observers) {
       try {
-        o.onDecision({ admission, input, result, revision: this.decider.revision, evalMs, route: req.route });
+        o.onDecision({ admission, input, result, revision: this.decider.revision, evalMs, totalMs: performance.now() - decisionStarted, route: req.route });
       } catch {
         // Logging must never change a decision.
       }

@@ -63,19 +63,35 @@ export class TagService {
     } catch {
       throw errors.upstream(`upstream "${route.upstream.name}" sent a tag list that is not JSON`);
     }
-    const tags = Array.isArray(doc.tags) ? doc.tags.filter((t): t is string => typeof t === 'string') : [];
+    let tags = Array.isArray(doc.tags) ? doc.tags.filter((t): t is string => typeof t === 'string') : [];
+    // The spec wants lexical order, `last` exclusive and at most `n` results. Some upstreams ignore all three
+    // (Distribution 2.8 returns every tag, unsorted, whatever the query), so apply them here as well: for an
+    // upstream that did its job this changes nothing.
+    tags.sort();
+    if (query.last !== undefined) {
+      const last = query.last;
+      tags = tags.filter((t) => t > last);
+    }
+    let ownNext: string | undefined;
+    if (query.n !== undefined && tags.length > query.n) {
+      tags = tags.slice(0, query.n);
+      ownNext = tags[tags.length - 1];
+    }
     const out: TagList = { body: Buffer.from(JSON.stringify({ name: clientName, tags })) };
     const link = headerString(res.headers.link);
     const next = link ? /<([^>]+)>\s*;\s*rel="?next"?/.exec(link)?.[1] : undefined;
-    if (next) {
+    const nq = new URLSearchParams();
+    if (ownNext !== undefined) {
+      nq.set('n', String(query.n));
+      nq.set('last', ownNext);
+    } else if (next) {
       const u = new URL(next, 'http://upstream.invalid');
-      const nq = new URLSearchParams();
       const n = u.searchParams.get('n');
       const last = u.searchParams.get('last');
       if (n) nq.set('n', n);
       if (last) nq.set('last', last);
-      out.link = `</v2/${clientName}/tags/list?${nq.toString()}${nsSuffix}>; rel="next"`;
     }
+    if (ownNext !== undefined || next) out.link = `</v2/${clientName}/tags/list?${nq.toString()}${nsSuffix}>; rel="next"`;
     return out;
   }
 }

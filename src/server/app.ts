@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { BlobStore } from '../cache/blobstore.js';
 import { DownloadManager } from '../cache/download.js';
@@ -113,6 +114,7 @@ export class App {
           handler,
         )
       : createHttpServer(serverOpts, handler);
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket) => this.onClientError(err, socket));
     const idx = listen.lastIndexOf(':');
     const host = listen.slice(0, idx).replace(/^\[|\]$/g, '');
     const port = Number(listen.slice(idx + 1));
@@ -130,7 +132,13 @@ export class App {
     const rid = typeof req.headers['x-request-id'] === 'string' && /^[\w.-]{1,64}$/.test(req.headers['x-request-id']) ? req.headers['x-request-id'] : randomUUID();
     res.setHeader('x-request-id', rid);
     res.setHeader('docker-distribution-api-version', 'registry/2.0');
-    const url = new URL(req.url ?? '/', 'http://proxy.invalid');
+    const target = req.url ?? '/';
+    const url = new URL(target, 'http://proxy.invalid');
+    // WHATWG URL parsing resolves dot segments, percent-encoded ones (`%2e%2e`) included, so `/v2/a/../b/…` would
+    // silently become `/v2/b/…` and be fetched. Route on the path exactly as sent instead: the name grammar then
+    // refuses `..` with 400 NAME_INVALID and nothing goes upstream.
+    const q = target.indexOf('?');
+    const pathname = target.startsWith('/') ? (q === -1 ? target : target.slice(0, q)) : url.pathname;
     const method = req.method ?? 'GET';
     let kind = 'other';
     const log = this.log.child({ rid });
@@ -138,20 +146,20 @@ export class App {
       const ms = performance.now() - started;
       this.metrics.requests.inc({ kind, method, status: String(res.statusCode) });
       this.metrics.requestDuration.observe({ kind, method }, ms / 1000);
-      log.info({ method, path: url.pathname, ns: url.searchParams.get('ns') ?? undefined, status: res.statusCode, ms: Math.round(ms), ua: req.headers['user-agent'] }, 'request');
+      log.info({ method, path: pathname, ns: url.searchParams.get('ns') ?? undefined, status: res.statusCode, ms: Math.round(ms), ua: req.headers['user-agent'] }, 'request');
     });
     res.once('close', () => {
-      if (!res.writableFinished) log.warn({ method, path: url.pathname }, 'response aborted');
+      if (!res.writableFinished) log.warn({ method, path: pathname }, 'response aborted');
     });
     try {
-      if (url.pathname === '/healthz') return sendJson(res, 200, { status: 'ok' });
-      if (url.pathname === '/readyz') return this.readyz(res);
-      if (url.pathname === '/metrics') {
+      if (pathname === '/healthz') return sendJson(res, 200, { status: 'ok' });
+      if (pathname === '/readyz') return this.readyz(res);
+      if (pathname === '/metrics') {
         const body = await this.metrics.registry.metrics();
         return sendJson(res, 200, body, method === 'HEAD', this.metrics.registry.contentType);
       }
-      const ep: Endpoint | undefined = url.pathname.startsWith('/v2') ? parseEndpoint(url.pathname) : undefined;
-      if (!ep) throw errors.notFound(`no such endpoint: ${url.pathname.slice(0, 200)}`);
+      const ep: Endpoint | undefined = pathname.startsWith('/v2') ? parseEndpoint(pathname) : undefined;
+      if (!ep) throw errors.notFound(`no such endpoint: ${pathname.slice(0, 200)}`);
       kind = ep.kind;
       if (method !== 'GET' && method !== 'HEAD') {
         // Refuse before reading any body; the connection is closed so an unread upload cannot be smuggled on.
@@ -164,13 +172,34 @@ export class App {
       await this.handlers.handle({ req, res, url, method, clientIp: req.socket.remoteAddress ?? '' }, ep);
     } catch (e) {
       const err = e instanceof RegistryError ? e : errors.upstream(`internal error: ${e instanceof Error ? e.message : String(e)}`, 500);
-      if (!(e instanceof RegistryError) || err.status >= 500) log.warn({ err: e instanceof Error ? e.message : String(e), path: url.pathname }, 'request failed');
+      if (!(e instanceof RegistryError) || err.status >= 500) log.warn({ err: e instanceof Error ? e.message : String(e), path: pathname }, 'request failed');
       if (res.headersSent) {
         res.destroy();
         return;
       }
       sendError(res, err, method === 'HEAD');
     }
+  }
+
+  /**
+   * Requests Node's parser refuses (oversized headers, malformed HTTP). Node's default answers and then destroys
+   * the socket at once; with the client's unread header bytes still queued that close becomes a TCP reset, and
+   * the client sees ECONNRESET instead of the 431. So answer with an OCI error, half-close, and drain what the
+   * client is still sending until it closes (bounded by a timer).
+   */
+  private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    if (!socket.writable || err.code === 'ECONNRESET') {
+      socket.destroy();
+      return;
+    }
+    const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
+    const status = tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request';
+    const body = JSON.stringify({
+      errors: [{ code: 'UNSUPPORTED', message: tooLarge ? 'request headers are too large' : 'malformed HTTP request', detail: null }],
+    });
+    socket.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    socket.resume();
+    setTimeout(() => socket.destroy(), 2_000).unref();
   }
 
   private readyz(res: ServerResponse): void {

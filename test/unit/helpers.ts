@@ -1,0 +1,79 @@
+/** Shared fixtures for unit tests: temp dirs, configs, digests, manifests and a loopback HTTP server. */
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseConfig } from '../../src/config/load.js';
+import type { Config } from '../../src/config/schema.js';
+import type { Digest } from '../../src/routing/reference.js';
+
+const dirs: string[] = [];
+
+export function tempDir(prefix = 'pc-unit-'): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  dirs.push(d);
+  return d;
+}
+
+export function cleanupTempDirs(): void {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+}
+
+export function sha256(data: Buffer | string): Digest {
+  return `sha256:${createHash('sha256').update(data).digest('hex')}`;
+}
+
+export function sha512(data: Buffer | string): Digest {
+  return `sha512:${createHash('sha512').update(data).digest('hex')}`;
+}
+
+/** A config through the real schema (so defaults and transforms apply), with no environment overrides. */
+export function makeConfig(doc: Record<string, unknown>): Config {
+  return parseConfig(JSON.stringify(doc), 'test.yaml', {});
+}
+
+export interface LocalServer {
+  url: string;
+  port: number;
+  requests: Array<{ method: string; url: string; headers: IncomingMessage['headers']; body: Buffer }>;
+  close(): Promise<void>;
+}
+
+/** A loopback-only HTTP server; the handler sees the fully read request body. */
+export async function startServer(handler: (req: IncomingMessage, body: Buffer, res: ServerResponse) => void | Promise<void>): Promise<LocalServer> {
+  const requests: LocalServer['requests'] = [];
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
+      Promise.resolve(handler(req, body, res)).catch((e: unknown) => {
+        res.statusCode = 500;
+        res.end(String(e));
+      });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    requests,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function hex(n: number, ch = 'a'): string {
+  return ch.repeat(n);
+}
