@@ -28,6 +28,10 @@ APT_EXTRA=(runc uidmap fuse-overlayfs slirp4netns netavark aardvark-dns iptables
 GO_TOOLS=(
   "opa github.com/open-policy-agent/opa@v1.22.2"
   "crane github.com/google/go-containerregistry/cmd/crane@v0.22.1"
+  # Signers for the signature tests: cosign 2 writes the legacy .sig format, cosign 3 Sigstore bundles as referrers.
+  "cosign2 github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5"
+  "cosign3 github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3"
+  "notation github.com/notaryproject/notation/cmd/notation@v1.3.2"
 )
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 

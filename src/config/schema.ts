@@ -3,6 +3,8 @@
  * the file name. Defaults live here, so the rest of the code reads a fully populated, typed object.
  */
 import { z } from 'zod';
+import { scanSchema } from '../scan/config.js';
+import { signaturesSchema } from '../verify/config.js';
 
 const duration = z
   .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h, 7d')])
@@ -139,6 +141,10 @@ export const configSchema = z
         const n = [p.bundleFile, p.bundleUrl, p.opaUrl].filter((x) => x !== undefined).length;
         if (n > 1) ctx.addIssue({ code: 'custom', path: [], message: 'give only one of bundleFile, bundleUrl or opaUrl' });
       }),
+    /** Signature authorities (src/verify/config.ts). */
+    signatures: signaturesSchema.optional(),
+    /** Vulnerability scan sources (src/scan/config.ts). */
+    scan: scanSchema.optional(),
     decisionLog: z
       .object({
         sink: z.enum(['none', 'stdout', 'file', 'http']).default('stdout'),

@@ -132,13 +132,12 @@ export class Gate {
   private async buildInput(req: RootRequest): Promise<PolicyInput> {
     const { route, manifest } = req;
     const ctx = { upstream: route.upstream.name, registry: route.registry, repository: route.repository, digest: manifest.digest, mediaType: manifest.mediaType };
-    const [sig, scan] = await Promise.all([
-      this.signatures.signatures(ctx).catch((e: unknown) => ({
-        signatures: { status: 'error' as const, verified: [], rejected: [{ reason: `signature check failed: ${String(e)}` }] },
-        attestations: [],
-      })),
-      this.scan.scan(ctx).catch(() => ({ status: 'error' as const })),
-    ]);
+    // Scans may come from verified attestations, so signatures go first.
+    const sig = await this.signatures.signatures(ctx).catch((e: unknown) => ({
+      signatures: { status: 'error' as const, verified: [], rejected: [{ reason: `signature check failed: ${String(e)}` }] },
+      attestations: [],
+    }));
+    const scan = await this.scan.scan(ctx, sig.attestations).catch(() => ({ status: 'error' as const }));
     const platforms = manifest.parsed.manifests
       .map((d) => d.platform)
       .filter((p): p is NonNullable<typeof p> => p !== undefined && typeof p.os === 'string')

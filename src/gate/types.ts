@@ -83,7 +83,8 @@ export interface SignatureProvider {
 }
 
 export interface ScanProvider {
-  scan(ctx: EvidenceContext): Promise<ScanEvidence>;
+  /** `attestations` are the verified ones from the signature provider (vulnerability attestations among them). */
+  scan(ctx: EvidenceContext, attestations: PolicyInput['attestations']): Promise<ScanEvidence>;
 }
 
 export interface EvidenceContext {

@@ -15,6 +15,7 @@ import { MetaStore } from '../cache/metastore.js';
 import type { Config } from '../config/schema.js';
 import { Gate, type DecisionObserver } from '../gate/gate.js';
 import type { Decider, ScanProvider, SignatureProvider } from '../gate/types.js';
+import type { ApiHandler, EvidenceDeps } from '../gate/evidence.js';
 import { Metrics } from '../metrics/metrics.js';
 import { BlobService } from '../proxy/blobs.js';
 import { ManifestService } from '../proxy/manifests.js';
@@ -32,8 +33,11 @@ export interface AppOptions {
   decider: Decider;
   logger?: Logger;
   metrics?: Metrics;
-  signatures?: SignatureProvider;
-  scan?: ScanProvider;
+  /** Evidence providers are built once the upstream clients and manifest service exist. */
+  signatures?: (deps: EvidenceDeps) => SignatureProvider | undefined;
+  scan?: (deps: EvidenceDeps) => ScanProvider | undefined;
+  /** Extra endpoints outside /v2/ (the scan report API, …). */
+  api?: (deps: EvidenceDeps) => ApiHandler[];
   observers?: DecisionObserver[];
   /** Extra readiness checks (policy loaded, …); all must pass for /readyz. */
   readiness?: Array<() => string | undefined>;
@@ -51,8 +55,12 @@ export class App {
   readonly manifests: ManifestService;
   private readonly clients = new Map<string, UpstreamClient>();
   private readonly handlers: RegistryHandlers;
+  private readonly api: ApiHandler[];
   private server: Server | undefined;
   private shuttingDown = false;
+  /** Responses still being written, so that a graceful shutdown can let them finish (see close()). */
+  private readonly inflight = new Set<ServerResponse>();
+  private inflightEmpty: (() => void) | undefined;
 
   constructor(private readonly opts: AppOptions) {
     const { config } = opts;
@@ -77,12 +85,14 @@ export class App {
       return c;
     };
     const manifests = (this.manifests = new ManifestService(config, this.meta, clientFor, this.metrics, opts.now));
+    const evidenceDeps: EvidenceDeps = { config, clientFor, manifests, router, meta: this.meta, metrics: this.metrics, log: this.log, dataDir: config.dataDir };
+    this.api = opts.api?.(evidenceDeps) ?? [];
     this.gate = new Gate(
       opts.decider,
       this.meta,
       { allowTTL: config.gate.allowTTL, denyTTL: config.gate.denyTTL, closureTTL: config.gate.closureTTL },
-      opts.signatures,
-      opts.scan,
+      opts.signatures?.(evidenceDeps),
+      opts.scan?.(evidenceDeps),
       opts.observers ?? [],
       opts.now,
     );
@@ -132,6 +142,11 @@ export class App {
     const rid = typeof req.headers['x-request-id'] === 'string' && /^[\w.-]{1,64}$/.test(req.headers['x-request-id']) ? req.headers['x-request-id'] : randomUUID();
     res.setHeader('x-request-id', rid);
     res.setHeader('docker-distribution-api-version', 'registry/2.0');
+    this.inflight.add(res);
+    res.once('close', () => {
+      this.inflight.delete(res);
+      if (this.inflight.size === 0) this.inflightEmpty?.();
+    });
     const target = req.url ?? '/';
     const url = new URL(target, 'http://proxy.invalid');
     // WHATWG URL parsing resolves dot segments, percent-encoded ones (`%2e%2e`) included, so `/v2/a/../b/…` would
@@ -158,6 +173,7 @@ export class App {
         const body = await this.metrics.registry.metrics();
         return sendJson(res, 200, body, method === 'HEAD', this.metrics.registry.contentType);
       }
+      for (const h of this.api) if (await h.handle(req, res, url)) return;
       const ep: Endpoint | undefined = pathname.startsWith('/v2') ? parseEndpoint(pathname) : undefined;
       if (!ep) throw errors.notFound(`no such endpoint: ${pathname.slice(0, 200)}`);
       kind = ep.kind;
@@ -214,7 +230,23 @@ export class App {
     const server = this.server;
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     server?.closeIdleConnections();
+    const deadline = Date.now() + graceMs;
     await this.downloads.drain(graceMs);
+    // A finished download is not a finished response: a client slower than the upstream, or one reading a cached
+    // blob, is still being sent bytes. Cutting those connections now would turn a graceful shutdown into a failed
+    // pull, so let in-flight responses complete within what is left of the grace period.
+    if (this.inflight.size > 0) {
+      const left = Math.max(0, deadline - Date.now());
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        timer.unref();
+        this.inflightEmpty = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.inflightEmpty = undefined;
+    }
     server?.closeAllConnections();
     await closed;
     await Promise.all([...this.clients.values()].map((c) => c.destroy()));

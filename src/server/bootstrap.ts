@@ -11,6 +11,8 @@ import type { DecisionObserver } from '../gate/gate.js';
 import { Metrics } from '../metrics/metrics.js';
 import { PolicyManager, type PolicySource } from '../policy/manager.js';
 import { App } from './app.js';
+import { createScanProvider } from '../scan/index.js';
+import { createSignatureProvider } from '../verify/index.js';
 
 export const DEFAULT_BUNDLE = 'policies/bundle.tar.gz';
 
@@ -41,6 +43,8 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
     metrics,
     observers: [new DecisionMetrics(metrics), decisionLog, ...(opts.extraObservers ?? [])],
     readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
+    signatures: createSignatureProvider,
+    scan: createScanProvider,
     ...(opts.now ? { now: opts.now } : {}),
   });
   return {

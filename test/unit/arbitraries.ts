@@ -17,3 +17,14 @@ export const validName = fc
 export const hexChar = fc.constantFrom(...'0123456789abcdef');
 export const hexOf = (n: number) => fc.string({ unit: hexChar, minLength: n, maxLength: n });
 export const sha256Digest = hexOf(64).map((h) => `sha256:${h}` as const);
+
+/** Arbitrary strings over a mix of ASCII, control characters and some non-ASCII (fast; `unit: 'binary'` is slow). */
+export const wideString = (maxLength = 40) =>
+  fc.string({
+    unit: fc.oneof(
+      { weight: 6, arbitrary: fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)) },
+      { weight: 1, arbitrary: fc.integer({ min: 0, max: 0x1f }).map((c) => String.fromCharCode(c)) },
+      { weight: 1, arbitrary: fc.constantFrom('é', 'ı', 'ſ', 'K', '\u2028', '\uff0e', '\uff0f', '🐳', '\u0000') },
+    ),
+    maxLength,
+  });
