@@ -10,11 +10,15 @@ import type { Config } from './config/schema.js';
 import { checkImage } from './gate/check.js';
 import type { DecisionObserver } from './gate/gate.js';
 import { buildProxy } from './server/bootstrap.js';
+import { formatReport, reevaluate, type ReevalReport } from './scan/reeval.js';
 
 const USAGE = `usage:
   portcullis serve [--config FILE]
   portcullis check [--config FILE] [--json] <image-ref>
   portcullis config check [FILE]
+  portcullis report [--config FILE] [--json] [--all] [--url PROXY_URL]
+      the cached images that the current policy and scan data would now deny (exit 1 when there are any);
+      --url asks a running proxy (GET /api/v1/admin/reevaluate, token from $PORTCULLIS_ADMIN_TOKEN)
 
 The config defaults to $PORTCULLIS_CONFIG or config/portcullis.yaml.`;
 
@@ -93,6 +97,33 @@ async function check(args: string[]): Promise<number> {
   }
 }
 
+async function report(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, all: { type: 'boolean' }, url: { type: 'string' } } });
+  let r: ReevalReport;
+  if (values.url) {
+    const token = process.env.PORTCULLIS_ADMIN_TOKEN;
+    const res = await fetch(`${values.url.replace(/\/+$/, '')}/api/v1/admin/reevaluate${values.all ? '?all=1' : ''}`, {
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+    });
+    if (res.status !== 200) {
+      process.stderr.write(`report failed: HTTP ${res.status} ${(await res.text()).slice(0, 500)}\n`);
+      return 2;
+    }
+    r = (await res.json()) as ReevalReport;
+  } else {
+    const config = load(configPath(values.config));
+    config.decisionLog.sink = 'none';
+    const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)) });
+    try {
+      r = await reevaluate(proxy.app, { all: values.all ?? false });
+    } finally {
+      await proxy.close();
+    }
+  }
+  process.stdout.write(values.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatReport(r)}\n`);
+  return r.would_deny > 0 ? 1 : 0;
+}
+
 function configCheck(args: string[]): number {
   const file = configPath(args[0]);
   try {
@@ -113,6 +144,8 @@ async function main(argv: string[]): Promise<number | undefined> {
       return undefined;
     case 'check':
       return check(rest);
+    case 'report':
+      return report(rest);
     case 'config':
       if (rest[0] === 'check') return configCheck(rest.slice(1));
       break;

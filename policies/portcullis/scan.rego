@@ -1,5 +1,6 @@
 # Vulnerability scan rules of the matching scope: scan.limit, scan.missing, scan.pending, scan.stale, scan.error.
-# They apply when the scope has a `scan` block, to manifest requests only.
+# They apply when the scope has a `scan` block, to manifest requests only. A scope with `scan: {}` gets the default
+# limits (no CRITICAL vulnerability) and denies when the scan is missing, pending, stale or in error.
 package portcullis
 
 scan_cfg := scope.scan if is_object(scope.scan)
@@ -16,7 +17,13 @@ scan_in := input.scan if is_object(input.scan)
 scan_status := object.get(scan_in, "status", "missing")
 
 # on_missing / on_pending / on_stale / on_error: "deny" (default, also for unknown values), "warn" or "allow".
+# on_pending may also be "wait": see scan_wait below.
 scan_action(kind) := object.get(scan_cfg, concat("", ["on_", kind]), "deny")
+
+# Severity -> maximum count. Absent: no CRITICAL vulnerability allowed. An explicit {} means no limits.
+default_scan_limits := {"CRITICAL": 0}
+
+scan_limits := object.get(scan_cfg, "limits", default_scan_limits)
 
 # Age of the scan in seconds: input.scan.age_seconds, else computed from scanned_at and now.
 scan_age := scan_in.age_seconds if is_number(scan_in.age_seconds)
@@ -42,9 +49,44 @@ scan_events contains ["scan.missing", "no vulnerability scan result for this ima
 	scan_status == "missing"
 }
 
-scan_events contains ["scan.pending", "vulnerability scan is still pending", scan_action("pending")] if {
+# The proxy sets scan.waited_seconds after it waited for the pending scan (on_pending: "wait"): then it is a deny.
+scan_waited if is_number(scan_in.waited_seconds)
+
+scan_pending_action := "deny" if scan_action("pending") == "wait"
+
+else := scan_action("pending")
+
+scan_events contains ["scan.pending", "vulnerability scan is still pending", scan_pending_action] if {
 	scan_required
 	scan_status == "pending"
+	not scan_waited
+}
+
+scan_events contains ["scan.pending", msg, scan_pending_action] if {
+	scan_required
+	scan_status == "pending"
+	scan_waited
+	msg := concat("", ["vulnerability scan pending: no result after waiting ", int_str(round(scan_in.waited_seconds)), "s"])
+}
+
+# --- on_pending: "wait". When a pending scan is the only reason to deny (in enforce mode), the decision carries
+# "wait_seconds": the proxy waits that long for the result (capped by its scan.maxWait) and decides once more.
+# wait_seconds: default 10, at least 1, at most 20 (well under containerd's and Docker's timeouts).
+
+default_scan_wait_seconds := 10
+
+scan_wait_seconds := min([max([object.get(scan_cfg, "wait_seconds", default_scan_wait_seconds), 1]), 20]) if {
+	is_number(object.get(scan_cfg, "wait_seconds", default_scan_wait_seconds))
+} else := default_scan_wait_seconds
+
+scan_wait if {
+	scan_required
+	scan_status == "pending"
+	scan_action("pending") == "wait"
+	not scan_waited
+	mode == "enforce"
+	count(deny_set) > 0
+	count({v | some v in deny_set; v.rule != "scan.pending"}) == 0
 }
 
 scan_events contains ["scan.stale", msg, scan_action("stale")] if {
@@ -153,7 +195,7 @@ scan_top_ids(sev) := {v.id |
 violations contains {"rule": "scan.limit", "message": msg} if {
 	scan_required
 	scan_status in {"ok", "stale"}
-	some sev_key, limit in object.get(scan_cfg, "limits", {})
+	some sev_key, limit in scan_limits
 	is_number(limit)
 	sev := upper(sev_key)
 	n := scan_effective_count(sev)

@@ -193,3 +193,96 @@ test_vulnerability_without_severity_is_unknown if {
 	d := decide(inp, object.union(base_config, {"scopes": [replace(base_scope, "scan", {"limits": {"UNKNOWN": 0}})]}))
 	deny_messages(d) == {"1 UNKNOWN vulnerability (GHSA-xxxx) exceeds limit 0"}
 }
+
+# --- default limits: a scope with `scan: {}` allows no CRITICAL vulnerability
+
+empty_scan_config := object.union(base_config, {"scopes": [replace(base_scope, "scan", {})]})
+
+test_default_limits_deny_critical if {
+	inp := with_scan({"counts": {"CRITICAL": 1, "HIGH": 7}, "vulnerabilities": [vuln("CVE-2026-0001", "CRITICAL", "1.1")]})
+	d := decide(inp, empty_scan_config)
+	d.deny == [{"rule": "scan.limit", "message": "1 CRITICAL vulnerability (CVE-2026-0001) exceeds limit 0"}]
+}
+
+test_default_limits_allow_high if {
+	clean(with_scan({"counts": {"CRITICAL": 0, "HIGH": 7}}), empty_scan_config)
+}
+
+test_explicit_empty_limits_mean_none if {
+	conf := object.union(base_config, {"scopes": [replace(base_scope, "scan", {"limits": {}})]})
+	clean(with_scan({"counts": {"CRITICAL": 3}}), conf)
+}
+
+test_default_limits_with_ignored_cve if {
+	inp := with_scan({"counts": {"CRITICAL": 1}, "vulnerabilities": [vuln("CVE-2026-0001", "CRITICAL", "1.1")]})
+	conf := object.union(base_config, {"scopes": [replace(base_scope, "scan", {"ignore_cves": [ignore("CVE-2026-0001", future)]})]})
+	clean(inp, conf)
+	conf2 := object.union(base_config, {"scopes": [replace(base_scope, "scan", {"ignore_cves": [ignore("CVE-2026-0001", past)]})]})
+	deny_rules(decide(inp, conf2)) == {"scan.limit"}
+}
+
+# --- on_pending: wait
+
+wait_config(patch) := object.union(base_config, {"scopes": [replace(base_scope, "scan", object.union({"on_pending": "wait"}, patch))]})
+
+test_wait_requested_when_only_pending if {
+	d := decide(with_scan({"status": "pending"}), wait_config({"wait_seconds": 5}))
+	d.allow == false
+	d.wait_seconds == 5
+	d.deny == [{"rule": "scan.pending", "message": "vulnerability scan is still pending"}]
+}
+
+test_wait_default_and_bounds if {
+	decide(with_scan({"status": "pending"}), wait_config({})).wait_seconds == 10
+	decide(with_scan({"status": "pending"}), wait_config({"wait_seconds": 300})).wait_seconds == 20
+	decide(with_scan({"status": "pending"}), wait_config({"wait_seconds": 0})).wait_seconds == 1
+	decide(with_scan({"status": "pending"}), wait_config({"wait_seconds": "long"})).wait_seconds == 10
+}
+
+test_no_wait_when_something_else_denies if {
+	inp := object.union(with_image({"tag": "latest"}), {"scan": {"status": "pending"}})
+	d := decide(inp, object.union(wait_config({}), {"scopes": [object.union(replace(base_scope, "scan", {"on_pending": "wait"}), {"deny_tags": ["latest"]})]}))
+	deny_rules(d) == {"scan.pending", "tag.denied"}
+	not d.wait_seconds
+}
+
+test_no_wait_in_warn_mode if {
+	conf := object.union(base_config, {"scopes": [object.union(replace(base_scope, "scan", {"on_pending": "wait"}), {"mode": "warn"})]})
+	d := decide(with_scan({"status": "pending"}), conf)
+	d.mode == "warn"
+	not d.wait_seconds
+}
+
+test_no_wait_when_not_pending if {
+	d := decide(with_scan({"status": "missing"}), wait_config({}))
+	not d.wait_seconds
+	clean(base_input, wait_config({}))
+	not decide(base_input, wait_config({})).wait_seconds
+}
+
+test_no_wait_when_pending_is_excepted if {
+	conf := object.union(wait_config({}), {"exceptions": [{"images": ["ghcr.io/acme/**"], "rules": ["scan.*"], "owner": "sec", "reason": "r", "expires": future}]})
+	d := decide(with_scan({"status": "pending"}), conf)
+	d.allow == true
+	not d.wait_seconds
+}
+
+test_after_waiting_pending_is_denied if {
+	d := decide(with_scan({"status": "pending", "waited_seconds": 3.2}), wait_config({"wait_seconds": 3}))
+	d.allow == false
+	not d.wait_seconds
+	d.deny == [{"rule": "scan.pending", "message": "vulnerability scan pending: no result after waiting 3s"}]
+}
+
+test_after_waiting_result_decides if {
+	d := decide(with_scan({"status": "ok", "waited_seconds": 1, "counts": {"CRITICAL": 1}, "vulnerabilities": [vuln("CVE-2026-0009", "CRITICAL", "")]}), wait_config({}))
+	deny_messages(d) == {"1 CRITICAL vulnerability (CVE-2026-0009) exceeds limit 0"}
+	clean(with_scan({"status": "ok", "waited_seconds": 1}), wait_config({}))
+}
+
+test_wait_is_not_valid_for_other_statuses if {
+	conf := object.union(base_config, {"scopes": [replace(base_scope, "scan", {"on_missing": "wait", "on_error": "wait"})]})
+	d := decide(with_scan({"status": "missing"}), conf)
+	deny_rules(d) == {"scan.missing"}
+	not d.wait_seconds
+}

@@ -198,6 +198,7 @@ export class BlobWriter {
   private readonly hash: Hash;
   private written = 0;
   private closed = false;
+  private actual: string | undefined;
 
   constructor(
     private readonly store: BlobStore,
@@ -227,14 +228,24 @@ export class BlobWriter {
     this.written += chunk.length;
   }
 
+  /**
+   * Checks size and digest of what was written so far, without persisting anything; throws on a mismatch. Lets a
+   * download release its verified bytes to clients before the fsync and rename of commit(). Call once the last
+   * chunk is written; commit() calls it too.
+   */
+  verify(): void {
+    if (this.expectedSize !== undefined && this.written !== this.expectedSize) throw new SizeMismatchError(this.expectedSize, this.written);
+    // Hash.digest() may be called only once; remember its result for commit().
+    this.actual ??= `${digestAlgorithm(this.digest)}:${this.hash.digest('hex')}`;
+    if (this.actual !== this.digest) throw new DigestMismatchError(this.digest, this.actual);
+  }
+
   /** Verifies size and digest, fsyncs, and atomically renames into the store. Throws (and discards) on mismatch. */
   async commit(): Promise<void> {
     if (this.closed) throw new Error('commit after close');
     this.closed = true;
     try {
-      if (this.expectedSize !== undefined && this.written !== this.expectedSize) throw new SizeMismatchError(this.expectedSize, this.written);
-      const actual = `${digestAlgorithm(this.digest)}:${this.hash.digest('hex')}`;
-      if (actual !== this.digest) throw new DigestMismatchError(this.digest, actual);
+      this.verify();
       await this.fh.sync();
       await this.fh.close();
       const dest = this.store.pathFor(this.digest);

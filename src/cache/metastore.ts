@@ -134,6 +134,20 @@ export class MetaStore {
     this.st.pruneClosures!.run(now);
   }
 
+  /**
+   * The root images the proxy holds: every cached tag mapping, plus the roots of admitted closures (pulled by
+   * digest) that no tag of the same repository names. For re-evaluation (`portcullis report`).
+   */
+  listRoots(): Array<{ upstream: string; repository: string; digest: Digest; tag: string | null }> {
+    const tags = this.db.prepare('SELECT upstream, repository, tag, digest FROM tags ORDER BY upstream, repository, tag').all() as Array<{ upstream: string; repository: string; tag: string; digest: string }>;
+    const roots = this.db.prepare('SELECT DISTINCT upstream, repository, root FROM closures ORDER BY upstream, repository, root').all() as Array<{ upstream: string; repository: string; root: string }>;
+    const tagged = new Set(tags.map((t) => `${t.upstream}\n${t.repository}\n${t.digest}`));
+    return [
+      ...tags.map((t) => ({ upstream: t.upstream, repository: t.repository, digest: t.digest as Digest, tag: t.tag })),
+      ...roots.filter((r) => !tagged.has(`${r.upstream}\n${r.repository}\n${r.root}`)).map((r) => ({ upstream: r.upstream, repository: r.repository, digest: r.root as Digest, tag: null })),
+    ];
+  }
+
   close(): void {
     this.db.close();
   }

@@ -12,7 +12,7 @@ import type { MetaStore, ClosureMember } from '../cache/metastore.js';
 import type { Manifest } from '../proxy/manifests.js';
 import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
-import type { Admission, Decider, PolicyInput, PolicyResult, ScanProvider, SignatureProvider, Violation } from './types.js';
+import type { Admission, Decider, EvidenceContext, PolicyInput, PolicyResult, ScanProvider, SignatureProvider, Violation } from './types.js';
 
 export interface GateOptions {
   allowTTL: number;
@@ -56,6 +56,8 @@ const notConfiguredScan: ScanProvider = { scan: () => Promise.resolve({ status: 
 export class Gate {
   private readonly decisions: LRUCache<string, { admission: Admission; expiresAt: number }>;
   private readonly flights = new Map<string, Promise<Admission>>();
+  /** Decisions made while the scan was pending or missing: not cached, so a result counts as soon as it arrives. */
+  private readonly transient = new WeakSet<Admission>();
 
   constructor(
     private decider: Decider,
@@ -92,7 +94,7 @@ export class Gate {
     if (!p) {
       p = this.decide(req).then((admission) => {
         const ttl = admission.outcome === 'allow' ? this.opts.allowTTL : this.opts.denyTTL;
-        this.decisions.set(key, { admission, expiresAt: this.now() + ttl });
+        if (!this.transient.has(admission)) this.decisions.set(key, { admission, expiresAt: this.now() + ttl });
         return admission;
       });
       p.finally(() => this.flights.delete(key)).catch(() => {});
@@ -104,18 +106,20 @@ export class Gate {
   private async decide(req: RootRequest): Promise<Admission> {
     const decisionStarted = performance.now();
     const decisionId = randomUUID();
-    const input = await this.buildInput(req);
-    const started = performance.now();
-    let result: PolicyResult | undefined;
-    let admission: Admission;
-    try {
-      result = await this.decider.evaluate(input);
-      admission = toAdmission(decisionId, result);
-    } catch (e) {
-      const reason = e instanceof Error ? e.message : String(e);
-      const v: Violation = { rule: 'policy.error', message: `policy evaluation failed: ${reason}` };
-      admission = { decisionId, serve: false, outcome: 'deny', message: formatViolations([v]), violations: [v], warnings: [], mode: 'enforce', cached: false };
+    const ctx = evidenceContext(req);
+    let input = await this.buildInput(req, ctx);
+    let started = performance.now();
+    let { result, admission } = await this.evaluateInput(decisionId, input);
+    // `on_pending: wait`: the policy asks for a bounded wait when a pending scan is all that blocks the image. Wait
+    // for the scan once, then decide once more; still pending means a deny ("scan pending").
+    if (result?.wait_seconds && input.scan.status === 'pending' && this.scan.awaitResult) {
+      const waitStarted = performance.now();
+      const scan = await this.scan.awaitResult(ctx, input.attestations, result.wait_seconds * 1000).catch(() => ({ status: 'error' as const }));
+      input = { ...input, now: new Date(this.now()).toISOString(), scan: { ...scan, waited_seconds: Math.round((performance.now() - waitStarted) / 100) / 10 } };
+      started = performance.now();
+      ({ result, admission } = await this.evaluateInput(decisionId, input));
     }
+    if (input.scan.status === 'pending' || input.scan.status === 'missing') this.transient.add(admission);
     const evalMs = performance.now() - started;
     if (admission.serve) this.recordClosure(req.route, req.manifest);
     else this.meta.dropClosure(req.route.upstream.name, req.route.repository, req.manifest.digest);
@@ -129,9 +133,28 @@ export class Gate {
     return admission;
   }
 
-  private async buildInput(req: RootRequest): Promise<PolicyInput> {
+  private async evaluateInput(decisionId: string, input: PolicyInput): Promise<{ result: PolicyResult | undefined; admission: Admission }> {
+    try {
+      const result = await this.decider.evaluate(input);
+      return { result, admission: toAdmission(decisionId, result) };
+    } catch (e) {
+      const reason = e instanceof Error ? e.message : String(e);
+      const v: Violation = { rule: 'policy.error', message: `policy evaluation failed: ${reason}` };
+      return { result: undefined, admission: { decisionId, serve: false, outcome: 'deny', message: formatViolations([v]), violations: [v], warnings: [], mode: 'enforce', cached: false } };
+    }
+  }
+
+  /**
+   * The decision the current policy and evidence give for a root, without waiting for pending scans, caching,
+   * recording a closure or notifying observers (re-evaluation of cached images).
+   */
+  async evaluate(req: RootRequest): Promise<{ input: PolicyInput; result: PolicyResult | undefined; admission: Admission }> {
+    const input = await this.buildInput(req, evidenceContext(req));
+    return { input, ...(await this.evaluateInput(randomUUID(), input)) };
+  }
+
+  private async buildInput(req: RootRequest, ctx: EvidenceContext): Promise<PolicyInput> {
     const { route, manifest } = req;
-    const ctx = { upstream: route.upstream.name, registry: route.registry, repository: route.repository, digest: manifest.digest, mediaType: manifest.mediaType };
     // Scans may come from verified attestations, so signatures go first.
     const sig = await this.signatures.signatures(ctx).catch((e: unknown) => ({
       signatures: { status: 'error' as const, verified: [], rejected: [{ reason: `signature check failed: ${String(e)}` }] },
@@ -188,6 +211,11 @@ export class Gate {
     ];
     if (members.length) this.meta.putClosure(route.upstream.name, route.repository, root, members, this.now() + this.opts.closureTTL);
   }
+}
+
+function evidenceContext(req: RootRequest): EvidenceContext {
+  const { route, manifest } = req;
+  return { upstream: route.upstream.name, registry: route.registry, repository: route.repository, digest: manifest.digest, mediaType: manifest.mediaType };
 }
 
 function toAdmission(decisionId: string, r: PolicyResult): Admission {

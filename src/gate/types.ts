@@ -51,6 +51,14 @@ export interface ScanEvidence {
   counts?: Record<string, number>;
   fixable_counts?: Record<string, number>;
   vulnerabilities?: Array<{ id: string; severity: string; package?: string; installed?: string; fixed?: string }>;
+  /** Set when `vulnerabilities` was capped: how many there are in all. */
+  vulnerabilities_total?: number;
+  /** The scanner that produced the result ("Trivy 0.50.1"), when known. */
+  scanner?: string;
+  /** Why, when status is error. */
+  error?: string;
+  /** Set after the gate waited for a pending scan (`on_pending: wait`): how long it waited. */
+  waited_seconds?: number;
 }
 
 export interface Violation {
@@ -67,6 +75,8 @@ export interface PolicyResult {
   warn: Violation[];
   scope: string | null;
   mode: Mode;
+  /** Set when the only blocker is a pending scan and the scope says `on_pending: wait`: how long to wait for it. */
+  wait_seconds?: number;
 }
 
 /** Something that evaluates the policy: in-process WASM, or an external OPA server. */
@@ -85,6 +95,8 @@ export interface SignatureProvider {
 export interface ScanProvider {
   /** `attestations` are the verified ones from the signature provider (vulnerability attestations among them). */
   scan(ctx: EvidenceContext, attestations: PolicyInput['attestations']): Promise<ScanEvidence>;
+  /** Waits (at most timeoutMs, capped by the provider) until the evidence is no longer pending; never throws. */
+  awaitResult?(ctx: EvidenceContext, attestations: PolicyInput['attestations'], timeoutMs: number): Promise<ScanEvidence>;
 }
 
 export interface EvidenceContext {

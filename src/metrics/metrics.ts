@@ -155,6 +155,44 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly scanLookups = new Counter({
+    name: 'portcullis_scan_lookups_total',
+    help: 'Scan evidence lookups by source (attestation, report, scanner) and status (ok, stale, missing, pending, error)',
+    labelNames: ['source', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly scannerDuration = new Histogram({
+    name: 'portcullis_scanner_request_duration_seconds',
+    help: 'Calls to the Harbor-compatible scanner by operation (metadata, scan, report) and outcome (HTTP status or error)',
+    labelNames: ['op', 'outcome'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly scanPending = new Gauge({
+    name: 'portcullis_scan_pending',
+    help: 'Scans requested from the scanner and not finished yet',
+    registers: [this.registry],
+  });
+
+  readonly signatureVerifications = new Counter({
+    name: 'portcullis_signature_verifications_total',
+    help: 'Signature and attestation verifications by authority kind (cosign-key, cosign-keyless, notation) and result (verified, rejected, error)',
+    labelNames: ['kind', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly signatureDuration = new Histogram({
+    name: 'portcullis_signature_verification_seconds',
+    help: 'Signature evidence for one digest on a cache miss: discovery, downloads and verification',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+  readonly signatureCache = new Counter({
+    name: 'portcullis_signature_cache_total',
+    help: 'Signature evidence lookups answered from the verification cache (hit) or computed (miss)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
   private activeDownloads: () => number = () => 0;
   readonly downloadsInflight = new Gauge({
     name: 'portcullis_blob_downloads_inflight',

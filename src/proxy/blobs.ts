@@ -4,7 +4,7 @@
  */
 import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
-import type { BlobStore } from '../cache/blobstore.js';
+import { DigestMismatchError, type BlobStore } from '../cache/blobstore.js';
 import type { DownloadManager, DownloadSource } from '../cache/download.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Digest } from '../routing/reference.js';
@@ -81,6 +81,12 @@ export class BlobService {
     const { download, joined } = this.downloads.getOrStart(digest, () => this.fetch(route, digest));
     this.metrics.cacheHits.inc({ kind: 'blob', result: joined ? 'join' : 'miss' });
     if (joined) this.metrics.singleflightWaiters.inc({ kind: 'blob' });
+    else {
+      // Counted once per download (by the request that started it), like manifest mismatches in manifests.ts.
+      void download.finished.then(() => {
+        if (download.error instanceof DigestMismatchError) this.metrics.digestMismatches.inc({ upstream: route.upstream.name, kind: 'blob' });
+      });
+    }
     await download.ready.catch((e: unknown) => {
       throw toRegistryError(e, route.upstream.name);
     });

@@ -13,6 +13,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { Route } from '../routing/route.js';
 import { digestAlgorithm, isDigest, type Digest } from '../routing/reference.js';
 import { errors, RegistryError } from '../server/errors.js';
+import { AuthError } from '../upstream/auth.js';
 import { headerString, UpstreamUnavailableError, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
 import { ManifestFormatError, parseManifest, UPSTREAM_ACCEPT, type ParsedManifest } from './mediatypes.js';
 
@@ -149,7 +150,14 @@ export class ManifestService {
       res.body.destroy();
       throw errors.manifestInvalid(`manifest ${ref} is ${declared} bytes, over the ${max}-byte limit`);
     }
-    const bytes = await readCapped(res, max, ref);
+    let bytes: Buffer;
+    try {
+      bytes = await readCapped(res, max, ref);
+    } catch (e) {
+      // A body cut short (connection reset, body timeout) is the upstream's failure, not an internal error.
+      if (e instanceof RegistryError) throw e;
+      throw errors.upstream(`upstream "${upstream.name}" failed while sending manifest ${repository}@${ref}: ${e instanceof Error ? e.message : String(e)}`);
+    }
     if (Number.isFinite(declared) && bytes.length !== declared) {
       throw errors.upstream(`upstream "${upstream.name}" sent ${bytes.length} of ${declared} bytes for manifest ${ref}`);
     }
@@ -202,6 +210,7 @@ export function statusError(res: UpstreamResponse, upstream: string, what: strin
 
 export function toRegistryError(e: unknown, upstream: string): RegistryError {
   if (e instanceof RegistryError) return e;
+  if (e instanceof AuthError) return errors.upstream(`upstream "${upstream}" authentication failed: ${e.message}; check the upstream credentials`, 502);
   if (e instanceof UpstreamUnavailableError) return errors.upstream(e.message, 503);
   return errors.upstream(`upstream "${upstream}" failed: ${e instanceof Error ? e.message : String(e)}`, 502);
 }

@@ -42,7 +42,10 @@ export class ReferrersService {
     }
     const ct = headerString(res.headers['content-type'])?.split(';')[0]?.trim();
     if (res.status === 200 && ct === OCI_INDEX) {
-      const body = await readCapped(res.body);
+      // A body cut short is the upstream's failure (502 naming it), not an internal error.
+      const body = await readCapped(res.body).catch((e: unknown) => {
+        throw toRegistryError(e, route.upstream.name);
+      });
       const doc = safeJson(body);
       const manifests = Array.isArray(doc?.manifests) ? (doc.manifests as Descriptor[]) : [];
       const applied = (headerString(res.headers['oci-filters-applied']) ?? '').split(',').map((s) => s.trim()).includes('artifactType');

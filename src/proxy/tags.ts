@@ -49,13 +49,18 @@ export class TagService {
     }
     const chunks: Buffer[] = [];
     let total = 0;
-    for await (const c of res.body) {
-      total += (c as Buffer).length;
-      if (total > MAX_TAGS_BODY) {
-        res.body.destroy();
-        throw errors.upstream(`upstream "${route.upstream.name}" sent an oversized tag list`);
+    try {
+      for await (const c of res.body) {
+        total += (c as Buffer).length;
+        if (total > MAX_TAGS_BODY) {
+          res.body.destroy();
+          throw errors.upstream(`upstream "${route.upstream.name}" sent an oversized tag list`);
+        }
+        chunks.push(c as Buffer);
       }
-      chunks.push(c as Buffer);
+    } catch (e) {
+      // A body cut short is the upstream's failure (502 naming it), not an internal error.
+      throw toRegistryError(e, route.upstream.name);
     }
     let doc: { name?: unknown; tags?: unknown };
     try {

@@ -1,8 +1,136 @@
 /**
- * Configuration of vulnerability scan sources (`scan:` in the config file). Filled in by the scan capability.
+ * Configuration of vulnerability scan sources (`scan:` in the config file).
+ *
+ * ```yaml
+ * scan:
+ *   order: [attestations, reports, scanner]   # default: this order, limited to the configured sources
+ *   attestations:                              # cosign `vuln` predicates, verified by the signatures capability
+ *     authorities: [release-team]              # which verified authorities are trusted for scan results ("*" = any)
+ *   reports:                                   # the push API: PUT /api/v1/reports/<registry>/<repository>@<digest>
+ *     token: { env: PORTCULLIS_REPORT_TOKEN }  # bearer token CI sends
+ *     maxSize: 16MiB
+ *     requireDigestBinding: false              # true: refuse reports that name no digest at all
+ *   scanner:                                   # a Harbor Pluggable Scanner API v1.1/v1.2 adapter
+ *     url: http://harbor-scanner-trivy:8080    # the proxy calls <url>/api/v1/...
+ *     auth: { bearer: { file: /run/secrets/scanner-token } }   # or { username: u, password: { env: … } }
+ *     registries:                              # what the scanner pulls from, per upstream (default: upstream url)
+ *       dockerhub: { url: https://mirror.example, authorization: { env: SCANNER_PULL_AUTH } }
+ *     pollInterval: 2s
+ *     requestTimeout: 10s
+ *     scanTimeout: 10m
+ *     retryAfterError: 1m
+ *   staleAfter: 7d          # a result older than this has status "stale" (the scanner is asked to rescan)
+ *   maxWait: 20s            # upper bound for `on_pending: wait` in the policy
+ *   maxVulnerabilities: 50  # how many vulnerabilities the policy input lists (counts are always complete)
+ *   cacheTTL: 5m            # in-memory reuse of per-digest results (pushes and deletes invalidate it)
+ *   admin: { token: { env: PORTCULLIS_ADMIN_TOKEN } }   # /api/v1/admin/reevaluate; default: the reports token
+ * ```
  */
 import { z } from 'zod';
 
-export const scanSchema = z.object({}).loose();
+const DURATION_UNITS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+const SIZE_UNITS = { B: 0, KiB: 1, MiB: 2, GiB: 3 } as const;
+
+const duration = z
+  .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h, 7d')])
+  .transform((v) => {
+    if (typeof v === 'number') return v * 1000;
+    const m = /^(\d+)(ms|s|m|h|d)$/.exec(v)!;
+    return Number(m[1]) * DURATION_UNITS[m[2] as keyof typeof DURATION_UNITS];
+  });
+
+const size = z
+  .union([z.number().int().positive(), z.string().regex(/^\d+(B|KiB|MiB|GiB)$/, 'expected a size such as 512KiB or 16MiB')])
+  .transform((v) => {
+    if (typeof v === 'number') return v;
+    const m = /^(\d+)(B|KiB|MiB|GiB)$/.exec(v)!;
+    return Number(m[1]) * 1024 ** SIZE_UNITS[m[2] as keyof typeof SIZE_UNITS];
+  });
+
+/** Secrets come from an environment variable or a file, never inline (same shape as elsewhere in the config). */
+export const scanSecretRef = z
+  .object({ env: z.string().min(1).optional(), file: z.string().min(1).optional() })
+  .strict()
+  .refine((s) => (s.env === undefined) !== (s.file === undefined), 'give exactly one of env or file');
+
+export const VULN_PREDICATE_TYPE = 'https://cosign.sigstore.dev/attestation/vuln/v1';
+
+export const SOURCES = ['attestations', 'reports', 'scanner'] as const;
+export type SourceName = (typeof SOURCES)[number];
+
+const attestations = z
+  .object({
+    /** Authorities (names from `signatures.authorities`) whose verified vuln attestations count; "*" = any. */
+    authorities: z.array(z.string().min(1)).min(1, 'name at least one authority (or "*")'),
+    predicateTypes: z.array(z.string().min(1)).min(1).default([VULN_PREDICATE_TYPE]),
+  })
+  .strict();
+
+const reports = z
+  .object({
+    token: scanSecretRef,
+    maxSize: size.default(16 * 1024 * 1024),
+    /** Refuse a report that names no digest at all (a report naming another digest is always refused). */
+    requireDigestBinding: z.boolean().default(false),
+  })
+  .strict();
+
+const scannerAuth = z.union([
+  z.object({ bearer: scanSecretRef }).strict(),
+  z.object({ username: z.string().min(1), password: scanSecretRef }).strict(),
+]);
+
+const scanner = z
+  .object({
+    url: z
+      .url({ protocol: /^https?$/ })
+      .transform((u) => u.replace(/\/+$/, '').replace(/\/api\/v1$/, '')),
+    auth: scannerAuth.optional(),
+    /** Per upstream name: the registry URL the scanner pulls from, and the Authorization it sends there. */
+    registries: z
+      .record(
+        z.string(),
+        z
+          .object({ url: z.url({ protocol: /^https?$/ }).optional(), authorization: scanSecretRef.optional() })
+          .strict(),
+      )
+      .default({}),
+    /** Shortest time between two polls of one scan; a longer Refresh-After from the scanner wins (up to 60 s). */
+    pollInterval: duration.default(2_000),
+    requestTimeout: duration.default(10_000),
+    /** A scan still pending after this long is given up (status error) and requested again later. */
+    scanTimeout: duration.default(600_000),
+    /** After a failed scan or an unreachable scanner, how long the error stands before the scan is requested again. */
+    retryAfterError: duration.default(60_000),
+  })
+  .strict();
+
+export const scanSchema = z
+  .object({
+    order: z
+      .array(z.enum(SOURCES))
+      .refine((a) => new Set(a).size === a.length, 'each source at most once')
+      .optional(),
+    attestations: attestations.optional(),
+    reports: reports.optional(),
+    scanner: scanner.optional(),
+    staleAfter: duration.default(7 * 86_400_000),
+    maxWait: duration.refine((ms) => ms <= 60_000, 'at most 60s: clients time out').default(20_000),
+    maxVulnerabilities: z.number().int().min(0).max(10_000).default(50),
+    cacheTTL: duration.default(300_000),
+    admin: z.object({ token: scanSecretRef }).strict().optional(),
+  })
+  .strict()
+  .superRefine((s, ctx) => {
+    for (const [i, name] of (s.order ?? []).entries()) {
+      if (s[name] === undefined) ctx.addIssue({ code: 'custom', path: ['order', i], message: `source "${name}" is listed but not configured` });
+    }
+  });
 
 export type ScanConfig = z.output<typeof scanSchema>;
+export type ScannerConfig = NonNullable<ScanConfig['scanner']>;
+
+/** The configured sources in the order they are consulted. */
+export function sourceOrder(c: ScanConfig): SourceName[] {
+  return (c.order ?? [...SOURCES]).filter((s) => c[s] !== undefined);
+}

@@ -1,11 +1,50 @@
 /**
- * Builds the scan evidence provider from the config; undefined when no source is configured (the policy input
- * then says `not_configured`).
+ * The scan capability: the evidence provider (src/scan/service.ts) and its HTTP API (src/scan/api.ts), built from
+ * the `scan:` config section with the shared evidence deps.
+ *
+ * `scanCapability()` gives the App both factories plus a close(); both factories get the same EvidenceDeps object
+ * from the App, and share one ScanService (one SQLite file, one set of pollers). With no source configured there is
+ * no provider (the policy input then says `not_configured`).
  */
+import type { ApiHandler, EvidenceDeps } from '../gate/evidence.js';
 import type { ScanProvider } from '../gate/types.js';
-import type { EvidenceDeps } from '../gate/evidence.js';
+import { ScanApi } from './api.js';
+import { sourceOrder } from './config.js';
+import type { ReevalTarget } from './reeval.js';
+import { ScanService } from './service.js';
 
+export interface ScanCapability {
+  provider: (deps: EvidenceDeps) => ScanProvider | undefined;
+  api: (deps: EvidenceDeps) => ApiHandler[];
+  /** The service, once built (undefined when no source is configured). */
+  service(): ScanService | undefined;
+  close(): void;
+}
+
+export function scanCapability(opts: { now?: () => number; target?: () => ReevalTarget | undefined } = {}): ScanCapability {
+  let built: { deps: EvidenceDeps; service: ScanService | undefined } | undefined;
+  const serviceFor = (deps: EvidenceDeps): ScanService | undefined => {
+    if (built && built.deps === deps) return built.service;
+    if (built) built.service?.close();
+    const cfg = deps.config.scan;
+    const service = cfg && sourceOrder(cfg).length > 0 ? new ScanService(deps, opts.now ? { now: opts.now } : {}) : undefined;
+    built = { deps, service };
+    return service;
+  };
+  return {
+    provider: (deps) => serviceFor(deps),
+    api: (deps) => {
+      const service = serviceFor(deps);
+      const cfg = deps.config.scan;
+      if (!service && !cfg?.admin) return [];
+      return [new ScanApi({ service, deps, target: opts.target ?? (() => undefined), now: opts.now ?? Date.now })];
+    },
+    service: () => built?.service,
+    close: () => built?.service?.close(),
+  };
+}
+
+/** The provider alone (no report API); prefer scanCapability(), which can also be closed. */
 export function createScanProvider(deps: EvidenceDeps): ScanProvider | undefined {
-  if (!deps.config.scan || Object.keys(deps.config.scan).length === 0) return undefined;
-  throw new Error('scan: scan sources are not implemented yet');
+  return scanCapability().provider(deps);
 }

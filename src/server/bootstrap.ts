@@ -11,7 +11,7 @@ import type { DecisionObserver } from '../gate/gate.js';
 import { Metrics } from '../metrics/metrics.js';
 import { PolicyManager, type PolicySource } from '../policy/manager.js';
 import { App } from './app.js';
-import { createScanProvider } from '../scan/index.js';
+import { scanCapability } from '../scan/index.js';
 import { createSignatureProvider } from '../verify/index.js';
 
 export const DEFAULT_BUNDLE = 'policies/bundle.tar.gz';
@@ -36,6 +36,9 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
   const policy = new PolicyManager(policySource(config), config.policy.settings, metrics, log, config.policy.pollInterval);
   await policy.start();
   const decisionLog = new DecisionLog(config.decisionLog, metrics, log);
+  // The scan provider and its report/admin API share one service; re-evaluation needs the app once it exists.
+  let built: App | undefined;
+  const scan = scanCapability({ ...(opts.now ? { now: opts.now } : {}), target: () => built });
   const app = new App({
     config,
     decider: policy,
@@ -44,9 +47,11 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
     observers: [new DecisionMetrics(metrics), decisionLog, ...(opts.extraObservers ?? [])],
     readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
     signatures: createSignatureProvider,
-    scan: createScanProvider,
+    scan: scan.provider,
+    api: scan.api,
     ...(opts.now ? { now: opts.now } : {}),
   });
+  built = app;
   return {
     app,
     policy,
@@ -54,6 +59,7 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
     async close() {
       policy.stop();
       await app.close();
+      scan.close();
       await decisionLog.close();
     },
   };

@@ -15,6 +15,7 @@ import type { ReferrersService } from '../proxy/referrers.js';
 import type { TagService } from '../proxy/tags.js';
 import { isDigest, looksLikeDigest, parseReference, type Digest } from '../routing/reference.js';
 import type { Route, Router } from '../routing/route.js';
+import { isAccessory, needsOwnDecision } from '../verify/accessory.js';
 import { errors, RegistryError } from './errors.js';
 import type { Endpoint } from './paths.js';
 import { parseRange, sendJson } from './respond.js';
@@ -36,9 +37,6 @@ export interface RequestContext {
   method: 'GET' | 'HEAD';
   clientIp: string;
 }
-
-/** Accessory tags (cosign `.sig`/`.att`/`.sbom`, the referrers fallback tag) are a separate kind of request. */
-const ACCESSORY_TAG = /^sha256-[a-f0-9]{64}(\.(sig|att|sbom))?$/;
 
 export class RegistryHandlers {
   constructor(private readonly d: HandlerDeps) {}
@@ -88,7 +86,7 @@ export class RegistryHandlers {
     } else {
       const root = this.d.gate.rootOf(route, ref.digest);
       manifest = await this.d.manifests.get(route, ref.digest);
-      if (root && root !== ref.digest) {
+      if (root && root !== ref.digest && !(await this.smuggled(route, root, manifest))) {
         // A child of an admitted root: covered by the root's decision; its own blobs join the closure.
         this.d.gate.extendClosure(route, root, manifest);
       } else {
@@ -108,9 +106,23 @@ export class RegistryHandlers {
     void admission;
   }
 
-  /** Runs the gate for a root manifest; throws the 403 for an enforced deny, and sets decision headers. */
+  /**
+   * A runnable manifest listed by an accessory root (a referrers index) is not covered by that root's lighter
+   * decision: it gets its own.
+   */
+  private async smuggled(route: Route, root: Digest, child: Manifest): Promise<boolean> {
+    const rootManifest = await this.d.manifests.get(route, root);
+    return needsOwnDecision(rootManifest.parsed, child.parsed);
+  }
+
+  /**
+   * Runs the gate for a root manifest; throws the 403 for an enforced deny, and sets decision headers.
+   * Signatures, attestations, SBOMs and referrers indexes (cosign `.sig`/`.att`/`.sbom` tags, the referrers tag
+   * schema, manifests with a `subject` or a signature artifact type) are a separate kind of request, but only when
+   * nothing in them can run (src/verify/accessory.ts).
+   */
   private async admit(ctx: RequestContext, route: Route, manifest: Manifest, tag: string | null): Promise<Admission> {
-    const kind = tag !== null && ACCESSORY_TAG.test(tag) ? 'accessory' : 'manifest';
+    const kind = isAccessory(manifest.parsed, tag) ? 'accessory' : 'manifest';
     const admission = await this.d.gate.admitRoot({
       route,
       method: ctx.method,

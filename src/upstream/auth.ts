@@ -47,18 +47,34 @@ export class Authenticator {
   }
 
   /**
-   * Learns from a 401. Returns true when retrying with fresh credentials can help: a new challenge, or a bearer
-   * token that may have been revoked early.
+   * Learns from a 401 to a request that carried `sent` (its Authorization header, or null for none). Returns true
+   * when retrying can help: the request went out without credentials, or with a bearer token that has since been
+   * replaced, or with the current one (which is then dropped: it may have been revoked or expired early).
+   *
+   * Decided per request rather than only by "did the challenge change": when several requests go out before the
+   * first challenge is known, every one of them comes back 401 with the same challenge, and each must still retry
+   * (the upstream client passes `sent`). When `sent` is not given, only a new challenge or a dropped cached token
+   * counts.
    */
-  onUnauthorized(wwwAuthenticate: string | undefined, scope: string): boolean {
+  onUnauthorized(wwwAuthenticate: string | undefined, scope: string, sent?: string | null): boolean {
     const challenges = wwwAuthenticate ? parseChallenges(wwwAuthenticate) : [];
     const chosen = challenges.find((c) => c.scheme === 'bearer' && c.params.realm) ?? challenges.find((c) => c.scheme === 'basic');
     if (!chosen) return false;
     if (chosen.scheme === 'basic' && !this.credentials()) return false;
     const changed = JSON.stringify(chosen) !== JSON.stringify(this.challenge);
     this.challenge = chosen;
-    const hadToken = this.tokens.delete(this.tokenKey(chosen, scope));
-    return changed || hadToken;
+    const key = this.tokenKey(chosen, scope);
+    if (sent === undefined) {
+      const hadToken = this.tokens.delete(key);
+      return changed || hadToken;
+    }
+    if (chosen.scheme === 'basic') {
+      // Basic credentials that were sent and refused will be refused again, unless the challenge itself is new.
+      return changed || sent === null || !sent.startsWith('Basic ');
+    }
+    const cached = this.tokens.get(key);
+    if (cached && sent === `Bearer ${cached.value}`) this.tokens.delete(key);
+    return true;
   }
 
   private basic(): string | undefined {

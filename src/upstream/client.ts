@@ -136,7 +136,9 @@ export class UpstreamClient {
         }
         return res;
       } catch (e) {
-        if (req.signal?.aborted || e instanceof AuthError) throw e instanceof AuthError ? new UpstreamUnavailableError(this.name, e) : e;
+        // An authentication failure is not an outage: retrying cannot help, and the client should be told to
+        // check the credentials (see toRegistryError), not that the upstream is unreachable.
+        if (req.signal?.aborted || e instanceof AuthError) throw e;
         lastError = e;
         this.opts.metrics.upstreamRetries.inc({ upstream: this.name, reason: 'connection' });
       }
@@ -149,7 +151,7 @@ export class UpstreamClient {
     let authorization = scope || this.config.credentials ? await this.auth.authorization(scope) : undefined;
     let res = await this.follow(req, authorization);
     if (res.status === 401 && res.fromUpstreamHost) {
-      const retry = this.auth.onUnauthorized(headerString(res.headers['www-authenticate']), scope);
+      const retry = this.auth.onUnauthorized(headerString(res.headers['www-authenticate']), scope, authorization ?? null);
       if (retry) {
         res.body.resume();
         authorization = await this.auth.authorization(scope);

@@ -1,13 +1,219 @@
 /**
- * Configuration of signature authorities (`signatures:` in the config file). Filled in by the signatures
- * capability; until then the section is accepted but must be empty.
+ * Configuration of signature authorities (`signatures:` in the config file).
+ *
+ * ```yaml
+ * signatures:
+ *   authorities:
+ *     - name: release-team            # cosign, key-based (legacy .sig or Sigstore bundle)
+ *       kind: key
+ *       key: /etc/portcullis/keys/release.pub      # PEM: ECDSA P-256/P-384/P-521, RSA or Ed25519
+ *     - name: ci                      # cosign keyless (Fulcio certificate + Rekor)
+ *       kind: keyless
+ *       issuer: https://token.actions.githubusercontent.com            # exact
+ *       subjectRegExp: ^https://github\.com/acme/.+/\.github/workflows/release\.yml@refs/tags/v.*$   # anchored
+ *       extensions: { "1.3.6.1.4.1.57264.1.12": https://github.com/acme/api }   # Fulcio OIDs, exact
+ *       trustedRoot: /etc/portcullis/sigstore/trusted_root.json
+ *       tlogThreshold: 1
+ *       ctlogThreshold: 1
+ *       timestampThreshold: 1
+ *     - name: notary                  # Notation (Notary Project) JWS signatures
+ *       kind: notation
+ *       trustStore: [/etc/portcullis/notation/ca]   # root certificates: PEM/DER files, or directories of them
+ *       trustedIdentities: ["x509.subject: C=US, ST=WA, O=acme"]        # or ["*"]
+ *       expiry: enforce               # enforce | log
+ *       signingTime: enforce          # enforce | log
+ * ```
+ *
+ * Every error names the authority, since a typo in one authority is what an operator must find.
  */
 import { z } from 'zod';
 
+/** Authority names appear in policy scopes and deny messages. */
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+const OID = /^[0-2](\.(0|[1-9][0-9]*))+$/;
+
+function parseDuration(v: number | string): number {
+  if (typeof v === 'number') return v * 1000;
+  const m = /^(\d+)(ms|s|m|h|d)$/.exec(v);
+  if (!m) return NaN;
+  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
+}
+const duration = z
+  .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h')])
+  .transform(parseDuration);
+
+function parseSize(v: number | string): number {
+  if (typeof v === 'number') return v;
+  const m = /^(\d+)(B|KiB|MiB)$/.exec(v);
+  if (!m) return NaN;
+  return Number(m[1]) * 1024 ** { B: 0, KiB: 1, MiB: 2 }[m[2] as 'B' | 'KiB' | 'MiB'];
+}
+const size = z
+  .union([z.number().int().positive(), z.string().regex(/^\d+(B|KiB|MiB)$/, 'expected a size such as 64KiB or 4MiB')])
+  .transform(parseSize);
+
+const threshold = z.number().int().min(0).max(16);
+
+const keyAuthority = z
+  .object({
+    name: z.string(),
+    kind: z.literal('key'),
+    /** PEM public key file (SPKI `PUBLIC KEY`, or `RSA PUBLIC KEY`). */
+    key: z.string().min(1),
+    /** Optional trusted_root.json whose Rekor keys check transparency-log entries of key-based signatures. */
+    trustedRoot: z.string().min(1).optional(),
+    /** Transparency-log entries required (needs trustedRoot). Default 0: offline key signatures are accepted. */
+    tlogThreshold: threshold.default(0),
+  })
+  .strict();
+
+const keylessAuthority = z
+  .object({
+    name: z.string(),
+    kind: z.literal('keyless'),
+    /** OIDC issuer in the Fulcio certificate; compared exactly. */
+    issuer: z.string().min(1),
+    /** Certificate subject (SAN: email or URI); exactly. */
+    subject: z.string().min(1).optional(),
+    /** Or a regular expression over the subject; always anchored (`^(?:…)$` is added). */
+    subjectRegExp: z.string().min(1).optional(),
+    /** Fulcio certificate extensions by OID (e.g. 1.3.6.1.4.1.57264.1.12 source repository URI); exact values. */
+    extensions: z.record(z.string().regex(OID, 'expected a dotted OID such as 1.3.6.1.4.1.57264.1.12'), z.string()).default({}),
+    /** Sigstore trusted_root.json: Fulcio CAs, Rekor and CT log keys, timestamp authorities. */
+    trustedRoot: z.string().min(1),
+    tlogThreshold: threshold.default(1),
+    ctlogThreshold: threshold.default(1),
+    timestampThreshold: threshold.default(1),
+  })
+  .strict();
+
+const notationAuthority = z
+  .object({
+    name: z.string(),
+    kind: z.literal('notation'),
+    /** Trusted root certificates: PEM or DER files, or directories holding them (like a Notation `x509/ca/<store>`). */
+    trustStore: z.array(z.string().min(1)).min(1, 'give at least one trust store file or directory'),
+    /** `x509.subject: C=US, ST=WA, O=acme` (the prefix is optional), or `*` for any certificate chaining to the store. */
+    trustedIdentities: z.array(z.string().min(1)).min(1, 'give at least one trusted identity (or "*")'),
+    /** A signature past its `io.cncf.notary.expiry`: denied (enforce) or only logged. */
+    expiry: z.enum(['enforce', 'log']).default('enforce'),
+    /** Signing time within every certificate's validity, not in the future, and certificates valid now. */
+    signingTime: z.enum(['enforce', 'log']).default('enforce'),
+  })
+  .strict();
+
+export const authoritySchema = z.discriminatedUnion('kind', [keyAuthority, keylessAuthority, notationAuthority]);
+export type AuthorityConfig = z.output<typeof authoritySchema>;
+export type KeyAuthorityConfig = z.output<typeof keyAuthority>;
+export type KeylessAuthorityConfig = z.output<typeof keylessAuthority>;
+export type NotationAuthorityConfig = z.output<typeof notationAuthority>;
+
+function authorityLabel(v: unknown, i: number): string {
+  const name = typeof v === 'object' && v !== null && typeof (v as { name?: unknown }).name === 'string' ? (v as { name: string }).name : undefined;
+  return name ? `authority "${name}"` : `authority #${i + 1}`;
+}
+
+/** Parses each authority on its own so that every message can name it. */
+const authorities = z
+  .array(z.unknown())
+  .default([])
+  .superRefine((list, ctx) => {
+    const seen = new Set<string>();
+    list.forEach((item, i) => {
+      const label = authorityLabel(item, i);
+      const r = authoritySchema.safeParse(item);
+      if (!r.success) {
+        for (const issue of r.error.issues) {
+          const field = issue.path.length ? `${issue.path.join('.')}: ` : '';
+          ctx.addIssue({ code: 'custom', path: [i, ...issue.path.map((p) => (typeof p === 'symbol' ? String(p) : p))], message: `${label}: ${field}${issue.message}` });
+        }
+        return;
+      }
+      const a = r.data;
+      if (!NAME.test(a.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `${label}: name must be letters, digits, '.', '_' or '-' (at most 63)` });
+      if (seen.has(a.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `${label}: duplicate authority name` });
+      seen.add(a.name);
+      if (a.kind === 'keyless') {
+        if ((a.subject === undefined) === (a.subjectRegExp === undefined)) {
+          ctx.addIssue({ code: 'custom', path: [i], message: `${label}: give exactly one of subject or subjectRegExp` });
+        }
+        if (a.subjectRegExp !== undefined) {
+          try {
+            new RegExp(a.subjectRegExp, 'u');
+          } catch (e) {
+            ctx.addIssue({ code: 'custom', path: [i, 'subjectRegExp'], message: `${label}: invalid regular expression: ${(e as Error).message}` });
+          }
+        }
+      }
+      if (a.kind === 'key' && a.tlogThreshold > 0 && !a.trustedRoot) {
+        ctx.addIssue({ code: 'custom', path: [i, 'tlogThreshold'], message: `${label}: tlogThreshold > 0 needs a trustedRoot with the Rekor keys` });
+      }
+      if (a.kind === 'notation') {
+        a.trustedIdentities.forEach((id, j) => {
+          if (id.trim() === '*') return;
+          if (!parseDistinguishedName(id.replace(/^x509\.subject:\s*/, ''))) {
+            ctx.addIssue({ code: 'custom', path: [i, 'trustedIdentities', j], message: `${label}: "${id}" is not "*" or "x509.subject: <RDN>=<value>, …"` });
+          }
+        });
+      }
+    });
+  })
+  .transform((list) => list.flatMap((a) => {
+    const r = authoritySchema.safeParse(a);
+    return r.success ? [r.data] : [];
+  }));
+
 export const signaturesSchema = z
   .object({
-    authorities: z.array(z.object({ name: z.string() }).loose()).default([]),
+    authorities,
+    cache: z
+      .object({
+        /** How long a result with a verified signature is reused for the same digest and trust revision. */
+        verifiedTTL: duration.default(3_600_000),
+        /** How long a result without one is reused (short, so that a newly pushed signature is seen soon). */
+        unverifiedTTL: duration.default(30_000),
+      })
+      .strict()
+      .default({ verifiedTTL: 3_600_000, unverifiedTTL: 30_000 }),
+    /** At most this many referrers, and layers of a legacy signature manifest, are examined per digest. */
+    maxSignatures: z.number().int().positive().max(256).default(32),
+    /** Signature payloads, bundles and envelopes larger than this are not downloaded. */
+    maxBlobSize: size.default(4 * 1024 * 1024),
+    /** Attestation predicates larger than this (as JSON) reach the policy as null. */
+    maxPredicateSize: size.default(1024 * 1024),
+    /** How often key and trust files are checked for changes (a change is a new trust revision). */
+    reloadInterval: duration.default(10_000),
   })
   .strict();
 
 export type SignaturesConfig = z.output<typeof signaturesSchema>;
+
+/**
+ * A distinguished name such as `C=US, ST=WA, O=acme, CN=signer` as a map of attribute → value, or undefined when
+ * it does not parse. Commas inside values may be escaped with a backslash.
+ */
+export function parseDistinguishedName(dn: string): Map<string, string> | undefined {
+  const out = new Map<string, string>();
+  const parts: string[] = [];
+  let cur = '';
+  for (let i = 0; i < dn.length; i++) {
+    const c = dn[i]!;
+    if (c === '\\' && i + 1 < dn.length) {
+      cur += dn[++i];
+    } else if (c === ',') {
+      parts.push(cur);
+      cur = '';
+    } else cur += c;
+  }
+  parts.push(cur);
+  for (const p of parts) {
+    const eq = p.indexOf('=');
+    if (eq <= 0) return undefined;
+    let key = p.slice(0, eq).trim().toUpperCase();
+    if (key === 'S') key = 'ST';
+    const value = p.slice(eq + 1).trim();
+    if (!key || !value || out.has(key)) return undefined;
+    out.set(key, value);
+  }
+  return out.size ? out : undefined;
+}

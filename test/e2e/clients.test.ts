@@ -18,15 +18,19 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DecisionObserver } from '../../src/gate/gate.js';
 import {
   type ContainerdHandle,
+  crane,
   cranePull,
   expectOk,
   podmanProbe,
   podmanPull,
+  skopeo,
   skopeoCopy,
   startContainerd,
   writeHostsDir,
@@ -83,6 +87,44 @@ async function checkLayout(dir: string): Promise<Set<string>> {
     found.add(d);
   }
   return found;
+}
+
+interface Recorded {
+  method: string;
+  url: string;
+  status: number;
+  ociNamespace: string | undefined;
+  userAgent: string | undefined;
+}
+
+/** A pass-through HTTP server that records each request and the proxy's answer (the testbed's logproxy). */
+async function startRecorder(target: string): Promise<{ url: string; seen: Recorded[]; stop(): Promise<void> }> {
+  const t = new URL(target);
+  const seen: Recorded[] = [];
+  const srv = http.createServer((req, res) => {
+    const up = http.request({ host: t.hostname, port: t.port, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+      seen.push({
+        method: req.method ?? '',
+        url: req.url ?? '',
+        status: ur.statusCode ?? 0,
+        ociNamespace: ur.headers['oci-namespace'] as string | undefined,
+        userAgent: req.headers['user-agent'],
+      });
+      res.writeHead(ur.statusCode ?? 502, ur.headers);
+      ur.pipe(res);
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  return {
+    url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`,
+    seen,
+    stop: () => {
+      srv.closeAllConnections();
+      return new Promise((r) => srv.close(() => r()));
+    },
+  };
 }
 
 beforeAll(async () => {
@@ -158,6 +200,20 @@ describe('skopeo through the path prefix', () => {
   });
 });
 
+describe('tag listing through the path prefix', () => {
+  it('skopeo inspect and crane ls see the upstream tags', async () => {
+    const r = expectOk(
+      await skopeo(['--insecure-policy', 'inspect', '--tls-verify=false', `docker://${proxy.host}/${ALIAS}/e2e/app:ok`]),
+      'skopeo inspect',
+    );
+    const info = JSON.parse(r.stdout) as { RepoTags: string[]; Digest: string; Name: string };
+    expect(info.RepoTags.sort()).toEqual(['blocked', 'ok']);
+    expect(info.Name).toBe(`${proxy.host}/${ALIAS}/e2e/app`);
+    const ls = expectOk(await crane(['ls', '--insecure', `${proxy.host}/${ALIAS}/e2e/app`]), 'crane ls');
+    expect(ls.stdout.trim().split('\n').sort()).toEqual(['blocked', 'ok']);
+  });
+});
+
 describe('crane through the path prefix', () => {
   it('pulls the single-arch image as an OCI layout', async () => {
     const dest = path.join(tmp, 'cr-single');
@@ -201,12 +257,12 @@ describe('containerd 1.6 (ctr --hosts-dir, fallback-proof hosts.toml, routed by 
   });
 
   /** Pull with overlayfs; if this sandbox cannot mount overlay, fall back to native once and for all. */
-  async function pull(ref: string, namespace: string) {
-    let r = await cd.pull(ref, { hostsDir, namespace, snapshotter });
+  async function pull(ref: string, namespace: string, dir = hostsDir) {
+    let r = await cd.pull(ref, { hostsDir: dir, namespace, snapshotter });
     if (r.code !== 0 && snapshotter === 'overlayfs' && /overlay|mount/i.test(r.stderr)) {
       console.warn(`overlayfs unpack failed here, using the native snapshotter: ${r.stderr.trim().split('\n').pop()}`);
       snapshotter = 'native';
-      r = await cd.pull(ref, { hostsDir, namespace, snapshotter });
+      r = await cd.pull(ref, { hostsDir: dir, namespace, snapshotter });
     }
     return r;
   }
@@ -227,8 +283,31 @@ describe('containerd 1.6 (ctr --hosts-dir, fallback-proof hosts.toml, routed by 
   it('pulls and unpacks through the proxy; every request carried ns and nothing bypassed it', async () => {
     reg.clearLog();
     decisions.length = 0;
+    // This pull goes through a recording pass-through in front of the proxy, to see containerd's own requests.
+    const recorder = await startRecorder(proxy.url);
+    const recHosts = path.join(tmp, 'hosts-rec');
+    await writeHostsDir(recHosts, reg.host, recorder.url);
     const ref = `${reg.host}/e2e/ctr:v1`;
-    const r = expectOk(await pull(ref, 'e2e'), 'ctr pull via hosts dir');
+    let r;
+    try {
+      r = expectOk(await pull(ref, 'e2e', recHosts), 'ctr pull via hosts dir');
+    } finally {
+      await recorder.stop();
+    }
+    const ns = `ns=${encodeURIComponent(reg.host)}`;
+    // (A set: should the overlayfs fallback have re-run the pull, containerd repeats some of these.)
+    expect([...new Set(recorder.seen.map((x) => `${x.method} ${x.url}`))].sort()).toEqual(
+      [
+        `HEAD /v2/e2e/ctr/manifests/v1?${ns}`,
+        `GET /v2/e2e/ctr/manifests/${ctrImage.digest}?${ns}`,
+        ...blobsOf(ctrImage).map((d) => `GET /v2/e2e/ctr/blobs/${d}?${ns}`),
+      ].sort(),
+    );
+    for (const x of recorder.seen) {
+      expect(x.status).toBe(200);
+      expect(x.ociNamespace).toBe(reg.host);
+      expect(x.userAgent).toMatch(/^containerd\//);
+    }
     expect(r.stdout).toMatch(/unpacking linux\/amd64 sha256:[0-9a-f]{64}\.\.\.\s*done/);
     // The root decision was made on a request routed by ns= (containerd adds ns=<registry host>).
     const d = decisions.find((e) => e.input.image.repository === 'e2e/ctr');
@@ -255,12 +334,23 @@ describe('containerd 1.6 (ctr --hosts-dir, fallback-proof hosts.toml, routed by 
     expect(reg.requests().every((x) => x.userAgent === PROXY_UA)).toBe(true);
   }, 90_000);
 
+  it('pulls by digest (the digest is the root the gate decides on)', async () => {
+    reg.clearLog();
+    const r = expectOk(await pull(`${reg.host}/e2e/single@${single.digest}`, 'bydigest'), 'ctr pull by digest');
+    expect(r.stdout).toContain('done');
+    expect(reg.requests().filter((x) => x.userAgent !== PROXY_UA)).toEqual([]);
+  });
+
   it('a denied tag fails the pull with a 403 and does not fall back to the upstream', async () => {
     reg.clearLog();
     const r = await pull(`${reg.host}/e2e/app:blocked`, 'e2e');
     expect(r.code).not.toBe(0);
     // containerd resolves with a HEAD, which has no body: it can only print the status (testbed §5).
-    expect(r.stderr).toMatch(/403 Forbidden/);
+    expect(r.stderr).toContain(`pulling from host ${proxy.host} failed with status code [manifests blocked]: 403 Forbidden`);
+    // What the HEAD carried, for logs and debugging tools (ctr cannot show it):
+    const head = await fetch(`${proxy.url}/v2/e2e/app/manifests/blocked?ns=${encodeURIComponent(reg.host)}`, { method: 'HEAD' });
+    expect(head.status).toBe(403);
+    expect(head.headers.get('portcullis-reason')).toBe('tag "blocked" is not allowed [tag.denied]');
     expect(reg.requests().filter((x) => x.userAgent !== PROXY_UA)).toEqual([]);
   });
 });

@@ -68,7 +68,7 @@ async function pullOnce(i: number): Promise<{ manifest: string; blobs: string[] 
 
 describe('herd of cold pulls', () => {
   it(`${CLIENTS} concurrent clients: one upstream GET per blob, correct bytes for all`, async () => {
-    const img = await pushImage(reg.url, 'herd/app', 'v1', { layers: 4, layerSizeMiB: 16 });
+    const img = await pushImage(reg.url, 'herd/app', 'v1', { layers: 4, layerSizeMiB: 8 });
     reg.clearLog();
     const t0 = performance.now();
     const results = await Promise.all(Array.from({ length: CLIENTS }, (_, i) => pullOnce(i)));

@@ -9,6 +9,7 @@
  *   GET|HEAD /v2/<name>/manifests/<tag|digest>   Docker-Content-Digest, Content-Type, Content-Length
  *   GET|HEAD /v2/<name>/blobs/<digest>           same headers, single-range `Range: bytes=a-b` → 206
  *   GET  /v2/<name>/tags/list[?n=&last=]        lexical order, `Link: <...>; rel="next"` when paginated
+ *   GET  /v2/<name>/referrers/<digest>          only with `referrers: true` (the OCI 1.1 referrers API)
  *   GET  <token path>                            when `requireBearer.realm` is a path on this server
  * Unknown names/references get a 404 with an OCI error body (`MANIFEST_UNKNOWN`, `BLOB_UNKNOWN`, `NAME_UNKNOWN`).
  *
@@ -88,6 +89,12 @@ export interface FakeUpstreamOptions {
    * 404 MANIFEST_UNKNOWN (testbed §2.6). Lets tests prove the proxy sends the OCI types upstream.
    */
   strictAccept?: boolean;
+  /**
+   * Serve the OCI referrers API, `GET /v2/<name>/referrers/<digest>[?artifactType=]`, computed from the stored
+   * manifests whose `subject` is that digest (artifactType: the manifest's, else its config media type). Off by
+   * default: like Distribution 2.8, the fake then answers 404 and clients fall back to the tag schema.
+   */
+  referrers?: boolean;
 }
 
 export interface FakeUpstream {
@@ -271,6 +278,27 @@ export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Prom
     return { status: 200, headers: { 'content-type': 'application/json', 'content-length': String(body.length) }, body };
   };
 
+  const referrersOf = (name: string, subject: string, artifactType: string | null): Resolved => {
+    if (!/^sha256:[a-f0-9]{64}$/.test(subject)) return ociError(400, 'DIGEST_INVALID', `invalid digest ${subject}`);
+    const manifests: Array<Record<string, unknown>> = [];
+    for (const [digest, stored] of repos.get(name)?.manifests ?? []) {
+      let doc: { subject?: { digest?: unknown }; artifactType?: unknown; config?: { mediaType?: unknown }; annotations?: unknown };
+      try {
+        doc = JSON.parse(stored.bytes.toString('utf8')) as typeof doc;
+      } catch {
+        continue;
+      }
+      if (doc.subject?.digest !== subject) continue;
+      const type = typeof doc.artifactType === 'string' ? doc.artifactType : typeof doc.config?.mediaType === 'string' ? doc.config.mediaType : undefined;
+      if (artifactType !== null && type !== artifactType) continue;
+      manifests.push({ mediaType: stored.mediaType, digest, size: stored.bytes.length, ...(type ? { artifactType: type } : {}), ...(doc.annotations ? { annotations: doc.annotations } : {}) });
+    }
+    const body = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests }));
+    const headers: Record<string, string> = { 'content-type': OCI_INDEX, 'content-length': String(body.length) };
+    if (artifactType !== null) headers['oci-filters-applied'] = 'artifactType';
+    return { status: 200, headers, body };
+  };
+
   const resolveContent = (req: http.IncomingMessage, pathname: string, query: URLSearchParams): Resolved => {
     if (pathname === '/v2/' || pathname === '/v2') {
       const body = Buffer.from('{}');
@@ -298,6 +326,8 @@ export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Prom
       headers['content-length'] = String(body.length);
       return { status: 200, headers, body };
     }
+    const refMatch = options.referrers ? /^\/v2\/(.+)\/referrers\/([^/]+)$/.exec(pathname) : null;
+    if (refMatch) return referrersOf(refMatch[1]!, decodeURIComponent(refMatch[2]!), query.get('artifactType'));
     const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(pathname);
     if (!m) return ociError(404, 'NAME_UNKNOWN', `no route for ${pathname}`);
     const name = m[1]!;

@@ -218,6 +218,11 @@ describe('registry API against Distribution 2.8', () => {
       // The prefix route does not claim a namespace.
       const p = await get(`${proxy.url}/v2/${H}/team/app/manifests/v1`, accept());
       expect(p.headers.get('oci-namespace')).toBeNull();
+      // containerd with a `_default` hosts dir sends ns AND a host-prefixed name: accepted when they agree.
+      const both = await get(`${proxy.url}/v2/${H}/team/app/manifests/v1?ns=${H}`, accept());
+      expect(both.status).toBe(200);
+      expect(both.headers.get('docker-content-digest')).toBe(img.digest);
+      expect(both.headers.get('oci-namespace')).toBe(H);
     });
 
     it('without ns, prefix or default upstream the name is unknown, and nothing goes out', async () => {

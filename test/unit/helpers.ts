@@ -1,6 +1,6 @@
 /** Shared fixtures for unit tests: temp dirs, configs, digests, manifests and a loopback HTTP server. */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -11,8 +11,18 @@ import type { Digest } from '../../src/routing/reference.js';
 
 const dirs: string[] = [];
 
+/** tmpfs when there is one: SQLite and the blob store fsync, which is slow on a busy disk. */
+const TMP_BASE = (() => {
+  try {
+    accessSync('/dev/shm', constants.W_OK);
+    return '/dev/shm';
+  } catch {
+    return tmpdir();
+  }
+})();
+
 export function tempDir(prefix = 'pc-unit-'): string {
-  const d = mkdtempSync(join(tmpdir(), prefix));
+  const d = mkdtempSync(join(TMP_BASE, prefix));
   dirs.push(d);
   return d;
 }

@@ -1,0 +1,465 @@
+#!/usr/bin/env node
+/**
+ * `npm run bench`: Portcullis side by side with CNCF Distribution's proxy mode and with direct pulls, in one run, on
+ * loopback, reported as ratios against the targets of DESIGN §10. See bench/README.md.
+ *
+ *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,rss,index] [--log-level info]
+ *                      [--dist DIR] [--cpu-prof DIR] [--keep]
+ *
+ * Every process it starts (registries, Portcullis, skopeo, curl, wrk) is killed on exit, error or signal.
+ */
+import { existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { curlPull, skopeoHerd, skopeoPull, wrkManifest } from './lib/clients.mjs';
+import { MANIFEST_ACCEPT, pushImage, pushIndex } from './lib/images.mjs';
+import { histogram, histogramDelta, histogramQuantile, startPortcullis } from './lib/portcullis.mjs';
+import { killAll, run } from './lib/proc.mjs';
+import { startRegistry } from './lib/registry.mjs';
+import { fmt, median, round, summary } from './lib/stats.mjs';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+const { values: args } = parseArgs({
+  options: {
+    out: { type: 'string' },
+    quick: { type: 'boolean', default: false },
+    phases: { type: 'string', default: 'pulls,herd,wrk,rss,index' },
+    'log-level': { type: 'string', default: 'info' },
+    dist: { type: 'string', default: join(ROOT, 'dist') },
+    'cpu-prof': { type: 'string' },
+    keep: { type: 'boolean', default: false },
+    reps: { type: 'string' },
+  },
+});
+
+args.dist = resolve(args.dist);
+const QUICK = args.quick;
+const P = {
+  pullReps: Number(args.reps ?? (QUICK ? 2 : 5)),
+  warmPerRep: 2,
+  image: QUICK ? { layers: 5, layerMiB: 8 } : { layers: 5, layerMiB: 40 }, // 200 MiB in 5 layers
+  herdReps: QUICK ? 1 : 2,
+  herdClients: 20,
+  wrkSeconds: QUICK ? 2 : 5,
+  wrkReps: QUICK ? 1 : 2,
+  big: QUICK ? { layers: 1, layerMiB: 128 } : { layers: 1, layerMiB: 1024 }, // 1 GiB
+  rssClients: 20,
+  index: QUICK ? { layers: 1, layerMiB: 4 } : { layers: 2, layerMiB: 16 },
+  indexReps: QUICK ? 1 : 2,
+};
+const phases = new Set(args.phases.split(',').map((s) => s.trim()));
+
+/** DESIGN §10. */
+const TARGETS = {
+  warm_ratio: { op: '<=', value: 1.03, text: 'warm pull ÷ direct ≤ 1.03' },
+  cold_ratio: { op: '<=', value: 1.1, text: 'cold pull ÷ direct ≤ 1.10' },
+  herd_upstream_gets_per_blob: { op: '==', value: 1, text: 'upstream GETs per blob in a 20-client herd = 1' },
+  upstream_bytes_ratio: { op: '<=', value: 1.0 + 1e-6, text: 'upstream bytes ÷ image bytes in the herd = 1.0' },
+  herd_vs_direct: { op: '<=', value: 1.2, text: 'herd through Portcullis ÷ direct herd ≤ 1.2' },
+  manifest_rps_vs_direct: { op: '>=', value: 1.0, text: 'manifest GET by tag req/s ÷ direct ≥ 1.0' },
+  decision_overhead_ms_p50: { op: '<=', value: 15, text: 'decision overhead of a cold pull, median ≤ 15 ms' },
+  peak_rss_mib: { op: '<=', value: 300, text: 'peak RSS, 20 clients × 1 GiB ≤ 300 MiB' },
+};
+
+const log = (msg) => process.stderr.write(`[${((performance.now() - T0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
+const T0 = performance.now();
+
+async function machineInfo() {
+  const cpus = os.cpus();
+  let distro;
+  try {
+    distro = /PRETTY_NAME="?([^"\n]+)/.exec(readFileSync('/etc/os-release', 'utf8'))?.[1];
+  } catch {
+    distro = undefined;
+  }
+  const ver = async (cmd, a) => {
+    try {
+      const r = await run(cmd, a, { timeoutMs: 10_000 });
+      return (r.stdout + r.stderr).split('\n')[0].trim();
+    } catch {
+      return null;
+    }
+  };
+  return {
+    cores: cpus.length,
+    cpu_model: cpus[0]?.model ?? 'unknown',
+    memory_gib: round(os.totalmem() / 2 ** 30, 1),
+    node: process.version,
+    os: `${distro ?? os.type()} (${os.type()} ${os.release()} ${os.arch()})`,
+    loadavg_start: os.loadavg().map((x) => round(x, 2)),
+    tools: {
+      'docker-registry': await ver('docker-registry', ['--version']),
+      skopeo: await ver('skopeo', ['--version']),
+      wrk: await ver('wrk', ['-v']),
+      curl: await ver('curl', ['--version']),
+    },
+  };
+}
+
+/** Client output goes to tmpfs when there is room: the bench measures the proxies, not the disk under skopeo. */
+function clientDir(base) {
+  try {
+    const s = statfsSync('/dev/shm');
+    if (s.bavail * s.bsize > 8 * 2 ** 30) return '/dev/shm';
+  } catch {
+    // no tmpfs
+  }
+  return base;
+}
+
+const decisionHist = async (pc) => {
+  const m = await pc.metrics();
+  return { decision: histogram(m, 'portcullis_decision_seconds'), policy: histogram(m, 'portcullis_policy_evaluation_seconds'), samples: m };
+};
+
+function countUpstream(reqs, repo, blobs) {
+  const mine = reqs.filter((r) => r.path.startsWith(`/v2/${repo}/`));
+  const blobGets = mine.filter((r) => r.method === 'GET' && r.path.includes('/blobs/') && r.status === 200);
+  const perBlob = blobs.map((b) => blobGets.filter((r) => r.path.endsWith(`/blobs/${b.digest}`)).length);
+  const bytes = mine.filter((r) => r.method === 'GET' && r.status === 200).reduce((a, r) => a + r.bytes, 0);
+  const manifestGets = mine.filter((r) => r.method === 'GET' && r.path.includes('/manifests/')).length;
+  const manifestHeads = mine.filter((r) => r.method === 'HEAD' && r.path.includes('/manifests/')).length;
+  return { perBlob, meanPerBlob: perBlob.reduce((a, b) => a + b, 0) / perBlob.length, maxPerBlob: Math.max(...perBlob), bytes, manifestGets, manifestHeads, total: mine.length };
+}
+
+async function main() {
+  if (!existsSync(join(args.dist, 'cli.js'))) throw new Error(`${args.dist}/cli.js is missing: run npm run build first (npm run bench does)`);
+  const bundleFile = join(ROOT, 'policies', 'bundle.tar.gz');
+  const machine = await machineInfo();
+  const tmp = await mkdtemp(join(os.tmpdir(), 'portcullis-bench-'));
+  const clients = await mkdtemp(join(clientDir(tmp), 'portcullis-bench-clients-'));
+  const cleanup = async () => {
+    killAll();
+    if (!args.keep) {
+      await rm(tmp, { recursive: true, force: true });
+      await rm(clients, { recursive: true, force: true });
+    }
+  };
+  log(`machine: ${machine.cores} cores, ${machine.cpu_model}, ${machine.memory_gib} GiB, node ${machine.node}; load ${machine.loadavg_start.join(' ')}`);
+  log(`work dir ${tmp}; client output ${clients}${QUICK ? '; QUICK mode (smaller images, fewer reps)' : ''}`);
+
+  const result = { version: 1, quick: QUICK, started_at: new Date().toISOString(), machine, params: P, log_level: args['log-level'] };
+  result.evidence = 'not_configured';
+  result.evidence_note =
+    'Signature verification and scan evidence are not implemented in the proxy yet (issues 4 and 5): the decision ' +
+    'overhead covers the policy evaluation only, with signatures and scan reported to the policy as not_configured.';
+
+  try {
+    const upstream = await startRegistry({ dir: tmp, name: 'upstream' });
+    const peer = await startRegistry({ dir: tmp, name: 'peer', remoteUrl: upstream.url });
+    const nodeArgs = args['cpu-prof'] ? ['--cpu-prof', '--cpu-prof-dir', resolve(args['cpu-prof'])] : [];
+    const pc = await startPortcullis({ dir: tmp, name: 'portcullis', distDir: args.dist, bundleFile, upstream, logLevel: args['log-level'], nodeArgs });
+    log(`upstream ${upstream.url} (pid ${upstream.pid}), Distribution proxy ${peer.url} (pid ${peer.pid}), Portcullis ${pc.url} (pid ${pc.pid})`);
+    const targets = { direct: upstream.host, portcullis: pc.host, peer: peer.host };
+    let coldPullMsPortcullis;
+    let coldPullMsPeer;
+
+    // ---------------------------------------------------------------------------------------------- cold and warm
+    if (phases.has('pulls')) {
+      const t = { direct: [], pcCold: [], pcWarm: [], peerCold: [], peerWarm: [] };
+      const r = { cold: [], warm: [], peerCold: [], peerWarm: [] };
+      const before = await decisionHist(pc);
+      for (let rep = 0; rep < P.pullReps; rep++) {
+        const repo = `bench/pull${rep}`;
+        const img = await pushImage(upstream.url, repo, 'v1', { ...P.image, tmpDir: tmp });
+        const ref = `${repo}:v1`;
+        const dest = join(clients, 'pull');
+        const d1 = await skopeoPull(targets.direct, ref, dest);
+        // Alternate which proxy goes first, so neither always runs right after the push.
+        const order = rep % 2 === 0 ? ['portcullis', 'peer'] : ['peer', 'portcullis'];
+        const got = {};
+        for (const who of order) {
+          const cold = await skopeoPull(targets[who], ref, dest);
+          const warm = [];
+          for (let i = 0; i < P.warmPerRep; i++) warm.push(await skopeoPull(targets[who], ref, dest));
+          got[who] = { cold, warm: median(warm) };
+        }
+        const d2 = await skopeoPull(targets.direct, ref, dest);
+        const direct = (d1 + d2) / 2;
+        t.direct.push(d1, d2);
+        t.pcCold.push(got.portcullis.cold);
+        t.pcWarm.push(got.portcullis.warm);
+        t.peerCold.push(got.peer.cold);
+        t.peerWarm.push(got.peer.warm);
+        r.cold.push(got.portcullis.cold / direct);
+        r.warm.push(got.portcullis.warm / direct);
+        r.peerCold.push(got.peer.cold / direct);
+        r.peerWarm.push(got.peer.warm / direct);
+        log(
+          `pull rep ${rep + 1}/${P.pullReps} (${(img.bytes / 2 ** 20).toFixed(0)} MiB): direct ${d1.toFixed(0)}/${d2.toFixed(0)} ms; ` +
+            `Portcullis cold ${got.portcullis.cold.toFixed(0)} warm ${got.portcullis.warm.toFixed(0)}; ` +
+            `Distribution proxy cold ${got.peer.cold.toFixed(0)} warm ${got.peer.warm.toFixed(0)}`,
+        );
+      }
+      const after = await decisionHist(pc);
+      const dDec = histogramDelta(after.decision, before.decision);
+      const dPol = histogramDelta(after.policy, before.policy);
+      coldPullMsPortcullis = median(t.pcCold);
+      coldPullMsPeer = median(t.peerCold);
+      result.pulls = {
+        image_mib: round(P.image.layers * P.image.layerMiB, 1),
+        layers: P.image.layers,
+        reps: P.pullReps,
+        ms: Object.fromEntries(Object.entries(t).map(([k, v]) => [k, summary(v.map((x) => round(x, 1)))])),
+        ratios: Object.fromEntries(Object.entries(r).map(([k, v]) => [k, summary(v)])),
+      };
+      result.warm_ratio = round(median(r.warm), 3);
+      result.cold_ratio = round(median(r.cold), 3);
+      result.peer_warm_ratio = round(median(r.peerWarm), 3);
+      result.peer_cold_ratio = round(median(r.peerCold), 3);
+      const decisions = dDec.at(-1)?.[1] ?? 0;
+      result.decision_overhead = {
+        source: 'portcullis_decision_seconds histogram (evidence + policy per root decision), delta over the cold pulls, median interpolated in buckets',
+        decisions,
+        p50_ms: round((histogramQuantile(dDec, 0.5) ?? NaN) * 1000, 3),
+        p99_ms: round((histogramQuantile(dDec, 0.99) ?? NaN) * 1000, 3),
+        policy_eval_p50_ms: round((histogramQuantile(dPol, 0.5) ?? NaN) * 1000, 3),
+        buckets: dDec.map(([le, c]) => [le === Infinity ? '+Inf' : le, c]),
+      };
+      result.decision_overhead_ms_p50 = result.decision_overhead.p50_ms;
+    }
+
+    // ------------------------------------------------------------------------------------------------------ herd
+    if (phases.has('herd')) {
+      const rows = { portcullis: [], direct: [], peer: [] };
+      for (let rep = 0; rep < P.herdReps; rep++) {
+        const repo = `bench/herd${rep}`;
+        const img = await pushImage(upstream.url, repo, 'v1', { ...P.image, tmpDir: tmp });
+        const ref = `${repo}:v1`;
+        const order = rep % 2 === 0 ? ['portcullis', 'direct', 'peer'] : ['peer', 'direct', 'portcullis'];
+        for (const who of order) {
+          const mark = upstream.mark();
+          const h = await skopeoHerd(targets[who], ref, join(clients, `herd-${who}`), P.herdClients);
+          await new Promise((res) => setTimeout(res, 300)); // the access-log line trails the response
+          const up = countUpstream(upstream.requestsSince(mark), repo, img.blobs);
+          rows[who].push({ wallMs: h.wallMs, meanClientMs: h.each.reduce((a, b) => a + b, 0) / h.each.length, up, imageBytes: img.bytes });
+          log(
+            `herd rep ${rep + 1}/${P.herdReps} ${who.padEnd(10)} ${P.herdClients} × skopeo: ${h.wallMs.toFixed(0)} ms; upstream blob GETs per blob ` +
+              `${up.perBlob.join(',')}; upstream bytes ÷ image ${(up.bytes / img.bytes).toFixed(2)}`,
+          );
+        }
+      }
+      const wall = (who) => rows[who].map((x) => x.wallMs);
+      const vsDirect = rows.portcullis.map((x, i) => x.wallMs / rows.direct[i].wallMs);
+      const peerVsDirect = rows.peer.map((x, i) => x.wallMs / rows.direct[i].wallMs);
+      const gets = rows.portcullis.map((x) => x.up.meanPerBlob);
+      const bytesRatio = rows.portcullis.map((x) => x.up.bytes / x.imageBytes);
+      result.herd = {
+        clients: P.herdClients,
+        reps: P.herdReps,
+        wall_ms: { portcullis: summary(wall('portcullis')), direct: summary(wall('direct')), peer: summary(wall('peer')) },
+        upstream: {
+          portcullis: rows.portcullis.map((x) => ({ gets_per_blob: x.up.perBlob, bytes: x.up.bytes, image_bytes: x.imageBytes, manifest_gets: x.up.manifestGets, manifest_heads: x.up.manifestHeads })),
+          peer: rows.peer.map((x) => ({ gets_per_blob: x.up.perBlob, bytes: x.up.bytes, image_bytes: x.imageBytes, manifest_gets: x.up.manifestGets, manifest_heads: x.up.manifestHeads })),
+        },
+        herd_vs_direct: summary(vsDirect),
+        peer_herd_vs_direct: summary(peerVsDirect),
+      };
+      result.herd_upstream_gets_per_blob = round(Math.max(...rows.portcullis.map((x) => x.up.maxPerBlob)), 3);
+      result.herd_upstream_gets_per_blob_mean = round(median(gets), 3);
+      result.upstream_bytes_ratio = round(median(bytesRatio), 4);
+      result.herd_vs_direct = round(median(vsDirect), 3);
+      result.peer_herd_upstream_gets_per_blob = round(median(rows.peer.map((x) => x.up.meanPerBlob)), 2);
+      result.peer_upstream_bytes_ratio = round(median(rows.peer.map((x) => x.up.bytes / x.imageBytes)), 2);
+      result.peer_herd_vs_direct = round(median(peerVsDirect), 3);
+      if (coldPullMsPortcullis === undefined) {
+        // The herd's denominator is one cold pull of the same image size: take one now if the pull phase was skipped.
+        const repo = 'bench/herd-single';
+        await pushImage(upstream.url, repo, 'v1', { ...P.image, tmpDir: tmp });
+        coldPullMsPortcullis = await skopeoPull(targets.portcullis, `${repo}:v1`, join(clients, 'single'));
+        coldPullMsPeer = await skopeoPull(targets.peer, `${repo}:v1`, join(clients, 'single'));
+      }
+      result.herd_time_ratio = round(median(wall('portcullis')) / coldPullMsPortcullis, 2);
+      result.peer_herd_time_ratio = round(median(wall('peer')) / coldPullMsPeer, 2);
+    }
+
+    // ------------------------------------------------------------------------------------ manifest throughput
+    if (phases.has('wrk')) {
+      const repo = 'bench/manifest';
+      await pushImage(upstream.url, repo, 'v1', { layers: 1, layerMiB: 1, tmpDir: tmp });
+      const warm = async (host) => {
+        const res = await fetch(`http://${host}/v2/${repo}/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
+        await res.arrayBuffer();
+        if (res.status !== 200) throw new Error(`warm-up GET manifest via ${host}: HTTP ${res.status}`);
+      };
+      // A second Portcullis at log level warn shows what the per-request info log line costs.
+      const altLevel = args['log-level'] === 'info' ? 'warn' : 'info';
+      const pcAlt = await startPortcullis({ dir: tmp, name: `portcullis-${altLevel}`, distDir: args.dist, bundleFile, upstream, logLevel: altLevel });
+      const hosts = { direct: upstream.host, portcullis: pc.host, peer: peer.host, [`portcullis_${altLevel}`]: pcAlt.host };
+      const res = Object.fromEntries(Object.keys(hosts).map((k) => [k, []]));
+      try {
+        for (let rep = 0; rep < P.wrkReps; rep++) {
+          const order = rep % 2 === 0 ? Object.keys(hosts) : Object.keys(hosts).reverse();
+          for (const who of order) {
+            await warm(hosts[who]);
+            const w = await wrkManifest(`http://${hosts[who]}/v2/${repo}/manifests/v1`, { seconds: P.wrkSeconds });
+            if (w.non2xx > 0) throw new Error(`wrk against ${who}: ${w.non2xx} non-2xx responses`);
+            res[who].push(w);
+            log(`wrk rep ${rep + 1}/${P.wrkReps} ${who.padEnd(16)} ${w.rps.toFixed(0)} req/s, p50 ${fmt(w.p50)} ms, p99 ${fmt(w.p99)} ms`);
+          }
+        }
+      } finally {
+        await pcAlt.stop();
+      }
+      const m = (who, k) => median(res[who].map((x) => x[k]));
+      result.manifest = Object.fromEntries(
+        Object.keys(hosts).map((who) => [who, { rps: summary(res[who].map((x) => x.rps)), p50_ms: round(m(who, 'p50'), 3), p99_ms: round(m(who, 'p99'), 3) }]),
+      );
+      result.manifest.wrk = `wrk -t2 -c16 -d${P.wrkSeconds}s --latency -H 'Accept: <OCI and Docker manifest types>' /v2/${repo}/manifests/v1`;
+      result.manifest_rps = round(m('portcullis', 'rps'), 0);
+      result.peer_manifest_rps = round(m('peer', 'rps'), 0);
+      result.direct_manifest_rps = round(m('direct', 'rps'), 0);
+      result[`manifest_rps_log_${altLevel}`] = round(m(`portcullis_${altLevel}`, 'rps'), 0);
+      result.manifest_rps_ratio = round(result.manifest_rps / result.peer_manifest_rps, 2);
+      const perRep = res.portcullis.map((x, i) => x.rps / res.direct[i].rps);
+      result.manifest_rps_vs_direct = round(median(perRep), 3);
+      result.manifest_p50_ms = round(m('portcullis', 'p50'), 3);
+      result.manifest_p99_ms = round(m('portcullis', 'p99'), 3);
+      result.peer_manifest_p50_ms = round(m('peer', 'p50'), 3);
+      result.peer_manifest_p99_ms = round(m('peer', 'p99'), 3);
+      result.direct_manifest_p50_ms = round(m('direct', 'p50'), 3);
+      result.direct_manifest_p99_ms = round(m('direct', 'p99'), 3);
+    }
+
+    // ---------------------------------------------------------------------------------------------- peak RSS
+    if (phases.has('rss')) {
+      const repo = 'bench/big';
+      const img = await pushImage(upstream.url, repo, 'v1', { ...P.big, tmpDir: tmp });
+      const baseline = pc.memory();
+      const out = { image_mib: round(img.bytes / 2 ** 20, 0), clients: P.rssClients, baseline_rss_mib: round(baseline.rssMiB, 1) };
+      for (const phase of ['cold', 'warm']) {
+        const reset = pc.resetPeak();
+        let sampled = 0;
+        const timer = setInterval(() => {
+          try {
+            sampled = Math.max(sampled, pc.memory().rssMiB);
+          } catch {
+            // process gone: the pull fails below
+          }
+        }, 50);
+        const mark = upstream.mark();
+        const t0 = performance.now();
+        try {
+          await Promise.all(Array.from({ length: P.rssClients }, () => curlPull(pc.url, repo, 'v1', img.blobs)));
+        } finally {
+          clearInterval(timer);
+        }
+        const ms = performance.now() - t0;
+        const mem = pc.memory();
+        await new Promise((r) => setTimeout(r, 300));
+        const up = countUpstream(upstream.requestsSince(mark), repo, img.blobs);
+        // VmHWM is exact when the reset worked; otherwise it is the peak of the process's life, so use the samples.
+        const peak = reset ? mem.hwmMiB : sampled;
+        out[phase] = { ms: round(ms, 0), peak_rss_mib: round(peak, 1), sampled_max_rss_mib: round(sampled, 1), hwm_reset: reset, gib_per_s: round((P.rssClients * img.bytes) / 2 ** 30 / (ms / 1000), 2), upstream_gets_per_blob: up.perBlob };
+        log(`rss ${phase}: ${P.rssClients} × ${(img.bytes / 2 ** 20).toFixed(0)} MiB via curl in ${ms.toFixed(0)} ms; peak RSS ${peak.toFixed(0)} MiB (sampled ${sampled.toFixed(0)})`);
+      }
+      out.process_lifetime_hwm_mib = round(pc.memory().hwmMiB, 1);
+      result.rss = out;
+      result.peak_rss_mib = round(Math.max(out.cold.peak_rss_mib, out.warm.peak_rss_mib), 1);
+    }
+
+    // ------------------------------------------------------------------------------------ multi-arch index
+    if (phases.has('index')) {
+      const r = { direct: [], pcCold: [], pcWarm: [], peerCold: [], peerWarm: [] };
+      for (let rep = 0; rep < P.indexReps; rep++) {
+        const repo = `bench/multi${rep}`;
+        await pushIndex(upstream.url, repo, 'v1', [{ os: 'linux', architecture: 'amd64' }, { os: 'linux', architecture: 'arm64', variant: 'v8' }], { ...P.index, tmpDir: tmp });
+        const ref = `${repo}:v1`;
+        const dest = join(clients, 'multi');
+        const o = { all: true };
+        r.direct.push(await skopeoPull(targets.direct, ref, dest, o));
+        r.pcCold.push(await skopeoPull(targets.portcullis, ref, dest, o));
+        r.pcWarm.push(await skopeoPull(targets.portcullis, ref, dest, o));
+        r.peerCold.push(await skopeoPull(targets.peer, ref, dest, o));
+        r.peerWarm.push(await skopeoPull(targets.peer, ref, dest, o));
+        log(`index rep ${rep + 1}/${P.indexReps} (2 platforms, skopeo --all): direct ${r.direct.at(-1).toFixed(0)} ms, Portcullis cold ${r.pcCold.at(-1).toFixed(0)} warm ${r.pcWarm.at(-1).toFixed(0)}, Distribution proxy cold ${r.peerCold.at(-1).toFixed(0)} warm ${r.peerWarm.at(-1).toFixed(0)}`);
+      }
+      const d = median(r.direct);
+      result.index = {
+        platforms: 2,
+        mib: round(2 * P.index.layers * P.index.layerMiB, 0),
+        ms: Object.fromEntries(Object.entries(r).map(([k, v]) => [k, summary(v.map((x) => round(x, 1)))])),
+        cold_ratio: round(median(r.pcCold) / d, 3),
+        warm_ratio: round(median(r.pcWarm) / d, 3),
+        peer_cold_ratio: round(median(r.peerCold) / d, 3),
+        peer_warm_ratio: round(median(r.peerWarm) / d, 3),
+      };
+    }
+
+    const final = await pc.metrics().catch(() => []);
+    const get = (name, labels = {}) => final.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((a, s) => a + s.value, 0);
+    result.portcullis_counters = {
+      decisions: get('portcullis_decisions_total'),
+      decision_cache_hits: get('portcullis_decision_cache_total', { result: 'hit' }),
+      singleflight_joins: get('portcullis_singleflight_joins_total'),
+      upstream_blob_bytes: get('portcullis_upstream_bytes_total'),
+    };
+    const pcMem = pc.memory();
+    result.portcullis_lifetime_hwm_mib = round(pcMem.hwmMiB, 1);
+    const stopped = await pc.stop();
+    if (stopped.code !== 0 && stopped.signal !== 'SIGTERM') log(`Portcullis exited with ${JSON.stringify(stopped)}`);
+    await peer.stop();
+    await upstream.stop();
+  } finally {
+    await cleanup();
+  }
+
+  result.machine.loadavg_end = os.loadavg().map((x) => round(x, 2));
+  result.wall_seconds = round((performance.now() - T0) / 1000, 1);
+  result.targets = {};
+  for (const [key, t] of Object.entries(TARGETS)) {
+    const v = result[key];
+    const pass = v === undefined || v === null ? null : t.op === '<=' ? v <= t.value : t.op === '>=' ? v >= t.value : v === t.value;
+    result.targets[key] = { target: `${t.op} ${t.value === 1.0 + 1e-6 ? '1.0' : t.value}`, value: v ?? null, pass, text: t.text };
+  }
+  printTable(result);
+  if (args.out) {
+    mkdirSync(dirname(resolve(args.out)), { recursive: true });
+    writeFileSync(args.out, JSON.stringify(result, null, 2) + '\n');
+    log(`wrote ${args.out}`);
+  }
+  const failed = Object.values(result.targets).filter((t) => t.pass === false).length;
+  log(`done in ${result.wall_seconds} s; ${failed} target(s) missed`);
+}
+
+function printTable(r) {
+  const rows = [
+    ['warm pull ÷ direct', r.warm_ratio, r.peer_warm_ratio, '≤ 1.03', r.targets.warm_ratio],
+    ['cold pull ÷ direct', r.cold_ratio, r.peer_cold_ratio, '≤ 1.10', r.targets.cold_ratio],
+    ['herd: upstream GETs per blob (max)', r.herd_upstream_gets_per_blob, r.peer_herd_upstream_gets_per_blob, '= 1', r.targets.herd_upstream_gets_per_blob],
+    ['herd: upstream bytes ÷ image bytes', r.upstream_bytes_ratio, r.peer_upstream_bytes_ratio, '= 1.0', r.targets.upstream_bytes_ratio],
+    ['herd time ÷ direct herd', r.herd_vs_direct, r.peer_herd_vs_direct, '≤ 1.2', r.targets.herd_vs_direct],
+    ['herd time ÷ one cold pull', r.herd_time_ratio, r.peer_herd_time_ratio, '', null],
+    ['manifest GET by tag, req/s', r.manifest_rps, r.peer_manifest_rps, `direct ${r.direct_manifest_rps ?? '—'}`, null],
+    ['manifest req/s ÷ direct', r.manifest_rps_vs_direct, r.peer_manifest_rps && r.direct_manifest_rps ? round(r.peer_manifest_rps / r.direct_manifest_rps, 3) : undefined, '≥ 1.0', r.targets.manifest_rps_vs_direct],
+    ['manifest req/s ÷ Distribution proxy', r.manifest_rps_ratio, 1, '', null],
+    ['manifest p50 / p99 ms', r.manifest_p50_ms !== undefined ? `${fmt(r.manifest_p50_ms)} / ${fmt(r.manifest_p99_ms)}` : undefined, r.peer_manifest_p50_ms !== undefined ? `${fmt(r.peer_manifest_p50_ms)} / ${fmt(r.peer_manifest_p99_ms)}` : undefined, r.direct_manifest_p50_ms !== undefined ? `direct ${fmt(r.direct_manifest_p50_ms)} / ${fmt(r.direct_manifest_p99_ms)}` : '', null],
+    ['decision overhead, cold, median ms', r.decision_overhead_ms_p50, undefined, '≤ 15', r.targets.decision_overhead_ms_p50],
+    ['peak RSS, 20 × 1 GiB, MiB', r.peak_rss_mib, undefined, '≤ 300', r.targets.peak_rss_mib],
+  ];
+  const cell = (v) => (v === undefined || v === null ? '—' : typeof v === 'number' ? String(v) : v);
+  const w = [38, 12, 14, 16, 6];
+  const line = (cols) => cols.map((c, i) => String(c).padEnd(w[i])).join(' ');
+  const out = [
+    '',
+    line(['figure', 'Portcullis', 'Distribution', 'target', 'pass']),
+    line(w.map((n) => '-'.repeat(n))),
+    ...rows.map(([name, a, b, target, t]) => line([name, cell(a), cell(b), target, t ? (t.pass === null ? '—' : t.pass ? 'PASS' : 'MISS') : ''])),
+    '',
+    `evidence: ${r.evidence} — ${r.evidence_note}`,
+    `machine: ${r.machine.cores} cores ${r.machine.cpu_model}, ${r.machine.memory_gib} GiB, ${r.machine.os}, node ${r.machine.node}; load ${r.machine.loadavg_start.join(' ')} → ${r.machine.loadavg_end.join(' ')}`,
+    `wall time: ${r.wall_seconds} s${r.quick ? ' (quick mode: smaller images, fewer reps; not comparable with full runs)' : ''}`,
+    '',
+  ];
+  process.stdout.write(out.join('\n'));
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench failed: ${e instanceof Error ? e.stack : String(e)}\n`);
+  killAll();
+  process.exitCode = 1;
+});

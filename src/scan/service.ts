@@ -1,0 +1,444 @@
+/**
+ * The scan evidence provider (DESIGN §5). For one root digest it consults the configured sources in order:
+ *
+ * 1. `attestations`: cosign vuln predicates among the verified attestations, from trusted authorities;
+ * 2. `reports`: reports CI pushed for the digest (src/scan/api.ts);
+ * 3. `scanner`: a Harbor Pluggable Scanner API adapter, asked to scan on a miss. The digest is then pending; the
+ *    scan is polled in the background (honouring `Refresh-After`) and its result stored.
+ *
+ * The first fresh result wins. Otherwise the answer is, in this order: a stale result (older than `staleAfter`;
+ * the scanner is asked to rescan meanwhile), pending, error, missing. Indexes: attestations and reports are looked
+ * up for the index digest (then, for reports, for every platform manifest); scanners scan each platform manifest,
+ * and the results are merged. Nothing here throws into the gate: failures become `status: "error"` evidence.
+ */
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import { LRUCache } from 'lru-cache';
+import { readSecret } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import type { EvidenceDeps } from '../gate/evidence.js';
+import type { EvidenceContext, PolicyInput, ScanEvidence, ScanProvider } from '../gate/types.js';
+import { INDEX_TYPES } from '../proxy/mediatypes.js';
+import type { Route } from '../routing/route.js';
+import { sourceOrder, type ScanConfig, type SourceName } from './config.js';
+import { parseVulnPredicate, ReportFormatError } from './formats.js';
+import { HarborClient, SCANNABLE, ScannerError } from './harbor.js';
+import { mergeResults, summarize, type ScanResult } from './normalize.js';
+import { ScanStore, type ScannerRecord } from './store.js';
+
+type Source = NonNullable<ScanEvidence['source']>;
+
+/** What one source says about one root digest. */
+export type Outcome =
+  | { kind: 'ok'; source: Source; result: ScanResult }
+  | { kind: 'pending'; source: Source }
+  | { kind: 'error'; source: Source; message: string }
+  | { kind: 'missing'; source: Source };
+
+const SOURCE_LABEL: Record<SourceName, Source> = { attestations: 'attestation', reports: 'report', scanner: 'scanner' };
+
+interface Target {
+  digest: string;
+  mediaType: string;
+}
+
+export interface ScanServiceOptions {
+  /** The policy clock (age and staleness); timers and retries use the wall clock. */
+  now?: () => number;
+}
+
+/** The metrics this capability reports (optional so the service also runs without them, e.g. in unit tests). */
+interface ScanMetrics {
+  scanLookups?: { inc(labels: { source: string; status: string }): void };
+  scannerDuration?: { observe(labels: { op: string; outcome: string }, seconds: number): void };
+  scanPending?: { set(n: number): void };
+}
+
+export class ScanService implements ScanProvider {
+  readonly store: ScanStore;
+  readonly config: ScanConfig;
+  private readonly order: SourceName[];
+  private readonly client: HarborClient | undefined;
+  private readonly log: Logger;
+  private readonly metrics: ScanMetrics;
+  private readonly now: () => number;
+  private readonly events = new EventEmitter();
+  /** Parsed per-digest lookups of reports and scanner results (`report\n<digest>`, `scanner\n<digest>`). */
+  private readonly cache: LRUCache<string, { value: ScanResult | null }>;
+  private readonly submitting = new Map<string, Promise<void>>();
+  private readonly pollTimers = new Map<string, NodeJS.Timeout>();
+  private readonly pending = new Set<string>();
+  private closed = false;
+
+  constructor(
+    private readonly deps: Pick<EvidenceDeps, 'config' | 'manifests' | 'log' | 'dataDir'> & { metrics?: unknown },
+    opts: ScanServiceOptions = {},
+  ) {
+    const cfg = deps.config.scan;
+    if (!cfg) throw new Error('scan: no scan section');
+    this.config = cfg;
+    this.order = sourceOrder(cfg);
+    this.log = deps.log.child({ component: 'scan' });
+    this.metrics = (deps.metrics ?? {}) as ScanMetrics;
+    this.now = opts.now ?? Date.now;
+    this.cache = new LRUCache({ max: 10_000, ttl: Math.max(1, cfg.cacheTTL), ttlAutopurge: false });
+    this.events.setMaxListeners(0);
+    checkAuthorities(deps.config);
+    this.store = new ScanStore(deps.dataDir);
+    const sc = cfg.scanner;
+    if (sc) {
+      const auth = sc.auth;
+      this.client = new HarborClient({
+        baseUrl: sc.url,
+        timeoutMs: sc.requestTimeout,
+        authorization: () => {
+          if (!auth) return undefined;
+          if ('bearer' in auth) return `Bearer ${readSecret(auth.bearer)}`;
+          return `Basic ${Buffer.from(`${auth.username}:${readSecret(auth.password)}`).toString('base64')}`;
+        },
+        observe: (op, seconds, outcome) => this.metrics.scannerDuration?.observe({ op, outcome }, seconds),
+      });
+      // Scans requested before a restart are still running at the scanner: keep polling them.
+      for (const rec of this.store.pendingScans()) {
+        this.pending.add(rec.digest);
+        this.schedulePoll(rec.digest, Math.max(0, (rec.job?.nextPollAt ?? 0) - Date.now()));
+      }
+      this.updatePendingGauge();
+    }
+  }
+
+  /** Evidence for a root manifest; never throws. */
+  async scan(ctx: EvidenceContext, attestations: PolicyInput['attestations']): Promise<ScanEvidence> {
+    try {
+      return await this.lookup(ctx, attestations, true);
+    } catch (e) {
+      this.log.warn({ err: String(e), digest: ctx.digest }, 'scan lookup failed');
+      return { status: 'error', error: `scan lookup failed: ${e instanceof Error ? e.message : String(e)}` };
+    }
+  }
+
+  /**
+   * For `on_pending: wait`: the evidence once no longer pending, or the pending evidence when `timeoutMs` (capped at
+   * `scan.maxWait`) runs out. Wakes up when a scan result or a report arrives, and at least once a second.
+   */
+  async awaitResult(ctx: EvidenceContext, attestations: PolicyInput['attestations'], timeoutMs: number): Promise<ScanEvidence> {
+    const deadline = Date.now() + Math.max(0, Math.min(timeoutMs, this.config.maxWait));
+    let ev = await this.scan(ctx, attestations);
+    while (ev.status === 'pending' && !this.closed) {
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          clearTimeout(timer);
+          this.events.off('changed', done);
+          resolve();
+        };
+        const timer = setTimeout(done, Math.min(left, 1_000));
+        this.events.on('changed', done);
+      });
+      ev = await this.lookup(ctx, attestations, false).catch((e: unknown) => ({ status: 'error' as const, error: String(e) }));
+    }
+    return ev;
+  }
+
+  private async lookup(ctx: EvidenceContext, attestations: PolicyInput['attestations'], count: boolean): Promise<ScanEvidence> {
+    const now = this.now();
+    let stale: { source: Source; result: ScanResult } | undefined;
+    let pending: Outcome | undefined;
+    let error: Extract<Outcome, { kind: 'error' }> | undefined;
+    let targets: Target[] | undefined;
+    const platforms = async (): Promise<Target[]> => (targets ??= await this.platformTargets(ctx));
+    for (const name of this.order) {
+      let o: Outcome;
+      try {
+        if (name === 'attestations') o = this.fromAttestations(ctx, attestations);
+        else if (name === 'reports') o = await this.fromReports(ctx, platforms);
+        else o = await this.fromScanner(ctx, await platforms());
+      } catch (e) {
+        o = { kind: 'error', source: SOURCE_LABEL[name], message: e instanceof Error ? e.message : String(e) };
+      }
+      const isStale = o.kind === 'ok' && this.isStale(o.result, now);
+      if (count) this.metrics.scanLookups?.inc({ source: o.source, status: o.kind === 'ok' ? (isStale ? 'stale' : 'ok') : o.kind });
+      if (o.kind === 'ok') {
+        if (!isStale) return this.evidence(o.result, o.source, 'ok', now);
+        stale ??= { source: o.source, result: o.result };
+      } else if (o.kind === 'pending') pending ??= o;
+      else if (o.kind === 'error') error ??= o;
+    }
+    if (stale) return this.evidence(stale.result, stale.source, 'stale', now);
+    if (pending) return { status: 'pending', source: pending.source };
+    if (error) return { status: 'error', source: error.source, error: error.message };
+    return { status: 'missing' };
+  }
+
+  private evidence(r: ScanResult, source: Source, status: 'ok' | 'stale', now: number): ScanEvidence {
+    return summarize(r, { status, source, now, maxVulnerabilities: this.config.maxVulnerabilities });
+  }
+
+  private isStale(r: ScanResult, now: number): boolean {
+    const t = Date.parse(r.scannedAt);
+    return !Number.isFinite(t) || now - t > this.config.staleAfter;
+  }
+
+  /** The platform manifests of an index (attestation manifests left out), or the image itself. */
+  private async platformTargets(ctx: EvidenceContext): Promise<Target[]> {
+    if (!INDEX_TYPES.has(ctx.mediaType)) return [{ digest: ctx.digest, mediaType: ctx.mediaType }];
+    const upstream = this.deps.config.upstreams.find((u) => u.name === ctx.upstream);
+    if (!upstream) throw new Error(`no upstream ${ctx.upstream}`);
+    const route: Route = { upstream, registry: ctx.registry, repository: ctx.repository, routing: 'prefix' };
+    const m = await this.deps.manifests.get(route, ctx.digest);
+    const children = m.parsed.manifests.filter(
+      (d) => d.platform?.os !== 'unknown' && d.annotations?.['vnd.docker.reference.type'] !== 'attestation-manifest' && SCANNABLE.includes(d.mediaType),
+    );
+    if (children.length === 0) throw new Error('index has no platform manifest to scan');
+    return children.map((d) => ({ digest: d.digest, mediaType: d.mediaType }));
+  }
+
+  // --- attestations
+
+  private fromAttestations(ctx: EvidenceContext, attestations: PolicyInput['attestations']): Outcome {
+    const cfg = this.config.attestations!;
+    const any = cfg.authorities.includes('*');
+    const candidates = attestations.filter((a) => cfg.predicateTypes.includes(a.predicate_type) && (any || cfg.authorities.includes(a.authority)));
+    if (candidates.length === 0) return { kind: 'missing', source: 'attestation' };
+    let best: ScanResult | undefined;
+    const problems: string[] = [];
+    for (const a of candidates) {
+      try {
+        const { result, namedDigests } = parseVulnPredicate(a.predicate);
+        // The verifier checked the in-toto subject; a scanner report inside that names another image is refused.
+        if (namedDigests.length && !namedDigests.includes(ctx.digest)) {
+          problems.push(`attestation by "${a.authority}" reports on ${namedDigests[0]}, not this digest`);
+          continue;
+        }
+        if (!best || Date.parse(result.scannedAt) > Date.parse(best.scannedAt)) best = result;
+      } catch (e) {
+        problems.push(`unreadable vuln attestation by "${a.authority}": ${e instanceof ReportFormatError ? e.message : String(e)}`);
+      }
+    }
+    if (best) return { kind: 'ok', source: 'attestation', result: best };
+    return { kind: 'error', source: 'attestation', message: problems.slice(0, 2).join('; ') };
+  }
+
+  // --- pushed reports
+
+  private reportFor(digest: string): ScanResult | null {
+    const key = `report\n${digest}`;
+    const hit = this.cache.get(key);
+    if (hit) return hit.value;
+    const r = this.store.latestReport(digest);
+    const value: ScanResult | null = r ? { scannedAt: r.scannedAt, findings: r.findings, ...(r.scanner ? { scanner: r.scanner } : {}) } : null;
+    this.cache.set(key, { value });
+    return value;
+  }
+
+  private async fromReports(ctx: EvidenceContext, platforms: () => Promise<Target[]>): Promise<Outcome> {
+    const own = this.reportFor(ctx.digest);
+    if (own) return { kind: 'ok', source: 'report', result: own };
+    if (!INDEX_TYPES.has(ctx.mediaType)) return { kind: 'missing', source: 'report' };
+    // An index without a report of its own is covered when every platform manifest has one.
+    const results = (await platforms()).map((t) => this.reportFor(t.digest));
+    if (results.some((r) => r === null)) return { kind: 'missing', source: 'report' };
+    return { kind: 'ok', source: 'report', result: mergeResults(results as ScanResult[]) };
+  }
+
+  /** Called by the report API after a push or delete. */
+  reportsChanged(digest: string): void {
+    this.cache.delete(`report\n${digest}`);
+    this.events.emit('changed', digest);
+  }
+
+  // --- the Harbor-compatible scanner
+
+  private async fromScanner(ctx: EvidenceContext, targets: Target[]): Promise<Outcome> {
+    const outcomes = await Promise.all(targets.map((t) => this.scannerTarget(ctx, t)));
+    const err = outcomes.find((o) => o.kind === 'error');
+    if (err) return err;
+    if (outcomes.some((o) => o.kind === 'pending')) return { kind: 'pending', source: 'scanner' };
+    const results = outcomes.map((o) => (o as Extract<Outcome, { kind: 'ok' }>).result);
+    return { kind: 'ok', source: 'scanner', result: results.length === 1 ? results[0]! : mergeResults(results) };
+  }
+
+  private scannerRecord(digest: string): ScannerRecord | undefined {
+    return this.store.getScanner(digest);
+  }
+
+  private async scannerTarget(ctx: EvidenceContext, t: Target): Promise<Outcome> {
+    const sc = this.config.scanner!;
+    let rec = this.scannerRecord(t.digest);
+    const wall = Date.now();
+    const result = rec?.result ?? null;
+    const fresh = result !== null && !this.isStale(result, this.now());
+    if (fresh) return { kind: 'ok', source: 'scanner', result };
+    // A stale result stands while its rescan runs or after the rescan failed.
+    const orStale = (o: Outcome): Outcome => (result ? { kind: 'ok', source: 'scanner', result } : o);
+    if (rec?.job) {
+      if (wall - rec.job.requestedAt > sc.scanTimeout) {
+        rec = this.failJob(rec, `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
+        return orStale({ kind: 'error', source: 'scanner', message: rec.error!.message });
+      }
+      if (!this.pollTimers.has(t.digest)) this.schedulePoll(t.digest, 0);
+      return orStale({ kind: 'pending', source: 'scanner' });
+    }
+    if (rec?.error && wall - rec.error.at < sc.retryAfterError) return orStale({ kind: 'error', source: 'scanner', message: rec.error.message });
+    await this.submit(ctx, t);
+    const after = this.scannerRecord(t.digest);
+    if (after?.job) return orStale({ kind: 'pending', source: 'scanner' });
+    if (after?.error) return orStale({ kind: 'error', source: 'scanner', message: after.error.message });
+    if (after?.result) return { kind: 'ok', source: 'scanner', result: after.result };
+    return orStale({ kind: 'error', source: 'scanner', message: 'scan request failed' });
+  }
+
+  /** One scan request per digest at a time; concurrent lookups share it. */
+  private submit(ctx: Pick<EvidenceContext, 'upstream' | 'repository'>, t: Target, requestedAt?: number): Promise<void> {
+    let p = this.submitting.get(t.digest);
+    if (!p) {
+      p = this.doSubmit(ctx, t, requestedAt).finally(() => this.submitting.delete(t.digest));
+      this.submitting.set(t.digest, p);
+    }
+    return p;
+  }
+
+  private async doSubmit(ctx: Pick<EvidenceContext, 'upstream' | 'repository'>, t: Target, requestedAt?: number): Promise<void> {
+    if (this.closed) return;
+    const sc = this.config.scanner!;
+    const rec: ScannerRecord = this.scannerRecord(t.digest) ?? { digest: t.digest, result: null, job: null, error: null };
+    if (rec.job && requestedAt === undefined) return;
+    const upstream = this.deps.config.upstreams.find((u) => u.name === ctx.upstream);
+    const reg = sc.registries[ctx.upstream];
+    try {
+      if (!upstream) throw new ScannerError(`no upstream ${ctx.upstream}`);
+      const authorization = reg?.authorization ? readSecret(reg.authorization) : undefined;
+      const id = await this.client!.requestScan({
+        registryUrl: reg?.url ?? upstream.url,
+        ...(authorization ? { authorization } : {}),
+        repository: ctx.repository,
+        digest: t.digest,
+        mimeType: t.mediaType,
+      });
+      if (this.closed) return;
+      const now = Date.now();
+      rec.job = { id, requestedAt: requestedAt ?? now, nextPollAt: now, upstream: ctx.upstream, repository: ctx.repository, mimeType: t.mediaType };
+      rec.error = null;
+      this.store.putScanner(rec);
+      this.pending.add(t.digest);
+      this.updatePendingGauge();
+      this.log.info({ digest: t.digest, repository: ctx.repository, scanId: id }, 'scan requested');
+      // A fast scanner may be done at once: poll right away, then as the scanner asks.
+      this.schedulePoll(t.digest, 0);
+    } catch (e) {
+      if (this.closed) return;
+      const message = e instanceof Error ? e.message : String(e);
+      this.log.warn({ digest: t.digest, err: message }, 'scan request failed');
+      rec.job = null;
+      rec.error = { message, at: Date.now() };
+      this.store.putScanner(rec);
+      this.pending.delete(t.digest);
+      this.updatePendingGauge();
+      this.events.emit('changed', t.digest);
+    }
+  }
+
+  private schedulePoll(digest: string, delayMs: number): void {
+    if (this.closed) return;
+    const prev = this.pollTimers.get(digest);
+    if (prev) clearTimeout(prev);
+    const timer = setTimeout(() => {
+      this.pollTimers.delete(digest);
+      void this.poll(digest);
+    }, delayMs);
+    timer.unref();
+    this.pollTimers.set(digest, timer);
+  }
+
+  private async poll(digest: string): Promise<void> {
+    if (this.closed) return;
+    const sc = this.config.scanner!;
+    const rec = this.scannerRecord(digest);
+    if (!rec?.job) {
+      this.pending.delete(digest);
+      this.updatePendingGauge();
+      return;
+    }
+    const job = rec.job;
+    if (Date.now() - job.requestedAt > sc.scanTimeout) {
+      this.failJob(rec, `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
+      return;
+    }
+    let next = sc.pollInterval;
+    try {
+      const r = await this.client!.report(job.id);
+      if (this.closed) return;
+      if (r.kind === 'done') {
+        rec.result = r.result;
+        rec.job = null;
+        rec.error = null;
+        this.store.putScanner(rec);
+        this.pending.delete(digest);
+        this.updatePendingGauge();
+        this.log.info({ digest, scanId: job.id, findings: r.result.findings.length }, 'scan finished');
+        this.events.emit('changed', digest);
+        return;
+      }
+      if (r.kind === 'failed') {
+        this.failJob(rec, r.message);
+        return;
+      }
+      if (r.kind === 'unknown') {
+        // The scanner forgot the request (it restarted): ask again, keeping the original start for the timeout.
+        this.log.warn({ digest, scanId: job.id }, 'scanner lost the scan request; requesting again');
+        await this.submit({ upstream: job.upstream, repository: job.repository }, { digest, mediaType: job.mimeType }, job.requestedAt);
+        return;
+      }
+      next = Math.min(60_000, Math.max(sc.pollInterval, r.refreshAfterMs ?? 0));
+    } catch (e) {
+      if (this.closed) return;
+      // Unreachable for a moment: keep the job, try again later; scanTimeout bounds how long.
+      this.log.warn({ digest, err: e instanceof Error ? e.message : String(e) }, 'polling the scanner failed');
+      next = Math.min(60_000, sc.pollInterval * 2);
+    }
+    rec.job = { ...job, nextPollAt: Date.now() + next };
+    this.store.putScanner(rec);
+    this.schedulePoll(digest, next);
+  }
+
+  private failJob(rec: ScannerRecord, message: string): ScannerRecord {
+    this.log.warn({ digest: rec.digest, err: message }, 'scan failed');
+    const t = this.pollTimers.get(rec.digest);
+    if (t) clearTimeout(t);
+    this.pollTimers.delete(rec.digest);
+    const updated: ScannerRecord = { ...rec, job: null, error: { message, at: Date.now() } };
+    this.store.putScanner(updated);
+    this.pending.delete(rec.digest);
+    this.updatePendingGauge();
+    this.events.emit('changed', rec.digest);
+    return updated;
+  }
+
+  private updatePendingGauge(): void {
+    this.metrics.scanPending?.set(this.pending.size);
+  }
+
+  /** Scans requested from the scanner and not finished yet. */
+  get pendingScans(): number {
+    return this.pending.size;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const t of this.pollTimers.values()) clearTimeout(t);
+    this.pollTimers.clear();
+    this.events.emit('changed', '');
+    this.events.removeAllListeners();
+    this.store.close();
+  }
+}
+
+/** `attestations.authorities` must name authorities that exist in `signatures.authorities`. */
+function checkAuthorities(config: Config): void {
+  const names = new Set((config.signatures?.authorities ?? []).map((a) => a.name));
+  for (const a of config.scan?.attestations?.authorities ?? []) {
+    if (a !== '*' && !names.has(a)) throw new Error(`scan.attestations.authorities: no authority named "${a}" in signatures.authorities`);
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * Verification results per (upstream, repository, digest, trust revision), in memory and in an embedded SQLite
+ * file beside the metadata store, so that a restart does not re-verify every image. A new trust revision (a
+ * changed key, trusted root or authority) simply misses: old entries expire on their own.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { LRUCache } from 'lru-cache';
+import type { PolicyInput, SignatureEvidence } from '../gate/types.js';
+
+export interface CachedEvidence {
+  signatures: SignatureEvidence;
+  attestations: PolicyInput['attestations'];
+}
+
+export class EvidenceCache {
+  private readonly memory = new LRUCache<string, { value: CachedEvidence; expiresAt: number }>({ max: 10_000 });
+  private readonly db: DatabaseSync | undefined;
+  private readonly st: { get: StatementSync; put: StatementSync; prune: StatementSync } | undefined;
+  private puts = 0;
+
+  constructor(dataDir: string | undefined) {
+    if (!dataDir) return;
+    mkdirSync(dataDir, { recursive: true });
+    this.db = new DatabaseSync(join(dataDir, 'signatures.sqlite'));
+    this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;');
+    this.db.exec('CREATE TABLE IF NOT EXISTS evidence (key TEXT PRIMARY KEY, body TEXT NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID');
+    this.st = {
+      get: this.db.prepare('SELECT body, expires_at FROM evidence WHERE key = ? AND expires_at > ?'),
+      put: this.db.prepare('INSERT INTO evidence (key, body, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET body = excluded.body, expires_at = excluded.expires_at'),
+      prune: this.db.prepare('DELETE FROM evidence WHERE expires_at <= ?'),
+    };
+  }
+
+  get(key: string, now: number): CachedEvidence | undefined {
+    const m = this.memory.get(key);
+    if (m) {
+      if (m.expiresAt > now) return m.value;
+      this.memory.delete(key);
+    }
+    const row = this.st?.get.get(key, now) as { body: string; expires_at: number } | undefined;
+    if (!row) return undefined;
+    try {
+      const value = JSON.parse(row.body) as CachedEvidence;
+      this.memory.set(key, { value, expiresAt: row.expires_at });
+      return value;
+    } catch {
+      return undefined;
+    }
+  }
+
+  put(key: string, value: CachedEvidence, expiresAt: number, now: number): void {
+    this.memory.set(key, { value, expiresAt });
+    try {
+      this.st?.put.run(key, JSON.stringify(value), expiresAt);
+      if (++this.puts % 500 === 0) this.st?.prune.run(now);
+    } catch {
+      // The disk copy is an optimisation; the in-memory entry still serves.
+    }
+  }
+
+  close(): void {
+    try {
+      this.db?.close();
+    } catch {
+      // already closed
+    }
+  }
+}

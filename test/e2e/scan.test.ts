@@ -1,0 +1,370 @@
+/**
+ * e2e: vulnerability evidence gating pulls, against a real CNCF Distribution upstream, the proxy in-process with
+ * the committed policy bundle, the report API, and the Harbor Pluggable Scanner test double (test/harness/scanner.ts:
+ * a double because no vulnerability database can be reached here). Reports are the Trivy JSON and SARIF fixtures
+ * (test/fixtures/scan/), bound to the pushed digests.
+ *
+ * - 1 CRITICAL → denied, the message names the CVE (HTTP and crane);
+ * - the CVE excepted until a future date → allowed; expired (a past date, or the proxy's clock moved past it) →
+ *   denied again;
+ * - on_pending: wait → allowed when the scanner's report (or a pushed report) arrives in time, denied with
+ *   "scan pending" when it does not; an index is scanned per platform;
+ * - a report naming another digest → 400; the report API's auth, listing, deletion and limits;
+ * - the scanner down → on_error deny denies, on_error warn allows with a warning;
+ * - re-evaluation (admin endpoint and `portcullis report`) lists cached images that would now be denied; metrics.
+ */
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import type { DecisionObserver } from '../../src/gate/gate.js';
+import { cranePull, runTool } from '../harness/clients.js';
+import { MANIFEST_ACCEPT, pushImage, pushIndex, type PushedImage, type PushedIndex } from '../harness/images.js';
+import { startProxy, type RunningProxy } from '../harness/proxy.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { startScannerDouble, type ScannerDouble } from '../harness/scanner.js';
+
+const REPORT_TOKEN = 'ci-report-token-4f1c';
+const ADMIN_TOKEN = 'admin-token-9b2e';
+process.env.PC_E2E_REPORT_TOKEN = REPORT_TOKEN;
+process.env.PC_E2E_ADMIN_TOKEN = ADMIN_TOKEN;
+
+const DAY = 86_400_000;
+const FUTURE = new Date(Date.now() + 30 * DAY).toISOString();
+const PAST = new Date(Date.now() - DAY).toISOString();
+const CVE = 'CVE-2024-0727';
+const ignore = (expires: string): unknown => ({ id: CVE, owner: 'sec-team', reason: 'openssl PKCS12 parsing is not reachable', expires });
+
+const settings = {
+  no_match: 'deny',
+  scopes: [
+    { name: 'excepted', images: ['*/demo/excepted'], scan: { ignore_cves: [ignore(FUTURE)] } },
+    { name: 'expired', images: ['*/demo/expired'], scan: { ignore_cves: [ignore(PAST)] } },
+    { name: 'wait-short', images: ['*/demo/wait-slow'], scan: { on_pending: 'wait', wait_seconds: 2 } },
+    { name: 'wait', images: ['*/demo/wait-*', '*/demo/multi'], scan: { on_pending: 'wait', wait_seconds: 8 } },
+    { name: 'down-warn', images: ['*/demo/down-warn'], scan: { on_error: 'warn' } },
+    // `scan: {}`: the default limits (no CRITICAL), and deny when missing, pending, stale or failed.
+    { name: 'scanned', images: ['**'], scan: {} },
+  ],
+};
+
+const trivyFixture = readFileSync('test/fixtures/scan/trivy-critical.json', 'utf8');
+const sarifFixture = readFileSync('test/fixtures/scan/trivy-critical.sarif', 'utf8');
+const cleanFixture = readFileSync('test/fixtures/scan/trivy-clean.json', 'utf8');
+const ZERO = `sha256:${'0'.repeat(64)}`;
+
+/** A fixture as CI would produce it for this image: its digest and repository, scanned now. */
+function boundReport(fixture: string, ref: string, digest: string): string {
+  return fixture
+    .replaceAll(`registry.example/demo/app@${ZERO}`, `${ref}@${digest}`)
+    .replace(/"CreatedAt": "[^"]+"/, `"CreatedAt": "${new Date().toISOString()}"`);
+}
+
+let reg: RunningRegistry;
+let scanner: ScannerDouble;
+let px: RunningProxy;
+const images: Record<string, PushedImage> = {};
+let multi: PushedIndex;
+const decisions: Array<Parameters<DecisionObserver['onDecision']>[0]> = [];
+
+function scanConfig(scannerUrl: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    scan: {
+      order: ['reports', 'scanner'],
+      reports: { token: { env: 'PC_E2E_REPORT_TOKEN' }, maxSize: '64KiB' },
+      scanner: { url: scannerUrl, pollInterval: '200ms', retryAfterError: '1s' },
+      admin: { token: { env: 'PC_E2E_ADMIN_TOKEN' } },
+      ...extra,
+    },
+  };
+}
+
+async function pushReport(p: RunningProxy, repo: string, digest: string, body: string, opts: { token?: string; contentType?: string } = {}): Promise<Response> {
+  return fetch(`${p.url}/api/v1/reports/${reg.host}/${repo}@${digest}`, {
+    method: 'PUT',
+    headers: { authorization: `Bearer ${opts.token ?? REPORT_TOKEN}`, 'content-type': opts.contentType ?? 'application/json' },
+    body,
+  });
+}
+
+async function pull(p: RunningProxy, repo: string, ref = 'v1', method = 'GET'): Promise<{ status: number; ms: number; error?: { code: string; message: string } }> {
+  const t0 = performance.now();
+  const res = await fetch(`${p.url}/v2/${reg.host}/${repo}/manifests/${ref}`, { method, headers: { accept: MANIFEST_ACCEPT } });
+  const ms = performance.now() - t0;
+  if (res.status === 200 || method === 'HEAD') {
+    await res.arrayBuffer();
+    return { status: res.status, ms };
+  }
+  const body = (await res.json()) as { errors: Array<{ code: string; message: string }> };
+  return { status: res.status, ms, error: body.errors[0]! };
+}
+
+beforeAll(async () => {
+  reg = await startRegistry();
+  scanner = await startScannerDouble({ delayMs: 1_500, refreshAfter: 1 });
+  for (const name of ['vuln', 'sarif', 'excepted', 'expired', 'wait-ok', 'wait-report', 'wait-slow', 'down-deny', 'down-warn', 'other']) {
+    images[name] = await pushImage(reg.url, `demo/${name}`, 'v1');
+  }
+  multi = await pushIndex(reg.url, 'demo/multi', 'v1', [
+    { os: 'linux', architecture: 'amd64' },
+    { os: 'linux', architecture: 'arm64' },
+  ]);
+  px = await startProxy({
+    upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+    settings,
+    extra: scanConfig(scanner.url),
+    observers: [{ onDecision: (e) => decisions.push(e) }],
+  });
+});
+
+afterAll(async () => {
+  await px?.stop();
+  await scanner?.stop();
+  await reg?.stop();
+});
+
+describe('vulnerability limits and CVE exceptions', () => {
+  test('an image with 1 CRITICAL is denied and the message names the CVE', async () => {
+    const put = await pushReport(px, 'demo/vuln', images.vuln!.digest, boundReport(trivyFixture, `${reg.host}/demo/vuln`, images.vuln!.digest));
+    expect(put.status).toBe(201);
+    const stored = (await put.json()) as { format: string; bound: boolean; summary: { counts: Record<string, number> } };
+    expect(stored).toMatchObject({ format: 'trivy', bound: true, summary: { counts: { CRITICAL: 1, HIGH: 1, MEDIUM: 1, LOW: 1, UNKNOWN: 0 } } });
+
+    const r = await pull(px, 'demo/vuln');
+    expect(r.status).toBe(403);
+    expect(r.error!.code).toBe('DENIED');
+    expect(r.error!.message).toContain(`1 CRITICAL vulnerability (${CVE}) exceeds limit 0 [scan.limit]`);
+    // The scanner is never asked when a fresh report answers.
+    expect(scanner.scans.filter((s) => s.artifact.digest === images.vuln!.digest)).toEqual([]);
+
+    // A real client shows the reason on one line.
+    const dir = await mkdtemp(join(tmpdir(), 'pc-scan-crane-'));
+    try {
+      const c = await cranePull(`${px.host}/${reg.host}/demo/vuln:v1`, join(dir, 'img.tar'));
+      expect(c.code).not.toBe(0);
+      expect(c.stderr).toContain('DENIED');
+      expect(c.stderr).toContain(CVE);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a SARIF report works the same way', async () => {
+    const put = await pushReport(px, 'demo/sarif', images.sarif!.digest, boundReport(sarifFixture, `${reg.host}/demo/sarif`, images.sarif!.digest), { contentType: 'application/sarif+json' });
+    expect(put.status).toBe(201);
+    expect(((await put.json()) as { format: string }).format).toBe('sarif');
+    const r = await pull(px, 'demo/sarif');
+    expect(r.status).toBe(403);
+    expect(r.error!.message).toContain(`1 CRITICAL vulnerability (${CVE}) exceeds limit 0`);
+  });
+
+  test('with that CVE excepted until a future date, it is allowed', async () => {
+    expect((await pushReport(px, 'demo/excepted', images.excepted!.digest, boundReport(trivyFixture, `${reg.host}/demo/excepted`, images.excepted!.digest))).status).toBe(201);
+    const r = await pull(px, 'demo/excepted');
+    expect(r.status).toBe(200);
+    // The whole image comes through.
+    for (const d of [images.excepted!.config, ...images.excepted!.layers]) {
+      const b = await fetch(`${px.url}/v2/${reg.host}/demo/excepted/blobs/${d.digest}`);
+      expect(b.status).toBe(200);
+      await b.arrayBuffer();
+    }
+  });
+
+  test('once the exception has expired, it is denied again (a past date, and the clock moving past it)', async () => {
+    expect((await pushReport(px, 'demo/expired', images.expired!.digest, boundReport(trivyFixture, `${reg.host}/demo/expired`, images.expired!.digest))).status).toBe(201);
+    const r = await pull(px, 'demo/expired');
+    expect(r.status).toBe(403);
+    expect(r.error!.message).toContain(`(${CVE}) exceeds limit 0`);
+
+    // The same image and exception as in the previous test, on a proxy whose clock is past the expiry.
+    const later = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings,
+      extra: scanConfig(scanner.url, { staleAfter: '3650d' }),
+      now: () => Date.parse(FUTURE) + DAY,
+    });
+    try {
+      expect((await pushReport(later, 'demo/excepted', images.excepted!.digest, boundReport(trivyFixture, `${reg.host}/demo/excepted`, images.excepted!.digest))).status).toBe(201);
+      const r2 = await pull(later, 'demo/excepted');
+      expect(r2.status).toBe(403);
+      expect(r2.error!.message).toContain(`1 CRITICAL vulnerability (${CVE}) exceeds limit 0 [scan.limit]`);
+    } finally {
+      await later.stop();
+    }
+  });
+});
+
+describe('pending scans', () => {
+  test('with wait configured, a pull waits for the scanner and is allowed when the report arrives in time', async () => {
+    const r = await pull(px, 'demo/wait-ok');
+    expect(r.status).toBe(200);
+    // The scanner took 1.5 s; the pull waited for it instead of failing.
+    expect(r.ms).toBeGreaterThan(1_000);
+    expect(r.ms).toBeLessThan(8_000);
+    const req = scanner.scans.find((s) => s.artifact.digest === images['wait-ok']!.digest);
+    expect(req).toMatchObject({ registry: { url: reg.url }, artifact: { repository: 'demo/wait-ok', mime_type: 'application/vnd.oci.image.manifest.v1+json' } });
+    const d = decisions.find((e) => e.input.image.digest === images['wait-ok']!.digest)!;
+    expect(d.input.scan).toMatchObject({ status: 'ok', source: 'scanner' });
+    expect(d.input.scan.waited_seconds).toBeGreaterThan(0.5);
+  });
+
+  test('a report pushed while a pull waits ends the wait at once', async () => {
+    scanner.setFindings(images['wait-report']!.digest, { vulnerabilities: [], delayMs: 60_000 });
+    const pending = pull(px, 'demo/wait-report');
+    await new Promise((r) => setTimeout(r, 800));
+    expect((await pushReport(px, 'demo/wait-report', images['wait-report']!.digest, boundReport(cleanFixture, `${reg.host}/demo/wait-report`, images['wait-report']!.digest))).status).toBe(201);
+    const r = await pending;
+    expect(r.status).toBe(200);
+    expect(r.ms).toBeLessThan(3_000);
+  });
+
+  test('with wait configured, a pull is denied with "scan pending" when the report does not arrive in time', async () => {
+    scanner.setFindings(images['wait-slow']!.digest, { vulnerabilities: [], delayMs: 60_000 });
+    const r = await pull(px, 'demo/wait-slow');
+    expect(r.status).toBe(403);
+    expect(r.error!.message).toContain('vulnerability scan pending: no result after waiting 2s [scan.pending]');
+    expect(r.ms).toBeGreaterThan(1_800);
+    expect(r.ms).toBeLessThan(6_000);
+    // Not cached: the next pull decides again (and waits again).
+    const again = await pull(px, 'demo/wait-slow', 'v1', 'HEAD');
+    expect(again.status).toBe(403);
+    expect(again.ms).toBeGreaterThan(1_800);
+  });
+
+  test('an index is scanned per platform manifest; a CRITICAL in one platform denies it, named', async () => {
+    const [amd64, arm64] = multi.children;
+    scanner.setFindings(arm64!.digest, { vulnerabilities: [{ id: 'CVE-2026-7777', package: 'zlib', version: '1.2.13', fix_version: '1.3.1', severity: 'Critical' }], delayMs: 500 });
+    scanner.setFindings(amd64!.digest, { vulnerabilities: [{ id: 'CVE-2026-1111', package: 'curl', version: '8.0', severity: 'Medium' }], delayMs: 500 });
+    const r = await pull(px, 'demo/multi');
+    expect(r.status).toBe(403);
+    expect(r.error!.message).toContain('1 CRITICAL vulnerability (CVE-2026-7777) exceeds limit 0');
+    expect(scanner.scans.map((s) => s.artifact.digest)).toEqual(expect.arrayContaining([amd64!.digest, arm64!.digest]));
+    expect(scanner.scans.map((s) => s.artifact.digest)).not.toContain(multi.digest);
+  });
+});
+
+describe('the report API', () => {
+  test('a report for another digest is rejected', async () => {
+    const other = images.other!.digest;
+    const trivy = await pushReport(px, 'demo/vuln', images.vuln!.digest, boundReport(cleanFixture, `${reg.host}/demo/other`, other));
+    expect(trivy.status).toBe(400);
+    const err = ((await trivy.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]!;
+    expect(err.code).toBe('DIGEST_INVALID');
+    expect(err.message).toBe(`report is for ${other} (Metadata.RepoDigests / ArtifactName), not for ${images.vuln!.digest}`);
+    const sarif = await pushReport(px, 'demo/vuln', images.vuln!.digest, boundReport(sarifFixture, `${reg.host}/demo/other`, other));
+    expect(sarif.status).toBe(400);
+    expect(((await sarif.json()) as { errors: Array<{ message: string }> }).errors[0]!.message).toContain('runs[].properties');
+    // The stored report is unchanged: still denied for its CRITICAL.
+    expect((await pull(px, 'demo/vuln')).error!.message).toContain(CVE);
+  });
+
+  test('authentication: no token or a wrong one gets 401 with a Bearer challenge', async () => {
+    const body = boundReport(cleanFixture, `${reg.host}/demo/vuln`, images.vuln!.digest);
+    for (const headers of [{}, { authorization: 'Bearer wrong' }, { authorization: `Basic ${Buffer.from(`x:${REPORT_TOKEN}`).toString('base64')}` }, { authorization: `Bearer ${ADMIN_TOKEN}` }]) {
+      const res = await fetch(`${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`, { method: 'PUT', headers, body });
+      expect(res.status).toBe(401);
+      expect(res.headers.get('www-authenticate')).toBe('Bearer realm="portcullis"');
+      expect(((await res.json()) as { errors: Array<{ code: string }> }).errors[0]!.code).toBe('UNAUTHORIZED');
+    }
+    expect((await fetch(`${px.url}/api/v1/reports`)).status).toBe(401);
+    expect((await fetch(`${px.url}/api/v1/admin/reevaluate`, { headers: { authorization: `Bearer ${REPORT_TOKEN}` } })).status).toBe(401);
+  });
+
+  test('list, get (summary and raw), delete; names, digests, size and format are checked', async () => {
+    const auth = { authorization: `Bearer ${REPORT_TOKEN}` };
+    const list = (await (await fetch(`${px.url}/api/v1/reports?repository=demo/vuln`, { headers: auth })).json()) as { total: number; reports: Array<{ registry: string; repository: string; digest: string; format: string }> };
+    expect(list.total).toBe(1);
+    expect(list.reports[0]).toMatchObject({ registry: reg.host, repository: 'demo/vuln', digest: images.vuln!.digest, format: 'trivy' });
+    const all = (await (await fetch(`${px.url}/api/v1/reports?limit=2`, { headers: auth })).json()) as { total: number; reports: unknown[] };
+    expect(all.total).toBeGreaterThanOrEqual(5);
+    expect(all.reports).toHaveLength(2);
+
+    const one = await fetch(`${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`, { headers: auth });
+    expect(((await one.json()) as { summary: { vulnerabilities: Array<{ id: string }> } }).summary.vulnerabilities[0]!.id).toBe(CVE);
+    const raw = await fetch(`${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}?raw=1`, { headers: auth });
+    expect(((await raw.json()) as { SchemaVersion: number }).SchemaVersion).toBe(2);
+
+    // Delete: the image then has no report and, with the scanner pending, is denied as pending.
+    scanner.setFindings(images.vuln!.digest, { vulnerabilities: [], delayMs: 60_000 });
+    const del = await fetch(`${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`, { method: 'DELETE', headers: auth });
+    expect(del.status).toBe(204);
+    expect((await fetch(`${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`, { method: 'DELETE', headers: auth })).status).toBe(404);
+    // (The earlier deny of this digest was cached for denyTTL: check the evidence through re-evaluation instead.)
+
+    const bad = async (path: string, body: string, init: RequestInit = {}): Promise<{ status: number; code: string }> => {
+      const res = await fetch(`${px.url}/api/v1/reports/${path}`, { method: 'PUT', body, ...init, headers: { ...auth, 'content-type': 'application/json', ...(init.headers as Record<string, string>) } });
+      return { status: res.status, code: ((await res.json()) as { errors: Array<{ code: string }> }).errors[0]!.code };
+    };
+    expect(await bad(`quay.io/demo/vuln@${images.vuln!.digest}`, cleanFixture)).toEqual({ status: 404, code: 'NAME_UNKNOWN' });
+    expect(await bad(`${reg.host}/demo/vuln@sha256:nothex`, cleanFixture)).toEqual({ status: 400, code: 'DIGEST_INVALID' });
+    expect(await bad(`${reg.host}/demo/vuln`, cleanFixture)).toEqual({ status: 400, code: 'NAME_INVALID' });
+    expect(await bad(`${reg.host}/demo/vuln@${images.vuln!.digest}`, '{"not":"a report"}')).toEqual({ status: 400, code: 'REPORT_INVALID' });
+    expect(await bad(`${reg.host}/demo/vuln@${images.vuln!.digest}`, 'garbage')).toEqual({ status: 400, code: 'REPORT_INVALID' });
+    expect(await bad(`${reg.host}/demo/vuln@${images.vuln!.digest}`, cleanFixture, { headers: { 'content-type': 'text/plain' } })).toEqual({ status: 415, code: 'UNSUPPORTED' });
+    const huge = JSON.stringify({ SchemaVersion: 2, Results: [], pad: 'x'.repeat(70 * 1024) });
+    expect(await bad(`${reg.host}/demo/vuln@${images.vuln!.digest}`, huge)).toEqual({ status: 413, code: 'SIZE_INVALID' });
+  });
+});
+
+describe('the scanner down', () => {
+  test('on_error deny denies naming the failure; on_error warn allows with a warning', async () => {
+    const gone = await startScannerDouble();
+    const url = gone.url;
+    await gone.stop();
+    const seen: Array<Parameters<DecisionObserver['onDecision']>[0]> = [];
+    const p = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings,
+      extra: scanConfig(url),
+      observers: [{ onDecision: (e) => seen.push(e) }],
+    });
+    try {
+      const denied = await pull(p, 'demo/down-deny');
+      expect(denied.status).toBe(403);
+      expect(denied.error!.message).toMatch(/vulnerability scan failed: scanner unreachable \(ECONNREFUSED.*\[scan\.error\]/);
+      const warned = await pull(p, 'demo/down-warn');
+      expect(warned.status).toBe(200);
+      const d = seen.find((e) => e.input.image.repository === 'demo/down-warn')!;
+      expect(d.admission.outcome).toBe('allow');
+      expect(d.admission.warnings.map((w) => w.rule)).toEqual(['scan.error']);
+      const metrics = await (await fetch(`${p.url}/metrics`)).text();
+      expect(metrics).toMatch(/portcullis_scan_lookups_total\{source="scanner",status="error"\} [1-9]/);
+      expect(metrics).toMatch(/portcullis_scanner_request_duration_seconds_count\{op="metadata",outcome="error"\} [1-9]/);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+describe('re-evaluation', () => {
+  test('the admin endpoint and `portcullis report` list cached images the current data would now deny', async () => {
+    // demo/wait-ok was allowed on a clean scan. CI now reports a CRITICAL in it.
+    expect((await pushReport(px, 'demo/wait-ok', images['wait-ok']!.digest, boundReport(trivyFixture, `${reg.host}/demo/wait-ok`, images['wait-ok']!.digest))).status).toBe(201);
+    const res = await fetch(`${px.url}/api/v1/admin/reevaluate`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    expect(res.status).toBe(200);
+    const report = (await res.json()) as { evaluated: number; would_deny: number; images: Array<{ repository: string; digest: string; would_deny: boolean; deny: Array<{ rule: string; message: string }> }> };
+    const repos = report.images.map((i) => i.repository);
+    expect(repos).toContain('demo/wait-ok');
+    expect(repos).toContain('demo/expired');
+    expect(repos).not.toContain('demo/excepted');
+    const waitOk = report.images.find((i) => i.repository === 'demo/wait-ok')!;
+    expect(waitOk.deny[0]!.message).toContain(CVE);
+    expect(report.evaluated).toBeGreaterThan(report.would_deny);
+    // A cached allow still serves until it expires (gate.allowTTL): re-evaluation reports, it does not revoke.
+    expect((await pull(px, 'demo/wait-ok')).status).toBe(200);
+
+    // The CLI asks the running proxy.
+    const cli = await runTool('node', [resolve('dist/cli.js'), 'report', '--url', px.url], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
+    expect(cli.code, cli.stderr).toBe(1);
+    expect(cli.stdout).toMatch(new RegExp(`DENY  ${reg.host.replace(/\./g, '\\.')}/demo/wait-ok:v1@${images['wait-ok']!.digest}: 1 CRITICAL vulnerability \\(${CVE}\\)`));
+  });
+
+  test('metrics: lookups by source and status, scanner latency, pending scans', async () => {
+    const text = await (await fetch(`${px.url}/metrics`)).text();
+    expect(text).toMatch(/portcullis_scan_lookups_total\{source="report",status="ok"\} [1-9]/);
+    expect(text).toMatch(/portcullis_scan_lookups_total\{source="scanner",status="pending"\} [1-9]/);
+    expect(text).toMatch(/portcullis_scanner_request_duration_seconds_count\{op="report",outcome="302"\} [1-9]/);
+    expect(text).toMatch(/portcullis_scan_pending [1-9]/);
+  });
+});

@@ -1,0 +1,262 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BlobStore, DigestMismatchError, SizeMismatchError } from '../../src/cache/blobstore.js';
+import type { Digest } from '../../src/routing/reference.js';
+import { cleanupTempDirs, sha256, sha512, sleep, tempDir } from './helpers.js';
+
+afterAll(cleanupTempDirs);
+
+function blob(n: number): { data: Buffer; digest: Digest } {
+  const data = randomBytes(n);
+  return { data, digest: sha256(data) };
+}
+
+const listTmp = (dir: string) => readdirSync(join(dir, 'tmp'));
+
+/** Waits for fire-and-forget unlinks. */
+async function settle(): Promise<void> {
+  await sleep(20);
+}
+
+describe('BlobStore', () => {
+  it('stores, leases and reads back a blob (sha256 and sha512)', async () => {
+    const dir = tempDir();
+    const s = new BlobStore(dir, 1 << 20);
+    const a = blob(1000);
+    await s.putBuffer(a.digest, a.data);
+    expect(s.has(a.digest)).toBe(true);
+    expect(s.size(a.digest)).toBe(1000);
+    expect(s.totalBytes).toBe(1000);
+    expect(s.entries).toBe(1);
+    const lease = s.lease(a.digest)!;
+    expect(lease.size).toBe(1000);
+    expect(readFileSync(lease.path)).toEqual(a.data);
+    lease.release();
+    const b = randomBytes(77);
+    await s.putBuffer(sha512(b), b);
+    expect(readFileSync(s.pathFor(sha512(b)))).toEqual(b);
+    expect(listTmp(dir)).toEqual([]);
+  });
+
+  it('removes temp files left by a crash at construction, and keeps committed blobs', async () => {
+    const dir = tempDir();
+    const s1 = new BlobStore(dir, 1 << 20);
+    const a = blob(100);
+    await s1.putBuffer(a.digest, a.data);
+    // Simulate a kill -9 mid-download: a writer that never committed, plus stray files.
+    const w = await s1.createWriter(blob(50).digest, 50);
+    await w.write(randomBytes(20));
+    writeFileSync(join(dir, 'tmp', 'stray'), 'x');
+    mkdirSync(join(dir, 'tmp', 'nested'));
+    writeFileSync(join(dir, 'tmp', 'nested', 'f'), 'y');
+    expect(listTmp(dir).length).toBe(3);
+
+    const s2 = new BlobStore(dir, 1 << 20);
+    expect(listTmp(dir)).toEqual([]);
+    expect(s2.has(a.digest)).toBe(true);
+    expect(s2.entries).toBe(1);
+    await w.abort();
+  });
+
+  it('a commit with the wrong digest throws DigestMismatchError and leaves nothing', async () => {
+    const dir = tempDir();
+    const s = new BlobStore(dir, 1 << 20);
+    const claimed = blob(64).digest;
+    const w = await s.createWriter(claimed);
+    await w.write(randomBytes(64));
+    const err = await w.commit().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DigestMismatchError);
+    expect((err as DigestMismatchError).expected).toBe(claimed);
+    expect((err as DigestMismatchError).actual).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(s.has(claimed)).toBe(false);
+    expect(s.lease(claimed)).toBeUndefined();
+    expect(existsSync(s.pathFor(claimed))).toBe(false);
+    expect(listTmp(dir)).toEqual([]);
+    expect(s.totalBytes).toBe(0);
+    await expect(s.putBuffer(claimed, randomBytes(10))).rejects.toBeInstanceOf(DigestMismatchError);
+    expect(listTmp(dir)).toEqual([]);
+  });
+
+  it('refuses a size mismatch, too long while writing or too short at commit', async () => {
+    const dir = tempDir();
+    const s = new BlobStore(dir, 1 << 20);
+    const a = blob(100);
+    const long = await s.createWriter(a.digest, 50);
+    await expect(long.write(a.data)).rejects.toBeInstanceOf(SizeMismatchError);
+    await long.abort();
+    const short = await s.createWriter(a.digest, 200);
+    await short.write(a.data);
+    const err = await short.commit().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SizeMismatchError);
+    expect(err).toMatchObject({ expected: 200, actual: 100 });
+    expect(s.has(a.digest)).toBe(false);
+    expect(listTmp(dir)).toEqual([]);
+    await expect(short.write(a.data)).rejects.toThrow(/after close/);
+  });
+
+  it('a partial write is never visible under its digest', async () => {
+    const dir = tempDir();
+    const s = new BlobStore(dir, 1 << 20);
+    const a = blob(1000);
+    const w = await s.createWriter(a.digest, 1000);
+    await w.write(a.data.subarray(0, 500));
+    expect(s.has(a.digest)).toBe(false);
+    expect(s.lease(a.digest)).toBeUndefined();
+    expect(existsSync(s.pathFor(a.digest))).toBe(false);
+    await w.write(a.data.subarray(500));
+    await w.commit();
+    expect(s.has(a.digest)).toBe(true);
+    expect(readFileSync(s.pathFor(a.digest))).toEqual(a.data);
+  });
+
+  it('evicts least recently used blobs beyond maxSize', async () => {
+    const dir = tempDir();
+    const evicted: Digest[] = [];
+    const s = new BlobStore(dir, 3000, { onEvict: (d) => evicted.push(d) });
+    const [a, b, c, d] = [blob(1000), blob(1000), blob(1000), blob(1000)];
+    for (const x of [a, b, c]) await s.putBuffer(x.digest, x.data);
+    expect(s.totalBytes).toBe(3000);
+    // Touch a: b is now the least recently used.
+    s.lease(a.digest)!.release();
+    await s.putBuffer(d.digest, d.data);
+    await settle();
+    expect(evicted).toEqual([b.digest]);
+    expect(s.has(b.digest)).toBe(false);
+    expect(existsSync(s.pathFor(b.digest))).toBe(false);
+    expect([a, c, d].every((x) => s.has(x.digest))).toBe(true);
+    expect(s.totalBytes).toBe(3000);
+    expect(s.entries).toBe(3);
+  });
+
+  it('size() and has() do not refresh recency', async () => {
+    const dir = tempDir();
+    const s = new BlobStore(dir, 2000);
+    const [a, b, c] = [blob(1000), blob(1000), blob(1000)];
+    await s.putBuffer(a.digest, a.data);
+    await s.putBuffer(b.digest, b.data);
+    s.size(a.digest);
+    s.has(a.digest);
+    await s.putBuffer(c.digest, c.data);
+    expect(s.has(a.digest)).toBe(false);
+    expect(s.has(b.digest)).toBe(true);
+  });
+
+  it('does not unlink a leased blob on eviction until the last release', async () => {
+    const dir = tempDir();
+    const s = new BlobStore(dir, 2000);
+    const [a, b, c] = [blob(1000), blob(1000), blob(1000)];
+    await s.putBuffer(a.digest, a.data);
+    const l1 = s.lease(a.digest)!;
+    const l2 = s.lease(a.digest)!;
+    await s.putBuffer(b.digest, b.data);
+    await s.putBuffer(c.digest, c.data); // evicts a, which two readers hold
+    await settle();
+    expect(s.has(a.digest)).toBe(false);
+    expect(s.lease(a.digest)).toBeUndefined();
+    expect(s.size(a.digest)).toBeUndefined();
+    expect(readFileSync(l1.path)).toEqual(a.data);
+    l1.release();
+    l1.release(); // double release must not count twice
+    await settle();
+    expect(existsSync(l2.path)).toBe(true);
+    expect(readFileSync(l2.path)).toEqual(a.data);
+    l2.release();
+    await settle();
+    expect(existsSync(l2.path)).toBe(false);
+    expect(s.totalBytes).toBe(2000);
+  });
+
+  it('a blob re-committed while doomed is kept', async () => {
+    const dir = tempDir();
+    const s = new BlobStore(dir, 2000);
+    const [a, b, c] = [blob(1000), blob(1000), blob(1000)];
+    await s.putBuffer(a.digest, a.data);
+    const l = s.lease(a.digest)!;
+    await s.putBuffer(b.digest, b.data);
+    await s.putBuffer(c.digest, c.data); // a doomed
+    await s.putBuffer(a.digest, a.data); // fetched again; evicts b
+    l.release();
+    await settle();
+    expect(s.has(a.digest)).toBe(true);
+    expect(readFileSync(s.pathFor(a.digest))).toEqual(a.data);
+  });
+
+  it('remove() drops a blob now, or after the last reader', async () => {
+    const dir = tempDir();
+    const s = new BlobStore(dir, 1 << 20);
+    const [a, b] = [blob(10), blob(20)];
+    await s.putBuffer(a.digest, a.data);
+    await s.putBuffer(b.digest, b.data);
+    await s.remove(a.digest);
+    await settle();
+    expect(existsSync(s.pathFor(a.digest))).toBe(false);
+    const l = s.lease(b.digest)!;
+    await s.remove(b.digest);
+    await settle();
+    expect(s.has(b.digest)).toBe(false);
+    expect(existsSync(l.path)).toBe(true);
+    l.release();
+    await settle();
+    expect(existsSync(l.path)).toBe(false);
+    expect(s.totalBytes).toBe(0);
+  });
+
+  it('reindexes on restart, oldest first, and evicts down to a smaller maxSize', async () => {
+    const dir = tempDir();
+    const s1 = new BlobStore(dir, 1 << 20);
+    const xs = [blob(1000), blob(1000), blob(1000)];
+    for (const [i, x] of xs.entries()) {
+      await s1.putBuffer(x.digest, x.data);
+      const t = new Date(Date.UTC(2020, 0, 1 + i));
+      utimesSync(s1.pathFor(x.digest), t, t);
+    }
+    // Junk in the blobs tree is ignored.
+    mkdirSync(join(dir, 'blobs', 'sha256', 'zz'), { recursive: true });
+    writeFileSync(join(dir, 'blobs', 'sha256', 'zz', 'not-a-digest'), 'x');
+    writeFileSync(join(dir, 'blobs', 'README'), 'x');
+
+    const s2 = new BlobStore(dir, 1 << 20);
+    expect(s2.entries).toBe(3);
+    expect(s2.totalBytes).toBe(3000);
+    for (const x of xs) expect(readFileSync(s2.lease(x.digest)!.path)).toEqual(x.data);
+
+    const s3 = new BlobStore(dir, 2000);
+    await settle();
+    expect(s3.has(xs[0]!.digest)).toBe(false); // the oldest goes first
+    expect(existsSync(s3.pathFor(xs[0]!.digest))).toBe(false);
+    expect(s3.has(xs[1]!.digest) && s3.has(xs[2]!.digest)).toBe(true);
+    expect(s3.totalBytes).toBe(2000);
+  });
+
+  it('reports size changes', async () => {
+    const dir = tempDir();
+    const seen: Array<[number, number]> = [];
+    const s = new BlobStore(dir, 1500, { onSizeChange: (b, e) => seen.push([b, e]) });
+    const [a, b] = [blob(1000), blob(1000)];
+    await s.putBuffer(a.digest, a.data);
+    await s.putBuffer(b.digest, b.data);
+    expect(seen[0]).toEqual([1000, 1]);
+    expect(seen.at(-1)).toEqual([1000, 1]);
+  });
+
+  it('putBuffer of a blob already present is a no-op', async () => {
+    const dir = tempDir();
+    const s = new BlobStore(dir, 1 << 20);
+    const a = blob(10);
+    await s.putBuffer(a.digest, a.data);
+    await s.putBuffer(a.digest, a.data);
+    expect(s.entries).toBe(1);
+    expect(s.totalBytes).toBe(10);
+  });
+
+  it('stores an empty blob', async () => {
+    const dir = tempDir();
+    const s = new BlobStore(dir, 1 << 20);
+    const empty = Buffer.alloc(0);
+    await s.putBuffer(sha256(empty), empty);
+    expect(s.has(sha256(empty))).toBe(true);
+    expect(s.size(sha256(empty))).toBe(0);
+  });
+});

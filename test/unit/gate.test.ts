@@ -1,0 +1,356 @@
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { MetaStore } from '../../src/cache/metastore.js';
+import { Gate, type DecisionObserver, type RootRequest } from '../../src/gate/gate.js';
+import type { Decider, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../../src/gate/types.js';
+import { OCI_INDEX, OCI_MANIFEST, parseManifest } from '../../src/proxy/mediatypes.js';
+import type { Manifest } from '../../src/proxy/manifests.js';
+import type { Digest } from '../../src/routing/reference.js';
+import { Router, type Route } from '../../src/routing/route.js';
+import { cleanupTempDirs, makeConfig, sha256, sleep, tempDir } from './helpers.js';
+
+afterAll(cleanupTempDirs);
+
+const config = makeConfig({
+  upstreams: [
+    { name: 'dockerhub', registry: 'docker.io', url: 'https://registry-1.docker.io' },
+    { name: 'ghcr', registry: 'ghcr.io', url: 'https://ghcr.io' },
+  ],
+  defaultUpstream: 'dockerhub',
+});
+const router = new Router(config);
+function route(name: string, ns?: string): Route {
+  const r = router.resolve(name, ns);
+  if ('code' in r) throw new Error(r.message);
+  return r;
+}
+
+const d = (c: string) => `sha256:${c.repeat(64)}` as Digest;
+const CONFIG = d('c');
+const LAYER1 = d('1');
+const LAYER2 = d('2');
+
+function manifestOf(doc: Record<string, unknown>): Manifest {
+  const bytes = Buffer.from(JSON.stringify(doc));
+  const parsed = parseManifest(bytes, undefined);
+  return { digest: sha256(bytes), mediaType: parsed.mediaType, bytes, parsed };
+}
+
+function image(config = CONFIG, layers = [LAYER1, LAYER2]): Manifest {
+  return manifestOf({
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: config, size: 1 },
+    layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: l, size: 2 })),
+  });
+}
+
+function index(children: Manifest[]): Manifest {
+  return manifestOf({
+    schemaVersion: 2,
+    mediaType: OCI_INDEX,
+    manifests: children.map((c, i) => ({ mediaType: OCI_MANIFEST, digest: c.digest, size: c.bytes.length, platform: { os: 'linux', architecture: ['amd64', 'arm64'][i % 2] } })),
+    annotations: { 'org.opencontainers.image.created': '2026-01-01T00:00:00Z' },
+  });
+}
+
+class FakeDecider implements Decider {
+  calls: PolicyInput[] = [];
+  delayMs = 0;
+  constructor(
+    public revision: string,
+    public answer: PolicyResult | ((input: PolicyInput) => PolicyResult) | Error,
+  ) {}
+  async evaluate(input: PolicyInput): Promise<PolicyResult> {
+    this.calls.push(input);
+    if (this.delayMs) await sleep(this.delayMs);
+    if (this.answer instanceof Error) throw this.answer;
+    return typeof this.answer === 'function' ? this.answer(input) : this.answer;
+  }
+}
+
+const ALLOW: PolicyResult = { allow: true, deny: [], warn: [], scope: 'all', mode: 'enforce' };
+const denyWith = (mode: PolicyResult['mode'] = 'enforce'): PolicyResult => ({
+  allow: false,
+  deny: [{ rule: 'tag.denied', message: 'tag "latest" is not allowed' }],
+  warn: [],
+  scope: 'all',
+  mode,
+});
+
+const OPTS = { allowTTL: 600_000, denyTTL: 30_000, closureTTL: 3_600_000 };
+
+let meta: MetaStore;
+let clock: number;
+const now = () => clock;
+beforeEach(() => {
+  meta = new MetaStore(tempDir());
+  clock = Date.UTC(2026, 5, 1);
+});
+afterEach(() => meta.close());
+
+function req(r: Route, manifest: Manifest, extra: Partial<RootRequest> = {}): RootRequest {
+  return { route: r, method: 'GET', tag: 'latest', manifest, kind: 'manifest', client: { ip: '10.0.0.1', user: null, userAgent: 'containerd/2' }, ...extra };
+}
+
+function gate(decider: Decider, observers: DecisionObserver[] = [], sig?: SignatureProvider, scan?: ScanProvider): Gate {
+  return new Gate(decider, meta, OPTS, sig, scan, observers, now);
+}
+
+describe('Gate: closures', () => {
+  it('an allow records the closure of an image: root, config and layers, in that repository only', async () => {
+    const g = gate(new FakeDecider('r1', ALLOW));
+    const nginx = route('library/nginx');
+    const img = image();
+    const a = await g.admitRoot(req(nginx, img));
+    expect(a).toMatchObject({ serve: true, outcome: 'allow', cached: false, violations: [] });
+    for (const m of [img.digest, CONFIG, LAYER1, LAYER2]) expect(g.rootOf(nginx, m)).toBe(img.digest);
+    expect(g.rootOf(nginx, d('9'))).toBeUndefined();
+    expect(g.rootOf(route('library/redis'), LAYER1)).toBeUndefined();
+    expect(g.rootOf(route('ghcr.io/library/nginx'), LAYER1)).toBeUndefined();
+  });
+
+  it('an allowed index admits its children; extendClosure adds a child’s blobs', async () => {
+    const g = gate(new FakeDecider('r1', ALLOW));
+    const r = route('library/nginx');
+    const amd = image(d('a'), [d('b')]);
+    const arm = image(d('e'), [d('f')]);
+    const idx = index([amd, arm]);
+    await g.admitRoot(req(r, idx));
+    expect(g.rootOf(r, amd.digest)).toBe(idx.digest);
+    expect(g.rootOf(r, arm.digest)).toBe(idx.digest);
+    expect(g.rootOf(r, d('b'))).toBeUndefined(); // blobs of a child are not known until the child is served
+    g.extendClosure(r, idx.digest, amd);
+    expect(g.rootOf(r, d('a'))).toBe(idx.digest);
+    expect(g.rootOf(r, d('b'))).toBe(idx.digest);
+    expect(g.rootOf(r, d('f'))).toBeUndefined();
+  });
+
+  it('closures expire after closureTTL', async () => {
+    const g = gate(new FakeDecider('r1', ALLOW));
+    const r = route('library/nginx');
+    await g.admitRoot(req(r, image()));
+    clock += OPTS.closureTTL - 1;
+    expect(g.rootOf(r, LAYER1)).toBeDefined();
+    clock += 2;
+    expect(g.rootOf(r, LAYER1)).toBeUndefined();
+  });
+
+  it('a deny records nothing, and drops the closure of an earlier allow', async () => {
+    const r = route('library/nginx');
+    const img = image();
+    const denier = new FakeDecider('r1', denyWith());
+    const g = gate(denier);
+    const a = await g.admitRoot(req(r, img));
+    expect(a).toMatchObject({ serve: false, outcome: 'deny', mode: 'enforce' });
+    expect(a.message).toContain('tag "latest" is not allowed');
+    expect(a.message).toContain('tag.denied');
+    expect(g.rootOf(r, LAYER1)).toBeUndefined();
+
+    const allower = new FakeDecider('r2', ALLOW);
+    g.setDecider(allower);
+    await g.admitRoot(req(r, img));
+    expect(g.rootOf(r, LAYER1)).toBe(img.digest);
+    g.setDecider(new FakeDecider('r3', denyWith()));
+    expect((await g.admitRoot(req(r, img))).serve).toBe(false);
+    expect(g.rootOf(r, LAYER1)).toBeUndefined();
+    expect(g.rootOf(r, img.digest)).toBeUndefined();
+  });
+
+  it('allow: false with no deny entries is still a deny', async () => {
+    const g = gate(new FakeDecider('r1', { allow: false, deny: [], warn: [], scope: null, mode: 'enforce' }));
+    const a = await g.admitRoot(req(route('library/nginx'), image()));
+    expect(a).toMatchObject({ serve: false, outcome: 'deny' });
+  });
+
+  it('allow: true with deny entries is a deny', async () => {
+    const g = gate(new FakeDecider('r1', { ...denyWith(), allow: true }));
+    expect((await g.admitRoot(req(route('library/nginx'), image()))).serve).toBe(false);
+  });
+});
+
+describe('Gate: fail closed', () => {
+  it('a decider that throws gives a deny with rule policy.error', async () => {
+    const g = gate(new FakeDecider('r1', new Error('wasm trap: unreachable')));
+    const r = route('library/nginx');
+    const a = await g.admitRoot(req(r, image()));
+    expect(a.serve).toBe(false);
+    expect(a.outcome).toBe('deny');
+    expect(a.mode).toBe('enforce');
+    expect(a.violations).toEqual([{ rule: 'policy.error', message: expect.stringContaining('wasm trap: unreachable') as string }]);
+    expect(g.rootOf(r, LAYER1)).toBeUndefined();
+  });
+
+  it('a decider that rejects with a non-Error, or returns garbage, also denies', async () => {
+    const weird: Decider = { revision: 'w', evaluate: () => Promise.reject('just a string') };
+    expect((await gate(weird).admitRoot(req(route('library/nginx'), image()))).violations[0]?.rule).toBe('policy.error');
+    const garbage: Decider = { revision: 'g', evaluate: () => Promise.resolve({ allow: true } as unknown as PolicyResult) };
+    const a = await gate(garbage).admitRoot(req(route('library/redis'), image()));
+    expect(a.serve).toBe(false);
+    expect(a.violations[0]?.rule).toBe('policy.error');
+  });
+
+  it('failing evidence providers become error evidence, never an exception', async () => {
+    const decider = new FakeDecider('r1', ALLOW);
+    const sig: SignatureProvider = { trustRevision: 't', signatures: () => Promise.reject(new Error('rekor down')) };
+    const scan: ScanProvider = { scan: () => Promise.reject(new Error('scanner down')) };
+    await gate(decider, [], sig, scan).admitRoot(req(route('library/nginx'), image()));
+    const input = decider.calls[0]!;
+    expect(input.signatures.status).toBe('error');
+    expect(input.signatures.rejected[0]?.reason).toContain('rekor down');
+    expect(input.scan.status).toBe('error');
+  });
+});
+
+describe('Gate: modes', () => {
+  it('warn serves with outcome warn; dry-run serves with outcome dry-run-deny; both record the closure', async () => {
+    const r = route('library/nginx');
+    const warnImg = image(d('3'), [d('4')]);
+    const warn = await gate(new FakeDecider('w', denyWith('warn'))).admitRoot(req(r, warnImg));
+    expect(warn).toMatchObject({ serve: true, outcome: 'warn', mode: 'warn' });
+    expect(warn.message).toContain('tag.denied');
+    const g = gate(new FakeDecider('d', denyWith('dry-run')));
+    const dry = await g.admitRoot(req(r, image()));
+    expect(dry).toMatchObject({ serve: true, outcome: 'dry-run-deny', mode: 'dry-run' });
+    expect(g.rootOf(r, LAYER1)).toBeDefined();
+    expect(g.rootOf(r, d('4'))).toBeDefined();
+  });
+
+  it('an allow in warn mode is a plain allow carrying the warnings', async () => {
+    const a = await gate(new FakeDecider('w', { ...ALLOW, mode: 'warn', warn: [{ rule: 'scan.pending', message: 'scan pending' }] })).admitRoot(
+      req(route('library/nginx'), image()),
+    );
+    expect(a).toMatchObject({ serve: true, outcome: 'allow', warnings: [{ rule: 'scan.pending', message: 'scan pending' }] });
+    expect(a.message).toContain('scan pending');
+  });
+});
+
+describe('Gate: decision cache', () => {
+  it('reuses a decision for the same (upstream, repository, digest, tag, kind, revision)', async () => {
+    const decider = new FakeDecider('r1', ALLOW);
+    const hits: string[] = [];
+    const g = gate(decider, [{ onDecision: () => {}, onCacheHit: (rt) => hits.push(rt.repository) }]);
+    const r = route('library/nginx');
+    const img = image();
+    const first = await g.admitRoot(req(r, img));
+    const second = await g.admitRoot(req(r, img, { method: 'HEAD' }));
+    expect(decider.calls).toHaveLength(1);
+    expect(second.cached).toBe(true);
+    expect(second.decisionId).toBe(first.decisionId);
+    expect(hits).toEqual(['library/nginx']);
+    // Anything in the key changes: a new evaluation.
+    await g.admitRoot(req(r, img, { tag: '1.27' }));
+    await g.admitRoot(req(r, img, { kind: 'accessory' }));
+    await g.admitRoot(req(route('library/redis'), img));
+    await g.admitRoot(req(route('ghcr.io/library/nginx'), img));
+    await g.admitRoot(req(r, image(d('7'))));
+    expect(decider.calls).toHaveLength(6);
+  });
+
+  it('a new policy revision re-evaluates, whether by setDecider or by the decider’s own revision', async () => {
+    const decider = new FakeDecider('r1', ALLOW);
+    const g = gate(decider);
+    const rq = req(route('library/nginx'), image());
+    await g.admitRoot(rq);
+    await g.admitRoot(rq);
+    expect(decider.calls).toHaveLength(1);
+    decider.revision = 'r2';
+    decider.answer = denyWith();
+    expect((await g.admitRoot(rq)).serve).toBe(false);
+    expect(decider.calls).toHaveLength(2);
+    const other = new FakeDecider('r3', ALLOW);
+    g.setDecider(other);
+    expect(g.policyRevision).toBe('r3');
+    expect((await g.admitRoot(rq)).serve).toBe(true);
+    expect(other.calls).toHaveLength(1);
+  });
+
+  it('a new trust revision re-evaluates', async () => {
+    const decider = new FakeDecider('r1', ALLOW);
+    const sig = {
+      trustRevision: 't1',
+      signatures: () => Promise.resolve({ signatures: { status: 'none' as const, verified: [], rejected: [] }, attestations: [] }),
+    };
+    const g = gate(decider, [], sig);
+    const rq = req(route('library/nginx'), image());
+    await g.admitRoot(rq);
+    sig.trustRevision = 't2';
+    await g.admitRoot(rq);
+    expect(decider.calls).toHaveLength(2);
+  });
+
+  it('allows and denies expire after their own TTLs', async () => {
+    const decider = new FakeDecider('r1', denyWith());
+    const g = gate(decider);
+    const rq = req(route('library/nginx'), image());
+    await g.admitRoot(rq);
+    clock += OPTS.denyTTL - 1;
+    expect((await g.admitRoot(rq)).cached).toBe(true);
+    clock += 2;
+    decider.answer = ALLOW;
+    expect((await g.admitRoot(rq)).cached).toBe(false);
+    clock += OPTS.denyTTL + 1;
+    expect((await g.admitRoot(rq)).cached).toBe(true);
+    clock += OPTS.allowTTL;
+    expect((await g.admitRoot(rq)).cached).toBe(false);
+    expect(decider.calls).toHaveLength(3);
+  });
+
+  it('a cached allow re-records a lapsed closure', async () => {
+    const g = new Gate(new FakeDecider('r1', ALLOW), meta, { ...OPTS, closureTTL: 1000 }, undefined, undefined, [], now);
+    const r = route('library/nginx');
+    const rq = req(r, image());
+    await g.admitRoot(rq);
+    clock += 2000;
+    expect(g.rootOf(r, LAYER1)).toBeUndefined();
+    expect((await g.admitRoot(rq)).cached).toBe(true);
+    expect(g.rootOf(r, LAYER1)).toBeDefined();
+  });
+
+  it('concurrent identical requests evaluate once and share the answer', async () => {
+    const decider = new FakeDecider('r1', ALLOW);
+    decider.delayMs = 30;
+    const seen: string[] = [];
+    const g = gate(decider, [{ onDecision: (e) => seen.push(e.admission.decisionId) }]);
+    const rq = req(route('library/nginx'), image());
+    const all = await Promise.all(Array.from({ length: 25 }, () => g.admitRoot(rq)));
+    expect(decider.calls).toHaveLength(1);
+    expect(new Set(all.map((a) => a.decisionId)).size).toBe(1);
+    expect(seen).toHaveLength(1);
+  });
+});
+
+describe('Gate: policy input and observers', () => {
+  it('builds input version 1 from the request, the route and the manifest', async () => {
+    const decider = new FakeDecider('r1', ALLOW);
+    const amd = image(d('a'), [d('b')]);
+    const idx = index([amd, image(d('e'), [d('f')])]);
+    await gate(decider).admitRoot(req(route('library/nginx', 'docker.io'), idx, { method: 'HEAD', tag: '1.27' }));
+    const input = decider.calls[0]!;
+    expect(input).toMatchObject({
+      version: 1,
+      now: '2026-06-01T00:00:00.000Z',
+      request: { kind: 'manifest', method: 'HEAD', client: { ip: '10.0.0.1', user: null, user_agent: 'containerd/2' }, routing: 'ns' },
+      image: { registry: 'docker.io', repository: 'library/nginx', tag: '1.27', digest: idx.digest, media_type: OCI_INDEX, platforms: ['linux/amd64', 'linux/arm64'], created: '2026-01-01T00:00:00Z' },
+      upstream: { name: 'dockerhub', url: 'https://registry-1.docker.io' },
+      signatures: { status: 'not_configured' },
+      scan: { status: 'not_configured' },
+    });
+  });
+
+  it('tells observers about every evaluated decision; a throwing observer changes nothing', async () => {
+    const events: Array<{ outcome: string; revision: string; result: PolicyResult | undefined }> = [];
+    const g = gate(new FakeDecider('r9', ALLOW), [
+      {
+        onDecision: () => {
+          throw new Error('log sink exploded');
+        },
+      },
+      { onDecision: (e) => events.push({ outcome: e.admission.outcome, revision: e.revision, result: e.result }) },
+    ]);
+    const r = route('library/nginx');
+    const a = await g.admitRoot(req(r, image()));
+    expect(a.serve).toBe(true);
+    expect(g.rootOf(r, LAYER1)).toBeDefined();
+    expect(events).toEqual([{ outcome: 'allow', revision: 'r9', result: ALLOW }]);
+  });
+});

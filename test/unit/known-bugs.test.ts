@@ -1,0 +1,131 @@
+/**
+ * Bugs found while writing the unit tests, each as a test of the CORRECT behaviour marked `it.fails`: the test runs
+ * and currently fails, which vitest reports as a pass. When a fix lands, vitest reports the test as failing
+ * ("expected to fail but passed"): move it, as a plain `it`, into the module's own test file.
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BlobStore } from '../../src/cache/blobstore.js';
+import { MetaStore } from '../../src/cache/metastore.js';
+import { ConfigError, parseConfig } from '../../src/config/load.js';
+import { Gate } from '../../src/gate/gate.js';
+import type { PolicyInput } from '../../src/gate/types.js';
+import { readBundle } from '../../src/policy/bundle.js';
+import { WasmDecider } from '../../src/policy/wasm.js';
+import { parseManifest } from '../../src/proxy/mediatypes.js';
+import { isValidName } from '../../src/routing/reference.js';
+import { Router } from '../../src/routing/route.js';
+import { Semaphore } from '../../src/util/semaphore.js';
+import { resolve } from 'node:path';
+import { cleanupTempDirs, makeConfig, sha256, tempDir } from './helpers.js';
+
+afterAll(cleanupTempDirs);
+
+describe('known bugs (it.fails = still present)', () => {
+  // BUG 1 (src/cache/blobstore.ts): lru-cache silently refuses an entry larger than maxSize, but track() has
+  // already added its size to `bytes`, and the renamed file stays on disk, untracked: totalBytes (and the
+  // cache_bytes metric) drift upward for good and the file is never evicted.
+  it.fails('a blob larger than maxSize is neither counted nor left on disk', async () => {
+    const store = new BlobStore(tempDir(), 100);
+    const data = randomBytes(500);
+    await store.putBuffer(sha256(data), data);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(store.has(sha256(data))).toBe(false);
+    expect(store.totalBytes).toBe(0);
+    expect(existsSync(store.pathFor(sha256(data)))).toBe(false);
+  });
+
+  // BUG 2 (src/util/semaphore.ts): an already-aborted signal never fires 'abort', so acquire() with one queues
+  // and, worse, is granted later: the request of a client that already went away still takes an upstream slot.
+  it.fails('acquire() with an already-aborted signal rejects at once when it would queue', async () => {
+    const s = new Semaphore(1);
+    const held = await s.acquire();
+    const ac = new AbortController();
+    ac.abort(new Error('gone'));
+    const outcome = await Promise.race([
+      s.acquire(ac.signal).then(
+        () => 'granted',
+        () => 'rejected',
+      ),
+      new Promise((r) => setTimeout(() => r('still queued'), 50)),
+    ]);
+    held();
+    expect(outcome).toBe('rejected');
+  });
+
+  // BUG 3 (src/config/load.ts): env values are parsed as YAML, so `PORTCULLIS__listen=[::1]:5000` (a listen value
+  // the schema explicitly allows) is a YAML syntax error, and it escapes as a bare YAMLParseError naming neither
+  // the file nor the variable.
+  const MIN = JSON.stringify({ upstreams: [{ name: 'a', registry: 'a.io', url: 'https://a.io' }] });
+  it.fails('an IPv6 listen address can be set from the environment', () => {
+    expect(parseConfig(MIN, 'c.yaml', { PORTCULLIS__listen: '[::1]:5000' }).listen).toBe('[::1]:5000');
+  });
+  it.fails('a bad env value gives a ConfigError, not a YAMLParseError', () => {
+    let err: unknown;
+    try {
+      parseConfig(MIN, 'c.yaml', { PORTCULLIS__upstreams__0__url: '{unclosed' });
+    } catch (e) {
+      err = e;
+    }
+    if (err !== undefined) expect(err).toBeInstanceOf(ConfigError);
+  });
+
+  // BUG 4 (src/routing/route.ts): the name is validated before the library/ prefix is added, so a 250-character
+  // single-component name becomes a 258-character repository that fails the name grammar's length limit.
+  it.fails('the routed repository always satisfies isValidName, library/ prefix included', () => {
+    const router = new Router(makeConfig({ upstreams: [{ name: 'hub', registry: 'docker.io', url: 'https://registry-1.docker.io' }], defaultUpstream: 'hub' }));
+    const r = router.resolve('a'.repeat(250), undefined);
+    if (!('code' in r)) expect(isValidName(r.repository)).toBe(true);
+  });
+
+  // BUG 5 (src/policy/wasm.ts): the time.parse_rfc3339_ns stand-in accepts any string that starts with a date and
+  // a 'T' and hands it to Date.parse. A timestamp without an offset ("2026-06-02T00:00:00") is not RFC 3339 (OPA's
+  // builtin, and so `opa test`, reject it), but Date.parse reads it as LOCAL time: an exception's expiry then
+  // depends on the server's TZ, and a malformed expiry activates the exception instead of failing closed.
+  it.fails('an exception whose expiry has no UTC offset does not apply (fail closed, like OPA)', async () => {
+    const bundle = await readBundle(readFileSync(resolve('policies/bundle.tar.gz')));
+    const d = await WasmDecider.create(bundle, {
+      scopes: [{ name: 'all', images: ['**'], deny_tags: ['latest'] }],
+      exceptions: [{ images: ['**'], owner: 'o', reason: 'r', expires: '2099-01-01T00:00:00' }],
+    });
+    const input = {
+      version: 1,
+      now: '2026-06-01T00:00:00Z',
+      request: { kind: 'manifest', method: 'GET', client: { ip: 'x', user: null, user_agent: null }, routing: 'default' },
+      image: { registry: 'docker.io', repository: 'library/nginx', tag: 'latest', digest: `sha256:${'a'.repeat(64)}`, media_type: 'x', platforms: [], labels: {}, created: null },
+      upstream: { name: 'hub', url: 'https://x' },
+      signatures: { status: 'not_configured', verified: [], rejected: [] },
+      attestations: [],
+      scan: { status: 'not_configured' },
+    } satisfies PolicyInput;
+    expect((await d.evaluate(input)).allow).toBe(false);
+  });
+
+  // BUG 6 (src/gate/gate.ts): observers' onDecision is wrapped in try/catch ("logging must never change a
+  // decision"), but onCacheHit is not: an observer that throws there turns every cached decision into a rejection.
+  it.fails('an observer throwing in onCacheHit does not break a cached decision', async () => {
+    const meta = new MetaStore(tempDir());
+    try {
+      const config = makeConfig({ upstreams: [{ name: 'hub', registry: 'docker.io', url: 'https://registry-1.docker.io' }], defaultUpstream: 'hub' });
+      const route = new Router(config).resolve('nginx', undefined);
+      if ('code' in route) throw new Error(route.message);
+      const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [] }));
+      const parsed = parseManifest(bytes, undefined);
+      const manifest = { digest: sha256(bytes), mediaType: parsed.mediaType, bytes, parsed };
+      const decider = { revision: 'r', evaluate: () => Promise.resolve({ allow: true, deny: [], warn: [], scope: null, mode: 'enforce' as const }) };
+      const observer = {
+        onDecision: () => {},
+        onCacheHit: () => {
+          throw new Error('metrics exploded');
+        },
+      };
+      const g = new Gate(decider, meta, { allowTTL: 60_000, denyTTL: 1000, closureTTL: 60_000 }, undefined, undefined, [observer]);
+      const rq = { route, method: 'GET' as const, tag: 'latest', manifest, kind: 'manifest' as const, client: { ip: 'x', user: null, userAgent: null } };
+      await g.admitRoot(rq);
+      expect((await g.admitRoot(rq)).serve).toBe(true);
+    } finally {
+      meta.close();
+    }
+  });
+});
