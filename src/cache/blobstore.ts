@@ -100,6 +100,12 @@ export class BlobStore {
   private track(digest: Digest, size: number): void {
     this.doomed.delete(digest);
     if (this.index.has(digest)) return;
+    if (Math.max(1, size) > this.maxSize) {
+      // lru-cache silently refuses an entry larger than maxSize: never count it, and leave no untracked file behind.
+      this.events.onEvict?.(digest, size);
+      this.removeWhenUnused(digest);
+      return;
+    }
     this.bytes += size;
     this.index.set(digest, size);
     this.events.onSizeChange?.(this.bytes, this.index.size);

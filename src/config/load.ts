@@ -33,7 +33,13 @@ export function applyEnvOverrides(doc: Record<string, unknown>, env: NodeJS.Proc
       if (typeof next !== 'object' || next === null) node[seg] = {};
       node = node[seg] as Record<string, unknown>;
     }
-    node[path[path.length - 1] as string] = parseYaml(raw) as unknown;
+    let value: unknown;
+    try {
+      value = parseYaml(raw);
+    } catch {
+      value = raw; // not YAML (e.g. "[::1]:5000"): take it verbatim, and let the schema judge it
+    }
+    node[path[path.length - 1] as string] = value;
   }
   return doc;
 }

@@ -85,7 +85,13 @@ export class Gate {
     const key = [req.route.upstream.name, req.route.repository, req.manifest.digest, req.tag ?? '', req.kind, this.decider.revision, this.signatures.trustRevision].join('\n');
     const hit = this.decisions.get(key);
     if (hit && hit.expiresAt > this.now()) {
-      for (const o of this.observers) o.onCacheHit?.(req.route);
+      for (const o of this.observers) {
+        try {
+          o.onCacheHit?.(req.route);
+        } catch {
+          // Metrics must never change a decision.
+        }
+      }
       // The closure may have lapsed (TTLs differ, restarts); re-record it so members stay reachable.
       if (hit.admission.serve) this.recordClosure(req.route, req.manifest);
       return { ...hit.admission, cached: true };

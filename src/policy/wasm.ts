@@ -11,11 +11,18 @@ import type { PolicyBundle } from './bundle.js';
 
 export const ENTRYPOINT = 'portcullis/decision';
 
+// RFC 3339 date-time: the offset is mandatory (without it Date.parse would use the server's local time zone).
+const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$/;
+
 const customBuiltins = {
   // Undefined for a bad time: the rule that needed it (an exception's expiry) then does not apply (fail closed).
   'time.parse_rfc3339_ns': (s: unknown): number | undefined => {
-    if (typeof s !== 'string' || !/^\d{4}-\d{2}-\d{2}T/.test(s)) return undefined;
-    const ms = Date.parse(s);
+    const m = typeof s === 'string' ? RFC3339.exec(s) : null;
+    if (!m) return undefined;
+    const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+    // Date.parse rolls 2026-02-30 over into March; Go's time.Parse (OPA's builtin) rejects it.
+    if (mo < 1 || mo > 12 || d < 1 || d > new Date(Date.UTC(y, mo, 0)).getUTCDate()) return undefined;
+    const ms = Date.parse(s as string);
     return Number.isFinite(ms) ? ms * 1e6 : undefined;
   },
 };

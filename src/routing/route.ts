@@ -74,8 +74,8 @@ export class Router {
         routing = 'default';
       }
     }
-    if (!isValidName(repository)) return { code: 'NAME_INVALID', message: `invalid repository name "${truncate(repository)}"` };
     if (usesLibraryPrefix(upstream) && !repository.includes('/')) repository = `library/${repository}`;
+    if (!isValidName(repository)) return { code: 'NAME_INVALID', message: `invalid repository name "${truncate(repository)}"` };
     const route: Route = { upstream, registry: upstream.registry, repository, routing };
     if (ns !== undefined) route.ns = ns;
     return route;

@@ -10,6 +10,8 @@ export class Semaphore {
   }
 
   async acquire(signal?: AbortSignal): Promise<() => void> {
+    // 'abort' never fires for a signal that is already aborted: refuse now rather than queue (and be granted later).
+    if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('aborted');
     if (this.active < this.limit) {
       this.active++;
       return this.releaser();

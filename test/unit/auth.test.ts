@@ -199,4 +199,33 @@ describe('Authenticator', () => {
     // A changed challenge (new scope in the header) is worth a retry.
     expect(a.onUnauthorized(bearer(',scope="repository:x:pull"'), SCOPE)).toBe(true);
   });
+
+  describe('onUnauthorized with the Authorization the failed request carried', () => {
+    it('every request that went out before the challenge was known may retry', () => {
+      const a = make();
+      expect(a.onUnauthorized(bearer(), SCOPE, null)).toBe(true);
+      expect(a.onUnauthorized(bearer(), SCOPE, null)).toBe(true);
+    });
+
+    it('a refused current token is dropped; a refused older token leaves the current one cached', async () => {
+      const a = make();
+      a.onUnauthorized(bearer(), SCOPE, null);
+      expect(await a.authorization(SCOPE)).toBe('Bearer get-1');
+      // A request that still carried some older token: retry, but keep the current token.
+      expect(a.onUnauthorized(bearer(), SCOPE, 'Bearer ancient')).toBe(true);
+      expect(await a.authorization(SCOPE)).toBe('Bearer get-1');
+      expect(realm.server.requests).toHaveLength(1);
+      // The current token itself was refused: fetch a new one.
+      expect(a.onUnauthorized(bearer(), SCOPE, 'Bearer get-1')).toBe(true);
+      expect(await a.authorization(SCOPE)).toBe('Bearer get-2');
+    });
+
+    it('refused Basic credentials are not retried against the same challenge', () => {
+      const a = make({ username: 'u', password: 'p' });
+      const basic = `Basic ${Buffer.from('u:p').toString('base64')}`;
+      expect(a.onUnauthorized('Basic realm="r"', SCOPE, null)).toBe(true);
+      expect(a.onUnauthorized('Basic realm="r"', SCOPE, basic)).toBe(false);
+      expect(a.onUnauthorized('Basic realm="other"', SCOPE, basic)).toBe(true);
+    });
+  });
 });

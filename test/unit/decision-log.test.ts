@@ -211,7 +211,9 @@ describe('DecisionLog HTTP sink', () => {
   });
 
   it('an unreachable collector is a delivery failure, not an exception', async () => {
-    const dead = await startServer((_q, _b, res) => res.end());
+    const dead = await startServer((_q, _b, res) => {
+      res.end();
+    });
     const url = `${dead.url}/logs`;
     await dead.close();
     const metrics = new Metrics({ defaultMetrics: false });

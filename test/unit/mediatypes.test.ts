@@ -209,7 +209,7 @@ describe('parseManifest: properties', () => {
           expect(e).toBeInstanceOf(ManifestFormatError);
         }
       }),
-      { numRuns: 1000 },
+      { numRuns: 500 },
     );
   });
 });

@@ -170,6 +170,15 @@ describe('WasmDecider with the committed bundle', () => {
     expect((await active.evaluate(input({ tag: 'latest', now: 'garbage' }))).allow).toBe(false);
   });
 
+  it('computes a scan\'s age from scanned_at and now in seconds (nanosecond builtin units)', async () => {
+    const d = await WasmDecider.create(bundle, { scopes: [{ name: 'all', images: ['**'], scan: { limits: {}, max_age_seconds: 3600, on_stale: 'deny' } }] });
+    const withScan = (scanned_at: string): PolicyInput => ({ ...input(), scan: { status: 'ok', scanned_at, counts: {} } });
+    expect((await d.evaluate(withScan('2026-06-01T11:30:00Z'))).allow).toBe(true); // 30 min old
+    const stale = await d.evaluate(withScan('2026-06-01T10:59:59Z')); // 1 h 1 s old
+    expect(stale.allow).toBe(false);
+    expect(stale.deny.map((v) => v.rule)).toContain('scan.stale');
+  });
+
   it('reports the scope mode without relaxing allow', async () => {
     const d = await WasmDecider.create(bundle, { scopes: [{ name: 'lib', images: ['docker.io/library/*'], mode: 'warn', deny_tags: ['latest'] }] });
     const r = await d.evaluate(input({ tag: 'latest' }));

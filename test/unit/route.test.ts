@@ -151,7 +151,7 @@ describe('Router: properties', () => {
         expect(isValidName(r.repository) || (r.repository.startsWith('library/') && isValidName(r.repository.slice(8)))).toBe(true);
         expect(r.repository).not.toMatch(/(^|\/)\.\.?(\/|$)/);
       }),
-      { numRuns: 1000 },
+      { numRuns: 500 },
     );
   });
 
