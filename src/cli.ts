@@ -18,7 +18,8 @@ const USAGE = `usage:
   portcullis config check [FILE]
   portcullis report [--config FILE] [--json] [--all] [--url PROXY_URL]
       the cached images that the current policy and scan data would now deny (exit 1 when there are any);
-      --url asks a running proxy (GET /api/v1/admin/reevaluate, token from $PORTCULLIS_ADMIN_TOKEN)
+      --url asks a running proxy (GET /api/v1/admin/reevaluate, token from $PORTCULLIS_ADMIN_TOKEN); without it
+      the command opens the data dir itself: only do that when no proxy is running on it
 
 The config defaults to $PORTCULLIS_CONFIG or config/portcullis.yaml.`;
 

@@ -171,6 +171,21 @@ ignored_cves contains ig.id if {
 	unexpired(ig)
 }
 
+# An ignored CVE that the scan found is reported as a warning naming who owns the exception and until when.
+warnings contains {"rule": "scan.ignored", "message": msg} if {
+	scan_required
+	scan_status in {"ok", "stale"}
+	some ig in object.get(scan_cfg, "ignore_cves", [])
+	is_string(ig.id)
+	unexpired(ig)
+	some v in scan_vulns
+	v.id == ig.id
+	msg := concat("", [
+		ig.id, " ignored until ", ig.expires, " (", object.get(ig, "owner", "<unknown>"), ": ",
+		object.get(ig, "reason", "no reason given"), ")",
+	])
+}
+
 scan_count_field := "fixable_counts" if scan_fixable_only
 
 else := "counts"

@@ -82,7 +82,18 @@ test_ignored_cves_not_counted if {
 		ignore("CVE-2026-0001", future),
 		ignore("CVE-2026-0002", future),
 	]}})
-	clean(with_scan(crit_scan({"CRITICAL": 4})), conf)
+	d := decide(with_scan(crit_scan({"CRITICAL": 4})), conf)
+	d.allow == true
+	d.deny == []
+	d.warn == [
+		{"rule": "scan.ignored", "message": concat("", ["CVE-2026-0001 ignored until ", future, " (sec: not reachable)"])},
+		{"rule": "scan.ignored", "message": concat("", ["CVE-2026-0002 ignored until ", future, " (sec: not reachable)"])},
+	]
+}
+
+test_ignored_cve_not_found_is_not_reported if {
+	conf := scope_config({"scan": {"limits": {"CRITICAL": 2}, "ignore_cves": [ignore("CVE-2099-0001", future)]}})
+	clean(with_scan({"counts": {"CRITICAL": 0}}), conf)
 }
 
 test_ignored_cve_not_named if {
@@ -216,7 +227,9 @@ test_explicit_empty_limits_mean_none if {
 test_default_limits_with_ignored_cve if {
 	inp := with_scan({"counts": {"CRITICAL": 1}, "vulnerabilities": [vuln("CVE-2026-0001", "CRITICAL", "1.1")]})
 	conf := object.union(base_config, {"scopes": [replace(base_scope, "scan", {"ignore_cves": [ignore("CVE-2026-0001", future)]})]})
-	clean(inp, conf)
+	d := decide(inp, conf)
+	d.allow == true
+	warn_rules(d) == {"scan.ignored"}
 	conf2 := object.union(base_config, {"scopes": [replace(base_scope, "scan", {"ignore_cves": [ignore("CVE-2026-0001", past)]})]})
 	deny_rules(decide(inp, conf2)) == {"scan.limit"}
 }

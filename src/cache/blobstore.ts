@@ -74,10 +74,22 @@ export class BlobStore {
       },
     });
     mkdirSync(this.blobsDir, { recursive: true });
-    // Anything in tmp/ is a download that never committed (crash, kill -9): it was never visible, so drop it.
-    rmSync(this.tmpDir, { recursive: true, force: true });
     mkdirSync(this.tmpDir, { recursive: true });
+    this.removeOrphanedTemps();
     this.loadIndex();
+  }
+
+  /**
+   * A temp file whose writer process is gone is a download that never committed (crash, kill -9): it was never
+   * visible, so drop it. Files of live processes stay, so `portcullis check` or a second instance on the same
+   * data dir cannot break a running server's downloads.
+   */
+  private removeOrphanedTemps(): void {
+    for (const name of safeReaddir(this.tmpDir)) {
+      const pid = Number(name.split('.', 1)[0]);
+      if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) continue;
+      rmSync(join(this.tmpDir, name), { recursive: true, force: true });
+    }
   }
 
   private loadIndex(): void {
@@ -167,7 +179,8 @@ export class BlobStore {
 
   /** Starts a verified write. The blob becomes visible only through commit(). */
   async createWriter(digest: Digest, expectedSize?: number): Promise<BlobWriter> {
-    const tmp = join(this.tmpDir, `${digestHex(digest).slice(0, 16)}-${randomBytes(6).toString('hex')}`);
+    // The writer's pid leads the name, so startup can tell orphans from another live process's downloads.
+    const tmp = join(this.tmpDir, `${process.pid}.${digestHex(digest).slice(0, 16)}-${randomBytes(6).toString('hex')}`);
     const fh = await open(tmp, 'wx+', 0o644);
     return new BlobWriter(this, digest, tmp, fh, expectedSize);
   }
@@ -270,6 +283,15 @@ export class BlobWriter {
     this.closed = true;
     await this.fh.close().catch(() => {});
     await unlink(this.tmpPath).catch(() => {});
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

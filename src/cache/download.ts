@@ -1,35 +1,21 @@
 /**
- * Single-flight blob downloads. The first request for a missing digest starts one upstream GET whose bytes go to
- * the store's temp file; every concurrent request (late joiners and Range requests too) follows the download at
- * its own pace. So 20 clients cost the upstream one GET per blob, memory stays bounded whatever the blob size, and
- * a slow client never slows the download for the others.
- *
- * Performance (measured by `npm run bench`, see bench/README.md): readers near the head of the download are served
- * from a small in-memory window of the most recent chunks, and the temp file is written in batches behind them, so
- * the client path costs no file write or read per chunk and never waits for the disk (dirty-page throttling on a
- * busy host stalled writes for whole seconds). Readers that fall further behind than the window read back from the
- * temp file, which holds every byte older than the window. Received-but-unwritten bytes are capped, which is what
- * pauses the upstream when the disk is slower than the network.
+ * Single-flight blob downloads. The first request for a missing digest starts one upstream GET that writes to the
+ * store's temp file; every concurrent request (late joiners and Range requests too) reads the bytes back from that
+ * file as they land, at its own pace. So 20 clients cost the upstream one GET per blob, memory stays flat whatever
+ * the blob size, and a slow client never slows the download for the others.
  *
  * When the download fails verification, every reader's stream errors, which aborts its client connection: no
  * client receives a complete response for bytes that did not match the digest, and nothing is committed.
  */
 import { EventEmitter } from 'node:events';
 import { createReadStream, openSync, closeSync, read } from 'node:fs';
+import { promisify } from 'node:util';
 import { Readable } from 'node:stream';
-import { SizeMismatchError, type BlobLease, type BlobStore, type BlobWriter } from './blobstore.js';
+import type { BlobLease, BlobStore, BlobWriter } from './blobstore.js';
 import type { Digest } from '../routing/reference.js';
 
-/** Read size for readers behind the in-memory window, and for the committed-blob fallback. */
-const FILE_CHUNK = 1024 * 1024;
-/** Already written bytes kept in memory, so that readers slightly behind the head need no file read. */
-const WINDOW_KEEP = 4 * 1024 * 1024;
-/** Received but not yet written: beyond this the upstream body is not read until the disk catches up. */
-const MAX_UNWRITTEN = 8 * 1024 * 1024;
-/** Most bytes handed to one file write (small upstream chunks are coalesced into one syscall). */
-const WRITE_BATCH = 2 * 1024 * 1024;
-/** Buffered per reader stream before it stops pulling (the HTTP response buffers on top of this). */
-const READER_HWM = 1024 * 1024;
+const readAsync = promisify(read);
+const CHUNK = 256 * 1024;
 
 export type DownloadState = 'starting' | 'running' | 'done' | 'failed';
 
@@ -52,16 +38,6 @@ export class Download extends EventEmitter {
   private readers = 0;
   private lease: BlobLease | undefined;
   private source: DownloadSource | undefined;
-  /** The in-memory window: consecutive chunks covering [windowStart, received). */
-  private window: Buffer[] = [];
-  private windowOffsets: number[] = [];
-  private windowStart = 0;
-  /** Bytes received from the upstream (in the window, the file, or both). */
-  private received = 0;
-  /** Bytes written to the temp file. */
-  private written = 0;
-  private writing: Promise<void> | undefined;
-  private writeError: Error | undefined;
   /** Resolves when headers are in (size known) or rejects when the download fails before that. */
   readonly ready: Promise<void>;
   /** Settles when the download is committed or failed. */
@@ -85,9 +61,8 @@ export class Download extends EventEmitter {
     this.ready.catch(() => {});
   }
 
-  /** Bytes that readers can be given now (not yet verified: see reader()). */
   get bytesAvailable(): number {
-    return this.received;
+    return this.writer?.bytesWritten ?? 0;
   }
 
   async run(): Promise<void> {
@@ -96,27 +71,15 @@ export class Download extends EventEmitter {
       this.source = src;
       this.size = src.size;
       this.writer = await this.store.createWriter(this.digest, src.size);
-      // One shared descriptor for readers behind the window; positional reads keep them independent, and it stays
-      // valid across the rename at commit.
+      // One shared descriptor for every reader; positional reads keep them independent, and it stays valid across
+      // the rename at commit.
       this.fd = openSync(this.writer.tmpPath, 'r');
       this.state = 'running';
       this.emit('ready');
       for await (const chunk of src.body) {
-        if (this.writeError) throw this.writeError;
-        if (chunk.length === 0) continue;
-        // Checked here as well as in the writer, so that no reader is ever handed bytes past the declared size.
-        if (this.size !== undefined && this.received + chunk.length > this.size) throw new SizeMismatchError(this.size, this.received + chunk.length);
-        this.window.push(chunk);
-        this.windowOffsets.push(this.received);
-        this.received += chunk.length;
+        await this.writer.write(chunk);
         this.emit('progress');
-        this.startWriting();
-        while (this.received - this.written > MAX_UNWRITTEN && !this.writeError) {
-          this.startWriting();
-          await this.writing;
-        }
       }
-      await this.flush();
       // Readers may send their last byte once the bytes are known good; persisting (fsync, rename) can follow.
       this.writer.verify();
       this.verified = true;
@@ -129,8 +92,6 @@ export class Download extends EventEmitter {
     } catch (e) {
       this.error = e instanceof Error ? e : new Error(String(e));
       this.state = 'failed';
-      // No write may be in flight when the temp file is closed and removed.
-      await this.writing?.catch(() => {});
       await this.writer?.abort();
       this.source?.cancel();
       this.emit('failed', this.error);
@@ -139,84 +100,6 @@ export class Download extends EventEmitter {
       this.emit('settled');
       this.maybeClose();
     }
-  }
-
-  /** Writes everything received so far, then resolves; rejects with the first write error. */
-  private async flush(): Promise<void> {
-    while (this.written < this.received && !this.writeError) {
-      this.startWriting();
-      await this.writing;
-    }
-    if (this.writeError) throw this.writeError;
-  }
-
-  private startWriting(): void {
-    if (this.writing || this.writeError) return;
-    this.writing = this.writeLoop().finally(() => (this.writing = undefined));
-  }
-
-  /** Appends the unwritten part of the window to the temp file, a batch per write, and trims the window. */
-  private async writeLoop(): Promise<void> {
-    const writer = this.writer as BlobWriter;
-    try {
-      while (this.written < this.received) {
-        let i = this.indexOf(this.written);
-        const parts: Buffer[] = [];
-        let n = 0;
-        for (; i < this.window.length && n < WRITE_BATCH; i++) {
-          const b = this.window[i] as Buffer;
-          parts.push(b);
-          n += b.length;
-        }
-        // The window holds whole upstream chunks and `written` always ends on a chunk boundary.
-        await writer.write(parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n));
-        this.written += n;
-        this.trimWindow();
-      }
-    } catch (e) {
-      this.writeError = e instanceof Error ? e : new Error(String(e));
-    }
-  }
-
-  /** Drops written chunks that are more than WINDOW_KEEP behind the head; the file has them. */
-  private trimWindow(): void {
-    let drop = 0;
-    while (drop < this.window.length) {
-      const endOfChunk = (this.windowOffsets[drop] as number) + (this.window[drop] as Buffer).length;
-      if (endOfChunk > this.written || this.received - endOfChunk < WINDOW_KEEP) break;
-      drop++;
-    }
-    if (drop === 0) return;
-    this.window.splice(0, drop);
-    this.windowOffsets.splice(0, drop);
-    this.windowStart = this.windowOffsets[0] ?? this.received;
-  }
-
-  /** Index of the window chunk holding byte `pos` (windowStart ≤ pos < received). */
-  private indexOf(pos: number): number {
-    let lo = 0;
-    let hi = this.windowOffsets.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if ((this.windowOffsets[mid] as number) <= pos) lo = mid;
-      else hi = mid - 1;
-    }
-    return lo;
-  }
-
-  /** Bytes [pos, limit) from the window, at most one chunk's worth; undefined if pos is behind the window. */
-  windowSlice(pos: number, limit: number): Buffer | undefined {
-    if (pos < this.windowStart || pos >= this.received || this.window.length === 0) return undefined;
-    const i = this.indexOf(pos);
-    const chunk = this.window[i] as Buffer;
-    const from = pos - (this.windowOffsets[i] as number);
-    const to = Math.min(chunk.length, limit - (this.windowOffsets[i] as number));
-    return from === 0 && to === chunk.length ? chunk : chunk.subarray(from, to);
-  }
-
-  /** The shared temp-file descriptor, for readers behind the window. */
-  get fileDescriptor(): number | undefined {
-    return this.fd;
   }
 
   cancel(reason: Error): void {
@@ -238,19 +121,50 @@ export class Download extends EventEmitter {
       // download has finished, and without this they would read from a closed descriptor and be cut off.
       const lease = this.store.lease(this.digest);
       if (!lease) return Readable.from(failing(new Error(`blob ${this.digest} left the cache before it could be served`)));
-      const s = createReadStream(lease.path, { start, end, highWaterMark: FILE_CHUNK });
+      const s = createReadStream(lease.path, { start, end, highWaterMark: CHUNK });
       s.once('close', lease.release);
       return s;
     }
     this.readers++;
+    const self = this;
     let released = false;
-    const stream = new TailReader(this, start, end);
-    stream.once('close', () => {
+    const release = (): void => {
       if (released) return;
       released = true;
-      this.readers--;
-      this.maybeClose();
-    });
+      self.readers--;
+      self.maybeClose();
+    };
+    async function* gen(): AsyncGenerator<Buffer> {
+      let pos = start;
+      try {
+        while (pos <= end) {
+          // Once verified, a later failure (to persist the blob) does not make the bytes wrong: keep serving them
+          // from the open descriptor, which outlives an unlinked temp file.
+          const verified = self.verified;
+          if (self.state === 'failed' && !verified) throw self.error ?? new Error('download failed');
+          // Exclusive bound of what may go out now: everything once verified, else all but the range's last byte.
+          const sendable = Math.min(self.bytesAvailable, verified ? end + 1 : end);
+          if (pos >= sendable) {
+            if (verified) break;
+            await new Promise((r) => self.once('progress', r));
+            continue;
+          }
+          const n = Math.min(CHUNK, sendable - pos);
+          const buf = Buffer.allocUnsafe(n);
+          const { bytesRead } = await readAsync(self.fd as number, buf, 0, n, pos);
+          if (bytesRead === 0) throw new Error('short read from download file');
+          pos += bytesRead;
+          yield bytesRead === n ? buf : buf.subarray(0, bytesRead);
+        }
+        // Belt and braces: the client must not see a clean end unless the digest verified.
+        while (!self.verified && (self.state === 'running' || self.state === 'starting')) await new Promise((r) => self.once('progress', r));
+        if (!self.verified) throw self.error ?? new Error('download failed');
+      } finally {
+        release();
+      }
+    }
+    const stream = Readable.from(gen(), { objectMode: false, highWaterMark: CHUNK });
+    stream.once('close', release);
     return stream;
   }
 
@@ -261,98 +175,8 @@ export class Download extends EventEmitter {
         closeSync(this.fd);
         this.fd = undefined;
       }
-      this.window = [];
-      this.windowOffsets = [];
-      this.windowStart = this.received;
       this.lease?.release();
       this.lease = undefined;
-    }
-  }
-}
-
-/**
- * One reader of a running download: pushes window chunks as they arrive (no copy), reads from the temp file when
- * it has fallen behind the window, and waits for 'progress' when it has caught up.
- */
-class TailReader extends Readable {
-  private pos: number;
-  private busy = false;
-  private waiting = false;
-  private readonly onProgress = (): void => {
-    this.waiting = false;
-    this.pump();
-  };
-
-  constructor(
-    private readonly d: Download,
-    start: number,
-    private readonly end: number,
-  ) {
-    super({ highWaterMark: READER_HWM });
-    this.pos = start;
-  }
-
-  override _read(): void {
-    this.pump();
-  }
-
-  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
-    if (this.waiting) this.d.off('progress', this.onProgress);
-    this.waiting = false;
-    cb(err);
-  }
-
-  private wait(): void {
-    if (this.waiting) return;
-    this.waiting = true;
-    this.d.once('progress', this.onProgress);
-  }
-
-  private pump(): void {
-    const d = this.d;
-    while (!this.busy && !this.waiting && !this.destroyed) {
-      // Once verified, a later failure (to persist the blob) does not make the bytes wrong: keep serving them.
-      const verified = d.verified;
-      if (d.state === 'failed' && !verified) {
-        this.destroy(d.error ?? new Error('download failed'));
-        return;
-      }
-      if (this.pos > this.end) {
-        // Only reachable once verified (the last byte is held back until then).
-        this.push(null);
-        return;
-      }
-      // Exclusive bound of what may go out now: everything once verified, else all but the range's last byte.
-      const sendable = Math.min(d.bytesAvailable, verified ? this.end + 1 : this.end);
-      if (this.pos >= sendable) {
-        this.wait();
-        return;
-      }
-      const fromWindow = d.windowSlice(this.pos, sendable);
-      if (fromWindow) {
-        this.pos += fromWindow.length;
-        if (!this.push(fromWindow)) return;
-        continue;
-      }
-      // Behind the window: those bytes are in the temp file.
-      const fd = d.fileDescriptor;
-      if (fd === undefined) {
-        this.destroy(d.error ?? new Error('download file closed'));
-        return;
-      }
-      const n = Math.min(FILE_CHUNK, sendable - this.pos);
-      this.busy = true;
-      read(fd, Buffer.allocUnsafe(n), 0, n, this.pos, (err, bytesRead, buf) => {
-        this.busy = false;
-        if (this.destroyed) return;
-        if (err || bytesRead === 0) {
-          this.destroy(err ?? new Error('short read from download file'));
-          return;
-        }
-        this.pos += bytesRead;
-        if (this.push(bytesRead === n ? buf : buf.subarray(0, bytesRead))) this.pump();
-      });
-      return;
     }
   }
 }

@@ -108,7 +108,13 @@ export class ScanApi implements ApiHandler {
       const { reports, total } = service.store.listReports({ ...filter, limit, offset });
       return sendJson(res, 200, { total, offset, reports: reports.map(reportJson) }, method === 'HEAD');
     }
-    const ref = this.parseRef(decodeURIComponent(tail.slice(1)));
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(tail.slice(1));
+    } catch {
+      throw new ApiError(400, 'NAME_INVALID', 'malformed percent-encoding in the path');
+    }
+    const ref = this.parseRef(decoded);
     if (method === 'PUT') return this.putReport(req, res, ref);
     if (method === 'GET' || method === 'HEAD') {
       const r = service.store.getReport(ref.registry, ref.repository, ref.digest);

@@ -16,7 +16,7 @@
  *     registries:                              # what the scanner pulls from, per upstream (default: upstream url)
  *       dockerhub: { url: https://mirror.example, authorization: { env: SCANNER_PULL_AUTH } }
  *     pollInterval: 2s
- *     requestTimeout: 10s
+ *     requestTimeout: 5s      # one call; a pull that triggers a scan request waits at most this (errors are cached)
  *     scanTimeout: 10m
  *     retryAfterError: 1m
  *   staleAfter: 7d          # a result older than this has status "stale" (the scanner is asked to rescan)
@@ -97,7 +97,7 @@ const scanner = z
       .default({}),
     /** Shortest time between two polls of one scan; a longer Refresh-After from the scanner wins (up to 60 s). */
     pollInterval: duration.default(2_000),
-    requestTimeout: duration.default(10_000),
+    requestTimeout: duration.default(5_000),
     /** A scan still pending after this long is given up (status error) and requested again later. */
     scanTimeout: duration.default(600_000),
     /** After a failed scan or an unreachable scanner, how long the error stands before the scan is requested again. */

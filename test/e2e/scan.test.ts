@@ -14,7 +14,7 @@
  * - re-evaluation (admin endpoint and `portcullis report`) lists cached images that would now be denied; metrics.
  */
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -111,7 +111,8 @@ beforeAll(async () => {
     { os: 'linux', architecture: 'arm64' },
   ]);
   px = await startProxy({
-    upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+    // crane cannot parse a host:port as a path component: it names the upstream by an alias.
+    upstreams: [{ name: 'local', registry: reg.host, url: reg.url, aliases: ['upstream.scan'] }],
     settings,
     extra: scanConfig(scanner.url),
     observers: [{ onDecision: (e) => decisions.push(e) }],
@@ -129,7 +130,7 @@ describe('vulnerability limits and CVE exceptions', () => {
     const put = await pushReport(px, 'demo/vuln', images.vuln!.digest, boundReport(trivyFixture, `${reg.host}/demo/vuln`, images.vuln!.digest));
     expect(put.status).toBe(201);
     const stored = (await put.json()) as { format: string; bound: boolean; summary: { counts: Record<string, number> } };
-    expect(stored).toMatchObject({ format: 'trivy', bound: true, summary: { counts: { CRITICAL: 1, HIGH: 1, MEDIUM: 1, LOW: 1, UNKNOWN: 0 } } });
+    expect(stored).toMatchObject({ format: 'trivy', bound: true, summary: { counts: { CRITICAL: 1, HIGH: 1, MEDIUM: 2, LOW: 1, UNKNOWN: 0 } } });
 
     const r = await pull(px, 'demo/vuln');
     expect(r.status).toBe(403);
@@ -141,7 +142,7 @@ describe('vulnerability limits and CVE exceptions', () => {
     // A real client shows the reason on one line.
     const dir = await mkdtemp(join(tmpdir(), 'pc-scan-crane-'));
     try {
-      const c = await cranePull(`${px.host}/${reg.host}/demo/vuln:v1`, join(dir, 'img.tar'));
+      const c = await cranePull(`${px.host}/upstream.scan/demo/vuln:v1`, join(dir, 'img.tar'));
       expect(c.code).not.toBe(0);
       expect(c.stderr).toContain('DENIED');
       expect(c.stderr).toContain(CVE);
@@ -163,6 +164,9 @@ describe('vulnerability limits and CVE exceptions', () => {
     expect((await pushReport(px, 'demo/excepted', images.excepted!.digest, boundReport(trivyFixture, `${reg.host}/demo/excepted`, images.excepted!.digest))).status).toBe(201);
     const r = await pull(px, 'demo/excepted');
     expect(r.status).toBe(200);
+    // The exception is on record: who owns it and until when.
+    const d = decisions.find((e) => e.input.image.digest === images.excepted!.digest)!;
+    expect(d.admission.warnings).toEqual([{ rule: 'scan.ignored', message: `${CVE} ignored until ${FUTURE} (sec-team: openssl PKCS12 parsing is not reachable)` }]);
     // The whole image comes through.
     for (const d of [images.excepted!.config, ...images.excepted!.layers]) {
       const b = await fetch(`${px.url}/v2/${reg.host}/demo/excepted/blobs/${d.digest}`);
@@ -334,6 +338,75 @@ describe('the scanner down', () => {
     } finally {
       await p.stop();
     }
+  });
+});
+
+describe('vulnerability attestations (cosign2 attest --type vuln)', () => {
+  let work: string;
+  let env: NodeJS.ProcessEnv;
+  let p: RunningProxy;
+  const seen: Array<Parameters<DecisionObserver['onDecision']>[0]> = [];
+  const att: Record<string, PushedImage> = {};
+
+  const cosign = async (args: string[]): Promise<void> => {
+    const r = await runTool('cosign2', args, { env, cwd: work, timeoutMs: 60_000 });
+    expect(r.code, `cosign2 ${args[0]}: ${r.stderr}`).toBe(0);
+  };
+  /** `trivy --format cosign-vuln` output (the fixture) about `reportDigest`, attested with `key` on `name`. */
+  const attest = async (name: string, key: string, reportDigest: string, opts: { clean?: boolean } = {}): Promise<void> => {
+    const predicate = JSON.parse(readFileSync('test/fixtures/scan/cosign-vuln-predicate.json', 'utf8')) as { scanner: { result: Record<string, unknown> }; metadata: Record<string, string> };
+    if (opts.clean) predicate.scanner.result.Results = [];
+    predicate.scanner.result = JSON.parse(JSON.stringify(predicate.scanner.result).replaceAll(`registry.example/demo/app@${ZERO}`, `${reg.host}/demo/${name}@${reportDigest}`)) as Record<string, unknown>;
+    predicate.metadata = { scanStartedOn: new Date().toISOString(), scanFinishedOn: new Date().toISOString() };
+    const file = join(work, `${name}.vuln.json`);
+    await writeFile(file, JSON.stringify(predicate));
+    await cosign(['attest', '--key', key, '--type', 'vuln', '--predicate', file, '--tlog-upload=false', '--allow-insecure-registry', '--allow-http-registry', '-y', `${reg.host}/demo/${name}@${att[name]!.digest}`]);
+  };
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'pc-scan-cosign-'));
+    env = { ...process.env, HOME: work, COSIGN_PASSWORD: '', TUF_ROOT: join(work, 'tuf'), DOCKER_CONFIG: join(work, 'docker') };
+    await cosign(['generate-key-pair', '--output-key-prefix', 'release']);
+    await cosign(['generate-key-pair', '--output-key-prefix', 'stranger']);
+    for (const n of ['attested', 'attested-clean', 'attested-stranger', 'attested-other']) att[n] = await pushImage(reg.url, `demo/${n}`, 'v1');
+    await attest('attested', 'release.key', att.attested!.digest);
+    await attest('attested-clean', 'release.key', att['attested-clean']!.digest, { clean: true });
+    await attest('attested-stranger', 'stranger.key', att['attested-stranger']!.digest);
+    // A genuine attestation on this digest, but the scan inside is of another image.
+    await attest('attested-other', 'release.key', att.attested!.digest);
+    p = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings: { no_match: 'deny', scopes: [{ name: 'scanned', images: ['**'], scan: {} }] },
+      extra: {
+        signatures: { authorities: [{ name: 'release', kind: 'key', key: join(work, 'release.pub') }] },
+        scan: { attestations: { authorities: ['release'] } },
+      },
+      observers: [{ onDecision: (e) => seen.push(e) }],
+    });
+  }, 120_000);
+
+  afterAll(async () => {
+    await p?.stop();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  test('a verified vuln attestation with 1 CRITICAL denies, naming the CVE; a clean one allows', async () => {
+    const r = await pull(p, 'demo/attested');
+    expect(r.status).toBe(403);
+    expect(r.error!.message).toContain(`1 CRITICAL vulnerability (${CVE}) exceeds limit 0 [scan.limit]`);
+    const d = seen.find((e) => e.input.image.digest === att.attested!.digest)!;
+    expect(d.input.attestations.map((a) => [a.predicate_type, a.authority])).toEqual([['https://cosign.sigstore.dev/attestation/vuln/v1', 'release']]);
+    expect(d.input.scan).toMatchObject({ status: 'ok', source: 'attestation', scanner: 'trivy 0.58.1', counts: { CRITICAL: 1, LOW: 1 } });
+    expect((await pull(p, 'demo/attested-clean')).status).toBe(200);
+  });
+
+  test('an attestation by an untrusted key counts for nothing; one about another digest is refused', async () => {
+    const stranger = await pull(p, 'demo/attested-stranger');
+    expect(stranger.status).toBe(403);
+    expect(stranger.error!.message).toContain('no vulnerability scan result for this image [scan.missing]');
+    const other = await pull(p, 'demo/attested-other');
+    expect(other.status).toBe(403);
+    expect(other.error!.message).toContain(`reports on ${att.attested!.digest}, not this digest [scan.error]`);
   });
 });
 

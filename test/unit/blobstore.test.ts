@@ -60,6 +60,17 @@ describe('BlobStore', () => {
     await w.abort();
   });
 
+  it("keeps another live process's downloads in tmp/ (a check CLI or second instance on the same dir)", () => {
+    const dir = tempDir();
+    new BlobStore(dir, 1 << 20);
+    const live = `${process.ppid}.abcd-1234`; // the test runner's parent is alive
+    const dead = '999999999.abcd-5678'; // no such pid
+    writeFileSync(join(dir, 'tmp', live), 'partial');
+    writeFileSync(join(dir, 'tmp', dead), 'partial');
+    new BlobStore(dir, 1 << 20);
+    expect(listTmp(dir)).toEqual([live]);
+  });
+
   it('a commit with the wrong digest throws DigestMismatchError and leaves nothing', async () => {
     const dir = tempDir();
     const s = new BlobStore(dir, 1 << 20);
