@@ -24,14 +24,16 @@ APT_PACKAGES=(
   "redis-server"   # not used by tests yet; unpinned because Debian security updates move it
 )
 APT_EXTRA=(runc uidmap fuse-overlayfs slirp4netns netavark aardvark-dns iptables jq curl ca-certificates)
-# Go tools: "binary-name module@version".
+# Go tools: "binary-name package@version", or "binary-name module@version ./package".
 GO_TOOLS=(
   "opa github.com/open-policy-agent/opa@v1.22.2"
   "crane github.com/google/go-containerregistry/cmd/crane@v0.22.1"
   # Signers for the signature tests: cosign 2 writes the legacy .sig format, cosign 3 Sigstore bundles as referrers.
   "cosign2 github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5"
   "cosign3 github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3"
-  "notation github.com/notaryproject/notation/cmd/notation@v1.3.2"
+  # The module proxy refuses the version list of this module, which `go install pkg@version` reads for deprecation
+  # notices; a third field means "download the module and build that package from it" instead.
+  "notation github.com/notaryproject/notation@v1.3.2 ./cmd/notation"
 )
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 
@@ -76,15 +78,28 @@ install_apt() {
 }
 
 install_go_tools() {
-  local entry name mod ver stamp
+  local entry name mod stamp want
+  local pkg dir
   for entry in "${GO_TOOLS[@]}"; do
-    name=${entry%% *}; mod=${entry#* }; ver=${mod##*@}
+    read -r name mod pkg <<<"$entry"
     stamp="$TOOLS/bin/.$name.version"
-    if [[ -x "$TOOLS/bin/$name" && "$(cat "$stamp" 2>/dev/null)" == "$mod" ]]; then continue; fi
-    log "go install $mod"
-    GOBIN="$TOOLS/gobin-$name" go install "$mod" >&2
-    mv "$TOOLS/gobin-$name/"* "$TOOLS/bin/$name"; rmdir "$TOOLS/gobin-$name"
-    echo "$mod" > "$stamp"
+    want="$mod${pkg:+ $pkg}"
+    if [[ -x "$TOOLS/bin/$name" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then continue; fi
+    if [[ -z "$pkg" ]]; then
+      log "go install $mod"
+      rm -rf "$TOOLS/gobin-$name"
+      GOBIN="$TOOLS/gobin-$name" go install "$mod" >&2
+      mv "$TOOLS/gobin-$name/"* "$TOOLS/bin/$name"; rmdir "$TOOLS/gobin-$name"
+    else
+      log "go build $pkg from $mod"
+      dir=$(go mod download -json "$mod" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+      [[ -n "$dir" ]] || { log "could not download $mod"; exit 1; }
+      # The module cache is read-only; build from a copy.
+      rm -rf "$TOOLS/build-$name"; cp -r "$dir" "$TOOLS/build-$name"; chmod -R u+w "$TOOLS/build-$name"
+      (cd "$TOOLS/build-$name" && go build -o "$TOOLS/bin/$name" "$pkg") >&2
+      rm -rf "$TOOLS/build-$name"
+    fi
+    echo "$want" > "$stamp"
   done
 }
 
