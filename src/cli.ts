@@ -10,6 +10,7 @@ import type { Config } from './config/schema.js';
 import { checkImage } from './gate/check.js';
 import type { DecisionObserver } from './gate/gate.js';
 import { buildProxy } from './server/bootstrap.js';
+import { checkSignatureConfig } from './verify/index.js';
 import { formatReport, reevaluate, type ReevalReport } from './scan/reeval.js';
 
 const USAGE = `usage:
@@ -129,6 +130,7 @@ function configCheck(args: string[]): number {
   const file = configPath(args[0]);
   try {
     const c = loadConfig(file);
+    checkSignatureConfig(c);
     process.stdout.write(`${file}: ok (${c.upstreams.length} upstream${c.upstreams.length === 1 ? '' : 's'}: ${c.upstreams.map((u) => `${u.name}=${u.registry}`).join(', ')})\n`);
     return 0;
   } catch (e) {

@@ -19,7 +19,6 @@ import { createHash, verify as cryptoVerify, constants, type KeyObject } from 'n
 import { bundleFromJSON, toDSSEBundle, toMessageSignatureBundle, type Bundle, type TransparencyLogEntry } from '@sigstore/bundle';
 import { ASN1Obj, X509Certificate, dsse } from '@sigstore/core';
 import { toSignedEntity, Verifier, VerificationError, type SignedEntity } from '@sigstore/verify';
-import type { Manifest } from '../proxy/manifests.js';
 import type { Descriptor } from '../proxy/mediatypes.js';
 import type { Digest } from '../routing/reference.js';
 import { MT, type FoundArtifact } from './discovery.js';
@@ -365,7 +364,8 @@ export function verifyCosignKeyless(item: CosignItem, a: KeylessAuthority, diges
   const problem = bindingProblem(item.claim, digest);
   if (problem) return { ok: false, reason: problem };
   const signedAt = integratedTime(item);
-  return { ok: true, tlog: item.bundle.verificationMaterial.tlogEntries.length > 0 && a.tlogThreshold > 0, identity: { issuer, subject }, ...(signedAt ? { signedAt } : {}) };
+  // The verifier checks every tlog entry present (whatever the threshold), so any entry here is a verified one.
+  return { ok: true, tlog: item.bundle.verificationMaterial.tlogEntries.length > 0, identity: { issuer, subject }, ...(signedAt ? { signedAt } : {}) };
 }
 
 /** A short, specific reason from @sigstore/verify's errors. */

@@ -7,22 +7,39 @@
  */
 import type { SignatureProvider } from '../gate/types.js';
 import type { EvidenceDeps } from '../gate/evidence.js';
+import type { Config } from '../config/schema.js';
 import { SignatureEvidenceProvider } from './provider.js';
+import { loadTrust } from './trust.js';
 
 export { isAccessory, needsOwnDecision, ACCESSORY_TAG } from './accessory.js';
 
 export function createSignatureProvider(deps: EvidenceDeps): SignatureProvider | undefined {
   const cfg = deps.config.signatures;
   if (!cfg || cfg.authorities.length === 0) return undefined;
-  const names = new Set(cfg.authorities.map((a) => a.name));
-  const missing = requiredAuthorities(deps.config.policy.settings).filter((r) => !names.has(r.authority));
+  checkScopeAuthorities(deps.config);
+  return new SignatureEvidenceProvider(deps, cfg);
+}
+
+/**
+ * What `portcullis config check` adds to schema validation: every key and trust file loads, and every authority a
+ * scope names is defined. Throws an error naming the authority; a no-op without signature authorities.
+ */
+export function checkSignatureConfig(config: Config): void {
+  const cfg = config.signatures;
+  if (!cfg || cfg.authorities.length === 0) return;
+  checkScopeAuthorities(config);
+  loadTrust(cfg);
+}
+
+function checkScopeAuthorities(config: Config): void {
+  const names = new Set((config.signatures?.authorities ?? []).map((a) => a.name));
+  const missing = requiredAuthorities(config.policy.settings).filter((r) => !names.has(r.authority));
   if (missing.length) {
     const m = missing[0]!;
     throw new Error(
       `policy.settings.scopes: scope "${m.scope}" requires signature authority "${m.authority}", which signatures.authorities does not define (defined: ${[...names].map((n) => `"${n}"`).join(', ')})`,
     );
   }
-  return new SignatureEvidenceProvider(deps, cfg);
 }
 
 /** The authorities that policy scopes name (`scopes[].signatures.authorities`). */

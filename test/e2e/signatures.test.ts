@@ -16,17 +16,24 @@
  *   key/*      "release" (cosign key k1)       keyless/*  "ci" (keyless: issuer + anchored subject regexp)
  *   notary/*   "notary" (Notation trust store, subject DN)
  *
+ * Denied, each with its reason in the client's error: unsigned (no signature found); another key (key mismatch);
+ * keyless with another subject or issuer (identity mismatch); a certificate from another Fulcio (untrusted
+ * chain); a payload changed after signing (tampered payload); a valid signature or bundle of another image
+ * (digest mismatch); a Notation certificate outside the trust store (untrusted chain); an expired Notation
+ * signature (expired). Admitted images are pulled whole with skopeo (dist) and crane (ref), and `cosign verify`,
+ * `cosign verify-attestation` (2 and 3) and `notation verify` pointed at the proxy succeed for them.
+ *
  * A docker reference cannot carry a port inside its path, so the upstreams get port-less aliases for the prefix
  * routing: `<proxy>/dist.e2e/<repo>` and `<proxy>/ref.e2e/<repo>`.
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DecisionObserver } from '../../src/gate/gate.js';
 import { crane, cranePull, expectOk, runTool, skopeoCopy, type ToolResult } from '../harness/clients.js';
 import { startFakeUpstream, type FakeUpstream } from '../harness/fake-upstream.js';
-import { MANIFEST_ACCEPT, pushBlob, pushImage, pushRaw, type PushedImage } from '../harness/images.js';
+import { MANIFEST_ACCEPT, pushBlob, pushImage, pushRaw, sha256, type PushedImage } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { startLocalSigstore, type LocalSigstore } from '../harness/signature-sigstore.js';
@@ -44,6 +51,8 @@ let work: string;
 let env: NodeJS.ProcessEnv;
 const img: Record<string, PushedImage> = {};
 const decisions: Array<Parameters<DecisionObserver['onDecision']>[0]> = [];
+/** When the notation signature of notary/app:expired expires. */
+let expiresAt = 0;
 
 const at = (name: string): string => `${reg.host}/${name}@${img[name]!.digest}`;
 const viaProxy = (upstream: 'dist' | 'ref', name: string, tag: string): string => `${proxy.host}/${upstream}.e2e/${name.slice(0, name.lastIndexOf(':'))}:${tag}`;
@@ -67,6 +76,20 @@ async function cosign2Sign(name: string, opts: { key?: string; subject?: string;
   const s = opts.sigstore ?? ss;
   const token = await s.token(opts.subject ?? SUBJECT, opts.issuer ?? ISSUER);
   await tool('cosign2', ['sign', '--fulcio-url', s.url, '--rekor-url', s.url, '--identity-token', token, ...insecure, '-y', target], `cosign2 keyless sign ${name}`, sigstoreEnv(s));
+}
+
+/**
+ * cosign 3: a Sigstore bundle v0.3 referrer holding a DSSE in-toto statement (predicate cosign/sign/v1). No TUF here,
+ * so no signing config: by key without Rekor, or keyless through the local Fulcio/Rekor with its trusted root.
+ */
+async function cosign3Sign(name: string, opts: { key?: string } = {}): Promise<void> {
+  const target = at(name);
+  if (opts.key) {
+    await tool('cosign3', ['sign', '--key', opts.key, '--use-signing-config=false', '--tlog-upload=false', ...insecure, '-y', target]);
+    return;
+  }
+  const token = await ss.token(SUBJECT, ISSUER);
+  await tool('cosign3', ['sign', '--use-signing-config=false', '--fulcio-url', ss.url, '--rekor-url', ss.url, '--identity-token', token, '--trusted-root', ss.trustedRootPath, ...insecure, '-y', target], `cosign3 keyless sign ${name}`);
 }
 
 /** Every manifest and blob of a repository, from Distribution into the fake (minus the referrers tag-schema tags). */
@@ -108,7 +131,12 @@ beforeAll(async () => {
   await tool('cosign2', ['generate-key-pair', '--output-key-prefix', 'k1']);
   await tool('cosign2', ['generate-key-pair', '--output-key-prefix', 'k2']);
 
-  const names = ['key/app:signed', 'key/app:unsigned', 'key/app:otherkey', 'key/app:copied', 'keyless/app:signed', 'keyless/app:wrongid', 'keyless/app:wrongiss', 'keyless/app:untrusted', 'keyless/app:tampered'];
+  const names = [
+    'key/app:signed', 'key/app:unsigned', 'key/app:otherkey', 'key/app:copied',
+    'keyless/app:signed', 'keyless/app:wrongid', 'keyless/app:wrongiss', 'keyless/app:untrusted', 'keyless/app:tampered',
+    'key/bundle:signed', 'key/bundle:otherkey', 'key/bundle:copied', 'keyless/bundle:signed',
+    'notary/app:signed', 'notary/app:untrusted', 'notary/app:expired',
+  ];
   for (const n of names) {
     const [repo, tag] = n.split(':') as [string, string];
     img[n] = await pushImage(reg.url, repo, tag);
@@ -138,7 +166,38 @@ beforeAll(async () => {
   Object.assign(layer, blob);
   await pushRaw(reg.url, 'keyless/app', sigTag(img['keyless/app:tampered']!.digest), Buffer.from(JSON.stringify(t.doc)), t.type);
 
-  for (const repo of ['key/app', 'keyless/app']) await mirror(repo);
+  // cosign 3, Sigstore bundles as referrers (Distribution keeps them in the sha256-<hex> tag-schema index).
+  await cosign3Sign('key/bundle:signed', { key: 'k1.key' });
+  await tool('cosign3', ['attest', '--key', 'k1.key', '--type', 'vuln', '--predicate', await writeVulnPredicate(), '--use-signing-config=false', '--tlog-upload=false', ...insecure, '-y', at('key/bundle:signed')]);
+  await cosign3Sign('key/bundle:otherkey', { key: 'k2.key' });
+  await cosign3Sign('keyless/bundle:signed');
+  // key/bundle:signed's signature bundle, attached to key/bundle:copied (a referrer whose subject is copied, whose
+  // signed statement names signed), and listed in copied's tag-schema index.
+  const signedIndex = await manifestAt('key/bundle', `sha256-${img['key/bundle:signed']!.digest.slice(7)}`);
+  const sigEntries = await Promise.all((signedIndex.doc.manifests as Array<{ digest: string }>).map(async (d) => ({ d, m: await manifestAt('key/bundle', d.digest) })));
+  const signature = sigEntries.find((e) => (e.m.doc.annotations as Record<string, string>)['dev.sigstore.bundle.predicateType'] === 'https://sigstore.dev/cosign/sign/v1')!;
+  const copied = img['key/bundle:copied']!;
+  const moved = Buffer.from(JSON.stringify({ ...signature.m.doc, subject: { mediaType: copied.manifestMediaType, digest: copied.digest, size: copied.manifest.length } }));
+  const movedDigest = await pushRaw(reg.url, 'key/bundle', sha256(moved), moved, signature.m.type);
+  const copiedIndex = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ mediaType: signature.m.type, digest: movedDigest, size: moved.length, artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json' }] };
+  await pushRaw(reg.url, 'key/bundle', `sha256-${copied.digest.slice(7)}`, Buffer.from(JSON.stringify(copiedIndex)), 'application/vnd.oci.image.index.v1+json');
+
+  // notation: JWS referrers (tag schema on Distribution). `acme` is trusted; `rogue` is a test certificate the proxy
+  // does not trust; the third signature expires two seconds after signing.
+  await tool('notation', ['cert', 'generate-test', '--default', 'acme']);
+  await tool('notation', ['cert', 'generate-test', 'rogue']);
+  await tool('notation', ['sign', '--insecure-registry', at('notary/app:signed')]);
+  await tool('notation', ['sign', '--insecure-registry', '--key', 'rogue', at('notary/app:untrusted')]);
+  await tool('notation', ['sign', '--insecure-registry', '--expiry', '2s', at('notary/app:expired')]);
+  expiresAt = Date.now() + 2_000;
+  // notation 1.3 reads trustpolicy.json (later releases also trustpolicy.oci.json).
+  const trustPolicy = JSON.stringify({
+    version: '1.0',
+    trustPolicies: [{ name: 'acme', registryScopes: ['*'], signatureVerification: { level: 'strict' }, trustStores: ['ca:acme'], trustedIdentities: ['*'] }],
+  });
+  for (const f of ['trustpolicy.json', 'trustpolicy.oci.json']) await writeFile(path.join(work, 'config/notation', f), trustPolicy);
+
+  for (const repo of ['key/app', 'keyless/app', 'key/bundle', 'keyless/bundle', 'notary/app']) await mirror(repo);
 
   proxy = await startProxy({
     upstreams: [
@@ -150,7 +209,7 @@ beforeAll(async () => {
       scopes: [
         { name: 'key', images: ['*/key/**'], signatures: { authorities: ['release'] } },
         { name: 'keyless', images: ['*/keyless/**'], signatures: { authorities: ['ci'] } },
-        // NOTARY_SCOPE
+        { name: 'notary', images: ['*/notary/**'], signatures: { authorities: ['notary'] } },
         { name: 'open', images: ['**'] },
       ],
     },
@@ -159,6 +218,12 @@ beforeAll(async () => {
         authorities: [
           { name: 'release', kind: 'key', key: path.join(work, 'k1.pub') },
           { name: 'ci', kind: 'keyless', issuer: ISSUER, subjectRegExp: 'https://github\\.com/acme/[^/]+/\\.github/workflows/.+', trustedRoot: ss.trustedRootPath },
+          {
+            name: 'notary',
+            kind: 'notation',
+            trustStore: [path.join(work, 'config/notation/localkeys/acme.crt')],
+            trustedIdentities: ['x509.subject: C=US, ST=WA, L=Seattle, O=Notary, CN=acme'],
+          },
         ],
       },
     },
@@ -188,9 +253,11 @@ function decisionFor(digest: string): Parameters<DecisionObserver['onDecision']>
   return decisions.filter((d) => d.input.image.digest === digest && d.input.request.kind === 'manifest').at(-1);
 }
 
+/** A whole pull through the proxy: skopeo from Distribution, crane from the referrers-API upstream. */
 async function expectAllowed(upstream: 'dist' | 'ref', name: string): Promise<void> {
   const dest = path.join(work, `pull-${upstream}-${name.replace(/[/:]/g, '_')}`);
-  const r = await cranePull(viaProxy(upstream, name, name.split(':')[1]!), dest, { format: 'oci' });
+  const ref = viaProxy(upstream, name, name.split(':')[1]!);
+  const r = upstream === 'dist' ? await skopeoCopy(`docker://${ref}`, dest) : await cranePull(ref, dest, { format: 'oci' });
   expect(r.code, r.stderr).toBe(0);
   const d = decisionFor(img[name]!.digest);
   expect(d?.admission.outcome).toBe('allow');
@@ -234,5 +301,54 @@ describe.each(['dist', 'ref'] as const)('cosign 2 legacy signatures through upst
     await expectDenied(up, 'keyless/app:wrongiss', /authority "ci" \(no signature verified: identity mismatch \(.*issuer "https:\/\/accounts\.google\.com"/);
     await expectDenied(up, 'keyless/app:untrusted', /authority "ci" \(no signature verified: untrusted chain\)/);
     await expectDenied(up, 'keyless/app:tampered', /authority "ci" \(no signature verified: tampered payload/);
+  });
+});
+
+describe.each(['dist', 'ref'] as const)('cosign 3 Sigstore bundles through upstream %s', (up) => {
+  it('admits the image whose bundle verifies with the required key, with its bundle attestation', async () => {
+    await expectAllowed(up, 'key/bundle:signed');
+    const d = decisionFor(img['key/bundle:signed']!.digest)!;
+    expect(d.input.signatures.verified).toEqual([expect.objectContaining({ authority: 'release', kind: 'cosign-key', format: 'sigstore-bundle' })]);
+    expect(d.input.attestations).toEqual([expect.objectContaining({ predicate_type: VULN, authority: 'release' })]);
+  });
+
+  it('admits a keyless bundle (Fulcio certificate, SCT and Rekor entry verified offline)', async () => {
+    await expectAllowed(up, 'keyless/bundle:signed');
+    expect(decisionFor(img['keyless/bundle:signed']!.digest)!.input.signatures.verified).toEqual([
+      expect.objectContaining({ authority: 'ci', kind: 'cosign-keyless', format: 'sigstore-bundle', tlog: true, identity: { issuer: ISSUER, subject: SUBJECT } }),
+    ]);
+  });
+
+  it('cosign 3 verify and verify-attestation pointed at the proxy succeed', async () => {
+    const key = await tool('cosign3', ['verify', '--key', 'k1.pub', '--insecure-ignore-tlog', ...insecure, viaProxy(up, 'key/bundle:signed', 'signed')]);
+    expect(key.stdout).toContain(img['key/bundle:signed']!.digest);
+    await tool('cosign3', ['verify-attestation', '--key', 'k1.pub', '--type', 'vuln', '--insecure-ignore-tlog', ...insecure, viaProxy(up, 'key/bundle:signed', 'signed')]);
+    const keyless = await tool('cosign3', ['verify', '--trusted-root', ss.trustedRootPath, '--certificate-identity', SUBJECT, '--certificate-oidc-issuer', ISSUER, ...insecure, viaProxy(up, 'keyless/bundle:signed', 'signed')]);
+    expect(keyless.stdout).toContain(img['keyless/bundle:signed']!.digest);
+  });
+
+  it('denies another key and a bundle copied from another image', async () => {
+    await expectDenied(up, 'key/bundle:otherkey', /signature required by authority "release" \(no signature verified: key mismatch\)/);
+    await expectDenied(up, 'key/bundle:copied', /authority "release" \(no signature verified: digest mismatch \(signed sha256:/);
+  });
+});
+
+describe.each(['dist', 'ref'] as const)('notation signatures through upstream %s', (up) => {
+  it('admits the image signed by the trusted certificate and identity', async () => {
+    await expectAllowed(up, 'notary/app:signed');
+    expect(decisionFor(img['notary/app:signed']!.digest)!.input.signatures.verified).toEqual([
+      expect.objectContaining({ authority: 'notary', kind: 'notation', format: 'notation-jws', identity: expect.objectContaining({ subject: 'C=US, ST=WA, L=Seattle, O=Notary, CN=acme' }) }),
+    ]);
+  });
+
+  it('notation verify pointed at the proxy succeeds', async () => {
+    const r = await tool('notation', ['verify', '--insecure-registry', `${proxy.host}/${up}.e2e/notary/app@${img['notary/app:signed']!.digest}`]);
+    expect(r.stdout + r.stderr).toMatch(/Successfully verified signature/);
+  });
+
+  it('denies a chain to an untrusted root, and an expired signature', async () => {
+    await expectDenied(up, 'notary/app:untrusted', /signature required by authority "notary" \(no signature verified: untrusted chain\)/);
+    await new Promise((r) => setTimeout(r, Math.max(0, expiresAt + 500 - Date.now())));
+    await expectDenied(up, 'notary/app:expired', /signature required by authority "notary" \(no signature verified: expired \(signature expired at /);
   });
 });

@@ -3,7 +3,8 @@
  * `@sigstore/mock`, plus the `trusted_root.json` that verifies what it issues.
  *
  * Endpoints:
- *   POST /api/v2/signingCert      Fulcio v2 (JSON chain; @sigstore/sign, cosign 3)          — @sigstore/mock
+ *   POST /api/v2/signingCert      Fulcio v2 (JSON chain; @sigstore/sign, cosign 3)          — @sigstore/mock (a
+ *                                 bearer token, as sigstore-go sends it, is moved into the body the mock reads)
  *   POST /api/v1/signingCert      Fulcio v1 "legacy" (PEM chain body; cosign 2)             — here, on the mock CA
  *   POST /api/v1/log/entries      Rekor v1 (SET and inclusion proof)                        — @sigstore/mock
  *   GET  /api/v1/log/publicKey    Rekor's public key (PEM)
@@ -102,9 +103,18 @@ export async function startLocalSigstore(): Promise<LocalSigstore> {
           if (req.method === 'GET' && path === '/api/v1/rootCert') return send(200, rootPem, { 'content-type': 'application/pem-certificate-chain' });
           const h = handlers.get(path);
           if (req.method === 'POST' && h) {
-            const r = await h(path === '/api/v1/log/entries' ? normalizeRekorEntry(body) : body);
+            const input = path === '/api/v1/log/entries' ? normalizeRekorEntry(body) : path === '/api/v2/signingCert' ? withTokenInBody(body, req.headers.authorization) : body;
+            const r = await h(input);
             const payload = typeof r.response === 'string' ? r.response : Buffer.from(r.response.buffer, r.response.byteOffset, r.response.byteLength);
-            return send(r.statusCode, payload, { 'content-type': r.contentType ?? 'text/plain' });
+            // Fulcio's v2 API answers 200 (sigstore-go insists); the mock says 201.
+            const status = path === '/api/v2/signingCert' && r.statusCode === 201 ? 200 : r.statusCode;
+            const headers: Record<string, string> = { 'content-type': r.contentType ?? 'text/plain' };
+            // Rekor names the new entry's UUID in ETag and Location; the Go client looks the entry up by ETag.
+            if (path === '/api/v1/log/entries' && r.statusCode === 201) {
+              const uuid = Object.keys(JSON.parse(payload.toString()) as object)[0] ?? '';
+              Object.assign(headers, { etag: uuid, location: `/api/v1/log/entries/${uuid}` });
+            }
+            return send(status, payload, headers);
           }
           send(404, `no handler for ${req.method} ${path}`);
         } catch (e) {
@@ -194,4 +204,17 @@ function normalizeRekorEntry(body: string): string {
       signatures: env.signatures.map((s, i) => ({ signature: s.sig, verifier: pc.verifiers?.[i] ?? pc.verifiers?.[0] ?? '' })),
     },
   });
+}
+
+/** sigstore-go (cosign 3) sends the identity token as a bearer token; the mock reads it from the body. */
+function withTokenInBody(body: string, authorization: string | undefined): string {
+  const token = /^Bearer (.+)$/.exec(authorization ?? '')?.[1];
+  if (!token) return body;
+  try {
+    const req = JSON.parse(body) as { credentials?: { oidcIdentityToken?: string } };
+    if (req.credentials?.oidcIdentityToken) return body;
+    return JSON.stringify({ ...req, credentials: { oidcIdentityToken: token } });
+  } catch {
+    return body;
+  }
 }

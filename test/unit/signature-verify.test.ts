@@ -22,7 +22,8 @@ import { isAccessory, isRunnable, needsOwnDecision } from '../../src/verify/acce
 import { signaturesSchema } from '../../src/verify/config.js';
 import { cosignItems, verifyCosignKeyless, verifyCosignWithKey, type CosignItem, type Outcome } from '../../src/verify/cosign.js';
 import type { FoundArtifact } from '../../src/verify/discovery.js';
-import { requiredAuthorities } from '../../src/verify/index.js';
+import { checkSignatureConfig, requiredAuthorities } from '../../src/verify/index.js';
+import { parseConfig } from '../../src/config/load.js';
 import { parseNotationJws, verifyNotation } from '../../src/verify/notation.js';
 import { loadTrust, trustFilesChanged, type KeyAuthority, type KeylessAuthority, type NotationAuthority } from '../../src/verify/trust.js';
 import { startLocalSigstore, type LocalSigstore } from '../harness/signature-sigstore.js';
@@ -147,6 +148,17 @@ describe('signatures config', () => {
     writeFileSync(path, keyPair('P-256').publicKey.export({ format: 'pem', type: 'spki' }) as string);
     expect(trustFilesChanged(a)).toBe(true);
     expect(loadTrust(cfg).revision).not.toBe(a.revision);
+  });
+
+  it('config check: a scope naming an undefined authority, or an unusable key file, is an error naming it', () => {
+    const doc = (authorities: unknown[], scopes: unknown[]) =>
+      parseConfig(JSON.stringify({ upstreams: [{ name: 'u', registry: '127.0.0.1:5000', url: 'http://127.0.0.1:5000' }], policy: { settings: { scopes } }, signatures: { authorities } }), 'c.yaml', {});
+    const key = file('ok.pub', keyPair('P-256').publicKey.export({ format: 'pem', type: 'spki' }) as string);
+    expect(() => checkSignatureConfig(doc([{ name: 'release', kind: 'key', key }], [{ name: 'prod', images: ['**'], signatures: { authorities: ['release'] } }]))).not.toThrow();
+    expect(() => checkSignatureConfig(doc([{ name: 'release', kind: 'key', key }], [{ name: 'prod', images: ['**'], signatures: { authorities: ['release', 'ci'] } }]))).toThrow(
+      'policy.settings.scopes: scope "prod" requires signature authority "ci", which signatures.authorities does not define (defined: "release")',
+    );
+    expect(() => checkSignatureConfig(doc([{ name: 'release', kind: 'key', key: join(dir, 'gone.pub') }], []))).toThrow(/authority "release": cannot read key file/);
   });
 
   it('finds the authorities that scopes require', () => {
