@@ -40,7 +40,7 @@ export async function repackWithRevision(src: string, dest: string, revision: st
   }
   const p = pack();
   const chunks: Buffer[] = [];
-  p.on('data', (c: Buffer) => chunks.push(c));
+  p.on('data', (c: unknown) => chunks.push(c as Buffer));
   const ended = new Promise<void>((r) => p.on('end', () => r()));
   for (const [name, body] of files) p.entry({ name, size: body.length }, body);
   p.finalize();
