@@ -8,5 +8,6 @@ export default defineConfig({
     // in parallel makes timings noisy without making the suite faster.
     fileParallelism: false,
     include: ['test/**/*.test.ts'],
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });

@@ -8,6 +8,7 @@
  *
  * Every process it starts (registries, Portcullis, skopeo, curl, wrk) is killed on exit, error or signal.
  */
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -16,7 +17,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { curlPull, skopeoHerd, skopeoPull, wrkManifest } from './lib/clients.mjs';
 import { MANIFEST_ACCEPT, pushImage, pushIndex } from './lib/images.mjs';
-import { histogram, histogramDelta, histogramQuantile, startPortcullis } from './lib/portcullis.mjs';
+import { evidenceConfig, pushReport, setupSigning, signImage } from './lib/evidence.mjs';
+import { BENCH_SETTINGS, histogram, histogramDelta, histogramQuantile, startPortcullis } from './lib/portcullis.mjs';
 import { killAll, run } from './lib/proc.mjs';
 import { startRegistry } from './lib/registry.mjs';
 import { fmt, median, round, summary } from './lib/stats.mjs';
@@ -32,6 +34,9 @@ const { values: args } = parseArgs({
     dist: { type: 'string', default: join(ROOT, 'dist') },
     'cpu-prof': { type: 'string' },
     keep: { type: 'boolean', default: false },
+    'no-evidence': { type: 'boolean', default: false },
+    /** Diagnostics only: extra environment for the Portcullis process, KEY=VALUE (repeatable). */
+    'pc-env': { type: 'string', multiple: true, default: [] },
     reps: { type: 'string' },
   },
 });
@@ -64,6 +69,16 @@ const TARGETS = {
   decision_overhead_ms_p50: { op: '<=', value: 15, text: 'decision overhead of a cold pull, median ≤ 15 ms' },
   peak_rss_mib: { op: '<=', value: 300, text: 'peak RSS, 20 clients × 1 GiB ≤ 300 MiB' },
 };
+
+/** utime + stime of a process, in seconds (USER_HZ is 100 on Linux). */
+function cpuSeconds(pid) {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
 
 const log = (msg) => process.stderr.write(`[${((performance.now() - T0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
 const T0 = performance.now();
@@ -113,7 +128,13 @@ function clientDir(base) {
 
 const decisionHist = async (pc) => {
   const m = await pc.metrics();
-  return { decision: histogram(m, 'portcullis_decision_seconds'), policy: histogram(m, 'portcullis_policy_evaluation_seconds'), samples: m };
+  return {
+    decision: histogram(m, 'portcullis_decision_seconds'),
+    overhead: histogram(m, 'portcullis_decision_overhead_seconds'),
+    policy: histogram(m, 'portcullis_policy_evaluation_seconds'),
+    signature: histogram(m, 'portcullis_signature_verification_seconds'),
+    samples: m,
+  };
 };
 
 function countUpstream(reqs, repo, blobs) {
@@ -143,16 +164,50 @@ async function main() {
   log(`work dir ${tmp}; client output ${clients}${QUICK ? '; QUICK mode (smaller images, fewer reps)' : ''}`);
 
   const result = { version: 1, quick: QUICK, started_at: new Date().toISOString(), machine, params: P, log_level: args['log-level'] };
-  result.evidence = 'not_configured';
-  result.evidence_note =
-    'Signature verification and scan evidence are not implemented in the proxy yet (issues 4 and 5): the decision ' +
-    'overhead covers the policy evaluation only, with signatures and scan reported to the policy as not_configured.';
 
   try {
     const upstream = await startRegistry({ dir: tmp, name: 'upstream' });
     const peer = await startRegistry({ dir: tmp, name: 'peer', remoteUrl: upstream.url });
     const nodeArgs = args['cpu-prof'] ? ['--cpu-prof', '--cpu-prof-dir', resolve(args['cpu-prof'])] : [];
-    const pc = await startPortcullis({ dir: tmp, name: 'portcullis', distDir: args.dist, bundleFile, upstream, logLevel: args['log-level'], nodeArgs });
+    // Evidence as in production (issue 6): a cosign key signature and a pushed scan report required for every image.
+    const signing = args['no-evidence'] ? undefined : await setupSigning(tmp);
+    const reportToken = randomBytes(16).toString('hex');
+    const pcEnv = Object.fromEntries(args['pc-env'].map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+    if (args['pc-env'].length) result.portcullis_env = pcEnv;
+    const pcOpts = { dir: tmp, distDir: args.dist, bundleFile, upstream, env: { ...pcEnv, PORTCULLIS_REPORT_TOKEN: reportToken } };
+    if (signing) {
+      const ev = evidenceConfig(signing, 'PORTCULLIS_REPORT_TOKEN');
+      pcOpts.extra = ev.config;
+      pcOpts.settings = { ...BENCH_SETTINGS, scopes: BENCH_SETTINGS.scopes.map((sc) => ({ ...sc, ...ev.scope })) };
+      result.evidence = 'cosign-key-signature+pushed-trivy-report';
+      result.evidence_note =
+        'Every image is signed with a cosign key (legacy .sig tag, offline) and a clean Trivy report for its digest is ' +
+        'pushed to the report API; the policy requires both (signatures: require all; scan: CRITICAL 0, on_missing deny).';
+    } else {
+      result.evidence = 'not_configured';
+      result.evidence_note = args['no-evidence']
+        ? 'Run with --no-evidence: no signature or scan requirement; the decision overhead is the policy evaluation only.'
+        : 'cosign2 is not installed (scripts/install-tools.sh): no signature or scan requirement; the decision overhead is the policy evaluation only.';
+    }
+    result.settings = pcOpts.settings ?? BENCH_SETTINGS;
+    const pc = await startPortcullis({ ...pcOpts, name: 'portcullis', logLevel: args['log-level'], nodeArgs });
+    /** Portcullis instances that need scan reports for the images seeded from now on. */
+    const instances = [pc];
+    /** Pushes an image (or index) to the upstream, signs it and pushes its report to every Portcullis instance. */
+    const seed = async (repo, tag, opts, platforms) => {
+      const img = platforms
+        ? await pushIndex(upstream.url, repo, tag, platforms, { ...opts, tmpDir: tmp })
+        : await pushImage(upstream.url, repo, tag, { ...opts, tmpDir: tmp });
+      if (signing) {
+        await signImage(signing, upstream.host, repo, img.digest);
+        for (const inst of instances) await pushReport(inst.url, reportToken, upstream.host, repo, img.digest);
+      }
+      return img;
+    };
+    const procs = { portcullis: pc.pid, upstream: upstream.pid, peer: peer.pid };
+    const cpuNow = () => Object.fromEntries(Object.entries(procs).map(([k, pid]) => [k, cpuSeconds(pid)]));
+    const cpuDelta = (a, b) => Object.fromEntries(Object.keys(a).map((k) => [k, b[k] - a[k]]));
+    result.cpu = { note: 'CPU seconds (user+system) per GiB delivered to clients, per process, summed over the phase; robust to a busy machine where wall times are not' };
     log(`upstream ${upstream.url} (pid ${upstream.pid}), Distribution proxy ${peer.url} (pid ${peer.pid}), Portcullis ${pc.url} (pid ${pc.pid})`);
     const targets = { direct: upstream.host, portcullis: pc.host, peer: peer.host };
     let coldPullMsPortcullis;
@@ -162,23 +217,36 @@ async function main() {
     if (phases.has('pulls')) {
       const t = { direct: [], pcCold: [], pcWarm: [], peerCold: [], peerWarm: [] };
       const r = { cold: [], warm: [], peerCold: [], peerWarm: [] };
+      const cpu = { direct: { n: 0 }, pcCold: { n: 0 }, pcWarm: { n: 0 }, peerCold: { n: 0 }, peerWarm: { n: 0 } };
+      const addCpu = (k, d, gib) => {
+        for (const [p, v] of Object.entries(d)) cpu[k][p] = (cpu[k][p] ?? 0) + v;
+        cpu[k].n += gib;
+      };
+      const timed = async (k, host, ref, dest, gib) => {
+        const c0 = cpuNow();
+        const ms = await skopeoPull(host, ref, dest);
+        addCpu(k, cpuDelta(c0, cpuNow()), gib);
+        return ms;
+      };
       const before = await decisionHist(pc);
       for (let rep = 0; rep < P.pullReps; rep++) {
         const repo = `bench/pull${rep}`;
-        const img = await pushImage(upstream.url, repo, 'v1', { ...P.image, tmpDir: tmp });
+        const img = await seed(repo, 'v1', P.image);
+        const gib = img.bytes / 2 ** 30;
         const ref = `${repo}:v1`;
         const dest = join(clients, 'pull');
-        const d1 = await skopeoPull(targets.direct, ref, dest);
+        const d1 = await timed('direct', targets.direct, ref, dest, gib);
         // Alternate which proxy goes first, so neither always runs right after the push.
         const order = rep % 2 === 0 ? ['portcullis', 'peer'] : ['peer', 'portcullis'];
         const got = {};
         for (const who of order) {
-          const cold = await skopeoPull(targets[who], ref, dest);
+          const k = who === 'portcullis' ? 'pc' : 'peer';
+          const cold = await timed(`${k}Cold`, targets[who], ref, dest, gib);
           const warm = [];
-          for (let i = 0; i < P.warmPerRep; i++) warm.push(await skopeoPull(targets[who], ref, dest));
+          for (let i = 0; i < P.warmPerRep; i++) warm.push(await timed(`${k}Warm`, targets[who], ref, dest, gib));
           got[who] = { cold, warm: median(warm) };
         }
-        const d2 = await skopeoPull(targets.direct, ref, dest);
+        const d2 = await timed('direct', targets.direct, ref, dest, gib);
         const direct = (d1 + d2) / 2;
         t.direct.push(d1, d2);
         t.pcCold.push(got.portcullis.cold);
@@ -197,7 +265,12 @@ async function main() {
       }
       const after = await decisionHist(pc);
       const dDec = histogramDelta(after.decision, before.decision);
+      const dOver = histogramDelta(after.overhead, before.overhead);
       const dPol = histogramDelta(after.policy, before.policy);
+      const dSig = histogramDelta(after.signature, before.signature);
+      result.cpu.pulls = Object.fromEntries(
+        Object.entries(cpu).map(([k, v]) => [k, Object.fromEntries(Object.entries(v).filter(([p]) => p !== 'n').map(([p, x]) => [`${p}_s_per_gib`, round(x / v.n, 2)]))]),
+      );
       coldPullMsPortcullis = median(t.pcCold);
       coldPullMsPeer = median(t.peerCold);
       result.pulls = {
@@ -212,13 +285,21 @@ async function main() {
       result.peer_warm_ratio = round(median(r.peerWarm), 3);
       result.peer_cold_ratio = round(median(r.peerCold), 3);
       const decisions = dDec.at(-1)?.[1] ?? 0;
+      const haveOverhead = (dOver.at(-1)?.[1] ?? 0) > 0;
+      const main = haveOverhead ? dOver : dDec;
       result.decision_overhead = {
-        source: 'portcullis_decision_seconds histogram (evidence + policy per root decision), delta over the cold pulls, median interpolated in buckets',
+        source: haveOverhead
+          ? 'portcullis_decision_overhead_seconds: each cold root decision (evidence + signature verification + policy) ' +
+            'minus the time it waited on upstream round trips; delta over the cold pulls, median interpolated in the buckets'
+          : 'portcullis_decision_seconds (this build has no overhead histogram): evidence + policy including upstream round trips, an upper bound',
         decisions,
-        p50_ms: round((histogramQuantile(dDec, 0.5) ?? NaN) * 1000, 3),
-        p99_ms: round((histogramQuantile(dDec, 0.99) ?? NaN) * 1000, 3),
+        p50_ms: round((histogramQuantile(main, 0.5) ?? NaN) * 1000, 3),
+        p99_ms: round((histogramQuantile(main, 0.99) ?? NaN) * 1000, 3),
+        with_upstream_round_trips_p50_ms: round((histogramQuantile(dDec, 0.5) ?? NaN) * 1000, 3),
         policy_eval_p50_ms: round((histogramQuantile(dPol, 0.5) ?? NaN) * 1000, 3),
-        buckets: dDec.map(([le, c]) => [le === Infinity ? '+Inf' : le, c]),
+        signature_evidence_p50_ms: dSig.length && dSig.at(-1)[1] ? round(histogramQuantile(dSig, 0.5) * 1000, 3) : null,
+        signature_evidence_count: dSig.at(-1)?.[1] ?? 0,
+        buckets: main.map(([le, c]) => [le === Infinity ? '+Inf' : le, c]),
       };
       result.decision_overhead_ms_p50 = result.decision_overhead.p50_ms;
     }
@@ -226,14 +307,18 @@ async function main() {
     // ------------------------------------------------------------------------------------------------------ herd
     if (phases.has('herd')) {
       const rows = { portcullis: [], direct: [], peer: [] };
+      const herdCpu = { portcullis: [], direct: [], peer: [] };
       for (let rep = 0; rep < P.herdReps; rep++) {
         const repo = `bench/herd${rep}`;
-        const img = await pushImage(upstream.url, repo, 'v1', { ...P.image, tmpDir: tmp });
+        const img = await seed(repo, 'v1', P.image);
         const ref = `${repo}:v1`;
         const order = rep % 2 === 0 ? ['portcullis', 'direct', 'peer'] : ['peer', 'direct', 'portcullis'];
         for (const who of order) {
           const mark = upstream.mark();
+          const c0 = cpuNow();
           const h = await skopeoHerd(targets[who], ref, join(clients, `herd-${who}`), P.herdClients);
+          const cpu = cpuDelta(c0, cpuNow());
+          herdCpu[who].push(Object.fromEntries(Object.entries(cpu).map(([p, x]) => [`${p}_s_per_gib`, round(x / ((P.herdClients * img.bytes) / 2 ** 30), 2)])));
           await new Promise((res) => setTimeout(res, 300)); // the access-log line trails the response
           const up = countUpstream(upstream.requestsSince(mark), repo, img.blobs);
           rows[who].push({ wallMs: h.wallMs, meanClientMs: h.each.reduce((a, b) => a + b, 0) / h.each.length, up, imageBytes: img.bytes });
@@ -259,6 +344,7 @@ async function main() {
         herd_vs_direct: summary(vsDirect),
         peer_herd_vs_direct: summary(peerVsDirect),
       };
+      result.cpu.herd = herdCpu;
       result.herd_upstream_gets_per_blob = round(Math.max(...rows.portcullis.map((x) => x.up.maxPerBlob)), 3);
       result.herd_upstream_gets_per_blob_mean = round(median(gets), 3);
       result.upstream_bytes_ratio = round(median(bytesRatio), 4);
@@ -269,7 +355,7 @@ async function main() {
       if (coldPullMsPortcullis === undefined) {
         // The herd's denominator is one cold pull of the same image size: take one now if the pull phase was skipped.
         const repo = 'bench/herd-single';
-        await pushImage(upstream.url, repo, 'v1', { ...P.image, tmpDir: tmp });
+        await seed(repo, 'v1', P.image);
         coldPullMsPortcullis = await skopeoPull(targets.portcullis, `${repo}:v1`, join(clients, 'single'));
         coldPullMsPeer = await skopeoPull(targets.peer, `${repo}:v1`, join(clients, 'single'));
       }
@@ -280,7 +366,7 @@ async function main() {
     // ------------------------------------------------------------------------------------ manifest throughput
     if (phases.has('wrk')) {
       const repo = 'bench/manifest';
-      await pushImage(upstream.url, repo, 'v1', { layers: 1, layerMiB: 1, tmpDir: tmp });
+      const mimg = await seed(repo, 'v1', { layers: 1, layerMiB: 1 });
       const warm = async (host) => {
         const res = await fetch(`http://${host}/v2/${repo}/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
         await res.arrayBuffer();
@@ -288,7 +374,8 @@ async function main() {
       };
       // A second Portcullis at log level warn shows what the per-request info log line costs.
       const altLevel = args['log-level'] === 'info' ? 'warn' : 'info';
-      const pcAlt = await startPortcullis({ dir: tmp, name: `portcullis-${altLevel}`, distDir: args.dist, bundleFile, upstream, logLevel: altLevel });
+      const pcAlt = await startPortcullis({ ...pcOpts, name: `portcullis-${altLevel}`, logLevel: altLevel });
+      if (signing) await pushReport(pcAlt.url, reportToken, upstream.host, repo, mimg.digest);
       const hosts = { direct: upstream.host, portcullis: pc.host, peer: peer.host, [`portcullis_${altLevel}`]: pcAlt.host };
       const res = Object.fromEntries(Object.keys(hosts).map((k) => [k, []]));
       try {
@@ -328,7 +415,7 @@ async function main() {
     // ---------------------------------------------------------------------------------------------- peak RSS
     if (phases.has('rss')) {
       const repo = 'bench/big';
-      const img = await pushImage(upstream.url, repo, 'v1', { ...P.big, tmpDir: tmp });
+      const img = await seed(repo, 'v1', P.big);
       const baseline = pc.memory();
       const out = { image_mib: round(img.bytes / 2 ** 20, 0), clients: P.rssClients, baseline_rss_mib: round(baseline.rssMiB, 1) };
       for (const phase of ['cold', 'warm']) {
@@ -367,7 +454,7 @@ async function main() {
       const r = { direct: [], pcCold: [], pcWarm: [], peerCold: [], peerWarm: [] };
       for (let rep = 0; rep < P.indexReps; rep++) {
         const repo = `bench/multi${rep}`;
-        await pushIndex(upstream.url, repo, 'v1', [{ os: 'linux', architecture: 'amd64' }, { os: 'linux', architecture: 'arm64', variant: 'v8' }], { ...P.index, tmpDir: tmp });
+        await seed(repo, 'v1', P.index, [{ os: 'linux', architecture: 'amd64' }, { os: 'linux', architecture: 'arm64', variant: 'v8' }]);
         const ref = `${repo}:v1`;
         const dest = join(clients, 'multi');
         const o = { all: true };
@@ -397,6 +484,9 @@ async function main() {
       decision_cache_hits: get('portcullis_decision_cache_total', { result: 'hit' }),
       singleflight_joins: get('portcullis_singleflight_joins_total'),
       upstream_blob_bytes: get('portcullis_upstream_bytes_total'),
+      denies: get('portcullis_decisions_total', { outcome: 'deny' }),
+      signature_verifications: get('portcullis_signature_verifications_total', { result: 'verified' }),
+      scan_lookups_ok: get('portcullis_scan_lookups_total', { status: 'ok' }),
     };
     const pcMem = pc.memory();
     result.portcullis_lifetime_hwm_mib = round(pcMem.hwmMiB, 1);

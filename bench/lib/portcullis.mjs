@@ -12,7 +12,8 @@ export const BENCH_SETTINGS = { no_match: 'deny', scopes: [{ name: 'bench', imag
 
 /**
  * @param {{ dir: string, name: string, distDir: string, bundleFile: string, upstream: {url: string, host: string},
- *           logLevel?: string, dataDir?: string, nodeArgs?: string[], extra?: object }} o
+ *           logLevel?: string, dataDir?: string, nodeArgs?: string[], extra?: object, settings?: object,
+ *           env?: Record<string, string> }} o
  */
 export async function startPortcullis(o) {
   const home = join(o.dir, o.name);
@@ -25,7 +26,7 @@ export async function startPortcullis(o) {
     upstreams: [{ name: 'bench', registry: o.upstream.host, url: o.upstream.url }],
     // Plain paths (/v2/bench/app/...) go to the bench upstream, like Docker's registry-mirrors.
     defaultUpstream: 'bench',
-    policy: { bundleFile: o.bundleFile, settings: BENCH_SETTINGS },
+    policy: { bundleFile: o.bundleFile, settings: o.settings ?? BENCH_SETTINGS },
     decisionLog: { sink: 'file', file: join(home, 'decisions.jsonl') },
     log: { level: o.logLevel ?? 'info' },
     ...o.extra,
@@ -38,6 +39,7 @@ export async function startPortcullis(o) {
   const d = startDaemon(process.execPath, [...(o.nodeArgs ?? []), join(o.distDir, 'cli.js'), 'serve', '--config', configPath], {
     stdio: ['ignore', fd, fd],
     cwd: home,
+    env: { ...process.env, ...o.env },
   });
   closeSync(fd);
   const url = `http://127.0.0.1:${port}`;

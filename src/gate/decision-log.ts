@@ -160,6 +160,7 @@ export class DecisionMetrics implements DecisionObserver {
     this.metrics.decisions.inc({ outcome: a.outcome, rule, upstream: e.route.upstream.name, mode: a.mode });
     this.metrics.policyEvalDuration.observe(e.evalMs / 1000);
     this.metrics.decisionDuration.observe(e.totalMs / 1000);
+    this.metrics.decisionOverhead.observe(Math.max(0, e.totalMs - (e.waitMs ?? 0)) / 1000);
     this.metrics.decisionCache.inc({ result: 'miss' });
   }
 

@@ -8,6 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
+import { measureUpstreamWait } from '../metrics/upstream-wait.js';
 import type { MetaStore, ClosureMember } from '../cache/metastore.js';
 import type { Manifest } from '../proxy/manifests.js';
 import type { Digest } from '../routing/reference.js';
@@ -39,8 +40,13 @@ export interface DecisionObserver {
     revision: string;
     /** Policy evaluation alone. */
     evalMs: number;
-    /** Evidence gathering plus evaluation: the decision overhead of a cold pull. */
+    /** Evidence gathering plus evaluation, upstream round trips included. */
     totalMs: number;
+    /**
+     * Of totalMs, the time spent waiting on upstream requests (signature discovery and downloads) and on a pending
+     * scan (`on_pending: wait`); totalMs minus this is the decision overhead of DESIGN §10.
+     */
+    waitMs?: number;
     route: Route;
   }): void;
   /** A root decision answered from the decision cache. */
@@ -113,7 +119,9 @@ export class Gate {
     const decisionStarted = performance.now();
     const decisionId = randomUUID();
     const ctx = evidenceContext(req);
-    let input = await this.buildInput(req, ctx);
+    const built = await measureUpstreamWait(() => this.buildInput(req, ctx));
+    let input = built.value;
+    let waitMs = built.waitedMs;
     let started = performance.now();
     let { result, admission } = await this.evaluateInput(decisionId, input);
     // `on_pending: wait`: the policy asks for a bounded wait when a pending scan is all that blocks the image. Wait
@@ -122,6 +130,7 @@ export class Gate {
       const waitStarted = performance.now();
       const scan = await this.scan.awaitResult(ctx, input.attestations, result.wait_seconds * 1000).catch(() => ({ status: 'error' as const }));
       input = { ...input, now: new Date(this.now()).toISOString(), scan: { ...scan, waited_seconds: Math.round((performance.now() - waitStarted) / 100) / 10 } };
+      waitMs += performance.now() - waitStarted;
       started = performance.now();
       ({ result, admission } = await this.evaluateInput(decisionId, input));
     }
@@ -131,7 +140,7 @@ export class Gate {
     else this.meta.dropClosure(req.route.upstream.name, req.route.repository, req.manifest.digest);
     for (const o of this.observers) {
       try {
-        o.onDecision({ admission, input, result, revision: this.decider.revision, evalMs, totalMs: performance.now() - decisionStarted, route: req.route });
+        o.onDecision({ admission, input, result, revision: this.decider.revision, evalMs, totalMs: performance.now() - decisionStarted, waitMs, route: req.route });
       } catch {
         // Logging must never change a decision.
       }

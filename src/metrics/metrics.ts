@@ -127,6 +127,12 @@ export class Metrics {
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [this.registry],
   });
+  readonly decisionOverhead = new Histogram({
+    name: 'portcullis_decision_overhead_seconds',
+    help: 'Root decision time beyond waiting on upstream round trips (and on a pending scan): evidence processing, signature verification and policy evaluation',
+    buckets: [0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1],
+    registers: [this.registry],
+  });
   readonly policyRevision = new Gauge({
     name: 'portcullis_policy_bundle_info',
     help: 'The policy revision in use (value 1), by revision and source',

@@ -3,6 +3,7 @@
  * per digest (cache/download.ts). Ranges are served from either source.
  */
 import { createReadStream } from 'node:fs';
+import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { DigestMismatchError, type BlobStore } from '../cache/blobstore.js';
 import type { DownloadManager, DownloadSource } from '../cache/download.js';
@@ -12,6 +13,7 @@ import type { Route } from '../routing/route.js';
 import { errors } from '../server/errors.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import { statusError, toRegistryError } from './manifests.js';
+import { sendFileRange } from './sendfile.js';
 
 export interface OpenBlob {
   size: number;
@@ -20,6 +22,11 @@ export interface OpenBlob {
   stream(start: number, end: number): Readable;
   /** Frees the lease when stream() is never called (HEAD, or a 416). */
   release(): void;
+  /**
+   * Cache hits only: writes bytes [start, end] to the response and ends it, with pooled buffers (proxy/sendfile.ts
+   * says why); use instead of stream(). Call at most once; it releases the lease.
+   */
+  writeTo?(res: ServerResponse, start: number, end: number, onBytes: (n: number) => void): Promise<void>;
 }
 
 export class BlobService {
@@ -75,6 +82,14 @@ export class BlobService {
         },
         release: () => {
           if (!used) lease.release();
+        },
+        writeTo: async (res, start, end, onBytes) => {
+          used = true;
+          try {
+            await sendFileRange(res, lease.path, start, end, onBytes);
+          } finally {
+            lease.release();
+          }
         },
       };
     }

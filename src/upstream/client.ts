@@ -11,6 +11,7 @@ import { Agent, request, type Dispatcher } from 'undici';
 import type { UpstreamConfig } from '../config/schema.js';
 import { readSecret } from '../config/load.js';
 import type { Metrics } from '../metrics/metrics.js';
+import { upstreamWaitBegin } from '../metrics/upstream-wait.js';
 import { Semaphore } from '../util/semaphore.js';
 import { Authenticator, AuthError, type Credentials } from './auth.js';
 
@@ -99,11 +100,20 @@ export class UpstreamClient {
    * slot is held until the body closes, so a slow download counts against the limit for as long as it runs.
    */
   async send(req: UpstreamRequest): Promise<UpstreamResponse> {
-    const release = await this.limiter.acquire(req.signal);
+    // Counted against a decision's upstream wait when sent while gathering evidence (metrics/upstream-wait.ts).
+    const endWait = upstreamWaitBegin();
+    let release: () => void;
+    try {
+      release = await this.limiter.acquire(req.signal);
+    } catch (e) {
+      endWait();
+      throw e;
+    }
     this.opts.metrics.upstreamInflight.inc({ upstream: this.name });
     const done = (): void => {
       release();
       this.opts.metrics.upstreamInflight.dec({ upstream: this.name });
+      endWait();
     };
     let res: UpstreamResponse;
     try {
