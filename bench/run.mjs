@@ -47,7 +47,7 @@ const P = {
   pullReps: Number(args.reps ?? (QUICK ? 2 : 5)),
   warmPerRep: 2,
   image: QUICK ? { layers: 5, layerMiB: 8 } : { layers: 5, layerMiB: 40 }, // 200 MiB in 5 layers
-  herdReps: QUICK ? 1 : 2,
+  herdReps: QUICK ? 1 : 3,
   herdClients: 20,
   wrkSeconds: QUICK ? 2 : 5,
   wrkReps: QUICK ? 1 : 2,

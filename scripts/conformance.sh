@@ -23,12 +23,16 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=${PORTCULLIS_TOOLS:-$HOME/.cache/portcullis-tools}
+# The tools' env file puts Node 24 first on PATH where the system Node is too old for node:sqlite.
+# shellcheck disable=SC1091
+[[ -f "$TOOLS/env.sh" ]] && source "$TOOLS/env.sh"
 export PATH="$PATH:$TOOLS/bin"
 REPO=conformance/repo1
 
 log() { echo "[conformance] $*" >&2; }
 need() { command -v "$1" >/dev/null || { log "missing $1: run scripts/install-tools.sh"; exit 2; }; }
 need node
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 22 ? 0 : 1)' || { log "node >= 22 is needed (found $(node --version)): run scripts/install-tools.sh"; exit 2; }
 need docker-registry
 CONFORMANCE_BIN=${CONFORMANCE_BIN:-$(command -v conformance.test || true)}
 [[ -n "$CONFORMANCE_BIN" && -x "$CONFORMANCE_BIN" ]] || { log "missing conformance.test: run scripts/install-tools.sh"; exit 2; }
@@ -46,7 +50,7 @@ cleanup() {
     log "failed (exit $rc); last lines of the logs:"
     tail -n 20 "$WORK/registry.log" "$WORK/proxy.log" 2>/dev/null >&2 || true
   fi
-  rm -rf "$WORK"
+  [[ -n "${KEEP_WORK:-}" ]] || rm -rf "$WORK"
   exit $rc
 }
 trap cleanup EXIT

@@ -12,9 +12,10 @@
  * than the window read back from the temp file, which holds every byte older than the window. Received-but-unwritten
  * bytes are capped, which is what pauses the upstream when the disk is slower than the network.
  *
- * Why slabs: the upstream socket hands over 64 KiB buffers. Keeping those in the window and concatenating them per
- * write made Node allocate two or more fresh buffers per byte served, and the external-memory pressure from that set
- * off a major GC every ~64 MiB; on a cold pull the GC threads used about 40% of the proxy's CPU (perf).
+ * Why slabs: the upstream socket hands over 64 KiB buffers. Reading them back per reader (or concatenating them per
+ * write) meant fresh buffers for every byte served, per reader, and that external-memory churn is what sets off
+ * V8's major GCs, whose marking threads took a large share of the proxy's CPU on a cold pull (perf). With slabs it is
+ * one copy per byte, whatever the number of readers.
  *
  * When the download fails verification, every reader's stream errors, which aborts its client connection: no
  * client receives a complete response for bytes that did not match the digest, and nothing is committed.
@@ -38,9 +39,8 @@ const READER_HWM = 1024 * 1024;
 /**
  * Readers are told about new bytes once this many have arrived since the last notice (or FLUSH_MS after the first
  * of them, whichever comes first), not per upstream chunk. Upstream chunks are 64 KiB socket reads; passed on one by
- * one, each costs every reader a wake-up and a socket write that wakes its client, which on loopback in a VM was the
- * largest CPU cost of a cold pull and of a herd (bench: 2.7 s of system time per GiB, against 0.5 s in 512 KiB+
- * writes).
+ * one, each costs every reader a wake-up, a push and a socket write that wakes its client. Batching them more than
+ * halved the proxy's CPU per GiB served to 20 concurrent cold clients (bench/README.md).
  */
 const NOTIFY_BYTES = 512 * 1024;
 const FLUSH_MS = 5;

@@ -77,12 +77,11 @@ export class RegistryHandlers {
         : errors.manifestInvalid(`invalid tag "${reference.slice(0, 80)}"`);
     }
     let manifest: Manifest;
-    let admission: Admission | undefined;
     if (ref.kind === 'tag') {
       const resolved = await this.d.manifests.resolveTag(route, ref.tag);
       manifest = await this.d.manifests.get(route, resolved.digest);
       if (resolved.stale) ctx.res.setHeader('warning', '299 - "served from cache: upstream unreachable"');
-      admission = await this.admit(ctx, route, manifest, ref.tag);
+      await this.admit(ctx, route, manifest, ref.tag);
     } else {
       const root = this.d.gate.rootOf(route, ref.digest);
       manifest = await this.d.manifests.get(route, ref.digest);
@@ -90,7 +89,7 @@ export class RegistryHandlers {
         // A child of an admitted root: covered by the root's decision; its own blobs join the closure.
         this.d.gate.extendClosure(route, root, manifest);
       } else {
-        admission = await this.admit(ctx, route, manifest, null);
+        await this.admit(ctx, route, manifest, null);
       }
     }
     const res = ctx.res;
@@ -103,7 +102,6 @@ export class RegistryHandlers {
     res.setHeader('docker-content-digest', manifest.digest);
     res.setHeader('etag', `"${manifest.digest}"`);
     res.end(ctx.method === 'HEAD' ? undefined : manifest.bytes);
-    void admission;
   }
 
   /**
