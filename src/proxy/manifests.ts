@@ -14,6 +14,7 @@ import type { Route } from '../routing/route.js';
 import { digestAlgorithm, isDigest, type Digest } from '../routing/reference.js';
 import { errors, RegistryError } from '../server/errors.js';
 import { AuthError } from '../upstream/auth.js';
+import { readCapped } from '../upstream/body.js';
 import { headerString, UpstreamUnavailableError, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
 import { ManifestFormatError, parseManifest, UPSTREAM_ACCEPT, type ParsedManifest } from './mediatypes.js';
 
@@ -152,7 +153,7 @@ export class ManifestService {
     }
     let bytes: Buffer;
     try {
-      bytes = await readCapped(res, max, ref);
+      bytes = await readCapped(res.body, max, () => errors.manifestInvalid(`manifest ${ref} is over the ${max}-byte limit`));
     } catch (e) {
       // A body cut short (connection reset, body timeout) is the upstream's failure, not an internal error.
       if (e instanceof RegistryError) throw e;
@@ -180,21 +181,6 @@ export class ManifestService {
     this.meta.putManifest(upstream.name, repository, m);
     return m;
   }
-}
-
-async function readCapped(res: UpstreamResponse, max: number, ref: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const c of res.body) {
-    const b = c as Buffer;
-    total += b.length;
-    if (total > max) {
-      res.body.destroy();
-      throw errors.manifestInvalid(`manifest ${ref} is over the ${max}-byte limit`);
-    }
-    chunks.push(b);
-  }
-  return Buffer.concat(chunks);
 }
 
 /** Maps an upstream status that is not 200/404 onto the error the client should see. */

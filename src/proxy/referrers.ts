@@ -6,6 +6,7 @@
 import type { Digest } from '../routing/reference.js';
 import { digestHex } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
+import { readCapped } from '../upstream/body.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import type { ManifestService } from './manifests.js';
 import { statusError, toRegistryError } from './manifests.js';
@@ -43,7 +44,7 @@ export class ReferrersService {
     const ct = headerString(res.headers['content-type'])?.split(';')[0]?.trim();
     if (res.status === 200 && ct === OCI_INDEX) {
       // A body cut short is the upstream's failure (502 naming it), not an internal error.
-      const body = await readCapped(res.body).catch((e: unknown) => {
+      const body = await readCapped(res.body, MAX_BODY, () => new RegistryError(502, 'UPSTREAM_ERROR', 'oversized referrers response')).catch((e: unknown) => {
         throw toRegistryError(e, route.upstream.name);
       });
       const doc = safeJson(body);
@@ -74,17 +75,6 @@ export class ReferrersService {
     const list = artifactType ? manifests.filter((d) => d.artifactType === artifactType) : manifests;
     return { index: { schemaVersion: 2, mediaType: OCI_INDEX, manifests: list }, filtersApplied: artifactType !== undefined || applied, source };
   }
-}
-
-async function readCapped(body: AsyncIterable<unknown>): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const c of body) {
-    total += (c as Buffer).length;
-    if (total > MAX_BODY) throw new RegistryError(502, 'UPSTREAM_ERROR', 'oversized referrers response');
-    chunks.push(c as Buffer);
-  }
-  return Buffer.concat(chunks);
 }
 
 function safeJson(b: Buffer): { manifests?: unknown } | undefined {

@@ -4,6 +4,7 @@
  */
 import type { Route } from '../routing/route.js';
 import { errors } from '../server/errors.js';
+import { readCapped } from '../upstream/body.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import { statusError, toRegistryError } from './manifests.js';
 
@@ -47,24 +48,16 @@ export class TagService {
       res.body.resume();
       throw statusError(res, route.upstream.name, `tags of ${route.repository}`);
     }
-    const chunks: Buffer[] = [];
-    let total = 0;
+    let body: Buffer;
     try {
-      for await (const c of res.body) {
-        total += (c as Buffer).length;
-        if (total > MAX_TAGS_BODY) {
-          res.body.destroy();
-          throw errors.upstream(`upstream "${route.upstream.name}" sent an oversized tag list`);
-        }
-        chunks.push(c as Buffer);
-      }
+      body = await readCapped(res.body, MAX_TAGS_BODY, () => errors.upstream(`upstream "${route.upstream.name}" sent an oversized tag list`));
     } catch (e) {
       // A body cut short is the upstream's failure (502 naming it), not an internal error.
       throw toRegistryError(e, route.upstream.name);
     }
     let doc: { name?: unknown; tags?: unknown };
     try {
-      doc = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof doc;
+      doc = JSON.parse(body.toString('utf8')) as typeof doc;
     } catch {
       throw errors.upstream(`upstream "${route.upstream.name}" sent a tag list that is not JSON`);
     }
