@@ -20,22 +20,16 @@ import { readSecret } from '../config/load.js';
 import type { SecretRef } from '../config/schema.js';
 import type { ApiHandler, EvidenceDeps } from '../gate/evidence.js';
 import { isDigest } from '../routing/reference.js';
+import { RegistryError } from '../server/errors.js';
+import { sendError, sendJson } from '../server/respond.js';
 import { parseReport, ReportFormatError } from './formats.js';
 import { summarize } from './normalize.js';
 import { reevaluate, type ReevalTarget } from './reeval.js';
 import type { ScanService } from './service.js';
 
-class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-    readonly detail: unknown = null,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-  }
-}
+// The report API answers with the same OCI-style error JSON as the registry endpoints.
+const ApiError = RegistryError;
+type ApiError = RegistryError;
 
 const PREFIX = '/api/v1/';
 
@@ -261,21 +255,4 @@ async function readBody(req: IncomingMessage, res: ServerResponse, max: number):
     chunks.push(c as Buffer);
   }
   return Buffer.concat(chunks);
-}
-
-function sendJson(res: ServerResponse, status: number, body: unknown, head = false, contentType = 'application/json'): void {
-  const text = Buffer.isBuffer(body) ? body : Buffer.from(JSON.stringify(body));
-  res.statusCode = status;
-  res.setHeader('content-type', contentType);
-  res.setHeader('content-length', text.length);
-  res.end(head ? undefined : text);
-}
-
-function sendError(res: ServerResponse, err: ApiError, head: boolean): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  for (const [k, v] of Object.entries(err.headers)) res.setHeader(k, v);
-  sendJson(res, err.status, { errors: [{ code: err.code, message: err.message, detail: err.detail }] }, head);
 }

@@ -17,7 +17,12 @@ export type OciErrorCode =
   | 'RANGE_INVALID'
   | 'UNAVAILABLE'
   | 'UPSTREAM_ERROR'
-  | 'NOT_FOUND';
+  | 'NOT_FOUND'
+  // Codes of Portcullis's own API (scan reports, admin), which uses the same error shape.
+  | 'REPORT_INVALID'
+  | 'REPORT_UNKNOWN'
+  | 'PARAM_INVALID'
+  | 'INTERNAL_ERROR';
 
 export class RegistryError extends Error {
   constructor(
