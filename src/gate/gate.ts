@@ -61,6 +61,11 @@ const notConfiguredScan: ScanProvider = { scan: () => Promise.resolve({ status: 
 
 export class Gate {
   private readonly decisions: LRUCache<string, { admission: Admission; expiresAt: number }>;
+  /**
+   * When each closure (root, or root + child) was last written, so that warm requests, which all re-assert their
+   * closure, cost a SQLite write only once per half closure TTL instead of on every manifest request.
+   */
+  private readonly closureWrites = new LRUCache<string, number>({ max: 100_000 });
   private readonly flights = new Map<string, Promise<Admission>>();
   /** Decisions made while the scan was pending or missing: not cached, so a result counts as soon as it arrives. */
   private readonly transient = new WeakSet<Admission>();
@@ -137,7 +142,7 @@ export class Gate {
     if (input.scan.status === 'pending' || input.scan.status === 'missing') this.transient.add(admission);
     const evalMs = performance.now() - started;
     if (admission.serve) this.recordClosure(req.route, req.manifest);
-    else this.meta.dropClosure(req.route.upstream.name, req.route.repository, req.manifest.digest);
+    else this.dropClosure(req.route, req.manifest.digest);
     for (const o of this.observers) {
       try {
         o.onDecision({ admission, input, result, revision: this.decider.revision, evalMs, totalMs: performance.now() - decisionStarted, waitMs, route: req.route });
@@ -207,10 +212,27 @@ export class Gate {
   }
 
   private recordClosure(route: Route, m: Manifest): void {
+    if (this.recentlyWritten(route, m.digest, '')) return;
     const members: ClosureMember[] = [{ digest: m.digest, kind: 'manifest' }];
     for (const d of m.parsed.manifests) members.push({ digest: d.digest, kind: 'manifest' });
     for (const d of m.parsed.blobs) members.push({ digest: d.digest, kind: 'blob' });
     this.meta.putClosure(route.upstream.name, route.repository, m.digest, members, this.now() + this.opts.closureTTL);
+  }
+
+  private dropClosure(route: Route, root: Digest): void {
+    const prefix = `${route.upstream.name}\n${route.repository}\n${root}\n`;
+    for (const k of this.closureWrites.keys()) if (k.startsWith(prefix)) this.closureWrites.delete(k);
+    this.meta.dropClosure(route.upstream.name, route.repository, root);
+  }
+
+  /** True when this closure entry was written within half its TTL; otherwise notes that it is being written now. */
+  private recentlyWritten(route: Route, root: Digest, child: string): boolean {
+    const key = `${route.upstream.name}\n${route.repository}\n${root}\n${child}`;
+    const now = this.now();
+    const at = this.closureWrites.get(key);
+    if (at !== undefined && now - at < this.opts.closureTTL / 2) return true;
+    this.closureWrites.set(key, now);
+    return false;
   }
 
   /** The admitted root whose closure holds this digest in this repository. */
@@ -224,7 +246,8 @@ export class Gate {
       ...child.parsed.manifests.map((d) => ({ digest: d.digest, kind: 'manifest' as const })),
       ...child.parsed.blobs.map((d) => ({ digest: d.digest, kind: 'blob' as const })),
     ];
-    if (members.length) this.meta.putClosure(route.upstream.name, route.repository, root, members, this.now() + this.opts.closureTTL);
+    if (members.length === 0 || this.recentlyWritten(route, root, child.digest)) return;
+    this.meta.putClosure(route.upstream.name, route.repository, root, members, this.now() + this.opts.closureTTL);
   }
 }
 
