@@ -68,14 +68,7 @@ export function parseTrivy(r: Obj): ParsedReport {
       if (!isObj(v)) continue;
       const id = str(v.VulnerabilityID);
       if (!id) continue;
-      const f: Finding = { id, severity: normalizeSeverity(v.Severity) };
-      const pkg = str(v.PkgName) ?? str(v.PkgID);
-      if (pkg) f.package = pkg;
-      const installed = str(v.InstalledVersion);
-      if (installed) f.installed = installed;
-      const fixed = str(v.FixedVersion);
-      if (fixed) f.fixed = fixed;
-      findings.push(f);
+      findings.push(finding(id, normalizeSeverity(v.Severity), str(v.PkgName) ?? str(v.PkgID), str(v.InstalledVersion), str(v.FixedVersion)));
     }
   }
   const meta = isObj(r.Metadata) ? r.Metadata : {};
@@ -135,14 +128,7 @@ export function parseSarif(r: Obj): ParsedReport {
         [messageField(text, 'Severity'), ...tags].map((t) => (t ? normalizeSeverity(t) : 'UNKNOWN')).find((s) => s !== 'UNKNOWN') ??
         severityFromScore(props['security-severity']) ??
         'UNKNOWN';
-      const f: Finding = { id, severity: sev };
-      const pkg = messageField(text, 'Package');
-      if (pkg) f.package = pkg;
-      const installed = messageField(text, 'Installed Version');
-      if (installed) f.installed = installed;
-      const fixed = messageField(text, 'Fixed Version');
-      if (fixed) f.fixed = fixed;
-      findings.push(f);
+      findings.push(finding(id, sev, messageField(text, 'Package'), messageField(text, 'Installed Version'), messageField(text, 'Fixed Version')));
     }
   }
   const result: ParsedReport['result'] = { findings };
@@ -159,14 +145,7 @@ export function parseHarborReport(r: unknown): ScanResult {
     if (!isObj(v)) continue;
     const id = str(v.id);
     if (!id) continue;
-    const f: Finding = { id, severity: normalizeSeverity(v.severity) };
-    const pkg = str(v.package);
-    if (pkg) f.package = pkg;
-    const installed = str(v.version);
-    if (installed) f.installed = installed;
-    const fixed = str(v.fix_version);
-    if (fixed) f.fixed = fixed;
-    findings.push(f);
+    findings.push(finding(id, normalizeSeverity(v.severity), str(v.package), str(v.version), str(v.fix_version)));
   }
   const s = isObj(r.scanner) ? [str(r.scanner.name), str(r.scanner.version)].filter(Boolean).join(' ') : '';
   const out: ScanResult = { scannedAt: validTime(r.generated_at) ?? new Date().toISOString(), findings };
@@ -191,4 +170,13 @@ export function parseVulnPredicate(p: unknown): { result: ScanResult; namedDiges
   const label = name ?? (str(scanner.version) ? `scanner ${str(scanner.version)}` : undefined);
   if (label) result.scanner = label;
   return { result, namedDigests: parsed.namedDigests };
+}
+
+/** A finding with only the optional fields that the report actually had (empty strings count as absent). */
+function finding(id: string, severity: Finding['severity'], pkg: string | undefined, installed: string | undefined, fixed: string | undefined): Finding {
+  const f: Finding = { id, severity };
+  if (pkg) f.package = pkg;
+  if (installed) f.installed = installed;
+  if (fixed) f.fixed = fixed;
+  return f;
 }
