@@ -23,7 +23,7 @@ APT_PACKAGES=(
   "hyperfine=1.15.0-2"
   "redis-server"   # not used by tests yet; unpinned because Debian security updates move it
 )
-APT_EXTRA=(runc uidmap fuse-overlayfs slirp4netns netavark aardvark-dns iptables jq curl ca-certificates)
+APT_EXTRA=(apache2-utils openssl runc uidmap fuse-overlayfs slirp4netns netavark aardvark-dns iptables jq curl ca-certificates)
 # Go tools: "binary-name package@version", or "binary-name module@version ./package".
 GO_TOOLS=(
   "opa github.com/open-policy-agent/opa@v1.22.2"
