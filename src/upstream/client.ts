@@ -14,6 +14,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { upstreamWaitBegin } from '../metrics/upstream-wait.js';
 import { Semaphore } from '../util/semaphore.js';
 import { Authenticator, AuthError, type Credentials } from './auth.js';
+import { socketRequest, type SocketResponse } from './socket-request.js';
 
 export type UpstreamKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'ping';
 
@@ -26,6 +27,11 @@ export interface UpstreamRequest {
   repository?: string;
   headers?: Record<string, string>;
   signal?: AbortSignal;
+  /**
+   * A large body the caller takes through ByteSource.pipeTo (blob downloads): sent on a connection of its own that
+   * reads into a reused buffer, instead of through undici (socket-request.ts says why).
+   */
+  bulk?: boolean;
 }
 
 export interface UpstreamResponse {
@@ -61,6 +67,7 @@ export class UpstreamClient {
   readonly name: string;
   readonly baseUrl: URL;
   private readonly agent: Agent;
+  private readonly ca: Buffer | undefined;
   private readonly limiter: Semaphore;
   private readonly auth: Authenticator;
   private readonly backoffMs: number;
@@ -73,6 +80,7 @@ export class UpstreamClient {
     this.name = config.name;
     this.baseUrl = new URL(config.url);
     const ca = config.ca ? readFileSync(config.ca) : undefined;
+    this.ca = ca;
     this.agent = new Agent({
       keepAliveTimeout: 30_000,
       connections: config.concurrency,
@@ -180,9 +188,9 @@ export class UpstreamClient {
       // Credentials belong to the upstream's host; a redirect to a CDN or anywhere else must not carry them.
       if (authorization && url.origin === origin) headers.authorization = authorization;
       const started = performance.now();
-      let r: Dispatcher.ResponseData;
+      let r: Pick<Dispatcher.ResponseData, 'statusCode' | 'headers'> & { body: Readable };
       try {
-        r = await request(url, { method: req.method, headers, dispatcher: this.agent, signal: req.signal });
+        r = req.bulk ? await this.sendBulk(url, req, headers) : await request(url, { method: req.method, headers, dispatcher: this.agent, signal: req.signal });
       } catch (e) {
         this.opts.metrics.upstreamRequests.inc({ upstream: this.name, kind: req.kind, method: req.method, status: 'error' });
         throw e;
@@ -207,6 +215,20 @@ export class UpstreamClient {
       }
       return { status: r.statusCode, headers: r.headers, body: r.body, url: url.toString(), fromUpstreamHost: url.origin === origin };
     }
+  }
+
+  private sendBulk(url: URL, req: UpstreamRequest, headers: Record<string, string>): Promise<SocketResponse> {
+    const t = this.config.timeouts;
+    return socketRequest(url, {
+      method: req.method,
+      headers,
+      ...(req.signal ? { signal: req.signal } : {}),
+      ...(this.ca ? { ca: this.ca } : {}),
+      rejectUnauthorized: !this.config.insecure,
+      connectTimeout: t.connect,
+      headersTimeout: t.headers,
+      bodyTimeout: t.body,
+    });
   }
 
   async close(): Promise<void> {

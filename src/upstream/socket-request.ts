@@ -1,0 +1,488 @@
+/**
+ * One HTTP/1.1 request on a connection of its own, whose response body is read from the socket into one reused
+ * buffer. Used for blob bodies only (UpstreamRequest.bulk); everything else goes through undici.
+ *
+ * Why: Node's socket layer allocates a fresh 64 KiB buffer for every read, and undici (like node:http) passes those
+ * on. For a blob download that is the whole transfer in short-lived external memory, and it set off a major GC every
+ * ~20 MiB: about 40% of the proxy's CPU on a cold pull went to V8's marking threads (bench/README.md). With `onread`
+ * the socket reads into a buffer we own, and the body is handed on as a ByteSource whose consumer copies each chunk
+ * into its download slabs before the buffer is reused. Receiving 200 MiB this way costs a fraction of the CPU.
+ *
+ * Deliberately small: GET and HEAD, `Connection: close` (a blob transfer is long enough that a handshake per blob does
+ * not matter, and no pool means no half-read connection can be reused), Content-Length, chunked and close-delimited
+ * bodies. Redirects, authentication and retries stay in UpstreamClient, which calls this once per hop.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+import net from 'node:net';
+import { Readable } from 'node:stream';
+import tls from 'node:tls';
+import type { ByteSource, ChunkHandler } from '../util/byte-source.js';
+
+export interface SocketRequestOptions {
+  method: 'GET' | 'HEAD';
+  headers: Record<string, string>;
+  signal?: AbortSignal;
+  ca?: Buffer;
+  rejectUnauthorized: boolean;
+  /** Milliseconds of silence allowed while connecting, while waiting for the response head, and within the body. */
+  connectTimeout: number;
+  headersTimeout: number;
+  bodyTimeout: number;
+}
+
+export interface SocketResponse {
+  statusCode: number;
+  headers: IncomingHttpHeaders;
+  body: SocketBody;
+}
+
+/** Reused for every read of one connection; reads of up to this size keep the per-read overhead low. */
+const READ_BUFFER_BYTES = 256 * 1024;
+const MAX_HEAD_BYTES = 64 * 1024;
+const MAX_CHUNK_LINE = 1024;
+const CRLFCRLF = Buffer.from('\r\n\r\n');
+
+export class HttpFramingError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'HttpFramingError';
+  }
+}
+
+export function socketRequest(url: URL, opts: SocketRequestOptions): Promise<SocketResponse> {
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return Promise.reject(new Error(`unsupported scheme ${url.protocol}`));
+  let head: string;
+  try {
+    head = requestHead(url, opts.method, opts.headers);
+  } catch (e) {
+    return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+  }
+  return new Promise<SocketResponse>((resolve, reject) => {
+    const conn = new Connection(opts, resolve, reject);
+    const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
+    const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
+    const onread = { buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES), callback: conn.onRead };
+    const socket =
+      url.protocol === 'https:'
+        ? tls.connect({
+            host,
+            port,
+            // SNI carries host names only.
+            ...(net.isIP(host) ? {} : { servername: host }),
+            ...(opts.ca ? { ca: opts.ca } : {}),
+            rejectUnauthorized: opts.rejectUnauthorized,
+            ALPNProtocols: ['http/1.1'],
+            // Supported by tls.connect at runtime (it is passed on to net.Socket) but missing from @types/node.
+            onread,
+          } as tls.ConnectionOptions)
+        : net.connect({ host, port, onread });
+    conn.attach(socket, head);
+  });
+}
+
+function requestHead(url: URL, method: string, headers: Record<string, string>): string {
+  const lines = [`${method} ${url.pathname}${url.search} HTTP/1.1`, `host: ${url.host}`];
+  for (const [name, value] of Object.entries(headers)) {
+    const n = name.toLowerCase();
+    if (n === 'host' || n === 'connection' || n === 'accept-encoding') continue;
+    // Values come from configuration and token servers; a CR or LF would let them inject headers.
+    if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(n) || /[\r\n\0]/.test(value)) throw new Error(`invalid request header ${JSON.stringify(name)}`);
+    lines.push(`${n}: ${value}`);
+  }
+  // Identity, so that the bytes hashed are the bytes the upstream stored.
+  lines.push('accept-encoding: identity', 'connection: close', '', '');
+  return lines.join('\r\n');
+}
+
+type Phase = 'head' | 'length' | 'chunk-size' | 'chunk-data' | 'chunk-crlf' | 'trailers' | 'close' | 'done';
+
+/** The state of one request: the response head, then the body framing, feeding a SocketBody. */
+class Connection {
+  private socket: net.Socket | undefined;
+  private phase: Phase = 'head';
+  private headParts: Buffer[] = [];
+  private headBytes = 0;
+  private readonly isHead: boolean;
+  /** Body bytes still expected in the current Content-Length body or chunk. */
+  private remaining = 0;
+  private line = '';
+  private body: SocketBody | undefined;
+  /** The response head has been handed over (or the request has failed before it). */
+  private headSettled = false;
+  /** The unprocessed rest of the read buffer while the consumer applies backpressure. */
+  private pending: { buf: Buffer; pos: number; end: number } | undefined;
+  /** The peer went away while bytes were still held for the consumer. */
+  private eofDeferred = false;
+
+  constructor(
+    private readonly opts: SocketRequestOptions,
+    private readonly resolveHead: (r: SocketResponse) => void,
+    private readonly rejectHead: (e: Error) => void,
+  ) {
+    this.isHead = opts.method === 'HEAD';
+  }
+
+  attach(socket: net.Socket, head: string): void {
+    this.socket = socket;
+    const { signal } = this.opts;
+    if (signal?.aborted) {
+      this.fail(abortError(signal));
+      return;
+    }
+    const onAbort = (): void => this.fail(abortError(signal as AbortSignal));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    socket.once('close', () => signal?.removeEventListener('abort', onAbort));
+    socket.setNoDelay(true);
+    socket.setTimeout(this.opts.connectTimeout, () => this.fail(new Error(`upstream ${this.headSettled ? 'body' : 'response'} timed out`)));
+    socket.once(socket instanceof tls.TLSSocket ? 'secureConnect' : 'connect', () => socket.setTimeout(this.opts.headersTimeout));
+    socket.on('error', (e) => this.fail(e));
+    // With onread no 'data' is emitted, and 'end' only when the stream machinery is asked to read: 'close' is
+    // the dependable signal that the peer is gone.
+    socket.once('end', () => this.onEof());
+    socket.once('close', () => this.onEof());
+    socket.write(head);
+  }
+
+  /** The socket's onread callback: false pauses reading until the consumer has caught up. */
+  readonly onRead = (nread: number, buf: Buffer): boolean => {
+    if (this.phase === 'done') return false;
+    this.guarded(() => this.process(buf, 0, nread));
+    return !this.isDone() && this.pending === undefined && !this.body?.wantsPause();
+  };
+
+  /** Continues after backpressure: finishes the held part of the last read, then reads from the socket again. */
+  resume(): void {
+    const p = this.pending;
+    if (p) {
+      this.pending = undefined;
+      this.guarded(() => this.process(p.buf, p.pos, p.end));
+    }
+    if (this.pending || this.body?.blocked) return;
+    if (this.eofDeferred) {
+      this.onEof();
+      return;
+    }
+    if (this.phase !== 'done') {
+      this.socket?.setTimeout(this.opts.bodyTimeout);
+      this.socket?.resume();
+    }
+  }
+
+  /** Holds reading, and the idle timer, which must not count our own backpressure as upstream silence. */
+  pause(): void {
+    this.socket?.setTimeout(0);
+    this.socket?.pause();
+  }
+
+  /** A method, because the calls in between move the phase on where TypeScript's narrowing cannot see it. */
+  private isDone(): boolean {
+    return this.phase === 'done';
+  }
+
+  private guarded(f: () => void): void {
+    try {
+      f();
+    } catch (e) {
+      this.fail(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  private process(buf: Buffer, pos: number, end: number): void {
+    while (pos < end && this.phase !== 'done') {
+      if (this.body?.blocked) {
+        this.pending = { buf, pos, end };
+        return;
+      }
+      switch (this.phase) {
+        case 'head':
+          pos = this.readHead(buf, pos, end);
+          break;
+        case 'length':
+        case 'chunk-data': {
+          const n = Math.min(this.remaining, end - pos);
+          this.remaining -= n;
+          const chunk = buf.subarray(pos, pos + n);
+          pos += n;
+          if (this.remaining === 0) this.phase = this.phase === 'length' ? 'done' : 'chunk-crlf';
+          this.deliver(chunk);
+          break;
+        }
+        case 'close':
+          this.deliver(buf.subarray(pos, end));
+          pos = end;
+          break;
+        case 'chunk-size':
+        case 'trailers': {
+          const nl = buf.indexOf(10, pos);
+          const stop = nl === -1 || nl >= end ? end : nl + 1;
+          this.line += buf.toString('latin1', pos, stop);
+          pos = stop;
+          if (this.line.length > MAX_CHUNK_LINE) throw new HttpFramingError('chunk header line too long');
+          if (this.line.endsWith('\n')) this.onLine(this.line.replace(/\r?\n$/, ''));
+          break;
+        }
+        case 'chunk-crlf': {
+          this.line += buf.toString('latin1', pos, pos + 1);
+          pos += 1;
+          if (this.line === '\r') continue;
+          if (this.line !== '\r\n' && this.line !== '\n') throw new HttpFramingError('missing CRLF after chunk data');
+          this.line = '';
+          this.phase = 'chunk-size';
+          break;
+        }
+      }
+    }
+    if (this.isDone()) this.finish();
+  }
+
+  private onLine(line: string): void {
+    this.line = '';
+    if (this.phase === 'trailers') {
+      if (line === '') this.phase = 'done';
+      return;
+    }
+    const m = /^([0-9a-fA-F]{1,13})[ \t]*(;.*)?$/.exec(line);
+    if (!m) throw new HttpFramingError(`bad chunk size line ${JSON.stringify(line.slice(0, 40))}`);
+    this.remaining = Number.parseInt(m[1] as string, 16);
+    this.phase = this.remaining === 0 ? 'trailers' : 'chunk-data';
+  }
+
+  private readHead(buf: Buffer, pos: number, end: number): number {
+    // The head is small and usually arrives in one read; it is copied out of the reused buffer.
+    const piece = Buffer.from(buf.subarray(pos, end));
+    this.headParts.push(piece);
+    const all = this.headParts.length === 1 ? piece : Buffer.concat(this.headParts);
+    const at = all.indexOf(CRLFCRLF, Math.max(0, this.headBytes - 3));
+    if (at === -1) {
+      if (all.length > MAX_HEAD_BYTES) throw new HttpFramingError(`response head larger than ${MAX_HEAD_BYTES} bytes`);
+      this.headParts = [all];
+      this.headBytes = all.length;
+      return end;
+    }
+    const consumed = at + 4 - (all.length - piece.length);
+    this.headParts = [];
+    this.headBytes = 0;
+    if (at + 4 > MAX_HEAD_BYTES) throw new HttpFramingError(`response head larger than ${MAX_HEAD_BYTES} bytes`);
+    const { status, headers } = parseHead(all.toString('latin1', 0, at));
+    // 1xx responses (100 Continue, 103 Early Hints) precede the real one.
+    if (status >= 200) this.startBody(status, headers);
+    return pos + consumed;
+  }
+
+  private startBody(status: number, headers: IncomingHttpHeaders): void {
+    const te = headers['transfer-encoding'];
+    const cl = headers['content-length'];
+    if (this.isHead || status === 204 || status === 304) {
+      this.phase = 'done';
+    } else if (te !== undefined) {
+      // Chunked wins over Content-Length (RFC 9112 §6.3); any other coding cannot be hashed as stored.
+      if (String(te).trim().toLowerCase() !== 'chunked') throw new HttpFramingError(`unsupported transfer-encoding ${JSON.stringify(te)}`);
+      this.phase = 'chunk-size';
+    } else if (cl !== undefined) {
+      const values = [...new Set(String(cl).split(',').map((v) => v.trim()))];
+      if (values.length !== 1 || !/^\d{1,15}$/.test(values[0] as string)) throw new HttpFramingError(`bad content-length ${JSON.stringify(cl)}`);
+      this.remaining = Number(values[0]);
+      this.phase = this.remaining === 0 ? 'done' : 'length';
+    } else {
+      this.phase = 'close';
+    }
+    this.body = new SocketBody(this);
+    this.socket?.setTimeout(this.opts.bodyTimeout);
+    this.headSettled = true;
+    this.resolveHead({ statusCode: status, headers, body: this.body });
+  }
+
+  private deliver(chunk: Buffer): void {
+    if (chunk.length > 0) this.body?.receive(chunk);
+  }
+
+  private onEof(): void {
+    if (this.phase === 'done') return;
+    if (this.pending || this.body?.blocked) {
+      // Bytes of the last read are still being handed over; judge the end once they are.
+      this.eofDeferred = true;
+      return;
+    }
+    if (this.phase === 'close') {
+      this.phase = 'done';
+      this.finish();
+      return;
+    }
+    const what = this.phase === 'head' ? 'before the response head' : this.phase === 'length' ? `with ${this.remaining} body bytes still due` : 'inside a chunked body';
+    this.fail(new Error(`upstream closed the connection ${what}`));
+  }
+
+  private finish(): void {
+    this.socket?.destroy();
+    this.body?.end();
+  }
+
+  fail(e: Error): void {
+    const wasDone = this.phase === 'done';
+    this.phase = 'done';
+    this.pending = undefined;
+    this.socket?.destroy();
+    if (wasDone && this.body?.complete) return;
+    if (!this.headSettled) {
+      this.headSettled = true;
+      this.rejectHead(e);
+    } else {
+      this.body?.fail(e);
+    }
+  }
+}
+
+/**
+ * The response body. As a ByteSource (pipeTo) it hands out views of the connection's read buffer; as a Readable it
+ * hands out copies, for consumers that only drain or discard an error body.
+ */
+export class SocketBody extends Readable implements ByteSource {
+  private mode: 'idle' | 'pipe' | 'stream' = 'idle';
+  private onChunk: ChunkHandler | undefined;
+  private pipeResult: { resolve: () => void; reject: (e: Error) => void } | undefined;
+  /** Bytes that arrived with the head, before a consumer chose a mode (at most one read's worth). */
+  private early: Buffer[] = [];
+  /** The connection has delivered the whole body. */
+  complete = false;
+  private failure: Error | undefined;
+  /** The outcome has been reported to the consumer. */
+  private reported = false;
+  /** A pipeTo consumer's promise is pending: no chunk may be delivered. */
+  blocked = false;
+  private streamFull = false;
+
+  constructor(private readonly conn: Connection) {
+    super({ highWaterMark: 1024 * 1024 });
+  }
+
+  /** Whether the connection should stop reading after the current buffer. */
+  wantsPause(): boolean {
+    return this.mode === 'idle' || this.blocked || this.streamFull;
+  }
+
+  pipeTo(onChunk: ChunkHandler): Promise<void> {
+    if (this.mode !== 'idle') return Promise.reject(new Error('response body already consumed'));
+    this.mode = 'pipe';
+    this.onChunk = onChunk;
+    return new Promise<void>((resolve, reject) => {
+      this.pipeResult = { resolve, reject };
+      const early = this.early.splice(0);
+      if (early.length > 0) this.receive(Buffer.concat(early));
+      if (!this.blocked) this.conn.resume();
+      this.report();
+    });
+  }
+
+  override _read(): void {
+    if (this.mode === 'idle') {
+      this.mode = 'stream';
+      for (const c of this.early.splice(0)) this.push(c);
+    }
+    this.streamFull = false;
+    this.conn.resume();
+    this.report();
+  }
+
+  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
+    if (!this.reported) {
+      this.reported = true;
+      this.conn.fail(err ?? new Error('response body destroyed'));
+      this.pipeResult?.reject(err ?? new Error('response body destroyed'));
+    }
+    cb(err);
+  }
+
+  /** @internal From the connection: one chunk of body bytes, valid only during this call. */
+  receive(chunk: Buffer): void {
+    if (this.mode === 'idle') {
+      this.early.push(Buffer.from(chunk));
+      return;
+    }
+    if (this.mode === 'stream') {
+      if (!this.push(Buffer.from(chunk))) {
+        this.streamFull = true;
+        this.conn.pause();
+      }
+      return;
+    }
+    let wait: Promise<void> | void;
+    try {
+      wait = (this.onChunk as ChunkHandler)(chunk);
+    } catch (e) {
+      this.conn.fail(e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
+    if (!wait) return;
+    this.blocked = true;
+    this.conn.pause();
+    wait.then(
+      () => {
+        this.blocked = false;
+        this.conn.resume();
+        this.report();
+      },
+      (e: unknown) => {
+        this.blocked = false;
+        this.conn.fail(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  }
+
+  /** @internal From the connection: the body is complete. */
+  end(): void {
+    this.complete = true;
+    this.report();
+  }
+
+  /** @internal From the connection: the transfer failed. */
+  fail(e: Error): void {
+    this.failure ??= e;
+    this.report();
+  }
+
+  /** Tells the consumer how the transfer ended, once it has taken every byte delivered before. */
+  private report(): void {
+    if (this.reported || this.mode === 'idle' || this.blocked) return;
+    if (this.failure) {
+      this.reported = true;
+      // A piped body's consumer hears of the failure from pipeTo; as a stream it would be an unhandled 'error'.
+      if (this.mode === 'pipe') {
+        this.pipeResult?.reject(this.failure);
+        this.destroy();
+      } else {
+        this.destroy(this.failure);
+      }
+    } else if (this.complete) {
+      this.reported = true;
+      if (this.mode === 'pipe') {
+        this.pipeResult?.resolve();
+        // Nobody reads a piped body as a stream: close it, so that 'close' listeners (the client's slot) run.
+        this.destroy();
+      } else {
+        this.push(null);
+      }
+    }
+  }
+}
+
+function parseHead(text: string): { status: number; headers: IncomingHttpHeaders } {
+  const lines = text.split('\r\n');
+  const m = /^HTTP\/1\.[01] (\d{3})(?: .*)?$/.exec(lines[0] ?? '');
+  if (!m) throw new HttpFramingError(`bad status line ${JSON.stringify((lines[0] ?? '').slice(0, 60))}`);
+  const headers: IncomingHttpHeaders = {};
+  for (const line of lines.slice(1)) {
+    const colon = line.indexOf(':');
+    // Obsolete line folding and nameless lines are refused rather than guessed at (RFC 9112 §5.2).
+    if (colon <= 0 || line.startsWith(' ') || line.startsWith('\t')) throw new HttpFramingError(`bad header line ${JSON.stringify(line.slice(0, 60))}`);
+    const name = line.slice(0, colon).trim().toLowerCase();
+    const value = line.slice(colon + 1).trim();
+    const prev = headers[name];
+    if (name === 'set-cookie') headers[name] = [...((prev as string[] | undefined) ?? []), value];
+    else headers[name] = prev === undefined ? value : `${String(prev)}, ${value}`;
+  }
+  return { status: Number(m[1]), headers };
+}
+
+function abortError(signal: AbortSignal): Error {
+  return signal.reason instanceof Error ? signal.reason : new DOMException('This operation was aborted', 'AbortError');
+}
