@@ -216,6 +216,8 @@ export class BlobStore {
 export class BlobWriter {
   private readonly hash: Hash;
   private written = 0;
+  /** Bytes fed to the hash by hashAhead(); undefined while write() does the hashing. */
+  private hashedAhead: number | undefined;
   private closed = false;
   private actual: string | undefined;
 
@@ -233,12 +235,27 @@ export class BlobWriter {
     return this.written;
   }
 
+  /**
+   * Hashes bytes as they arrive, ahead of writing them: a download can then verify its bytes and release them to
+   * clients without waiting for the disk (cache/download.ts). Once used, write() only writes, and the same bytes
+   * must follow through write() in the same order before commit().
+   */
+  hashAhead(chunk: Buffer): void {
+    if (this.closed) throw new Error('hash after close');
+    if (this.written > 0 && this.hashedAhead === undefined) throw new Error('hashAhead after write');
+    const total = (this.hashedAhead ?? 0) + chunk.length;
+    if (this.expectedSize !== undefined && total > this.expectedSize) throw new SizeMismatchError(this.expectedSize, total);
+    this.hash.update(chunk);
+    this.hashedAhead = total;
+  }
+
   async write(chunk: Buffer): Promise<void> {
     if (this.closed) throw new Error('write after close');
     if (this.expectedSize !== undefined && this.written + chunk.length > this.expectedSize) {
       throw new SizeMismatchError(this.expectedSize, this.written + chunk.length);
     }
-    this.hash.update(chunk);
+    if (this.hashedAhead === undefined) this.hash.update(chunk);
+    else if (this.written + chunk.length > this.hashedAhead) throw new Error('write of bytes that were not hashed');
     let off = 0;
     while (off < chunk.length) {
       const { bytesWritten } = await this.fh.write(chunk, off, chunk.length - off, this.written + off);
@@ -248,12 +265,13 @@ export class BlobWriter {
   }
 
   /**
-   * Checks size and digest of what was written so far, without persisting anything; throws on a mismatch. Lets a
-   * download release its verified bytes to clients before the fsync and rename of commit(). Call once the last
-   * chunk is written; commit() calls it too.
+   * Checks size and digest of what was written (or hashed ahead) so far, without persisting anything; throws on a
+   * mismatch. Lets a download release its verified bytes to clients before the writes, fsync and rename of
+   * commit(). Call once the last chunk is in; commit() calls it too.
    */
   verify(): void {
-    if (this.expectedSize !== undefined && this.written !== this.expectedSize) throw new SizeMismatchError(this.expectedSize, this.written);
+    const got = this.hashedAhead ?? this.written;
+    if (this.expectedSize !== undefined && got !== this.expectedSize) throw new SizeMismatchError(this.expectedSize, got);
     // Hash.digest() may be called only once; remember its result for commit().
     this.actual ??= `${digestAlgorithm(this.digest)}:${this.hash.digest('hex')}`;
     if (this.actual !== this.digest) throw new DigestMismatchError(this.digest, this.actual);
@@ -265,6 +283,7 @@ export class BlobWriter {
     this.closed = true;
     try {
       this.verify();
+      if (this.hashedAhead !== undefined && this.written !== this.hashedAhead) throw new Error(`${this.hashedAhead - this.written} verified bytes were never written`);
       await this.fh.sync();
       await this.fh.close();
       const dest = this.store.pathFor(this.digest);

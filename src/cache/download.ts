@@ -4,53 +4,67 @@
  * its own pace. So 20 clients cost the upstream one GET per blob, memory stays bounded whatever the blob size, and
  * a slow client never slows the download for the others.
  *
- * Performance (measured by `npm run bench`, see bench/README.md). Upstream bytes are copied once into 1 MiB slabs;
- * the slabs of the last few MiB form an in-memory window that readers near the head are served from without a copy
- * (one slab slice per socket write), and the temp file is written from the same slabs behind them. So the client
- * path costs no file write or read per chunk and never waits for the disk (dirty-page throttling on a busy host
- * stalled writes for whole seconds), and 20 readers cost no more memory than one. Readers that fall further behind
- * than the window read back from the temp file, which holds every byte older than the window. Received-but-unwritten
- * bytes are capped, which is what pauses the upstream when the disk is slower than the network.
+ * Performance (measured by `npm run bench`, see bench/README.md). Upstream bytes are copied once, out of the
+ * socket's reused read buffer, into pooled 1 MiB slabs (cache/slabs.ts) and hashed as they arrive. The slabs form an
+ * in-memory window that readers near the head are served from without a copy (a slab slice per socket write, the
+ * slab held until the write callback), and the temp file is written from the same slabs behind them. So the
+ * client path costs no file write or read per chunk and never waits for the disk: the last byte goes out once the
+ * hash matches, even while the file is still being written (on this VM, writing new data into the page cache costs
+ * more CPU than anything else in a cold pull). Readers that fall further behind than the window read the temp
+ * file, which holds every byte older than the window. Received-but-unwritten bytes are capped per download and in
+ * total, which is what pauses the upstream when the disk is slower than the network.
  *
- * Why slabs: the upstream socket hands over 64 KiB buffers. Reading them back per reader (or concatenating them per
- * write) meant fresh buffers for every byte served, per reader, and that external-memory churn is what sets off
- * V8's major GCs, whose marking threads took a large share of the proxy's CPU on a cold pull (perf). With slabs it is
- * one copy per byte, whatever the number of readers.
- *
- * When the download fails verification, every reader's stream errors, which aborts its client connection: no
- * client receives a complete response for bytes that did not match the digest, and nothing is committed.
+ * When the download fails verification, every reader fails, which aborts its client connection: no client
+ * receives a complete response for bytes that did not match the digest, and nothing is committed.
  */
 import { EventEmitter } from 'node:events';
-import { createReadStream, openSync, closeSync, read } from 'node:fs';
-import { Readable } from 'node:stream';
+import { closeSync, openSync } from 'node:fs';
+import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import { SizeMismatchError, type BlobLease, type BlobStore, type BlobWriter } from './blobstore.js';
+import { committedReader, TailReader, writeRange } from './download-readers.js';
+import { sendFileRange } from './sendfile.js';
+import { SLAB_SIZE, slabPool, type Slab } from './slabs.js';
 import type { Digest } from '../routing/reference.js';
+import { byteSourceOf, type ByteSource } from '../util/byte-source.js';
 
-/** Read size for readers behind the in-memory window, and for the committed-blob fallback. */
-const FILE_CHUNK = 1024 * 1024;
-/** Slab size: slab k holds bytes [k·SLAB, (k+1)·SLAB) of the blob. Also the most bytes in one push or write. */
-const SLAB = 1024 * 1024;
+/** Slab k holds bytes [k·SLAB, (k+1)·SLAB) of the blob; also the most bytes in one socket or file write. */
+const SLAB = SLAB_SIZE;
 /** Already written bytes kept in memory, so that readers slightly behind the head need no file read. */
 const WINDOW_KEEP = 4 * 1024 * 1024;
-/** Received but not yet written: beyond this the upstream body is not read until the disk catches up. */
-const MAX_UNWRITTEN = 8 * 1024 * 1024;
-/** Buffered per reader stream before it stops pulling (the HTTP response buffers on top of this). */
-const READER_HWM = 1024 * 1024;
+/**
+ * Received but not yet written. Up to MIN_UNWRITTEN a download never waits for the disk; beyond it, it waits when
+ * it holds MAX_UNWRITTEN itself or all downloads together hold TOTAL_UNWRITTEN. Large enough that a typical layer
+ * reaches its clients at network speed while the disk catches up behind, small enough to bound memory.
+ */
+const MIN_UNWRITTEN = 8 * 1024 * 1024;
+const MAX_UNWRITTEN = 48 * 1024 * 1024;
+const TOTAL_UNWRITTEN = 128 * 1024 * 1024;
+let totalUnwritten = 0;
 /**
  * Readers are told about new bytes once this many have arrived since the last notice (or FLUSH_MS after the first
- * of them, whichever comes first), not per upstream chunk. Upstream chunks are 64 KiB socket reads; passed on one by
- * one, each costs every reader a wake-up, a push and a socket write that wakes its client. Batching them more than
- * halved the proxy's CPU per GiB served to 20 concurrent cold clients (bench/README.md).
+ * of them, whichever comes first), not per upstream chunk. Passed on one by one, each chunk costs every reader a
+ * wake-up and a socket write that wakes its client. Batching more than halved the proxy's CPU per GiB served to 20
+ * concurrent cold clients (bench/README.md).
  */
 const NOTIFY_BYTES = 512 * 1024;
 const FLUSH_MS = 5;
 
 export type DownloadState = 'starting' | 'running' | 'done' | 'failed';
 
+/** See Download.step(). */
+export type ReadStep =
+  | { kind: 'memory'; slab: Slab; bytes: Buffer }
+  | { kind: 'file'; fd: number; length: number }
+  | { kind: 'wait' }
+  | { kind: 'end' }
+  | { kind: 'fail'; error: Error };
+
 /** What the caller's fetch function hands over once upstream headers are in. */
 export interface DownloadSource {
   size: number | undefined;
-  body: AsyncIterable<Buffer>;
+  /** A ByteSource lets the download copy straight out of the socket's read buffer (upstream/socket-request.ts). */
+  body: ByteSource | AsyncIterable<Buffer>;
   /** Stops the upstream transfer (on shutdown or abort). */
   cancel(): void;
 }
@@ -67,13 +81,15 @@ export class Download extends EventEmitter {
   private lease: BlobLease | undefined;
   private source: DownloadSource | undefined;
   /** The in-memory window: slabs firstSlab, firstSlab+1, … covering [firstSlab·SLAB, received). */
-  private slabs: Buffer[] = [];
+  private slabs: Slab[] = [];
   private firstSlab = 0;
   /** Bytes received from the upstream (in the window, the file, or both). */
   private received = 0;
   /** Bytes written to the temp file. */
   private written = 0;
   private writing: Promise<void> | undefined;
+  /** Received minus written, as counted in totalUnwritten. */
+  private unwritten = 0;
   /** While the body is still coming, only whole slabs are written (one 1 MiB write each, not one per 64 KiB). */
   private receiving = true;
   private writeError: Error | undefined;
@@ -121,25 +137,13 @@ export class Download extends EventEmitter {
       this.fd = openSync(this.writer.tmpPath, 'r');
       this.state = 'running';
       this.emit('ready');
-      for await (const chunk of src.body) {
-        if (this.writeError) throw this.writeError;
-        if (chunk.length === 0) continue;
-        // Checked here as well as in the writer, so that no reader is ever handed bytes past the declared size.
-        if (this.size !== undefined && this.received + chunk.length > this.size) throw new SizeMismatchError(this.size, this.received + chunk.length);
-        this.append(chunk);
-        if (this.received - this.announced >= NOTIFY_BYTES) this.notify();
-        else this.notifyTimer ??= setTimeout(this.notify, FLUSH_MS);
-        this.startWriting();
-        while (this.received - this.written > MAX_UNWRITTEN && !this.writeError) {
-          this.startWriting();
-          await this.writing;
-        }
-      }
-      await this.flush();
-      // Readers may send their last byte once the bytes are known good; persisting (fsync, rename) can follow.
+      await byteSourceOf(src.body).pipeTo(this.receive);
+      this.receiving = false;
+      // Every byte is in and hashed: readers may send their last byte now; writing and persisting can follow.
       this.writer.verify();
       this.verified = true;
       this.notify();
+      await this.flush();
       await this.writer.commit();
       this.size = this.writer.bytesWritten;
       this.lease = this.store.lease(this.digest);
@@ -152,6 +156,7 @@ export class Download extends EventEmitter {
       await this.writing?.catch(() => {});
       await this.writer?.abort();
       this.source?.cancel();
+      this.countUnwritten(-this.unwritten);
       this.emit('failed', this.error);
       this.notify();
     } finally {
@@ -184,6 +189,40 @@ export class Download extends EventEmitter {
     this.writing = this.writeLoop().finally(() => (this.writing = undefined));
   }
 
+  /**
+   * Takes one upstream chunk (whose memory the source may reuse once this returns). Returns a promise, which holds
+   * the source, while more than MAX_UNWRITTEN bytes wait for the disk.
+   */
+  private readonly receive = (chunk: Buffer): Promise<void> | undefined => {
+    if (this.writeError) throw this.writeError;
+    if (chunk.length === 0) return undefined;
+    // Checked here as well as in the writer, so that no reader is ever handed bytes past the declared size.
+    if (this.size !== undefined && this.received + chunk.length > this.size) throw new SizeMismatchError(this.size, this.received + chunk.length);
+    (this.writer as BlobWriter).hashAhead(chunk);
+    this.append(chunk);
+    if (this.received - this.announced >= NOTIFY_BYTES) this.notify();
+    else this.notifyTimer ??= setTimeout(this.notify, FLUSH_MS);
+    this.startWriting();
+    return this.diskBehind() ? this.catchUpWithDisk() : undefined;
+  };
+
+  private diskBehind(): boolean {
+    return this.unwritten > MIN_UNWRITTEN && (this.unwritten > MAX_UNWRITTEN || totalUnwritten > TOTAL_UNWRITTEN);
+  }
+
+  private async catchUpWithDisk(): Promise<void> {
+    while (this.diskBehind() && !this.writeError) {
+      this.startWriting();
+      await this.writing;
+    }
+    if (this.writeError) throw this.writeError;
+  }
+
+  private countUnwritten(n: number): void {
+    this.unwritten += n;
+    totalUnwritten += n;
+  }
+
   /** Copies an upstream chunk into the slabs (allocating them as needed) and advances `received`. */
   private append(chunk: Buffer): void {
     let off = 0;
@@ -193,13 +232,14 @@ export class Download extends EventEmitter {
       if (!slab) {
         // The last slab of a blob of known size is only as large as it needs to be (small blobs stay small).
         const cap = this.size !== undefined ? Math.min(SLAB, this.size - k * SLAB) : SLAB;
-        slab = Buffer.allocUnsafeSlow(cap);
+        slab = slabPool.take(cap);
         this.slabs.push(slab);
       }
       const at = this.received - k * SLAB;
-      const n = chunk.copy(slab, at, off, Math.min(chunk.length, off + slab.length - at));
+      const n = chunk.copy(slab.buf, at, off, Math.min(chunk.length, off + slab.buf.length - at));
       off += n;
       this.received += n;
+      this.countUnwritten(n);
     }
   }
 
@@ -210,10 +250,15 @@ export class Download extends EventEmitter {
       for (;;) {
         const limit = this.receiving ? Math.floor(this.received / SLAB) * SLAB : this.received;
         if (this.written >= limit) break;
-        const piece = this.windowSlice(this.written, limit);
+        const piece = this.windowPiece(this.written, limit);
         if (!piece) throw new Error('download window lost unwritten bytes');
-        await writer.write(piece);
-        this.written += piece.length;
+        try {
+          await writer.write(piece.bytes);
+        } finally {
+          piece.slab.release();
+        }
+        this.written += piece.bytes.length;
+        this.countUnwritten(-piece.bytes.length);
         this.trimWindow();
       }
     } catch (e) {
@@ -230,21 +275,22 @@ export class Download extends EventEmitter {
       drop++;
     }
     if (drop === 0) return;
-    this.slabs.splice(0, drop);
+    for (const slab of this.slabs.splice(0, drop)) slab.release();
     this.firstSlab += drop;
   }
 
   /**
-   * Bytes [pos, min(limit, end of pos's slab)) from the window, without a copy; undefined if pos is behind the
-   * window or not received yet.
+   * Bytes [pos, min(limit, end of pos's slab)) from the window, without a copy, and their slab with a reference
+   * taken for the caller (release it when done with the bytes); undefined if pos is behind the window or not
+   * received yet.
    */
-  windowSlice(pos: number, limit: number): Buffer | undefined {
+  windowPiece(pos: number, limit: number): { slab: Slab; bytes: Buffer } | undefined {
     if (pos < this.windowBegin || pos >= this.received) return undefined;
     const k = Math.floor(pos / SLAB);
     const slab = this.slabs[k - this.firstSlab];
     if (!slab) return undefined;
     const base = k * SLAB;
-    return slab.subarray(pos - base, Math.min(slab.length, limit - base, this.received - base));
+    return { slab: slab.retain(), bytes: slab.buf.subarray(pos - base, Math.min(slab.buf.length, limit - base, this.received - base)) };
   }
 
   /** First byte still held in memory; readers behind it read the temp file. */
@@ -252,9 +298,25 @@ export class Download extends EventEmitter {
     return this.firstSlab * SLAB;
   }
 
-  /** The shared temp-file descriptor, for readers behind the window. */
-  get fileDescriptor(): number | undefined {
-    return this.fd;
+  /**
+   * What a reader at `pos` of a range ending at `end` (inclusive) can do now: send bytes from the window (with a
+   * slab reference taken for it), read a span of the temp file, wait for 'progress', end, or fail. The range's last
+   * byte only becomes sendable once the blob has verified.
+   */
+  step(pos: number, end: number): ReadStep {
+    const verified = this.verified;
+    // Once verified, a later failure (to persist the blob) does not make the bytes wrong: keep serving them.
+    if (this.state === 'failed' && !verified) return { kind: 'fail', error: this.error ?? new Error('download failed') };
+    if (pos > end) return { kind: 'end' };
+    const sendable = Math.min(this.received, verified ? end + 1 : end);
+    if (pos >= sendable) return { kind: 'wait' };
+    if (pos >= this.windowBegin) {
+      const piece = this.windowPiece(pos, sendable);
+      return piece ? { kind: 'memory', ...piece } : { kind: 'fail', error: new Error('download window lost bytes') };
+    }
+    // Behind the window: those bytes are in the temp file (only written slabs leave the window).
+    if (this.fd === undefined) return { kind: 'fail', error: this.error ?? new Error('download file closed') };
+    return { kind: 'file', fd: this.fd, length: Math.min(SLAB, sendable - pos) };
   }
 
   cancel(reason: Error): void {
@@ -264,32 +326,52 @@ export class Download extends EventEmitter {
   }
 
   /**
-   * A stream of bytes [start, end] (inclusive) that follows the download as it grows. The last byte of the range
-   * is held back until the whole blob has verified: responses are framed by Content-Length, so a client that has
-   * every byte has a complete response, and the only way to fail it on a digest mismatch is to never send the
-   * last byte. On failure the stream errors, which aborts the client connection.
+   * Bytes [start, end] (inclusive) as they arrive, as a stream (copies; for callers that need a Readable). The last
+   * byte of the range is held back until the whole blob has verified: responses are framed by Content-Length, so a
+   * client that has every byte has a complete response, and the only way to fail it on a digest mismatch is to
+   * never send the last byte. On failure the stream errors, which aborts the client connection.
    */
   reader(start: number, end: number): Readable {
+    if (this.state === 'done' && this.fd === undefined) return committedReader(this.store, this.digest, start, end);
+    const stream = new TailReader(this, start, end);
+    stream.once('close', this.addReader());
+    return stream;
+  }
+
+  /**
+   * The same bytes, with the same holding back of the last byte, written straight to an HTTP response (slab slices,
+   * no copies), which is then ended. Rejects when the download fails unverified or the client goes away; the
+   * caller destroys the response then.
+   */
+  async writeTo(res: ServerResponse, start: number, end: number, onBytes: (n: number) => void): Promise<void> {
     if (this.state === 'done' && this.fd === undefined) {
-      // Every earlier reader is gone and the temp descriptor is closed, so read the committed blob instead. This is
-      // the normal path when the upstream sent no Content-Length: then clients are only handed a stream once the
-      // download has finished, and without this they would read from a closed descriptor and be cut off.
       const lease = this.store.lease(this.digest);
-      if (!lease) return Readable.from(failing(new Error(`blob ${this.digest} left the cache before it could be served`)));
-      const s = createReadStream(lease.path, { start, end, highWaterMark: FILE_CHUNK });
-      s.once('close', lease.release);
-      return s;
+      if (!lease) throw new Error(`blob ${this.digest} left the cache before it could be served`);
+      try {
+        await sendFileRange(res, lease.path, start, end, onBytes);
+      } finally {
+        lease.release();
+      }
+      return;
     }
+    const done = this.addReader();
+    try {
+      await writeRange(this, res, start, end, onBytes);
+    } finally {
+      done();
+    }
+  }
+
+  /** Counts a reader until the returned function is called (once or more), so that the window outlives it. */
+  private addReader(): () => void {
     this.readers++;
     let released = false;
-    const stream = new TailReader(this, start, end);
-    stream.once('close', () => {
+    return () => {
       if (released) return;
       released = true;
       this.readers--;
       this.maybeClose();
-    });
-    return stream;
+    };
   }
 
   private maybeClose(): void {
@@ -299,110 +381,12 @@ export class Download extends EventEmitter {
         closeSync(this.fd);
         this.fd = undefined;
       }
-      this.slabs = [];
+      for (const slab of this.slabs.splice(0)) slab.release();
       this.firstSlab = Math.ceil(this.received / SLAB);
       this.lease?.release();
       this.lease = undefined;
     }
   }
-}
-
-/**
- * One reader of a running download: pushes window slices as bytes arrive (no copy), reads from the temp file when
- * it has fallen behind the window, and waits for 'progress' when it has caught up.
- */
-class TailReader extends Readable {
-  private pos: number;
-  private busy = false;
-  private waiting = false;
-  private readonly onProgress = (): void => {
-    this.waiting = false;
-    this.pump();
-  };
-
-
-  constructor(
-    private readonly d: Download,
-    start: number,
-    private readonly end: number,
-  ) {
-    super({ highWaterMark: READER_HWM });
-    this.pos = start;
-  }
-
-  override _read(): void {
-    this.pump();
-  }
-
-  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
-    if (this.waiting) this.d.off('progress', this.onProgress);
-    this.waiting = false;
-    cb(err);
-  }
-
-  private wait(): void {
-    if (this.waiting) return;
-    this.waiting = true;
-    this.d.once('progress', this.onProgress);
-  }
-
-  private pump(): void {
-    const d = this.d;
-    while (!this.busy && !this.waiting && !this.destroyed) {
-      // Once verified, a later failure (to persist the blob) does not make the bytes wrong: keep serving them.
-      const verified = d.verified;
-      if (d.state === 'failed' && !verified) {
-        this.destroy(d.error ?? new Error('download failed'));
-        return;
-      }
-      if (this.pos > this.end) {
-        // Only reachable once verified (the last byte is held back until then).
-        this.push(null);
-        return;
-      }
-      // Exclusive bound of what may go out now: everything once verified, else all but the range's last byte.
-      const sendable = Math.min(d.bytesAvailable, verified ? this.end + 1 : this.end);
-      if (this.pos >= sendable) {
-        this.wait();
-        return;
-      }
-      if (this.pos >= d.windowBegin) {
-        // One slab slice per push: the response's socket takes one write per buffer it is given.
-        const piece = d.windowSlice(this.pos, sendable);
-        if (!piece) {
-          this.destroy(new Error('download window lost bytes'));
-          return;
-        }
-        this.pos += piece.length;
-        if (!this.push(piece)) return;
-        continue;
-      }
-      // Behind the window: those bytes are in the temp file.
-      const fd = d.fileDescriptor;
-      if (fd === undefined) {
-        this.destroy(d.error ?? new Error('download file closed'));
-        return;
-      }
-      const n = Math.min(FILE_CHUNK, sendable - this.pos);
-      this.busy = true;
-      read(fd, Buffer.allocUnsafe(n), 0, n, this.pos, (err, bytesRead, buf) => {
-        this.busy = false;
-        if (this.destroyed) return;
-        if (err || bytesRead === 0) {
-          this.destroy(err ?? new Error('short read from download file'));
-          return;
-        }
-        this.pos += bytesRead;
-        if (this.push(bytesRead === n ? buf : buf.subarray(0, bytesRead))) this.pump();
-      });
-      return;
-    }
-  }
-}
-
-/** A stream that errors at once (Readable.from wants an iterable). */
-async function* failing(e: Error): AsyncGenerator<Buffer> {
-  throw e;
 }
 
 export class DownloadManager {

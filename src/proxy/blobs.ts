@@ -13,7 +13,8 @@ import type { Route } from '../routing/route.js';
 import { errors } from '../server/errors.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import { statusError, toRegistryError } from './manifests.js';
-import { sendFileRange } from './sendfile.js';
+import { sendFileRange } from '../cache/sendfile.js';
+import { byteSourceOf } from '../util/byte-source.js';
 
 export interface OpenBlob {
   size: number;
@@ -23,10 +24,10 @@ export interface OpenBlob {
   /** Frees the lease when stream() is never called (HEAD, or a 416). */
   release(): void;
   /**
-   * Cache hits only: writes bytes [start, end] to the response and ends it, with pooled buffers (proxy/sendfile.ts
-   * says why); use instead of stream(). Call at most once; it releases the lease.
+   * Writes bytes [start, end] to the response and ends it, with pooled slabs and no copies (cache/sendfile.ts and
+   * cache/download.ts say why); use instead of stream(). Call at most once; it releases the lease.
    */
-  writeTo?(res: ServerResponse, start: number, end: number, onBytes: (n: number) => void): Promise<void>;
+  writeTo(res: ServerResponse, start: number, end: number, onBytes: (n: number) => void): Promise<void>;
 }
 
 export class BlobService {
@@ -110,7 +111,13 @@ export class BlobService {
       await download.finished;
       if (download.state !== 'done') throw toRegistryError(download.error, route.upstream.name);
     }
-    return { size: download.size as number, source: 'upstream', stream: (s, e) => download.reader(s, e), release: () => {} };
+    return {
+      size: download.size as number,
+      source: 'upstream',
+      stream: (s, e) => download.reader(s, e),
+      release: () => {},
+      writeTo: (res, s, e, onBytes) => download.writeTo(res, s, e, onBytes),
+    };
   }
 
   private async fetch(route: Route, digest: Digest): Promise<DownloadSource> {
@@ -122,6 +129,7 @@ export class BlobService {
       kind: 'blob',
       repository: route.repository,
       signal: controller.signal,
+      bulk: true,
     });
     if (res.status === 404) {
       res.body.resume();
@@ -134,16 +142,16 @@ export class BlobService {
     const len = Number(headerString(res.headers['content-length']));
     const counter = this.metrics.upstreamBytes.labels({ upstream });
     const body = res.body;
-    async function* counted(): AsyncGenerator<Buffer> {
-      for await (const chunk of body) {
-        const b = chunk as Buffer;
-        counter.inc(b.length);
-        yield b;
-      }
-    }
+    const source = byteSourceOf(body);
     return {
       size: Number.isSafeInteger(len) && len >= 0 ? len : undefined,
-      body: counted(),
+      body: {
+        pipeTo: (onChunk) =>
+          source.pipeTo((chunk) => {
+            counter.inc(chunk.length);
+            return onChunk(chunk);
+          }),
+      },
       cancel: () => {
         controller.abort();
         body.destroy();
