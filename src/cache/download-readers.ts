@@ -8,7 +8,7 @@ import type { ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { Digest } from '../routing/reference.js';
-import { drained, prematureClose } from '../util/drain.js';
+import { drained, eventOrClose, prematureClose } from '../util/drain.js';
 import type { BlobStore } from './blobstore.js';
 import type { Download } from './download.js';
 import { SLAB_SIZE, slabPool } from './slabs.js';
@@ -25,7 +25,7 @@ export async function writeRange(d: Download, res: ServerResponse, start: number
     if (step.kind === 'fail') throw step.error;
     if (step.kind === 'end') break;
     if (step.kind === 'wait') {
-      await progressOrClose(d, res);
+      await eventOrClose(d, 'progress', res);
       continue;
     }
     let slab, bytes;
@@ -57,21 +57,6 @@ function readAt(fd: number, buf: Buffer, length: number, pos: number): Promise<n
       else if (n === 0) reject(new Error('short read from download file'));
       else resolve(n);
     });
-  });
-}
-
-function progressOrClose(d: Download, res: ServerResponse): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onProgress = (): void => {
-      res.off('close', onClose);
-      resolve();
-    };
-    const onClose = (): void => {
-      d.off('progress', onProgress);
-      reject(prematureClose());
-    };
-    d.once('progress', onProgress);
-    res.once('close', onClose);
   });
 }
 

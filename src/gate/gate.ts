@@ -91,6 +91,23 @@ export class Gate {
     this.decider = d;
   }
 
+  /**
+   * Drops the cached decisions for a root digest, in every repository, so that the next pull decides afresh. Called
+   * when the evidence behind them changes (a scan report pushed or deleted): an image that a new report shows to be
+   * vulnerable must not stay allowed for the rest of allowTTL, and one denied for a missing report should pass as
+   * soon as the report is in. Returns how many were dropped.
+   */
+  forgetDigest(digest: Digest): number {
+    let n = 0;
+    for (const key of [...this.decisions.keys()]) {
+      if (key.split('\n', 3)[2] === digest) {
+        this.decisions.delete(key);
+        n++;
+      }
+    }
+    return n;
+  }
+
   /** Decides for a root manifest; concurrent identical requests share one evaluation. */
   async admitRoot(req: RootRequest): Promise<Admission> {
     const key = [req.route.upstream.name, req.route.repository, req.manifest.digest, req.tag ?? '', req.kind, this.decider.revision, this.signatures.trustRevision].join('\n');

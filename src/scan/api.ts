@@ -123,13 +123,20 @@ export class ScanApi implements ApiHandler {
     }
     if (method === 'DELETE') {
       if (!service.store.deleteReport(ref.registry, ref.repository, ref.digest)) throw unknownReport(ref);
-      service.reportsChanged(ref.digest);
+      this.reportChanged(service, ref.digest);
       this.o.deps.log.info({ registry: ref.registry, repository: ref.repository, digest: ref.digest }, 'scan report deleted');
       res.statusCode = 204;
       res.end();
       return;
     }
     throw methodNotAllowed('GET, HEAD, PUT, DELETE');
+  }
+
+  /** A report came or went: the scan cache and the gate's cached decisions for that digest are stale. */
+  private reportChanged(service: ScanService, digest: string): void {
+    service.reportsChanged(digest);
+    const dropped = isDigest(digest) ? (this.o.target()?.gate.forgetDigest(digest) ?? 0) : 0;
+    if (dropped > 0) this.o.deps.log.info({ digest, decisions: dropped }, 'cached decisions dropped after a scan report change');
   }
 
   /** `<registry>/<repository>@<digest>`, with the registry one of the configured upstreams (or an alias). */
@@ -188,7 +195,7 @@ export class ScanApi implements ApiHandler {
     };
     const existed = service.store.getReport(ref.registry, ref.repository, ref.digest) !== undefined;
     service.store.putReport(stored, body);
-    service.reportsChanged(ref.digest);
+    this.reportChanged(service, ref.digest);
     const summary = summarize({ scannedAt, findings: stored.findings, ...(stored.scanner ? { scanner: stored.scanner } : {}) }, { status: 'ok', source: 'report', now: this.o.now(), maxVulnerabilities: service.config.maxVulnerabilities });
     this.o.deps.log.info({ ...ref, format: parsed.format, findings: stored.findings.length, counts: summary.counts }, 'scan report stored');
     const { findings: _f, ...meta } = stored;

@@ -294,7 +294,11 @@ describe('the report API', () => {
     const del = await fetch(`${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`, { method: 'DELETE', headers: auth });
     expect(del.status).toBe(204);
     expect((await fetch(`${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`, { method: 'DELETE', headers: auth })).status).toBe(404);
-    // (The earlier deny of this digest was cached for denyTTL: check the evidence through re-evaluation instead.)
+    // The earlier deny (for its CRITICAL) was cached; the delete dropped it, so the next pull decides afresh: pending.
+    const after = await pull(px, 'demo/vuln');
+    expect(after.status).toBe(403);
+    expect(after.error?.message).toMatch(/pending/i);
+    expect(after.error?.message).not.toContain(CVE);
 
     const bad = async (path: string, body: string, init: RequestInit = {}): Promise<{ status: number; code: string }> => {
       const res = await fetch(`${px.url}/api/v1/reports/${path}`, { method: 'PUT', body, ...init, headers: { ...auth, 'content-type': 'application/json', ...(init.headers as Record<string, string>) } });
@@ -424,13 +428,16 @@ describe('re-evaluation', () => {
     const waitOk = report.images.find((i) => i.repository === 'demo/wait-ok')!;
     expect(waitOk.deny[0]!.message).toContain(CVE);
     expect(report.evaluated).toBeGreaterThan(report.would_deny);
-    // A cached allow still serves until it expires (gate.allowTTL): re-evaluation reports, it does not revoke.
-    expect((await pull(px, 'demo/wait-ok')).status).toBe(200);
 
     // The CLI asks the running proxy.
     const cli = await runTool('node', [resolve('dist/cli.js'), 'report', '--url', px.url], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
     expect(cli.code, cli.stderr).toBe(1);
     expect(cli.stdout).toMatch(new RegExp(`DENY  ${reg.host.replace(/\./g, '\\.')}/demo/wait-ok:v1@${images['wait-ok']!.digest}: 1 CRITICAL vulnerability \\(${CVE}\\)`));
+
+    // The pushed report also dropped the cached allow (gate.allowTTL is 10 minutes): the next pull is denied now.
+    const now = await pull(px, 'demo/wait-ok');
+    expect(now.status).toBe(403);
+    expect(now.error?.message).toContain(CVE);
   });
 
   test('metrics: lookups by source and status, scanner latency, pending scans', async () => {
