@@ -72,6 +72,8 @@ export class MetaStore {
       inClosure: p('SELECT root, kind FROM closures WHERE upstream = ? AND repository = ? AND member = ? AND expires_at > ? LIMIT 1'),
       dropClosure: p('DELETE FROM closures WHERE upstream = ? AND repository = ? AND root = ?'),
       pruneClosures: p('DELETE FROM closures WHERE expires_at <= ?'),
+      rootsWith: p('SELECT DISTINCT root FROM closures WHERE member = ?'),
+      dropRoot: p('DELETE FROM closures WHERE root = ?'),
     };
   }
 
@@ -128,6 +130,16 @@ export class MetaStore {
 
   dropClosure(upstream: string, repository: string, root: Digest): void {
     this.st.dropClosure!.run(upstream, repository, root);
+  }
+
+  /** The roots, in any repository, whose closures hold this digest (itself, if it is a root). */
+  rootsContaining(member: Digest): Digest[] {
+    return (this.st.rootsWith!.all(member) as Array<{ root: string }>).map((r) => r.root as Digest);
+  }
+
+  /** Drops the closures of this root in every repository. */
+  dropClosuresOfRoot(root: Digest): void {
+    this.st.dropRoot!.run(root);
   }
 
   pruneClosures(now: number): void {

@@ -92,19 +92,24 @@ export class Gate {
   }
 
   /**
-   * Drops the cached decisions for a root digest, in every repository, so that the next pull decides afresh. Called
-   * when the evidence behind them changes (a scan report pushed or deleted): an image that a new report shows to be
-   * vulnerable must not stay allowed for the rest of allowTTL, and one denied for a missing report should pass as
-   * soon as the report is in. Returns how many were dropped.
+   * Forgets what was decided about an image because the evidence behind it changed (a scan report pushed or
+   * deleted for `digest`, which may be a root or, for an index, one of its platform manifests): the cached decisions
+   * for every root that is or contains it, in every repository, and those roots' closures. The next pull then
+   * decides afresh, and until it does, nothing of those images is served by digest. So an image a new report shows
+   * to be vulnerable is not served for the rest of allowTTL, and one denied for a missing report passes as soon as
+   * the report is in. Returns how many decisions were dropped.
    */
   forgetDigest(digest: Digest): number {
+    const roots = new Set<string>([digest, ...this.meta.rootsContaining(digest)]);
     let n = 0;
     for (const key of [...this.decisions.keys()]) {
-      if (key.split('\n', 3)[2] === digest) {
+      if (roots.has(key.split('\n', 3)[2] ?? '')) {
         this.decisions.delete(key);
         n++;
       }
     }
+    for (const key of [...this.closureWrites.keys()]) if (roots.has(key.split('\n', 3)[2] ?? '')) this.closureWrites.delete(key);
+    for (const root of roots) this.meta.dropClosuresOfRoot(root as Digest);
     return n;
   }
 

@@ -416,7 +416,9 @@ describe('vulnerability attestations (cosign2 attest --type vuln)', () => {
 
 describe('re-evaluation', () => {
   test('the admin endpoint and `portcullis report` list cached images the current data would now deny', async () => {
-    // demo/wait-ok was allowed on a clean scan. CI now reports a CRITICAL in it.
+    // demo/wait-ok was allowed on a clean scan, so its layers can be fetched by digest. CI now reports a CRITICAL in it.
+    const layerUrl = `${px.url}/v2/${reg.host}/demo/wait-ok/blobs/${images['wait-ok']!.layers[0]!.digest}`;
+    expect((await fetch(layerUrl, { method: 'HEAD' })).status).toBe(200);
     expect((await pushReport(px, 'demo/wait-ok', images['wait-ok']!.digest, boundReport(trivyFixture, `${reg.host}/demo/wait-ok`, images['wait-ok']!.digest))).status).toBe(201);
     const res = await fetch(`${px.url}/api/v1/admin/reevaluate`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
     expect(res.status).toBe(200);
@@ -434,7 +436,11 @@ describe('re-evaluation', () => {
     expect(cli.code, cli.stderr).toBe(1);
     expect(cli.stdout).toMatch(new RegExp(`DENY  ${reg.host.replace(/\./g, '\\.')}/demo/wait-ok:v1@${images['wait-ok']!.digest}: 1 CRITICAL vulnerability \\(${CVE}\\)`));
 
-    // The pushed report also dropped the cached allow (gate.allowTTL is 10 minutes): the next pull is denied now.
+    // The pushed report also dropped the cached allow (gate.allowTTL is 10 minutes) and the image's closure: its
+    // layers are no longer served by digest, and the next pull is denied now.
+    const layer = await fetch(layerUrl, { method: 'HEAD' });
+    expect(layer.status).toBe(403);
+    expect(layer.headers.get('portcullis-reason')).toBe('not part of an admitted image');
     const now = await pull(px, 'demo/wait-ok');
     expect(now.status).toBe(403);
     expect(now.error?.message).toContain(CVE);

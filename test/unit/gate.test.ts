@@ -125,6 +125,35 @@ describe('Gate: closures', () => {
     expect(g.rootOf(r, d('f'))).toBeUndefined();
   });
 
+  it('forgetDigest drops the decisions and closures of every root that is or holds the digest, in every repository', async () => {
+    const decider = new FakeDecider('r1', ALLOW);
+    const g = gate(decider);
+    const a = route('library/nginx');
+    const b = route('team/nginx-copy');
+    const amd = image(d('a'), [d('b')]);
+    const arm = image(d('e'), [d('f')]);
+    const idx = index([amd, arm]);
+    const other = image(d('7'), [d('8')]);
+    for (const r of [a, b]) await g.admitRoot(req(r, idx));
+    g.extendClosure(a, idx.digest, amd);
+    await g.admitRoot(req(a, other));
+    expect(decider.calls).toHaveLength(3);
+    expect((await g.admitRoot(req(a, idx))).cached).toBe(true);
+
+    // A report for one platform manifest changes the evidence of the index that holds it.
+    expect(g.forgetDigest(amd.digest)).toBe(2);
+    for (const r of [a, b]) for (const m of [idx.digest, amd.digest, arm.digest]) expect(g.rootOf(r, m)).toBeUndefined();
+    expect(g.rootOf(a, d('b'))).toBeUndefined();
+    // Unrelated images keep their decision and closure.
+    expect(g.rootOf(a, d('8'))).toBe(other.digest);
+    expect((await g.admitRoot(req(a, other))).cached).toBe(true);
+    // The next pull of the index decides afresh, and admits it again.
+    expect((await g.admitRoot(req(a, idx))).cached).toBe(false);
+    expect(decider.calls).toHaveLength(4);
+    expect(g.rootOf(a, amd.digest)).toBe(idx.digest);
+    expect(g.forgetDigest(d('9'))).toBe(0);
+  });
+
   it('closures expire after closureTTL', async () => {
     const g = gate(new FakeDecider('r1', ALLOW));
     const r = route('library/nginx');
