@@ -90,6 +90,8 @@ export interface Decider {
 export interface SignatureProvider {
   readonly trustRevision: string;
   signatures(ctx: EvidenceContext): Promise<{ signatures: SignatureEvidence; attestations: PolicyInput['attestations'] }>;
+  /** Releases what the provider holds open (its SQLite cache); called once, at shutdown. */
+  close?(): void;
 }
 
 export interface ScanProvider {

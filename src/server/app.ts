@@ -50,6 +50,7 @@ export class App {
   readonly gate: Gate;
   readonly blobStore: BlobStore;
   readonly meta: MetaStore;
+  private readonly signatures: SignatureProvider | undefined;
   readonly downloads: DownloadManager;
   readonly router: Router;
   readonly manifests: ManifestService;
@@ -87,11 +88,12 @@ export class App {
     const manifests = (this.manifests = new ManifestService(config, this.meta, clientFor, this.metrics, opts.now));
     const evidenceDeps: EvidenceDeps = { config, clientFor, manifests, router, meta: this.meta, metrics: this.metrics, log: this.log, dataDir: config.dataDir };
     this.api = opts.api?.(evidenceDeps) ?? [];
+    this.signatures = opts.signatures?.(evidenceDeps);
     this.gate = new Gate(
       opts.decider,
       this.meta,
       { allowTTL: config.gate.allowTTL, denyTTL: config.gate.denyTTL, closureTTL: config.gate.closureTTL },
-      opts.signatures?.(evidenceDeps),
+      this.signatures,
       opts.scan?.(evidenceDeps),
       opts.observers ?? [],
       opts.now,
@@ -250,6 +252,7 @@ export class App {
     server?.closeAllConnections();
     await closed;
     await Promise.all([...this.clients.values()].map((c) => c.destroy()));
+    this.signatures?.close?.();
     this.meta.close();
   }
 }

@@ -61,6 +61,10 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     this.lastCheck = this.now();
   }
 
+  close(): void {
+    this.cache.close();
+  }
+
   get trustRevision(): string {
     this.maybeReload();
     return this.trust.revision;

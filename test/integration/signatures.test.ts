@@ -7,6 +7,7 @@
  * The real signers are exercised in test/e2e/signatures.test.ts.
  */
 import { createHash, generateKeyPairSync, sign as cryptoSign, type KeyObject } from 'node:crypto';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -100,6 +101,20 @@ async function start(up: FakeUpstream, extraSignatures: Record<string, unknown> 
   });
 }
 
+/** Files under `dir` that this process has open (Linux /proc). */
+function openFilesUnder(dir: string): string[] {
+  const out: string[] = [];
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const target = readlinkSync(`/proc/self/fd/${fd}`);
+      if (target.startsWith(dir)) out.push(target);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return out;
+}
+
 async function get(p: RunningProxy, up: FakeUpstream, path: string): Promise<Response> {
   return fetch(`${p.url}/v2/${up.host}/${path}`, { headers: { accept: MANIFEST_ACCEPT } });
 }
@@ -113,6 +128,7 @@ describe('discovery', () => {
   it('finds a bundle through the referrers API, and serves it as an accessory', async () => {
     const up = await startFakeUpstream({ referrers: true });
     const p = await start(up);
+    let stopped = false;
     try {
       const image = addImage(up, 'signed/app', 'v1');
       const ref = addBundle(up, 'signed/app', image, release.privateKey);
@@ -126,8 +142,14 @@ describe('discovery', () => {
       expect(m.status).toBe(200);
       const layer = ((await m.json()) as { layers: Array<{ digest: string }> }).layers[0]!;
       expect((await get(p, up, `signed/app/blobs/${layer.digest}`)).status).toBe(200);
+      // The evidence cache is an SQLite file held open while the proxy runs, and released at shutdown.
+      expect(openFilesUnder(p.dataDir).some((f) => f.endsWith('signatures.sqlite'))).toBe(true);
+      await p.stop({ keepData: true });
+      stopped = true;
+      expect(openFilesUnder(p.dataDir)).toEqual([]);
+      await rm(p.dataDir, { recursive: true, force: true });
     } finally {
-      await p.stop();
+      if (!stopped) await p.stop();
       await up.stop();
     }
   });
