@@ -14,6 +14,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { upstreamWaitBegin } from '../metrics/upstream-wait.js';
 import { Semaphore } from '../util/semaphore.js';
 import { Authenticator, AuthError, type Credentials } from './auth.js';
+import { SocketPool } from './socket-pool.js';
 import { socketRequest, type SocketResponse } from './socket-request.js';
 
 export type UpstreamKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'ping';
@@ -67,7 +68,8 @@ export class UpstreamClient {
   readonly name: string;
   readonly baseUrl: URL;
   private readonly agent: Agent;
-  private readonly ca: Buffer | undefined;
+  /** Keep-alive connections for blob bodies (socket-request.ts). */
+  private readonly sockets: SocketPool;
   private readonly limiter: Semaphore;
   private readonly auth: Authenticator;
   private readonly backoffMs: number;
@@ -80,7 +82,7 @@ export class UpstreamClient {
     this.name = config.name;
     this.baseUrl = new URL(config.url);
     const ca = config.ca ? readFileSync(config.ca) : undefined;
-    this.ca = ca;
+    this.sockets = new SocketPool({ ...(ca ? { ca } : {}), rejectUnauthorized: !config.insecure, maxIdlePerOrigin: config.concurrency });
     this.agent = new Agent({
       keepAliveTimeout: 30_000,
       connections: config.concurrency,
@@ -219,23 +221,20 @@ export class UpstreamClient {
 
   private sendBulk(url: URL, req: UpstreamRequest, headers: Record<string, string>): Promise<SocketResponse> {
     const t = this.config.timeouts;
-    return socketRequest(url, {
-      method: req.method,
-      headers,
-      ...(req.signal ? { signal: req.signal } : {}),
-      ...(this.ca ? { ca: this.ca } : {}),
-      rejectUnauthorized: !this.config.insecure,
-      connectTimeout: t.connect,
-      headersTimeout: t.headers,
-      bodyTimeout: t.body,
-    });
+    return socketRequest(
+      url,
+      { method: req.method, headers, ...(req.signal ? { signal: req.signal } : {}), connectTimeout: t.connect, headersTimeout: t.headers, bodyTimeout: t.body },
+      this.sockets,
+    );
   }
 
   async close(): Promise<void> {
+    this.sockets.close();
     await this.agent.close();
   }
 
   async destroy(): Promise<void> {
+    this.sockets.close();
     await this.agent.destroy();
   }
 }

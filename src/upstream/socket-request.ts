@@ -8,22 +8,20 @@
  * the socket reads into a buffer we own, and the body is handed on as a ByteSource whose consumer copies each chunk
  * into its download slabs before the buffer is reused. Receiving 200 MiB this way costs a fraction of the CPU.
  *
- * Deliberately small: GET and HEAD, `Connection: close` (a blob transfer is long enough that a handshake per blob does
- * not matter, and no pool means no half-read connection can be reused), Content-Length, chunked and close-delimited
- * bodies. Redirects, authentication and retries stay in UpstreamClient, which calls this once per hop.
+ * Deliberately small: GET and HEAD, Content-Length, chunked and close-delimited bodies, keep-alive through a
+ * SocketPool (a connection goes back only when its response was read exactly to its end). Redirects,
+ * authentication and retries stay in UpstreamClient, which calls this once per hop.
  */
 import type { IncomingHttpHeaders } from 'node:http';
-import net from 'node:net';
 import { Readable } from 'node:stream';
 import tls from 'node:tls';
 import type { ByteSource, ChunkHandler } from '../util/byte-source.js';
+import { SocketPool, type PooledSocket } from './socket-pool.js';
 
 export interface SocketRequestOptions {
   method: 'GET' | 'HEAD';
   headers: Record<string, string>;
   signal?: AbortSignal;
-  ca?: Buffer;
-  rejectUnauthorized: boolean;
   /** Milliseconds of silence allowed while connecting, while waiting for the response head, and within the body. */
   connectTimeout: number;
   headersTimeout: number;
@@ -36,8 +34,6 @@ export interface SocketResponse {
   body: SocketBody;
 }
 
-/** Reused for every read of one connection; reads of up to this size keep the per-read overhead low. */
-const READ_BUFFER_BYTES = 256 * 1024;
 const MAX_HEAD_BYTES = 64 * 1024;
 const MAX_CHUNK_LINE = 1024;
 const CRLFCRLF = Buffer.from('\r\n\r\n');
@@ -49,35 +45,31 @@ export class HttpFramingError extends Error {
   }
 }
 
-export function socketRequest(url: URL, opts: SocketRequestOptions): Promise<SocketResponse> {
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') return Promise.reject(new Error(`unsupported scheme ${url.protocol}`));
-  let head: string;
+/**
+ * Sends one request on a connection from `pool` and resolves with the response head. A reused connection that the
+ * server closed while it sat idle fails before any response byte; that request is sent once more on a new one.
+ */
+export async function socketRequest(url: URL, opts: SocketRequestOptions, pool: SocketPool): Promise<SocketResponse> {
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`unsupported scheme ${url.protocol}`);
+  const head = requestHead(url, opts.method, opts.headers);
+  const { socket, reused } = pool.acquire(url);
+  const first = exchange(socket, reused, head, opts, pool);
+  if (!reused) return first.response;
   try {
-    head = requestHead(url, opts.method, opts.headers);
+    return await first.response;
   } catch (e) {
-    return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+    if (first.answered() || opts.signal?.aborted) throw e;
+    return exchange(pool.connect(url), false, head, opts, pool).response;
   }
-  return new Promise<SocketResponse>((resolve, reject) => {
-    const conn = new Connection(opts, resolve, reject);
-    const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
-    const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
-    const onread = { buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES), callback: conn.onRead };
-    const socket =
-      url.protocol === 'https:'
-        ? tls.connect({
-            host,
-            port,
-            // SNI carries host names only.
-            ...(net.isIP(host) ? {} : { servername: host }),
-            ...(opts.ca ? { ca: opts.ca } : {}),
-            rejectUnauthorized: opts.rejectUnauthorized,
-            ALPNProtocols: ['http/1.1'],
-            // Supported by tls.connect at runtime (it is passed on to net.Socket) but missing from @types/node.
-            onread,
-          } as tls.ConnectionOptions)
-        : net.connect({ host, port, onread });
-    conn.attach(socket, head);
+}
+
+function exchange(ps: PooledSocket, reused: boolean, head: string, opts: SocketRequestOptions, pool: SocketPool): { response: Promise<SocketResponse>; answered: () => boolean } {
+  let conn: Connection | undefined;
+  const response = new Promise<SocketResponse>((resolve, reject) => {
+    conn = new Connection(opts, pool, resolve, reject);
+    conn.attach(ps, reused, head);
   });
+  return { response, answered: () => conn?.answered ?? false };
 }
 
 function requestHead(url: URL, method: string, headers: Record<string, string>): string {
@@ -89,8 +81,8 @@ function requestHead(url: URL, method: string, headers: Record<string, string>):
     if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(n) || /[\r\n\0]/.test(value)) throw new Error(`invalid request header ${JSON.stringify(name)}`);
     lines.push(`${n}: ${value}`);
   }
-  // Identity, so that the bytes hashed are the bytes the upstream stored.
-  lines.push('accept-encoding: identity', 'connection: close', '', '');
+  // Identity, so that the bytes hashed are the bytes the upstream stored. HTTP/1.1 keeps the connection alive.
+  lines.push('accept-encoding: identity', '', '');
   return lines.join('\r\n');
 }
 
@@ -98,7 +90,10 @@ type Phase = 'head' | 'length' | 'chunk-size' | 'chunk-data' | 'chunk-crlf' | 't
 
 /** The state of one request: the response head, then the body framing, feeding a SocketBody. */
 class Connection {
-  private socket: net.Socket | undefined;
+  private ps: PooledSocket | undefined;
+  /** Listeners and the reader are off the socket: it is back in the pool, or destroyed. */
+  private detached = false;
+  private readonly undo: Array<() => void> = [];
   private phase: Phase = 'head';
   private headParts: Buffer[] = [];
   private headBytes = 0;
@@ -113,39 +108,71 @@ class Connection {
   private pending: { buf: Buffer; pos: number; end: number } | undefined;
   /** The peer went away while bytes were still held for the consumer. */
   private eofDeferred = false;
+  /** Any byte of a response has arrived (a reused connection that fails before this was stale). */
+  answered = false;
+  /** The response allows another request on this connection (HTTP/1.1, no `Connection: close`, framed body). */
+  private keepAlive = false;
+  /** Bytes followed the response in the same read: the framing cannot be trusted for another request. */
+  private leftover = false;
 
   constructor(
     private readonly opts: SocketRequestOptions,
+    private readonly pool: SocketPool,
     private readonly resolveHead: (r: SocketResponse) => void,
     private readonly rejectHead: (e: Error) => void,
   ) {
     this.isHead = opts.method === 'HEAD';
   }
 
-  attach(socket: net.Socket, head: string): void {
-    this.socket = socket;
+  attach(ps: PooledSocket, reused: boolean, head: string): void {
+    this.ps = ps;
+    const socket = ps.socket;
     const { signal } = this.opts;
     if (signal?.aborted) {
       this.fail(abortError(signal));
       return;
     }
-    const onAbort = (): void => this.fail(abortError(signal as AbortSignal));
-    signal?.addEventListener('abort', onAbort, { once: true });
-    socket.once('close', () => signal?.removeEventListener('abort', onAbort));
-    socket.setNoDelay(true);
-    socket.setTimeout(this.opts.connectTimeout, () => this.fail(new Error(`upstream ${this.headSettled ? 'body' : 'response'} timed out`)));
-    socket.once(socket instanceof tls.TLSSocket ? 'secureConnect' : 'connect', () => socket.setTimeout(this.opts.headersTimeout));
-    socket.on('error', (e) => this.fail(e));
+    const on = (event: string, listener: (e: Error) => void): void => {
+      socket.on(event, listener);
+      this.undo.push(() => socket.off(event, listener));
+    };
+    if (signal) {
+      const onAbort = (): void => this.fail(abortError(signal));
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.undo.push(() => signal.removeEventListener('abort', onAbort));
+    }
+    on('timeout', () => this.fail(new Error(`upstream ${this.headSettled ? 'body' : 'response'} timed out`)));
+    on('error', (e: Error) => this.fail(e));
     // With onread no 'data' is emitted, and 'end' only when the stream machinery is asked to read: 'close' is
     // the dependable signal that the peer is gone.
-    socket.once('end', () => this.onEof());
-    socket.once('close', () => this.onEof());
+    on('end', () => this.onEof());
+    on('close', () => this.onEof());
+    ps.reader = this.onRead;
+    if (reused) {
+      socket.setTimeout(this.opts.headersTimeout);
+      socket.resume();
+    } else {
+      socket.setTimeout(this.opts.connectTimeout);
+      on(socket instanceof tls.TLSSocket ? 'secureConnect' : 'connect', () => socket.setTimeout(this.opts.headersTimeout));
+    }
     socket.write(head);
+  }
+
+  /** Takes the listeners and the reader off the socket, which from now on belongs to the pool or to nobody. */
+  private detach(): void {
+    if (this.detached) return;
+    this.detached = true;
+    for (const f of this.undo.splice(0)) f();
+    if (this.ps) {
+      this.ps.reader = undefined;
+      this.ps.socket.setTimeout(0);
+    }
   }
 
   /** The socket's onread callback: false pauses reading until the consumer has caught up. */
   readonly onRead = (nread: number, buf: Buffer): boolean => {
     if (this.phase === 'done') return false;
+    this.answered = true;
     this.guarded(() => this.process(buf, 0, nread));
     return !this.isDone() && this.pending === undefined && !this.body?.wantsPause();
   };
@@ -162,16 +189,17 @@ class Connection {
       this.onEof();
       return;
     }
-    if (this.phase !== 'done') {
-      this.socket?.setTimeout(this.opts.bodyTimeout);
-      this.socket?.resume();
+    if (this.phase !== 'done' && !this.detached) {
+      this.ps?.socket.setTimeout(this.opts.bodyTimeout);
+      this.ps?.socket.resume();
     }
   }
 
   /** Holds reading, and the idle timer, which must not count our own backpressure as upstream silence. */
   pause(): void {
-    this.socket?.setTimeout(0);
-    this.socket?.pause();
+    if (this.detached) return;
+    this.ps?.socket.setTimeout(0);
+    this.ps?.socket.pause();
   }
 
   /** A method, because the calls in between move the phase on where TypeScript's narrowing cannot see it. */
@@ -232,7 +260,10 @@ class Connection {
         }
       }
     }
-    if (this.isDone()) this.finish();
+    if (this.isDone()) {
+      if (pos < end) this.leftover = true;
+      this.finish();
+    }
   }
 
   private onLine(line: string): void {
@@ -263,9 +294,13 @@ class Connection {
     this.headParts = [];
     this.headBytes = 0;
     if (at + 4 > MAX_HEAD_BYTES) throw new HttpFramingError(`response head larger than ${MAX_HEAD_BYTES} bytes`);
-    const { status, headers } = parseHead(all.toString('latin1', 0, at));
+    const { status, headers, minor } = parseHead(all.toString('latin1', 0, at));
     // 1xx responses (100 Continue, 103 Early Hints) precede the real one.
-    if (status >= 200) this.startBody(status, headers);
+    if (status >= 200) {
+      const connection = String(headers.connection ?? '').toLowerCase().split(',').map((t) => t.trim());
+      this.keepAlive = minor === 1 && !connection.includes('close');
+      this.startBody(status, headers);
+    }
     return pos + consumed;
   }
 
@@ -287,7 +322,7 @@ class Connection {
       this.phase = 'close';
     }
     this.body = new SocketBody(this);
-    this.socket?.setTimeout(this.opts.bodyTimeout);
+    this.ps?.socket.setTimeout(this.opts.bodyTimeout);
     this.headSettled = true;
     this.resolveHead({ statusCode: status, headers, body: this.body });
   }
@@ -313,7 +348,12 @@ class Connection {
   }
 
   private finish(): void {
-    this.socket?.destroy();
+    const ps = this.ps;
+    // Only a response read exactly to its framed end leaves the connection fit for the next request.
+    const reuse = this.keepAlive && this.phase === 'done' && !this.leftover && !this.eofDeferred && ps !== undefined && !ps.socket.destroyed;
+    this.detach();
+    if (ps && reuse) this.pool.release(ps);
+    else ps?.socket.destroy();
     this.body?.end();
   }
 
@@ -321,7 +361,11 @@ class Connection {
     const wasDone = this.phase === 'done';
     this.phase = 'done';
     this.pending = undefined;
-    this.socket?.destroy();
+    // A connection already handed back to the pool may be serving another request by now: leave it be.
+    if (!this.detached) {
+      this.detach();
+      this.ps?.socket.destroy();
+    }
     if (wasDone && this.body?.complete) return;
     if (!this.headSettled) {
       this.headSettled = true;
@@ -465,9 +509,9 @@ export class SocketBody extends Readable implements ByteSource {
   }
 }
 
-function parseHead(text: string): { status: number; headers: IncomingHttpHeaders } {
+function parseHead(text: string): { status: number; headers: IncomingHttpHeaders; minor: number } {
   const lines = text.split('\r\n');
-  const m = /^HTTP\/1\.[01] (\d{3})(?: .*)?$/.exec(lines[0] ?? '');
+  const m = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(lines[0] ?? '');
   if (!m) throw new HttpFramingError(`bad status line ${JSON.stringify((lines[0] ?? '').slice(0, 60))}`);
   const headers: IncomingHttpHeaders = {};
   for (const line of lines.slice(1)) {
@@ -480,7 +524,7 @@ function parseHead(text: string): { status: number; headers: IncomingHttpHeaders
     if (name === 'set-cookie') headers[name] = [...((prev as string[] | undefined) ?? []), value];
     else headers[name] = prev === undefined ? value : `${String(prev)}, ${value}`;
   }
-  return { status: Number(m[1]), headers };
+  return { status: Number(m[2]), headers, minor: Number(m[1]) };
 }
 
 function abortError(signal: AbortSignal): Error {

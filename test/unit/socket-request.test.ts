@@ -9,10 +9,19 @@ import { createServer as createHttpsServer } from 'node:https';
 import net, { type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { socketRequest, type SocketRequestOptions } from '../../src/upstream/socket-request.js';
+import { SocketPool } from '../../src/upstream/socket-pool.js';
+import { socketRequest as send, type SocketRequestOptions, type SocketResponse } from '../../src/upstream/socket-request.js';
 import { cleanupTempDirs, startServer, tempDir, type LocalServer } from './helpers.js';
 
-const OPTS: SocketRequestOptions = { method: 'GET', headers: {}, rejectUnauthorized: true, connectTimeout: 5_000, headersTimeout: 5_000, bodyTimeout: 5_000 };
+const OPTS: SocketRequestOptions = { method: 'GET', headers: {}, connectTimeout: 5_000, headersTimeout: 5_000, bodyTimeout: 5_000 };
+const pools: SocketPool[] = [];
+
+/** One request on a pool of its own unless one is given (TLS settings live in the pool). */
+function socketRequest(url: URL, opts: SocketRequestOptions, pool?: SocketPool, tls: { ca?: Buffer; rejectUnauthorized?: boolean } = {}): Promise<SocketResponse> {
+  const p = pool ?? new SocketPool({ rejectUnauthorized: tls.rejectUnauthorized ?? true, ...(tls.ca ? { ca: tls.ca } : {}) });
+  if (!pool) pools.push(p);
+  return send(url, opts, p);
+}
 
 function digest(b: Buffer): string {
   return createHash('sha256').update(b).digest('hex');
@@ -65,6 +74,7 @@ const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
 describe('socketRequest', () => {
   const closers: Array<() => Promise<void>> = [];
   afterEach(async () => {
+    for (const p of pools.splice(0)) p.close();
     for (const c of closers.splice(0)) await c();
   });
   afterAll(() => cleanupTempDirs());
@@ -91,7 +101,6 @@ describe('socketRequest', () => {
     const sent = srv.requests[0]!;
     expect(sent.url).toBe('/v2/a/blobs/x?y=1');
     expect(sent.headers.authorization).toBe('Bearer t');
-    expect(sent.headers.connection).toBe('close');
     expect(sent.headers['accept-encoding']).toBe('identity');
   });
 
@@ -231,6 +240,120 @@ describe('socketRequest', () => {
     await expect(socketRequest(new URL('http://127.0.0.1:1/'), OPTS)).rejects.toThrow(/ECONNREFUSED/);
   });
 
+  describe('keep-alive', () => {
+    /** Counts TCP connections; answers each request with its path, framed by Content-Length unless told otherwise. */
+    async function counting(handler?: (socket: net.Socket, n: number, total: number) => void): Promise<{ url: string; connections: () => number; close(): Promise<void> }> {
+      let connections = 0;
+      let total = 0;
+      const sockets = new Set<net.Socket>();
+      const server = net.createServer((socket) => {
+        connections++;
+        sockets.add(socket);
+        socket.on('close', () => sockets.delete(socket));
+        socket.on('error', () => {});
+        let buf = '';
+        let n = 0;
+        socket.on('data', (d: Buffer) => {
+          buf += d.toString('latin1');
+          let at: number;
+          while ((at = buf.indexOf('\r\n\r\n')) >= 0) {
+            const request = buf.slice(0, at);
+            buf = buf.slice(at + 4);
+            n++;
+            total++;
+            if (handler) handler(socket, n, total);
+            else {
+              const [method, path = ''] = request.split(' ');
+              socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${method === 'HEAD' ? '' : path}`);
+            }
+          }
+        });
+      });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      const close = (): Promise<void> =>
+        new Promise<void>((r) => {
+          for (const so of sockets) so.destroy();
+          server.close(() => r());
+        });
+      closers.push(close);
+      return { url, connections: () => connections, close };
+    }
+
+    it('sends the next request on the same connection once a response has been read to its end', async () => {
+      const srv = await counting();
+      const pool = new SocketPool({ rejectUnauthorized: true });
+      pools.push(pool);
+      for (const path of ['/a', '/bb', '/ccc']) {
+        const res = await socketRequest(new URL(srv.url + path), OPTS, pool);
+        expect((await pipeAll(res.body)).data.toString()).toBe(path);
+      }
+      const head = await socketRequest(new URL(`${srv.url}/dddd`), { ...OPTS, method: 'HEAD' }, pool);
+      await pipeAll(head.body);
+      expect(srv.connections()).toBe(1);
+      expect(pool.idleCount).toBe(1);
+    });
+
+    it('does not reuse a connection after Connection: close, a close-delimited body, extra bytes, or an abort', async () => {
+      const replies = [
+        'HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok',
+        'HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok',
+        'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokJUNK',
+      ];
+      for (const reply of replies) {
+        const srv = await counting((socket) => socket.write(reply));
+        const pool = new SocketPool({ rejectUnauthorized: true });
+        pools.push(pool);
+        for (let i = 0; i < 2; i++) expect((await pipeAll((await socketRequest(new URL(srv.url), OPTS, pool)).body)).data.toString()).toBe('ok');
+        expect(srv.connections()).toBe(2);
+        expect(pool.idleCount).toBe(0);
+      }
+      // Aborted mid-body: that connection is gone, the next request opens another.
+      const slow = await counting((socket, _n, total) => socket.write(total === 1 ? 'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial' : 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'));
+      const pool = new SocketPool({ rejectUnauthorized: true });
+      pools.push(pool);
+      const controller = new AbortController();
+      const res = await socketRequest(new URL(slow.url), { ...OPTS, signal: controller.signal }, pool);
+      await expect(pipeAll(res.body, () => controller.abort(new Error('gone')))).rejects.toThrow(/gone/);
+      expect((await pipeAll((await socketRequest(new URL(slow.url), OPTS, pool)).body)).data.toString()).toBe('ok');
+      expect(slow.connections()).toBe(2);
+    });
+
+    it('retries once on a new connection when a reused one turns out closed before any answer', async () => {
+      // The server takes the second request on a connection and closes it without a word, as a server does when
+      // its idle timeout and our request cross.
+      const srv = await counting((socket, n) => {
+        if (n === 1) socket.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst');
+        else socket.destroy();
+      });
+      const pool = new SocketPool({ rejectUnauthorized: true });
+      pools.push(pool);
+      expect((await pipeAll((await socketRequest(new URL(srv.url), OPTS, pool)).body)).data.toString()).toBe('first');
+      expect(pool.idleCount).toBe(1);
+      // Reused, found closed, sent again on a new connection (whose first request is answered).
+      expect((await pipeAll((await socketRequest(new URL(srv.url), OPTS, pool)).body)).data.toString()).toBe('first');
+      expect(srv.connections()).toBe(2);
+    });
+
+    it('drops an idle connection that the server closes, and closes idle ones with the pool', async () => {
+      const srv = await counting();
+      const pool = new SocketPool({ rejectUnauthorized: true });
+      pools.push(pool);
+      await pipeAll((await socketRequest(new URL(`${srv.url}/x`), OPTS, pool)).body);
+      expect(pool.idleCount).toBe(1);
+      await srv.close();
+      const deadline = Date.now() + 5_000;
+      while (pool.idleCount > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      expect(pool.idleCount).toBe(0);
+
+      const srv2 = await counting();
+      await pipeAll((await socketRequest(new URL(`${srv2.url}/y`), OPTS, pool)).body);
+      expect(pool.idleCount).toBe(1);
+      pool.close();
+      expect(pool.idleCount).toBe(0);
+    });
+  });
+
   describe('over TLS', () => {
     let dir: string;
     beforeAll(() => {
@@ -252,7 +375,7 @@ describe('socketRequest', () => {
       const port = (server.address() as AddressInfo).port;
       const ca = readFileSync(join(dir, 'cert.pem'));
 
-      const res = await socketRequest(new URL(`https://localhost:${port}/blob`), { ...OPTS, ca });
+      const res = await socketRequest(new URL(`https://localhost:${port}/blob`), OPTS, undefined, { ca });
       const { data: got, chunks } = await pipeAll(res.body);
       expect(digest(got)).toBe(digest(data));
       // One read buffer (plus, at most, the copy of body bytes that came in with the head).
@@ -261,7 +384,7 @@ describe('socketRequest', () => {
       expect(sni).toBe('localhost');
 
       await expect(socketRequest(new URL(`https://127.0.0.1:${port}/blob`), OPTS)).rejects.toThrow(/self[- ]signed|unable to verify/i);
-      const insecure = await socketRequest(new URL(`https://127.0.0.1:${port}/blob`), { ...OPTS, rejectUnauthorized: false });
+      const insecure = await socketRequest(new URL(`https://127.0.0.1:${port}/blob`), OPTS, undefined, { rejectUnauthorized: false });
       expect((await pipeAll(insecure.body)).data.length).toBe(data.length);
     });
   });
