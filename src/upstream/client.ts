@@ -29,7 +29,7 @@ export interface UpstreamRequest {
   headers?: Record<string, string>;
   signal?: AbortSignal;
   /**
-   * A large body the caller takes through ByteSource.pipeTo (blob downloads): sent on a connection of its own that
+   * A large body the caller takes through ByteSource.pipeTo (blob downloads): sent on a connection whose socket
    * reads into a reused buffer, instead of through undici (socket-request.ts says why).
    */
   bulk?: boolean;

@@ -1,6 +1,6 @@
 /**
- * One HTTP/1.1 request on a connection of its own, whose response body is read from the socket into one reused
- * buffer. Used for blob bodies only (UpstreamRequest.bulk); everything else goes through undici.
+ * One HTTP/1.1 request on a pooled connection (socket-pool.ts) whose response body is read from the socket into
+ * one reused buffer. Used for blob bodies only (UpstreamRequest.bulk); everything else goes through undici.
  *
  * Why: Node's socket layer allocates a fresh 64 KiB buffer for every read, and undici (like node:http) passes those
  * on. For a blob download that is the whole transfer in short-lived external memory, and it set off a major GC every
