@@ -2,7 +2,8 @@
  * Manifests from the upstream, verified and cached.
  *
  * A tag resolves to a digest with a HEAD upstream (cheap, and free of Docker Hub's pull quota) and is trusted for
- * `cache.tagTTL`; within `cache.staleIfError` past that, a cached mapping is served while the upstream is down.
+ * `cache.tagTTL`; within `cache.staleIfError` past that, a cached mapping is served while the upstream is down, or
+ * while the manifest a tag now points to cannot be fetched or fails its digest check.
  * Bytes are fetched by digest, hashed exactly as received (never re-serialized) and refused on any mismatch, so
  * the cache only ever holds manifests that match their digest.
  */
@@ -90,16 +91,17 @@ export class ManifestService {
     }
     if (res.status !== 200) return serveStale(statusError(res, upstream.name, `${repository}:${tag}`));
     const dcd = headerString(res.headers['docker-content-digest']);
-    let entry: ResolvedTag;
-    if (dcd && isDigest(dcd)) {
-      // The HEAD's digest is a claim; the bytes are checked against it when they are fetched by digest.
-      const m = await this.get(route, dcd);
-      entry = { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, stale: false };
-    } else {
-      // Some registries omit the digest on HEAD: fetch by tag and compute it ourselves.
-      const m = await this.fetchAndStore(route, tag, undefined);
-      entry = { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, stale: false };
+    let m: Manifest;
+    try {
+      // The HEAD's digest is a claim; the bytes are checked against it when they are fetched by digest. Some
+      // registries omit the digest on HEAD: then fetch by tag and compute it ourselves.
+      m = dcd && isDigest(dcd) ? await this.get(route, dcd) : await this.fetchAndStore(route, tag, undefined);
+    } catch (e) {
+      // The tag moved (or was re-checked) but its manifest cannot be had, or its bytes did not match: the last
+      // verified mapping is still a safe answer within staleIfError.
+      return serveStale(toRegistryError(e, upstream.name));
     }
+    const entry: ResolvedTag = { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, stale: false };
     this.meta.putTag(upstream.name, repository, tag, { digest: entry.digest, mediaType: entry.mediaType, size: entry.size, checkedAt: this.now() });
     return entry;
   }

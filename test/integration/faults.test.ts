@@ -387,6 +387,37 @@ describe('stale-if-error on upstream 5xx', () => {
   });
 });
 
+describe('stale-if-error when a moved tag’s manifest cannot be had', () => {
+  it('serves the last verified mapping while GET by the new digest fails or returns wrong bytes', async () => {
+    const up = await startFakeUpstream();
+    const p = await startProxy({ upstreams: [{ name: 'flaky', registry: up.host, url: up.url, retries: 0 }], extra: { cache: { tagTTL: '0s', staleIfError: '1h' } } });
+    try {
+      const s = seed(up);
+      expect((await json(`${p.url}/v2/${up.host}/${s.repo}/manifests/v1`)).status).toBe(200);
+      // The tag moves upstream: its HEAD answers with the new digest, but the manifest itself fails.
+      const moved = Buffer.from(s.manifest.toString().replace('"schemaVersion":2', '"schemaVersion":2,"annotations":{"v":"2"}'));
+      const newDigest = up.addManifest(s.repo, 'v1', moved, OCI_MANIFEST);
+      up.setFault({ method: 'GET', pathRegex: new RegExp(`/manifests/${esc(newDigest)}$`) }, { kind: 'status', status: 503, times: 1 });
+      const stale = await json(`${p.url}/v2/${up.host}/${s.repo}/manifests/v1`);
+      expect(stale.status).toBe(200);
+      expect(stale.headers.get('docker-content-digest')).toBe(s.digest);
+      expect(stale.headers.get('warning')).toMatch(/^299 - "/);
+      up.setFault({ method: 'GET', pathRegex: new RegExp(`/manifests/${esc(newDigest)}$`) }, { kind: 'wrong-bytes', times: 1 });
+      const tampered = await json(`${p.url}/v2/${up.host}/${s.repo}/manifests/v1`);
+      expect(tampered.status).toBe(200);
+      expect(tampered.headers.get('docker-content-digest')).toBe(s.digest);
+      // Once the upstream serves it, the new mapping wins.
+      const fresh = await json(`${p.url}/v2/${up.host}/${s.repo}/manifests/v1`);
+      expect(fresh.status).toBe(200);
+      expect(fresh.headers.get('docker-content-digest')).toBe(newDigest);
+      expect(fresh.headers.get('warning')).toBeNull();
+    } finally {
+      await p.stop();
+      await up.stop();
+    }
+  });
+});
+
 describe('unreachable and stalling upstreams', () => {
   it('connection refused → 503 naming the upstream', async () => {
     const gone = await startFakeUpstream();
