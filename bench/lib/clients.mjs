@@ -25,8 +25,12 @@ export async function skopeoPull(host, ref, dest, { all = false, timeoutMs = 180
 export async function skopeoHerd(host, ref, destDir, n, opts = {}) {
   await mkdir(destDir, { recursive: true });
   const t0 = performance.now();
-  const each = await Promise.all(Array.from({ length: n }, (_, i) => skopeoPull(host, ref, join(destDir, `h${i}`), opts)));
-  return { wallMs: performance.now() - t0, each };
+  // allSettled: when one pull fails, the others still finish (or time out) before this returns, so that no client
+  // of a failed herd keeps running into the next measurement.
+  const settled = await Promise.allSettled(Array.from({ length: n }, (_, i) => skopeoPull(host, ref, join(destDir, `h${i}`), opts)));
+  const failed = settled.find((x) => x.status === 'rejected');
+  if (failed) throw failed.reason;
+  return { wallMs: performance.now() - t0, each: settled.map((x) => x.value) };
 }
 
 /**
