@@ -116,7 +116,12 @@ export class BlobService {
       source: 'upstream',
       stream: (s, e) => download.reader(s, e),
       release: () => {},
-      writeTo: (res, s, e, onBytes) => download.writeTo(res, s, e, onBytes),
+      // A download that fails before this response has sent anything becomes a clean OCI error (a digest mismatch
+      // is the upstream's fault: 502); once bytes are out, the caller can only break the transfer.
+      writeTo: (res, s, e, onBytes) =>
+        download.writeTo(res, s, e, onBytes).catch((err: unknown) => {
+          throw toRegistryError(err, route.upstream.name);
+        }),
     };
   }
 

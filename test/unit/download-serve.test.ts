@@ -204,6 +204,35 @@ describe('Download.writeTo and write-behind', () => {
     expect(store.has(wrong)).toBe(false);
   }, 30_000);
 
+  it('a mismatch found before a range has sent anything rejects writeTo with the response untouched', async () => {
+    const { mgr } = setup();
+    const data = randomBytes(3 * MiB);
+    const { download } = mgr.getOrStart(sha256(Buffer.from('not these')), reusingSource(data, 64 * 1024));
+    await download.ready;
+    let outcome: unknown;
+    let headersSent: boolean | undefined;
+    const server = createServer((_req, res) => {
+      res.setHeader('content-length', 1);
+      // The last byte alone: it is only ever sent once the whole blob has verified.
+      download.writeTo(res, data.length - 1, data.length - 1, () => {}).then(
+        () => (outcome = 'resolved'),
+        (e: unknown) => {
+          outcome = e;
+          headersSent = res.headersSent;
+          res.statusCode = 502;
+          res.setHeader('content-length', 0);
+          res.end();
+        },
+      );
+    });
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const r = await fetchRange(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, 0, 0);
+    expect((outcome as Error).name).toBe('DigestMismatchError');
+    expect(headersSent).toBe(false);
+    expect(r.data.length).toBe(0);
+  }, 30_000);
+
   it('verified bytes reach the client while the disk is still writing; the upstream waits once 48 MiB are unwritten', async () => {
     const { mgr, store } = setup();
     // A disk that takes no writes until the test opens it.
