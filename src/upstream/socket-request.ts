@@ -13,10 +13,9 @@
  * authentication and retries stay in UpstreamClient, which calls this once per hop.
  */
 import type { IncomingHttpHeaders } from 'node:http';
-import { Readable } from 'node:stream';
 import tls from 'node:tls';
-import type { ByteSource, ChunkHandler } from '../util/byte-source.js';
-import { SocketPool, type PooledSocket } from './socket-pool.js';
+import { SocketBody, type BodyFeed } from './socket-body.js';
+import type { PooledSocket, SocketPool } from './socket-pool.js';
 
 export interface SocketRequestOptions {
   method: 'GET' | 'HEAD';
@@ -89,7 +88,7 @@ function requestHead(url: URL, method: string, headers: Record<string, string>):
 type Phase = 'head' | 'length' | 'chunk-size' | 'chunk-data' | 'chunk-crlf' | 'trailers' | 'close' | 'done';
 
 /** The state of one request: the response head, then the body framing, feeding a SocketBody. */
-class Connection {
+class Connection implements BodyFeed {
   private ps: PooledSocket | undefined;
   /** Listeners and the reader are off the socket: it is back in the pool, or destroyed. */
   private detached = false;
@@ -372,139 +371,6 @@ class Connection {
       this.rejectHead(e);
     } else {
       this.body?.fail(e);
-    }
-  }
-}
-
-/**
- * The response body. As a ByteSource (pipeTo) it hands out views of the connection's read buffer; as a Readable it
- * hands out copies, for consumers that only drain or discard an error body.
- */
-export class SocketBody extends Readable implements ByteSource {
-  private mode: 'idle' | 'pipe' | 'stream' = 'idle';
-  private onChunk: ChunkHandler | undefined;
-  private pipeResult: { resolve: () => void; reject: (e: Error) => void } | undefined;
-  /** Bytes that arrived with the head, before a consumer chose a mode (at most one read's worth). */
-  private early: Buffer[] = [];
-  /** The connection has delivered the whole body. */
-  complete = false;
-  private failure: Error | undefined;
-  /** The outcome has been reported to the consumer. */
-  private reported = false;
-  /** A pipeTo consumer's promise is pending: no chunk may be delivered. */
-  blocked = false;
-  private streamFull = false;
-
-  constructor(private readonly conn: Connection) {
-    super({ highWaterMark: 1024 * 1024 });
-  }
-
-  /** Whether the connection should stop reading after the current buffer. */
-  wantsPause(): boolean {
-    return this.mode === 'idle' || this.blocked || this.streamFull;
-  }
-
-  pipeTo(onChunk: ChunkHandler): Promise<void> {
-    if (this.mode !== 'idle') return Promise.reject(new Error('response body already consumed'));
-    this.mode = 'pipe';
-    this.onChunk = onChunk;
-    return new Promise<void>((resolve, reject) => {
-      this.pipeResult = { resolve, reject };
-      const early = this.early.splice(0);
-      if (early.length > 0) this.receive(Buffer.concat(early));
-      if (!this.blocked) this.conn.resume();
-      this.report();
-    });
-  }
-
-  override _read(): void {
-    if (this.mode === 'idle') {
-      this.mode = 'stream';
-      for (const c of this.early.splice(0)) this.push(c);
-    }
-    this.streamFull = false;
-    this.conn.resume();
-    this.report();
-  }
-
-  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
-    if (!this.reported) {
-      this.reported = true;
-      this.conn.fail(err ?? new Error('response body destroyed'));
-      this.pipeResult?.reject(err ?? new Error('response body destroyed'));
-    }
-    cb(err);
-  }
-
-  /** @internal From the connection: one chunk of body bytes, valid only during this call. */
-  receive(chunk: Buffer): void {
-    if (this.mode === 'idle') {
-      this.early.push(Buffer.from(chunk));
-      return;
-    }
-    if (this.mode === 'stream') {
-      if (!this.push(Buffer.from(chunk))) {
-        this.streamFull = true;
-        this.conn.pause();
-      }
-      return;
-    }
-    let wait: Promise<void> | void;
-    try {
-      wait = (this.onChunk as ChunkHandler)(chunk);
-    } catch (e) {
-      this.conn.fail(e instanceof Error ? e : new Error(String(e)));
-      return;
-    }
-    if (!wait) return;
-    this.blocked = true;
-    this.conn.pause();
-    wait.then(
-      () => {
-        this.blocked = false;
-        this.conn.resume();
-        this.report();
-      },
-      (e: unknown) => {
-        this.blocked = false;
-        this.conn.fail(e instanceof Error ? e : new Error(String(e)));
-      },
-    );
-  }
-
-  /** @internal From the connection: the body is complete. */
-  end(): void {
-    this.complete = true;
-    this.report();
-  }
-
-  /** @internal From the connection: the transfer failed. */
-  fail(e: Error): void {
-    this.failure ??= e;
-    this.report();
-  }
-
-  /** Tells the consumer how the transfer ended, once it has taken every byte delivered before. */
-  private report(): void {
-    if (this.reported || this.mode === 'idle' || this.blocked) return;
-    if (this.failure) {
-      this.reported = true;
-      // A piped body's consumer hears of the failure from pipeTo; as a stream it would be an unhandled 'error'.
-      if (this.mode === 'pipe') {
-        this.pipeResult?.reject(this.failure);
-        this.destroy();
-      } else {
-        this.destroy(this.failure);
-      }
-    } else if (this.complete) {
-      this.reported = true;
-      if (this.mode === 'pipe') {
-        this.pipeResult?.resolve();
-        // Nobody reads a piped body as a stream: close it, so that 'close' listeners (the client's slot) run.
-        this.destroy();
-      } else {
-        this.push(null);
-      }
     }
   }
 }
