@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 /**
- * The `portcullis` command: serve, check an image, validate a config. Exit codes: 0 ok/allow, 1 deny or invalid,
+ * The `portcullis` command: serve, check an image, validate a config, list what would now be denied, and write
+ * the client configuration. Exit codes: 0 ok/allow, 1 deny or invalid,
  * 2 error.
  */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { ConfigError, loadConfig } from './config/load.js';
@@ -12,6 +15,7 @@ import type { DecisionObserver } from './gate/gate.js';
 import { buildProxy } from './server/bootstrap.js';
 import { checkSignatureConfig } from './verify/index.js';
 import { formatReport, reevaluate, type ReevalReport } from './scan/reeval.js';
+import { clientConfig, type ClientKind } from './clients/config.js';
 
 const USAGE = `usage:
   portcullis serve [--config FILE]
@@ -21,6 +25,10 @@ const USAGE = `usage:
       the cached images that the current policy and scan data would now deny (exit 1 when there are any);
       --url asks a running proxy (GET /api/v1/admin/reevaluate, token from $PORTCULLIS_ADMIN_TOKEN); without it
       the command opens the data dir itself: only do that when no proxy is running on it
+  portcullis client-config containerd|docker|podman --proxy URL [--config FILE] [--out DIR]
+                           [--ca FILE] [--skip-verify] [--no-default]
+      the client configuration that cannot fall back to the real registries, for this config's upstreams;
+      printed, or written under DIR (the client's certs.d or registries.conf.d directory)
 
 The config defaults to $PORTCULLIS_CONFIG or config/portcullis.yaml.`;
 
@@ -126,6 +134,44 @@ async function report(args: string[]): Promise<number> {
   return r.would_deny > 0 ? 1 : 0;
 }
 
+function clientConfigCommand(args: string[]): number {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { config: { type: 'string', short: 'c' }, proxy: { type: 'string' }, out: { type: 'string' }, ca: { type: 'string' }, 'skip-verify': { type: 'boolean' }, 'no-default': { type: 'boolean' } },
+  });
+  const kind = positionals[0];
+  if ((kind !== 'containerd' && kind !== 'docker' && kind !== 'podman') || !values.proxy) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const config = load(configPath(values.config));
+  let cc;
+  try {
+    cc = clientConfig(kind as ClientKind, config, {
+      proxyUrl: values.proxy,
+      ...(values.ca ? { caFile: values.ca } : {}),
+      ...(values['skip-verify'] ? { skipVerify: true } : {}),
+      ...(values['no-default'] ? { defaultHost: false } : {}),
+    });
+  } catch (e) {
+    process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
+    return 2;
+  }
+  if (values.out) {
+    for (const f of cc.files) {
+      const dest = join(values.out, f.path);
+      mkdirSync(dirname(dest), { recursive: true });
+      writeFileSync(dest, f.content);
+      process.stderr.write(`wrote ${dest}\n`);
+    }
+  } else {
+    for (const f of cc.files) process.stdout.write(`# ==> ${cc.directory}/${f.path} <==\n${f.content}\n`);
+  }
+  for (const n of cc.notes) process.stderr.write(`note: ${n}\n`);
+  return 0;
+}
+
 function configCheck(args: string[]): number {
   const file = configPath(args[0]);
   try {
@@ -152,6 +198,8 @@ async function main(argv: string[]): Promise<number | undefined> {
     case 'config':
       if (rest[0] === 'check') return configCheck(rest.slice(1));
       break;
+    case 'client-config':
+      return clientConfigCommand(rest);
     case '--help':
     case '-h':
     case 'help':

@@ -38,6 +38,7 @@ import {
 import { type PushedImage, type PushedIndex, pushImage, pushIndex } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { type RunningRegistry, startRegistry } from '../harness/registry.js';
+import { clientConfig } from '../../src/clients/config.js';
 
 const ALIAS = 'upstream.e2e';
 const PROXY_UA = 'portcullis/0.1';
@@ -359,19 +360,12 @@ describe('podman with a prefix→location rewrite', () => {
   it('pulls through the proxy', async () => {
     const probe = await podmanProbe();
     expect(probe, `podman info failed: ${probe.detail}`).toMatchObject({ ok: true });
+    // What `portcullis client-config podman` writes for this proxy's config: the registry has a port, so its location
+    // goes through the alias.
     const conf = path.join(tmp, 'registries.conf');
-    await writeFile(
-      conf,
-      [
-        'unqualified-search-registries = []',
-        '',
-        '[[registry]]',
-        `prefix = "${reg.host}"`,
-        `location = "${proxy.host}/${ALIAS}"`,
-        'insecure = true',
-        '',
-      ].join('\n'),
-    );
+    const generated = clientConfig('podman', proxy.config, { proxyUrl: proxy.url });
+    expect(generated.files[0]!.content).toContain(`location = "${proxy.host}/${ALIAS}"`);
+    await writeFile(conf, ['unqualified-search-registries = []', generated.files[0]!.content].join('\n'));
     reg.clearLog();
     const r = expectOk(await podmanPull(`${reg.host}/e2e/single:v1`, { registriesConf: conf }), 'podman pull');
     expect(r.stderr).toContain('Writing manifest to image destination');

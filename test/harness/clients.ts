@@ -19,6 +19,7 @@ import { accessSync, constants as fsConstants } from 'node:fs';
 import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { hostsTomlFile } from '../../src/clients/config.js';
 
 export const DEFAULT_TIMEOUT_MS = 120_000;
 
@@ -359,21 +360,11 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
  * from it cannot fall back to the real registry (testbed §5 conclusion 1). Returns the hosts.toml path.
  */
 export async function writeHostsDir(dir: string, registryHost: string, proxyUrl: string): Promise<string> {
-  const hostDir = path.join(dir, registryHost);
-  await mkdir(hostDir, { recursive: true });
-  const file = path.join(hostDir, 'hosts.toml');
-  await writeFile(
-    file,
-    [
-      `server = "${proxyUrl}"`,
-      '',
-      // Keep this table: without any [host] table containerd 1.6.20 rejects the file ("invalid `host` tree") and
-      // pulls straight from the real registry.
-      `[host."${proxyUrl}"]`,
-      '  capabilities = ["pull", "resolve"]',
-      '',
-    ].join('\n'),
-  );
+  // The product's own generator (`portcullis client-config containerd`), so that real containerd checks what users get.
+  const f = hostsTomlFile('containerd', registryHost, proxyUrl);
+  const file = path.join(dir, f.path);
+  await mkdir(path.dirname(file), { recursive: true });
+  await writeFile(file, f.content);
   return file;
 }
 
