@@ -79,7 +79,7 @@ export class RegistryHandlers {
     if (ref.kind === 'tag') {
       const resolved = await this.d.manifests.resolveTag(route, ref.tag);
       manifest = await this.d.manifests.get(route, resolved.digest);
-      if (resolved.stale) ctx.res.setHeader('warning', '299 - "served from cache: upstream unreachable"');
+      if (resolved.stale) addWarning(ctx.res, 'served from cache: upstream unreachable');
       await this.admit(ctx, route, manifest, ref.tag);
     } else {
       const root = this.d.gate.rootOf(route, ref.digest);
@@ -140,8 +140,13 @@ export class RegistryHandlers {
       );
     }
     if (admission.outcome === 'warn') {
-      res.setHeader('warning', `299 - "${headerSafe(`portcullis: would deny ${ref}: ${oneLine(admission.message, 200)}`).replace(/"/g, "'")}"`);
+      addWarning(res, `portcullis: would deny ${ref}: ${oneLine(admission.message, 200)}`);
       res.setHeader('portcullis-reason', headerSafe(oneLine(admission.message, 300)));
+    } else {
+      // Allowed with warnings (a CVE exception on record, a policy's warn rules): on the response too, not only in
+      // the decision log, for clients and scripts that show registry warnings (recent containers/image logs them;
+      // skopeo 1.9 here does not). A few at most.
+      for (const w of admission.warnings.slice(0, 3)) addWarning(res, `portcullis: ${w.rule}: ${oneLine(w.message, 200)}`);
     }
     return admission;
   }
@@ -222,6 +227,11 @@ export class RegistryHandlers {
 function oneLine(s: string, max: number): string {
   const t = s.replace(/\s+/g, ' ').trim();
   return t.length > max ? `${t.slice(0, max - 1)}…` : t;
+}
+
+/** Appends an RFC 7234 `Warning: 299` (miscellaneous persistent warning); a response may carry several. */
+function addWarning(res: ServerResponse, text: string): void {
+  res.appendHeader('warning', `299 - "${headerSafe(text).replace(/"/g, "'")}"`);
 }
 
 /** Header values must be latin1 without control characters. */

@@ -167,6 +167,10 @@ describe('vulnerability limits and CVE exceptions', () => {
     // The exception is on record: who owns it and until when.
     const d = decisions.find((e) => e.input.image.digest === images.excepted!.digest)!;
     expect(d.admission.warnings).toEqual([{ rule: 'scan.ignored', message: `${CVE} ignored until ${FUTURE} (sec-team: openssl PKCS12 parsing is not reachable)` }]);
+    // And it is on the response too, as a registry warning.
+    const m = await fetch(`${px.url}/v2/${reg.host}/demo/excepted/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
+    await m.arrayBuffer();
+    expect(m.headers.get('warning')).toBe(`299 - "portcullis: scan.ignored: ${CVE} ignored until ${FUTURE} (sec-team: openssl PKCS12 parsing is not reachable)"`);
     // The whole image comes through.
     for (const d of [images.excepted!.config, ...images.excepted!.layers]) {
       const b = await fetch(`${px.url}/v2/${reg.host}/demo/excepted/blobs/${d.digest}`);
