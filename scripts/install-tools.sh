@@ -21,6 +21,7 @@ APT_PACKAGES=(
   "umoci=0.4.7+ds-3+b7"
   "wrk=4.1.0-3+b2"
   "hyperfine=1.15.0-2"
+  "tinyproxy=1.11.1-2.1+deb12u1"   # a real HTTP CONNECT proxy for the egress-proxy tests
   "redis-server"   # not used by tests yet; unpinned because Debian security updates move it
 )
 APT_EXTRA=(apache2-utils openssl runc uidmap fuse-overlayfs slirp4netns netavark aardvark-dns iptables jq curl ca-certificates)
@@ -72,8 +73,10 @@ install_apt() {
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
   # Debian starts nothing here, but on a machine that does, the packaged registry binds all interfaces.
-  if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
-    systemctl stop docker-registry || true
+  if command -v systemctl >/dev/null; then
+    for svc in docker-registry tinyproxy; do
+      systemctl is-active --quiet "$svc" 2>/dev/null && { systemctl stop "$svc" || true; }
+    done
   fi
 }
 

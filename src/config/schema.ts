@@ -62,6 +62,15 @@ const upstream = z
     ca: z.string().optional(),
     /** Only for tests and labs: skip TLS verification. */
     insecure: z.boolean().default(false),
+    /**
+     * An HTTP proxy for egress to this upstream (and to the hosts it redirects blobs to), e.g.
+     * http://proxy.corp:3128. Every connection is a CONNECT tunnel through it. No credentials: they would sit inline.
+     */
+    proxy: z
+      .url({ protocol: /^http$/ })
+      .refine((u) => !new URL(u).username && !new URL(u).password, 'no credentials in the proxy URL (an authenticating proxy is not supported)')
+      .refine((u) => new URL(u).pathname === '/' && !new URL(u).search, 'scheme, host and port only, e.g. http://proxy.corp:3128')
+      .optional(),
     timeouts: z
       .object({ connect: duration.default(10_000), headers: duration.default(30_000), body: duration.default(300_000) })
       .strict()

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, ProxyAgent, request, type Dispatcher } from 'undici';
 import type { UpstreamConfig } from '../config/schema.js';
 import { readSecret } from '../config/load.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -67,7 +67,7 @@ export interface UpstreamClientOptions {
 export class UpstreamClient {
   readonly name: string;
   readonly baseUrl: URL;
-  private readonly agent: Agent;
+  private readonly agent: Agent | ProxyAgent;
   /** Keep-alive connections for blob bodies (socket-request.ts). */
   private readonly sockets: SocketPool;
   private readonly limiter: Semaphore;
@@ -83,13 +83,12 @@ export class UpstreamClient {
     this.baseUrl = new URL(config.url);
     const ca = config.ca ? readFileSync(config.ca) : undefined;
     this.sockets = new SocketPool({ ...(ca ? { ca } : {}), rejectUnauthorized: !config.insecure, maxIdlePerOrigin: config.concurrency });
-    this.agent = new Agent({
-      keepAliveTimeout: 30_000,
-      connections: config.concurrency,
-      headersTimeout: config.timeouts.headers,
-      bodyTimeout: config.timeouts.body,
-      connect: { timeout: config.timeouts.connect, rejectUnauthorized: !config.insecure, ...(ca ? { ca } : {}) },
-    });
+    const tls = { rejectUnauthorized: !config.insecure, ...(ca ? { ca } : {}) };
+    const pool = { keepAliveTimeout: 30_000, connections: config.concurrency, headersTimeout: config.timeouts.headers, bodyTimeout: config.timeouts.body };
+    this.agent = config.proxy
+      ? // CONNECT for plain-http upstreams too (proxyTunnel): the proxy relays bytes and never sees a request to rewrite.
+        new ProxyAgent({ uri: config.proxy, proxyTunnel: true, requestTls: tls, connectTimeout: config.timeouts.connect, ...pool })
+      : new Agent({ ...pool, connect: { timeout: config.timeouts.connect, ...tls } });
     this.limiter = new Semaphore(config.concurrency);
     this.backoffMs = opts.backoffMs ?? 200;
     this.sleep = opts.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
@@ -192,7 +191,12 @@ export class UpstreamClient {
       const started = performance.now();
       let r: Pick<Dispatcher.ResponseData, 'statusCode' | 'headers'> & { body: Readable };
       try {
-        r = req.bulk ? await this.sendBulk(url, req, headers) : await request(url, { method: req.method, headers, dispatcher: this.agent, signal: req.signal });
+        // Behind an egress proxy, blob bodies go through undici as well: tls.connect ignores `onread` over an
+        // existing (tunnelled) socket, so the reused-buffer transport would gain nothing there.
+        r =
+          req.bulk && !this.config.proxy
+            ? await this.sendBulk(url, req, headers)
+            : await request(url, { method: req.method, headers, dispatcher: this.agent, signal: req.signal });
       } catch (e) {
         this.opts.metrics.upstreamRequests.inc({ upstream: this.name, kind: req.kind, method: req.method, status: 'error' });
         throw e;

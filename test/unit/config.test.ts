@@ -66,6 +66,20 @@ shutdownGrace: 0s
     expect(e3.problems.join('\n')).toMatch(/^gate\.denyTTL: /m);
   });
 
+  it('an egress proxy: http://host:port only, never with credentials, named by its field path', () => {
+    const ok = parseConfig(`upstreams: [{ name: g, registry: ghcr.io, url: "https://ghcr.io", proxy: "http://proxy.corp:3128" }]`, 'p.yaml', {});
+    expect(ok.upstreams[0]?.proxy).toBe('http://proxy.corp:3128');
+    for (const [proxy, why] of [
+      ['http://user:pw@proxy.corp:3128', /credentials/],
+      ['https://proxy.corp:3128', /proxy/],
+      ['http://proxy.corp:3128/path', /scheme, host and port/],
+    ] as const) {
+      const e = configError(() => parseConfig(`upstreams: [{ name: g, registry: ghcr.io, url: "https://ghcr.io", proxy: "${proxy}" }]`, 'p.yaml', {}));
+      expect(e.problems.join('\n'), proxy).toMatch(/^upstreams\[0\]\.proxy: /m);
+      expect(e.problems.join('\n'), proxy).toMatch(why);
+    }
+  });
+
   it('lower-cases registry hosts and strips trailing slashes from URLs', () => {
     const c = parseConfig(`upstreams: [{ name: g, registry: GHCR.io, url: "https://ghcr.io///", aliases: [Foo.Example] }]`, 'p.yaml', {});
     expect(c.upstreams[0]).toMatchObject({ registry: 'ghcr.io', url: 'https://ghcr.io', aliases: ['foo.example'] });
