@@ -82,7 +82,8 @@ export class UpstreamClient {
     this.name = config.name;
     this.baseUrl = new URL(config.url);
     const ca = config.ca ? readFileSync(config.ca) : undefined;
-    this.sockets = new SocketPool({ ...(ca ? { ca } : {}), rejectUnauthorized: !config.insecure, maxIdlePerOrigin: config.concurrency });
+    // Each idle connection keeps its 256 KiB read buffer: a few per origin are plenty between two pulls.
+    this.sockets = new SocketPool({ ...(ca ? { ca } : {}), rejectUnauthorized: !config.insecure, maxIdlePerOrigin: Math.min(config.concurrency, 16) });
     const tls = { rejectUnauthorized: !config.insecure, ...(ca ? { ca } : {}) };
     const pool = { keepAliveTimeout: 30_000, connections: config.concurrency, headersTimeout: config.timeouts.headers, bodyTimeout: config.timeouts.body };
     this.agent = config.proxy
