@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
-import { Agent, ProxyAgent, request, type Dispatcher } from 'undici';
+import { Agent, EnvHttpProxyAgent, ProxyAgent, request, type Dispatcher } from 'undici';
 import type { UpstreamConfig } from '../config/schema.js';
 import { readSecret } from '../config/load.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -67,7 +67,9 @@ export interface UpstreamClientOptions {
 export class UpstreamClient {
   readonly name: string;
   readonly baseUrl: URL;
-  private readonly agent: Agent | ProxyAgent;
+  private readonly agent: Agent | ProxyAgent | EnvHttpProxyAgent;
+  /** Where an egress proxy comes from, if any: `upstreams[].proxy`, or HTTP(S)_PROXY in the environment. */
+  private readonly egressProxy: 'config' | 'env' | undefined;
   /** Keep-alive connections for blob bodies (socket-request.ts). */
   private readonly sockets: SocketPool;
   private readonly limiter: Semaphore;
@@ -86,10 +88,18 @@ export class UpstreamClient {
     this.sockets = new SocketPool({ ...(ca ? { ca } : {}), rejectUnauthorized: !config.insecure, maxIdlePerOrigin: Math.min(config.concurrency, 16) });
     const tls = { rejectUnauthorized: !config.insecure, ...(ca ? { ca } : {}) };
     const pool = { keepAliveTimeout: 30_000, connections: config.concurrency, headersTimeout: config.timeouts.headers, bodyTimeout: config.timeouts.body };
-    this.agent = config.proxy
-      ? // CONNECT for plain-http upstreams too (proxyTunnel): the proxy relays bytes and never sees a request to rewrite.
-        new ProxyAgent({ uri: config.proxy, proxyTunnel: true, requestTls: tls, connectTimeout: config.timeouts.connect, ...pool })
-      : new Agent({ ...pool, connect: { timeout: config.timeouts.connect, ...tls } });
+    const connect = { timeout: config.timeouts.connect, ...tls };
+    // CONNECT for plain-http upstreams too (proxyTunnel): the proxy relays bytes and never sees a request to rewrite.
+    const viaProxy = { proxyTunnel: true, requestTls: tls, connectTimeout: config.timeouts.connect, ...pool };
+    this.egressProxy = config.proxy ? 'config' : hasEnvProxy(process.env) ? 'env' : undefined;
+    this.agent =
+      this.egressProxy === 'config'
+        ? new ProxyAgent({ uri: config.proxy as string, ...viaProxy })
+        : this.egressProxy === 'env'
+          ? // HTTP(S)_PROXY and NO_PROXY as the platform sets them for the pod, read once at start (undici would
+            // otherwise re-read NO_PROXY per request), and decided per destination, redirect hops too.
+            new EnvHttpProxyAgent({ ...viaProxy, connect, ...envProxySettings(process.env) })
+          : new Agent({ ...pool, connect });
     this.limiter = new Semaphore(config.concurrency);
     this.backoffMs = opts.backoffMs ?? 200;
     this.sleep = opts.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
@@ -193,9 +203,10 @@ export class UpstreamClient {
       let r: Pick<Dispatcher.ResponseData, 'statusCode' | 'headers'> & { body: Readable };
       try {
         // Behind an egress proxy, blob bodies go through undici as well: tls.connect ignores `onread` over an
-        // existing (tunnelled) socket, so the reused-buffer transport would gain nothing there.
+        // existing (tunnelled) socket, so the reused-buffer transport would gain nothing there. With a proxy from the
+        // environment that holds even for NO_PROXY destinations: undici alone decides which requests it tunnels.
         r =
-          req.bulk && !this.config.proxy
+          req.bulk && !this.egressProxy
             ? await this.sendBulk(url, req, headers)
             : await request(url, { method: req.method, headers, dispatcher: this.agent, signal: req.signal });
       } catch (e) {
@@ -242,6 +253,17 @@ export class UpstreamClient {
     this.sockets.close();
     await this.agent.destroy();
   }
+}
+
+function hasEnvProxy(env: NodeJS.ProcessEnv): boolean {
+  return Boolean(env.https_proxy || env.HTTPS_PROXY || env.http_proxy || env.HTTP_PROXY);
+}
+
+/** The lower-case names win, as in curl and Go. */
+function envProxySettings(env: NodeJS.ProcessEnv): { httpProxy?: string; httpsProxy?: string; noProxy: string } {
+  const httpProxy = env.http_proxy || env.HTTP_PROXY;
+  const httpsProxy = env.https_proxy || env.HTTPS_PROXY;
+  return { ...(httpProxy ? { httpProxy } : {}), ...(httpsProxy ? { httpsProxy } : {}), noProxy: env.no_proxy ?? env.NO_PROXY ?? '' };
 }
 
 export function headerString(v: string | string[] | undefined): string | undefined {

@@ -45,6 +45,36 @@ describe('an upstream behind an egress proxy', () => {
     }
   }, 120_000);
 
+  it('HTTP_PROXY from the environment applies to upstreams without `proxy`, and NO_PROXY exempts a host', async () => {
+    const withEnv = async (env: Record<string, string>): Promise<RunningProxy> => {
+      // The agent reads the environment once, when the proxy starts; skopeo (a child process) must not inherit it.
+      const saved = { ...process.env };
+      Object.assign(process.env, env);
+      try {
+        return await startProxy({ upstreams: [{ name: 'corp', registry: reg.host, url: reg.url, aliases: [ALIAS] }] });
+      } finally {
+        for (const k of Object.keys(env)) if (saved[k] === undefined) delete process.env[k];
+        Object.assign(process.env, saved);
+      }
+    };
+    const proxied = await withEnv({ HTTP_PROXY: tp.url, NO_PROXY: '' });
+    try {
+      const before = tp.connects().length;
+      expectOk(await skopeoCopy(`docker://${proxied.host}/${ALIAS}/egress/app:v1`, path.join(tmp, 'out-env')), 'skopeo copy, proxy from the environment');
+      expect(tp.connects().length).toBeGreaterThan(before);
+    } finally {
+      await proxied.stop();
+    }
+    const exempt = await withEnv({ HTTP_PROXY: tp.url, NO_PROXY: '127.0.0.1' });
+    try {
+      const before = tp.connects().length;
+      expectOk(await skopeoCopy(`docker://${exempt.host}/${ALIAS}/egress/app:v1`, path.join(tmp, 'out-noproxy')), 'skopeo copy, NO_PROXY');
+      expect(tp.connects().length).toBe(before);
+    } finally {
+      await exempt.stop();
+    }
+  }, 120_000);
+
   it('with the egress proxy down, the pull fails with 503: nothing goes around it', async () => {
     const dead = `http://127.0.0.1:${await freePort()}`;
     const proxy = await startProxy({ upstreams: [{ name: 'corp', registry: reg.host, url: reg.url, aliases: [ALIAS], proxy: dead, retries: 0 }] });
