@@ -92,9 +92,11 @@ function hostsToml(kind: 'containerd' | 'docker', config: Config, proxy: URL, op
   const file = (registry: string): ClientConfigFile => hostsTomlFile(kind, registry, proxy.origin, opts);
   const names = registries(config);
   const files = names.map(file);
-  if (opts.defaultHost ?? true) files.push(file('_default'));
+  const withDefault = opts.defaultHost ?? true;
+  if (withDefault) files.push(file('_default'));
   const notes = [
-    `containerd routes each registry to the proxy with ?ns=<registry>; the proxy serves ${names.join(', ')} and refuses any other registry.`,
+    `containerd routes each registry to the proxy with ?ns=<registry>; the proxy serves ${names.join(', ')}` +
+      (withDefault ? ' and refuses any other registry (_default).' : '; other registries are not sent to it (--no-default): block them at the egress.'),
     'A registry-specific directory takes precedence over _default: remove any other hosts.toml for these registries.',
   ];
   if (kind === 'containerd') notes.push('CRI: set config_path = "/etc/containerd/certs.d" under [plugins."io.containerd.grpc.v1.cri".registry], then restart containerd.');

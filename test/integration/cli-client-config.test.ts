@@ -7,6 +7,7 @@ import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseAllDocuments } from 'yaml';
 import { runTool } from '../harness/clients.js';
 
 const cli = resolve('dist/cli.js');
@@ -46,6 +47,21 @@ describe('portcullis client-config', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^# ==> \/etc\/containers\/registries\.conf\.d\/portcullis\.conf <==$/m);
     expect(r.stdout).toContain('location = "portcullis.internal/lab"');
+  });
+
+  it('the DaemonSet in deploy/ runs: its init container arguments against its own ConfigMap', async () => {
+    type Doc = { kind?: string; data?: Record<string, string>; spec?: { template: { spec: { initContainers: Array<{ args: string[] }> } } } };
+    const docs = parseAllDocuments(await readFile('deploy/kubernetes/daemonset.yaml', 'utf8')).map((d) => d.toJS() as Doc);
+    const cm = docs.find((d) => d.kind === 'ConfigMap')!;
+    const ds = docs.find((d) => d.kind === 'DaemonSet')!;
+    const dsConfig = join(dir, 'ds.yaml');
+    await writeFile(dsConfig, cm.data!['portcullis.yaml']!);
+    const out = join(dir, 'node-certs.d');
+    const args = ds.spec!.template.spec.initContainers[0]!.args.map((a) => a.replace('--config=/etc/portcullis/portcullis.yaml', `--config=${dsConfig}`).replace('--out=/host/etc/containerd/certs.d', `--out=${out}`));
+    const r = await runTool('node', [cli, ...args]);
+    expect(r.code, r.stderr).toBe(0);
+    expect((await readdir(out)).sort()).toEqual(['docker.io', 'ghcr.io', 'index.docker.io', 'registry-1.docker.io']);
+    expect(r.stderr).toContain('--no-default');
   });
 
   it('bad input: exit 2 with the reason', async () => {
