@@ -20,6 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
+import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
 
 /** Auth modes that Distribution 2.8 supports and that tests need. */
@@ -43,6 +44,13 @@ export type RegistryAuth =
 
 export interface StartRegistryOptions {
   auth?: RegistryAuth;
+  /** Serve HTTPS with this certificate and key (PEM files); `url` is then https://. */
+  tls?: { cert: string; key: string };
+  /**
+   * Serve another instance's storage (its `dataDir`): e.g. push to a plain-http registry and read the same content
+   * from a TLS one, since the test harness pushes with fetch, which would not trust a test CA.
+   */
+  storageFrom?: string;
   /** Extra environment for the child, e.g. REGISTRY_* overrides. */
   env?: Record<string, string>;
 }
@@ -135,7 +143,7 @@ export async function freePort(): Promise<number> {
 }
 
 /** YAML is emitted by hand: every value is JSON-quoted, which is valid YAML and avoids a dependency. */
-function configYaml(port: number, dataDir: string, auth: RegistryAuth | undefined): string {
+function configYaml(port: number, dataDir: string, auth: RegistryAuth | undefined, tls?: { cert: string; key: string }): string {
   const q = (s: string): string => JSON.stringify(s);
   const lines = [
     'version: 0.1',
@@ -156,6 +164,7 @@ function configYaml(port: number, dataDir: string, auth: RegistryAuth | undefine
     '  headers:',
     '    X-Content-Type-Options: [nosniff]',
   ];
+  if (tls) lines.push('  tls:', `    certificate: ${q(tls.cert)}`, `    key: ${q(tls.key)}`);
   if (auth?.kind === 'token') {
     lines.push(
       'auth:',
@@ -172,6 +181,17 @@ function configYaml(port: number, dataDir: string, auth: RegistryAuth | undefine
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function tlsHandshake(port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const s = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => {
+      s.destroy();
+      resolve();
+    });
+    s.setTimeout(1000, () => s.destroy(new Error('TLS handshake timed out')));
+    s.once('error', reject);
+  });
+}
 
 export async function startRegistry(opts: StartRegistryOptions = {}): Promise<RunningRegistry> {
   assertBinary();
@@ -191,10 +211,10 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Ru
 
 async function startOnce(opts: StartRegistryOptions): Promise<RunningRegistry> {
   const dir = await mkdtemp(join(tmpdir(), 'portcullis-registry-'));
-  const dataDir = join(dir, 'data');
+  const dataDir = opts.storageFrom ?? join(dir, 'data');
   const configPath = join(dir, 'config.yml');
   const port = await freePort();
-  await writeFile(configPath, configYaml(port, dataDir, opts.auth));
+  await writeFile(configPath, configYaml(port, dataDir, opts.auth, opts.tls));
 
   const child = spawn('docker-registry', ['serve', configPath], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -230,7 +250,7 @@ async function startOnce(opts: StartRegistryOptions): Promise<RunningRegistry> {
     });
   });
 
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   const stop = async (): Promise<void> => {
     if (!exited) {
       child.kill('SIGTERM');
@@ -252,9 +272,9 @@ async function startOnce(opts: StartRegistryOptions): Promise<RunningRegistry> {
       );
     }
     try {
-      // Any HTTP answer (200, or 401 with auth) means the listener is up.
-      const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) });
-      await res.arrayBuffer();
+      // Any HTTP answer (200, or 401 with auth) means the listener is up; with TLS, a completed handshake does.
+      if (opts.tls) await tlsHandshake(port);
+      else await (await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) })).arrayBuffer();
       break;
     } catch {
       if (Date.now() > deadline) {
