@@ -41,6 +41,11 @@ const MIN_UNWRITTEN = 8 * 1024 * 1024;
 const MAX_UNWRITTEN = 48 * 1024 * 1024;
 const TOTAL_UNWRITTEN = 128 * 1024 * 1024;
 let totalUnwritten = 0;
+
+/** Received but not yet written, over every running download (a metric). */
+export function unwrittenDownloadBytes(): number {
+  return totalUnwritten;
+}
 /**
  * Readers are told about new bytes once this many have arrived since the last notice (or FLUSH_MS after the first
  * of them, whichever comes first), not per upstream chunk. Passed on one by one, each chunk costs every reader a

@@ -199,19 +199,27 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  private activeDownloads: () => number = () => 0;
+  private downloads: { active: () => number; unwrittenBytes: () => number } = { active: () => 0, unwrittenBytes: () => 0 };
   readonly downloadsInflight = new Gauge({
     name: 'portcullis_blob_downloads_inflight',
     help: 'Blob downloads from upstreams in progress',
     registers: [this.registry],
     collect: () => {
-      this.downloadsInflight.set(this.activeDownloads());
+      this.downloadsInflight.set(this.downloads.active());
+    },
+  });
+  readonly downloadsUnwritten = new Gauge({
+    name: 'portcullis_blob_download_unwritten_bytes',
+    help: 'Bytes of running downloads received (and served) but not yet in the cache file: the write-behind backlog; near its cap (128 MiB) the disk is holding back the upstream',
+    registers: [this.registry],
+    collect: () => {
+      this.downloadsUnwritten.set(this.downloads.unwrittenBytes());
     },
   });
 
-  /** The gauge reads the live count at scrape time rather than being updated on every download. */
-  trackDownloads(count: () => number): void {
-    this.activeDownloads = count;
+  /** The gauges read the live figures at scrape time rather than being updated on every download. */
+  trackDownloads(source: { active: () => number; unwrittenBytes: () => number }): void {
+    this.downloads = source;
   }
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {

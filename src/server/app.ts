@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { BlobStore } from '../cache/blobstore.js';
-import { DownloadManager } from '../cache/download.js';
+import { DownloadManager, unwrittenDownloadBytes } from '../cache/download.js';
 import { MetaStore } from '../cache/metastore.js';
 import type { Config } from '../config/schema.js';
 import { Gate, type DecisionObserver } from '../gate/gate.js';
@@ -107,7 +107,7 @@ export class App {
       gate: this.gate,
       metrics: this.metrics,
     });
-    this.metrics.trackDownloads(() => this.downloads.active);
+    this.metrics.trackDownloads({ active: () => this.downloads.active, unwrittenBytes: unwrittenDownloadBytes });
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free one). */

@@ -972,5 +972,8 @@ describe('stale-if-error and restart on the same data directory', () => {
     const metrics = (await get(`${proxy.url}/metrics`)).body.toString();
     expect(metricValue(metrics, 'portcullis_cache_requests_total', { kind: 'blob', result: 'hit' })).toBeGreaterThanOrEqual(2);
     expect(metricValue(metrics, 'portcullis_cache_entries')).toBeGreaterThanOrEqual(2);
+    // Nothing is downloading: no download, and no write-behind backlog.
+    expect(metricValue(metrics, 'portcullis_blob_downloads_inflight')).toBe(0);
+    expect(metricValue(metrics, 'portcullis_blob_download_unwritten_bytes')).toBe(0);
   });
 });

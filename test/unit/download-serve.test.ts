@@ -10,7 +10,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { BlobStore } from '../../src/cache/blobstore.js';
-import { DownloadManager, type Download, type DownloadSource } from '../../src/cache/download.js';
+import { DownloadManager, unwrittenDownloadBytes, type Download, type DownloadSource } from '../../src/cache/download.js';
 import { SLAB_SIZE, SlabPool, slabPool } from '../../src/cache/slabs.js';
 import type { ByteSource } from '../../src/util/byte-source.js';
 import { cleanupTempDirs, sha256, sleep, tempDir } from './helpers.js';
@@ -271,9 +271,12 @@ describe('Download.writeTo and write-behind', () => {
     expect(d2.bytesAvailable).toBeGreaterThanOrEqual(48 * MiB);
     expect(d2.bytesAvailable).toBeLessThanOrEqual(48 * MiB + 256 * 1024);
     expect(offered).toBeLessThan(big.length - 256 * 1024);
+    // The backlog metric sees both downloads' unwritten bytes.
+    expect(unwrittenDownloadBytes()).toBeGreaterThanOrEqual(48 * MiB + small.length);
 
     openDisk();
     await Promise.all([d1.finished, d2.finished]);
+    expect(unwrittenDownloadBytes()).toBe(0);
     expect(d1.state).toBe('done');
     expect(d2.state).toBe('done');
     expect(store.has(sha256(small))).toBe(true);
