@@ -3,8 +3,8 @@
  *
  * 1. `attestations`: cosign vuln predicates among the verified attestations, from trusted authorities;
  * 2. `reports`: reports CI pushed for the digest (src/scan/api.ts);
- * 3. `scanner`: a Harbor Pluggable Scanner API adapter, asked to scan on a miss. The digest is then pending; the
- *    scan is polled in the background (honouring `Refresh-After`) and its result stored.
+ * 3. `scanner`: a Harbor Pluggable Scanner API adapter, asked to scan on a miss (scanner-jobs.ts). The digest is then
+ *    pending; the scan is polled in the background (honouring `Refresh-After`) and its result stored.
  *
  * The first fresh result wins. Otherwise the answer is, in this order: a stale result (older than `staleAfter`;
  * the scanner is asked to rescan meanwhile), pending, error, missing. Indexes: attestations and reports are looked
@@ -14,7 +14,6 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { LRUCache } from 'lru-cache';
-import { readSecret } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import type { EvidenceDeps } from '../gate/evidence.js';
 import type { EvidenceContext, PolicyInput, ScanEvidence, ScanProvider } from '../gate/types.js';
@@ -22,9 +21,10 @@ import { INDEX_TYPES } from '../proxy/mediatypes.js';
 import type { Route } from '../routing/route.js';
 import { sourceOrder, type ScanConfig, type SourceName } from './config.js';
 import { parseVulnPredicate, ReportFormatError } from './formats.js';
-import { HarborClient, SCANNABLE, ScannerError } from './harbor.js';
+import { SCANNABLE } from './harbor.js';
+import { ScannerJobs } from './scanner-jobs.js';
 import { mergeResults, summarize, type ScanResult } from './normalize.js';
-import { ScanStore, type ScannerRecord } from './store.js';
+import { ScanStore } from './store.js';
 
 type Source = NonNullable<ScanEvidence['source']>;
 
@@ -37,7 +37,7 @@ export type Outcome =
 
 const SOURCE_LABEL: Record<SourceName, Source> = { attestations: 'attestation', reports: 'report', scanner: 'scanner' };
 
-interface Target {
+export interface Target {
   digest: string;
   mediaType: string;
 }
@@ -48,7 +48,7 @@ export interface ScanServiceOptions {
 }
 
 /** The metrics this capability reports (optional so the service also runs without them, e.g. in unit tests). */
-interface ScanMetrics {
+export interface ScanMetrics {
   scanLookups?: { inc(labels: { source: string; status: string }): void };
   scannerDuration?: { observe(labels: { op: string; outcome: string }, seconds: number): void };
   scanPending?: { set(n: number): void };
@@ -58,16 +58,14 @@ export class ScanService implements ScanProvider {
   readonly store: ScanStore;
   readonly config: ScanConfig;
   private readonly order: SourceName[];
-  private readonly client: HarborClient | undefined;
+  /** The `scanner` source, when one is configured. */
+  private readonly scanner: ScannerJobs | undefined;
   private readonly log: Logger;
   private readonly metrics: ScanMetrics;
   private readonly now: () => number;
   private readonly events = new EventEmitter();
   /** Parsed per-digest lookups of reports and scanner results (`report\n<digest>`, `scanner\n<digest>`). */
   private readonly cache: LRUCache<string, { value: ScanResult | null }>;
-  private readonly submitting = new Map<string, Promise<void>>();
-  private readonly pollTimers = new Map<string, NodeJS.Timeout>();
-  private readonly pending = new Set<string>();
   private closed = false;
 
   constructor(
@@ -85,25 +83,16 @@ export class ScanService implements ScanProvider {
     this.events.setMaxListeners(0);
     checkAuthorities(deps.config);
     this.store = new ScanStore(deps.dataDir);
-    const sc = cfg.scanner;
-    if (sc) {
-      const auth = sc.auth;
-      this.client = new HarborClient({
-        baseUrl: sc.url,
-        timeoutMs: sc.requestTimeout,
-        authorization: () => {
-          if (!auth) return undefined;
-          if ('bearer' in auth) return `Bearer ${readSecret(auth.bearer)}`;
-          return `Basic ${Buffer.from(`${auth.username}:${readSecret(auth.password)}`).toString('base64')}`;
-        },
-        observe: (op, seconds, outcome) => this.metrics.scannerDuration?.observe({ op, outcome }, seconds),
+    if (cfg.scanner) {
+      this.scanner = new ScannerJobs(cfg.scanner, {
+        config: deps.config,
+        store: this.store,
+        log: this.log,
+        metrics: this.metrics,
+        now: this.now,
+        isStale: (r, now) => this.isStale(r, now),
+        changed: (digest) => this.events.emit('changed', digest),
       });
-      // Scans requested before a restart are still running at the scanner: keep polling them.
-      for (const rec of this.store.pendingScans()) {
-        this.pending.add(rec.digest);
-        this.schedulePoll(rec.digest, Math.max(0, (rec.job?.nextPollAt ?? 0) - Date.now()));
-      }
-      this.updatePendingGauge();
     }
   }
 
@@ -153,7 +142,7 @@ export class ScanService implements ScanProvider {
       try {
         if (name === 'attestations') o = this.fromAttestations(ctx, attestations);
         else if (name === 'reports') o = await this.fromReports(ctx, platforms);
-        else o = await this.fromScanner(ctx, await platforms());
+        else o = this.scanner ? await this.scanner.fromScanner(ctx, await platforms()) : { kind: 'missing', source: 'scanner' };
       } catch (e) {
         o = { kind: 'error', source: SOURCE_LABEL[name], message: e instanceof Error ? e.message : String(e) };
       }
@@ -248,187 +237,15 @@ export class ScanService implements ScanProvider {
     this.events.emit('changed', digest);
   }
 
-  // --- the Harbor-compatible scanner
-
-  private async fromScanner(ctx: EvidenceContext, targets: Target[]): Promise<Outcome> {
-    const outcomes = await Promise.all(targets.map((t) => this.scannerTarget(ctx, t)));
-    const err = outcomes.find((o) => o.kind === 'error');
-    if (err) return err;
-    if (outcomes.some((o) => o.kind === 'pending')) return { kind: 'pending', source: 'scanner' };
-    const results = outcomes.map((o) => (o as Extract<Outcome, { kind: 'ok' }>).result);
-    return { kind: 'ok', source: 'scanner', result: results.length === 1 ? results[0]! : mergeResults(results) };
-  }
-
-  private scannerRecord(digest: string): ScannerRecord | undefined {
-    return this.store.getScanner(digest);
-  }
-
-  private async scannerTarget(ctx: EvidenceContext, t: Target): Promise<Outcome> {
-    const sc = this.config.scanner!;
-    let rec = this.scannerRecord(t.digest);
-    const wall = Date.now();
-    const result = rec?.result ?? null;
-    const fresh = result !== null && !this.isStale(result, this.now());
-    if (fresh) return { kind: 'ok', source: 'scanner', result };
-    // A stale result stands while its rescan runs or after the rescan failed.
-    const orStale = (o: Outcome): Outcome => (result ? { kind: 'ok', source: 'scanner', result } : o);
-    if (rec?.job) {
-      if (wall - rec.job.requestedAt > sc.scanTimeout) {
-        rec = this.failJob(rec, `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
-        return orStale({ kind: 'error', source: 'scanner', message: rec.error!.message });
-      }
-      if (!this.pollTimers.has(t.digest)) this.schedulePoll(t.digest, 0);
-      return orStale({ kind: 'pending', source: 'scanner' });
-    }
-    if (rec?.error && wall - rec.error.at < sc.retryAfterError) return orStale({ kind: 'error', source: 'scanner', message: rec.error.message });
-    await this.submit(ctx, t);
-    const after = this.scannerRecord(t.digest);
-    if (after?.job) return orStale({ kind: 'pending', source: 'scanner' });
-    if (after?.error) return orStale({ kind: 'error', source: 'scanner', message: after.error.message });
-    if (after?.result) return { kind: 'ok', source: 'scanner', result: after.result };
-    return orStale({ kind: 'error', source: 'scanner', message: 'scan request failed' });
-  }
-
-  /** One scan request per digest at a time; concurrent lookups share it. */
-  private submit(ctx: Pick<EvidenceContext, 'upstream' | 'repository'>, t: Target, requestedAt?: number): Promise<void> {
-    let p = this.submitting.get(t.digest);
-    if (!p) {
-      p = this.doSubmit(ctx, t, requestedAt).finally(() => this.submitting.delete(t.digest));
-      this.submitting.set(t.digest, p);
-    }
-    return p;
-  }
-
-  private async doSubmit(ctx: Pick<EvidenceContext, 'upstream' | 'repository'>, t: Target, requestedAt?: number): Promise<void> {
-    if (this.closed) return;
-    const sc = this.config.scanner!;
-    const rec: ScannerRecord = this.scannerRecord(t.digest) ?? { digest: t.digest, result: null, job: null, error: null };
-    if (rec.job && requestedAt === undefined) return;
-    const upstream = this.deps.config.upstreams.find((u) => u.name === ctx.upstream);
-    const reg = sc.registries[ctx.upstream];
-    try {
-      if (!upstream) throw new ScannerError(`no upstream ${ctx.upstream}`);
-      const authorization = reg?.authorization ? readSecret(reg.authorization) : undefined;
-      const id = await this.client!.requestScan({
-        registryUrl: reg?.url ?? upstream.url,
-        ...(authorization ? { authorization } : {}),
-        repository: ctx.repository,
-        digest: t.digest,
-        mimeType: t.mediaType,
-      });
-      if (this.closed) return;
-      const now = Date.now();
-      rec.job = { id, requestedAt: requestedAt ?? now, nextPollAt: now, upstream: ctx.upstream, repository: ctx.repository, mimeType: t.mediaType };
-      rec.error = null;
-      this.store.putScanner(rec);
-      this.pending.add(t.digest);
-      this.updatePendingGauge();
-      this.log.info({ digest: t.digest, repository: ctx.repository, scanId: id }, 'scan requested');
-      // A fast scanner may be done at once: poll right away, then as the scanner asks.
-      this.schedulePoll(t.digest, 0);
-    } catch (e) {
-      if (this.closed) return;
-      const message = e instanceof Error ? e.message : String(e);
-      this.log.warn({ digest: t.digest, err: message }, 'scan request failed');
-      rec.job = null;
-      rec.error = { message, at: Date.now() };
-      this.store.putScanner(rec);
-      this.pending.delete(t.digest);
-      this.updatePendingGauge();
-      this.events.emit('changed', t.digest);
-    }
-  }
-
-  private schedulePoll(digest: string, delayMs: number): void {
-    if (this.closed) return;
-    const prev = this.pollTimers.get(digest);
-    if (prev) clearTimeout(prev);
-    const timer = setTimeout(() => {
-      this.pollTimers.delete(digest);
-      void this.poll(digest);
-    }, delayMs);
-    timer.unref();
-    this.pollTimers.set(digest, timer);
-  }
-
-  private async poll(digest: string): Promise<void> {
-    if (this.closed) return;
-    const sc = this.config.scanner!;
-    const rec = this.scannerRecord(digest);
-    if (!rec?.job) {
-      this.pending.delete(digest);
-      this.updatePendingGauge();
-      return;
-    }
-    const job = rec.job;
-    if (Date.now() - job.requestedAt > sc.scanTimeout) {
-      this.failJob(rec, `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
-      return;
-    }
-    let next = sc.pollInterval;
-    try {
-      const r = await this.client!.report(job.id);
-      if (this.closed) return;
-      if (r.kind === 'done') {
-        rec.result = r.result;
-        rec.job = null;
-        rec.error = null;
-        this.store.putScanner(rec);
-        this.pending.delete(digest);
-        this.updatePendingGauge();
-        this.log.info({ digest, scanId: job.id, findings: r.result.findings.length }, 'scan finished');
-        this.events.emit('changed', digest);
-        return;
-      }
-      if (r.kind === 'failed') {
-        this.failJob(rec, r.message);
-        return;
-      }
-      if (r.kind === 'unknown') {
-        // The scanner forgot the request (it restarted): ask again, keeping the original start for the timeout.
-        this.log.warn({ digest, scanId: job.id }, 'scanner lost the scan request; requesting again');
-        await this.submit({ upstream: job.upstream, repository: job.repository }, { digest, mediaType: job.mimeType }, job.requestedAt);
-        return;
-      }
-      next = Math.min(60_000, Math.max(sc.pollInterval, r.refreshAfterMs ?? 0));
-    } catch (e) {
-      if (this.closed) return;
-      // Unreachable for a moment: keep the job, try again later; scanTimeout bounds how long.
-      this.log.warn({ digest, err: e instanceof Error ? e.message : String(e) }, 'polling the scanner failed');
-      next = Math.min(60_000, sc.pollInterval * 2);
-    }
-    rec.job = { ...job, nextPollAt: Date.now() + next };
-    this.store.putScanner(rec);
-    this.schedulePoll(digest, next);
-  }
-
-  private failJob(rec: ScannerRecord, message: string): ScannerRecord {
-    this.log.warn({ digest: rec.digest, err: message }, 'scan failed');
-    const t = this.pollTimers.get(rec.digest);
-    if (t) clearTimeout(t);
-    this.pollTimers.delete(rec.digest);
-    const updated: ScannerRecord = { ...rec, job: null, error: { message, at: Date.now() } };
-    this.store.putScanner(updated);
-    this.pending.delete(rec.digest);
-    this.updatePendingGauge();
-    this.events.emit('changed', rec.digest);
-    return updated;
-  }
-
-  private updatePendingGauge(): void {
-    this.metrics.scanPending?.set(this.pending.size);
-  }
-
   /** Scans requested from the scanner and not finished yet. */
   get pendingScans(): number {
-    return this.pending.size;
+    return this.scanner?.pendingScans ?? 0;
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    for (const t of this.pollTimers.values()) clearTimeout(t);
-    this.pollTimers.clear();
+    this.scanner?.close();
     this.events.emit('changed', '');
     this.events.removeAllListeners();
     this.store.close();

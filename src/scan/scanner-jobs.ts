@@ -1,0 +1,241 @@
+/**
+ * The `scanner` scan source: a Harbor Pluggable Scanner API adapter (harbor.ts), asked to scan a digest on a miss.
+ * The digest is then pending; the job is polled in the background (honouring `Refresh-After`), survives restarts in
+ * the scan store, and its result or failure is stored. Split from service.ts, which orders the sources.
+ */
+import type { Logger } from 'pino';
+import { readSecret } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import type { EvidenceContext } from '../gate/types.js';
+import type { ScanConfig } from './config.js';
+import { HarborClient, ScannerError } from './harbor.js';
+import { mergeResults, type ScanResult } from './normalize.js';
+import type { ScanMetrics, Outcome, Target } from './service.js';
+import type { ScanStore, ScannerRecord } from './store.js';
+
+export interface ScannerJobsDeps {
+  config: Config;
+  store: ScanStore;
+  log: Logger;
+  metrics: ScanMetrics;
+  /** The policy clock; timers and retries use the wall clock. */
+  now: () => number;
+  isStale: (r: ScanResult, now: number) => boolean;
+  /** A job for this digest finished or failed: wake up whoever waits for scan evidence. */
+  changed: (digest: string) => void;
+}
+
+export class ScannerJobs {
+  private readonly sc: NonNullable<ScanConfig['scanner']>;
+  private readonly client: HarborClient;
+  private readonly log: Logger;
+  private readonly submitting = new Map<string, Promise<void>>();
+  private readonly pollTimers = new Map<string, NodeJS.Timeout>();
+  private readonly pending = new Set<string>();
+  private closed = false;
+
+  constructor(
+    sc: NonNullable<ScanConfig['scanner']>,
+    private readonly deps: ScannerJobsDeps,
+  ) {
+    this.sc = sc;
+    this.log = deps.log;
+    const auth = sc.auth;
+    this.client = new HarborClient({
+      baseUrl: sc.url,
+      timeoutMs: sc.requestTimeout,
+      authorization: () => {
+        if (!auth) return undefined;
+        if ('bearer' in auth) return `Bearer ${readSecret(auth.bearer)}`;
+        return `Basic ${Buffer.from(`${auth.username}:${readSecret(auth.password)}`).toString('base64')}`;
+      },
+      observe: (op, seconds, outcome) => deps.metrics.scannerDuration?.observe({ op, outcome }, seconds),
+    });
+    // Scans requested before a restart are still running at the scanner: keep polling them.
+    for (const rec of deps.store.pendingScans()) {
+      this.pending.add(rec.digest);
+      this.schedulePoll(rec.digest, Math.max(0, (rec.job?.nextPollAt ?? 0) - Date.now()));
+    }
+    this.updatePendingGauge();
+  }
+
+  async fromScanner(ctx: EvidenceContext, targets: Target[]): Promise<Outcome> {
+    const outcomes = await Promise.all(targets.map((t) => this.scannerTarget(ctx, t)));
+    const err = outcomes.find((o) => o.kind === 'error');
+    if (err) return err;
+    if (outcomes.some((o) => o.kind === 'pending')) return { kind: 'pending', source: 'scanner' };
+    const results = outcomes.map((o) => (o as Extract<Outcome, { kind: 'ok' }>).result);
+    return { kind: 'ok', source: 'scanner', result: results.length === 1 ? results[0]! : mergeResults(results) };
+  }
+
+  private scannerRecord(digest: string): ScannerRecord | undefined {
+    return this.deps.store.getScanner(digest);
+  }
+
+  private async scannerTarget(ctx: EvidenceContext, t: Target): Promise<Outcome> {
+    const sc = this.sc;
+    let rec = this.scannerRecord(t.digest);
+    const wall = Date.now();
+    const result = rec?.result ?? null;
+    const fresh = result !== null && !this.deps.isStale(result, this.deps.now());
+    if (fresh) return { kind: 'ok', source: 'scanner', result };
+    // A stale result stands while its rescan runs or after the rescan failed.
+    const orStale = (o: Outcome): Outcome => (result ? { kind: 'ok', source: 'scanner', result } : o);
+    if (rec?.job) {
+      if (wall - rec.job.requestedAt > sc.scanTimeout) {
+        rec = this.failJob(rec, `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
+        return orStale({ kind: 'error', source: 'scanner', message: rec.error!.message });
+      }
+      if (!this.pollTimers.has(t.digest)) this.schedulePoll(t.digest, 0);
+      return orStale({ kind: 'pending', source: 'scanner' });
+    }
+    if (rec?.error && wall - rec.error.at < sc.retryAfterError) return orStale({ kind: 'error', source: 'scanner', message: rec.error.message });
+    await this.submit(ctx, t);
+    const after = this.scannerRecord(t.digest);
+    if (after?.job) return orStale({ kind: 'pending', source: 'scanner' });
+    if (after?.error) return orStale({ kind: 'error', source: 'scanner', message: after.error.message });
+    if (after?.result) return { kind: 'ok', source: 'scanner', result: after.result };
+    return orStale({ kind: 'error', source: 'scanner', message: 'scan request failed' });
+  }
+
+  /** One scan request per digest at a time; concurrent lookups share it. */
+  private submit(ctx: Pick<EvidenceContext, 'upstream' | 'repository'>, t: Target, requestedAt?: number): Promise<void> {
+    let p = this.submitting.get(t.digest);
+    if (!p) {
+      p = this.doSubmit(ctx, t, requestedAt).finally(() => this.submitting.delete(t.digest));
+      this.submitting.set(t.digest, p);
+    }
+    return p;
+  }
+
+  private async doSubmit(ctx: Pick<EvidenceContext, 'upstream' | 'repository'>, t: Target, requestedAt?: number): Promise<void> {
+    if (this.closed) return;
+    const sc = this.sc;
+    const rec: ScannerRecord = this.scannerRecord(t.digest) ?? { digest: t.digest, result: null, job: null, error: null };
+    if (rec.job && requestedAt === undefined) return;
+    const upstream = this.deps.config.upstreams.find((u) => u.name === ctx.upstream);
+    const reg = sc.registries[ctx.upstream];
+    try {
+      if (!upstream) throw new ScannerError(`no upstream ${ctx.upstream}`);
+      const authorization = reg?.authorization ? readSecret(reg.authorization) : undefined;
+      const id = await this.client.requestScan({
+        registryUrl: reg?.url ?? upstream.url,
+        ...(authorization ? { authorization } : {}),
+        repository: ctx.repository,
+        digest: t.digest,
+        mimeType: t.mediaType,
+      });
+      if (this.closed) return;
+      const now = Date.now();
+      rec.job = { id, requestedAt: requestedAt ?? now, nextPollAt: now, upstream: ctx.upstream, repository: ctx.repository, mimeType: t.mediaType };
+      rec.error = null;
+      this.deps.store.putScanner(rec);
+      this.pending.add(t.digest);
+      this.updatePendingGauge();
+      this.log.info({ digest: t.digest, repository: ctx.repository, scanId: id }, 'scan requested');
+      // A fast scanner may be done at once: poll right away, then as the scanner asks.
+      this.schedulePoll(t.digest, 0);
+    } catch (e) {
+      if (this.closed) return;
+      const message = e instanceof Error ? e.message : String(e);
+      this.log.warn({ digest: t.digest, err: message }, 'scan request failed');
+      rec.job = null;
+      rec.error = { message, at: Date.now() };
+      this.deps.store.putScanner(rec);
+      this.pending.delete(t.digest);
+      this.updatePendingGauge();
+      this.deps.changed(t.digest);
+    }
+  }
+
+  private schedulePoll(digest: string, delayMs: number): void {
+    if (this.closed) return;
+    const prev = this.pollTimers.get(digest);
+    if (prev) clearTimeout(prev);
+    const timer = setTimeout(() => {
+      this.pollTimers.delete(digest);
+      void this.poll(digest);
+    }, delayMs);
+    timer.unref();
+    this.pollTimers.set(digest, timer);
+  }
+
+  private async poll(digest: string): Promise<void> {
+    if (this.closed) return;
+    const sc = this.sc;
+    const rec = this.scannerRecord(digest);
+    if (!rec?.job) {
+      this.pending.delete(digest);
+      this.updatePendingGauge();
+      return;
+    }
+    const job = rec.job;
+    if (Date.now() - job.requestedAt > sc.scanTimeout) {
+      this.failJob(rec, `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
+      return;
+    }
+    let next = sc.pollInterval;
+    try {
+      const r = await this.client.report(job.id);
+      if (this.closed) return;
+      if (r.kind === 'done') {
+        rec.result = r.result;
+        rec.job = null;
+        rec.error = null;
+        this.deps.store.putScanner(rec);
+        this.pending.delete(digest);
+        this.updatePendingGauge();
+        this.log.info({ digest, scanId: job.id, findings: r.result.findings.length }, 'scan finished');
+        this.deps.changed(digest);
+        return;
+      }
+      if (r.kind === 'failed') {
+        this.failJob(rec, r.message);
+        return;
+      }
+      if (r.kind === 'unknown') {
+        // The scanner forgot the request (it restarted): ask again, keeping the original start for the timeout.
+        this.log.warn({ digest, scanId: job.id }, 'scanner lost the scan request; requesting again');
+        await this.submit({ upstream: job.upstream, repository: job.repository }, { digest, mediaType: job.mimeType }, job.requestedAt);
+        return;
+      }
+      next = Math.min(60_000, Math.max(sc.pollInterval, r.refreshAfterMs ?? 0));
+    } catch (e) {
+      if (this.closed) return;
+      // Unreachable for a moment: keep the job, try again later; scanTimeout bounds how long.
+      this.log.warn({ digest, err: e instanceof Error ? e.message : String(e) }, 'polling the scanner failed');
+      next = Math.min(60_000, sc.pollInterval * 2);
+    }
+    rec.job = { ...job, nextPollAt: Date.now() + next };
+    this.deps.store.putScanner(rec);
+    this.schedulePoll(digest, next);
+  }
+
+  private failJob(rec: ScannerRecord, message: string): ScannerRecord {
+    this.log.warn({ digest: rec.digest, err: message }, 'scan failed');
+    const t = this.pollTimers.get(rec.digest);
+    if (t) clearTimeout(t);
+    this.pollTimers.delete(rec.digest);
+    const updated: ScannerRecord = { ...rec, job: null, error: { message, at: Date.now() } };
+    this.deps.store.putScanner(updated);
+    this.pending.delete(rec.digest);
+    this.updatePendingGauge();
+    this.deps.changed(rec.digest);
+    return updated;
+  }
+
+  private updatePendingGauge(): void {
+    this.deps.metrics.scanPending?.set(this.pending.size);
+  }
+
+  /** Scans requested from the scanner and not finished yet. */
+  get pendingScans(): number {
+    return this.pending.size;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const t of this.pollTimers.values()) clearTimeout(t);
+    this.pollTimers.clear();
+  }
+}
