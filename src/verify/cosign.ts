@@ -1,6 +1,6 @@
 /**
  * cosign signatures and attestations, in both storage formats, reduced to one shape (a Sigstore bundle plus what
- * was signed) and verified against key and keyless authorities.
+ * was signed).
  *
  * - Legacy (cosign ≤ 2, tag `sha256-<hex>.sig|.att`): one layer per signature. `.sig` layers are simple-signing
  *   payloads with the signature in the `dev.cosignproject.cosign/signature` annotation; `.att` layers are DSSE
@@ -9,20 +9,13 @@
  * - Sigstore bundle v0.3 referrers (cosign 3 default): a DSSE envelope holding an in-toto statement whose
  *   predicateType is `https://sigstore.dev/cosign/sign/v1` for a signature, anything else for an attestation.
  *
- * Key-based signatures are checked with the configured key directly (node:crypto), with the hash that cosign uses
- * for the key type; `@sigstore/verify` then checks transparency-log entries when the authority requires them.
- * Keyless ones go through `@sigstore/verify` offline, with the authority's trusted_root.json. Either way a
- * signature counts only when what it signs binds this exact digest: the simple-signing `docker-manifest-digest`,
- * or an in-toto subject digest.
+ * Verification against key and keyless authorities is in cosign-verify.ts.
  */
-import { createHash, verify as cryptoVerify, constants, type KeyObject } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { bundleFromJSON, toDSSEBundle, toMessageSignatureBundle, type Bundle, type TransparencyLogEntry } from '@sigstore/bundle';
-import { ASN1Obj, X509Certificate, dsse } from '@sigstore/core';
-import { toSignedEntity, Verifier, VerificationError, type SignedEntity } from '@sigstore/verify';
+import { X509Certificate, dsse } from '@sigstore/core';
 import type { Descriptor } from '../proxy/mediatypes.js';
-import type { Digest } from '../routing/reference.js';
 import { MT, type FoundArtifact } from './discovery.js';
-import type { KeyAuthority, KeylessAuthority } from './trust.js';
 
 export const COSIGN_SIGN_PREDICATE = 'https://sigstore.dev/cosign/sign/v1';
 const SIMPLE_SIGNING_TYPE = 'cosign container image signature';
@@ -269,160 +262,3 @@ function parseEnvelopePayload(payloadType: string, payload: Buffer): Claim {
     : [];
   return { kind: 'in-toto', subjects, predicateType: st.predicateType, predicate: st.predicate ?? null };
 }
-
-/** Does the signed content bind this digest? undefined when it does, else the rejection reason. */
-export function bindingProblem(claim: Claim, digest: Digest): string | undefined {
-  if (claim.kind === 'invalid') return `unusable payload: ${claim.error}`;
-  if (claim.kind === 'simple-signing') {
-    if (claim.digest === undefined) return 'unusable payload: no docker-manifest-digest';
-    return claim.digest.toLowerCase() === digest ? undefined : `digest mismatch (signed ${shortDigest(claim.digest)})`;
-  }
-  const hex = digest.slice(digest.indexOf(':') + 1);
-  if (claim.subjects.includes(hex)) return undefined;
-  return claim.subjects.length ? `digest mismatch (signed ${shortDigest(`sha256:${claim.subjects[0]}`)})` : 'unusable payload: in-toto statement without a sha256 subject';
-}
-
-function shortDigest(d: string): string {
-  return d.length > 19 ? `${d.slice(0, 19)}…` : d;
-}
-
-/** Signature check with a configured key, using the hash cosign uses for the key type (and SHA-256, cosign 2's default). */
-export function verifyWithKey(key: KeyObject, data: Buffer, sig: Buffer): boolean {
-  const t = key.asymmetricKeyType;
-  const attempt = (fn: () => boolean): boolean => {
-    try {
-      return fn();
-    } catch {
-      return false;
-    }
-  };
-  if (t === 'ed25519') return attempt(() => cryptoVerify(null, data, key, sig));
-  if (t === 'ec') {
-    const curve = key.asymmetricKeyDetails?.namedCurve;
-    const natural = curve === 'secp384r1' ? 'sha384' : curve === 'secp521r1' ? 'sha512' : 'sha256';
-    return [...new Set([natural, 'sha256'])].some((h) => attempt(() => cryptoVerify(h, data, key, sig)));
-  }
-  for (const h of ['sha256', 'sha384', 'sha512']) {
-    if (attempt(() => cryptoVerify(h, data, key, sig))) return true;
-    if (attempt(() => cryptoVerify(h, data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_AUTO }, sig))) return true;
-  }
-  return false;
-}
-
-function entityOf(item: CosignItem): SignedEntity {
-  return toSignedEntity(item.bundle, item.artifact);
-}
-
-function integratedTime(item: CosignItem): string | undefined {
-  const t = item.bundle.verificationMaterial.tlogEntries.find((e) => e.inclusionPromise)?.integratedTime;
-  return t ? new Date(Number(t) * 1000).toISOString() : undefined;
-}
-
-/** Key-based: the signature must verify with the authority's key; tlog entries are checked when required. */
-export function verifyCosignWithKey(item: CosignItem, a: KeyAuthority, digest: Digest): Outcome {
-  if (!verifyWithKey(a.key, item.signedBytes, item.signature)) {
-    // Tell a wrong key from a modified payload when the signature names its key (a certificate, or a key hint).
-    const signerKeyId = item.certificate ? keyIdOf(item.certificate) : hintKeyId(item.keyHint);
-    if (signerKeyId !== undefined && signerKeyId === a.keyId) return { ok: false, reason: 'invalid signature (tampered payload or signature)' };
-    return { ok: false, reason: 'key mismatch' };
-  }
-  let tlog = false;
-  if (a.tlogThreshold > 0) {
-    if (!a.trust) return { ok: false, reason: 'transparency log required but no trusted root configured' };
-    try {
-      new Verifier(a.trust, { tlogThreshold: a.tlogThreshold, ctlogThreshold: 0, timestampThreshold: 0 }).verify(entityOf(item));
-      tlog = true;
-    } catch (e) {
-      return { ok: false, reason: verificationReason(e) };
-    }
-  }
-  const problem = bindingProblem(item.claim, digest);
-  if (problem) return { ok: false, reason: problem };
-  const signedAt = tlog ? integratedTime(item) : undefined;
-  return { ok: true, tlog, ...(signedAt ? { signedAt } : {}) };
-}
-
-/** Keyless: chain to the trusted root's Fulcio CA, SCTs, Rekor SET and timestamps offline, then identity, then digest. */
-export function verifyCosignKeyless(item: CosignItem, a: KeylessAuthority, digest: Digest): Outcome {
-  if (!item.certificate) return { ok: false, reason: 'no certificate (a key-based signature)' };
-  let signer;
-  try {
-    signer = new Verifier(a.trust, { tlogThreshold: a.tlogThreshold, ctlogThreshold: a.ctlogThreshold, timestampThreshold: a.timestampThreshold }).verify(entityOf(item));
-  } catch (e) {
-    return { ok: false, reason: verificationReason(e) };
-  }
-  const subject = item.certificate.subjectAltName ?? otherNameSubject(item.certificate);
-  const issuer = signer.identity?.extensions?.issuer;
-  const subjectOk = subject !== undefined && ('exact' in a.subject ? subject === a.subject.exact : a.subject.regex.test(subject));
-  if (!subjectOk || issuer !== a.issuer) {
-    return { ok: false, reason: `identity mismatch (subject ${JSON.stringify(subject ?? null)}, issuer ${JSON.stringify(issuer ?? null)})` };
-  }
-  for (const { oid, value } of a.extensions) {
-    const actual = extensionValue(item.certificate, oid);
-    if (actual !== value) return { ok: false, reason: `identity mismatch (extension ${oid} is ${JSON.stringify(actual ?? null)})` };
-  }
-  const problem = bindingProblem(item.claim, digest);
-  if (problem) return { ok: false, reason: problem };
-  const signedAt = integratedTime(item);
-  // The verifier checks every tlog entry present (whatever the threshold), so any entry here is a verified one.
-  return { ok: true, tlog: item.bundle.verificationMaterial.tlogEntries.length > 0, identity: { issuer, subject }, ...(signedAt ? { signedAt } : {}) };
-}
-
-/** A short, specific reason from @sigstore/verify's errors. */
-export function verificationReason(e: unknown): string {
-  if (!(e instanceof VerificationError)) return `verification error: ${e instanceof Error ? e.message : String(e)}`;
-  const cause = e.cause instanceof Error ? e.cause.message : '';
-  switch (e.code) {
-    case 'CERTIFICATE_ERROR':
-      if (/expired|not valid/i.test(cause) || /expired|not valid/i.test(e.message)) return 'expired (certificate not valid at the signing time)';
-      if (/SCT/.test(e.message)) return `untrusted chain (${e.message})`;
-      return 'untrusted chain';
-    case 'PUBLIC_KEY_ERROR':
-      return 'key mismatch';
-    case 'SIGNATURE_ERROR':
-      return 'invalid signature (tampered payload or signature)';
-    case 'TLOG_BODY_ERROR':
-      return `tampered payload (transparency log entry: ${e.message})`;
-    case 'TIMESTAMP_ERROR':
-      return `no trusted timestamp (${e.message})`;
-    default:
-      if (e.code.startsWith('TLOG')) return `transparency log verification failed (${e.message})`;
-      return `${e.code.toLowerCase().replace(/_/g, ' ')} (${e.message})`;
-  }
-}
-
-function keyIdOf(cert: X509Certificate): string {
-  return createHash('sha256').update(cert.publicKey).digest('hex');
-}
-
-/** Key hints that are a SHA-256 of the SPKI, as hex or base64; anything else identifies nothing we can compare. */
-function hintKeyId(hint: string | undefined): string | undefined {
-  if (!hint) return undefined;
-  if (/^[0-9a-f]{64}$/i.test(hint)) return hint.toLowerCase();
-  const b = Buffer.from(hint, 'base64');
-  return b.length === 32 ? b.toString('hex') : undefined;
-}
-
-function otherNameSubject(cert: X509Certificate): string | undefined {
-  try {
-    return cert.extSubjectAltName?.otherName('1.3.6.1.4.1.57264.1.7');
-  } catch {
-    return undefined;
-  }
-}
-
-/** A Fulcio extension's value: DER UTF8String for the v2 OIDs, raw bytes for the deprecated ones. */
-export function extensionValue(cert: X509Certificate, oid: string): string | undefined {
-  const ext = cert.extension(oid);
-  if (!ext) return undefined;
-  const raw = ext.value;
-  try {
-    const inner = ASN1Obj.parseBuffer(raw as Buffer<ArrayBuffer>);
-    if (inner.tag.number === 12 && inner.toDER().length === raw.length) return inner.value.toString('utf8');
-  } catch {
-    // not DER: a legacy raw value
-  }
-  return raw.toString('utf8');
-}
-
-

@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlobStore } from '../../src/cache/blobstore.js';
-import { DownloadManager, type DownloadSource } from '../../src/cache/download.js';
+import { DownloadManager } from '../../src/cache/download-manager.js';
+import type { DownloadSource } from '../../src/cache/download.js';
 import { cleanupTempDirs, sha256, sleep, tempDir } from './helpers.js';
 
 afterAll(cleanupTempDirs);

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlobStore, DigestMismatchError, SizeMismatchError } from '../../src/cache/blobstore.js';
-import { DownloadManager, type DownloadSource } from '../../src/cache/download.js';
+import { DownloadManager } from '../../src/cache/download-manager.js';
+import type { DownloadSource } from '../../src/cache/download.js';
 import type { Digest } from '../../src/routing/reference.js';
 import { cleanupTempDirs, sha256, sleep, tempDir } from './helpers.js';
 

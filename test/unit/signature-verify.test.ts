@@ -20,7 +20,8 @@ import { parseManifest, type ParsedManifest } from '../../src/proxy/mediatypes.j
 import type { Digest } from '../../src/routing/reference.js';
 import { isAccessory, isRunnable, needsOwnDecision } from '../../src/verify/accessory.js';
 import { signaturesSchema } from '../../src/verify/config.js';
-import { cosignItems, verifyCosignKeyless, verifyCosignWithKey, type CosignItem, type Outcome } from '../../src/verify/cosign.js';
+import { cosignItems, type CosignItem, type Outcome } from '../../src/verify/cosign.js';
+import { verifyCosignKeyless, verifyCosignWithKey } from '../../src/verify/cosign-verify.js';
 import type { FoundArtifact } from '../../src/verify/discovery.js';
 import { checkSignatureConfig, requiredAuthorities } from '../../src/verify/index.js';
 import { parseConfig } from '../../src/config/load.js';
