@@ -75,9 +75,10 @@ install_apt() {
   # Debian starts nothing here, but on a machine that does, the packaged registry binds all interfaces.
   if command -v systemctl >/dev/null; then
     for svc in docker-registry tinyproxy; do
-      systemctl is-active --quiet "$svc" 2>/dev/null && { systemctl stop "$svc" || true; }
+      if systemctl is-active --quiet "$svc" 2>/dev/null; then systemctl stop "$svc" || true; fi
     done
   fi
+  return 0
 }
 
 install_go_tools() {
