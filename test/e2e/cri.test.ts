@@ -8,8 +8,10 @@
  *   e2e/cri-<mode>:v1     one per auth-capture test
  *
  * What the CRI path sends to Portcullis with an auth config (issue 11), observed with test/harness/auth-front.ts in
- * front of the proxy; containerd 1.6.20, CRI AuthConfig {username, password} or {auth} without server_address (what
- * crictl sends, and what the kubelet fills in from a Pod's imagePullSecrets):
+ * front of the proxy; containerd 1.6.20, CRI AuthConfig {username, password} or {auth} without server_address. That
+ * is what the kubelet sends for a Pod's imagePullSecrets: its keyring (k8s.io/kubernetes v1.30
+ * pkg/credentialprovider/keyring.go, BasicDockerKeyring.Add) fills only username, password and email, decoding a
+ * dockerconfigjson `auth` into the first two, and never server_address.
  * - Nothing unprompted: as long as the mirror never answers 401, no request carries an Authorization header, so
  *   the Pod's credentials (meant for the upstream registry) never reach today's Portcullis.
  * - After `401` + `WWW-Authenticate: Basic`, containerd repeats the request with `Authorization: Basic
