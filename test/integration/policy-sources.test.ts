@@ -166,6 +166,40 @@ describe('decision logs', () => {
   });
 });
 
+describe('decision logs that must not lose events (onFull: block)', () => {
+  test('with the collector down and the queue full, a decision that cannot be recorded is denied, and not cached', async () => {
+    const port = await freePort(); // nothing listens there: every delivery is refused
+    const px = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings: { no_match: 'deny', scopes: [{ name: 'all', images: ['**'] }] },
+      extra: { decisionLog: { sink: 'http', url: `http://127.0.0.1:${port}/logs`, batchSize: 10, maxQueue: 1, onFull: 'block', blockTimeout: '300ms' } },
+    });
+    try {
+      const pull = (ref: string): Promise<Response> => fetch(`${px.url}/v2/${reg.host}/demo/app/manifests/${ref}`, { headers: { accept: MANIFEST_ACCEPT } });
+      // Room for one event: the first decision is recorded (queued) and served.
+      const first = await pull('v1');
+      await first.arrayBuffer();
+      expect(first.status).toBe(200);
+      // The queue is full and stays full: the next decision waits blockTimeout, then fails closed.
+      const second = await pull('latest');
+      expect(second.status).toBe(403);
+      const err = ((await second.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]!;
+      expect(err.code).toBe('DENIED');
+      expect(err.message).toContain('decision log unavailable [decision_log.unavailable]');
+      // Not cached as a deny: the next pull decides (and waits) again.
+      const third = await pull('latest');
+      await third.arrayBuffer();
+      expect(third.status).toBe(403);
+      const metrics = await (await fetch(`${px.url}/metrics`)).text();
+      expect(metrics).toMatch(/^portcullis_decision_log_refused_total 2$/m);
+      expect(metrics).toMatch(/^portcullis_decision_log_dropped_total 0$/m);
+      expect(px.proxy.decisionLog.queued).toBe(1);
+    } finally {
+      await px.stop();
+    }
+  });
+});
+
 describe('portcullis check', () => {
   test('exit 0 for allow, 1 for deny, 2 for an error; --json prints the evidence', async () => {
     const cfg = join(dir, 'check.yaml');
