@@ -17,7 +17,8 @@ import { startRegistry, writeHtpasswd, type RunningRegistry } from '../harness/r
 import { startScannerDouble, type ScannerDouble } from '../harness/scanner.js';
 
 let dir: string;
-let missing: string; // a secret file that does not exist
+/** A secret file that does not exist (one per test: the log reports each problem once a minute). */
+const missingFile = (name: string): string => join(dir, 'run', 'secrets', `secret-file-name-${name}`);
 let open: RunningRegistry; // no auth: pushes and the scanner case
 let locked: RunningRegistry; // htpasswd: the proxy must read its password file
 let scanner: ScannerDouble;
@@ -38,7 +39,6 @@ function expectNothingAboutFiles(text: string): void {
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'pc-secrets-'));
-  missing = join(dir, 'run', 'secrets', 'secret-file-name');
   stopListening = onSecretError((d) => details.push(d));
   open = await startRegistry();
   const htpasswd = await writeHtpasswd({ puller: 'pull-password' }, join(dir, 'htpasswd'));
@@ -57,6 +57,7 @@ afterAll(async () => {
 
 describe('a missing secret file is not shown to clients', () => {
   test('upstream credentials: the pull fails with a bare 5xx, the path is in the log only', async () => {
+    const missing = missingFile('upstream');
     const px: RunningProxy = await startProxy({
       upstreams: [{ name: 'locked', registry: locked.host, url: locked.url, retries: 0, credentials: { username: 'puller', password: { file: missing } } }],
     });
@@ -77,6 +78,7 @@ describe('a missing secret file is not shown to clients', () => {
   });
 
   test('report API token: unauthenticated callers get 503 with the request id, nothing else', async () => {
+    const missing = missingFile('reports');
     const px = await startProxy({
       upstreams: [{ name: 'open', registry: open.host, url: open.url }],
       extra: { scan: { reports: { token: { file: missing } }, admin: { token: { file: missing } } } },
@@ -104,6 +106,7 @@ describe('a missing secret file is not shown to clients', () => {
   });
 
   test('scanner token: the deny reason a pulling client sees does not name the file', async () => {
+    const missing = missingFile('scanner');
     const px = await startProxy({
       upstreams: [{ name: 'open', registry: open.host, url: open.url }],
       settings: { no_match: 'deny', scopes: [{ name: 'scanned', images: ['**'], scan: {} }] },

@@ -222,6 +222,8 @@ describe('scan config', () => {
     expect(c.reports!.maxSize).toBe(16 * 1024 * 1024);
     expect(c.scanner!.url).toBe('http://scanner:8080');
     expect(c.scanner!.pollInterval).toBe(2000);
+    // Evidence defaults: a report must name its digest, 10 versions kept, 5 minutes of clock skew.
+    expect(c.reports).toMatchObject({ requireDigestBinding: true, history: 10, maxClockSkew: 300_000 });
   });
 
   test('errors name the field', () => {
