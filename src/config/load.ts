@@ -76,12 +76,60 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   return parseConfig(text, file, env);
 }
 
+/**
+ * A secret that cannot be read. Its `message` is deliberately bare, because error messages travel: into deny
+ * reasons, 5xx bodies and scan evidence that any client can read. What the operator needs (the file path and errno,
+ * or the variable name) is in `detail`, for the server log only.
+ */
+export class SecretError extends Error {
+  override name = 'SecretError';
+  constructor(readonly detail: string) {
+    super('a configured secret cannot be read (the server log has the details)');
+  }
+}
+
+type SecretListener = (detail: string) => void;
+const secretListeners = new Set<SecretListener>();
+/** When each problem was last reported: secrets are read per use, and one missing file must not flood the log. */
+const lastReported = new Map<string, number>();
+const REPORT_EVERY_MS = 60_000;
+
+/**
+ * Subscribes the server log to unreadable secrets (path and errno, at most once a minute per problem), because the
+ * errors themselves carry no detail. Returns the unsubscribe function.
+ */
+export function onSecretError(fn: SecretListener): () => void {
+  secretListeners.add(fn);
+  return () => secretListeners.delete(fn);
+}
+
+function secretError(detail: string): SecretError {
+  const now = Date.now();
+  // The keys come from the config (a path or a variable name, and an errno), so the map stays small.
+  if (now - (lastReported.get(detail) ?? -Infinity) >= REPORT_EVERY_MS) {
+    lastReported.set(detail, now);
+    for (const fn of secretListeners) {
+      try {
+        fn(detail);
+      } catch {
+        // A logging problem must not turn into a different error.
+      }
+    }
+  }
+  return new SecretError(detail);
+}
+
 /** Resolves a secret reference at use time, so a rotated file is picked up without a restart. */
 export function readSecret(ref: SecretRef, env: NodeJS.ProcessEnv = process.env): string {
   if (ref.env !== undefined) {
     const v = env[ref.env];
-    if (v === undefined) throw new Error(`environment variable ${ref.env} is not set`);
+    if (v === undefined) throw secretError(`environment variable ${ref.env} is not set`);
     return v;
   }
-  return readFileSync(ref.file as string, 'utf8').trim();
+  try {
+    return readFileSync(ref.file as string, 'utf8').trim();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw secretError(`secret file ${ref.file as string} cannot be read${code ? ` (${code})` : ''}`);
+  }
 }

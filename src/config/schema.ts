@@ -164,12 +164,19 @@ export const configSchema = z
         maxQueue: z.number().int().positive().default(10_000),
         /** JSON pointers under /input to replace with "**masked**" (client identity, for example). */
         mask: z.array(z.string().regex(/^\/input(\/[^/]+)+$/, 'expected a JSON pointer under /input')).default([]),
+        /** HTTP sink, queue full: drop the event (counted), or make the decision wait (src/gate/decision-log.ts). */
+        onFull: z.enum(['drop', 'block']).default('drop'),
+        /** With onFull: block, how long a decision waits for room before it is denied ("decision log unavailable"). */
+        blockTimeout: duration.refine((ms) => ms > 0 && ms <= 60_000, 'between 1ms and 60s: clients time out').default(5_000),
+        /** HTTP sink: queue events on disk (<dataDir>/decision-log.sqlite) up to maxSize instead of maxQueue in memory. */
+        spool: z.object({ maxSize: size.refine((n) => n >= 64 * 1024, 'at least 64KiB') }).strict().optional(),
       })
       .strict()
-      .default({ sink: 'stdout', batchSize: 100, flushInterval: 5_000, maxQueue: 10_000, mask: [] })
+      .default({ sink: 'stdout', batchSize: 100, flushInterval: 5_000, maxQueue: 10_000, mask: [], onFull: 'drop', blockTimeout: 5_000 })
       .superRefine((d, ctx) => {
         if (d.sink === 'file' && !d.file) ctx.addIssue({ code: 'custom', path: ['file'], message: 'sink "file" needs a file path' });
         if (d.sink === 'http' && !d.url) ctx.addIssue({ code: 'custom', path: ['url'], message: 'sink "http" needs a url' });
+        if (d.spool && d.sink !== 'http') ctx.addIssue({ code: 'custom', path: ['spool'], message: 'the spool is for sink "http" only' });
       }),
     log: z
       .object({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') })

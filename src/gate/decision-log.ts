@@ -1,7 +1,14 @@
 /**
  * OPA-compatible decision log events (DESIGN §3) for every root decision, to stdout, a file or an HTTP collector.
- * The HTTP sink batches, gzips and retries with backoff; its queue is bounded and drops (counted) rather than
- * ever making a pull wait for the log collector.
+ * The HTTP sink batches, gzips and retries with backoff, from a bounded queue (decision-queue.ts: in memory, or an
+ * on-disk spool that survives restarts). When the queue is full:
+ *
+ * - `onFull: drop` (default): the event is dropped and counted; pulls never wait for the collector.
+ * - `onFull: block`: the decision waits for room, up to `blockTimeout`. Then it fails closed: the pull is denied
+ *   with "decision log unavailable" (the gate turns the rejected promise into that deny), because an operator who
+ *   chose `block` wants no image served without a record of why.
+ *
+ * Upstream URLs lose any userinfo before they are written (defence in depth: config load refuses them).
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { hostname } from 'node:os';
@@ -14,6 +21,26 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { DecisionObserver } from './gate.js';
 import type { PolicyInput } from './types.js';
 import { ENTRYPOINT } from '../policy/wasm.js';
+import { redactUrl } from '../util/redact-url.js';
+import { MemoryQueue, SpoolQueue, type EventQueue } from './decision-queue.js';
+
+/** The settings this file reads; `onFull` and `blockTimeout` default as in the schema. */
+export type DecisionLogConfig = Omit<Config['decisionLog'], 'onFull' | 'blockTimeout'> & Partial<Pick<Config['decisionLog'], 'onFull' | 'blockTimeout'>>;
+
+/** The decision log could not take an event within `blockTimeout` (`onFull: block`): the decision must fail closed. */
+export class DecisionLogUnavailableError extends Error {
+  override name = 'DecisionLogUnavailableError';
+  constructor() {
+    super('decision log unavailable');
+  }
+}
+
+interface Waiter {
+  json: string;
+  resolve: () => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
 
 export interface DecisionEvent {
   labels: { app: string; id: string; version: string; hostname: string };
@@ -50,30 +77,53 @@ export function maskInput(input: PolicyInput, pointers: string[]): { input: unkn
   return { input: copy, masked };
 }
 
+/** The input as logged: masked, and with the upstream URL stripped of userinfo. */
+function loggedInput(input: PolicyInput, pointers: string[]): { input: unknown; masked: string[] } {
+  const url = redactUrl(input.upstream.url);
+  const clean = url === input.upstream.url ? input : { ...input, upstream: { ...input.upstream, url } };
+  return maskInput(clean, pointers);
+}
+
 export class DecisionLog implements DecisionObserver {
-  private queue: DecisionEvent[] = [];
+  private readonly queue: EventQueue | undefined;
+  /** Decisions waiting for room (`onFull: block`), oldest first; while any waits, new events queue behind it. */
+  private readonly waiters: Waiter[] = [];
   private file: WriteStream | undefined;
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
   private backoffUntil = 0;
   private failures = 0;
+  /** The clock of the retry backoff (tests move it). */
+  private readonly now: () => number;
 
   constructor(
-    private readonly cfg: Config['decisionLog'],
+    private readonly cfg: DecisionLogConfig,
     private readonly metrics: Metrics,
     private readonly log: Logger,
     private readonly write: (line: string) => void = (l) => process.stdout.write(l),
+    opts: { dataDir?: string; now?: () => number } = {},
   ) {
+    this.now = opts.now ?? Date.now;
     if (cfg.sink === 'file') this.file = createWriteStream(cfg.file as string, { flags: 'a' });
     if (cfg.sink === 'http') {
+      if (cfg.spool) {
+        if (!opts.dataDir) throw new Error('decisionLog.spool needs a data directory');
+        this.queue = new SpoolQueue(opts.dataDir, cfg.spool.maxSize);
+      } else this.queue = new MemoryQueue(cfg.maxQueue);
       this.timer = setInterval(() => void this.flush(), cfg.flushInterval);
       this.timer.unref();
+      // A spool left by the previous process is sent at once.
+      if (this.queue.length > 0) void this.flush();
     }
   }
 
-  onDecision(e: Parameters<DecisionObserver['onDecision']>[0]): void {
+  /**
+   * Records a decision. Returns a promise only when the decision must wait (`onFull: block` and the queue full):
+   * it resolves once the event is queued and rejects with DecisionLogUnavailableError after `blockTimeout`.
+   */
+  onDecision(e: Parameters<DecisionObserver['onDecision']>[0]): void | Promise<void> {
     if (this.cfg.sink === 'none') return;
-    const { input, masked } = maskInput(e.input, this.cfg.mask);
+    const { input, masked } = loggedInput(e.input, this.cfg.mask);
     const ev: DecisionEvent = {
       labels: { app: 'portcullis', id: INSTANCE_ID, version: '0.1.0', hostname: hostname() },
       decision_id: e.admission.decisionId,
@@ -94,43 +144,78 @@ export class DecisionLog implements DecisionObserver {
       this.file?.write(`${JSON.stringify(ev)}\n`);
       this.metrics.decisionLogSent.inc();
     } else {
-      if (this.queue.length >= this.cfg.maxQueue) {
-        this.metrics.decisionLogDropped.inc();
-        return;
-      }
-      this.queue.push(ev);
-      if (this.queue.length >= this.cfg.batchSize) void this.flush();
+      return this.enqueue(JSON.stringify(ev));
     }
   }
 
-  /** Sends queued events in batches; on failure they go back to the front of the queue and we back off. */
+  private enqueue(json: string): void | Promise<void> {
+    const queue = this.queue!;
+    // Behind a waiting decision, a new event waits too: the log keeps the order of decisions.
+    if (this.waiters.length === 0 && queue.offer(json)) {
+      if (queue.length >= this.cfg.batchSize) void this.flush();
+      return;
+    }
+    if ((this.cfg.onFull ?? 'drop') === 'drop') {
+      this.metrics.decisionLogDropped.inc();
+      return;
+    }
+    void this.flush();
+    return new Promise<void>((resolve, reject) => {
+      const w: Waiter = {
+        json,
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          const i = this.waiters.indexOf(w);
+          if (i !== -1) this.waiters.splice(i, 1);
+          this.metrics.decisionLogRefused.inc();
+          this.log.warn({ queued: queue.length, waiting: this.waiters.length }, 'decision log full: decision denied (decisionLog.onFull: block)');
+          reject(new DecisionLogUnavailableError());
+        }, this.cfg.blockTimeout ?? 5_000),
+      };
+      this.waiters.push(w);
+    });
+  }
+
+  /** Room was made: queue the waiting events in order, as far as they fit. */
+  private admitWaiters(): void {
+    while (this.waiters.length > 0 && this.queue!.offer(this.waiters[0]!.json)) {
+      const w = this.waiters.shift()!;
+      clearTimeout(w.timer);
+      w.resolve();
+    }
+  }
+
+  /**
+   * Sends queued events in batches, oldest first; an event leaves the queue only once the collector accepted it.
+   * On failure, it backs off (exponentially, up to a minute) and tries again later.
+   */
   flush(): Promise<void> {
-    if (this.cfg.sink !== 'http' || this.flushing || this.queue.length === 0 || Date.now() < this.backoffUntil) return this.flushing ?? Promise.resolve();
+    const queue = this.queue;
+    if (!queue || this.flushing || queue.length === 0 || this.now() < this.backoffUntil) return this.flushing ?? Promise.resolve();
     this.flushing = (async () => {
-      while (this.queue.length > 0) {
-        const batch = this.queue.splice(0, this.cfg.batchSize);
+      while (queue.length > 0 && queue.lease()) {
+        const { events, token } = queue.peek(this.cfg.batchSize);
         try {
           const res = await request(this.cfg.url as string, {
             method: 'POST',
             headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' },
-            body: gzipSync(JSON.stringify(batch)),
+            // The queue holds each event's JSON: the batch is their array, without parsing them again.
+            body: gzipSync(`[${events.join(',')}]`),
             headersTimeout: 10_000,
             bodyTimeout: 10_000,
           });
           res.body.resume();
           if (res.statusCode < 200 || res.statusCode >= 300) throw new Error(`HTTP ${res.statusCode}`);
-          this.metrics.decisionLogSent.inc(batch.length);
+          queue.ack(token);
+          this.metrics.decisionLogSent.inc(events.length);
           this.failures = 0;
+          this.admitWaiters();
         } catch (e) {
-          // Requeue what fits; the rest is dropped and counted, never blocking pulls.
-          const room = this.cfg.maxQueue - this.queue.length;
-          const keep = batch.slice(0, Math.max(0, room));
-          this.metrics.decisionLogDropped.inc(batch.length - keep.length);
-          this.queue.unshift(...keep);
           this.failures++;
           const delay = Math.min(60_000, 500 * 2 ** Math.min(this.failures, 7)) * (0.5 + Math.random() / 2);
-          this.backoffUntil = Date.now() + delay;
-          this.log.warn({ error: e instanceof Error ? e.message : String(e), queued: this.queue.length, retryInMs: Math.round(delay) }, 'decision log delivery failed');
+          this.backoffUntil = this.now() + delay;
+          this.log.warn({ error: e instanceof Error ? e.message : String(e), url: redactUrl(this.cfg.url as string), queued: queue.length, retryInMs: Math.round(delay) }, 'decision log delivery failed');
           break;
         }
       }
@@ -139,13 +224,26 @@ export class DecisionLog implements DecisionObserver {
   }
 
   get queued(): number {
-    return this.queue.length;
+    return this.queue?.length ?? 0;
   }
 
+  /** Bytes of event JSON in the spool (0 without one). */
+  get spooledBytes(): number {
+    return this.queue instanceof SpoolQueue ? this.queue.bytes : 0;
+  }
+
+  /** Flushes what it can (ignoring the backoff once); a spool keeps the rest for the next start. */
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.backoffUntil = 0;
     await this.flush();
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      // Shutting down: the decision is refused rather than left hanging.
+      this.metrics.decisionLogRefused.inc();
+      w.reject(new DecisionLogUnavailableError());
+    }
+    this.queue?.close();
     await new Promise<void>((r) => (this.file ? this.file.end(r) : r()));
   }
 }

@@ -31,7 +31,11 @@ export interface RootRequest {
   client: { ip: string; user: string | null; userAgent: string | null };
 }
 
-/** Observers get every decision for logging and metrics; they must not throw. */
+/**
+ * Observers get every decision for logging and metrics; they must not throw. An observer that returns a promise
+ * holds the decision until it settles, and a rejection fails it closed: the decision log with `onFull: block`
+ * refuses to let an image through that it could not record.
+ */
 export interface DecisionObserver {
   onDecision(event: {
     admission: Admission;
@@ -48,6 +52,7 @@ export interface DecisionObserver {
      */
     waitMs?: number;
     route: Route;
+    // Typed void so that any callback fits; a returned promise holds the decision (see above).
   }): void;
   /** A root decision answered from the decision cache. */
   onCacheHit?(route: Route): void;
@@ -163,16 +168,28 @@ export class Gate {
     }
     if (input.scan.status === 'pending' || input.scan.status === 'missing') this.transient.add(admission);
     const evalMs = performance.now() - started;
-    if (admission.serve) this.recordClosure(req.route, req.manifest);
-    else this.dropClosure(req.route, req.manifest.digest);
+    const holds: Array<Promise<void>> = [];
     for (const o of this.observers) {
       try {
-        o.onDecision({ admission, input, result, revision: this.decider.revision, evalMs, totalMs: performance.now() - decisionStarted, waitMs, route: req.route });
+        const held: unknown = o.onDecision({ admission, input, result, revision: this.decider.revision, evalMs, totalMs: performance.now() - decisionStarted, waitMs, route: req.route });
+        if (held instanceof Promise) holds.push(held as Promise<void>);
       } catch {
-        // Logging must never change a decision.
+        // Logging must never change a decision (except by holding it, below).
       }
     }
+    // Recorded only now, so that nothing of an image is served by digest before its decision is on record.
+    if (holds.length > 0 && (await Promise.allSettled(holds)).some((r) => r.status === 'rejected')) admission = this.unrecorded(decisionId);
+    if (admission.serve) this.recordClosure(req.route, req.manifest);
+    else this.dropClosure(req.route, req.manifest.digest);
     return admission;
+  }
+
+  /** The deny for a decision an observer could not record (not cached: the next pull tries again). */
+  private unrecorded(decisionId: string): Admission {
+    const v: Violation = { rule: 'decision_log.unavailable', message: 'decision log unavailable' };
+    const a: Admission = { decisionId, serve: false, outcome: 'deny', message: formatViolations([v]), violations: [v], warnings: [], mode: 'enforce', cached: false };
+    this.transient.add(a);
+    return a;
   }
 
   private async evaluateInput(decisionId: string, input: PolicyInput): Promise<{ result: PolicyResult | undefined; admission: Admission }> {

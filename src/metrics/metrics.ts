@@ -155,6 +155,11 @@ export class Metrics {
     help: 'Decision log events dropped because the sink queue was full or delivery kept failing',
     registers: [this.registry],
   });
+  readonly decisionLogRefused = new Counter({
+    name: 'portcullis_decision_log_refused_total',
+    help: 'Decisions denied because the decision log could not take their event within decisionLog.blockTimeout (onFull: block)',
+    registers: [this.registry],
+  });
   readonly decisionLogSent = new Counter({
     name: 'portcullis_decision_log_sent_total',
     help: 'Decision log events delivered to the sink',

@@ -12,6 +12,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { readBundle } from './bundle.js';
 import { OpaRestDecider } from './opa-rest.js';
 import { WasmDecider } from './wasm.js';
+import { redactUrl } from '../util/redact-url.js';
 
 export type PolicySource = { kind: 'file'; path: string } | { kind: 'url'; url: string } | { kind: 'opa'; url: string; timeoutMs: number };
 
@@ -135,6 +136,7 @@ export class PolicyManager implements Decider {
   }
 
   private describe(): string {
-    return this.source.kind === 'file' ? `file ${this.source.path}` : `${this.source.kind} ${this.source.url}`;
+    // Logged: a URL never carries its userinfo into the log.
+    return this.source.kind === 'file' ? `file ${this.source.path}` : `${this.source.kind} ${redactUrl(this.source.url)}`;
   }
 }

@@ -2,30 +2,38 @@
  * HTTP endpoints of the scan capability, outside /v2/. Every one needs `Authorization: Bearer <token>`
  * (compared in constant time); errors are OCI-style JSON, `{"errors":[{"code","message","detail"}]}`.
  *
- * Reports (token: `scan.reports.token`):
- * - `PUT    /api/v1/reports/<registry>/<repository>@<digest>`  body: Trivy JSON or SARIF 2.1.0 → 201
- * - `GET    /api/v1/reports/<registry>/<repository>@<digest>`  → the stored report's summary (`?raw=1`: the body)
- * - `DELETE /api/v1/reports/<registry>/<repository>@<digest>`  → 204
- * - `GET    /api/v1/reports?registry=&repository=&digest=&limit=&offset=` → `{reports, total}`
+ * Reports (CI token: `scan.reports.token`; admin token: `scan.admin.token`):
+ * - `PUT    /api/v1/reports/<registry>/<repository>@<digest>`  body: Trivy JSON or SARIF 2.1.0 → 201 (CI token)
+ * - `GET    /api/v1/reports/<registry>/<repository>@<digest>[?id=N]`  → the version in force (or version N): its
+ *   summary and the list of kept versions (`?raw=1`: the body as pushed)            (CI or admin token)
+ * - `DELETE /api/v1/reports/<registry>/<repository>@<digest>[?id=N]` → 204: every version, or version N (admin only)
+ * - `GET    /api/v1/reports?registry=&repository=&digest=&history=1&limit=&offset=` → `{reports, total}`
  *
  * Admin (token: `scan.admin.token`, else the reports token):
  * - `GET /api/v1/admin/reevaluate[?all=1]` → the cached images the current policy and scan data would now deny.
  *
- * A report is bound to its digest: a Trivy report whose `Metadata.RepoDigests` or `ArtifactName`, or a SARIF run
- * whose `properties.repoDigests` or `imageName`, names a different digest is refused with 400 DIGEST_INVALID.
+ * Reports are append-only history: a push adds a version, the one with the latest scan time is in force, and the CI
+ * token can add but never remove (deleting evidence is the admin's). A report is refused (400, naming the field)
+ * when it has no results for the artifact (`{"SchemaVersion":2}` is not a clean scan), has the wrong schema, is
+ * dated in the future beyond `maxClockSkew`, names a different digest (Trivy `Metadata.RepoDigests`/`ArtifactName`,
+ * SARIF `runs[].properties.repoDigests`/`imageName`), or, unless `requireDigestBinding: false`, names none.
+ *
+ * Nothing about the server's files reaches a client: an unreadable token file answers a bare 503 with the request
+ * id; the path and errno go to the log.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { readSecret } from '../config/load.js';
+import { readSecret, SecretError } from '../config/load.js';
 import type { SecretRef } from '../config/schema.js';
 import type { ApiHandler, EvidenceDeps } from '../gate/evidence.js';
 import { isDigest } from '../routing/reference.js';
 import { RegistryError } from '../server/errors.js';
 import { sendError, sendJson } from '../server/respond.js';
-import { parseReport, ReportFormatError } from './formats.js';
+import { parseReport, ReportFormatError, type ParsedReport } from './formats.js';
 import { summarize } from './normalize.js';
 import { reevaluate, type ReevalTarget } from './reeval.js';
 import type { ScanService } from './service.js';
+import type { ReportMeta } from './store.js';
 
 // The report API answers with the same OCI-style error JSON as the registry endpoints.
 const ApiError = RegistryError;
@@ -61,47 +69,79 @@ export class ScanApi implements ApiHandler {
       // Not ours: let another handler (or the 404) have it.
       return false;
     } catch (e) {
-      const err = e instanceof ApiError ? e : new ApiError(500, 'INTERNAL_ERROR', `internal error: ${e instanceof Error ? e.message : String(e)}`);
-      if (err.status >= 500) this.o.deps.log.warn({ err: err.message, path }, 'scan api request failed');
+      // Only API errors are shown as they are; anything else (a disk or database error names files) is logged.
+      const rid = requestId(res);
+      if (!(e instanceof ApiError)) this.o.deps.log.warn({ err: e instanceof Error ? e.message : String(e), path, rid }, 'scan api request failed');
+      const err = e instanceof ApiError ? e : new ApiError(500, 'INTERNAL_ERROR', `internal error (request id ${rid})`);
       sendError(res, err, method === 'HEAD');
       return true;
     }
   }
 
-  private authorize(req: IncomingMessage, ref: SecretRef | undefined, what: string): void {
-    if (!ref) throw new ApiError(404, 'NOT_FOUND', `the ${what} API is not enabled (no token configured)`);
-    let expected: string;
-    try {
-      expected = readSecret(ref);
-    } catch (e) {
-      throw new ApiError(503, 'UNAVAILABLE', `the ${what} API token cannot be read: ${e instanceof Error ? e.message : String(e)}`);
-    }
-    const h = req.headers.authorization ?? '';
-    const m = /^Bearer[ ]+(\S+)\s*$/i.exec(h);
+  /**
+   * Which of the given tokens the request carries (undefined: none of them). A token that cannot be read answers
+   * 503 without saying why: the path and errno go to the server log (config/load.ts), never to a client that has
+   * not even authenticated.
+   */
+  private authenticate(req: IncomingMessage, res: ServerResponse, refs: Partial<Record<Role, SecretRef>>, what: string): Role | undefined {
+    const configured = Object.entries(refs).filter((e): e is [Role, SecretRef] => e[1] !== undefined);
+    if (configured.length === 0) throw new ApiError(404, 'NOT_FOUND', `the ${what} API is not enabled (no token configured)`);
+    const m = /^Bearer[ ]+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     // Hash both sides so the comparison takes the same time whatever the lengths.
     const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
-    const ok = m !== null && expected !== '' && timingSafeEqual(digest(m[1]!), digest(expected));
-    if (!ok) throw new ApiError(401, 'UNAUTHORIZED', 'authentication required: send Authorization: Bearer <token>', null, { 'www-authenticate': 'Bearer realm="portcullis"' });
+    let unreadable = false;
+    for (const [role, ref] of configured) {
+      let expected: string;
+      try {
+        expected = readSecret(ref);
+      } catch (e) {
+        unreadable = true;
+        this.o.deps.log.warn({ rid: requestId(res), role, detail: e instanceof SecretError ? e.detail : String(e) }, `the ${what} API token cannot be read`);
+        continue;
+      }
+      if (m !== null && expected !== '' && timingSafeEqual(digest(m[1]!), digest(expected))) return role;
+    }
+    if (unreadable) throw new ApiError(503, 'UNAVAILABLE', `the ${what} API is unavailable (request id ${requestId(res)})`);
+    return undefined;
+  }
+
+  private authorize(req: IncomingMessage, res: ServerResponse, refs: Partial<Record<Role, SecretRef>>, what: string): Role {
+    const role = this.authenticate(req, res, refs, what);
+    if (!role) throw new ApiError(401, 'UNAUTHORIZED', 'authentication required: send Authorization: Bearer <token>', null, { 'www-authenticate': 'Bearer realm="portcullis"' });
+    return role;
   }
 
   // --- /api/v1/reports
 
   private async reports(req: IncomingMessage, res: ServerResponse, url: URL, method: string, tail: string): Promise<void> {
-    const cfg = this.o.service?.config.reports;
-    this.authorize(req, cfg?.token, 'report');
+    const scan = this.o.deps.config.scan;
+    const ci = this.o.service?.config.reports?.token;
+    const admin = scan?.admin?.token;
+    if (!ci) throw new ApiError(404, 'NOT_FOUND', 'the report API is not enabled (no token configured)');
     const service = this.o.service!;
     if (tail === '' || tail === '/') {
       if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed('GET, HEAD');
+      this.authorize(req, res, { ci, admin }, 'report');
       const limit = intParam(url, 'limit', 100, 1, 1000);
       const offset = intParam(url, 'offset', 0, 0, Number.MAX_SAFE_INTEGER);
       const filter = {
         ...(url.searchParams.get('registry') ? { registry: url.searchParams.get('registry')!.toLowerCase() } : {}),
         ...(url.searchParams.get('repository') ? { repository: url.searchParams.get('repository')! } : {}),
         ...(url.searchParams.get('digest') ? { digest: url.searchParams.get('digest')! } : {}),
+        history: flag(url, 'history'),
       };
       const { reports, total } = service.store.listReports({ ...filter, limit, offset });
-      return sendJson(res, 200, { total, offset, reports: reports.map(reportJson) }, method === 'HEAD');
+      return sendJson(res, 200, { total, offset, reports: reports.map((r) => reportJson(r, r.inForce)) }, method === 'HEAD');
     }
+    // Who may do what: the CI token pushes and reads; only the admin token deletes evidence.
+    if (method === 'PUT') this.authorize(req, res, { ci }, 'report');
+    else if (method === 'GET' || method === 'HEAD') this.authorize(req, res, { ci, admin }, 'report');
+    else if (method === 'DELETE') {
+      const role = this.authorize(req, res, { ci, admin }, 'report');
+      if (role !== 'admin') {
+        throw new ApiError(403, 'DENIED', admin ? 'deleting a report needs the admin token (scan.admin.token), not the CI token' : 'deleting reports is disabled: configure scan.admin.token');
+      }
+    } else throw methodNotAllowed('GET, HEAD, PUT, DELETE');
     let decoded: string;
     try {
       decoded = decodeURIComponent(tail.slice(1));
@@ -109,27 +149,27 @@ export class ScanApi implements ApiHandler {
       throw new ApiError(400, 'NAME_INVALID', 'malformed percent-encoding in the path');
     }
     const ref = this.parseRef(decoded);
+    const id = url.searchParams.has('id') ? intParam(url, 'id', 0, 1, Number.MAX_SAFE_INTEGER) : undefined;
     if (method === 'PUT') return this.putReport(req, res, ref);
     if (method === 'GET' || method === 'HEAD') {
-      const r = service.store.getReport(ref.registry, ref.repository, ref.digest);
-      if (!r) throw unknownReport(ref);
-      if (url.searchParams.get('raw') === '1' || url.searchParams.get('raw') === 'true') {
-        const body = service.store.reportBody(ref.registry, ref.repository, ref.digest)!;
+      const r = service.store.getReport(ref.registry, ref.repository, ref.digest, id);
+      if (!r) throw unknownReport(ref, id);
+      if (flag(url, 'raw')) {
+        const body = service.store.reportBody(ref.registry, ref.repository, ref.digest, r.id)!;
         return sendJson(res, 200, body, method === 'HEAD', r.format === 'sarif' ? 'application/sarif+json' : 'application/json');
       }
       const { findings, ...meta } = r;
+      const versions = service.store.versions(ref.registry, ref.repository, ref.digest);
+      const inForce = versions[0]?.id;
       const summary = summarize({ scannedAt: r.scannedAt, findings, ...(r.scanner ? { scanner: r.scanner } : {}) }, { status: 'ok', source: 'report', now: this.o.now(), maxVulnerabilities: service.config.maxVulnerabilities });
-      return sendJson(res, 200, { ...reportJson(meta), summary }, method === 'HEAD');
+      return sendJson(res, 200, { ...reportJson(meta, meta.id === inForce), summary, versions: versions.map((v) => reportJson(v, v.id === inForce)) }, method === 'HEAD');
     }
-    if (method === 'DELETE') {
-      if (!service.store.deleteReport(ref.registry, ref.repository, ref.digest)) throw unknownReport(ref);
-      this.reportChanged(service, ref.digest);
-      this.o.deps.log.info({ registry: ref.registry, repository: ref.repository, digest: ref.digest }, 'scan report deleted');
-      res.statusCode = 204;
-      res.end();
-      return;
-    }
-    throw methodNotAllowed('GET, HEAD, PUT, DELETE');
+    const n = service.store.deleteReport(ref.registry, ref.repository, ref.digest, id);
+    if (n === 0) throw unknownReport(ref, id);
+    this.reportChanged(service, ref.digest);
+    this.o.deps.log.info({ registry: ref.registry, repository: ref.repository, digest: ref.digest, id, versions: n, rid: requestId(res) }, 'scan report deleted');
+    res.statusCode = 204;
+    res.end();
   }
 
   /** A report came or went: the scan cache and the gate's cached decisions for that digest are stale. */
@@ -167,22 +207,31 @@ export class ScanApi implements ApiHandler {
     } catch {
       throw new ApiError(400, 'REPORT_INVALID', 'report is not valid JSON');
     }
-    let parsed;
+    let parsed: ParsedReport;
     try {
       parsed = parseReport(doc);
     } catch (e) {
-      throw new ApiError(400, 'REPORT_INVALID', e instanceof ReportFormatError ? e.message : String(e));
+      if (e instanceof ReportFormatError) throw new ApiError(400, 'REPORT_INVALID', e.message, e.field ? { field: e.field } : null);
+      throw e;
+    }
+    const now = this.o.now();
+    const dated = parsed.result.scannedAt !== undefined ? Date.parse(parsed.result.scannedAt) : undefined;
+    // A report from the future would never go stale: refuse it rather than clamp it.
+    if (dated !== undefined && dated > now + cfg.maxClockSkew) {
+      const field = parsed.timeField ?? 'CreatedAt';
+      throw new ApiError(400, 'REPORT_INVALID', `${field}: ${parsed.result.scannedAt} is in the future (more than scan.reports.maxClockSkew ahead of ${new Date(now).toISOString()})`, { field });
     }
     const named = parsed.namedDigests;
+    const where = parsed.format === 'trivy' ? 'Metadata.RepoDigests / ArtifactName' : 'runs[].properties repoDigests / imageName';
+    const field = parsed.format === 'trivy' ? 'Metadata.RepoDigests' : 'runs[].properties.repoDigests';
     if (named.length > 0 && !named.includes(ref.digest)) {
-      const where = parsed.format === 'trivy' ? 'Metadata.RepoDigests / ArtifactName' : 'runs[].properties repoDigests / imageName';
-      throw new ApiError(400, 'DIGEST_INVALID', `report is for ${named.join(', ')} (${where}), not for ${ref.digest}`, { report_digests: named, digest: ref.digest });
+      throw new ApiError(400, 'DIGEST_INVALID', `report is for ${named.join(', ')} (${where}), not for ${ref.digest}`, { report_digests: named, digest: ref.digest, field });
     }
     if (named.length === 0 && cfg.requireDigestBinding) {
-      throw new ApiError(400, 'DIGEST_INVALID', `report names no image digest (${parsed.format === 'trivy' ? 'Metadata.RepoDigests' : 'runs[].properties.repoDigests'}) and scan.reports.requireDigestBinding is set`);
+      throw new ApiError(400, 'DIGEST_INVALID', `${field}: the report names no image digest (${where}), so it cannot be bound to ${ref.digest}: scan the image by digest, or set scan.reports.requireDigestBinding: false`, { field });
     }
-    const uploadedAt = Date.now();
-    const scannedAt = parsed.result.scannedAt ?? new Date(this.o.now()).toISOString();
+    const uploadedAt = now;
+    const scannedAt = parsed.result.scannedAt ?? new Date(now).toISOString();
     const stored = {
       ...ref,
       format: parsed.format,
@@ -193,21 +242,21 @@ export class ScanApi implements ApiHandler {
       size: body.length,
       findings: parsed.result.findings,
     };
-    const existed = service.store.getReport(ref.registry, ref.repository, ref.digest) !== undefined;
-    service.store.putReport(stored, body);
-    this.reportChanged(service, ref.digest);
-    const summary = summarize({ scannedAt, findings: stored.findings, ...(stored.scanner ? { scanner: stored.scanner } : {}) }, { status: 'ok', source: 'report', now: this.o.now(), maxVulnerabilities: service.config.maxVulnerabilities });
-    this.o.deps.log.info({ ...ref, format: parsed.format, findings: stored.findings.length, counts: summary.counts }, 'scan report stored');
+    const { id, inForce, kept } = service.store.putReport(stored, body, cfg.history);
+    if (inForce) this.reportChanged(service, ref.digest);
+    const summary = summarize({ scannedAt, findings: stored.findings, ...(stored.scanner ? { scanner: stored.scanner } : {}) }, { status: 'ok', source: 'report', now, maxVulnerabilities: service.config.maxVulnerabilities });
+    this.o.deps.log.info({ ...ref, id, inForce, format: parsed.format, findings: stored.findings.length, counts: summary.counts, rid: requestId(res) }, 'scan report stored');
     const { findings: _f, ...meta } = stored;
-    res.setHeader('location', `/api/v1/reports/${ref.registry}/${ref.repository}@${ref.digest}`);
-    sendJson(res, existed ? 200 : 201, { ...reportJson(meta), summary });
+    if (kept) res.setHeader('location', `/api/v1/reports/${ref.registry}/${ref.repository}@${ref.digest}?id=${id}`);
+    // 201 even when an older report is history from the start: it was accepted, and `in_force` says what counts.
+    sendJson(res, 201, { ...reportJson({ ...meta, id }, inForce), kept, summary });
   }
 
   // --- /api/v1/admin/reevaluate
 
   private async reevaluate(req: IncomingMessage, res: ServerResponse, url: URL, method: string): Promise<void> {
     const cfg = this.o.deps.config.scan;
-    this.authorize(req, cfg?.admin?.token ?? cfg?.reports?.token, 'admin');
+    this.authorize(req, res, { admin: cfg?.admin?.token ?? cfg?.reports?.token }, 'admin');
     if (method !== 'GET') throw methodNotAllowed('GET');
     const target = this.o.target();
     if (!target) throw new ApiError(503, 'UNAVAILABLE', 'not ready');
@@ -216,8 +265,23 @@ export class ScanApi implements ApiHandler {
   }
 }
 
-function reportJson(r: { registry: string; repository: string; digest: string; format: string; uploadedAt: number; scannedAt: string; scanner: string | null; bound: boolean; size: number }): Record<string, unknown> {
+type Role = 'ci' | 'admin';
+
+/** The request id app.ts set on the response, for messages that point at the log instead of saying more. */
+function requestId(res: ServerResponse): string {
+  const v = res.getHeader('x-request-id');
+  return typeof v === 'string' ? v : '-';
+}
+
+function flag(url: URL, name: string): boolean {
+  return ['1', 'true'].includes(url.searchParams.get(name) ?? '');
+}
+
+/** A version's metadata, and whether it is the version in force for its image. */
+function reportJson(r: ReportMeta, inForce: boolean): Record<string, unknown> {
   return {
+    id: r.id,
+    in_force: inForce,
     registry: r.registry,
     repository: r.repository,
     digest: r.digest,
@@ -230,8 +294,8 @@ function reportJson(r: { registry: string; repository: string; digest: string; f
   };
 }
 
-function unknownReport(ref: { registry: string; repository: string; digest: string }): ApiError {
-  return new ApiError(404, 'REPORT_UNKNOWN', `no report for ${ref.registry}/${ref.repository}@${ref.digest}`);
+function unknownReport(ref: { registry: string; repository: string; digest: string }, id?: number): ApiError {
+  return new ApiError(404, 'REPORT_UNKNOWN', `no report${id !== undefined ? ` version ${id}` : ''} for ${ref.registry}/${ref.repository}@${ref.digest}`);
 }
 
 function methodNotAllowed(allow: string): ApiError {

@@ -9,7 +9,9 @@
  *   reports:                                   # the push API: PUT /api/v1/reports/<registry>/<repository>@<digest>
  *     token: { env: PORTCULLIS_REPORT_TOKEN }  # bearer token CI sends
  *     maxSize: 16MiB
- *     requireDigestBinding: false              # true: refuse reports that name no digest at all
+ *     requireDigestBinding: true               # refuse reports that name no digest at all (false relaxes it)
+ *     history: 10                              # versions kept per image (append-only; oldest pruned first)
+ *     maxClockSkew: 5m                         # a report dated further in the future than this is refused
  *   scanner:                                   # a Harbor Pluggable Scanner API v1.1/v1.2 adapter
  *     url: http://harbor-scanner-trivy:8080    # the proxy calls <url>/api/v1/...
  *     auth: { bearer: { file: /run/secrets/scanner-token } }   # or { username: u, password: { env: … } }
@@ -23,7 +25,7 @@
  *   maxWait: 20s            # upper bound for `on_pending: wait` in the policy
  *   maxVulnerabilities: 50  # how many vulnerabilities the policy input lists (counts are always complete)
  *   cacheTTL: 5m            # in-memory reuse of per-digest results (pushes and deletes invalidate it)
- *   admin: { token: { env: PORTCULLIS_ADMIN_TOKEN } }   # /api/v1/admin/reevaluate; default: the reports token
+ *   admin: { token: { env: PORTCULLIS_ADMIN_TOKEN } }   # deleting reports (required for it); /api/v1/admin/reevaluate
  * ```
  */
 import { z } from 'zod';
@@ -70,8 +72,15 @@ const reports = z
   .object({
     token: scanSecretRef,
     maxSize: size.default(16 * 1024 * 1024),
-    /** Refuse a report that names no digest at all (a report naming another digest is always refused). */
-    requireDigestBinding: z.boolean().default(false),
+    /**
+     * Refuse a report that names no digest at all (a report naming another digest is always refused). On by
+     * default: an unbound report (`trivy image --input x.tar`) could be filed under any image.
+     */
+    requireDigestBinding: z.boolean().default(true),
+    /** Versions kept per image: pushes never overwrite, the oldest beyond this are pruned (never the one in force). */
+    history: z.number().int().min(1).max(1000).default(10),
+    /** How far in the future a report's scan time may be (clock skew between CI and proxy); beyond it, 400. */
+    maxClockSkew: duration.refine((ms) => ms <= 3_600_000, 'at most 1h').default(300_000),
   })
   .strict();
 

@@ -13,8 +13,15 @@
  */
 import { normalizeSeverity, type Finding, type ScanResult, type Severity } from './normalize.js';
 
+/** A report that cannot count as evidence; `field` names the part of the report at fault (the API returns it). */
 export class ReportFormatError extends Error {
   override name = 'ReportFormatError';
+  constructor(
+    message: string,
+    readonly field: string | undefined = undefined,
+  ) {
+    super(message);
+  }
 }
 
 export type ReportFormat = 'trivy' | 'sarif';
@@ -24,6 +31,8 @@ export interface ParsedReport {
   result: Omit<ScanResult, 'scannedAt'> & { scannedAt?: string };
   /** Every manifest digest the report names for the scanned artifact (RepoDigests, `name@sha256:…`). */
   namedDigests: string[];
+  /** Where the scan time came from (`CreatedAt`, `runs[0].invocations[0].endTimeUtc`), for errors about it. */
+  timeField?: string;
 }
 
 const DIGEST_IN = /(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})/g;
@@ -52,15 +61,26 @@ function validTime(s: unknown): string | undefined {
 
 /** Detects and parses an uploaded report. */
 export function parseReport(body: unknown): ParsedReport {
-  if (!isObj(body)) throw new ReportFormatError('report is not a JSON object');
+  if (!isObj(body)) throw new ReportFormatError('report is not a JSON object', '(root)');
   if (Array.isArray(body.runs)) return parseSarif(body);
   if ('SchemaVersion' in body || 'Results' in body || 'ArtifactName' in body) return parseTrivy(body);
-  throw new ReportFormatError('unrecognised report: expected Trivy JSON (SchemaVersion, Results) or SARIF 2.1.0 (runs)');
+  throw new ReportFormatError('unrecognised report: expected Trivy JSON (SchemaVersion, Results) or SARIF 2.1.0 (runs)', '(root)');
 }
 
+/**
+ * A Trivy report counts only with `SchemaVersion: 2` and a `Results` array. Trivy lists every target it scanned
+ * (the OS packages, each lock file) even when it found nothing, so "scanned, no findings" is `Results` with entries
+ * and no `Vulnerabilities` (or an explicit `Results: []`); a report with no `Results` at all, such as
+ * `{"SchemaVersion":2}`, says nothing about the image and is refused rather than read as clean.
+ */
 export function parseTrivy(r: Obj): ParsedReport {
-  if (r.SchemaVersion !== undefined && r.SchemaVersion !== 2) throw new ReportFormatError(`unsupported Trivy SchemaVersion ${JSON.stringify(r.SchemaVersion)} (want 2)`);
-  if (r.Results !== undefined && r.Results !== null && !Array.isArray(r.Results)) throw new ReportFormatError('Trivy report: Results is not an array');
+  if (r.SchemaVersion === undefined) throw new ReportFormatError('SchemaVersion: missing (a Trivy JSON report has SchemaVersion 2)', 'SchemaVersion');
+  if (r.SchemaVersion !== 2) throw new ReportFormatError(`SchemaVersion: unsupported Trivy SchemaVersion ${JSON.stringify(r.SchemaVersion).slice(0, 40)} (want 2)`, 'SchemaVersion');
+  if (r.Results === undefined || r.Results === null) {
+    throw new ReportFormatError('Results: missing: the report has no results for the artifact, so it cannot count as a scan (a scan without findings still lists its targets, or send "Results": [])', 'Results');
+  }
+  if (!Array.isArray(r.Results)) throw new ReportFormatError('Trivy report: Results is not an array', 'Results');
+  if (r.CreatedAt !== undefined && !validTime(r.CreatedAt)) throw new ReportFormatError('CreatedAt: not an RFC 3339 time', 'CreatedAt');
   const findings: Finding[] = [];
   for (const res of arr(r.Results)) {
     if (!isObj(res)) continue;
@@ -76,7 +96,7 @@ export function parseTrivy(r: Obj): ParsedReport {
   const result: ParsedReport['result'] = { findings, scanner: version ? `Trivy ${version}` : 'Trivy' };
   const created = validTime(r.CreatedAt);
   if (created) result.scannedAt = created;
-  return { format: 'trivy', result, namedDigests: digestsIn([...arr(meta.RepoDigests), r.ArtifactName]) };
+  return { format: 'trivy', result, namedDigests: digestsIn([...arr(meta.RepoDigests), r.ArtifactName]), timeField: 'CreatedAt' };
 }
 
 const SARIF_SKIP = new Set(['misconfiguration', 'secret', 'license']);
@@ -98,13 +118,34 @@ function messageField(text: string | undefined, label: string): string | undefin
   return v ? v : undefined;
 }
 
+/**
+ * SARIF counts only as version 2.1.0 with at least one run, and every run with a `results` array (empty when the
+ * tool found nothing: SARIF's own way of saying "scanned, no findings"). The scan time is the latest
+ * `invocations[].endTimeUtc` (else `startTimeUtc`) when the producer wrote one.
+ */
 export function parseSarif(r: Obj): ParsedReport {
-  if (r.version !== undefined && r.version !== '2.1.0') throw new ReportFormatError(`unsupported SARIF version ${JSON.stringify(r.version)} (want 2.1.0)`);
+  if (r.version !== '2.1.0') throw new ReportFormatError(`version: unsupported SARIF version ${JSON.stringify(r.version ?? null).slice(0, 40)} (want 2.1.0)`, 'version');
+  const runs = arr(r.runs);
+  if (runs.length === 0) throw new ReportFormatError('runs: empty: the report has no results for the artifact', 'runs');
   const findings: Finding[] = [];
   const named: unknown[] = [];
   let tool: string | undefined;
-  for (const run of arr(r.runs)) {
-    if (!isObj(run)) continue;
+  let scannedAt: string | undefined;
+  let timeField: string | undefined;
+  for (const [i, run] of runs.entries()) {
+    if (!isObj(run)) throw new ReportFormatError(`runs[${i}]: not an object`, `runs[${i}]`);
+    if (!Array.isArray(run.results)) throw new ReportFormatError(`runs[${i}].results: missing: the run has no results for the artifact (a scan without findings sends "results": [])`, `runs[${i}].results`);
+    for (const [j, inv] of arr(run.invocations).entries()) {
+      if (!isObj(inv)) continue;
+      for (const k of ['endTimeUtc', 'startTimeUtc'] as const) {
+        if (inv[k] === undefined) continue;
+        const t = validTime(inv[k]);
+        const field = `runs[${i}].invocations[${j}].${k}`;
+        if (!t) throw new ReportFormatError(`${field}: not an RFC 3339 time`, field);
+        if (!scannedAt || Date.parse(t) > Date.parse(scannedAt)) [scannedAt, timeField] = [t, field];
+        break;
+      }
+    }
     const driver = isObj(run.tool) && isObj(run.tool.driver) ? run.tool.driver : {};
     tool ??= [str(driver.name), str(driver.version)].filter(Boolean).join(' ') || undefined;
     const rules = arr(driver.rules).filter(isObj);
@@ -133,7 +174,8 @@ export function parseSarif(r: Obj): ParsedReport {
   }
   const result: ParsedReport['result'] = { findings };
   if (tool) result.scanner = tool;
-  return { format: 'sarif', result, namedDigests: digestsIn(named) };
+  if (scannedAt) result.scannedAt = scannedAt;
+  return { format: 'sarif', result, namedDigests: digestsIn(named), ...(timeField ? { timeField } : {}) };
 }
 
 /** Harbor's HarborVulnerabilityReport (Pluggable Scanner API `GET /scan/{id}/report`). */

@@ -28,6 +28,9 @@ import { ScanStore } from './store.js';
 
 type Source = NonNullable<ScanEvidence['source']>;
 
+/** How far in the future a scan time may be when `scan.reports.maxClockSkew` is not configured. */
+const DEFAULT_SKEW_MS = 300_000;
+
 /** What one source says about one root digest. */
 export type Outcome =
   | { kind: 'ok'; source: Source; result: ScanResult }
@@ -164,9 +167,17 @@ export class ScanService implements ScanProvider {
     return summarize(r, { status, source, now, maxVulnerabilities: this.config.maxVulnerabilities });
   }
 
+  /**
+   * Older than staleAfter, or dated in the future beyond the clock skew allowed for reports: a result from "2999"
+   * would otherwise never go stale (the report API refuses such reports; attestations and scanners are caught here).
+   */
   private isStale(r: ScanResult, now: number): boolean {
     const t = Date.parse(r.scannedAt);
-    return !Number.isFinite(t) || now - t > this.config.staleAfter;
+    return !Number.isFinite(t) || now - t > this.config.staleAfter || t - now > this.maxSkew;
+  }
+
+  private get maxSkew(): number {
+    return this.config.reports?.maxClockSkew ?? DEFAULT_SKEW_MS;
   }
 
   /** The platform manifests of an index (attestation manifests left out), or the image itself. */

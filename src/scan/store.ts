@@ -1,8 +1,11 @@
 /**
  * Persistent scan data, in its own SQLite file (`<dataDir>/scan.sqlite`, WAL) next to the metadata store:
  *
- * - `scan_reports`: reports CI pushed, per (registry, repository, digest), with the parsed findings and the raw
- *   body as uploaded;
+ * - `scan_report_versions`: reports CI pushed, with the parsed findings and the raw body as uploaded. Append-only
+ *   history: a push adds a version and never replaces one; the version in force for an image is the one with the
+ *   latest scan time (then the latest push), so a replayed older report cannot displace a newer one. At most
+ *   `keep` versions are kept per (registry, repository, digest), the oldest pruned first (the one in force never);
+ *   only the admin API deletes;
  * - `scanner_scans`: per digest, the last result from the Harbor-compatible scanner, the scan request in flight
  *   (so polling resumes after a restart), and the last error.
  */
@@ -13,6 +16,8 @@ import type { Finding, ScanResult } from './normalize.js';
 import type { ReportFormat } from './formats.js';
 
 export interface StoredReport {
+  /** The version's id, increasing with every push. */
+  id: number;
   registry: string;
   repository: string;
   digest: string;
@@ -43,13 +48,14 @@ export interface ScannerRecord {
 }
 
 const SCHEMA = `
-CREATE TABLE IF NOT EXISTS scan_reports (
+CREATE TABLE IF NOT EXISTS scan_report_versions (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
   registry TEXT NOT NULL, repository TEXT NOT NULL, digest TEXT NOT NULL,
   format TEXT NOT NULL, uploaded_at INTEGER NOT NULL, scanned_at TEXT NOT NULL, scanner TEXT,
-  bound INTEGER NOT NULL, size INTEGER NOT NULL, findings TEXT NOT NULL, body BLOB NOT NULL,
-  PRIMARY KEY (registry, repository, digest)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS scan_reports_by_digest ON scan_reports (digest, uploaded_at);
+  bound INTEGER NOT NULL, size INTEGER NOT NULL, findings TEXT NOT NULL, body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scan_report_versions_by_ref ON scan_report_versions (registry, repository, digest, scanned_at, id);
+CREATE INDEX IF NOT EXISTS scan_report_versions_by_digest ON scan_report_versions (digest, scanned_at, id);
 CREATE TABLE IF NOT EXISTS scanner_scans (
   digest TEXT PRIMARY KEY,
   result_scanned_at TEXT, result_scanner TEXT, result_findings TEXT,
@@ -59,6 +65,7 @@ CREATE TABLE IF NOT EXISTS scanner_scans (
 `;
 
 interface ReportRow {
+  id: number;
   registry: string;
   repository: string;
   digest: string;
@@ -86,7 +93,16 @@ interface ScannerRow {
   error_at: number | null;
 }
 
-const META_COLS = 'registry, repository, digest, format, uploaded_at, scanned_at, scanner, bound, size';
+const DATA_COLS = 'registry, repository, digest, format, uploaded_at, scanned_at, scanner, bound, size';
+const META_COLS = `id, ${DATA_COLS}`;
+/** The order of versions, newest (in force) first. */
+const NEWEST = 'ORDER BY scanned_at DESC, id DESC';
+const REF = 'registry = ? AND repository = ? AND digest = ?';
+/** Only the version in force of each image: no version of the same image is newer. */
+const IN_FORCE = `NOT EXISTS (SELECT 1 FROM scan_report_versions n WHERE n.registry = v.registry AND n.repository = v.repository
+  AND n.digest = v.digest AND (n.scanned_at > v.scanned_at OR (n.scanned_at = v.scanned_at AND n.id > v.id)))`;
+
+export type ReportMeta = Omit<StoredReport, 'findings'>;
 
 export class ScanStore {
   private readonly db: DatabaseSync;
@@ -97,16 +113,18 @@ export class ScanStore {
     this.db = new DatabaseSync(join(dataDir, 'scan.sqlite'));
     this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;');
     this.db.exec(SCHEMA);
+    this.migrate();
     const p = (sql: string): StatementSync => this.db.prepare(sql);
     this.st = {
-      putReport: p(`INSERT INTO scan_reports (${META_COLS}, findings, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (registry, repository, digest) DO UPDATE SET format = excluded.format, uploaded_at = excluded.uploaded_at,
-                    scanned_at = excluded.scanned_at, scanner = excluded.scanner, bound = excluded.bound, size = excluded.size,
-                    findings = excluded.findings, body = excluded.body`),
-      getReport: p(`SELECT ${META_COLS}, findings FROM scan_reports WHERE registry = ? AND repository = ? AND digest = ?`),
-      getBody: p('SELECT body, format FROM scan_reports WHERE registry = ? AND repository = ? AND digest = ?'),
-      latestForDigest: p(`SELECT ${META_COLS}, findings FROM scan_reports WHERE digest = ? ORDER BY scanned_at DESC, uploaded_at DESC LIMIT 1`),
-      delReport: p('DELETE FROM scan_reports WHERE registry = ? AND repository = ? AND digest = ?'),
+      putReport: p(`INSERT INTO scan_report_versions (${DATA_COLS}, findings, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
+      prune: p(`DELETE FROM scan_report_versions WHERE id IN (SELECT id FROM scan_report_versions WHERE ${REF} ${NEWEST} LIMIT -1 OFFSET ?)`),
+      getReport: p(`SELECT ${META_COLS}, findings FROM scan_report_versions WHERE ${REF} ${NEWEST} LIMIT 1`),
+      getVersion: p(`SELECT ${META_COLS}, findings FROM scan_report_versions WHERE ${REF} AND id = ?`),
+      versions: p(`SELECT ${META_COLS} FROM scan_report_versions WHERE ${REF} ${NEWEST}`),
+      getBody: p(`SELECT body FROM scan_report_versions WHERE ${REF} AND id = ?`),
+      latestForDigest: p(`SELECT ${META_COLS}, findings FROM scan_report_versions WHERE digest = ? ${NEWEST} LIMIT 1`),
+      delReports: p(`DELETE FROM scan_report_versions WHERE ${REF}`),
+      delVersion: p(`DELETE FROM scan_report_versions WHERE ${REF} AND id = ?`),
       getScanner: p('SELECT * FROM scanner_scans WHERE digest = ?'),
       pendingJobs: p('SELECT * FROM scanner_scans WHERE job_id IS NOT NULL'),
       putScanner: p(`INSERT INTO scanner_scans (digest, result_scanned_at, result_scanner, result_findings, job_id, job_requested_at, job_next_poll_at,
@@ -118,51 +136,91 @@ export class ScanStore {
     };
   }
 
-  putReport(r: StoredReport, body: Buffer): void {
-    this.st.putReport!.run(r.registry, r.repository, r.digest, r.format, r.uploadedAt, r.scannedAt, r.scanner, r.bound ? 1 : 0, r.size, JSON.stringify(r.findings), body);
+  /**
+   * Reports stored by earlier versions (one row per image, replaced on every push) become the first version of
+   * each image's history.
+   */
+  private migrate(): void {
+    const old = this.db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'scan_reports'").get();
+    if (!old) return;
+    this.db.exec('BEGIN IMMEDIATE');
+    try {
+      this.db.exec(`INSERT INTO scan_report_versions (${DATA_COLS}, findings, body) SELECT ${DATA_COLS}, findings, body FROM scan_reports ORDER BY uploaded_at;
+                    DROP TABLE scan_reports;`);
+      this.db.exec('COMMIT');
+    } catch (e) {
+      this.db.exec('ROLLBACK');
+      throw e;
+    }
   }
 
-  getReport(registry: string, repository: string, digest: string): StoredReport | undefined {
-    const row = this.st.getReport!.get(registry, repository, digest) as ReportRow | undefined;
+  /**
+   * Adds a version; never replaces one. Then keeps the newest `keep` versions of that image (by scan time), so the
+   * one in force is never pruned. Returns the new version's id, and whether it is the one in force (a report with an
+   * older scan time than the newest one is history from the start).
+   */
+  putReport(r: Omit<StoredReport, 'id'>, body: Buffer, keep = Number.MAX_SAFE_INTEGER): { id: number; inForce: boolean; kept: boolean } {
+    this.db.exec('BEGIN IMMEDIATE');
+    try {
+      const { id } = this.st.putReport!.get(r.registry, r.repository, r.digest, r.format, r.uploadedAt, r.scannedAt, r.scanner, r.bound ? 1 : 0, r.size, JSON.stringify(r.findings), body) as { id: number };
+      this.st.prune!.run(r.registry, r.repository, r.digest, Math.max(1, keep));
+      const current = this.st.getReport!.get(r.registry, r.repository, r.digest) as unknown as ReportRow;
+      const kept = this.st.getVersion!.get(r.registry, r.repository, r.digest, id) !== undefined;
+      this.db.exec('COMMIT');
+      return { id, inForce: current.id === id, kept };
+    } catch (e) {
+      this.db.exec('ROLLBACK');
+      throw e;
+    }
+  }
+
+  /** The version in force for this image, or the version `id` of it. */
+  getReport(registry: string, repository: string, digest: string, id?: number): StoredReport | undefined {
+    const row = (id === undefined ? this.st.getReport!.get(registry, repository, digest) : this.st.getVersion!.get(registry, repository, digest, id)) as ReportRow | undefined;
     return row ? toReport(row) : undefined;
   }
 
-  reportBody(registry: string, repository: string, digest: string): Buffer | undefined {
-    const row = this.st.getBody!.get(registry, repository, digest) as { body: Uint8Array } | undefined;
+  /** Every kept version of this image, newest (in force) first. */
+  versions(registry: string, repository: string, digest: string): ReportMeta[] {
+    return (this.st.versions!.all(registry, repository, digest) as unknown as ReportRow[]).map(toMeta);
+  }
+
+  reportBody(registry: string, repository: string, digest: string, id: number): Buffer | undefined {
+    const row = this.st.getBody!.get(registry, repository, digest, id) as { body: Uint8Array } | undefined;
     return row ? Buffer.from(row.body) : undefined;
   }
 
-  /** The newest report for this digest, whatever repository it was pushed under (same bytes, same findings). */
+  /** The newest report for this digest (by scan time), whatever repository it was pushed under (same bytes, same findings). */
   latestReport(digest: string): StoredReport | undefined {
     const row = this.st.latestForDigest!.get(digest) as ReportRow | undefined;
     return row ? toReport(row) : undefined;
   }
 
-  deleteReport(registry: string, repository: string, digest: string): boolean {
-    return Number(this.st.delReport!.run(registry, repository, digest).changes) > 0;
+  /** Deletes every version of an image, or only version `id`; returns how many went. */
+  deleteReport(registry: string, repository: string, digest: string, id?: number): number {
+    const st = id === undefined ? this.st.delReports!.run(registry, repository, digest) : this.st.delVersion!.run(registry, repository, digest, id);
+    return Number(st.changes);
   }
 
-  /** Report metadata (no findings), newest upload first, filtered by exact registry/repository/digest. */
-  listReports(f: { registry?: string; repository?: string; digest?: string; limit: number; offset: number }): { reports: Array<Omit<StoredReport, 'findings'>>; total: number } {
-    const where: string[] = [];
+  /**
+   * Report metadata (no findings), newest push first, filtered by exact registry/repository/digest: the version in
+   * force of each image, or with `history` every kept version.
+   */
+  listReports(f: { registry?: string; repository?: string; digest?: string; history?: boolean; limit: number; offset: number }): { reports: Array<ReportMeta & { inForce: boolean }>; total: number } {
+    const where: string[] = f.history ? [] : [IN_FORCE];
     const args: string[] = [];
     for (const k of ['registry', 'repository', 'digest'] as const) {
       const v = f[k];
       if (v !== undefined) {
-        where.push(`${k} = ?`);
+        where.push(`v.${k} = ?`);
         args.push(v);
       }
     }
     const w = where.length ? `WHERE ${where.join(' AND ')}` : '';
-    const total = (this.db.prepare(`SELECT count(*) AS n FROM scan_reports ${w}`).get(...args) as { n: number }).n;
-    const rows = this.db.prepare(`SELECT ${META_COLS} FROM scan_reports ${w} ORDER BY uploaded_at DESC, registry, repository, digest LIMIT ? OFFSET ?`).all(...args, f.limit, f.offset) as unknown as ReportRow[];
-    return {
-      total,
-      reports: rows.map((row) => {
-        const { findings: _f, ...meta } = toReport({ ...row, findings: '[]' });
-        return meta;
-      }),
-    };
+    const total = (this.db.prepare(`SELECT count(*) AS n FROM scan_report_versions v ${w}`).get(...args) as { n: number }).n;
+    const cols = META_COLS.split(', ').map((c) => `v.${c}`).join(', ');
+    const rows = this.db.prepare(`SELECT ${cols}, ${IN_FORCE} AS in_force FROM scan_report_versions v ${w} ORDER BY v.id DESC LIMIT ? OFFSET ?`).all(...args, f.limit, f.offset) as unknown as Array<ReportRow & { in_force: number }>;
+    return { total, reports: rows.map((row) => ({ ...toMeta(row), inForce: row.in_force === 1 })) };
   }
 
   getScanner(digest: string): ScannerRecord | undefined {
@@ -197,8 +255,14 @@ export class ScanStore {
   }
 }
 
+function toMeta(row: ReportRow): ReportMeta {
+  const { findings: _f, ...meta } = toReport({ ...row, findings: '[]' });
+  return meta;
+}
+
 function toReport(row: ReportRow): StoredReport {
   const r: StoredReport = {
+    id: row.id,
     registry: row.registry,
     repository: row.repository,
     digest: row.digest,

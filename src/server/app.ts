@@ -190,7 +190,9 @@ export class App {
       if (this.shuttingDown) res.setHeader('connection', 'close');
       await this.handlers.handle({ req, res, url, method, clientIp: req.socket.remoteAddress ?? '' }, ep);
     } catch (e) {
-      const err = e instanceof RegistryError ? e : errors.upstream(`internal error: ${e instanceof Error ? e.message : String(e)}`, 500);
+      // An unexpected error's message can name the server's files (ENOENT, EACCES …): the client gets the request id,
+      // the log gets the message.
+      const err = e instanceof RegistryError ? e : errors.upstream(`internal error (request id ${rid})`, 500);
       if (!(e instanceof RegistryError) || err.status >= 500) log.warn({ err: e instanceof Error ? e.message : String(e), path: pathname }, 'request failed');
       if (res.headersSent) {
         res.destroy();

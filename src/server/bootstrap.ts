@@ -6,6 +6,7 @@
 import { resolve } from 'node:path';
 import { pino, type Logger } from 'pino';
 import type { Config } from '../config/schema.js';
+import { onSecretError } from '../config/load.js';
 import { DecisionLog, DecisionMetrics } from '../gate/decision-log.js';
 import type { DecisionObserver } from '../gate/gate.js';
 import { Metrics } from '../metrics/metrics.js';
@@ -35,7 +36,9 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
   const metrics = new Metrics();
   const policy = new PolicyManager(policySource(config), config.policy.settings, metrics, log, config.policy.pollInterval);
   await policy.start();
-  const decisionLog = new DecisionLog(config.decisionLog, metrics, log);
+  // Unreadable secrets: the errors say nothing (they reach clients), the log says which file and why.
+  const stopSecretLog = onSecretError((detail) => log.warn({ detail }, 'a configured secret cannot be read'));
+  const decisionLog = new DecisionLog(config.decisionLog, metrics, log, undefined, { dataDir: config.dataDir });
   // The scan provider and its report/admin API share one service; re-evaluation needs the app once it exists.
   let built: App | undefined;
   const scan = scanCapability({ ...(opts.now ? { now: opts.now } : {}), target: () => built });
@@ -61,6 +64,7 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
       await app.close();
       scan.close();
       await decisionLog.close();
+      stopSecretLog();
     },
   };
 }

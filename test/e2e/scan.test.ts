@@ -293,11 +293,18 @@ describe('the report API', () => {
     const raw = await fetch(`${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}?raw=1`, { headers: auth });
     expect(((await raw.json()) as { SchemaVersion: number }).SchemaVersion).toBe(2);
 
-    // Delete: the image then has no report and, with the scanner pending, is denied as pending.
+    // Delete: the CI token may add evidence but never remove it; the admin token may.
     scanner.setFindings(images.vuln!.digest, { vulnerabilities: [], delayMs: 60_000 });
-    const del = await fetch(`${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`, { method: 'DELETE', headers: auth });
+    const reportUrl = `${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`;
+    const byCi = await fetch(reportUrl, { method: 'DELETE', headers: auth });
+    expect(byCi.status).toBe(403);
+    expect(((await byCi.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({ code: 'DENIED', message: expect.stringContaining('admin token') });
+    expect((await pull(px, 'demo/vuln')).error!.message).toContain(CVE);
+    const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
+    // The image then has no report and, with the scanner pending, is denied as pending.
+    const del = await fetch(reportUrl, { method: 'DELETE', headers: admin });
     expect(del.status).toBe(204);
-    expect((await fetch(`${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`, { method: 'DELETE', headers: auth })).status).toBe(404);
+    expect((await fetch(reportUrl, { method: 'DELETE', headers: admin })).status).toBe(404);
     // The earlier deny (for its CRITICAL) was cached; the delete dropped it, so the next pull decides afresh: pending.
     const after = await pull(px, 'demo/vuln');
     expect(after.status).toBe(403);
@@ -316,6 +323,107 @@ describe('the report API', () => {
     expect(await bad(`${reg.host}/demo/vuln@${images.vuln!.digest}`, cleanFixture, { headers: { 'content-type': 'text/plain' } })).toEqual({ status: 415, code: 'UNSUPPORTED' });
     const huge = JSON.stringify({ SchemaVersion: 2, Results: [], pad: 'x'.repeat(70 * 1024) });
     expect(await bad(`${reg.host}/demo/vuln@${images.vuln!.digest}`, huge)).toEqual({ status: 413, code: 'SIZE_INVALID' });
+  });
+});
+
+describe('report evidence that can be trusted', () => {
+  // The proxy's clock is injected and fixed; report dates are relative to it.
+  const T0 = Date.parse('2026-06-01T12:00:00Z');
+  let p: RunningProxy;
+  const at = (ms: number): string => new Date(T0 + ms).toISOString();
+  /** A real fixture bound to `name` and dated `createdAt` (the proxy's clock is T0). */
+  const report = (fixture: string, name: string, createdAt: string): string => boundReport(fixture, `${reg.host}/demo/${name}`, images[name]!.digest).replace(/"CreatedAt": "[^"]+"/, `"CreatedAt": "${createdAt}"`);
+  const put = async (name: string, body: string): Promise<{ status: number; json: Record<string, unknown> }> => {
+    const res = await pushReport(p, `demo/${name}`, images[name]!.digest, body);
+    return { status: res.status, json: (await res.json()) as Record<string, unknown> };
+  };
+  const errorOf = (json: Record<string, unknown>): { code: string; message: string; detail: { field?: string } | null } => (json as { errors: Array<{ code: string; message: string; detail: { field?: string } | null }> }).errors[0]!;
+
+  beforeAll(async () => {
+    for (const name of ['trust-empty', 'trust-future', 'trust-unbound', 'trust-history']) images[name] = await pushImage(reg.url, `demo/${name}`, 'v1');
+    p = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings: { no_match: 'deny', scopes: [{ name: 'scanned', images: ['**'], scan: {} }] },
+      extra: { scan: { order: ['reports'], reports: { token: { env: 'PC_E2E_REPORT_TOKEN' }, history: 3 }, admin: { token: { env: 'PC_E2E_ADMIN_TOKEN' } } } },
+      now: () => T0,
+    });
+  });
+  afterAll(async () => {
+    await p?.stop();
+  });
+
+  test('an empty report is not a clean scan: 400 naming Results, and the image stays denied', async () => {
+    const r = await put('trust-empty', '{"SchemaVersion":2}');
+    expect(r.status).toBe(400);
+    expect(errorOf(r.json)).toMatchObject({ code: 'REPORT_INVALID', detail: { field: 'Results' } });
+    expect(errorOf(r.json).message).toMatch(/^Results: missing/);
+    // The clean fixture without its Results, bound and dated correctly, is refused the same way.
+    const noResults = JSON.parse(report(cleanFixture, 'trust-empty', at(0))) as Record<string, unknown>;
+    delete noResults.Results;
+    expect(errorOf((await put('trust-empty', JSON.stringify(noResults))).json).detail).toEqual({ field: 'Results' });
+    const wrongSchema = report(cleanFixture, 'trust-empty', at(0)).replace('"SchemaVersion": 2', '"SchemaVersion": 3');
+    expect(errorOf((await put('trust-empty', wrongSchema)).json)).toMatchObject({ code: 'REPORT_INVALID', detail: { field: 'SchemaVersion' } });
+    const pulled = await pull(p, 'demo/trust-empty');
+    expect(pulled.status).toBe(403);
+    expect(pulled.error!.message).toContain('[scan.missing]');
+    // The real fixture, as Trivy writes a scan with no findings, is accepted and allows the image.
+    expect((await put('trust-empty', report(cleanFixture, 'trust-empty', at(0)))).status).toBe(201);
+    expect((await pull(p, 'demo/trust-empty')).status).toBe(200);
+  });
+
+  test('a report dated in the future (beyond maxClockSkew, on the proxy clock) is refused, naming CreatedAt', async () => {
+    const r = await put('trust-future', report(cleanFixture, 'trust-future', '2999-01-01T00:00:00Z'));
+    expect(r.status).toBe(400);
+    expect(errorOf(r.json)).toMatchObject({ code: 'REPORT_INVALID', detail: { field: 'CreatedAt' } });
+    expect(errorOf(r.json).message).toContain('in the future');
+    expect((await put('trust-future', report(cleanFixture, 'trust-future', at(6 * 60_000)))).status).toBe(400);
+    // Within the default 5 minutes of skew it is accepted.
+    expect((await put('trust-future', report(cleanFixture, 'trust-future', at(4 * 60_000)))).status).toBe(201);
+  });
+
+  test('the digest binding is required by default: a report that names no digest is refused', async () => {
+    const unbound = report(cleanFixture, 'trust-unbound', at(0)).replace(/"RepoDigests": \[[^\]]*\]/, '"RepoDigests": []');
+    expect(unbound).not.toContain(images['trust-unbound']!.digest);
+    const r = await put('trust-unbound', unbound);
+    expect(r.status).toBe(400);
+    expect(errorOf(r.json)).toMatchObject({ code: 'DIGEST_INVALID', detail: { field: 'Metadata.RepoDigests' } });
+    expect(errorOf(r.json).message).toContain('requireDigestBinding');
+  });
+
+  test('reports are append-only history: newer supersedes, older is kept, bounded, listed; pushes and deletes drop cached decisions', async () => {
+    const name = 'trust-history';
+    const url = `${p.url}/api/v1/reports/${reg.host}/demo/${name}@${images[name]!.digest}`;
+    const ci = { authorization: `Bearer ${REPORT_TOKEN}` };
+    const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
+    const critical = await put(name, report(trivyFixture, name, at(-3 * 3_600_000)));
+    expect(critical).toMatchObject({ status: 201, json: { in_force: true, kept: true } });
+    expect((await pull(p, `demo/${name}`)).error!.message).toContain(CVE);
+    // A newer clean scan supersedes it, and the cached deny goes at once.
+    const clean = await put(name, report(cleanFixture, name, at(-3_600_000)));
+    expect(clean).toMatchObject({ status: 201, json: { in_force: true } });
+    expect((await pull(p, `demo/${name}`)).status).toBe(200);
+    // Replaying the older, vulnerable report does not displace the newer one: it is history from the start.
+    const replay = await put(name, report(trivyFixture, name, at(-2 * 3_600_000)));
+    expect(replay).toMatchObject({ status: 201, json: { in_force: false, kept: true } });
+    expect((await pull(p, `demo/${name}`)).status).toBe(200);
+    // Nothing was overwritten: every version is listed, and each can be read as pushed.
+    const got = (await (await fetch(url, { headers: ci })).json()) as { id: number; in_force: boolean; versions: Array<{ id: number; in_force: boolean; scanned_at: string }> };
+    expect(got.id).toBe(clean.json.id);
+    expect(got.versions.map((v) => v.id)).toEqual([clean.json.id, replay.json.id, critical.json.id]);
+    expect(got.versions.map((v) => v.in_force)).toEqual([true, false, false]);
+    const raw = (await (await fetch(`${url}?id=${String(critical.json.id)}&raw=1`, { headers: ci })).json()) as { Results: Array<{ Vulnerabilities?: unknown[] }> };
+    expect(raw.Results[0]!.Vulnerabilities!.length).toBeGreaterThan(0);
+    const listed = (await (await fetch(`${p.url}/api/v1/reports?repository=demo/${name}&history=1`, { headers: ci })).json()) as { total: number };
+    expect(listed.total).toBe(3);
+    expect(((await (await fetch(`${p.url}/api/v1/reports?repository=demo/${name}`, { headers: ci })).json()) as { total: number }).total).toBe(1);
+    // Bounded (history: 3): a fourth push prunes the oldest scan, never the one in force.
+    const newest = await put(name, report(cleanFixture, name, at(-60_000)));
+    const after = (await (await fetch(url, { headers: ci })).json()) as { versions: Array<{ id: number }> };
+    expect(after.versions.map((v) => v.id)).toEqual([newest.json.id, clean.json.id, replay.json.id]);
+    // Deleting needs the admin token; deleting the versions in force brings the older one back, and its deny.
+    expect((await fetch(`${url}?id=${String(newest.json.id)}`, { method: 'DELETE', headers: ci })).status).toBe(403);
+    for (const v of [newest, clean]) expect((await fetch(`${url}?id=${String(v.json.id)}`, { method: 'DELETE', headers: admin })).status).toBe(204);
+    expect((await pull(p, `demo/${name}`)).error!.message).toContain(CVE);
   });
 });
 

@@ -166,6 +166,73 @@ describe('decision logs', () => {
   });
 });
 
+describe('decision logs that lose nothing (spool, onFull: block)', () => {
+  test('with a spool, events outlive a restart while the collector is down, and arrive in order once it is up', async () => {
+    const port = await freePort();
+    const dataDir = await mkdtemp(join(dir, 'spool-'));
+    const decisionLog = { sink: 'http', url: `http://127.0.0.1:${port}/logs`, batchSize: 10, flushInterval: '100ms', spool: { maxSize: '1MiB' } };
+    const allowAll = { no_match: 'deny', scopes: [{ name: 'all', images: ['**'] }] };
+    const first = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], settings: allowAll, extra: { decisionLog }, dataDir });
+    for (const tag of ['v1', 'latest']) {
+      const r = await fetch(`${first.url}/v2/${reg.host}/demo/app/manifests/${tag}`, { headers: { accept: MANIFEST_ACCEPT } });
+      await r.arrayBuffer();
+      expect(r.status).toBe(200);
+    }
+    expect(first.proxy.decisionLog.queued).toBe(2);
+    await first.stop(); // the collector is still down: the events stay in dataDir/decision-log.sqlite
+    const tags: Array<string | null> = [];
+    const server = createServer((req, res) => {
+      void body(req).then((b) => {
+        tags.push(...(JSON.parse(gunzipSync(b).toString('utf8')) as Array<{ input: { image: { tag: string | null } } }>).map((e) => e.input.image.tag));
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(port, '127.0.0.1', r));
+    const second = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], settings: allowAll, extra: { decisionLog }, dataDir });
+    try {
+      const deadline = Date.now() + 10_000;
+      while (tags.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(tags).toEqual(['v1', 'latest']);
+      expect(second.proxy.decisionLog.queued).toBe(0);
+    } finally {
+      await second.stop();
+      server.close();
+    }
+  });
+
+  test('with the collector down and the queue full, a decision that cannot be recorded is denied, and not cached', async () => {
+    const port = await freePort(); // nothing listens there: every delivery is refused
+    const px = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings: { no_match: 'deny', scopes: [{ name: 'all', images: ['**'] }] },
+      extra: { decisionLog: { sink: 'http', url: `http://127.0.0.1:${port}/logs`, batchSize: 10, maxQueue: 1, onFull: 'block', blockTimeout: '300ms' } },
+    });
+    try {
+      const pull = (ref: string): Promise<Response> => fetch(`${px.url}/v2/${reg.host}/demo/app/manifests/${ref}`, { headers: { accept: MANIFEST_ACCEPT } });
+      // Room for one event: the first decision is recorded (queued) and served.
+      const first = await pull('v1');
+      await first.arrayBuffer();
+      expect(first.status).toBe(200);
+      // The queue is full and stays full: the next decision waits blockTimeout, then fails closed.
+      const second = await pull('latest');
+      expect(second.status).toBe(403);
+      const err = ((await second.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]!;
+      expect(err.code).toBe('DENIED');
+      expect(err.message).toContain('decision log unavailable [decision_log.unavailable]');
+      // Not cached as a deny: the next pull decides (and waits) again.
+      const third = await pull('latest');
+      await third.arrayBuffer();
+      expect(third.status).toBe(403);
+      const metrics = await (await fetch(`${px.url}/metrics`)).text();
+      expect(metrics).toMatch(/^portcullis_decision_log_refused_total 2$/m);
+      expect(metrics).toMatch(/^portcullis_decision_log_dropped_total 0$/m);
+      expect(px.proxy.decisionLog.queued).toBe(1);
+    } finally {
+      await px.stop();
+    }
+  });
+});
+
 describe('portcullis check', () => {
   test('exit 0 for allow, 1 for deny, 2 for an error; --json prints the evidence', async () => {
     const cfg = join(dir, 'check.yaml');

@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { applyEnvOverrides, ConfigError, loadConfig, parseConfig, readSecret } from '../../src/config/load.js';
+import { applyEnvOverrides, ConfigError, loadConfig, onSecretError, parseConfig, readSecret, SecretError } from '../../src/config/load.js';
 import { parseDuration, parseSize } from '../../src/config/schema.js';
 import { cleanupTempDirs, tempDir } from './helpers.js';
 
@@ -173,6 +173,12 @@ describe('parseConfig: cross-field rules', () => {
     expect(configError(() => parseConfig(`${MIN}decisionLog: { sink: file }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.file: /m);
     expect(configError(() => parseConfig(`${MIN}decisionLog: { sink: http }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.url: /m);
     expect(configError(() => parseConfig(`${MIN}decisionLog: { mask: ["/request/client"] }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.mask\[0\]: /m);
+    expect(configError(() => parseConfig(`${MIN}decisionLog: { onFull: wait }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.onFull: /m);
+    expect(configError(() => parseConfig(`${MIN}decisionLog: { sink: stdout, spool: { maxSize: 1MiB } }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.spool: /m);
+    expect(configError(() => parseConfig(`${MIN}decisionLog: { sink: http, url: "http://c/", spool: { maxSize: 1KiB } }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.spool\.maxSize: /m);
+    const d = parseConfig(`${MIN}decisionLog: { sink: http, url: "http://c/", onFull: block, blockTimeout: 2s, spool: { maxSize: 64MiB } }\n`, 'd.yaml', {}).decisionLog;
+    expect(d).toMatchObject({ onFull: 'block', blockTimeout: 2000, spool: { maxSize: 64 * 1024 * 1024 } });
+    expect(parseConfig(MIN, 'd.yaml', {}).decisionLog).toMatchObject({ onFull: 'drop', blockTimeout: 5000 });
   });
 });
 
@@ -206,12 +212,34 @@ describe('secrets', () => {
 
   it('readSecret reads env and (trimmed) files at use time', () => {
     expect(readSecret({ env: 'X' }, { X: 's3cret' })).toBe('s3cret');
-    expect(() => readSecret({ env: 'MISSING' }, {})).toThrow(/MISSING/);
+    expect(() => readSecret({ env: 'MISSING' }, {})).toThrow(SecretError);
     const f = join(tempDir(), 'pw');
     writeFileSync(f, 'filepw\n');
     expect(readSecret({ file: f }, {})).toBe('filepw');
     writeFileSync(f, 'rotated\n');
     expect(readSecret({ file: f }, {})).toBe('rotated');
+  });
+
+  it('an unreadable secret says so without naming the file; the log listener gets the path and errno', () => {
+    const seen: string[] = [];
+    const stop = onSecretError((d) => seen.push(d));
+    try {
+      const missing = join(tempDir(), 'run', 'secrets', 'registry-password');
+      let err: unknown;
+      try {
+        readSecret({ file: missing }, {});
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(SecretError);
+      expect((err as Error).message).toBe('a configured secret cannot be read (the server log has the details)');
+      expect(String(err)).not.toContain(missing);
+      expect((err as SecretError).detail).toBe(`secret file ${missing} cannot be read (ENOENT)`);
+      expect(() => readSecret({ env: 'NOT_SET_ANYWHERE' }, {})).toThrow(/^a configured secret cannot be read/);
+      expect(seen).toEqual([`secret file ${missing} cannot be read (ENOENT)`, 'environment variable NOT_SET_ANYWHERE is not set']);
+    } finally {
+      stop();
+    }
   });
 });
 

@@ -1,10 +1,13 @@
 import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config/schema.js';
-import { DecisionLog, maskInput, type DecisionEvent } from '../../src/gate/decision-log.js';
+import { DecisionLog, DecisionLogUnavailableError, maskInput, type DecisionEvent } from '../../src/gate/decision-log.js';
+import { redactUrl } from '../../src/util/redact-url.js';
 import type { DecisionObserver } from '../../src/gate/gate.js';
 import type { Admission, PolicyInput } from '../../src/gate/types.js';
 import { Metrics } from '../../src/metrics/metrics.js';
@@ -53,8 +56,58 @@ async function counter(c: { get(): Promise<{ values: Array<{ value: number }> }>
 }
 
 function httpCfg(url: string, over: Partial<Config['decisionLog']> = {}): Config['decisionLog'] {
-  return { sink: 'http', url, batchSize: 2, flushInterval: 3_600_000, maxQueue: 5, mask: [], ...over };
+  return { sink: 'http', url, batchSize: 2, flushInterval: 3_600_000, maxQueue: 5, mask: [], onFull: 'drop', blockTimeout: 5_000, ...over };
 }
+
+/**
+ * A real HTTP collector on a fixed loopback port that can go down (the port refuses connections) and come back on
+ * the same port; it records the decision ids it accepted, in the order it accepted them.
+ */
+interface Collector {
+  url: string;
+  ids: string[];
+  batches: number;
+  up(): Promise<void>;
+  down(): Promise<void>;
+}
+
+async function collector(): Promise<Collector> {
+  let server: Server | undefined;
+  let port = 0;
+  const c: Collector = {
+    url: '',
+    ids: [],
+    batches: 0,
+    async up() {
+      const s = createServer((req, res) => {
+        const chunks: Buffer[] = [];
+        req.on('data', (b: Buffer) => chunks.push(b));
+        req.on('end', () => {
+          const batch = JSON.parse(gunzipSync(Buffer.concat(chunks)).toString('utf8')) as DecisionEvent[];
+          c.batches++;
+          c.ids.push(...batch.map((e) => e.decision_id));
+          res.statusCode = 204;
+          res.end();
+        });
+      });
+      await new Promise<void>((resolve) => s.listen(port, '127.0.0.1', resolve));
+      port = (s.address() as AddressInfo).port;
+      c.url = `http://127.0.0.1:${port}/logs`;
+      server = s;
+    },
+    async down() {
+      const s = server;
+      server = undefined;
+      if (!s) return;
+      s.closeAllConnections();
+      await new Promise<void>((resolve) => s.close(() => resolve()));
+    },
+  };
+  await c.up();
+  return c;
+}
+
+const ids = (from: number, to: number): string[] => Array.from({ length: to - from }, (_, i) => `id-${from + i}`);
 
 describe('maskInput', () => {
   it('replaces the values at JSON pointers under /input and reports which existed', () => {
@@ -221,5 +274,152 @@ describe('DecisionLog HTTP sink', () => {
     for (let i = 0; i < 3; i++) log.onDecision(event(i));
     await log.flush();
     expect(log.queued + (await counter(metrics.decisionLogDropped))).toBe(3);
+  });
+});
+
+describe('DecisionLog spool (onDisk) and onFull: block', () => {
+  const collectors: Collector[] = [];
+  const logs: DecisionLog[] = [];
+  afterEach(async () => {
+    for (const l of logs.splice(0)) await l.close();
+    for (const c of collectors.splice(0)) await c.down();
+  });
+  const start = async (): Promise<Collector> => {
+    const c = await collector();
+    collectors.push(c);
+    return c;
+  };
+  /** A DecisionLog whose backoff clock the test moves (`clock.t`). */
+  const open = (cfg: Config['decisionLog'], dataDir: string, clock: { t: number }, metrics = new Metrics({ defaultMetrics: false })): DecisionLog => {
+    const l = new DecisionLog(cfg, metrics, silent, undefined, { dataDir, now: () => clock.t });
+    logs.push(l);
+    return l;
+  };
+
+  it('the collector goes down and comes back: every event arrives once, in order', async () => {
+    const c = await start();
+    const clock = { t: 1_000_000 };
+    const metrics = new Metrics({ defaultMetrics: false });
+    const log = open(httpCfg(c.url, { batchSize: 3, spool: { maxSize: 1024 * 1024 } }), tempDir('pc-spool-'), clock, metrics);
+    for (let i = 0; i < 4; i++) log.onDecision(event(i));
+    await log.flush();
+    expect(c.ids).toEqual(ids(0, 4));
+    await c.down();
+    for (let i = 4; i < 14; i++) log.onDecision(event(i));
+    await log.flush();
+    expect(log.queued).toBe(10);
+    await c.up();
+    // Still backing off: nothing is sent before the backoff ends.
+    await log.flush();
+    expect(c.ids).toEqual(ids(0, 4));
+    clock.t += 120_000;
+    await log.flush();
+    expect(c.ids).toEqual(ids(0, 14));
+    expect(log.queued).toBe(0);
+    expect(await counter(metrics.decisionLogDropped)).toBe(0);
+    expect(await counter(metrics.decisionLogSent)).toBe(14);
+  });
+
+  it('a restart resumes the spool where it stopped', async () => {
+    const c = await start();
+    await c.down();
+    const dataDir = tempDir('pc-spool-');
+    const clock = { t: 1_000_000 };
+    const first = open(httpCfg(c.url, { batchSize: 2, spool: { maxSize: 1024 * 1024 } }), dataDir, clock);
+    for (let i = 0; i < 5; i++) first.onDecision(event(i));
+    await first.close(); // the collector is down: close keeps the spool
+    logs.splice(logs.indexOf(first), 1);
+    await c.up();
+    const second = open(httpCfg(c.url, { batchSize: 2, spool: { maxSize: 1024 * 1024 } }), dataDir, clock);
+    second.onDecision(event(5));
+    await second.flush();
+    await second.flush();
+    expect(c.ids).toEqual(ids(0, 6));
+    expect(second.queued).toBe(0);
+  });
+
+  it('the spool holds at most its size cap; beyond it, events are dropped and counted (onFull: drop)', async () => {
+    const c = await start();
+    await c.down();
+    const metrics = new Metrics({ defaultMetrics: false });
+    const cap = 64 * 1024;
+    const clock = { t: 1_000_000 };
+    const log = open(httpCfg(c.url, { batchSize: 50, spool: { maxSize: cap } }), tempDir('pc-spool-'), clock, metrics);
+    const size = Buffer.byteLength(JSON.stringify({ ...event(100), timestamp: new Date().toISOString() }));
+    const n = Math.ceil((2 * cap) / size);
+    for (let i = 0; i < n; i++) log.onDecision(event(i));
+    const held = log.queued;
+    expect(held).toBeGreaterThan(0);
+    expect(log.spooledBytes).toBeLessThanOrEqual(cap);
+    expect(log.spooledBytes).toBeGreaterThan(cap - 2 * size);
+    expect(held + (await counter(metrics.decisionLogDropped))).toBe(n);
+    // The oldest are the ones kept, and all of them arrive once the collector is back.
+    await c.up();
+    for (let i = 0; i < 10 && log.queued > 0; i++) {
+      clock.t += 120_000;
+      await log.flush();
+    }
+    expect(c.ids).toEqual(ids(0, held));
+    expect(log.spooledBytes).toBe(0);
+  });
+
+  it('onFull: block holds a decision until there is room, and keeps the order', async () => {
+    const c = await start();
+    await c.down();
+    const clock = { t: 1_000_000 };
+    const log = open(httpCfg(c.url, { batchSize: 2, maxQueue: 2, onFull: 'block', blockTimeout: 60_000 }), tempDir('pc-spool-'), clock);
+    expect(log.onDecision(event(0))).toBeUndefined();
+    expect(log.onDecision(event(1))).toBeUndefined();
+    const settled: string[] = [];
+    const held2 = log.onDecision(event(2));
+    const held3 = log.onDecision(event(3));
+    expect(held2).toBeInstanceOf(Promise);
+    expect(held3).toBeInstanceOf(Promise);
+    void held2!.then(() => settled.push('2'));
+    void held3!.then(() => settled.push('3'));
+    await log.flush(); // the collector is down: nothing moves
+    expect(settled).toEqual([]);
+    expect(log.queued).toBe(2);
+    await c.up();
+    clock.t += 120_000;
+    await log.flush();
+    await Promise.all([held2, held3]);
+    expect(settled).toEqual(['2', '3']);
+    await log.flush();
+    expect(c.ids).toEqual(ids(0, 4));
+  });
+
+  it('onFull: block fails closed after blockTimeout: DecisionLogUnavailableError, counted', async () => {
+    const c = await start();
+    await c.down();
+    const metrics = new Metrics({ defaultMetrics: false });
+    const log = open(httpCfg(c.url, { maxQueue: 1, onFull: 'block', blockTimeout: 50 }), tempDir('pc-spool-'), { t: 0 }, metrics);
+    expect(log.onDecision(event(0))).toBeUndefined();
+    await expect(log.onDecision(event(1))).rejects.toBeInstanceOf(DecisionLogUnavailableError);
+    expect(await counter(metrics.decisionLogRefused)).toBe(1);
+    expect(await counter(metrics.decisionLogDropped)).toBe(0);
+  });
+});
+
+describe('credentials in upstream URLs never reach the decision log', () => {
+  it('input.upstream.url loses its userinfo; the input the policy saw is untouched', () => {
+    const lines: string[] = [];
+    const log = new DecisionLog({ sink: 'stdout', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, new Metrics({ defaultMetrics: false }), silent, (l) => lines.push(l));
+    const e = event(1);
+    e.input.upstream.url = 'https://robot%24ci:s3cr3t-p%40ss@registry.example:8443/v2-mirror';
+    log.onDecision(e);
+    expect(lines[0]).not.toMatch(/s3cr3t|robot/);
+    const ev = (JSON.parse(lines[0]!) as { decision_log: DecisionEvent }).decision_log;
+    expect((ev.input as PolicyInput).upstream.url).toBe('https://registry.example:8443/v2-mirror');
+    expect(e.input.upstream.url).toContain('s3cr3t');
+  });
+
+  it('redactUrl strips userinfo whatever its shape and leaves other URLs as they are', () => {
+    expect(redactUrl('https://u:p@h.example')).toBe('https://h.example');
+    expect(redactUrl('https://u@h.example/x?y=1')).toBe('https://h.example/x?y=1');
+    expect(redactUrl('http://:p@h.example:5000/')).toBe('http://h.example:5000/');
+    expect(redactUrl('https://u:p@ss@h.example/v2')).toBe('https://h.example/v2');
+    expect(redactUrl('https://registry-1.docker.io')).toBe('https://registry-1.docker.io');
+    expect(redactUrl('not a url u:p@x')).toBe('not a url u:p@x');
   });
 });

@@ -43,6 +43,39 @@ describe('Trivy JSON', () => {
     expect(() => parseReport([1, 2])).toThrow(/not a JSON object/);
   });
 
+  /** The field a refused report is refused for. */
+  const field = (doc: unknown): string | undefined => {
+    try {
+      parseReport(doc);
+    } catch (e) {
+      expect(e).toBeInstanceOf(ReportFormatError);
+      return (e as ReportFormatError).field;
+    }
+    return undefined;
+  };
+
+  test('a report without results for the artifact is not a clean scan: refused, naming Results', () => {
+    // The attack: an empty report used to count as "scanned, 0 findings".
+    expect(field({ SchemaVersion: 2 })).toBe('Results');
+    expect(() => parseReport({ SchemaVersion: 2 })).toThrow(/^Results: missing/);
+    expect(field({ SchemaVersion: 2, Results: null, ArtifactName: `x@${ZERO}` })).toBe('Results');
+    // The real clean fixture with its Results removed is refused; as Trivy writes it, it is a scan with no findings.
+    const clean = fixture('trivy-clean.json') as Record<string, unknown>;
+    const { Results: _r, ...noResults } = clean;
+    expect(field(noResults)).toBe('Results');
+    expect(parseReport(clean).result.findings).toEqual([]);
+    // An explicit empty array is an explicit "nothing found".
+    expect(parseReport({ SchemaVersion: 2, Results: [] }).result.findings).toEqual([]);
+  });
+
+  test('the schema must be stated and be 2; the scan time must be a time', () => {
+    expect(field({ Results: [], ArtifactName: 'x' })).toBe('SchemaVersion');
+    expect(field({ SchemaVersion: '2', Results: [] })).toBe('SchemaVersion');
+    expect(field({ SchemaVersion: 3, Results: [] })).toBe('SchemaVersion');
+    expect(field({ SchemaVersion: 2, Results: [], CreatedAt: 'soon' })).toBe('CreatedAt');
+    expect(parseReport({ SchemaVersion: 2, Results: [], CreatedAt: '2999-01-01T00:00:00Z' })).toMatchObject({ timeField: 'CreatedAt', result: { scannedAt: '2999-01-01T00:00:00.000Z' } });
+  });
+
   test('never throws anything but ReportFormatError on arbitrary JSON', () => {
     fc.assert(
       fc.property(fc.jsonValue(), (v) => {
@@ -88,6 +121,30 @@ describe('SARIF', () => {
 
   test('other SARIF versions are refused', () => {
     expect(() => parseReport({ version: '2.0.0', runs: [] })).toThrow(/SARIF version/);
+  });
+
+  test('SARIF without a version, without runs, or with a run without results is refused, naming the field', () => {
+    const sarif = fixture('trivy-critical.sarif') as { version?: string; runs: Array<Record<string, unknown>> };
+    const fieldOf = (doc: unknown): string | undefined => {
+      try {
+        parseReport(doc);
+        return undefined;
+      } catch (e) {
+        return (e as ReportFormatError).field;
+      }
+    };
+    expect(fieldOf({ ...sarif, version: undefined })).toBe('version');
+    expect(fieldOf({ ...sarif, runs: [] })).toBe('runs');
+    const { results: _r, ...run } = sarif.runs[0]!;
+    expect(fieldOf({ ...sarif, runs: [run] })).toBe('runs[0].results');
+    // "Scanned, no findings" in SARIF is an empty results array.
+    expect(parseReport({ ...sarif, runs: [{ ...run, results: [] }] }).result.findings).toEqual([]);
+  });
+
+  test('the scan time comes from invocations[].endTimeUtc', () => {
+    const run = { tool: { driver: { name: 'grype' } }, results: [], invocations: [{ executionSuccessful: true, startTimeUtc: '2026-05-20T09:00:00Z', endTimeUtc: '2026-05-20T09:01:00Z' }] };
+    expect(parseReport({ version: '2.1.0', runs: [run] })).toMatchObject({ timeField: 'runs[0].invocations[0].endTimeUtc', result: { scannedAt: '2026-05-20T09:01:00.000Z' } });
+    expect(() => parseReport({ version: '2.1.0', runs: [{ ...run, invocations: [{ endTimeUtc: 'later' }] }] })).toThrow(/endTimeUtc: not an RFC 3339 time/);
   });
 });
 
@@ -165,6 +222,8 @@ describe('scan config', () => {
     expect(c.reports!.maxSize).toBe(16 * 1024 * 1024);
     expect(c.scanner!.url).toBe('http://scanner:8080');
     expect(c.scanner!.pollInterval).toBe(2000);
+    // Evidence defaults: a report must name its digest, 10 versions kept, 5 minutes of clock skew.
+    expect(c.reports).toMatchObject({ requireDigestBinding: true, history: 10, maxClockSkew: 300_000 });
   });
 
   test('errors name the field', () => {

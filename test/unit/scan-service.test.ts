@@ -4,6 +4,7 @@
  * polled with Refresh-After → ok; failures; the scanner down; restart resumes polling), indexes, staleness, metrics.
  */
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, test } from 'vitest';
 import type { EvidenceContext, PolicyInput } from '../../src/gate/types.js';
@@ -142,6 +143,65 @@ describe('reports', () => {
     const ev = await s.scan(ctx(D1), []);
     expect(ev.status).toBe('stale');
     expect(ev.age_seconds).toBeGreaterThanOrEqual(2 * 86_400 - 1);
+  });
+
+  test('a result dated in the future beyond the clock skew is stale, not fresh forever', async () => {
+    const now = Date.parse('2026-06-01T00:00:00Z');
+    const s = service({ ...REPORTS, staleAfter: '7d' }, { now: () => now });
+    putReport(s, D1, [], '2999-01-01T00:00:00.000Z');
+    expect((await s.scan(ctx(D1), [])).status).toBe('stale');
+    // Within the skew (5m by default) it counts.
+    putReport(s, D2, [], new Date(now + 60_000).toISOString());
+    expect((await s.scan(ctx(D2), [])).status).toBe('ok');
+  });
+
+  test('reports are append-only history: a newer scan supersedes, an older push does not, bounded per image', async () => {
+    const s = service(REPORTS);
+    const at = (h: number): string => new Date(Date.parse('2026-06-01T00:00:00Z') + h * 3_600_000).toISOString();
+    const meta = { registry: '127.0.0.1:5000', repository: 'demo/app', digest: D1, format: 'trivy' as const, uploadedAt: 1, scanner: 'Trivy', bound: true, size: 2 };
+    const put = (h: number, findings: Array<{ id: string; severity: 'CRITICAL' }>): { id: number; inForce: boolean; kept: boolean } => s.store.putReport({ ...meta, scannedAt: at(h), findings }, Buffer.from(`{"h":${h}}`), 3);
+    const first = put(1, [{ id: 'CVE-1', severity: 'CRITICAL' }]);
+    expect(first).toMatchObject({ inForce: true, kept: true });
+    const second = put(2, []);
+    expect(second).toMatchObject({ inForce: true, kept: true });
+    expect(second.id).toBeGreaterThan(first.id);
+    // The first is kept, not overwritten.
+    expect(s.store.getReport(meta.registry, meta.repository, D1, first.id)!.findings).toEqual([{ id: 'CVE-1', severity: 'CRITICAL' }]);
+    expect(s.store.reportBody(meta.registry, meta.repository, D1, first.id)!.toString()).toBe('{"h":1}');
+    // A replayed older report (scanned before the one in force) is history from the start.
+    const replay = put(0.5, []);
+    expect(replay).toMatchObject({ inForce: false, kept: true });
+    s.reportsChanged(D1);
+    expect(s.store.getReport(meta.registry, meta.repository, D1)!.id).toBe(second.id);
+    expect((await s.scan(ctx(D1), [])).counts!.CRITICAL).toBe(0);
+    // Bounded: 3 versions per image, the oldest scans pruned first; the one in force never.
+    expect(s.store.versions(meta.registry, meta.repository, D1).map((v) => v.id)).toEqual([second.id, first.id, replay.id]);
+    const third = put(3, [{ id: 'CVE-3', severity: 'CRITICAL' }]);
+    expect(s.store.versions(meta.registry, meta.repository, D1).map((v) => v.id)).toEqual([third.id, second.id, first.id]);
+    expect(put(0.1, [])).toMatchObject({ inForce: false, kept: false });
+    s.reportsChanged(D1);
+    expect((await s.scan(ctx(D1), [])).counts!.CRITICAL).toBe(1);
+    // The listing shows the version in force per image, or every version.
+    expect(s.store.listReports({ limit: 10, offset: 0 }).reports.map((r) => [r.id, r.inForce])).toEqual([[third.id, true]]);
+    expect(s.store.listReports({ history: true, limit: 10, offset: 0 })).toMatchObject({ total: 3 });
+    // Deleting one version brings the next newest back in force; deleting all leaves nothing.
+    expect(s.store.deleteReport(meta.registry, meta.repository, D1, third.id)).toBe(1);
+    expect(s.store.getReport(meta.registry, meta.repository, D1)!.id).toBe(second.id);
+    expect(s.store.deleteReport(meta.registry, meta.repository, D1)).toBe(2);
+    expect(s.store.versions(meta.registry, meta.repository, D1)).toEqual([]);
+  });
+
+  test('reports stored before the history existed become the first version of each image', async () => {
+    const dataDir = tempDir('pc-scan-migrate-');
+    const { DatabaseSync } = await import('node:sqlite');
+    const db = new DatabaseSync(join(dataDir, 'scan.sqlite'));
+    db.exec(`CREATE TABLE scan_reports (registry TEXT NOT NULL, repository TEXT NOT NULL, digest TEXT NOT NULL, format TEXT NOT NULL, uploaded_at INTEGER NOT NULL,
+      scanned_at TEXT NOT NULL, scanner TEXT, bound INTEGER NOT NULL, size INTEGER NOT NULL, findings TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (registry, repository, digest)) WITHOUT ROWID`);
+    db.prepare('INSERT INTO scan_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').run('127.0.0.1:5000', 'demo/app', D1, 'trivy', 5, new Date().toISOString(), 'Trivy', 1, 2, JSON.stringify([{ id: 'CVE-9', severity: 'CRITICAL' }]), Buffer.from('{}'));
+    db.close();
+    const s = service(REPORTS, { dataDir });
+    expect(s.store.versions('127.0.0.1:5000', 'demo/app', D1)).toHaveLength(1);
+    expect(await s.scan(ctx(D1), [])).toMatchObject({ status: 'ok', counts: { CRITICAL: 1 } });
   });
 });
 
