@@ -49,7 +49,8 @@ export class Authenticator {
   private challenge: Challenge | undefined;
   private readonly tokens: LRUCache<string, CachedToken>;
   private readonly inflight = new Map<string, Promise<string>>();
-  private readonly warned = new Set<string>();
+  /** Realms already warned about; bounded, since the upstream names them. */
+  private readonly warned = new LRUCache<string, true>({ max: 256 });
 
   constructor(
     private readonly upstreamUrl: URL,
@@ -214,7 +215,7 @@ export class Authenticator {
     const refusal = realmRefusal(this.upstreamUrl, realm, this.opts.tokenRealms ?? []);
     if (refusal === undefined) return creds;
     if (!this.warned.has(realm.origin)) {
-      this.warned.add(realm.origin);
+      this.warned.set(realm.origin, true);
       this.opts.onRealmRefused?.(realm.origin, refusal);
     }
     return undefined;
