@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { scanSchema } from '../scan/config.js';
 import { signaturesSchema } from '../verify/config.js';
+import { addressOrHost, httpUrl } from './url.js';
 
 const duration = z
   .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h, 7d')])
@@ -55,9 +56,22 @@ const upstream = z
     name: z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, 'lowercase letters, digits, - and _'),
     /** The registry host clients name in image references; routing matches ns and path prefixes against it. */
     registry: hostName,
-    url: z.url({ protocol: /^https?$/ }).transform((u) => u.replace(/\/+$/, '')),
+    url: httpUrl().transform((u) => u.replace(/\/+$/, '')),
     aliases: z.array(hostName).default([]),
     credentials: credentials.optional(),
+    /**
+     * Token realms (origins such as https://auth.example.com, or host names) that may receive the credentials,
+     * besides those on the upstream's own host or registrable domain (src/upstream/auth.ts).
+     */
+    tokenRealms: z.array(z.string().min(1)).default([]),
+    /**
+     * Where redirects (blob downloads to a CDN) and token realms may connect to, besides public addresses, the
+     * upstream's own host and its own address range: CIDRs, addresses or host names (src/upstream/egress.ts).
+     */
+    redirects: z
+      .object({ allow: z.array(addressOrHost).default([]) })
+      .strict()
+      .default({ allow: [] }),
     /** PEM CA bundle to trust for this upstream, for private registries. */
     ca: z.string().optional(),
     /** Only for tests and labs: skip TLS verification. */
@@ -134,9 +148,29 @@ export const configSchema = z
         /** An OPA bundle file (tar.gz from `opa build -t wasm`); watched and hot-reloaded. */
         bundleFile: z.string().optional(),
         /** An HTTP(S) bundle server, polled with ETag. */
-        bundleUrl: z.url({ protocol: /^https?$/ }).optional(),
+        bundleUrl: httpUrl().optional(),
         /** An external OPA server's REST API (base URL); the decision is POSTed to /v1/data/portcullis/decision. */
-        opaUrl: z.url({ protocol: /^https?$/ }).optional(),
+        opaUrl: httpUrl().optional(),
+        /** Plain-http bundleUrl or opaUrl: anyone on the path could replace the policy or forge its decisions. */
+        allowInsecureHttp: z.boolean().default(false),
+        /** Largest bundle accepted (compressed), from a file or a bundle server. */
+        maxBundleSize: size.default(64 * 1024 * 1024),
+        /**
+         * Verify `.signatures.json` in every bundle (`opa build --signing-key …`) with this public key; a bundle
+         * without a valid signature over all its files is rejected and the last good one stays in use.
+         */
+        signing: z
+          .object({
+            /** PEM file with the public key (or certificate) to verify with. */
+            publicKey: z.string().min(1),
+            /** The key id the bundle's signature must name (the JWT `kid`, or OPA's `keyid` claim). */
+            keyId: z.string().min(1).default('default'),
+            algorithm: z.enum(['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA']).default('RS256'),
+            /** The `scope` claim the signature must carry (`opa build --scope`); none by default. */
+            scope: z.string().optional(),
+          })
+          .strict()
+          .optional(),
         /** How often the bundle file or URL is checked for a new revision. */
         pollInterval: duration.default(2_000),
         /** Timeout for one call to an external OPA. */
@@ -145,10 +179,16 @@ export const configSchema = z
         settings: z.record(z.string(), z.unknown()).default({}),
       })
       .strict()
-      .default({ pollInterval: 2_000, opaTimeout: 2_000, settings: {} })
+      .default({ pollInterval: 2_000, opaTimeout: 2_000, settings: {}, allowInsecureHttp: false, maxBundleSize: 64 * 1024 * 1024 })
       .superRefine((p, ctx) => {
         const n = [p.bundleFile, p.bundleUrl, p.opaUrl].filter((x) => x !== undefined).length;
         if (n > 1) ctx.addIssue({ code: 'custom', path: [], message: 'give only one of bundleFile, bundleUrl or opaUrl' });
+        for (const field of ['bundleUrl', 'opaUrl'] as const) {
+          if (p[field]?.startsWith('http:') && !p.allowInsecureHttp) {
+            ctx.addIssue({ code: 'custom', path: [field], message: 'plain http lets anyone on the path replace the policy; use https, or set policy.allowInsecureHttp: true' });
+          }
+        }
+        if (p.signing && p.opaUrl) ctx.addIssue({ code: 'custom', path: ['signing'], message: 'signing applies to bundles; configure bundle verification in the external OPA itself' });
       }),
     /** Signature authorities (src/verify/config.ts). */
     signatures: signaturesSchema.optional(),
@@ -158,7 +198,7 @@ export const configSchema = z
       .object({
         sink: z.enum(['none', 'stdout', 'file', 'http']).default('stdout'),
         file: z.string().optional(),
-        url: z.url({ protocol: /^https?$/ }).optional(),
+        url: httpUrl().optional(),
         batchSize: z.number().int().positive().default(100),
         flushInterval: duration.default(5_000),
         maxQueue: z.number().int().positive().default(10_000),

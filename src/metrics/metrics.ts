@@ -58,6 +58,18 @@ export class Metrics {
     labelNames: ['upstream', 'outcome'] as const,
     registers: [this.registry],
   });
+  readonly egressRefused = new Counter({
+    name: 'portcullis_upstream_egress_refused_total',
+    help: 'Connections refused before connecting because the address is in a range this upstream may not reach (redirects, token realms), by range kind',
+    labelNames: ['upstream', 'kind'] as const,
+    registers: [this.registry],
+  });
+  readonly tokenRealmRefused = new Counter({
+    name: 'portcullis_upstream_token_realm_refused_total',
+    help: 'Token requests sent without credentials because the realm is outside the upstream domain (or plain http)',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  });
   readonly cacheHits = new Counter({
     name: 'portcullis_cache_requests_total',
     help: 'Cache lookups by kind (blob, manifest, tag) and result (hit, miss, stale, join)',
@@ -143,6 +155,12 @@ export class Metrics {
     name: 'portcullis_policy_reloads_total',
     help: 'Policy bundle loads by result (ok, error)',
     labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly policyBundleRejected = new Counter({
+    name: 'portcullis_policy_bundle_rejected_total',
+    help: 'Policy bundles rejected by reason (signature_missing, signature_invalid, signature_mismatch, too_large, insecure, malformed, fetch)',
+    labelNames: ['reason'] as const,
     registers: [this.registry],
   });
   readonly policyLastReloadOk = new Gauge({

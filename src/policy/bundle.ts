@@ -1,11 +1,13 @@
 /**
  * Reads an OPA bundle (tar.gz from `opa build -t wasm`): `/policy.wasm`, `/data.json` and `/.manifest`. The bundle
- * is fully validated before anything uses it, so a broken file can be rejected while the last good one stays.
+ * is fully validated (its signature too, when policy.signing is set) before anything uses it, so a broken or
+ * unsigned file can be rejected while the last good one stays.
  */
 import { createHash } from 'node:crypto';
 import { gunzipSync } from 'node:zlib';
 import { Readable } from 'node:stream';
 import { extract } from 'tar-stream';
+import { BundleSignatureError, type BundleVerifier, type SignatureFailure } from './signature.js';
 
 export interface PolicyBundle {
   wasm: Buffer;
@@ -15,20 +17,34 @@ export interface PolicyBundle {
   revision: string;
 }
 
-const MAX_BUNDLE = 64 * 1024 * 1024;
+export const DEFAULT_MAX_BUNDLE = 64 * 1024 * 1024;
+
+/** Why a bundle was rejected: a stable code for metrics and logs. */
+export type BundleFailure = 'too_large' | 'malformed' | SignatureFailure;
 
 export class BundleError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly code: BundleFailure = 'malformed',
+  ) {
     super(message);
     this.name = 'BundleError';
   }
 }
 
-export async function readBundle(gz: Buffer): Promise<PolicyBundle> {
-  if (gz.length > MAX_BUNDLE) throw new BundleError(`bundle is ${gz.length} bytes, over the ${MAX_BUNDLE}-byte limit`);
+export interface ReadBundleOptions {
+  /** Largest compressed bundle accepted; the uncompressed tar may be 4 times that. */
+  maxBytes?: number;
+  /** Verifies `.signatures.json` before anything in the bundle is used. */
+  verifier?: BundleVerifier | undefined;
+}
+
+export async function readBundle(gz: Buffer, opts: ReadBundleOptions = {}): Promise<PolicyBundle> {
+  const max = opts.maxBytes ?? DEFAULT_MAX_BUNDLE;
+  if (gz.length > max) throw new BundleError(`bundle is ${gz.length} bytes, over the ${max}-byte limit`, 'too_large');
   let tar: Buffer;
   try {
-    tar = gunzipSync(gz, { maxOutputLength: MAX_BUNDLE * 4 });
+    tar = gunzipSync(gz, { maxOutputLength: max * 4 });
   } catch (e) {
     throw new BundleError(`not a gzip file: ${(e as Error).message}`);
   }
@@ -39,7 +55,13 @@ export async function readBundle(gz: Buffer): Promise<PolicyBundle> {
       const chunks: Buffer[] = [];
       stream.on('data', (c: unknown) => chunks.push(c as Buffer));
       stream.on('end', () => {
-        if (header.type === 'file') files.set(`/${header.name.replace(/^\/+/, '')}`, Buffer.concat(chunks));
+        const path = `/${header.name.replace(/^\/+/, '')}`;
+        // Two entries for one path: which one counts would depend on the reader, so neither does.
+        if (header.type === 'file' && files.has(path)) {
+          reject(new BundleError(`bundle has ${path} twice`));
+          return;
+        }
+        if (header.type === 'file') files.set(path, Buffer.concat(chunks));
         next();
       });
       stream.on('error', reject);
@@ -49,6 +71,14 @@ export async function readBundle(gz: Buffer): Promise<PolicyBundle> {
   });
   Readable.from([tar]).pipe(ex);
   await done;
+  if (opts.verifier) {
+    try {
+      await opts.verifier.verify(files);
+    } catch (e) {
+      if (e instanceof BundleSignatureError) throw new BundleError(e.message, e.code);
+      throw e;
+    }
+  }
   const wasm = files.get('/policy.wasm');
   if (!wasm) throw new BundleError('bundle has no /policy.wasm (build it with `opa build -t wasm`)');
   let data: Record<string, unknown> = {};

@@ -9,18 +9,32 @@ import type { Logger } from 'pino';
 import { request } from 'undici';
 import type { Decider, PolicyInput, PolicyResult } from '../gate/types.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { readBundle } from './bundle.js';
+import { readCapped } from '../upstream/body.js';
+import { BundleError, DEFAULT_MAX_BUNDLE, readBundle } from './bundle.js';
 import { OpaRestDecider } from './opa-rest.js';
+import { BundleVerifier, type BundleSigningConfig } from './signature.js';
 import { WasmDecider } from './wasm.js';
 import { redactUrl } from '../util/redact-url.js';
 
-export type PolicySource = { kind: 'file'; path: string } | { kind: 'url'; url: string } | { kind: 'opa'; url: string; timeoutMs: number };
+/** How bundles are accepted, whatever their source. */
+export interface BundleRules {
+  /** Largest compressed bundle (default 64 MiB); a bundle server sending more is cut off at this size. */
+  maxBytes?: number;
+  /** Every bundle must carry a valid `.signatures.json` by this key. */
+  signing?: BundleSigningConfig | undefined;
+  /** Plain-http bundle servers and external OPAs; refused unless set (the config check refuses them first). */
+  allowInsecureHttp?: boolean;
+}
+
+export type PolicySource = ({ kind: 'file'; path: string } | { kind: 'url'; url: string } | { kind: 'opa'; url: string; timeoutMs: number }) & BundleRules;
 
 export interface ReloadStatus {
   ok: boolean;
   at: string;
   revision: string | undefined;
   error?: string;
+  /** Why the last bundle was rejected (BundleFailure, or 'fetch' when it could not be read). */
+  reason?: string;
 }
 
 export class PolicyManager implements Decider {
@@ -29,6 +43,7 @@ export class PolicyManager implements Decider {
   private fileStamp = '';
   private etag = '';
   private polling: Promise<void> | undefined;
+  private verifier: BundleVerifier | undefined;
   last: ReloadStatus | undefined;
 
   constructor(
@@ -56,6 +71,10 @@ export class PolicyManager implements Decider {
 
   /** Loads the first policy; throws when it cannot, because starting without one would deny everything silently. */
   async start(): Promise<void> {
+    if (this.source.kind !== 'file' && new URL(this.source.url).protocol === 'http:' && !this.source.allowInsecureHttp) {
+      throw new Error(`refusing plain-http policy source ${new URL(this.source.url).origin}: set policy.allowInsecureHttp to allow it`);
+    }
+    if (this.source.signing) this.verifier = await BundleVerifier.create(this.source.signing);
     if (this.source.kind === 'opa') {
       this.install(new OpaRestDecider(this.source.url, this.source.timeoutMs), 'opa');
       return;
@@ -78,15 +97,22 @@ export class PolicyManager implements Decider {
     try {
       const bytes = this.source.kind === 'file' ? await this.readFileIfChanged(force) : await this.fetchIfChanged();
       if (!bytes) return;
-      const bundle = await readBundle(bytes);
-      const decider = await WasmDecider.create(bundle, this.settings);
+      const bundle = await readBundle(bytes, { maxBytes: this.maxBytes, verifier: this.verifier });
+      let decider: WasmDecider;
+      try {
+        decider = await WasmDecider.create(bundle, this.settings);
+      } catch (e) {
+        throw new BundleError(`policy.wasm does not load: ${e instanceof Error ? e.message : String(e)}`);
+      }
       this.install(decider, this.source.kind);
     } catch (e) {
       const error = e instanceof Error ? e.message : String(e);
-      this.last = { ok: false, at: new Date().toISOString(), revision: this.current?.revision, error };
+      const reason = e instanceof BundleError ? e.code : 'fetch';
+      this.last = { ok: false, at: new Date().toISOString(), revision: this.current?.revision, error, reason };
       this.metrics.policyReloads.inc({ result: 'error' });
+      this.metrics.policyBundleRejected.inc({ reason });
       this.metrics.policyLastReloadOk.set(0);
-      this.log.error({ source: this.describe(), error, keeping: this.current?.revision ?? null }, 'policy bundle rejected; keeping the last good revision');
+      this.log.error({ source: this.describe(), error, reason, keeping: this.current?.revision ?? null }, 'policy bundle rejected; keeping the last good revision');
     }
   }
 
@@ -109,6 +135,10 @@ export class PolicyManager implements Decider {
     const st = await stat(path);
     const stamp = `${st.mtimeMs}:${st.size}:${st.ino}`;
     if (!force && stamp === this.fileStamp) return undefined;
+    if (st.size > this.maxBytes) {
+      this.fileStamp = stamp;
+      throw new BundleError(`bundle file is ${st.size} bytes, over the ${this.maxBytes}-byte limit (policy.maxBundleSize)`, 'too_large');
+    }
     const bytes = await readFile(path);
     // Record the stamp only after reading, so a file replaced mid-read is looked at again next time.
     this.fileStamp = stamp;
@@ -128,11 +158,16 @@ export class PolicyManager implements Decider {
       res.body.resume();
       throw new Error(`bundle server answered HTTP ${res.statusCode}`);
     }
-    const bytes = Buffer.from(await res.body.arrayBuffer());
+    // Cut off at the limit: a broken or hostile server must not make the proxy buffer without bound.
+    const bytes = await readCapped(res.body, this.maxBytes, () => new BundleError(`bundle server sent more than ${this.maxBytes} bytes (policy.maxBundleSize)`, 'too_large'));
     const etag = res.headers.etag;
     // A broken bundle under the same ETag will not get better, so it is not fetched again until the ETag changes.
     this.etag = typeof etag === 'string' ? etag : '';
     return bytes;
+  }
+
+  private get maxBytes(): number {
+    return this.source.maxBytes ?? DEFAULT_MAX_BUNDLE;
   }
 
   private describe(): string {

@@ -5,7 +5,11 @@
  */
 import { request, Agent } from 'undici';
 import type { Decider, PolicyInput, PolicyResult } from '../gate/types.js';
+import { readCapped } from '../upstream/body.js';
 import { ENTRYPOINT, parseResult } from './wasm.js';
+
+/** A decision is an allow flag and a few reasons: kilobytes. A larger answer is not one, and is not buffered. */
+export const MAX_OPA_RESPONSE_BYTES = 1024 * 1024;
 
 export class OpaRestDecider implements Decider {
   readonly revision: string;
@@ -28,7 +32,9 @@ export class OpaRestDecider implements Decider {
       headersTimeout: this.timeoutMs,
       bodyTimeout: this.timeoutMs,
     });
-    const text = await res.body.text();
+    const text = (
+      await readCapped(res.body, MAX_OPA_RESPONSE_BYTES, () => new Error(`OPA at ${url.host} sent more than ${MAX_OPA_RESPONSE_BYTES} bytes`))
+    ).toString('utf8');
     if (res.statusCode !== 200) throw new Error(`OPA at ${url.host} answered HTTP ${res.statusCode}: ${text.slice(0, 200)}`);
     let doc: { result?: unknown };
     try {

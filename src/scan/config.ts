@@ -29,6 +29,7 @@
  * ```
  */
 import { z } from 'zod';
+import { httpUrl } from '../config/url.js';
 
 const DURATION_UNITS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
 const SIZE_UNITS = { B: 0, KiB: 1, MiB: 2, GiB: 3 } as const;
@@ -91,8 +92,7 @@ const scannerAuth = z.union([
 
 const scanner = z
   .object({
-    url: z
-      .url({ protocol: /^https?$/ })
+    url: httpUrl()
       .transform((u) => u.replace(/\/+$/, '').replace(/\/api\/v1$/, '')),
     auth: scannerAuth.optional(),
     /** Per upstream name: the registry URL the scanner pulls from, and the Authorization it sends there. */
@@ -100,7 +100,7 @@ const scanner = z
       .record(
         z.string(),
         z
-          .object({ url: z.url({ protocol: /^https?$/ }).optional(), authorization: scanSecretRef.optional() })
+          .object({ url: httpUrl().optional(), authorization: scanSecretRef.optional() })
           .strict(),
       )
       .default({}),

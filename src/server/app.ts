@@ -80,7 +80,7 @@ export class App {
     this.metrics.cacheEntries.set(this.blobStore.entries);
     this.downloads = new DownloadManager(this.blobStore);
     const router = (this.router = new Router(config));
-    for (const u of config.upstreams) this.clients.set(u.name, new UpstreamClient(u, { metrics: this.metrics }));
+    for (const u of config.upstreams) this.clients.set(u.name, new UpstreamClient(u, { metrics: this.metrics, log: this.log }));
     const clientFor = (name: string): UpstreamClient => {
       const c = this.clients.get(name);
       if (!c) throw new Error(`no client for upstream ${name}`);

@@ -26,9 +26,10 @@ export interface Proxy {
 
 export function policySource(config: Config): PolicySource {
   const p = config.policy;
-  if (p.opaUrl) return { kind: 'opa', url: p.opaUrl, timeoutMs: p.opaTimeout };
-  if (p.bundleUrl) return { kind: 'url', url: p.bundleUrl };
-  return { kind: 'file', path: resolve(p.bundleFile ?? DEFAULT_BUNDLE) };
+  const rules = { maxBytes: p.maxBundleSize, signing: p.signing, allowInsecureHttp: p.allowInsecureHttp };
+  if (p.opaUrl) return { kind: 'opa', url: p.opaUrl, timeoutMs: p.opaTimeout, ...rules };
+  if (p.bundleUrl) return { kind: 'url', url: p.bundleUrl, ...rules };
+  return { kind: 'file', path: resolve(p.bundleFile ?? DEFAULT_BUNDLE), ...rules };
 }
 
 export async function buildProxy(config: Config, opts: { logger?: Logger; extraObservers?: DecisionObserver[]; now?: () => number } = {}): Promise<Proxy> {

@@ -2,8 +2,16 @@
  * Upstream authentication: Basic, and the Docker registry token flow (GET, or the OAuth2 POST form when we hold
  * credentials). Tokens are cached per scope until shortly before they expire, and concurrent misses for the same
  * scope share one token request, so a herd of pulls costs the token server one round trip.
+ *
+ * The realm is named by the upstream, so a hostile or compromised upstream could name any URL. Credentials go only
+ * to a realm on the upstream's own host or registrable domain (registry-1.docker.io → auth.docker.io), or one the
+ * config lists in `upstreams[].tokenRealms`; any other realm gets an anonymous token request, and a warning once.
+ * A plain-http realm for an https upstream is not contacted at all.
  */
+import { LRUCache } from 'lru-cache';
+import { getDomain } from 'tldts';
 import { request, type Dispatcher } from 'undici';
+import { readCapped } from './body.js';
 import { parseChallenges, type Challenge } from './challenge.js';
 
 export interface Credentials {
@@ -23,11 +31,26 @@ export class AuthError extends Error {
   }
 }
 
+/** A token response is a JWT and a few fields: a few KiB. Past this the upstream is not a token server. */
+export const MAX_TOKEN_RESPONSE_BYTES = 256 * 1024;
+/** Tokens kept; keyed by scope, which a client chooses (every repository name it invents is a new scope). */
+export const DEFAULT_MAX_TOKENS = 1024;
+
+export interface AuthenticatorOptions {
+  /** Realms (origins such as https://auth.example.com, or host names) that may receive credentials. */
+  tokenRealms?: readonly string[];
+  /** Called once per realm origin that is denied credentials, with the reason. */
+  onRealmRefused?: (realm: string, reason: string) => void;
+  maxTokens?: number;
+}
+
 export class Authenticator {
   /** The last challenge the upstream sent; learned lazily from the first 401. */
   private challenge: Challenge | undefined;
-  private readonly tokens = new Map<string, CachedToken>();
+  private readonly tokens: LRUCache<string, CachedToken>;
   private readonly inflight = new Map<string, Promise<string>>();
+  /** Realms already warned about; bounded, since the upstream names them. */
+  private readonly warned = new LRUCache<string, true>({ max: 256 });
 
   constructor(
     private readonly upstreamUrl: URL,
@@ -35,7 +58,15 @@ export class Authenticator {
     private readonly dispatcher: Dispatcher,
     private readonly now: () => number = Date.now,
     private readonly onTokenFetch: (outcome: 'ok' | 'error') => void = () => {},
-  ) {}
+    private readonly opts: AuthenticatorOptions = {},
+  ) {
+    this.tokens = new LRUCache({ max: opts.maxTokens ?? DEFAULT_MAX_TOKENS });
+  }
+
+  /** How many tokens are cached (bounded by maxTokens). */
+  get cachedTokens(): number {
+    return this.tokens.size;
+  }
 
   /** The Authorization header to send for this scope, or undefined when none is known to be needed yet. */
   async authorization(scope: string): Promise<string | undefined> {
@@ -126,7 +157,7 @@ export class Authenticator {
 
   private async fetchToken(ch: Challenge, scope: string): Promise<CachedToken> {
     const realm = this.realmUrl(ch);
-    const creds = this.credentials();
+    const creds = this.credentialsFor(realm);
     const service = ch.params.service;
     const started = this.now();
     let res = creds ? await this.postToken(realm, service, scope, creds) : undefined;
@@ -135,10 +166,9 @@ export class Authenticator {
       if (service) url.searchParams.set('service', service);
       for (const s of scope.split(' ').filter(Boolean)) url.searchParams.append('scope', s);
       const headers: Record<string, string> = {};
-      const basic = this.basic();
-      if (basic) headers.authorization = basic;
+      if (creds) headers.authorization = `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}`;
       const r = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher });
-      const body = await r.body.text();
+      const body = await this.readBody(r.body, url);
       if (r.statusCode !== 200) throw new AuthError(`token request to ${url.origin} failed: HTTP ${r.statusCode}`);
       res = body;
     }
@@ -167,9 +197,43 @@ export class Authenticator {
       body: form.toString(),
       dispatcher: this.dispatcher,
     });
-    const body = await r.body.text();
+    const body = await this.readBody(r.body, realm);
     if (r.statusCode === 200) return body;
     if ([400, 401, 404, 405].includes(r.statusCode)) return undefined;
     throw new AuthError(`token request to ${realm.origin} failed: HTTP ${r.statusCode}`);
   }
+
+  private async readBody(body: Dispatcher.ResponseData['body'], url: URL): Promise<string> {
+    const bytes = await readCapped(body, MAX_TOKEN_RESPONSE_BYTES, () => new AuthError(`token response from ${url.origin} is larger than ${MAX_TOKEN_RESPONSE_BYTES} bytes`));
+    return bytes.toString('utf8');
+  }
+
+  /** The credentials to present to this realm, or undefined when it may not have them (then: anonymous). */
+  private credentialsFor(realm: URL): Credentials | undefined {
+    const creds = this.credentials();
+    if (!creds) return undefined;
+    const refusal = realmRefusal(this.upstreamUrl, realm, this.opts.tokenRealms ?? []);
+    if (refusal === undefined) return creds;
+    if (!this.warned.has(realm.origin)) {
+      this.warned.set(realm.origin, true);
+      this.opts.onRealmRefused?.(realm.origin, refusal);
+    }
+    return undefined;
+  }
+}
+
+/**
+ * Why credentials for `upstream` may not go to `realm`, or undefined when they may: same host, same registrable
+ * domain (public suffix list, private suffixes included, so two github.io sites are not one domain), or listed.
+ * IP addresses have no registrable domain: only the same address qualifies.
+ */
+export function realmRefusal(upstream: URL, realm: URL, listed: readonly string[]): string | undefined {
+  if (upstream.protocol === 'https:' && realm.protocol !== 'https:') return 'plain http realm for an https upstream';
+  const host = realm.hostname.toLowerCase();
+  if (host === upstream.hostname.toLowerCase()) return undefined;
+  if (listed.some((l) => l.toLowerCase() === host || l.toLowerCase().replace(/\/+$/, '') === realm.origin)) return undefined;
+  const opts = { allowPrivateDomains: true };
+  const own = getDomain(upstream.hostname, opts);
+  if (own && own === getDomain(host, opts)) return undefined;
+  return `realm ${host} is outside the upstream's domain ${own ?? upstream.hostname} (list it in upstreams[].tokenRealms to send credentials there)`;
 }

@@ -7,13 +7,15 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
-import { Agent, EnvHttpProxyAgent, ProxyAgent, request, type Dispatcher } from 'undici';
+import type { Logger } from 'pino';
+import { Agent, buildConnector, EnvHttpProxyAgent, ProxyAgent, request, type Dispatcher } from 'undici';
 import type { UpstreamConfig } from '../config/schema.js';
 import { readSecret } from '../config/load.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { upstreamWaitBegin } from '../metrics/upstream-wait.js';
 import { Semaphore } from '../util/semaphore.js';
 import { Authenticator, AuthError, type Credentials } from './auth.js';
+import { EgressGuard, EgressRefusedError, type LookupFunction } from './egress.js';
 import { SocketPool } from './socket-pool.js';
 import { socketRequest, type SocketResponse } from './socket-request.js';
 
@@ -62,6 +64,10 @@ export interface UpstreamClientOptions {
   /** Base backoff in ms; tests shorten it. */
   backoffMs?: number;
   sleep?: (ms: number) => Promise<void>;
+  /** Warnings about the upstream's behaviour (a token realm denied credentials). */
+  log?: Logger;
+  /** The resolver behind the egress check (egress.ts); tests inject one, dns.lookup otherwise. */
+  lookup?: LookupFunction;
 }
 
 export class UpstreamClient {
@@ -76,6 +82,9 @@ export class UpstreamClient {
   private readonly auth: Authenticator;
   private readonly backoffMs: number;
   private readonly sleep: (ms: number) => Promise<void>;
+  /** Which addresses this upstream's connections (redirect targets, token realms) may reach. */
+  private readonly egress: EgressGuard;
+  private readonly guard: { checkHost(hostname: string): void; lookup: LookupFunction };
 
   constructor(
     readonly config: UpstreamConfig,
@@ -84,11 +93,24 @@ export class UpstreamClient {
     this.name = config.name;
     this.baseUrl = new URL(config.url);
     const ca = config.ca ? readFileSync(config.ca) : undefined;
+    this.egress = new EgressGuard({ upstream: this.baseUrl, allow: config.redirects.allow, ...(opts.lookup ? { lookup: opts.lookup } : {}) });
+    const guard = (this.guard = this.countingGuard());
     // Each idle connection keeps its 256 KiB read buffer: a few per origin are plenty between two pulls.
-    this.sockets = new SocketPool({ ...(ca ? { ca } : {}), rejectUnauthorized: !config.insecure, maxIdlePerOrigin: Math.min(config.concurrency, 16) });
+    this.sockets = new SocketPool({ ...(ca ? { ca } : {}), rejectUnauthorized: !config.insecure, maxIdlePerOrigin: Math.min(config.concurrency, 16), egress: guard });
     const tls = { rejectUnauthorized: !config.insecure, ...(ca ? { ca } : {}) };
     const pool = { keepAliveTimeout: 30_000, connections: config.concurrency, headersTimeout: config.timeouts.headers, bodyTimeout: config.timeouts.body };
-    const connect = { timeout: config.timeouts.connect, ...tls };
+    // Direct connections check their address in the connector (egress.ts): IP literals before connecting, names in
+    // the lookup that net.connect uses, so the address checked is the one connected to.
+    const direct = buildConnector({ timeout: config.timeouts.connect, ...tls, lookup: guard.lookup });
+    const connect: buildConnector.connector = (o, cb) => {
+      try {
+        guard.checkHost(o.hostname);
+      } catch (e) {
+        cb(e as Error, null);
+        return;
+      }
+      direct(o, cb);
+    };
     // CONNECT for plain-http upstreams too (proxyTunnel): the proxy relays bytes and never sees a request to rewrite.
     const viaProxy = { proxyTunnel: true, requestTls: tls, connectTimeout: config.timeouts.connect, ...pool };
     this.egressProxy = config.proxy ? 'config' : hasEnvProxy(process.env) ? 'env' : undefined;
@@ -103,9 +125,38 @@ export class UpstreamClient {
     this.limiter = new Semaphore(config.concurrency);
     this.backoffMs = opts.backoffMs ?? 200;
     this.sleep = opts.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
-    this.auth = new Authenticator(this.baseUrl, () => this.credentials(), this.agent, Date.now, (outcome) =>
-      opts.metrics.tokenFetches.inc({ upstream: this.name, outcome }),
+    this.auth = new Authenticator(
+      this.baseUrl,
+      () => this.credentials(),
+      this.agent,
+      Date.now,
+      (outcome) => opts.metrics.tokenFetches.inc({ upstream: this.name, outcome }),
+      {
+        tokenRealms: config.tokenRealms,
+        onRealmRefused: (realm, reason) => {
+          opts.metrics.tokenRealmRefused.inc({ upstream: this.name });
+          opts.log?.warn({ upstream: this.name, realm, reason }, 'token realm may not receive the upstream credentials; fetching tokens anonymously');
+        },
+      },
     );
+  }
+
+  /** The egress guard, counting each refusal. */
+  private countingGuard(): { checkHost(hostname: string): void; lookup: LookupFunction } {
+    const count = (e: unknown): unknown => {
+      if (e instanceof EgressRefusedError) this.opts.metrics.egressRefused.inc({ upstream: this.name, kind: e.range.kind });
+      return e;
+    };
+    return {
+      checkHost: (hostname) => {
+        try {
+          this.egress.checkHost(hostname);
+        } catch (e) {
+          throw count(e);
+        }
+      },
+      lookup: (hostname, options, callback) => this.egress.lookup(hostname, options, (err, address, family) => callback(err ? (count(err) as NodeJS.ErrnoException) : null, address, family)),
+    };
   }
 
   private credentials(): Credentials | undefined {
@@ -168,7 +219,8 @@ export class UpstreamClient {
       } catch (e) {
         // An authentication failure is not an outage: retrying cannot help, and the client should be told to
         // check the credentials (see toRegistryError), not that the upstream is unreachable.
-        if (req.signal?.aborted || e instanceof AuthError) throw e;
+        // Nor is a refused destination: it would be refused again.
+        if (req.signal?.aborted || e instanceof AuthError || e instanceof EgressRefusedError) throw e;
         lastError = e;
         this.opts.metrics.upstreamRetries.inc({ upstream: this.name, reason: 'connection' });
       }
@@ -228,6 +280,11 @@ export class UpstreamClient {
         if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new Error(`redirect to unsupported scheme ${next.protocol}`);
         // Never downgrade from https.
         if (url.protocol === 'https:' && next.protocol !== 'https:') throw new Error(`refusing https→http redirect to ${next.origin}`);
+        // Userinfo in a Location would be sent as credentials, and written to logs with the URL.
+        next.username = '';
+        next.password = '';
+        // Through an egress proxy the connector never sees the target; an IP literal can still be checked here.
+        this.guard.checkHost(next.hostname);
         url = next;
         continue;
       }

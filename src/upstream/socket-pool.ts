@@ -9,6 +9,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
+import type { LookupFunction } from './egress.js';
 
 /** Reused for every read of one socket; reads of up to this size keep the per-read overhead low. */
 const READ_BUFFER_BYTES = 256 * 1024;
@@ -19,6 +20,12 @@ export interface SocketPoolOptions {
   /** How long an idle connection is kept (servers close theirs too; a stale one costs a retry). */
   idleMs?: number;
   maxIdlePerOrigin?: number;
+  /**
+   * Where connections may go (egress.ts): `checkHost` runs before connecting (it throws for an IP literal that is
+   * not allowed), and `lookup` resolves names and refuses addresses that are not, so the address checked is the
+   * address connected to.
+   */
+  egress?: { checkHost(hostname: string): void; lookup: LookupFunction };
 }
 
 /** Receives the socket's reads while a request owns it; false pauses reading. */
@@ -57,6 +64,8 @@ export class SocketPool {
   connect(url: URL): PooledSocket {
     const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
     const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
+    this.opts.egress?.checkHost(host);
+    const lookup: { lookup?: net.LookupFunction } = this.opts.egress ? { lookup: this.opts.egress.lookup as unknown as net.LookupFunction } : {};
     let ps: PooledSocket | undefined;
     const onread = {
       buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
@@ -77,10 +86,11 @@ export class SocketPool {
             ...(this.opts.ca ? { ca: this.opts.ca } : {}),
             rejectUnauthorized: this.opts.rejectUnauthorized,
             ALPNProtocols: ['http/1.1'],
+            ...lookup,
             // Supported by tls.connect at runtime (it is passed on to net.Socket) but missing from @types/node.
             onread,
           } as tls.ConnectionOptions)
-        : net.connect({ host, port, onread });
+        : net.connect({ host, port, onread, ...lookup });
     socket.setNoDelay(true);
     ps = new PooledSocket(url.origin, socket);
     return ps;

@@ -36,6 +36,7 @@ export interface SocketResponse {
 const MAX_HEAD_BYTES = 64 * 1024;
 const MAX_CHUNK_LINE = 1024;
 const CRLFCRLF = Buffer.from('\r\n\r\n');
+const EMPTY = Buffer.alloc(0);
 
 export class HttpFramingError extends Error {
   constructor(message: string) {
@@ -96,6 +97,10 @@ class Connection implements BodyFeed {
   private phase: Phase = 'head';
   private headParts: Buffer[] = [];
   private headBytes = 0;
+  /** The last (up to 3) bytes of the head so far: the blank line may straddle two reads. */
+  private headTail: Buffer = EMPTY;
+  /** Bytes of trailer section so far (bounded like a head). */
+  private trailerBytes = 0;
   private readonly isHead: boolean;
   /** Body bytes still expected in the current Content-Length body or chunk. */
   private remaining = 0;
@@ -243,16 +248,22 @@ class Connection implements BodyFeed {
           const nl = buf.indexOf(10, pos);
           const stop = nl === -1 || nl >= end ? end : nl + 1;
           this.line += buf.toString('latin1', pos, stop);
+          if (this.phase === 'trailers') this.trailerBytes += stop - pos;
           pos = stop;
           if (this.line.length > MAX_CHUNK_LINE) throw new HttpFramingError('chunk header line too long');
-          if (this.line.endsWith('\n')) this.onLine(this.line.replace(/\r?\n$/, ''));
+          if (this.trailerBytes > MAX_HEAD_BYTES) throw new HttpFramingError(`trailer section larger than ${MAX_HEAD_BYTES} bytes`);
+          if (this.line.endsWith('\n')) {
+            // CRLF only: a bare LF is read as a line end by some parsers and not by others, a way to desync them.
+            if (!this.line.endsWith('\r\n')) throw new HttpFramingError('chunk line not terminated by CRLF');
+            this.onLine(this.line.slice(0, -2));
+          }
           break;
         }
         case 'chunk-crlf': {
           this.line += buf.toString('latin1', pos, pos + 1);
           pos += 1;
           if (this.line === '\r') continue;
-          if (this.line !== '\r\n' && this.line !== '\n') throw new HttpFramingError('missing CRLF after chunk data');
+          if (this.line !== '\r\n') throw new HttpFramingError('missing CRLF after chunk data');
           this.line = '';
           this.phase = 'chunk-size';
           break;
@@ -269,30 +280,36 @@ class Connection implements BodyFeed {
     this.line = '';
     if (this.phase === 'trailers') {
       if (line === '') this.phase = 'done';
+      // Trailers are not used, but a malformed one means the framing is not what it seems.
+      else parseField(line);
       return;
     }
-    const m = /^([0-9a-fA-F]{1,13})[ \t]*(;.*)?$/.exec(line);
+    const m = /^([0-9a-fA-F]{1,13})[ \t]*(;[^\0-\x08\x0a-\x1f\x7f]*)?$/.exec(line);
     if (!m) throw new HttpFramingError(`bad chunk size line ${JSON.stringify(line.slice(0, 40))}`);
     this.remaining = Number.parseInt(m[1] as string, 16);
     this.phase = this.remaining === 0 ? 'trailers' : 'chunk-data';
   }
 
   private readHead(buf: Buffer, pos: number, end: number): number {
-    // The head is small and usually arrives in one read; it is copied out of the reused buffer.
+    // The head is small and usually arrives in one read; it is copied out of the reused buffer. The blank line is
+    // looked for in this piece plus the last 3 bytes before it, so a head trickled in byte by byte costs linear time.
     const piece = Buffer.from(buf.subarray(pos, end));
-    this.headParts.push(piece);
-    const all = this.headParts.length === 1 ? piece : Buffer.concat(this.headParts);
-    const at = all.indexOf(CRLFCRLF, Math.max(0, this.headBytes - 3));
-    if (at === -1) {
-      if (all.length > MAX_HEAD_BYTES) throw new HttpFramingError(`response head larger than ${MAX_HEAD_BYTES} bytes`);
-      this.headParts = [all];
-      this.headBytes = all.length;
+    const window = this.headTail.length > 0 ? Buffer.concat([this.headTail, piece]) : piece;
+    const rel = window.indexOf(CRLFCRLF);
+    if (rel === -1) {
+      this.headParts.push(piece);
+      this.headBytes += piece.length;
+      if (this.headBytes > MAX_HEAD_BYTES) throw new HttpFramingError(`response head larger than ${MAX_HEAD_BYTES} bytes`);
+      this.headTail = Buffer.from(window.subarray(Math.max(0, window.length - 3)));
       return end;
     }
-    const consumed = at + 4 - (all.length - piece.length);
+    const at = this.headBytes - this.headTail.length + rel;
+    if (at + 4 > MAX_HEAD_BYTES) throw new HttpFramingError(`response head larger than ${MAX_HEAD_BYTES} bytes`);
+    const all = this.headParts.length > 0 ? Buffer.concat([...this.headParts, piece]) : piece;
+    const consumed = at + 4 - this.headBytes;
     this.headParts = [];
     this.headBytes = 0;
-    if (at + 4 > MAX_HEAD_BYTES) throw new HttpFramingError(`response head larger than ${MAX_HEAD_BYTES} bytes`);
+    this.headTail = EMPTY;
     const { status, headers, minor } = parseHead(all.toString('latin1', 0, at));
     // 1xx responses (100 Continue, 103 Early Hints) precede the real one.
     if (status >= 200) {
@@ -309,7 +326,9 @@ class Connection implements BodyFeed {
     if (this.isHead || status === 204 || status === 304) {
       this.phase = 'done';
     } else if (te !== undefined) {
-      // Chunked wins over Content-Length (RFC 9112 §6.3); any other coding cannot be hashed as stored.
+      // Both framings at once is how responses are smuggled (RFC 9112 §6.3: "ought to be handled as an error").
+      if (cl !== undefined) throw new HttpFramingError('both transfer-encoding and content-length');
+      // Any coding other than chunked cannot be hashed as stored.
       if (String(te).trim().toLowerCase() !== 'chunked') throw new HttpFramingError(`unsupported transfer-encoding ${JSON.stringify(te)}`);
       this.phase = 'chunk-size';
     } else if (cl !== undefined) {
@@ -375,22 +394,36 @@ class Connection implements BodyFeed {
   }
 }
 
+const FIELD_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** Control characters other than HTAB: never valid in a field value or reason phrase (bare CR and LF included). */
+const CTL = /[\0-\x08\x0a-\x1f\x7f]/;
+
+/** One `name: value` line (RFC 9112 §5): a token, a colon with no space before it, a value without controls. */
+function parseField(line: string): [string, string] {
+  const colon = line.indexOf(':');
+  const name = colon > 0 ? line.slice(0, colon) : '';
+  // Obsolete line folding, nameless lines and names with spaces are refused rather than guessed at.
+  if (!FIELD_NAME.test(name)) throw new HttpFramingError(`bad header line ${JSON.stringify(line.slice(0, 60))}`);
+  const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, '');
+  if (CTL.test(value)) throw new HttpFramingError(`control character in header ${JSON.stringify(name.slice(0, 60))}`);
+  return [name.toLowerCase(), value];
+}
+
 function parseHead(text: string): { status: number; headers: IncomingHttpHeaders; minor: number } {
   const lines = text.split('\r\n');
-  const m = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(lines[0] ?? '');
-  if (!m) throw new HttpFramingError(`bad status line ${JSON.stringify((lines[0] ?? '').slice(0, 60))}`);
+  const m = /^HTTP\/1\.([01]) ([1-5]\d\d)(?: (.*))?$/.exec(lines[0] ?? '');
+  if (!m || CTL.test(m[3] ?? '')) throw new HttpFramingError(`bad status line ${JSON.stringify((lines[0] ?? '').slice(0, 60))}`);
+  const status = Number(m[2]);
+  // We never ask to switch protocols; what follows a 101 is not HTTP/1.1.
+  if (status === 101) throw new HttpFramingError('unexpected 101 Switching Protocols');
   const headers: IncomingHttpHeaders = {};
   for (const line of lines.slice(1)) {
-    const colon = line.indexOf(':');
-    // Obsolete line folding and nameless lines are refused rather than guessed at (RFC 9112 §5.2).
-    if (colon <= 0 || line.startsWith(' ') || line.startsWith('\t')) throw new HttpFramingError(`bad header line ${JSON.stringify(line.slice(0, 60))}`);
-    const name = line.slice(0, colon).trim().toLowerCase();
-    const value = line.slice(colon + 1).trim();
+    const [name, value] = parseField(line);
     const prev = headers[name];
     if (name === 'set-cookie') headers[name] = [...((prev as string[] | undefined) ?? []), value];
     else headers[name] = prev === undefined ? value : `${String(prev)}, ${value}`;
   }
-  return { status: Number(m[2]), headers, minor: Number(m[1]) };
+  return { status, headers, minor: Number(m[1]) };
 }
 
 function abortError(signal: AbortSignal): Error {

@@ -316,3 +316,55 @@ describe('Basic auth (htpasswd)', () => {
     }
   });
 });
+
+describe('a token realm outside the upstream domain (real Distribution, hostile realm name)', () => {
+  // The registry advertises its realm as http://localhost:PORT/token while the proxy knows the upstream as
+  // 127.0.0.1: another host name, so the upstream's credentials must not go there.
+  let issuer: RunningTokenIssuer;
+  let reg: RunningRegistry;
+  let img: PushedImage;
+  let realm: string;
+
+  beforeAll(async () => {
+    issuer = await startTokenIssuer({ users: { [USER]: PASSWORD }, requireAuth: true });
+    realm = issuer.realm.replace('127.0.0.1', 'localhost');
+    reg = await startRegistry({ auth: { kind: 'token', realm, service: issuer.service, issuer: issuer.issuer, rootCertBundlePath: issuer.rootCertBundlePath } });
+    const token = issuer.mint(USER, [{ type: 'repository', name: 'far/app', actions: ['pull', 'push'] }]);
+    img = await pushImage(reg.url, 'far/app', 'v1', { auth: `Bearer ${token}` });
+  });
+  afterAll(async () => {
+    await reg?.stop();
+    await issuer?.stop();
+  });
+
+  it('the realm gets an anonymous request only (no Basic, no POSTed password): the pull fails, with a warning counted', async () => {
+    const p = await startProxy({ upstreams: [upstream(reg, true)] });
+    try {
+      issuer.clearRequests();
+      const r = await get(`${p.url}/v2/${reg.host}/far/app/manifests/v1`);
+      expect(r.status).toBe(502);
+      const reqs = issuer.requests();
+      expect(reqs.length).toBeGreaterThanOrEqual(1);
+      for (const q of reqs) {
+        expect(q.method).toBe('GET');
+        expect(q.withCredentials).toBe(false);
+        expect(q.user).toBeUndefined();
+      }
+      const refused = await p.proxy.app.metrics.tokenRealmRefused.get();
+      expect(refused.values.find((v) => v.labels.upstream === 'secure')?.value).toBe(1);
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it('listed in upstreams[].tokenRealms, the same realm gets the credentials and the pull works', async () => {
+    const p = await startProxy({ upstreams: [upstream(reg, true, { tokenRealms: [new URL(realm).origin] })] });
+    try {
+      issuer.clearRequests();
+      await pull(p, reg.host, 'far/app', 'v1', img);
+      expect(issuer.requests()[0]).toMatchObject({ method: 'POST', user: USER, withCredentials: true, status: 200 });
+    } finally {
+      await p.stop();
+    }
+  });
+});

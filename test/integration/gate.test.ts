@@ -187,7 +187,7 @@ describe('fail closed', () => {
   test('an unreachable external OPA denies with the error in the reason', async () => {
     const px = await startProxy({
       upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
-      extra: { policy: { opaUrl: 'http://127.0.0.1:9/', opaTimeout: '1s' } },
+      extra: { policy: { opaUrl: 'http://127.0.0.1:9/', opaTimeout: '1s', allowInsecureHttp: true } },
     });
     try {
       const res = await get(px, `/v2/${reg.host}/demo/app/manifests/v1`);

@@ -62,7 +62,7 @@ describe('HTTP bundle server', () => {
     const px = await startProxy({
       upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
       settings,
-      extra: { policy: { bundleUrl: `http://127.0.0.1:${port}/bundle.tar.gz`, pollInterval: '100ms' } },
+      extra: { policy: { bundleUrl: `http://127.0.0.1:${port}/bundle.tar.gz`, pollInterval: '100ms', allowInsecureHttp: true } },
     });
     try {
       expect(px.proxy.policy.revision).toBe('http-1');
@@ -102,7 +102,7 @@ describe('external OPA server (REST API)', () => {
   });
 
   test('decides allow and deny like the in-process WASM policy', async () => {
-    const px = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], extra: { policy: { opaUrl: `http://127.0.0.1:${port}` } } });
+    const px = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], extra: { policy: { opaUrl: `http://127.0.0.1:${port}`, allowInsecureHttp: true } } });
     try {
       expect(px.proxy.policy.revision).toBe(`opa-rest:127.0.0.1:${port}`);
       const ok = await fetch(`${px.url}/v2/${reg.host}/demo/app/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });

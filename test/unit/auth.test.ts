@@ -1,6 +1,6 @@
 import { Agent } from 'undici';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { AuthError, Authenticator, type Credentials } from '../../src/upstream/auth.js';
+import { AuthError, Authenticator, MAX_TOKEN_RESPONSE_BYTES, realmRefusal, type Credentials } from '../../src/upstream/auth.js';
 import { type LocalServer, sleep, startServer } from './helpers.js';
 
 const dispatcher = new Agent({ connections: 32 });
@@ -227,5 +227,83 @@ describe('Authenticator', () => {
       expect(a.onUnauthorized('Basic realm="r"', SCOPE, basic)).toBe(false);
       expect(a.onUnauthorized('Basic realm="other"', SCOPE, basic)).toBe(true);
     });
+  });
+});
+
+describe("credentials only to the upstream's own token realm", () => {
+  const u = (s: string): URL => new URL(s);
+
+  it('realmRefusal: same host or registrable domain, or listed; never http for an https upstream', () => {
+    expect(realmRefusal(u('https://registry-1.docker.io'), u('https://auth.docker.io/token'), [])).toBeUndefined();
+    expect(realmRefusal(u('https://ghcr.io'), u('https://ghcr.io/token'), [])).toBeUndefined();
+    expect(realmRefusal(u('https://registry.gitlab.example.co.uk'), u('https://auth.example.co.uk/jwt'), [])).toBeUndefined();
+    expect(realmRefusal(u('http://127.0.0.1:5000'), u('http://127.0.0.1:5001/token'), [])).toBeUndefined();
+    // Another domain, even under the same public suffix (co.uk) or the same private one (github.io).
+    expect(realmRefusal(u('https://registry.example.com'), u('https://auth.attacker.example/token'), [])).toMatch(/outside the upstream's domain example\.com/);
+    expect(realmRefusal(u('https://registry.example.co.uk'), u('https://attacker.co.uk/token'), [])).toMatch(/outside/);
+    expect(realmRefusal(u('https://alice.github.io'), u('https://mallory.github.io/token'), [])).toMatch(/outside/);
+    expect(realmRefusal(u('http://127.0.0.1:5000'), u('http://localhost:5001/token'), [])).toMatch(/outside/);
+    expect(realmRefusal(u('http://127.0.0.1:5000'), u('http://127.0.0.2:5001/token'), [])).toMatch(/outside/);
+    // Listed by origin or host name.
+    expect(realmRefusal(u('https://registry.example.com'), u('https://sso.corp.example/token'), ['https://sso.corp.example'])).toBeUndefined();
+    expect(realmRefusal(u('https://registry.example.com'), u('https://sso.corp.example/token'), ['sso.corp.example'])).toBeUndefined();
+    expect(realmRefusal(u('https://registry.example.com'), u('https://sso.corp.example:8443/token'), ['https://sso.corp.example'])).toMatch(/outside/);
+    // Scheme: never plain http for an https upstream, listed or not.
+    expect(realmRefusal(u('https://registry.example.com'), u('http://auth.example.com/token'), ['auth.example.com'])).toMatch(/plain http/);
+  });
+
+  it('a realm on another host gets an anonymous GET: no Basic header, no POSTed password; one warning per realm', async () => {
+    realm.postStatus = 200;
+    const refused: Array<[string, string]> = [];
+    const a = new Authenticator(new URL('http://registry.test:1'), () => ({ username: 'bob', password: 'hunter2' }), dispatcher, now, () => {}, {
+      onRealmRefused: (r, reason) => refused.push([r, reason]),
+    });
+    a.onUnauthorized(bearer(), SCOPE);
+    expect(await a.authorization(SCOPE)).toBe('Bearer get-1');
+    expect(await a.authorization('repository:other/app:pull')).toBe('Bearer get-2');
+    expect(realm.server.requests).toHaveLength(2);
+    for (const req of realm.server.requests) {
+      expect(req.method).toBe('GET');
+      expect(req.headers.authorization).toBeUndefined();
+      expect(req.body.toString()).not.toContain('hunter2');
+      expect(req.url).not.toContain('hunter2');
+    }
+    expect(refused).toEqual([[realm.server.url, expect.stringMatching(/outside the upstream's domain/) as string]]);
+  });
+
+  it('the same realm listed in tokenRealms gets the credentials (OAuth2 POST)', async () => {
+    realm.postStatus = 200;
+    const a = new Authenticator(new URL('http://registry.test:1'), () => ({ username: 'bob', password: 'hunter2' }), dispatcher, now, () => {}, {
+      tokenRealms: [realm.server.url],
+    });
+    a.onUnauthorized(bearer(), SCOPE);
+    expect(await a.authorization(SCOPE)).toBe('Bearer post-1');
+    expect(realm.server.requests[0]!.method).toBe('POST');
+    expect(realm.server.requests[0]!.body.toString()).toContain('password=hunter2');
+  });
+});
+
+describe('bounded token handling', () => {
+  it('the token cache holds at most maxTokens scopes: invented repository names cannot grow it', async () => {
+    const a = new Authenticator(new URL('http://127.0.0.1:1'), () => undefined, dispatcher, now, () => {}, { maxTokens: 8 });
+    a.onUnauthorized(bearer(), SCOPE);
+    for (let i = 0; i < 40; i++) await a.authorization(`repository:invented/name${i}:pull`);
+    expect(realm.server.requests).toHaveLength(40);
+    expect(a.cachedTokens).toBe(8);
+    // The most recent scopes are the ones kept.
+    await a.authorization('repository:invented/name39:pull');
+    expect(realm.server.requests).toHaveLength(40);
+  });
+
+  it('a token response larger than the cap is refused, not buffered', async () => {
+    await realm.server.close();
+    const padding = 'x'.repeat(MAX_TOKEN_RESPONSE_BYTES);
+    realm.server = await startServer((_req, _body, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ token: 'huge', padding }));
+    });
+    const a = make();
+    a.onUnauthorized(bearer(), SCOPE);
+    await expect(a.authorization(SCOPE)).rejects.toThrow(/larger than/);
   });
 });
