@@ -168,17 +168,24 @@ export class Gate {
     }
     if (input.scan.status === 'pending' || input.scan.status === 'missing') this.transient.add(admission);
     const evalMs = performance.now() - started;
-    const holds: Array<Promise<void>> = [];
+    // In order: an observer that holds the decision is waited for before the next one is told, so observers after
+    // the decision log (metrics, captures) see the deny when the log could not record the decision.
     for (const o of this.observers) {
+      let held: unknown;
       try {
-        const held: unknown = o.onDecision({ admission, input, result, revision: this.decider.revision, evalMs, totalMs: performance.now() - decisionStarted, waitMs, route: req.route });
-        if (held instanceof Promise) holds.push(held as Promise<void>);
+        held = o.onDecision({ admission, input, result, revision: this.decider.revision, evalMs, totalMs: performance.now() - decisionStarted, waitMs, route: req.route });
       } catch {
         // Logging must never change a decision (except by holding it, below).
       }
+      if (held instanceof Promise) {
+        try {
+          await held;
+        } catch {
+          admission = this.unrecorded(decisionId);
+        }
+      }
     }
     // Recorded only now, so that nothing of an image is served by digest before its decision is on record.
-    if (holds.length > 0 && (await Promise.allSettled(holds)).some((r) => r.status === 'rejected')) admission = this.unrecorded(decisionId);
     if (admission.serve) this.recordClosure(req.route, req.manifest);
     else this.dropClosure(req.route, req.manifest.digest);
     return admission;

@@ -48,7 +48,8 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
     decider: policy,
     logger: log,
     metrics,
-    observers: [new DecisionMetrics(metrics), decisionLog, ...(opts.extraObservers ?? [])],
+    // The decision log first: with onFull: block it may turn the decision into a deny, which the others then see.
+    observers: [decisionLog, new DecisionMetrics(metrics), ...(opts.extraObservers ?? [])],
     readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
     signatures: createSignatureProvider,
     scan: scan.provider,

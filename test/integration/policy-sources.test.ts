@@ -226,6 +226,10 @@ describe('decision logs that lose nothing (spool, onFull: block)', () => {
       const metrics = await (await fetch(`${px.url}/metrics`)).text();
       expect(metrics).toMatch(/^portcullis_decision_log_refused_total 2$/m);
       expect(metrics).toMatch(/^portcullis_decision_log_dropped_total 0$/m);
+      // The decision metrics (told after the log) count it as the deny it became.
+      const denied = metrics.split('\n').find((l) => l.startsWith('portcullis_decisions_total{') && l.includes('rule="decision_log.unavailable"'));
+      expect(denied).toContain('outcome="deny"');
+      expect(denied).toMatch(/ 2$/);
       expect(px.proxy.decisionLog.queued).toBe(1);
     } finally {
       await px.stop();
