@@ -81,6 +81,22 @@ describe('through the proxy', () => {
     }
   });
 
+  it('a token realm at a refused address is never contacted: the request fails with the reason', async () => {
+    const realmUp = await startFakeUpstream({ requireBearer: { realm: `http://[::ffff:127.0.0.1]:${echoPort()}/token`, service: 'fake', token: 't' } });
+    const p = await startProxy({ upstreams: [{ name: 'realm', registry: realmUp.host, url: realmUp.url }] });
+    try {
+      echo.clearRequests();
+      const r = await fetch(`${p.url}/v2/${realmUp.host}/any/repo/manifests/v1`, { headers: { accept: OCI_MANIFEST } });
+      const body = (await r.json()) as { errors: Array<{ message: string }> };
+      expect(r.status).toBe(502);
+      expect(body.errors[0]!.message).toMatch(/refusing to connect .*ipv4-mapped/);
+      expect(echo.requests()).toHaveLength(0);
+    } finally {
+      await p.stop();
+      await realmUp.stop();
+    }
+  });
+
   it('a redirect to another loopback port is followed: the upstream itself is on loopback', async () => {
     const p = await startProxy({ upstreams: [{ name: 'local', registry: up.host, url: up.url }] });
     try {
