@@ -16,9 +16,9 @@ import type { IncomingHttpHeaders } from 'node:http';
 import tls from 'node:tls';
 import { HttpFramingError, parseField, parseHead } from './http-head.js';
 import { SocketBody, type BodyFeed } from './socket-body.js';
+import type { PooledSocket, SocketPool } from './socket-pool.js';
 
 export { HttpFramingError } from './http-head.js';
-import type { PooledSocket, SocketPool } from './socket-pool.js';
 
 export interface SocketRequestOptions {
   method: 'GET' | 'HEAD';
