@@ -81,6 +81,22 @@ describe('through the proxy', () => {
     }
   });
 
+  it('a token realm at a refused address is never contacted: the request fails with the reason', async () => {
+    const realmUp = await startFakeUpstream({ requireBearer: { realm: `http://[::ffff:127.0.0.1]:${echoPort()}/token`, service: 'fake', token: 't' } });
+    const p = await startProxy({ upstreams: [{ name: 'realm', registry: realmUp.host, url: realmUp.url }] });
+    try {
+      echo.clearRequests();
+      const r = await fetch(`${p.url}/v2/${realmUp.host}/any/repo/manifests/v1`, { headers: { accept: OCI_MANIFEST } });
+      const body = (await r.json()) as { errors: Array<{ message: string }> };
+      expect(r.status).toBe(502);
+      expect(body.errors[0]!.message).toMatch(/refusing to connect .*ipv4-mapped/);
+      expect(echo.requests()).toHaveLength(0);
+    } finally {
+      await p.stop();
+      await realmUp.stop();
+    }
+  });
+
   it('a redirect to another loopback port is followed: the upstream itself is on loopback', async () => {
     const p = await startProxy({ upstreams: [{ name: 'local', registry: up.host, url: up.url }] });
     try {
@@ -170,11 +186,15 @@ describe('the upstream client, both transports, with an injected resolver', () =
     it(`${transport}: a name resolving into the upstream's own range is followed, to the address the hook checked`, async () => {
       const c = client();
       try {
-        const s = seedRedirected((d) => `http://cdn.attacker.test:${echoPort()}/cdn/${d.slice(7)}`);
+        // Userinfo in the Location is shed: it would otherwise ride along in the URL into logs.
+        const s = seedRedirected((d) => `http://user:hunter2@cdn.attacker.test:${echoPort()}/cdn/${d.slice(7)}`);
         echo.setBody(s.layer);
+        echo.clearRequests();
         const res = await c.send({ method: 'GET', path: `/v2/${s.repo}/blobs/${s.layerDigest}`, kind: 'blob', repository: s.repo, bulk });
         expect(res.status).toBe(200);
         expect(sha(await readAll(res.body))).toBe(s.layerDigest);
+        expect(res.url).toBe(`http://cdn.attacker.test:${echoPort()}/cdn/${s.layerDigest.slice(7)}`);
+        expect(echo.requests()[0]?.headers.authorization).toBeUndefined();
         // No system resolver knows this name: the connection used the hook's answer.
         expect(asked).toContain('cdn.attacker.test');
       } finally {

@@ -191,7 +191,7 @@ function headLines(status: number, reason: string, headers: Array<[string, strin
 function encode(m: Model, method: 'GET' | 'HEAD' = 'GET'): { wire: Buffer; status: number; headers: IncomingHttpHeaders; body: Buffer } {
   const noBody = method === 'HEAD' || m.status === 204 || m.status === 304;
   const headers: Array<[string, string]> = [...m.headers];
-  let payload = Buffer.alloc(0);
+  let payload: Buffer = Buffer.alloc(0);
   const f = m.framing;
   if (f.kind === 'length') {
     headers.push(['Content-Length', String(m.body.length)]);
@@ -232,7 +232,7 @@ function encode(m: Model, method: 'GET' | 'HEAD' = 'GET'): { wire: Buffer; statu
 }
 
 /** Cut points: each read is a piece between two of them. */
-function cut(wire: Buffer, points: number[]): Buffer[] {
+function cut(wire: Buffer, points: readonly number[]): Buffer[] {
   const at = [...new Set(points.map((p) => p % (wire.length + 1)))].sort((a, b) => a - b);
   const pieces: Buffer[] = [];
   let prev = 0;
@@ -251,7 +251,7 @@ const cuts = fc.oneof(
 const consumer = fc.record({ pipe: fc.boolean(), waitEvery: fc.integer({ min: 0, max: 3 }) });
 
 /** One-byte reads cover the first 4 KiB (every head boundary of a small response); the rest comes in one read. */
-function pieces(wire: Buffer, points: number[]): Buffer[] {
+function pieces(wire: Buffer, points: readonly number[]): Buffer[] {
   if (points.length === 1 && points[0] === -1) {
     const n = Math.min(wire.length, 4096);
     return [...[...wire.subarray(0, n)].map((b) => Buffer.from([b])), ...(wire.length > n ? [wire.subarray(n)] : [])];
