@@ -36,6 +36,8 @@ GO_TOOLS=(
   # notices; a third field means "download the module and build that package from it" instead.
   "notation github.com/notaryproject/notation@v1.3.2 ./cmd/notation"
   "crictl sigs.k8s.io/cri-tools@v1.30.0 ./cmd/crictl"   # the kubelet's CRI calls (test/harness/cri.ts); Debian has none
+  "helm helm.sh/helm/v4/cmd/helm@v4.3.2"                  # helm lint/template of deploy/helm (test/deploy/helm.test.ts)
+  "promtool github.com/prometheus/prometheus/cmd/promtool@v0.316.0"   # Prometheus 3.16.0: deploy/monitoring rules
 )
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 

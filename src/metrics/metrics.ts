@@ -52,6 +52,12 @@ export class Metrics {
     labelNames: ['upstream'] as const,
     registers: [this.registry],
   });
+  readonly upstreamRateLimitLimit = new Gauge({
+    name: 'portcullis_upstream_ratelimit_limit',
+    help: 'Last ratelimit-limit header seen from the upstream (the Docker Hub pull quota per window): remaining / limit is the headroom',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  });
   readonly tokenFetches = new Counter({
     name: 'portcullis_upstream_token_fetches_total',
     help: 'Bearer token requests to upstream token realms',

@@ -15,7 +15,7 @@ import type { TagService } from '../proxy/tags.js';
 import { isDigest, looksLikeDigest, parseReference, type Digest } from '../routing/reference.js';
 import type { Route, Router } from '../routing/route.js';
 import { isAccessory, needsOwnDecision } from '../verify/accessory.js';
-import { errors, RegistryError } from './errors.js';
+import { errors, printableAscii, RegistryError } from './errors.js';
 import type { Endpoint } from './paths.js';
 import { parseRange, sendJson } from './respond.js';
 
@@ -133,8 +133,14 @@ export class RegistryHandlers {
     const ref = `${route.registry}/${route.repository}@${manifest.digest}`;
     if (!admission.serve) {
       const short = oneLine(admission.message, 300);
+      const [first, ...more] = admission.violations;
       throw errors.denied(
         `portcullis: denied ${ref}: ${short} [decision ${admission.decisionId}]`,
+        {
+          rule: first?.rule ?? 'policy',
+          reason: first ? `${first.message}${more.length ? ` (and ${more.length} more)` : ''}` : admission.message,
+          decisionId: admission.decisionId,
+        },
         { decision_id: admission.decisionId, violations: admission.violations },
         { 'portcullis-decision-id': admission.decisionId, 'portcullis-reason': headerSafe(short) },
       );
@@ -157,6 +163,8 @@ export class RegistryHandlers {
     if (!this.d.gate.rootOf(route, digest)) {
       throw errors.denied(
         `portcullis: denied ${route.registry}/${route.repository}@${digest}: not part of an admitted image; pull the image by tag or by its root digest first`,
+        // No decision was made for this digest, so there is no decision id to name.
+        { rule: 'not_in_admitted_closure', reason: 'not part of an admitted image; pull the image by tag or root digest first' },
         { reason: 'not_in_admitted_closure' },
         { 'portcullis-reason': 'not part of an admitted image' },
       );
@@ -234,7 +242,7 @@ function addWarning(res: ServerResponse, text: string): void {
   res.appendHeader('warning', `299 - "${headerSafe(text).replace(/"/g, "'")}"`);
 }
 
-/** Header values must be latin1 without control characters. */
+/** Header values must be latin1 without control characters; ASCII reads the same in every log and client. */
 function headerSafe(s: string): string {
-  return s.replace(/[^\x20-\x7e]/g, '?');
+  return printableAscii(s);
 }

@@ -9,6 +9,8 @@ export function sendError(res: ServerResponse, err: RegistryError, head: boolean
   }
   const body = err.body();
   res.statusCode = err.status;
+  // The reason phrase is the only text a HEAD can carry to containerd (errors.ts, denialStatusText).
+  if (err.statusText !== undefined) res.statusMessage = err.statusText;
   for (const [k, v] of Object.entries(err.headers)) res.setHeader(k, v);
   res.setHeader('content-type', 'application/json');
   res.setHeader('content-length', Buffer.byteLength(body));

@@ -267,10 +267,14 @@ export class UpstreamClient {
       }
       this.opts.metrics.upstreamDuration.observe({ upstream: this.name, kind: req.kind }, (performance.now() - started) / 1000);
       this.opts.metrics.upstreamRequests.inc({ upstream: this.name, kind: req.kind, method: req.method, status: String(r.statusCode) });
-      const remaining = headerString(r.headers['ratelimit-remaining']);
-      if (remaining) {
-        const n = Number.parseInt(remaining, 10);
-        if (Number.isFinite(n)) this.opts.metrics.upstreamRateLimitRemaining.set({ upstream: this.name }, n);
+      // Docker Hub: `ratelimit-limit: 100;w=21600`, `ratelimit-remaining: 76;w=21600`. Both, so that alerts can
+      // compute the headroom whatever the account's quota.
+      for (const [header, gauge] of [
+        ['ratelimit-remaining', this.opts.metrics.upstreamRateLimitRemaining],
+        ['ratelimit-limit', this.opts.metrics.upstreamRateLimitLimit],
+      ] as const) {
+        const n = Number.parseInt(headerString(r.headers[header]) ?? '', 10);
+        if (Number.isFinite(n)) gauge.set({ upstream: this.name }, n);
       }
       const location = headerString(r.headers.location);
       if (REDIRECT_STATUSES.has(r.statusCode) && location) {

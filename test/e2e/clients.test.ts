@@ -194,8 +194,11 @@ describe('skopeo through the path prefix', () => {
   it('shows the deny message for a denied tag', async () => {
     const r = await skopeoCopy(`docker://${proxy.host}/${ALIAS}/e2e/app:blocked`, path.join(tmp, 'sk-blocked'));
     expect(r.code).not.toBe(0);
-    // skopeo's logrus output escapes the quotes: tag \"blocked\".
-    expect(r.stderr).toMatch(/reading manifest blocked in [\d.:]+\/upstream\.e2e\/e2e\/app: denied: portcullis: denied 127\.0\.0\.1:\d+\/e2e\/app@sha256:[0-9a-f]{64}: tag \\?"blocked\\?" is not allowed \[tag\.denied\]/);
+    // skopeo's logrus output escapes the quotes: tag \"blocked\". It prints the OCI error body of the GET, as
+    // before the reason phrase (issue 14): the reason, the rule and the decision id, whole.
+    expect(r.stderr).toMatch(
+      /reading manifest blocked in [\d.:]+\/upstream\.e2e\/e2e\/app: denied: portcullis: denied 127\.0\.0\.1:\d+\/e2e\/app@sha256:[0-9a-f]{64}: tag \\?"blocked\\?" is not allowed \[tag\.denied\] \[decision [0-9a-f-]{36}\]/,
+    );
     // The same repository's other tags still pull.
     expectOk(await skopeoCopy(`docker://${proxy.host}/${ALIAS}/e2e/app:ok`, path.join(tmp, 'sk-ok')), 'skopeo copy app:ok');
   });
@@ -342,13 +345,21 @@ describe('containerd 1.6 (ctr --hosts-dir, fallback-proof hosts.toml, routed by 
     expect(reg.requests().filter((x) => x.userAgent !== PROXY_UA)).toEqual([]);
   });
 
-  it('a denied tag fails the pull with a 403 and does not fall back to the upstream', async () => {
+  it('a denied tag fails the pull with the reason and decision id in the 403, and does not fall back to the upstream', async () => {
     reg.clearLog();
     const r = await pull(`${reg.host}/e2e/app:blocked`, 'e2e');
     expect(r.code).not.toBe(0);
-    // containerd resolves with a HEAD, which has no body: it can only print the status (testbed §5).
-    expect(r.stderr).toContain(`pulling from host ${proxy.host} failed with status code [manifests blocked]: 403 Forbidden`);
-    // What the HEAD carried, for logs and debugging tools (ctr cannot show it):
+    // containerd resolves with a HEAD, which has no body: it prints the status line, so the reason phrase carries
+    // the rule, the reason and the decision id (before issue 14 this was `403 Forbidden`, testbed §5).
+    const m = new RegExp(
+      `pulling from host ${proxy.host.replace(/\./g, '\\.')} failed with status code \\[manifests blocked\\]: ` +
+        `403 denied: tag\\.denied: tag "blocked" is not allowed \\[decision ([0-9a-f-]{36})\\]`,
+    ).exec(r.stderr);
+    expect(m, r.stderr).not.toBeNull();
+    console.info(`ctr shows: ${r.stderr.trim().split('\n').pop()}`);
+    // The id is a real decision's, the one the decision log records.
+    expect(decisions.some((d) => d.admission.decisionId === m![1] && d.input.image.tag === 'blocked')).toBe(true);
+    // The HEAD carries the same in headers, for logs and debugging tools:
     const head = await fetch(`${proxy.url}/v2/e2e/app/manifests/blocked?ns=${encodeURIComponent(reg.host)}`, { method: 'HEAD' });
     expect(head.status).toBe(403);
     expect(head.headers.get('portcullis-reason')).toBe('tag "blocked" is not allowed [tag.denied]');
@@ -375,6 +386,7 @@ describe('podman with a prefix→location rewrite', () => {
 
     const denied = await podmanPull(`${reg.host}/e2e/app:blocked`, { registriesConf: conf });
     expect(denied.code).not.toBe(0);
-    expect(denied.stderr).toMatch(/denied: portcullis: denied .*tag "blocked" is not allowed/);
+    // The OCI error body of the GET, as before the reason phrase (issue 14): reason, rule and decision id, whole.
+    expect(denied.stderr).toMatch(/denied: portcullis: denied .*tag "blocked" is not allowed \[tag\.denied\] \[decision [0-9a-f-]{36}\]/);
   }, 90_000);
 });

@@ -101,15 +101,22 @@ describe('CRI (kubelet path) through Portcullis', () => {
     expect(await cri.status(`${reg.host}/e2e/cri:v1`)).toBeUndefined();
   });
 
-  it('a denied image fails with the 403 in the error the kubelet sees, and nothing falls back to the upstream', async () => {
+  it('a denied image fails with the rule, reason and decision id in the error the kubelet sees; nothing falls back', async () => {
     reg.clearLog();
+    decisions.length = 0;
     const r = await cri.pull(`${reg.host}/e2e/cri:blocked`);
     expect(r.ok).toBe(false);
     const ref = `${reg.host}/e2e/cri:blocked`;
-    // containerd resolves with a HEAD, which has no body: only the status reaches the kubelet (testbed §5).
+    // containerd resolves with a HEAD, which has no body: only the status line reaches the kubelet, so the reason
+    // phrase carries the denial (before issue 14: `403 Forbidden`, testbed §5). This string is what the Pod's
+    // events show (`Failed to pull image ...: <error>`).
+    const d = decisions.find((e) => e.input.image.repository === 'e2e/cri' && e.input.image.tag === 'blocked');
+    expect(d?.admission.outcome).toBe('deny');
+    console.info(`the kubelet sees: ${r.error}`);
     expect(r.error).toBe(
       `rpc error: code = Unknown desc = failed to pull and unpack image "${ref}": failed to resolve reference "${ref}": ` +
-        `pulling from host ${proxy.host} failed with status code [manifests blocked]: 403 Forbidden`,
+        `pulling from host ${proxy.host} failed with status code [manifests blocked]: ` +
+        `403 denied: tag.denied: tag "blocked" is not allowed [decision ${d!.admission.decisionId}]`,
     );
     expect(reg.requests().filter((x) => x.userAgent !== PROXY_UA)).toEqual([]);
   });

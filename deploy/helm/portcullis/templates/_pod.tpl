@@ -1,0 +1,139 @@
+{{/* The pod both tiers run: the proxy container, its volumes and the security settings. */}}
+
+{{- define "portcullis.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 1000
+runAsGroup: 1000
+fsGroup: 1000
+seccompProfile: { type: RuntimeDefault }
+{{- end -}}
+
+{{- define "portcullis.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 1000
+runAsGroup: 1000
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities: { drop: [ALL] }
+seccompProfile: { type: RuntimeDefault }
+{{- end -}}
+
+{{/* Probes: the operator listener when there is one (plain HTTP), else the registry listener. */}}
+{{- define "portcullis.probes" -}}
+{{- $port := ternary "operator" "registry" (gt (int .Values.operator.port) 0) -}}
+{{- $scheme := ternary "HTTP" (ternary "HTTPS" "HTTP" .Values.tls.enabled) (gt (int .Values.operator.port) 0) -}}
+{{- $host := "" -}}
+{{- if and (eq .Values.tier "node") (not .Values.operator.port) }}{{ $host = "127.0.0.1" }}{{ end -}}
+startupProbe:
+  httpGet: { path: /readyz, port: {{ $port }}, scheme: {{ $scheme }}{{ with $host }}, host: {{ . }}{{ end }} }
+  periodSeconds: 2
+  failureThreshold: 60
+readinessProbe:
+  httpGet: { path: /readyz, port: {{ $port }}, scheme: {{ $scheme }}{{ with $host }}, host: {{ . }}{{ end }} }
+  periodSeconds: 5
+  failureThreshold: 2
+livenessProbe:
+  httpGet: { path: /healthz, port: {{ $port }}, scheme: {{ $scheme }}{{ with $host }}, host: {{ . }}{{ end }} }
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 3
+{{- end -}}
+
+{{- define "portcullis.container" -}}
+- name: portcullis
+  image: {{ include "portcullis.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: ["serve", "--config", "/etc/portcullis/config/portcullis.yaml"]
+  {{- if or .Values.extraEnv (and (eq .Values.tier "node") .Values.operator.port) }}
+  env:
+    {{- if and (eq .Values.tier "node") .Values.operator.port }}
+    # On the host network: the operator listener binds the node's address, not every address of the node.
+    - name: HOST_IP
+      valueFrom: { fieldRef: { fieldPath: status.hostIP } }
+    - name: PORTCULLIS__operatorListen
+      value: "$(HOST_IP):{{ .Values.operator.port }}"
+    {{- end }}
+    {{- with .Values.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+  ports:
+    - { name: registry, containerPort: {{ .Values.port }}, protocol: TCP }
+    {{- if .Values.operator.port }}
+    - { name: operator, containerPort: {{ .Values.operator.port }}, protocol: TCP }
+    {{- end }}
+  {{- include "portcullis.probes" . | nindent 2 }}
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- include "portcullis.containerSecurityContext" . | nindent 4 }}
+  volumeMounts:
+    - { name: config, mountPath: /etc/portcullis/config, readOnly: true }
+    - { name: cache, mountPath: /var/lib/portcullis }
+    # The root filesystem is read-only; SQLite and Node may want a scratch directory.
+    - { name: tmp, mountPath: /tmp }
+    {{- if .Values.tls.enabled }}
+    - { name: tls, mountPath: /etc/portcullis/tls, readOnly: true }
+    {{- end }}
+    {{- if .Values.tls.clientCA.secretName }}
+    - { name: client-ca, mountPath: /etc/portcullis/client-ca, readOnly: true }
+    {{- end }}
+    {{- range .Values.upstreams }}
+    {{- if .credentials }}
+    - { name: {{ printf "up-%s-cred" .name | replace "_" "-" | trunc 63 | trimSuffix "-" }}, mountPath: /etc/portcullis/upstreams/{{ .name }}/credentials, readOnly: true }
+    {{- end }}
+    {{- if .ca }}
+    - { name: {{ printf "up-%s-ca" .name | replace "_" "-" | trunc 63 | trimSuffix "-" }}, mountPath: /etc/portcullis/upstreams/{{ .name }}/ca, readOnly: true }
+    {{- end }}
+    {{- end }}
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{- define "portcullis.volumes" -}}
+- name: config
+  configMap: { name: {{ include "portcullis.fullname" . }} }
+- name: tmp
+  emptyDir: { sizeLimit: 256Mi }
+- name: cache
+  {{- if eq .Values.storage.type "hostPath" }}
+  hostPath: { path: {{ .Values.storage.hostPath }}, type: DirectoryOrCreate }
+  {{- else if eq .Values.storage.type "persistentVolumeClaim" }}
+  persistentVolumeClaim: { claimName: {{ .Values.storage.existingClaim }} }
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.storage.sizeLimit }}
+    {{- with .Values.storage.medium }}
+    medium: {{ . }}
+    {{- end }}
+  {{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret: { secretName: {{ .Values.tls.secretName }}, items: [{ key: tls.crt, path: tls.crt }, { key: tls.key, path: tls.key }] }
+{{- end }}
+{{- if .Values.tls.clientCA.secretName }}
+- name: client-ca
+  secret: { secretName: {{ .Values.tls.clientCA.secretName }}, items: [{ key: {{ .Values.tls.clientCA.key }}, path: {{ .Values.tls.clientCA.key }} }] }
+{{- end }}
+{{- range $u := .Values.upstreams }}
+{{- with $u.credentials }}
+- name: {{ printf "up-%s-cred" $u.name | replace "_" "-" | trunc 63 | trimSuffix "-" }}
+  secret:
+    secretName: {{ .existingSecret }}
+    items:
+      - { key: {{ default "password" .passwordKey }}, path: password }
+      {{- if not .username }}
+      - { key: {{ default "username" .usernameKey }}, path: username }
+      {{- end }}
+{{- end }}
+{{- with $u.ca }}
+- name: {{ printf "up-%s-ca" $u.name | replace "_" "-" | trunc 63 | trimSuffix "-" }}
+  secret: { secretName: {{ .existingSecret }}, items: [{ key: {{ default "ca.crt" .key }}, path: ca.crt }] }
+{{- end }}
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
