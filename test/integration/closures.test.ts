@@ -204,6 +204,24 @@ describe('tag lists and referrers follow the repository rules', () => {
   });
 });
 
+describe('a denied tag does not cut off another client’s pull of the same bytes', () => {
+  test('tag latest of digest D is denied while a client pulls D’s layers under tag 1.0: its pull goes on', async () => {
+    const img = await pushImage(reg.url, 'demo/twotags', '1.0', { layers: 2 });
+    await pushRaw(reg.url, 'demo/twotags', 'latest', img.manifest, img.manifestMediaType);
+    const px = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], settings: { scopes: [{ name: 'all', images: ['**'], deny_tags: ['latest'] }] } });
+    try {
+      expect((await get(px, 'demo/twotags/manifests/1.0')).status).toBe(200);
+      expect((await get(px, `demo/twotags/blobs/${img.layers[0]!.digest}`)).status).toBe(200);
+      expect((await denial(await get(px, 'demo/twotags/manifests/latest'))).message).toContain('[tag.denied]');
+      const rest = await get(px, `demo/twotags/blobs/${img.layers[1]!.digest}`);
+      expect(rest.status).toBe(200);
+      expect(sha256(Buffer.from(await rest.arrayBuffer()))).toBe(img.layers[1]!.digest);
+    } finally {
+      await px.stop();
+    }
+  });
+});
+
 describe('admissions are bound to the policy, settings and trust that decided them', () => {
   let app: PushedImage;
   let multi: PushedIndex;
