@@ -154,7 +154,7 @@ export class App {
     const port = Number(listen.slice(idx + 1));
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);
-      this.server!.listen(port, host, () => resolve());
+      this.server!.listen({ port, host, reusePort: config.reusePort }, () => resolve());
     });
     const addr = this.server.address() as AddressInfo;
     this.log.info({ address: addr.address, port: addr.port, tls: Boolean(config.tls), upstreams: config.upstreams.map((u) => u.name) }, 'listening');
