@@ -5,13 +5,13 @@
  *
  * 1. the policy bundle is replaced by one that still allows the image (hot reload: every admission is decided again
  *    inline on its next request);
- * 2. the process is replaced: a second server starts on the same address and data dir (SO_REUSEPORT), then the first
- *    gets SIGTERM and drains (the second re-decides, as the config is the same, nothing at all);
+ * 2. the signing key is rotated: the authority's key file is replaced by another key that also signed the images
+ *    (a new trust revision: admissions are decided again inline; the index is signed, its children inherit that);
+ * 3. the process is replaced: a second server starts on the same address and data dir (SO_REUSEPORT), then the first
+ *    gets SIGTERM and drains;
  *
  * and every pull succeeds with every byte matching its digest. Then a bundle that denies the image (built with
  * `opa build`) stops the pulls at their next request, with the bundle's reason.
- *
- * Signing-key rotation is not part of this file: cosign is not installed on this machine yet (see the report).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -38,6 +38,7 @@ let port: number;
 let configPath: string;
 let bundle: string;
 let denyBundle: string;
+let activeKey: string;
 let index: PushedIndex;
 const criImages: PushedImage[] = [];
 const servers = new Set<ChildProcess>();
@@ -133,6 +134,7 @@ async function until(what: string, cond: () => Promise<boolean> | boolean, timeo
 beforeAll(async () => {
   requireTool('opa');
   requireTool('skopeo');
+  requireTool('cosign2');
   tmp = await mkdtemp('/tmp/pcchange-');
   reg = await startRegistry();
   index = await pushIndex(reg.url, 'e2e/change', 'v1', [
@@ -140,6 +142,18 @@ beforeAll(async () => {
     { os: 'linux', architecture: 'arm64' },
   ], { layers: 3, layerSizeMiB: 0.5 });
   for (let i = 0; i < 4; i++) criImages.push(await pushImage(reg.url, `e2e/change-cri-${i}`, 'v1', { layers: 1, layerSizeMiB: 0.25 }));
+
+  // Two signing keys; the index (not its children: no --recursive) and the CRI images are signed with both.
+  const env = { ...process.env, HOME: tmp, COSIGN_PASSWORD: '', DOCKER_CONFIG: path.join(tmp, 'docker'), TUF_ROOT: path.join(tmp, 'tuf') };
+  const cosign = async (args: string[]): Promise<void> => {
+    const r = await runTool('cosign2', args, { env, cwd: tmp, timeoutMs: 60_000 });
+    expect(r.code, `cosign2 ${args.join(' ')}: ${r.stderr}`).toBe(0);
+  };
+  for (const k of ['k1', 'k2']) await cosign(['generate-key-pair', '--output-key-prefix', k]);
+  const refs = [`${reg.host}/e2e/change:v1`, ...criImages.map((_, i) => `${reg.host}/e2e/change-cri-${i}:v1`)];
+  for (const k of ['k1', 'k2']) for (const ref of refs) await cosign(['sign', '--key', `${k}.key`, '--tlog-upload=false', '--allow-insecure-registry', '--allow-http-registry', '-y', ref]);
+  activeKey = path.join(tmp, 'active.pub');
+  await copyFile(path.join(tmp, 'k1.pub'), activeKey);
 
   bundle = path.join(tmp, 'bundle.tar.gz');
   await copyFile(path.join(ROOT, 'policies', 'bundle.tar.gz'), bundle);
@@ -159,7 +173,8 @@ beforeAll(async () => {
     log: { level: 'info' },
     decisionLog: { sink: 'none' },
     shutdownGrace: '20s',
-    policy: { bundleFile: bundle, pollInterval: '200ms', settings: { no_match: 'deny', scopes: [{ name: 'all', images: ['**'] }] } },
+    policy: { bundleFile: bundle, pollInterval: '200ms', settings: { no_match: 'deny', scopes: [{ name: 'signed', images: ['**'], signatures: { authorities: ['release'] } }] } },
+    signatures: { authorities: [{ name: 'release', kind: 'key', key: activeKey }], reloadInterval: '200ms' },
   };
   configPath = path.join(tmp, 'portcullis.json');
   await writeFile(configPath, JSON.stringify(doc));
@@ -205,7 +220,11 @@ describe('zero failed pulls under change', () => {
     await repackWithRevision(path.join(ROOT, 'policies', 'bundle.tar.gz'), bundle, 'still-allows-2');
     await until('the new revision', () => metric(/portcullis_policy_bundle_info\{revision="still-allows-2"/));
     await pulledSince([...done]);
-    // 2. A new process on the same address and data dir, then SIGTERM to the old one, which drains and exits 0.
+    // 2. The signing key is rotated to one that also signed the images: a new trust revision.
+    await copyFile(path.join(tmp, 'k2.pub'), activeKey);
+    await until('the new trust material', () => first.output().includes('signature trust material changed'));
+    await pulledSince([...done]);
+    // 3. A new process on the same address and data dir, then SIGTERM to the old one, which drains and exits 0.
     const second = await startServer();
     first.child.kill('SIGTERM');
     expect(await first.exited).toEqual({ code: 0, signal: null });
@@ -218,7 +237,7 @@ describe('zero failed pulls under change', () => {
     expect(criResults.length).toBeGreaterThan(0);
     expect(criResults.filter((r) => !r.ok)).toEqual([]);
 
-    // 3. A bundle that denies the image: the next request of every pull is refused with the bundle's reason.
+    // 4. A bundle that denies the image: the next request of every pull is refused with the bundle's reason.
     await copyFile(denyBundle, bundle);
     await until('the denying revision', () => metric(/portcullis_policy_bundle_info\{revision="freeze-1"/));
     const denied = await Promise.all(Array.from({ length: 5 }, (_, i) => skopeoPull(path.join(tmp, `deny-${i}`))));
