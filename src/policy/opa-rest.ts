@@ -7,6 +7,10 @@ import { request, Agent } from 'undici';
 import type { Decider, PolicyInput, PolicyResult } from '../gate/types.js';
 import { ENTRYPOINT, parseResult } from './wasm.js';
 
+interface ProvenanceDoc {
+  provenance?: { bundles?: Record<string, { revision?: unknown }> };
+}
+
 export class OpaRestDecider implements Decider {
   private readonly base: string;
   /** The bundle revisions OPA reported with its last answer (`?provenance`), `name=revision,…`; '' before any. */
@@ -37,22 +41,37 @@ export class OpaRestDecider implements Decider {
     });
     const text = await res.body.text();
     if (res.statusCode !== 200) throw new Error(`OPA at ${url.host} answered HTTP ${res.statusCode}: ${text.slice(0, 200)}`);
-    let doc: { result?: unknown; provenance?: { bundles?: Record<string, { revision?: unknown }> } };
+    let doc: { result?: unknown } & ProvenanceDoc;
     try {
       doc = JSON.parse(text) as typeof doc;
     } catch {
       throw new Error(`OPA at ${url.host} sent invalid JSON`);
     }
     const result = parseResult(doc);
-    const b = doc.provenance?.bundles;
-    if (b && typeof b === 'object') {
-      this.bundles = Object.keys(b)
-        .sort()
-        .map((name) => `${name}=${String(b[name]?.revision ?? '')}`)
-        .join(',');
-    }
+    this.noteProvenance(doc.provenance);
     // The revision that answered, so the admission is bound to it even if another answer changes it meanwhile.
     return { ...result, revision: this.revision };
+  }
+
+  /**
+   * Asks OPA which bundle revisions it serves (a GET of an empty document with `?provenance`: no decision, nothing
+   * evaluated), so that a bundle OPA activates is noticed before the next decision and admissions are re-decided.
+   */
+  async refresh(): Promise<void> {
+    const url = new URL(`/v1/data/portcullis/__revision?provenance`, this.baseUrl);
+    const res = await request(url, { method: 'GET', dispatcher: this.agent, headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs });
+    const text = await res.body.text();
+    if (res.statusCode !== 200) throw new Error(`OPA at ${url.host} answered HTTP ${res.statusCode}`);
+    this.noteProvenance((JSON.parse(text) as ProvenanceDoc).provenance);
+  }
+
+  private noteProvenance(p: ProvenanceDoc['provenance']): void {
+    const b = p?.bundles;
+    if (!b || typeof b !== 'object') return;
+    this.bundles = Object.keys(b)
+      .sort()
+      .map((name) => `${name}=${String(b[name]?.revision ?? '')}`)
+      .join(',');
   }
 
   async close(): Promise<void> {

@@ -8,8 +8,11 @@
  * scope allows. Then: restarts and hot reloads with a policy that denies (children and blobs stop, with the reason)
  * and one that still allows (blobs keep flowing without a new manifest request).
  */
+import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { copyFile, mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -17,7 +20,7 @@ import { repackWithRevision } from '../harness/bundles.js';
 import { requireTool, runTool } from '../harness/clients.js';
 import { MANIFEST_ACCEPT, MT, pushBlob, pushImage, pushIndex, pushRaw, sha256, type PushedImage, type PushedIndex } from '../harness/images.js';
 import { ALLOW_ALL, startProxy, type RunningProxy } from '../harness/proxy.js';
-import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { freePort, startRegistry, type RunningRegistry } from '../harness/registry.js';
 
 const REPORT_TOKEN = 'closures-report-token-7d1a';
 process.env.PC_CLOSURES_REPORT_TOKEN = REPORT_TOKEN;
@@ -340,4 +343,71 @@ describe('admissions are bound to the policy, settings and trust that decided th
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  test('an external OPA that activates a new bundle revision: admissions are decided again, and a freezing bundle stops blobs', async () => {
+    requireTool('opa');
+    const dir = await mkdtemp(join(tmpdir(), 'pc-bound-opa-'));
+    const children: ChildProcess[] = [];
+    let served = Buffer.alloc(0);
+    const bundles = createServer((req, res) => {
+      if (req.url !== '/bundles/p.tar.gz') return void res.writeHead(404).end();
+      res.writeHead(200, { 'content-type': 'application/gzip' }).end(served);
+    });
+    try {
+      const data = join(dir, 'data');
+      await mkdir(data);
+      await writeFile(join(data, 'data.json'), JSON.stringify({ portcullis: { config: ALLOW_ALL } }));
+      const freeze = join(dir, 'freeze');
+      await mkdir(freeze);
+      await writeFile(join(freeze, 'freeze.rego'), 'package portcullis\n\ndecision := {"allow": false, "deny": [{"rule": "freeze.all", "message": "all pulls are frozen"}], "warn": [], "scope": null, "mode": "enforce"}\n');
+      const b1 = join(dir, 'b1.tar.gz');
+      const b2 = join(dir, 'b2.tar.gz');
+      for (const [out, rev, srcs] of [
+        [b1, 'opa-1', [resolve('policies/portcullis'), data]],
+        [b2, 'opa-2', [freeze]],
+      ] as const) {
+        const r = await runTool('opa', ['build', '--ignore', '*_test.rego', '-r', rev, '-o', out, ...srcs]);
+        expect(r.code, r.stderr).toBe(0);
+      }
+      served = await readFile(b1);
+      await new Promise<void>((r) => bundles.listen(0, '127.0.0.1', () => r()));
+      const bundlePort = (bundles.address() as AddressInfo).port;
+      const opaPort = await freePort();
+      const cfg = join(dir, 'opa.yaml');
+      await writeFile(
+        cfg,
+        `services:\n  local:\n    url: http://127.0.0.1:${bundlePort}\nbundles:\n  p:\n    service: local\n    resource: /bundles/p.tar.gz\n    polling: {min_delay_seconds: 1, max_delay_seconds: 1}\n`,
+      );
+      children.push(spawn('opa', ['run', '--server', '--addr', `127.0.0.1:${opaPort}`, '--log-level', 'error', '-c', cfg], { stdio: 'ignore' }));
+      await waitFor(() => fetch(`http://127.0.0.1:${opaPort}/health?bundles`).then((r) => r.ok, () => false));
+
+      const px = await startProxy({ upstreams: up(), extra: { policy: { opaUrl: `http://127.0.0.1:${opaPort}`, pollInterval: '200ms' } } });
+      try {
+        expect((await get(px, 'demo/bound/manifests/v1')).status).toBe(200);
+        expect(px.proxy.policy.revision).toBe(`opa-rest:127.0.0.1:${opaPort}#p=opa-1`);
+        const ok = await get(px, `demo/bound/blobs/${app.layers[0]!.digest}`);
+        expect(ok.status).toBe(200);
+        await ok.arrayBuffer();
+        served = await readFile(b2);
+        await waitFor(() => px.proxy.policy.revision.endsWith('#p=opa-2'));
+        const err = await denial(await get(px, `demo/bound/blobs/${app.layers[1]!.digest}`));
+        expect(err.message).toContain('all pulls are frozen [freeze.all]');
+      } finally {
+        await px.stop();
+      }
+    } finally {
+      for (const c of children) c.kill('SIGKILL');
+      bundles.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });
+
+/** Polls until `cond` holds (at most 30 s). */
+async function waitFor(cond: () => boolean | Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
