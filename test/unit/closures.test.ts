@@ -3,6 +3,8 @@
  * decider: what may ride on an admission (and in which role), children decided on their own evidence, inline
  * re-decision after a policy, settings or trust change, tags that do not cut each other off, pruning, bounded caches.
  */
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MetaStore } from '../../src/cache/metastore.js';
 import { Gate, type GateOptions } from '../../src/gate/gate.js';
@@ -278,6 +280,27 @@ describe('one client’s denied tag does not cut off another’s admission of th
     expect((await root(g, img, '1.0')).serve).toBe(true);
     expect((await root(g, img, 'latest')).serve).toBe(false);
     expect((await blob(g, d('1'))).serve).toBe(true);
+  });
+});
+
+describe('upgrade', () => {
+  it('closures from before admissions had a basis are re-decided on their next request, not served on their own', async () => {
+    meta.close();
+    const img = image(d('c'), [d('1')]);
+    const old = new DatabaseSync(join(dir, 'meta.sqlite'));
+    old.exec(`DROP TABLE IF EXISTS admissions; DROP TABLE IF EXISTS closure_members;
+      CREATE TABLE closures (upstream TEXT NOT NULL, repository TEXT NOT NULL, member TEXT NOT NULL, root TEXT NOT NULL,
+        kind TEXT NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (upstream, repository, member, root)) WITHOUT ROWID;`);
+    const put = old.prepare('INSERT INTO closures VALUES (?, ?, ?, ?, ?, ?)');
+    for (const [member, kind] of [[img.digest, 'manifest'], [d('c'), 'blob'], [d('1'), 'blob']] as const) put.run('dockerhub', 'library/app', member, img.digest, kind, clock + 60_000);
+    old.close();
+    meta = new MetaStore(dir);
+    const decider = new ScriptedDecider('r1');
+    const g = gate(decider);
+    expect(g.vouchedBy(R, d('1'), 'blob')).toBeUndefined();
+    expect((await blob(g, d('1'))).serve).toBe(true);
+    expect(decider.calls.map((c) => [c.image.digest, c.image.tag])).toEqual([[img.digest, null]]);
+    expect(g.vouchedBy(R, d('c'), 'blob')).toBe(img.digest);
   });
 });
 
