@@ -208,14 +208,15 @@ repository_request(kind, registry, repository) := {
 }
 
 test_tags_of_a_covered_repository_allowed_without_evidence if {
-	some kind in ["tags", "referrers"]
-	clean(repository_request(kind, "ghcr.io", "acme/api"), scope_config({"require_digest": true, "deny_tags": ["*"]}))
+	every kind in ["tags", "referrers"] {
+		clean(repository_request(kind, "ghcr.io", "acme/api"), scope_config({"require_digest": true, "deny_tags": ["*"]}))
+	}
 }
 
 test_tags_of_an_uncovered_repository_denied if {
-	some kind in ["tags", "referrers"]
-	d := decide(repository_request(kind, "ghcr.io", "other/api"), base_config)
-	deny_rules(d) == {"scope.no_match"}
+	every kind in ["tags", "referrers"] {
+		deny_rules(decide(repository_request(kind, "ghcr.io", "other/api"), base_config)) == {"scope.no_match"}
+	}
 }
 
 test_tags_of_a_disallowed_registry_denied if {
