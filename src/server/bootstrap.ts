@@ -35,13 +35,14 @@ export function policySource(config: Config): PolicySource {
 export async function buildProxy(config: Config, opts: { logger?: Logger; extraObservers?: DecisionObserver[]; now?: () => number } = {}): Promise<Proxy> {
   const log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' } });
   const metrics = new Metrics();
-  const policy = new PolicyManager(policySource(config), config.policy.settings, metrics, log, config.policy.pollInterval);
+  // The app exists only after the first policy loads; a later swap tells its gate (admissions re-decide on use).
+  let built: App | undefined;
+  const policy = new PolicyManager(policySource(config), config.policy.settings, metrics, log, config.policy.pollInterval, () => built?.gate.policyChanged());
   await policy.start();
   // Unreadable secrets: the errors say nothing (they reach clients), the log says which file and why.
   const stopSecretLog = onSecretError((detail) => log.warn({ detail }, 'a configured secret cannot be read'));
   const decisionLog = new DecisionLog(config.decisionLog, metrics, log, undefined, { dataDir: config.dataDir });
   // The scan provider and its report/admin API share one service; re-evaluation needs the app once it exists.
-  let built: App | undefined;
   const scan = scanCapability({ ...(opts.now ? { now: opts.now } : {}), target: () => built });
   const app = new App({
     config,

@@ -14,7 +14,7 @@ import type { ReferrersService } from '../proxy/referrers.js';
 import type { TagService } from '../proxy/tags.js';
 import { isDigest, looksLikeDigest, parseReference, type Digest } from '../routing/reference.js';
 import type { Route, Router } from '../routing/route.js';
-import { isAccessory, needsOwnDecision } from '../verify/accessory.js';
+import { isAccessory } from '../verify/accessory.js';
 import { errors, printableAscii, RegistryError } from './errors.js';
 import type { Endpoint } from './paths.js';
 import { parseRange, sendJson } from './respond.js';
@@ -82,14 +82,10 @@ export class RegistryHandlers {
       if (resolved.stale) addWarning(ctx.res, 'served from cache: upstream unreachable');
       await this.admit(ctx, route, manifest, ref.tag);
     } else {
-      const root = this.d.gate.rootOf(route, ref.digest);
       manifest = await this.d.manifests.get(route, ref.digest);
-      if (root && root !== ref.digest && !(await this.smuggled(route, root, manifest))) {
-        // A child of an admitted root: covered by the root's decision; its own blobs join the closure.
-        this.d.gate.extendClosure(route, root, manifest);
-      } else {
-        await this.admit(ctx, route, manifest, null);
-      }
+      // A child of an admitted index is decided on its own evidence (its index's signatures included); anything
+      // else by digest is a root of its own (src/gate/closures.ts).
+      this.applyAdmission(ctx, refOf(route, manifest.digest), await this.d.gate.admitByDigest({ route, method: ctx.method, client: this.client(ctx), manifest }));
     }
     const res = ctx.res;
     if (!accepts(ctx.req.headers.accept, manifest.mediaType)) {
@@ -104,15 +100,6 @@ export class RegistryHandlers {
   }
 
   /**
-   * A runnable manifest listed by an accessory root (a referrers index) is not covered by that root's lighter
-   * decision: it gets its own.
-   */
-  private async smuggled(route: Route, root: Digest, child: Manifest): Promise<boolean> {
-    const rootManifest = await this.d.manifests.get(route, root);
-    return needsOwnDecision(rootManifest.parsed, child.parsed);
-  }
-
-  /**
    * Runs the gate for a root manifest; throws the 403 for an enforced deny, and sets decision headers.
    * Signatures, attestations, SBOMs and referrers indexes (cosign `.sig`/`.att`/`.sbom` tags, the referrers tag
    * schema, manifests with a `subject` or a signature artifact type) are a separate kind of request, but only when
@@ -120,17 +107,18 @@ export class RegistryHandlers {
    */
   private async admit(ctx: RequestContext, route: Route, manifest: Manifest, tag: string | null): Promise<Admission> {
     const kind = isAccessory(manifest.parsed, tag) ? 'accessory' : 'manifest';
-    const admission = await this.d.gate.admitRoot({
-      route,
-      method: ctx.method,
-      tag,
-      manifest,
-      kind,
-      client: { ip: ctx.clientIp, user: null, userAgent: ctx.req.headers['user-agent'] ?? null },
-    });
+    const admission = await this.d.gate.admitRoot({ route, method: ctx.method, tag, manifest, kind, client: this.client(ctx) });
+    return this.applyAdmission(ctx, refOf(route, manifest.digest), admission);
+  }
+
+  private client(ctx: RequestContext): { ip: string; user: string | null; userAgent: string | null } {
+    return { ip: ctx.clientIp, user: null, userAgent: ctx.req.headers['user-agent'] ?? null };
+  }
+
+  /** Throws the 403 for an enforced deny (naming `ref`); sets the decision headers and warnings otherwise. */
+  private applyAdmission(ctx: RequestContext, ref: string, admission: Admission): Admission {
     const res = ctx.res;
-    res.setHeader('portcullis-decision-id', admission.decisionId);
-    const ref = `${route.registry}/${route.repository}@${manifest.digest}`;
+    if (admission.decisionId) res.setHeader('portcullis-decision-id', admission.decisionId);
     if (!admission.serve) {
       const short = oneLine(admission.message, 300);
       const [first, ...more] = admission.violations;
@@ -160,9 +148,22 @@ export class RegistryHandlers {
   private async blob(ctx: RequestContext, route: Route, digestStr: string): Promise<void> {
     if (!isDigest(digestStr)) throw errors.digestInvalid(`invalid or unsupported digest "${digestStr.slice(0, 80)}"`);
     const digest: Digest = digestStr;
-    if (!this.d.gate.rootOf(route, digest)) {
+    const verdict = await this.d.gate.admitBlob({ route, method: ctx.method, client: this.client(ctx), digest });
+    if (!verdict.serve) {
+      const ref = refOf(route, digest);
+      const d = verdict.denial;
+      // The image this blob belongs to was decided again (a new policy, settings or trust) and is now denied.
+      if (d) {
+        const short = oneLine(`no longer part of an admitted image: ${d.message}`, 300);
+        throw errors.denied(
+          `portcullis: denied ${ref}: ${short}${d.decisionId ? ` [decision ${d.decisionId}]` : ''}`,
+          { rule: d.violations[0]?.rule ?? 'admission_denied', reason: `no longer admitted: ${d.violations[0]?.message ?? d.message}`, ...(d.decisionId ? { decisionId: d.decisionId } : {}) },
+          { reason: 'admission_denied', decision_id: d.decisionId || null, violations: d.violations },
+          { ...(d.decisionId ? { 'portcullis-decision-id': d.decisionId } : {}), 'portcullis-reason': headerSafe(short) },
+        );
+      }
       throw errors.denied(
-        `portcullis: denied ${route.registry}/${route.repository}@${digest}: not part of an admitted image; pull the image by tag or by its root digest first`,
+        `portcullis: denied ${ref}: not part of an admitted image; pull the image by tag or by its root digest first`,
         // No decision was made for this digest, so there is no decision id to name.
         { rule: 'not_in_admitted_closure', reason: 'not part of an admitted image; pull the image by tag or root digest first' },
         { reason: 'not_in_admitted_closure' },
@@ -206,6 +207,8 @@ export class RegistryHandlers {
   }
 
   private async tagList(ctx: RequestContext, route: Route, clientName: string): Promise<void> {
+    // Repository-level rules before anything is fetched: a repository the policy does not allow is not listed.
+    this.applyAdmission(ctx, `${route.registry}/${route.repository} (tag list)`, await this.d.gate.admitRepository({ route, method: ctx.method, client: this.client(ctx), kind: 'tags' }));
     const nRaw = ctx.url.searchParams.get('n');
     const last = ctx.url.searchParams.get('last') ?? undefined;
     let n: number | undefined;
@@ -225,11 +228,16 @@ export class RegistryHandlers {
 
   private async referrerList(ctx: RequestContext, route: Route, digest: string): Promise<void> {
     if (!isDigest(digest)) throw errors.digestInvalid(`invalid or unsupported digest "${digest.slice(0, 80)}"`);
+    this.applyAdmission(ctx, `${route.registry}/${route.repository} (referrers of ${digest})`, await this.d.gate.admitRepository({ route, method: ctx.method, client: this.client(ctx), kind: 'referrers' }));
     const artifactType = ctx.url.searchParams.get('artifactType') ?? undefined;
     const r = await this.d.referrers.list(route, digest, artifactType);
     if (r.filtersApplied) ctx.res.setHeader('oci-filters-applied', 'artifactType');
     sendJson(ctx.res, 200, r.index, ctx.method === 'HEAD', 'application/vnd.oci.image.index.v1+json');
   }
+}
+
+function refOf(route: Route, digest: string): string {
+  return `${route.registry}/${route.repository}@${digest}`;
 }
 
 function oneLine(s: string, max: number): string {
