@@ -10,6 +10,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 
 interface WaitClock {
+  /** Milliseconds, monotonic; injected by tests. */
+  now: () => number;
   active: number;
   since: number;
   waitedMs: number;
@@ -20,8 +22,8 @@ const clocks = new AsyncLocalStorage<WaitClock>();
 const noop = (): void => {};
 
 /** Runs `fn` and returns its value with the time it spent waiting on upstream requests. */
-export async function measureUpstreamWait<T>(fn: () => Promise<T>): Promise<{ value: T; waitedMs: number }> {
-  const clock: WaitClock = { active: 0, since: 0, waitedMs: 0, closed: false };
+export async function measureUpstreamWait<T>(fn: () => Promise<T>, now: () => number = () => performance.now()): Promise<{ value: T; waitedMs: number }> {
+  const clock: WaitClock = { now, active: 0, since: 0, waitedMs: 0, closed: false };
   try {
     const value = await clocks.run(clock, fn);
     return { value, waitedMs: stop(clock) };
@@ -33,7 +35,7 @@ export async function measureUpstreamWait<T>(fn: () => Promise<T>): Promise<{ va
 
 function stop(clock: WaitClock): number {
   // A request still open when the work ends (an unconsumed body) counts up to now.
-  if (!clock.closed && clock.active > 0) clock.waitedMs += performance.now() - clock.since;
+  if (!clock.closed && clock.active > 0) clock.waitedMs += clock.now() - clock.since;
   clock.closed = true;
   return clock.waitedMs;
 }
@@ -42,12 +44,12 @@ function stop(clock: WaitClock): number {
 export function upstreamWaitBegin(): () => void {
   const clock = clocks.getStore();
   if (!clock || clock.closed) return noop;
-  if (clock.active++ === 0) clock.since = performance.now();
+  if (clock.active++ === 0) clock.since = clock.now();
   let ended = false;
   return () => {
     if (ended) return;
     ended = true;
     if (clock.closed) return;
-    if (--clock.active === 0) clock.waitedMs += performance.now() - clock.since;
+    if (--clock.active === 0) clock.waitedMs += clock.now() - clock.since;
   };
 }
