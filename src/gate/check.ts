@@ -55,14 +55,12 @@ export async function checkImage(app: App, ref: string, capture: { last?: Parame
   const digest = p.digest ?? (await app.manifests.resolveTag(route, p.tag as string)).digest;
   if (!isDigest(digest)) throw new Error('unreachable: invalid digest');
   const manifest = await app.manifests.get(route, digest);
-  const admission = await app.gate.admitRoot({
-    route,
-    method: 'GET',
-    tag: p.digest ? null : (p.tag ?? null),
-    manifest,
-    kind: 'manifest',
-    client: { ip: 'cli', user: null, userAgent: 'portcullis-check' },
-  });
+  const client = { ip: 'cli', user: null, userAgent: 'portcullis-check' };
+  // By digest, the same path as a pull: a platform manifest of an admitted index is decided as its child (with the
+  // index's signatures), anything else as a root.
+  const admission = p.digest
+    ? await app.gate.admitByDigest({ route, method: 'GET', manifest, client })
+    : await app.gate.admitRoot({ route, method: 'GET', tag: p.tag ?? null, manifest, kind: 'manifest', client });
   return {
     image: `${route.registry}/${route.repository}${p.tag && !p.digest ? `:${p.tag}` : ''}@${digest}`,
     upstream: route.upstream.name,

@@ -16,6 +16,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { checkImage } from '../../src/gate/check.js';
 import { repackWithRevision } from '../harness/bundles.js';
 import { requireTool, runTool } from '../harness/clients.js';
 import { MANIFEST_ACCEPT, MT, pushBlob, pushImage, pushIndex, pushRaw, sha256, type PushedImage, type PushedIndex } from '../harness/images.js';
@@ -178,6 +179,32 @@ describe('children of an admitted index are decided on their own evidence', () =
     expect(i.message).toContain(`@${inner.digest}`);
     for (const l of [...smuggled.layers, ...inner.layers]) expect((await get(px, `demo/outer/blobs/${l.digest}`)).status).toBe(403);
     expect(outerDigest).toMatch(/^sha256:/);
+  });
+});
+
+describe('portcullis check by digest takes the path a pull takes', () => {
+  test('a platform manifest of an admitted index is checked as its child: the exception for the index covers it', async () => {
+    const multi = await pushIndex(reg.url, 'demo/checked', 'v1', [
+      { os: 'linux', architecture: 'amd64' },
+      { os: 'linux', architecture: 'arm64' },
+    ]);
+    const px = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings: {
+        scopes: [{ name: 'signed-only', images: ['**'], signatures: { authorities: ['release-team'] } }],
+        exceptions: [{ digests: [multi.digest], rules: ['signature.required'], owner: 'sec', reason: 'reviewed', expires: '2999-01-01T00:00:00Z' }],
+      },
+    });
+    try {
+      expect((await get(px, 'demo/checked/manifests/v1')).status).toBe(200);
+      const child = multi.children[1]!;
+      const report = await checkImage(px.proxy.app, `${reg.host}/demo/checked@${child.digest}`, {});
+      expect(report.admission).toMatchObject({ serve: true, outcome: 'allow' });
+      // Pulled the same way, it is served.
+      expect((await get(px, `demo/checked/manifests/${child.digest}`)).status).toBe(200);
+    } finally {
+      await px.stop();
+    }
   });
 });
 
