@@ -16,8 +16,9 @@
 #
 # The baseline (what such a fresh machine has before the README's commands): debootstrap's minbase variant, the
 # host's Debian apt sources, Go at /usr/local/go and the system Node (with npm) copied from the host, the host's
-# /usr/sbin/policy-rc.d (a sandbox that starts no package services) and /etc/resolv.conf, the root user, and
-# Debian's default PATH (no /usr/local/go/bin, no LANG). Nothing else: no git, curl or ca-certificates.
+# /usr/sbin/policy-rc.d (a sandbox that starts no package services), /etc/resolv.conf and CA trust (see below), the
+# root user, and Debian's default PATH (no /usr/local/go/bin, no LANG). Nothing else: no git, curl, Debian
+# ca-certificates package, build tools or locales.
 # Environment: FRESH_CHECK_DEB_CACHE (debootstrap's .deb cache for the base system only, default
 # ~/.cache/portcullis-fresh-check/debs; set it empty to download every time).
 set -Eeuo pipefail
@@ -36,6 +37,8 @@ if [[ "${1:-}" == "--inner" ]]; then
   mount --rbind /dev "$root/dev"     # with /dev/pts and /dev/shm
   mount -t tmpfs -o mode=755 tmpfs "$root/run"
   envs=(HOME=/root USER=root LOGNAME=root SHELL=/bin/bash PATH="$DEBIAN_PATH")
+  # Node reads no system CA store: the host's way of trusting its egress TLS proxy, passed on as it is.
+  [[ -n "${NODE_EXTRA_CA_CERTS:-}" ]] && envs+=(NODE_EXTRA_CA_CERTS="$NODE_EXTRA_CA_CERTS")
   [[ "$cmd" == start ]] && envs+=(PORTCULLIS__listen="127.0.0.1:$port")
   exec chroot "$root" /usr/bin/env -i "${envs[@]}" /bin/bash -c 'cd /root/portcullis && exec scripts/setup.sh "$1"' \
     bash "$cmd"
@@ -190,6 +193,16 @@ done
 # The sandbox's policy-rc.d (exit 101: package services do not start), DNS, a hosts file.
 [[ -f /usr/sbin/policy-rc.d ]] && cp -a /usr/sbin/policy-rc.d "$ROOT/usr/sbin/policy-rc.d"
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# The host's CA trust: this machine reaches the npm registry and the Go proxy through a TLS-intercepting egress
+# proxy whose CA the host trusts (locally added CAs, and the bundle that Go, curl and npm's cafile read). When the
+# test set-up installs Debian's ca-certificates, update-ca-certificates rebuilds the bundle with the local CAs.
+if [[ -d /usr/local/share/ca-certificates ]]; then
+  mkdir -p "$ROOT/usr/local/share/ca-certificates"
+  cp -a /usr/local/share/ca-certificates/. "$ROOT/usr/local/share/ca-certificates/"
+fi
+if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+  mkdir -p "$ROOT/etc/ssl/certs"; cp -L /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
+fi
 [[ -f "$ROOT/etc/hosts" ]] || printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$ROOT/etc/hosts"
 npm_version=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' "$ROOT$node_modules/npm/package.json")
 log "baseline: node $("$ROOT$node_bin" --version) at $node_bin, npm $npm_version, $("$ROOT/usr/local/go/bin/go" version | cut -d' ' -f3)"
