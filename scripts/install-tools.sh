@@ -56,10 +56,12 @@ log() { echo "[install-tools] $*" >&2; }
 # Loud failures: without this, `set -e` ends the run silently on the first failing command (issue 12: a first
 # set-up stopped with exit 1 and no message right after apt-get install).
 STEP="start"
+REPORTED=0
 on_err() {
   local rc=$? cmd=$BASH_COMMAND
   # With set -E the trap also runs inside $(...) and ( ... ); the enclosing shell reports the failure once.
-  (( BASH_SUBSHELL == 0 )) || return "$rc"
+  (( BASH_SUBSHELL == 0 && ! REPORTED )) || return "$rc"
+  REPORTED=1
   log "FAILED in step '$STEP' (exit $rc) at line ${BASH_LINENO[0]}: $cmd"
 }
 trap on_err ERR
@@ -71,6 +73,21 @@ STEP_T0=0
 T_START=$SECONDS
 step() { STEP_K=$((STEP_K + 1)); STEP="$1"; STEP_T0=$SECONDS; log "($STEP_K/$STEP_N) $1 ..."; }
 step_done() { log "($STEP_K/$STEP_N) $STEP: ${1:-done} in $((SECONDS - STEP_T0))s (total $((SECONDS - T_START))s)"; }
+
+# Runs "$@" with a line every 60 s while it runs: a Go build is silent for minutes on a busy machine.
+with_heartbeat() {
+  local t0=$SECONDS tick rc=0
+  (while sleep 60; do log "($STEP_K/$STEP_N) $STEP: still running, $((SECONDS - t0))s"; done) &
+  tick=$!
+  "$@" || rc=$?
+  kill "$tick" 2>/dev/null || true
+  wait "$tick" 2>/dev/null || true
+  if (( rc != 0 )); then
+    log "FAILED in step '$STEP' (exit $rc): $*"
+    REPORTED=1
+    return "$rc"
+  fi
+}
 
 mkdir -p "$TOOLS/bin"
 
@@ -143,17 +160,17 @@ install_go_tools() {
     want="$mod${pkg:+ $pkg}"
     if [[ -x "$TOOLS/bin/$name" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then step_done "present"; continue; fi
     if [[ -z "$pkg" ]]; then
-      log "go install $mod (a build of several minutes; nothing is printed meanwhile)"
+      log "go install $mod (a build of several minutes)"
       rm -rf "$TOOLS/gobin-$name"
-      GOBIN="$TOOLS/gobin-$name" go install "$mod" >&2
+      GOBIN="$TOOLS/gobin-$name" with_heartbeat go install "$mod" >&2
       mv "$TOOLS/gobin-$name/"* "$TOOLS/bin/$name"; rmdir "$TOOLS/gobin-$name"
     else
-      log "go build $pkg from $mod (a build of several minutes; nothing is printed meanwhile)"
+      log "go build $pkg from $mod (a build of several minutes)"
       dir=$(go mod download -json "$mod" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
       [[ -n "$dir" ]] || { log "could not download $mod"; return 1; }
       # The module cache is read-only; build from a copy.
       rm -rf "$TOOLS/build-$name"; cp -r "$dir" "$TOOLS/build-$name"; chmod -R u+w "$TOOLS/build-$name"
-      go -C "$TOOLS/build-$name" build -o "$TOOLS/bin/$name" "$pkg" >&2
+      with_heartbeat go -C "$TOOLS/build-$name" build -o "$TOOLS/bin/$name" "$pkg" >&2
       rm -rf "$TOOLS/build-$name"
     fi
     echo "$want" > "$stamp"
@@ -173,8 +190,8 @@ install_conformance() {
   local src; src=$(go mod download -json "$mod" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
   [[ -n "$src" ]] || { log "could not download $mod"; return 1; }
   local work="$TOOLS/conformance-build"; rm -rf "$work"; cp -r "$src" "$work"; chmod -R u+w "$work"
-  go -C "$work" mod download >&2
-  go -C "$work" test -c -o "$TOOLS/bin/conformance.test" . >&2
+  with_heartbeat go -C "$work" mod download >&2
+  with_heartbeat go -C "$work" test -c -o "$TOOLS/bin/conformance.test" . >&2
   rm -rf "$work"
   echo "$CONFORMANCE_VERSION" > "$stamp"
   step_done "built"
