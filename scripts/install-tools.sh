@@ -146,7 +146,9 @@ install_apt() {
 # official tarball goes, and it is often not on PATH in a non-login shell.
 need_go() {
   if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then PATH="/usr/local/go/bin:$PATH"; fi
-  command -v go >/dev/null || { log "go not found: install Go >= 1.24 (https://go.dev/dl) to /usr/local/go"; return 1; }
+  # opa and cosign 3 ask for go 1.26; a Go >= 1.21 with GOTOOLCHAIN=auto (the default) fetches that toolchain itself.
+  command -v go >/dev/null || { log "go not found: install Go 1.26 or newer (https://go.dev/dl) to /usr/local/go"; return 1; }
+  log "$(go version)"
   # Build in a copy without .git: do not ask for VCS stamping.
   export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 }
