@@ -2,7 +2,8 @@
 #
 # An exception applies to the image when one of its `images` globs matches "<registry>/<repository>" or one of
 # its `digests` equals image.digest, and it is unexpired (`expires` is required, RFC3339, later than input.now).
-# It covers the deny entries whose rule id matches one of its `rules` globs (default ["*"] = every rule).
+# It covers the deny entries whose rule id matches one of its `rules` globs (default ["*"] = every rule), except
+# the client identity rules (client.*).
 # When several exceptions cover an entry, the first one in config order is named in the message.
 package portcullis
 
@@ -24,8 +25,10 @@ active_exceptions contains i if {
 
 exception_for(rule) := min({i | some i in active_exceptions; glob_any(object.get(exceptions[i], "rules", ["*"]), rule)})
 
+# Client identity rules (client.*) are access control: no exception relaxes them.
 excepted contains v if {
 	some v in violations
+	not startswith(v.rule, "client.")
 	exception_for(v.rule)
 }
 

@@ -3,6 +3,7 @@
  * the file name. Defaults live here, so the rest of the code reads a fully populated, typed object.
  */
 import { z } from 'zod';
+import { authSchema, quotasSchema } from '../auth/config.js';
 import { scanSchema } from '../scan/config.js';
 import { signaturesSchema } from '../verify/config.js';
 
@@ -84,7 +85,14 @@ const upstream = z
   .strict();
 
 const tls = z
-  .object({ cert: z.string(), key: z.string(), clientCA: z.string().optional() })
+  .object({
+    cert: z.string(),
+    key: z.string(),
+    /** PEM CA bundle for client certificates: a verified certificate names the client (src/auth/mtls.ts). */
+    clientCA: z.string().optional(),
+    /** require: no trusted certificate, no connection; optional: clients without one may use other methods. */
+    clientAuth: z.enum(['require', 'optional']).default('require'),
+  })
   .strict();
 
 const cache = z
@@ -112,6 +120,20 @@ export const configSchema = z
       .regex(/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/, 'expected host:port')
       .default('127.0.0.1:5000'),
     tls: tls.optional(),
+    /** Client authentication of the registry listener (src/auth/config.ts); absent: anonymous. */
+    auth: authSchema.optional(),
+    /** Token buckets on upstream-costly work per identity and per address (src/auth/config.ts). */
+    quotas: quotasSchema.optional(),
+    /**
+     * A separate plain-HTTP listener for /metrics, /healthz, /readyz and the /api/ endpoints; the registry listener
+     * then serves none of /metrics and /api/. For probes and scrapes when the registry listener requires mTLS.
+     */
+    operatorListen: z
+      .string()
+      .regex(/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/, 'expected host:port')
+      .optional(),
+    /** Bearer token that /metrics requires (Prometheus `authorization.credentials_file`), wherever it is served. */
+    metricsToken: secretRef.optional(),
     dataDir: z.string().default('./data'),
     cache: cache.default({ maxSize: 20 * 1024 ** 3, tagTTL: 60_000, staleIfError: 86_400_000 }),
     limits: limits.default({ maxManifestSize: 4 * 1024 * 1024, maxHeaderSize: 16 * 1024, requestTimeout: 600_000 }),
@@ -193,6 +215,8 @@ export const configSchema = z
       if (names.has(u.name)) ctx.addIssue({ code: 'custom', path: ['upstreams', i, 'name'], message: `duplicate upstream name "${u.name}"` });
       names.add(u.name);
     });
+    if (cfg.auth?.mtls && !cfg.tls?.clientCA) ctx.addIssue({ code: 'custom', path: ['auth', 'mtls'], message: 'client certificates need tls.clientCA' });
+    if (cfg.tls?.clientAuth === 'optional' && !cfg.tls.clientCA) ctx.addIssue({ code: 'custom', path: ['tls', 'clientAuth'], message: 'clientAuth needs tls.clientCA' });
     if (cfg.defaultUpstream !== undefined && !names.has(cfg.defaultUpstream)) {
       ctx.addIssue({ code: 'custom', path: ['defaultUpstream'], message: `no upstream named "${cfg.defaultUpstream}"` });
     }

@@ -48,7 +48,19 @@ export function parseImageRef(ref: string): ParsedImageRef {
   return { host: undefined, name: rest, tag: digest ? tag : (tag ?? 'latest'), digest };
 }
 
-export async function checkImage(app: App, ref: string, capture: { last?: Parameters<DecisionObserver['onDecision']>[0] }): Promise<CheckReport> {
+/** Who `check` evaluates as (`--as`): anonymous unless given. */
+export interface CheckIdentity {
+  user: string | null;
+  groups: string[];
+  method: string;
+}
+
+export async function checkImage(
+  app: App,
+  ref: string,
+  capture: { last?: Parameters<DecisionObserver['onDecision']>[0] },
+  as: CheckIdentity = { user: null, groups: [], method: 'anonymous' },
+): Promise<CheckReport> {
   const p = parseImageRef(ref);
   const route = app.router.resolve(p.host ? `${p.host}/${p.name}` : p.name, undefined);
   if ('code' in route) throw new RegistryError(route.code === 'NAME_UNKNOWN' ? 404 : 400, route.code, route.message);
@@ -61,7 +73,7 @@ export async function checkImage(app: App, ref: string, capture: { last?: Parame
     tag: p.digest ? null : (p.tag ?? null),
     manifest,
     kind: 'manifest',
-    client: { ip: 'cli', user: null, userAgent: 'portcullis-check' },
+    client: { ip: 'cli', user: as.user, groups: as.groups, method: as.method, userAgent: 'portcullis-check' },
   });
   return {
     image: `${route.registry}/${route.repository}${p.tag && !p.digest ? `:${p.tag}` : ''}@${digest}`,

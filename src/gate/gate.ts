@@ -28,7 +28,7 @@ export interface RootRequest {
   tag: string | null;
   manifest: Manifest;
   kind: 'manifest' | 'accessory';
-  client: { ip: string; user: string | null; userAgent: string | null };
+  client: { ip: string; user: string | null; groups: string[]; method: string; userAgent: string | null };
 }
 
 /** Observers get every decision for logging and metrics; they must not throw. */
@@ -115,7 +115,9 @@ export class Gate {
 
   /** Decides for a root manifest; concurrent identical requests share one evaluation. */
   async admitRoot(req: RootRequest): Promise<Admission> {
-    const key = [req.route.upstream.name, req.route.repository, req.manifest.digest, req.tag ?? '', req.kind, this.decider.revision, this.signatures.trustRevision].join('\n');
+    // The identity is part of the key: a decision for one client (policy `clients` rules) is never another's.
+    const who = `${req.client.method}:${req.client.user ?? ''}:${req.client.groups.join(',')}`;
+    const key = [req.route.upstream.name, req.route.repository, req.manifest.digest, req.tag ?? '', req.kind, this.decider.revision, this.signatures.trustRevision, who].join('\n');
     const hit = this.decisions.get(key);
     if (hit && hit.expiresAt > this.now()) {
       for (const o of this.observers) {
@@ -213,7 +215,7 @@ export class Gate {
       request: {
         kind: req.kind,
         method: req.method,
-        client: { ip: req.client.ip, user: req.client.user, user_agent: req.client.userAgent },
+        client: { ip: req.client.ip, user: req.client.user, groups: req.client.groups, method: req.client.method, user_agent: req.client.userAgent },
         routing: route.routing,
       },
       image: {

@@ -11,7 +11,8 @@ export interface PolicyInput {
   request: {
     kind: 'manifest' | 'accessory';
     method: 'GET' | 'HEAD';
-    client: { ip: string; user: string | null; user_agent: string | null };
+    /** `method`: basic, token, mtls, oidc or anonymous (src/auth); `groups` sorted. */
+    client: { ip: string; user: string | null; groups: string[]; method: string; user_agent: string | null };
     routing: 'ns' | 'prefix' | 'default';
   };
   image: {

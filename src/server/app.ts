@@ -2,13 +2,16 @@
  * Wires the proxy together from a Config and runs the HTTP(S) server: request ids and logs, metrics, health
  * endpoints, limits, and a graceful shutdown that lets running downloads finish (or discards them) before exit.
  */
-import { randomUUID } from 'node:crypto';
+import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pino, type Logger } from 'pino';
+import { ANONYMOUS, type Identity } from '../auth/authenticator.js';
+import type { ClientAuth } from '../auth/client-auth.js';
+import { LOG_REDACT } from '../auth/redact.js';
 import { BlobStore } from '../cache/blobstore.js';
 import { unwrittenDownloadBytes } from '../cache/download.js';
 import { DownloadManager } from '../cache/download-manager.js';
@@ -24,7 +27,8 @@ import { ReferrersService } from '../proxy/referrers.js';
 import { TagService } from '../proxy/tags.js';
 import { Router } from '../routing/route.js';
 import { UpstreamClient } from '../upstream/client.js';
-import { errors, RegistryError } from './errors.js';
+import { readSecret } from '../config/load.js';
+import { authError, errors, RegistryError } from './errors.js';
 import { RegistryHandlers } from './handlers.js';
 import { parseEndpoint, type Endpoint } from './paths.js';
 import { sendError, sendJson } from './respond.js';
@@ -42,8 +46,13 @@ export interface AppOptions {
   observers?: DecisionObserver[];
   /** Extra readiness checks (policy loaded, …); all must pass for /readyz. */
   readiness?: Array<() => string | undefined>;
+  /** Client authentication of the registry listener (src/auth); absent: every client is anonymous. */
+  auth?: ClientAuth;
   now?: () => number;
 }
+
+/** Which listener a request came in on: the registry API, or the operator surface (`operatorListen`). */
+type Surface = 'registry' | 'operator';
 
 export class App {
   readonly metrics: Metrics;
@@ -59,6 +68,8 @@ export class App {
   private readonly handlers: RegistryHandlers;
   private readonly api: ApiHandler[];
   private server: Server | undefined;
+  private operatorServer: Server | undefined;
+  private readonly metricsToken: string | undefined;
   private shuttingDown = false;
   /** Responses still being written, so that a graceful shutdown can let them finish (see close()). */
   private readonly inflight = new Set<ServerResponse>();
@@ -67,7 +78,8 @@ export class App {
   constructor(private readonly opts: AppOptions) {
     const { config } = opts;
     this.metrics = opts.metrics ?? new Metrics();
-    this.log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' } });
+    this.log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' }, redact: LOG_REDACT });
+    this.metricsToken = config.metricsToken ? readSecret(config.metricsToken) : undefined;
     this.meta = new MetaStore(config.dataDir);
     this.blobStore = new BlobStore(config.dataDir, config.cache.maxSize, {
       onEvict: () => this.metrics.cacheEvictions.inc(),
@@ -107,6 +119,7 @@ export class App {
       referrers: new ReferrersService(clientFor, manifests),
       gate: this.gate,
       metrics: this.metrics,
+      identityChecks: opts.auth?.hasMethods ?? false,
     });
     this.metrics.trackDownloads({ active: () => this.downloads.active, unwrittenBytes: unwrittenDownloadBytes });
   }
@@ -115,14 +128,16 @@ export class App {
   async listen(listen = this.opts.config.listen): Promise<AddressInfo> {
     const { config } = this.opts;
     const serverOpts = { maxHeaderSize: config.limits.maxHeaderSize, requestTimeout: config.limits.requestTimeout, headersTimeout: 30_000, keepAliveTimeout: 65_000 };
-    const handler = (req: IncomingMessage, res: ServerResponse): void => void this.onRequest(req, res);
+    const handler = (req: IncomingMessage, res: ServerResponse): void => void this.onRequest(req, res, 'registry');
     this.server = config.tls
       ? createHttpsServer(
           {
             ...serverOpts,
             cert: readFileSync(config.tls.cert),
             key: readFileSync(config.tls.key),
-            ...(config.tls.clientCA ? { ca: readFileSync(config.tls.clientCA), requestCert: true, rejectUnauthorized: true } : {}),
+            // `optional`: the handshake completes without a trusted certificate; src/auth then refuses an untrusted one
+            // and lets a client without one use another method.
+            ...(config.tls.clientCA ? { ca: readFileSync(config.tls.clientCA), requestCert: true, rejectUnauthorized: config.tls.clientAuth === 'require' } : {}),
           },
           handler,
         )
@@ -136,11 +151,64 @@ export class App {
       this.server!.listen(port, host, () => resolve());
     });
     const addr = this.server.address() as AddressInfo;
+    if (config.operatorListen) await this.listenOperator(config.operatorListen, serverOpts);
     this.log.info({ address: addr.address, port: addr.port, tls: Boolean(config.tls), upstreams: config.upstreams.map((u) => u.name) }, 'listening');
     return addr;
   }
 
-  private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /** The operator surface: plain HTTP, health, metrics and the /api/ endpoints only. */
+  private async listenOperator(listen: string, serverOpts: object): Promise<void> {
+    const server = (this.operatorServer = createHttpServer(serverOpts, (req, res) => void this.onRequest(req, res, 'operator')));
+    server.on('clientError', (err: NodeJS.ErrnoException, socket) => this.onClientError(err, socket));
+    const idx = listen.lastIndexOf(':');
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(Number(listen.slice(idx + 1)), listen.slice(0, idx).replace(/^\[|\]$/g, ''), () => resolve());
+    });
+    const addr = server.address() as AddressInfo;
+    this.log.info({ address: addr.address, port: addr.port }, 'operator listener');
+  }
+
+  /** The operator listener's bound address, when `operatorListen` is set. */
+  get operatorAddress(): AddressInfo | undefined {
+    return this.operatorServer?.address() as AddressInfo | undefined;
+  }
+
+  /**
+   * Who the client is, or a RegistryError (401 with a challenge, 429 when throttled). `repository` is the name in
+   * the path, which a token's scope must cover.
+   */
+  private async identify(req: IncomingMessage, ep: Endpoint): Promise<Identity> {
+    const auth = this.opts.auth;
+    if (!auth) return ANONYMOUS;
+    const repository = 'name' in ep ? ep.name : undefined;
+    const areq = { headers: req.headers, socket: req.socket, ip: req.socket.remoteAddress ?? '', ...(repository !== undefined ? { repository } : {}) };
+    const outcome = await auth.authenticate(areq);
+    if (!outcome.ok) throw authError(outcome, auth.challenge(req, repository));
+    // The API version check is where clients learn how to log in (`docker login`, c/image's ping): with methods
+    // configured, a client that sent nothing is challenged there even when anonymous pulls are allowed.
+    if (ep.kind === 'base' && auth.hasMethods && outcome.identity.method === 'anonymous' && !req.headers.authorization) {
+      throw errors.unauthorized('authentication required', auth.challenge(req));
+    }
+    return outcome.identity;
+  }
+
+  private async tokenEndpoint(req: IncomingMessage, res: ServerResponse, url: URL, auth: ClientAuth): Promise<void> {
+    const r = await auth.token({ headers: req.headers, socket: req.socket, ip: req.socket.remoteAddress ?? '' }, url);
+    if (r.status === 401) res.setHeader('www-authenticate', auth.basicChallenge);
+    if (r.status === 429) res.setHeader('retry-after', String(r.outcome && !r.outcome.ok ? (r.outcome.retryAfterSeconds ?? 1) : 1));
+    res.setHeader('cache-control', 'no-store');
+    sendJson(res, r.status, r.body, req.method === 'HEAD');
+  }
+
+  private metricsAllowed(req: IncomingMessage): boolean {
+    if (this.metricsToken === undefined) return true;
+    const h = req.headers.authorization ?? '';
+    const want = `Bearer ${this.metricsToken}`;
+    return h.length === want.length && timingSafeEqual(Buffer.from(h), Buffer.from(want));
+  }
+
+  private async onRequest(req: IncomingMessage, res: ServerResponse, surface: Surface): Promise<void> {
     const started = performance.now();
     const rid = typeof req.headers['x-request-id'] === 'string' && /^[\w.-]{1,64}$/.test(req.headers['x-request-id']) ? req.headers['x-request-id'] : randomUUID();
     res.setHeader('x-request-id', rid);
@@ -172,11 +240,17 @@ export class App {
     try {
       if (pathname === '/healthz') return sendJson(res, 200, { status: 'ok' });
       if (pathname === '/readyz') return this.readyz(res);
+      // With a separate operator listener, the registry listener serves neither metrics nor the /api/ endpoints, and
+      // the operator listener serves nothing else.
+      const operatorOnly = pathname === '/metrics' || pathname.startsWith('/api/');
+      if (this.opts.config.operatorListen && operatorOnly !== (surface === 'operator')) throw errors.notFound(`no such endpoint: ${pathname.slice(0, 200)}`);
       if (pathname === '/metrics') {
+        if (!this.metricsAllowed(req)) throw errors.unauthorized('metrics need the configured bearer token', 'Bearer realm="portcullis-metrics"');
         const body = await this.metrics.registry.metrics();
         return sendJson(res, 200, body, method === 'HEAD', this.metrics.registry.contentType);
       }
       for (const h of this.api) if (await h.handle(req, res, url)) return;
+      if (this.opts.auth?.isTokenRequest(pathname)) return await this.tokenEndpoint(req, res, url, this.opts.auth);
       const ep: Endpoint | undefined = pathname.startsWith('/v2') ? parseEndpoint(pathname) : undefined;
       if (!ep) throw errors.notFound(`no such endpoint: ${pathname.slice(0, 200)}`);
       kind = ep.kind;
@@ -187,8 +261,9 @@ export class App {
         throw errors.unsupported(`${method} is not supported: this is a read-only pull-through proxy`);
       }
       if (ep.kind === 'upload') throw errors.unsupported('pushes are not supported: this is a read-only pull-through proxy');
+      const identity = await this.identify(req, ep);
       if (this.shuttingDown) res.setHeader('connection', 'close');
-      await this.handlers.handle({ req, res, url, method, clientIp: req.socket.remoteAddress ?? '' }, ep);
+      await this.handlers.handle({ req, res, url, method, clientIp: req.socket.remoteAddress ?? '', identity }, ep);
     } catch (e) {
       const err = e instanceof RegistryError ? e : errors.upstream(`internal error: ${e instanceof Error ? e.message : String(e)}`, 500);
       if (!(e instanceof RegistryError) || err.status >= 500) log.warn({ err: e instanceof Error ? e.message : String(e), path: pathname }, 'request failed');
@@ -232,6 +307,9 @@ export class App {
     this.shuttingDown = true;
     const server = this.server;
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
+    const operator = this.operatorServer;
+    const operatorClosed = operator ? new Promise<void>((r) => operator.close(() => r())) : Promise.resolve();
+    operator?.closeAllConnections();
     server?.closeIdleConnections();
     const deadline = Date.now() + graceMs;
     await this.downloads.drain(graceMs);
@@ -252,6 +330,8 @@ export class App {
     }
     server?.closeAllConnections();
     await closed;
+    await operatorClosed;
+    await this.opts.auth?.close();
     await Promise.all([...this.clients.values()].map((c) => c.destroy()));
     this.signatures?.close?.();
     this.meta.close();

@@ -4,6 +4,7 @@
  * nothing by digest is served outside an admitted closure.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Identity } from '../auth/authenticator.js';
 import type { Gate } from '../gate/gate.js';
 import type { Admission } from '../gate/types.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -14,7 +15,7 @@ import type { ReferrersService } from '../proxy/referrers.js';
 import type { TagService } from '../proxy/tags.js';
 import { isDigest, looksLikeDigest, parseReference, type Digest } from '../routing/reference.js';
 import type { Route, Router } from '../routing/route.js';
-import { isAccessory, needsOwnDecision } from '../verify/accessory.js';
+import { isAccessory, isRunnable, needsOwnDecision } from '../verify/accessory.js';
 import { errors, RegistryError } from './errors.js';
 import type { Endpoint } from './paths.js';
 import { parseRange, sendJson } from './respond.js';
@@ -27,6 +28,11 @@ export interface HandlerDeps {
   referrers: ReferrersService;
   gate: Gate;
   metrics: Metrics;
+  /**
+   * Clients authenticate on this listener: a blob or child manifest is then served only to an identity the policy
+   * admits for its root, not to anyone once another identity admitted it.
+   */
+  identityChecks?: boolean;
 }
 
 export interface RequestContext {
@@ -35,6 +41,8 @@ export interface RequestContext {
   url: URL;
   method: 'GET' | 'HEAD';
   clientIp: string;
+  /** Who is asking (src/auth): every endpoint that returns upstream data decides with it. */
+  identity: Identity;
 }
 
 export class RegistryHandlers {
@@ -86,6 +94,7 @@ export class RegistryHandlers {
       manifest = await this.d.manifests.get(route, ref.digest);
       if (root && root !== ref.digest && !(await this.smuggled(route, root, manifest))) {
         // A child of an admitted root: covered by the root's decision; its own blobs join the closure.
+        await this.identityMayUse(ctx, route, root);
         this.d.gate.extendClosure(route, root, manifest);
       } else {
         await this.admit(ctx, route, manifest, null);
@@ -118,15 +127,15 @@ export class RegistryHandlers {
    * schema, manifests with a `subject` or a signature artifact type) are a separate kind of request, but only when
    * nothing in them can run (src/verify/accessory.ts).
    */
-  private async admit(ctx: RequestContext, route: Route, manifest: Manifest, tag: string | null): Promise<Admission> {
-    const kind = isAccessory(manifest.parsed, tag) ? 'accessory' : 'manifest';
+  private async admit(ctx: RequestContext, route: Route, manifest: Manifest, tag: string | null, kindOf = isAccessory): Promise<Admission> {
+    const kind = kindOf(manifest.parsed, tag) ? 'accessory' : 'manifest';
     const admission = await this.d.gate.admitRoot({
       route,
       method: ctx.method,
       tag,
       manifest,
       kind,
-      client: { ip: ctx.clientIp, user: null, userAgent: ctx.req.headers['user-agent'] ?? null },
+      client: clientOf(ctx),
     });
     const res = ctx.res;
     res.setHeader('portcullis-decision-id', admission.decisionId);
@@ -151,10 +160,24 @@ export class RegistryHandlers {
     return admission;
   }
 
+  /**
+   * A closure is shared by every client, but a decision is per identity: before serving a member of a closure to an
+   * authenticated listener's client, the root is decided (from the decision cache, normally) for this identity.
+   */
+  private async identityMayUse(ctx: RequestContext, route: Route, root: Digest): Promise<void> {
+    if (!this.d.identityChecks) return;
+    const rootManifest = await this.d.manifests.get(route, root);
+    // The root itself was admitted already (that is how the closure exists); what is asked here is whether this
+    // identity may have it. A root that cannot run (a signature asked for by its tag) keeps its accessory kind.
+    await this.admit(ctx, route, rootManifest, null, (m) => !isRunnable(m));
+  }
+
   private async blob(ctx: RequestContext, route: Route, digestStr: string): Promise<void> {
     if (!isDigest(digestStr)) throw errors.digestInvalid(`invalid or unsupported digest "${digestStr.slice(0, 80)}"`);
     const digest: Digest = digestStr;
-    if (!this.d.gate.rootOf(route, digest)) {
+    const root = this.d.gate.rootOf(route, digest);
+    if (root) await this.identityMayUse(ctx, route, root);
+    if (!root) {
       throw errors.denied(
         `portcullis: denied ${route.registry}/${route.repository}@${digest}: not part of an admitted image; pull the image by tag or by its root digest first`,
         { reason: 'not_in_admitted_closure' },
@@ -222,6 +245,10 @@ export class RegistryHandlers {
     if (r.filtersApplied) ctx.res.setHeader('oci-filters-applied', 'artifactType');
     sendJson(ctx.res, 200, r.index, ctx.method === 'HEAD', 'application/vnd.oci.image.index.v1+json');
   }
+}
+
+function clientOf(ctx: RequestContext): { ip: string; user: string | null; groups: string[]; method: string; userAgent: string | null } {
+  return { ip: ctx.clientIp, user: ctx.identity.user, groups: ctx.identity.groups, method: ctx.identity.method, userAgent: ctx.req.headers['user-agent'] ?? null };
 }
 
 function oneLine(s: string, max: number): string {

@@ -89,7 +89,7 @@ beforeEach(() => {
 afterEach(() => meta.close());
 
 function req(r: Route, manifest: Manifest, extra: Partial<RootRequest> = {}): RootRequest {
-  return { route: r, method: 'GET', tag: 'latest', manifest, kind: 'manifest', client: { ip: '10.0.0.1', user: null, userAgent: 'containerd/2' }, ...extra };
+  return { route: r, method: 'GET', tag: 'latest', manifest, kind: 'manifest', client: { ip: '10.0.0.1', user: null, groups: [], method: 'anonymous', userAgent: 'containerd/2' }, ...extra };
 }
 
 function gate(decider: Decider, observers: DecisionObserver[] = [], sig?: SignatureProvider, scan?: ScanProvider): Gate {

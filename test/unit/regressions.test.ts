@@ -129,7 +129,7 @@ describe('regressions', () => {
         },
       };
       const g = new Gate(decider, meta, { allowTTL: 60_000, denyTTL: 1000, closureTTL: 60_000 }, undefined, undefined, [observer]);
-      const rq = { route, method: 'GET' as const, tag: 'latest', manifest, kind: 'manifest' as const, client: { ip: 'x', user: null, userAgent: null } };
+      const rq = { route, method: 'GET' as const, tag: 'latest', manifest, kind: 'manifest' as const, client: { ip: 'x', user: null, groups: [], method: 'anonymous', userAgent: null } };
       await g.admitRoot(rq);
       expect((await g.admitRoot(rq)).serve).toBe(true);
     } finally {
