@@ -90,7 +90,7 @@ describe('regressions', () => {
     const input = {
       version: 1,
       now,
-      request: { kind: 'manifest', method: 'GET', client: { ip: 'x', user: null, user_agent: null }, routing: 'default' },
+      request: { kind: 'manifest', method: 'GET', client: { ip: 'x', user: null, groups: [], method: 'anonymous', user_agent: null }, routing: 'default' },
       image: { registry: 'docker.io', repository: 'library/nginx', tag: 'latest', digest: `sha256:${'a'.repeat(64)}`, media_type: 'x', platforms: [], labels: {}, created: null },
       upstream: { name: 'hub', url: 'https://x' },
       signatures: { status: 'not_configured', verified: [], rejected: [] },
