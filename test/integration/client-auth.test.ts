@@ -9,7 +9,7 @@
  */
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { pino } from 'pino';
@@ -308,5 +308,34 @@ describe('OIDC bearer tokens (JWKS file)', () => {
     expect((await errorOf(r)).message).toBe('token audience is not accepted here');
     // The same token as a Basic password (docker login -u oidc -p <jwt>).
     expect((await fetch(url, { headers: { accept: MANIFEST_ACCEPT, authorization: basic('oidc', good) } })).status).toBe(200);
+  });
+});
+
+describe('portcullis check --as', () => {
+  test('evaluates as the given identity: team A denied team B image naming the rule, team B allowed', async () => {
+    const cfg = join(tmp, 'check.yaml');
+    await writeFile(
+      cfg,
+      JSON.stringify({
+        dataDir: join(tmp, 'check-data'),
+        upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+        policy: { bundleFile: resolve('policies/bundle.tar.gz'), settings },
+        decisionLog: { sink: 'none' },
+        log: { level: 'warn' },
+      }),
+    );
+    const cli = resolve('dist/cli.js');
+    const ref = `${reg.host}/team-b/app:v1`;
+    const asAlice = await runTool('node', [cli, 'check', '--config', cfg, '--as', 'alice', '--groups', 'team-a', ref]);
+    expect(asAlice.code, asAlice.stderr).toBe(1);
+    expect(asAlice.stdout).toContain('client:    alice (groups team-a) via basic');
+    expect(asAlice.stdout).toContain('deny  client.not_allowed: client "alice" (groups team-a) via basic may not pull');
+    const asBob = await runTool('node', [cli, 'check', '--config', cfg, '--as', 'bob', '--groups', 'team-b', '--json', ref]);
+    expect(asBob.code, asBob.stderr).toBe(0);
+    const report = JSON.parse(asBob.stdout) as { input: { request: { client: unknown } } };
+    expect(report.input.request.client).toMatchObject({ user: 'bob', groups: ['team-b'], method: 'basic' });
+    const anonymous = await runTool('node', [cli, 'check', '--config', cfg, ref]);
+    expect(anonymous.code).toBe(1);
+    expect(anonymous.stdout).toContain('client anonymous via anonymous may not pull');
   });
 });
