@@ -82,8 +82,7 @@ export const authSchema = z
   })
   .strict()
   .superRefine((a, ctx) => {
-    const methods = Boolean(a.htpasswd) || a.oidc.length > 0 || Boolean(a.mtls);
-    if (!a.anonymous && !methods) ctx.addIssue({ code: 'custom', path: ['anonymous'], message: 'anonymous: false needs at least one of htpasswd, oidc or mtls' });
+    // anonymous: false without a method is checked with the listener (tls.clientCA) in src/config/schema.ts.
     if (a.token && !a.htpasswd && a.oidc.length === 0 && !a.mtls && !a.anonymous) {
       ctx.addIssue({ code: 'custom', path: ['token'], message: 'the token endpoint needs htpasswd, oidc or mtls to authenticate clients' });
     }

@@ -215,6 +215,10 @@ export const configSchema = z
       if (names.has(u.name)) ctx.addIssue({ code: 'custom', path: ['upstreams', i, 'name'], message: `duplicate upstream name "${u.name}"` });
       names.add(u.name);
     });
+    const a = cfg.auth;
+    if (a && !a.anonymous && !a.htpasswd && a.oidc.length === 0 && !cfg.tls?.clientCA) {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'anonymous'], message: 'anonymous: false needs htpasswd, oidc or client certificates (tls.clientCA)' });
+    }
     if (cfg.auth?.mtls && !cfg.tls?.clientCA) ctx.addIssue({ code: 'custom', path: ['auth', 'mtls'], message: 'client certificates need tls.clientCA' });
     if (cfg.tls?.clientAuth === 'optional' && !cfg.tls.clientCA) ctx.addIssue({ code: 'custom', path: ['tls', 'clientAuth'], message: 'clientAuth needs tls.clientCA' });
     if (cfg.defaultUpstream !== undefined && !names.has(cfg.defaultUpstream)) {

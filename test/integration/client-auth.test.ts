@@ -339,3 +339,46 @@ describe('portcullis check --as', () => {
     expect(anonymous.stdout).toContain('client anonymous via anonymous may not pull');
   });
 });
+
+describe('a separate operator surface', () => {
+  let px: RunningProxy;
+  beforeAll(async () => {
+    process.env.PC_TEST_METRICS_TOKEN = 'scrape-secret';
+    px = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      defaultUpstream: 'local',
+      settings,
+      extra: {
+        tls: { cert: pki.server.cert, key: pki.server.key, clientCA: pki.ca },
+        auth: { anonymous: false, mtls: { map: [{ uri: 'spiffe://example.org/ns/team-a/**', groups: ['team-a'] }] } },
+        operatorListen: '127.0.0.1:0',
+        metricsToken: { env: 'PC_TEST_METRICS_TOKEN' },
+      },
+    });
+  });
+  afterAll(async () => {
+    await px?.stop();
+    delete process.env.PC_TEST_METRICS_TOKEN;
+  });
+
+  test('probes and the scrape work over plain HTTP while the registry listener requires client certificates', async () => {
+    const op = `http://127.0.0.1:${px.proxy.app.operatorAddress!.port}`;
+    expect((await fetch(`${op}/healthz`)).status).toBe(200);
+    expect((await fetch(`${op}/readyz`)).status).toBe(200);
+    expect((await fetch(`${op}/metrics`)).status).toBe(401);
+    const m = await fetch(`${op}/metrics`, { headers: { authorization: 'Bearer scrape-secret' } });
+    expect(m.status).toBe(200);
+    expect(await m.text()).toContain('portcullis_client_auth_total');
+    // The operator listener serves nothing of the registry, and the registry listener no metrics or API.
+    expect((await fetch(`${op}/v2/`)).status).toBe(404);
+    const { readFileSync } = await import('node:fs');
+    const agent = new Agent({ connect: { ca: readFileSync(pki.ca), cert: readFileSync(pki.nodeA.cert), key: readFileSync(pki.nodeA.key) } });
+    try {
+      const viaRegistry = await undiciFetch(`https://${px.host}/metrics`, { dispatcher: agent, headers: { authorization: 'Bearer scrape-secret' } });
+      expect(viaRegistry.status).toBe(404);
+      expect((await undiciFetch(`https://${px.host}/v2/team-a/app/manifests/v1`, { dispatcher: agent, headers: { accept: MANIFEST_ACCEPT } })).status).toBe(200);
+    } finally {
+      await agent.close();
+    }
+  });
+});
