@@ -114,10 +114,20 @@ export class Gate {
   }
 
   /** Decides for a root manifest; concurrent identical requests share one evaluation. */
-  async admitRoot(req: RootRequest): Promise<Admission> {
+  private keyOf(req: RootRequest): string {
     // The identity is part of the key: a decision for one client (policy `clients` rules) is never another's.
     const who = `${req.client.method}:${req.client.user ?? ''}:${req.client.groups.join(',')}`;
-    const key = [req.route.upstream.name, req.route.repository, req.manifest.digest, req.tag ?? '', req.kind, this.decider.revision, this.signatures.trustRevision, who].join('\n');
+    return [req.route.upstream.name, req.route.repository, req.manifest.digest, req.tag ?? '', req.kind, this.decider.revision, this.signatures.trustRevision, who].join('\n');
+  }
+
+  /** Would admitRoot answer from the decision cache (no evidence gathering, no upstream work)? For quotas. */
+  hasCachedDecision(req: RootRequest): boolean {
+    const hit = this.decisions.get(this.keyOf(req));
+    return hit !== undefined && hit.expiresAt > this.now();
+  }
+
+  async admitRoot(req: RootRequest): Promise<Admission> {
+    const key = this.keyOf(req);
     const hit = this.decisions.get(key);
     if (hit && hit.expiresAt > this.now()) {
       for (const o of this.observers) {

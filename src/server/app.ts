@@ -11,6 +11,7 @@ import type { Duplex } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { ANONYMOUS, type Identity } from '../auth/authenticator.js';
 import type { ClientAuth } from '../auth/client-auth.js';
+import { Quotas } from '../auth/quota.js';
 import { LOG_REDACT } from '../auth/redact.js';
 import { BlobStore } from '../cache/blobstore.js';
 import { unwrittenDownloadBytes } from '../cache/download.js';
@@ -29,7 +30,7 @@ import { Router } from '../routing/route.js';
 import { UpstreamClient } from '../upstream/client.js';
 import { readSecret } from '../config/load.js';
 import { authError, errors, RegistryError } from './errors.js';
-import { RegistryHandlers } from './handlers.js';
+import { RegistryHandlers, type WarmCheck } from './handlers.js';
 import { parseEndpoint, type Endpoint } from './paths.js';
 import { sendError, sendJson } from './respond.js';
 
@@ -120,8 +121,23 @@ export class App {
       gate: this.gate,
       metrics: this.metrics,
       identityChecks: opts.auth?.hasMethods ?? false,
+      ...(config.quotas ? { quotas: new Quotas(config.quotas, this.metrics, opts.now), warm: this.warmCheck() } : {}),
     });
     this.metrics.trackDownloads({ active: () => this.downloads.active, unwrittenBytes: unwrittenDownloadBytes });
+  }
+
+  /** What the cache already holds, for quotas (only consulted when a quota applies). */
+  private warmCheck(): WarmCheck {
+    const { config } = this.opts;
+    const now = this.opts.now ?? Date.now;
+    return {
+      tag: (route, tag) => {
+        const t = this.meta.getTag(route.upstream.name, route.repository, tag);
+        return t !== undefined && now() - t.checkedAt < config.cache.tagTTL;
+      },
+      manifest: (route, digest) => this.meta.getManifest(route.upstream.name, route.repository, digest) !== undefined,
+      blob: (digest) => this.blobStore.has(digest),
+    };
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free one). */

@@ -5,6 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Identity } from '../auth/authenticator.js';
+import type { QuotaKind, Quotas } from '../auth/quota.js';
 import type { Gate } from '../gate/gate.js';
 import type { Admission } from '../gate/types.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -33,6 +34,16 @@ export interface HandlerDeps {
    * admits for its root, not to anyone once another identity admitted it.
    */
   identityChecks?: boolean;
+  /** Token buckets on upstream-costly requests (src/auth/quota.ts), and how to tell a cold request from a warm one. */
+  quotas?: Quotas;
+  warm?: WarmCheck;
+}
+
+/** Is this already in the cache (serving it costs the upstream nothing)? */
+export interface WarmCheck {
+  tag(route: Route, tag: string): boolean;
+  manifest(route: Route, digest: Digest): boolean;
+  blob(digest: Digest): boolean;
 }
 
 export interface RequestContext {
@@ -85,12 +96,14 @@ export class RegistryHandlers {
     }
     let manifest: Manifest;
     if (ref.kind === 'tag') {
+      this.quota(ctx, 'coldManifests', (w) => !w.tag(route, ref.tag));
       const resolved = await this.d.manifests.resolveTag(route, ref.tag);
       manifest = await this.d.manifests.get(route, resolved.digest);
       if (resolved.stale) addWarning(ctx.res, 'served from cache: upstream unreachable');
       await this.admit(ctx, route, manifest, ref.tag);
     } else {
       const root = this.d.gate.rootOf(route, ref.digest);
+      this.quota(ctx, 'coldManifests', (w) => !w.manifest(route, ref.digest));
       manifest = await this.d.manifests.get(route, ref.digest);
       if (root && root !== ref.digest && !(await this.smuggled(route, root, manifest))) {
         // A child of an admitted root: covered by the root's decision; its own blobs join the closure.
@@ -129,14 +142,9 @@ export class RegistryHandlers {
    */
   private async admit(ctx: RequestContext, route: Route, manifest: Manifest, tag: string | null, kindOf = isAccessory): Promise<Admission> {
     const kind = kindOf(manifest.parsed, tag) ? 'accessory' : 'manifest';
-    const admission = await this.d.gate.admitRoot({
-      route,
-      method: ctx.method,
-      tag,
-      manifest,
-      kind,
-      client: clientOf(ctx),
-    });
+    const request = { route, method: ctx.method, tag, manifest, kind, client: clientOf(ctx) } as const;
+    this.quota(ctx, 'decisions', () => !this.d.gate.hasCachedDecision(request));
+    const admission = await this.d.gate.admitRoot(request);
     const res = ctx.res;
     res.setHeader('portcullis-decision-id', admission.decisionId);
     const ref = `${route.registry}/${route.repository}@${manifest.digest}`;
@@ -172,6 +180,16 @@ export class RegistryHandlers {
     await this.admit(ctx, route, rootManifest, null, (m) => !isRunnable(m));
   }
 
+  /** A 429 TOOMANYREQUESTS when a quota of `kind` applies, the request is cold, and its bucket is empty. */
+  private quota(ctx: RequestContext, kind: QuotaKind, cold: (w: WarmCheck) => boolean): void {
+    const { quotas, warm } = this.d;
+    if (!quotas || !warm || !quotas.limits(kind) || !cold(warm)) return;
+    const r = quotas.take(kind, ctx.identity, ctx.clientIp);
+    if (!r.ok) {
+      throw errors.tooManyRequests(`portcullis: quota for ${kind} per ${r.scope} exceeded; retry in ${r.retryAfterSeconds}s (cached images are not limited)`, String(r.retryAfterSeconds));
+    }
+  }
+
   private async blob(ctx: RequestContext, route: Route, digestStr: string): Promise<void> {
     if (!isDigest(digestStr)) throw errors.digestInvalid(`invalid or unsupported digest "${digestStr.slice(0, 80)}"`);
     const digest: Digest = digestStr;
@@ -195,6 +213,7 @@ export class RegistryHandlers {
       res.end();
       return;
     }
+    this.quota(ctx, 'coldBlobs', (w) => !w.blob(digest));
     const blob = await this.d.blobs.open(route, digest);
     const range = parseRange(ctx.req.headers.range, blob.size);
     if (range.kind === 'unsatisfiable') {
