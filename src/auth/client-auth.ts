@@ -157,6 +157,29 @@ export class ClientAuth {
     return { status: 200, body: await tokens.issue(outcome.identity, access), outcome };
   }
 
+  /**
+   * `POST /auth/token` with an OAuth2 password grant (form fields grant_type=password, username, password, scope,
+   * service): what containerd sends first when it has credentials, the kubelet's imagePullSecrets among them.
+   */
+  async tokenGrant(req: AuthRequest, form: URLSearchParams): Promise<TokenResponse> {
+    const tokens = this.tokens;
+    if (!tokens) return { status: 404, body: { errors: [{ code: 'NOT_FOUND', message: 'no token endpoint', detail: null }] } };
+    const service = form.get('service');
+    if (form.get('grant_type') !== 'password' || (service !== null && service !== tokens.service)) {
+      return { status: 400, body: { error: 'unsupported_grant_type' } };
+    }
+    const user = form.get('username') ?? '';
+    const password = form.get('password') ?? '';
+    const headers = { ...req.headers, authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}` };
+    const outcome = user || password ? await this.authenticate({ ...req, headers, repository: undefined }) : fail('CREDENTIALS_REQUIRED', 'authentication required');
+    if (!outcome.ok) {
+      const throttled = outcome.code === 'RATE_LIMITED' || outcome.code === 'BUSY';
+      return { status: throttled ? 429 : 401, body: { error: throttled ? 'slow_down' : 'invalid_grant', error_description: outcome.message }, outcome };
+    }
+    const issued = await tokens.issue(outcome.identity, parseScopes((form.get('scope') ?? '').split(' ')));
+    return { status: 200, body: { access_token: issued.access_token, token_type: 'Bearer', expires_in: issued.expires_in, issued_at: issued.issued_at, scope: form.get('scope') ?? '' }, outcome };
+  }
+
   /** The Basic challenge of the token endpoint itself. */
   get basicChallenge(): string {
     return `Basic realm="${this.cfg.realm}"`;

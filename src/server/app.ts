@@ -52,6 +52,19 @@ export interface AppOptions {
   now?: () => number;
 }
 
+/** A bounded urlencoded request body (the OAuth2 token grant); undefined when too large or of another type. */
+async function readForm(req: IncomingMessage, max: number): Promise<URLSearchParams | undefined> {
+  if (!(req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded')) return undefined;
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > max) return undefined;
+    chunks.push(c);
+  }
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+}
+
 /** Which listener a request came in on: the registry API, or the operator surface (`operatorListen`). */
 type Surface = 'registry' | 'operator';
 
@@ -121,6 +134,7 @@ export class App {
       gate: this.gate,
       metrics: this.metrics,
       identityChecks: opts.auth?.hasMethods ?? false,
+      ...(opts.auth?.hasMethods ? { challenge: (req: IncomingMessage, repository: string) => opts.auth!.challenge(req, repository) } : {}),
       ...(config.quotas ? { quotas: new Quotas(config.quotas, this.metrics, opts.now), warm: this.warmCheck() } : {}),
     });
     this.metrics.trackDownloads({ active: () => this.downloads.active, unwrittenBytes: unwrittenDownloadBytes });
@@ -210,7 +224,19 @@ export class App {
   }
 
   private async tokenEndpoint(req: IncomingMessage, res: ServerResponse, url: URL, auth: ClientAuth): Promise<void> {
-    const r = await auth.token({ headers: req.headers, socket: req.socket, ip: req.socket.remoteAddress ?? '' }, url);
+    const areq = { headers: req.headers, socket: req.socket, ip: req.socket.remoteAddress ?? '' };
+    let r;
+    if (req.method === 'POST') {
+      const form = await readForm(req, 16 * 1024);
+      if (!form) res.setHeader('connection', 'close');
+      if (!form) throw errors.unsupported('expected an application/x-www-form-urlencoded body of at most 16 KiB', 400);
+      r = await auth.tokenGrant(areq, form);
+    } else if (req.method === 'GET' || req.method === 'HEAD') {
+      r = await auth.token(areq, url);
+    } else {
+      res.setHeader('allow', 'GET, HEAD, POST');
+      throw errors.unsupported(`${req.method ?? ''} is not supported here`);
+    }
     if (r.status === 401) res.setHeader('www-authenticate', auth.basicChallenge);
     if (r.status === 429) res.setHeader('retry-after', String(r.outcome && !r.outcome.ok ? (r.outcome.retryAfterSeconds ?? 1) : 1));
     res.setHeader('cache-control', 'no-store');

@@ -34,6 +34,11 @@ export interface HandlerDeps {
    * admits for its root, not to anyone once another identity admitted it.
    */
   identityChecks?: boolean;
+  /**
+   * The 401 challenge for a repository. An anonymous client that the policy's client rules refuse gets it instead
+   * of the 403: clients send credentials (a kubelet's imagePullSecrets among them) only after a 401.
+   */
+  challenge?: (req: IncomingMessage, repository: string) => string;
   /** Token buckets on upstream-costly requests (src/auth/quota.ts), and how to tell a cold request from a warm one. */
   quotas?: Quotas;
   warm?: WarmCheck;
@@ -149,6 +154,9 @@ export class RegistryHandlers {
     res.setHeader('portcullis-decision-id', admission.decisionId);
     const ref = `${route.registry}/${route.repository}@${manifest.digest}`;
     if (!admission.serve) {
+      if (this.d.challenge && ctx.identity.method === 'anonymous' && admission.violations.some((v) => v.rule.startsWith('client.'))) {
+        throw errors.unauthorized(`authentication required to pull ${route.registry}/${route.repository}`, this.d.challenge(ctx.req, nameInPath(ctx.url)));
+      }
       const short = oneLine(admission.message, 300);
       throw errors.denied(
         `portcullis: denied ${ref}: ${short} [decision ${admission.decisionId}]`,
@@ -264,6 +272,12 @@ export class RegistryHandlers {
     if (r.filtersApplied) ctx.res.setHeader('oci-filters-applied', 'artifactType');
     sendJson(ctx.res, 200, r.index, ctx.method === 'HEAD', 'application/vnd.oci.image.index.v1+json');
   }
+}
+
+/** The repository name as the client wrote it in the path (what a token's scope names). */
+function nameInPath(url: URL): string {
+  const m = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\//.exec(url.pathname);
+  return m ? m[1]! : '';
 }
 
 function clientOf(ctx: RequestContext): { ip: string; user: string | null; groups: string[]; method: string; userAgent: string | null } {

@@ -27,6 +27,7 @@ let tmp: string;
 let htpasswd: string;
 let teamA: PushedImage;
 let teamB: PushedImage;
+let shared: PushedImage;
 let pki: Pki;
 
 const settings = {
@@ -53,6 +54,7 @@ beforeAll(async () => {
   reg = await startRegistry();
   teamA = await pushImage(reg.url, 'team-a/app', 'v1');
   teamB = await pushImage(reg.url, 'team-b/app', 'v1', { layers: 2 });
+  shared = await pushImage(reg.url, 'shared/app', 'v1');
   pki = await makePki(tmp);
 }, 60_000);
 
@@ -193,6 +195,48 @@ describe('the token flow, Portcullis as issuer', () => {
     expect(logged.length).toBeGreaterThan(5);
     for (const secret of ['alice-pw', 'bob-pw', Buffer.from('alice:alice-pw').toString('base64'), 'eyJ']) expect(all).not.toContain(secret);
     expect(decisions.some((d) => d.includes('"user":"alice"') && d.includes('"method":"token"'))).toBe(true);
+  });
+});
+
+describe('anonymous pulls allowed, identities optional', () => {
+  let px: RunningProxy;
+  beforeAll(async () => {
+    px = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      defaultUpstream: 'local',
+      settings,
+      extra: { auth: { anonymous: true, htpasswd: { file: htpasswd, groups }, token: {} } },
+    });
+  });
+  afterAll(async () => px?.stop());
+
+  test('anonymous clients pull what the policy lets anyone pull; a team image answers 401 so that clients log in', async () => {
+    const open = await fetch(`${px.url}/v2/shared/app/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
+    expect(open.status).toBe(200);
+    expect(open.headers.get('docker-content-digest')).toBe(shared.digest);
+    const team = await fetch(`${px.url}/v2/team-a/app/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
+    expect(team.status).toBe(401);
+    expect(team.headers.get('www-authenticate')).toBe(`Bearer realm="${px.url}/auth/token",service="portcullis",scope="repository:team-a/app:pull"`);
+    // crane without credentials gets the shared image, and with alice's the team image.
+    const empty = await mkdtemp(join(tmp, 'docker-anon-'));
+    expectOk(await runTool('crane', ['pull', '--insecure', `${px.host}/shared/app:v1`, join(tmp, 'anon.tar')], { env: { ...process.env, DOCKER_CONFIG: empty } }), 'crane pull');
+    const cfg = await mkdtemp(join(tmp, 'docker-opt-'));
+    const env = { ...process.env, DOCKER_CONFIG: cfg };
+    expectOk(await crane(['auth', 'login', px.host, '-u', 'alice', '-p', 'alice-pw'], { env }), 'crane auth login');
+    expectOk(await runTool('crane', ['pull', '--insecure', `${px.host}/team-a/app:v1`, join(tmp, 'opt-a.tar')], { env }), 'crane pull');
+  });
+
+  test("the OAuth2 password grant containerd POSTs to the realm", async () => {
+    const post = (body: Record<string, string>) =>
+      fetch(`${px.url}/auth/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams(body).toString() });
+    const grant = { grant_type: 'password', client_id: 'containerd-client', service: 'portcullis', scope: 'repository:team-a/app:pull' };
+    const ok = await post({ ...grant, username: 'alice', password: 'alice-pw' });
+    expect(ok.status).toBe(200);
+    const tok = ((await ok.json()) as { access_token: string }).access_token;
+    expect((await fetch(`${px.url}/v2/team-a/app/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT, authorization: `Bearer ${tok}` } })).status).toBe(200);
+    const bad = await post({ ...grant, username: 'alice', password: 'wrong' });
+    expect(bad.status).toBe(401);
+    expect(await bad.json()).toEqual({ error: 'invalid_grant', error_description: 'invalid username or password' });
   });
 });
 
