@@ -35,6 +35,7 @@ GO_TOOLS=(
   # The module proxy refuses the version list of this module, which `go install pkg@version` reads for deprecation
   # notices; a third field means "download the module and build that package from it" instead.
   "notation github.com/notaryproject/notation@v1.3.2 ./cmd/notation"
+  "crictl sigs.k8s.io/cri-tools@v1.30.0 ./cmd/crictl"   # the kubelet's CRI calls (test/harness/cri.ts); Debian has none
 )
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 
@@ -100,7 +101,8 @@ install_go_tools() {
       [[ -n "$dir" ]] || { log "could not download $mod"; exit 1; }
       # The module cache is read-only; build from a copy.
       rm -rf "$TOOLS/build-$name"; cp -r "$dir" "$TOOLS/build-$name"; chmod -R u+w "$TOOLS/build-$name"
-      (cd "$TOOLS/build-$name" && go build -o "$TOOLS/bin/$name" "$pkg") >&2
+      # -mod=mod: a module zip keeps only vendor/modules.txt, which would force vendor mode (cri-tools).
+      (cd "$TOOLS/build-$name" && go build -mod=mod -o "$TOOLS/bin/$name" "$pkg") >&2
       rm -rf "$TOOLS/build-$name"
     fi
     echo "$want" > "$stamp"
