@@ -59,6 +59,22 @@ const upstream = z
     url: z.url({ protocol: /^https?$/ }).transform((u) => u.replace(/\/+$/, '')),
     aliases: z.array(hostName).default([]),
     credentials: credentials.optional(),
+    /**
+     * A kubelet credential provider plugin (exec API credentialprovider.kubelet.k8s.io/v1) that supplies short-lived
+     * credentials for this upstream (ECR, Artifact Registry, ACR); instead of `credentials`.
+     */
+    credentialProvider: z
+      .object({
+        command: z.string().min(1),
+        args: z.array(z.string()).default([]),
+        env: z.record(z.string(), z.string()).default({}),
+        /** The image named in the request; default `<registry>/portcullis`. */
+        image: z.string().min(1).optional(),
+        defaultCacheDuration: duration.default(300_000),
+        timeout: duration.default(10_000),
+      })
+      .strict()
+      .optional(),
     /** PEM CA bundle to trust for this upstream, for private registries. */
     ca: z.string().optional(),
     /** Only for tests and labs: skip TLS verification. */
@@ -82,7 +98,8 @@ const upstream = z
     /** Docker Hub's rule: single-component names live under library/. */
     libraryPrefix: z.boolean().optional(),
   })
-  .strict();
+  .strict()
+  .refine((u) => !(u.credentials && u.credentialProvider), { message: 'give credentials or credentialProvider, not both', path: ['credentialProvider'] });
 
 const tls = z
   .object({

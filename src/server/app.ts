@@ -106,7 +106,10 @@ export class App {
     this.metrics.cacheEntries.set(this.blobStore.entries);
     this.downloads = new DownloadManager(this.blobStore);
     const router = (this.router = new Router(config));
-    for (const u of config.upstreams) this.clients.set(u.name, new UpstreamClient(u, { metrics: this.metrics }));
+    for (const u of config.upstreams) {
+      const onCredentialError = (message: string): void => this.log.warn({ upstream: u.name, err: message }, 'credential provider failed');
+      this.clients.set(u.name, new UpstreamClient(u, { metrics: this.metrics, onCredentialError, ...(opts.now ? { now: opts.now } : {}) }));
+    }
     const clientFor = (name: string): UpstreamClient => {
       const c = this.clients.get(name);
       if (!c) throw new Error(`no client for upstream ${name}`);
