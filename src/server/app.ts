@@ -2,14 +2,13 @@
  * Wires the proxy together from a Config and runs the HTTP(S) server: request ids and logs, metrics, health
  * endpoints, limits, and a graceful shutdown that lets running downloads finish (or discards them) before exit.
  */
-import { randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pino, type Logger } from 'pino';
-import { ANONYMOUS, type Identity } from '../auth/authenticator.js';
 import type { ClientAuth } from '../auth/client-auth.js';
 import { Quotas } from '../auth/quota.js';
 import { LOG_REDACT } from '../auth/redact.js';
@@ -29,7 +28,8 @@ import { TagService } from '../proxy/tags.js';
 import { Router } from '../routing/route.js';
 import { UpstreamClient } from '../upstream/client.js';
 import { readSecret } from '../config/load.js';
-import { authError, errors, RegistryError } from './errors.js';
+import { identify, metricsAllowed, serveToken } from './client-identity.js';
+import { errors, RegistryError } from './errors.js';
 import { RegistryHandlers, type WarmCheck } from './handlers.js';
 import { parseEndpoint, type Endpoint } from './paths.js';
 import { sendError, sendJson } from './respond.js';
@@ -50,19 +50,6 @@ export interface AppOptions {
   /** Client authentication of the registry listener (src/auth); absent: every client is anonymous. */
   auth?: ClientAuth;
   now?: () => number;
-}
-
-/** A bounded urlencoded request body (the OAuth2 token grant); undefined when too large or of another type. */
-async function readForm(req: IncomingMessage, max: number): Promise<URLSearchParams | undefined> {
-  if (!(req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded')) return undefined;
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    n += c.length;
-    if (n > max) return undefined;
-    chunks.push(c);
-  }
-  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
 }
 
 /** Which listener a request came in on: the registry API, or the operator surface (`operatorListen`). */
@@ -207,52 +194,6 @@ export class App {
     return this.operatorServer?.address() as AddressInfo | undefined;
   }
 
-  /**
-   * Who the client is, or a RegistryError (401 with a challenge, 429 when throttled). `repository` is the name in
-   * the path, which a token's scope must cover.
-   */
-  private async identify(req: IncomingMessage, ep: Endpoint): Promise<Identity> {
-    const auth = this.opts.auth;
-    if (!auth) return ANONYMOUS;
-    const repository = 'name' in ep ? ep.name : undefined;
-    const areq = { headers: req.headers, socket: req.socket, ip: req.socket.remoteAddress ?? '', ...(repository !== undefined ? { repository } : {}) };
-    const outcome = await auth.authenticate(areq);
-    if (!outcome.ok) throw authError(outcome, auth.challenge(req, repository));
-    // The API version check is where clients learn how to log in (`docker login`, c/image's ping): with methods
-    // configured, a client that sent nothing is challenged there even when anonymous pulls are allowed.
-    if (ep.kind === 'base' && auth.hasMethods && outcome.identity.method === 'anonymous' && !req.headers.authorization) {
-      throw errors.unauthorized('authentication required', auth.challenge(req));
-    }
-    return outcome.identity;
-  }
-
-  private async tokenEndpoint(req: IncomingMessage, res: ServerResponse, url: URL, auth: ClientAuth): Promise<void> {
-    const areq = { headers: req.headers, socket: req.socket, ip: req.socket.remoteAddress ?? '' };
-    let r;
-    if (req.method === 'POST') {
-      const form = await readForm(req, 16 * 1024);
-      if (!form) res.setHeader('connection', 'close');
-      if (!form) throw errors.unsupported('expected an application/x-www-form-urlencoded body of at most 16 KiB', 400);
-      r = await auth.tokenGrant(areq, form);
-    } else if (req.method === 'GET' || req.method === 'HEAD') {
-      r = await auth.token(areq, url);
-    } else {
-      res.setHeader('allow', 'GET, HEAD, POST');
-      throw errors.unsupported(`${req.method ?? ''} is not supported here`);
-    }
-    if (r.status === 401) res.setHeader('www-authenticate', auth.basicChallenge);
-    if (r.status === 429) res.setHeader('retry-after', String(r.outcome && !r.outcome.ok ? (r.outcome.retryAfterSeconds ?? 1) : 1));
-    res.setHeader('cache-control', 'no-store');
-    sendJson(res, r.status, r.body, req.method === 'HEAD');
-  }
-
-  private metricsAllowed(req: IncomingMessage): boolean {
-    if (this.metricsToken === undefined) return true;
-    const h = req.headers.authorization ?? '';
-    const want = `Bearer ${this.metricsToken}`;
-    return h.length === want.length && timingSafeEqual(Buffer.from(h), Buffer.from(want));
-  }
-
   private async onRequest(req: IncomingMessage, res: ServerResponse, surface: Surface): Promise<void> {
     const started = performance.now();
     const rid = typeof req.headers['x-request-id'] === 'string' && /^[\w.-]{1,64}$/.test(req.headers['x-request-id']) ? req.headers['x-request-id'] : randomUUID();
@@ -290,12 +231,12 @@ export class App {
       const operatorOnly = pathname === '/metrics' || pathname.startsWith('/api/');
       if (this.opts.config.operatorListen && operatorOnly !== (surface === 'operator')) throw errors.notFound(`no such endpoint: ${pathname.slice(0, 200)}`);
       if (pathname === '/metrics') {
-        if (!this.metricsAllowed(req)) throw errors.unauthorized('metrics need the configured bearer token', 'Bearer realm="portcullis-metrics"');
+        if (!metricsAllowed(this.metricsToken, req)) throw errors.unauthorized('metrics need the configured bearer token', 'Bearer realm="portcullis-metrics"');
         const body = await this.metrics.registry.metrics();
         return sendJson(res, 200, body, method === 'HEAD', this.metrics.registry.contentType);
       }
       for (const h of this.api) if (await h.handle(req, res, url)) return;
-      if (this.opts.auth?.isTokenRequest(pathname)) return await this.tokenEndpoint(req, res, url, this.opts.auth);
+      if (this.opts.auth?.isTokenRequest(pathname)) return await serveToken(this.opts.auth, req, res, url);
       const ep: Endpoint | undefined = pathname.startsWith('/v2') ? parseEndpoint(pathname) : undefined;
       if (!ep) throw errors.notFound(`no such endpoint: ${pathname.slice(0, 200)}`);
       kind = ep.kind;
@@ -306,7 +247,7 @@ export class App {
         throw errors.unsupported(`${method} is not supported: this is a read-only pull-through proxy`);
       }
       if (ep.kind === 'upload') throw errors.unsupported('pushes are not supported: this is a read-only pull-through proxy');
-      const identity = await this.identify(req, ep);
+      const identity = await identify(this.opts.auth, req, ep);
       if (this.shuttingDown) res.setHeader('connection', 'close');
       await this.handlers.handle({ req, res, url, method, clientIp: req.socket.remoteAddress ?? '', identity }, ep);
     } catch (e) {
