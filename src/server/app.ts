@@ -140,7 +140,8 @@ export class App {
         return t !== undefined && now() - t.checkedAt < config.cache.tagTTL;
       },
       manifest: (route, digest) => this.meta.getManifest(route.upstream.name, route.repository, digest) !== undefined,
-      blob: (digest) => this.blobStore.has(digest),
+      // A download in progress is joined, not repeated: it costs the upstream nothing more.
+      blob: (digest) => this.blobStore.has(digest) || this.downloads.get(digest) !== undefined,
     };
   }
 
