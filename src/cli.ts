@@ -19,7 +19,8 @@ import { clientConfig, type ClientKind } from './clients/config.js';
 
 const USAGE = `usage:
   portcullis serve [--config FILE]
-  portcullis check [--config FILE] [--json] <image-ref>
+  portcullis check [--config FILE] [--json] [--as USER [--groups G1,G2] [--method M]] <image-ref>
+      --as evaluates as that client identity (policy \`clients\` rules); method defaults to basic
   portcullis config check [FILE]
   portcullis report [--config FILE] [--json] [--all] [--url PROXY_URL]
       the cached images that the current policy and scan data would now deny (exit 1 when there are any);
@@ -71,7 +72,11 @@ async function serve(args: string[]): Promise<void> {
 }
 
 async function check(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' } } });
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, as: { type: 'string' }, groups: { type: 'string' }, method: { type: 'string' } },
+  });
   const ref = positionals[0];
   if (!ref) {
     process.stderr.write(`${USAGE}\n`);
@@ -82,13 +87,17 @@ async function check(args: string[]): Promise<number> {
   const capture: { last?: Parameters<DecisionObserver['onDecision']>[0] } = {};
   const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)), extraObservers: [{ onDecision: (e) => (capture.last = e) }] });
   try {
-    const report = await checkImage(proxy.app, ref, capture);
+    const as = values.as
+      ? { user: values.as, groups: (values.groups ?? '').split(',').filter(Boolean).sort(), method: values.method ?? 'basic' }
+      : { user: null, groups: [], method: values.method ?? 'anonymous' };
+    const report = await checkImage(proxy.app, ref, capture, as);
     const a = report.admission;
     if (values.json) {
       process.stdout.write(`${JSON.stringify({ image: report.image, upstream: report.upstream, decision_id: a.decisionId, outcome: a.outcome, serve: a.serve, mode: a.mode, deny: a.violations, warn: a.warnings, input: report.input, result: report.result }, null, 2)}\n`);
     } else {
       const lines = [
         `image:     ${report.image}`,
+        `client:    ${as.user ?? 'anonymous'}${as.groups.length ? ` (groups ${as.groups.join(', ')})` : ''} via ${as.method}`,
         `upstream:  ${report.upstream}`,
         `decision:  ${a.outcome.toUpperCase()} (mode ${a.mode}, policy ${proxy.policy.revision}, decision ${a.decisionId})`,
         `signature: ${report.input?.signatures.status ?? 'unknown'}`,

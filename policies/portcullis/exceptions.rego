@@ -4,7 +4,8 @@
 # its `digests` equals image.digest, or, for a child manifest decided under an admitted index, the digest of that
 # index (image.parent.digest) or of the admitted root (image.root.digest): an index commits to its children's digests,
 # so an exception for a multi-platform image covers its platforms. It must also be unexpired (`expires` is required, RFC3339, later than input.now).
-# It covers the deny entries whose rule id matches one of its `rules` globs (default ["*"] = every rule).
+# It covers the deny entries whose rule id matches one of its `rules` globs (default ["*"] = every rule), except
+# the client identity rules (client.*).
 # When several exceptions cover an entry, the first one in config order is named in the message.
 package portcullis
 
@@ -41,8 +42,10 @@ active_exceptions contains i if {
 
 exception_for(rule) := min({i | some i in active_exceptions; glob_any(object.get(exceptions[i], "rules", ["*"]), rule)})
 
+# Client identity rules (client.*) are access control: no exception relaxes them.
 excepted contains v if {
 	some v in violations
+	not startswith(v.rule, "client.")
 	exception_for(v.rule)
 }
 

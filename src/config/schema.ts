@@ -3,6 +3,7 @@
  * the file name. Defaults live here, so the rest of the code reads a fully populated, typed object.
  */
 import { z } from 'zod';
+import { authSchema, quotasSchema } from '../auth/config.js';
 import { scanSchema } from '../scan/config.js';
 import { signaturesSchema } from '../verify/config.js';
 import { addressOrHost, httpUrl } from './url.js';
@@ -72,6 +73,22 @@ const upstream = z
       .object({ allow: z.array(addressOrHost).default([]) })
       .strict()
       .default({ allow: [] }),
+    /**
+     * A kubelet credential provider plugin (exec API credentialprovider.kubelet.k8s.io/v1) that supplies short-lived
+     * credentials for this upstream (ECR, Artifact Registry, ACR); instead of `credentials`.
+     */
+    credentialProvider: z
+      .object({
+        command: z.string().min(1),
+        args: z.array(z.string()).default([]),
+        env: z.record(z.string(), z.string()).default({}),
+        /** The image named in the request; default `<registry>/portcullis`. */
+        image: z.string().min(1).optional(),
+        defaultCacheDuration: duration.default(300_000),
+        timeout: duration.default(10_000),
+      })
+      .strict()
+      .optional(),
     /** PEM CA bundle to trust for this upstream, for private registries. */
     ca: z.string().optional(),
     /** Only for tests and labs: skip TLS verification. */
@@ -95,10 +112,18 @@ const upstream = z
     /** Docker Hub's rule: single-component names live under library/. */
     libraryPrefix: z.boolean().optional(),
   })
-  .strict();
+  .strict()
+  .refine((u) => !(u.credentials && u.credentialProvider), { message: 'give credentials or credentialProvider, not both', path: ['credentialProvider'] });
 
 const tls = z
-  .object({ cert: z.string(), key: z.string(), clientCA: z.string().optional() })
+  .object({
+    cert: z.string(),
+    key: z.string(),
+    /** PEM CA bundle for client certificates: a verified certificate names the client (src/auth/mtls.ts). */
+    clientCA: z.string().optional(),
+    /** require: no trusted certificate, no connection; optional: clients without one may use other methods. */
+    clientAuth: z.enum(['require', 'optional']).default('require'),
+  })
   .strict();
 
 const cache = z
@@ -126,6 +151,20 @@ export const configSchema = z
       .regex(/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/, 'expected host:port')
       .default('127.0.0.1:5000'),
     tls: tls.optional(),
+    /** Client authentication of the registry listener (src/auth/config.ts); absent: anonymous. */
+    auth: authSchema.optional(),
+    /** Token buckets on upstream-costly work per identity and per address (src/auth/config.ts). */
+    quotas: quotasSchema.optional(),
+    /**
+     * A separate plain-HTTP listener for /metrics, /healthz, /readyz and the /api/ endpoints; the registry listener
+     * then serves none of /metrics and /api/. For probes and scrapes when the registry listener requires mTLS.
+     */
+    operatorListen: z
+      .string()
+      .regex(/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/, 'expected host:port')
+      .optional(),
+    /** Bearer token that /metrics requires (Prometheus `authorization.credentials_file`), wherever it is served. */
+    metricsToken: secretRef.optional(),
     dataDir: z.string().default('./data'),
     cache: cache.default({ maxSize: 20 * 1024 ** 3, tagTTL: 60_000, staleIfError: 86_400_000 }),
     limits: limits.default({ maxManifestSize: 4 * 1024 * 1024, maxHeaderSize: 16 * 1024, requestTimeout: 600_000 }),
@@ -245,6 +284,12 @@ export const configSchema = z
       if (names.has(u.name)) ctx.addIssue({ code: 'custom', path: ['upstreams', i, 'name'], message: `duplicate upstream name "${u.name}"` });
       names.add(u.name);
     });
+    const a = cfg.auth;
+    if (a && !a.anonymous && !a.htpasswd && a.oidc.length === 0 && !cfg.tls?.clientCA) {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'anonymous'], message: 'anonymous: false needs htpasswd, oidc or client certificates (tls.clientCA)' });
+    }
+    if (cfg.auth?.mtls && !cfg.tls?.clientCA) ctx.addIssue({ code: 'custom', path: ['auth', 'mtls'], message: 'client certificates need tls.clientCA' });
+    if (cfg.tls?.clientAuth === 'optional' && !cfg.tls.clientCA) ctx.addIssue({ code: 'custom', path: ['tls', 'clientAuth'], message: 'clientAuth needs tls.clientCA' });
     if (cfg.defaultUpstream !== undefined && !names.has(cfg.defaultUpstream)) {
       ctx.addIssue({ code: 'custom', path: ['defaultUpstream'], message: `no upstream named "${cfg.defaultUpstream}"` });
     }

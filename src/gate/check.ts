@@ -48,14 +48,26 @@ export function parseImageRef(ref: string): ParsedImageRef {
   return { host: undefined, name: rest, tag: digest ? tag : (tag ?? 'latest'), digest };
 }
 
-export async function checkImage(app: App, ref: string, capture: { last?: Parameters<DecisionObserver['onDecision']>[0] }): Promise<CheckReport> {
+/** Who `check` evaluates as (`--as`): anonymous unless given. */
+export interface CheckIdentity {
+  user: string | null;
+  groups: string[];
+  method: string;
+}
+
+export async function checkImage(
+  app: App,
+  ref: string,
+  capture: { last?: Parameters<DecisionObserver['onDecision']>[0] },
+  as: CheckIdentity = { user: null, groups: [], method: 'anonymous' },
+): Promise<CheckReport> {
   const p = parseImageRef(ref);
   const route = app.router.resolve(p.host ? `${p.host}/${p.name}` : p.name, undefined);
   if ('code' in route) throw new RegistryError(route.code === 'NAME_UNKNOWN' ? 404 : 400, route.code, route.message);
   const digest = p.digest ?? (await app.manifests.resolveTag(route, p.tag as string)).digest;
   if (!isDigest(digest)) throw new Error('unreachable: invalid digest');
   const manifest = await app.manifests.get(route, digest);
-  const client = { ip: 'cli', user: null, userAgent: 'portcullis-check' };
+  const client = { ip: 'cli', user: as.user, groups: as.groups, method: as.method, userAgent: 'portcullis-check' };
   // By digest, the same path as a pull: a platform manifest of an admitted index is decided as its child (with the
   // index's signatures), anything else as a root.
   const admission = p.digest

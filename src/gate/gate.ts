@@ -235,9 +235,24 @@ export class Gate {
     return this.closures.prune();
   }
 
-  private decideCached(s: Subject): Promise<Admission> {
+  /**
+   * The decision cache key. The identity is part of it: a decision for one client (policy `clients` rules) is never
+   * another's. The basis comes last (closures re-assert admissions under it).
+   */
+  private keyOf(s: Subject): string {
     const under = s.root?.manifest.digest ?? '';
-    const key = [s.route.upstream.name, s.route.repository, s.manifest?.digest ?? '', under, s.tag ?? '', s.kind, this.basis()].join('\n');
+    const who = `${s.client.method}:${s.client.user ?? ''}:${s.client.groups.join(',')}`;
+    return [s.route.upstream.name, s.route.repository, s.manifest?.digest ?? '', under, s.tag ?? '', s.kind, who, this.basis()].join('\n');
+  }
+
+  /** Would admitRoot answer from the decision cache (no evidence gathering, no upstream work)? For quotas. */
+  hasCachedDecision(req: RootRequest): boolean {
+    const hit = this.decisions.get(this.keyOf({ ...req, parent: undefined, root: undefined }));
+    return hit !== undefined && hit.expiresAt > this.now();
+  }
+
+  private decideCached(s: Subject): Promise<Admission> {
+    const key = this.keyOf(s);
     const hit = this.decisions.get(key);
     if (hit && hit.expiresAt > this.now()) {
       for (const o of this.observers) {

@@ -14,6 +14,10 @@ import type { Admission, PlatformInfo, PolicyInput, PolicyResult, ScanEvidence, 
 export interface Client {
   ip: string;
   user: string | null;
+  /** The groups the authenticated identity belongs to (empty for anonymous clients). */
+  groups: string[];
+  /** How the client authenticated: basic, token, mtls, oidc, anonymous. */
+  method: string;
   userAgent: string | null;
 }
 
@@ -47,7 +51,7 @@ export function buildInput(s: Subject, ev: Evidence, now: number): PolicyInput {
     request: {
       kind: s.kind,
       method: s.method,
-      client: { ip: s.client.ip, user: s.client.user, user_agent: s.client.userAgent },
+      client: { ip: s.client.ip, user: s.client.user, groups: s.client.groups, method: s.client.method, user_agent: s.client.userAgent },
       routing: route.routing,
     },
     image: {

@@ -15,7 +15,8 @@ export interface PolicyInput {
      */
     kind: 'manifest' | 'accessory' | 'tags' | 'referrers';
     method: 'GET' | 'HEAD';
-    client: { ip: string; user: string | null; user_agent: string | null };
+    /** `method`: basic, token, mtls, oidc or anonymous (src/auth); `groups` sorted. */
+    client: { ip: string; user: string | null; groups: string[]; method: string; user_agent: string | null };
     routing: 'ns' | 'prefix' | 'default';
   };
   image: {

@@ -228,6 +228,25 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly clientAuth = new Counter({
+    name: 'portcullis_client_auth_total',
+    help: 'Client authentications by method (basic, token, mtls, oidc, anonymous) and result (ok or a failure code such as BAD_CREDENTIALS)',
+    labelNames: ['method', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly quotaRejections = new Counter({
+    name: 'portcullis_quota_rejections_total',
+    help: 'Requests refused with 429 by a quota, by identity class (the auth method, never the user), quota kind and key (identity or address)',
+    labelNames: ['class', 'kind', 'key'] as const,
+    registers: [this.registry],
+  });
+  readonly quotaTaken = new Counter({
+    name: 'portcullis_quota_taken_total',
+    help: 'Upstream-costly requests that took a quota token, by identity class and quota kind',
+    labelNames: ['class', 'kind'] as const,
+    registers: [this.registry],
+  });
+
   private downloads: { active: () => number; unwrittenBytes: () => number } = { active: () => 0, unwrittenBytes: () => 0 };
   readonly downloadsInflight = new Gauge({
     name: 'portcullis_blob_downloads_inflight',

@@ -90,7 +90,7 @@ async function evaluateOne(t: ReevalTarget, r: { upstream: string; repository: s
       tag: r.tag,
       manifest,
       kind: 'manifest',
-      client: { ip: 'reevaluate', user: null, userAgent: 'portcullis-report' },
+      client: { ip: 'reevaluate', user: null, groups: [], method: 'anonymous', userAgent: 'portcullis-report' },
     });
     const s = input.scan;
     return {

@@ -9,6 +9,9 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pino, type Logger } from 'pino';
+import type { ClientAuth } from '../auth/client-auth.js';
+import { Quotas } from '../auth/quota.js';
+import { LOG_REDACT } from '../auth/redact.js';
 import { BlobStore } from '../cache/blobstore.js';
 import { unwrittenDownloadBytes } from '../cache/download.js';
 import { DownloadManager } from '../cache/download-manager.js';
@@ -25,8 +28,10 @@ import { ReferrersService } from '../proxy/referrers.js';
 import { TagService } from '../proxy/tags.js';
 import { Router } from '../routing/route.js';
 import { UpstreamClient } from '../upstream/client.js';
+import { readSecret } from '../config/load.js';
+import { identify, metricsAllowed, serveToken } from './client-identity.js';
 import { errors, RegistryError } from './errors.js';
-import { RegistryHandlers } from './handlers.js';
+import { RegistryHandlers, type WarmCheck } from './handlers.js';
 import { parseEndpoint, type Endpoint } from './paths.js';
 import { sendError, sendJson } from './respond.js';
 
@@ -46,8 +51,13 @@ export interface AppOptions {
   observers?: DecisionObserver[];
   /** Extra readiness checks (policy loaded, …); all must pass for /readyz. */
   readiness?: Array<() => string | undefined>;
+  /** Client authentication of the registry listener (src/auth); absent: every client is anonymous. */
+  auth?: ClientAuth;
   now?: () => number;
 }
+
+/** Which listener a request came in on: the registry API, or the operator surface (`operatorListen`). */
+type Surface = 'registry' | 'operator';
 
 export class App {
   readonly metrics: Metrics;
@@ -64,6 +74,8 @@ export class App {
   private readonly api: ApiHandler[];
   private server: Server | undefined;
   private readonly pruner: NodeJS.Timeout;
+  private operatorServer: Server | undefined;
+  private readonly metricsToken: string | undefined;
   private shuttingDown = false;
   /** Responses still being written, so that a graceful shutdown can let them finish (see close()). */
   private readonly inflight = new Set<ServerResponse>();
@@ -72,7 +84,8 @@ export class App {
   constructor(private readonly opts: AppOptions) {
     const { config } = opts;
     this.metrics = opts.metrics ?? new Metrics();
-    this.log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' } });
+    this.log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' }, redact: LOG_REDACT });
+    this.metricsToken = config.metricsToken ? readSecret(config.metricsToken) : undefined;
     this.meta = new MetaStore(config.dataDir);
     this.blobStore = new BlobStore(config.dataDir, config.cache.maxSize, {
       onEvict: () => this.metrics.cacheEvictions.inc(),
@@ -85,7 +98,10 @@ export class App {
     this.metrics.cacheEntries.set(this.blobStore.entries);
     this.downloads = new DownloadManager(this.blobStore);
     const router = (this.router = new Router(config));
-    for (const u of config.upstreams) this.clients.set(u.name, new UpstreamClient(u, { metrics: this.metrics, log: this.log }));
+    for (const u of config.upstreams) {
+      const onCredentialError = (message: string): void => this.log.warn({ upstream: u.name, err: message }, 'credential provider failed');
+      this.clients.set(u.name, new UpstreamClient(u, { metrics: this.metrics, log: this.log, onCredentialError, ...(opts.now ? { now: opts.now } : {}) }));
+    }
     const clientFor = (name: string): UpstreamClient => {
       const c = this.clients.get(name);
       if (!c) throw new Error(`no client for upstream ${name}`);
@@ -119,6 +135,9 @@ export class App {
       referrers: new ReferrersService(clientFor, manifests),
       gate: this.gate,
       metrics: this.metrics,
+      identityChecks: opts.auth?.hasMethods ?? false,
+      ...(opts.auth?.hasMethods ? { challenge: (req: IncomingMessage, repository: string) => opts.auth!.challenge(req, repository) } : {}),
+      ...(config.quotas ? { quotas: new Quotas(config.quotas, this.metrics, opts.now), warm: this.warmCheck() } : {}),
     });
     this.metrics.trackDownloads({ active: () => this.downloads.active, unwrittenBytes: unwrittenDownloadBytes });
     // Expired admissions and closure members leave meta.sqlite a bounded batch at a time.
@@ -132,18 +151,35 @@ export class App {
     this.pruner.unref();
   }
 
+  /** What the cache already holds, for quotas (only consulted when a quota applies). */
+  private warmCheck(): WarmCheck {
+    const { config } = this.opts;
+    const now = this.opts.now ?? Date.now;
+    return {
+      tag: (route, tag) => {
+        const t = this.meta.getTag(route.upstream.name, route.repository, tag);
+        return t !== undefined && now() - t.checkedAt < config.cache.tagTTL;
+      },
+      manifest: (route, digest) => this.meta.getManifest(route.upstream.name, route.repository, digest) !== undefined,
+      // A download in progress is joined, not repeated: it costs the upstream nothing more.
+      blob: (digest) => this.blobStore.has(digest) || this.downloads.get(digest) !== undefined,
+    };
+  }
+
   /** Starts listening; resolves with the bound address (port 0 picks a free one). */
   async listen(listen = this.opts.config.listen): Promise<AddressInfo> {
     const { config } = this.opts;
     const serverOpts = { maxHeaderSize: config.limits.maxHeaderSize, requestTimeout: config.limits.requestTimeout, headersTimeout: 30_000, keepAliveTimeout: 65_000 };
-    const handler = (req: IncomingMessage, res: ServerResponse): void => void this.onRequest(req, res);
+    const handler = (req: IncomingMessage, res: ServerResponse): void => void this.onRequest(req, res, 'registry');
     this.server = config.tls
       ? createHttpsServer(
           {
             ...serverOpts,
             cert: readFileSync(config.tls.cert),
             key: readFileSync(config.tls.key),
-            ...(config.tls.clientCA ? { ca: readFileSync(config.tls.clientCA), requestCert: true, rejectUnauthorized: true } : {}),
+            // `optional`: the handshake completes without a trusted certificate; src/auth then refuses an untrusted one
+            // and lets a client without one use another method.
+            ...(config.tls.clientCA ? { ca: readFileSync(config.tls.clientCA), requestCert: true, rejectUnauthorized: config.tls.clientAuth === 'require' } : {}),
           },
           handler,
         )
@@ -157,11 +193,30 @@ export class App {
       this.server!.listen({ port, host, reusePort: config.reusePort }, () => resolve());
     });
     const addr = this.server.address() as AddressInfo;
+    if (config.operatorListen) await this.listenOperator(config.operatorListen, serverOpts);
     this.log.info({ address: addr.address, port: addr.port, tls: Boolean(config.tls), upstreams: config.upstreams.map((u) => u.name) }, 'listening');
     return addr;
   }
 
-  private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /** The operator surface: plain HTTP, health, metrics and the /api/ endpoints only. */
+  private async listenOperator(listen: string, serverOpts: object): Promise<void> {
+    const server = (this.operatorServer = createHttpServer(serverOpts, (req, res) => void this.onRequest(req, res, 'operator')));
+    server.on('clientError', (err: NodeJS.ErrnoException, socket) => this.onClientError(err, socket));
+    const idx = listen.lastIndexOf(':');
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(Number(listen.slice(idx + 1)), listen.slice(0, idx).replace(/^\[|\]$/g, ''), () => resolve());
+    });
+    const addr = server.address() as AddressInfo;
+    this.log.info({ address: addr.address, port: addr.port }, 'operator listener');
+  }
+
+  /** The operator listener's bound address, when `operatorListen` is set. */
+  get operatorAddress(): AddressInfo | undefined {
+    return this.operatorServer?.address() as AddressInfo | undefined;
+  }
+
+  private async onRequest(req: IncomingMessage, res: ServerResponse, surface: Surface): Promise<void> {
     const started = performance.now();
     const rid = typeof req.headers['x-request-id'] === 'string' && /^[\w.-]{1,64}$/.test(req.headers['x-request-id']) ? req.headers['x-request-id'] : randomUUID();
     res.setHeader('x-request-id', rid);
@@ -193,11 +248,17 @@ export class App {
     try {
       if (pathname === '/healthz') return sendJson(res, 200, { status: 'ok' });
       if (pathname === '/readyz') return this.readyz(res);
+      // With a separate operator listener, the registry listener serves neither metrics nor the /api/ endpoints, and
+      // the operator listener serves nothing else.
+      const operatorOnly = pathname === '/metrics' || pathname.startsWith('/api/');
+      if (this.opts.config.operatorListen && operatorOnly !== (surface === 'operator')) throw errors.notFound(`no such endpoint: ${pathname.slice(0, 200)}`);
       if (pathname === '/metrics') {
+        if (!metricsAllowed(this.metricsToken, req)) throw errors.unauthorized('metrics need the configured bearer token', 'Bearer realm="portcullis-metrics"');
         const body = await this.metrics.registry.metrics();
         return sendJson(res, 200, body, method === 'HEAD', this.metrics.registry.contentType);
       }
       for (const h of this.api) if (await h.handle(req, res, url)) return;
+      if (this.opts.auth?.isTokenRequest(pathname)) return await serveToken(this.opts.auth, req, res, url);
       const ep: Endpoint | undefined = pathname.startsWith('/v2') ? parseEndpoint(pathname) : undefined;
       if (!ep) throw errors.notFound(`no such endpoint: ${pathname.slice(0, 200)}`);
       kind = ep.kind;
@@ -208,8 +269,9 @@ export class App {
         throw errors.unsupported(`${method} is not supported: this is a read-only pull-through proxy`);
       }
       if (ep.kind === 'upload') throw errors.unsupported('pushes are not supported: this is a read-only pull-through proxy');
+      const identity = await identify(this.opts.auth, req, ep);
       if (this.shuttingDown) res.setHeader('connection', 'close');
-      await this.handlers.handle({ req, res, url, method, clientIp: req.socket.remoteAddress ?? '' }, ep);
+      await this.handlers.handle({ req, res, url, method, clientIp: req.socket.remoteAddress ?? '', identity }, ep);
     } catch (e) {
       // An unexpected error's message can name the server's files (ENOENT, EACCES …): the client gets the request id,
       // the log gets the message.
@@ -255,6 +317,9 @@ export class App {
     this.shuttingDown = true;
     const server = this.server;
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
+    const operator = this.operatorServer;
+    const operatorClosed = operator ? new Promise<void>((r) => operator.close(() => r())) : Promise.resolve();
+    operator?.closeAllConnections();
     server?.closeIdleConnections();
     const deadline = Date.now() + graceMs;
     await this.downloads.drain(graceMs);
@@ -276,6 +341,8 @@ export class App {
     server?.closeAllConnections();
     await closed;
     clearInterval(this.pruner);
+    await operatorClosed;
+    await this.opts.auth?.close();
     await Promise.all([...this.clients.values()].map((c) => c.destroy()));
     this.signatures?.close?.();
     this.meta.close();

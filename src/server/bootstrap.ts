@@ -5,6 +5,9 @@
  */
 import { resolve } from 'node:path';
 import { pino, type Logger } from 'pino';
+import { ClientAuth } from '../auth/client-auth.js';
+import { authSchema } from '../auth/config.js';
+import { LOG_REDACT } from '../auth/redact.js';
 import type { Config } from '../config/schema.js';
 import { onSecretError } from '../config/load.js';
 import { DecisionLog, DecisionMetrics } from '../gate/decision-log.js';
@@ -32,8 +35,20 @@ export function policySource(config: Config): PolicySource {
   return { kind: 'file', path: resolve(p.bundleFile ?? DEFAULT_BUNDLE), ...rules };
 }
 
+/** Client authentication when the config asks for it (an `auth` section, or client certificates on the listener). */
+async function buildClientAuth(config: Config, metrics: Metrics, log: Logger, now?: () => number): Promise<ClientAuth | undefined> {
+  if (!config.auth && !config.tls?.clientCA) return undefined;
+  const auth = await ClientAuth.create(config.auth ?? authSchema.parse({}), {
+    clientCertificates: Boolean(config.tls?.clientCA),
+    onOutcome: (method, o) => metrics.clientAuth.inc({ method: o.ok ? o.identity.method : method, result: o.ok ? 'ok' : o.code }),
+    ...(now ? { now } : {}),
+  });
+  if (auth.skippedUsers.length) log.warn({ users: auth.skippedUsers.slice(0, 20) }, 'htpasswd entries that are not bcrypt were ignored');
+  return auth;
+}
+
 export async function buildProxy(config: Config, opts: { logger?: Logger; extraObservers?: DecisionObserver[]; now?: () => number } = {}): Promise<Proxy> {
-  const log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' } });
+  const log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' }, redact: LOG_REDACT });
   const metrics = new Metrics();
   // The app exists only after the first policy loads; a later swap tells its gate (admissions re-decide on use).
   let built: App | undefined;
@@ -42,6 +57,7 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
   // Unreadable secrets: the errors say nothing (they reach clients), the log says which file and why.
   const stopSecretLog = onSecretError((detail) => log.warn({ detail }, 'a configured secret cannot be read'));
   const decisionLog = new DecisionLog(config.decisionLog, metrics, log, undefined, { dataDir: config.dataDir });
+  const auth = await buildClientAuth(config, metrics, log, opts.now);
   // The scan provider and its report/admin API share one service; re-evaluation needs the app once it exists.
   const scan = scanCapability({ ...(opts.now ? { now: opts.now } : {}), target: () => built });
   const app = new App({
@@ -55,6 +71,7 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
     signatures: createSignatureProvider,
     scan: scan.provider,
     api: scan.api,
+    ...(auth ? { auth } : {}),
     ...(opts.now ? { now: opts.now } : {}),
   });
   built = app;

@@ -43,6 +43,12 @@ export class RegistryError extends Error {
   }
 }
 
+/** An authentication failure as the client sees it: 429 when it was throttled, else 401 with the challenge. */
+export function authError(outcome: { code: string; message: string; retryAfterSeconds?: number }, challenge: string): RegistryError {
+  if (outcome.code === 'RATE_LIMITED' || outcome.code === 'BUSY') return errors.tooManyRequests(outcome.message, String(outcome.retryAfterSeconds ?? 1));
+  return errors.unauthorized(outcome.message, challenge);
+}
+
 export const errors = {
   nameInvalid: (msg: string) => new RegistryError(400, 'NAME_INVALID', msg),
   nameUnknown: (msg: string) => new RegistryError(404, 'NAME_UNKNOWN', msg),
@@ -58,6 +64,8 @@ export const errors = {
     new RegistryError(416, 'RANGE_INVALID', msg, undefined, { 'content-range': `bytes */${size}` }),
   /** The upstream failed or could not be reached and no usable cached copy exists. */
   upstream: (msg: string, status = 502) => new RegistryError(status, status === 503 ? 'UNAVAILABLE' : 'UPSTREAM_ERROR', msg),
+  /** A failed or missing login: 401 with the challenge that tells the client how to authenticate. */
+  unauthorized: (msg: string, challenge: string) => new RegistryError(401, 'UNAUTHORIZED', msg, undefined, { 'www-authenticate': challenge }),
   /** `why` becomes the status line's reason phrase too: see {@link denialStatusText}. */
   denied: (msg: string, why: { rule: string; reason: string; decisionId?: string }, detail?: unknown, headers?: Record<string, string>) =>
     new RegistryError(403, 'DENIED', msg, detail, headers, denialStatusText(why.rule, why.reason, why.decisionId)),

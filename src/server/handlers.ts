@@ -4,6 +4,8 @@
  * nothing by digest is served outside an admitted closure.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Identity } from '../auth/authenticator.js';
+import type { QuotaKind, Quotas } from '../auth/quota.js';
 import type { Gate } from '../gate/gate.js';
 import type { Admission } from '../gate/types.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -14,7 +16,7 @@ import type { ReferrersService } from '../proxy/referrers.js';
 import type { TagService } from '../proxy/tags.js';
 import { isDigest, looksLikeDigest, parseReference, type Digest } from '../routing/reference.js';
 import type { Route, Router } from '../routing/route.js';
-import { isAccessory } from '../verify/accessory.js';
+import { isAccessory, isRunnable } from '../verify/accessory.js';
 import { errors, printableAscii, RegistryError } from './errors.js';
 import type { Endpoint } from './paths.js';
 import { parseRange, sendJson } from './respond.js';
@@ -27,6 +29,26 @@ export interface HandlerDeps {
   referrers: ReferrersService;
   gate: Gate;
   metrics: Metrics;
+  /**
+   * Clients authenticate on this listener: a blob or child manifest is then served only to an identity the policy
+   * admits for its root, not to anyone once another identity admitted it.
+   */
+  identityChecks?: boolean;
+  /**
+   * The 401 challenge for a repository. An anonymous client that the policy's client rules refuse gets it instead
+   * of the 403: clients send credentials (a kubelet's imagePullSecrets among them) only after a 401.
+   */
+  challenge?: (req: IncomingMessage, repository: string) => string;
+  /** Token buckets on upstream-costly requests (src/auth/quota.ts), and how to tell a cold request from a warm one. */
+  quotas?: Quotas;
+  warm?: WarmCheck;
+}
+
+/** Is this already in the cache (serving it costs the upstream nothing)? */
+export interface WarmCheck {
+  tag(route: Route, tag: string): boolean;
+  manifest(route: Route, digest: Digest): boolean;
+  blob(digest: Digest): boolean;
 }
 
 export interface RequestContext {
@@ -35,6 +57,8 @@ export interface RequestContext {
   url: URL;
   method: 'GET' | 'HEAD';
   clientIp: string;
+  /** Who is asking (src/auth): every endpoint that returns upstream data decides with it. */
+  identity: Identity;
 }
 
 export class RegistryHandlers {
@@ -77,15 +101,17 @@ export class RegistryHandlers {
     }
     let manifest: Manifest;
     if (ref.kind === 'tag') {
+      this.quota(ctx, 'coldManifests', (w) => !w.tag(route, ref.tag));
       const resolved = await this.d.manifests.resolveTag(route, ref.tag);
       manifest = await this.d.manifests.get(route, resolved.digest);
       if (resolved.stale) addWarning(ctx.res, 'served from cache: upstream unreachable');
       await this.admit(ctx, route, manifest, ref.tag);
     } else {
+      this.quota(ctx, 'coldManifests', (w) => !w.manifest(route, ref.digest));
       manifest = await this.d.manifests.get(route, ref.digest);
       // A child of an admitted index is decided on its own evidence (its index's signatures included); anything
       // else by digest is a root of its own (src/gate/closures.ts).
-      this.applyAdmission(ctx, refOf(route, manifest.digest), await this.d.gate.admitByDigest({ route, method: ctx.method, client: this.client(ctx), manifest }));
+      this.applyAdmission(ctx, refOf(route, manifest.digest), await this.d.gate.admitByDigest({ route, method: ctx.method, client: clientOf(ctx), manifest }));
     }
     const res = ctx.res;
     if (!accepts(ctx.req.headers.accept, manifest.mediaType)) {
@@ -105,18 +131,21 @@ export class RegistryHandlers {
    * schema, manifests with a `subject` or a signature artifact type) are a separate kind of request, but only when
    * nothing in them can run (src/verify/accessory.ts).
    */
-  private async admit(ctx: RequestContext, route: Route, manifest: Manifest, tag: string | null): Promise<Admission> {
-    const kind = isAccessory(manifest.parsed, tag) ? 'accessory' : 'manifest';
-    const admission = await this.d.gate.admitRoot({ route, method: ctx.method, tag, manifest, kind, client: this.client(ctx) });
+  private async admit(ctx: RequestContext, route: Route, manifest: Manifest, tag: string | null, kindOf = isAccessory): Promise<Admission> {
+    const kind = kindOf(manifest.parsed, tag) ? 'accessory' : 'manifest';
+    const request = { route, method: ctx.method, tag, manifest, kind, client: clientOf(ctx) } as const;
+    this.quota(ctx, 'decisions', () => !this.d.gate.hasCachedDecision(request));
+    const admission = await this.d.gate.admitRoot(request);
     return this.applyAdmission(ctx, refOf(route, manifest.digest), admission);
-  }
-
-  private client(ctx: RequestContext): { ip: string; user: string | null; userAgent: string | null } {
-    return { ip: ctx.clientIp, user: null, userAgent: ctx.req.headers['user-agent'] ?? null };
   }
 
   /** Throws the 403 for an enforced deny (naming `ref`); sets the decision headers and warnings otherwise. */
   private applyAdmission(ctx: RequestContext, ref: string, admission: Admission): Admission {
+    // An anonymous client that the policy's client rules refuse gets a 401 challenge instead of the 403: clients
+    // send credentials (a kubelet's imagePullSecrets among them) only after a 401.
+    if (!admission.serve && this.d.challenge && ctx.identity.method === 'anonymous' && admission.violations.some((v) => v.rule.startsWith('client.'))) {
+      throw errors.unauthorized(`authentication required to pull ${ref.slice(0, ref.lastIndexOf('@'))}`, this.d.challenge(ctx.req, nameInPath(ctx.url)));
+    }
     const res = ctx.res;
     if (admission.decisionId) res.setHeader('portcullis-decision-id', admission.decisionId);
     if (!admission.serve) {
@@ -145,10 +174,32 @@ export class RegistryHandlers {
     return admission;
   }
 
+  /**
+   * A closure is shared by every client, but a decision is per identity: before serving a member of a closure to an
+   * authenticated listener's client, the root is decided (from the decision cache, normally) for this identity.
+   */
+  private async identityMayUse(ctx: RequestContext, route: Route, root: Digest): Promise<void> {
+    if (!this.d.identityChecks) return;
+    const rootManifest = await this.d.manifests.get(route, root);
+    // The root itself was admitted already (that is how the closure exists); what is asked here is whether this
+    // identity may have it. A root that cannot run (a signature asked for by its tag) keeps its accessory kind.
+    await this.admit(ctx, route, rootManifest, null, (m) => !isRunnable(m));
+  }
+
+  /** A 429 TOOMANYREQUESTS when a quota of `kind` applies, the request is cold, and its bucket is empty. */
+  private quota(ctx: RequestContext, kind: QuotaKind, cold: (w: WarmCheck) => boolean): void {
+    const { quotas, warm } = this.d;
+    if (!quotas || !warm || !quotas.limits(kind) || !cold(warm)) return;
+    const r = quotas.take(kind, ctx.identity, ctx.clientIp);
+    if (!r.ok) {
+      throw errors.tooManyRequests(`portcullis: quota for ${kind} per ${r.scope} exceeded; retry in ${r.retryAfterSeconds}s (cached images are not limited)`, String(r.retryAfterSeconds));
+    }
+  }
+
   private async blob(ctx: RequestContext, route: Route, digestStr: string): Promise<void> {
     if (!isDigest(digestStr)) throw errors.digestInvalid(`invalid or unsupported digest "${digestStr.slice(0, 80)}"`);
     const digest: Digest = digestStr;
-    const verdict = await this.d.gate.admitBlob({ route, method: ctx.method, client: this.client(ctx), digest });
+    const verdict = await this.d.gate.admitBlob({ route, method: ctx.method, client: clientOf(ctx), digest });
     if (!verdict.serve) {
       const ref = refOf(route, digest);
       const d = verdict.denial;
@@ -170,6 +221,7 @@ export class RegistryHandlers {
         { 'portcullis-reason': 'not part of an admitted image' },
       );
     }
+    await this.identityMayUse(ctx, route, verdict.root);
     const res = ctx.res;
     if (ctx.method === 'HEAD') {
       const size = await this.d.blobs.size(route, digest);
@@ -181,6 +233,7 @@ export class RegistryHandlers {
       res.end();
       return;
     }
+    this.quota(ctx, 'coldBlobs', (w) => !w.blob(digest));
     const blob = await this.d.blobs.open(route, digest);
     const range = parseRange(ctx.req.headers.range, blob.size);
     if (range.kind === 'unsatisfiable') {
@@ -208,7 +261,7 @@ export class RegistryHandlers {
 
   private async tagList(ctx: RequestContext, route: Route, clientName: string): Promise<void> {
     // Repository-level rules before anything is fetched: a repository the policy does not allow is not listed.
-    this.applyAdmission(ctx, `${route.registry}/${route.repository} (tag list)`, await this.d.gate.admitRepository({ route, method: ctx.method, client: this.client(ctx), kind: 'tags' }));
+    this.applyAdmission(ctx, `${route.registry}/${route.repository} (tag list)`, await this.d.gate.admitRepository({ route, method: ctx.method, client: clientOf(ctx), kind: 'tags' }));
     const nRaw = ctx.url.searchParams.get('n');
     const last = ctx.url.searchParams.get('last') ?? undefined;
     let n: number | undefined;
@@ -228,7 +281,7 @@ export class RegistryHandlers {
 
   private async referrerList(ctx: RequestContext, route: Route, digest: string): Promise<void> {
     if (!isDigest(digest)) throw errors.digestInvalid(`invalid or unsupported digest "${digest.slice(0, 80)}"`);
-    this.applyAdmission(ctx, `${route.registry}/${route.repository} (referrers of ${digest})`, await this.d.gate.admitRepository({ route, method: ctx.method, client: this.client(ctx), kind: 'referrers' }));
+    this.applyAdmission(ctx, `${route.registry}/${route.repository} (referrers of ${digest})`, await this.d.gate.admitRepository({ route, method: ctx.method, client: clientOf(ctx), kind: 'referrers' }));
     const artifactType = ctx.url.searchParams.get('artifactType') ?? undefined;
     const r = await this.d.referrers.list(route, digest, artifactType);
     if (r.filtersApplied) ctx.res.setHeader('oci-filters-applied', 'artifactType');
@@ -238,6 +291,16 @@ export class RegistryHandlers {
 
 function refOf(route: Route, digest: string): string {
   return `${route.registry}/${route.repository}@${digest}`;
+}
+
+/** The repository name as the client wrote it in the path (what a token's scope names). */
+function nameInPath(url: URL): string {
+  const m = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\//.exec(url.pathname);
+  return m ? m[1]! : '';
+}
+
+function clientOf(ctx: RequestContext): { ip: string; user: string | null; groups: string[]; method: string; userAgent: string | null } {
+  return { ip: ctx.clientIp, user: ctx.identity.user, groups: ctx.identity.groups, method: ctx.identity.method, userAgent: ctx.req.headers['user-agent'] ?? null };
 }
 
 function oneLine(s: string, max: number): string {

@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import { Agent, buildConnector, EnvHttpProxyAgent, ProxyAgent, request, type Dispatcher } from 'undici';
 import type { UpstreamConfig } from '../config/schema.js';
 import { readSecret } from '../config/load.js';
+import { CredentialProvider } from './credential-provider.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { upstreamWaitBegin } from '../metrics/upstream-wait.js';
 import { Semaphore } from '../util/semaphore.js';
@@ -68,6 +69,10 @@ export interface UpstreamClientOptions {
   log?: Logger;
   /** The resolver behind the egress check (egress.ts); tests inject one, dns.lookup otherwise. */
   lookup?: LookupFunction;
+  /** Clock for credential expiry (credentialProvider). */
+  now?: () => number;
+  /** A credential plugin run failed (logged by the caller). */
+  onCredentialError?: (message: string) => void;
 }
 
 export class UpstreamClient {
@@ -80,6 +85,8 @@ export class UpstreamClient {
   private readonly sockets: SocketPool;
   private readonly limiter: Semaphore;
   private readonly auth: Authenticator;
+  /** Short-lived credentials from a kubelet credential provider plugin, when configured. */
+  readonly provider: CredentialProvider | undefined;
   private readonly backoffMs: number;
   private readonly sleep: (ms: number) => Promise<void>;
   /** Which addresses this upstream's connections (redirect targets, token realms) may reach. */
@@ -125,6 +132,20 @@ export class UpstreamClient {
     this.limiter = new Semaphore(config.concurrency);
     this.backoffMs = opts.backoffMs ?? 200;
     this.sleep = opts.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
+    const cp = config.credentialProvider;
+    this.provider = cp
+      ? new CredentialProvider({
+          command: cp.command,
+          args: cp.args,
+          env: cp.env,
+          image: cp.image ?? `${config.registry}/portcullis`,
+          registry: config.registry,
+          defaultCacheDuration: cp.defaultCacheDuration,
+          timeout: cp.timeout,
+          ...(opts.now ? { now: opts.now } : {}),
+          ...(opts.onCredentialError ? { onError: opts.onCredentialError } : {}),
+        })
+      : undefined;
     this.auth = new Authenticator(
       this.baseUrl,
       () => this.credentials(),
@@ -160,6 +181,7 @@ export class UpstreamClient {
   }
 
   private credentials(): Credentials | undefined {
+    if (this.provider) return this.provider.current();
     const c = this.config.credentials;
     if (!c) return undefined;
     const username = c.username ?? readSecret(c.usernameFrom!);
@@ -172,6 +194,8 @@ export class UpstreamClient {
    */
   async send(req: UpstreamRequest): Promise<UpstreamResponse> {
     // Counted against a decision's upstream wait when sent while gathering evidence (metrics/upstream-wait.ts).
+    // The first request waits for the credential plugin's first answer (later refreshes run in the background).
+    await this.provider?.ready();
     const endWait = upstreamWaitBegin();
     let release: () => void;
     try {

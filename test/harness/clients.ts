@@ -429,6 +429,18 @@ export async function podmanPull(ref: string, opts: PodmanPullOptions = {}): Pro
   }
 }
 
+/** `podman login` to a loopback registry (plain http) into its own auth file, with a private store. */
+export async function podmanLogin(host: string, user: string, password: string, authFile: string, timeoutMs?: number): Promise<ToolResult> {
+  requireTool('podman');
+  const dir = await shortTempDir('pcp-');
+  try {
+    const args = [...podmanGlobalArgs(dir, 'vfs'), 'login', '--tls-verify=false', '--authfile', authFile, '-u', user, '-p', password, host];
+    return await runTool('podman', args, { timeoutMs, env: await podmanEnv(dir, undefined) });
+  } finally {
+    await rm(dir, { recursive: true, force: true, maxRetries: 3 });
+  }
+}
+
 /** Whether `podman info` runs with the private-store flags; includes the reason when it does not. */
 export async function podmanProbe(): Promise<{ ok: boolean; detail: string }> {
   if (!hasTool('podman')) return { ok: false, detail: new ToolMissingError('podman').message };

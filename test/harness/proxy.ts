@@ -5,7 +5,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import type { DecisionObserver } from '../../src/gate/gate.js';
@@ -30,6 +30,8 @@ export interface StartProxyOptions {
   dataDir?: string;
   observers?: DecisionObserver[];
   now?: () => number;
+  /** A logger of the test's own (to read what the proxy logs); default: pino at PORTCULLIS_TEST_LOG or silent. */
+  logger?: Logger;
 }
 
 export interface RunningProxy {
@@ -65,7 +67,7 @@ export async function startProxy(opts: StartProxyOptions): Promise<RunningProxy>
     },
   };
   const config = parseConfig(JSON.stringify(doc), 'test-config.yaml', {});
-  const logger = pino({ level: config.log.level });
+  const logger = opts.logger ?? pino({ level: config.log.level });
   const proxy = await buildProxy(config, { logger, extraObservers: opts.observers ?? [], ...(opts.now ? { now: opts.now } : {}) });
   const addr = await proxy.app.listen();
   const host = `127.0.0.1:${addr.port}`;

@@ -25,7 +25,7 @@ function route(name: string): Route {
 }
 const R = route('library/app');
 const d = (c: string) => `sha256:${c.repeat(64)}` as Digest;
-const CLIENT = { ip: '10.0.0.1', user: null, userAgent: 'containerd/2' };
+const CLIENT = { ip: '10.0.0.1', user: null, groups: [], method: 'anonymous', userAgent: 'containerd/2' };
 const LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar';
 
 const known = new Map<string, Manifest>();

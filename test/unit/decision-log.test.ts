@@ -28,7 +28,7 @@ function input(i = 0): PolicyInput {
   return {
     version: 1,
     now: '2026-06-01T00:00:00Z',
-    request: { kind: 'manifest', method: 'GET', client: { ip: `10.0.0.${i}`, user: 'alice', user_agent: 'docker/29' }, routing: 'default' },
+    request: { kind: 'manifest', method: 'GET', client: { ip: `10.0.0.${i}`, user: 'alice', groups: [], method: 'basic', user_agent: 'docker/29' }, routing: 'default' },
     image: {
       registry: 'docker.io',
       repository: 'library/nginx',

@@ -91,13 +91,13 @@ beforeEach(() => {
 afterEach(() => meta.close());
 
 function req(r: Route, manifest: Manifest, extra: Partial<RootRequest> = {}): RootRequest {
-  return { route: r, method: 'GET', tag: 'latest', manifest, kind: 'manifest', client: { ip: '10.0.0.1', user: null, userAgent: 'containerd/2' }, ...extra };
+  return { route: r, method: 'GET', tag: 'latest', manifest, kind: 'manifest', client: { ip: '10.0.0.1', user: null, groups: [], method: 'anonymous', userAgent: 'containerd/2' }, ...extra };
 }
 
 /** The manifests the gate may read back to decide a root again (the server gives it the manifest service). */
 const known = new Map<string, Manifest>();
 const manifests = { get: (_r: Route, digest: Digest) => (known.has(digest) ? Promise.resolve(known.get(digest)!) : Promise.reject(new Error(`unknown ${digest}`))) };
-const CLIENT = { ip: '10.0.0.1', user: null, userAgent: 'containerd/2' };
+const CLIENT = { ip: '10.0.0.1', user: null, groups: [], method: 'anonymous', userAgent: 'containerd/2' };
 
 function gate(decider: Decider, observers: DecisionObserver[] = [], sig?: SignatureProvider, scan?: ScanProvider, extra: Partial<GateOptions> = {}): Gate {
   return new Gate(decider, meta, { ...OPTS, manifests, ...extra }, sig, scan, observers, now);

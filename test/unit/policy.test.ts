@@ -103,7 +103,7 @@ describe('WasmDecider with the committed bundle', () => {
     return {
       version: 1,
       now: over.now ?? NOW,
-      request: { kind: 'manifest', method: 'GET', client: { ip: '127.0.0.1', user: null, user_agent: 'test' }, routing: 'ns' },
+      request: { kind: 'manifest', method: 'GET', client: { ip: '127.0.0.1', user: null, groups: [], method: 'anonymous', user_agent: 'test' }, routing: 'ns' },
       image: {
         registry: 'docker.io',
         repository: 'library/nginx',

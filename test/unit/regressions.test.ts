@@ -90,7 +90,7 @@ describe('regressions', () => {
     const input = {
       version: 1,
       now,
-      request: { kind: 'manifest', method: 'GET', client: { ip: 'x', user: null, user_agent: null }, routing: 'default' },
+      request: { kind: 'manifest', method: 'GET', client: { ip: 'x', user: null, groups: [], method: 'anonymous', user_agent: null }, routing: 'default' },
       image: { registry: 'docker.io', repository: 'library/nginx', tag: 'latest', digest: `sha256:${'a'.repeat(64)}`, media_type: 'x', platforms: [], labels: {}, created: null },
       upstream: { name: 'hub', url: 'https://x' },
       signatures: { status: 'not_configured', verified: [], rejected: [] },
@@ -129,7 +129,7 @@ describe('regressions', () => {
         },
       };
       const g = new Gate(decider, meta, { allowTTL: 60_000, denyTTL: 1000, closureTTL: 60_000 }, undefined, undefined, [observer]);
-      const rq = { route, method: 'GET' as const, tag: 'latest', manifest, kind: 'manifest' as const, client: { ip: 'x', user: null, userAgent: null } };
+      const rq = { route, method: 'GET' as const, tag: 'latest', manifest, kind: 'manifest' as const, client: { ip: 'x', user: null, groups: [], method: 'anonymous', userAgent: null } };
       await g.admitRoot(rq);
       expect((await g.admitRoot(rq)).serve).toBe(true);
     } finally {

@@ -1,0 +1,115 @@
+/**
+ * The `auth` section (client authentication of the registry listener) and the `quotas` section (upstream-costly
+ * work per identity and per address). Without an `auth` section the listener is anonymous, as the loopback quick
+ * start needs; config/examples/strict.yaml requires an identity.
+ *
+ *   auth:
+ *     anonymous: false
+ *     htpasswd: { file: /etc/portcullis/htpasswd, groups: { team-a: [alice] } }
+ *     token: { service: portcullis, ttl: 5m, keyFile: /etc/portcullis/token-key.pem }
+ *     mtls: { user: uri, map: [{ uri: "spiffe://example.org/ns/team-a/**", groups: [team-a] }] }
+ *     oidc: [{ issuer: https://token.actions.githubusercontent.com, audience: portcullis, jwksUrl: … }]
+ */
+import { z } from 'zod';
+
+const UNITS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+const duration = z
+  .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h')])
+  .transform((v) => {
+    if (typeof v === 'number') return v * 1000;
+    const m = /^(\d+)(ms|s|m|h|d)$/.exec(v)!;
+    return Number(m[1]) * UNITS[m[2] as keyof typeof UNITS];
+  });
+
+const names = z.array(z.string().min(1));
+
+const mtlsMapping = z
+  .object({ uri: z.string().min(1).optional(), dns: z.string().min(1).optional(), cn: z.string().min(1).optional(), user: z.string().min(1).optional(), groups: names.default([]) })
+  .strict()
+  .refine((m) => m.uri !== undefined || m.dns !== undefined || m.cn !== undefined, 'give at least one of uri, dns or cn to match');
+
+const oidcProvider = z
+  .object({
+    issuer: z.string().min(1),
+    audience: z.union([z.string().min(1), names.min(1)]).transform((a) => (typeof a === 'string' ? [a] : a)),
+    jwksFile: z.string().min(1).optional(),
+    jwksUrl: z.url({ protocol: /^https?$/ }).optional(),
+    userClaim: z.string().min(1).default('sub'),
+    groupsClaim: z.string().min(1).default('groups'),
+    groups: names.default([]),
+  })
+  .strict()
+  .refine((p) => (p.jwksFile === undefined) !== (p.jwksUrl === undefined), 'give exactly one of jwksFile or jwksUrl');
+
+export const authSchema = z
+  .object({
+    /** Requests without credentials are served as the anonymous identity. */
+    anonymous: z.boolean().default(true),
+    /** The Basic realm in challenges. */
+    realm: z.string().regex(/^[\x20-\x7e]{1,100}$/).refine((s) => !s.includes('"'), 'no quotes').default('portcullis'),
+    htpasswd: z
+      .object({
+        file: z.string().min(1),
+        /** group → members (htpasswd user names). */
+        groups: z.record(z.string(), names).default({}),
+      })
+      .strict()
+      .optional(),
+    /** The registry token flow, with Portcullis issuing the tokens (credentials: htpasswd, OIDC or mTLS). */
+    token: z
+      .object({
+        service: z.string().regex(/^[\x21-\x7e]{1,100}$/).refine((s) => !s.includes('"'), 'no quotes').default('portcullis'),
+        ttl: duration.default(300_000),
+        /** PKCS#8 PEM P-256 key; absent: generated at start (tokens then die with the process). */
+        keyFile: z.string().min(1).optional(),
+        /** The token endpoint's external URL for the challenge; default: from the request's Host header. */
+        realm: z.url({ protocol: /^https?$/ }).optional(),
+      })
+      .strict()
+      .optional(),
+    mtls: z
+      .object({ user: z.enum(['uri', 'dns', 'cn']).default('uri'), map: z.array(mtlsMapping).default([]) })
+      .strict()
+      .optional(),
+    oidc: z.array(oidcProvider).default([]),
+    /** How long a verified password is remembered (keyed by an HMAC, never the password). */
+    cacheTTL: duration.default(60_000),
+    /** Failed logins per client address, counted before any hashing. */
+    failedLogins: z
+      .object({ burst: z.number().int().positive().default(10), perMinute: z.number().positive().default(10) })
+      .strict()
+      .default({ burst: 10, perMinute: 10 }),
+  })
+  .strict()
+  .superRefine((a, ctx) => {
+    // anonymous: false without a method is checked with the listener (tls.clientCA) in src/config/schema.ts.
+    if (a.token && !a.htpasswd && a.oidc.length === 0 && !a.mtls && !a.anonymous) {
+      ctx.addIssue({ code: 'custom', path: ['token'], message: 'the token endpoint needs htpasswd, oidc or mtls to authenticate clients' });
+    }
+  });
+
+const bucket = z
+  .object({ burst: z.number().int().positive(), perMinute: z.number().positive() })
+  .strict();
+
+const quotaKinds = z
+  .object({
+    /** Manifests not in the cache (each one a GET upstream). */
+    coldManifests: bucket.optional(),
+    /** Blobs not in the cache. */
+    coldBlobs: bucket.optional(),
+    /** Root decisions not in the decision cache: signature discovery and scanner jobs. */
+    decisions: bucket.optional(),
+  })
+  .strict();
+
+export const quotasSchema = z
+  .object({
+    /** Per identity (user); anonymous requests share one bucket per address instead. */
+    perIdentity: quotaKinds.default({}),
+    perAddress: quotaKinds.default({}),
+  })
+  .strict();
+
+export type AuthConfig = z.output<typeof authSchema>;
+export type QuotasConfig = z.output<typeof quotasSchema>;

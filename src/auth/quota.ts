@@ -1,0 +1,66 @@
+/**
+ * Quotas on what costs the upstream: a manifest not in the cache (a GET upstream, which Docker Hub counts as a
+ * pull), a blob not in the cache, and a root decision not in the decision cache (signature discovery, scanner
+ * jobs). Token buckets per identity and per client address; a warm (cached) pull never takes a token, so the
+ * limits only bite a client that makes the proxy fetch.
+ *
+ * Anonymous requests have no identity: their identity bucket is per address. Metrics count by identity class (the
+ * auth method), never by user, so label values stay bounded.
+ */
+import type { Metrics } from '../metrics/metrics.js';
+import type { Identity } from './authenticator.js';
+import type { QuotasConfig } from './config.js';
+import { KeyedBuckets } from './rate-limit.js';
+
+export type QuotaKind = 'coldManifests' | 'coldBlobs' | 'decisions';
+
+export type QuotaResult = { ok: true } | { ok: false; retryAfterSeconds: number; scope: 'identity' | 'address' };
+
+export interface QuotaGate {
+  /** Takes one token of `kind` for this identity and address, from both buckets (identity first). */
+  take(kind: QuotaKind, identity: Identity, ip: string): QuotaResult;
+}
+
+const KINDS: QuotaKind[] = ['coldManifests', 'coldBlobs', 'decisions'];
+
+export class Quotas implements QuotaGate {
+  private readonly perIdentity = new Map<QuotaKind, KeyedBuckets>();
+  private readonly perAddress = new Map<QuotaKind, KeyedBuckets>();
+
+  constructor(
+    cfg: QuotasConfig,
+    private readonly metrics?: Metrics,
+    now: () => number = Date.now,
+  ) {
+    for (const k of KINDS) {
+      const i = cfg.perIdentity[k];
+      if (i) this.perIdentity.set(k, new KeyedBuckets({ burst: i.burst, perSecond: i.perMinute / 60 }, now));
+      const a = cfg.perAddress[k];
+      if (a) this.perAddress.set(k, new KeyedBuckets({ burst: a.burst, perSecond: a.perMinute / 60 }, now));
+    }
+  }
+
+  /** Does any quota apply to `kind`? (Callers skip the cache look-ups that find out whether a request is cold.) */
+  limits(kind: QuotaKind): boolean {
+    return this.perIdentity.has(kind) || this.perAddress.has(kind);
+  }
+
+  take(kind: QuotaKind, identity: Identity, ip: string): QuotaResult {
+    const cls = identity.method;
+    const who = identity.user === null ? `anonymous@${ip}` : `${identity.method}:${identity.user}`;
+    const byIdentity = this.perIdentity.get(kind)?.take(who);
+    if (byIdentity && !byIdentity.ok) {
+      this.metrics?.quotaRejections.inc({ class: cls, kind, key: 'identity' });
+      return { ok: false, retryAfterSeconds: byIdentity.retryAfterSeconds, scope: 'identity' };
+    }
+    const byAddress = this.perAddress.get(kind)?.take(ip);
+    if (byAddress && !byAddress.ok) {
+      // The identity's token was not used for anything: give it back.
+      if (byIdentity) this.perIdentity.get(kind)?.refund(who);
+      this.metrics?.quotaRejections.inc({ class: cls, kind, key: 'address' });
+      return { ok: false, retryAfterSeconds: byAddress.retryAfterSeconds, scope: 'address' };
+    }
+    this.metrics?.quotaTaken.inc({ class: cls, kind });
+    return { ok: true };
+  }
+}

@@ -1,0 +1,165 @@
+/**
+ * The registry token flow (Distribution's token spec) with Portcullis as its own issuer. `/v2/` answers 401 with
+ * `Bearer realm="<proxy>/auth/token",service="<service>"`; the client fetches `GET /auth/token?scope=…` with its
+ * Basic credentials (or a client certificate) and gets a short-lived ES256 JWT granting `pull` on the repositories
+ * it asked for; registry requests then carry `Authorization: Bearer <jwt>`, verified here (signature, expiry,
+ * issuer, audience, and that the token's scope covers the repository of the request).
+ *
+ * The grant is only "this identity may try to pull these names": what it may actually pull is the policy's
+ * decision (`clients` rules), made at pull time with the identity the token carries.
+ */
+import { randomUUID, createPrivateKey } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { decodeJwt, errors as joseErrors, exportJWK, generateKeyPair, importJWK, jwtVerify, SignJWT, type CryptoKey, type JWTPayload, type KeyObject } from 'jose';
+import { authorizationHeader, fail, type AuthOutcome, type AuthRequest, type Authenticator, type Identity } from './authenticator.js';
+
+export interface TokenOptions {
+  /** `service` in the challenge, and the token's issuer and audience. */
+  service: string;
+  /** Lifetime of an issued token. */
+  ttl: number;
+  /** PKCS#8 PEM file with a P-256 private key; absent: a key generated at start (tokens die with the process). */
+  keyFile?: string;
+  now?: () => number;
+}
+
+/** One `access` entry of a Docker registry token. */
+export interface Access {
+  type: 'repository';
+  name: string;
+  actions: string[];
+}
+
+type SigningKey = CryptoKey | KeyObject;
+
+export class TokenAuthority implements Authenticator {
+  readonly method = 'token' as const;
+  private readonly now: () => number;
+
+  private constructor(
+    private readonly o: TokenOptions,
+    private readonly privateKey: SigningKey,
+    private readonly publicKey: SigningKey,
+    readonly keyId: string,
+  ) {
+    this.now = o.now ?? Date.now;
+  }
+
+  static async create(o: TokenOptions): Promise<TokenAuthority> {
+    let privateKey: SigningKey;
+    let publicKey: SigningKey;
+    if (o.keyFile) {
+      const key = createPrivateKey(readFileSync(o.keyFile));
+      if (key.asymmetricKeyType !== 'ec' || key.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
+        throw new Error(`auth.token.keyFile: ${o.keyFile} is not a P-256 (ES256) private key`);
+      }
+      privateKey = key;
+      const jwk = key.export({ format: 'jwk' });
+      publicKey = (await importJWK({ kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y }, 'ES256')) as SigningKey;
+    } else {
+      ({ privateKey, publicKey } = await generateKeyPair('ES256'));
+    }
+    const pub = await exportJWK(publicKey);
+    return new TokenAuthority(o, privateKey, publicKey, `${pub.x?.slice(0, 16) ?? 'key'}`);
+  }
+
+  get service(): string {
+    return this.o.service;
+  }
+
+  /** Is this compact JWT one of ours (by its unverified issuer)? Others go to the OIDC authenticator. */
+  isOurs(token: string): boolean {
+    try {
+      return decodeJwt(token).iss === this.o.service;
+    } catch {
+      return false;
+    }
+  }
+
+  async issue(identity: Identity, access: Access[]): Promise<{ token: string; access_token: string; expires_in: number; issued_at: string }> {
+    const nowS = Math.floor(this.now() / 1000);
+    const expiresIn = Math.max(60, Math.round(this.o.ttl / 1000));
+    const token = await new SignJWT({ access, groups: identity.groups, method: identity.method })
+      .setProtectedHeader({ alg: 'ES256', typ: 'JWT', kid: this.keyId })
+      .setIssuer(this.o.service)
+      .setAudience(this.o.service)
+      .setSubject(identity.user ?? '')
+      .setIssuedAt(nowS)
+      .setNotBefore(nowS - 5)
+      .setExpirationTime(nowS + expiresIn)
+      .setJti(randomUUID())
+      .sign(this.privateKey);
+    return { token, access_token: token, expires_in: expiresIn, issued_at: new Date(nowS * 1000).toISOString() };
+  }
+
+  async authenticate(req: AuthRequest): Promise<AuthOutcome | undefined> {
+    const a = authorizationHeader(req.headers);
+    if (!a || a.scheme !== 'bearer' || !this.isOurs(a.value)) return undefined;
+    return this.verify(a.value, req.repository);
+  }
+
+  async verify(token: string, repository: string | undefined): Promise<AuthOutcome> {
+    let payload: JWTPayload;
+    try {
+      ({ payload } = await jwtVerify(token, this.publicKey, {
+        issuer: this.o.service,
+        audience: this.o.service,
+        algorithms: ['ES256'],
+        currentDate: new Date(this.now()),
+        requiredClaims: ['exp', 'sub'],
+      }));
+    } catch (e) {
+      return joseFailure(e);
+    }
+    if (repository !== undefined && !grantsPull(payload.access, repository)) {
+      return fail('TOKEN_SCOPE', `token does not grant pull on repository "${repository.slice(0, 200)}"`);
+    }
+    const user = typeof payload.sub === 'string' && payload.sub !== '' ? payload.sub : null;
+    if (user === null) return { ok: true, identity: { user: null, groups: [], method: 'anonymous' } };
+    const groups = Array.isArray(payload.groups) ? payload.groups.filter((g): g is string => typeof g === 'string') : [];
+    return { ok: true, identity: { user, groups, method: 'token' } };
+  }
+}
+
+/** Maps jose's verification errors onto stable codes. */
+export function joseFailure(e: unknown): AuthOutcome {
+  if (e instanceof joseErrors.JWTExpired) return fail('TOKEN_EXPIRED', 'token has expired');
+  if (e instanceof joseErrors.JWTClaimValidationFailed) {
+    if (e.claim === 'aud') return fail('TOKEN_AUDIENCE', 'token audience is not accepted here');
+    if (e.claim === 'iss') return fail('TOKEN_ISSUER', 'token issuer is not accepted here');
+    return fail('TOKEN_INVALID', `token claim "${e.claim}" is not valid`);
+  }
+  return fail('TOKEN_INVALID', 'token is not valid');
+}
+
+function grantsPull(access: unknown, repository: string): boolean {
+  if (!Array.isArray(access)) return false;
+  return access.some((a: unknown) => {
+    if (typeof a !== 'object' || a === null) return false;
+    const x = a as Record<string, unknown>;
+    return x.type === 'repository' && x.name === repository && Array.isArray(x.actions) && x.actions.includes('pull');
+  });
+}
+
+/**
+ * `scope` parameters of a token request (several, or several space-separated in one): `repository:<name>:<actions>`.
+ * The name may hold one `:` (a host:port prefix), so the type ends at the first `:` and the actions start after the
+ * last. Only `pull` is ever granted: this is a read-only proxy.
+ */
+export function parseScopes(values: string[]): Access[] {
+  const out = new Map<string, Access>();
+  for (const v of values) {
+    for (const s of v.split(' ')) {
+      const first = s.indexOf(':');
+      const last = s.lastIndexOf(':');
+      if (first <= 0 || last <= first) continue;
+      if (s.slice(0, first) !== 'repository') continue;
+      const name = s.slice(first + 1, last);
+      const actions = s.slice(last + 1).split(',');
+      if (!name || name.length > 512 || !(actions.includes('pull') || actions.includes('*'))) continue;
+      out.set(name, { type: 'repository', name, actions: ['pull'] });
+      if (out.size >= 32) return [...out.values()];
+    }
+  }
+  return [...out.values()];
+}
