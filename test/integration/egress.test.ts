@@ -139,8 +139,6 @@ describe('the upstream client, both transports, with an injected resolver', () =
       {
         // The upstream itself, by name.
         'registry.test': '127.0.0.1',
-        'meta.attacker.test': '169.254.169.254',
-        'private.attacker.test': '10.0.0.1',
         'mapped.attacker.test': '::ffff:127.0.0.1',
         'cdn.attacker.test': '127.0.0.1',
       },
@@ -159,11 +157,10 @@ describe('the upstream client, both transports, with an injected resolver', () =
   for (const bulk of [true, false]) {
     const transport = bulk ? 'socket transport' : 'undici';
 
-    for (const [name, kind] of [
-      ['meta.attacker.test', 'metadata'],
-      ['private.attacker.test', 'private'],
-      ['mapped.attacker.test', 'ipv4-mapped'],
-    ] as const) {
+    // Only a special address that still lands on loopback if the check ever regressed: a test must never send a
+    // packet off this machine. Metadata, private and the other ranges are classified in test/unit/egress.test.ts,
+    // through the same lookup hook.
+    for (const [name, kind] of [['mapped.attacker.test', 'ipv4-mapped']] as const) {
       it(`${transport}: a redirect to ${name} is refused in the lookup (${kind}), before any connection`, async () => {
         const c = client();
         try {
