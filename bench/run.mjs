@@ -552,6 +552,16 @@ async function main() {
         // with any admitted image could.
         await curlPull(pcH.url, brepo, 'v1', bimg.blobs);
         await curlPull(pcH.url, mrepo, 'v1', mimg.blobs);
+        const layer = bimg.blobs.reduce((a, b) => (b.size > a.size ? b : a));
+        const url = `${pcH.url}/v2/${mrepo}/manifests/v1`;
+        // The same wrk first without the hostile clients: on a shared machine, what they add is the difference.
+        const control = [];
+        for (let rep = 0; rep < P.wrkReps; rep++) {
+          const w = await wrkManifest(url, { seconds: P.wrkSeconds });
+          if (w.non2xx > 0) throw new Error(`wrk against the hostile instance: ${w.non2xx} non-2xx responses`);
+          control.push(w);
+          log(`hostile control wrk rep ${rep + 1}/${P.wrkReps} (no hostile clients yet): ${w.rps.toFixed(0)} req/s, p50 ${fmt(w.p50)} ms, p99 ${fmt(w.p99)} ms`);
+        }
         const baseline = pcH.memory();
         const reset = pcH.resetPeak();
         let sampled = 0;
@@ -567,10 +577,13 @@ async function main() {
         try {
           const t0 = performance.now();
           await hostile.openIdle(H.idle);
-          await hostile.openStalled(H.stalled, `/v2/${brepo}/blobs/${bimg.blobs[0].digest}`);
-          afterSetup = { ms: round(performance.now() - t0, 0), rss_mib: round(pcH.memory().rssMiB, 1) };
-          log(`hostile: ${H.idle} idle keep-alive connections and ${H.stalled} stalled readers of a ${(bimg.blobs[0].size / 2 ** 20).toFixed(0)} MiB blob open in ${afterSetup.ms} ms; RSS ${afterSetup.rss_mib} MiB (from ${baseline.rssMiB.toFixed(0)})`);
-          const url = `${pcH.url}/v2/${mrepo}/manifests/v1`;
+          const servedBefore = (await pcH.metrics()).filter((x) => x.name === 'portcullis_served_bytes_total').reduce((a, x) => a + x.value, 0);
+          await hostile.openStalled(H.stalled, `/v2/${brepo}/blobs/${layer.digest}`);
+          // Let the stalled readers' sockets fill before measuring what the proxy sent them.
+          await new Promise((r) => setTimeout(r, 1000));
+          const servedAfter = (await pcH.metrics()).filter((x) => x.name === 'portcullis_served_bytes_total').reduce((a, x) => a + x.value, 0);
+          afterSetup = { ms: round(performance.now() - t0, 0), rss_mib: round(pcH.memory().rssMiB, 1), sent_per_stalled_reader_mib: round((servedAfter - servedBefore) / H.stalled / 2 ** 20, 2) };
+          log(`hostile: ${H.idle} idle keep-alive connections and ${H.stalled} stalled readers of a ${(layer.size / 2 ** 20).toFixed(0)} MiB blob open in ${afterSetup.ms} ms; RSS ${afterSetup.rss_mib} MiB (from ${baseline.rssMiB.toFixed(0)}); ${afterSetup.sent_per_stalled_reader_mib} MiB sent to each stalled reader before it stalled`);
           for (let rep = 0; rep < P.wrkReps; rep++) {
             const w = await wrkManifest(url, { seconds: P.wrkSeconds });
             if (w.non2xx > 0) throw new Error(`wrk against the hostile instance: ${w.non2xx} non-2xx responses`);
@@ -588,13 +601,14 @@ async function main() {
         result.hostile = {
           idle_connections: H.idle,
           stalled_readers: H.stalled,
-          blob_mib: round(bimg.blobs[0].size / 2 ** 20, 0),
+          blob_mib: round(layer.size / 2 ** 20, 0),
           baseline_rss_mib: round(baseline.rssMiB, 1),
           after_setup: afterSetup,
           peak_rss_mib: round(peak, 1),
           sampled_max_rss_mib: round(sampled, 1),
           hwm_reset: reset,
           wrk: wrkRuns.map((w) => ({ rps: round(w.rps, 0), p50_ms: w.p50, p99_ms: w.p99, socket_errors: w.socketErrors })),
+          control_wrk: control.map((w) => ({ rps: round(w.rps, 0), p50_ms: w.p50, p99_ms: w.p99, socket_errors: w.socketErrors })),
           // Every hostile connection was still open at the end (none refused, none cut): what was measured is their cost.
           client_sockets_open_at_end: open,
           client_sockets_closed_early: hostile.closedEarly,
@@ -606,6 +620,8 @@ async function main() {
         result.hostile_peak_rss_mib = round(peak, 1);
         result.hostile_manifest_p99_ms = round(median(wrkRuns.map((w) => w.p99)), 3);
         result.hostile_manifest_rps = round(median(wrkRuns.map((w) => w.rps)), 0);
+        result.hostile_control_manifest_p99_ms = round(median(control.map((w) => w.p99)), 3);
+        result.hostile_control_manifest_rps = round(median(control.map((w) => w.rps)), 0);
         log(`hostile: peak RSS ${peak.toFixed(0)} MiB (sampled ${sampled.toFixed(0)}); manifest p99 ${fmt(result.hostile_manifest_p99_ms)} ms; client sockets still open: ${open.idle} idle, ${open.stalled} stalled`);
       } finally {
         hostile.close();
@@ -669,6 +685,7 @@ function printTable(r) {
     ['peak RSS, 20 × 1 GiB, MiB', r.peak_rss_mib, undefined, '≤ 300', r.targets.peak_rss_mib],
     ['hostile: peak RSS, MiB', r.hostile_peak_rss_mib, undefined, '≤ 300', r.targets.hostile_peak_rss_mib],
     ['hostile: manifest p99 ms', r.hostile_manifest_p99_ms, undefined, '≤ 50', r.targets.hostile_manifest_p99_ms],
+    ['hostile: same wrk without them, p99 ms', r.hostile_control_manifest_p99_ms, undefined, '', null],
   ];
   const cell = (v) => (v === undefined || v === null ? '—' : typeof v === 'number' ? String(v) : v);
   const w = [38, 12, 14, 16, 6];
