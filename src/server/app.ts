@@ -315,6 +315,8 @@ export class App {
       this.inflightEmpty = undefined;
     }
     server?.closeAllConnections();
+    // Connections HTTP has not seen yet (in a TLS handshake, or sending a PROXY header) would hold the close open.
+    this.guard?.destroyAll();
     await closed;
     // Stops Node's connection checks; the HTTP server never listened, so its "not running" answer is expected.
     server?.close(() => {});

@@ -63,6 +63,8 @@ export class ConnectionGuard {
   /** Raw connections by `remoteAddress|remotePort`, which a TLS socket over them reports too. */
   private readonly peers = new Map<string, Peer>();
   private readonly watched = new Map<Socket, Watched>();
+  /** Every accepted connection, so that shutdown can end those HTTP never saw (mid-handshake, mid-header). */
+  private readonly sockets = new Set<Socket>();
   private readonly inflightPerClient = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
 
@@ -95,11 +97,13 @@ export class ConnectionGuard {
     }
     // Counted from here, so that connections still sending their PROXY header count against the global cap too.
     this.open++;
+    this.sockets.add(socket);
     this.events.opened?.(this.open);
     const id = `${socket.remoteAddress}|${socket.remotePort}`;
     let counted: string | undefined;
     socket.once('close', () => {
       this.open--;
+      this.sockets.delete(socket);
       this.peers.delete(id);
       if (counted !== undefined) this.release(this.perClient, counted);
       this.events.closed?.(this.open);
@@ -192,6 +196,11 @@ export class ConnectionGuard {
         socket.destroy();
       }
     }
+  }
+
+  /** Destroys every connection still open (the last step of a shutdown). */
+  destroyAll(): void {
+    for (const s of this.sockets) s.destroy();
   }
 
   close(): void {

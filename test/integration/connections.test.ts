@@ -12,8 +12,13 @@
  *
  * Nothing here asserts on time: timeouts are made short and the tests wait (bounded) for the proxy's own counters.
  */
-import { readdirSync, readlinkSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
 import net, { type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PolicyInput } from '../../src/gate/types.js';
 import { MANIFEST_ACCEPT, pushImage, type PushedImage } from '../harness/images.js';
@@ -36,6 +41,15 @@ beforeAll(async () => {
 afterAll(async () => {
   await reg?.stop();
 });
+
+/** A self-signed certificate for 127.0.0.1 in a temp dir. */
+async function selfSigned(): Promise<{ dir: string; cert: string; key: string }> {
+  const dir = await mkdtemp(join(tmpdir(), 'pc-conn-tls-'));
+  const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
+  const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-subj', '/CN=127.0.0.1', '-days', '1', '-addext', 'subjectAltName=IP:127.0.0.1'], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`openssl failed: ${r.error?.message ?? r.stderr}`);
+  return { dir, cert, key };
+}
 
 function start(extra: Record<string, unknown>, observers?: Array<{ onDecision(e: { input: PolicyInput }): void }>): Promise<RunningProxy> {
   return startProxy({ upstreams: [{ name: 'reg', registry: reg.host, url: reg.url }], defaultUpstream: 'reg', extra, ...(observers ? { observers } : {}) });
@@ -176,6 +190,37 @@ describe('inactivity timeouts', () => {
       await until(async () => (await p.proxy.app.metrics.connectionsOpen.get()).values[0]?.value === 0, 'the connection count to drop');
     } finally {
       await p.stop();
+    }
+  });
+});
+
+describe('TLS listener', () => {
+  it('reads the PROXY header before the TLS handshake, and cuts off a TLS client that stops reading', async () => {
+    const t = await selfSigned();
+    const inputs: PolicyInput[] = [];
+    const p = await start({ tls: { cert: t.cert, key: t.key }, listener: { proxyProtocol: true }, limits: { writeStallTimeout: '300ms' }, gate: { allowTTL: 0 } }, [{ onDecision: (e) => inputs.push(e.input) }]);
+    try {
+      const handshake = async (): Promise<tls.TLSSocket> => {
+        const raw = await connect(p);
+        raw.write(proxyV2({ address: '198.51.100.20', port: 1 }));
+        const s = tls.connect({ socket: raw, host: '127.0.0.1', ca: readFileSync(t.cert) });
+        await new Promise<void>((resolve, reject) => {
+          s.once('secureConnect', () => resolve());
+          s.once('error', reject);
+        });
+        return s;
+      };
+      const s = await handshake();
+      const r = await request(s as unknown as Socket, '/v2/lim/big/manifests/v1');
+      expect(r.status).toBe(200);
+      expect(inputs.at(-1)?.request.client.ip).toBe('198.51.100.20');
+      const stalled = await handshake();
+      await stalledReader(stalled as unknown as Socket, `/v2/lim/big/blobs/${big.layers[0]!.digest}`);
+      await until(async () => (await counter(p, 'connectionsClosed', 'write_stall')) === 1, 'the stalled TLS reader to be cut off');
+      s.destroy();
+    } finally {
+      await p.stop();
+      await rm(t.dir, { recursive: true, force: true });
     }
   });
 });
