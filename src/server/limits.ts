@@ -90,7 +90,12 @@ export class ConnectionGuard {
    * or when its PROXY header is missing or wrong; otherwise counts it and hands it to `deliver` (the HTTP server).
    */
   accept(socket: Socket, deliver: (socket: Socket) => void): void {
-    const tcpPeer = normalizeAddress(socket.remoteAddress ?? '');
+    if (socket.remoteAddress === undefined) {
+      // Reset before it was accepted: nothing to serve, and no address to count it under.
+      socket.destroy();
+      return;
+    }
+    const tcpPeer = normalizeAddress(socket.remoteAddress);
     if (this.limits.maxConnections > 0 && this.open >= this.limits.maxConnections) {
       this.refuse(socket, 'global_limit', tcpPeer);
       return;
