@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { slabPool, smallSlabPool } from '../../src/cache/slabs.js';
 import type { PolicyInput } from '../../src/gate/types.js';
 import { MANIFEST_ACCEPT, pushImage, type PushedImage } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
@@ -164,13 +165,17 @@ describe('inactivity timeouts', () => {
       // Its reader is gone, so nothing under the data dir is held open for it (temp file, cached blob).
       await until(() => openFilesUnder(p.dataDir).filter((f) => !f.endsWith('.sqlite') && !/sqlite-(wal|shm)$/.test(f)).length === 0, 'the reader to let go of its files');
       await until(() => p.proxy.app.downloads.active === 0, 'the download to finish');
-      // 2. Warm: a reader of the cached blob that stops reading.
+      // 2. Warm: a reader of the cached blob that stops reading, and holds slabs in its pending writes.
+      const slabs = (): number => slabPool.inUse + smallSlabPool.inUse;
+      const before = slabs();
       const warm = await connect(p);
       await stalledReader(warm, layer);
+      await until(() => slabs() > before, 'the stalled response to hold its slabs');
       expect(openFilesUnder(p.dataDir).some((f) => f.includes('/blobs/'))).toBe(true);
       await until(async () => (await counter(p, 'connectionsClosed', 'write_stall')) === 2, 'the stalled warm reader to be cut off');
       await closed(warm);
       await until(() => !openFilesUnder(p.dataDir).some((f) => f.includes('/blobs/')), 'the cached blob to be closed');
+      await until(() => slabs() === before, 'its slabs to be let go');
       // A reader that keeps reading is not touched, however long the transfer takes.
       const ok = await fetch(`${p.url}${layer}`);
       expect(Buffer.from(await ok.arrayBuffer()).length).toBe(big.layers[0]!.size);
