@@ -114,6 +114,8 @@ export class ConnectionGuard {
       this.events.closed?.(this.open);
     });
     const admit = (address: string): void => {
+      // Gone while its PROXY header was read: its close was counted already, and nothing more must be.
+      if (socket.destroyed) return;
       const trusted = this.limits.trustedProxies.has(address);
       // A trusted proxy carries many clients over its connections: its clients are counted per request instead.
       const key = trusted ? undefined : clientKey(address);
