@@ -10,6 +10,10 @@
  * releases everything the response holds (the slabs in its pending writes, the cached file's descriptor and lease,
  * its place as a reader of a running download): each of those is let go when the response closes.
  *
+ * On plain TCP, progress inside a write is visible (libuv's write queue shrinks as the kernel takes bytes); on TLS only
+ * whole writes complete, so there a client must take one write (256 KiB, 1 MiB after its first 16 MiB, see
+ * cache/sendfile.ts) per writeStallTimeout: 17 KiB/s at the 60 s default.
+ *
  * Idle keep-alive connections are Node's keepAliveTimeout (`limits.idleTimeout`); a connection that never completes
  * its request headers is Node's headersTimeout.
  */
