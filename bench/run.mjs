@@ -3,7 +3,7 @@
  * `npm run bench`: Portcullis side by side with CNCF Distribution's proxy mode and with direct pulls, in one run, on
  * loopback, reported as ratios against the targets of DESIGN §10. See bench/README.md.
  *
- *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,rss,index] [--log-level info]
+ *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,rss,index,hostile] [--log-level info]
  *                      [--dist DIR] [--cpu-prof DIR] [--keep]
  *
  * Every process it starts (registries, Portcullis, skopeo, curl, wrk) is killed on exit, error or signal.
@@ -16,6 +16,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { curlPull, skopeoHerd, skopeoPull, wrkManifest } from './lib/clients.mjs';
+import { HostileClients, openFileLimit } from './lib/hostile.mjs';
 import { MANIFEST_ACCEPT, pushImage, pushIndex } from './lib/images.mjs';
 import { evidenceConfig, pushReport, setupSigning, signImage } from './lib/evidence.mjs';
 import { BENCH_SETTINGS, histogram, histogramDelta, histogramQuantile, startPortcullis } from './lib/portcullis.mjs';
@@ -29,7 +30,7 @@ const { values: args } = parseArgs({
   options: {
     out: { type: 'string' },
     quick: { type: 'boolean', default: false },
-    phases: { type: 'string', default: 'pulls,herd,wrk,rss,index' },
+    phases: { type: 'string', default: 'pulls,herd,wrk,rss,index,hostile' },
     'log-level': { type: 'string', default: 'info' },
     dist: { type: 'string', default: join(ROOT, 'dist') },
     'cpu-prof': { type: 'string' },
@@ -55,6 +56,7 @@ const P = {
   rssClients: 20,
   index: QUICK ? { layers: 1, layerMiB: 4 } : { layers: 2, layerMiB: 16 },
   indexReps: QUICK ? 1 : 2,
+  hostile: { idle: 2000, stalled: 100, blob: QUICK ? { layers: 1, layerMiB: 64 } : { layers: 1, layerMiB: 256 } },
 };
 const phases = new Set(args.phases.split(',').map((s) => s.trim()));
 
@@ -68,6 +70,8 @@ const TARGETS = {
   manifest_rps_vs_direct: { op: '>=', value: 1.0, text: 'manifest GET by tag req/s ÷ direct ≥ 1.0' },
   decision_overhead_ms_p50: { op: '<=', value: 15, text: 'decision overhead of a cold pull, median ≤ 15 ms' },
   peak_rss_mib: { op: '<=', value: 300, text: 'peak RSS, 20 clients × 1 GiB ≤ 300 MiB' },
+  hostile_peak_rss_mib: { op: '<=', value: 300, text: 'peak RSS with 2,000 idle connections and 100 stalled readers ≤ 300 MiB (issue 10)' },
+  hostile_manifest_p99_ms: { op: '<=', value: 50, text: 'manifest GET p99 under that load ≤ 50 ms (issue 10)' },
 };
 
 /** utime + stime of a process, in seconds (USER_HZ is 100 on Linux). */
@@ -525,6 +529,107 @@ async function main() {
       };
     }
 
+    // ------------------------------------------------------------------------------------ hostile clients
+    if (phases.has('hostile')) {
+      const H = P.hostile;
+      // 2,000 idle and 100 stalled sockets in this process and as many in Portcullis, plus wrk's.
+      const need = H.idle + H.stalled + 200;
+      const limit = openFileLimit();
+      if (limit !== undefined && limit < need) throw new Error(`the hostile phase needs ${need} open files; this process may open ${limit}: raise the hard limit (ulimit -Hn) first`);
+      // Its own instance: a fresh process (so the peak is this phase's), with the per-client cap raised because every
+      // bench client comes from 127.0.0.1, and everything else, the write-stall timeout included, at its default.
+      const pcH = await startPortcullis({ ...pcOpts, name: 'portcullis-hostile', logLevel: args['log-level'], extra: { ...pcOpts.extra, limits: { maxConnectionsPerClient: 0 } } });
+      instances.push(pcH);
+      const hostLimit = openFileLimit(pcH.pid);
+      const hostile = new HostileClients(Number(pcH.host.split(':')[1]));
+      try {
+        if (hostLimit !== undefined && hostLimit < need) throw new Error(`Portcullis may open ${hostLimit} files; the hostile phase needs ${need}`);
+        const mrepo = 'bench/hostile-manifest';
+        const mimg = await seed(mrepo, 'v1', { layers: 1, layerMiB: 1 });
+        const brepo = 'bench/hostile-blob';
+        const bimg = await seed(brepo, 'v1', H.blob);
+        // Admit both and warm the blob into the cache: the stalled readers then read a cached blob, as an attacker
+        // with any admitted image could.
+        await curlPull(pcH.url, brepo, 'v1', bimg.blobs);
+        await curlPull(pcH.url, mrepo, 'v1', mimg.blobs);
+        const layer = bimg.blobs.reduce((a, b) => (b.size > a.size ? b : a));
+        const url = `${pcH.url}/v2/${mrepo}/manifests/v1`;
+        // The same wrk first without the hostile clients: on a shared machine, what they add is the difference.
+        const control = [];
+        for (let rep = 0; rep < P.wrkReps; rep++) {
+          const w = await wrkManifest(url, { seconds: P.wrkSeconds });
+          if (w.non2xx > 0) throw new Error(`wrk against the hostile instance: ${w.non2xx} non-2xx responses`);
+          control.push(w);
+          log(`hostile control wrk rep ${rep + 1}/${P.wrkReps} (no hostile clients yet): ${w.rps.toFixed(0)} req/s, p50 ${fmt(w.p50)} ms, p99 ${fmt(w.p99)} ms`);
+        }
+        const baseline = pcH.memory();
+        const reset = pcH.resetPeak();
+        let sampled = 0;
+        const timer = setInterval(() => {
+          try {
+            sampled = Math.max(sampled, pcH.memory().rssMiB);
+          } catch {
+            // process gone: the phase fails below
+          }
+        }, 50);
+        const wrkRuns = [];
+        let afterSetup;
+        try {
+          const t0 = performance.now();
+          await hostile.openIdle(H.idle);
+          const servedBefore = (await pcH.metrics()).filter((x) => x.name === 'portcullis_served_bytes_total').reduce((a, x) => a + x.value, 0);
+          await hostile.openStalled(H.stalled, `/v2/${brepo}/blobs/${layer.digest}`);
+          // Let the stalled readers' sockets fill before measuring what the proxy sent them.
+          await new Promise((r) => setTimeout(r, 1000));
+          const servedAfter = (await pcH.metrics()).filter((x) => x.name === 'portcullis_served_bytes_total').reduce((a, x) => a + x.value, 0);
+          afterSetup = { ms: round(performance.now() - t0, 0), rss_mib: round(pcH.memory().rssMiB, 1), sent_per_stalled_reader_mib: round((servedAfter - servedBefore) / H.stalled / 2 ** 20, 2) };
+          log(`hostile: ${H.idle} idle keep-alive connections and ${H.stalled} stalled readers of a ${(layer.size / 2 ** 20).toFixed(0)} MiB blob open in ${afterSetup.ms} ms; RSS ${afterSetup.rss_mib} MiB (from ${baseline.rssMiB.toFixed(0)}); ${afterSetup.sent_per_stalled_reader_mib} MiB sent to each stalled reader before it stalled`);
+          for (let rep = 0; rep < P.wrkReps; rep++) {
+            const w = await wrkManifest(url, { seconds: P.wrkSeconds });
+            if (w.non2xx > 0) throw new Error(`wrk against the hostile instance: ${w.non2xx} non-2xx responses`);
+            wrkRuns.push(w);
+            log(`hostile wrk rep ${rep + 1}/${P.wrkReps}: ${w.rps.toFixed(0)} req/s, p50 ${fmt(w.p50)} ms, p99 ${fmt(w.p99)} ms`);
+          }
+        } finally {
+          clearInterval(timer);
+        }
+        const mem = pcH.memory();
+        const open = hostile.openCounts;
+        const m = await pcH.metrics();
+        const metric = (name, labels = {}) => m.filter((x) => x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v)).reduce((a, x) => a + x.value, 0);
+        const peak = reset ? mem.hwmMiB : sampled;
+        result.hostile = {
+          idle_connections: H.idle,
+          stalled_readers: H.stalled,
+          blob_mib: round(layer.size / 2 ** 20, 0),
+          baseline_rss_mib: round(baseline.rssMiB, 1),
+          after_setup: afterSetup,
+          peak_rss_mib: round(peak, 1),
+          sampled_max_rss_mib: round(sampled, 1),
+          hwm_reset: reset,
+          wrk: wrkRuns.map((w) => ({ rps: round(w.rps, 0), p50_ms: w.p50, p99_ms: w.p99, socket_errors: w.socketErrors })),
+          control_wrk: control.map((w) => ({ rps: round(w.rps, 0), p50_ms: w.p50, p99_ms: w.p99, socket_errors: w.socketErrors })),
+          // Every hostile connection was still open at the end (none refused, none cut): what was measured is their cost.
+          client_sockets_open_at_end: open,
+          client_sockets_closed_early: hostile.closedEarly,
+          portcullis_connections_open: metric('portcullis_connections_open'),
+          portcullis_connections_refused: metric('portcullis_connections_refused_total'),
+          portcullis_connections_closed: metric('portcullis_connections_closed_total'),
+          write_stall_timeout: 'default (60s): longer than the phase, so the stalled readers are held throughout',
+        };
+        result.hostile_peak_rss_mib = round(peak, 1);
+        result.hostile_manifest_p99_ms = round(median(wrkRuns.map((w) => w.p99)), 3);
+        result.hostile_manifest_rps = round(median(wrkRuns.map((w) => w.rps)), 0);
+        result.hostile_control_manifest_p99_ms = round(median(control.map((w) => w.p99)), 3);
+        result.hostile_control_manifest_rps = round(median(control.map((w) => w.rps)), 0);
+        log(`hostile: peak RSS ${peak.toFixed(0)} MiB (sampled ${sampled.toFixed(0)}); manifest p99 ${fmt(result.hostile_manifest_p99_ms)} ms; client sockets still open: ${open.idle} idle, ${open.stalled} stalled`);
+      } finally {
+        hostile.close();
+        instances.splice(instances.indexOf(pcH), 1);
+        await pcH.stop();
+      }
+    }
+
     const final = await pc.metrics().catch(() => []);
     const get = (name, labels = {}) => final.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((a, s) => a + s.value, 0);
     result.portcullis_counters = {
@@ -578,6 +683,9 @@ function printTable(r) {
     ['manifest p50 / p99 ms', r.manifest_p50_ms !== undefined ? `${fmt(r.manifest_p50_ms)} / ${fmt(r.manifest_p99_ms)}` : undefined, r.peer_manifest_p50_ms !== undefined ? `${fmt(r.peer_manifest_p50_ms)} / ${fmt(r.peer_manifest_p99_ms)}` : undefined, r.direct_manifest_p50_ms !== undefined ? `direct ${fmt(r.direct_manifest_p50_ms)} / ${fmt(r.direct_manifest_p99_ms)}` : '', null],
     ['decision overhead, cold, median ms', r.decision_overhead_ms_p50, undefined, '≤ 15', r.targets.decision_overhead_ms_p50],
     ['peak RSS, 20 × 1 GiB, MiB', r.peak_rss_mib, undefined, '≤ 300', r.targets.peak_rss_mib],
+    ['hostile: peak RSS, MiB', r.hostile_peak_rss_mib, undefined, '≤ 300', r.targets.hostile_peak_rss_mib],
+    ['hostile: manifest p99 ms', r.hostile_manifest_p99_ms, undefined, '≤ 50', r.targets.hostile_manifest_p99_ms],
+    ['hostile: same wrk without them, p99 ms', r.hostile_control_manifest_p99_ms, undefined, '', null],
   ];
   const cell = (v) => (v === undefined || v === null ? '—' : typeof v === 'number' ? String(v) : v);
   const w = [38, 12, 14, 16, 6];

@@ -12,7 +12,14 @@ import { open } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import { finished } from 'node:stream/promises';
 import { drained, prematureClose } from '../util/drain.js';
-import { SLAB_SIZE, slabPool, type Slab } from './slabs.js';
+import { slabPool, smallSlabPool, type Slab } from './slabs.js';
+
+/**
+ * Until a response has sent this much, it reads (and writes) in small slabs. More than loopback or LAN socket
+ * buffers take from a client that never reads, so such a client only ever pins two small slabs; a client that
+ * reads gets past it within milliseconds and then has 1 MiB reads and writes.
+ */
+const PROVEN_BYTES = 16 * 1024 * 1024;
 
 /**
  * Writes bytes [start, end] (inclusive) of the file at `path` to `res`, ends it, and resolves once the response
@@ -22,9 +29,10 @@ export async function sendFileRange(res: ServerResponse, path: string, start: nu
   const fh = await open(path, 'r');
   /** One read into a pooled slab; the slab goes back if the read fails or comes back empty. */
   const readAt = async (pos: number): Promise<{ slab: Slab; n: number }> => {
-    const slab = slabPool.take();
+    const pool = pos - start < PROVEN_BYTES ? smallSlabPool : slabPool;
+    const slab = pool.take();
     try {
-      const { bytesRead } = await fh.read(slab.buf, 0, Math.min(SLAB_SIZE, end - pos + 1), pos);
+      const { bytesRead } = await fh.read(slab.buf, 0, Math.min(pool.slabSize, end - pos + 1), pos);
       if (bytesRead === 0) throw new Error(`short read from ${path} at ${pos}`);
       return { slab, n: bytesRead };
     } catch (e) {

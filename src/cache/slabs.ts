@@ -30,25 +30,39 @@ export class Slab {
   release(error?: unknown): void {
     if (this.refs <= 0) throw new Error('slab released more often than retained');
     if (error) this.tainted = true;
-    if (--this.refs === 0 && !this.tainted) this.pool.give(this.buf);
+    if (--this.refs === 0) this.pool.give(this.buf, this.tainted);
   }
 }
 
 export class SlabPool {
   private readonly idle: Buffer[] = [];
+  private taken = 0;
 
-  /** @param maxIdle slabs kept for reuse; more are left to the GC (idle slabs count in RSS). */
-  constructor(private readonly maxIdle: number) {}
+  /**
+   * @param maxIdle slabs kept for reuse; more are left to the GC (idle slabs count in RSS).
+   * @param slabSize the size of the slabs this pool recycles.
+   */
+  constructor(
+    private readonly maxIdle: number,
+    readonly slabSize = SLAB_SIZE,
+  ) {}
 
-  /** A slab with one reference, for `size` bytes (≤ SLAB_SIZE; only full-size slabs are recycled). */
-  take(size = SLAB_SIZE): Slab {
-    const buf = size === SLAB_SIZE ? (this.idle.pop() ?? Buffer.allocUnsafeSlow(SLAB_SIZE)) : Buffer.allocUnsafeSlow(size);
+  /** A slab with one reference, for `size` bytes (≤ slabSize; only full-size slabs are recycled). */
+  take(size = this.slabSize): Slab {
+    const buf = size === this.slabSize ? (this.idle.pop() ?? Buffer.allocUnsafeSlow(size)) : Buffer.allocUnsafeSlow(size);
+    this.taken++;
     return new Slab(buf, this);
   }
 
-  /** @internal */
-  give(buf: Buffer): void {
-    if (buf.length === SLAB_SIZE && this.idle.length < this.maxIdle) this.idle.push(buf);
+  /** @internal Its last holder let go; a tainted buffer is left to the GC. */
+  give(buf: Buffer, tainted = false): void {
+    this.taken--;
+    if (!tainted && buf.length === this.slabSize && this.idle.length < this.maxIdle) this.idle.push(buf);
+  }
+
+  /** Slabs taken and not yet let go by every holder (what responses, downloads and writes hold right now). */
+  get inUse(): number {
+    return this.taken;
   }
 
   get idleCount(): number {
@@ -58,3 +72,11 @@ export class SlabPool {
 
 /** The process-wide pool: 32 idle slabs at most. */
 export const slabPool = new SlabPool(32);
+
+/**
+ * Smaller slabs for the start of a cached blob's response (cache/sendfile.ts), before its client has shown that it
+ * reads: a client that asks for a blob and never reads keeps the slab of its pending write (and the one read ahead)
+ * until the write-stall timeout closes it, so 100 such clients held 200 MiB in 1 MiB slabs.
+ */
+export const SMALL_SLAB_SIZE = 256 * 1024;
+export const smallSlabPool = new SlabPool(32, SMALL_SLAB_SIZE);

@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { authSchema, quotasSchema } from '../auth/config.js';
 import { scanSchema } from '../scan/config.js';
+import { cidrProblem } from '../util/address.js';
 import { signaturesSchema } from '../verify/config.js';
 import { addressOrHost, httpUrl } from './url.js';
 
@@ -141,6 +142,35 @@ const limits = z
     maxManifestSize: size.default(4 * 1024 * 1024),
     maxHeaderSize: size.default(16 * 1024),
     requestTimeout: duration.default(600_000),
+    /** An idle keep-alive connection (between requests) is closed after this long. */
+    idleTimeout: duration.default(65_000),
+    /** A response whose client has taken none of the queued bytes for this long is closed (0: never). */
+    writeStallTimeout: duration.default(60_000),
+    /** Open client connections in all; more are closed at once (0: no cap). */
+    maxConnections: z.number().int().nonnegative().default(8192),
+    /** Open connections per client address (IPv6: per /64); behind a trusted proxy, requests in flight (0: no cap). */
+    maxConnectionsPerClient: z.number().int().nonnegative().default(512),
+  })
+  .strict();
+
+/** Where clients come from when the proxy sits behind a load balancer (src/server/limits.ts). */
+const listener = z
+  .object({
+    /** Every connection starts with a PROXY protocol v2 header naming the client (required when on). */
+    proxyProtocol: z.boolean().default(false),
+    /** How long a connection may take to send that header. */
+    proxyProtocolTimeout: duration.default(5_000),
+    /**
+     * Load balancers and proxies (CIDR ranges) whose X-Forwarded-For is believed; with proxyProtocol, the only
+     * peers whose PROXY headers are accepted. Empty: X-Forwarded-For is ignored.
+     */
+    trustedProxies: z
+      .array(z.string())
+      .default([])
+      .superRefine((list, ctx) => {
+        const problem = cidrProblem(list);
+        if (problem) ctx.addIssue({ code: 'custom', message: problem });
+      }),
   })
   .strict();
 
@@ -167,7 +197,8 @@ export const configSchema = z
     metricsToken: secretRef.optional(),
     dataDir: z.string().default('./data'),
     cache: cache.default({ maxSize: 20 * 1024 ** 3, tagTTL: 60_000, staleIfError: 86_400_000 }),
-    limits: limits.default({ maxManifestSize: 4 * 1024 * 1024, maxHeaderSize: 16 * 1024, requestTimeout: 600_000 }),
+    limits: limits.prefault({}),
+    listener: listener.prefault({}),
     upstreams: z.array(upstream).min(1, 'configure at least one upstream'),
     /** Upstream name used when a request names no registry (Docker's registry-mirrors sends plain paths). */
     defaultUpstream: z.string().optional(),

@@ -266,6 +266,25 @@ export class Metrics {
   });
 
   /** The gauges read the live figures at scrape time rather than being updated on every download. */
+  // The listener (src/server/limits.ts).
+  readonly connectionsOpen = new Gauge({
+    name: 'portcullis_connections_open',
+    help: 'Client connections open (accepted and not yet closed)',
+    registers: [this.registry],
+  });
+  readonly connectionsRefused = new Counter({
+    name: 'portcullis_connections_refused_total',
+    help: 'Client connections (or, behind a trusted proxy, requests) refused: global_limit, client_limit, proxy_protocol, untrusted_proxy',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly connectionsClosed = new Counter({
+    name: 'portcullis_connections_closed_total',
+    help: 'Client connections the proxy closed: write_stall (the client stopped reading), idle (keep-alive timeout)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
   trackDownloads(source: { active: () => number; unwrittenBytes: () => number }): void {
     this.downloads = source;
   }

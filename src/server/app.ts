@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import type { ClientAuth } from '../auth/client-auth.js';
@@ -27,11 +27,13 @@ import { ManifestService } from '../proxy/manifests.js';
 import { ReferrersService } from '../proxy/referrers.js';
 import { TagService } from '../proxy/tags.js';
 import { Router } from '../routing/route.js';
+import { addressSet, forwardedClient, type AddressSet } from '../util/address.js';
 import { UpstreamClient } from '../upstream/client.js';
 import { readSecret } from '../config/load.js';
 import { identify, metricsAllowed, serveToken } from './client-identity.js';
 import { errors, RegistryError } from './errors.js';
 import { RegistryHandlers, type WarmCheck } from './handlers.js';
+import { ConnectionGuard } from './limits.js';
 import { parseEndpoint, type Endpoint } from './paths.js';
 import { sendError, sendJson } from './respond.js';
 
@@ -76,6 +78,10 @@ export class App {
   private readonly pruner: NodeJS.Timeout;
   private operatorServer: Server | undefined;
   private readonly metricsToken: string | undefined;
+  /** Accepts connections and hands them to `server` once the guard admits them (see listen()). */
+  private front: NetServer | undefined;
+  private guard: ConnectionGuard | undefined;
+  private readonly trustedProxies: AddressSet;
   private shuttingDown = false;
   /** Responses still being written, so that a graceful shutdown can let them finish (see close()). */
   private readonly inflight = new Set<ServerResponse>();
@@ -140,6 +146,7 @@ export class App {
       ...(config.quotas ? { quotas: new Quotas(config.quotas, this.metrics, opts.now), warm: this.warmCheck() } : {}),
     });
     this.metrics.trackDownloads({ active: () => this.downloads.active, unwrittenBytes: unwrittenDownloadBytes });
+    this.trustedProxies = addressSet(config.listener.trustedProxies);
     // Expired admissions and closure members leave meta.sqlite a bounded batch at a time.
     this.pruner = setInterval(() => {
       try {
@@ -169,9 +176,15 @@ export class App {
   /** Starts listening; resolves with the bound address (port 0 picks a free one). */
   async listen(listen = this.opts.config.listen): Promise<AddressInfo> {
     const { config } = this.opts;
-    const serverOpts = { maxHeaderSize: config.limits.maxHeaderSize, requestTimeout: config.limits.requestTimeout, headersTimeout: 30_000, keepAliveTimeout: 65_000 };
+    const { limits } = config;
+    const serverOpts = {
+      maxHeaderSize: limits.maxHeaderSize,
+      requestTimeout: limits.requestTimeout,
+      headersTimeout: Math.min(30_000, limits.requestTimeout || 30_000),
+      keepAliveTimeout: limits.idleTimeout,
+    };
     const handler = (req: IncomingMessage, res: ServerResponse): void => void this.onRequest(req, res, 'registry');
-    this.server = config.tls
+    const server = (this.server = config.tls
       ? createHttpsServer(
           {
             ...serverOpts,
@@ -183,16 +196,48 @@ export class App {
           },
           handler,
         )
-      : createHttpServer(serverOpts, handler);
-    this.server.on('clientError', (err: NodeJS.ErrnoException, socket) => this.onClientError(err, socket));
+      : createHttpServer(serverOpts, handler));
+    server.on('clientError', (err: NodeJS.ErrnoException, socket) => this.onClientError(err, socket));
+    const m = this.metrics;
+    const guard = (this.guard = new ConnectionGuard(
+      {
+        maxConnections: limits.maxConnections,
+        maxConnectionsPerClient: limits.maxConnectionsPerClient,
+        writeStallTimeout: limits.writeStallTimeout,
+        proxyProtocol: config.listener.proxyProtocol,
+        proxyProtocolTimeout: config.listener.proxyProtocolTimeout,
+        trustedProxies: this.trustedProxies,
+      },
+      {
+        opened: (n) => m.connectionsOpen.set(n),
+        closed: (n) => m.connectionsOpen.set(n),
+        refused: (reason) => m.connectionsRefused.inc({ reason }),
+        ended: (reason, client) => {
+          m.connectionsClosed.inc({ reason });
+          if (reason === 'write_stall') this.log.info({ client, after_ms: limits.writeStallTimeout }, 'closed a connection whose client stopped reading');
+        },
+      },
+      this.opts.now,
+    ));
+    // The HTTP server does not listen itself: a plain TCP server accepts, the guard counts the connection (and reads
+    // its PROXY header) before TLS or HTTP parsing cost anything, and hands it over with the 'connection' event, as
+    // Node documents for injecting sockets. Node starts its header and request timeout checks on 'listening'.
+    const front = (this.front = createNetServer({ allowHalfOpen: true, noDelay: true }, (socket: Socket) =>
+      guard.accept(socket, (s) => {
+        server.emit('connection', s);
+        if (!config.tls && s.isPaused()) s.resume();
+      }),
+    ));
+    server.emit('listening');
     const idx = listen.lastIndexOf(':');
     const host = listen.slice(0, idx).replace(/^\[|\]$/g, '');
     const port = Number(listen.slice(idx + 1));
     await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen({ port, host, reusePort: config.reusePort }, () => resolve());
+      front.once('error', reject);
+      // reusePort: a replacement process can listen on the same address before this one drains (SIGTERM).
+      front.listen({ port, host, reusePort: config.reusePort }, () => resolve());
     });
-    const addr = this.server.address() as AddressInfo;
+    const addr = front.address() as AddressInfo;
     if (config.operatorListen) await this.listenOperator(config.operatorListen, serverOpts);
     this.log.info({ address: addr.address, port: addr.port, tls: Boolean(config.tls), upstreams: config.upstreams.map((u) => u.name) }, 'listening');
     return addr;
@@ -236,16 +281,18 @@ export class App {
     const method = req.method ?? 'GET';
     let kind = 'other';
     const log = this.log.child({ rid });
+    const client = this.clientOf(req, res);
     res.once('finish', () => {
       const ms = performance.now() - started;
       this.metrics.requests.inc({ kind, method, status: String(res.statusCode) });
       this.metrics.requestDuration.observe({ kind, method }, ms / 1000);
-      log.info({ method, path: pathname, ns: url.searchParams.get('ns') ?? undefined, status: res.statusCode, ms: Math.round(ms), ua: req.headers['user-agent'] }, 'request');
+      log.info({ method, path: pathname, ns: url.searchParams.get('ns') ?? undefined, status: res.statusCode, ms: Math.round(ms), client: client.ip, ua: req.headers['user-agent'] }, 'request');
     });
     res.once('close', () => {
       if (!res.writableFinished) log.warn({ method, path: pathname }, 'response aborted');
     });
     try {
+      if (client.overLimit) throw errors.tooManyRequests('too many requests in flight from this client address', '1');
       if (pathname === '/healthz') return sendJson(res, 200, { status: 'ok' });
       if (pathname === '/readyz') return this.readyz(res);
       // With a separate operator listener, the registry listener serves neither metrics nor the /api/ endpoints, and
@@ -258,7 +305,7 @@ export class App {
         return sendJson(res, 200, body, method === 'HEAD', this.metrics.registry.contentType);
       }
       for (const h of this.api) if (await h.handle(req, res, url)) return;
-      if (this.opts.auth?.isTokenRequest(pathname)) return await serveToken(this.opts.auth, req, res, url);
+      if (this.opts.auth?.isTokenRequest(pathname)) return await serveToken(this.opts.auth, req, res, url, client.ip);
       const ep: Endpoint | undefined = pathname.startsWith('/v2') ? parseEndpoint(pathname) : undefined;
       if (!ep) throw errors.notFound(`no such endpoint: ${pathname.slice(0, 200)}`);
       kind = ep.kind;
@@ -269,9 +316,9 @@ export class App {
         throw errors.unsupported(`${method} is not supported: this is a read-only pull-through proxy`);
       }
       if (ep.kind === 'upload') throw errors.unsupported('pushes are not supported: this is a read-only pull-through proxy');
-      const identity = await identify(this.opts.auth, req, ep);
+      const identity = await identify(this.opts.auth, req, ep, client.ip);
       if (this.shuttingDown) res.setHeader('connection', 'close');
-      await this.handlers.handle({ req, res, url, method, clientIp: req.socket.remoteAddress ?? '', identity }, ep);
+      await this.handlers.handle({ req, res, url, method, clientIp: client.ip, identity }, ep);
     } catch (e) {
       // An unexpected error's message can name the server's files (ENOENT, EACCES …): the client gets the request id,
       // the log gets the message.
@@ -283,6 +330,23 @@ export class App {
       }
       sendError(res, err, method === 'HEAD');
     }
+  }
+
+  /**
+   * The client of a request: the connection's peer (or its PROXY header's source), or behind a trusted proxy the
+   * X-Forwarded-For client, whose requests in flight then count against the per-client cap instead of connections.
+   */
+  private clientOf(req: IncomingMessage, res: ServerResponse): { ip: string; overLimit: boolean } {
+    const guard = this.guard;
+    if (!guard) return { ip: req.socket.remoteAddress ?? '', overLimit: false };
+    guard.watch(req.socket);
+    const peer = guard.peerOf(req.socket);
+    const ip = forwardedClient(peer.address, req.headers['x-forwarded-for'], this.trustedProxies);
+    if (peer.counted !== undefined || !this.trustedProxies.has(peer.address)) return { ip, overLimit: false };
+    const leave = guard.enterRequest(ip);
+    if (!leave) return { ip, overLimit: true };
+    res.once('close', leave);
+    return { ip, overLimit: false };
   }
 
   /**
@@ -316,7 +380,8 @@ export class App {
   async close(graceMs = this.opts.config.shutdownGrace): Promise<void> {
     this.shuttingDown = true;
     const server = this.server;
-    const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
+    const front = this.front;
+    const closed = front ? new Promise<void>((r) => front.close(() => r())) : Promise.resolve();
     const operator = this.operatorServer;
     const operatorClosed = operator ? new Promise<void>((r) => operator.close(() => r())) : Promise.resolve();
     operator?.closeAllConnections();
@@ -339,10 +404,15 @@ export class App {
       this.inflightEmpty = undefined;
     }
     server?.closeAllConnections();
+    // Connections HTTP has not seen yet (in a TLS handshake, or sending a PROXY header) would hold the close open.
+    this.guard?.destroyAll();
     await closed;
     clearInterval(this.pruner);
     await operatorClosed;
     await this.opts.auth?.close();
+    // Stops Node's connection checks; the HTTP server never listened, so its "not running" answer is expected.
+    server?.close(() => {});
+    this.guard?.close();
     await Promise.all([...this.clients.values()].map((c) => c.destroy()));
     this.signatures?.close?.();
     this.meta.close();

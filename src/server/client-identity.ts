@@ -14,10 +14,11 @@ import { sendJson } from './respond.js';
  * Who the client is, or a RegistryError (401 with a challenge, 429 when throttled). The repository is the name in
  * the path, which a token's scope must cover.
  */
-export async function identify(auth: ClientAuth | undefined, req: IncomingMessage, ep: Endpoint): Promise<Identity> {
+/** `ip` is the client's address as the listener sees it (PROXY protocol or a trusted X-Forwarded-For applied). */
+export async function identify(auth: ClientAuth | undefined, req: IncomingMessage, ep: Endpoint, ip: string): Promise<Identity> {
   if (!auth) return ANONYMOUS;
   const repository = 'name' in ep ? ep.name : undefined;
-  const areq = { headers: req.headers, socket: req.socket, ip: req.socket.remoteAddress ?? '', ...(repository !== undefined ? { repository } : {}) };
+  const areq = { headers: req.headers, socket: req.socket, ip, ...(repository !== undefined ? { repository } : {}) };
   const outcome = await auth.authenticate(areq);
   if (!outcome.ok) throw authError(outcome, auth.challenge(req, repository));
   // The API version check is where clients learn how to log in (`docker login`, c/image's ping): with methods
@@ -29,8 +30,8 @@ export async function identify(auth: ClientAuth | undefined, req: IncomingMessag
 }
 
 /** `GET|HEAD /auth/token` (Basic, a certificate, or nothing) and `POST /auth/token` (the OAuth2 password grant). */
-export async function serveToken(auth: ClientAuth, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
-  const areq = { headers: req.headers, socket: req.socket, ip: req.socket.remoteAddress ?? '' };
+export async function serveToken(auth: ClientAuth, req: IncomingMessage, res: ServerResponse, url: URL, ip: string): Promise<void> {
+  const areq = { headers: req.headers, socket: req.socket, ip };
   let r: TokenResponse;
   if (req.method === 'POST') {
     const form = await readForm(req, 16 * 1024);

@@ -14,8 +14,19 @@ export interface CachedEvidence {
   attestations: PolicyInput['attestations'];
 }
 
+/**
+ * The in-memory copy is bounded by bytes as well as entries: an entry holds attestation predicates (up to
+ * maxPredicateSize each), so 10,000 entries alone could hold gigabytes for digests an upstream's owner made up.
+ */
+const MEMORY_ENTRIES = 10_000;
+const MEMORY_BYTES = 64 * 1024 * 1024;
+
 export class EvidenceCache {
-  private readonly memory = new LRUCache<string, { value: CachedEvidence; expiresAt: number }>({ max: 10_000 });
+  private readonly memory = new LRUCache<string, { value: CachedEvidence; expiresAt: number; size: number }>({
+    max: MEMORY_ENTRIES,
+    maxSize: MEMORY_BYTES,
+    sizeCalculation: (v, key) => v.size + key.length,
+  });
   private readonly db: DatabaseSync | undefined;
   private readonly st: { get: StatementSync; put: StatementSync; prune: StatementSync } | undefined;
   private puts = 0;
@@ -43,7 +54,7 @@ export class EvidenceCache {
     if (!row) return undefined;
     try {
       const value = JSON.parse(row.body) as CachedEvidence;
-      this.memory.set(key, { value, expiresAt: row.expires_at });
+      this.memory.set(key, { value, expiresAt: row.expires_at, size: row.body.length });
       return value;
     } catch {
       return undefined;
@@ -51,13 +62,19 @@ export class EvidenceCache {
   }
 
   put(key: string, value: CachedEvidence, expiresAt: number, now: number): void {
-    this.memory.set(key, { value, expiresAt });
+    const body = JSON.stringify(value);
+    this.memory.set(key, { value, expiresAt, size: body.length });
     try {
-      this.st?.put.run(key, JSON.stringify(value), expiresAt);
+      this.st?.put.run(key, body, expiresAt);
       if (++this.puts % 500 === 0) this.st?.prune.run(now);
     } catch {
       // The disk copy is an optimisation; the in-memory entry still serves.
     }
+  }
+
+  /** Bytes held in memory (for tests and diagnostics). */
+  get memoryBytes(): number {
+    return this.memory.calculatedSize;
   }
 
   close(): void {

@@ -177,6 +177,18 @@ export const signaturesSchema = z
       .default({ verifiedTTL: 3_600_000, unverifiedTTL: 30_000 }),
     /** At most this many referrers, and layers of a legacy signature manifest, are examined per digest. */
     maxSignatures: z.number().int().positive().max(256).default(32),
+    /**
+     * What discovery may fetch for one digest, all lookups together (src/verify/budget.ts): signature manifests,
+     * blobs, and their bytes. Past any of them the signature evidence is an error.
+     */
+    budget: z
+      .object({
+        artifacts: z.number().int().positive().max(1024).default(16),
+        blobs: z.number().int().positive().max(4096).default(32),
+        bytes: size.default(8 * 1024 * 1024),
+      })
+      .strict()
+      .prefault({}),
     /** Signature payloads, bundles and envelopes larger than this are not downloaded. */
     maxBlobSize: size.default(4 * 1024 * 1024),
     /** Attestation predicates larger than this (as JSON) reach the policy as null. */

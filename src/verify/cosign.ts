@@ -15,6 +15,7 @@ import { createHash } from 'node:crypto';
 import { bundleFromJSON, toDSSEBundle, toMessageSignatureBundle, type Bundle, type TransparencyLogEntry } from '@sigstore/bundle';
 import { X509Certificate, dsse } from '@sigstore/core';
 import type { Descriptor } from '../proxy/mediatypes.js';
+import { BudgetExceededError } from './budget.js';
 import { MT, type FoundArtifact } from './discovery.js';
 
 export const COSIGN_SIGN_PREDICATE = 'https://sigstore.dev/cosign/sign/v1';
@@ -73,6 +74,8 @@ export async function cosignItems(found: FoundArtifact, readBlob: BlobReader, ma
         out.push(fromLegacy(where, layer, await readBlob(layer), 'dsse'));
       }
     } catch (e) {
+      // Past the budget nothing more is read; the evidence says so once (provider.ts).
+      if (e instanceof BudgetExceededError) break;
       out.push({ where, error: e instanceof Error ? e.message : String(e), isSignature: found.kind !== 'cosign-att' });
     }
   }

@@ -8,7 +8,8 @@
  *   3. the legacy cosign tag `sha256-<hex>.att` (attestations).
  *
  * The three lookups run concurrently. A 404 means "none there"; anything else (an unreachable upstream, a 401) is
- * a discovery error, reported as evidence.
+ * a discovery error, reported as evidence. Every artifact manifest and blob fetched is charged to one budget per
+ * digest (budget.ts): past it, nothing more is fetched and the evidence is an error.
  */
 import { createHash } from 'node:crypto';
 import type { Manifest, ManifestService } from '../proxy/manifests.js';
@@ -18,6 +19,7 @@ import { digestHex, isDigest, type Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
 import { RegistryError } from '../server/errors.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
+import { BudgetExceededError, type DiscoveryBudget } from './budget.js';
 
 export const MT = {
   sigstoreBundlePrefix: 'application/vnd.dev.sigstore.bundle',
@@ -66,22 +68,23 @@ export class Discoverer {
     this.referrers = new ReferrersService(clientFor, manifests);
   }
 
-  async discover(route: Route, digest: Digest): Promise<Discovery> {
+  async discover(route: Route, digest: Digest, budget: DiscoveryBudget): Promise<Discovery> {
     const errors: string[] = [];
     const note = (what: string) => (e: unknown): undefined => {
-      if (!isNotFound(e)) errors.push(`${what}: ${errorText(e)}`);
+      // A spent budget is reported once, by the caller, from budget.exceeded.
+      if (!isNotFound(e) && !(e instanceof BudgetExceededError)) errors.push(`${what}: ${errorText(e)}`);
       return undefined;
     };
     const hex = digestHex(digest);
     const [refs, sig, att] = await Promise.all([
-      this.fromReferrers(route, digest).catch(note('referrers')),
-      this.byTag(route, `sha256-${hex}.sig`, 'cosign-sig', 'sig-tag').catch(note(`tag sha256-${hex.slice(0, 12)}….sig`)),
-      this.byTag(route, `sha256-${hex}.att`, 'cosign-att', 'att-tag').catch(note(`tag sha256-${hex.slice(0, 12)}….att`)),
+      this.fromReferrers(route, digest, budget).catch(note('referrers')),
+      this.byTag(route, `sha256-${hex}.sig`, 'cosign-sig', 'sig-tag', budget).catch(note(`tag sha256-${hex.slice(0, 12)}….sig`)),
+      this.byTag(route, `sha256-${hex}.att`, 'cosign-att', 'att-tag', budget).catch(note(`tag sha256-${hex.slice(0, 12)}….att`)),
     ]);
     return { artifacts: [...(refs ?? []), ...(sig ? [sig] : []), ...(att ? [att] : [])], errors };
   }
 
-  private async fromReferrers(route: Route, digest: Digest): Promise<FoundArtifact[]> {
+  private async fromReferrers(route: Route, digest: Digest, budget: DiscoveryBudget): Promise<FoundArtifact[]> {
     if (!digest.startsWith('sha256:')) return [];
     const list = await this.referrers.list(route, digest, undefined);
     const via = list.source === 'tag-schema' ? 'tag-schema' : 'referrers';
@@ -94,13 +97,15 @@ export class Discoverer {
     await Promise.all(
       wanted.map(async ({ d, kind }) => {
         try {
+          budget.artifact();
           const manifest = await this.manifests.get(route, d.digest);
+          budget.bytes(manifest.bytes.length);
           // The index is the upstream's claim; the manifest itself must say what it is and what it refers to.
           const actualKind = artifactKindOf(manifest.parsed.artifactType ?? manifest.parsed.config?.mediaType) ?? kind;
           if (manifest.parsed.subject && manifest.parsed.subject.digest !== digest) return;
           out.push({ kind: actualKind, via, manifest });
         } catch (e) {
-          if (!isNotFound(e)) errors.push(`referrer ${d.digest}: ${errorText(e)}`);
+          if (!isNotFound(e) && !(e instanceof BudgetExceededError)) errors.push(`referrer ${d.digest}: ${errorText(e)}`);
         }
       }),
     );
@@ -108,17 +113,26 @@ export class Discoverer {
     return out;
   }
 
-  private async byTag(route: Route, tag: string, kind: ArtifactKind, via: FoundArtifact['via']): Promise<FoundArtifact | undefined> {
+  private async byTag(route: Route, tag: string, kind: ArtifactKind, via: FoundArtifact['via'], budget: DiscoveryBudget): Promise<FoundArtifact | undefined> {
+    // Charged before the lookup: resolving a tag already fetches its manifest (a 404 costs the same request).
+    budget.artifact();
     const resolved = await this.manifests.resolveTag(route, tag);
     const manifest = await this.manifests.get(route, resolved.digest);
+    budget.bytes(manifest.bytes.length);
     if (manifest.parsed.kind !== 'image') return undefined;
     return { kind, via, manifest };
   }
 
-  /** A blob of an artifact, size-capped and checked against its digest. */
-  async blob(route: Route, d: Descriptor): Promise<Buffer> {
+  /**
+   * A blob of an artifact, size-capped, charged to the budget at its declared size (no more is read), and checked
+   * against its digest.
+   */
+  async blob(route: Route, d: Descriptor, budget: DiscoveryBudget): Promise<Buffer> {
     if (d.size > this.maxBlobSize) throw new Error(`blob ${d.digest} is ${d.size} bytes, over the ${this.maxBlobSize}-byte limit`);
     if (!d.digest.startsWith('sha256:')) throw new Error(`unsupported digest algorithm in ${d.digest}`);
+    if (!Number.isSafeInteger(d.size) || d.size < 0) throw new Error(`blob ${d.digest} has an invalid size`);
+    budget.blob(d.size);
+    const max = d.size;
     const res = await this.clientFor(route.upstream.name).send({
       method: 'GET',
       path: `/v2/${route.repository}/blobs/${d.digest}`,
@@ -130,17 +144,17 @@ export class Discoverer {
       throw new Error(`upstream answered HTTP ${res.status} for blob ${d.digest}`);
     }
     const declared = Number(headerString(res.headers['content-length']));
-    if (Number.isFinite(declared) && declared > this.maxBlobSize) {
+    if (Number.isFinite(declared) && declared > max) {
       res.body.destroy();
-      throw new Error(`blob ${d.digest} is ${declared} bytes, over the ${this.maxBlobSize}-byte limit`);
+      throw new Error(`blob ${d.digest} is ${declared} bytes, more than the ${max} its descriptor says`);
     }
     const chunks: Buffer[] = [];
     let total = 0;
     for await (const c of res.body) {
       total += (c as Buffer).length;
-      if (total > this.maxBlobSize) {
+      if (total > max) {
         res.body.destroy();
-        throw new Error(`blob ${d.digest} is over the ${this.maxBlobSize}-byte limit`);
+        throw new Error(`blob ${d.digest} is more than the ${max} bytes its descriptor says`);
       }
       chunks.push(c as Buffer);
     }

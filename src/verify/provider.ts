@@ -19,6 +19,7 @@ import type { Manifest } from '../proxy/manifests.js';
 import type { Descriptor } from '../proxy/mediatypes.js';
 import type { Route } from '../routing/route.js';
 import { isAccessory } from './accessory.js';
+import { BudgetExceededError, DiscoveryBudget } from './budget.js';
 import { EvidenceCache, type CachedEvidence } from './cache.js';
 import type { SignaturesConfig } from './config.js';
 import { cosignItems, type CosignItem, type Outcome } from './cosign.js';
@@ -127,14 +128,16 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     // A signature or attestation manifest has no signatures of its own to look for; its decision ignores them.
     if (isAccessory(manifest.parsed, null)) return { signatures: { status: 'none', verified: [], rejected: [] }, attestations: [] };
 
-    const discovery = await this.discoverer.discover(route, ctx.digest);
-    const readBlob = (d: Descriptor): Promise<Buffer> => this.discoverer.blob(route, d);
-    const candidates = (await Promise.all(discovery.artifacts.map((a) => this.candidatesOf(a, readBlob)))).flat();
-    const result = await this.evaluate(candidates, manifest, discovery.errors);
+    const budget = new DiscoveryBudget(this.config.budget);
+    const discovery = await this.discoverer.discover(route, ctx.digest, budget);
+    const readBlob = (d: Descriptor): Promise<Buffer> => this.discoverer.blob(route, d, budget);
+    const candidates = budget.exceeded ? [] : (await Promise.all(discovery.artifacts.map((a) => this.candidatesOf(a, readBlob)))).flat();
+    // Fail closed: whatever verified before the budget ran out, the upstream listed more than a decision may fetch.
+    const result = budget.exceeded ? errorEvidence(budget.exceeded.message) : await this.evaluate(candidates, manifest, discovery.errors);
     const seconds = (performance.now() - started) / 1000;
     this.metrics.signatureDuration.observe(seconds);
     this.log.debug(
-      { digest: ctx.digest, repository: ctx.repository, found: discovery.artifacts.length, status: result.signatures.status, verified: result.signatures.verified.map((v) => v.authority), ms: Math.round(seconds * 1000) },
+      { digest: ctx.digest, repository: ctx.repository, found: discovery.artifacts.length, fetched: budget.usage, status: result.signatures.status, verified: result.signatures.verified.map((v) => v.authority), ms: Math.round(seconds * 1000) },
       'signature evidence',
     );
     if (discovery.errors.length === 0) {
@@ -160,6 +163,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     try {
       return [{ family: 'notation', env: parseNotationJws(where, await readBlob(layer)) }];
     } catch (e) {
+      if (e instanceof BudgetExceededError) return [];
       return [{ family: 'notation', where, error: errorText(e), isSignature: true }];
     }
   }

@@ -47,7 +47,8 @@ shutdownGrace: 0s
       {},
     );
     expect(c.cache).toEqual({ maxSize: 20 * 1024 ** 3, tagTTL: 30_000, staleIfError: 7 * 86_400_000 });
-    expect(c.limits).toEqual({ maxManifestSize: 512 * 1024, maxHeaderSize: 100, requestTimeout: 500 });
+    expect(c.limits).toEqual({ maxManifestSize: 512 * 1024, maxHeaderSize: 100, requestTimeout: 500, idleTimeout: 65_000, writeStallTimeout: 60_000, maxConnections: 8192, maxConnectionsPerClient: 512 });
+    expect(c.listener).toEqual({ proxyProtocol: false, proxyProtocolTimeout: 5_000, trustedProxies: [] });
     expect(c.gate).toEqual({ allowTTL: 300_000, denyTTL: 2_000, closureTTL: 3_600_000 });
     expect(c.shutdownGrace).toBe(0);
     expect(parseDuration('1h')).toBe(3_600_000);
@@ -55,6 +56,15 @@ shutdownGrace: 0s
     expect(parseSize('7B')).toBe(7);
     expect(() => parseDuration('1y')).toThrow();
     expect(() => parseSize('1GB')).toThrow();
+  });
+
+  it('checks the listener and limits settings, naming the field', () => {
+    const c = parseConfig(`${MIN}\nlistener: { proxyProtocol: true, trustedProxies: [10.0.0.0/8, '2001:db8::/32'] }\nlimits: { writeStallTimeout: 0, maxConnectionsPerClient: 0 }\n`, 'p.yaml', {});
+    expect(c.listener).toMatchObject({ proxyProtocol: true, trustedProxies: ['10.0.0.0/8', '2001:db8::/32'] });
+    expect(c.limits).toMatchObject({ writeStallTimeout: 0, maxConnectionsPerClient: 0, idleTimeout: 65_000 });
+    expect(() => parseConfig(`${MIN}\nlistener: { trustedProxies: [10.0.0.0/40] }\n`, 'p.yaml', {})).toThrow(/listener\.trustedProxies: "10\.0\.0\.0\/40": prefix length/);
+    expect(() => parseConfig(`${MIN}\nlimits: { maxConnections: -1 }\n`, 'p.yaml', {})).toThrow(/limits\.maxConnections/);
+    expect(() => parseConfig(`${MIN}\nsignatures: { budget: { blobs: 0 } }\n`, 'p.yaml', {})).toThrow(/signatures\.budget\.blobs/);
   });
 
   it('rejects bad durations and sizes with their field path', () => {
