@@ -22,9 +22,12 @@ tag := input.image.tag if {
 	input.image.tag != ""
 }
 
-# Accessory requests (signatures, attestations, SBOMs, referrers) are only checked against the registry,
-# repository and scope coverage rules; everything else (including a missing kind) is a manifest request.
-is_manifest_request if not input.request.kind == "accessory"
+# Accessory requests (signatures, attestations, SBOMs, referrers) and repository-level requests (a tag list, a
+# referrers list: no digest) are only checked against the registry, repository and scope coverage rules; everything
+# else (including a missing or unknown kind) is a manifest request.
+repository_level_kinds := {"accessory", "tags", "referrers"}
+
+is_manifest_request if not input.request.kind in repository_level_kinds
 
 # input.now in nanoseconds. Undefined when absent or unparsable: then no exception and no CVE ignore is active.
 now_ns := time.parse_rfc3339_ns(input.now)

@@ -87,3 +87,22 @@ test_exception_covers_no_match if {
 	d.allow == true
 	warn_rules(d) == {"scope.no_match"}
 }
+
+# An index commits to its children's digests: an exception naming the admitted root (or the listing index) covers
+# a child decided under it; one naming an unrelated digest does not.
+test_exception_for_root_digest_covers_child if {
+	child := with_image({
+		"digest": "sha256:3333333333333333333333333333333333333333333333333333333333333333",
+		"parent": {"digest": "sha256:4444444444444444444444444444444444444444444444444444444444444444", "media_type": "application/vnd.oci.image.index.v1+json"},
+		"root": {"digest": base_input.image.digest, "tag": "v1"},
+	})
+	inp := with_scan_critical(child)
+	conf := object.union(base_config, {"exceptions": [exc({"digests": [base_input.image.digest]})]})
+	decide(inp, conf).allow
+	conf2 := object.union(base_config, {"exceptions": [exc({"digests": ["sha256:4444444444444444444444444444444444444444444444444444444444444444"]})]})
+	decide(inp, conf2).allow
+	conf3 := object.union(base_config, {"exceptions": [exc({"digests": ["sha256:5555"]})]})
+	not decide(inp, conf3).allow
+}
+
+with_scan_critical(inp) := object.union(inp, {"scan": object.union(inp.scan, {"counts": {"CRITICAL": 2}})})

@@ -196,3 +196,34 @@ test_registry_value_quoted_when_missing if {
 	d := decide(replace(base_input, "image", {"repository": "x"}), base_config)
 	"registry \"\" is not allowed" in deny_messages(d)
 }
+
+# --- repository-level requests (tag lists, referrers lists): no digest, no evidence, repository rules only
+
+repository_request(kind, registry, repository) := {
+	"version": 1, "now": now,
+	"request": {"kind": kind, "method": "GET", "client": {"ip": "10.0.0.7"}, "routing": "prefix"},
+	"image": {"registry": registry, "repository": repository, "tag": null, "digest": null, "media_type": null, "platforms": [], "labels": {}},
+	"signatures": {"status": "not_configured", "verified": [], "rejected": []},
+	"scan": {"status": "not_configured"},
+}
+
+test_tags_of_a_covered_repository_allowed_without_evidence if {
+	every kind in ["tags", "referrers"] {
+		clean(repository_request(kind, "ghcr.io", "acme/api"), scope_config({"require_digest": true, "deny_tags": ["*"]}))
+	}
+}
+
+test_tags_of_an_uncovered_repository_denied if {
+	every kind in ["tags", "referrers"] {
+		deny_rules(decide(repository_request(kind, "ghcr.io", "other/api"), base_config)) == {"scope.no_match"}
+	}
+}
+
+test_tags_of_a_disallowed_registry_denied if {
+	"registry.not_allowed" in deny_rules(decide(repository_request("tags", "quay.io", "acme/api"), object.union(base_config, {"scopes": [{"images": ["**"]}]})))
+}
+
+test_unknown_kind_is_a_manifest_request if {
+	inp := object.union(with_sigs({"status": "none", "verified": [], "rejected": []}), {"request": {"kind": "blob", "method": "GET"}})
+	"signature.required" in deny_rules(decide(inp, base_config))
+}

@@ -216,6 +216,11 @@ export const configSchema = z
       .default({ level: 'info' }),
     /** Graceful shutdown: how long in-flight downloads may run after SIGTERM before they are discarded. */
     shutdownGrace: duration.default(30_000),
+    /**
+     * Listen with SO_REUSEPORT, so that a new process can start on the same address before the old one drains on
+     * SIGTERM (a replacement without a moment of refused connections). Linux lets only the same user share the port.
+     */
+    reusePort: z.boolean().default(false),
   })
   .strict()
   .superRefine((cfg, ctx) => {

@@ -1,25 +1,48 @@
 /**
- * The admission gate (DESIGN §1). A root manifest, asked for by tag or by a digest that no admitted closure holds,
- * gets a policy decision; on admission the gate records the root's closure (child manifests, config, layers) so
- * that those, and only those, can then be fetched by digest in the same repository. Everything else by digest is
- * refused, which is what closes the by-digest bypass.
+ * The admission gate (DESIGN §1, §11). A root manifest, asked for by tag or by a digest that no admitted index lists,
+ * gets a policy decision. An admission records what the manifest lists, each member in its role (closures.ts):
+ * an index's child manifests, an image's config and layers. A runnable child of an admitted index gets a decision
+ * of its own when it is first asked for (its own scan, the index's signatures); its config and layers join the
+ * closure only when it is allowed. Everything else by digest is refused, which closes the by-digest bypass.
+ *
+ * Every decision is bound to its basis (policy revision, settings hash, trust revision: basis.ts), and so is every
+ * admission. After any change, a child or blob is served only once its root (and child) is decided again under the
+ * new basis; that happens inline, on the request, so a change that still allows an image never fails a running pull.
  *
  * Fail closed: an exception anywhere in evidence or policy evaluation becomes a deny whose message carries it.
  */
 import { randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
+import type { MetaStore } from '../cache/metastore.js';
 import { measureUpstreamWait } from '../metrics/upstream-wait.js';
-import type { MetaStore, ClosureMember } from '../cache/metastore.js';
 import type { Manifest } from '../proxy/manifests.js';
+import { parseManifest } from '../proxy/mediatypes.js';
 import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
-import type { Admission, Decider, EvidenceContext, PolicyInput, PolicyResult, ScanProvider, SignatureProvider, Violation } from './types.js';
+import { basisKey, type Basis } from './basis.js';
+import { Closures, type BlobVerdict } from './closures.js';
+import { buildInput, errorAdmission, mergeSignatures, NO_EVIDENCE, toAdmission, type Client, type Evidence, type Subject } from './input.js';
+import type { Admission, Decider, EvidenceContext, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from './types.js';
+
+export type { BlobVerdict } from './closures.js';
 
 export interface GateOptions {
   allowTTL: number;
   denyTTL: number;
-  /** How long an admitted closure lets its members through without a new root decision. */
+  /** How long an admission lets its members through without a new root decision (under an unchanged basis). */
   closureTTL: number;
+  /** Hash of the operator settings that shape decisions (basis.ts `settingsHash`); '' when there are none. */
+  settingsHash?: string;
+  /** Manifests by digest, for re-deciding a root inline; by default those the metadata store holds. */
+  manifests?: ManifestSource;
+  /** How many decisions the in-memory cache keeps (LRU); keys include names clients choose. */
+  decisionCacheSize?: number;
+  /** At most this many expired rows of each closure table go per prune() (bounded work per run). */
+  pruneBatch?: number;
+}
+
+export interface ManifestSource {
+  get(route: Route, digest: Digest): Promise<Manifest>;
 }
 
 export interface RootRequest {
@@ -28,7 +51,39 @@ export interface RootRequest {
   tag: string | null;
   manifest: Manifest;
   kind: 'manifest' | 'accessory';
-  client: { ip: string; user: string | null; groups: string[]; method: string; userAgent: string | null };
+  client: Client;
+}
+
+/** A runnable manifest listed by an admitted index, asked for by digest. */
+export interface ChildRequest {
+  route: Route;
+  method: 'GET' | 'HEAD';
+  client: Client;
+  manifest: Manifest;
+  parent: Manifest;
+  root: { manifest: Manifest; tag: string | null };
+}
+
+/** A manifest asked for by digest: a child of an admitted index, or else a root of its own. */
+export interface DigestRequest {
+  route: Route;
+  method: 'GET' | 'HEAD';
+  client: Client;
+  manifest: Manifest;
+}
+
+export interface MemberRequest {
+  route: Route;
+  method: 'GET' | 'HEAD';
+  client: Client;
+  digest: Digest;
+}
+
+export interface RepositoryRequest {
+  route: Route;
+  method: 'GET' | 'HEAD';
+  client: Client;
+  kind: 'tags' | 'referrers';
 }
 
 /** Observers get every decision for logging and metrics; they must not throw. */
@@ -38,6 +93,8 @@ export interface DecisionObserver {
     input: PolicyInput;
     result: PolicyResult | undefined;
     revision: string;
+    /** The policy revision, settings hash and trust revision the decision was made under. */
+    basis?: string;
     /** Policy evaluation alone. */
     evalMs: number;
     /** Evidence gathering plus evaluation, upstream round trips included. */
@@ -61,14 +118,10 @@ const notConfiguredScan: ScanProvider = { scan: () => Promise.resolve({ status: 
 
 export class Gate {
   private readonly decisions: LRUCache<string, { admission: Admission; expiresAt: number }>;
-  /**
-   * When each closure (root, or root + child) was last written, so that warm requests, which all re-assert their
-   * closure, cost a SQLite write only once per half closure TTL instead of on every manifest request.
-   */
-  private readonly closureWrites = new LRUCache<string, number>({ max: 100_000 });
   private readonly flights = new Map<string, Promise<Admission>>();
   /** Decisions made while the scan was pending or missing: not cached, so a result counts as soon as it arrives. */
   private readonly transient = new WeakSet<Admission>();
+  private readonly closures: Closures;
 
   constructor(
     private decider: Decider,
@@ -79,71 +132,135 @@ export class Gate {
     private readonly observers: DecisionObserver[] = [],
     private readonly now: () => number = Date.now,
   ) {
-    this.decisions = new LRUCache({ max: 50_000 });
+    this.decisions = new LRUCache({ max: opts.decisionCacheSize ?? 20_000 });
+    const manifests: ManifestSource = opts.manifests ?? { get: (route, digest) => Promise.resolve(this.storedManifest(route, digest)) };
+    this.closures = new Closures(meta, manifests, { closureTTL: opts.closureTTL, pruneBatch: opts.pruneBatch ?? 2_000 }, now, {
+      basis: () => this.basis(),
+      admitRoot: (r) => this.admitRoot(r),
+      admitChild: (r) => this.admitChild(r),
+    });
   }
 
   get policyRevision(): string {
     return this.decider.revision;
   }
 
-  /** Swaps the policy (hot reload). Cached decisions are keyed by revision, so they lapse on their own. */
+  /** The basis decisions are made under right now. */
+  basis(): string {
+    return basisKey(this.basisParts());
+  }
+
+  private basisParts(): Basis {
+    return { policy: this.decider.revision, settings: this.opts.settingsHash ?? '', trust: this.signatures.trustRevision };
+  }
+
+  /** Swaps the policy (tests; the server swaps inside its PolicyManager and calls policyChanged). */
   setDecider(d: Decider): void {
     this.decider = d;
+    this.policyChanged();
+  }
+
+  /**
+   * A new policy revision is in use (PolicyManager's onSwap). Cached decisions are keyed by revision and admissions
+   * carry their basis, so nothing is served on the old policy's strength either way; this frees the cache at once.
+   */
+  policyChanged(): void {
+    this.decisions.clear();
+  }
+
+  /** How many decisions the in-memory cache holds (bounded by decisionCacheSize). */
+  get cachedDecisions(): number {
+    return this.decisions.size;
   }
 
   /**
    * Forgets what was decided about an image because the evidence behind it changed (a scan report pushed or
    * deleted for `digest`, which may be a root or, for an index, one of its platform manifests): the cached decisions
-   * for every root that is or contains it, in every repository, and those roots' closures. The next pull then
-   * decides afresh, and until it does, nothing of those images is served by digest. So an image a new report shows
-   * to be vulnerable is not served for the rest of allowTTL, and one denied for a missing report passes as soon as
-   * the report is in. Returns how many decisions were dropped.
+   * for every root that is or contains it, in every repository, and those roots' admissions and closures. The next
+   * pull then decides afresh, and until it does, nothing of those images is served by digest. Returns how many
+   * cached decisions were dropped.
    */
   forgetDigest(digest: Digest): number {
     const roots = new Set<string>([digest, ...this.meta.rootsContaining(digest)]);
     let n = 0;
     for (const key of [...this.decisions.keys()]) {
-      if (roots.has(key.split('\n', 3)[2] ?? '')) {
+      const [, , d, under] = key.split('\n', 4);
+      if (roots.has(d ?? '') || roots.has(under ?? '')) {
         this.decisions.delete(key);
         n++;
       }
     }
-    for (const key of [...this.closureWrites.keys()]) if (roots.has(key.split('\n', 3)[2] ?? '')) this.closureWrites.delete(key);
-    for (const root of roots) this.meta.dropClosuresOfRoot(root as Digest);
+    for (const root of roots) this.meta.dropRoot(root as Digest);
+    this.closures.forget();
     return n;
   }
 
   /** Decides for a root manifest; concurrent identical requests share one evaluation. */
-  private keyOf(req: RootRequest): string {
+  admitRoot(req: RootRequest): Promise<Admission> {
+    return this.decideCached({ ...req, parent: undefined, root: undefined });
+  }
+
+  /** Decides for a runnable child of an admitted index, with its own evidence and the index's signatures. */
+  admitChild(req: ChildRequest): Promise<Admission> {
+    return this.decideCached({ route: req.route, method: req.method, client: req.client, kind: 'manifest', tag: null, manifest: req.manifest, parent: req.parent, root: req.root });
+  }
+
+  /** Repository-level rules for a tag list or a referrers list: may this repository be listed at all? */
+  admitRepository(req: RepositoryRequest): Promise<Admission> {
+    return this.decideCached({ route: req.route, method: req.method, client: req.client, kind: req.kind, tag: null });
+  }
+
+  /** A manifest asked for by digest: the child of an admitted index (in that role only), or a root of its own. */
+  admitByDigest(req: DigestRequest): Promise<Admission> {
+    return this.closures.admitByDigest(req);
+  }
+
+  /** A blob: served only as the config or a layer of an admitted manifest whose admission holds now. */
+  admitBlob(req: MemberRequest): Promise<BlobVerdict> {
+    return this.closures.admitBlob(req);
+  }
+
+  /** The root whose admission vouches for `digest` in this role right now, without deciding anything (diagnostics). */
+  vouchedBy(route: Route, digest: Digest, as: 'manifest' | 'blob'): Digest | undefined {
+    return this.closures.validRoot(route, digest, as);
+  }
+
+  /** Deletes expired admission and closure rows, a bounded number per call; the server calls it on a timer. */
+  prune(): { admissions: number; members: number } {
+    return this.closures.prune();
+  }
+
+  private keyOf(s: Subject): string {
+    const under = s.root?.manifest.digest ?? '';
     // The identity is part of the key: a decision for one client (policy `clients` rules) is never another's.
-    const who = `${req.client.method}:${req.client.user ?? ''}:${req.client.groups.join(',')}`;
-    return [req.route.upstream.name, req.route.repository, req.manifest.digest, req.tag ?? '', req.kind, this.decider.revision, this.signatures.trustRevision, who].join('\n');
+    const who = `${s.client.method}:${s.client.user ?? ''}:${s.client.groups.join(',')}`;
+    return [s.route.upstream.name, s.route.repository, s.manifest?.digest ?? '', under, s.tag ?? '', s.kind, this.basis(), who].join('\n');
   }
 
   /** Would admitRoot answer from the decision cache (no evidence gathering, no upstream work)? For quotas. */
   hasCachedDecision(req: RootRequest): boolean {
-    const hit = this.decisions.get(this.keyOf(req));
+    const hit = this.decisions.get(this.keyOf({ ...req, parent: undefined, root: undefined }));
     return hit !== undefined && hit.expiresAt > this.now();
   }
 
-  async admitRoot(req: RootRequest): Promise<Admission> {
-    const key = this.keyOf(req);
+  private decideCached(s: Subject): Promise<Admission> {
+    const key = this.keyOf(s);
     const hit = this.decisions.get(key);
     if (hit && hit.expiresAt > this.now()) {
       for (const o of this.observers) {
         try {
-          o.onCacheHit?.(req.route);
+          o.onCacheHit?.(s.route);
         } catch {
           // Metrics must never change a decision.
         }
       }
-      // The closure may have lapsed (TTLs differ, restarts); re-record it so members stay reachable.
-      if (hit.admission.serve) this.recordClosure(req.route, req.manifest);
-      return { ...hit.admission, cached: true };
+      // The admission may have lapsed (TTLs differ, restarts); re-record it so members stay reachable.
+      if (hit.admission.serve) this.closures.reassert(s, hit.admission, this.basis());
+      return Promise.resolve({ ...hit.admission, cached: true });
     }
     let p = this.flights.get(key);
     if (!p) {
-      p = this.decide(req).then((admission) => {
+      p = this.decide(s).then((admission) => {
         const ttl = admission.outcome === 'allow' ? this.opts.allowTTL : this.opts.denyTTL;
         if (!this.transient.has(admission)) this.decisions.set(key, { admission, expiresAt: this.now() + ttl });
         return admission;
@@ -154,20 +271,21 @@ export class Gate {
     return p;
   }
 
-  private async decide(req: RootRequest): Promise<Admission> {
+  private async decide(s: Subject): Promise<Admission> {
     const decisionStarted = performance.now();
     const decisionId = randomUUID();
-    const ctx = evidenceContext(req);
-    const built = await measureUpstreamWait(() => this.buildInput(req, ctx));
-    let input = built.value;
+    const before = this.basisParts();
+    const ctx = s.manifest ? evidenceContext(s.route, s.manifest) : undefined;
+    const built = await measureUpstreamWait(() => this.gather(s, ctx));
+    let input = buildInput(s, built.value, this.now());
     let waitMs = built.waitedMs;
     let started = performance.now();
     let { result, admission } = await this.evaluateInput(decisionId, input);
     // `on_pending: wait`: the policy asks for a bounded wait when a pending scan is all that blocks the image. Wait
     // for the scan once, then decide once more; still pending means a deny ("scan pending").
-    if (result?.wait_seconds && input.scan.status === 'pending' && this.scan.awaitResult) {
+    if (ctx && result?.wait_seconds && input.scan.status === 'pending' && this.scan.awaitResult) {
       const waitStarted = performance.now();
-      const scan = await this.scan.awaitResult(ctx, input.attestations, result.wait_seconds * 1000).catch(() => ({ status: 'error' as const }));
+      const scan = await this.scan.awaitResult(ctx, built.value.ownAttestations, result.wait_seconds * 1000).catch(() => ({ status: 'error' as const }));
       input = { ...input, now: new Date(this.now()).toISOString(), scan: { ...scan, waited_seconds: Math.round((performance.now() - waitStarted) / 100) / 10 } };
       waitMs += performance.now() - waitStarted;
       started = performance.now();
@@ -175,11 +293,12 @@ export class Gate {
     }
     if (input.scan.status === 'pending' || input.scan.status === 'missing') this.transient.add(admission);
     const evalMs = performance.now() - started;
-    if (admission.serve) this.recordClosure(req.route, req.manifest);
-    else this.dropClosure(req.route, req.manifest.digest);
+    // An external OPA says which bundle revision answered; otherwise the revision in use when the decision began.
+    const basis = basisKey(result?.revision ? { ...before, policy: result.revision } : before);
+    this.closures.record(s, admission, basis);
     for (const o of this.observers) {
       try {
-        o.onDecision({ admission, input, result, revision: this.decider.revision, evalMs, totalMs: performance.now() - decisionStarted, waitMs, route: req.route });
+        o.onDecision({ admission, input, result, revision: result?.revision ?? this.decider.revision, basis, evalMs, totalMs: performance.now() - decisionStarted, waitMs, route: s.route });
       } catch {
         // Logging must never change a decision.
       }
@@ -193,8 +312,7 @@ export class Gate {
       return { result, admission: toAdmission(decisionId, result) };
     } catch (e) {
       const reason = e instanceof Error ? e.message : String(e);
-      const v: Violation = { rule: 'policy.error', message: `policy evaluation failed: ${reason}` };
-      return { result: undefined, admission: { decisionId, serve: false, outcome: 'deny', message: formatViolations([v]), violations: [v], warnings: [], mode: 'enforce', cached: false } };
+      return { result: undefined, admission: errorAdmission(decisionId, 'policy.error', `policy evaluation failed: ${reason}`) };
     }
   }
 
@@ -203,105 +321,42 @@ export class Gate {
    * recording a closure or notifying observers (re-evaluation of cached images).
    */
   async evaluate(req: RootRequest): Promise<{ input: PolicyInput; result: PolicyResult | undefined; admission: Admission }> {
-    const input = await this.buildInput(req, evidenceContext(req));
+    const s: Subject = { ...req };
+    const ev = await this.gather(s, evidenceContext(req.route, req.manifest));
+    const input = buildInput(s, ev, this.now());
     return { input, ...(await this.evaluateInput(randomUUID(), input)) };
   }
 
-  private async buildInput(req: RootRequest, ctx: EvidenceContext): Promise<PolicyInput> {
-    const { route, manifest } = req;
-    // Scans may come from verified attestations, so signatures go first.
-    const sig = await this.signatures.signatures(ctx).catch((e: unknown) => ({
-      signatures: { status: 'error' as const, verified: [], rejected: [{ reason: `signature check failed: ${String(e)}` }] },
-      attestations: [],
-    }));
-    const scan = await this.scan.scan(ctx, sig.attestations).catch(() => ({ status: 'error' as const }));
-    const platforms = manifest.parsed.manifests
-      .map((d) => d.platform)
-      .filter((p): p is NonNullable<typeof p> => p !== undefined && typeof p.os === 'string')
-      .map((p) => [p.os, p.architecture, p.variant].filter(Boolean).join('/'));
+  /** Signatures (a child's merged with its index's), then the scan, which may come from verified attestations. */
+  private async gather(s: Subject, ctx: EvidenceContext | undefined): Promise<Evidence & { ownAttestations: PolicyInput['attestations'] }> {
+    if (!ctx || !s.manifest) return { ...NO_EVIDENCE, ownAttestations: [] };
+    const own = await this.signaturesOf(ctx);
+    const vouchers = [s.root?.manifest, s.parent].filter((m, i, all): m is Manifest => m !== undefined && all.findIndex((x) => x?.digest === m.digest) === i);
+    const inherited = await Promise.all(vouchers.map(async (m) => ({ digest: m.digest, ...(await this.signaturesOf(evidenceContext(s.route, m))) })));
+    const scan = await this.scan.scan(ctx, own.attestations).catch(() => ({ status: 'error' as const }));
     return {
-      version: 1,
-      now: new Date(this.now()).toISOString(),
-      request: {
-        kind: req.kind,
-        method: req.method,
-        client: { ip: req.client.ip, user: req.client.user, groups: req.client.groups, method: req.client.method, user_agent: req.client.userAgent },
-        routing: route.routing,
-      },
-      image: {
-        registry: route.registry,
-        repository: route.repository,
-        tag: req.tag,
-        digest: manifest.digest,
-        media_type: manifest.mediaType,
-        platforms,
-        labels: manifest.parsed.annotations ?? {},
-        created: manifest.parsed.annotations?.['org.opencontainers.image.created'] ?? null,
-      },
-      upstream: { name: route.upstream.name, url: route.upstream.url },
-      signatures: sig.signatures,
-      attestations: sig.attestations,
+      signatures: inherited.length ? mergeSignatures(own.signatures, s.manifest.digest, inherited.map((i) => ({ digest: i.digest, ev: i.signatures }))) : own.signatures,
+      // The child's own attestations first: only those describe its content (and only those feed its scan).
+      attestations: [...own.attestations, ...inherited.flatMap((i) => i.attestations)],
       scan,
+      ownAttestations: own.attestations,
     };
   }
 
-  private recordClosure(route: Route, m: Manifest): void {
-    if (this.recentlyWritten(route, m.digest, '')) return;
-    const members: ClosureMember[] = [{ digest: m.digest, kind: 'manifest' }];
-    for (const d of m.parsed.manifests) members.push({ digest: d.digest, kind: 'manifest' });
-    for (const d of m.parsed.blobs) members.push({ digest: d.digest, kind: 'blob' });
-    this.meta.putClosure(route.upstream.name, route.repository, m.digest, members, this.now() + this.opts.closureTTL);
+  private signaturesOf(ctx: EvidenceContext): Promise<{ signatures: Evidence['signatures']; attestations: PolicyInput['attestations'] }> {
+    return this.signatures.signatures(ctx).catch((e: unknown) => ({
+      signatures: { status: 'error' as const, verified: [], rejected: [{ reason: `signature check failed: ${String(e)}` }] },
+      attestations: [],
+    }));
   }
 
-  private dropClosure(route: Route, root: Digest): void {
-    const prefix = `${route.upstream.name}\n${route.repository}\n${root}\n`;
-    for (const k of this.closureWrites.keys()) if (k.startsWith(prefix)) this.closureWrites.delete(k);
-    this.meta.dropClosure(route.upstream.name, route.repository, root);
-  }
-
-  /** True when this closure entry was written within half its TTL; otherwise notes that it is being written now. */
-  private recentlyWritten(route: Route, root: Digest, child: string): boolean {
-    const key = `${route.upstream.name}\n${route.repository}\n${root}\n${child}`;
-    const now = this.now();
-    const at = this.closureWrites.get(key);
-    if (at !== undefined && now - at < this.opts.closureTTL / 2) return true;
-    this.closureWrites.set(key, now);
-    return false;
-  }
-
-  /** The admitted root whose closure holds this digest in this repository. */
-  rootOf(route: Route, digest: Digest): Digest | undefined {
-    return this.meta.closureRootOf(route.upstream.name, route.repository, digest, this.now())?.root;
-  }
-
-  /** A child manifest of an admitted root was served: its own config and layers join the root's closure. */
-  extendClosure(route: Route, root: Digest, child: Manifest): void {
-    const members: ClosureMember[] = [
-      ...child.parsed.manifests.map((d) => ({ digest: d.digest, kind: 'manifest' as const })),
-      ...child.parsed.blobs.map((d) => ({ digest: d.digest, kind: 'blob' as const })),
-    ];
-    if (members.length === 0 || this.recentlyWritten(route, root, child.digest)) return;
-    this.meta.putClosure(route.upstream.name, route.repository, root, members, this.now() + this.opts.closureTTL);
+  private storedManifest(route: Route, digest: Digest): Manifest {
+    const m = this.meta.getManifest(route.upstream.name, route.repository, digest);
+    if (!m) throw new Error(`manifest ${digest} is not in the metadata store`);
+    return { ...m, parsed: parseManifest(m.bytes, m.mediaType) };
   }
 }
 
-function evidenceContext(req: RootRequest): EvidenceContext {
-  const { route, manifest } = req;
-  return { upstream: route.upstream.name, registry: route.registry, repository: route.repository, digest: manifest.digest, mediaType: manifest.mediaType };
-}
-
-function toAdmission(decisionId: string, r: PolicyResult): Admission {
-  const violations = r.deny;
-  const denied = !r.allow || violations.length > 0;
-  const base = { decisionId, violations, warnings: r.warn, mode: r.mode, cached: false };
-  if (!denied) return { ...base, serve: true, outcome: 'allow', message: r.warn.map((w) => w.message).join('; ') };
-  const message = violations.length ? formatViolations(violations) : 'denied by policy';
-  if (r.mode === 'warn') return { ...base, serve: true, outcome: 'warn', message };
-  if (r.mode === 'dry-run') return { ...base, serve: true, outcome: 'dry-run-deny', message };
-  return { ...base, serve: false, outcome: 'deny', message };
-}
-
-/** `message [rule]; message [rule]`: one line that names every failed rule and its evidence. */
-function formatViolations(vs: Violation[]): string {
-  return vs.map((v) => `${v.message} [${v.rule}]`).join('; ');
+function evidenceContext(route: Route, m: Manifest): EvidenceContext {
+  return { upstream: route.upstream.name, registry: route.registry, repository: route.repository, digest: m.digest, mediaType: m.mediaType };
 }

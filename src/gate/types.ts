@@ -9,7 +9,11 @@ export interface PolicyInput {
   version: 1;
   now: string;
   request: {
-    kind: 'manifest' | 'accessory';
+    /**
+     * `tags` and `referrers` are repository-level requests (a tag list, a referrers list): no digest, no evidence;
+     * the policy answers whether the repository may be listed at all.
+     */
+    kind: 'manifest' | 'accessory' | 'tags' | 'referrers';
     method: 'GET' | 'HEAD';
     /** `method`: basic, token, mtls, oidc or anonymous (src/auth); `groups` sorted. */
     client: { ip: string; user: string | null; groups: string[]; method: string; user_agent: string | null };
@@ -19,16 +23,37 @@ export interface PolicyInput {
     registry: string;
     repository: string;
     tag: string | null;
-    digest: Digest;
-    media_type: string;
+    /** Null for repository-level requests (tags, referrers). */
+    digest: Digest | null;
+    media_type: string | null;
     platforms: string[];
     labels: Record<string, string>;
     created: string | null;
+    /** What the manifest is: `index` or `image`, its `artifactType`, its config's media type, and whether it can run. */
+    manifest_kind?: 'index' | 'image';
+    artifact_type?: string | null;
+    config_media_type?: string | null;
+    runnable?: boolean;
+    /** For a manifest an index lists: its platform as that index declares it (`os_version` for Windows images). */
+    platform?: PlatformInfo | null;
+    /** For an index: the platform of each entry, `os_version` included (at most 64). */
+    platform_details?: PlatformInfo[];
+    /** For a child decided under an admitted index: the index that lists it, and the admitted root. */
+    parent?: { digest: Digest; media_type: string } | null;
+    root?: { digest: Digest; tag: string | null } | null;
   };
   upstream: { name: string; url: string };
   signatures: SignatureEvidence;
   attestations: Array<{ predicate_type: string; authority: string; predicate: unknown }>;
   scan: ScanEvidence;
+}
+
+export interface PlatformInfo {
+  os: string;
+  architecture: string;
+  variant?: string;
+  os_version?: string;
+  os_features?: string[];
 }
 
 export interface SignatureEvidence {
@@ -40,6 +65,8 @@ export interface SignatureEvidence {
     identity?: { issuer?: string; subject?: string };
     tlog?: boolean;
     signed_at?: string;
+    /** The digest the signature covers: the image's own, or (for a child) that of the index that admitted it. */
+    signed_digest?: string;
   }>;
   rejected: Array<{ authority?: string; reason: string }>;
 }
@@ -78,11 +105,13 @@ export interface PolicyResult {
   mode: Mode;
   /** Set when the only blocker is a pending scan and the scope says `on_pending: wait`: how long to wait for it. */
   wait_seconds?: number;
+  /** The policy revision that answered, when the decider learns it with the answer (an external OPA's bundles). */
+  revision?: string;
 }
 
 /** Something that evaluates the policy: in-process WASM, or an external OPA server. */
 export interface Decider {
-  /** Identifies the loaded policy, so cached decisions from an older policy are not reused. */
+  /** Identifies the loaded policy, so cached decisions and admissions from an older policy are not reused. */
   readonly revision: string;
   evaluate(input: PolicyInput): Promise<PolicyResult>;
 }

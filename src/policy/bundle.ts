@@ -69,6 +69,7 @@ export async function readBundle(gz: Buffer): Promise<PolicyBundle> {
       throw new BundleError(`/.manifest is not JSON: ${(e as Error).message}`);
     }
   }
-  const revision = manifest.revision || `sha256:${createHash('sha256').update(wasm).digest('hex').slice(0, 16)}`;
+  // Without a declared revision, the content is the revision: data.json too, since a data-only change is a new policy.
+  const revision = manifest.revision || `sha256:${createHash('sha256').update(wasm).update(dataJson ?? '').digest('hex').slice(0, 16)}`;
   return { wasm, data, manifest, revision };
 }

@@ -56,7 +56,27 @@ export class PolicyManager implements Decider {
   /** Loads the first policy; throws when it cannot, because starting without one would deny everything silently. */
   async start(): Promise<void> {
     if (this.source.kind === 'opa') {
-      this.install(new OpaRestDecider(this.source.url, this.source.timeoutMs), 'opa');
+      const opa = new OpaRestDecider(this.source.url, this.source.timeoutMs);
+      this.install(opa, 'opa');
+      // OPA swaps bundles on its own: ask for its revisions on the poll interval, so that admissions made under an
+      // earlier bundle are decided again before their children and blobs are served.
+      let seen = opa.revision;
+      this.timer = setInterval(() => {
+        if (this.polling) return;
+        this.polling = opa
+          .refresh()
+          .then(() => {
+            if (opa.revision === seen) return;
+            this.log.info({ source: this.describe(), revision: opa.revision, previous: seen }, 'external OPA serves a new bundle revision');
+            seen = opa.revision;
+            this.metrics.policyRevision.reset();
+            this.metrics.policyRevision.set({ revision: opa.revision, source: 'opa' }, 1);
+            this.onSwap(opa.revision);
+          })
+          .catch((e: unknown) => this.log.warn({ source: this.describe(), err: e instanceof Error ? e.message : String(e) }, 'could not read the external OPA bundle revision'))
+          .finally(() => (this.polling = undefined));
+      }, this.pollIntervalMs);
+      this.timer.unref();
       return;
     }
     await this.poll(true);

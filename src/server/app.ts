@@ -17,6 +17,7 @@ import { unwrittenDownloadBytes } from '../cache/download.js';
 import { DownloadManager } from '../cache/download-manager.js';
 import { MetaStore } from '../cache/metastore.js';
 import type { Config } from '../config/schema.js';
+import { settingsHash } from '../gate/basis.js';
 import { Gate, type DecisionObserver } from '../gate/gate.js';
 import type { Decider, ScanProvider, SignatureProvider } from '../gate/types.js';
 import type { ApiHandler, EvidenceDeps } from '../gate/evidence.js';
@@ -33,6 +34,9 @@ import { errors, RegistryError } from './errors.js';
 import { RegistryHandlers, type WarmCheck } from './handlers.js';
 import { parseEndpoint, type Endpoint } from './paths.js';
 import { sendError, sendJson } from './respond.js';
+
+/** How often expired admission and closure rows are pruned (at most GateOptions.pruneBatch of each per run). */
+const PRUNE_INTERVAL_MS = 60_000;
 
 export interface AppOptions {
   config: Config;
@@ -71,6 +75,7 @@ export class App {
   private server: Server | undefined;
   private operatorServer: Server | undefined;
   private readonly metricsToken: string | undefined;
+  private readonly pruner: NodeJS.Timeout;
   private shuttingDown = false;
   /** Responses still being written, so that a graceful shutdown can let them finish (see close()). */
   private readonly inflight = new Set<ServerResponse>();
@@ -109,7 +114,14 @@ export class App {
     this.gate = new Gate(
       opts.decider,
       this.meta,
-      { allowTTL: config.gate.allowTTL, denyTTL: config.gate.denyTTL, closureTTL: config.gate.closureTTL },
+      {
+        allowTTL: config.gate.allowTTL,
+        denyTTL: config.gate.denyTTL,
+        closureTTL: config.gate.closureTTL,
+        // What shapes decisions besides the bundle and the trust material: a restart with other settings re-decides.
+        settingsHash: settingsHash({ policy: config.policy.settings, scan: config.scan ?? null, upstreams: config.upstreams.map((u) => [u.name, u.registry, u.url]) }),
+        manifests,
+      },
       this.signatures,
       opts.scan?.(evidenceDeps),
       opts.observers ?? [],
@@ -128,6 +140,15 @@ export class App {
       ...(config.quotas ? { quotas: new Quotas(config.quotas, this.metrics, opts.now), warm: this.warmCheck() } : {}),
     });
     this.metrics.trackDownloads({ active: () => this.downloads.active, unwrittenBytes: unwrittenDownloadBytes });
+    // Expired admissions and closure members leave meta.sqlite a bounded batch at a time.
+    this.pruner = setInterval(() => {
+      try {
+        this.gate.prune();
+      } catch (e) {
+        this.log.warn({ err: e instanceof Error ? e.message : String(e) }, 'pruning expired admissions failed');
+      }
+    }, PRUNE_INTERVAL_MS);
+    this.pruner.unref();
   }
 
   /** What the cache already holds, for quotas (only consulted when a quota applies). */
@@ -169,7 +190,7 @@ export class App {
     const port = Number(listen.slice(idx + 1));
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);
-      this.server!.listen(port, host, () => resolve());
+      this.server!.listen({ port, host, reusePort: config.reusePort }, () => resolve());
     });
     const addr = this.server.address() as AddressInfo;
     if (config.operatorListen) await this.listenOperator(config.operatorListen, serverOpts);
@@ -319,6 +340,7 @@ export class App {
     await closed;
     await operatorClosed;
     await this.opts.auth?.close();
+    clearInterval(this.pruner);
     await Promise.all([...this.clients.values()].map((c) => c.destroy()));
     this.signatures?.close?.();
     this.meta.close();

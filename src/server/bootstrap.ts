@@ -48,12 +48,13 @@ async function buildClientAuth(config: Config, metrics: Metrics, log: Logger, no
 export async function buildProxy(config: Config, opts: { logger?: Logger; extraObservers?: DecisionObserver[]; now?: () => number } = {}): Promise<Proxy> {
   const log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' }, redact: LOG_REDACT });
   const metrics = new Metrics();
-  const policy = new PolicyManager(policySource(config), config.policy.settings, metrics, log, config.policy.pollInterval);
+  // The app exists only after the first policy loads; a later swap tells its gate (admissions re-decide on use).
+  let built: App | undefined;
+  const policy = new PolicyManager(policySource(config), config.policy.settings, metrics, log, config.policy.pollInterval, () => built?.gate.policyChanged());
   await policy.start();
   const decisionLog = new DecisionLog(config.decisionLog, metrics, log);
   const auth = await buildClientAuth(config, metrics, log, opts.now);
   // The scan provider and its report/admin API share one service; re-evaluation needs the app once it exists.
-  let built: App | undefined;
   const scan = scanCapability({ ...(opts.now ? { now: opts.now } : {}), target: () => built });
   const app = new App({
     config,

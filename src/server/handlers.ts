@@ -16,7 +16,7 @@ import type { ReferrersService } from '../proxy/referrers.js';
 import type { TagService } from '../proxy/tags.js';
 import { isDigest, looksLikeDigest, parseReference, type Digest } from '../routing/reference.js';
 import type { Route, Router } from '../routing/route.js';
-import { isAccessory, isRunnable, needsOwnDecision } from '../verify/accessory.js';
+import { isAccessory, isRunnable } from '../verify/accessory.js';
 import { errors, RegistryError } from './errors.js';
 import type { Endpoint } from './paths.js';
 import { parseRange, sendJson } from './respond.js';
@@ -107,16 +107,15 @@ export class RegistryHandlers {
       if (resolved.stale) addWarning(ctx.res, 'served from cache: upstream unreachable');
       await this.admit(ctx, route, manifest, ref.tag);
     } else {
-      const root = this.d.gate.rootOf(route, ref.digest);
       this.quota(ctx, 'coldManifests', (w) => !w.manifest(route, ref.digest));
       manifest = await this.d.manifests.get(route, ref.digest);
-      if (root && root !== ref.digest && !(await this.smuggled(route, root, manifest))) {
-        // A child of an admitted root: covered by the root's decision; its own blobs join the closure.
-        await this.identityMayUse(ctx, route, root);
-        this.d.gate.extendClosure(route, root, manifest);
-      } else {
-        await this.admit(ctx, route, manifest, null);
-      }
+      // A child of an admitted index is decided on its own evidence (its index's signatures included); anything
+      // else by digest is a root of its own (src/gate/closures.ts).
+      this.applyAdmission(ctx, route, refOf(route, manifest.digest), await this.d.gate.admitByDigest({ route, method: ctx.method, client: clientOf(ctx), manifest }));
+      // Vouched for by an admitted root (a child that cannot run is covered by its index's decision): the root must
+      // also be this identity's to have.
+      const root = this.d.gate.vouchedBy(route, manifest.digest, 'manifest');
+      if (root && root !== manifest.digest) await this.identityMayUse(ctx, route, root);
     }
     const res = ctx.res;
     if (!accepts(ctx.req.headers.accept, manifest.mediaType)) {
@@ -131,15 +130,6 @@ export class RegistryHandlers {
   }
 
   /**
-   * A runnable manifest listed by an accessory root (a referrers index) is not covered by that root's lighter
-   * decision: it gets its own.
-   */
-  private async smuggled(route: Route, root: Digest, child: Manifest): Promise<boolean> {
-    const rootManifest = await this.d.manifests.get(route, root);
-    return needsOwnDecision(rootManifest.parsed, child.parsed);
-  }
-
-  /**
    * Runs the gate for a root manifest; throws the 403 for an enforced deny, and sets decision headers.
    * Signatures, attestations, SBOMs and referrers indexes (cosign `.sig`/`.att`/`.sbom` tags, the referrers tag
    * schema, manifests with a `subject` or a signature artifact type) are a separate kind of request, but only when
@@ -149,10 +139,13 @@ export class RegistryHandlers {
     const kind = kindOf(manifest.parsed, tag) ? 'accessory' : 'manifest';
     const request = { route, method: ctx.method, tag, manifest, kind, client: clientOf(ctx) } as const;
     this.quota(ctx, 'decisions', () => !this.d.gate.hasCachedDecision(request));
-    const admission = await this.d.gate.admitRoot(request);
+    return this.applyAdmission(ctx, route, refOf(route, manifest.digest), await this.d.gate.admitRoot(request));
+  }
+
+  /** Throws the 403 for an enforced deny (naming `ref`); sets the decision headers and warnings otherwise. */
+  private applyAdmission(ctx: RequestContext, route: Route, ref: string, admission: Admission): Admission {
     const res = ctx.res;
-    res.setHeader('portcullis-decision-id', admission.decisionId);
-    const ref = `${route.registry}/${route.repository}@${manifest.digest}`;
+    if (admission.decisionId) res.setHeader('portcullis-decision-id', admission.decisionId);
     if (!admission.serve) {
       if (this.d.challenge && ctx.identity.method === 'anonymous' && admission.violations.some((v) => v.rule.startsWith('client.'))) {
         throw errors.unauthorized(`authentication required to pull ${route.registry}/${route.repository}`, this.d.challenge(ctx.req, nameInPath(ctx.url)));
@@ -201,15 +194,26 @@ export class RegistryHandlers {
   private async blob(ctx: RequestContext, route: Route, digestStr: string): Promise<void> {
     if (!isDigest(digestStr)) throw errors.digestInvalid(`invalid or unsupported digest "${digestStr.slice(0, 80)}"`);
     const digest: Digest = digestStr;
-    const root = this.d.gate.rootOf(route, digest);
-    if (root) await this.identityMayUse(ctx, route, root);
-    if (!root) {
+    const verdict = await this.d.gate.admitBlob({ route, method: ctx.method, client: clientOf(ctx), digest });
+    if (!verdict.serve) {
+      const ref = refOf(route, digest);
+      const d = verdict.denial;
+      // The image this blob belongs to was decided again (a new policy, settings or trust) and is now denied.
+      if (d) {
+        const short = oneLine(`no longer part of an admitted image: ${d.message}`, 300);
+        throw errors.denied(
+          `portcullis: denied ${ref}: ${short}${d.decisionId ? ` [decision ${d.decisionId}]` : ''}`,
+          { reason: 'admission_denied', decision_id: d.decisionId || null, violations: d.violations },
+          { ...(d.decisionId ? { 'portcullis-decision-id': d.decisionId } : {}), 'portcullis-reason': headerSafe(short) },
+        );
+      }
       throw errors.denied(
-        `portcullis: denied ${route.registry}/${route.repository}@${digest}: not part of an admitted image; pull the image by tag or by its root digest first`,
+        `portcullis: denied ${ref}: not part of an admitted image; pull the image by tag or by its root digest first`,
         { reason: 'not_in_admitted_closure' },
         { 'portcullis-reason': 'not part of an admitted image' },
       );
     }
+    await this.identityMayUse(ctx, route, verdict.root);
     const res = ctx.res;
     if (ctx.method === 'HEAD') {
       const size = await this.d.blobs.size(route, digest);
@@ -248,6 +252,8 @@ export class RegistryHandlers {
   }
 
   private async tagList(ctx: RequestContext, route: Route, clientName: string): Promise<void> {
+    // Repository-level rules before anything is fetched: a repository the policy does not allow is not listed.
+    this.applyAdmission(ctx, route, `${route.registry}/${route.repository} (tag list)`, await this.d.gate.admitRepository({ route, method: ctx.method, client: clientOf(ctx), kind: 'tags' }));
     const nRaw = ctx.url.searchParams.get('n');
     const last = ctx.url.searchParams.get('last') ?? undefined;
     let n: number | undefined;
@@ -267,6 +273,7 @@ export class RegistryHandlers {
 
   private async referrerList(ctx: RequestContext, route: Route, digest: string): Promise<void> {
     if (!isDigest(digest)) throw errors.digestInvalid(`invalid or unsupported digest "${digest.slice(0, 80)}"`);
+    this.applyAdmission(ctx, route, `${route.registry}/${route.repository} (referrers of ${digest})`, await this.d.gate.admitRepository({ route, method: ctx.method, client: clientOf(ctx), kind: 'referrers' }));
     const artifactType = ctx.url.searchParams.get('artifactType') ?? undefined;
     const r = await this.d.referrers.list(route, digest, artifactType);
     if (r.filtersApplied) ctx.res.setHeader('oci-filters-applied', 'artifactType');
@@ -282,6 +289,10 @@ function nameInPath(url: URL): string {
 
 function clientOf(ctx: RequestContext): { ip: string; user: string | null; groups: string[]; method: string; userAgent: string | null } {
   return { ip: ctx.clientIp, user: ctx.identity.user, groups: ctx.identity.groups, method: ctx.identity.method, userAgent: ctx.req.headers['user-agent'] ?? null };
+}
+
+function refOf(route: Route, digest: string): string {
+  return `${route.registry}/${route.repository}@${digest}`;
 }
 
 function oneLine(s: string, max: number): string {

@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MetaStore } from '../../src/cache/metastore.js';
-import { Gate, type DecisionObserver, type RootRequest } from '../../src/gate/gate.js';
+import { Gate, type DecisionObserver, type GateOptions, type RootRequest } from '../../src/gate/gate.js';
 import type { Decider, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../../src/gate/types.js';
 import { OCI_INDEX, OCI_MANIFEST, parseManifest } from '../../src/proxy/mediatypes.js';
 import type { Manifest } from '../../src/proxy/manifests.js';
@@ -32,7 +32,9 @@ const LAYER2 = d('2');
 function manifestOf(doc: Record<string, unknown>): Manifest {
   const bytes = Buffer.from(JSON.stringify(doc));
   const parsed = parseManifest(bytes, undefined);
-  return { digest: sha256(bytes), mediaType: parsed.mediaType, bytes, parsed };
+  const m: Manifest = { digest: sha256(bytes), mediaType: parsed.mediaType, bytes, parsed };
+  known.set(m.digest, m);
+  return m;
 }
 
 function image(config = CONFIG, layers = [LAYER1, LAYER2]): Manifest {
@@ -92,37 +94,57 @@ function req(r: Route, manifest: Manifest, extra: Partial<RootRequest> = {}): Ro
   return { route: r, method: 'GET', tag: 'latest', manifest, kind: 'manifest', client: { ip: '10.0.0.1', user: null, groups: [], method: 'anonymous', userAgent: 'containerd/2' }, ...extra };
 }
 
-function gate(decider: Decider, observers: DecisionObserver[] = [], sig?: SignatureProvider, scan?: ScanProvider): Gate {
-  return new Gate(decider, meta, OPTS, sig, scan, observers, now);
+/** The manifests the gate may read back to decide a root again (the server gives it the manifest service). */
+const known = new Map<string, Manifest>();
+const manifests = { get: (_r: Route, digest: Digest) => (known.has(digest) ? Promise.resolve(known.get(digest)!) : Promise.reject(new Error(`unknown ${digest}`))) };
+const CLIENT = { ip: '10.0.0.1', user: null, groups: [], method: 'anonymous', userAgent: 'containerd/2' };
+
+function gate(decider: Decider, observers: DecisionObserver[] = [], sig?: SignatureProvider, scan?: ScanProvider, extra: Partial<GateOptions> = {}): Gate {
+  return new Gate(decider, meta, { ...OPTS, manifests, ...extra }, sig, scan, observers, now);
+}
+
+function byDigest(g: Gate, r: Route, manifest: Manifest) {
+  return g.admitByDigest({ route: r, method: 'GET', client: CLIENT, manifest });
+}
+
+function blob(g: Gate, r: Route, digest: Digest) {
+  return g.admitBlob({ route: r, method: 'GET', client: CLIENT, digest });
 }
 
 describe('Gate: closures', () => {
-  it('an allow records the closure of an image: root, config and layers, in that repository only', async () => {
+  it('an allow records the closure of an image: config and layers as blobs, in that repository only', async () => {
     const g = gate(new FakeDecider('r1', ALLOW));
     const nginx = route('library/nginx');
     const img = image();
     const a = await g.admitRoot(req(nginx, img));
     expect(a).toMatchObject({ serve: true, outcome: 'allow', cached: false, violations: [] });
-    for (const m of [img.digest, CONFIG, LAYER1, LAYER2]) expect(g.rootOf(nginx, m)).toBe(img.digest);
-    expect(g.rootOf(nginx, d('9'))).toBeUndefined();
-    expect(g.rootOf(route('library/redis'), LAYER1)).toBeUndefined();
-    expect(g.rootOf(route('ghcr.io/library/nginx'), LAYER1)).toBeUndefined();
+    for (const m of [CONFIG, LAYER1, LAYER2]) expect(g.vouchedBy(nginx, m, 'blob')).toBe(img.digest);
+    // Roles: the root is no blob, and its layers are no manifests.
+    expect(g.vouchedBy(nginx, img.digest, 'blob')).toBeUndefined();
+    expect(g.vouchedBy(nginx, LAYER1, 'manifest')).toBeUndefined();
+    expect(g.vouchedBy(nginx, d('9'), 'blob')).toBeUndefined();
+    expect(g.vouchedBy(route('library/redis'), LAYER1, 'blob')).toBeUndefined();
+    expect(g.vouchedBy(route('ghcr.io/library/nginx'), LAYER1, 'blob')).toBeUndefined();
   });
 
-  it('an allowed index admits its children; extendClosure adds a child’s blobs', async () => {
-    const g = gate(new FakeDecider('r1', ALLOW));
+  it('an allowed index lists its children as manifests; a child’s blobs join once the child is admitted on its own decision', async () => {
+    const decider = new FakeDecider('r1', ALLOW);
+    const g = gate(decider);
     const r = route('library/nginx');
     const amd = image(d('a'), [d('b')]);
     const arm = image(d('e'), [d('f')]);
     const idx = index([amd, arm]);
     await g.admitRoot(req(r, idx));
-    expect(g.rootOf(r, amd.digest)).toBe(idx.digest);
-    expect(g.rootOf(r, arm.digest)).toBe(idx.digest);
-    expect(g.rootOf(r, d('b'))).toBeUndefined(); // blobs of a child are not known until the child is served
-    g.extendClosure(r, idx.digest, amd);
-    expect(g.rootOf(r, d('a'))).toBe(idx.digest);
-    expect(g.rootOf(r, d('b'))).toBe(idx.digest);
-    expect(g.rootOf(r, d('f'))).toBeUndefined();
+    expect(g.vouchedBy(r, amd.digest, 'manifest')).toBe(idx.digest);
+    expect(g.vouchedBy(r, arm.digest, 'manifest')).toBe(idx.digest);
+    expect(g.vouchedBy(r, amd.digest, 'blob')).toBeUndefined();
+    expect(g.vouchedBy(r, d('b'), 'blob')).toBeUndefined(); // blobs of a child are not known until the child is admitted
+    expect((await byDigest(g, r, amd)).serve).toBe(true);
+    expect(decider.calls).toHaveLength(2);
+    expect(decider.calls[1]!.image).toMatchObject({ digest: amd.digest, tag: null, parent: { digest: idx.digest }, root: { digest: idx.digest, tag: 'latest' }, platform: { os: 'linux', architecture: 'amd64' } });
+    expect(g.vouchedBy(r, d('a'), 'blob')).toBe(idx.digest);
+    expect(g.vouchedBy(r, d('b'), 'blob')).toBe(idx.digest);
+    expect(g.vouchedBy(r, d('f'), 'blob')).toBeUndefined();
   });
 
   it('forgetDigest drops the decisions and closures of every root that is or holds the digest, in every repository', async () => {
@@ -135,22 +157,23 @@ describe('Gate: closures', () => {
     const idx = index([amd, arm]);
     const other = image(d('7'), [d('8')]);
     for (const r of [a, b]) await g.admitRoot(req(r, idx));
-    g.extendClosure(a, idx.digest, amd);
+    await byDigest(g, a, amd);
     await g.admitRoot(req(a, other));
-    expect(decider.calls).toHaveLength(3);
+    expect(decider.calls).toHaveLength(4);
     expect((await g.admitRoot(req(a, idx))).cached).toBe(true);
 
-    // A report for one platform manifest changes the evidence of the index that holds it.
-    expect(g.forgetDigest(amd.digest)).toBe(2);
-    for (const r of [a, b]) for (const m of [idx.digest, amd.digest, arm.digest]) expect(g.rootOf(r, m)).toBeUndefined();
-    expect(g.rootOf(a, d('b'))).toBeUndefined();
+    // A report for one platform manifest changes the evidence of the index that holds it: the index in both
+    // repositories, and the platform's own decision under it.
+    expect(g.forgetDigest(amd.digest)).toBe(3);
+    for (const r of [a, b]) for (const m of [amd.digest, arm.digest]) expect(g.vouchedBy(r, m, 'manifest')).toBeUndefined();
+    expect(g.vouchedBy(a, d('b'), 'blob')).toBeUndefined();
     // Unrelated images keep their decision and closure.
-    expect(g.rootOf(a, d('8'))).toBe(other.digest);
+    expect(g.vouchedBy(a, d('8'), 'blob')).toBe(other.digest);
     expect((await g.admitRoot(req(a, other))).cached).toBe(true);
     // The next pull of the index decides afresh, and admits it again.
     expect((await g.admitRoot(req(a, idx))).cached).toBe(false);
-    expect(decider.calls).toHaveLength(4);
-    expect(g.rootOf(a, amd.digest)).toBe(idx.digest);
+    expect(decider.calls).toHaveLength(5);
+    expect(g.vouchedBy(a, amd.digest, 'manifest')).toBe(idx.digest);
     expect(g.forgetDigest(d('9'))).toBe(0);
   });
 
@@ -159,9 +182,9 @@ describe('Gate: closures', () => {
     const r = route('library/nginx');
     await g.admitRoot(req(r, image()));
     clock += OPTS.closureTTL - 1;
-    expect(g.rootOf(r, LAYER1)).toBeDefined();
+    expect(g.vouchedBy(r, LAYER1, 'blob')).toBeDefined();
     clock += 2;
-    expect(g.rootOf(r, LAYER1)).toBeUndefined();
+    expect(g.vouchedBy(r, LAYER1, 'blob')).toBeUndefined();
   });
 
   it('a deny records nothing, and drops the closure of an earlier allow', async () => {
@@ -173,16 +196,16 @@ describe('Gate: closures', () => {
     expect(a).toMatchObject({ serve: false, outcome: 'deny', mode: 'enforce' });
     expect(a.message).toContain('tag "latest" is not allowed');
     expect(a.message).toContain('tag.denied');
-    expect(g.rootOf(r, LAYER1)).toBeUndefined();
+    expect(g.vouchedBy(r, LAYER1, 'blob')).toBeUndefined();
 
     const allower = new FakeDecider('r2', ALLOW);
     g.setDecider(allower);
     await g.admitRoot(req(r, img));
-    expect(g.rootOf(r, LAYER1)).toBe(img.digest);
+    expect(g.vouchedBy(r, LAYER1, 'blob')).toBe(img.digest);
     g.setDecider(new FakeDecider('r3', denyWith()));
     expect((await g.admitRoot(req(r, img))).serve).toBe(false);
-    expect(g.rootOf(r, LAYER1)).toBeUndefined();
-    expect(g.rootOf(r, img.digest)).toBeUndefined();
+    expect(g.vouchedBy(r, LAYER1, 'blob')).toBeUndefined();
+    expect(g.vouchedBy(r, img.digest, 'blob')).toBeUndefined();
   });
 
   it('allow: false with no deny entries is still a deny', async () => {
@@ -206,7 +229,7 @@ describe('Gate: fail closed', () => {
     expect(a.outcome).toBe('deny');
     expect(a.mode).toBe('enforce');
     expect(a.violations).toEqual([{ rule: 'policy.error', message: expect.stringContaining('wasm trap: unreachable') as string }]);
-    expect(g.rootOf(r, LAYER1)).toBeUndefined();
+    expect(g.vouchedBy(r, LAYER1, 'blob')).toBeUndefined();
   });
 
   it('a decider that rejects with a non-Error, or returns garbage, also denies', async () => {
@@ -234,14 +257,15 @@ describe('Gate: modes', () => {
   it('warn serves with outcome warn; dry-run serves with outcome dry-run-deny; both record the closure', async () => {
     const r = route('library/nginx');
     const warnImg = image(d('3'), [d('4')]);
-    const warn = await gate(new FakeDecider('w', denyWith('warn'))).admitRoot(req(r, warnImg));
+    const warnGate = gate(new FakeDecider('w', denyWith('warn')));
+    const warn = await warnGate.admitRoot(req(r, warnImg));
     expect(warn).toMatchObject({ serve: true, outcome: 'warn', mode: 'warn' });
     expect(warn.message).toContain('tag.denied');
     const g = gate(new FakeDecider('d', denyWith('dry-run')));
     const dry = await g.admitRoot(req(r, image()));
     expect(dry).toMatchObject({ serve: true, outcome: 'dry-run-deny', mode: 'dry-run' });
-    expect(g.rootOf(r, LAYER1)).toBeDefined();
-    expect(g.rootOf(r, d('4'))).toBeDefined();
+    expect(g.vouchedBy(r, LAYER1, 'blob')).toBeDefined();
+    expect(warnGate.vouchedBy(r, d('4'), 'blob')).toBeDefined();
   });
 
   it('an allow in warn mode is a plain allow carrying the warnings', async () => {
@@ -325,14 +349,14 @@ describe('Gate: decision cache', () => {
   });
 
   it('a cached allow re-records a lapsed closure', async () => {
-    const g = new Gate(new FakeDecider('r1', ALLOW), meta, { ...OPTS, closureTTL: 1000 }, undefined, undefined, [], now);
+    const g = gate(new FakeDecider('r1', ALLOW), [], undefined, undefined, { closureTTL: 1000 });
     const r = route('library/nginx');
     const rq = req(r, image());
     await g.admitRoot(rq);
     clock += 2000;
-    expect(g.rootOf(r, LAYER1)).toBeUndefined();
+    expect(g.vouchedBy(r, LAYER1, 'blob')).toBeUndefined();
     expect((await g.admitRoot(rq)).cached).toBe(true);
-    expect(g.rootOf(r, LAYER1)).toBeDefined();
+    expect(g.vouchedBy(r, LAYER1, 'blob')).toBeDefined();
   });
 
   it('concurrent identical requests evaluate once and share the answer', async () => {
@@ -379,7 +403,7 @@ describe('Gate: policy input and observers', () => {
     const r = route('library/nginx');
     const a = await g.admitRoot(req(r, image()));
     expect(a.serve).toBe(true);
-    expect(g.rootOf(r, LAYER1)).toBeDefined();
+    expect(g.vouchedBy(r, LAYER1, 'blob')).toBeDefined();
     expect(events).toEqual([{ outcome: 'allow', revision: 'r9', result: ALLOW }]);
   });
 });
