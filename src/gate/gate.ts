@@ -263,7 +263,7 @@ export class Gate {
         }
       }
       // The admission may have lapsed (TTLs differ, restarts); re-record it so members stay reachable.
-      if (hit.admission.serve) this.closures.reassert(s, hit.admission, key.slice(key.lastIndexOf('\n') + 1));
+      if (hit.admission.serve) this.closures.reassert(s, hit.admission, this.basis());
       return Promise.resolve({ ...hit.admission, cached: true });
     }
     let p = this.flights.get(key);

@@ -112,6 +112,10 @@ export class RegistryHandlers {
       // A child of an admitted index is decided on its own evidence (its index's signatures included); anything
       // else by digest is a root of its own (src/gate/closures.ts).
       this.applyAdmission(ctx, refOf(route, manifest.digest), await this.d.gate.admitByDigest({ route, method: ctx.method, client: clientOf(ctx), manifest }));
+      // Vouched for by an admitted root (a child that cannot run is covered by its index's decision): the root must
+      // also be this identity's to have.
+      const root = this.d.gate.vouchedBy(route, manifest.digest, 'manifest');
+      if (root && root !== manifest.digest) await this.identityMayUse(ctx, route, root);
     }
     const res = ctx.res;
     if (!accepts(ctx.req.headers.accept, manifest.mediaType)) {
@@ -144,7 +148,7 @@ export class RegistryHandlers {
     // An anonymous client that the policy's client rules refuse gets a 401 challenge instead of the 403: clients
     // send credentials (a kubelet's imagePullSecrets among them) only after a 401.
     if (!admission.serve && this.d.challenge && ctx.identity.method === 'anonymous' && admission.violations.some((v) => v.rule.startsWith('client.'))) {
-      throw errors.unauthorized(`authentication required to pull ${ref.slice(0, ref.lastIndexOf('@'))}`, this.d.challenge(ctx.req, nameInPath(ctx.url)));
+      throw errors.unauthorized(`authentication required for ${ref}`, this.d.challenge(ctx.req, nameInPath(ctx.url)));
     }
     const res = ctx.res;
     if (admission.decisionId) res.setHeader('portcullis-decision-id', admission.decisionId);

@@ -147,6 +147,19 @@ describe('the token flow, Portcullis as issuer', () => {
     expect(e.message).toContain('[client.not_allowed]');
   });
 
+  test('tag lists and referrers follow the same identity rules', async () => {
+    const aliceTok = await token('alice', 'alice-pw', 'repository:team-b/app:pull');
+    const bobTok = await token('bob', 'bob-pw', 'repository:team-b/app:pull');
+    const tags = (tok: string) => fetch(`${px.url}/v2/team-b/app/tags/list`, { headers: { authorization: `Bearer ${tok}` } });
+    expect((await tags(bobTok)).status).toBe(200);
+    const denied = await tags(aliceTok);
+    expect(denied.status).toBe(403);
+    expect((await errorOf(denied)).message).toContain('[client.not_allowed]');
+    const referrers = (tok: string) => fetch(`${px.url}/v2/team-b/app/referrers/${teamB.digest}`, { headers: { authorization: `Bearer ${tok}` } });
+    expect((await referrers(bobTok)).status).toBe(200);
+    expect((await referrers(aliceTok)).status).toBe(403);
+  });
+
   test('a token for another repository, and an expired token, are refused with 401', async () => {
     const tok = await token('alice', 'alice-pw', `repository:team-a/other:pull`);
     const r = await fetch(`${px.url}/v2/team-a/app/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT, authorization: `Bearer ${tok}` } });
