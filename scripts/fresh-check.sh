@@ -220,7 +220,7 @@ STEP="(a) setup.sh start"
 log "(a) scripts/setup.sh start (in the background; waiting for http://127.0.0.1:$PORT/v2/)"
 t=$SECONDS
 # Its own process group (no job control here, so setsid does not fork): stopping it reaches npm and node.
-setsid unshare -m --propagation private -- bash "$SELF" --inner "$ROOT" start "$PORT" &
+setsid unshare -m --propagation private -- bash "$SELF" --inner "$ROOT" start "$PORT" > >(tee "$WORK/start.out") 2>&1 &
 START_PID=$!
 START_RC=""; START_SECS=""; code=000
 while (( SECONDS - t < START_TIMEOUT )); do
@@ -262,4 +262,10 @@ else
 fi
 (( SKIP_TEST )) || log "  test:  exit code $TEST_RC after ${TEST_SECS}s (${CLOSING:-no closing line})"
 log "  whole check: $((SECONDS - T_ALL))s"
+log "  set-up steps (from the logs):"
+for f in "$WORK/start.out" "$WORK/test.out"; do
+  [[ -f "$f" ]] || continue
+  grep -E '^\[install-tools\] \([0-9]+/[0-9]+\) .*(in [0-9]+s|FAILED)|^\[setup\] (npm ci: done|FAILED)|^\[install-tools\] FAILED' "$f" |
+    sed "s|^|    $(basename "$f" .out): |" || true
+done
 if [[ -n "$START_SECS" ]] && { (( SKIP_TEST )) || [[ "$TEST_RC" == 0 ]]; }; then exit 0; else exit 1; fi

@@ -80,7 +80,15 @@ step_done() { log "($STEP_K/$STEP_N) $STEP: ${1:-done} in $((SECONDS - STEP_T0))
 # Runs "$@" with a line every 60 s while it runs: a Go build is silent for minutes on a busy machine.
 with_heartbeat() {
   local t0=$SECONDS tick rc=0
-  (while sleep 60; do log "($STEP_K/$STEP_N) $STEP: still running, $((SECONDS - t0))s"; done) &
+  # The sleep must not hold our stderr open (a reader of a pipe would wait for it) nor outlive the ticker.
+  (
+    trap 'kill "$s" 2>/dev/null; exit 0' TERM
+    while :; do
+      sleep 60 </dev/null >/dev/null 2>&1 & s=$!
+      wait "$s"
+      log "($STEP_K/$STEP_N) $STEP: still running, $((SECONDS - t0))s"
+    done
+  ) &
   tick=$!
   "$@" || rc=$?
   kill "$tick" 2>/dev/null || true
@@ -151,7 +159,7 @@ need_go() {
   if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then PATH="/usr/local/go/bin:$PATH"; fi
   # opa and cosign 3 ask for go 1.26; a Go >= 1.21 with GOTOOLCHAIN=auto (the default) fetches that toolchain itself.
   command -v go >/dev/null || { log "go not found: install Go 1.26 or newer (https://go.dev/dl) to /usr/local/go"; return 1; }
-  log "$(go version)"
+  local v; v=$(go version); log "$v"
   # Build in a copy without .git: do not ask for VCS stamping.
   export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 }
