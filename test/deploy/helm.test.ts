@@ -171,7 +171,9 @@ describe.each(EXAMPLES)('examples/%s', (file) => {
 
   it('credentials come from mounted Secrets, never inline in the ConfigMap', () => {
     const config = configOf(docs);
-    expect(config).not.toMatch(/password:\s*[^\s{]/);
+    // A password is only ever `password: {file: ...}` (or env): never a scalar.
+    expect(config).not.toMatch(/password:[ \t]*[^\s{]/);
+    expect(config).toMatch(/password:\s+file: \/etc\/portcullis\/upstreams\//);
     const mounts = new Set((pod.containers[0]!.volumeMounts ?? []).map((m) => m.mountPath));
     for (const m of config.matchAll(/file: (\/etc\/portcullis\/upstreams\/[^/]+\/credentials)\/(password|username)/g)) expect(mounts.has(m[1]!), m[1]).toBe(true);
   });
@@ -257,5 +259,14 @@ describe('with an operator listener (operatorListen)', () => {
     expect(configOf(r.docs)).toMatch(/^listen: 127\.0\.0\.1:5000$/m);
     const svc = r.docs.find((d) => d.kind === 'Service')!;
     expect(svc.spec.clusterIP).toBe('None');
+  });
+});
+
+describe('client authentication', () => {
+  it('the auth values block reaches the config unchanged (its schema is the config reference\'s)', async () => {
+    const r = await template(['-f', join(CHART, 'examples', 'central.yaml'), '--set-json', 'auth={"anonymous":false,"htpasswd":{"file":"/etc/portcullis/auth/htpasswd"}}']);
+    expect(r.code, r.stderr).toBe(0);
+    const config = parseAllDocuments(configOf(r.docs))[0]!.toJS() as { auth?: unknown };
+    expect(config.auth).toEqual({ anonymous: false, htpasswd: { file: '/etc/portcullis/auth/htpasswd' } });
   });
 });
