@@ -252,8 +252,8 @@ describe('zero failed pulls under change', () => {
     expect(await blob.text()).toContain('all pulls are frozen [freeze.all]');
     const criDenied = await cri!.pull(`${reg.host}/e2e/change-cri-0:v1`, { timeoutMs: 60_000 });
     expect(criDenied.ok).toBe(false);
-    // containerd resolves with a HEAD: only the status reaches the kubelet (testbed §5).
-    expect(criDenied.error).toContain('403 Forbidden');
+    // containerd resolves with a HEAD: only the status line reaches the kubelet, and its reason phrase carries the rule.
+    expect(criDenied.error).toMatch(/403 denied: freeze\.all: all pulls are frozen \[decision [0-9a-f-]{36}\]/);
 
     second.child.kill('SIGTERM');
     expect(await second.exited).toEqual({ code: 0, signal: null });

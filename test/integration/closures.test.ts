@@ -408,7 +408,7 @@ describe('admissions are bound to the policy, settings and trust that decided th
       children.push(spawn('opa', ['run', '--server', '--addr', `127.0.0.1:${opaPort}`, '--log-level', 'error', '-c', cfg], { stdio: 'ignore' }));
       await waitFor(() => fetch(`http://127.0.0.1:${opaPort}/health?bundles`).then((r) => r.ok, () => false));
 
-      const px = await startProxy({ upstreams: up(), extra: { policy: { opaUrl: `http://127.0.0.1:${opaPort}`, pollInterval: '200ms' } } });
+      const px = await startProxy({ upstreams: up(), extra: { policy: { opaUrl: `http://127.0.0.1:${opaPort}`, pollInterval: '200ms', allowInsecureHttp: true } } });
       try {
         expect((await get(px, 'demo/bound/manifests/v1')).status).toBe(200);
         expect(px.proxy.policy.revision).toBe(`opa-rest:127.0.0.1:${opaPort}#p=opa-1`);

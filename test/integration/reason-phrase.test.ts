@@ -91,7 +91,7 @@ describe('a hostile external OPA', () => {
     await new Promise<void>((r) => opa.listen(0, '127.0.0.1', () => r()));
     px = await startProxy({
       upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
-      extra: { policy: { opaUrl: `http://127.0.0.1:${(opa.address() as AddressInfo).port}/`, opaTimeout: '5s' } },
+      extra: { policy: { opaUrl: `http://127.0.0.1:${(opa.address() as AddressInfo).port}/`, opaTimeout: '5s', allowInsecureHttp: true } },
     });
   });
   afterAll(async () => {
