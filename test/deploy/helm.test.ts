@@ -222,6 +222,7 @@ describe('the chart refuses what would deploy something broken or unsafe', () =>
     ['an unknown tier', ['--set', 'tier=edge'], /tier must be node or central/],
     ['TLS without a Secret', ['--set', 'tls.enabled=true'], /tls\.enabled needs tls\.secretName/],
     ['client certificates without an operator listener (probes could not pass)', ['--set', 'tls.enabled=true,tls.secretName=s,tls.clientCA.secretName=ca'], /set operator\.port/],
+    ['an unknown clientAuth', ['--set', 'tls.clientAuth=maybe'], /tls\.clientAuth must be require or optional/],
     ['a NetworkPolicy on the host-network node tier', ['--set', 'tier=node,storage.type=hostPath,networkPolicy.enabled=true'], /do not apply to host-network pods/],
     ['a ServiceMonitor on the node tier without an operator listener', ['--set', 'tier=node,storage.type=hostPath,serviceMonitor.enabled=true'], /needs operator\.port/],
     ['upstream credentials without a Secret', ['--set', 'upstreams[0].name=hub,upstreams[0].registry=docker.io,upstreams[0].url=https://registry-1.docker.io,upstreams[0].credentials.username=u'], /credentials need existingSecret/],

@@ -43,8 +43,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.tls.clientCA.secretName (not .Values.tls.enabled) -}}
 {{- fail "tls.clientCA needs tls.enabled" -}}
 {{- end -}}
-{{- if and .Values.tls.clientCA.secretName (not .Values.operator.port) -}}
-{{- fail "tls.clientCA: the registry listener then requires client certificates, which the kubelet's probes and Prometheus do not present; set operator.port (a plain-HTTP listener for health and metrics)" -}}
+{{- if not (has .Values.tls.clientAuth (list "require" "optional")) -}}
+{{- fail (printf "tls.clientAuth must be require or optional, not %q" .Values.tls.clientAuth) -}}
+{{- end -}}
+{{- if and .Values.tls.clientCA.secretName (eq .Values.tls.clientAuth "require") (not .Values.operator.port) -}}
+{{- fail "tls.clientCA with clientAuth require: the registry listener then requires client certificates, which the kubelet's probes and Prometheus do not present; set operator.port (a plain-HTTP listener for health and metrics)" -}}
 {{- end -}}
 {{- if and (eq .Values.tier "node") .Values.serviceMonitor.enabled (not .Values.operator.port) -}}
 {{- fail "serviceMonitor on the node tier needs operator.port: the registry listener is on the node's loopback, out of Prometheus' reach" -}}
@@ -99,6 +102,7 @@ result is always one valid YAML document.
 {{- $tls := dict "cert" "/etc/portcullis/tls/tls.crt" "key" "/etc/portcullis/tls/tls.key" -}}
 {{- if .Values.tls.clientCA.secretName -}}
 {{- $_ := set $tls "clientCA" (printf "/etc/portcullis/client-ca/%s" .Values.tls.clientCA.key) -}}
+{{- $_ := set $tls "clientAuth" .Values.tls.clientAuth -}}
 {{- end -}}
 {{- $_ := set $c "tls" $tls -}}
 {{- end -}}
