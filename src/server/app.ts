@@ -61,6 +61,17 @@ export interface AppOptions {
 /** Which listener a request came in on: the registry API, or the operator surface (`operatorListen`). */
 type Surface = 'registry' | 'operator';
 
+/** How long a stopping process with reusePort keeps serving connections it accepted before closing idle ones. */
+const HANDOFF_MS = 1_000;
+
+function readSysctl(path: string): string | undefined {
+  try {
+    return readFileSync(`/proc/sys/${path}`, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
 export class App {
   readonly metrics: Metrics;
   readonly log: Logger;
@@ -237,6 +248,11 @@ export class App {
       // reusePort: a replacement process can listen on the same address before this one drains (SIGTERM).
       front.listen({ port, host, reusePort: config.reusePort }, () => resolve());
     });
+    if (config.reusePort && readSysctl('net/ipv4/tcp_migrate_req') === '0') {
+      // Connections still in a closing listener's accept queue are reset unless the kernel may move them to another
+      // listener of the same port (Linux ≥ 5.14).
+      this.log.warn('reusePort: net.ipv4.tcp_migrate_req is 0, so a process replacement can reset a few connections that arrive as the old process stops listening; set it to 1');
+    }
     const addr = front.address() as AddressInfo;
     if (config.operatorListen) await this.listenOperator(config.operatorListen, serverOpts);
     this.log.info({ address: addr.address, port: addr.port, tls: Boolean(config.tls), upstreams: config.upstreams.map((u) => u.name) }, 'listening');
@@ -385,8 +401,13 @@ export class App {
     const operator = this.operatorServer;
     const operatorClosed = operator ? new Promise<void>((r) => operator.close(() => r())) : Promise.resolve();
     operator?.closeAllConnections();
-    server?.closeIdleConnections();
     const deadline = Date.now() + graceMs;
+    // With reusePort a replacement process is already listening. A connection this one accepted just before SIGTERM
+    // may not have sent its request yet: closed as idle, its client would see a reset (a failed pull). So first a
+    // short hand-off, during which requests are still served (with `Connection: close`, so clients reconnect to
+    // the new process); only then are idle connections closed.
+    if (this.opts.config.reusePort) await new Promise((r) => setTimeout(r, Math.min(graceMs, HANDOFF_MS)).unref());
+    server?.closeIdleConnections();
     await this.downloads.drain(graceMs);
     // A finished download is not a finished response: a client slower than the upstream, or one reading a cached
     // blob, is still being sent bytes. Cutting those connections now would turn a graceful shutdown into a failed

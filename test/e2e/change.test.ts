@@ -131,7 +131,17 @@ async function until(what: string, cond: () => Promise<boolean> | boolean, timeo
   }
 }
 
+/**
+ * The kernel setting a lossless process replacement needs (README, `reusePort`): connections still in the old
+ * listener's accept queue move to the new listener instead of being reset. Set for this test, as an operator would,
+ * and put back afterwards.
+ */
+const MIGRATE_REQ = '/proc/sys/net/ipv4/tcp_migrate_req';
+let migrateReqBefore: string | undefined;
+
 beforeAll(async () => {
+  migrateReqBefore = (await readFile(MIGRATE_REQ, 'utf8')).trim();
+  if (migrateReqBefore !== '1') await writeFile(MIGRATE_REQ, '1\n');
   requireTool('opa');
   requireTool('skopeo');
   requireTool('cosign2');
@@ -182,6 +192,7 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
+  if (migrateReqBefore !== undefined && migrateReqBefore !== '1') await writeFile(MIGRATE_REQ, `${migrateReqBefore}\n`);
   for (const c of servers) c.kill('SIGKILL');
   await cri?.stop();
   await reg?.stop();
