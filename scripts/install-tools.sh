@@ -82,7 +82,8 @@ with_heartbeat() {
   local t0=$SECONDS tick rc=0
   # The sleep must not hold our stderr open (a reader of a pipe would wait for it) nor outlive the ticker.
   (
-    trap 'kill "$s" 2>/dev/null; exit 0' TERM
+    s=""
+    trap '[[ -n "$s" ]] && kill "$s" 2>/dev/null; exit 0' TERM
     while :; do
       sleep 60 </dev/null >/dev/null 2>&1 & s=$!
       wait "$s"
