@@ -32,6 +32,9 @@ START_TIMEOUT=1800   # seconds (a) may take before /v2/ answers
 # ---- inside the private mount namespace (re-invoked through unshare): mount, then chroot and run one command ----
 if [[ "${1:-}" == "--inner" ]]; then
   root=$2; cmd=$3; port=$4
+  # The root a mount point of its own, as / is on a real machine: podman (containers/storage) applies a layer in a
+  # chroot after making / private, which fails with EINVAL when / is a plain directory.
+  mount --bind "$root" "$root"
   mount -t proc proc "$root/proc"
   mount --rbind /sys "$root/sys"     # with the host's cgroup mounts (v1 controllers and cgroup2 unified)
   mount --rbind /dev "$root/dev"     # with /dev/pts and /dev/shm
