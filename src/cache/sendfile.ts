@@ -58,12 +58,15 @@ export async function sendFileRange(res: ServerResponse, path: string, start: nu
         throw prematureClose();
       }
       pos += n;
-      // Read ahead while this chunk drains, so the socket never waits for the disk (one more slab per response).
-      if (pos <= end) next = readAhead(pos);
+      // Read ahead while this chunk drains, so the socket never waits for the disk (one more slab per response);
+      // only once the client has proven it reads: until then a client that never reads pins one small slab, not two.
+      const proven = pos - start >= PROVEN_BYTES;
+      if (proven && pos <= end) next = readAhead(pos);
       onBytes?.(n);
       // Back to the pool only once the socket is done with the bytes.
       const ok = res.write(n === slab.buf.length ? slab.buf : slab.buf.subarray(0, n), (err) => slab.release(err));
-      if (!ok && next) await drained(res);
+      if (!ok && pos <= end) await drained(res);
+      if (!proven && pos <= end) next = readAhead(pos);
     }
     res.end();
     await finished(res);
