@@ -17,6 +17,11 @@ export interface Identity {
   user: string | null;
   groups: string[];
   method: AuthMethod;
+  /**
+   * The chained node this client's request came through (src/auth/forwarded.ts): `user`, `groups` and `method` are
+   * then the original client's, as the node signed them, and `via` is the node's own verified identity.
+   */
+  via?: { user: string | null; groups: string[]; method: AuthMethod };
 }
 
 export const ANONYMOUS: Identity = Object.freeze({ user: null, groups: [], method: 'anonymous' }) as Identity;
@@ -38,6 +43,8 @@ export type AuthFailureCode =
   | 'TOKEN_SCOPE'
   /** A client certificate that is not trusted or maps to no identity. */
   | 'CERT_INVALID'
+  /** A forwarded-identity header that does not verify for this (node) identity. */
+  | 'FORWARDED_INVALID'
   /** An Authorization scheme no configured method understands. */
   | 'UNSUPPORTED_SCHEME';
 

@@ -12,6 +12,7 @@ import { TLSSocket } from 'node:tls';
 import { ANONYMOUS, authorizationHeader, basicCredentials, fail, looksLikeJwt, type AuthOutcome, type AuthRequest, type Identity } from './authenticator.js';
 import { BcryptWorker } from './bcrypt-pool.js';
 import type { AuthConfig } from './config.js';
+import { FORWARDED_IDENTITY_HEADER, ForwardedVerifier } from './forwarded.js';
 import { HtpasswdAuthenticator } from './htpasswd.js';
 import { MtlsAuthenticator } from './mtls.js';
 import { OidcAuthenticator } from './oidc.js';
@@ -43,6 +44,7 @@ export class ClientAuth {
     private readonly mtls: MtlsAuthenticator | undefined,
     private readonly oidc: OidcAuthenticator | undefined,
     private readonly hasher: BcryptWorker | undefined,
+    private readonly forwarded: ForwardedVerifier | undefined,
     private readonly o: ClientAuthOptions,
   ) {}
 
@@ -63,7 +65,8 @@ export class ClientAuth {
     const tokens = cfg.token ? await TokenAuthority.create({ service: cfg.token.service, ttl: cfg.token.ttl, ...(cfg.token.keyFile ? { keyFile: cfg.token.keyFile } : {}), now }) : undefined;
     const mtls = cfg.mtls || o.clientCertificates ? new MtlsAuthenticator(cfg.mtls ?? { user: 'uri', map: [] }) : undefined;
     const oidc = cfg.oidc.length > 0 ? new OidcAuthenticator(cfg.oidc, now) : undefined;
-    return new ClientAuth(cfg, htpasswd, tokens, mtls, oidc, hasher, o);
+    const forwarded = cfg.forwarded ? new ForwardedVerifier(cfg.forwarded, now) : undefined;
+    return new ClientAuth(cfg, htpasswd, tokens, mtls, oidc, hasher, forwarded, o);
   }
 
   /** Methods configured: challenges are sent, and identities checked on blobs and child manifests. */
@@ -81,7 +84,13 @@ export class ClientAuth {
   }
 
   async authenticate(req: AuthRequest): Promise<AuthOutcome> {
-    const [method, outcome] = await this.run(req);
+    let [method, outcome] = await this.run(req);
+    // A chained node's client (forwarded.ts): only read where configured, only believed from a trusted node.
+    const fwd = req.headers[FORWARDED_IDENTITY_HEADER];
+    if (this.forwarded && outcome.ok && fwd !== undefined) {
+      method = 'forwarded';
+      outcome = typeof fwd === 'string' ? await this.forwarded.verify(fwd, outcome.identity) : fail('FORWARDED_INVALID', 'more than one forwarded identity');
+    }
     try {
       this.o.onOutcome?.(method, outcome);
     } catch {
@@ -192,5 +201,6 @@ export class ClientAuth {
 
 /** A stable key for an identity: decision caches must not hand one client's decision to another. */
 export function identityKey(i: Identity): string {
-  return `${i.method}:${i.user ?? ''}:${i.groups.join(',')}`;
+  const via = i.via ? `@${i.via.method}:${i.via.user ?? ''}:${i.via.groups.join(',')}` : '';
+  return `${i.method}:${i.user ?? ''}:${i.groups.join(',')}${via}`;
 }

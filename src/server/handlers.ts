@@ -3,6 +3,7 @@
  * Order matters for security: nothing is fetched for a name that does not route to a configured upstream, and
  * nothing by digest is served outside an admitted closure.
  */
+import type { Client } from '../gate/input.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Identity } from '../auth/authenticator.js';
 import type { QuotaKind, Quotas } from '../auth/quota.js';
@@ -303,8 +304,9 @@ function nameInPath(url: URL): string {
   return m ? m[1]! : '';
 }
 
-function clientOf(ctx: RequestContext): { ip: string; user: string | null; groups: string[]; method: string; userAgent: string | null } {
-  return { ip: ctx.clientIp, user: ctx.identity.user, groups: ctx.identity.groups, method: ctx.identity.method, userAgent: ctx.req.headers['user-agent'] ?? null };
+function clientOf(ctx: RequestContext): Client {
+  const i = ctx.identity;
+  return { ip: ctx.clientIp, user: i.user, groups: i.groups, method: i.method, userAgent: ctx.req.headers['user-agent'] ?? null, ...(i.via ? { via: i.via } : {}) };
 }
 
 function oneLine(s: string, max: number): string {
