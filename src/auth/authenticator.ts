@@ -9,7 +9,8 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 
-export type AuthMethod = 'basic' | 'token' | 'mtls' | 'oidc' | 'anonymous';
+/** `scanner`: a token Portcullis issued to its own Harbor scanner for one scan job (src/auth/token.ts). */
+export type AuthMethod = 'basic' | 'token' | 'mtls' | 'oidc' | 'anonymous' | 'scanner';
 
 /** Who a request is from, as the policy sees it (`input.request.client.user`, `groups`, `method`). */
 export interface Identity {
@@ -22,6 +23,8 @@ export interface Identity {
    * then the original client's, as the node signed them, and `via` is the node's own verified identity.
    */
   via?: { user: string | null; groups: string[]; method: AuthMethod };
+  /** method `scanner` only: the one image manifest its job may pull (with that manifest's blobs), nothing else. */
+  scanJob?: { repository: string; digest: string };
 }
 
 export const ANONYMOUS: Identity = Object.freeze({ user: null, groups: [], method: 'anonymous' }) as Identity;

@@ -17,9 +17,11 @@ import { HtpasswdAuthenticator } from './htpasswd.js';
 import { MtlsAuthenticator } from './mtls.js';
 import { OidcAuthenticator } from './oidc.js';
 import { KeyedBuckets } from './rate-limit.js';
-import { parseScopes, TokenAuthority } from './token.js';
+import { parseScopes, SCANNER_USER, TokenAuthority } from './token.js';
 
 export const TOKEN_PATH = '/auth/token';
+/** Issuer of scanner job tokens when `auth.token` is not configured. */
+const SCANNER_SERVICE = 'portcullis-scanner';
 
 /** The token endpoint's answer, for the server to send. */
 export interface TokenResponse {
@@ -45,6 +47,8 @@ export class ClientAuth {
     private readonly oidc: OidcAuthenticator | undefined,
     private readonly hasher: BcryptWorker | undefined,
     private readonly forwarded: ForwardedVerifier | undefined,
+    /** Issues and verifies scanner job tokens: `tokens` when configured, else an authority of its own. */
+    private readonly scanner: TokenAuthority,
     private readonly o: ClientAuthOptions,
   ) {}
 
@@ -66,7 +70,8 @@ export class ClientAuth {
     const mtls = cfg.mtls || o.clientCertificates ? new MtlsAuthenticator(cfg.mtls ?? { user: 'uri', map: [] }) : undefined;
     const oidc = cfg.oidc.length > 0 ? new OidcAuthenticator(cfg.oidc, now) : undefined;
     const forwarded = cfg.forwarded ? new ForwardedVerifier(cfg.forwarded, now) : undefined;
-    return new ClientAuth(cfg, htpasswd, tokens, mtls, oidc, hasher, forwarded, o);
+    const scanner = tokens ?? (await TokenAuthority.create({ service: SCANNER_SERVICE, ttl: 600_000, now }));
+    return new ClientAuth(cfg, htpasswd, tokens, mtls, oidc, hasher, forwarded, scanner, o);
   }
 
   /** Methods configured: challenges are sent, and identities checked on blobs and child manifests. */
@@ -110,6 +115,7 @@ export class ClientAuth {
       }
       if (a.scheme === 'bearer') {
         if (this.tokens?.isOurs(a.value)) return ['token', await this.tokens.verify(a.value, req.repository)];
+        if (this.scanner !== this.tokens && this.scanner.isOurs(a.value)) return ['scanner', await this.scanner.verify(a.value, req.repository)];
         if (this.oidc && looksLikeJwt(a.value)) return ['oidc', await this.oidc.verify(a.value)];
         return ['token', fail('TOKEN_INVALID', 'token is not valid')];
       }
@@ -187,6 +193,17 @@ export class ClientAuth {
     }
     const issued = await tokens.issue(outcome.identity, parseScopes((form.get('scope') ?? '').split(' ')));
     return { status: 200, body: { access_token: issued.access_token, token_type: 'Bearer', expires_in: issued.expires_in, issued_at: issued.issued_at, scope: form.get('scope') ?? '' }, outcome };
+  }
+
+  /**
+   * A token for Portcullis's own Harbor scanner to pull one image it was asked to scan: `pull` on that repository,
+   * bound to that digest, method `scanner` (handlers.ts serves it that manifest and its blobs, nothing else, without
+   * a policy decision: the scan is evidence for the decision). Signed by the token issuer (`auth.token`'s key when
+   * configured, so that every replica accepts it; else the scanner authority's own).
+   */
+  async scannerToken(repository: string, digest: string, ttlMs: number): Promise<string> {
+    const identity: Identity = { user: SCANNER_USER, groups: ['scanner'], method: 'scanner', scanJob: { repository, digest } };
+    return (await this.scanner.issue(identity, [{ type: 'repository', name: repository, actions: ['pull'] }], ttlMs)).token;
   }
 
   /** The Basic challenge of the token endpoint itself. */

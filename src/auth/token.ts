@@ -76,10 +76,12 @@ export class TokenAuthority implements Authenticator {
     }
   }
 
-  async issue(identity: Identity, access: Access[]): Promise<{ token: string; access_token: string; expires_in: number; issued_at: string }> {
+  async issue(identity: Identity, access: Access[], ttlMs = this.o.ttl): Promise<{ token: string; access_token: string; expires_in: number; issued_at: string }> {
     const nowS = Math.floor(this.now() / 1000);
-    const expiresIn = Math.max(60, Math.round(this.o.ttl / 1000));
-    const token = await new SignJWT({ access, groups: identity.groups, method: identity.method })
+    const expiresIn = Math.max(60, Math.round(ttlMs / 1000));
+    const claims: Record<string, unknown> = { access, groups: identity.groups, method: identity.method };
+    if (identity.scanJob) claims.scan = identity.scanJob.digest;
+    const token = await new SignJWT(claims)
       .setProtectedHeader({ alg: 'ES256', typ: 'JWT', kid: this.keyId })
       .setIssuer(this.o.service)
       .setAudience(this.o.service)
@@ -115,11 +117,19 @@ export class TokenAuthority implements Authenticator {
       return fail('TOKEN_SCOPE', `token does not grant pull on repository "${repository.slice(0, 200)}"`);
     }
     const user = typeof payload.sub === 'string' && payload.sub !== '' ? payload.sub : null;
+    // A scanner job token (issued by Portcullis itself, never by the token endpoint): one repository, one digest.
+    if (payload.method === 'scanner') {
+      const only = Array.isArray(payload.access) && payload.access.length === 1 ? (payload.access[0] as Access) : undefined;
+      if (typeof payload.scan !== 'string' || !only || typeof only.name !== 'string') return fail('TOKEN_INVALID', 'token is not valid');
+      return { ok: true, identity: { user: SCANNER_USER, groups: ['scanner'], method: 'scanner', scanJob: { repository: only.name, digest: payload.scan } } };
+    }
     if (user === null) return { ok: true, identity: { user: null, groups: [], method: 'anonymous' } };
     const groups = Array.isArray(payload.groups) ? payload.groups.filter((g): g is string => typeof g === 'string') : [];
     return { ok: true, identity: { user, groups, method: 'token' } };
   }
 }
+
+export const SCANNER_USER = 'portcullis-scanner';
 
 /** Maps jose's verification errors onto stable codes. */
 export function joseFailure(e: unknown): AuthOutcome {

@@ -17,7 +17,8 @@
  *   scanner:                                   # a Harbor Pluggable Scanner API v1.1/v1.2 adapter
  *     url: http://harbor-scanner-trivy:8080    # the proxy calls <url>/api/v1/...
  *     auth: { bearer: { file: /run/secrets/scanner-token } }   # or { username: u, password: { env: … } }
- *     registries:                              # what the scanner pulls from, per upstream (default: upstream url)
+ *     pullThrough: { url: http://portcullis:5000 }   # the scanner pulls through Portcullis with a per-job token
+ *     registries:                              # or: what the scanner pulls from, per upstream (default: upstream url)
  *       dockerhub: { url: https://mirror.example, authorization: { env: SCANNER_PULL_AUTH } }
  *     pollInterval: 2s
  *     requestTimeout: 5s      # one call; a pull that triggers a scan request waits at most this (errors are cached)
@@ -115,6 +116,11 @@ const scanner = z
           .strict(),
       )
       .default({}),
+    /**
+     * The scanner pulls through Portcullis (at this URL, as the scanner reaches it) with a token Portcullis issues
+     * per job: pull on that repository, that digest only, for `scanTimeout`. Instead of `registries`.
+     */
+    pullThrough: z.object({ url: httpUrl().transform((u) => u.replace(/\/+$/, '')) }).strict().optional(),
     /** Shortest time between two polls of one scan; a longer Refresh-After from the scanner wins (up to 60 s). */
     pollInterval: duration.default(2_000),
     requestTimeout: duration.default(5_000),
