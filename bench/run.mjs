@@ -472,6 +472,7 @@ async function main() {
         ...pcOpts,
         name: 'portcullis-auth',
         logLevel: args['log-level'],
+        nodeArgs,
         extra: { ...pcOpts.extra, auth: { anonymous: false, htpasswd: { file: htpasswd }, token: { ttl: '30m' } } },
       });
       instances.push(pcAuth);
@@ -485,8 +486,8 @@ async function main() {
         const who = { off: { host: pc.host, headers: {} }, on: { host: pcAuth.host, headers: { authorization: `Bearer ${token}` } } };
         const res = { off: [], on: [] };
         // Both processes see the same load first (JIT, caches), so that the first measured rep is not a warm-up.
-        for (const k of ['off', 'on']) await wrkManifest(`http://${who[k].host}/v2/${repo}/manifests/v1`, { seconds: 2, headers: who[k].headers });
-        const reps = Math.max(P.wrkReps, 3);
+        for (const k of ['off', 'on']) await wrkManifest(`http://${who[k].host}/v2/${repo}/manifests/v1`, { seconds: P.wrkSeconds, headers: who[k].headers });
+        const reps = QUICK ? 3 : 5;
         for (let rep = 0; rep < reps; rep++) {
           for (const k of rep % 2 === 0 ? ['off', 'on'] : ['on', 'off']) {
             const url = `http://${who[k].host}/v2/${repo}/manifests/v1`;
