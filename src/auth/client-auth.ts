@@ -105,7 +105,10 @@ export class ClientAuth {
   }
 
   private async run(req: AuthRequest): Promise<[string, AuthOutcome]> {
-    const a = authorizationHeader(req.headers);
+    let a = authorizationHeader(req.headers);
+    // Built only for the scanner's pull-through tokens (no client authentication configured): any other header is
+    // not read, as on a listener without client authentication, where clients may send stale credentials freely.
+    if (a && !(this.htpasswd || this.tokens || this.mtls || this.oidc) && !(a.scheme === 'bearer' && this.scanner.isOurs(a.value))) a = undefined;
     if (a) {
       if (a.scheme === 'basic') {
         const c = basicCredentials(req.headers);

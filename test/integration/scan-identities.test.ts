@@ -166,3 +166,25 @@ describe('the scanner pulls through Portcullis with a per-job token', () => {
     expect(claims.scan).toBeUndefined();
   });
 });
+
+describe('scanner pull-through on a listener without client authentication', () => {
+  let ap: RunningProxy;
+  beforeAll(async () => {
+    await pushImage(reg.url, 'demo/anon', 'v1');
+    ap = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      defaultUpstream: 'local',
+      settings: ALLOW_ALL,
+      extra: { scan: { order: ['scanner'], scanner: { url: 'http://127.0.0.1:9', pullThrough: { url: 'http://127.0.0.1:9' } } }, policy: {} },
+    });
+  }, 60_000);
+  afterAll(async () => ap?.stop());
+
+  test('credentials a client sends anyway are not read (as before), a forged scanner token is', async () => {
+    const h = { accept: MANIFEST_ACCEPT, authorization: `Basic ${Buffer.from('someone:stale').toString('base64')}` };
+    expect((await fetch(`${ap.url}/v2/`, { headers: h })).status).toBe(200);
+    const enc = (o: unknown): string => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const forged = `${enc({ alg: 'ES256', typ: 'JWT' })}.${enc({ iss: 'portcullis-scanner', sub: 'portcullis-scanner', method: 'scanner', scan: ZERO, access: [{ type: 'repository', name: 'demo/anon', actions: ['pull'] }], exp: 4102444800 })}.${'A'.repeat(86)}`;
+    expect((await fetch(`${ap.url}/v2/demo/anon/manifests/${ZERO}`, { headers: { accept: MANIFEST_ACCEPT, authorization: `Bearer ${forged}` } })).status).toBe(401);
+  });
+});
