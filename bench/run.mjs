@@ -3,7 +3,7 @@
  * `npm run bench`: Portcullis side by side with CNCF Distribution's proxy mode and with direct pulls, in one run, on
  * loopback, reported as ratios against the targets of DESIGN §10. See bench/README.md.
  *
- *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,rss,index,hostile] [--log-level info]
+ *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile] [--log-level info]
  *                      [--dist DIR] [--cpu-prof DIR] [--keep]
  *
  * Every process it starts (registries, Portcullis, skopeo, curl, wrk) is killed on exit, error or signal.
@@ -30,7 +30,7 @@ const { values: args } = parseArgs({
   options: {
     out: { type: 'string' },
     quick: { type: 'boolean', default: false },
-    phases: { type: 'string', default: 'pulls,herd,wrk,rss,index,hostile' },
+    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile' },
     'log-level': { type: 'string', default: 'info' },
     dist: { type: 'string', default: join(ROOT, 'dist') },
     'cpu-prof': { type: 'string' },
@@ -71,6 +71,7 @@ const TARGETS = {
   decision_overhead_ms_p50: { op: '<=', value: 15, text: 'decision overhead of a cold pull, median ≤ 15 ms' },
   peak_rss_mib: { op: '<=', value: 300, text: 'peak RSS, 20 clients × 1 GiB ≤ 300 MiB' },
   hostile_peak_rss_mib: { op: '<=', value: 300, text: 'peak RSS with 2,000 idle connections and 100 stalled readers ≤ 300 MiB (issue 10)' },
+  auth_manifest_rps_ratio: { op: '>=', value: 0.9, text: 'warm manifest GET req/s with client authentication (registry tokens) ÷ without ≥ 0.9 (issue 11)' },
   hostile_manifest_p99_ms: { op: '<=', value: 50, text: 'manifest GET p99 under that load ≤ 50 ms (issue 10)' },
 };
 
@@ -460,6 +461,63 @@ async function main() {
       result.direct_manifest_p99_ms = round(m('direct', 'p99'), 3);
     }
 
+    // ---------------------------------------------------------------------------------------------- auth
+    if (phases.has('auth')) {
+      // The same warm manifest GET by tag, against the main instance (anonymous) and against one with client
+      // authentication on (htpasswd + Portcullis's token flow), wrk sending one Bearer token it got once, as a
+      // logged-in client does. Interleaved reps, each rep's on ÷ off paired, so that load on a shared machine hits both.
+      const repo = 'bench/auth-manifest';
+      const htpasswd = join(tmp, 'bench-htpasswd');
+      const bcrypt = (await import('bcryptjs')).default;
+      writeFileSync(htpasswd, `bench:${bcrypt.hashSync('bench-password', 10)}\n`);
+      const pcAuth = await startPortcullis({
+        ...pcOpts,
+        name: 'portcullis-auth',
+        logLevel: args['log-level'],
+        nodeArgs,
+        extra: { ...pcOpts.extra, auth: { anonymous: false, htpasswd: { file: htpasswd }, token: { ttl: '30m' } } },
+      });
+      instances.push(pcAuth);
+      try {
+        await seed(repo, 'v1', { layers: 1, layerMiB: 1 });
+        const tokenRes = await fetch(`${pcAuth.url}/auth/token?service=portcullis&scope=repository:${repo}:pull`, {
+          headers: { authorization: `Basic ${Buffer.from('bench:bench-password').toString('base64')}` },
+        });
+        if (tokenRes.status !== 200) throw new Error(`token endpoint: HTTP ${tokenRes.status}`);
+        const { token } = await tokenRes.json();
+        const who = { off: { host: pc.host, headers: {} }, on: { host: pcAuth.host, headers: { authorization: `Bearer ${token}` } } };
+        const res = { off: [], on: [] };
+        // Both processes see the same load first (JIT, caches), so that the first measured rep is not a warm-up.
+        for (const k of ['off', 'on']) await wrkManifest(`http://${who[k].host}/v2/${repo}/manifests/v1`, { seconds: P.wrkSeconds, headers: who[k].headers });
+        const reps = QUICK ? 3 : 5;
+        for (let rep = 0; rep < reps; rep++) {
+          for (const k of rep % 2 === 0 ? ['off', 'on'] : ['on', 'off']) {
+            const url = `http://${who[k].host}/v2/${repo}/manifests/v1`;
+            const warm = await fetch(url, { headers: { accept: MANIFEST_ACCEPT, ...who[k].headers } });
+            await warm.arrayBuffer();
+            if (warm.status !== 200) throw new Error(`warm-up GET manifest (auth ${k}): HTTP ${warm.status}`);
+            const w = await wrkManifest(url, { seconds: P.wrkSeconds, headers: who[k].headers });
+            if (w.non2xx > 0) throw new Error(`wrk (auth ${k}): ${w.non2xx} non-2xx responses`);
+            res[k].push(w);
+            log(`auth wrk rep ${rep + 1}/${reps} auth ${k.padEnd(3)} ${w.rps.toFixed(0)} req/s, p50 ${fmt(w.p50)} ms, p99 ${fmt(w.p99)} ms`);
+          }
+        }
+        result.auth = {
+          off: { rps: summary(res.off.map((x) => x.rps)), p50_ms: round(median(res.off.map((x) => x.p50)), 3), p99_ms: round(median(res.off.map((x) => x.p99)), 3) },
+          on: { rps: summary(res.on.map((x) => x.rps)), p50_ms: round(median(res.on.map((x) => x.p50)), 3), p99_ms: round(median(res.on.map((x) => x.p99)), 3) },
+          per_rep_ratio: res.on.map((x, i) => round(x.rps / res.off[i].rps, 3)),
+          wrk: `wrk -t2 -c16 -d${P.wrkSeconds}s --latency -H 'Accept: …' [-H 'Authorization: Bearer <token from /auth/token>'] /v2/${repo}/manifests/v1`,
+          method: 'htpasswd (bcrypt) login once at /auth/token, then the ES256 registry token on every request',
+        };
+        result.auth_off_manifest_rps = round(median(res.off.map((x) => x.rps)), 0);
+        result.auth_on_manifest_rps = round(median(res.on.map((x) => x.rps)), 0);
+        result.auth_manifest_rps_ratio = round(median(res.on.map((x, i) => x.rps / res.off[i].rps)), 3);
+      } finally {
+        instances.splice(instances.indexOf(pcAuth), 1);
+        await pcAuth.stop();
+      }
+    }
+
     // ---------------------------------------------------------------------------------------------- peak RSS
     if (phases.has('rss')) {
       const repo = 'bench/big';
@@ -683,6 +741,8 @@ function printTable(r) {
     ['manifest req/s ÷ direct', r.manifest_rps_vs_direct, r.peer_manifest_rps && r.direct_manifest_rps ? round(r.peer_manifest_rps / r.direct_manifest_rps, 3) : undefined, '≥ 1.0', r.targets.manifest_rps_vs_direct],
     ['manifest req/s ÷ Distribution proxy', r.manifest_rps_ratio, 1, '', null],
     ['manifest p50 / p99 ms', r.manifest_p50_ms !== undefined ? `${fmt(r.manifest_p50_ms)} / ${fmt(r.manifest_p99_ms)}` : undefined, r.peer_manifest_p50_ms !== undefined ? `${fmt(r.peer_manifest_p50_ms)} / ${fmt(r.peer_manifest_p99_ms)}` : undefined, r.direct_manifest_p50_ms !== undefined ? `direct ${fmt(r.direct_manifest_p50_ms)} / ${fmt(r.direct_manifest_p99_ms)}` : '', null],
+    ['auth: manifest req/s on ÷ off', r.auth_manifest_rps_ratio, undefined, '≥ 0.9', r.targets.auth_manifest_rps_ratio],
+    ['auth: manifest req/s off / on', r.auth_off_manifest_rps !== undefined ? `${r.auth_off_manifest_rps} / ${r.auth_on_manifest_rps}` : undefined, undefined, '', null],
     ['decision overhead, cold, median ms', r.decision_overhead_ms_p50, undefined, '≤ 15', r.targets.decision_overhead_ms_p50],
     ['peak RSS, 20 × 1 GiB, MiB', r.peak_rss_mib, undefined, '≤ 300', r.targets.peak_rss_mib],
     ['hostile: peak RSS, MiB', r.hostile_peak_rss_mib, undefined, '≤ 300', r.targets.hostile_peak_rss_mib],

@@ -59,9 +59,10 @@ const UNIT = { us: 0.001, ms: 1, s: 1000, m: 60_000 };
 const toMs = (v, u) => Number(v) * UNIT[u];
 
 /** wrk -t2 -c16 -d<sec>s --latency with the OCI Accept header; loopback targets only. */
-export async function wrkManifest(url, { seconds = 5, connections = 16, threads = 2 } = {}) {
+export async function wrkManifest(url, { seconds = 5, connections = 16, threads = 2, headers = {} } = {}) {
   if (!/^http:\/\/127\.0\.0\.1:\d+\//.test(url)) throw new Error(`wrk target must be on 127.0.0.1: ${url}`);
-  const args = [`-t${threads}`, `-c${connections}`, `-d${seconds}s`, '--latency', '-H', `Accept: ${MANIFEST_ACCEPT}`, url];
+  const extra = Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
+  const args = [`-t${threads}`, `-c${connections}`, `-d${seconds}s`, '--latency', '-H', `Accept: ${MANIFEST_ACCEPT}`, ...extra, url];
   const r = await run(requireTool('wrk'), args, { timeoutMs: (seconds + 30) * 1000 });
   if (r.code !== 0) throw new Error(`wrk failed: ${r.stderr} ${r.stdout}`);
   const out = r.stdout;

@@ -9,7 +9,8 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 
-export type AuthMethod = 'basic' | 'token' | 'mtls' | 'oidc' | 'anonymous';
+/** `scanner`: a token Portcullis issued to its own Harbor scanner for one scan job (src/auth/token.ts). */
+export type AuthMethod = 'basic' | 'token' | 'mtls' | 'oidc' | 'anonymous' | 'scanner';
 
 /** Who a request is from, as the policy sees it (`input.request.client.user`, `groups`, `method`). */
 export interface Identity {
@@ -17,6 +18,13 @@ export interface Identity {
   user: string | null;
   groups: string[];
   method: AuthMethod;
+  /**
+   * The chained node this client's request came through (src/auth/forwarded.ts): `user`, `groups` and `method` are
+   * then the original client's, as the node signed them, and `via` is the node's own verified identity.
+   */
+  via?: { user: string | null; groups: string[]; method: AuthMethod };
+  /** method `scanner` only: the one image manifest its job may pull (with that manifest's blobs), nothing else. */
+  scanJob?: { repository: string; digest: string };
 }
 
 export const ANONYMOUS: Identity = Object.freeze({ user: null, groups: [], method: 'anonymous' }) as Identity;
@@ -38,6 +46,8 @@ export type AuthFailureCode =
   | 'TOKEN_SCOPE'
   /** A client certificate that is not trusted or maps to no identity. */
   | 'CERT_INVALID'
+  /** A forwarded-identity header that does not verify for this (node) identity. */
+  | 'FORWARDED_INVALID'
   /** An Authorization scheme no configured method understands. */
   | 'UNSUPPORTED_SCHEME';
 

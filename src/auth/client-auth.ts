@@ -12,13 +12,16 @@ import { TLSSocket } from 'node:tls';
 import { ANONYMOUS, authorizationHeader, basicCredentials, fail, looksLikeJwt, type AuthOutcome, type AuthRequest, type Identity } from './authenticator.js';
 import { BcryptWorker } from './bcrypt-pool.js';
 import type { AuthConfig } from './config.js';
+import { FORWARDED_IDENTITY_HEADER, ForwardedVerifier } from './forwarded.js';
 import { HtpasswdAuthenticator } from './htpasswd.js';
 import { MtlsAuthenticator } from './mtls.js';
 import { OidcAuthenticator } from './oidc.js';
 import { KeyedBuckets } from './rate-limit.js';
-import { parseScopes, TokenAuthority } from './token.js';
+import { parseScopes, SCANNER_USER, TokenAuthority } from './token.js';
 
 export const TOKEN_PATH = '/auth/token';
+/** Issuer of scanner job tokens when `auth.token` is not configured. */
+const SCANNER_SERVICE = 'portcullis-scanner';
 
 /** The token endpoint's answer, for the server to send. */
 export interface TokenResponse {
@@ -43,6 +46,9 @@ export class ClientAuth {
     private readonly mtls: MtlsAuthenticator | undefined,
     private readonly oidc: OidcAuthenticator | undefined,
     private readonly hasher: BcryptWorker | undefined,
+    private readonly forwarded: ForwardedVerifier | undefined,
+    /** Issues and verifies scanner job tokens: `tokens` when configured, else an authority of its own. */
+    private readonly scanner: TokenAuthority,
     private readonly o: ClientAuthOptions,
   ) {}
 
@@ -63,7 +69,9 @@ export class ClientAuth {
     const tokens = cfg.token ? await TokenAuthority.create({ service: cfg.token.service, ttl: cfg.token.ttl, ...(cfg.token.keyFile ? { keyFile: cfg.token.keyFile } : {}), now }) : undefined;
     const mtls = cfg.mtls || o.clientCertificates ? new MtlsAuthenticator(cfg.mtls ?? { user: 'uri', map: [] }) : undefined;
     const oidc = cfg.oidc.length > 0 ? new OidcAuthenticator(cfg.oidc, now) : undefined;
-    return new ClientAuth(cfg, htpasswd, tokens, mtls, oidc, hasher, o);
+    const forwarded = cfg.forwarded ? new ForwardedVerifier(cfg.forwarded, now) : undefined;
+    const scanner = tokens ?? (await TokenAuthority.create({ service: SCANNER_SERVICE, ttl: 600_000, now }));
+    return new ClientAuth(cfg, htpasswd, tokens, mtls, oidc, hasher, forwarded, scanner, o);
   }
 
   /** Methods configured: challenges are sent, and identities checked on blobs and child manifests. */
@@ -81,7 +89,13 @@ export class ClientAuth {
   }
 
   async authenticate(req: AuthRequest): Promise<AuthOutcome> {
-    const [method, outcome] = await this.run(req);
+    let [method, outcome] = await this.run(req);
+    // A chained node's client (forwarded.ts): only read where configured, only believed from a trusted node.
+    const fwd = req.headers[FORWARDED_IDENTITY_HEADER];
+    if (this.forwarded && outcome.ok && fwd !== undefined) {
+      method = 'forwarded';
+      outcome = typeof fwd === 'string' ? await this.forwarded.verify(fwd, outcome.identity) : fail('FORWARDED_INVALID', 'more than one forwarded identity');
+    }
     try {
       this.o.onOutcome?.(method, outcome);
     } catch {
@@ -91,7 +105,10 @@ export class ClientAuth {
   }
 
   private async run(req: AuthRequest): Promise<[string, AuthOutcome]> {
-    const a = authorizationHeader(req.headers);
+    let a = authorizationHeader(req.headers);
+    // Built only for the scanner's pull-through tokens (no client authentication configured): any other header is
+    // not read, as on a listener without client authentication, where clients may send stale credentials freely.
+    if (a && !(this.htpasswd || this.tokens || this.mtls || this.oidc) && !(a.scheme === 'bearer' && this.scanner.isOurs(a.value))) a = undefined;
     if (a) {
       if (a.scheme === 'basic') {
         const c = basicCredentials(req.headers);
@@ -101,6 +118,7 @@ export class ClientAuth {
       }
       if (a.scheme === 'bearer') {
         if (this.tokens?.isOurs(a.value)) return ['token', await this.tokens.verify(a.value, req.repository)];
+        if (this.scanner !== this.tokens && this.scanner.isOurs(a.value)) return ['scanner', await this.scanner.verify(a.value, req.repository)];
         if (this.oidc && looksLikeJwt(a.value)) return ['oidc', await this.oidc.verify(a.value)];
         return ['token', fail('TOKEN_INVALID', 'token is not valid')];
       }
@@ -180,6 +198,17 @@ export class ClientAuth {
     return { status: 200, body: { access_token: issued.access_token, token_type: 'Bearer', expires_in: issued.expires_in, issued_at: issued.issued_at, scope: form.get('scope') ?? '' }, outcome };
   }
 
+  /**
+   * A token for Portcullis's own Harbor scanner to pull one image it was asked to scan: `pull` on that repository,
+   * bound to that digest, method `scanner` (handlers.ts serves it that manifest and its blobs, nothing else, without
+   * a policy decision: the scan is evidence for the decision). Signed by the token issuer (`auth.token`'s key when
+   * configured, so that every replica accepts it; else the scanner authority's own).
+   */
+  async scannerToken(repository: string, digest: string, ttlMs: number): Promise<string> {
+    const identity: Identity = { user: SCANNER_USER, groups: ['scanner'], method: 'scanner', scanJob: { repository, digest } };
+    return (await this.scanner.issue(identity, [{ type: 'repository', name: repository, actions: ['pull'] }], ttlMs)).token;
+  }
+
   /** The Basic challenge of the token endpoint itself. */
   get basicChallenge(): string {
     return `Basic realm="${this.cfg.realm}"`;
@@ -192,5 +221,6 @@ export class ClientAuth {
 
 /** A stable key for an identity: decision caches must not hand one client's decision to another. */
 export function identityKey(i: Identity): string {
-  return `${i.method}:${i.user ?? ''}:${i.groups.join(',')}`;
+  const via = i.via ? `@${i.via.method}:${i.via.user ?? ''}:${i.via.groups.join(',')}` : '';
+  return `${i.method}:${i.user ?? ''}:${i.groups.join(',')}${via}`;
 }

@@ -72,6 +72,24 @@ export const authSchema = z
       .strict()
       .optional(),
     oidc: z.array(oidcProvider).default([]),
+    /**
+     * Trust chained nodes to name their clients (src/auth/forwarded.ts): each key belongs to one node identity, and
+     * a `Portcullis-Forwarded-Identity` JWT is believed only from that node, for this audience, for at most 60 s.
+     */
+    forwarded: z
+      .object({
+        audience: z.string().min(1),
+        trustedKeys: z
+          .array(
+            z
+              .object({ node: z.string().min(1), publicKey: z.string().min(1).optional(), jwksFile: z.string().min(1).optional() })
+              .strict()
+              .refine((k) => (k.publicKey === undefined) !== (k.jwksFile === undefined), 'give exactly one of publicKey or jwksFile'),
+          )
+          .min(1),
+      })
+      .strict()
+      .optional(),
     /** How long a verified password is remembered (keyed by an HMAC, never the password). */
     cacheTTL: duration.default(60_000),
     /** Failed logins per client address, counted before any hashing. */
@@ -87,6 +105,18 @@ export const authSchema = z
       ctx.addIssue({ code: 'custom', path: ['token'], message: 'the token endpoint needs htpasswd, oidc or mtls to authenticate clients' });
     }
   });
+
+/** `upstreams[].forwardIdentity`: sign the client's identity for a central Portcullis upstream (forwarded.ts). */
+export const forwardIdentitySchema = z
+  .object({
+    /** PKCS#8 PEM private key, EC P-256 or Ed25519. */
+    key: z.string().min(1),
+    keyId: z.string().regex(/^[\x21-\x7e]{1,100}$/),
+    /** The central tier's `auth.forwarded.audience`. */
+    audience: z.string().min(1),
+    ttl: duration.default(30_000).refine((t) => t >= 1000 && t <= 60_000, 'between 1s and 60s'),
+  })
+  .strict();
 
 const bucket = z
   .object({ burst: z.number().int().positive(), perMinute: z.number().positive() })

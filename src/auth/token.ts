@@ -8,9 +8,10 @@
  * The grant is only "this identity may try to pull these names": what it may actually pull is the policy's
  * decision (`clients` rules), made at pull time with the identity the token carries.
  */
-import { randomUUID, createPrivateKey } from 'node:crypto';
+import { createPrivateKey, hash, randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { decodeJwt, errors as joseErrors, exportJWK, generateKeyPair, importJWK, jwtVerify, SignJWT, type CryptoKey, type JWTPayload, type KeyObject } from 'jose';
+import { LRUCache } from 'lru-cache';
 import { authorizationHeader, fail, type AuthOutcome, type AuthRequest, type Authenticator, type Identity } from './authenticator.js';
 
 export interface TokenOptions {
@@ -35,6 +36,15 @@ type SigningKey = CryptoKey | KeyObject;
 export class TokenAuthority implements Authenticator {
   readonly method = 'token' as const;
   private readonly now: () => number;
+  /**
+   * Tokens whose signature and claims verified, until their expiry: a logged-in client sends the same token with
+   * every request, and an ES256 verification per request would halve warm-pull throughput. Keyed by a SHA-256 under
+   * a per-process random salt, never the token itself (not an HMAC: createHmac prepares a key object on every call,
+   * which cost more than the rest of the check). Only a token that verified is remembered, so a flood of forged
+   * tokens still costs one verification each.
+   */
+  private readonly verified = new LRUCache<string, { payload: JWTPayload; expiresAt: number }>({ max: 10_000 });
+  private readonly salt = randomBytes(32).toString('base64');
 
   private constructor(
     private readonly o: TokenOptions,
@@ -69,6 +79,7 @@ export class TokenAuthority implements Authenticator {
 
   /** Is this compact JWT one of ours (by its unverified issuer)? Others go to the OIDC authenticator. */
   isOurs(token: string): boolean {
+    if (this.verified.has(this.keyOf(token))) return true;
     try {
       return decodeJwt(token).iss === this.o.service;
     } catch {
@@ -76,10 +87,12 @@ export class TokenAuthority implements Authenticator {
     }
   }
 
-  async issue(identity: Identity, access: Access[]): Promise<{ token: string; access_token: string; expires_in: number; issued_at: string }> {
+  async issue(identity: Identity, access: Access[], ttlMs = this.o.ttl): Promise<{ token: string; access_token: string; expires_in: number; issued_at: string }> {
     const nowS = Math.floor(this.now() / 1000);
-    const expiresIn = Math.max(60, Math.round(this.o.ttl / 1000));
-    const token = await new SignJWT({ access, groups: identity.groups, method: identity.method })
+    const expiresIn = Math.max(60, Math.round(ttlMs / 1000));
+    const claims: Record<string, unknown> = { access, groups: identity.groups, method: identity.method };
+    if (identity.scanJob) claims.scan = identity.scanJob.digest;
+    const token = await new SignJWT(claims)
       .setProtectedHeader({ alg: 'ES256', typ: 'JWT', kid: this.keyId })
       .setIssuer(this.o.service)
       .setAudience(this.o.service)
@@ -98,28 +111,51 @@ export class TokenAuthority implements Authenticator {
     return this.verify(a.value, req.repository);
   }
 
+  private keyOf(token: string): string {
+    return hash('sha256', `${this.salt}\0${token}`, 'base64');
+  }
+
   async verify(token: string, repository: string | undefined): Promise<AuthOutcome> {
     let payload: JWTPayload;
-    try {
-      ({ payload } = await jwtVerify(token, this.publicKey, {
-        issuer: this.o.service,
-        audience: this.o.service,
-        algorithms: ['ES256'],
-        currentDate: new Date(this.now()),
-        requiredClaims: ['exp', 'sub'],
-      }));
-    } catch (e) {
-      return joseFailure(e);
+    const key = this.keyOf(token);
+    const hit = this.verified.get(key);
+    if (hit && this.now() < hit.expiresAt) {
+      payload = hit.payload;
+    } else {
+      if (hit) {
+        this.verified.delete(key);
+        return fail('TOKEN_EXPIRED', 'token has expired');
+      }
+      try {
+        ({ payload } = await jwtVerify(token, this.publicKey, {
+          issuer: this.o.service,
+          audience: this.o.service,
+          algorithms: ['ES256'],
+          currentDate: new Date(this.now()),
+          requiredClaims: ['exp', 'sub'],
+        }));
+      } catch (e) {
+        return joseFailure(e);
+      }
+      this.verified.set(key, { payload, expiresAt: (payload.exp as number) * 1000 });
     }
     if (repository !== undefined && !grantsPull(payload.access, repository)) {
       return fail('TOKEN_SCOPE', `token does not grant pull on repository "${repository.slice(0, 200)}"`);
     }
     const user = typeof payload.sub === 'string' && payload.sub !== '' ? payload.sub : null;
+    // A scanner job token (issued by Portcullis itself, never by the token endpoint): one repository, one digest.
+    if (payload.method === 'scanner') {
+      const only = Array.isArray(payload.access) && payload.access.length === 1 ? (payload.access[0] as Access) : undefined;
+      if (typeof payload.scan !== 'string' || !only || typeof only.name !== 'string') return fail('TOKEN_INVALID', 'token is not valid');
+      return { ok: true, identity: { user: SCANNER_USER, groups: ['scanner'], method: 'scanner', scanJob: { repository: only.name, digest: payload.scan } } };
+    }
     if (user === null) return { ok: true, identity: { user: null, groups: [], method: 'anonymous' } };
     const groups = Array.isArray(payload.groups) ? payload.groups.filter((g): g is string => typeof g === 'string') : [];
     return { ok: true, identity: { user, groups, method: 'token' } };
   }
 }
+
+export const SCANNER_USER = 'portcullis-scanner';
 
 /** Maps jose's verification errors onto stable codes. */
 export function joseFailure(e: unknown): AuthOutcome {

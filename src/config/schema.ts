@@ -3,7 +3,7 @@
  * the file name. Defaults live here, so the rest of the code reads a fully populated, typed object.
  */
 import { z } from 'zod';
-import { authSchema, quotasSchema } from '../auth/config.js';
+import { authSchema, forwardIdentitySchema, quotasSchema } from '../auth/config.js';
 import { scanSchema } from '../scan/config.js';
 import { cidrProblem } from '../util/address.js';
 import { signaturesSchema } from '../verify/config.js';
@@ -90,6 +90,8 @@ const upstream = z
       })
       .strict()
       .optional(),
+    /** This upstream is a central Portcullis: sign each request's client identity for it (src/auth/forwarded.ts). */
+    forwardIdentity: forwardIdentitySchema.optional(),
     /** PEM CA bundle to trust for this upstream, for private registries. */
     ca: z.string().optional(),
     /** Only for tests and labs: skip TLS verification. */

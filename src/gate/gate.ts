@@ -241,7 +241,8 @@ export class Gate {
    */
   private keyOf(s: Subject): string {
     const under = s.root?.manifest.digest ?? '';
-    const who = `${s.client.method}:${s.client.user ?? ''}:${s.client.groups.join(',')}`;
+    const via = s.client.via ? `@${s.client.via.method}:${s.client.via.user ?? ''}:${s.client.via.groups.join(',')}` : '';
+    const who = `${s.client.method}:${s.client.user ?? ''}:${s.client.groups.join(',')}${via}`;
     return [s.route.upstream.name, s.route.repository, s.manifest?.digest ?? '', under, s.tag ?? '', s.kind, who, this.basis()].join('\n');
   }
 

@@ -19,6 +19,8 @@ export interface Client {
   /** How the client authenticated: basic, token, mtls, oidc, anonymous. */
   method: string;
   userAgent: string | null;
+  /** The chained node the request came through (src/auth/forwarded.ts); user, groups and method are its client's. */
+  via?: { user: string | null; groups: string[]; method: string } | undefined;
 }
 
 /** Whom the decision is about: a manifest (root or child), or, without one, the repository. */
@@ -51,7 +53,14 @@ export function buildInput(s: Subject, ev: Evidence, now: number): PolicyInput {
     request: {
       kind: s.kind,
       method: s.method,
-      client: { ip: s.client.ip, user: s.client.user, groups: s.client.groups, method: s.client.method, user_agent: s.client.userAgent },
+      client: {
+        ip: s.client.ip,
+        user: s.client.user,
+        groups: s.client.groups,
+        method: s.client.method,
+        user_agent: s.client.userAgent,
+        ...(s.client.via ? { via: { user: s.client.via.user, groups: s.client.via.groups, method: s.client.via.method } } : {}),
+      },
       routing: route.routing,
     },
     image: {

@@ -16,7 +16,15 @@ export interface PolicyInput {
     kind: 'manifest' | 'accessory' | 'tags' | 'referrers';
     method: 'GET' | 'HEAD';
     /** `method`: basic, token, mtls, oidc or anonymous (src/auth); `groups` sorted. */
-    client: { ip: string; user: string | null; groups: string[]; method: string; user_agent: string | null };
+    client: {
+      ip: string;
+      user: string | null;
+      groups: string[];
+      method: string;
+      user_agent: string | null;
+      /** Present when a chained node forwarded this client's identity: the node's own (verified) identity. */
+      via?: { user: string | null; groups: string[]; method: string };
+    };
     routing: 'ns' | 'prefix' | 'default';
   };
   image: {

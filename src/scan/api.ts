@@ -23,6 +23,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { globMatch } from '../auth/mtls.js';
 import { readSecret, SecretError } from '../config/load.js';
 import type { SecretRef } from '../config/schema.js';
 import type { ApiHandler, EvidenceDeps } from '../gate/evidence.js';
@@ -79,49 +80,59 @@ export class ScanApi implements ApiHandler {
   }
 
   /**
-   * Which of the given tokens the request carries (undefined: none of them). A token that cannot be read answers
+   * Which of the given credentials the request carries (undefined: none of them). A token that cannot be read answers
    * 503 without saying why: the path and errno go to the server log (config/load.ts), never to a client that has
    * not even authenticated.
    */
-  private authenticate(req: IncomingMessage, res: ServerResponse, refs: Partial<Record<Role, SecretRef>>, what: string): Role | undefined {
-    const configured = Object.entries(refs).filter((e): e is [Role, SecretRef] => e[1] !== undefined);
-    if (configured.length === 0) throw new ApiError(404, 'NOT_FOUND', `the ${what} API is not enabled (no token configured)`);
+  private authenticate(req: IncomingMessage, res: ServerResponse, creds: Credential[], what: string): Credential | undefined {
+    if (creds.length === 0) throw new ApiError(404, 'NOT_FOUND', `the ${what} API is not enabled (no token configured)`);
     const m = /^Bearer[ ]+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     // Hash both sides so the comparison takes the same time whatever the lengths.
     const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
     let unreadable = false;
-    for (const [role, ref] of configured) {
+    let found: Credential | undefined;
+    // Every credential is compared (no early return): which one matched is not told by the time taken.
+    for (const c of creds) {
       let expected: string;
       try {
-        expected = readSecret(ref);
+        expected = readSecret(c.ref);
       } catch (e) {
         unreadable = true;
-        this.o.deps.log.warn({ rid: requestId(res), role, detail: e instanceof SecretError ? e.detail : String(e) }, `the ${what} API token cannot be read`);
+        this.o.deps.log.warn({ rid: requestId(res), role: c.role, detail: e instanceof SecretError ? e.detail : String(e) }, `the ${what} API token cannot be read`);
         continue;
       }
-      if (m !== null && expected !== '' && timingSafeEqual(digest(m[1]!), digest(expected))) return role;
+      if (m !== null && expected !== '' && timingSafeEqual(digest(m[1]!), digest(expected)) && !found) found = c;
     }
+    if (found) return found;
     if (unreadable) throw new ApiError(503, 'UNAVAILABLE', `the ${what} API is unavailable (request id ${requestId(res)})`);
     return undefined;
   }
 
-  private authorize(req: IncomingMessage, res: ServerResponse, refs: Partial<Record<Role, SecretRef>>, what: string): Role {
-    const role = this.authenticate(req, res, refs, what);
-    if (!role) throw new ApiError(401, 'UNAUTHORIZED', 'authentication required: send Authorization: Bearer <token>', null, { 'www-authenticate': 'Bearer realm="portcullis"' });
-    return role;
+  private authorize(req: IncomingMessage, res: ServerResponse, creds: Credential[], what: string): Credential {
+    const c = this.authenticate(req, res, creds, what);
+    if (!c) throw new ApiError(401, 'UNAUTHORIZED', 'authentication required: send Authorization: Bearer <token>', null, { 'www-authenticate': 'Bearer realm="portcullis"' });
+    return c;
+  }
+
+  /** The CI credentials: the single `token` (every repository) and the repository-scoped `tokens`. */
+  private ciCredentials(): Credential[] {
+    const r = this.o.service?.config.reports;
+    if (!r) return [];
+    return [...(r.token ? [{ role: 'ci' as const, ref: r.token }] : []), ...r.tokens.map((t) => ({ role: 'ci' as const, ref: t.token, repositories: t.repositories }))];
   }
 
   // --- /api/v1/reports
 
   private async reports(req: IncomingMessage, res: ServerResponse, url: URL, method: string, tail: string): Promise<void> {
     const scan = this.o.deps.config.scan;
-    const ci = this.o.service?.config.reports?.token;
-    const admin = scan?.admin?.token;
-    if (!ci) throw new ApiError(404, 'NOT_FOUND', 'the report API is not enabled (no token configured)');
+    const ci = this.ciCredentials();
+    const admin: Credential[] = scan?.admin?.token ? [{ role: 'admin', ref: scan.admin.token }] : [];
+    if (ci.length === 0) throw new ApiError(404, 'NOT_FOUND', 'the report API is not enabled (no token configured)');
     const service = this.o.service!;
     if (tail === '' || tail === '/') {
       if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed('GET, HEAD');
-      this.authorize(req, res, { ci, admin }, 'report');
+      // A scoped token would see other pipelines' repositories in the listing: reading by name is enough for CI.
+      if (this.authorize(req, res, [...ci, ...admin], 'report').repositories) throw new ApiError(403, 'DENIED', 'a repository-scoped token cannot list reports');
       const limit = intParam(url, 'limit', 100, 1, 1000);
       const offset = intParam(url, 'offset', 0, 0, Number.MAX_SAFE_INTEGER);
       const filter = {
@@ -134,11 +145,12 @@ export class ScanApi implements ApiHandler {
       return sendJson(res, 200, { total, offset, reports: reports.map((r) => reportJson(r, r.inForce)) }, method === 'HEAD');
     }
     // Who may do what: the CI token pushes and reads; only the admin token deletes evidence.
-    if (method === 'PUT') this.authorize(req, res, { ci }, 'report');
-    else if (method === 'GET' || method === 'HEAD') this.authorize(req, res, { ci, admin }, 'report');
+    let who: Credential;
+    if (method === 'PUT') who = this.authorize(req, res, ci, 'report');
+    else if (method === 'GET' || method === 'HEAD') who = this.authorize(req, res, [...ci, ...admin], 'report');
     else if (method === 'DELETE') {
-      const role = this.authorize(req, res, { ci, admin }, 'report');
-      if (role !== 'admin') {
+      who = this.authorize(req, res, [...ci, ...admin], 'report');
+      if (who.role !== 'admin') {
         throw new ApiError(403, 'DENIED', admin ? 'deleting a report needs the admin token (scan.admin.token), not the CI token' : 'deleting reports is disabled: configure scan.admin.token');
       }
     } else throw methodNotAllowed('GET, HEAD, PUT, DELETE');
@@ -149,6 +161,11 @@ export class ScanApi implements ApiHandler {
       throw new ApiError(400, 'NAME_INVALID', 'malformed percent-encoding in the path');
     }
     const ref = this.parseRef(decoded);
+    // A token scoped to the repositories a pipeline builds files evidence for those only: another team's image
+    // must not get a clean bill of health from this pipeline.
+    if (who.repositories && !who.repositories.some((g) => globMatch(g, `${ref.registry}/${ref.repository}`))) {
+      throw new ApiError(403, 'DENIED', `this token may not ${method === 'PUT' ? 'push' : 'read'} reports for ${ref.registry}/${ref.repository}`);
+    }
     const id = url.searchParams.has('id') ? intParam(url, 'id', 0, 1, Number.MAX_SAFE_INTEGER) : undefined;
     if (method === 'PUT') return this.putReport(req, res, ref);
     if (method === 'GET' || method === 'HEAD') {
@@ -256,7 +273,8 @@ export class ScanApi implements ApiHandler {
 
   private async reevaluate(req: IncomingMessage, res: ServerResponse, url: URL, method: string): Promise<void> {
     const cfg = this.o.deps.config.scan;
-    this.authorize(req, res, { admin: cfg?.admin?.token ?? cfg?.reports?.token }, 'admin');
+    const ref = cfg?.admin?.token ?? cfg?.reports?.token;
+    this.authorize(req, res, ref ? [{ role: 'admin', ref }] : [], 'admin');
     if (method !== 'GET') throw methodNotAllowed('GET');
     const target = this.o.target();
     if (!target) throw new ApiError(503, 'UNAVAILABLE', 'not ready');
@@ -266,6 +284,13 @@ export class ScanApi implements ApiHandler {
 }
 
 type Role = 'ci' | 'admin';
+
+/** A configured API token: its role, and for a scoped CI token the repositories (globs) it covers. */
+interface Credential {
+  role: Role;
+  ref: SecretRef;
+  repositories?: string[];
+}
 
 /** The request id app.ts set on the response, for messages that point at the log instead of saying more. */
 function requestId(res: ServerResponse): string {

@@ -7,7 +7,9 @@
  *   attestations:                              # cosign `vuln` predicates, verified by the signatures capability
  *     authorities: [release-team]              # which verified authorities are trusted for scan results ("*" = any)
  *   reports:                                   # the push API: PUT /api/v1/reports/<registry>/<repository>@<digest>
- *     token: { env: PORTCULLIS_REPORT_TOKEN }  # bearer token CI sends
+ *     token: { env: PORTCULLIS_REPORT_TOKEN }  # bearer token CI sends (every repository)
+ *     tokens:                                  # or tokens scoped to the repositories a pipeline builds
+ *       - { token: { file: /run/secrets/ci-payments }, repositories: ["ghcr.io/acme/payments/**"] }
  *     maxSize: 16MiB
  *     requireDigestBinding: true               # refuse reports that name no digest at all (false relaxes it)
  *     history: 10                              # versions kept per image (append-only; oldest pruned first)
@@ -15,7 +17,8 @@
  *   scanner:                                   # a Harbor Pluggable Scanner API v1.1/v1.2 adapter
  *     url: http://harbor-scanner-trivy:8080    # the proxy calls <url>/api/v1/...
  *     auth: { bearer: { file: /run/secrets/scanner-token } }   # or { username: u, password: { env: … } }
- *     registries:                              # what the scanner pulls from, per upstream (default: upstream url)
+ *     pullThrough: { url: http://portcullis:5000 }   # the scanner pulls through Portcullis with a per-job token
+ *     registries:                              # or: what the scanner pulls from, per upstream (default: upstream url)
  *       dockerhub: { url: https://mirror.example, authorization: { env: SCANNER_PULL_AUTH } }
  *     pollInterval: 2s
  *     requestTimeout: 5s      # one call; a pull that triggers a scan request waits at most this (errors are cached)
@@ -71,7 +74,15 @@ const attestations = z
 
 const reports = z
   .object({
-    token: scanSecretRef,
+    /** A CI token for every repository (the original single token). */
+    token: scanSecretRef.optional(),
+    /**
+     * CI tokens scoped to the repositories they build: globs on `<registry>/<repository>` (`*` within a path
+     * segment, `**` across). A push or read for another repository is 403; a scoped token cannot list or delete.
+     */
+    tokens: z
+      .array(z.object({ token: scanSecretRef, repositories: z.array(z.string().min(1)).min(1, 'name at least one repository glob') }).strict())
+      .default([]),
     maxSize: size.default(16 * 1024 * 1024),
     /**
      * Refuse a report that names no digest at all (a report naming another digest is always refused). On by
@@ -83,7 +94,8 @@ const reports = z
     /** How far in the future a report's scan time may be (clock skew between CI and proxy); beyond it, 400. */
     maxClockSkew: duration.refine((ms) => ms <= 3_600_000, 'at most 1h').default(300_000),
   })
-  .strict();
+  .strict()
+  .refine((r) => r.token !== undefined || r.tokens.length > 0, { message: 'give token or tokens', path: ['token'] });
 
 const scannerAuth = z.union([
   z.object({ bearer: scanSecretRef }).strict(),
@@ -104,6 +116,11 @@ const scanner = z
           .strict(),
       )
       .default({}),
+    /**
+     * The scanner pulls through Portcullis (at this URL, as the scanner reaches it) with a token Portcullis issues
+     * per job: pull on that repository, that digest only, for `scanTimeout`. Instead of `registries`.
+     */
+    pullThrough: z.object({ url: httpUrl().transform((u) => u.replace(/\/+$/, '')) }).strict().optional(),
     /** Shortest time between two polls of one scan; a longer Refresh-After from the scanner wins (up to 60 s). */
     pollInterval: duration.default(2_000),
     requestTimeout: duration.default(5_000),

@@ -11,7 +11,7 @@ import type { ScanProvider } from '../gate/types.js';
 import { ScanApi } from './api.js';
 import { sourceOrder } from './config.js';
 import type { ReevalTarget } from './reeval.js';
-import { ScanService } from './service.js';
+import { ScanService, type ScanServiceOptions } from './service.js';
 
 export interface ScanCapability {
   provider: (deps: EvidenceDeps) => ScanProvider | undefined;
@@ -21,13 +21,15 @@ export interface ScanCapability {
   close(): void;
 }
 
-export function scanCapability(opts: { now?: () => number; target?: () => ReevalTarget | undefined } = {}): ScanCapability {
+export function scanCapability(
+  opts: { now?: () => number; target?: () => ReevalTarget | undefined; scannerToken?: ScanServiceOptions['scannerToken'] } = {},
+): ScanCapability {
   let built: { deps: EvidenceDeps; service: ScanService | undefined } | undefined;
   const serviceFor = (deps: EvidenceDeps): ScanService | undefined => {
     if (built && built.deps === deps) return built.service;
     if (built) built.service?.close();
     const cfg = deps.config.scan;
-    const service = cfg && sourceOrder(cfg).length > 0 ? new ScanService(deps, opts.now ? { now: opts.now } : {}) : undefined;
+    const service = cfg && sourceOrder(cfg).length > 0 ? new ScanService(deps, { ...(opts.now ? { now: opts.now } : {}), scannerToken: opts.scannerToken }) : undefined;
     built = { deps, service };
     return service;
   };

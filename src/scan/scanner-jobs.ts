@@ -23,6 +23,8 @@ export interface ScannerJobsDeps {
   isStale: (r: ScanResult, now: number) => boolean;
   /** A job for this digest finished or failed: wake up whoever waits for scan evidence. */
   changed: (digest: string) => void;
+  /** `scanner.pullThrough`: a token for the scanner to pull this repository@digest through Portcullis (ClientAuth). */
+  scannerToken?: ((repository: string, digest: string, ttlMs: number) => Promise<string>) | undefined;
 }
 
 export class ScannerJobs {
@@ -117,11 +119,21 @@ export class ScannerJobs {
     const reg = sc.registries[ctx.upstream];
     try {
       if (!upstream) throw new ScannerError(`no upstream ${ctx.upstream}`);
-      const authorization = reg?.authorization ? readSecret(reg.authorization) : undefined;
+      let registryUrl = reg?.url ?? upstream.url;
+      let repository = ctx.repository;
+      let authorization = reg?.authorization ? readSecret(reg.authorization) : undefined;
+      if (sc.pullThrough) {
+        // Through Portcullis by its path prefix, with a token for this job only: the scanner holds no upstream
+        // credential, and its token cannot pull anything but this image.
+        if (!this.deps.scannerToken) throw new ScannerError('scanner.pullThrough needs the token issuer (client authentication)');
+        registryUrl = sc.pullThrough.url;
+        repository = `${upstream.registry}/${ctx.repository}`;
+        authorization = `Bearer ${await this.deps.scannerToken(repository, t.digest, sc.scanTimeout)}`;
+      }
       const id = await this.client.requestScan({
-        registryUrl: reg?.url ?? upstream.url,
+        registryUrl,
         ...(authorization ? { authorization } : {}),
-        repository: ctx.repository,
+        repository,
         digest: t.digest,
         mimeType: t.mediaType,
       });

@@ -48,6 +48,8 @@ export interface Target {
 export interface ScanServiceOptions {
   /** The policy clock (age and staleness); timers and retries use the wall clock. */
   now?: () => number;
+  /** Issues the scanner's per-job pull token (`scanner.pullThrough`). */
+  scannerToken?: ((repository: string, digest: string, ttlMs: number) => Promise<string>) | undefined;
 }
 
 /** The metrics this capability reports (optional so the service also runs without them, e.g. in unit tests). */
@@ -95,6 +97,7 @@ export class ScanService implements ScanProvider {
         now: this.now,
         isStale: (r, now) => this.isStale(r, now),
         changed: (digest) => this.events.emit('changed', digest),
+        scannerToken: opts.scannerToken,
       });
     }
   }

@@ -11,6 +11,7 @@ import type { Duplex } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import type { ClientAuth } from '../auth/client-auth.js';
 import { Quotas } from '../auth/quota.js';
+import { requestIdentity } from '../auth/forwarded.js';
 import { LOG_REDACT } from '../auth/redact.js';
 import { BlobStore } from '../cache/blobstore.js';
 import { unwrittenDownloadBytes } from '../cache/download.js';
@@ -334,7 +335,8 @@ export class App {
       if (ep.kind === 'upload') throw errors.unsupported('pushes are not supported: this is a read-only pull-through proxy');
       const identity = await identify(this.opts.auth, req, ep, client.ip);
       if (this.shuttingDown) res.setHeader('connection', 'close');
-      await this.handlers.handle({ req, res, url, method, clientIp: client.ip, identity }, ep);
+      // The upstream client reads who this request is for when it forwards identities to a central tier.
+      await requestIdentity.run(identity, () => this.handlers.handle({ req, res, url, method, clientIp: client.ip, identity }, ep));
     } catch (e) {
       // An unexpected error's message can name the server's files (ENOENT, EACCES …): the client gets the request id,
       // the log gets the message.

@@ -37,7 +37,8 @@ export function policySource(config: Config): PolicySource {
 
 /** Client authentication when the config asks for it (an `auth` section, or client certificates on the listener). */
 async function buildClientAuth(config: Config, metrics: Metrics, log: Logger, now?: () => number): Promise<ClientAuth | undefined> {
-  if (!config.auth && !config.tls?.clientCA) return undefined;
+  // The scanner's pull-through tokens are verified by ClientAuth too, even on an otherwise anonymous listener.
+  if (!config.auth && !config.tls?.clientCA && !config.scan?.scanner?.pullThrough) return undefined;
   const auth = await ClientAuth.create(config.auth ?? authSchema.parse({}), {
     clientCertificates: Boolean(config.tls?.clientCA),
     onOutcome: (method, o) => metrics.clientAuth.inc({ method: o.ok ? o.identity.method : method, result: o.ok ? 'ok' : o.code }),
@@ -59,7 +60,11 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
   const decisionLog = new DecisionLog(config.decisionLog, metrics, log, undefined, { dataDir: config.dataDir });
   const auth = await buildClientAuth(config, metrics, log, opts.now);
   // The scan provider and its report/admin API share one service; re-evaluation needs the app once it exists.
-  const scan = scanCapability({ ...(opts.now ? { now: opts.now } : {}), target: () => built });
+  const scan = scanCapability({
+    ...(opts.now ? { now: opts.now } : {}),
+    target: () => built,
+    ...(auth ? { scannerToken: (repository: string, digest: string, ttl: number) => auth.scannerToken(repository, digest, ttl) } : {}),
+  });
   const app = new App({
     config,
     decider: policy,

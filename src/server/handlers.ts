@@ -3,6 +3,7 @@
  * Order matters for security: nothing is fetched for a name that does not route to a configured upstream, and
  * nothing by digest is served outside an admitted closure.
  */
+import type { Client } from '../gate/input.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Identity } from '../auth/authenticator.js';
 import type { QuotaKind, Quotas } from '../auth/quota.js';
@@ -73,6 +74,7 @@ export class RegistryHandlers {
   }
 
   async handle(ctx: RequestContext, ep: Endpoint): Promise<void> {
+    if (ctx.identity.method === 'scanner' && ep.kind !== 'base') return this.scannerPull(ctx, ep);
     switch (ep.kind) {
       case 'base':
         sendJson(ctx.res, 200, '{}', ctx.method === 'HEAD');
@@ -90,6 +92,29 @@ export class RegistryHandlers {
       case 'upload':
         throw errors.unsupported('this is a read-only pull-through proxy: pushes are not supported');
     }
+  }
+
+  /**
+   * Portcullis's own scanner, pulling the image of its job (a token from ClientAuth.scannerToken): that one manifest
+   * by digest and the blobs it lists, without a policy decision (the scan is evidence for that decision, which waits
+   * for it), and nothing else: no tags, no referrers, no other digest. The manifest is digest-verified as always.
+   */
+  private async scannerPull(ctx: RequestContext, ep: Endpoint): Promise<void> {
+    const job = ctx.identity.scanJob;
+    const deny = (what: string): RegistryError =>
+      errors.denied(`portcullis: a scanner token may pull only the image of its scan job, not ${what}`, { rule: 'scanner.job_only', reason: 'not the scan job of this token' }, { reason: 'scanner_job_only' });
+    if (!job || !isDigest(job.digest) || (ep.kind !== 'manifest' && ep.kind !== 'blob')) throw deny(ep.kind);
+    const jobDigest: Digest = job.digest;
+    const route = this.route(ctx, ep.name);
+    if (ep.kind === 'manifest') {
+      if (ep.reference !== job.digest) throw deny(`${ep.name}:${ep.reference.slice(0, 80)}`);
+      return this.sendManifest(ctx, await this.d.manifests.get(route, jobDigest));
+    }
+    const blob = ep.digest;
+    if (!isDigest(blob)) throw errors.digestInvalid(`invalid or unsupported digest "${blob.slice(0, 80)}"`);
+    const image = await this.d.manifests.get(route, jobDigest);
+    if (!image.parsed.blobs.some((b) => b.digest === blob)) throw deny(`blob ${blob}`);
+    return this.sendBlob(ctx, route, blob, false);
   }
 
   private async manifest(ctx: RequestContext, route: Route, reference: string): Promise<void> {
@@ -117,6 +142,10 @@ export class RegistryHandlers {
       const root = this.d.gate.vouchedBy(route, manifest.digest, 'manifest');
       if (root && root !== manifest.digest) await this.identityMayUse(ctx, route, root);
     }
+    this.sendManifest(ctx, manifest);
+  }
+
+  private sendManifest(ctx: RequestContext, manifest: Manifest): void {
     const res = ctx.res;
     if (!accepts(ctx.req.headers.accept, manifest.mediaType)) {
       throw errors.manifestUnknown(`manifest is ${manifest.mediaType}, which the request's Accept header does not include`);
@@ -226,6 +255,11 @@ export class RegistryHandlers {
       );
     }
     await this.identityMayUse(ctx, route, verdict.root);
+    return this.sendBlob(ctx, route, digest, true);
+  }
+
+  /** `quota`: a cold GET takes a coldBlobs token (not for the scanner: its jobs are counted as decisions). */
+  private async sendBlob(ctx: RequestContext, route: Route, digest: Digest, quota: boolean): Promise<void> {
     const res = ctx.res;
     if (ctx.method === 'HEAD') {
       const size = await this.d.blobs.size(route, digest);
@@ -237,7 +271,7 @@ export class RegistryHandlers {
       res.end();
       return;
     }
-    this.quota(ctx, 'coldBlobs', (w) => !w.blob(digest));
+    if (quota) this.quota(ctx, 'coldBlobs', (w) => !w.blob(digest));
     const blob = await this.d.blobs.open(route, digest);
     const range = parseRange(ctx.req.headers.range, blob.size);
     if (range.kind === 'unsatisfiable') {
@@ -303,8 +337,9 @@ function nameInPath(url: URL): string {
   return m ? m[1]! : '';
 }
 
-function clientOf(ctx: RequestContext): { ip: string; user: string | null; groups: string[]; method: string; userAgent: string | null } {
-  return { ip: ctx.clientIp, user: ctx.identity.user, groups: ctx.identity.groups, method: ctx.identity.method, userAgent: ctx.req.headers['user-agent'] ?? null };
+function clientOf(ctx: RequestContext): Client {
+  const i = ctx.identity;
+  return { ip: ctx.clientIp, user: i.user, groups: i.groups, method: i.method, userAgent: ctx.req.headers['user-agent'] ?? null, ...(i.via ? { via: i.via } : {}) };
 }
 
 function oneLine(s: string, max: number): string {

@@ -4,6 +4,7 @@
  * connection errors and 5xx on idempotent requests. A 429 is not retried here: it goes back to the client with
  * its Retry-After, because the client's own backoff is the right place to wait.
  */
+import { FORWARDED_IDENTITY_HEADER, ForwardSigner } from '../auth/forwarded.js';
 import { readFileSync } from 'node:fs';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
@@ -92,6 +93,8 @@ export class UpstreamClient {
   /** Which addresses this upstream's connections (redirect targets, token realms) may reach. */
   private readonly egress: EgressGuard;
   private readonly guard: { checkHost(hostname: string): void; lookup: LookupFunction };
+  /** `forwardIdentity`: this upstream is a central Portcullis that is told who the client is. */
+  private readonly forwardSigner: ForwardSigner | undefined;
 
   constructor(
     readonly config: UpstreamConfig,
@@ -99,6 +102,7 @@ export class UpstreamClient {
   ) {
     this.name = config.name;
     this.baseUrl = new URL(config.url);
+    this.forwardSigner = config.forwardIdentity ? new ForwardSigner({ ...config.forwardIdentity, ...(opts.now ? { now: opts.now } : {}) }) : undefined;
     const ca = config.ca ? readFileSync(config.ca) : undefined;
     this.egress = new EgressGuard({ upstream: this.baseUrl, allow: config.redirects.allow, ...(opts.lookup ? { lookup: opts.lookup } : {}) });
     const guard = (this.guard = this.countingGuard());
@@ -275,6 +279,11 @@ export class UpstreamClient {
       const headers: Record<string, string> = { 'user-agent': 'portcullis/0.1', ...req.headers };
       // Credentials belong to the upstream's host; a redirect to a CDN or anywhere else must not carry them.
       if (authorization && url.origin === origin) headers.authorization = authorization;
+      // The client's identity, signed for a central Portcullis upstream: for its host only, like the credentials.
+      if (this.forwardSigner && url.origin === origin) {
+        const fwd = await this.forwardSigner.header();
+        if (fwd) headers[FORWARDED_IDENTITY_HEADER] = fwd;
+      }
       const started = performance.now();
       let r: Pick<Dispatcher.ResponseData, 'statusCode' | 'headers'> & { body: Readable };
       try {

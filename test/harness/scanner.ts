@@ -63,7 +63,7 @@ interface Job {
 
 export const REPORT_MIME = 'application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.0';
 
-export async function startScannerDouble(opts: { token?: string; delayMs?: number; refreshAfter?: number; /** default true */ pull?: boolean; /** default: a free one */ port?: number } = {}): Promise<ScannerDouble> {
+export async function startScannerDouble(opts: { token?: string; delayMs?: number; refreshAfter?: number; /** default true */ pull?: boolean; /** also pull the config and layers (default false) */ pullBlobs?: boolean; /** default: a free one */ port?: number } = {}): Promise<ScannerDouble> {
   const behaviours = new Map<string, DigestBehaviour>();
   const jobs = new Map<string, Job>();
   const scans: ScanRequestRecord[] = [];
@@ -83,8 +83,20 @@ export async function startScannerDouble(opts: { token?: string; delayMs?: numbe
       const res = await fetch(`${r.registry.url.replace(/\/+$/, '')}/v2/${r.artifact.repository}/manifests/${r.artifact.digest}`, {
         headers: { accept: r.artifact.mime_type, ...(r.registry.authorization ? { authorization: r.registry.authorization } : {}) },
       });
-      await res.arrayBuffer();
-      return res.status === 200 ? undefined : `cannot pull ${r.artifact.repository}@${r.artifact.digest}: HTTP ${res.status}`;
+      const body = Buffer.from(await res.arrayBuffer());
+      if (res.status !== 200) return `cannot pull ${r.artifact.repository}@${r.artifact.digest}: HTTP ${res.status}`;
+      if (!opts.pullBlobs) return undefined;
+      // Then its config and layers, as trivy does.
+      const m = JSON.parse(body.toString('utf8')) as { config?: { digest: string }; layers?: Array<{ digest: string }> };
+      for (const d of [m.config, ...(m.layers ?? [])]) {
+        if (!d) continue;
+        const b = await fetch(`${r.registry.url.replace(/\/+$/, '')}/v2/${r.artifact.repository}/blobs/${d.digest}`, {
+          headers: r.registry.authorization ? { authorization: r.registry.authorization } : {},
+        });
+        await b.arrayBuffer();
+        if (b.status !== 200) return `cannot pull blob ${d.digest}: HTTP ${b.status}`;
+      }
+      return undefined;
     } catch (e) {
       return `cannot pull ${r.artifact.repository}@${r.artifact.digest}: ${String(e)}`;
     }
