@@ -7,7 +7,7 @@
  *
  * crictl → containerd 1.6 CRI → Portcullis (anonymous: false, htpasswd, token) → a real Distribution registry.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { appendFile, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -74,6 +74,24 @@ describe("the kubelet's imagePullSecrets are a client identity", () => {
     // The reason phrase names the identity rule, which is all a HEAD carries to the kubelet.
     expect(r.error).toMatch(/403 denied: client\.not_allowed: client "pod-team-a" .*\[decision [0-9a-f-]{36}\]/);
     expect(decisions.some((e) => e.input.image.repository === 'team-b/app' && e.admission.violations.some((v) => v.rule === 'client.not_allowed'))).toBe(true);
+  });
+
+  it("a node's own credentials in hosts.toml (a static Authorization header) pull with no imagePullSecret", async () => {
+    // What a platform team puts on every node when the node, not the Pod, is the identity: containerd sends the
+    // header on every request to that host, so nothing waits for a challenge.
+    const node = await pushImage(reg.url, 'team-a/node', 'v1', { layers: 1, layerSizeMiB: 0.1 });
+    const basic = Buffer.from('pod-team-a:pod-pass').toString('base64');
+    try {
+      for (const d of await readdir(cri.hostsDir)) {
+        await appendFile(join(cri.hostsDir, d, 'hosts.toml'), `\n[host."${proxy.url}".header]\n  Authorization = "Basic ${basic}"\n`);
+      }
+      const r = await cri.pull(`${reg.host}/team-a/node:v1`);
+      expect(r, r.stderr).toMatchObject({ ok: true, imageRef: node.config.digest });
+      const d = decisions.find((e) => e.input.image.repository === 'team-a/node');
+      expect(d?.input.request.client).toMatchObject({ user: 'pod-team-a', groups: ['team-a'], method: 'basic' });
+    } finally {
+      await cri.writeHosts(proxy.url);
+    }
   });
 
   it('credentials meant for the upstream (not Portcullis users) and no credentials fail with 401', async () => {
