@@ -7,7 +7,6 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import type { ClientAuth } from '../auth/client-auth.js';
 import { Quotas } from '../auth/quota.js';
@@ -34,9 +33,9 @@ import { readSecret } from '../config/load.js';
 import { identify, metricsAllowed, serveToken } from './client-identity.js';
 import { errors, RegistryError } from './errors.js';
 import { RegistryHandlers, type WarmCheck } from './handlers.js';
-import { ConnectionGuard } from './limits.js';
+import { ConnectionGuard, guardFor, readSysctl } from './limits.js';
 import { parseEndpoint, type Endpoint } from './paths.js';
-import { sendError, sendJson } from './respond.js';
+import { answerClientError, sendError, sendJson } from './respond.js';
 
 /** How often expired admission and closure rows are pruned (at most GateOptions.pruneBatch of each per run). */
 const PRUNE_INTERVAL_MS = 60_000;
@@ -64,14 +63,6 @@ type Surface = 'registry' | 'operator';
 
 /** How long a stopping process with reusePort keeps serving connections it accepted before closing idle ones. */
 const HANDOFF_MS = 1_000;
-
-function readSysctl(path: string): string | undefined {
-  try {
-    return readFileSync(`/proc/sys/${path}`, 'utf8').trim();
-  } catch {
-    return undefined;
-  }
-}
 
 export class App {
   readonly metrics: Metrics;
@@ -209,28 +200,8 @@ export class App {
           handler,
         )
       : createHttpServer(serverOpts, handler));
-    server.on('clientError', (err: NodeJS.ErrnoException, socket) => this.onClientError(err, socket));
-    const m = this.metrics;
-    const guard = (this.guard = new ConnectionGuard(
-      {
-        maxConnections: limits.maxConnections,
-        maxConnectionsPerClient: limits.maxConnectionsPerClient,
-        writeStallTimeout: limits.writeStallTimeout,
-        proxyProtocol: config.listener.proxyProtocol,
-        proxyProtocolTimeout: config.listener.proxyProtocolTimeout,
-        trustedProxies: this.trustedProxies,
-      },
-      {
-        opened: (n) => m.connectionsOpen.set(n),
-        closed: (n) => m.connectionsOpen.set(n),
-        refused: (reason) => m.connectionsRefused.inc({ reason }),
-        ended: (reason, client) => {
-          m.connectionsClosed.inc({ reason });
-          if (reason === 'write_stall') this.log.info({ client, after_ms: limits.writeStallTimeout }, 'closed a connection whose client stopped reading');
-        },
-      },
-      this.opts.now,
-    ));
+    server.on('clientError', (err: NodeJS.ErrnoException, socket) => answerClientError(err, socket));
+    const guard = (this.guard = guardFor(config, this.trustedProxies, this.metrics, this.log, this.opts.now));
     // The HTTP server does not listen itself: a plain TCP server accepts, the guard counts the connection (and reads
     // its PROXY header) before TLS or HTTP parsing cost anything, and hands it over with the 'connection' event, as
     // Node documents for injecting sockets. Node starts its header and request timeout checks on 'listening'.
@@ -263,7 +234,7 @@ export class App {
   /** The operator surface: plain HTTP, health, metrics and the /api/ endpoints only. */
   private async listenOperator(listen: string, serverOpts: object): Promise<void> {
     const server = (this.operatorServer = createHttpServer(serverOpts, (req, res) => void this.onRequest(req, res, 'operator')));
-    server.on('clientError', (err: NodeJS.ErrnoException, socket) => this.onClientError(err, socket));
+    server.on('clientError', (err: NodeJS.ErrnoException, socket) => answerClientError(err, socket));
     const idx = listen.lastIndexOf(':');
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -365,27 +336,6 @@ export class App {
     if (!leave) return { ip, overLimit: true };
     res.once('close', leave);
     return { ip, overLimit: false };
-  }
-
-  /**
-   * Requests Node's parser refuses (oversized headers, malformed HTTP). Node's default answers and then destroys
-   * the socket at once; with the client's unread header bytes still queued that close becomes a TCP reset, and
-   * the client sees ECONNRESET instead of the 431. So answer with an OCI error, half-close, and drain what the
-   * client is still sending until it closes (bounded by a timer).
-   */
-  private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    if (!socket.writable || err.code === 'ECONNRESET') {
-      socket.destroy();
-      return;
-    }
-    const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
-    const status = tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request';
-    const body = JSON.stringify({
-      errors: [{ code: 'UNSUPPORTED', message: tooLarge ? 'request headers are too large' : 'malformed HTTP request', detail: null }],
-    });
-    socket.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
-    socket.resume();
-    setTimeout(() => socket.destroy(), 2_000).unref();
   }
 
   private readyz(res: ServerResponse): void {

@@ -17,7 +17,11 @@
  * Idle keep-alive connections are Node's keepAliveTimeout (`limits.idleTimeout`); a connection that never completes
  * its request headers is Node's headersTimeout.
  */
+import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import type { Config } from '../config/schema.js';
+import type { Metrics } from '../metrics/metrics.js';
 import { clientKey, normalizeAddress, type AddressSet } from '../util/address.js';
 import { readProxyHeader, type ProxyHeader } from './proxy-protocol.js';
 
@@ -242,3 +246,37 @@ export class ConnectionGuard {
 }
 
 function noop(): void {}
+
+/** The registry listener's guard, from the config's limits and listener settings, reporting to metrics and the log. */
+export function guardFor(config: Config, trustedProxies: AddressSet, m: Metrics, log: Logger, now: () => number = Date.now): ConnectionGuard {
+  const { limits } = config;
+  return new ConnectionGuard(
+    {
+      maxConnections: limits.maxConnections,
+      maxConnectionsPerClient: limits.maxConnectionsPerClient,
+      writeStallTimeout: limits.writeStallTimeout,
+      proxyProtocol: config.listener.proxyProtocol,
+      proxyProtocolTimeout: config.listener.proxyProtocolTimeout,
+      trustedProxies,
+    },
+    {
+      opened: (n) => m.connectionsOpen.set(n),
+      closed: (n) => m.connectionsOpen.set(n),
+      refused: (reason) => m.connectionsRefused.inc({ reason }),
+      ended: (reason, client) => {
+        m.connectionsClosed.inc({ reason });
+        if (reason === 'write_stall') log.info({ client, after_ms: limits.writeStallTimeout }, 'closed a connection whose client stopped reading');
+      },
+    },
+    now,
+  );
+}
+
+/** A kernel setting under /proc/sys (`net/ipv4/tcp_migrate_req`), or undefined where it cannot be read. */
+export function readSysctl(path: string): string | undefined {
+  try {
+    return readFileSync(`/proc/sys/${path}`, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}

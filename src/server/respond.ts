@@ -1,5 +1,6 @@
 /** Response helpers shared by the handlers: OCI errors, JSON bodies, and Range parsing. */
 import type { ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { RegistryError } from './errors.js';
 
 export function sendError(res: ServerResponse, err: RegistryError, head: boolean): void {
@@ -51,4 +52,25 @@ export function parseRange(header: string | undefined, size: number): RangeResul
   }
   if (!Number.isSafeInteger(start) || start >= size) return { kind: 'unsatisfiable' };
   return { kind: 'range', start, end };
+}
+
+/**
+ * Requests Node's parser refuses (oversized headers, malformed HTTP). Node's default answers and then destroys
+ * the socket at once; with the client's unread header bytes still queued that close becomes a TCP reset, and
+ * the client sees ECONNRESET instead of the 431. So answer with an OCI error, half-close, and drain what the
+ * client is still sending until it closes (bounded by a timer).
+ */
+export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (!socket.writable || err.code === 'ECONNRESET') {
+    socket.destroy();
+    return;
+  }
+  const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
+  const status = tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request';
+  const body = JSON.stringify({
+    errors: [{ code: 'UNSUPPORTED', message: tooLarge ? 'request headers are too large' : 'malformed HTTP request', detail: null }],
+  });
+  socket.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  socket.resume();
+  setTimeout(() => socket.destroy(), 2_000).unref();
 }
