@@ -132,6 +132,16 @@ function killGroup(pid: number | undefined, signal: NodeJS.Signals): void {
   }
 }
 
+/** SIGTERM to a daemon's process group, SIGKILL after 10 s if it is still there; resolves once it has exited. */
+export async function stopGroup(pid: number | undefined, exited: Promise<void>): Promise<void> {
+  killGroup(pid, 'SIGTERM');
+  const gone = await Promise.race([exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 10_000))]);
+  if (!gone) {
+    killGroup(pid, 'SIGKILL');
+    await exited;
+  }
+}
+
 /** Throw with the command's stderr if it failed: for set-up steps whose failure is not what a test is about. */
 export function expectOk(r: ToolResult, what: string): ToolResult {
   if (r.code !== 0) {
@@ -307,14 +317,7 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
     runTool(ctrBin, ['--address', address, ...args], runOpts);
 
   const stop = async (): Promise<void> => {
-    if (!exited) {
-      killGroup(child.pid, 'SIGTERM');
-      const killed = await Promise.race([exitPromise.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 10_000))]);
-      if (!killed) {
-        killGroup(child.pid, 'SIGKILL');
-        await exitPromise;
-      }
-    }
+    if (!exited) await stopGroup(child.pid, exitPromise);
     await rm(dir, { recursive: true, force: true, maxRetries: 3 });
   };
 

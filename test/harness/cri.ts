@@ -20,7 +20,7 @@ import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path';
 import { clientConfig } from '../../src/clients/config.js';
 import type { Config } from '../../src/config/schema.js';
-import { requireTool, runTool, type ToolResult } from './clients.js';
+import { requireTool, runTool, stopGroup, type ToolResult } from './clients.js';
 
 /** What the kubelet puts into the CRI AuthConfig from a `kubernetes.io/dockerconfigjson` secret. */
 export type CriAuth = { username: string; password: string } | { auth: string };
@@ -75,19 +75,6 @@ export interface StartCriOptions {
 }
 
 const DEFAULT_PULL_TIMEOUT_MS = 120_000;
-
-function killGroup(pid: number | undefined, signal: NodeJS.Signals): void {
-  if (pid === undefined) return;
-  try {
-    process.kill(-pid, signal); // the process group made by detached: true
-  } catch {
-    try {
-      process.kill(pid, signal);
-    } catch {
-      // already gone
-    }
-  }
-}
 
 function daemonConfig(dir: string, address: string, hostsDir: string, logLevel: string): string {
   return [
@@ -193,14 +180,7 @@ export async function startCri(opts: StartCriOptions): Promise<CriHandle> {
   };
 
   const stop = async (): Promise<void> => {
-    if (!exited) {
-      killGroup(child.pid, 'SIGTERM');
-      const gone = await Promise.race([exitPromise.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 10_000))]);
-      if (!gone) {
-        killGroup(child.pid, 'SIGKILL');
-        await exitPromise;
-      }
-    }
+    if (!exited) await stopGroup(child.pid, exitPromise);
     await rm(dir, { recursive: true, force: true, maxRetries: 3 });
   };
 
