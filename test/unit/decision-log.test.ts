@@ -192,9 +192,8 @@ describe('DecisionLog HTTP sink', () => {
     });
     const metrics = new Metrics({ defaultMetrics: false });
     const log = new DecisionLog(httpCfg(`${server.url}/logs`), metrics, silent);
-    const t0 = performance.now();
-    for (let i = 0; i < 10; i++) log.onDecision(event(i));
-    expect(performance.now() - t0).toBeLessThan(200);
+    // Never blocks: with onFull: drop the observer answers synchronously, so the gate never waits on the sink.
+    for (let i = 0; i < 10; i++) expect(log.onDecision(event(i))).toBeUndefined();
     await log.flush();
     expect(server.requests.length).toBeGreaterThanOrEqual(1);
     const dropped = await counter(metrics.decisionLogDropped);
