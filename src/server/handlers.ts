@@ -138,8 +138,8 @@ export class RegistryHandlers {
       // else by digest is a root of its own (src/gate/closures.ts).
       this.applyAdmission(ctx, refOf(route, manifest.digest), await this.d.gate.admitByDigest({ route, method: ctx.method, client: clientOf(ctx), manifest }));
       // Vouched for by an admitted root (a child that cannot run is covered by its index's decision): the root must
-      // also be this identity's to have.
-      const root = this.d.gate.vouchedBy(route, manifest.digest, 'manifest');
+      // also be this identity's to have. Only looked up where identities differ, so that the warm path stays one query.
+      const root = this.d.identityChecks ? this.d.gate.vouchedBy(route, manifest.digest, 'manifest') : undefined;
       if (root && root !== manifest.digest) await this.identityMayUse(ctx, route, root);
     }
     this.sendManifest(ctx, manifest);
