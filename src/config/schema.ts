@@ -3,10 +3,10 @@
  * the file name. Defaults live here, so the rest of the code reads a fully populated, typed object.
  */
 import { z } from 'zod';
-import { authSchema, forwardIdentitySchema, quotasSchema } from '../auth/config.js';
-import { scanSchema } from '../scan/config.js';
+import { authSchema, forwardIdentitySchema, quotasSchema } from './auth.js';
+import { scanSchema } from './scan.js';
 import { cidrProblem } from '../util/address.js';
-import { signaturesSchema } from '../verify/config.js';
+import { signaturesSchema } from './signatures.js';
 import { addressOrHost, httpUrl } from './url.js';
 
 const duration = z
