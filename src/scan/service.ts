@@ -2,7 +2,7 @@
  * The scan evidence provider (DESIGN §5). For one root digest it consults the configured sources in order:
  *
  * 1. `attestations`: cosign vuln predicates among the verified attestations, from trusted authorities;
- * 2. `reports`: reports CI pushed for the digest (src/scan/api.ts);
+ * 2. `reports`: reports CI pushed for the digest (server/scan-api.ts);
  * 3. `scanner`: a Harbor Pluggable Scanner API adapter, asked to scan on a miss (scanner-jobs.ts). The digest is then
  *    pending; the scan is polled in the background (honouring `Refresh-After`) and its result stored.
  *
