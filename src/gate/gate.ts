@@ -403,6 +403,7 @@ export class Gate implements AdmissionGate {
   }
 }
 
-function evidenceContext(route: Route, m: Manifest): EvidenceContext {
-  return { upstream: route.upstream.name, registry: route.registry, repository: route.repository, digest: m.digest, mediaType: m.mediaType };
+/** The evidence seam gets what the request knows: the route and the manifest, parsed once where it came in. */
+function evidenceContext(route: Route, manifest: Manifest): EvidenceContext {
+  return { route, manifest, upstream: route.upstream.name, registry: route.registry, repository: route.repository, digest: manifest.digest, mediaType: manifest.mediaType };
 }
