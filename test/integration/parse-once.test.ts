@@ -37,6 +37,7 @@ let px: RunningProxy;
 let image: { digest: string; bytes: Buffer };
 let byDigest: { digest: string; bytes: Buffer };
 let index: string;
+let children: Array<{ digest: string; bytes: Buffer }>;
 
 function addImage(repo: string, tag: string | undefined, arch: string): { digest: string; bytes: Buffer } {
   const config = Buffer.from(JSON.stringify({ architecture: arch, os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }));
@@ -59,7 +60,7 @@ beforeAll(async () => {
   up = await startFakeUpstream();
   image = addImage('demo/app', 'v1', 'amd64');
   byDigest = addImage('demo/pinned', undefined, 'amd64');
-  const children = [addImage('demo/multi', undefined, 'amd64'), addImage('demo/multi', undefined, 'arm64')];
+  children = [addImage('demo/multi', undefined, 'amd64'), addImage('demo/multi', undefined, 'arm64')];
   const idx = Buffer.from(JSON.stringify({
     schemaVersion: 2, mediaType: OCI_INDEX,
     manifests: children.map((c, i) => ({ mediaType: OCI_MANIFEST, digest: c.digest, size: c.bytes.length, platform: { os: 'linux', architecture: i ? 'arm64' : 'amd64' } })),
@@ -105,6 +106,14 @@ describe('one parse per request', () => {
     const path = `/v2/${up.host}/demo/multi/manifests/v1`;
     expect(await parsesFor(path, index)).toBe(1);
     expect(await parsesFor(path, index)).toBe(1);
+  });
+
+  test('a platform manifest of an admitted index, by digest (decided as its child): once cold, once warm', async () => {
+    await parsesFor(`/v2/${up.host}/demo/multi/manifests/v1`, index);
+    const child = children[1]!;
+    const path = `/v2/${up.host}/demo/multi/manifests/${child.digest}`;
+    expect(await parsesFor(path, child.digest)).toBe(1);
+    expect(await parsesFor(path, child.digest)).toBe(1);
   });
 
   test('a root by digest: once cold, once warm', async () => {
