@@ -9,6 +9,45 @@ import { join } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import type { Digest } from '../routing/reference.js';
 
+/**
+ * What the proxy stores, the gate and re-evaluation need of the metadata store (the implementation, SqliteMetaStore,
+ * follows). Every method is synchronous: one indexed lookup or one transaction, on the warm path of every request.
+ */
+export interface MetaStore {
+  /** tag → digest mappings, with when the upstream last confirmed them. */
+  getTag(upstream: string, repository: string, tag: string): TagEntry | undefined;
+  putTag(upstream: string, repository: string, tag: string, e: TagEntry): void;
+  deleteTag(upstream: string, repository: string, tag: string): void;
+  /** A manifest cached for this repository; a digest seen only in another repository is not returned. */
+  getManifest(upstream: string, repository: string, digest: Digest): StoredManifest | undefined;
+  /** Callers must have verified that bytes hash to digest. */
+  putManifest(upstream: string, repository: string, m: StoredManifest): void;
+  /** Records a decision; replaces the earlier one for the same (digest, under, tag), and only that one. */
+  putAdmission(upstream: string, repository: string, r: AdmissionRecord): void;
+  /** Extends a still-valid allow (a cached decision was reused) without writing a new decision. */
+  touchAdmission(upstream: string, repository: string, digest: Digest, under: string, tag: string, basis: string, expiresAt: number): void;
+  /** The unexpired decisions about `digest` as a root (`under` = '') or as a child of root `under`, newest first. */
+  admissions(upstream: string, repository: string, digest: Digest, under: string, now: number): AdmissionRecord[];
+  /** Records what an admitted manifest (`voucher`, under admitted `root`) lists. */
+  putMembers(upstream: string, repository: string, root: Digest, voucher: Digest, members: ClosureMember[], expiresAt: number): void;
+  /**
+   * A link that vouches for `member` in one of `roles` right now: its root admitted under `basis`, and its voucher
+   * too when the voucher is a child of the root. The warm path of every blob request.
+   */
+  validLink(upstream: string, repository: string, member: Digest, roles: readonly MemberRole[], basis: string, now: number): MemberLink | undefined;
+  /** Unexpired links of `member` in one of `roles`, whatever their admissions say now (at most `limit`). */
+  links(upstream: string, repository: string, member: Digest, roles: readonly MemberRole[], now: number, limit: number): MemberLink[];
+  /** The roots, in any repository, whose closures hold this digest (as a member or as a decided child). */
+  rootsContaining(member: Digest): Digest[];
+  /** Forgets every decision about this root (and its children's decisions under it) and its members, everywhere. */
+  dropRoot(root: Digest): void;
+  /** Deletes at most `limit` expired rows of each closure table; returns how many went. Bounded work per call. */
+  pruneExpired(now: number, limit: number): { admissions: number; members: number };
+  /** Every cached tag mapping, plus the admitted roots that no tag names (for re-evaluation). */
+  listRoots(): Array<{ upstream: string; repository: string; digest: Digest; tag: string | null }>;
+  close(): void;
+}
+
 export interface TagEntry {
   digest: Digest;
   mediaType: string;
@@ -112,7 +151,7 @@ const MEMBER_SELECT = `SELECT m.root, m.voucher, m.role FROM closure_members m
 /** A valid admission of `a.digest`: allowed, unexpired, under the current basis. */
 const VALID = 'a.serve = 1 AND a.basis = ?7 AND a.expires_at > ?6';
 
-export class MetaStore {
+export class SqliteMetaStore implements MetaStore {
   private readonly db: DatabaseSync;
   private readonly st: Record<string, StatementSync>;
 

@@ -87,6 +87,25 @@ export interface RepositoryRequest {
 }
 
 /**
+ * What the handlers need of the gate (the implementation, Gate, follows): every manifest, blob, tag list and
+ * referrers list is decided here before anything of it is served.
+ */
+export interface AdmissionGate {
+  /** A root manifest (by tag, or by a digest no admitted index lists). */
+  admitRoot(req: RootRequest): Promise<Admission>;
+  /** A manifest by digest: the child of an admitted index (in that role only), or a root of its own. */
+  admitByDigest(req: DigestRequest): Promise<Admission>;
+  /** A blob: served only as the config or a layer of an admitted manifest whose admission holds now. */
+  admitBlob(req: MemberRequest): Promise<BlobVerdict>;
+  /** Repository-level rules for a tag list or a referrers list. */
+  admitRepository(req: RepositoryRequest): Promise<Admission>;
+  /** Would admitRoot answer from the decision cache (no evidence gathering, no upstream work)? For quotas. */
+  hasCachedDecision(req: RootRequest): boolean;
+  /** The root whose admission vouches for `digest` in this role right now, without deciding anything. */
+  vouchedBy(route: Route, digest: Digest, as: 'manifest' | 'blob'): Digest | undefined;
+}
+
+/**
  * Observers get every decision for logging and metrics; they must not throw. An observer that returns a promise
  * holds the decision until it settles, and a rejection fails it closed: the decision log with `onFull: block`
  * refuses to let an image through that it could not record.
@@ -121,7 +140,7 @@ const notConfiguredSignatures: SignatureProvider = {
 };
 const notConfiguredScan: ScanProvider = { scan: () => Promise.resolve({ status: 'not_configured' }) };
 
-export class Gate {
+export class Gate implements AdmissionGate {
   private readonly decisions: LRUCache<string, { admission: Admission; expiresAt: number }>;
   private readonly flights = new Map<string, Promise<Admission>>();
   /** Decisions made while the scan was pending or missing: not cached, so a result counts as soon as it arrives. */
@@ -384,6 +403,7 @@ export class Gate {
   }
 }
 
-function evidenceContext(route: Route, m: Manifest): EvidenceContext {
-  return { upstream: route.upstream.name, registry: route.registry, repository: route.repository, digest: m.digest, mediaType: m.mediaType };
+/** The evidence seam gets what the request knows: the route and the manifest, parsed once where it came in. */
+function evidenceContext(route: Route, manifest: Manifest): EvidenceContext {
+  return { route, manifest, upstream: route.upstream.name, registry: route.registry, repository: route.repository, digest: manifest.digest, mediaType: manifest.mediaType };
 }

@@ -3,7 +3,9 @@
  * and what the server needs back. Providers never throw into the gate; they return evidence with a status, and
  * the policy decides.
  */
+import type { Manifest } from '../proxy/manifests.js';
 import type { Digest } from '../routing/reference.js';
+import type { Route } from '../routing/route.js';
 
 export interface PolicyInput {
   version: 1;
@@ -139,7 +141,15 @@ export interface ScanProvider {
   awaitResult?(ctx: EvidenceContext, attestations: PolicyInput['attestations'], timeoutMs: number): Promise<ScanEvidence>;
 }
 
+/**
+ * The image whose evidence is asked for, as the gate knows it: the route the request resolved to and the manifest,
+ * verified against its digest and parsed once where it entered the proxy. Providers use these as they are, rather
+ * than rebuilding a route from the upstream's name or looking the manifest up (and parsing it) again. The flat
+ * fields are the same facts, for cache keys and logs (the gate builds both from the same route and manifest).
+ */
 export interface EvidenceContext {
+  route: Route;
+  manifest: Manifest;
   upstream: string;
   registry: string;
   repository: string;

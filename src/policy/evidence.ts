@@ -1,7 +1,9 @@
 /**
  * What evidence providers (signatures, scans) get to do their work: the upstream clients (discovery goes through
- * the same authenticated, rate-limited client as pulls), the verified manifest service, the metadata store for
- * caching, metrics and the logger.
+ * the same authenticated, rate-limited client as pulls), the verified manifest service (for signature artifacts;
+ * the image itself comes with the request, in EvidenceContext), the metadata store for caching, metrics and the
+ * logger. The stores are their interfaces (proxy/manifests.ts, cache/metastore.ts), so a provider can be tested
+ * against fakes and a store replaced without touching one.
  */
 import type { Logger } from 'pino';
 import type { MetaStore } from '../cache/metastore.js';

@@ -17,6 +17,14 @@ import { statusError, toRegistryError } from './manifests.js';
 import { sendFileRange } from '../cache/sendfile.js';
 import { byteSourceOf } from '../util/byte-source.js';
 
+/** What the handlers need of blobs (the implementation, ProxyBlobService, follows). */
+export interface BlobService {
+  /** Size of a blob, without downloading it. */
+  size(route: Route, digest: Digest): Promise<number>;
+  /** Opens a blob for reading: from the cache, or joining or starting the one upstream download of its digest. */
+  open(route: Route, digest: Digest): Promise<OpenBlob>;
+}
+
 export interface OpenBlob {
   size: number;
   source: 'cache' | 'upstream';
@@ -31,7 +39,7 @@ export interface OpenBlob {
   writeTo(res: ServerResponse, start: number, end: number, onBytes: (n: number) => void): Promise<void>;
 }
 
-export class BlobService {
+export class ProxyBlobService implements BlobService {
   constructor(
     private readonly store: BlobStore,
     private readonly downloads: DownloadManager,
@@ -39,7 +47,6 @@ export class BlobService {
     private readonly metrics: Metrics,
   ) {}
 
-  /** Size of a blob, without downloading it. */
   async size(route: Route, digest: Digest): Promise<number> {
     const cached = this.store.size(digest);
     if (cached !== undefined) return cached;
@@ -67,7 +74,6 @@ export class BlobService {
     return len;
   }
 
-  /** Opens a blob for reading, joining or starting the upstream download on a miss. */
   async open(route: Route, digest: Digest): Promise<OpenBlob> {
     const lease = this.store.lease(digest);
     if (lease) {

@@ -19,10 +19,22 @@ import { readCapped } from '../upstream/body.js';
 import { headerString, UpstreamUnavailableError, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
 import { ManifestFormatError, parseManifest, UPSTREAM_ACCEPT, type ParsedManifest } from '../oci/mediatypes.js';
 
+/**
+ * What the handlers, the gate and the evidence providers need of manifests (the implementation, ProxyManifestService,
+ * follows): verified bytes by tag or by digest, each parsed once where it enters, and passed along from there.
+ */
+export interface ManifestService {
+  /**
+   * Tag → the manifest it points to, with its bytes and parse: a caller that asked by tag has the manifest in hand
+   * and never looks it up again by digest. Concurrent resolutions of the same tag share one upstream round trip.
+   */
+  resolveTag(route: Route, tag: string): Promise<ResolvedTag>;
+  /** Manifest bytes by digest, from cache or upstream; the bytes always hash to `digest`. */
+  get(route: Route, digest: Digest): Promise<Manifest>;
+}
+
 export interface ResolvedTag {
-  digest: Digest;
-  mediaType: string;
-  size: number;
+  manifest: Manifest;
   /** Served from cache past its TTL because the upstream could not be asked. */
   stale: boolean;
 }
@@ -31,7 +43,7 @@ export interface Manifest extends StoredManifest {
   parsed: ParsedManifest;
 }
 
-export class ManifestService {
+export class ProxyManifestService implements ManifestService {
   private readonly tagFlights = new Map<string, Promise<ResolvedTag>>();
   private readonly getFlights = new Map<string, Promise<Manifest>>();
 
@@ -43,7 +55,6 @@ export class ManifestService {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** Tag → digest; concurrent resolutions of the same tag share one upstream round trip. */
   resolveTag(route: Route, tag: string): Promise<ResolvedTag> {
     const key = `${route.upstream.name}\n${route.repository}\n${tag}`;
     let p = this.tagFlights.get(key);
@@ -62,12 +73,12 @@ export class ManifestService {
     const now = this.now();
     if (cached && now - cached.checkedAt < this.config.cache.tagTTL) {
       this.metrics.cacheHits.inc({ kind: 'tag', result: 'hit' });
-      return { digest: cached.digest, mediaType: cached.mediaType, size: cached.size, stale: false };
+      return { manifest: await this.get(route, cached.digest), stale: false };
     }
-    const serveStale = (why: RegistryError | Error): ResolvedTag => {
+    const serveStale = async (why: RegistryError | Error): Promise<ResolvedTag> => {
       if (cached && now - cached.checkedAt < this.config.cache.tagTTL + this.config.cache.staleIfError) {
         this.metrics.cacheHits.inc({ kind: 'tag', result: 'stale' });
-        return { digest: cached.digest, mediaType: cached.mediaType, size: cached.size, stale: true };
+        return { manifest: await this.get(route, cached.digest), stale: true };
       }
       throw why;
     };
@@ -101,12 +112,10 @@ export class ManifestService {
       // verified mapping is still a safe answer within staleIfError.
       return serveStale(toRegistryError(e, upstream.name));
     }
-    const entry: ResolvedTag = { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, stale: false };
-    this.meta.putTag(upstream.name, repository, tag, { digest: entry.digest, mediaType: entry.mediaType, size: entry.size, checkedAt: this.now() });
-    return entry;
+    this.meta.putTag(upstream.name, repository, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() });
+    return { manifest: m, stale: false };
   }
 
-  /** Manifest bytes by digest, from cache or upstream. */
   get(route: Route, digest: Digest): Promise<Manifest> {
     const cached = this.meta.getManifest(route.upstream.name, route.repository, digest);
     if (cached) {

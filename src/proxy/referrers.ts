@@ -8,10 +8,16 @@ import { digestHex } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
 import { readCapped } from '../upstream/body.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
-import type { ManifestService } from './manifests.js';
+import type { Manifest, ManifestService } from './manifests.js';
 import { statusError, toRegistryError } from './manifests.js';
 import { OCI_INDEX, type Descriptor } from '../oci/mediatypes.js';
 import { errors, isNotFound } from '../oci/errors.js';
+
+/** What the handlers need of the referrers API (the implementation, ProxyReferrersService, follows). */
+export interface ReferrersService {
+  /** The referrers of `subject`, filtered by `artifactType` when given: always a valid index, possibly empty. */
+  list(route: Route, subject: Digest, artifactType: string | undefined): Promise<ReferrersResult>;
+}
 
 export interface ReferrersResult {
   index: { schemaVersion: 2; mediaType: typeof OCI_INDEX; manifests: Descriptor[] };
@@ -21,7 +27,7 @@ export interface ReferrersResult {
 
 const MAX_BODY = 4 * 1024 * 1024;
 
-export class ReferrersService {
+export class ProxyReferrersService implements ReferrersService {
   constructor(
     private readonly clientFor: (upstream: string) => UpstreamClient,
     private readonly manifests: ManifestService,
@@ -56,7 +62,7 @@ export class ReferrersService {
     if (res.status !== 404 && res.status !== 200) throw statusError(res, route.upstream.name, `referrers of ${subject}`);
     // No referrers API upstream: the tag schema is the standard fallback.
     try {
-      const m = await this.manifests.get(route, await this.resolveFallbackTag(route, subject));
+      const m = await this.resolveFallbackTag(route, subject);
       if (m.parsed.kind !== 'index') return this.finish([], artifactType, false, 'none');
       return this.finish(m.parsed.manifests, artifactType, false, 'tag-schema');
     } catch (e) {
@@ -65,9 +71,9 @@ export class ReferrersService {
     }
   }
 
-  private async resolveFallbackTag(route: Route, subject: Digest): Promise<Digest> {
+  private async resolveFallbackTag(route: Route, subject: Digest): Promise<Manifest> {
     const tag = `${subject.slice(0, subject.indexOf(':'))}-${digestHex(subject)}`;
-    return (await this.manifests.resolveTag(route, tag)).digest;
+    return (await this.manifests.resolveTag(route, tag)).manifest;
   }
 
   private finish(manifests: Descriptor[], artifactType: string | undefined, applied: boolean, source: ReferrersResult['source']): ReferrersResult {

@@ -8,6 +8,17 @@ import { readCapped } from '../upstream/body.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import { statusError, toRegistryError } from './manifests.js';
 
+/** What the handlers need of tag lists (the implementation, ProxyTagService, follows). */
+export interface TagService {
+  /**
+   * One page of the upstream's tag list, in lexical order, with a Link header that comes back through the proxy.
+   * @param clientName the `<name>` the client asked for (with any host prefix), used in the body and Link
+   * @param query n and last, already validated
+   * @param nsSuffix `&ns=…` to keep on Link URLs, or ''
+   */
+  list(route: Route, clientName: string, query: { n?: number; last?: string }, nsSuffix: string): Promise<TagList>;
+}
+
 export interface TagList {
   body: Buffer;
   link?: string;
@@ -15,14 +26,9 @@ export interface TagList {
 
 const MAX_TAGS_BODY = 16 * 1024 * 1024;
 
-export class TagService {
+export class ProxyTagService implements TagService {
   constructor(private readonly clientFor: (upstream: string) => UpstreamClient) {}
 
-  /**
-   * @param clientName the `<name>` the client asked for (with any host prefix), used in the body and Link
-   * @param query n and last, already validated
-   * @param nsSuffix `&ns=…` to keep on Link URLs, or ''
-   */
   async list(route: Route, clientName: string, query: { n?: number; last?: string }, nsSuffix: string): Promise<TagList> {
     const qs = new URLSearchParams();
     if (query.n !== undefined) qs.set('n', String(query.n));

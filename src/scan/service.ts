@@ -18,7 +18,6 @@ import type { Config } from '../config/schema.js';
 import type { EvidenceDeps } from '../policy/evidence.js';
 import type { EvidenceContext, PolicyInput, ScanEvidence, ScanProvider } from '../policy/contract.js';
 import { INDEX_TYPES } from '../oci/mediatypes.js';
-import type { Route } from '../routing/route.js';
 import { sourceOrder, type ScanConfig, type SourceName } from '../config/scan.js';
 import { parseVulnPredicate, ReportFormatError } from './formats.js';
 import { SCANNABLE } from './harbor.js';
@@ -74,7 +73,7 @@ export class ScanService implements ScanProvider {
   private closed = false;
 
   constructor(
-    private readonly deps: Pick<EvidenceDeps, 'config' | 'manifests' | 'log' | 'dataDir'> & { metrics?: unknown },
+    private readonly deps: Pick<EvidenceDeps, 'config' | 'log' | 'dataDir'> & { metrics?: unknown },
     opts: ScanServiceOptions = {},
   ) {
     const cfg = deps.config.scan;
@@ -142,7 +141,7 @@ export class ScanService implements ScanProvider {
     let pending: Outcome | undefined;
     let error: Extract<Outcome, { kind: 'error' }> | undefined;
     let targets: Target[] | undefined;
-    const platforms = async (): Promise<Target[]> => (targets ??= await this.platformTargets(ctx));
+    const platforms = async (): Promise<Target[]> => (targets ??= this.platformTargets(ctx));
     for (const name of this.order) {
       let o: Outcome;
       try {
@@ -184,13 +183,10 @@ export class ScanService implements ScanProvider {
   }
 
   /** The platform manifests of an index (attestation manifests left out), or the image itself. */
-  private async platformTargets(ctx: EvidenceContext): Promise<Target[]> {
+  private platformTargets(ctx: EvidenceContext): Target[] {
     if (!INDEX_TYPES.has(ctx.mediaType)) return [{ digest: ctx.digest, mediaType: ctx.mediaType }];
-    const upstream = this.deps.config.upstreams.find((u) => u.name === ctx.upstream);
-    if (!upstream) throw new Error(`no upstream ${ctx.upstream}`);
-    const route: Route = { upstream, registry: ctx.registry, repository: ctx.repository, routing: 'prefix' };
-    const m = await this.deps.manifests.get(route, ctx.digest);
-    const children = m.parsed.manifests.filter(
+    // The index as the gate has it (verified and parsed once), not looked up again.
+    const children = ctx.manifest.parsed.manifests.filter(
       (d) => d.platform?.os !== 'unknown' && d.annotations?.['vnd.docker.reference.type'] !== 'attestation-manifest' && SCANNABLE.includes(d.mediaType),
     );
     if (children.length === 0) throw new Error('index has no platform manifest to scan');

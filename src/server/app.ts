@@ -15,7 +15,7 @@ import { LOG_REDACT } from '../auth/redact.js';
 import { BlobStore } from '../cache/blobstore.js';
 import { unwrittenDownloadBytes } from '../cache/download.js';
 import { DownloadManager } from '../cache/download-manager.js';
-import { MetaStore } from '../cache/metastore.js';
+import { SqliteMetaStore, type MetaStore } from '../cache/metastore.js';
 import type { Config } from '../config/schema.js';
 import { settingsHash } from '../gate/basis.js';
 import { Gate, type DecisionObserver } from '../gate/gate.js';
@@ -23,10 +23,10 @@ import type { Decider, ScanProvider, SignatureProvider } from '../policy/contrac
 import type { EvidenceDeps } from '../policy/evidence.js';
 import type { ApiHandler } from './scan-api.js';
 import { Metrics } from '../metrics/metrics.js';
-import { BlobService } from '../proxy/blobs.js';
-import { ManifestService } from '../proxy/manifests.js';
-import { ReferrersService } from '../proxy/referrers.js';
-import { TagService } from '../proxy/tags.js';
+import { ProxyBlobService } from '../proxy/blobs.js';
+import { ProxyManifestService, type ManifestService } from '../proxy/manifests.js';
+import { ProxyReferrersService } from '../proxy/referrers.js';
+import { ProxyTagService } from '../proxy/tags.js';
 import { Router } from '../routing/route.js';
 import { addressSet, forwardedClient, type AddressSet } from '../util/address.js';
 import { UpstreamClient } from '../upstream/client.js';
@@ -96,7 +96,7 @@ export class App {
     this.metrics = opts.metrics ?? new Metrics();
     this.log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' }, redact: LOG_REDACT });
     this.metricsToken = config.metricsToken ? readSecret(config.metricsToken) : undefined;
-    this.meta = new MetaStore(config.dataDir);
+    this.meta = new SqliteMetaStore(config.dataDir);
     this.blobStore = new BlobStore(config.dataDir, config.cache.maxSize, {
       onEvict: () => this.metrics.cacheEvictions.inc(),
       onSizeChange: (bytes, entries) => {
@@ -117,7 +117,7 @@ export class App {
       if (!c) throw new Error(`no client for upstream ${name}`);
       return c;
     };
-    const manifests = (this.manifests = new ManifestService(config, this.meta, clientFor, this.metrics, opts.now));
+    const manifests = (this.manifests = new ProxyManifestService(config, this.meta, clientFor, this.metrics, opts.now));
     const evidenceDeps: EvidenceDeps = { config, clientFor, manifests, router, meta: this.meta, metrics: this.metrics, log: this.log, dataDir: config.dataDir };
     this.api = opts.api?.(evidenceDeps) ?? [];
     this.signatures = opts.signatures?.(evidenceDeps);
@@ -140,9 +140,9 @@ export class App {
     this.handlers = new RegistryHandlers({
       router,
       manifests,
-      blobs: new BlobService(this.blobStore, this.downloads, clientFor, this.metrics),
-      tags: new TagService(clientFor),
-      referrers: new ReferrersService(clientFor, manifests),
+      blobs: new ProxyBlobService(this.blobStore, this.downloads, clientFor, this.metrics),
+      tags: new ProxyTagService(clientFor),
+      referrers: new ProxyReferrersService(clientFor, manifests),
       gate: this.gate,
       metrics: this.metrics,
       identityChecks: opts.auth?.hasMethods ?? false,

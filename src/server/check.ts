@@ -64,9 +64,11 @@ export async function checkImage(
   const p = parseImageRef(ref);
   const route = app.router.resolve(p.host ? `${p.host}/${p.name}` : p.name, undefined);
   if ('code' in route) throw new RegistryError(route.code, route.message);
-  const digest = p.digest ?? (await app.manifests.resolveTag(route, p.tag as string)).digest;
-  if (!isDigest(digest)) throw new Error('unreachable: invalid digest');
-  const manifest = await app.manifests.get(route, digest);
+  const byDigest = p.digest;
+  if (byDigest !== undefined && !isDigest(byDigest)) throw new Error('unreachable: invalid digest');
+  // By tag, the manifest comes with the resolution: one lookup, one parse.
+  const manifest = byDigest ? await app.manifests.get(route, byDigest) : (await app.manifests.resolveTag(route, p.tag as string)).manifest;
+  const digest = manifest.digest;
   const client = { ip: 'cli', user: as.user, groups: as.groups, method: as.method, userAgent: 'portcullis-check' };
   // By digest, the same path as a pull: a platform manifest of an admitted index is decided as its child (with the
   // index's signatures), anything else as a root.

@@ -7,7 +7,7 @@ import type { Client } from '../gate/input.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Identity } from '../auth/authenticator.js';
 import type { QuotaKind, Quotas } from '../auth/quota.js';
-import type { Gate } from '../gate/gate.js';
+import type { AdmissionGate } from '../gate/gate.js';
 import type { Admission } from '../policy/contract.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { BlobService } from '../proxy/blobs.js';
@@ -28,7 +28,7 @@ export interface HandlerDeps {
   blobs: BlobService;
   tags: TagService;
   referrers: ReferrersService;
-  gate: Gate;
+  gate: AdmissionGate;
   metrics: Metrics;
   /**
    * Clients authenticate on this listener: a blob or child manifest is then served only to an identity the policy
@@ -128,7 +128,7 @@ export class RegistryHandlers {
     if (ref.kind === 'tag') {
       this.quota(ctx, 'coldManifests', (w) => !w.tag(route, ref.tag));
       const resolved = await this.d.manifests.resolveTag(route, ref.tag);
-      manifest = await this.d.manifests.get(route, resolved.digest);
+      manifest = resolved.manifest;
       if (resolved.stale) addWarning(ctx.res, 'served from cache: upstream unreachable');
       await this.admit(ctx, route, manifest, ref.tag);
     } else {

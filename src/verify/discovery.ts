@@ -14,7 +14,7 @@
 import { createHash } from 'node:crypto';
 import type { Manifest, ManifestService } from '../proxy/manifests.js';
 import type { Descriptor } from '../oci/mediatypes.js';
-import { ReferrersService } from '../proxy/referrers.js';
+import { ProxyReferrersService, type ReferrersService } from '../proxy/referrers.js';
 import { digestHex, isDigest, type Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
 import { isNotFound } from '../oci/errors.js';
@@ -65,7 +65,7 @@ export class Discoverer {
     private readonly maxSignatures: number,
     private readonly maxBlobSize: number,
   ) {
-    this.referrers = new ReferrersService(clientFor, manifests);
+    this.referrers = new ProxyReferrersService(clientFor, manifests);
   }
 
   async discover(route: Route, digest: Digest, budget: DiscoveryBudget): Promise<Discovery> {
@@ -116,8 +116,7 @@ export class Discoverer {
   private async byTag(route: Route, tag: string, kind: ArtifactKind, via: FoundArtifact['via'], budget: DiscoveryBudget): Promise<FoundArtifact | undefined> {
     // Charged before the lookup: resolving a tag already fetches its manifest (a 404 costs the same request).
     budget.artifact();
-    const resolved = await this.manifests.resolveTag(route, tag);
-    const manifest = await this.manifests.get(route, resolved.digest);
+    const { manifest } = await this.manifests.resolveTag(route, tag);
     budget.bytes(manifest.bytes.length);
     if (manifest.parsed.kind !== 'image') return undefined;
     return { kind, via, manifest };

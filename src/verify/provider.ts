@@ -17,7 +17,6 @@ import type { EvidenceContext, PolicyInput, SignatureEvidence, SignatureProvider
 import type { Metrics } from '../metrics/metrics.js';
 import type { Manifest } from '../proxy/manifests.js';
 import type { Descriptor } from '../oci/mediatypes.js';
-import type { Route } from '../routing/route.js';
 import { isAccessory } from './accessory.js';
 import { BudgetExceededError, DiscoveryBudget } from './budget.js';
 import { EvidenceCache, type CachedEvidence } from './cache.js';
@@ -115,16 +114,10 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     }
   }
 
-  private routeFor(ctx: EvidenceContext): Route {
-    const upstream = this.deps.config.upstreams.find((u) => u.name === ctx.upstream);
-    if (!upstream) throw new Error(`no upstream named "${ctx.upstream}"`);
-    return { upstream, registry: ctx.registry, repository: ctx.repository, routing: 'prefix' };
-  }
-
   private async compute(ctx: EvidenceContext, key: string): Promise<CachedEvidence> {
     const started = performance.now();
-    const route = this.routeFor(ctx);
-    const manifest = await this.deps.manifests.get(route, ctx.digest);
+    // The gate's route and manifest: verified and parsed where the request brought it in, not looked up again.
+    const { route, manifest } = ctx;
     // A signature or attestation manifest has no signatures of its own to look for; its decision ignores them.
     if (isAccessory(manifest.parsed, null)) return { signatures: { status: 'none', verified: [], rejected: [] }, attestations: [] };
 

@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { MetaStore } from '../../src/cache/metastore.js';
+import { SqliteMetaStore, type MetaStore } from '../../src/cache/metastore.js';
 import { Gate, type GateOptions } from '../../src/gate/gate.js';
 import type { Decider, PolicyInput, PolicyResult, SignatureProvider } from '../../src/policy/contract.js';
 import { OCI_INDEX, OCI_MANIFEST, parseManifest } from '../../src/oci/mediatypes.js';
@@ -86,7 +86,7 @@ let clock: number;
 const now = () => clock;
 beforeEach(() => {
   dir = tempDir();
-  meta = new MetaStore(dir);
+  meta = new SqliteMetaStore(dir);
   clock = Date.UTC(2026, 5, 1);
   reads.length = 0;
 });
@@ -245,7 +245,7 @@ describe('admissions are bound to their basis', () => {
     await root(g1, idx);
     await byDigest(g1, amd);
     meta.close();
-    meta = new MetaStore(dir);
+    meta = new SqliteMetaStore(dir);
     const second = new ScriptedDecider('r1');
     const g2 = gate(second, { settingsHash: 's2' }, sig);
     expect((await blob(g2, d('b'))).serve).toBe(true);
@@ -266,7 +266,7 @@ describe('admissions are bound to their basis', () => {
     const img = image(d('c'), [d('1')]);
     await root(gate(new ScriptedDecider('r1')), img);
     meta.close();
-    meta = new MetaStore(dir);
+    meta = new SqliteMetaStore(dir);
     const decider = new ScriptedDecider('r1');
     expect((await blob(gate(decider), d('1'))).serve).toBe(true);
     expect(decider.calls).toHaveLength(0);
@@ -294,7 +294,7 @@ describe('upgrade', () => {
     const put = old.prepare('INSERT INTO closures VALUES (?, ?, ?, ?, ?, ?)');
     for (const [member, kind] of [[img.digest, 'manifest'], [d('c'), 'blob'], [d('1'), 'blob']] as const) put.run('dockerhub', 'library/app', member, img.digest, kind, clock + 60_000);
     old.close();
-    meta = new MetaStore(dir);
+    meta = new SqliteMetaStore(dir);
     const decider = new ScriptedDecider('r1');
     const g = gate(decider);
     expect(g.vouchedBy(R, d('1'), 'blob')).toBeUndefined();

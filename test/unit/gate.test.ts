@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { MetaStore } from '../../src/cache/metastore.js';
+import { SqliteMetaStore, type MetaStore } from '../../src/cache/metastore.js';
 import { Gate, type DecisionObserver, type GateOptions, type RootRequest } from '../../src/gate/gate.js';
 import type { Decider, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../../src/policy/contract.js';
 import { OCI_INDEX, OCI_MANIFEST, parseManifest } from '../../src/oci/mediatypes.js';
@@ -85,7 +85,7 @@ let meta: MetaStore;
 let clock: number;
 const now = () => clock;
 beforeEach(() => {
-  meta = new MetaStore(tempDir());
+  meta = new SqliteMetaStore(tempDir());
   clock = Date.UTC(2026, 5, 1);
 });
 afterEach(() => meta.close());

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlobStore } from '../../src/cache/blobstore.js';
-import { MetaStore } from '../../src/cache/metastore.js';
+import { SqliteMetaStore } from '../../src/cache/metastore.js';
 import { ConfigError, parseConfig } from '../../src/config/load.js';
 import { Gate } from '../../src/gate/gate.js';
 import type { PolicyInput } from '../../src/policy/contract.js';
@@ -113,7 +113,7 @@ describe('regressions', () => {
   // BUG 6 (src/gate/gate.ts): observers' onDecision is wrapped in try/catch ("logging must never change a
   // decision"), but onCacheHit is not: an observer that throws there turns every cached decision into a rejection.
   it('an observer throwing in onCacheHit does not break a cached decision', async () => {
-    const meta = new MetaStore(tempDir());
+    const meta = new SqliteMetaStore(tempDir());
     try {
       const config = makeConfig({ upstreams: [{ name: 'hub', registry: 'docker.io', url: 'https://registry-1.docker.io' }], defaultUpstream: 'hub' });
       const route = new Router(config).resolve('nginx', undefined);

@@ -9,7 +9,8 @@ import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, test } from 'vitest';
 import type { EvidenceContext, PolicyInput } from '../../src/policy/contract.js';
 import { Metrics } from '../../src/metrics/metrics.js';
-import type { ManifestService } from '../../src/proxy/manifests.js';
+import type { Digest } from '../../src/routing/reference.js';
+import type { Route } from '../../src/routing/route.js';
 import { parseManifest } from '../../src/oci/mediatypes.js';
 import { VULN_PREDICATE_TYPE } from '../../src/config/scan.js';
 import { ScanService } from '../../src/scan/service.js';
@@ -33,9 +34,6 @@ function vulnPredicate(digest: string, at = new Date().toISOString()): unknown {
   return p;
 }
 
-function ctx(digest: string, mediaType = OCI_MANIFEST): EvidenceContext {
-  return { upstream: 'local', registry: '127.0.0.1:5000', repository: 'demo/app', digest: digest as EvidenceContext['digest'], mediaType };
-}
 
 const indexBytes = Buffer.from(
   JSON.stringify({
@@ -48,19 +46,26 @@ const indexBytes = Buffer.from(
     ],
   }),
 );
-const manifests = {
-  get: (_route: unknown, digest: string) => Promise.resolve({ digest, mediaType: OCI_INDEX, bytes: indexBytes, parsed: parseManifest(indexBytes, OCI_INDEX) }),
-} as unknown as ManifestService;
+const imageBytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: D2, size: 2 }, layers: [] }));
+const UPSTREAM = { name: 'local', registry: '127.0.0.1:5000', url: 'http://127.0.0.1:5000' };
+const ROUTE: Route = { upstream: makeConfig({ upstreams: [UPSTREAM] }).upstreams[0]!, registry: '127.0.0.1:5000', repository: 'demo/app', routing: 'prefix' };
+
+/** The gate passes the manifest it has: here, the index below for an index, else an image (its bytes are not read). */
+function ctx(digest: string, mediaType = OCI_MANIFEST): EvidenceContext {
+  const bytes = mediaType === OCI_INDEX ? indexBytes : imageBytes;
+  const manifest = { digest: digest as Digest, mediaType, bytes, parsed: parseManifest(bytes, mediaType) };
+  return { route: ROUTE, manifest, upstream: 'local', registry: '127.0.0.1:5000', repository: 'demo/app', digest: manifest.digest, mediaType };
+}
 
 const services: ScanService[] = [];
 function service(scan: Record<string, unknown>, extra: { signatures?: unknown; dataDir?: string; now?: () => number; metrics?: Metrics } = {}): ScanService {
   const config = makeConfig({
-    upstreams: [{ name: 'local', registry: '127.0.0.1:5000', url: 'http://127.0.0.1:5000' }],
+    upstreams: [UPSTREAM],
     dataDir: extra.dataDir ?? tempDir('pc-scan-'),
     ...(extra.signatures ? { signatures: extra.signatures } : {}),
     scan,
   });
-  const s = new ScanService({ config, manifests, log, dataDir: config.dataDir, metrics: extra.metrics }, extra.now ? { now: extra.now } : {});
+  const s = new ScanService({ config, log, dataDir: config.dataDir, metrics: extra.metrics }, extra.now ? { now: extra.now } : {});
   services.push(s);
   return s;
 }
