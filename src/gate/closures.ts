@@ -20,6 +20,7 @@ import { isAccessory, isRunnable, needsOwnDecision } from '../verify/accessory.j
 import type { ChildRequest, DigestRequest, ManifestSource, MemberRequest, RootRequest } from './gate.js';
 import { errorAdmission, membersOf, type Subject } from './input.js';
 import type { Admission } from '../policy/contract.js';
+import { errorText } from '../util/error-text.js';
 
 export type BlobVerdict = { serve: true; root: Digest } | { serve: false; denial: Admission | undefined };
 
@@ -173,7 +174,7 @@ export class Closures {
     try {
       manifest = await this.manifests.get(route, digest);
     } catch (e) {
-      return { serve: false, denial: errorAdmission('', 'closure.unavailable', `admitted manifest ${digest} could not be read to decide it again: ${e instanceof Error ? e.message : String(e)}`) };
+      return { serve: false, denial: errorAdmission('', 'closure.unavailable', `admitted manifest ${digest} could not be read to decide it again: ${errorText(e)}`) };
     }
     let last: Admission | undefined;
     for (const r of stale) {

@@ -23,6 +23,7 @@ import type { PolicyInput } from '../policy/contract.js';
 import { ENTRYPOINT } from '../policy/wasm.js';
 import { redactUrl } from '../util/redact-url.js';
 import { MemoryQueue, SpoolQueue, type EventQueue } from './decision-queue.js';
+import { errorText } from '../util/error-text.js';
 
 /** The settings this file reads; `onFull` and `blockTimeout` default as in the schema. */
 export type DecisionLogConfig = Omit<Config['decisionLog'], 'onFull' | 'blockTimeout'> & Partial<Pick<Config['decisionLog'], 'onFull' | 'blockTimeout'>>;
@@ -215,7 +216,7 @@ export class DecisionLog implements DecisionObserver {
           this.failures++;
           const delay = Math.min(60_000, 500 * 2 ** Math.min(this.failures, 7)) * (0.5 + Math.random() / 2);
           this.backoffUntil = this.now() + delay;
-          this.log.warn({ error: e instanceof Error ? e.message : String(e), url: redactUrl(this.cfg.url as string), queued: queue.length, retryInMs: Math.round(delay) }, 'decision log delivery failed');
+          this.log.warn({ error: errorText(e), url: redactUrl(this.cfg.url as string), queued: queue.length, retryInMs: Math.round(delay) }, 'decision log delivery failed');
           break;
         }
       }

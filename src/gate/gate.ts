@@ -23,6 +23,8 @@ import { basisKey, type Basis } from './basis.js';
 import { Closures, type BlobVerdict } from './closures.js';
 import { buildInput, errorAdmission, mergeSignatures, NO_EVIDENCE, toAdmission, type Client, type Evidence, type Subject } from './input.js';
 import type { Admission, Decider, EvidenceContext, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../policy/contract.js';
+import { errorText } from '../util/error-text.js';
+import { SingleFlight } from '../util/single-flight.js';
 
 export type { BlobVerdict } from './closures.js';
 
@@ -123,7 +125,7 @@ const notConfiguredScan: ScanProvider = { scan: () => Promise.resolve({ status: 
 
 export class Gate {
   private readonly decisions: LRUCache<string, { admission: Admission; expiresAt: number }>;
-  private readonly flights = new Map<string, Promise<Admission>>();
+  private readonly flights = new SingleFlight<string, Admission>();
   /** Decisions made while the scan was pending or missing: not cached, so a result counts as soon as it arrives. */
   private readonly transient = new WeakSet<Admission>();
   private readonly closures: Closures;
@@ -267,17 +269,13 @@ export class Gate {
       if (hit.admission.serve) this.closures.reassert(s, hit.admission, this.basis());
       return Promise.resolve({ ...hit.admission, cached: true });
     }
-    let p = this.flights.get(key);
-    if (!p) {
-      p = this.decide(s).then((admission) => {
+    return this.flights.run(key, () =>
+      this.decide(s).then((admission) => {
         const ttl = admission.outcome === 'allow' ? this.opts.allowTTL : this.opts.denyTTL;
         if (!this.transient.has(admission)) this.decisions.set(key, { admission, expiresAt: this.now() + ttl });
         return admission;
-      });
-      p.finally(() => this.flights.delete(key)).catch(() => {});
-      this.flights.set(key, p);
-    }
-    return p;
+      }),
+    );
   }
 
   private async decide(s: Subject): Promise<Admission> {
@@ -338,7 +336,7 @@ export class Gate {
       const result = await this.decider.evaluate(input);
       return { result, admission: toAdmission(decisionId, result) };
     } catch (e) {
-      const reason = e instanceof Error ? e.message : String(e);
+      const reason = errorText(e);
       return { result: undefined, admission: errorAdmission(decisionId, 'policy.error', `policy evaluation failed: ${reason}`) };
     }
   }

@@ -9,12 +9,13 @@ import type { Logger } from 'pino';
 import { request } from 'undici';
 import type { Decider, PolicyInput, PolicyResult } from './contract.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { readCapped } from '../upstream/body.js';
+import { readCapped } from '../util/capped-body.js';
 import { BundleError, DEFAULT_MAX_BUNDLE, readBundle } from './bundle.js';
 import { OpaRestDecider } from './opa-rest.js';
 import { BundleVerifier, type BundleSigningConfig } from './signature.js';
 import { WasmDecider } from './wasm.js';
 import { redactUrl } from '../util/redact-url.js';
+import { errorText } from '../util/error-text.js';
 
 /** How bundles are accepted, whatever their source. */
 export interface BundleRules {
@@ -93,7 +94,7 @@ export class PolicyManager implements Decider {
             this.metrics.policyRevision.set({ revision: opa.revision, source: 'opa' }, 1);
             this.onSwap(opa.revision);
           })
-          .catch((e: unknown) => this.log.warn({ source: this.describe(), err: e instanceof Error ? e.message : String(e) }, 'could not read the external OPA bundle revision'))
+          .catch((e: unknown) => this.log.warn({ source: this.describe(), err: errorText(e) }, 'could not read the external OPA bundle revision'))
           .finally(() => (this.polling = undefined));
       }, this.pollIntervalMs);
       this.timer.unref();
@@ -122,11 +123,11 @@ export class PolicyManager implements Decider {
       try {
         decider = await WasmDecider.create(bundle, this.settings);
       } catch (e) {
-        throw new BundleError(`policy.wasm does not load: ${e instanceof Error ? e.message : String(e)}`);
+        throw new BundleError(`policy.wasm does not load: ${errorText(e)}`);
       }
       this.install(decider, this.source.kind);
     } catch (e) {
-      const error = e instanceof Error ? e.message : String(e);
+      const error = errorText(e);
       const reason = e instanceof BundleError ? e.code : 'fetch';
       this.last = { ok: false, at: new Date().toISOString(), revision: this.current?.revision, error, reason };
       this.metrics.policyReloads.inc({ result: 'error' });

@@ -15,9 +15,11 @@ import type { Route } from '../routing/route.js';
 import { digestAlgorithm, isDigest, type Digest } from '../routing/reference.js';
 import { errors, RegistryError } from '../oci/errors.js';
 import { AuthError } from '../upstream/auth.js';
-import { readCapped } from '../upstream/body.js';
+import { readCapped } from '../util/capped-body.js';
 import { headerString, UpstreamUnavailableError, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
 import { ManifestFormatError, parseManifest, UPSTREAM_ACCEPT, type ParsedManifest } from '../oci/mediatypes.js';
+import { errorText } from '../util/error-text.js';
+import { SingleFlight } from '../util/single-flight.js';
 
 export interface ResolvedTag {
   digest: Digest;
@@ -32,8 +34,8 @@ export interface Manifest extends StoredManifest {
 }
 
 export class ManifestService {
-  private readonly tagFlights = new Map<string, Promise<ResolvedTag>>();
-  private readonly getFlights = new Map<string, Promise<Manifest>>();
+  private readonly tagFlights = new SingleFlight<string, ResolvedTag>();
+  private readonly getFlights = new SingleFlight<string, Manifest>();
 
   constructor(
     private readonly config: Config,
@@ -46,14 +48,8 @@ export class ManifestService {
   /** Tag → digest; concurrent resolutions of the same tag share one upstream round trip. */
   resolveTag(route: Route, tag: string): Promise<ResolvedTag> {
     const key = `${route.upstream.name}\n${route.repository}\n${tag}`;
-    let p = this.tagFlights.get(key);
-    if (!p) {
-      p = this.doResolveTag(route, tag).finally(() => this.tagFlights.delete(key));
-      this.tagFlights.set(key, p);
-    } else {
-      this.metrics.singleflightWaiters.inc({ kind: 'tag' });
-    }
-    return p;
+    if (this.tagFlights.has(key)) this.metrics.singleflightWaiters.inc({ kind: 'tag' });
+    return this.tagFlights.run(key, () => this.doResolveTag(route, tag));
   }
 
   private async doResolveTag(route: Route, tag: string): Promise<ResolvedTag> {
@@ -114,15 +110,9 @@ export class ManifestService {
       return Promise.resolve({ ...cached, parsed: parseManifest(cached.bytes, cached.mediaType) });
     }
     const key = `${route.upstream.name}\n${route.repository}\n${digest}`;
-    let p = this.getFlights.get(key);
-    if (!p) {
-      this.metrics.cacheHits.inc({ kind: 'manifest', result: 'miss' });
-      p = this.fetchAndStore(route, digest, digest).finally(() => this.getFlights.delete(key));
-      this.getFlights.set(key, p);
-    } else {
-      this.metrics.singleflightWaiters.inc({ kind: 'manifest' });
-    }
-    return p;
+    if (this.getFlights.has(key)) this.metrics.singleflightWaiters.inc({ kind: 'manifest' });
+    else this.metrics.cacheHits.inc({ kind: 'manifest', result: 'miss' });
+    return this.getFlights.run(key, () => this.fetchAndStore(route, digest, digest));
   }
 
   private async fetchAndStore(route: Route, ref: string, expected: Digest | undefined): Promise<Manifest> {
@@ -159,7 +149,7 @@ export class ManifestService {
     } catch (e) {
       // A body cut short (connection reset, body timeout) is the upstream's failure, not an internal error.
       if (e instanceof RegistryError) throw e;
-      throw errors.upstream(`upstream "${upstream.name}" failed while sending manifest ${repository}@${ref}: ${e instanceof Error ? e.message : String(e)}`);
+      throw errors.upstream(`upstream "${upstream.name}" failed while sending manifest ${repository}@${ref}: ${errorText(e)}`);
     }
     if (Number.isFinite(declared) && bytes.length !== declared) {
       throw errors.upstream(`upstream "${upstream.name}" sent ${bytes.length} of ${declared} bytes for manifest ${ref}`);
@@ -200,5 +190,5 @@ export function toRegistryError(e: unknown, upstream: string): RegistryError {
   if (e instanceof RegistryError) return e;
   if (e instanceof AuthError) return errors.upstream(`upstream "${upstream}" authentication failed: ${e.message}; check the upstream credentials`);
   if (e instanceof UpstreamUnavailableError) return errors.upstream(e.message, true);
-  return errors.upstream(`upstream "${upstream}" failed: ${e instanceof Error ? e.message : String(e)}`);
+  return errors.upstream(`upstream "${upstream}" failed: ${errorText(e)}`);
 }

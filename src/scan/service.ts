@@ -25,6 +25,7 @@ import { SCANNABLE } from './harbor.js';
 import { ScannerJobs } from './scanner-jobs.js';
 import { mergeResults, summarize, type ScanResult } from './normalize.js';
 import { ScanStore } from './store.js';
+import { errorText } from '../util/error-text.js';
 
 type Source = NonNullable<ScanEvidence['source']>;
 
@@ -108,7 +109,7 @@ export class ScanService implements ScanProvider {
       return await this.lookup(ctx, attestations, true);
     } catch (e) {
       this.log.warn({ err: String(e), digest: ctx.digest }, 'scan lookup failed');
-      return { status: 'error', error: `scan lookup failed: ${e instanceof Error ? e.message : String(e)}` };
+      return { status: 'error', error: `scan lookup failed: ${errorText(e)}` };
     }
   }
 
@@ -150,7 +151,7 @@ export class ScanService implements ScanProvider {
         else if (name === 'reports') o = await this.fromReports(ctx, platforms);
         else o = this.scanner ? await this.scanner.fromScanner(ctx, await platforms()) : { kind: 'missing', source: 'scanner' };
       } catch (e) {
-        o = { kind: 'error', source: SOURCE_LABEL[name], message: e instanceof Error ? e.message : String(e) };
+        o = { kind: 'error', source: SOURCE_LABEL[name], message: errorText(e) };
       }
       const isStale = o.kind === 'ok' && this.isStale(o.result, now);
       if (count) this.metrics.scanLookups?.inc({ source: o.source, status: o.kind === 'ok' ? (isStale ? 'stale' : 'ok') : o.kind });

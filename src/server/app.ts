@@ -37,6 +37,7 @@ import { RegistryHandlers, type WarmCheck } from './handlers.js';
 import { ConnectionGuard, guardFor, readSysctl } from './limits.js';
 import { parseEndpoint, type Endpoint } from './paths.js';
 import { answerClientError, sendError, sendJson } from './respond.js';
+import { errorText } from '../util/error-text.js';
 
 /** How often expired admission and closure rows are pruned (at most GateOptions.pruneBatch of each per run). */
 const PRUNE_INTERVAL_MS = 60_000;
@@ -156,7 +157,7 @@ export class App {
       try {
         this.gate.prune();
       } catch (e) {
-        this.log.warn({ err: e instanceof Error ? e.message : String(e) }, 'pruning expired admissions failed');
+        this.log.warn({ err: errorText(e) }, 'pruning expired admissions failed');
       }
     }, PRUNE_INTERVAL_MS);
     this.pruner.unref();
@@ -313,7 +314,7 @@ export class App {
       // An unexpected error's message can name the server's files (ENOENT, EACCES …): the client gets the request id,
       // the log gets the message.
       const err = e instanceof RegistryError ? e : new RegistryError('UPSTREAM_ERROR', `internal error (request id ${rid})`, undefined, { status: 500 });
-      if (!(e instanceof RegistryError) || httpStatus(err) >= 500) log.warn({ err: e instanceof Error ? e.message : String(e), path: pathname }, 'request failed');
+      if (!(e instanceof RegistryError) || httpStatus(err) >= 500) log.warn({ err: errorText(e), path: pathname }, 'request failed');
       if (res.headersSent) {
         res.destroy();
         return;

@@ -36,6 +36,7 @@ import { summarize } from '../scan/normalize.js';
 import { reevaluate, type ReevalTarget } from '../gate/reeval.js';
 import type { ScanService } from '../scan/service.js';
 import type { ReportMeta } from '../scan/store.js';
+import { errorText } from '../util/error-text.js';
 
 /**
  * Extra HTTP endpoints outside /v2/ (for example the scan report API). The server tries each in order; a handler
@@ -85,7 +86,7 @@ export class ScanApi implements ApiHandler {
     } catch (e) {
       // Only API errors are shown as they are; anything else (a disk or database error names files) is logged.
       const rid = requestId(res);
-      if (!(e instanceof RegistryError)) this.o.deps.log.warn({ err: e instanceof Error ? e.message : String(e), path, rid }, 'scan api request failed');
+      if (!(e instanceof RegistryError)) this.o.deps.log.warn({ err: errorText(e), path, rid }, 'scan api request failed');
       const err = e instanceof RegistryError ? e : apiError(500, 'INTERNAL_ERROR', `internal error (request id ${rid})`);
       sendError(res, err, method === 'HEAD');
       return true;

@@ -11,8 +11,9 @@
 import { LRUCache } from 'lru-cache';
 import { getDomain } from 'tldts';
 import { request, type Dispatcher } from 'undici';
-import { readCapped } from './body.js';
+import { readCapped } from '../util/capped-body.js';
 import { parseChallenges, type Challenge } from './challenge.js';
+import { SingleFlight } from '../util/single-flight.js';
 
 export interface Credentials {
   username: string;
@@ -48,7 +49,7 @@ export class Authenticator {
   /** The last challenge the upstream sent; learned lazily from the first 401. */
   private challenge: Challenge | undefined;
   private readonly tokens: LRUCache<string, CachedToken>;
-  private readonly inflight = new Map<string, Promise<string>>();
+  private readonly inflight = new SingleFlight<string, string>();
   /** Realms already warned about; bounded, since the upstream names them. */
   private readonly warned = new LRUCache<string, true>({ max: 256 });
 
@@ -121,22 +122,19 @@ export class Authenticator {
     const key = this.tokenKey(ch, scope);
     const cached = this.tokens.get(key);
     if (cached && cached.expiresAt > this.now()) return cached.value;
-    let p = this.inflight.get(key);
-    if (!p) {
-      p = this.fetchToken(ch, scope)
-        .then((t) => {
+    return this.inflight.run(key, () =>
+      this.fetchToken(ch, scope).then(
+        (t) => {
           this.tokens.set(key, t);
           this.onTokenFetch('ok');
           return t.value;
-        })
-        .catch((e: unknown) => {
+        },
+        (e: unknown) => {
           this.onTokenFetch('error');
           throw e;
-        })
-        .finally(() => this.inflight.delete(key));
-      this.inflight.set(key, p);
-    }
-    return p;
+        },
+      ),
+    );
   }
 
   private realmUrl(ch: Challenge): URL {

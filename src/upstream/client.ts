@@ -20,6 +20,7 @@ import { Authenticator, AuthError, type Credentials } from './auth.js';
 import { EgressGuard, EgressRefusedError, type LookupFunction } from './egress.js';
 import { SocketPool } from './socket-pool.js';
 import { socketRequest, type SocketResponse } from './socket-request.js';
+import { errorText } from '../util/error-text.js';
 
 export type UpstreamKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'ping';
 
@@ -52,7 +53,7 @@ export class UpstreamUnavailableError extends Error {
     readonly upstream: string,
     reason: unknown,
   ) {
-    super(`upstream "${upstream}" unreachable: ${reason instanceof Error ? reason.message : String(reason)}`, { cause: reason });
+    super(`upstream "${upstream}" unreachable: ${errorText(reason)}`, { cause: reason });
     this.name = 'UpstreamUnavailableError';
   }
 }

@@ -19,6 +19,8 @@ import { digestHex, isDigest, type Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
 import { isNotFound } from '../oci/errors.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
+import { readCapped } from '../util/capped-body.js';
+import { errorText } from '../util/error-text.js';
 import { BudgetExceededError, type DiscoveryBudget } from './budget.js';
 
 export const MT = {
@@ -148,23 +150,9 @@ export class Discoverer {
       res.body.destroy();
       throw new Error(`blob ${d.digest} is ${declared} bytes, more than the ${max} its descriptor says`);
     }
-    const chunks: Buffer[] = [];
-    let total = 0;
-    for await (const c of res.body) {
-      total += (c as Buffer).length;
-      if (total > max) {
-        res.body.destroy();
-        throw new Error(`blob ${d.digest} is more than the ${max} bytes its descriptor says`);
-      }
-      chunks.push(c as Buffer);
-    }
-    const bytes = Buffer.concat(chunks);
+    const bytes = await readCapped(res.body, max, () => new Error(`blob ${d.digest} is more than the ${max} bytes its descriptor says`));
     const actual = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
     if (actual !== d.digest) throw new Error(`blob ${d.digest} hashes to ${actual}; refused`);
     return bytes;
   }
-}
-
-export function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }

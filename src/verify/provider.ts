@@ -24,9 +24,11 @@ import { EvidenceCache, type CachedEvidence } from './cache.js';
 import type { SignaturesConfig } from '../config/signatures.js';
 import { cosignItems, type CosignItem, type Outcome } from './cosign.js';
 import { verifyCosignKeyless, verifyCosignWithKey } from './cosign-verify.js';
-import { Discoverer, errorText, MT, type FoundArtifact } from './discovery.js';
+import { Discoverer, MT, type FoundArtifact } from './discovery.js';
+import { errorText } from '../util/error-text.js';
 import { parseNotationJws, verifyNotation, type NotationEnvelope } from './notation.js';
 import { loadTrust, trustFilesChanged, type Authority, type Trust } from './trust.js';
+import { SingleFlight } from '../util/single-flight.js';
 
 type Verified = SignatureEvidence['verified'][number];
 type Attestation = PolicyInput['attestations'][number];
@@ -46,7 +48,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   private lastReloadError: string | undefined;
   private readonly discoverer: Discoverer;
   private readonly cache: EvidenceCache;
-  private readonly flights = new Map<string, Promise<CachedEvidence>>();
+  private readonly flights = new SingleFlight<string, CachedEvidence>();
   private readonly log: Logger;
   private readonly metrics: Metrics;
 
@@ -103,13 +105,9 @@ export class SignatureEvidenceProvider implements SignatureProvider {
         this.metrics.signatureCache.inc({ result: 'hit' });
         return hit;
       }
-      let p = this.flights.get(key);
-      if (!p) {
-        this.metrics.signatureCache.inc({ result: 'miss' });
-        p = this.compute(ctx, key).finally(() => this.flights.delete(key));
-        this.flights.set(key, p);
-      }
-      return await p;
+      // A caller that joins a running check is neither a hit nor a new miss.
+      if (!this.flights.has(key)) this.metrics.signatureCache.inc({ result: 'miss' });
+      return await this.flights.run(key, () => this.compute(ctx, key));
     } catch (e) {
       return errorEvidence(`signature check failed: ${errorText(e)}`);
     }
