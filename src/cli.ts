@@ -12,8 +12,7 @@ import { ConfigError, loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { checkImage } from './server/check.js';
 import type { DecisionObserver } from './gate/gate.js';
-import { buildProxy } from './server/bootstrap.js';
-import { checkSignatureConfig } from './verify/index.js';
+import { buildProxy, checkConfigFile } from './server/bootstrap.js';
 import { formatReport, reevaluate, type ReevalReport } from './gate/reeval.js';
 import { clientConfig, type ClientKind } from './clients/config.js';
 import { errorText } from './util/error-text.js';
@@ -182,11 +181,10 @@ function clientConfigCommand(args: string[]): number {
   return 0;
 }
 
-function configCheck(args: string[]): number {
+async function configCheck(args: string[]): Promise<number> {
   const file = configPath(args[0]);
   try {
-    const c = loadConfig(file);
-    checkSignatureConfig(c);
+    const c = await checkConfigFile(file);
     process.stdout.write(`${file}: ok (${c.upstreams.length} upstream${c.upstreams.length === 1 ? '' : 's'}: ${c.upstreams.map((u) => `${u.name}=${u.registry}`).join(', ')})\n`);
     return 0;
   } catch (e) {

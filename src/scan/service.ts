@@ -87,7 +87,6 @@ export class ScanService implements ScanProvider {
     this.now = opts.now ?? Date.now;
     this.cache = new LRUCache({ max: 10_000, ttl: Math.max(1, cfg.cacheTTL), ttlAutopurge: false });
     this.events.setMaxListeners(0);
-    checkAuthorities(deps.config);
     this.store = new ScanStore(deps.dataDir);
     if (cfg.scanner) {
       this.scanner = new ScannerJobs(cfg.scanner, {
@@ -264,13 +263,5 @@ export class ScanService implements ScanProvider {
     this.events.emit('changed', '');
     this.events.removeAllListeners();
     this.store.close();
-  }
-}
-
-/** `attestations.authorities` must name authorities that exist in `signatures.authorities`. */
-function checkAuthorities(config: Config): void {
-  const names = new Set((config.signatures?.authorities ?? []).map((a) => a.name));
-  for (const a of config.scan?.attestations?.authorities ?? []) {
-    if (a !== '*' && !names.has(a)) throw new Error(`scan.attestations.authorities: no authority named "${a}" in signatures.authorities`);
   }
 }

@@ -9,7 +9,7 @@ import { ClientAuth } from '../auth/client-auth.js';
 import { authSchema } from '../config/auth.js';
 import { LOG_REDACT } from '../auth/redact.js';
 import type { Config } from '../config/schema.js';
-import { onSecretError } from '../config/load.js';
+import { loadConfig, onSecretError } from '../config/load.js';
 import { DecisionLog, DecisionMetrics } from '../gate/decision-log.js';
 import type { DecisionObserver } from '../gate/gate.js';
 import { Metrics } from '../metrics/metrics.js';
@@ -17,7 +17,9 @@ import { PolicyManager, type PolicySource } from '../policy/manager.js';
 import { App } from './app.js';
 import { scanCapability } from '../scan/index.js';
 import { ScanApi } from './scan-api.js';
-import { createSignatureProvider } from '../verify/index.js';
+import { checkSignatureConfig, createSignatureProvider } from '../verify/index.js';
+import { ForwardSigner } from '../auth/forwarded.js';
+import { errorText } from '../util/error-text.js';
 
 export const DEFAULT_BUNDLE = 'policies/bundle.tar.gz';
 
@@ -37,16 +39,40 @@ export function policySource(config: Config): PolicySource {
 }
 
 /** Client authentication when the config asks for it (an `auth` section, or client certificates on the listener). */
-async function buildClientAuth(config: Config, metrics: Metrics, log: Logger, now?: () => number): Promise<ClientAuth | undefined> {
+async function buildClientAuth(config: Config, o: { metrics?: Metrics; log?: Logger; now?: () => number } = {}): Promise<ClientAuth | undefined> {
   // The scanner's pull-through tokens are verified by ClientAuth too, even on an otherwise anonymous listener.
   if (!config.auth && !config.tls?.clientCA && !config.scan?.scanner?.pullThrough) return undefined;
+  const { metrics, log, now } = o;
   const auth = await ClientAuth.create(config.auth ?? authSchema.parse({}), {
     clientCertificates: Boolean(config.tls?.clientCA),
-    onOutcome: (method, o) => metrics.clientAuth.inc({ method: o.ok ? o.identity.method : method, result: o.ok ? 'ok' : o.code }),
+    ...(metrics ? { onOutcome: (method, r) => metrics.clientAuth.inc({ method: r.ok ? r.identity.method : method, result: r.ok ? 'ok' : r.code }) } : {}),
     ...(now ? { now } : {}),
   });
-  if (auth.skippedUsers.length) log.warn({ users: auth.skippedUsers.slice(0, 20) }, 'htpasswd entries that are not bcrypt were ignored');
+  if (auth.skippedUsers.length) log?.warn({ users: auth.skippedUsers.slice(0, 20) }, 'htpasswd entries that are not bcrypt were ignored');
   return auth;
+}
+
+/**
+ * `portcullis config check`: everything `serve` would refuse at start, without starting anything. The schema
+ * (src/config/schema.ts) holds every field and cross-field rule; what it cannot judge needs the files the config
+ * names, so the same loaders `serve` uses run here: signature keys and trust roots, the client-authentication
+ * material (htpasswd, token key, OIDC key sets, forwarded-identity keys) and the keys that sign forwarded identities.
+ * Throws a ConfigError, or an error naming the field or authority.
+ */
+export async function checkConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
+  const config = loadConfig(file, env);
+  checkSignatureConfig(config);
+  const auth = await buildClientAuth(config);
+  await auth?.close();
+  for (const u of config.upstreams) {
+    if (!u.forwardIdentity) continue;
+    try {
+      new ForwardSigner(u.forwardIdentity);
+    } catch (e) {
+      throw new Error(`upstream "${u.name}": ${errorText(e)}`);
+    }
+  }
+  return config;
 }
 
 export async function buildProxy(config: Config, opts: { logger?: Logger; extraObservers?: DecisionObserver[]; now?: () => number } = {}): Promise<Proxy> {
@@ -59,7 +85,7 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
   // Unreadable secrets: the errors say nothing (they reach clients), the log says which file and why.
   const stopSecretLog = onSecretError((detail) => log.warn({ detail }, 'a configured secret cannot be read'));
   const decisionLog = new DecisionLog(config.decisionLog, metrics, log, undefined, { dataDir: config.dataDir });
-  const auth = await buildClientAuth(config, metrics, log, opts.now);
+  const auth = await buildClientAuth(config, { metrics, log, ...(opts.now ? { now: opts.now } : {}) });
   // The scan provider and its report/admin API share one service; re-evaluation needs the app once it exists.
   const scan = scanCapability({
     ...(opts.now ? { now: opts.now } : {}),
