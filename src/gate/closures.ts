@@ -1,5 +1,6 @@
 /**
- * Closures with roles, bound to what decided them (DESIGN §11).
+ * Closures with roles (what an admitted manifest lists, each member fetchable only in its role), bound to what
+ * decided them (basis.ts).
  *
  * An admission (a root decision per tag, or a child decision under its root) records its basis; what the admitted
  * manifest lists is recorded as members in their roles (`child`, `config`, `layer`) with the root and the voucher

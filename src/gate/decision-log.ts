@@ -1,5 +1,5 @@
 /**
- * OPA-compatible decision log events (DESIGN §3) for every root decision, to stdout, a file or an HTTP collector.
+ * OPA-compatible decision log events (the policy input and result, as OPA logs them) for every root decision, to stdout, a file or an HTTP collector.
  * The HTTP sink batches, gzips and retries with backoff, from a bounded queue (decision-queue.ts: in memory, or an
  * on-disk spool that survives restarts). When the queue is full:
  *

@@ -1,5 +1,5 @@
 /**
- * The admission gate (DESIGN §1, §11). A root manifest, asked for by tag or by a digest that no admitted index lists,
+ * The admission gate: every manifest a client gets passed it first. A root manifest, asked for by tag or by a digest that no admitted index lists,
  * gets a policy decision. An admission records what the manifest lists, each member in its role (closures.ts):
  * an index's child manifests, an image's config and layers. A runnable child of an admitted index gets a decision
  * of its own when it is first asked for (its own scan, the index's signatures); its config and layers join the
@@ -107,7 +107,8 @@ export interface DecisionObserver {
     totalMs: number;
     /**
      * Of totalMs, the time spent waiting on upstream requests (signature discovery and downloads) and on a pending
-     * scan (`on_pending: wait`); totalMs minus this is the decision overhead of DESIGN §10.
+     * scan (`on_pending: wait`); totalMs minus this is the decision
+     * overhead the proxy itself adds (what `npm run bench` reports).
      */
     waitMs?: number;
     route: Route;
@@ -131,7 +132,7 @@ export class Gate {
   private readonly closures: Closures;
 
   constructor(
-    private decider: Decider,
+    private readonly decider: Decider,
     private readonly meta: MetaStore,
     private readonly opts: GateOptions,
     private readonly signatures: SignatureProvider = notConfiguredSignatures,
@@ -159,12 +160,6 @@ export class Gate {
 
   private basisParts(): Basis {
     return { policy: this.decider.revision, settings: this.opts.settingsHash ?? '', trust: this.signatures.trustRevision };
-  }
-
-  /** Swaps the policy (tests; the server swaps inside its PolicyManager and calls policyChanged). */
-  setDecider(d: Decider): void {
-    this.decider = d;
-    this.policyChanged();
   }
 
   /**

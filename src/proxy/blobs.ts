@@ -71,7 +71,7 @@ export class BlobService {
   async open(route: Route, digest: Digest): Promise<OpenBlob> {
     const lease = this.store.lease(digest);
     if (lease) {
-      this.metrics.cacheHits.inc({ kind: 'blob', result: 'hit' });
+      this.metrics.cacheLookups.inc({ kind: 'blob', result: 'hit' });
       let used = false;
       return {
         size: lease.size,
@@ -96,7 +96,7 @@ export class BlobService {
       };
     }
     const { download, joined } = this.downloads.getOrStart(digest, () => this.fetch(route, digest));
-    this.metrics.cacheHits.inc({ kind: 'blob', result: joined ? 'join' : 'miss' });
+    this.metrics.cacheLookups.inc({ kind: 'blob', result: joined ? 'join' : 'miss' });
     if (joined) this.metrics.singleflightWaiters.inc({ kind: 'blob' });
     else {
       // Counted once per download (by the request that started it), like manifest mismatches in manifests.ts.

@@ -57,17 +57,17 @@ export class ManifestService {
     const cached = this.meta.getTag(upstream.name, repository, tag);
     const now = this.now();
     if (cached && now - cached.checkedAt < this.config.cache.tagTTL) {
-      this.metrics.cacheHits.inc({ kind: 'tag', result: 'hit' });
+      this.metrics.cacheLookups.inc({ kind: 'tag', result: 'hit' });
       return { digest: cached.digest, mediaType: cached.mediaType, size: cached.size, stale: false };
     }
     const serveStale = (why: RegistryError | Error): ResolvedTag => {
       if (cached && now - cached.checkedAt < this.config.cache.tagTTL + this.config.cache.staleIfError) {
-        this.metrics.cacheHits.inc({ kind: 'tag', result: 'stale' });
+        this.metrics.cacheLookups.inc({ kind: 'tag', result: 'stale' });
         return { digest: cached.digest, mediaType: cached.mediaType, size: cached.size, stale: true };
       }
       throw why;
     };
-    this.metrics.cacheHits.inc({ kind: 'tag', result: 'miss' });
+    this.metrics.cacheLookups.inc({ kind: 'tag', result: 'miss' });
     let res: UpstreamResponse;
     try {
       res = await this.clientFor(upstream.name).send({
@@ -106,12 +106,12 @@ export class ManifestService {
   get(route: Route, digest: Digest): Promise<Manifest> {
     const cached = this.meta.getManifest(route.upstream.name, route.repository, digest);
     if (cached) {
-      this.metrics.cacheHits.inc({ kind: 'manifest', result: 'hit' });
+      this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'hit' });
       return Promise.resolve({ ...cached, parsed: parseManifest(cached.bytes, cached.mediaType) });
     }
     const key = `${route.upstream.name}\n${route.repository}\n${digest}`;
     if (this.getFlights.has(key)) this.metrics.singleflightWaiters.inc({ kind: 'manifest' });
-    else this.metrics.cacheHits.inc({ kind: 'manifest', result: 'miss' });
+    else this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'miss' });
     return this.getFlights.run(key, () => this.fetchAndStore(route, digest, digest));
   }
 

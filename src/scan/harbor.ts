@@ -1,5 +1,5 @@
 /**
- * A client for the Harbor Pluggable Scanner API v1.1/v1.2 (reference/protocols.md §6.1), e.g. harbor-scanner-trivy:
+ * A client for the Harbor Pluggable Scanner API v1.1/v1.2 (github.com/goharbor/pluggable-scanner-spec), e.g. harbor-scanner-trivy:
  *
  * - `GET  /api/v1/metadata`: capabilities (which artifact MIME types it consumes, which report types it produces);
  * - `POST /api/v1/scan`: `{registry: {url, authorization}, artifact: {repository, digest, tag, mime_type}}` → 202 `{id}`;

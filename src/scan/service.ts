@@ -1,5 +1,5 @@
 /**
- * The scan evidence provider (DESIGN §5). For one root digest it consults the configured sources in order:
+ * The scan evidence provider (the policy input's `scan` section). For one root digest it consults the configured sources in order:
  *
  * 1. `attestations`: cosign vuln predicates among the verified attestations, from trusted authorities;
  * 2. `reports`: reports CI pushed for the digest (server/scan-api.ts);

@@ -1,6 +1,7 @@
 /**
  * The signature evidence provider: discovery, verification against every configured authority, and the
- * `signatures` / `attestations` parts of the policy input (DESIGN §3–§4).
+ * `signatures` / `attestations` parts of the policy input
+ * (policies/README.md).
  *
  * - Never throws: anything unexpected becomes `status: "error"` with the reason.
  * - `status`: `none` when no signature artifact exists, `ok` when some were examined (verified or not), `error`
