@@ -44,6 +44,19 @@ const MAX_DEPTH = 4;
 type Vouch = { link: MemberLink } | { link?: undefined; denial: Admission | undefined };
 type Reaffirmed = { serve: true } | { serve: false; denial: Admission | undefined };
 
+export interface ClosuresOptions {
+  meta: MetaStore;
+  /** Manifests by digest, for following an index to its children. */
+  manifests: ManifestSource;
+  /** How long an admission lets its members through without a new root decision. */
+  closureTTL: number;
+  /** At most this many expired rows of each table go per prune(). */
+  pruneBatch: number;
+  now: () => number;
+  /** The gate's decisions, for members that need one of their own. */
+  gate: DecisionHooks;
+}
+
 export class Closures {
   /**
    * When each admission was last written, so that warm requests, which re-assert their admission from the decision
@@ -51,13 +64,19 @@ export class Closures {
    */
   private readonly writes = new LRUCache<string, number>({ max: 100_000 });
 
-  constructor(
-    private readonly meta: MetaStore,
-    private readonly manifests: ManifestSource,
-    private readonly opts: { closureTTL: number; pruneBatch: number },
-    private readonly now: () => number,
-    private readonly gate: DecisionHooks,
-  ) {}
+  private readonly meta: MetaStore;
+  private readonly manifests: ManifestSource;
+  private readonly opts: { closureTTL: number; pruneBatch: number };
+  private readonly now: () => number;
+  private readonly gate: DecisionHooks;
+
+  constructor(o: ClosuresOptions) {
+    this.meta = o.meta;
+    this.manifests = o.manifests;
+    this.opts = { closureTTL: o.closureTTL, pruneBatch: o.pruneBatch };
+    this.now = o.now;
+    this.gate = o.gate;
+  }
 
   /** Records a decision about a manifest and, for an allow, what it vouches for. Repository-level ones are not kept. */
   record(s: Subject, admission: Admission, basis: string): void {

@@ -85,7 +85,23 @@ function loggedInput(input: PolicyInput, pointers: string[]): { input: unknown; 
   return maskInput(clean, pointers);
 }
 
+export interface DecisionLogOptions {
+  config: DecisionLogConfig;
+  metrics: Metrics;
+  log: Logger;
+  /** Where the stdout sink writes (tests capture it). */
+  write?: (line: string) => void;
+  /** Holds the on-disk spool (`decisionLog.spool`). */
+  dataDir?: string;
+  /** The clock of the retry backoff (tests move it). */
+  now?: () => number;
+}
+
 export class DecisionLog implements DecisionObserver {
+  private readonly cfg: DecisionLogConfig;
+  private readonly metrics: Metrics;
+  private readonly log: Logger;
+  private readonly write: (line: string) => void;
   private readonly queue: EventQueue | undefined;
   /** Decisions waiting for room (`onFull: block`), oldest first; while any waits, new events queue behind it. */
   private readonly waiters: Waiter[] = [];
@@ -97,13 +113,11 @@ export class DecisionLog implements DecisionObserver {
   /** The clock of the retry backoff (tests move it). */
   private readonly now: () => number;
 
-  constructor(
-    private readonly cfg: DecisionLogConfig,
-    private readonly metrics: Metrics,
-    private readonly log: Logger,
-    private readonly write: (line: string) => void = (l) => process.stdout.write(l),
-    opts: { dataDir?: string; now?: () => number } = {},
-  ) {
+  constructor(opts: DecisionLogOptions) {
+    const cfg = (this.cfg = opts.config);
+    this.metrics = opts.metrics;
+    this.log = opts.log;
+    this.write = opts.write ?? ((l) => process.stdout.write(l));
     this.now = opts.now ?? Date.now;
     if (cfg.sink === 'file') this.file = createWriteStream(cfg.file as string, { flags: 'a' });
     if (cfg.sink === 'http') {

@@ -43,6 +43,19 @@ export interface GateOptions {
   pruneBatch?: number;
 }
 
+/** What a gate is built from (src/server/bootstrap.ts builds it). */
+export interface GateDeps {
+  decider: Decider;
+  meta: MetaStore;
+  options: GateOptions;
+  /** Evidence providers; absent: the input says `not_configured`. */
+  signatures?: SignatureProvider | undefined;
+  scan?: ScanProvider | undefined;
+  /** Told of every decision, in this order (the decision log first: it may turn an allow into a deny). */
+  observers?: DecisionObserver[];
+  now?: () => number;
+}
+
 export interface ManifestSource {
   get(route: Route, digest: Digest): Promise<Manifest>;
 }
@@ -131,21 +144,35 @@ export class Gate {
   private readonly transient = new WeakSet<Admission>();
   private readonly closures: Closures;
 
-  constructor(
-    private readonly decider: Decider,
-    private readonly meta: MetaStore,
-    private readonly opts: GateOptions,
-    private readonly signatures: SignatureProvider = notConfiguredSignatures,
-    private readonly scan: ScanProvider = notConfiguredScan,
-    private readonly observers: DecisionObserver[] = [],
-    private readonly now: () => number = Date.now,
-  ) {
+  private readonly decider: Decider;
+  private readonly meta: MetaStore;
+  private readonly opts: GateOptions;
+  private readonly signatures: SignatureProvider;
+  private readonly scan: ScanProvider;
+  private readonly observers: DecisionObserver[];
+  private readonly now: () => number;
+
+  constructor(deps: GateDeps) {
+    this.decider = deps.decider;
+    const meta = (this.meta = deps.meta);
+    const opts = (this.opts = deps.options);
+    this.signatures = deps.signatures ?? notConfiguredSignatures;
+    this.scan = deps.scan ?? notConfiguredScan;
+    this.observers = deps.observers ?? [];
+    const now = (this.now = deps.now ?? Date.now);
     this.decisions = new LRUCache({ max: opts.decisionCacheSize ?? 20_000 });
     const manifests: ManifestSource = opts.manifests ?? { get: (route, digest) => Promise.resolve(this.storedManifest(route, digest)) };
-    this.closures = new Closures(meta, manifests, { closureTTL: opts.closureTTL, pruneBatch: opts.pruneBatch ?? 2_000 }, now, {
-      basis: () => this.basis(),
-      admitRoot: (r) => this.admitRoot(r),
-      admitChild: (r) => this.admitChild(r),
+    this.closures = new Closures({
+      meta,
+      manifests,
+      closureTTL: opts.closureTTL,
+      pruneBatch: opts.pruneBatch ?? 2_000,
+      now,
+      gate: {
+        basis: () => this.basis(),
+        admitRoot: (r) => this.admitRoot(r),
+        admitChild: (r) => this.admitChild(r),
+      },
     });
   }
 

@@ -38,7 +38,24 @@ export interface ReloadStatus {
   reason?: string;
 }
 
+export interface PolicyManagerOptions {
+  source: PolicySource;
+  /** Rule settings, injected as data.portcullis.config (`policy.settings`). */
+  settings: Record<string, unknown>;
+  metrics: Metrics;
+  log: Logger;
+  /** How often the bundle file, bundle server or external OPA is checked for a new revision. */
+  pollIntervalMs: number;
+}
+
 export class PolicyManager implements Decider {
+  private readonly source: PolicySource;
+  private readonly settings: Record<string, unknown>;
+  private readonly metrics: Metrics;
+  private readonly log: Logger;
+  private readonly pollIntervalMs: number;
+  /** Told of every revision put in use (subscribed with onSwap). */
+  private readonly swapListeners = new Set<(revision: string) => void>();
   private current: Decider | undefined;
   private timer: NodeJS.Timeout | undefined;
   private fileStamp = '';
@@ -47,14 +64,26 @@ export class PolicyManager implements Decider {
   private verifier: BundleVerifier | undefined;
   last: ReloadStatus | undefined;
 
-  constructor(
-    private readonly source: PolicySource,
-    private readonly settings: Record<string, unknown>,
-    private readonly metrics: Metrics,
-    private readonly log: Logger,
-    private readonly pollIntervalMs: number,
-    private readonly onSwap: (revision: string) => void = () => {},
-  ) {}
+  constructor(o: PolicyManagerOptions) {
+    this.source = o.source;
+    this.settings = o.settings;
+    this.metrics = o.metrics;
+    this.log = o.log;
+    this.pollIntervalMs = o.pollIntervalMs;
+  }
+
+  /**
+   * Subscribes to policy swaps: `fn` hears each revision put in use (the gate frees its decision cache), the first
+   * load included. Returns the unsubscribe function.
+   */
+  onSwap(fn: (revision: string) => void): () => void {
+    this.swapListeners.add(fn);
+    return () => this.swapListeners.delete(fn);
+  }
+
+  private swapped(revision: string): void {
+    for (const fn of this.swapListeners) fn(revision);
+  }
 
   get revision(): string {
     return this.current?.revision ?? 'none';
@@ -92,7 +121,7 @@ export class PolicyManager implements Decider {
             seen = opa.revision;
             this.metrics.policyRevision.reset();
             this.metrics.policyRevision.set({ revision: opa.revision, source: 'opa' }, 1);
-            this.onSwap(opa.revision);
+            this.swapped(opa.revision);
           })
           .catch((e: unknown) => this.log.warn({ source: this.describe(), err: errorText(e) }, 'could not read the external OPA bundle revision'))
           .finally(() => (this.polling = undefined));
@@ -147,7 +176,7 @@ export class PolicyManager implements Decider {
     this.last = { ok: true, at: new Date().toISOString(), revision: d.revision };
     if (previous !== d.revision) {
       this.log.info({ source: this.describe(), revision: d.revision, previous: previous ?? null }, 'policy loaded');
-      this.onSwap(d.revision);
+      this.swapped(d.revision);
     }
   }
 

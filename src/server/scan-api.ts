@@ -59,8 +59,8 @@ const PREFIX = '/api/v1/';
 export interface ScanApiOptions {
   service: ScanService | undefined;
   deps: EvidenceDeps;
-  /** The running app, for re-evaluation (set once the App exists). */
-  target: () => ReevalTarget | undefined;
+  /** What re-evaluation and report deletion work on (the gate, the metadata, manifests and upstreams). */
+  target: ReevalTarget;
   now: () => number;
 }
 
@@ -206,7 +206,7 @@ export class ScanApi implements ApiHandler {
   /** A report came or went: the scan cache and the gate's cached decisions for that digest are stale. */
   private reportChanged(service: ScanService, digest: string): void {
     service.reportsChanged(digest);
-    const dropped = isDigest(digest) ? (this.o.target()?.gate.forgetDigest(digest) ?? 0) : 0;
+    const dropped = isDigest(digest) ? this.o.target.gate.forgetDigest(digest) : 0;
     if (dropped > 0) this.o.deps.log.info({ digest, decisions: dropped }, 'cached decisions dropped after a scan report change');
   }
 
@@ -290,10 +290,8 @@ export class ScanApi implements ApiHandler {
     const ref = cfg?.admin?.token ?? cfg?.reports?.token;
     this.authorize(req, res, ref ? [{ role: 'admin', ref }] : [], 'admin');
     if (method !== 'GET') throw methodNotAllowed('GET');
-    const target = this.o.target();
-    if (!target) throw apiError(503, 'UNAVAILABLE', 'not ready');
     const all = ['1', 'true'].includes(url.searchParams.get('all') ?? '');
-    sendJson(res, 200, await reevaluate(target, { all, now: this.o.now }));
+    sendJson(res, 200, await reevaluate(this.o.target, { all, now: this.o.now }));
   }
 }
 

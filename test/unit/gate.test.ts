@@ -100,7 +100,7 @@ const manifests = { get: (_r: Route, digest: Digest) => (known.has(digest) ? Pro
 const CLIENT = { ip: '10.0.0.1', user: null, groups: [], method: 'anonymous', userAgent: 'containerd/2' };
 
 function gate(decider: Decider, observers: DecisionObserver[] = [], sig?: SignatureProvider, scan?: ScanProvider, extra: Partial<GateOptions> = {}): Gate {
-  return new Gate(decider, meta, { ...OPTS, manifests, ...extra }, sig, scan, observers, now);
+  return new Gate({ decider, meta, options: { ...OPTS, manifests, ...extra }, signatures: sig, scan, observers, now });
 }
 
 function byDigest(g: Gate, r: Route, manifest: Manifest) {
