@@ -31,13 +31,25 @@ export interface OpenBlob {
   writeTo(res: ServerResponse, start: number, end: number, onBytes: (n: number) => void): Promise<void>;
 }
 
+export interface BlobServiceOptions {
+  store: BlobStore;
+  downloads: DownloadManager;
+  clientFor: (upstream: string) => UpstreamClient;
+  metrics: Metrics;
+}
+
 export class BlobService {
-  constructor(
-    private readonly store: BlobStore,
-    private readonly downloads: DownloadManager,
-    private readonly clientFor: (upstream: string) => UpstreamClient,
-    private readonly metrics: Metrics,
-  ) {}
+  private readonly store: BlobStore;
+  private readonly downloads: DownloadManager;
+  private readonly clientFor: (upstream: string) => UpstreamClient;
+  private readonly metrics: Metrics;
+
+  constructor(o: BlobServiceOptions) {
+    this.store = o.store;
+    this.downloads = o.downloads;
+    this.clientFor = o.clientFor;
+    this.metrics = o.metrics;
+  }
 
   /** Size of a blob, without downloading it. */
   async size(route: Route, digest: Digest): Promise<number> {

@@ -33,17 +33,32 @@ export interface Manifest extends StoredManifest {
   parsed: ParsedManifest;
 }
 
+export interface ManifestServiceOptions {
+  config: Config;
+  meta: MetaStore;
+  clientFor: (upstream: string) => UpstreamClient;
+  metrics: Metrics;
+  /** The tag-TTL clock. */
+  now?: () => number;
+}
+
 export class ManifestService {
   private readonly tagFlights = new SingleFlight<string, ResolvedTag>();
   private readonly getFlights = new SingleFlight<string, Manifest>();
 
-  constructor(
-    private readonly config: Config,
-    private readonly meta: MetaStore,
-    private readonly clientFor: (upstream: string) => UpstreamClient,
-    private readonly metrics: Metrics,
-    private readonly now: () => number = Date.now,
-  ) {}
+  private readonly config: Config;
+  private readonly meta: MetaStore;
+  private readonly clientFor: (upstream: string) => UpstreamClient;
+  private readonly metrics: Metrics;
+  private readonly now: () => number;
+
+  constructor(o: ManifestServiceOptions) {
+    this.config = o.config;
+    this.meta = o.meta;
+    this.clientFor = o.clientFor;
+    this.metrics = o.metrics;
+    this.now = o.now ?? Date.now;
+  }
 
   /** Tag → digest; concurrent resolutions of the same tag share one upstream round trip. */
   resolveTag(route: Route, tag: string): Promise<ResolvedTag> {

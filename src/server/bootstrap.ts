@@ -136,7 +136,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     if (!c) throw new Error(`no client for upstream ${name}`);
     return c;
   };
-  const manifests = new ManifestService(config, meta, clientFor, metrics, now);
+  const manifests = new ManifestService({ config, meta, clientFor, metrics, ...clock });
 
   // Evidence: one scan service for the provider and the report API, the signature provider.
   const evidenceDeps: EvidenceDeps = { config, clientFor, manifests, router, meta, metrics, log, dataDir: config.dataDir };
@@ -169,7 +169,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
   const handlers = new RegistryHandlers({
     router,
     manifests,
-    blobs: new BlobService(blobStore, downloads, clientFor, metrics),
+    blobs: new BlobService({ store: blobStore, downloads, clientFor, metrics }),
     tags: new TagService(clientFor),
     referrers: new ReferrersService(clientFor, manifests),
     gate,

@@ -38,6 +38,16 @@ export const MAX_TOKEN_RESPONSE_BYTES = 256 * 1024;
 export const DEFAULT_MAX_TOKENS = 1024;
 
 export interface AuthenticatorOptions {
+  /** The upstream's base URL: credentials go to realms on its host or registrable domain. */
+  upstreamUrl: URL;
+  /** Read per token fetch, so rotated credentials are used at once; undefined: anonymous. */
+  credentials: () => Credentials | undefined;
+  /** The upstream's connection pool (its TLS and egress rules). */
+  dispatcher: Dispatcher;
+  /** The token-expiry clock. */
+  now?: () => number;
+  /** Counts token fetches (metrics). */
+  onTokenFetch?: (outcome: 'ok' | 'error') => void;
   /** Realms (origins such as https://auth.example.com, or host names) that may receive credentials. */
   tokenRealms?: readonly string[];
   /** Called once per realm origin that is denied credentials, with the reason. */
@@ -53,14 +63,18 @@ export class Authenticator {
   /** Realms already warned about; bounded, since the upstream names them. */
   private readonly warned = new LRUCache<string, true>({ max: 256 });
 
-  constructor(
-    private readonly upstreamUrl: URL,
-    private readonly credentials: () => Credentials | undefined,
-    private readonly dispatcher: Dispatcher,
-    private readonly now: () => number = Date.now,
-    private readonly onTokenFetch: (outcome: 'ok' | 'error') => void = () => {},
-    private readonly opts: AuthenticatorOptions = {},
-  ) {
+  private readonly upstreamUrl: URL;
+  private readonly credentials: () => Credentials | undefined;
+  private readonly dispatcher: Dispatcher;
+  private readonly now: () => number;
+  private readonly onTokenFetch: (outcome: 'ok' | 'error') => void;
+
+  constructor(private readonly opts: AuthenticatorOptions) {
+    this.upstreamUrl = opts.upstreamUrl;
+    this.credentials = opts.credentials;
+    this.dispatcher = opts.dispatcher;
+    this.now = opts.now ?? Date.now;
+    this.onTokenFetch = opts.onTokenFetch ?? (() => {});
     this.tokens = new LRUCache({ max: opts.maxTokens ?? DEFAULT_MAX_TOKENS });
   }
 

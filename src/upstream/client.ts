@@ -151,20 +151,17 @@ export class UpstreamClient {
           ...(opts.onCredentialError ? { onError: opts.onCredentialError } : {}),
         })
       : undefined;
-    this.auth = new Authenticator(
-      this.baseUrl,
-      () => this.credentials(),
-      this.agent,
-      Date.now,
-      (outcome) => opts.metrics.tokenFetches.inc({ upstream: this.name, outcome }),
-      {
-        tokenRealms: config.tokenRealms,
-        onRealmRefused: (realm, reason) => {
-          opts.metrics.tokenRealmRefused.inc({ upstream: this.name });
-          opts.log?.warn({ upstream: this.name, realm, reason }, 'token realm may not receive the upstream credentials; fetching tokens anonymously');
-        },
+    this.auth = new Authenticator({
+      upstreamUrl: this.baseUrl,
+      credentials: () => this.credentials(),
+      dispatcher: this.agent,
+      onTokenFetch: (outcome) => opts.metrics.tokenFetches.inc({ upstream: this.name, outcome }),
+      tokenRealms: config.tokenRealms,
+      onRealmRefused: (realm, reason) => {
+        opts.metrics.tokenRealmRefused.inc({ upstream: this.name });
+        opts.log?.warn({ upstream: this.name, realm, reason }, 'token realm may not receive the upstream credentials; fetching tokens anonymously');
       },
-    );
+    });
   }
 
   /** The egress guard, counting each refusal. */

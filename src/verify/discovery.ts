@@ -61,13 +61,17 @@ export function artifactKindOf(artifactType: string | undefined): ArtifactKind |
 export class Discoverer {
   private readonly referrers: ReferrersService;
 
-  constructor(
-    private readonly clientFor: (upstream: string) => UpstreamClient,
-    private readonly manifests: ManifestService,
-    private readonly maxSignatures: number,
-    private readonly maxBlobSize: number,
-  ) {
-    this.referrers = new ReferrersService(clientFor, manifests);
+  private readonly clientFor: (upstream: string) => UpstreamClient;
+  private readonly manifests: ManifestService;
+  private readonly maxSignatures: number;
+  private readonly maxBlobSize: number;
+
+  constructor(o: { clientFor: (upstream: string) => UpstreamClient; manifests: ManifestService; maxSignatures: number; maxBlobSize: number }) {
+    this.clientFor = o.clientFor;
+    this.manifests = o.manifests;
+    this.maxSignatures = o.maxSignatures;
+    this.maxBlobSize = o.maxBlobSize;
+    this.referrers = new ReferrersService(o.clientFor, o.manifests);
   }
 
   async discover(route: Route, digest: Digest, budget: DiscoveryBudget): Promise<Discovery> {

@@ -61,7 +61,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     this.trust = loadTrust(config);
     this.log = deps.log.child({ component: 'signatures' });
     this.metrics = deps.metrics;
-    this.discoverer = new Discoverer(deps.clientFor, deps.manifests, config.maxSignatures, config.maxBlobSize);
+    this.discoverer = new Discoverer({ clientFor: deps.clientFor, manifests: deps.manifests, maxSignatures: config.maxSignatures, maxBlobSize: config.maxBlobSize });
     this.cache = new EvidenceCache(deps.dataDir);
     this.lastCheck = this.now();
   }
