@@ -17,7 +17,8 @@ import type { AdmissionRecord, MemberLink, MemberRole, MetaStore } from '../cach
 import type { Manifest } from '../proxy/manifests.js';
 import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
-import { isAccessory, isRunnable, needsOwnDecision } from '../verify/accessory.js';
+import { isRunnable } from '../oci/artifacts.js';
+import { needsOwnDecision, rootKind } from './classify.js';
 import type { ChildRequest, DigestRequest, ManifestSource, MemberRequest, RootRequest } from './gate.js';
 import { errorAdmission, membersOf, type Subject } from './input.js';
 import type { Admission } from '../policy/contract.js';
@@ -130,7 +131,7 @@ export class Closures {
   async admitByDigest(req: DigestRequest): Promise<Admission> {
     const { route, manifest } = req;
     const asRoot = (): Promise<Admission> =>
-      this.gate.admitRoot({ route, method: req.method, client: req.client, tag: null, manifest, kind: isAccessory(manifest.parsed, null) ? 'accessory' : 'manifest' });
+      this.gate.admitRoot({ route, method: req.method, client: req.client, tag: null, manifest, kind: rootKind(manifest.parsed, null) });
     const v = await this.vouch(req, manifest.digest, CHILD_ROLES);
     // Listed by no index admitted now (or only as a blob): a root of its own, with a decision of its own.
     if (!v.link) return asRoot();

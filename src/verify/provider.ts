@@ -19,7 +19,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { Manifest } from '../proxy/manifests.js';
 import type { Descriptor } from '../oci/mediatypes.js';
 import type { Route } from '../routing/route.js';
-import { isAccessory } from './accessory.js';
+import { isAccessory } from '../oci/artifacts.js';
 import { BudgetExceededError, DiscoveryBudget } from './budget.js';
 import { EvidenceCache, type CachedEvidence } from './cache.js';
 import type { SignaturesConfig } from '../config/signatures.js';
