@@ -100,10 +100,6 @@ export class ClientAuth {
     return Boolean(this.htpasswd || this.mtls || this.oidc);
   }
 
-  get allowsAnonymous(): boolean {
-    return this.cfg.anonymous;
-  }
-
   /** htpasswd entries that are not bcrypt and were ignored (for a start-up warning). */
   get skippedUsers(): string[] {
     return this.htpasswd?.skipped ?? [];
@@ -238,10 +234,4 @@ export class ClientAuth {
   async close(): Promise<void> {
     await this.hasher?.close();
   }
-}
-
-/** A stable key for an identity: decision caches must not hand one client's decision to another. */
-export function identityKey(i: Identity): string {
-  const via = i.via ? `@${i.via.method}:${i.via.user ?? ''}:${i.via.groups.join(',')}` : '';
-  return `${i.method}:${i.user ?? ''}:${i.groups.join(',')}${via}`;
 }

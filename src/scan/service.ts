@@ -14,7 +14,6 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { LRUCache } from 'lru-cache';
-import type { Config } from '../config/schema.js';
 import type { EvidenceDeps } from '../policy/evidence.js';
 import type { EvidenceContext, PolicyInput, ScanEvidence, ScanProvider } from '../policy/contract.js';
 import { INDEX_TYPES } from '../oci/mediatypes.js';
