@@ -12,10 +12,10 @@ import { ConfigError, loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { checkImage } from './server/check.js';
 import type { DecisionObserver } from './gate/gate.js';
-import { buildProxy } from './server/bootstrap.js';
-import { checkSignatureConfig } from './verify/index.js';
+import { buildProxy, checkConfigFile } from './server/bootstrap.js';
 import { formatReport, reevaluate, type ReevalReport } from './gate/reeval.js';
 import { clientConfig, type ClientKind } from './clients/config.js';
+import { errorText } from './util/error-text.js';
 
 const USAGE = `usage:
   portcullis serve [--config FILE]
@@ -109,7 +109,7 @@ async function check(args: string[]): Promise<number> {
     }
     return a.serve ? 0 : 1;
   } catch (e) {
-    process.stderr.write(`check failed: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`check failed: ${errorText(e)}\n`);
     return 2;
   } finally {
     await proxy.close();
@@ -164,7 +164,7 @@ function clientConfigCommand(args: string[]): number {
       ...(values['no-default'] ? { defaultHost: false } : {}),
     });
   } catch (e) {
-    process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`${errorText(e)}\n`);
     return 2;
   }
   if (values.out) {
@@ -181,15 +181,14 @@ function clientConfigCommand(args: string[]): number {
   return 0;
 }
 
-function configCheck(args: string[]): number {
+async function configCheck(args: string[]): Promise<number> {
   const file = configPath(args[0]);
   try {
-    const c = loadConfig(file);
-    checkSignatureConfig(c);
+    const c = await checkConfigFile(file);
     process.stdout.write(`${file}: ok (${c.upstreams.length} upstream${c.upstreams.length === 1 ? '' : 's'}: ${c.upstreams.map((u) => `${u.name}=${u.registry}`).join(', ')})\n`);
     return 0;
   } catch (e) {
-    process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`${errorText(e)}\n`);
     return 1;
   }
 }
@@ -224,7 +223,7 @@ main(process.argv.slice(2)).then(
     if (code !== undefined) process.exitCode = code;
   },
   (e: unknown) => {
-    process.stderr.write(`portcullis: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`portcullis: ${errorText(e)}\n`);
     process.exitCode = 2;
   },
 );

@@ -38,19 +38,40 @@ export interface ClientAuthOptions {
   onOutcome?: (method: string, outcome: AuthOutcome) => void;
 }
 
+/** The configured methods, built by ClientAuth.create (the ones that load keys or files are async). */
+interface Methods {
+  htpasswd: HtpasswdAuthenticator | undefined;
+  tokens: TokenAuthority | undefined;
+  mtls: MtlsAuthenticator | undefined;
+  oidc: OidcAuthenticator | undefined;
+  hasher: BcryptWorker | undefined;
+  forwarded: ForwardedVerifier | undefined;
+  /** Issues and verifies scanner job tokens: `tokens` when configured, else an authority of its own. */
+  scanner: TokenAuthority;
+}
+
 export class ClientAuth {
+  private readonly htpasswd: HtpasswdAuthenticator | undefined;
+  private readonly tokens: TokenAuthority | undefined;
+  private readonly mtls: MtlsAuthenticator | undefined;
+  private readonly oidc: OidcAuthenticator | undefined;
+  private readonly hasher: BcryptWorker | undefined;
+  private readonly forwarded: ForwardedVerifier | undefined;
+  private readonly scanner: TokenAuthority;
+
   private constructor(
     private readonly cfg: AuthConfig,
-    private readonly htpasswd: HtpasswdAuthenticator | undefined,
-    private readonly tokens: TokenAuthority | undefined,
-    private readonly mtls: MtlsAuthenticator | undefined,
-    private readonly oidc: OidcAuthenticator | undefined,
-    private readonly hasher: BcryptWorker | undefined,
-    private readonly forwarded: ForwardedVerifier | undefined,
-    /** Issues and verifies scanner job tokens: `tokens` when configured, else an authority of its own. */
-    private readonly scanner: TokenAuthority,
+    m: Methods,
     private readonly o: ClientAuthOptions,
-  ) {}
+  ) {
+    this.htpasswd = m.htpasswd;
+    this.tokens = m.tokens;
+    this.mtls = m.mtls;
+    this.oidc = m.oidc;
+    this.hasher = m.hasher;
+    this.forwarded = m.forwarded;
+    this.scanner = m.scanner;
+  }
 
   static async create(cfg: AuthConfig, o: ClientAuthOptions = {}): Promise<ClientAuth> {
     const now = o.now ?? Date.now;
@@ -71,16 +92,12 @@ export class ClientAuth {
     const oidc = cfg.oidc.length > 0 ? new OidcAuthenticator(cfg.oidc, now) : undefined;
     const forwarded = cfg.forwarded ? new ForwardedVerifier(cfg.forwarded, now) : undefined;
     const scanner = tokens ?? (await TokenAuthority.create({ service: SCANNER_SERVICE, ttl: 600_000, now }));
-    return new ClientAuth(cfg, htpasswd, tokens, mtls, oidc, hasher, forwarded, scanner, o);
+    return new ClientAuth(cfg, { htpasswd, tokens, mtls, oidc, hasher, forwarded, scanner }, o);
   }
 
   /** Methods configured: challenges are sent, and identities checked on blobs and child manifests. */
   get hasMethods(): boolean {
     return Boolean(this.htpasswd || this.mtls || this.oidc);
-  }
-
-  get allowsAnonymous(): boolean {
-    return this.cfg.anonymous;
   }
 
   /** htpasswd entries that are not bcrypt and were ignored (for a start-up warning). */
@@ -217,10 +234,4 @@ export class ClientAuth {
   async close(): Promise<void> {
     await this.hasher?.close();
   }
-}
-
-/** A stable key for an identity: decision caches must not hand one client's decision to another. */
-export function identityKey(i: Identity): string {
-  const via = i.via ? `@${i.via.method}:${i.via.user ?? ''}:${i.via.groups.join(',')}` : '';
-  return `${i.method}:${i.user ?? ''}:${i.groups.join(',')}${via}`;
 }

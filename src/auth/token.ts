@@ -46,13 +46,18 @@ export class TokenAuthority implements Authenticator {
   private readonly verified = new LRUCache<string, { payload: JWTPayload; expiresAt: number }>({ max: 10_000 });
   private readonly salt = randomBytes(32).toString('base64');
 
+  private readonly privateKey: SigningKey;
+  private readonly publicKey: SigningKey;
+  readonly keyId: string;
+
   private constructor(
     private readonly o: TokenOptions,
-    private readonly privateKey: SigningKey,
-    private readonly publicKey: SigningKey,
-    readonly keyId: string,
+    keys: { privateKey: SigningKey; publicKey: SigningKey; keyId: string },
   ) {
     this.now = o.now ?? Date.now;
+    this.privateKey = keys.privateKey;
+    this.publicKey = keys.publicKey;
+    this.keyId = keys.keyId;
   }
 
   static async create(o: TokenOptions): Promise<TokenAuthority> {
@@ -70,7 +75,7 @@ export class TokenAuthority implements Authenticator {
       ({ privateKey, publicKey } = await generateKeyPair('ES256'));
     }
     const pub = await exportJWK(publicKey);
-    return new TokenAuthority(o, privateKey, publicKey, `${pub.x?.slice(0, 16) ?? 'key'}`);
+    return new TokenAuthority(o, { privateKey, publicKey, keyId: `${pub.x?.slice(0, 16) ?? 'key'}` });
   }
 
   get service(): string {

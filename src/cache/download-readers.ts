@@ -1,17 +1,14 @@
 /**
- * The two ways to follow a running download (cache/download.ts): straight into an HTTP response (writeRange, what
- * the blob handler uses) and as a Readable (TailReader, for callers that need a stream). Both ask Download.step()
- * what to do next, so they hold back the same last byte and fail the same way.
+ * Following a running download (cache/download.ts) straight into an HTTP response: writeRange asks Download.step()
+ * what to do next (window bytes, the temp file, wait, end or fail), so every reader holds back the same last byte
+ * and fails the same way.
  */
-import { createReadStream, read } from 'node:fs';
+import { read } from 'node:fs';
 import type { ServerResponse } from 'node:http';
-import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import type { Digest } from '../routing/reference.js';
 import { drained, eventOrClose, prematureClose } from '../util/drain.js';
-import type { BlobStore } from './blobstore.js';
 import type { Download } from './download.js';
-import { SLAB_SIZE, slabPool } from './slabs.js';
+import { slabPool } from './slabs.js';
 
 /**
  * Writes bytes [start, end] of the download to `res` as they arrive, then ends it. Window bytes go out as slab
@@ -58,100 +55,4 @@ function readAt(fd: number, buf: Buffer, length: number, pos: number): Promise<n
       else resolve(n);
     });
   });
-}
-
-/** Buffered per reader stream before it stops pulling (the HTTP response buffers on top of this). */
-const READER_HWM = 1024 * 1024;
-
-/**
- * One reader of a running download as a Readable. Window bytes are pushed as copies, because a pushed buffer's
- * consumer is unknown and the slab must go back to the pool.
- */
-export class TailReader extends Readable {
-  private pos: number;
-  private busy = false;
-  private waiting = false;
-  private readonly onProgress = (): void => {
-    this.waiting = false;
-    this.pump();
-  };
-
-  constructor(
-    private readonly d: Download,
-    start: number,
-    private readonly end: number,
-  ) {
-    super({ highWaterMark: READER_HWM });
-    this.pos = start;
-  }
-
-  override _read(): void {
-    this.pump();
-  }
-
-  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
-    if (this.waiting) this.d.off('progress', this.onProgress);
-    this.waiting = false;
-    cb(err);
-  }
-
-  private pump(): void {
-    while (!this.busy && !this.waiting && !this.destroyed) {
-      const step = this.d.step(this.pos, this.end);
-      switch (step.kind) {
-        case 'fail':
-          this.destroy(step.error);
-          return;
-        case 'end':
-          this.push(null);
-          return;
-        case 'wait':
-          this.waiting = true;
-          this.d.once('progress', this.onProgress);
-          return;
-        case 'memory': {
-          const copy = Buffer.from(step.bytes);
-          step.slab.release();
-          this.pos += copy.length;
-          if (!this.push(copy)) return;
-          continue;
-        }
-        case 'file': {
-          this.busy = true;
-          const buf = Buffer.allocUnsafe(step.length);
-          readAt(step.fd, buf, step.length, this.pos).then(
-            (n) => {
-              this.busy = false;
-              if (this.destroyed) return;
-              this.pos += n;
-              if (this.push(n === buf.length ? buf : buf.subarray(0, n))) this.pump();
-            },
-            (e: unknown) => {
-              this.busy = false;
-              this.destroy(e instanceof Error ? e : new Error(String(e)));
-            },
-          );
-          return;
-        }
-      }
-    }
-  }
-}
-
-/**
- * A finished download whose readers are all gone has closed its temp descriptor: read the committed blob. This is
- * the normal path when the upstream sent no Content-Length, since clients are then only handed a stream once the
- * download has finished.
- */
-export function committedReader(store: BlobStore, digest: Digest, start: number, end: number): Readable {
-  const lease = store.lease(digest);
-  if (!lease) return Readable.from(failing(new Error(`blob ${digest} left the cache before it could be served`)));
-  const s = createReadStream(lease.path, { start, end, highWaterMark: SLAB_SIZE });
-  s.once('close', lease.release);
-  return s;
-}
-
-/** A stream that errors at once (Readable.from wants an iterable). */
-async function* failing(e: Error): AsyncGenerator<Buffer> {
-  throw e;
 }

@@ -20,9 +20,8 @@
 import { EventEmitter } from 'node:events';
 import { closeSync, openSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
-import type { Readable } from 'node:stream';
 import { SizeMismatchError, type BlobLease, type BlobStore, type BlobWriter } from './blobstore.js';
-import { committedReader, TailReader, writeRange } from './download-readers.js';
+import { writeRange } from './download-readers.js';
 import { sendFileRange } from './sendfile.js';
 import { SLAB_SIZE, slabPool, type Slab } from './slabs.js';
 import type { Digest } from '../routing/reference.js';
@@ -126,7 +125,7 @@ export class Download extends EventEmitter {
     this.ready.catch(() => {});
   }
 
-  /** Bytes that readers can be given now (not yet verified: see reader()). */
+  /** Bytes that readers can be given now (not yet verified: see writeTo()). */
   get bytesAvailable(): number {
     return this.received;
   }
@@ -331,22 +330,11 @@ export class Download extends EventEmitter {
   }
 
   /**
-   * Bytes [start, end] (inclusive) as they arrive, as a stream (copies; for callers that need a Readable). The last
-   * byte of the range is held back until the whole blob has verified: responses are framed by Content-Length, so a
-   * client that has every byte has a complete response, and the only way to fail it on a digest mismatch is to
-   * never send the last byte. On failure the stream errors, which aborts the client connection.
-   */
-  reader(start: number, end: number): Readable {
-    if (this.state === 'done' && this.fd === undefined) return committedReader(this.store, this.digest, start, end);
-    const stream = new TailReader(this, start, end);
-    stream.once('close', this.addReader());
-    return stream;
-  }
-
-  /**
-   * The same bytes, with the same holding back of the last byte, written straight to an HTTP response (slab slices,
-   * no copies), which is then ended. Rejects when the download fails unverified or the client goes away; the
-   * caller destroys the response then.
+   * Bytes [start, end] (inclusive) as they arrive, written straight to an HTTP response (slab slices, no copies),
+   * which is then ended. The last byte of the range is held back until the whole blob has verified: responses are
+   * framed by Content-Length, so a client that has every byte has a complete response, and the only way to fail it
+   * on a digest mismatch is to never send the last byte. Rejects when the download fails unverified or the client
+   * goes away; the caller destroys the response then, which aborts the client connection.
    */
   async writeTo(res: ServerResponse, start: number, end: number, onBytes: (n: number) => void): Promise<void> {
     if (this.state === 'done' && this.fd === undefined) {

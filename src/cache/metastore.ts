@@ -63,7 +63,7 @@ export interface StoredManifest {
 }
 
 /**
- * What an admitted manifest lists, and in which role (DESIGN §11): `child` is a manifest an index lists, `config`
+ * What an admitted manifest lists, and in which role (gate/closures.ts): `child` is a manifest an index lists, `config`
  * and `layer` are blobs an image manifest lists. A member is served only in its role: a digest an image lists as a
  * layer is never thereby a manifest, and a child manifest is never thereby a blob.
  */

@@ -1,6 +1,6 @@
 /**
- * `portcullis client-config`: the client configuration that cannot be bypassed (DESIGN §8, README "Client
- * configuration that cannot be bypassed"), generated from the proxy's own list of upstreams so that the two never
+ * `portcullis client-config`: the client configuration that cannot be bypassed (a client that falls back to
+ * the real registry on a 403 enforces nothing; README "Client configuration that cannot be bypassed"), generated from the proxy's own list of upstreams so that the two never
  * drift apart.
  *
  * - containerd (and Docker 29+ with the containerd image store): `certs.d/<registry>/hosts.toml` with the proxy as

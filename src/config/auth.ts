@@ -11,15 +11,7 @@
  *     oidc: [{ issuer: https://token.actions.githubusercontent.com, audience: portcullis, jwksUrl: … }]
  */
 import { z } from 'zod';
-
-const UNITS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
-const duration = z
-  .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h')])
-  .transform((v) => {
-    if (typeof v === 'number') return v * 1000;
-    const m = /^(\d+)(ms|s|m|h|d)$/.exec(v)!;
-    return Number(m[1]) * UNITS[m[2] as keyof typeof UNITS];
-  });
+import { duration } from './primitives.js';
 
 const names = z.array(z.string().min(1));
 

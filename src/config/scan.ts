@@ -33,31 +33,7 @@
  */
 import { z } from 'zod';
 import { httpUrl } from './url.js';
-
-const DURATION_UNITS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
-const SIZE_UNITS = { B: 0, KiB: 1, MiB: 2, GiB: 3 } as const;
-
-const duration = z
-  .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h, 7d')])
-  .transform((v) => {
-    if (typeof v === 'number') return v * 1000;
-    const m = /^(\d+)(ms|s|m|h|d)$/.exec(v)!;
-    return Number(m[1]) * DURATION_UNITS[m[2] as keyof typeof DURATION_UNITS];
-  });
-
-const size = z
-  .union([z.number().int().positive(), z.string().regex(/^\d+(B|KiB|MiB|GiB)$/, 'expected a size such as 512KiB or 16MiB')])
-  .transform((v) => {
-    if (typeof v === 'number') return v;
-    const m = /^(\d+)(B|KiB|MiB|GiB)$/.exec(v)!;
-    return Number(m[1]) * 1024 ** SIZE_UNITS[m[2] as keyof typeof SIZE_UNITS];
-  });
-
-/** Secrets come from an environment variable or a file, never inline (same shape as elsewhere in the config). */
-export const scanSecretRef = z
-  .object({ env: z.string().min(1).optional(), file: z.string().min(1).optional() })
-  .strict()
-  .refine((s) => (s.env === undefined) !== (s.file === undefined), 'give exactly one of env or file');
+import { duration, positiveSize, secretRef } from './primitives.js';
 
 export const VULN_PREDICATE_TYPE = 'https://cosign.sigstore.dev/attestation/vuln/v1';
 
@@ -75,15 +51,15 @@ const attestations = z
 const reports = z
   .object({
     /** A CI token for every repository (the original single token). */
-    token: scanSecretRef.optional(),
+    token: secretRef.optional(),
     /**
      * CI tokens scoped to the repositories they build: globs on `<registry>/<repository>` (`*` within a path
      * segment, `**` across). A push or read for another repository is 403; a scoped token cannot list or delete.
      */
     tokens: z
-      .array(z.object({ token: scanSecretRef, repositories: z.array(z.string().min(1)).min(1, 'name at least one repository glob') }).strict())
+      .array(z.object({ token: secretRef, repositories: z.array(z.string().min(1)).min(1, 'name at least one repository glob') }).strict())
       .default([]),
-    maxSize: size.default(16 * 1024 * 1024),
+    maxSize: positiveSize.default(16 * 1024 * 1024),
     /**
      * Refuse a report that names no digest at all (a report naming another digest is always refused). On by
      * default: an unbound report (`trivy image --input x.tar`) could be filed under any image.
@@ -98,8 +74,8 @@ const reports = z
   .refine((r) => r.token !== undefined || r.tokens.length > 0, { message: 'give token or tokens', path: ['token'] });
 
 const scannerAuth = z.union([
-  z.object({ bearer: scanSecretRef }).strict(),
-  z.object({ username: z.string().min(1), password: scanSecretRef }).strict(),
+  z.object({ bearer: secretRef }).strict(),
+  z.object({ username: z.string().min(1), password: secretRef }).strict(),
 ]);
 
 const scanner = z
@@ -112,7 +88,7 @@ const scanner = z
       .record(
         z.string(),
         z
-          .object({ url: httpUrl().optional(), authorization: scanSecretRef.optional() })
+          .object({ url: httpUrl().optional(), authorization: secretRef.optional() })
           .strict(),
       )
       .default({}),
@@ -144,7 +120,7 @@ export const scanSchema = z
     maxWait: duration.refine((ms) => ms <= 60_000, 'at most 60s: clients time out').default(20_000),
     maxVulnerabilities: z.number().int().min(0).max(10_000).default(50),
     cacheTTL: duration.default(300_000),
-    admin: z.object({ token: scanSecretRef }).strict().optional(),
+    admin: z.object({ token: secretRef }).strict().optional(),
   })
   .strict()
   .superRefine((s, ctx) => {

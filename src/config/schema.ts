@@ -6,43 +6,15 @@ import { z } from 'zod';
 import { authSchema, forwardIdentitySchema, quotasSchema } from './auth.js';
 import { scanSchema } from './scan.js';
 import { cidrProblem } from '../util/address.js';
-import { signaturesSchema } from './signatures.js';
+import { requiredAuthorities, signaturesSchema } from './signatures.js';
 import { addressOrHost, httpUrl } from './url.js';
-
-const duration = z
-  .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h, 7d')])
-  .transform((v) => (typeof v === 'number' ? v * 1000 : parseDuration(v)));
-
-const size = z
-  .union([z.number().int().nonnegative(), z.string().regex(/^\d+(B|KiB|MiB|GiB|TiB)$/, 'expected a size such as 512MiB or 20GiB')])
-  .transform((v) => (typeof v === 'number' ? v : parseSize(v)));
-
-export function parseDuration(s: string): number {
-  const m = /^(\d+)(ms|s|m|h|d)$/.exec(s);
-  if (!m) throw new Error(`bad duration ${s}`);
-  const n = Number(m[1]);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
-  return n * unit;
-}
-
-export function parseSize(s: string): number {
-  const m = /^(\d+)(B|KiB|MiB|GiB|TiB)$/.exec(s);
-  if (!m) throw new Error(`bad size ${s}`);
-  const exp = { B: 0, KiB: 1, MiB: 2, GiB: 3, TiB: 4 }[m[2] as 'B' | 'KiB' | 'MiB' | 'GiB' | 'TiB'];
-  return Number(m[1]) * 1024 ** exp;
-}
+import { duration, secretRef, size } from './primitives.js';
 
 /** A registry host as it appears in image references: `docker.io`, `ghcr.io`, `127.0.0.1:5001`. */
 const hostName = z
   .string()
   .regex(/^[a-zA-Z0-9.-]+(:\d{1,5})?$/, 'expected a registry host such as ghcr.io or 127.0.0.1:5001')
   .transform((h) => h.toLowerCase());
-
-/** Secrets never sit inline in the file: they come from an environment variable or a file. */
-const secretRef = z
-  .object({ env: z.string().min(1).optional(), file: z.string().min(1).optional() })
-  .strict()
-  .refine((s) => (s.env === undefined) !== (s.file === undefined), 'give exactly one of env or file');
 
 const credentials = z
   .object({
@@ -326,8 +298,26 @@ export const configSchema = z
     if (cfg.defaultUpstream !== undefined && !names.has(cfg.defaultUpstream)) {
       ctx.addIssue({ code: 'custom', path: ['defaultUpstream'], message: `no upstream named "${cfg.defaultUpstream}"` });
     }
+    // Authority names that other sections use must be defined (the evidence would otherwise never match them).
+    const authorities = new Set((cfg.signatures?.authorities ?? []).map((x) => x.name));
+    if (authorities.size > 0) {
+      // Without any authority, a scope that requires signatures denies at run time (status not_configured).
+      const missing = requiredAuthorities(cfg.policy.settings).find((r) => !authorities.has(r.authority));
+      if (missing) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['policy', 'settings', 'scopes'],
+          message: `scope "${missing.scope}" requires signature authority "${missing.authority}", which signatures.authorities does not define (defined: ${[...authorities].map((n) => `"${n}"`).join(', ')})`,
+        });
+      }
+    }
+    cfg.scan?.attestations?.authorities.forEach((name, i) => {
+      if (name !== '*' && !authorities.has(name)) {
+        ctx.addIssue({ code: 'custom', path: ['scan', 'attestations', 'authorities', i], message: `no authority named "${name}" in signatures.authorities` });
+      }
+    });
   });
 
 export type Config = z.output<typeof configSchema>;
 export type UpstreamConfig = Config['upstreams'][number];
-export type SecretRef = z.output<typeof secretRef>;
+export type { SecretRef } from './primitives.js';

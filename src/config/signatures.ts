@@ -27,30 +27,11 @@
  * Every error names the authority, since a typo in one authority is what an operator must find.
  */
 import { z } from 'zod';
+import { duration, positiveSize } from './primitives.js';
 
 /** Authority names appear in policy scopes and deny messages. */
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const OID = /^[0-2](\.(0|[1-9][0-9]*))+$/;
-
-function parseDuration(v: number | string): number {
-  if (typeof v === 'number') return v * 1000;
-  const m = /^(\d+)(ms|s|m|h|d)$/.exec(v);
-  if (!m) return NaN;
-  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
-}
-const duration = z
-  .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h')])
-  .transform(parseDuration);
-
-function parseSize(v: number | string): number {
-  if (typeof v === 'number') return v;
-  const m = /^(\d+)(B|KiB|MiB)$/.exec(v);
-  if (!m) return NaN;
-  return Number(m[1]) * 1024 ** { B: 0, KiB: 1, MiB: 2 }[m[2] as 'B' | 'KiB' | 'MiB'];
-}
-const size = z
-  .union([z.number().int().positive(), z.string().regex(/^\d+(B|KiB|MiB)$/, 'expected a size such as 64KiB or 4MiB')])
-  .transform(parseSize);
 
 const threshold = z.number().int().min(0).max(16);
 
@@ -185,14 +166,14 @@ export const signaturesSchema = z
       .object({
         artifacts: z.number().int().positive().max(1024).default(16),
         blobs: z.number().int().positive().max(4096).default(32),
-        bytes: size.default(8 * 1024 * 1024),
+        bytes: positiveSize.default(8 * 1024 * 1024),
       })
       .strict()
       .prefault({}),
     /** Signature payloads, bundles and envelopes larger than this are not downloaded. */
-    maxBlobSize: size.default(4 * 1024 * 1024),
+    maxBlobSize: positiveSize.default(4 * 1024 * 1024),
     /** Attestation predicates larger than this (as JSON) reach the policy as null. */
-    maxPredicateSize: size.default(1024 * 1024),
+    maxPredicateSize: positiveSize.default(1024 * 1024),
     /** How often key and trust files are checked for changes (a change is a new trust revision). */
     reloadInterval: duration.default(10_000),
   })
@@ -228,4 +209,21 @@ export function parseDistinguishedName(dn: string): Map<string, string> | undefi
     out.set(key, value);
   }
   return out.size ? out : undefined;
+}
+
+/**
+ * The authorities that policy scopes name (`policy.settings.scopes[].signatures.authorities`). The settings are
+ * free-form (the policy reads them), so anything that is not a scope with a list of names is skipped here.
+ */
+export function requiredAuthorities(settings: Record<string, unknown>): Array<{ scope: string; authority: string }> {
+  const scopes = Array.isArray(settings.scopes) ? (settings.scopes as unknown[]) : [];
+  const out: Array<{ scope: string; authority: string }> = [];
+  scopes.forEach((s, i) => {
+    if (typeof s !== 'object' || s === null) return;
+    const scope = typeof (s as { name?: unknown }).name === 'string' ? (s as { name: string }).name : `scopes[${i}]`;
+    const sig = (s as { signatures?: unknown }).signatures;
+    const list = typeof sig === 'object' && sig !== null ? (sig as { authorities?: unknown }).authorities : undefined;
+    if (Array.isArray(list)) for (const a of list) if (typeof a === 'string') out.push({ scope, authority: a });
+  });
+  return out;
 }

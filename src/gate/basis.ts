@@ -1,5 +1,5 @@
 /**
- * What a decision was made under (DESIGN §11): the policy revision, the settings hash and the trust revision. An
+ * What a decision was made under: the policy revision, the settings hash and the trust revision. An
  * admission is served on its own strength only while all three are unchanged; after any change (a bundle pushed, an
  * external OPA's bundle revision, a new config at restart, a rotated key or trust root) its root is decided again
  * before a child or blob of it is served.

@@ -1,5 +1,6 @@
 /**
- * Closures with roles, bound to what decided them (DESIGN §11).
+ * Closures with roles (what an admitted manifest lists, each member fetchable only in its role), bound to what
+ * decided them (basis.ts).
  *
  * An admission (a root decision per tag, or a child decision under its root) records its basis; what the admitted
  * manifest lists is recorded as members in their roles (`child`, `config`, `layer`) with the root and the voucher
@@ -16,10 +17,12 @@ import type { AdmissionRecord, MemberLink, MemberRole, MetaStore } from '../cach
 import type { Manifest } from '../proxy/manifests.js';
 import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
-import { isAccessory, isRunnable, needsOwnDecision } from '../verify/accessory.js';
+import { isRunnable } from '../oci/artifacts.js';
+import { needsOwnDecision, rootKind } from './classify.js';
 import type { ChildRequest, DigestRequest, ManifestSource, MemberRequest, RootRequest } from './gate.js';
 import { errorAdmission, membersOf, type Subject } from './input.js';
 import type { Admission } from '../policy/contract.js';
+import { errorText } from '../util/error-text.js';
 
 export type BlobVerdict = { serve: true; root: Digest } | { serve: false; denial: Admission | undefined };
 
@@ -42,6 +45,19 @@ const MAX_DEPTH = 4;
 type Vouch = { link: MemberLink } | { link?: undefined; denial: Admission | undefined };
 type Reaffirmed = { serve: true } | { serve: false; denial: Admission | undefined };
 
+export interface ClosuresOptions {
+  meta: MetaStore;
+  /** Manifests by digest, for following an index to its children. */
+  manifests: ManifestSource;
+  /** How long an admission lets its members through without a new root decision. */
+  closureTTL: number;
+  /** At most this many expired rows of each table go per prune(). */
+  pruneBatch: number;
+  now: () => number;
+  /** The gate's decisions, for members that need one of their own. */
+  gate: DecisionHooks;
+}
+
 export class Closures {
   /**
    * When each admission was last written, so that warm requests, which re-assert their admission from the decision
@@ -49,13 +65,19 @@ export class Closures {
    */
   private readonly writes = new LRUCache<string, number>({ max: 100_000 });
 
-  constructor(
-    private readonly meta: MetaStore,
-    private readonly manifests: ManifestSource,
-    private readonly opts: { closureTTL: number; pruneBatch: number },
-    private readonly now: () => number,
-    private readonly gate: DecisionHooks,
-  ) {}
+  private readonly meta: MetaStore;
+  private readonly manifests: ManifestSource;
+  private readonly opts: { closureTTL: number; pruneBatch: number };
+  private readonly now: () => number;
+  private readonly gate: DecisionHooks;
+
+  constructor(o: ClosuresOptions) {
+    this.meta = o.meta;
+    this.manifests = o.manifests;
+    this.opts = { closureTTL: o.closureTTL, pruneBatch: o.pruneBatch };
+    this.now = o.now;
+    this.gate = o.gate;
+  }
 
   /** Records a decision about a manifest and, for an allow, what it vouches for. Repository-level ones are not kept. */
   record(s: Subject, admission: Admission, basis: string): void {
@@ -109,7 +131,7 @@ export class Closures {
   async admitByDigest(req: DigestRequest): Promise<Admission> {
     const { route, manifest } = req;
     const asRoot = (): Promise<Admission> =>
-      this.gate.admitRoot({ route, method: req.method, client: req.client, tag: null, manifest, kind: isAccessory(manifest.parsed, null) ? 'accessory' : 'manifest' });
+      this.gate.admitRoot({ route, method: req.method, client: req.client, tag: null, manifest, kind: rootKind(manifest.parsed, null) });
     const v = await this.vouch(req, manifest.digest, CHILD_ROLES);
     // Listed by no index admitted now (or only as a blob): a root of its own, with a decision of its own.
     if (!v.link) return asRoot();
@@ -173,7 +195,7 @@ export class Closures {
     try {
       manifest = await this.manifests.get(route, digest);
     } catch (e) {
-      return { serve: false, denial: errorAdmission('', 'closure.unavailable', `admitted manifest ${digest} could not be read to decide it again: ${e instanceof Error ? e.message : String(e)}`) };
+      return { serve: false, denial: errorAdmission('', 'closure.unavailable', `admitted manifest ${digest} could not be read to decide it again: ${errorText(e)}`) };
     }
     let last: Admission | undefined;
     for (const r of stale) {

@@ -1,5 +1,5 @@
 /**
- * OPA-compatible decision log events (DESIGN §3) for every root decision, to stdout, a file or an HTTP collector.
+ * OPA-compatible decision log events (the policy input and result, as OPA logs them) for every root decision, to stdout, a file or an HTTP collector.
  * The HTTP sink batches, gzips and retries with backoff, from a bounded queue (decision-queue.ts: in memory, or an
  * on-disk spool that survives restarts). When the queue is full:
  *
@@ -23,6 +23,7 @@ import type { PolicyInput } from '../policy/contract.js';
 import { ENTRYPOINT } from '../policy/wasm.js';
 import { redactUrl } from '../util/redact-url.js';
 import { MemoryQueue, SpoolQueue, type EventQueue } from './decision-queue.js';
+import { errorText } from '../util/error-text.js';
 
 /** The settings this file reads; `onFull` and `blockTimeout` default as in the schema. */
 export type DecisionLogConfig = Omit<Config['decisionLog'], 'onFull' | 'blockTimeout'> & Partial<Pick<Config['decisionLog'], 'onFull' | 'blockTimeout'>>;
@@ -84,7 +85,23 @@ function loggedInput(input: PolicyInput, pointers: string[]): { input: unknown; 
   return maskInput(clean, pointers);
 }
 
+export interface DecisionLogOptions {
+  config: DecisionLogConfig;
+  metrics: Metrics;
+  log: Logger;
+  /** Where the stdout sink writes (tests capture it). */
+  write?: (line: string) => void;
+  /** Holds the on-disk spool (`decisionLog.spool`). */
+  dataDir?: string;
+  /** The clock of the retry backoff (tests move it). */
+  now?: () => number;
+}
+
 export class DecisionLog implements DecisionObserver {
+  private readonly cfg: DecisionLogConfig;
+  private readonly metrics: Metrics;
+  private readonly log: Logger;
+  private readonly write: (line: string) => void;
   private readonly queue: EventQueue | undefined;
   /** Decisions waiting for room (`onFull: block`), oldest first; while any waits, new events queue behind it. */
   private readonly waiters: Waiter[] = [];
@@ -96,13 +113,11 @@ export class DecisionLog implements DecisionObserver {
   /** The clock of the retry backoff (tests move it). */
   private readonly now: () => number;
 
-  constructor(
-    private readonly cfg: DecisionLogConfig,
-    private readonly metrics: Metrics,
-    private readonly log: Logger,
-    private readonly write: (line: string) => void = (l) => process.stdout.write(l),
-    opts: { dataDir?: string; now?: () => number } = {},
-  ) {
+  constructor(opts: DecisionLogOptions) {
+    const cfg = (this.cfg = opts.config);
+    this.metrics = opts.metrics;
+    this.log = opts.log;
+    this.write = opts.write ?? ((l) => process.stdout.write(l));
     this.now = opts.now ?? Date.now;
     if (cfg.sink === 'file') this.file = createWriteStream(cfg.file as string, { flags: 'a' });
     if (cfg.sink === 'http') {
@@ -215,7 +230,7 @@ export class DecisionLog implements DecisionObserver {
           this.failures++;
           const delay = Math.min(60_000, 500 * 2 ** Math.min(this.failures, 7)) * (0.5 + Math.random() / 2);
           this.backoffUntil = this.now() + delay;
-          this.log.warn({ error: e instanceof Error ? e.message : String(e), url: redactUrl(this.cfg.url as string), queued: queue.length, retryInMs: Math.round(delay) }, 'decision log delivery failed');
+          this.log.warn({ error: errorText(e), url: redactUrl(this.cfg.url as string), queued: queue.length, retryInMs: Math.round(delay) }, 'decision log delivery failed');
           break;
         }
       }

@@ -1,5 +1,5 @@
 /**
- * The admission gate (DESIGN §1, §11). A root manifest, asked for by tag or by a digest that no admitted index lists,
+ * The admission gate: every manifest a client gets passed it first. A root manifest, asked for by tag or by a digest that no admitted index lists,
  * gets a policy decision. An admission records what the manifest lists, each member in its role (closures.ts):
  * an index's child manifests, an image's config and layers. A runnable child of an admitted index gets a decision
  * of its own when it is first asked for (its own scan, the index's signatures); its config and layers join the
@@ -23,6 +23,8 @@ import { basisKey, type Basis } from './basis.js';
 import { Closures, type BlobVerdict } from './closures.js';
 import { buildInput, errorAdmission, mergeSignatures, NO_EVIDENCE, toAdmission, type Client, type Evidence, type Subject } from './input.js';
 import type { Admission, Decider, EvidenceContext, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../policy/contract.js';
+import { errorText } from '../util/error-text.js';
+import { SingleFlight } from '../util/single-flight.js';
 
 export type { BlobVerdict } from './closures.js';
 
@@ -39,6 +41,19 @@ export interface GateOptions {
   decisionCacheSize?: number;
   /** At most this many expired rows of each closure table go per prune() (bounded work per run). */
   pruneBatch?: number;
+}
+
+/** What a gate is built from (src/server/bootstrap.ts builds it). */
+export interface GateDeps {
+  decider: Decider;
+  meta: MetaStore;
+  options: GateOptions;
+  /** Evidence providers; absent: the input says `not_configured`. */
+  signatures?: SignatureProvider | undefined;
+  scan?: ScanProvider | undefined;
+  /** Told of every decision, in this order (the decision log first: it may turn an allow into a deny). */
+  observers?: DecisionObserver[];
+  now?: () => number;
 }
 
 export interface ManifestSource {
@@ -124,7 +139,8 @@ export interface DecisionObserver {
     totalMs: number;
     /**
      * Of totalMs, the time spent waiting on upstream requests (signature discovery and downloads) and on a pending
-     * scan (`on_pending: wait`); totalMs minus this is the decision overhead of DESIGN §10.
+     * scan (`on_pending: wait`); totalMs minus this is the decision
+     * overhead the proxy itself adds (what `npm run bench` reports).
      */
     waitMs?: number;
     route: Route;
@@ -142,26 +158,40 @@ const notConfiguredScan: ScanProvider = { scan: () => Promise.resolve({ status: 
 
 export class Gate implements AdmissionGate {
   private readonly decisions: LRUCache<string, { admission: Admission; expiresAt: number }>;
-  private readonly flights = new Map<string, Promise<Admission>>();
+  private readonly flights = new SingleFlight<string, Admission>();
   /** Decisions made while the scan was pending or missing: not cached, so a result counts as soon as it arrives. */
   private readonly transient = new WeakSet<Admission>();
   private readonly closures: Closures;
 
-  constructor(
-    private decider: Decider,
-    private readonly meta: MetaStore,
-    private readonly opts: GateOptions,
-    private readonly signatures: SignatureProvider = notConfiguredSignatures,
-    private readonly scan: ScanProvider = notConfiguredScan,
-    private readonly observers: DecisionObserver[] = [],
-    private readonly now: () => number = Date.now,
-  ) {
+  private readonly decider: Decider;
+  private readonly meta: MetaStore;
+  private readonly opts: GateOptions;
+  private readonly signatures: SignatureProvider;
+  private readonly scan: ScanProvider;
+  private readonly observers: DecisionObserver[];
+  private readonly now: () => number;
+
+  constructor(deps: GateDeps) {
+    this.decider = deps.decider;
+    const meta = (this.meta = deps.meta);
+    const opts = (this.opts = deps.options);
+    this.signatures = deps.signatures ?? notConfiguredSignatures;
+    this.scan = deps.scan ?? notConfiguredScan;
+    this.observers = deps.observers ?? [];
+    const now = (this.now = deps.now ?? Date.now);
     this.decisions = new LRUCache({ max: opts.decisionCacheSize ?? 20_000 });
     const manifests: ManifestSource = opts.manifests ?? { get: (route, digest) => Promise.resolve(this.storedManifest(route, digest)) };
-    this.closures = new Closures(meta, manifests, { closureTTL: opts.closureTTL, pruneBatch: opts.pruneBatch ?? 2_000 }, now, {
-      basis: () => this.basis(),
-      admitRoot: (r) => this.admitRoot(r),
-      admitChild: (r) => this.admitChild(r),
+    this.closures = new Closures({
+      meta,
+      manifests,
+      closureTTL: opts.closureTTL,
+      pruneBatch: opts.pruneBatch ?? 2_000,
+      now,
+      gate: {
+        basis: () => this.basis(),
+        admitRoot: (r) => this.admitRoot(r),
+        admitChild: (r) => this.admitChild(r),
+      },
     });
   }
 
@@ -176,12 +206,6 @@ export class Gate implements AdmissionGate {
 
   private basisParts(): Basis {
     return { policy: this.decider.revision, settings: this.opts.settingsHash ?? '', trust: this.signatures.trustRevision };
-  }
-
-  /** Swaps the policy (tests; the server swaps inside its PolicyManager and calls policyChanged). */
-  setDecider(d: Decider): void {
-    this.decider = d;
-    this.policyChanged();
   }
 
   /**
@@ -286,17 +310,13 @@ export class Gate implements AdmissionGate {
       if (hit.admission.serve) this.closures.reassert(s, hit.admission, this.basis());
       return Promise.resolve({ ...hit.admission, cached: true });
     }
-    let p = this.flights.get(key);
-    if (!p) {
-      p = this.decide(s).then((admission) => {
+    return this.flights.run(key, () =>
+      this.decide(s).then((admission) => {
         const ttl = admission.outcome === 'allow' ? this.opts.allowTTL : this.opts.denyTTL;
         if (!this.transient.has(admission)) this.decisions.set(key, { admission, expiresAt: this.now() + ttl });
         return admission;
-      });
-      p.finally(() => this.flights.delete(key)).catch(() => {});
-      this.flights.set(key, p);
-    }
-    return p;
+      }),
+    );
   }
 
   private async decide(s: Subject): Promise<Admission> {
@@ -357,7 +377,7 @@ export class Gate implements AdmissionGate {
       const result = await this.decider.evaluate(input);
       return { result, admission: toAdmission(decisionId, result) };
     } catch (e) {
-      const reason = e instanceof Error ? e.message : String(e);
+      const reason = errorText(e);
       return { result: undefined, admission: errorAdmission(decisionId, 'policy.error', `policy evaluation failed: ${reason}`) };
     }
   }

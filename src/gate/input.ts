@@ -1,5 +1,5 @@
 /**
- * The policy input (DESIGN §3) for the three kinds of subject the gate decides: a root manifest, a child manifest of
+ * The policy input (its fields: policies/README.md) for the three kinds of subject the gate decides: a root manifest, a child manifest of
  * an admitted index (decided with its own evidence, plus the signatures of the index that admitted it), and a
  * repository (tag lists and referrers, where there is no digest and no evidence). Also the members an admitted
  * manifest vouches for, each in its role, and the mapping from a policy result to an Admission.
@@ -8,7 +8,7 @@ import type { ClosureMember } from '../cache/metastore.js';
 import type { Manifest } from '../proxy/manifests.js';
 import type { Descriptor } from '../oci/mediatypes.js';
 import type { Route } from '../routing/route.js';
-import { isRunnable } from '../verify/accessory.js';
+import { isRunnable } from '../oci/artifacts.js';
 import type { Admission, PlatformInfo, PolicyInput, PolicyResult, ScanEvidence, SignatureEvidence, Violation } from '../policy/contract.js';
 
 export interface Client {

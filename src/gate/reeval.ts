@@ -12,6 +12,7 @@ import type { Gate } from './gate.js';
 import type { ManifestService } from '../proxy/manifests.js';
 import type { Digest } from '../routing/reference.js';
 import type { Route, Router } from '../routing/route.js';
+import { errorText } from '../util/error-text.js';
 
 export interface ReevalTarget {
   gate: Gate;
@@ -103,7 +104,7 @@ async function evaluateOne(t: ReevalTarget, r: { upstream: string; repository: s
       scan: { status: s.status, ...(s.source ? { source: s.source } : {}), ...(s.counts ? { counts: s.counts } : {}), ...(s.scanned_at ? { scanned_at: s.scanned_at } : {}) },
     };
   } catch (e) {
-    return { ...base, outcome: 'error', would_deny: true, mode: 'enforce', deny: [], warn: [], scan: null, error: e instanceof Error ? e.message : String(e) };
+    return { ...base, outcome: 'error', would_deny: true, mode: 'enforce', deny: [], warn: [], scan: null, error: errorText(e) };
   }
 }
 

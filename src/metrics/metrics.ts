@@ -76,7 +76,7 @@ export class Metrics {
     labelNames: ['upstream'] as const,
     registers: [this.registry],
   });
-  readonly cacheHits = new Counter({
+  readonly cacheLookups = new Counter({
     name: 'portcullis_cache_requests_total',
     help: 'Cache lookups by kind (blob, manifest, tag) and result (hit, miss, stale, join)',
     labelNames: ['kind', 'result'] as const,

@@ -1,6 +1,6 @@
 /**
  * How long a piece of work (a root decision) waits on upstream round trips, so that the decision overhead can be
- * measured without them (DESIGN §10: "beyond the upstream round trips"; `npm run bench` reports it). Overlapping
+ * measured without them: what the proxy adds beyond the upstream round trips (`npm run bench` reports it). Overlapping
  * requests count once: the measure is the wall time during which at least one upstream request started inside the
  * work was outstanding, from the request (its concurrency slot included) until its body is consumed.
  *

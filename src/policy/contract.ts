@@ -1,5 +1,6 @@
 /**
- * The seams of the admission gate: the policy input and output of DESIGN §3, the evidence providers that feed it,
+ * The seams of the admission gate: the policy input and output (documented for
+ * policy authors in policies/README.md), the evidence providers that feed it,
  * and what the server needs back. Providers never throw into the gate; they return evidence with a status, and
  * the policy decides.
  */

@@ -9,12 +9,13 @@ import type { Logger } from 'pino';
 import { request } from 'undici';
 import type { Decider, PolicyInput, PolicyResult } from './contract.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { readCapped } from '../upstream/body.js';
+import { readCapped } from '../util/capped-body.js';
 import { BundleError, DEFAULT_MAX_BUNDLE, readBundle } from './bundle.js';
 import { OpaRestDecider } from './opa-rest.js';
 import { BundleVerifier, type BundleSigningConfig } from './signature.js';
 import { WasmDecider } from './wasm.js';
 import { redactUrl } from '../util/redact-url.js';
+import { errorText } from '../util/error-text.js';
 
 /** How bundles are accepted, whatever their source. */
 export interface BundleRules {
@@ -37,7 +38,24 @@ export interface ReloadStatus {
   reason?: string;
 }
 
+export interface PolicyManagerOptions {
+  source: PolicySource;
+  /** Rule settings, injected as data.portcullis.config (`policy.settings`). */
+  settings: Record<string, unknown>;
+  metrics: Metrics;
+  log: Logger;
+  /** How often the bundle file, bundle server or external OPA is checked for a new revision. */
+  pollIntervalMs: number;
+}
+
 export class PolicyManager implements Decider {
+  private readonly source: PolicySource;
+  private readonly settings: Record<string, unknown>;
+  private readonly metrics: Metrics;
+  private readonly log: Logger;
+  private readonly pollIntervalMs: number;
+  /** Told of every revision put in use (subscribed with onSwap). */
+  private readonly swapListeners = new Set<(revision: string) => void>();
   private current: Decider | undefined;
   private timer: NodeJS.Timeout | undefined;
   private fileStamp = '';
@@ -46,14 +64,26 @@ export class PolicyManager implements Decider {
   private verifier: BundleVerifier | undefined;
   last: ReloadStatus | undefined;
 
-  constructor(
-    private readonly source: PolicySource,
-    private readonly settings: Record<string, unknown>,
-    private readonly metrics: Metrics,
-    private readonly log: Logger,
-    private readonly pollIntervalMs: number,
-    private readonly onSwap: (revision: string) => void = () => {},
-  ) {}
+  constructor(o: PolicyManagerOptions) {
+    this.source = o.source;
+    this.settings = o.settings;
+    this.metrics = o.metrics;
+    this.log = o.log;
+    this.pollIntervalMs = o.pollIntervalMs;
+  }
+
+  /**
+   * Subscribes to policy swaps: `fn` hears each revision put in use (the gate frees its decision cache), the first
+   * load included. Returns the unsubscribe function.
+   */
+  onSwap(fn: (revision: string) => void): () => void {
+    this.swapListeners.add(fn);
+    return () => this.swapListeners.delete(fn);
+  }
+
+  private swapped(revision: string): void {
+    for (const fn of this.swapListeners) fn(revision);
+  }
 
   get revision(): string {
     return this.current?.revision ?? 'none';
@@ -91,9 +121,9 @@ export class PolicyManager implements Decider {
             seen = opa.revision;
             this.metrics.policyRevision.reset();
             this.metrics.policyRevision.set({ revision: opa.revision, source: 'opa' }, 1);
-            this.onSwap(opa.revision);
+            this.swapped(opa.revision);
           })
-          .catch((e: unknown) => this.log.warn({ source: this.describe(), err: e instanceof Error ? e.message : String(e) }, 'could not read the external OPA bundle revision'))
+          .catch((e: unknown) => this.log.warn({ source: this.describe(), err: errorText(e) }, 'could not read the external OPA bundle revision'))
           .finally(() => (this.polling = undefined));
       }, this.pollIntervalMs);
       this.timer.unref();
@@ -122,11 +152,11 @@ export class PolicyManager implements Decider {
       try {
         decider = await WasmDecider.create(bundle, this.settings);
       } catch (e) {
-        throw new BundleError(`policy.wasm does not load: ${e instanceof Error ? e.message : String(e)}`);
+        throw new BundleError(`policy.wasm does not load: ${errorText(e)}`);
       }
       this.install(decider, this.source.kind);
     } catch (e) {
-      const error = e instanceof Error ? e.message : String(e);
+      const error = errorText(e);
       const reason = e instanceof BundleError ? e.code : 'fetch';
       this.last = { ok: false, at: new Date().toISOString(), revision: this.current?.revision, error, reason };
       this.metrics.policyReloads.inc({ result: 'error' });
@@ -146,7 +176,7 @@ export class PolicyManager implements Decider {
     this.last = { ok: true, at: new Date().toISOString(), revision: d.revision };
     if (previous !== d.revision) {
       this.log.info({ source: this.describe(), revision: d.revision, previous: previous ?? null }, 'policy loaded');
-      this.onSwap(d.revision);
+      this.swapped(d.revision);
     }
   }
 

@@ -5,7 +5,7 @@
  */
 import { request, Agent } from 'undici';
 import type { Decider, PolicyInput, PolicyResult } from './contract.js';
-import { readCapped } from '../upstream/body.js';
+import { readCapped } from '../util/capped-body.js';
 import { ENTRYPOINT, parseResult } from './wasm.js';
 
 /** A decision is an allow flag and a few reasons: kilobytes. A larger answer is not one, and is not buffered. */
@@ -66,7 +66,9 @@ export class OpaRestDecider implements Decider {
   async refresh(): Promise<void> {
     const url = new URL(`/v1/data/portcullis/__revision?provenance`, this.baseUrl);
     const res = await request(url, { method: 'GET', dispatcher: this.agent, headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs });
-    const text = await res.body.text();
+    const text = (
+      await readCapped(res.body, MAX_OPA_RESPONSE_BYTES, () => new Error(`OPA at ${url.host} sent more than ${MAX_OPA_RESPONSE_BYTES} bytes`))
+    ).toString('utf8');
     if (res.statusCode !== 200) throw new Error(`OPA at ${url.host} answered HTTP ${res.statusCode}`);
     this.noteProvenance((JSON.parse(text) as ProvenanceDoc).provenance);
   }

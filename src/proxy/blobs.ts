@@ -2,9 +2,7 @@
  * Blobs: from the content cache when present, else streamed through from the upstream by a single shared download
  * per digest (cache/download.ts). Ranges are served from either source.
  */
-import { createReadStream } from 'node:fs';
 import type { ServerResponse } from 'node:http';
-import type { Readable } from 'node:stream';
 import { DigestMismatchError, type BlobStore } from '../cache/blobstore.js';
 import type { DownloadSource } from '../cache/download.js';
 import type { DownloadManager } from '../cache/download-manager.js';
@@ -28,24 +26,34 @@ export interface BlobService {
 export interface OpenBlob {
   size: number;
   source: 'cache' | 'upstream';
-  /** Bytes [start, end], inclusive. Call at most once. */
-  stream(start: number, end: number): Readable;
-  /** Frees the lease when stream() is never called (HEAD, or a 416). */
+  /** Frees the lease when writeTo() is never called (HEAD, or a 416). */
   release(): void;
   /**
-   * Writes bytes [start, end] to the response and ends it, with pooled slabs and no copies (cache/sendfile.ts and
-   * cache/download.ts say why); use instead of stream(). Call at most once; it releases the lease.
+   * Writes bytes [start, end] (inclusive) to the response and ends it, with pooled slabs and no copies
+   * (cache/sendfile.ts and cache/download.ts say why). Call at most once; it releases the lease.
    */
   writeTo(res: ServerResponse, start: number, end: number, onBytes: (n: number) => void): Promise<void>;
 }
 
+export interface BlobServiceOptions {
+  store: BlobStore;
+  downloads: DownloadManager;
+  clientFor: (upstream: string) => UpstreamClient;
+  metrics: Metrics;
+}
+
 export class ProxyBlobService implements BlobService {
-  constructor(
-    private readonly store: BlobStore,
-    private readonly downloads: DownloadManager,
-    private readonly clientFor: (upstream: string) => UpstreamClient,
-    private readonly metrics: Metrics,
-  ) {}
+  private readonly store: BlobStore;
+  private readonly downloads: DownloadManager;
+  private readonly clientFor: (upstream: string) => UpstreamClient;
+  private readonly metrics: Metrics;
+
+  constructor(o: BlobServiceOptions) {
+    this.store = o.store;
+    this.downloads = o.downloads;
+    this.clientFor = o.clientFor;
+    this.metrics = o.metrics;
+  }
 
   async size(route: Route, digest: Digest): Promise<number> {
     const cached = this.store.size(digest);
@@ -77,17 +85,11 @@ export class ProxyBlobService implements BlobService {
   async open(route: Route, digest: Digest): Promise<OpenBlob> {
     const lease = this.store.lease(digest);
     if (lease) {
-      this.metrics.cacheHits.inc({ kind: 'blob', result: 'hit' });
+      this.metrics.cacheLookups.inc({ kind: 'blob', result: 'hit' });
       let used = false;
       return {
         size: lease.size,
         source: 'cache',
-        stream: (start, end) => {
-          used = true;
-          const s = createReadStream(lease.path, { start, end, highWaterMark: 256 * 1024 });
-          s.once('close', lease.release);
-          return s;
-        },
         release: () => {
           if (!used) lease.release();
         },
@@ -102,7 +104,7 @@ export class ProxyBlobService implements BlobService {
       };
     }
     const { download, joined } = this.downloads.getOrStart(digest, () => this.fetch(route, digest));
-    this.metrics.cacheHits.inc({ kind: 'blob', result: joined ? 'join' : 'miss' });
+    this.metrics.cacheLookups.inc({ kind: 'blob', result: joined ? 'join' : 'miss' });
     if (joined) this.metrics.singleflightWaiters.inc({ kind: 'blob' });
     else {
       // Counted once per download (by the request that started it), like manifest mismatches in manifests.ts.
@@ -121,7 +123,6 @@ export class ProxyBlobService implements BlobService {
     return {
       size: download.size as number,
       source: 'upstream',
-      stream: (s, e) => download.reader(s, e),
       release: () => {},
       // A download that fails before this response has sent anything becomes a clean OCI error (a digest mismatch
       // is the upstream's fault: 502); once bytes are out, the caller can only break the transfer.

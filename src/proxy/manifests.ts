@@ -15,9 +15,11 @@ import type { Route } from '../routing/route.js';
 import { digestAlgorithm, isDigest, type Digest } from '../routing/reference.js';
 import { errors, RegistryError } from '../oci/errors.js';
 import { AuthError } from '../upstream/auth.js';
-import { readCapped } from '../upstream/body.js';
+import { readCapped } from '../util/capped-body.js';
 import { headerString, UpstreamUnavailableError, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
 import { ManifestFormatError, parseManifest, UPSTREAM_ACCEPT, type ParsedManifest } from '../oci/mediatypes.js';
+import { errorText } from '../util/error-text.js';
+import { SingleFlight } from '../util/single-flight.js';
 
 /**
  * What the handlers, the gate and the evidence providers need of manifests (the implementation, ProxyManifestService,
@@ -43,28 +45,37 @@ export interface Manifest extends StoredManifest {
   parsed: ParsedManifest;
 }
 
-export class ProxyManifestService implements ManifestService {
-  private readonly tagFlights = new Map<string, Promise<ResolvedTag>>();
-  private readonly getFlights = new Map<string, Promise<Manifest>>();
+export interface ManifestServiceOptions {
+  config: Config;
+  meta: MetaStore;
+  clientFor: (upstream: string) => UpstreamClient;
+  metrics: Metrics;
+  /** The tag-TTL clock. */
+  now?: () => number;
+}
 
-  constructor(
-    private readonly config: Config,
-    private readonly meta: MetaStore,
-    private readonly clientFor: (upstream: string) => UpstreamClient,
-    private readonly metrics: Metrics,
-    private readonly now: () => number = Date.now,
-  ) {}
+export class ProxyManifestService implements ManifestService {
+  private readonly tagFlights = new SingleFlight<string, ResolvedTag>();
+  private readonly getFlights = new SingleFlight<string, Manifest>();
+
+  private readonly config: Config;
+  private readonly meta: MetaStore;
+  private readonly clientFor: (upstream: string) => UpstreamClient;
+  private readonly metrics: Metrics;
+  private readonly now: () => number;
+
+  constructor(o: ManifestServiceOptions) {
+    this.config = o.config;
+    this.meta = o.meta;
+    this.clientFor = o.clientFor;
+    this.metrics = o.metrics;
+    this.now = o.now ?? Date.now;
+  }
 
   resolveTag(route: Route, tag: string): Promise<ResolvedTag> {
     const key = `${route.upstream.name}\n${route.repository}\n${tag}`;
-    let p = this.tagFlights.get(key);
-    if (!p) {
-      p = this.doResolveTag(route, tag).finally(() => this.tagFlights.delete(key));
-      this.tagFlights.set(key, p);
-    } else {
-      this.metrics.singleflightWaiters.inc({ kind: 'tag' });
-    }
-    return p;
+    if (this.tagFlights.has(key)) this.metrics.singleflightWaiters.inc({ kind: 'tag' });
+    return this.tagFlights.run(key, () => this.doResolveTag(route, tag));
   }
 
   private async doResolveTag(route: Route, tag: string): Promise<ResolvedTag> {
@@ -72,17 +83,17 @@ export class ProxyManifestService implements ManifestService {
     const cached = this.meta.getTag(upstream.name, repository, tag);
     const now = this.now();
     if (cached && now - cached.checkedAt < this.config.cache.tagTTL) {
-      this.metrics.cacheHits.inc({ kind: 'tag', result: 'hit' });
+      this.metrics.cacheLookups.inc({ kind: 'tag', result: 'hit' });
       return { manifest: await this.get(route, cached.digest), stale: false };
     }
     const serveStale = async (why: RegistryError | Error): Promise<ResolvedTag> => {
       if (cached && now - cached.checkedAt < this.config.cache.tagTTL + this.config.cache.staleIfError) {
-        this.metrics.cacheHits.inc({ kind: 'tag', result: 'stale' });
+        this.metrics.cacheLookups.inc({ kind: 'tag', result: 'stale' });
         return { manifest: await this.get(route, cached.digest), stale: true };
       }
       throw why;
     };
-    this.metrics.cacheHits.inc({ kind: 'tag', result: 'miss' });
+    this.metrics.cacheLookups.inc({ kind: 'tag', result: 'miss' });
     let res: UpstreamResponse;
     try {
       res = await this.clientFor(upstream.name).send({
@@ -119,19 +130,13 @@ export class ProxyManifestService implements ManifestService {
   get(route: Route, digest: Digest): Promise<Manifest> {
     const cached = this.meta.getManifest(route.upstream.name, route.repository, digest);
     if (cached) {
-      this.metrics.cacheHits.inc({ kind: 'manifest', result: 'hit' });
+      this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'hit' });
       return Promise.resolve({ ...cached, parsed: parseManifest(cached.bytes, cached.mediaType) });
     }
     const key = `${route.upstream.name}\n${route.repository}\n${digest}`;
-    let p = this.getFlights.get(key);
-    if (!p) {
-      this.metrics.cacheHits.inc({ kind: 'manifest', result: 'miss' });
-      p = this.fetchAndStore(route, digest, digest).finally(() => this.getFlights.delete(key));
-      this.getFlights.set(key, p);
-    } else {
-      this.metrics.singleflightWaiters.inc({ kind: 'manifest' });
-    }
-    return p;
+    if (this.getFlights.has(key)) this.metrics.singleflightWaiters.inc({ kind: 'manifest' });
+    else this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'miss' });
+    return this.getFlights.run(key, () => this.fetchAndStore(route, digest, digest));
   }
 
   private async fetchAndStore(route: Route, ref: string, expected: Digest | undefined): Promise<Manifest> {
@@ -168,7 +173,7 @@ export class ProxyManifestService implements ManifestService {
     } catch (e) {
       // A body cut short (connection reset, body timeout) is the upstream's failure, not an internal error.
       if (e instanceof RegistryError) throw e;
-      throw errors.upstream(`upstream "${upstream.name}" failed while sending manifest ${repository}@${ref}: ${e instanceof Error ? e.message : String(e)}`);
+      throw errors.upstream(`upstream "${upstream.name}" failed while sending manifest ${repository}@${ref}: ${errorText(e)}`);
     }
     if (Number.isFinite(declared) && bytes.length !== declared) {
       throw errors.upstream(`upstream "${upstream.name}" sent ${bytes.length} of ${declared} bytes for manifest ${ref}`);
@@ -209,5 +214,5 @@ export function toRegistryError(e: unknown, upstream: string): RegistryError {
   if (e instanceof RegistryError) return e;
   if (e instanceof AuthError) return errors.upstream(`upstream "${upstream}" authentication failed: ${e.message}; check the upstream credentials`);
   if (e instanceof UpstreamUnavailableError) return errors.upstream(e.message, true);
-  return errors.upstream(`upstream "${upstream}" failed: ${e instanceof Error ? e.message : String(e)}`);
+  return errors.upstream(`upstream "${upstream}" failed: ${errorText(e)}`);
 }

@@ -6,7 +6,7 @@
 import type { Digest } from '../routing/reference.js';
 import { digestHex } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
-import { readCapped } from '../upstream/body.js';
+import { readCapped } from '../util/capped-body.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import type { Manifest, ManifestService } from './manifests.js';
 import { statusError, toRegistryError } from './manifests.js';

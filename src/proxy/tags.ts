@@ -4,7 +4,7 @@
  */
 import type { Route } from '../routing/route.js';
 import { errors } from '../oci/errors.js';
-import { readCapped } from '../upstream/body.js';
+import { readCapped } from '../util/capped-body.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import { statusError, toRegistryError } from './manifests.js';
 

@@ -1,7 +1,7 @@
 /**
  * Maps a client's request onto one configured upstream and the repository name to use there.
  *
- * Three ways to name the registry (DESIGN §1): containerd's `?ns=<host>`, a path prefix `/v2/<host>/<repo>/…`
+ * Three ways to name the registry: containerd's `?ns=<host>`, a path prefix `/v2/<host>/<repo>/…`
  * (podman, skopeo, crane), or nothing at all (Docker's registry-mirrors), which means the default upstream. Only
  * configured upstreams can ever be selected: an unknown host is a routing failure, never a URL to fetch.
  */

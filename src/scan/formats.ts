@@ -1,5 +1,5 @@
 /**
- * Parsers for the scan report formats Portcullis reads (reference/protocols.md §4c, §6), each reduced to a
+ * Parsers for the scan report formats Portcullis reads (listed below), each reduced to a
  * ScanResult, plus the digests a report names about itself, so that a report for one image cannot be filed
  * under another.
  *

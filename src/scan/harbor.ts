@@ -1,5 +1,5 @@
 /**
- * A client for the Harbor Pluggable Scanner API v1.1/v1.2 (reference/protocols.md §6.1), e.g. harbor-scanner-trivy:
+ * A client for the Harbor Pluggable Scanner API v1.1/v1.2 (github.com/goharbor/pluggable-scanner-spec), e.g. harbor-scanner-trivy:
  *
  * - `GET  /api/v1/metadata`: capabilities (which artifact MIME types it consumes, which report types it produces);
  * - `POST /api/v1/scan`: `{registry: {url, authorization}, artifact: {repository, digest, tag, mime_type}}` → 202 `{id}`;
@@ -9,6 +9,7 @@
  * Scanners consume platform manifests, not indexes: the caller scans each child of an index.
  */
 import { request, type Dispatcher } from 'undici';
+import { readCapped } from '../util/capped-body.js';
 import { parseHarborReport } from './formats.js';
 import type { ScanResult } from './normalize.js';
 
@@ -23,6 +24,9 @@ export const MIME = {
 } as const;
 
 /** Report types whose body is a HarborVulnerabilityReport, in order of preference. */
+/** Reports are bounded by the scanner; metadata and errors are small. Capped anyway. */
+const MAX_SCANNER_RESPONSE_BYTES = 64 * 1024 * 1024;
+
 const REPORT_TYPES = [MIME.securityReport, MIME.harborReport, 'application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.1'];
 
 /** Artifact types scanners consume (platform manifests). */
@@ -77,19 +81,9 @@ export class HarborClient {
         signal: AbortSignal.timeout(this.o.timeoutMs),
         ...(this.o.dispatcher ? { dispatcher: this.o.dispatcher } : {}),
       });
-      // Reports are bounded by the scanner; metadata and errors are small. Cap anyway (64 MiB).
-      const chunks: Buffer[] = [];
-      let n = 0;
-      for await (const c of res.body) {
-        n += (c as Buffer).length;
-        if (n > 64 * 1024 * 1024) {
-          res.body.destroy();
-          throw new ScannerError(`scanner ${op} response is larger than 64 MiB`);
-        }
-        chunks.push(c as Buffer);
-      }
+      const bytes = await readCapped(res.body, MAX_SCANNER_RESPONSE_BYTES, () => new ScannerError(`scanner ${op} response is larger than 64 MiB`));
       this.o.observe?.(op, (performance.now() - started) / 1000, String(res.statusCode));
-      return { status: res.statusCode, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') };
+      return { status: res.statusCode, headers: res.headers, text: bytes.toString('utf8') };
     } catch (e) {
       this.o.observe?.(op, (performance.now() - started) / 1000, 'error');
       if (e instanceof ScannerError) throw e;

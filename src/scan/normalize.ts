@@ -1,6 +1,6 @@
 /**
  * The common form every scan source is reduced to (a list of findings with a scan time), and the summary of it
- * that goes into the policy input (DESIGN §3 `scan`): counts by severity, fixable counts and a capped list.
+ * that goes into the policy input's `scan` section: counts by severity, fixable counts and a capped list.
  */
 import type { ScanEvidence } from '../policy/contract.js';
 

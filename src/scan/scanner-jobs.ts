@@ -12,6 +12,8 @@ import { HarborClient, ScannerError } from './harbor.js';
 import { mergeResults, type ScanResult } from './normalize.js';
 import type { ScanMetrics, Outcome, Target } from './service.js';
 import type { ScanStore, ScannerRecord } from './store.js';
+import { errorText } from '../util/error-text.js';
+import { SingleFlight } from '../util/single-flight.js';
 
 export interface ScannerJobsDeps {
   config: Config;
@@ -31,7 +33,7 @@ export class ScannerJobs {
   private readonly sc: NonNullable<ScanConfig['scanner']>;
   private readonly client: HarborClient;
   private readonly log: Logger;
-  private readonly submitting = new Map<string, Promise<void>>();
+  private readonly submitting = new SingleFlight<string, void>();
   private readonly pollTimers = new Map<string, NodeJS.Timeout>();
   private readonly pending = new Set<string>();
   private closed = false;
@@ -102,12 +104,7 @@ export class ScannerJobs {
 
   /** One scan request per digest at a time; concurrent lookups share it. */
   private submit(ctx: Pick<EvidenceContext, 'upstream' | 'repository'>, t: Target, requestedAt?: number): Promise<void> {
-    let p = this.submitting.get(t.digest);
-    if (!p) {
-      p = this.doSubmit(ctx, t, requestedAt).finally(() => this.submitting.delete(t.digest));
-      this.submitting.set(t.digest, p);
-    }
-    return p;
+    return this.submitting.run(t.digest, () => this.doSubmit(ctx, t, requestedAt));
   }
 
   private async doSubmit(ctx: Pick<EvidenceContext, 'upstream' | 'repository'>, t: Target, requestedAt?: number): Promise<void> {
@@ -149,7 +146,7 @@ export class ScannerJobs {
       this.schedulePoll(t.digest, 0);
     } catch (e) {
       if (this.closed) return;
-      const message = e instanceof Error ? e.message : String(e);
+      const message = errorText(e);
       this.log.warn({ digest: t.digest, err: message }, 'scan request failed');
       rec.job = null;
       rec.error = { message, at: Date.now() };
@@ -215,7 +212,7 @@ export class ScannerJobs {
     } catch (e) {
       if (this.closed) return;
       // Unreachable for a moment: keep the job, try again later; scanTimeout bounds how long.
-      this.log.warn({ digest, err: e instanceof Error ? e.message : String(e) }, 'polling the scanner failed');
+      this.log.warn({ digest, err: errorText(e) }, 'polling the scanner failed');
       next = Math.min(60_000, sc.pollInterval * 2);
     }
     rec.job = { ...job, nextPollAt: Date.now() + next };

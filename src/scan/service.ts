@@ -1,5 +1,5 @@
 /**
- * The scan evidence provider (DESIGN §5). For one root digest it consults the configured sources in order:
+ * The scan evidence provider (the policy input's `scan` section). For one root digest it consults the configured sources in order:
  *
  * 1. `attestations`: cosign vuln predicates among the verified attestations, from trusted authorities;
  * 2. `reports`: reports CI pushed for the digest (server/scan-api.ts);
@@ -14,7 +14,6 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { LRUCache } from 'lru-cache';
-import type { Config } from '../config/schema.js';
 import type { EvidenceDeps } from '../policy/evidence.js';
 import type { EvidenceContext, PolicyInput, ScanEvidence, ScanProvider } from '../policy/contract.js';
 import { INDEX_TYPES } from '../oci/mediatypes.js';
@@ -24,6 +23,7 @@ import { SCANNABLE } from './harbor.js';
 import { ScannerJobs } from './scanner-jobs.js';
 import { mergeResults, summarize, type ScanResult } from './normalize.js';
 import { ScanStore } from './store.js';
+import { errorText } from '../util/error-text.js';
 
 type Source = NonNullable<ScanEvidence['source']>;
 
@@ -85,7 +85,6 @@ export class ScanService implements ScanProvider {
     this.now = opts.now ?? Date.now;
     this.cache = new LRUCache({ max: 10_000, ttl: Math.max(1, cfg.cacheTTL), ttlAutopurge: false });
     this.events.setMaxListeners(0);
-    checkAuthorities(deps.config);
     this.store = new ScanStore(deps.dataDir);
     if (cfg.scanner) {
       this.scanner = new ScannerJobs(cfg.scanner, {
@@ -107,7 +106,7 @@ export class ScanService implements ScanProvider {
       return await this.lookup(ctx, attestations, true);
     } catch (e) {
       this.log.warn({ err: String(e), digest: ctx.digest }, 'scan lookup failed');
-      return { status: 'error', error: `scan lookup failed: ${e instanceof Error ? e.message : String(e)}` };
+      return { status: 'error', error: `scan lookup failed: ${errorText(e)}` };
     }
   }
 
@@ -149,7 +148,7 @@ export class ScanService implements ScanProvider {
         else if (name === 'reports') o = await this.fromReports(ctx, platforms);
         else o = this.scanner ? await this.scanner.fromScanner(ctx, await platforms()) : { kind: 'missing', source: 'scanner' };
       } catch (e) {
-        o = { kind: 'error', source: SOURCE_LABEL[name], message: e instanceof Error ? e.message : String(e) };
+        o = { kind: 'error', source: SOURCE_LABEL[name], message: errorText(e) };
       }
       const isStale = o.kind === 'ok' && this.isStale(o.result, now);
       if (count) this.metrics.scanLookups?.inc({ source: o.source, status: o.kind === 'ok' ? (isStale ? 'stale' : 'ok') : o.kind });
@@ -259,13 +258,5 @@ export class ScanService implements ScanProvider {
     this.events.emit('changed', '');
     this.events.removeAllListeners();
     this.store.close();
-  }
-}
-
-/** `attestations.authorities` must name authorities that exist in `signatures.authorities`. */
-function checkAuthorities(config: Config): void {
-  const names = new Set((config.signatures?.authorities ?? []).map((a) => a.name));
-  for (const a of config.scan?.attestations?.authorities ?? []) {
-    if (a !== '*' && !names.has(a)) throw new Error(`scan.attestations.authorities: no authority named "${a}" in signatures.authorities`);
   }
 }

@@ -1,61 +1,64 @@
 /**
- * Wires the proxy together from a Config and runs the HTTP(S) server: request ids and logs, metrics, health
- * endpoints, limits, and a graceful shutdown that lets running downloads finish (or discards them) before exit.
+ * Runs the HTTP(S) server over the services bootstrap.ts built: request ids and logs, metrics, health endpoints,
+ * limits, and a graceful shutdown that lets running downloads finish (or discards them) before exit.
  */
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import type { ClientAuth } from '../auth/client-auth.js';
-import { Quotas } from '../auth/quota.js';
 import { requestIdentity } from '../auth/forwarded.js';
-import { LOG_REDACT } from '../auth/redact.js';
-import { BlobStore } from '../cache/blobstore.js';
-import { unwrittenDownloadBytes } from '../cache/download.js';
-import { DownloadManager } from '../cache/download-manager.js';
-import { SqliteMetaStore, type MetaStore } from '../cache/metastore.js';
+import type { BlobStore } from '../cache/blobstore.js';
+import type { DownloadManager } from '../cache/download-manager.js';
+import type { MetaStore } from '../cache/metastore.js';
 import type { Config } from '../config/schema.js';
-import { settingsHash } from '../gate/basis.js';
-import { Gate, type DecisionObserver } from '../gate/gate.js';
-import type { Decider, ScanProvider, SignatureProvider } from '../policy/contract.js';
-import type { EvidenceDeps } from '../policy/evidence.js';
+import type { Gate } from '../gate/gate.js';
+import type { SignatureProvider } from '../policy/contract.js';
 import type { ApiHandler } from './scan-api.js';
-import { Metrics } from '../metrics/metrics.js';
-import { ProxyBlobService } from '../proxy/blobs.js';
-import { ProxyManifestService, type ManifestService } from '../proxy/manifests.js';
-import { ProxyReferrersService } from '../proxy/referrers.js';
-import { ProxyTagService } from '../proxy/tags.js';
-import { Router } from '../routing/route.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { ManifestService } from '../proxy/manifests.js';
+import type { Router } from '../routing/route.js';
 import { addressSet, forwardedClient, type AddressSet } from '../util/address.js';
-import { UpstreamClient } from '../upstream/client.js';
+import type { UpstreamClient } from '../upstream/client.js';
 import { readSecret } from '../config/load.js';
 import { identify, metricsAllowed, serveToken } from './client-identity.js';
 import { errors, httpStatus, RegistryError } from './errors.js';
-import { RegistryHandlers, type WarmCheck } from './handlers.js';
+import type { RegistryHandlers } from './handlers.js';
 import { ConnectionGuard, guardFor, readSysctl } from './limits.js';
 import { parseEndpoint, type Endpoint } from './paths.js';
 import { answerClientError, sendError, sendJson } from './respond.js';
+import { errorText } from '../util/error-text.js';
 
 /** How often expired admission and closure rows are pruned (at most GateOptions.pruneBatch of each per run). */
 const PRUNE_INTERVAL_MS = 60_000;
 
-export interface AppOptions {
+/**
+ * The services the App serves with, built by src/server/bootstrap.ts (the one place that builds them). The App owns
+ * the listeners and the request lifecycle; on close it also closes these, after the last response.
+ */
+export interface AppServices {
   config: Config;
-  decider: Decider;
-  logger?: Logger;
-  metrics?: Metrics;
-  /** Evidence providers are built once the upstream clients and manifest service exist. */
-  signatures?: (deps: EvidenceDeps) => SignatureProvider | undefined;
-  scan?: (deps: EvidenceDeps) => ScanProvider | undefined;
+  log: Logger;
+  metrics: Metrics;
+  meta: MetaStore;
+  blobStore: BlobStore;
+  downloads: DownloadManager;
+  router: Router;
+  manifests: ManifestService;
+  gate: Gate;
+  handlers: RegistryHandlers;
+  /** The upstream clients, destroyed on close. */
+  clients: UpstreamClient[];
+  /** Closed on close (its trust-file watcher). */
+  signatures?: SignatureProvider | undefined;
   /** Extra endpoints outside /v2/ (the scan report API, …). */
-  api?: (deps: EvidenceDeps) => ApiHandler[];
-  observers?: DecisionObserver[];
+  api: ApiHandler[];
   /** Extra readiness checks (policy loaded, …); all must pass for /readyz. */
-  readiness?: Array<() => string | undefined>;
+  readiness: Array<() => string | undefined>;
   /** Client authentication of the registry listener (src/auth); absent: every client is anonymous. */
-  auth?: ClientAuth;
+  auth?: ClientAuth | undefined;
   now?: () => number;
 }
 
@@ -71,11 +74,9 @@ export class App {
   readonly gate: Gate;
   readonly blobStore: BlobStore;
   readonly meta: MetaStore;
-  private readonly signatures: SignatureProvider | undefined;
   readonly downloads: DownloadManager;
   readonly router: Router;
   readonly manifests: ManifestService;
-  private readonly clients = new Map<string, UpstreamClient>();
   private readonly handlers: RegistryHandlers;
   private readonly api: ApiHandler[];
   private server: Server | undefined;
@@ -91,90 +92,29 @@ export class App {
   private readonly inflight = new Set<ServerResponse>();
   private inflightEmpty: (() => void) | undefined;
 
-  constructor(private readonly opts: AppOptions) {
+  constructor(private readonly opts: AppServices) {
     const { config } = opts;
-    this.metrics = opts.metrics ?? new Metrics();
-    this.log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' }, redact: LOG_REDACT });
+    this.metrics = opts.metrics;
+    this.log = opts.log;
     this.metricsToken = config.metricsToken ? readSecret(config.metricsToken) : undefined;
-    this.meta = new SqliteMetaStore(config.dataDir);
-    this.blobStore = new BlobStore(config.dataDir, config.cache.maxSize, {
-      onEvict: () => this.metrics.cacheEvictions.inc(),
-      onSizeChange: (bytes, entries) => {
-        this.metrics.cacheBytes.set(bytes);
-        this.metrics.cacheEntries.set(entries);
-      },
-    });
-    this.metrics.cacheBytes.set(this.blobStore.totalBytes);
-    this.metrics.cacheEntries.set(this.blobStore.entries);
-    this.downloads = new DownloadManager(this.blobStore);
-    const router = (this.router = new Router(config));
-    for (const u of config.upstreams) {
-      const onCredentialError = (message: string): void => this.log.warn({ upstream: u.name, err: message }, 'credential provider failed');
-      this.clients.set(u.name, new UpstreamClient(u, { metrics: this.metrics, log: this.log, onCredentialError, ...(opts.now ? { now: opts.now } : {}) }));
-    }
-    const clientFor = (name: string): UpstreamClient => {
-      const c = this.clients.get(name);
-      if (!c) throw new Error(`no client for upstream ${name}`);
-      return c;
-    };
-    const manifests = (this.manifests = new ProxyManifestService(config, this.meta, clientFor, this.metrics, opts.now));
-    const evidenceDeps: EvidenceDeps = { config, clientFor, manifests, router, meta: this.meta, metrics: this.metrics, log: this.log, dataDir: config.dataDir };
-    this.api = opts.api?.(evidenceDeps) ?? [];
-    this.signatures = opts.signatures?.(evidenceDeps);
-    this.gate = new Gate(
-      opts.decider,
-      this.meta,
-      {
-        allowTTL: config.gate.allowTTL,
-        denyTTL: config.gate.denyTTL,
-        closureTTL: config.gate.closureTTL,
-        // What shapes decisions besides the bundle and the trust material: a restart with other settings re-decides.
-        settingsHash: settingsHash({ policy: config.policy.settings, scan: config.scan ?? null, upstreams: config.upstreams.map((u) => [u.name, u.registry, u.url]) }),
-        manifests,
-      },
-      this.signatures,
-      opts.scan?.(evidenceDeps),
-      opts.observers ?? [],
-      opts.now,
-    );
-    this.handlers = new RegistryHandlers({
-      router,
-      manifests,
-      blobs: new ProxyBlobService(this.blobStore, this.downloads, clientFor, this.metrics),
-      tags: new ProxyTagService(clientFor),
-      referrers: new ProxyReferrersService(clientFor, manifests),
-      gate: this.gate,
-      metrics: this.metrics,
-      identityChecks: opts.auth?.hasMethods ?? false,
-      ...(opts.auth?.hasMethods ? { challenge: (req: IncomingMessage, repository: string) => opts.auth!.challenge(req, repository) } : {}),
-      ...(config.quotas ? { quotas: new Quotas(config.quotas, this.metrics, opts.now), warm: this.warmCheck() } : {}),
-    });
-    this.metrics.trackDownloads({ active: () => this.downloads.active, unwrittenBytes: unwrittenDownloadBytes });
+    this.meta = opts.meta;
+    this.blobStore = opts.blobStore;
+    this.downloads = opts.downloads;
+    this.router = opts.router;
+    this.manifests = opts.manifests;
+    this.gate = opts.gate;
+    this.handlers = opts.handlers;
+    this.api = opts.api;
     this.trustedProxies = addressSet(config.listener.trustedProxies);
     // Expired admissions and closure members leave meta.sqlite a bounded batch at a time.
     this.pruner = setInterval(() => {
       try {
         this.gate.prune();
       } catch (e) {
-        this.log.warn({ err: e instanceof Error ? e.message : String(e) }, 'pruning expired admissions failed');
+        this.log.warn({ err: errorText(e) }, 'pruning expired admissions failed');
       }
     }, PRUNE_INTERVAL_MS);
     this.pruner.unref();
-  }
-
-  /** What the cache already holds, for quotas (only consulted when a quota applies). */
-  private warmCheck(): WarmCheck {
-    const { config } = this.opts;
-    const now = this.opts.now ?? Date.now;
-    return {
-      tag: (route, tag) => {
-        const t = this.meta.getTag(route.upstream.name, route.repository, tag);
-        return t !== undefined && now() - t.checkedAt < config.cache.tagTTL;
-      },
-      manifest: (route, digest) => this.meta.getManifest(route.upstream.name, route.repository, digest) !== undefined,
-      // A download in progress is joined, not repeated: it costs the upstream nothing more.
-      blob: (digest) => this.blobStore.has(digest) || this.downloads.get(digest) !== undefined,
-    };
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free one). */
@@ -313,7 +253,7 @@ export class App {
       // An unexpected error's message can name the server's files (ENOENT, EACCES …): the client gets the request id,
       // the log gets the message.
       const err = e instanceof RegistryError ? e : new RegistryError('UPSTREAM_ERROR', `internal error (request id ${rid})`, undefined, { status: 500 });
-      if (!(e instanceof RegistryError) || httpStatus(err) >= 500) log.warn({ err: e instanceof Error ? e.message : String(e), path: pathname }, 'request failed');
+      if (!(e instanceof RegistryError) || httpStatus(err) >= 500) log.warn({ err: errorText(e), path: pathname }, 'request failed');
       if (res.headersSent) {
         res.destroy();
         return;
@@ -340,7 +280,7 @@ export class App {
   }
 
   private readyz(res: ServerResponse): void {
-    const problems = (this.opts.readiness ?? []).map((f) => f()).filter((p): p is string => p !== undefined);
+    const problems = this.opts.readiness.map((f) => f()).filter((p): p is string => p !== undefined);
     if (this.shuttingDown) problems.push('shutting down');
     sendJson(res, problems.length ? 503 : 200, { status: problems.length ? 'unready' : 'ready', problems });
   }
@@ -387,8 +327,8 @@ export class App {
     // Stops Node's connection checks; the HTTP server never listened, so its "not running" answer is expected.
     server?.close(() => {});
     this.guard?.close();
-    await Promise.all([...this.clients.values()].map((c) => c.destroy()));
-    this.signatures?.close?.();
+    await Promise.all(this.opts.clients.map((c) => c.destroy()));
+    this.opts.signatures?.close?.();
     this.meta.close();
   }
 }

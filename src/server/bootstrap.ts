@@ -1,23 +1,41 @@
 /**
- * Builds a running proxy from a validated Config: the policy manager (bundle file, bundle URL or external OPA),
- * the decision log, and the App. Shared by `portcullis serve` and `portcullis check`, so both run the same
- * pipeline.
+ * The composition root: builds a running proxy from a validated Config, every service in one place and in
+ * dependency order (policy, decision log, client auth, storage, upstream clients, manifests, evidence, gate,
+ * handlers, API, App), each from an options object. Shared by `portcullis serve`, `check` and `report`, so all run
+ * the same pipeline.
  */
+import type { IncomingMessage } from 'node:http';
 import { resolve } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { ClientAuth } from '../auth/client-auth.js';
-import { authSchema } from '../config/auth.js';
+import { ForwardSigner } from '../auth/forwarded.js';
+import { Quotas } from '../auth/quota.js';
 import { LOG_REDACT } from '../auth/redact.js';
+import { BlobStore } from '../cache/blobstore.js';
+import { unwrittenDownloadBytes } from '../cache/download.js';
+import { DownloadManager } from '../cache/download-manager.js';
+import { SqliteMetaStore, type MetaStore } from '../cache/metastore.js';
+import { authSchema } from '../config/auth.js';
+import { loadConfig, onSecretError } from '../config/load.js';
 import type { Config } from '../config/schema.js';
-import { onSecretError } from '../config/load.js';
+import { settingsHash } from '../gate/basis.js';
 import { DecisionLog, DecisionMetrics } from '../gate/decision-log.js';
-import type { DecisionObserver } from '../gate/gate.js';
+import { Gate, type DecisionObserver } from '../gate/gate.js';
 import { Metrics } from '../metrics/metrics.js';
+import type { EvidenceDeps } from '../policy/evidence.js';
 import { PolicyManager, type PolicySource } from '../policy/manager.js';
+import { ProxyBlobService } from '../proxy/blobs.js';
+import { ProxyManifestService } from '../proxy/manifests.js';
+import { ProxyReferrersService } from '../proxy/referrers.js';
+import { ProxyTagService } from '../proxy/tags.js';
+import { Router } from '../routing/route.js';
+import { createScanService } from '../scan/index.js';
+import { UpstreamClient } from '../upstream/client.js';
+import { errorText } from '../util/error-text.js';
+import { checkSignatureConfig, createSignatureProvider } from '../verify/index.js';
 import { App } from './app.js';
-import { scanCapability } from '../scan/index.js';
+import { RegistryHandlers, type WarmCheck } from './handlers.js';
 import { ScanApi } from './scan-api.js';
-import { createSignatureProvider } from '../verify/index.js';
 
 export const DEFAULT_BUNDLE = 'policies/bundle.tar.gz';
 
@@ -37,63 +55,173 @@ export function policySource(config: Config): PolicySource {
 }
 
 /** Client authentication when the config asks for it (an `auth` section, or client certificates on the listener). */
-async function buildClientAuth(config: Config, metrics: Metrics, log: Logger, now?: () => number): Promise<ClientAuth | undefined> {
+async function buildClientAuth(config: Config, o: { metrics?: Metrics; log?: Logger; now?: () => number } = {}): Promise<ClientAuth | undefined> {
   // The scanner's pull-through tokens are verified by ClientAuth too, even on an otherwise anonymous listener.
   if (!config.auth && !config.tls?.clientCA && !config.scan?.scanner?.pullThrough) return undefined;
+  const { metrics, log, now } = o;
   const auth = await ClientAuth.create(config.auth ?? authSchema.parse({}), {
     clientCertificates: Boolean(config.tls?.clientCA),
-    onOutcome: (method, o) => metrics.clientAuth.inc({ method: o.ok ? o.identity.method : method, result: o.ok ? 'ok' : o.code }),
+    ...(metrics ? { onOutcome: (method, r) => metrics.clientAuth.inc({ method: r.ok ? r.identity.method : method, result: r.ok ? 'ok' : r.code }) } : {}),
     ...(now ? { now } : {}),
   });
-  if (auth.skippedUsers.length) log.warn({ users: auth.skippedUsers.slice(0, 20) }, 'htpasswd entries that are not bcrypt were ignored');
+  if (auth.skippedUsers.length) log?.warn({ users: auth.skippedUsers.slice(0, 20) }, 'htpasswd entries that are not bcrypt were ignored');
   return auth;
 }
 
-export async function buildProxy(config: Config, opts: { logger?: Logger; extraObservers?: DecisionObserver[]; now?: () => number } = {}): Promise<Proxy> {
+/**
+ * `portcullis config check`: everything `serve` would refuse at start, without starting anything. The schema
+ * (src/config/schema.ts) holds every field and cross-field rule; what it cannot judge needs the files the config
+ * names, so the same loaders `serve` uses run here: signature keys and trust roots, the client-authentication
+ * material (htpasswd, token key, OIDC key sets, forwarded-identity keys) and the keys that sign forwarded identities.
+ * Throws a ConfigError, or an error naming the field or authority.
+ */
+export async function checkConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
+  const config = loadConfig(file, env);
+  checkSignatureConfig(config);
+  const auth = await buildClientAuth(config);
+  await auth?.close();
+  for (const u of config.upstreams) {
+    if (!u.forwardIdentity) continue;
+    try {
+      new ForwardSigner(u.forwardIdentity);
+    } catch (e) {
+      throw new Error(`upstream "${u.name}": ${errorText(e)}`);
+    }
+  }
+  return config;
+}
+
+export interface BuildOptions {
+  logger?: Logger;
+  /** Told of every decision after the decision log and the metrics (`portcullis check` captures the last one). */
+  extraObservers?: DecisionObserver[];
+  /** The policy clock (TTLs, ages); tests move it. */
+  now?: () => number;
+}
+
+export async function buildProxy(config: Config, opts: BuildOptions = {}): Promise<Proxy> {
   const log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' }, redact: LOG_REDACT });
   const metrics = new Metrics();
-  // The app exists only after the first policy loads; a later swap tells its gate (admissions re-decide on use).
-  let built: App | undefined;
-  const policy = new PolicyManager(policySource(config), config.policy.settings, metrics, log, config.policy.pollInterval, () => built?.gate.policyChanged());
+  const now = opts.now;
+  const clock = now ? { now } : {};
+  // The first policy loads before anything serves; the gate subscribes to later swaps once it exists.
+  const policy = new PolicyManager({ source: policySource(config), settings: config.policy.settings, metrics, log, pollIntervalMs: config.policy.pollInterval });
   await policy.start();
   // Unreadable secrets: the errors say nothing (they reach clients), the log says which file and why.
   const stopSecretLog = onSecretError((detail) => log.warn({ detail }, 'a configured secret cannot be read'));
-  const decisionLog = new DecisionLog(config.decisionLog, metrics, log, undefined, { dataDir: config.dataDir });
-  const auth = await buildClientAuth(config, metrics, log, opts.now);
-  // The scan provider and its report/admin API share one service; re-evaluation needs the app once it exists.
-  const scan = scanCapability({
-    ...(opts.now ? { now: opts.now } : {}),
+  const decisionLog = new DecisionLog({ config: config.decisionLog, metrics, log, dataDir: config.dataDir });
+  const auth = await buildClientAuth(config, { metrics, log, ...clock });
+
+  // Storage and the upstream side.
+  const meta = new SqliteMetaStore(config.dataDir);
+  const blobStore = new BlobStore(config.dataDir, config.cache.maxSize, {
+    onEvict: () => metrics.cacheEvictions.inc(),
+    onSizeChange: (bytes, entries) => {
+      metrics.cacheBytes.set(bytes);
+      metrics.cacheEntries.set(entries);
+    },
+  });
+  metrics.cacheBytes.set(blobStore.totalBytes);
+  metrics.cacheEntries.set(blobStore.entries);
+  const downloads = new DownloadManager(blobStore);
+  metrics.trackDownloads({ active: () => downloads.active, unwrittenBytes: unwrittenDownloadBytes });
+  const router = new Router(config);
+  const clients = new Map<string, UpstreamClient>();
+  for (const u of config.upstreams) {
+    const onCredentialError = (message: string): void => log.warn({ upstream: u.name, err: message }, 'credential provider failed');
+    clients.set(u.name, new UpstreamClient(u, { metrics, log, onCredentialError, ...clock }));
+  }
+  const clientFor = (name: string): UpstreamClient => {
+    const c = clients.get(name);
+    if (!c) throw new Error(`no client for upstream ${name}`);
+    return c;
+  };
+  const manifests = new ProxyManifestService({ config, meta, clientFor, metrics, ...clock });
+
+  // Evidence: one scan service for the provider and the report API, the signature provider.
+  const evidenceDeps: EvidenceDeps = { config, clientFor, manifests, router, meta, metrics, log, dataDir: config.dataDir };
+  const scan = createScanService(evidenceDeps, {
+    ...clock,
     ...(auth ? { scannerToken: (repository: string, digest: string, ttl: number) => auth.scannerToken(repository, digest, ttl) } : {}),
   });
-  const app = new App({
-    config,
+  const signatures = createSignatureProvider(evidenceDeps);
+
+  const gate = new Gate({
     decider: policy,
-    logger: log,
-    metrics,
+    meta,
+    options: {
+      allowTTL: config.gate.allowTTL,
+      denyTTL: config.gate.denyTTL,
+      closureTTL: config.gate.closureTTL,
+      // What shapes decisions besides the bundle and the trust material: a restart with other settings re-decides.
+      settingsHash: settingsHash({ policy: config.policy.settings, scan: config.scan ?? null, upstreams: config.upstreams.map((u) => [u.name, u.registry, u.url]) }),
+      manifests,
+    },
+    signatures,
+    scan,
     // The decision log first: with onFull: block it may turn the decision into a deny, which the others then see.
     observers: [decisionLog, new DecisionMetrics(metrics), ...(opts.extraObservers ?? [])],
-    readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
-    signatures: createSignatureProvider,
-    scan: scan.provider,
-    api: (deps) => {
-      const service = scan.serviceFor(deps);
-      if (!service && !deps.config.scan?.admin) return [];
-      return [new ScanApi({ service, deps, target: () => built, now: opts.now ?? Date.now })];
-    },
-    ...(auth ? { auth } : {}),
-    ...(opts.now ? { now: opts.now } : {}),
+    ...clock,
   });
-  built = app;
+  // A new policy revision (bundle pushed, external OPA's bundle changed): admissions re-decide on use.
+  const stopPolicyEvents = policy.onSwap(() => gate.policyChanged());
+
+  const handlers = new RegistryHandlers({
+    router,
+    manifests,
+    blobs: new ProxyBlobService({ store: blobStore, downloads, clientFor, metrics }),
+    tags: new ProxyTagService(clientFor),
+    referrers: new ProxyReferrersService(clientFor, manifests),
+    gate,
+    metrics,
+    identityChecks: auth?.hasMethods ?? false,
+    ...(auth?.hasMethods ? { challenge: (req: IncomingMessage, repository: string) => auth.challenge(req, repository) } : {}),
+    ...(config.quotas ? { quotas: new Quotas(config.quotas, metrics, now), warm: warmCheck(config, { meta, blobStore, downloads }, now ?? Date.now) } : {}),
+  });
+  const api = scan || config.scan?.admin ? [new ScanApi({ service: scan, deps: evidenceDeps, target: { gate, meta, manifests, router }, now: now ?? Date.now })] : [];
+
+  const app = new App({
+    config,
+    log,
+    metrics,
+    meta,
+    blobStore,
+    downloads,
+    router,
+    manifests,
+    gate,
+    handlers,
+    clients: [...clients.values()],
+    signatures,
+    api,
+    readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
+    auth,
+    ...clock,
+  });
   return {
     app,
     policy,
     decisionLog,
     async close() {
+      stopPolicyEvents();
       policy.stop();
       await app.close();
-      scan.close();
+      scan?.close();
       await decisionLog.close();
       stopSecretLog();
     },
+  };
+}
+
+/** What the cache already holds, for quotas (only consulted when a quota applies). */
+function warmCheck(config: Config, s: { meta: MetaStore; blobStore: BlobStore; downloads: DownloadManager }, now: () => number): WarmCheck {
+  return {
+    tag: (route, tag) => {
+      const t = s.meta.getTag(route.upstream.name, route.repository, tag);
+      return t !== undefined && now() - t.checkedAt < config.cache.tagTTL;
+    },
+    manifest: (route, digest) => s.meta.getManifest(route.upstream.name, route.repository, digest) !== undefined,
+    // A download in progress is joined, not repeated: it costs the upstream nothing more.
+    blob: (digest) => s.blobStore.has(digest) || s.downloads.get(digest) !== undefined,
   };
 }

@@ -17,7 +17,7 @@ import type { ReferrersService } from '../proxy/referrers.js';
 import type { TagService } from '../proxy/tags.js';
 import { isDigest, looksLikeDigest, parseReference, type Digest } from '../routing/reference.js';
 import type { Route, Router } from '../routing/route.js';
-import { isAccessory, isRunnable } from '../verify/accessory.js';
+import { admittedRootKind, rootKind, type RootKind } from '../gate/classify.js';
 import { errors, printableAscii, RegistryError } from './errors.js';
 import type { Endpoint } from './paths.js';
 import { parseRange, sendJson } from './respond.js';
@@ -162,10 +162,9 @@ export class RegistryHandlers {
    * Runs the gate for a root manifest; throws the 403 for an enforced deny, and sets decision headers.
    * Signatures, attestations, SBOMs and referrers indexes (cosign `.sig`/`.att`/`.sbom` tags, the referrers tag
    * schema, manifests with a `subject` or a signature artifact type) are a separate kind of request, but only when
-   * nothing in them can run (src/verify/accessory.ts).
+   * nothing in them can run (src/gate/classify.ts).
    */
-  private async admit(ctx: RequestContext, route: Route, manifest: Manifest, tag: string | null, kindOf = isAccessory): Promise<Admission> {
-    const kind = kindOf(manifest.parsed, tag) ? 'accessory' : 'manifest';
+  private async admit(ctx: RequestContext, route: Route, manifest: Manifest, tag: string | null, kind: RootKind = rootKind(manifest.parsed, tag)): Promise<Admission> {
     const request = { route, method: ctx.method, tag, manifest, kind, client: clientOf(ctx) } as const;
     this.quota(ctx, 'decisions', () => !this.d.gate.hasCachedDecision(request));
     const admission = await this.d.gate.admitRoot(request);
@@ -216,7 +215,7 @@ export class RegistryHandlers {
     const rootManifest = await this.d.manifests.get(route, root);
     // The root itself was admitted already (that is how the closure exists); what is asked here is whether this
     // identity may have it. A root that cannot run (a signature asked for by its tag) keeps its accessory kind.
-    await this.admit(ctx, route, rootManifest, null, (m) => !isRunnable(m));
+    await this.admit(ctx, route, rootManifest, null, admittedRootKind(rootManifest.parsed));
   }
 
   /** A 429 TOOMANYREQUESTS when a quota of `kind` applies, the request is cold, and its bucket is empty. */

@@ -36,6 +36,7 @@ import { summarize } from '../scan/normalize.js';
 import { reevaluate, type ReevalTarget } from '../gate/reeval.js';
 import type { ScanService } from '../scan/service.js';
 import type { ReportMeta } from '../scan/store.js';
+import { errorText } from '../util/error-text.js';
 
 /**
  * Extra HTTP endpoints outside /v2/ (for example the scan report API). The server tries each in order; a handler
@@ -58,8 +59,8 @@ const PREFIX = '/api/v1/';
 export interface ScanApiOptions {
   service: ScanService | undefined;
   deps: EvidenceDeps;
-  /** The running app, for re-evaluation (set once the App exists). */
-  target: () => ReevalTarget | undefined;
+  /** What re-evaluation and report deletion work on (the gate, the metadata, manifests and upstreams). */
+  target: ReevalTarget;
   now: () => number;
 }
 
@@ -85,7 +86,7 @@ export class ScanApi implements ApiHandler {
     } catch (e) {
       // Only API errors are shown as they are; anything else (a disk or database error names files) is logged.
       const rid = requestId(res);
-      if (!(e instanceof RegistryError)) this.o.deps.log.warn({ err: e instanceof Error ? e.message : String(e), path, rid }, 'scan api request failed');
+      if (!(e instanceof RegistryError)) this.o.deps.log.warn({ err: errorText(e), path, rid }, 'scan api request failed');
       const err = e instanceof RegistryError ? e : apiError(500, 'INTERNAL_ERROR', `internal error (request id ${rid})`);
       sendError(res, err, method === 'HEAD');
       return true;
@@ -205,7 +206,7 @@ export class ScanApi implements ApiHandler {
   /** A report came or went: the scan cache and the gate's cached decisions for that digest are stale. */
   private reportChanged(service: ScanService, digest: string): void {
     service.reportsChanged(digest);
-    const dropped = isDigest(digest) ? (this.o.target()?.gate.forgetDigest(digest) ?? 0) : 0;
+    const dropped = isDigest(digest) ? this.o.target.gate.forgetDigest(digest) : 0;
     if (dropped > 0) this.o.deps.log.info({ digest, decisions: dropped }, 'cached decisions dropped after a scan report change');
   }
 
@@ -289,10 +290,8 @@ export class ScanApi implements ApiHandler {
     const ref = cfg?.admin?.token ?? cfg?.reports?.token;
     this.authorize(req, res, ref ? [{ role: 'admin', ref }] : [], 'admin');
     if (method !== 'GET') throw methodNotAllowed('GET');
-    const target = this.o.target();
-    if (!target) throw apiError(503, 'UNAVAILABLE', 'not ready');
     const all = ['1', 'true'].includes(url.searchParams.get('all') ?? '');
-    sendJson(res, 200, await reevaluate(target, { all, now: this.o.now }));
+    sendJson(res, 200, await reevaluate(this.o.target, { all, now: this.o.now }));
   }
 }
 

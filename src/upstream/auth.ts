@@ -11,8 +11,9 @@
 import { LRUCache } from 'lru-cache';
 import { getDomain } from 'tldts';
 import { request, type Dispatcher } from 'undici';
-import { readCapped } from './body.js';
+import { readCapped } from '../util/capped-body.js';
 import { parseChallenges, type Challenge } from './challenge.js';
+import { SingleFlight } from '../util/single-flight.js';
 
 export interface Credentials {
   username: string;
@@ -37,6 +38,16 @@ export const MAX_TOKEN_RESPONSE_BYTES = 256 * 1024;
 export const DEFAULT_MAX_TOKENS = 1024;
 
 export interface AuthenticatorOptions {
+  /** The upstream's base URL: credentials go to realms on its host or registrable domain. */
+  upstreamUrl: URL;
+  /** Read per token fetch, so rotated credentials are used at once; undefined: anonymous. */
+  credentials: () => Credentials | undefined;
+  /** The upstream's connection pool (its TLS and egress rules). */
+  dispatcher: Dispatcher;
+  /** The token-expiry clock. */
+  now?: () => number;
+  /** Counts token fetches (metrics). */
+  onTokenFetch?: (outcome: 'ok' | 'error') => void;
   /** Realms (origins such as https://auth.example.com, or host names) that may receive credentials. */
   tokenRealms?: readonly string[];
   /** Called once per realm origin that is denied credentials, with the reason. */
@@ -48,18 +59,22 @@ export class Authenticator {
   /** The last challenge the upstream sent; learned lazily from the first 401. */
   private challenge: Challenge | undefined;
   private readonly tokens: LRUCache<string, CachedToken>;
-  private readonly inflight = new Map<string, Promise<string>>();
+  private readonly inflight = new SingleFlight<string, string>();
   /** Realms already warned about; bounded, since the upstream names them. */
   private readonly warned = new LRUCache<string, true>({ max: 256 });
 
-  constructor(
-    private readonly upstreamUrl: URL,
-    private readonly credentials: () => Credentials | undefined,
-    private readonly dispatcher: Dispatcher,
-    private readonly now: () => number = Date.now,
-    private readonly onTokenFetch: (outcome: 'ok' | 'error') => void = () => {},
-    private readonly opts: AuthenticatorOptions = {},
-  ) {
+  private readonly upstreamUrl: URL;
+  private readonly credentials: () => Credentials | undefined;
+  private readonly dispatcher: Dispatcher;
+  private readonly now: () => number;
+  private readonly onTokenFetch: (outcome: 'ok' | 'error') => void;
+
+  constructor(private readonly opts: AuthenticatorOptions) {
+    this.upstreamUrl = opts.upstreamUrl;
+    this.credentials = opts.credentials;
+    this.dispatcher = opts.dispatcher;
+    this.now = opts.now ?? Date.now;
+    this.onTokenFetch = opts.onTokenFetch ?? (() => {});
     this.tokens = new LRUCache({ max: opts.maxTokens ?? DEFAULT_MAX_TOKENS });
   }
 
@@ -121,22 +136,19 @@ export class Authenticator {
     const key = this.tokenKey(ch, scope);
     const cached = this.tokens.get(key);
     if (cached && cached.expiresAt > this.now()) return cached.value;
-    let p = this.inflight.get(key);
-    if (!p) {
-      p = this.fetchToken(ch, scope)
-        .then((t) => {
+    return this.inflight.run(key, () =>
+      this.fetchToken(ch, scope).then(
+        (t) => {
           this.tokens.set(key, t);
           this.onTokenFetch('ok');
           return t.value;
-        })
-        .catch((e: unknown) => {
+        },
+        (e: unknown) => {
           this.onTokenFetch('error');
           throw e;
-        })
-        .finally(() => this.inflight.delete(key));
-      this.inflight.set(key, p);
-    }
-    return p;
+        },
+      ),
+    );
   }
 
   private realmUrl(ch: Challenge): URL {

@@ -20,6 +20,7 @@ import { Authenticator, AuthError, type Credentials } from './auth.js';
 import { EgressGuard, EgressRefusedError, type LookupFunction } from './egress.js';
 import { SocketPool } from './socket-pool.js';
 import { socketRequest, type SocketResponse } from './socket-request.js';
+import { errorText } from '../util/error-text.js';
 
 export type UpstreamKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'ping';
 
@@ -52,7 +53,7 @@ export class UpstreamUnavailableError extends Error {
     readonly upstream: string,
     reason: unknown,
   ) {
-    super(`upstream "${upstream}" unreachable: ${reason instanceof Error ? reason.message : String(reason)}`, { cause: reason });
+    super(`upstream "${upstream}" unreachable: ${errorText(reason)}`, { cause: reason });
     this.name = 'UpstreamUnavailableError';
   }
 }
@@ -150,20 +151,17 @@ export class UpstreamClient {
           ...(opts.onCredentialError ? { onError: opts.onCredentialError } : {}),
         })
       : undefined;
-    this.auth = new Authenticator(
-      this.baseUrl,
-      () => this.credentials(),
-      this.agent,
-      Date.now,
-      (outcome) => opts.metrics.tokenFetches.inc({ upstream: this.name, outcome }),
-      {
-        tokenRealms: config.tokenRealms,
-        onRealmRefused: (realm, reason) => {
-          opts.metrics.tokenRealmRefused.inc({ upstream: this.name });
-          opts.log?.warn({ upstream: this.name, realm, reason }, 'token realm may not receive the upstream credentials; fetching tokens anonymously');
-        },
+    this.auth = new Authenticator({
+      upstreamUrl: this.baseUrl,
+      credentials: () => this.credentials(),
+      dispatcher: this.agent,
+      onTokenFetch: (outcome) => opts.metrics.tokenFetches.inc({ upstream: this.name, outcome }),
+      tokenRealms: config.tokenRealms,
+      onRealmRefused: (realm, reason) => {
+        opts.metrics.tokenRealmRefused.inc({ upstream: this.name });
+        opts.log?.warn({ upstream: this.name, realm, reason }, 'token realm may not receive the upstream credentials; fetching tokens anonymously');
       },
-    );
+    });
   }
 
   /** The egress guard, counting each refusal. */

@@ -8,6 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import type { Credentials } from './auth.js';
+import { errorText } from '../util/error-text.js';
 
 export const PROVIDER_API = 'credentialprovider.kubelet.k8s.io/v1';
 
@@ -75,7 +76,7 @@ export class CredentialProvider {
       this.creds = { username: r.username, password: r.password, expiresAt: started + life };
       this.refreshAt = started + Math.floor(life * 0.8);
     } catch (e) {
-      this.o.onError?.(e instanceof Error ? e.message : String(e));
+      this.o.onError?.(errorText(e));
       // Try again soon, but not on every request.
       this.refreshAt = this.now() + Math.min(10_000, this.o.defaultCacheDuration);
     }

@@ -13,6 +13,7 @@ import { toSignedEntity, Verifier, VerificationError, type SignedEntity } from '
 import type { Digest } from '../routing/reference.js';
 import type { Claim, CosignItem, Outcome } from './cosign.js';
 import type { KeyAuthority, KeylessAuthority } from './trust.js';
+import { errorText } from '../util/error-text.js';
 
 /** Does the signed content bind this digest? undefined when it does, else the rejection reason. */
 export function bindingProblem(claim: Claim, digest: Digest): string | undefined {
@@ -114,7 +115,7 @@ export function verifyCosignKeyless(item: CosignItem, a: KeylessAuthority, diges
 
 /** A short, specific reason from @sigstore/verify's errors. */
 export function verificationReason(e: unknown): string {
-  if (!(e instanceof VerificationError)) return `verification error: ${e instanceof Error ? e.message : String(e)}`;
+  if (!(e instanceof VerificationError)) return `verification error: ${errorText(e)}`;
   const cause = e.cause instanceof Error ? e.cause.message : '';
   switch (e.code) {
     case 'CERTIFICATE_ERROR':

@@ -17,6 +17,7 @@ import { X509Certificate, dsse } from '@sigstore/core';
 import type { Descriptor } from '../oci/mediatypes.js';
 import { BudgetExceededError } from './budget.js';
 import { MT, type FoundArtifact } from './discovery.js';
+import { errorText } from '../util/error-text.js';
 
 export const COSIGN_SIGN_PREDICATE = 'https://sigstore.dev/cosign/sign/v1';
 const SIMPLE_SIGNING_TYPE = 'cosign container image signature';
@@ -76,7 +77,7 @@ export async function cosignItems(found: FoundArtifact, readBlob: BlobReader, ma
     } catch (e) {
       // Past the budget nothing more is read; the evidence says so once (provider.ts).
       if (e instanceof BudgetExceededError) break;
-      out.push({ where, error: e instanceof Error ? e.message : String(e), isSignature: found.kind !== 'cosign-att' });
+      out.push({ where, error: errorText(e), isSignature: found.kind !== 'cosign-att' });
     }
   }
   return out;

@@ -19,6 +19,8 @@ import { digestHex, isDigest, type Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
 import { isNotFound } from '../oci/errors.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
+import { readCapped } from '../util/capped-body.js';
+import { errorText } from '../util/error-text.js';
 import { BudgetExceededError, type DiscoveryBudget } from './budget.js';
 
 export const MT = {
@@ -59,13 +61,17 @@ export function artifactKindOf(artifactType: string | undefined): ArtifactKind |
 export class Discoverer {
   private readonly referrers: ReferrersService;
 
-  constructor(
-    private readonly clientFor: (upstream: string) => UpstreamClient,
-    private readonly manifests: ManifestService,
-    private readonly maxSignatures: number,
-    private readonly maxBlobSize: number,
-  ) {
-    this.referrers = new ProxyReferrersService(clientFor, manifests);
+  private readonly clientFor: (upstream: string) => UpstreamClient;
+  private readonly manifests: ManifestService;
+  private readonly maxSignatures: number;
+  private readonly maxBlobSize: number;
+
+  constructor(o: { clientFor: (upstream: string) => UpstreamClient; manifests: ManifestService; maxSignatures: number; maxBlobSize: number }) {
+    this.clientFor = o.clientFor;
+    this.manifests = o.manifests;
+    this.maxSignatures = o.maxSignatures;
+    this.maxBlobSize = o.maxBlobSize;
+    this.referrers = new ProxyReferrersService(o.clientFor, o.manifests);
   }
 
   async discover(route: Route, digest: Digest, budget: DiscoveryBudget): Promise<Discovery> {
@@ -147,23 +153,9 @@ export class Discoverer {
       res.body.destroy();
       throw new Error(`blob ${d.digest} is ${declared} bytes, more than the ${max} its descriptor says`);
     }
-    const chunks: Buffer[] = [];
-    let total = 0;
-    for await (const c of res.body) {
-      total += (c as Buffer).length;
-      if (total > max) {
-        res.body.destroy();
-        throw new Error(`blob ${d.digest} is more than the ${max} bytes its descriptor says`);
-      }
-      chunks.push(c as Buffer);
-    }
-    const bytes = Buffer.concat(chunks);
+    const bytes = await readCapped(res.body, max, () => new Error(`blob ${d.digest} is more than the ${max} bytes its descriptor says`));
     const actual = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
     if (actual !== d.digest) throw new Error(`blob ${d.digest} hashes to ${actual}; refused`);
     return bytes;
   }
-}
-
-export function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }

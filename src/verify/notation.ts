@@ -19,6 +19,7 @@ import { flattenedVerify, type FlattenedJWSInput } from 'jose';
 import type { Digest } from '../routing/reference.js';
 import type { Outcome } from './cosign.js';
 import type { NotationAuthority } from './trust.js';
+import { errorText } from '../util/error-text.js';
 
 export const NOTATION_PAYLOAD_TYPE = 'application/vnd.cncf.notary.payload.v1+json';
 const CRIT = {
@@ -94,7 +95,7 @@ export async function verifyNotation(env: NotationEnvelope, a: NotationAuthority
   try {
     ({ payload } = await flattenedVerify(env.jws, leaf.publicKey, { algorithms: [alg], crit: CRIT }));
   } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e);
+    const msg = errorText(e);
     if (/not recognized|crit/i.test(msg)) return { ok: false, reason: `unsupported critical header (${msg})` };
     return { ok: false, reason: 'invalid signature (tampered payload or signature)' };
   }

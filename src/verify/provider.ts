@@ -1,6 +1,7 @@
 /**
  * The signature evidence provider: discovery, verification against every configured authority, and the
- * `signatures` / `attestations` parts of the policy input (DESIGN §3–§4).
+ * `signatures` / `attestations` parts of the policy input
+ * (policies/README.md).
  *
  * - Never throws: anything unexpected becomes `status: "error"` with the reason.
  * - `status`: `none` when no signature artifact exists, `ok` when some were examined (verified or not), `error`
@@ -17,15 +18,18 @@ import type { EvidenceContext, PolicyInput, SignatureEvidence, SignatureProvider
 import type { Metrics } from '../metrics/metrics.js';
 import type { Manifest } from '../proxy/manifests.js';
 import type { Descriptor } from '../oci/mediatypes.js';
-import { isAccessory } from './accessory.js';
+import type { Route } from '../routing/route.js';
+import { isAccessory } from '../oci/artifacts.js';
 import { BudgetExceededError, DiscoveryBudget } from './budget.js';
 import { EvidenceCache, type CachedEvidence } from './cache.js';
 import type { SignaturesConfig } from '../config/signatures.js';
 import { cosignItems, type CosignItem, type Outcome } from './cosign.js';
 import { verifyCosignKeyless, verifyCosignWithKey } from './cosign-verify.js';
-import { Discoverer, errorText, MT, type FoundArtifact } from './discovery.js';
+import { Discoverer, MT, type FoundArtifact } from './discovery.js';
+import { errorText } from '../util/error-text.js';
 import { parseNotationJws, verifyNotation, type NotationEnvelope } from './notation.js';
 import { loadTrust, trustFilesChanged, type Authority, type Trust } from './trust.js';
+import { SingleFlight } from '../util/single-flight.js';
 
 type Verified = SignatureEvidence['verified'][number];
 type Attestation = PolicyInput['attestations'][number];
@@ -45,7 +49,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   private lastReloadError: string | undefined;
   private readonly discoverer: Discoverer;
   private readonly cache: EvidenceCache;
-  private readonly flights = new Map<string, Promise<CachedEvidence>>();
+  private readonly flights = new SingleFlight<string, CachedEvidence>();
   private readonly log: Logger;
   private readonly metrics: Metrics;
 
@@ -57,7 +61,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     this.trust = loadTrust(config);
     this.log = deps.log.child({ component: 'signatures' });
     this.metrics = deps.metrics;
-    this.discoverer = new Discoverer(deps.clientFor, deps.manifests, config.maxSignatures, config.maxBlobSize);
+    this.discoverer = new Discoverer({ clientFor: deps.clientFor, manifests: deps.manifests, maxSignatures: config.maxSignatures, maxBlobSize: config.maxBlobSize });
     this.cache = new EvidenceCache(deps.dataDir);
     this.lastCheck = this.now();
   }
@@ -102,13 +106,9 @@ export class SignatureEvidenceProvider implements SignatureProvider {
         this.metrics.signatureCache.inc({ result: 'hit' });
         return hit;
       }
-      let p = this.flights.get(key);
-      if (!p) {
-        this.metrics.signatureCache.inc({ result: 'miss' });
-        p = this.compute(ctx, key).finally(() => this.flights.delete(key));
-        this.flights.set(key, p);
-      }
-      return await p;
+      // A caller that joins a running check is neither a hit nor a new miss.
+      if (!this.flights.has(key)) this.metrics.signatureCache.inc({ result: 'miss' });
+      return await this.flights.run(key, () => this.compute(ctx, key));
     } catch (e) {
       return errorEvidence(`signature check failed: ${errorText(e)}`);
     }

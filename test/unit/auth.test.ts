@@ -54,7 +54,7 @@ function bearer(extra = ''): string {
 }
 
 function make(creds?: Credentials, upstream = 'http://127.0.0.1:1', fetches?: string[]): Authenticator {
-  return new Authenticator(new URL(upstream), () => creds, dispatcher, now, (o) => fetches?.push(o));
+  return new Authenticator({ upstreamUrl: new URL(upstream), credentials: () => creds, dispatcher, now, onTokenFetch: (o) => fetches?.push(o) });
 }
 
 describe('Authenticator', () => {
@@ -255,7 +255,11 @@ describe("credentials only to the upstream's own token realm", () => {
   it('a realm on another host gets an anonymous GET: no Basic header, no POSTed password; one warning per realm', async () => {
     realm.postStatus = 200;
     const refused: Array<[string, string]> = [];
-    const a = new Authenticator(new URL('http://registry.test:1'), () => ({ username: 'bob', password: 'hunter2' }), dispatcher, now, () => {}, {
+    const a = new Authenticator({
+      upstreamUrl: new URL('http://registry.test:1'),
+      credentials: () => ({ username: 'bob', password: 'hunter2' }),
+      dispatcher,
+      now,
       onRealmRefused: (r, reason) => refused.push([r, reason]),
     });
     a.onUnauthorized(bearer(), SCOPE);
@@ -273,7 +277,11 @@ describe("credentials only to the upstream's own token realm", () => {
 
   it('the same realm listed in tokenRealms gets the credentials (OAuth2 POST)', async () => {
     realm.postStatus = 200;
-    const a = new Authenticator(new URL('http://registry.test:1'), () => ({ username: 'bob', password: 'hunter2' }), dispatcher, now, () => {}, {
+    const a = new Authenticator({
+      upstreamUrl: new URL('http://registry.test:1'),
+      credentials: () => ({ username: 'bob', password: 'hunter2' }),
+      dispatcher,
+      now,
       tokenRealms: [realm.server.url],
     });
     a.onUnauthorized(bearer(), SCOPE);
@@ -285,7 +293,7 @@ describe("credentials only to the upstream's own token realm", () => {
 
 describe('bounded token handling', () => {
   it('the token cache holds at most maxTokens scopes: invented repository names cannot grow it', async () => {
-    const a = new Authenticator(new URL('http://127.0.0.1:1'), () => undefined, dispatcher, now, () => {}, { maxTokens: 8 });
+    const a = new Authenticator({ upstreamUrl: new URL('http://127.0.0.1:1'), credentials: () => undefined, dispatcher, now, maxTokens: 8 });
     a.onUnauthorized(bearer(), SCOPE);
     for (let i = 0; i < 40; i++) await a.authorization(`repository:invented/name${i}:pull`);
     expect(realm.server.requests).toHaveLength(40);

@@ -93,7 +93,7 @@ beforeEach(() => {
 afterEach(() => meta.close());
 
 function gate(decider: Decider, extra: Partial<GateOptions> = {}, sig?: SignatureProvider): Gate {
-  return new Gate(decider, meta, { ...OPTS, ...extra }, sig, undefined, [], now);
+  return new Gate({ decider, meta, options: { ...OPTS, ...extra }, signatures: sig, observers: [], now });
 }
 const root = (g: Gate, m: Manifest, tag: string | null = 'v1', r = R) => g.admitRoot({ route: r, method: 'GET', tag, manifest: m, kind: 'manifest', client: CLIENT });
 const byDigest = (g: Gate, m: Manifest, r = R) => g.admitByDigest({ route: r, method: 'GET', client: CLIENT, manifest: m });

@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { applyEnvOverrides, ConfigError, loadConfig, onSecretError, parseConfig, readSecret, SecretError } from '../../src/config/load.js';
-import { parseDuration, parseSize } from '../../src/config/schema.js';
+import { parseDuration, parseSize } from '../../src/config/primitives.js';
 import { cleanupTempDirs, tempDir } from './helpers.js';
 
 afterAll(cleanupTempDirs);

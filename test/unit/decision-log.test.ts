@@ -141,7 +141,7 @@ describe('DecisionLog sinks', () => {
   it('stdout: one JSON line per decision, OPA-shaped, with masking', () => {
     const lines: string[] = [];
     const metrics = new Metrics({ defaultMetrics: false });
-    const log = new DecisionLog({ sink: 'stdout', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: ['/input/request/client/ip'] }, metrics, silent, (l) => lines.push(l));
+    const log = new DecisionLog({ config: { sink: 'stdout', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: ['/input/request/client/ip'] }, metrics, log: silent, write: (l) => lines.push(l) });
     log.onDecision(event(1));
     expect(lines).toHaveLength(1);
     expect(lines[0]!.endsWith('\n')).toBe(true);
@@ -162,14 +162,14 @@ describe('DecisionLog sinks', () => {
 
   it('none: writes nothing', () => {
     const lines: string[] = [];
-    const log = new DecisionLog({ sink: 'none', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, new Metrics({ defaultMetrics: false }), silent, (l) => lines.push(l));
+    const log = new DecisionLog({ config: { sink: 'none', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, metrics: new Metrics({ defaultMetrics: false }), log: silent, write: (l) => lines.push(l) });
     log.onDecision(event(1));
     expect(lines).toEqual([]);
   });
 
   it('file: appends one JSON event per line', async () => {
     const file = join(tempDir(), 'decisions.jsonl');
-    const log = new DecisionLog({ sink: 'file', file, batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, new Metrics({ defaultMetrics: false }), silent);
+    const log = new DecisionLog({ config: { sink: 'file', file, batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, metrics: new Metrics({ defaultMetrics: false }), log: silent });
     log.onDecision(event(1));
     log.onDecision(event(2));
     await log.close();
@@ -191,7 +191,7 @@ describe('DecisionLog HTTP sink', () => {
       res.end('down');
     });
     const metrics = new Metrics({ defaultMetrics: false });
-    const log = new DecisionLog(httpCfg(`${server.url}/logs`), metrics, silent);
+    const log = new DecisionLog({ config: httpCfg(`${server.url}/logs`), metrics, log: silent });
     // Never blocks: with onFull: drop the observer answers synchronously, so the gate never waits on the sink.
     for (let i = 0; i < 10; i++) expect(log.onDecision(event(i))).toBeUndefined();
     await log.flush();
@@ -219,7 +219,7 @@ describe('DecisionLog HTTP sink', () => {
       res.end();
     });
     const metrics = new Metrics({ defaultMetrics: false });
-    const log = new DecisionLog(httpCfg(`${server.url}/logs`, { batchSize: 3, maxQueue: 100, mask: ['/input/request/client/user'] }), metrics, silent);
+    const log = new DecisionLog({ config: httpCfg(`${server.url}/logs`, { batchSize: 3, maxQueue: 100, mask: ['/input/request/client/user'] }), metrics, log: silent });
     for (let i = 0; i < 7; i++) log.onDecision(event(i));
     await log.close();
     const all = batches.flat();
@@ -250,7 +250,7 @@ describe('DecisionLog HTTP sink', () => {
       res.end();
     });
     const metrics = new Metrics({ defaultMetrics: false });
-    const log = new DecisionLog(httpCfg(`${server.url}/logs`, { batchSize: 2, maxQueue: 10 }), metrics, silent);
+    const log = new DecisionLog({ config: httpCfg(`${server.url}/logs`, { batchSize: 2, maxQueue: 10 }), metrics, log: silent });
     for (let i = 0; i < 4; i++) log.onDecision(event(i));
     await log.flush();
     expect(received).toEqual([]);
@@ -269,7 +269,7 @@ describe('DecisionLog HTTP sink', () => {
     const url = `${dead.url}/logs`;
     await dead.close();
     const metrics = new Metrics({ defaultMetrics: false });
-    const log = new DecisionLog(httpCfg(url), metrics, silent);
+    const log = new DecisionLog({ config: httpCfg(url), metrics, log: silent });
     for (let i = 0; i < 3; i++) log.onDecision(event(i));
     await log.flush();
     expect(log.queued + (await counter(metrics.decisionLogDropped))).toBe(3);
@@ -290,7 +290,7 @@ describe('DecisionLog spool (onDisk) and onFull: block', () => {
   };
   /** A DecisionLog whose backoff clock the test moves (`clock.t`). */
   const open = (cfg: Config['decisionLog'], dataDir: string, clock: { t: number }, metrics = new Metrics({ defaultMetrics: false })): DecisionLog => {
-    const l = new DecisionLog(cfg, metrics, silent, undefined, { dataDir, now: () => clock.t });
+    const l = new DecisionLog({ config: cfg, metrics, log: silent, dataDir, now: () => clock.t });
     logs.push(l);
     return l;
   };
@@ -403,7 +403,7 @@ describe('DecisionLog spool (onDisk) and onFull: block', () => {
 describe('credentials in upstream URLs never reach the decision log', () => {
   it('input.upstream.url loses its userinfo; the input the policy saw is untouched', () => {
     const lines: string[] = [];
-    const log = new DecisionLog({ sink: 'stdout', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, new Metrics({ defaultMetrics: false }), silent, (l) => lines.push(l));
+    const log = new DecisionLog({ config: { sink: 'stdout', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, metrics: new Metrics({ defaultMetrics: false }), log: silent, write: (l) => lines.push(l) });
     const e = event(1);
     e.input.upstream.url = 'https://robot%24ci:s3cr3t-p%40ss@registry.example:8443/v2-mirror';
     log.onDecision(e);

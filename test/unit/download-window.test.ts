@@ -12,7 +12,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { BlobStore } from '../../src/cache/blobstore.js';
 import { DownloadManager } from '../../src/cache/download-manager.js';
 import type { DownloadSource } from '../../src/cache/download.js';
-import { cleanupTempDirs, sha256, sleep, tempDir } from './helpers.js';
+import { cleanupTempDirs, readThrough, sha256, sleep, tempDir } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -64,16 +64,16 @@ describe('Download window and slabs', () => {
     const gate = new Promise<void>((r) => (release = r));
     const { download } = mgr.getOrStart(digest, source(data, 64 * 1024, { pauseAt: 16 * MiB, gate }));
     await download.ready;
-    const fast = collect(download.reader(0, data.length - 1));
+    const fast = collect(readThrough(download, 0, data.length - 1));
     // A slow reader falls far behind the window and must be served from the temp file.
-    const slow = collect(download.reader(0, data.length - 1), 2);
+    const slow = collect(readThrough(download, 0, data.length - 1), 2);
     const until = Date.now() + 10_000;
     while (download.bytesAvailable < 16 * MiB && Date.now() < until) await sleep(5);
     // A late joiner starts at byte 0, long gone from the window.
-    const late = collect(download.reader(0, data.length - 1));
+    const late = collect(readThrough(download, 0, data.length - 1));
     // Ranges that straddle a slab boundary and the window's start.
-    const mid = collect(download.reader(MiB - 10, 3 * MiB + 10));
-    const tail = collect(download.reader(data.length - 100, data.length - 1));
+    const mid = collect(readThrough(download, MiB - 10, 3 * MiB + 10));
+    const tail = collect(readThrough(download, data.length - 100, data.length - 1));
     release();
     for (const r of await Promise.all([fast, slow, late])) {
       expect(r.error).toBeUndefined();
@@ -93,7 +93,7 @@ describe('Download window and slabs', () => {
     const data = randomBytes(6 * MiB + 1);
     const { download } = mgr.getOrStart(sha256(data), source(data, 100_003, { perTick: 1 }));
     await download.ready;
-    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => collect(download.reader(0, data.length - 1), i % 3)));
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => collect(readThrough(download, 0, data.length - 1), i % 3)));
     for (const r of results) expect(r.data.equals(data)).toBe(true);
     await download.finished;
     expect(download.state).toBe('done');
@@ -105,8 +105,8 @@ describe('Download window and slabs', () => {
     const wrong = sha256(Buffer.from('not these bytes'));
     const { download } = mgr.getOrStart(wrong, source(data, 64 * 1024));
     await download.ready;
-    const head = collect(download.reader(0, data.length - 1));
-    const slow = collect(download.reader(0, data.length - 1), 3);
+    const head = collect(readThrough(download, 0, data.length - 1));
+    const slow = collect(readThrough(download, 0, data.length - 1), 3);
     const [a, b] = await Promise.all([head, slow]);
     expect(a.error?.name).toBe('DigestMismatchError');
     expect(b.error?.name).toBe('DigestMismatchError');
@@ -122,7 +122,7 @@ describe('Download window and slabs', () => {
       const data = randomBytes(size);
       const { download } = mgr.getOrStart(sha256(data), source(data, 64 * 1024));
       await download.ready;
-      const r = await collect(download.reader(0, size - 1));
+      const r = await collect(readThrough(download, 0, size - 1));
       expect(r.data.equals(data)).toBe(true);
       await download.finished;
       expect(download.state).toBe('done');

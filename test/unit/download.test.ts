@@ -7,7 +7,7 @@ import { BlobStore, DigestMismatchError, SizeMismatchError } from '../../src/cac
 import { DownloadManager } from '../../src/cache/download-manager.js';
 import type { DownloadSource } from '../../src/cache/download.js';
 import type { Digest } from '../../src/routing/reference.js';
-import { cleanupTempDirs, sha256, sleep, tempDir } from './helpers.js';
+import { cleanupTempDirs, readThrough, sha256, sleep, tempDir } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -99,7 +99,7 @@ describe('DownloadManager / Download', () => {
     expect(mgr.get(digest)).toBe(d);
     await d.ready;
     expect(d.size).toBe(data.length);
-    const readers = starts.map(() => collect(d.reader(0, data.length - 1)));
+    const readers = starts.map(() => collect(readThrough(d, 0, data.length - 1)));
     src.releaseAll();
     const results = await Promise.all(readers);
     for (const r of results) {
@@ -123,12 +123,12 @@ describe('DownloadManager / Download', () => {
     const src = new ControlledSource(split(data, 6));
     const { download } = mgr.getOrStart(digest, src.fetch);
     await download.ready;
-    const early = collect(download.reader(0, data.length - 1));
+    const early = collect(readThrough(download, 0, data.length - 1));
     src.release(4);
     await until(() => download.bytesAvailable >= 400_000);
     const late = mgr.getOrStart(digest, src.fetch);
     expect(late.joined).toBe(true);
-    const lateRead = collect(late.download.reader(0, data.length - 1));
+    const lateRead = collect(readThrough(late.download, 0, data.length - 1));
     src.releaseAll();
     expect((await early).data.equals(data)).toBe(true);
     expect((await lateRead).data.equals(data)).toBe(true);
@@ -144,9 +144,9 @@ describe('DownloadManager / Download', () => {
     await download.ready;
     src.release(3);
     await until(() => download.bytesAvailable >= 150_000);
-    const mid = collect(download.reader(100_000, 399_999));
-    const tail = collect(download.reader(499_990, 499_999));
-    const one = collect(download.reader(0, 0));
+    const mid = collect(readThrough(download, 100_000, 399_999));
+    const tail = collect(readThrough(download, 499_990, 499_999));
+    const one = collect(readThrough(download, 0, 0));
     src.releaseAll();
     expect((await mid).data.equals(data.subarray(100_000, 400_000))).toBe(true);
     expect((await tail).data.equals(data.subarray(499_990))).toBe(true);
@@ -167,9 +167,9 @@ describe('DownloadManager / Download', () => {
       r.on('end', () => (seen.ended = true));
       return { seen, result: collect(r) };
     };
-    const full = watch(download.reader(0, data.length - 1));
-    const head = watch(download.reader(0, 99));
-    const mid = watch(download.reader(10, 20));
+    const full = watch(readThrough(download, 0, data.length - 1));
+    const head = watch(readThrough(download, 0, 99));
+    const mid = watch(readThrough(download, 10, 20));
     // Every byte lands, and the readers drain all they may, before the upstream body ends and the digest is checked.
     src.release(3);
     await until(() => full.seen.bytes >= data.length - 1 && head.seen.bytes >= 99 && mid.seen.bytes >= 10);
@@ -193,7 +193,7 @@ describe('DownloadManager / Download', () => {
     expect(existsSync(store.pathFor(claimed))).toBe(false);
     expect(readdirSync(join(dir, 'tmp'))).toEqual([]);
     // A reader that arrives after the failure errors too.
-    expect((await collect(download.reader(0, 10))).error).toBeInstanceOf(DigestMismatchError);
+    expect((await collect(readThrough(download, 0, 10))).error).toBeInstanceOf(DigestMismatchError);
     // And the next request starts a fresh download.
     await sleep(5);
     expect(mgr.getOrStart(claimed, new ControlledSource([Buffer.from('something else')]).fetch).joined).toBe(false);
@@ -206,7 +206,7 @@ describe('DownloadManager / Download', () => {
     src.holdEnd = true;
     const { download } = mgr.getOrStart(sha256(data), src.fetch);
     await download.ready;
-    const r = download.reader(0, 999);
+    const r = readThrough(download, 0, 999);
     let bytes = 0;
     r.on('data', (c: Buffer) => (bytes += c.length));
     const res = collect(r);
@@ -225,7 +225,7 @@ describe('DownloadManager / Download', () => {
     const src = new ControlledSource([data, Buffer.from('extra')], 2000);
     const { download } = mgr.getOrStart(digest, src.fetch);
     await download.ready;
-    const r = collect(download.reader(0, 1999));
+    const r = collect(readThrough(download, 0, 1999));
     src.releaseAll();
     const res = await r;
     expect(res.error).toBeInstanceOf(SizeMismatchError);
@@ -241,7 +241,7 @@ describe('DownloadManager / Download', () => {
     const src = new ControlledSource(split(data, 3), undefined, 2);
     const { download } = mgr.getOrStart(digest, src.fetch);
     await download.ready;
-    const r = collect(download.reader(0, data.length - 1));
+    const r = collect(readThrough(download, 0, data.length - 1));
     src.releaseAll();
     expect((await r).error?.message).toMatch(/connection reset/);
     await download.finished;
@@ -254,7 +254,7 @@ describe('DownloadManager / Download', () => {
     const { mgr } = setup();
     const digest = sha256('x');
     const { download } = mgr.getOrStart(digest, () => Promise.reject(new Error('401 from upstream')));
-    const reader = collect(download.reader(0, 10));
+    const reader = collect(readThrough(download, 0, 10));
     await expect(download.ready).rejects.toThrow(/401/);
     expect((await reader).error?.message).toMatch(/401/);
     await download.finished;
@@ -268,9 +268,9 @@ describe('DownloadManager / Download', () => {
     const src = new ControlledSource(split(data, 8));
     const { download } = mgr.getOrStart(digest, src.fetch);
     await download.ready;
-    const quitter = download.reader(0, data.length - 1);
+    const quitter = readThrough(download, 0, data.length - 1);
     quitter.once('data', () => quitter.destroy());
-    const stayer = collect(download.reader(0, data.length - 1));
+    const stayer = collect(readThrough(download, 0, data.length - 1));
     src.releaseAll();
     expect((await stayer).data.equals(data)).toBe(true);
     await download.finished;
@@ -291,10 +291,10 @@ describe('DownloadManager / Download', () => {
     await download.finished;
     expect(download.state).toBe('done');
     expect(download.size).toBe(5000);
-    const whole = await collect(download.reader(0, data.length - 1));
+    const whole = await collect(readThrough(download, 0, data.length - 1));
     expect(whole.error).toBeUndefined();
     expect(whole.data.equals(data)).toBe(true);
-    const part = await collect(download.reader(100, 199));
+    const part = await collect(readThrough(download, 100, 199));
     expect(part.data.equals(data.subarray(100, 200))).toBe(true);
   });
 

@@ -100,7 +100,7 @@ const manifests = { get: (_r: Route, digest: Digest) => (known.has(digest) ? Pro
 const CLIENT = { ip: '10.0.0.1', user: null, groups: [], method: 'anonymous', userAgent: 'containerd/2' };
 
 function gate(decider: Decider, observers: DecisionObserver[] = [], sig?: SignatureProvider, scan?: ScanProvider, extra: Partial<GateOptions> = {}): Gate {
-  return new Gate(decider, meta, { ...OPTS, manifests, ...extra }, sig, scan, observers, now);
+  return new Gate({ decider, meta, options: { ...OPTS, manifests, ...extra }, signatures: sig, scan, observers, now });
 }
 
 function byDigest(g: Gate, r: Route, manifest: Manifest) {
@@ -198,11 +198,15 @@ describe('Gate: closures', () => {
     expect(a.message).toContain('tag.denied');
     expect(g.vouchedBy(r, LAYER1, 'blob')).toBeUndefined();
 
-    const allower = new FakeDecider('r2', ALLOW);
-    g.setDecider(allower);
+    // A policy swap as the PolicyManager does it: the decider answers on a new revision and tells the gate.
+    denier.revision = 'r2';
+    denier.answer = ALLOW;
+    g.policyChanged();
     await g.admitRoot(req(r, img));
     expect(g.vouchedBy(r, LAYER1, 'blob')).toBe(img.digest);
-    g.setDecider(new FakeDecider('r3', denyWith()));
+    denier.revision = 'r3';
+    denier.answer = denyWith();
+    g.policyChanged();
     expect((await g.admitRoot(req(r, img))).serve).toBe(false);
     expect(g.vouchedBy(r, LAYER1, 'blob')).toBeUndefined();
     expect(g.vouchedBy(r, img.digest, 'blob')).toBeUndefined();
@@ -299,7 +303,7 @@ describe('Gate: decision cache', () => {
     expect(decider.calls).toHaveLength(6);
   });
 
-  it('a new policy revision re-evaluates, whether by setDecider or by the decider’s own revision', async () => {
+  it('a new policy revision re-evaluates, whether announced (policyChanged, the PolicyManager swap) or only seen in the decider’s revision', async () => {
     const decider = new FakeDecider('r1', ALLOW);
     const g = gate(decider);
     const rq = req(route('library/nginx'), image());
@@ -310,11 +314,12 @@ describe('Gate: decision cache', () => {
     decider.answer = denyWith();
     expect((await g.admitRoot(rq)).serve).toBe(false);
     expect(decider.calls).toHaveLength(2);
-    const other = new FakeDecider('r3', ALLOW);
-    g.setDecider(other);
+    decider.revision = 'r3';
+    decider.answer = ALLOW;
+    g.policyChanged();
     expect(g.policyRevision).toBe('r3');
     expect((await g.admitRoot(rq)).serve).toBe(true);
-    expect(other.calls).toHaveLength(1);
+    expect(decider.calls).toHaveLength(3);
   });
 
   it('a new trust revision re-evaluates', async () => {

@@ -5,8 +5,10 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
 import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
+import type { Download } from '../../src/cache/download.js';
 import type { Digest } from '../../src/routing/reference.js';
 
 const dirs: string[] = [];
@@ -86,4 +88,15 @@ export function sleep(ms: number): Promise<void> {
 
 export function hex(n: number, ch = 'a'): string {
   return ch.repeat(n);
+}
+
+/**
+ * Bytes [start, end] of a download as a client receives them: through Download.writeTo, the one path the blob
+ * handler uses, into a stand-in response (a PassThrough, so backpressure works as on a socket). A failure destroys
+ * it with the error, as the handler destroys the response; destroying it is the client going away.
+ */
+export function readThrough(d: Download, start: number, end: number): Readable {
+  const res = new PassThrough();
+  d.writeTo(res as unknown as ServerResponse, start, end, () => {}).catch((e: unknown) => res.destroy(e as Error));
+  return res;
 }

@@ -128,7 +128,7 @@ describe('regressions', () => {
           throw new Error('metrics exploded');
         },
       };
-      const g = new Gate(decider, meta, { allowTTL: 60_000, denyTTL: 1000, closureTTL: 60_000 }, undefined, undefined, [observer]);
+      const g = new Gate({ decider, meta, options: { allowTTL: 60_000, denyTTL: 1000, closureTTL: 60_000 }, observers: [observer] });
       const rq = { route, method: 'GET' as const, tag: 'latest', manifest, kind: 'manifest' as const, client: { ip: 'x', user: null, groups: [], method: 'anonymous', userAgent: null } };
       await g.admitRoot(rq);
       expect((await g.admitRoot(rq)).serve).toBe(true);

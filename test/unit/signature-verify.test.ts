@@ -18,12 +18,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../src/proxy/manifests.js';
 import { parseManifest, type ParsedManifest } from '../../src/oci/mediatypes.js';
 import type { Digest } from '../../src/routing/reference.js';
-import { isAccessory, isRunnable, needsOwnDecision } from '../../src/verify/accessory.js';
+import { isAccessory, isRunnable } from '../../src/oci/artifacts.js';
+import { admittedRootKind, needsOwnDecision, rootKind } from '../../src/gate/classify.js';
 import { signaturesSchema } from '../../src/config/signatures.js';
 import { cosignItems, type CosignItem, type Outcome } from '../../src/verify/cosign.js';
 import { verifyCosignKeyless, verifyCosignWithKey } from '../../src/verify/cosign-verify.js';
 import type { FoundArtifact } from '../../src/verify/discovery.js';
-import { checkSignatureConfig, requiredAuthorities } from '../../src/verify/index.js';
+import { checkSignatureConfig } from '../../src/verify/index.js';
+import { requiredAuthorities } from '../../src/config/signatures.js';
 import { parseConfig } from '../../src/config/load.js';
 import { parseNotationJws, verifyNotation } from '../../src/verify/notation.js';
 import { loadTrust, trustFilesChanged, type KeyAuthority, type KeylessAuthority, type NotationAuthority } from '../../src/verify/trust.js';
@@ -410,6 +412,15 @@ describe('accessory classification', () => {
     expect(isAccessory(index([{ platform: { os: 'linux', architecture: 'amd64' } }]), `sha256-${hex('ab')}`)).toBe(false);
     // An image by digest with no sign of being a signature is an image.
     expect(isAccessory(img(['application/vnd.example.unknown']), null)).toBe(false);
+  });
+
+  it('the gate classifies requests: a root by what it is and how it was asked for; an admitted root re-decided for another identity keeps its accessory kind only when nothing in it can run', () => {
+    const sig = img(['application/vnd.example.unknown']);
+    expect(rootKind(sig, `sha256-${hex('ab')}.sig`)).toBe('accessory');
+    expect(rootKind(sig, null)).toBe('manifest');
+    expect(rootKind(img(['application/vnd.oci.image.layer.v1.tar']), `sha256-${hex('ab')}.sig`)).toBe('manifest');
+    expect(admittedRootKind(sig)).toBe('accessory');
+    expect(admittedRootKind(img(['application/vnd.oci.image.layer.v1.tar']))).toBe('manifest');
   });
 
   it('a runnable manifest reached through a referrers index gets its own decision', () => {

@@ -1,4 +1,8 @@
-/** Reading a whole upstream body into memory, for the small documents (manifests, tag lists, referrer indexes). */
+/**
+ * Reading a whole upstream body into memory, for the small documents: manifests, tag lists, referrer indexes, token
+ * responses, policy bundles, OPA answers, signature blobs, scanner reports. Every upstream read that buffers goes
+ * through here, so none can be made to buffer without bound.
+ */
 import type { Readable } from 'node:stream';
 
 /**

@@ -1,13 +1,14 @@
 /**
- * Which manifests are accessories (signatures, attestations, SBOMs, referrers indexes) rather than images.
+ * What a manifest is by its content: runnable (an image with a filesystem layer, an index of platforms), or an
+ * accessory (a signature, attestation, SBOM or referrers index). The request classification built on this (which
+ * decision a request gets) is the gate's: src/gate/classify.ts.
  *
  * Accessories get a separate, lighter decision (registry and scope rules only), so the classification must not be
  * a way around the image rules: a manifest is an accessory only if nothing in it can run. An image manifest with a
  * filesystem layer is never an accessory, whatever its tag, `subject` or `artifactType` say; an index is one only
- * when every entry is a typed artifact without a platform, and a runnable manifest reached through such an index
- * gets a decision of its own (see `needsOwnDecision`).
+ * when every entry is a typed artifact without a platform.
  */
-import type { ParsedManifest } from '../oci/mediatypes.js';
+import type { ParsedManifest } from './mediatypes.js';
 
 /** cosign `.sig`/`.att`/`.sbom` tags and the referrers tag schema. */
 export const ACCESSORY_TAG = /^sha256-[a-f0-9]{64}(\.(sig|att|sbom))?$/;
@@ -51,12 +52,4 @@ export function isAccessory(m: ParsedManifest, tag: string | null): boolean {
   if (m.subject) return true;
   if (known(m.artifactType) || known(m.config?.mediaType)) return true;
   return m.kind === 'image' && m.blobs.length > 1 && m.blobs.slice(1).every((l) => known(l.mediaType));
-}
-
-/**
- * A child manifest reached through an admitted root's closure is normally covered by the root's decision; not
- * when the root is an accessory and the child could run (an image smuggled into a referrers index).
- */
-export function needsOwnDecision(root: ParsedManifest, child: ParsedManifest): boolean {
-  return !isRunnable(root) && isRunnable(child);
 }
