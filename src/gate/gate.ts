@@ -372,7 +372,7 @@ export class Gate {
 
   private signaturesOf(ctx: EvidenceContext): Promise<{ signatures: Evidence['signatures']; attestations: PolicyInput['attestations'] }> {
     return this.signatures.signatures(ctx).catch((e: unknown) => ({
-      signatures: { status: 'error' as const, verified: [], rejected: [{ reason: `signature check failed: ${String(e)}` }] },
+      signatures: { status: 'error' as const, verified: [], rejected: [{ reason: `signature check failed: ${String(e)}`, code: 'CHECK_FAILED' as const }] },
       attestations: [],
     }));
   }

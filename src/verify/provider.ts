@@ -22,7 +22,8 @@ import { isAccessory } from './accessory.js';
 import { BudgetExceededError, DiscoveryBudget } from './budget.js';
 import { EvidenceCache, type CachedEvidence } from './cache.js';
 import type { SignaturesConfig } from '../config/signatures.js';
-import { cosignItems, type CosignItem, type Outcome } from './cosign.js';
+import type { SignatureCode } from '../policy/codes.js';
+import { cosignItems, reject, type CosignItem, type Outcome } from './cosign.js';
 import { verifyCosignKeyless, verifyCosignWithKey } from './cosign-verify.js';
 import { Discoverer, errorText, MT, type FoundArtifact } from './discovery.js';
 import { parseNotationJws, verifyNotation, type NotationEnvelope } from './notation.js';
@@ -31,12 +32,13 @@ import { loadTrust, trustFilesChanged, type Authority, type Trust } from './trus
 type Verified = SignatureEvidence['verified'][number];
 type Attestation = PolicyInput['attestations'][number];
 type Family = 'cosign' | 'notation';
+type Rejected = SignatureEvidence['rejected'][number];
 
 /** One signature-ish thing found for a digest, parsed or not. */
 type Candidate =
   | { family: 'cosign'; item: CosignItem }
   | { family: 'notation'; env: NotationEnvelope }
-  | { family: Family; where: string; error: string; isSignature: boolean };
+  | { family: Family; where: string; error: string; code: SignatureCode; isSignature: boolean };
 
 const KIND_LABEL = { key: 'cosign-key', keyless: 'cosign-keyless', notation: 'notation' } as const;
 
@@ -111,7 +113,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       }
       return await p;
     } catch (e) {
-      return errorEvidence(`signature check failed: ${errorText(e)}`);
+      return errorEvidence('CHECK_FAILED', `signature check failed: ${errorText(e)}`);
     }
   }
 
@@ -133,7 +135,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     const readBlob = (d: Descriptor): Promise<Buffer> => this.discoverer.blob(route, d, budget);
     const candidates = budget.exceeded ? [] : (await Promise.all(discovery.artifacts.map((a) => this.candidatesOf(a, readBlob)))).flat();
     // Fail closed: whatever verified before the budget ran out, the upstream listed more than a decision may fetch.
-    const result = budget.exceeded ? errorEvidence(budget.exceeded.message) : await this.evaluate(candidates, manifest, discovery.errors);
+    const result = budget.exceeded ? errorEvidence('BUDGET_EXCEEDED', budget.exceeded.message) : await this.evaluate(candidates, manifest, discovery.errors);
     const seconds = (performance.now() - started) / 1000;
     this.metrics.signatureDuration.observe(seconds);
     this.log.debug(
@@ -150,21 +152,21 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   private async candidatesOf(found: FoundArtifact, readBlob: (d: Descriptor) => Promise<Buffer>): Promise<Candidate[]> {
     if (found.kind === 'notation') return this.notationCandidates(found, readBlob);
     const items = await cosignItems(found, readBlob, this.config.maxSignatures);
-    return items.map((i): Candidate => ('error' in i ? { family: 'cosign', where: i.where, error: i.error, isSignature: i.isSignature } : { family: 'cosign', item: i }));
+    return items.map((i): Candidate => ('error' in i ? { family: 'cosign', where: i.where, error: i.error, code: 'UNUSABLE_SIGNATURE', isSignature: i.isSignature } : { family: 'cosign', item: i }));
   }
 
   private async notationCandidates(found: FoundArtifact, readBlob: (d: Descriptor) => Promise<Buffer>): Promise<Candidate[]> {
     const layers = found.manifest.parsed.blobs.slice(1);
     const where = `${found.via} ${found.manifest.digest.slice(7, 19)}`;
     const layer = layers[0];
-    if (layers.length !== 1 || !layer) return [{ family: 'notation', where, error: `signature manifest with ${layers.length} layers (want 1)`, isSignature: true }];
-    if (layer.mediaType === MT.cose) return [{ family: 'notation', where, error: 'COSE envelopes (application/cose) are not supported; sign with --signature-format jws', isSignature: true }];
-    if (layer.mediaType !== MT.jose) return [{ family: 'notation', where, error: `unknown envelope type ${layer.mediaType}`, isSignature: true }];
+    if (layers.length !== 1 || !layer) return [{ family: 'notation', where, error: `signature manifest with ${layers.length} layers (want 1)`, code: 'UNUSABLE_SIGNATURE', isSignature: true }];
+    if (layer.mediaType === MT.cose) return [{ family: 'notation', where, error: 'COSE envelopes (application/cose) are not supported; sign with --signature-format jws', code: 'UNSUPPORTED', isSignature: true }];
+    if (layer.mediaType !== MT.jose) return [{ family: 'notation', where, error: `unknown envelope type ${layer.mediaType}`, code: 'UNSUPPORTED', isSignature: true }];
     try {
       return [{ family: 'notation', env: parseNotationJws(where, await readBlob(layer)) }];
     } catch (e) {
       if (e instanceof BudgetExceededError) return [];
-      return [{ family: 'notation', where, error: errorText(e), isSignature: true }];
+      return [{ family: 'notation', where, error: errorText(e), code: 'UNUSABLE_SIGNATURE', isSignature: true }];
     }
   }
 
@@ -174,19 +176,20 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     const subject = { digest, mediaType: manifest.mediaType, size: manifest.bytes.length };
     const verified: Verified[] = [];
     const attestations: Attestation[] = [];
-    const rejected: SignatureEvidence['rejected'] = [];
+    const rejected: Rejected[] = [];
     const signatureCandidates = candidates.filter((c) => ('item' in c ? c.item.isSignature : 'env' in c ? true : c.isSignature));
 
     for (const a of this.trust.authorities) {
       const family: Family = a.kind === 'notation' ? 'notation' : 'cosign';
       const kind = KIND_LABEL[a.kind];
-      const reasons = new Set<string>();
+      // One entry per distinct reason (reasons differ within a code: "digest mismatch (signed …)").
+      const reasons = new Map<string, SignatureCode>();
       let done = false;
       for (const c of signatureCandidates) {
         if (c.family !== family) continue;
         if (done) break;
         if ('error' in c) {
-          reasons.add(`unusable signature (${c.error})`);
+          reasons.set(`unusable signature (${c.error})`, c.code);
           this.metrics.signatureVerifications.inc({ kind, result: 'error' });
           continue;
         }
@@ -203,12 +206,12 @@ export class SignatureEvidenceProvider implements SignatureProvider {
             ...(outcome.signedAt ? { signed_at: outcome.signedAt } : {}),
           });
         } else {
-          reasons.add(outcome.reason);
+          reasons.set(outcome.reason, outcome.code);
         }
       }
       if (!done) {
-        if (reasons.size === 0) reasons.add(`no ${family === 'cosign' ? 'cosign' : 'Notation'} signature found`);
-        for (const reason of [...reasons].slice(0, 5)) rejected.push({ authority: a.name, reason });
+        if (reasons.size === 0) reasons.set(`no ${family === 'cosign' ? 'cosign' : 'Notation'} signature found`, 'NO_SIGNATURE');
+        for (const [reason, code] of [...reasons].slice(0, 5)) rejected.push({ authority: a.name, reason, code });
       }
       // Attestations: verified DSSE/in-toto statements other than cosign's own signature predicate.
       if (family === 'cosign') {
@@ -228,13 +231,14 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     let status: SignatureEvidence['status'];
     if (discoveryErrors.length && verified.length === 0) {
       status = 'error';
-      rejected.unshift({ reason: `signature discovery failed: ${discoveryErrors.join('; ').slice(0, 300)}` });
+      rejected.unshift({ reason: `signature discovery failed: ${discoveryErrors.join('; ').slice(0, 300)}`, code: 'DISCOVERY_FAILED' });
     } else if (signatureCandidates.length === 0) {
       status = 'none';
     } else {
       status = 'ok';
     }
-    return { signatures: { status, verified, rejected: status === 'none' ? rejected.filter((r) => !/^no (cosign|Notation) signature found$/.test(r.reason)) : rejected }, attestations };
+    // With nothing found at all, "none" says it; the per-authority NO_SIGNATURE entries would only repeat it.
+    return { signatures: { status, verified, rejected: status === 'none' ? rejected.filter((r) => r.code !== 'NO_SIGNATURE') : rejected }, attestations };
   }
 
   private async verifyOne(c: Candidate, a: Authority, subject: { digest: EvidenceContext['digest']; mediaType: string; size: number }, now: Date): Promise<Outcome> {
@@ -245,9 +249,9 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       } else if ('env' in c && a.kind === 'notation') {
         return await verifyNotation(c.env, a, subject, now, (msg) => this.log.warn({ authority: a.name }, msg));
       }
-      return { ok: false, reason: 'not a signature this authority can verify' };
+      return reject('WRONG_KIND', 'not a signature this authority can verify');
     } catch (e) {
-      return { ok: false, reason: `verification error: ${errorText(e)}` };
+      return reject('VERIFICATION_ERROR', `verification error: ${errorText(e)}`);
     }
   }
 
@@ -264,6 +268,6 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   }
 }
 
-function errorEvidence(reason: string): CachedEvidence {
-  return { signatures: { status: 'error', verified: [], rejected: [{ reason }] }, attestations: [] };
+function errorEvidence(code: SignatureCode, reason: string): CachedEvidence {
+  return { signatures: { status: 'error', verified: [], rejected: [{ reason, code }] }, attestations: [] };
 }
