@@ -181,7 +181,9 @@ describe('discovery', () => {
       up.setFault({ pathRegex: /\/referrers\// }, { kind: 'status', status: 503, times: 3 });
       const msg = await denial(await get(p, up, 'signed/app/manifests/v1'));
       expect(msg).toMatch(/signature required by authority "release" \(signature verification error: .*signature discovery failed: referrers: upstream "up" answered HTTP 503/);
-      expect(decisions.at(-1)!.input.signatures.status).toBe('error');
+      const sig = decisions.at(-1)!.input.signatures;
+      expect(sig.status).toBe('error');
+      expect(sig.rejected.map((r) => [r.authority, r.code])).toEqual([[undefined, 'DISCOVERY_FAILED'], ['release', 'NO_SIGNATURE']]);
       // Pulled by digest (a new decision): the upstream is back, and nothing of the failure was cached.
       expect((await get(p, up, `signed/app/manifests/${image.digest}`)).status).toBe(200);
     } finally {
