@@ -6,7 +6,10 @@
  * - `status`: `none` when no signature artifact exists, `ok` when some were examined (verified or not), `error`
  *   when discovery failed and nothing verified.
  * - `rejected[]`: one entry per authority without a verified signature and per distinct reason (no signature
- *   found, key mismatch, identity mismatch, digest mismatch, untrusted chain, expired, …); the policy names them.
+ *   found, key mismatch, identity mismatch, digest mismatch, untrusted chain, expired, …), each with its stable
+ *   `code` (policy/codes.ts); the policy names the reasons, and anything that decides uses the codes.
+ * - A bundle or layer is a signature only when its payload is one (simple signing, or the cosign sign predicate,
+ *   cosign.ts): an attestation never counts, whatever artifact type or annotation its manifest claims.
  * - Results are cached per (upstream, repository, digest, trust revision); verified results for longer than
  *   unverified ones, discovery failures not at all.
  * - Key and trust files are re-read when they change; that is a new trust revision.
