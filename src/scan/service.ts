@@ -22,7 +22,7 @@ import { INDEX_TYPES } from '../oci/mediatypes.js';
 import type { Route } from '../routing/route.js';
 import { sourceOrder, type ScanConfig, type SourceName } from '../config/scan.js';
 import { parseVulnPredicate, ReportFormatError } from './formats.js';
-import { SCANNABLE, ScannerError } from './harbor.js';
+import { SCANNABLE } from './harbor.js';
 import { ScannerJobs } from './scanner-jobs.js';
 import { mergeResults, summarize, type ScanResult } from './normalize.js';
 import { ScanStore } from './store.js';
@@ -151,7 +151,8 @@ export class ScanService implements ScanProvider {
         else if (name === 'reports') o = await this.fromReports(ctx, platforms);
         else o = this.scanner ? await this.scanner.fromScanner(ctx, await platforms()) : { kind: 'missing', source: 'scanner' };
       } catch (e) {
-        o = { kind: 'error', source: SOURCE_LABEL[name], code: e instanceof ScannerError ? 'SCANNER_ERROR' : 'LOOKUP_FAILED', message: e instanceof Error ? e.message : String(e) };
+        // Scanner failures are caught and coded where they happen (scanner-jobs.ts); what reaches here is the lookup's.
+        o = { kind: 'error', source: SOURCE_LABEL[name], code: 'LOOKUP_FAILED', message: e instanceof Error ? e.message : String(e) };
       }
       const isStale = o.kind === 'ok' && this.isStale(o.result, now);
       if (count) this.metrics.scanLookups?.inc({ source: o.source, status: o.kind === 'ok' ? (isStale ? 'stale' : 'ok') : o.kind });

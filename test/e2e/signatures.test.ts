@@ -20,7 +20,9 @@
  * keyless with another subject or issuer (identity mismatch); a certificate from another Fulcio (untrusted
  * chain); a payload changed after signing (tampered payload); a valid signature or bundle of another image
  * (digest mismatch); a Notation certificate outside the trust store (untrusted chain); an expired Notation
- * signature (expired). Admitted images are pulled whole with skopeo (dist) and crane (ref), and `cosign verify`,
+ * signature (expired). Each rejection also carries its stable code in the policy input (KEY_MISMATCH, DIGEST_MISMATCH,
+ * IDENTITY_MISMATCH, UNTRUSTED_CHAIN, INVALID_SIGNATURE, EXPIRED). A cosign 3 attestation by the trusted key, dressed
+ * as a signature (signature artifact type, predicateType annotation cosign/sign/v1), is not one. Admitted images are pulled whole with skopeo (dist) and crane (ref), and `cosign verify`,
  * `cosign verify-attestation` (2 and 3) and `notation verify` pointed at the proxy succeed for them.
  *
  * A docker reference cannot carry a port inside its path, so the upstreams get port-less aliases for the prefix
