@@ -310,6 +310,17 @@ describe('the Harbor scanner', () => {
     expect(ev).toMatchObject({ status: 'error', source: 'scanner', code: 'SCAN_TIMEOUT', error: 'scan did not finish within 0s' });
   });
 
+  test('an index with nothing to scan is a lookup error with its code', async () => {
+    sc = await startScannerDouble({ pull: false });
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [{ mediaType: OCI_MANIFEST, digest: sha256('att'), size: 10, platform: { os: 'unknown', architecture: 'unknown' } }] }));
+    const onlyAttestations = { get: (_route: unknown, digest: string) => Promise.resolve({ digest, mediaType: OCI_INDEX, bytes, parsed: parseManifest(bytes, OCI_INDEX) }) } as unknown as ManifestService;
+    const config = makeConfig({ upstreams: [{ name: 'local', registry: '127.0.0.1:5000', url: 'http://127.0.0.1:5000' }], dataDir: tempDir('pc-scan-'), scan: scannerCfg(sc.url) });
+    const s = new ScanService({ config, manifests: onlyAttestations, log, dataDir: config.dataDir });
+    services.push(s);
+    expect(await s.scan(ctx(IDX, OCI_INDEX), [])).toEqual({ status: 'error', source: 'scanner', code: 'LOOKUP_FAILED', error: 'index has no platform manifest to scan' });
+    expect(sc.scans).toHaveLength(0);
+  });
+
   test('the scanner down is an error naming it; sources before it still answer', async () => {
     const down = await startScannerDouble({ pull: false });
     const url = down.url;
