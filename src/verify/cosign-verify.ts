@@ -122,11 +122,11 @@ export function verificationFailure(e: unknown, item?: CosignItem, trust?: Trust
   if (!(e instanceof VerificationError)) return reject('VERIFICATION_ERROR', `verification error: ${e instanceof Error ? e.message : String(e)}`);
   switch (e.code) {
     case 'CERTIFICATE_ERROR':
+      // A chain failure wraps its cause; SCT checks (after the chain verified) throw without one.
+      if (e.cause === undefined) return reject('UNTRUSTED_CHAIN', `untrusted chain (${e.message})`);
       if (item?.certificate && trust && issuedByTrustedCA(item.certificate, trust) && !validAtSigning(item.certificate, item)) {
         return reject('EXPIRED', 'expired (certificate not valid at the signing time)');
       }
-      // A chain failure wraps its cause; SCT checks (after the chain verified) throw without one.
-      if (e.cause === undefined) return reject('UNTRUSTED_CHAIN', `untrusted chain (${e.message})`);
       return reject('UNTRUSTED_CHAIN', 'untrusted chain');
     case 'PUBLIC_KEY_ERROR':
       return reject('KEY_MISMATCH', 'key mismatch');
@@ -152,13 +152,18 @@ function issuedByTrustedCA(cert: X509Certificate, trust: TrustMaterial): boolean
 }
 
 /**
- * Is the signing certificate valid at every time the bundle's transparency-log entries attest (else now, which is
- * what a bundle without a log entry is judged at)? Fulcio certificates live ten minutes: this is what "expired" means.
+ * Is the signing certificate valid at every time the bundle attests (its RFC 3161 timestamps and transparency-log
+ * entries), the times @sigstore/verify checks the chain at? Fulcio certificates live ten minutes: this is what
+ * "expired" means. With no time at all, the chain was not checked at a time, so nothing expired.
  */
 function validAtSigning(cert: X509Certificate, item: CosignItem): boolean {
-  const times = item.bundle.verificationMaterial.tlogEntries.map((t) => Number(t.integratedTime)).filter((t) => Number.isFinite(t) && t > 0);
-  const at = times.length ? times.map((t) => new Date(t * 1000)) : [new Date()];
-  return at.every((d) => cert.validForDate(d));
+  let times: Date[];
+  try {
+    times = entityOf(item).timestamps.map((t) => (t.$case === 'timestamp-authority' ? t.timestamp.signingTime : new Date(Number(t.tlogEntry.integratedTime) * 1000)));
+  } catch {
+    return true;
+  }
+  return times.filter((d) => !Number.isNaN(d.getTime()) && d.getTime() > 0).every((d) => cert.validForDate(d));
 }
 
 function keyIdOf(cert: X509Certificate): string {
