@@ -272,6 +272,10 @@ describe('cosign, keyless (local Fulcio and Rekor from @sigstore/mock)', () => {
     expectReason(verifyCosignKeyless(item, keyless(), OTHER), 'DIGEST_MISMATCH', /^digest mismatch/);
     expectReason(verifyCosignKeyless(await bundleItem(statement(DIGEST), { tamper: true }), keyless(), DIGEST), 'INVALID_SIGNATURE', /^tampered payload/);
     expectReason(verifyCosignKeyless(item, keyless({ subject: undefined, subjectRegExp: '.*', tlogThreshold: 2 }), DIGEST), 'TLOG_UNVERIFIED', /^transparency log verification failed/);
+    expectReason(verifyCosignKeyless(item, keyless({ timestampThreshold: 2 }), DIGEST), 'TIMESTAMP_UNVERIFIED', /^no trusted timestamp \(/);
+    // Signed and bound, but what was signed is no statement about an image.
+    const unbound = await bundleItem(Buffer.from(JSON.stringify({ _type: 'https://in-toto.io/Statement/v1', subject: [], predicateType: 'https://sigstore.dev/cosign/sign/v1', predicate: {} })));
+    expectReason(verifyCosignKeyless(unbound, keyless(), DIGEST), 'UNUSABLE_PAYLOAD', /^unusable payload: in-toto statement without a sha256 subject$/);
   });
 
   it('assembles legacy keyless signatures (certificate and Rekor SET annotations) into a bundle', async () => {
