@@ -216,6 +216,29 @@ describe('verification', () => {
     }
   });
 
+  it('a bundle that does not parse is an unusable signature, with its code in the policy input', async () => {
+    const up = await startFakeUpstream({ referrers: true });
+    const decisions: Array<Parameters<DecisionObserver['onDecision']>[0]> = [];
+    const p = await start(up, {}, decisions);
+    try {
+      const image = addImage(up, 'signed/app', 'garbled');
+      const garbage = Buffer.from('{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json"}');
+      up.addBlob('signed/app', garbage);
+      up.addManifest('signed/app', undefined, Buffer.from(JSON.stringify({
+        schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: BUNDLE, config: EMPTY,
+        layers: [{ mediaType: BUNDLE, digest: sha(garbage), size: garbage.length }],
+        subject: { mediaType: OCI_MANIFEST, digest: image.digest, size: image.bytes.length },
+      })), OCI_MANIFEST);
+      expect(await denial(await get(p, up, 'signed/app/manifests/garbled'))).toMatch(/authority "release" \(no signature verified: unusable signature \(not a valid Sigstore bundle: /);
+      const sig = decisions.at(-1)!.input.signatures;
+      expect(sig.status).toBe('ok');
+      expect(sig.rejected).toEqual([expect.objectContaining({ authority: 'release', code: 'UNUSABLE_SIGNATURE' })]);
+    } finally {
+      await p.stop();
+      await up.stop();
+    }
+  });
+
   it('caches verified evidence per digest and trust revision; a new key is a new revision', async () => {
     const up = await startFakeUpstream({ referrers: true });
     const p = await start(up, { reloadInterval: 0 });
