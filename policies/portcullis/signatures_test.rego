@@ -18,6 +18,15 @@ test_all_missing_one_authority if {
 	}]
 }
 
+# The proxy adds a stable code to each rejection; the messages show the reasons only, as before the codes existed.
+test_codes_do_not_change_messages if {
+	inp := with_sigs(sigs(["ci"], [
+		{"authority": "release-team", "reason": "key mismatch", "code": "KEY_MISMATCH"},
+		{"authority": "release-team", "reason": "expired (certificate not valid at the signing time)", "code": "EXPIRED"},
+	]))
+	deny_messages(decide(inp, base_config)) == {"signature required by authority \"release-team\" (no signature verified: expired (certificate not valid at the signing time); key mismatch)"}
+}
+
 test_all_reasons_of_other_authorities_not_shown if {
 	inp := with_sigs(sigs(["ci"], [
 		{"authority": "ci", "reason": "expired certificate"},

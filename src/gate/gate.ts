@@ -154,7 +154,7 @@ const notConfiguredSignatures: SignatureProvider = {
   trustRevision: 'none',
   signatures: () => Promise.resolve({ signatures: { status: 'not_configured', verified: [], rejected: [] }, attestations: [] }),
 };
-const notConfiguredScan: ScanProvider = { scan: () => Promise.resolve({ status: 'not_configured' }) };
+const notConfiguredScan: ScanProvider = { scan: () => Promise.resolve({ status: 'not_configured', code: 'NOT_CONFIGURED' }) };
 
 export class Gate implements AdmissionGate {
   private readonly decisions: LRUCache<string, { admission: Admission; expiresAt: number }>;
@@ -333,7 +333,7 @@ export class Gate implements AdmissionGate {
     // for the scan once, then decide once more; still pending means a deny ("scan pending").
     if (ctx && result?.wait_seconds && input.scan.status === 'pending' && this.scan.awaitResult) {
       const waitStarted = performance.now();
-      const scan = await this.scan.awaitResult(ctx, built.value.ownAttestations, result.wait_seconds * 1000).catch(() => ({ status: 'error' as const }));
+      const scan = await this.scan.awaitResult(ctx, built.value.ownAttestations, result.wait_seconds * 1000).catch(() => ({ status: 'error' as const, code: 'LOOKUP_FAILED' as const }));
       input = { ...input, now: new Date(this.now()).toISOString(), scan: { ...scan, waited_seconds: Math.round((performance.now() - waitStarted) / 100) / 10 } };
       waitMs += performance.now() - waitStarted;
       started = performance.now();
@@ -399,7 +399,7 @@ export class Gate implements AdmissionGate {
     const own = await this.signaturesOf(ctx);
     const vouchers = [s.root?.manifest, s.parent].filter((m, i, all): m is Manifest => m !== undefined && all.findIndex((x) => x?.digest === m.digest) === i);
     const inherited = await Promise.all(vouchers.map(async (m) => ({ digest: m.digest, ...(await this.signaturesOf(evidenceContext(s.route, m))) })));
-    const scan = await this.scan.scan(ctx, own.attestations).catch(() => ({ status: 'error' as const }));
+    const scan = await this.scan.scan(ctx, own.attestations).catch(() => ({ status: 'error' as const, code: 'LOOKUP_FAILED' as const }));
     return {
       signatures: inherited.length ? mergeSignatures(own.signatures, s.manifest.digest, inherited.map((i) => ({ digest: i.digest, ev: i.signatures }))) : own.signatures,
       // The child's own attestations first: only those describe its content (and only those feed its scan).
@@ -411,7 +411,7 @@ export class Gate implements AdmissionGate {
 
   private signaturesOf(ctx: EvidenceContext): Promise<{ signatures: Evidence['signatures']; attestations: PolicyInput['attestations'] }> {
     return this.signatures.signatures(ctx).catch((e: unknown) => ({
-      signatures: { status: 'error' as const, verified: [], rejected: [{ reason: `signature check failed: ${String(e)}` }] },
+      signatures: { status: 'error' as const, verified: [], rejected: [{ reason: `signature check failed: ${String(e)}`, code: 'CHECK_FAILED' as const }] },
       attestations: [],
     }));
   }

@@ -7,6 +7,7 @@
 import type { Manifest } from '../proxy/manifests.js';
 import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
+import type { ScanCode, SignatureCode } from './codes.js';
 
 export interface PolicyInput {
   version: 1;
@@ -79,7 +80,8 @@ export interface SignatureEvidence {
     /** The digest the signature covers: the image's own, or (for a child) that of the index that admitted it. */
     signed_digest?: string;
   }>;
-  rejected: Array<{ authority?: string; reason: string }>;
+  /** `code`: why, as a stable code (codes.ts); `reason`: the same for people. */
+  rejected: Array<{ authority?: string; reason: string; code: SignatureCode }>;
 }
 
 export interface ScanEvidence {
@@ -96,6 +98,8 @@ export interface ScanEvidence {
   scanner?: string;
   /** Why, when status is error. */
   error?: string;
+  /** Why the evidence is not a fresh result, as a stable code (codes.ts): set whenever status is not `ok`. */
+  code?: ScanCode;
   /** Set after the gate waited for a pending scan (`on_pending: wait`): how long it waited. */
   waited_seconds?: number;
 }

@@ -8,6 +8,7 @@ import { readSecret } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import type { EvidenceContext } from '../policy/contract.js';
 import type { ScanConfig } from '../config/scan.js';
+import type { ScanCode } from '../policy/codes.js';
 import { HarborClient, ScannerError } from './harbor.js';
 import { mergeResults, type ScanResult } from './normalize.js';
 import type { ScanMetrics, Outcome, Target } from './service.js';
@@ -87,19 +88,19 @@ export class ScannerJobs {
     const orStale = (o: Outcome): Outcome => (result ? { kind: 'ok', source: 'scanner', result } : o);
     if (rec?.job) {
       if (wall - rec.job.requestedAt > sc.scanTimeout) {
-        rec = this.failJob(rec, `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
-        return orStale({ kind: 'error', source: 'scanner', message: rec.error!.message });
+        rec = this.failJob(rec, 'SCAN_TIMEOUT', `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
+        return orStale(errorOutcome(rec));
       }
       if (!this.pollTimers.has(t.digest)) this.schedulePoll(t.digest, 0);
       return orStale({ kind: 'pending', source: 'scanner' });
     }
-    if (rec?.error && wall - rec.error.at < sc.retryAfterError) return orStale({ kind: 'error', source: 'scanner', message: rec.error.message });
+    if (rec?.error && wall - rec.error.at < sc.retryAfterError) return orStale(errorOutcome(rec));
     await this.submit(ctx, t);
     const after = this.scannerRecord(t.digest);
     if (after?.job) return orStale({ kind: 'pending', source: 'scanner' });
-    if (after?.error) return orStale({ kind: 'error', source: 'scanner', message: after.error.message });
+    if (after?.error) return orStale(errorOutcome(after));
     if (after?.result) return { kind: 'ok', source: 'scanner', result: after.result };
-    return orStale({ kind: 'error', source: 'scanner', message: 'scan request failed' });
+    return orStale({ kind: 'error', source: 'scanner', code: 'SCANNER_ERROR', message: 'scan request failed' });
   }
 
   /** One scan request per digest at a time; concurrent lookups share it. */
@@ -149,7 +150,8 @@ export class ScannerJobs {
       const message = errorText(e);
       this.log.warn({ digest: t.digest, err: message }, 'scan request failed');
       rec.job = null;
-      rec.error = { message, at: Date.now() };
+      // Whatever failed on the way (the scanner, or the pull token for it), the scan request did not go out.
+      rec.error = { message, at: Date.now(), code: 'SCANNER_ERROR' };
       this.deps.store.putScanner(rec);
       this.pending.delete(t.digest);
       this.updatePendingGauge();
@@ -180,7 +182,7 @@ export class ScannerJobs {
     }
     const job = rec.job;
     if (Date.now() - job.requestedAt > sc.scanTimeout) {
-      this.failJob(rec, `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
+      this.failJob(rec, 'SCAN_TIMEOUT', `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
       return;
     }
     let next = sc.pollInterval;
@@ -199,7 +201,7 @@ export class ScannerJobs {
         return;
       }
       if (r.kind === 'failed') {
-        this.failJob(rec, r.message);
+        this.failJob(rec, 'SCAN_FAILED', r.message);
         return;
       }
       if (r.kind === 'unknown') {
@@ -220,12 +222,12 @@ export class ScannerJobs {
     this.schedulePoll(digest, next);
   }
 
-  private failJob(rec: ScannerRecord, message: string): ScannerRecord {
+  private failJob(rec: ScannerRecord, code: ScanCode, message: string): ScannerRecord {
     this.log.warn({ digest: rec.digest, err: message }, 'scan failed');
     const t = this.pollTimers.get(rec.digest);
     if (t) clearTimeout(t);
     this.pollTimers.delete(rec.digest);
-    const updated: ScannerRecord = { ...rec, job: null, error: { message, at: Date.now() } };
+    const updated: ScannerRecord = { ...rec, job: null, error: { message, at: Date.now(), code } };
     this.deps.store.putScanner(updated);
     this.pending.delete(rec.digest);
     this.updatePendingGauge();
@@ -247,4 +249,9 @@ export class ScannerJobs {
     for (const t of this.pollTimers.values()) clearTimeout(t);
     this.pollTimers.clear();
   }
+}
+
+/** The stored failure of a record as an outcome. */
+function errorOutcome(rec: ScannerRecord): Outcome {
+  return { kind: 'error', source: 'scanner', code: rec.error?.code ?? 'SCAN_FAILED', message: rec.error?.message ?? 'scan failed' };
 }

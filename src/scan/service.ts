@@ -16,6 +16,7 @@ import type { Logger } from 'pino';
 import { LRUCache } from 'lru-cache';
 import type { EvidenceDeps } from '../policy/evidence.js';
 import type { EvidenceContext, PolicyInput, ScanEvidence, ScanProvider } from '../policy/contract.js';
+import type { ScanCode } from '../policy/codes.js';
 import { INDEX_TYPES } from '../oci/mediatypes.js';
 import { sourceOrder, type ScanConfig, type SourceName } from '../config/scan.js';
 import { parseVulnPredicate, ReportFormatError } from './formats.js';
@@ -34,7 +35,7 @@ const DEFAULT_SKEW_MS = 300_000;
 export type Outcome =
   | { kind: 'ok'; source: Source; result: ScanResult }
   | { kind: 'pending'; source: Source }
-  | { kind: 'error'; source: Source; message: string }
+  | { kind: 'error'; source: Source; code: ScanCode; message: string }
   | { kind: 'missing'; source: Source };
 
 const SOURCE_LABEL: Record<SourceName, Source> = { attestations: 'attestation', reports: 'report', scanner: 'scanner' };
@@ -106,7 +107,7 @@ export class ScanService implements ScanProvider {
       return await this.lookup(ctx, attestations, true);
     } catch (e) {
       this.log.warn({ err: String(e), digest: ctx.digest }, 'scan lookup failed');
-      return { status: 'error', error: `scan lookup failed: ${errorText(e)}` };
+      return { status: 'error', code: 'LOOKUP_FAILED', error: `scan lookup failed: ${errorText(e)}` };
     }
   }
 
@@ -129,7 +130,7 @@ export class ScanService implements ScanProvider {
         const timer = setTimeout(done, Math.min(left, 1_000));
         this.events.on('changed', done);
       });
-      ev = await this.lookup(ctx, attestations, false).catch((e: unknown) => ({ status: 'error' as const, error: String(e) }));
+      ev = await this.lookup(ctx, attestations, false).catch((e: unknown) => ({ status: 'error' as const, code: 'LOOKUP_FAILED' as const, error: String(e) }));
     }
     return ev;
   }
@@ -148,7 +149,8 @@ export class ScanService implements ScanProvider {
         else if (name === 'reports') o = await this.fromReports(ctx, platforms);
         else o = this.scanner ? await this.scanner.fromScanner(ctx, await platforms()) : { kind: 'missing', source: 'scanner' };
       } catch (e) {
-        o = { kind: 'error', source: SOURCE_LABEL[name], message: errorText(e) };
+        // Scanner failures are caught and coded where they happen (scanner-jobs.ts); what reaches here is the lookup's.
+        o = { kind: 'error', source: SOURCE_LABEL[name], code: 'LOOKUP_FAILED', message: errorText(e) };
       }
       const isStale = o.kind === 'ok' && this.isStale(o.result, now);
       if (count) this.metrics.scanLookups?.inc({ source: o.source, status: o.kind === 'ok' ? (isStale ? 'stale' : 'ok') : o.kind });
@@ -158,10 +160,10 @@ export class ScanService implements ScanProvider {
       } else if (o.kind === 'pending') pending ??= o;
       else if (o.kind === 'error') error ??= o;
     }
-    if (stale) return this.evidence(stale.result, stale.source, 'stale', now);
-    if (pending) return { status: 'pending', source: pending.source };
-    if (error) return { status: 'error', source: error.source, error: error.message };
-    return { status: 'missing' };
+    if (stale) return { ...this.evidence(stale.result, stale.source, 'stale', now), code: this.inFuture(stale.result, now) ? 'FUTURE_SCAN_TIME' : 'STALE' };
+    if (pending) return { status: 'pending', source: pending.source, code: 'PENDING' };
+    if (error) return { status: 'error', source: error.source, error: error.message, code: error.code };
+    return { status: 'missing', code: 'NOT_SCANNED' };
   }
 
   private evidence(r: ScanResult, source: Source, status: 'ok' | 'stale', now: number): ScanEvidence {
@@ -174,7 +176,12 @@ export class ScanService implements ScanProvider {
    */
   private isStale(r: ScanResult, now: number): boolean {
     const t = Date.parse(r.scannedAt);
-    return !Number.isFinite(t) || now - t > this.config.staleAfter || t - now > this.maxSkew;
+    return !Number.isFinite(t) || now - t > this.config.staleAfter || this.inFuture(r, now);
+  }
+
+  /** Dated later than the clock skew allows: stale, but for another reason than age. */
+  private inFuture(r: ScanResult, now: number): boolean {
+    return Date.parse(r.scannedAt) - now > this.maxSkew;
   }
 
   private get maxSkew(): number {
@@ -201,21 +208,24 @@ export class ScanService implements ScanProvider {
     if (candidates.length === 0) return { kind: 'missing', source: 'attestation' };
     let best: ScanResult | undefined;
     const problems: string[] = [];
+    let code: ScanCode | undefined;
     for (const a of candidates) {
       try {
         const { result, namedDigests } = parseVulnPredicate(a.predicate);
         // The verifier checked the in-toto subject; a scanner report inside that names another image is refused.
         if (namedDigests.length && !namedDigests.includes(ctx.digest)) {
           problems.push(`attestation by "${a.authority}" reports on ${namedDigests[0]}, not this digest`);
+          code ??= 'DIGEST_MISMATCH';
           continue;
         }
         if (!best || Date.parse(result.scannedAt) > Date.parse(best.scannedAt)) best = result;
       } catch (e) {
         problems.push(`unreadable vuln attestation by "${a.authority}": ${e instanceof ReportFormatError ? e.message : String(e)}`);
+        code ??= 'REPORT_INVALID';
       }
     }
     if (best) return { kind: 'ok', source: 'attestation', result: best };
-    return { kind: 'error', source: 'attestation', message: problems.slice(0, 2).join('; ') };
+    return { kind: 'error', source: 'attestation', code: code ?? 'REPORT_INVALID', message: problems.slice(0, 2).join('; ') };
   }
 
   // --- pushed reports

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import type { Finding, ScanResult } from './normalize.js';
 import type { ReportFormat } from './formats.js';
+import type { ScanCode } from '../policy/codes.js';
 
 export interface StoredReport {
   /** The version's id, increasing with every push. */
@@ -44,7 +45,8 @@ export interface ScannerRecord {
   digest: string;
   result: ScanResult | null;
   job: ScannerJob | null;
-  error: { message: string; at: number } | null;
+  /** `code`: absent in rows written before codes existed (read as SCAN_FAILED). */
+  error: { message: string; at: number; code?: ScanCode } | null;
 }
 
 const SCHEMA = `
@@ -60,7 +62,7 @@ CREATE TABLE IF NOT EXISTS scanner_scans (
   digest TEXT PRIMARY KEY,
   result_scanned_at TEXT, result_scanner TEXT, result_findings TEXT,
   job_id TEXT, job_requested_at INTEGER, job_next_poll_at INTEGER, job_upstream TEXT, job_repository TEXT, job_mime TEXT,
-  error TEXT, error_at INTEGER
+  error TEXT, error_at INTEGER, error_code TEXT
 ) WITHOUT ROWID;
 `;
 
@@ -91,6 +93,7 @@ interface ScannerRow {
   job_mime: string | null;
   error: string | null;
   error_at: number | null;
+  error_code: string | null;
 }
 
 const DATA_COLS = 'registry, repository, digest, format, uploaded_at, scanned_at, scanner, bound, size';
@@ -128,11 +131,11 @@ export class ScanStore {
       getScanner: p('SELECT * FROM scanner_scans WHERE digest = ?'),
       pendingJobs: p('SELECT * FROM scanner_scans WHERE job_id IS NOT NULL'),
       putScanner: p(`INSERT INTO scanner_scans (digest, result_scanned_at, result_scanner, result_findings, job_id, job_requested_at, job_next_poll_at,
-                     job_upstream, job_repository, job_mime, error, error_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     job_upstream, job_repository, job_mime, error, error_at, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                      ON CONFLICT (digest) DO UPDATE SET result_scanned_at = excluded.result_scanned_at, result_scanner = excluded.result_scanner,
                      result_findings = excluded.result_findings, job_id = excluded.job_id, job_requested_at = excluded.job_requested_at,
                      job_next_poll_at = excluded.job_next_poll_at, job_upstream = excluded.job_upstream, job_repository = excluded.job_repository,
-                     job_mime = excluded.job_mime, error = excluded.error, error_at = excluded.error_at`),
+                     job_mime = excluded.job_mime, error = excluded.error, error_at = excluded.error_at, error_code = excluded.error_code`),
     };
   }
 
@@ -141,6 +144,9 @@ export class ScanStore {
    * each image's history.
    */
   private migrate(): void {
+    // Scanner errors gained a code: files from before lack the column.
+    const cols = this.db.prepare('SELECT name FROM pragma_table_info(\'scanner_scans\')').all() as Array<{ name: string }>;
+    if (!cols.some((c) => c.name === 'error_code')) this.db.exec('ALTER TABLE scanner_scans ADD COLUMN error_code TEXT');
     const old = this.db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'scan_reports'").get();
     if (!old) return;
     this.db.exec('BEGIN IMMEDIATE');
@@ -242,6 +248,7 @@ export class ScanStore {
       r.job?.mimeType ?? null,
       r.error?.message ?? null,
       r.error?.at ?? null,
+      r.error?.code ?? null,
     );
   }
 
@@ -293,5 +300,5 @@ function toScanner(row: ScannerRow): ScannerRecord {
         mimeType: row.job_mime ?? '',
       }
     : null;
-  return { digest: row.digest, result, job, error: row.error ? { message: row.error, at: row.error_at ?? 0 } : null };
+  return { digest: row.digest, result, job, error: row.error ? { message: row.error, at: row.error_at ?? 0, code: (row.error_code as ScanCode | null) ?? 'SCAN_FAILED' } : null };
 }

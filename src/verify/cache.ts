@@ -19,6 +19,11 @@ export interface CachedEvidence {
  * maxPredicateSize each), so 10,000 entries alone could hold gigabytes for digests an upstream's owner made up.
  */
 const MEMORY_ENTRIES = 10_000;
+/**
+ * The shape of a stored entry, in every key: entries from a build whose evidence lacked a field (the rejection
+ * codes) are never read back as current ones, even under the same trust revision; they expire on their own.
+ */
+const FORMAT = 'v2';
 const MEMORY_BYTES = 64 * 1024 * 1024;
 
 export class EvidenceCache {
@@ -44,7 +49,8 @@ export class EvidenceCache {
     };
   }
 
-  get(key: string, now: number): CachedEvidence | undefined {
+  get(id: string, now: number): CachedEvidence | undefined {
+    const key = `${FORMAT}\n${id}`;
     const m = this.memory.get(key);
     if (m) {
       if (m.expiresAt > now) return m.value;
@@ -61,7 +67,8 @@ export class EvidenceCache {
     }
   }
 
-  put(key: string, value: CachedEvidence, expiresAt: number, now: number): void {
+  put(id: string, value: CachedEvidence, expiresAt: number, now: number): void {
+    const key = `${FORMAT}\n${id}`;
     const body = JSON.stringify(value);
     this.memory.set(key, { value, expiresAt, size: body.length });
     try {

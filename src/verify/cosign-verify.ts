@@ -9,22 +9,24 @@
  */
 import { createHash, verify as cryptoVerify, constants, type KeyObject } from 'node:crypto';
 import { ASN1Obj, X509Certificate } from '@sigstore/core';
-import { toSignedEntity, Verifier, VerificationError, type SignedEntity } from '@sigstore/verify';
+import { toSignedEntity, Verifier, VerificationError, type SignedEntity, type TrustMaterial } from '@sigstore/verify';
 import type { Digest } from '../routing/reference.js';
-import type { Claim, CosignItem, Outcome } from './cosign.js';
+import { reject, type Claim, type CosignItem, type Outcome } from './cosign.js';
 import type { KeyAuthority, KeylessAuthority } from './trust.js';
 import { errorText } from '../util/error-text.js';
 
-/** Does the signed content bind this digest? undefined when it does, else the rejection reason. */
-export function bindingProblem(claim: Claim, digest: Digest): string | undefined {
-  if (claim.kind === 'invalid') return `unusable payload: ${claim.error}`;
+/** Does the signed content bind this digest? undefined when it does, else the rejection. */
+export function bindingProblem(claim: Claim, digest: Digest): Outcome | undefined {
+  if (claim.kind === 'invalid') return reject('UNUSABLE_PAYLOAD', `unusable payload: ${claim.error}`);
   if (claim.kind === 'simple-signing') {
-    if (claim.digest === undefined) return 'unusable payload: no docker-manifest-digest';
-    return claim.digest.toLowerCase() === digest ? undefined : `digest mismatch (signed ${shortDigest(claim.digest)})`;
+    if (claim.digest === undefined) return reject('UNUSABLE_PAYLOAD', 'unusable payload: no docker-manifest-digest');
+    return claim.digest.toLowerCase() === digest ? undefined : reject('DIGEST_MISMATCH', `digest mismatch (signed ${shortDigest(claim.digest)})`);
   }
   const hex = digest.slice(digest.indexOf(':') + 1);
   if (claim.subjects.includes(hex)) return undefined;
-  return claim.subjects.length ? `digest mismatch (signed ${shortDigest(`sha256:${claim.subjects[0]}`)})` : 'unusable payload: in-toto statement without a sha256 subject';
+  return claim.subjects.length
+    ? reject('DIGEST_MISMATCH', `digest mismatch (signed ${shortDigest(`sha256:${claim.subjects[0]}`)})`)
+    : reject('UNUSABLE_PAYLOAD', 'unusable payload: in-toto statement without a sha256 subject');
 }
 
 function shortDigest(d: string): string {
@@ -68,72 +70,101 @@ export function verifyCosignWithKey(item: CosignItem, a: KeyAuthority, digest: D
   if (!verifyWithKey(a.key, item.signedBytes, item.signature)) {
     // Tell a wrong key from a modified payload when the signature names its key (a certificate, or a key hint).
     const signerKeyId = item.certificate ? keyIdOf(item.certificate) : hintKeyId(item.keyHint);
-    if (signerKeyId !== undefined && signerKeyId === a.keyId) return { ok: false, reason: 'invalid signature (tampered payload or signature)' };
-    return { ok: false, reason: 'key mismatch' };
+    if (signerKeyId !== undefined && signerKeyId === a.keyId) return reject('INVALID_SIGNATURE', 'invalid signature (tampered payload or signature)');
+    return reject('KEY_MISMATCH', 'key mismatch');
   }
   let tlog = false;
   if (a.tlogThreshold > 0) {
-    if (!a.trust) return { ok: false, reason: 'transparency log required but no trusted root configured' };
+    if (!a.trust) return reject('TLOG_UNVERIFIED', 'transparency log required but no trusted root configured');
     try {
       new Verifier(a.trust, { tlogThreshold: a.tlogThreshold, ctlogThreshold: 0, timestampThreshold: 0 }).verify(entityOf(item));
       tlog = true;
     } catch (e) {
-      return { ok: false, reason: verificationReason(e) };
+      return verificationFailure(e, item, a.trust);
     }
   }
   const problem = bindingProblem(item.claim, digest);
-  if (problem) return { ok: false, reason: problem };
+  if (problem) return problem;
   const signedAt = tlog ? integratedTime(item) : undefined;
   return { ok: true, tlog, ...(signedAt ? { signedAt } : {}) };
 }
 
 /** Keyless: chain to the trusted root's Fulcio CA, SCTs, Rekor SET and timestamps offline, then identity, then digest. */
 export function verifyCosignKeyless(item: CosignItem, a: KeylessAuthority, digest: Digest): Outcome {
-  if (!item.certificate) return { ok: false, reason: 'no certificate (a key-based signature)' };
+  if (!item.certificate) return reject('WRONG_KIND', 'no certificate (a key-based signature)');
   let signer;
   try {
     signer = new Verifier(a.trust, { tlogThreshold: a.tlogThreshold, ctlogThreshold: a.ctlogThreshold, timestampThreshold: a.timestampThreshold }).verify(entityOf(item));
   } catch (e) {
-    return { ok: false, reason: verificationReason(e) };
+    return verificationFailure(e, item, a.trust);
   }
   const subject = item.certificate.subjectAltName ?? otherNameSubject(item.certificate);
   const issuer = signer.identity?.extensions?.issuer;
   const subjectOk = subject !== undefined && ('exact' in a.subject ? subject === a.subject.exact : a.subject.regex.test(subject));
   if (!subjectOk || issuer !== a.issuer) {
-    return { ok: false, reason: `identity mismatch (subject ${JSON.stringify(subject ?? null)}, issuer ${JSON.stringify(issuer ?? null)})` };
+    return reject('IDENTITY_MISMATCH', `identity mismatch (subject ${JSON.stringify(subject ?? null)}, issuer ${JSON.stringify(issuer ?? null)})`);
   }
   for (const { oid, value } of a.extensions) {
     const actual = extensionValue(item.certificate, oid);
-    if (actual !== value) return { ok: false, reason: `identity mismatch (extension ${oid} is ${JSON.stringify(actual ?? null)})` };
+    if (actual !== value) return reject('IDENTITY_MISMATCH', `identity mismatch (extension ${oid} is ${JSON.stringify(actual ?? null)})`);
   }
   const problem = bindingProblem(item.claim, digest);
-  if (problem) return { ok: false, reason: problem };
+  if (problem) return problem;
   const signedAt = integratedTime(item);
   // The verifier checks every tlog entry present (whatever the threshold), so any entry here is a verified one.
   return { ok: true, tlog: item.bundle.verificationMaterial.tlogEntries.length > 0, identity: { issuer, subject }, ...(signedAt ? { signedAt } : {}) };
 }
 
-/** A short, specific reason from @sigstore/verify's errors. */
-export function verificationReason(e: unknown): string {
-  if (!(e instanceof VerificationError)) return `verification error: ${errorText(e)}`;
-  const cause = e.cause instanceof Error ? e.cause.message : '';
+/**
+ * A short, specific rejection from @sigstore/verify's errors, by their `code` and structure, never their message
+ * text. `item` and `trust`, when given, tell an expired certificate from an untrusted chain.
+ */
+export function verificationFailure(e: unknown, item?: CosignItem, trust?: TrustMaterial): Outcome {
+  if (!(e instanceof VerificationError)) return reject('VERIFICATION_ERROR', `verification error: ${errorText(e)}`);
   switch (e.code) {
     case 'CERTIFICATE_ERROR':
-      if (/expired|not valid/i.test(cause) || /expired|not valid/i.test(e.message)) return 'expired (certificate not valid at the signing time)';
-      if (/SCT/.test(e.message)) return `untrusted chain (${e.message})`;
-      return 'untrusted chain';
+      // A chain failure wraps its cause; SCT checks (after the chain verified) throw without one.
+      if (e.cause === undefined) return reject('UNTRUSTED_CHAIN', `untrusted chain (${e.message})`);
+      if (item?.certificate && trust && issuedByTrustedCA(item.certificate, trust) && !validAtSigning(item.certificate, item)) {
+        return reject('EXPIRED', 'expired (certificate not valid at the signing time)');
+      }
+      return reject('UNTRUSTED_CHAIN', 'untrusted chain');
     case 'PUBLIC_KEY_ERROR':
-      return 'key mismatch';
+      return reject('KEY_MISMATCH', 'key mismatch');
     case 'SIGNATURE_ERROR':
-      return 'invalid signature (tampered payload or signature)';
+      return reject('INVALID_SIGNATURE', 'invalid signature (tampered payload or signature)');
     case 'TLOG_BODY_ERROR':
-      return `tampered payload (transparency log entry: ${e.message})`;
+      return reject('INVALID_SIGNATURE', `tampered payload (transparency log entry: ${e.message})`);
     case 'TIMESTAMP_ERROR':
-      return `no trusted timestamp (${e.message})`;
+      return reject('TIMESTAMP_UNVERIFIED', `no trusted timestamp (${e.message})`);
+    case 'TLOG_ERROR':
+    case 'TLOG_INCLUSION_PROOF_ERROR':
+    case 'TLOG_INCLUSION_PROMISE_ERROR':
+    case 'TLOG_MISSING_INCLUSION_ERROR':
+      return reject('TLOG_UNVERIFIED', `transparency log verification failed (${e.message})`);
     default:
-      if (e.code.startsWith('TLOG')) return `transparency log verification failed (${e.message})`;
-      return `${e.code.toLowerCase().replace(/_/g, ' ')} (${e.message})`;
+      return reject('VERIFICATION_ERROR', `${e.code.toLowerCase().replace(/_/g, ' ')} (${e.message})`);
   }
+}
+
+/** Was the leaf issued by a certificate of one of the trusted CAs? (Else its validity period is beside the point.) */
+function issuedByTrustedCA(cert: X509Certificate, trust: TrustMaterial): boolean {
+  return trust.certificateAuthorities.some((ca) => ca.certChain.some((c) => cert.issuer.equals(c.subject) && cert.verify(c)));
+}
+
+/**
+ * Is the signing certificate valid at every time the bundle attests (its RFC 3161 timestamps and transparency-log
+ * entries), the times @sigstore/verify checks the chain at? Fulcio certificates live ten minutes: this is what
+ * "expired" means. With no time at all, the chain was not checked at a time, so nothing expired.
+ */
+function validAtSigning(cert: X509Certificate, item: CosignItem): boolean {
+  let times: Date[];
+  try {
+    times = entityOf(item).timestamps.map((t) => (t.$case === 'timestamp-authority' ? t.timestamp.signingTime : new Date(Number(t.tlogEntry.integratedTime) * 1000)));
+  } catch {
+    return true;
+  }
+  return times.filter((d) => !Number.isNaN(d.getTime()) && d.getTime() > 0).every((d) => cert.validForDate(d));
 }
 
 function keyIdOf(cert: X509Certificate): string {

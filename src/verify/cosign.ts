@@ -15,6 +15,7 @@ import { createHash } from 'node:crypto';
 import { bundleFromJSON, toDSSEBundle, toMessageSignatureBundle, type Bundle, type TransparencyLogEntry } from '@sigstore/bundle';
 import { X509Certificate, dsse } from '@sigstore/core';
 import type { Descriptor } from '../oci/mediatypes.js';
+import type { SignatureCode } from '../policy/codes.js';
 import { BudgetExceededError } from './budget.js';
 import { MT, type FoundArtifact } from './discovery.js';
 import { errorText } from '../util/error-text.js';
@@ -54,7 +55,12 @@ export interface CosignItem {
 
 export type Outcome =
   | { ok: true; tlog: boolean; signedAt?: string; identity?: { issuer?: string; subject?: string } }
-  | { ok: false; reason: string };
+  | { ok: false; reason: string; code: SignatureCode };
+
+/** A rejection: its stable code (policy/codes.ts) and the reason for people. */
+export function reject(code: SignatureCode, reason: string): Outcome {
+  return { ok: false, code, reason };
+}
 
 type BlobReader = (d: Descriptor) => Promise<Buffer>;
 

@@ -15,9 +15,9 @@
  */
 import { X509Certificate as NodeX509 } from 'node:crypto';
 import { X509Certificate as SigstoreX509 } from '@sigstore/core';
-import { flattenedVerify, type FlattenedJWSInput } from 'jose';
+import { errors as joseErrors, flattenedVerify, type FlattenedJWSInput } from 'jose';
 import type { Digest } from '../routing/reference.js';
-import type { Outcome } from './cosign.js';
+import { reject, type Outcome } from './cosign.js';
 import type { NotationAuthority } from './trust.js';
 import { errorText } from '../util/error-text.js';
 
@@ -79,48 +79,50 @@ export function parseNotationJws(where: string, bytes: Buffer): NotationEnvelope
 
 export async function verifyNotation(env: NotationEnvelope, a: NotationAuthority, subject: Subject, now: Date, log: (msg: string) => void): Promise<Outcome> {
   const ph = env.protectedHeader;
-  if (ph.cty !== NOTATION_PAYLOAD_TYPE) return { ok: false, reason: `unusable payload: content type ${JSON.stringify(ph.cty)}` };
+  if (ph.cty !== NOTATION_PAYLOAD_TYPE) return reject('UNUSABLE_PAYLOAD', `unusable payload: content type ${JSON.stringify(ph.cty)}`);
   const scheme = ph['io.cncf.notary.signingScheme'];
-  if (scheme !== 'notary.x509' && scheme !== 'notary.x509.signingAuthority') return { ok: false, reason: `unsupported signing scheme ${JSON.stringify(scheme)}` };
+  if (scheme !== 'notary.x509' && scheme !== 'notary.x509.signingAuthority') return reject('UNSUPPORTED', `unsupported signing scheme ${JSON.stringify(scheme)}`);
 
   // Authenticity first: which key the signature must verify with depends on a trusted chain.
   const chainProblem = checkChain(env.chain, a);
-  if (chainProblem) return { ok: false, reason: chainProblem };
+  if (chainProblem) return reject('UNTRUSTED_CHAIN', chainProblem);
   const leaf = env.chain[0]!;
 
   const alg = expectedAlgorithm(leaf);
-  if (!alg) return { ok: false, reason: 'untrusted chain (leaf key type or size not allowed by Notation)' };
-  if (ph.alg !== alg) return { ok: false, reason: `invalid signature (alg ${JSON.stringify(ph.alg)} does not match the ${alg} certificate key)` };
+  if (!alg) return reject('UNTRUSTED_CHAIN', 'untrusted chain (leaf key type or size not allowed by Notation)');
+  if (ph.alg !== alg) return reject('INVALID_SIGNATURE', `invalid signature (alg ${JSON.stringify(ph.alg)} does not match the ${alg} certificate key)`);
   let payload: Uint8Array;
   try {
     ({ payload } = await flattenedVerify(env.jws, leaf.publicKey, { algorithms: [alg], crit: CRIT }));
   } catch (e) {
+    // By jose's error class, not its message: an unknown critical header, a malformed JWS, or a bad signature.
     const msg = errorText(e);
-    if (/not recognized|crit/i.test(msg)) return { ok: false, reason: `unsupported critical header (${msg})` };
-    return { ok: false, reason: 'invalid signature (tampered payload or signature)' };
+    if (e instanceof joseErrors.JOSENotSupported) return reject('UNSUPPORTED', `unsupported critical header (${msg})`);
+    if (e instanceof joseErrors.JWSInvalid) return reject('UNUSABLE_SIGNATURE', `malformed JWS (${msg})`);
+    return reject('INVALID_SIGNATURE', 'invalid signature (tampered payload or signature)');
   }
 
   let target: { digest?: unknown; mediaType?: unknown; size?: unknown } | undefined;
   try {
     target = (JSON.parse(Buffer.from(payload).toString('utf8')) as { targetArtifact?: typeof target }).targetArtifact;
   } catch {
-    return { ok: false, reason: 'unusable payload: not JSON' };
+    return reject('UNUSABLE_PAYLOAD', 'unusable payload: not JSON');
   }
-  if (!target || typeof target.digest !== 'string') return { ok: false, reason: 'unusable payload: no targetArtifact digest' };
-  if (target.digest !== subject.digest) return { ok: false, reason: `digest mismatch (signed ${target.digest.slice(0, 19)}…)` };
+  if (!target || typeof target.digest !== 'string') return reject('UNUSABLE_PAYLOAD', 'unusable payload: no targetArtifact digest');
+  if (target.digest !== subject.digest) return reject('DIGEST_MISMATCH', `digest mismatch (signed ${target.digest.slice(0, 19)}…)`);
   if (target.mediaType !== subject.mediaType || target.size !== subject.size) {
-    return { ok: false, reason: `digest mismatch (signed media type ${JSON.stringify(target.mediaType)} and size ${JSON.stringify(target.size)})` };
+    return reject('DIGEST_MISMATCH', `digest mismatch (signed media type ${JSON.stringify(target.mediaType)} and size ${JSON.stringify(target.size)})`);
   }
 
   const subjectDn = dnOf(leaf.subject);
   if (a.identities !== '*' && !a.identities.some((id) => [...id].every(([k, v]) => subjectDn.get(k) === v))) {
-    return { ok: false, reason: `identity mismatch (subject "${leaf.subject.replace(/\n/g, ', ')}")` };
+    return reject('IDENTITY_MISMATCH', `identity mismatch (subject "${leaf.subject.replace(/\n/g, ', ')}")`);
   }
 
   const expiry = typeof ph['io.cncf.notary.expiry'] === 'string' ? new Date(ph['io.cncf.notary.expiry']) : undefined;
   if (expiry && !(now < expiry)) {
     const reason = `expired (signature expired at ${iso(expiry)})`;
-    if (a.expiry === 'enforce') return { ok: false, reason };
+    if (a.expiry === 'enforce') return reject('EXPIRED', reason);
     log(`${a.name}: ${reason}; allowed by expiry: log`);
   }
 
@@ -128,7 +130,7 @@ export async function verifyNotation(env: NotationEnvelope, a: NotationAuthority
   const signingTime = typeof signingTimeRaw === 'string' ? new Date(signingTimeRaw) : undefined;
   const timeProblem = checkTimes(env.chain, signingTime, now, scheme === 'notary.x509.signingAuthority');
   if (timeProblem) {
-    if (a.signingTime === 'enforce') return { ok: false, reason: timeProblem };
+    if (a.signingTime === 'enforce') return reject('EXPIRED', timeProblem);
     log(`${a.name}: ${timeProblem}; allowed by signingTime: log`);
   }
   return {

@@ -7,7 +7,10 @@
  * - `status`: `none` when no signature artifact exists, `ok` when some were examined (verified or not), `error`
  *   when discovery failed and nothing verified.
  * - `rejected[]`: one entry per authority without a verified signature and per distinct reason (no signature
- *   found, key mismatch, identity mismatch, digest mismatch, untrusted chain, expired, …); the policy names them.
+ *   found, key mismatch, identity mismatch, digest mismatch, untrusted chain, expired, …), each with its stable
+ *   `code` (policy/codes.ts); the policy names the reasons, and anything that decides uses the codes.
+ * - A bundle or layer is a signature only when its payload is one (simple signing, or the cosign sign predicate,
+ *   cosign.ts): an attestation never counts, whatever artifact type or annotation its manifest claims.
  * - Results are cached per (upstream, repository, digest, trust revision); verified results for longer than
  *   unverified ones, discovery failures not at all.
  * - Key and trust files are re-read when they change; that is a new trust revision.
@@ -23,7 +26,8 @@ import { isAccessory } from '../oci/artifacts.js';
 import { BudgetExceededError, DiscoveryBudget } from './budget.js';
 import { EvidenceCache, type CachedEvidence } from './cache.js';
 import type { SignaturesConfig } from '../config/signatures.js';
-import { cosignItems, type CosignItem, type Outcome } from './cosign.js';
+import type { SignatureCode } from '../policy/codes.js';
+import { cosignItems, reject, type CosignItem, type Outcome } from './cosign.js';
 import { verifyCosignKeyless, verifyCosignWithKey } from './cosign-verify.js';
 import { Discoverer, MT, type FoundArtifact } from './discovery.js';
 import { errorText } from '../util/error-text.js';
@@ -34,12 +38,13 @@ import { SingleFlight } from '../util/single-flight.js';
 type Verified = SignatureEvidence['verified'][number];
 type Attestation = PolicyInput['attestations'][number];
 type Family = 'cosign' | 'notation';
+type Rejected = SignatureEvidence['rejected'][number];
 
 /** One signature-ish thing found for a digest, parsed or not. */
 type Candidate =
   | { family: 'cosign'; item: CosignItem }
   | { family: 'notation'; env: NotationEnvelope }
-  | { family: Family; where: string; error: string; isSignature: boolean };
+  | { family: Family; where: string; error: string; code: SignatureCode; isSignature: boolean };
 
 const KIND_LABEL = { key: 'cosign-key', keyless: 'cosign-keyless', notation: 'notation' } as const;
 
@@ -110,7 +115,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       if (!this.flights.has(key)) this.metrics.signatureCache.inc({ result: 'miss' });
       return await this.flights.run(key, () => this.compute(ctx, key));
     } catch (e) {
-      return errorEvidence(`signature check failed: ${errorText(e)}`);
+      return errorEvidence('CHECK_FAILED', `signature check failed: ${errorText(e)}`);
     }
   }
 
@@ -126,7 +131,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     const readBlob = (d: Descriptor): Promise<Buffer> => this.discoverer.blob(route, d, budget);
     const candidates = budget.exceeded ? [] : (await Promise.all(discovery.artifacts.map((a) => this.candidatesOf(a, readBlob)))).flat();
     // Fail closed: whatever verified before the budget ran out, the upstream listed more than a decision may fetch.
-    const result = budget.exceeded ? errorEvidence(budget.exceeded.message) : await this.evaluate(candidates, manifest, discovery.errors);
+    const result = budget.exceeded ? errorEvidence('BUDGET_EXCEEDED', budget.exceeded.message) : await this.evaluate(candidates, manifest, discovery.errors);
     const seconds = (performance.now() - started) / 1000;
     this.metrics.signatureDuration.observe(seconds);
     this.log.debug(
@@ -143,21 +148,21 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   private async candidatesOf(found: FoundArtifact, readBlob: (d: Descriptor) => Promise<Buffer>): Promise<Candidate[]> {
     if (found.kind === 'notation') return this.notationCandidates(found, readBlob);
     const items = await cosignItems(found, readBlob, this.config.maxSignatures);
-    return items.map((i): Candidate => ('error' in i ? { family: 'cosign', where: i.where, error: i.error, isSignature: i.isSignature } : { family: 'cosign', item: i }));
+    return items.map((i): Candidate => ('error' in i ? { family: 'cosign', where: i.where, error: i.error, code: 'UNUSABLE_SIGNATURE', isSignature: i.isSignature } : { family: 'cosign', item: i }));
   }
 
   private async notationCandidates(found: FoundArtifact, readBlob: (d: Descriptor) => Promise<Buffer>): Promise<Candidate[]> {
     const layers = found.manifest.parsed.blobs.slice(1);
     const where = `${found.via} ${found.manifest.digest.slice(7, 19)}`;
     const layer = layers[0];
-    if (layers.length !== 1 || !layer) return [{ family: 'notation', where, error: `signature manifest with ${layers.length} layers (want 1)`, isSignature: true }];
-    if (layer.mediaType === MT.cose) return [{ family: 'notation', where, error: 'COSE envelopes (application/cose) are not supported; sign with --signature-format jws', isSignature: true }];
-    if (layer.mediaType !== MT.jose) return [{ family: 'notation', where, error: `unknown envelope type ${layer.mediaType}`, isSignature: true }];
+    if (layers.length !== 1 || !layer) return [{ family: 'notation', where, error: `signature manifest with ${layers.length} layers (want 1)`, code: 'UNUSABLE_SIGNATURE', isSignature: true }];
+    if (layer.mediaType === MT.cose) return [{ family: 'notation', where, error: 'COSE envelopes (application/cose) are not supported; sign with --signature-format jws', code: 'UNSUPPORTED', isSignature: true }];
+    if (layer.mediaType !== MT.jose) return [{ family: 'notation', where, error: `unknown envelope type ${layer.mediaType}`, code: 'UNSUPPORTED', isSignature: true }];
     try {
       return [{ family: 'notation', env: parseNotationJws(where, await readBlob(layer)) }];
     } catch (e) {
       if (e instanceof BudgetExceededError) return [];
-      return [{ family: 'notation', where, error: errorText(e), isSignature: true }];
+      return [{ family: 'notation', where, error: errorText(e), code: 'UNUSABLE_SIGNATURE', isSignature: true }];
     }
   }
 
@@ -167,19 +172,20 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     const subject = { digest, mediaType: manifest.mediaType, size: manifest.bytes.length };
     const verified: Verified[] = [];
     const attestations: Attestation[] = [];
-    const rejected: SignatureEvidence['rejected'] = [];
+    const rejected: Rejected[] = [];
     const signatureCandidates = candidates.filter((c) => ('item' in c ? c.item.isSignature : 'env' in c ? true : c.isSignature));
 
     for (const a of this.trust.authorities) {
       const family: Family = a.kind === 'notation' ? 'notation' : 'cosign';
       const kind = KIND_LABEL[a.kind];
-      const reasons = new Set<string>();
+      // One entry per distinct reason (reasons differ within a code: "digest mismatch (signed …)").
+      const reasons = new Map<string, SignatureCode>();
       let done = false;
       for (const c of signatureCandidates) {
         if (c.family !== family) continue;
         if (done) break;
         if ('error' in c) {
-          reasons.add(`unusable signature (${c.error})`);
+          reasons.set(`unusable signature (${c.error})`, c.code);
           this.metrics.signatureVerifications.inc({ kind, result: 'error' });
           continue;
         }
@@ -196,12 +202,12 @@ export class SignatureEvidenceProvider implements SignatureProvider {
             ...(outcome.signedAt ? { signed_at: outcome.signedAt } : {}),
           });
         } else {
-          reasons.add(outcome.reason);
+          reasons.set(outcome.reason, outcome.code);
         }
       }
       if (!done) {
-        if (reasons.size === 0) reasons.add(`no ${family === 'cosign' ? 'cosign' : 'Notation'} signature found`);
-        for (const reason of [...reasons].slice(0, 5)) rejected.push({ authority: a.name, reason });
+        if (reasons.size === 0) reasons.set(`no ${family === 'cosign' ? 'cosign' : 'Notation'} signature found`, 'NO_SIGNATURE');
+        for (const [reason, code] of [...reasons].slice(0, 5)) rejected.push({ authority: a.name, reason, code });
       }
       // Attestations: verified DSSE/in-toto statements other than cosign's own signature predicate.
       if (family === 'cosign') {
@@ -221,13 +227,14 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     let status: SignatureEvidence['status'];
     if (discoveryErrors.length && verified.length === 0) {
       status = 'error';
-      rejected.unshift({ reason: `signature discovery failed: ${discoveryErrors.join('; ').slice(0, 300)}` });
+      rejected.unshift({ reason: `signature discovery failed: ${discoveryErrors.join('; ').slice(0, 300)}`, code: 'DISCOVERY_FAILED' });
     } else if (signatureCandidates.length === 0) {
       status = 'none';
     } else {
       status = 'ok';
     }
-    return { signatures: { status, verified, rejected: status === 'none' ? rejected.filter((r) => !/^no (cosign|Notation) signature found$/.test(r.reason)) : rejected }, attestations };
+    // With nothing found at all, "none" says it; the per-authority NO_SIGNATURE entries would only repeat it.
+    return { signatures: { status, verified, rejected: status === 'none' ? rejected.filter((r) => r.code !== 'NO_SIGNATURE') : rejected }, attestations };
   }
 
   private async verifyOne(c: Candidate, a: Authority, subject: { digest: EvidenceContext['digest']; mediaType: string; size: number }, now: Date): Promise<Outcome> {
@@ -238,9 +245,9 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       } else if ('env' in c && a.kind === 'notation') {
         return await verifyNotation(c.env, a, subject, now, (msg) => this.log.warn({ authority: a.name }, msg));
       }
-      return { ok: false, reason: 'not a signature this authority can verify' };
+      return reject('WRONG_KIND', 'not a signature this authority can verify');
     } catch (e) {
-      return { ok: false, reason: `verification error: ${errorText(e)}` };
+      return reject('VERIFICATION_ERROR', `verification error: ${errorText(e)}`);
     }
   }
 
@@ -257,6 +264,6 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   }
 }
 
-function errorEvidence(reason: string): CachedEvidence {
-  return { signatures: { status: 'error', verified: [], rejected: [{ reason }] }, attestations: [] };
+function errorEvidence(code: SignatureCode, reason: string): CachedEvidence {
+  return { signatures: { status: 'error', verified: [], rejected: [{ reason, code }] }, attestations: [] };
 }

@@ -232,6 +232,7 @@ describe('pending scans', () => {
     const r = await pull(px, 'demo/wait-slow');
     expect(r.status).toBe(403);
     expect(r.error!.message).toContain('vulnerability scan pending: no result after waiting 2s [scan.pending]');
+    expect(decisions.filter((e) => e.input.image.digest === images['wait-slow']!.digest).at(-1)!.input.scan).toMatchObject({ status: 'pending', code: 'PENDING', waited_seconds: expect.any(Number) });
     expect(r.ms).toBeGreaterThan(1_800);
     expect(r.ms).toBeLessThan(6_000);
     // Not cached: the next pull decides again (and waits again).
@@ -523,6 +524,10 @@ describe('vulnerability attestations (cosign2 attest --type vuln)', () => {
     const other = await pull(p, 'demo/attested-other');
     expect(other.status).toBe(403);
     expect(other.error!.message).toContain(`reports on ${att.attested!.digest}, not this digest [scan.error]`);
+    // The policy input says why with a stable code beside the text.
+    const input = (name: string) => seen.filter((e) => e.input.image.digest === att[name]!.digest).at(-1)!.input;
+    expect(input('attested-stranger').scan).toEqual({ status: 'missing', code: 'NOT_SCANNED' });
+    expect(input('attested-other').scan).toMatchObject({ status: 'error', source: 'attestation', code: 'DIGEST_MISMATCH' });
   });
 });
 

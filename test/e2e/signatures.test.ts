@@ -20,7 +20,9 @@
  * keyless with another subject or issuer (identity mismatch); a certificate from another Fulcio (untrusted
  * chain); a payload changed after signing (tampered payload); a valid signature or bundle of another image
  * (digest mismatch); a Notation certificate outside the trust store (untrusted chain); an expired Notation
- * signature (expired). Admitted images are pulled whole with skopeo (dist) and crane (ref), and `cosign verify`,
+ * signature (expired). Each rejection also carries its stable code in the policy input (KEY_MISMATCH, DIGEST_MISMATCH,
+ * IDENTITY_MISMATCH, UNTRUSTED_CHAIN, INVALID_SIGNATURE, EXPIRED). A cosign 3 attestation by the trusted key, dressed
+ * as a signature (signature artifact type, predicateType annotation cosign/sign/v1), is not one. Admitted images are pulled whole with skopeo (dist) and crane (ref), and `cosign verify`,
  * `cosign verify-attestation` (2 and 3) and `notation verify` pointed at the proxy succeed for them.
  *
  * A docker reference cannot carry a port inside its path, so the upstreams get port-less aliases for the prefix
@@ -31,6 +33,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DecisionObserver } from '../../src/gate/gate.js';
+import type { SignatureCode } from '../../src/policy/codes.js';
 import { crane, cranePull, expectOk, runTool, skopeoCopy, type ToolResult } from '../harness/clients.js';
 import { startFakeUpstream, type FakeUpstream } from '../harness/fake-upstream.js';
 import { MANIFEST_ACCEPT, pushBlob, pushImage, pushRaw, sha256, type PushedImage } from '../harness/images.js';
@@ -134,7 +137,7 @@ beforeAll(async () => {
   const names = [
     'key/app:signed', 'key/app:unsigned', 'key/app:otherkey', 'key/app:copied',
     'keyless/app:signed', 'keyless/app:wrongid', 'keyless/app:wrongiss', 'keyless/app:untrusted', 'keyless/app:tampered',
-    'key/bundle:signed', 'key/bundle:otherkey', 'key/bundle:copied', 'keyless/bundle:signed',
+    'key/bundle:signed', 'key/bundle:otherkey', 'key/bundle:copied', 'key/bundle:attonly', 'keyless/bundle:signed',
     'notary/app:signed', 'notary/app:untrusted', 'notary/app:expired',
   ];
   for (const n of names) {
@@ -181,6 +184,21 @@ beforeAll(async () => {
   const movedDigest = await pushRaw(reg.url, 'key/bundle', sha256(moved), moved, signature.m.type);
   const copiedIndex = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ mediaType: signature.m.type, digest: movedDigest, size: moved.length, artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json' }] };
   await pushRaw(reg.url, 'key/bundle', `sha256-${copied.digest.slice(7)}`, Buffer.from(JSON.stringify(copiedIndex)), 'application/vnd.oci.image.index.v1+json');
+
+  // key/bundle:attonly: only an attestation, by the trusted key, dressed as a signature: its referrer manifest and
+  // index entry carry the signature's artifact type and say predicateType cosign/sign/v1. Its payload does not.
+  await tool('cosign3', ['attest', '--key', 'k1.key', '--type', 'vuln', '--predicate', await writeVulnPredicate(), '--use-signing-config=false', '--tlog-upload=false', ...insecure, '-y', at('key/bundle:attonly')]);
+  const attonly = img['key/bundle:attonly']!;
+  const attIndex = await manifestAt('key/bundle', `sha256-${attonly.digest.slice(7)}`);
+  const attEntries = attIndex.doc.manifests as Array<{ digest: string }>;
+  expect(attEntries).toHaveLength(1);
+  const att = await manifestAt('key/bundle', attEntries[0]!.digest);
+  expect((att.doc.annotations as Record<string, string>)['dev.sigstore.bundle.predicateType']).toBe(VULN);
+  const signAnnotations = { ...(att.doc.annotations as Record<string, string>), 'dev.sigstore.bundle.predicateType': 'https://sigstore.dev/cosign/sign/v1' };
+  const dressed = Buffer.from(JSON.stringify({ ...att.doc, artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json', annotations: signAnnotations }));
+  const dressedDigest = await pushRaw(reg.url, 'key/bundle', sha256(dressed), dressed, att.type);
+  const dressedIndex = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ mediaType: att.type, digest: dressedDigest, size: dressed.length, artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json', annotations: signAnnotations }] };
+  await pushRaw(reg.url, 'key/bundle', `sha256-${attonly.digest.slice(7)}`, Buffer.from(JSON.stringify(dressedIndex)), 'application/vnd.oci.image.index.v1+json');
 
   // notation: JWS referrers (tag schema on Distribution). `acme` is trusted; `rogue` is a test certificate the proxy
   // does not trust; the third signature expires two seconds after signing.
@@ -263,11 +281,13 @@ async function expectAllowed(upstream: 'dist' | 'ref', name: string): Promise<vo
   expect(d?.admission.outcome).toBe('allow');
 }
 
-async function expectDenied(upstream: 'dist' | 'ref', name: string, message: RegExp): Promise<void> {
+async function expectDenied(upstream: 'dist' | 'ref', name: string, message: RegExp, code?: { authority: string; code: SignatureCode }): Promise<void> {
   const r = await crane(['manifest', '--insecure', viaProxy(upstream, name, name.split(':')[1]!)]);
   expect(r.code, r.stdout).not.toBe(0);
   expect(r.stderr).toMatch(/DENIED/);
   expect(r.stderr).toMatch(message);
+  // The policy input carries the stable code of the rejection beside its reason.
+  if (code) expect(decisionFor(img[name]!.digest)?.input.signatures.rejected).toContainEqual(expect.objectContaining(code));
 }
 
 describe.each(['dist', 'ref'] as const)('cosign 2 legacy signatures through upstream %s', (up) => {
@@ -295,12 +315,15 @@ describe.each(['dist', 'ref'] as const)('cosign 2 legacy signatures through upst
 
   it('denies each bad signature with its reason', async () => {
     await expectDenied(up, 'key/app:unsigned', /signature required by authority "release" \(no signature found\)/);
-    await expectDenied(up, 'key/app:otherkey', /signature required by authority "release" \(no signature verified: key mismatch\)/);
-    await expectDenied(up, 'key/app:copied', /authority "release" \(no signature verified: digest mismatch \(signed sha256:/);
-    await expectDenied(up, 'keyless/app:wrongid', /authority "ci" \(no signature verified: identity mismatch \(subject "https:\/\/github\.com\/evil\//);
-    await expectDenied(up, 'keyless/app:wrongiss', /authority "ci" \(no signature verified: identity mismatch \(.*issuer "https:\/\/accounts\.google\.com"/);
-    await expectDenied(up, 'keyless/app:untrusted', /authority "ci" \(no signature verified: untrusted chain\)/);
-    await expectDenied(up, 'keyless/app:tampered', /authority "ci" \(no signature verified: tampered payload/);
+    expect(decisionFor(img['key/app:unsigned']!.digest)!.input.signatures).toEqual({ status: 'none', verified: [], rejected: [] });
+    const release = (code: SignatureCode) => ({ authority: 'release', code });
+    const ci = (code: SignatureCode) => ({ authority: 'ci', code });
+    await expectDenied(up, 'key/app:otherkey', /signature required by authority "release" \(no signature verified: key mismatch\)/, release('KEY_MISMATCH'));
+    await expectDenied(up, 'key/app:copied', /authority "release" \(no signature verified: digest mismatch \(signed sha256:/, release('DIGEST_MISMATCH'));
+    await expectDenied(up, 'keyless/app:wrongid', /authority "ci" \(no signature verified: identity mismatch \(subject "https:\/\/github\.com\/evil\//, ci('IDENTITY_MISMATCH'));
+    await expectDenied(up, 'keyless/app:wrongiss', /authority "ci" \(no signature verified: identity mismatch \(.*issuer "https:\/\/accounts\.google\.com"/, ci('IDENTITY_MISMATCH'));
+    await expectDenied(up, 'keyless/app:untrusted', /authority "ci" \(no signature verified: untrusted chain\)/, ci('UNTRUSTED_CHAIN'));
+    await expectDenied(up, 'keyless/app:tampered', /authority "ci" \(no signature verified: tampered payload/, ci('INVALID_SIGNATURE'));
   });
 });
 
@@ -328,8 +351,18 @@ describe.each(['dist', 'ref'] as const)('cosign 3 Sigstore bundles through upstr
   });
 
   it('denies another key and a bundle copied from another image', async () => {
-    await expectDenied(up, 'key/bundle:otherkey', /signature required by authority "release" \(no signature verified: key mismatch\)/);
-    await expectDenied(up, 'key/bundle:copied', /authority "release" \(no signature verified: digest mismatch \(signed sha256:/);
+    await expectDenied(up, 'key/bundle:otherkey', /signature required by authority "release" \(no signature verified: key mismatch\)/, { authority: 'release', code: 'KEY_MISMATCH' });
+    await expectDenied(up, 'key/bundle:copied', /authority "release" \(no signature verified: digest mismatch \(signed sha256:/, { authority: 'release', code: 'DIGEST_MISMATCH' });
+  });
+
+  it('an attestation bundle is never a signature, whatever its artifact type and annotations say', async () => {
+    // Signed by the required key and bound to this digest: counted as a signature, it would admit the image.
+    await expectDenied(up, 'key/bundle:attonly', /signature required by authority "release" \(no signature found\)/);
+    const d = decisionFor(img['key/bundle:attonly']!.digest)!;
+    // Nothing of the signature kind was found (status none: the NO_SIGNATURE outcome), and the bundle verified as
+    // what it is, an attestation.
+    expect(d.input.signatures).toEqual({ status: 'none', verified: [], rejected: [] });
+    expect(d.input.attestations).toEqual([expect.objectContaining({ predicate_type: VULN, authority: 'release' })]);
   });
 });
 
@@ -347,8 +380,8 @@ describe.each(['dist', 'ref'] as const)('notation signatures through upstream %s
   });
 
   it('denies a chain to an untrusted root, and an expired signature', async () => {
-    await expectDenied(up, 'notary/app:untrusted', /signature required by authority "notary" \(no signature verified: untrusted chain\)/);
+    await expectDenied(up, 'notary/app:untrusted', /signature required by authority "notary" \(no signature verified: untrusted chain\)/, { authority: 'notary', code: 'UNTRUSTED_CHAIN' });
     await new Promise((r) => setTimeout(r, Math.max(0, expiresAt + 500 - Date.now())));
-    await expectDenied(up, 'notary/app:expired', /signature required by authority "notary" \(no signature verified: expired \(signature expired at /);
+    await expectDenied(up, 'notary/app:expired', /signature required by authority "notary" \(no signature verified: expired \(signature expired at /, { authority: 'notary', code: 'EXPIRED' });
   });
 });

@@ -121,6 +121,7 @@ describe('signature discovery budget', () => {
       expect(res.status).toBe(403);
       const sig = inputs.at(-1)!.signatures;
       expect(sig.status).toBe('error');
+      expect(sig.rejected[0]!.code).toBe('BUDGET_EXCEEDED');
       expect(sig.rejected[0]!.reason).toMatch(/signature discovery budget exceeded: more than (4 signature artifacts|6 signature blobs) for one digest \(signatures\.budget\.(artifacts|blobs)\)/);
       expect(((await res.json()) as { errors: Array<{ message: string }> }).errors[0]!.message).toMatch(/budget/);
       const n = upstreamCounts(up, 'hostile/app');
@@ -161,6 +162,7 @@ describe('signature discovery budget', () => {
       const sig = inputs.at(-1)!.signatures;
       expect(sig.status).toBe('error');
       expect(sig.rejected[0]!.reason).toContain('more than 16384 bytes for one digest (signatures.budget.bytes)');
+      expect(sig.rejected[0]!.code).toBe('BUDGET_EXCEEDED');
       // Whatever verified before the budget ran out, the decision fails closed; and the third blob is never fetched.
       expect(sig.verified).toEqual([]);
       expect(upstreamCounts(up, 'signed/fat').blobs).toBeLessThanOrEqual(2);

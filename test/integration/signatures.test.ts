@@ -181,7 +181,9 @@ describe('discovery', () => {
       up.setFault({ pathRegex: /\/referrers\// }, { kind: 'status', status: 503, times: 3 });
       const msg = await denial(await get(p, up, 'signed/app/manifests/v1'));
       expect(msg).toMatch(/signature required by authority "release" \(signature verification error: .*signature discovery failed: referrers: upstream "up" answered HTTP 503/);
-      expect(decisions.at(-1)!.input.signatures.status).toBe('error');
+      const sig = decisions.at(-1)!.input.signatures;
+      expect(sig.status).toBe('error');
+      expect(sig.rejected.map((r) => [r.authority, r.code])).toEqual([[undefined, 'DISCOVERY_FAILED'], ['release', 'NO_SIGNATURE']]);
       // Pulled by digest (a new decision): the upstream is back, and nothing of the failure was cached.
       expect((await get(p, up, `signed/app/manifests/${image.digest}`)).status).toBe(200);
     } finally {
@@ -208,6 +210,29 @@ describe('verification', () => {
       const c = addImage(up, 'signed/app', 'unsigned');
       void c;
       expect(await denial(await get(p, up, 'signed/app/manifests/unsigned'))).toMatch(/signature required by authority "release" \(no signature found\)/);
+    } finally {
+      await p.stop();
+      await up.stop();
+    }
+  });
+
+  it('a bundle that does not parse is an unusable signature, with its code in the policy input', async () => {
+    const up = await startFakeUpstream({ referrers: true });
+    const decisions: Array<Parameters<DecisionObserver['onDecision']>[0]> = [];
+    const p = await start(up, {}, decisions);
+    try {
+      const image = addImage(up, 'signed/app', 'garbled');
+      const garbage = Buffer.from('{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json"}');
+      up.addBlob('signed/app', garbage);
+      up.addManifest('signed/app', undefined, Buffer.from(JSON.stringify({
+        schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: BUNDLE, config: EMPTY,
+        layers: [{ mediaType: BUNDLE, digest: sha(garbage), size: garbage.length }],
+        subject: { mediaType: OCI_MANIFEST, digest: image.digest, size: image.bytes.length },
+      })), OCI_MANIFEST);
+      expect(await denial(await get(p, up, 'signed/app/manifests/garbled'))).toMatch(/authority "release" \(no signature verified: unusable signature \(not a valid Sigstore bundle: /);
+      const sig = decisions.at(-1)!.input.signatures;
+      expect(sig.status).toBe('ok');
+      expect(sig.rejected).toEqual([expect.objectContaining({ authority: 'release', code: 'UNUSABLE_SIGNATURE' })]);
     } finally {
       await p.stop();
       await up.stop();

@@ -189,7 +189,7 @@ describe('children are decided with their own evidence', () => {
       trustRevision: 't1',
       signatures: (ctx) =>
         Promise.resolve({
-          signatures: ctx.digest === idx.digest ? { status: 'ok', verified: [verified], rejected: [] } : { status: 'none', verified: [], rejected: [{ authority: 'release-team', reason: 'no signature found' }] },
+          signatures: ctx.digest === idx.digest ? { status: 'ok', verified: [verified], rejected: [] } : { status: 'none', verified: [], rejected: [{ authority: 'release-team', reason: 'no signature found', code: 'NO_SIGNATURE' as const }] },
           attestations: [],
         }),
     };

@@ -3,6 +3,10 @@
  * carries attestation predicates (up to maxPredicateSize each), and the keys are digests an upstream's owner can
  * mint at will.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
 import { EvidenceCache, type CachedEvidence } from '../../src/verify/cache.js';
 
@@ -23,5 +27,30 @@ describe('EvidenceCache', () => {
     expect(cache.get('up\nrepo\nsha256:0', now)).toBeUndefined();
     expect(cache.get('up\nrepo\nsha256:99', now)?.attestations[0]?.authority).toBe('a');
     cache.close();
+  });
+
+  it('does not read back entries an earlier build stored without the rejection codes', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pc-evcache-'));
+    try {
+      const key = 'up\nrepo\nsha256:1\nrev';
+      const now = 1_000;
+      // As the build before the codes stored it: same key (same trust revision), rejected entries without `code`.
+      new EvidenceCache(dir).close();
+      const db = new DatabaseSync(join(dir, 'signatures.sqlite'));
+      const old = { signatures: { status: 'ok', verified: [], rejected: [{ authority: 'a', reason: 'key mismatch' }] }, attestations: [] };
+      db.prepare('INSERT INTO evidence (key, body, expires_at) VALUES (?, ?, ?)').run(key, JSON.stringify(old), now + 60_000);
+      db.close();
+      const cache = new EvidenceCache(dir);
+      expect(cache.get(key, now)).toBeUndefined();
+      const fresh: CachedEvidence = { signatures: { status: 'ok', verified: [], rejected: [{ authority: 'a', reason: 'key mismatch', code: 'KEY_MISMATCH' }] }, attestations: [] };
+      cache.put(key, fresh, now + 60_000, now);
+      cache.close();
+      // And what this build stores, it reads back after a restart.
+      const again = new EvidenceCache(dir);
+      expect(again.get(key, now)).toEqual(fresh);
+      again.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

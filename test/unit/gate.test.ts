@@ -391,7 +391,7 @@ describe('Gate: policy input and observers', () => {
       image: { registry: 'docker.io', repository: 'library/nginx', tag: '1.27', digest: idx.digest, media_type: OCI_INDEX, platforms: ['linux/amd64', 'linux/arm64'], created: '2026-01-01T00:00:00Z' },
       upstream: { name: 'dockerhub', url: 'https://registry-1.docker.io' },
       signatures: { status: 'not_configured' },
-      scan: { status: 'not_configured' },
+      scan: { status: 'not_configured', code: 'NOT_CONFIGURED' },
     });
   });
 

@@ -91,7 +91,7 @@ describe('attestations', () => {
     const ev = await s.scan(ctx(D1), [att('other', vulnPredicate(D1)), att('release-team', vulnPredicate(D1)), att('release-team', {}, 'https://slsa.dev/provenance/v1')]);
     expect(ev).toMatchObject({ status: 'ok', source: 'attestation', counts: { CRITICAL: 1, LOW: 1 } });
     expect(ev.vulnerabilities![0]).toEqual({ id: 'CVE-2024-0727', severity: 'CRITICAL', package: 'libcrypto3', installed: '3.1.4-r2', fixed: '3.1.4-r5' });
-    expect(await s.scan(ctx(D1), [att('other', vulnPredicate(D1))])).toEqual({ status: 'missing' });
+    expect(await s.scan(ctx(D1), [att('other', vulnPredicate(D1))])).toEqual({ status: 'missing', code: 'NOT_SCANNED' });
   });
 
   test('the newest of several attestations wins; an old one is stale', async () => {
@@ -101,14 +101,21 @@ describe('attestations', () => {
     const ev = await s.scan(ctx(D1), [att('other', vulnPredicate(D1, old)), att('release-team', vulnPredicate(D1, recent))]);
     expect(ev).toMatchObject({ status: 'ok', scanned_at: new Date(Date.parse(recent)).toISOString() });
     expect(ev.age_seconds).toBeGreaterThanOrEqual(3599);
-    expect((await s.scan(ctx(D1), [att('other', vulnPredicate(D1, old))])).status).toBe('stale');
+    expect(await s.scan(ctx(D1), [att('other', vulnPredicate(D1, old))])).toMatchObject({ status: 'stale', code: 'STALE' });
   });
 
   test('an attestation whose report names another digest is refused (error, not a result)', async () => {
     const s = service({ attestations: { authorities: ['release-team'] } }, { signatures: sigs });
     const ev = await s.scan(ctx(D1), [att('release-team', vulnPredicate(D2))]);
-    expect(ev.status).toBe('error');
+    expect(ev).toMatchObject({ status: 'error', code: 'DIGEST_MISMATCH', source: 'attestation' });
     expect(ev.error).toContain(`reports on ${D2}, not this digest`);
+  });
+
+  test('an unreadable vuln attestation is an error with its code', async () => {
+    const s = service({ attestations: { authorities: ['release-team'] } }, { signatures: sigs });
+    const ev = await s.scan(ctx(D1), [att('release-team', { scanner: { uri: 'pkg:github/aquasecurity/trivy@0.50.1' } })]);
+    expect(ev).toMatchObject({ status: 'error', code: 'REPORT_INVALID', source: 'attestation' });
+    expect(ev.error).toMatch(/^unreadable vuln attestation by "release-team": /);
   });
 
   test('an unknown authority name is a startup error', () => {
@@ -119,7 +126,7 @@ describe('attestations', () => {
 describe('reports', () => {
   test('missing, then the pushed report; an index is covered by its own report or by all its platforms', async () => {
     const s = service(REPORTS);
-    expect(await s.scan(ctx(D1), [])).toEqual({ status: 'missing' });
+    expect(await s.scan(ctx(D1), [])).toEqual({ status: 'missing', code: 'NOT_SCANNED' });
     putReport(s, D1, [{ id: 'CVE-9', severity: 'CRITICAL' }]);
     expect(await s.scan(ctx(D1), [])).toMatchObject({ status: 'ok', source: 'report', counts: { CRITICAL: 1 } });
     // Index: one platform only is not enough.
@@ -133,7 +140,7 @@ describe('reports', () => {
   test('a report older than staleAfter is stale; a deleted report is gone at once', async () => {
     const s = service({ ...REPORTS, staleAfter: '1h' });
     putReport(s, D1, [], new Date(Date.now() - 2 * 3_600_000).toISOString());
-    expect((await s.scan(ctx(D1), [])).status).toBe('stale');
+    expect(await s.scan(ctx(D1), [])).toMatchObject({ status: 'stale', code: 'STALE' });
     s.store.deleteReport('127.0.0.1:5000', 'demo/app', D1);
     s.reportsChanged(D1);
     expect((await s.scan(ctx(D1), [])).status).toBe('missing');
@@ -154,7 +161,7 @@ describe('reports', () => {
     const now = Date.parse('2026-06-01T00:00:00Z');
     const s = service({ ...REPORTS, staleAfter: '7d' }, { now: () => now });
     putReport(s, D1, [], '2999-01-01T00:00:00.000Z');
-    expect((await s.scan(ctx(D1), [])).status).toBe('stale');
+    expect(await s.scan(ctx(D1), [])).toMatchObject({ status: 'stale', code: 'FUTURE_SCAN_TIME' });
     // Within the skew (5m by default) it counts.
     putReport(s, D2, [], new Date(now + 60_000).toISOString());
     expect((await s.scan(ctx(D2), [])).status).toBe('ok');
@@ -208,6 +215,20 @@ describe('reports', () => {
     expect(s.store.versions('127.0.0.1:5000', 'demo/app', D1)).toHaveLength(1);
     expect(await s.scan(ctx(D1), [])).toMatchObject({ status: 'ok', counts: { CRITICAL: 1 } });
   });
+
+  test('scanner errors stored before codes existed read as SCAN_FAILED; new ones keep their code', async () => {
+    const dataDir = tempDir('pc-scan-migrate-');
+    const { DatabaseSync } = await import('node:sqlite');
+    const db = new DatabaseSync(join(dataDir, 'scan.sqlite'));
+    db.exec(`CREATE TABLE scanner_scans (digest TEXT PRIMARY KEY, result_scanned_at TEXT, result_scanner TEXT, result_findings TEXT, job_id TEXT, job_requested_at INTEGER,
+      job_next_poll_at INTEGER, job_upstream TEXT, job_repository TEXT, job_mime TEXT, error TEXT, error_at INTEGER) WITHOUT ROWID`);
+    db.prepare('INSERT INTO scanner_scans (digest, error, error_at) VALUES (?, ?, ?)').run(D1, 'scan failed: HTTP 500', 5);
+    db.close();
+    const s = service(REPORTS, { dataDir });
+    expect(s.store.getScanner(D1)?.error).toEqual({ message: 'scan failed: HTTP 500', at: 5, code: 'SCAN_FAILED' });
+    s.store.putScanner({ digest: D2, result: null, job: null, error: { message: 'scan did not finish within 1s', at: 6, code: 'SCAN_TIMEOUT' } });
+    expect(s.store.getScanner(D2)?.error?.code).toBe('SCAN_TIMEOUT');
+  });
 });
 
 describe('the Harbor scanner', () => {
@@ -224,7 +245,7 @@ describe('the Harbor scanner', () => {
     sc.setFindings(D1, { vulnerabilities: [{ id: 'CVE-2026-1', package: 'openssl', version: '3.0.1', fix_version: '3.0.2', severity: 'Critical' }] });
     const metrics = new Metrics({ defaultMetrics: false });
     const s = service(scannerCfg(sc.url), { metrics });
-    expect(await s.scan(ctx(D1), [])).toEqual({ status: 'pending', source: 'scanner' });
+    expect(await s.scan(ctx(D1), [])).toEqual({ status: 'pending', source: 'scanner', code: 'PENDING' });
     expect(s.pendingScans).toBe(1);
     expect(sc.scans).toHaveLength(1);
     expect(sc.scans[0]).toMatchObject({ registry: { url: 'http://127.0.0.1:5000' }, artifact: { repository: 'demo/app', digest: D1, mime_type: OCI_MANIFEST } });
@@ -275,7 +296,7 @@ describe('the Harbor scanner', () => {
     sc.setFindings(D1, { vulnerabilities: [], fail: 'database not ready' });
     const s = service(scannerCfg(sc.url, { retryAfterError: '300ms' }));
     const ev = await s.awaitResult(ctx(D1), [], 5_000);
-    expect(ev).toMatchObject({ status: 'error', source: 'scanner' });
+    expect(ev).toMatchObject({ status: 'error', source: 'scanner', code: 'SCAN_FAILED' });
     expect(ev.error).toContain('database not ready');
     expect((await s.scan(ctx(D1), [])).status).toBe('error');
     expect(sc.scans).toHaveLength(1);
@@ -286,13 +307,31 @@ describe('the Harbor scanner', () => {
     expect((await s.awaitResult(ctx(D1), [], 5_000)).status).toBe('ok');
   });
 
+  test('a scan that outlasts scanTimeout is an error with its code', async () => {
+    sc = await startScannerDouble({ pull: false, delayMs: 60_000, refreshAfter: 0 });
+    const s = service(scannerCfg(sc.url, { scanTimeout: '200ms' }));
+    expect((await s.scan(ctx(D1), [])).code).toBe('PENDING');
+    const ev = await s.awaitResult(ctx(D1), [], 5_000);
+    expect(ev).toMatchObject({ status: 'error', source: 'scanner', code: 'SCAN_TIMEOUT', error: 'scan did not finish within 0s' });
+  });
+
+  test('an index with nothing to scan is a lookup error with its code', async () => {
+    sc = await startScannerDouble({ pull: false });
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [{ mediaType: OCI_MANIFEST, digest: sha256('att'), size: 10, platform: { os: 'unknown', architecture: 'unknown' } }] }));
+    const s = service(scannerCfg(sc.url));
+    // The index arrives with the request (EvidenceContext.manifest): one whose only child is an attestation.
+    const onlyAttestations = { ...ctx(IDX, OCI_INDEX), manifest: { digest: IDX as Digest, mediaType: OCI_INDEX, bytes, parsed: parseManifest(bytes, OCI_INDEX) } };
+    expect(await s.scan(onlyAttestations, [])).toEqual({ status: 'error', source: 'scanner', code: 'LOOKUP_FAILED', error: 'index has no platform manifest to scan' });
+    expect(sc.scans).toHaveLength(0);
+  });
+
   test('the scanner down is an error naming it; sources before it still answer', async () => {
     const down = await startScannerDouble({ pull: false });
     const url = down.url;
     await down.stop();
     const s = service({ ...REPORTS, ...scannerCfg(url) });
     const ev = await s.scan(ctx(D1), []);
-    expect(ev).toMatchObject({ status: 'error', source: 'scanner' });
+    expect(ev).toMatchObject({ status: 'error', source: 'scanner', code: 'SCANNER_ERROR' });
     expect(ev.error).toMatch(/scanner unreachable \(ECONNREFUSED/);
     putReport(s, D1, []);
     expect(await s.scan(ctx(D1), [])).toMatchObject({ status: 'ok', source: 'report' });

@@ -21,6 +21,7 @@ import type { Digest } from '../../src/routing/reference.js';
 import { isAccessory, isRunnable } from '../../src/oci/artifacts.js';
 import { admittedRootKind, needsOwnDecision, rootKind } from '../../src/gate/classify.js';
 import { signaturesSchema } from '../../src/config/signatures.js';
+import type { SignatureCode } from '../../src/policy/codes.js';
 import { cosignItems, type CosignItem, type Outcome } from '../../src/verify/cosign.js';
 import { verifyCosignKeyless, verifyCosignWithKey } from '../../src/verify/cosign-verify.js';
 import type { FoundArtifact } from '../../src/verify/discovery.js';
@@ -103,9 +104,13 @@ function keyAuthority(publicKey: KeyObject, name = 'release'): KeyAuthority {
   return loadTrust(configOf([{ name, kind: 'key', key: path }])).authorities[0] as KeyAuthority;
 }
 
-function expectReason(o: Outcome, re: RegExp): void {
+/** A rejection with its stable code (policy/codes.ts) and its reason for people. */
+function expectReason(o: Outcome, code: SignatureCode, re: RegExp): void {
   expect(o.ok, JSON.stringify(o)).toBe(false);
-  if (!o.ok) expect(o.reason).toMatch(re);
+  if (!o.ok) {
+    expect(o.code, o.reason).toBe(code);
+    expect(o.reason).toMatch(re);
+  }
 }
 
 describe('signatures config', () => {
@@ -188,13 +193,13 @@ describe('cosign, key-based', () => {
     const payload = simpleSigning(DIGEST);
     const sig = cosignSign(signer.privateKey, payload).toString('base64');
     const [item] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: payload, annotations: { 'dev.cosignproject.cosign/signature': sig } }]);
-    expectReason(verifyCosignWithKey(item!, keyAuthority(keyPair('P-256').publicKey), DIGEST), /^key mismatch$/);
-    expectReason(verifyCosignWithKey(item!, keyAuthority(signer.publicKey), OTHER), /^digest mismatch \(signed sha256:abab/);
+    expectReason(verifyCosignWithKey(item!, keyAuthority(keyPair('P-256').publicKey), DIGEST), 'KEY_MISMATCH', /^key mismatch$/);
+    expectReason(verifyCosignWithKey(item!, keyAuthority(signer.publicKey), OTHER), 'DIGEST_MISMATCH', /^digest mismatch \(signed sha256:abab/);
     // Without a certificate or key hint a legacy signature does not name its key: a modified payload reads as
     // "key mismatch" (cosign says "invalid signature" for both, too).
     const tampered = Buffer.from(payload.toString().replace('127.0.0.1:5000/acme/app', '127.0.0.1:5000/acme/evil'));
     const [bad] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: tampered, annotations: { 'dev.cosignproject.cosign/signature': sig } }]);
-    expectReason(verifyCosignWithKey(bad!, keyAuthority(signer.publicKey), DIGEST), /^key mismatch$/);
+    expectReason(verifyCosignWithKey(bad!, keyAuthority(signer.publicKey), DIGEST), 'KEY_MISMATCH', /^key mismatch$/);
   });
 
   it('verifies a key-based Sigstore bundle (cosign 3) and tells a modified payload from a wrong key by its hint', async () => {
@@ -206,9 +211,9 @@ describe('cosign, key-based', () => {
     const [good] = await items('sigstore-bundle', [{ mediaType: 'application/vnd.dev.sigstore.bundle.v0.3+json', bytes: bundleFor(payload) }]);
     expect(good!.isSignature).toBe(true);
     expect(verifyCosignWithKey(good!, auth, DIGEST)).toEqual({ ok: true, tlog: false });
-    expectReason(verifyCosignWithKey(good!, keyAuthority(keyPair('P-384').publicKey), DIGEST), /^key mismatch$/);
+    expectReason(verifyCosignWithKey(good!, keyAuthority(keyPair('P-384').publicKey), DIGEST), 'KEY_MISMATCH', /^key mismatch$/);
     const [tampered] = await items('sigstore-bundle', [{ mediaType: 'application/vnd.dev.sigstore.bundle.v0.3+json', bytes: bundleFor(statement(OTHER)) }]);
-    expectReason(verifyCosignWithKey(tampered!, auth, OTHER), /^invalid signature/);
+    expectReason(verifyCosignWithKey(tampered!, auth, OTHER), 'INVALID_SIGNATURE', /^invalid signature/);
   });
 
   it('reads attestations from legacy .att DSSE layers', async () => {
@@ -256,19 +261,23 @@ describe('cosign, keyless (local Fulcio and Rekor from @sigstore/mock)', () => {
     const item = await bundleItem(statement(DIGEST));
     expect(verifyCosignKeyless(item, keyless({ subject: undefined, subjectRegExp: 'https://github\\.com/acme/.+@refs/heads/main' }), DIGEST).ok).toBe(true);
     // Unanchored, this would match: the configured pattern is a prefix of the subject.
-    expectReason(verifyCosignKeyless(item, keyless({ subject: undefined, subjectRegExp: 'https://github\\.com/acme/app' }), DIGEST), /^identity mismatch \(subject "https:\/\/github\.com\/acme\/app\/\.github/);
-    expectReason(verifyCosignKeyless(item, keyless({ subject: 'https://github.com/acme/other' }), DIGEST), /^identity mismatch/);
-    expectReason(verifyCosignKeyless(item, keyless({ issuer: 'https://accounts.google.com' }), DIGEST), /^identity mismatch \(.*issuer "https:\/\/token\.actions\.githubusercontent\.com"\)/);
-    expectReason(verifyCosignKeyless(item, keyless({ extensions: { '1.3.6.1.4.1.57264.1.12': 'https://github.com/acme/app' } }), DIGEST), /^identity mismatch \(extension 1\.3\.6\.1\.4\.1\.57264\.1\.12 is null\)/);
+    expectReason(verifyCosignKeyless(item, keyless({ subject: undefined, subjectRegExp: 'https://github\\.com/acme/app' }), DIGEST), 'IDENTITY_MISMATCH', /^identity mismatch \(subject "https:\/\/github\.com\/acme\/app\/\.github/);
+    expectReason(verifyCosignKeyless(item, keyless({ subject: 'https://github.com/acme/other' }), DIGEST), 'IDENTITY_MISMATCH', /^identity mismatch/);
+    expectReason(verifyCosignKeyless(item, keyless({ issuer: 'https://accounts.google.com' }), DIGEST), 'IDENTITY_MISMATCH', /^identity mismatch \(.*issuer "https:\/\/token\.actions\.githubusercontent\.com"\)/);
+    expectReason(verifyCosignKeyless(item, keyless({ extensions: { '1.3.6.1.4.1.57264.1.12': 'https://github.com/acme/app' } }), DIGEST), 'IDENTITY_MISMATCH', /^identity mismatch \(extension 1\.3\.6\.1\.4\.1\.57264\.1\.12 is null\)/);
     expect(verifyCosignKeyless(item, keyless({ extensions: { '1.3.6.1.4.1.57264.1.8': ISSUER } }), DIGEST).ok).toBe(true);
   });
 
   it('rejects a certificate from another CA, another digest and a modified payload', async () => {
     const item = await bundleItem(statement(DIGEST));
-    expectReason(verifyCosignKeyless(item, keyless({}, other), DIGEST), /^untrusted chain$/);
-    expectReason(verifyCosignKeyless(item, keyless(), OTHER), /^digest mismatch/);
-    expectReason(verifyCosignKeyless(await bundleItem(statement(DIGEST), { tamper: true }), keyless(), DIGEST), /^tampered payload/);
-    expectReason(verifyCosignKeyless(item, keyless({ subject: undefined, subjectRegExp: '.*', tlogThreshold: 2 }), DIGEST), /^transparency log verification failed/);
+    expectReason(verifyCosignKeyless(item, keyless({}, other), DIGEST), 'UNTRUSTED_CHAIN', /^untrusted chain$/);
+    expectReason(verifyCosignKeyless(item, keyless(), OTHER), 'DIGEST_MISMATCH', /^digest mismatch/);
+    expectReason(verifyCosignKeyless(await bundleItem(statement(DIGEST), { tamper: true }), keyless(), DIGEST), 'INVALID_SIGNATURE', /^tampered payload/);
+    expectReason(verifyCosignKeyless(item, keyless({ subject: undefined, subjectRegExp: '.*', tlogThreshold: 2 }), DIGEST), 'TLOG_UNVERIFIED', /^transparency log verification failed/);
+    expectReason(verifyCosignKeyless(item, keyless({ timestampThreshold: 2 }), DIGEST), 'TIMESTAMP_UNVERIFIED', /^no trusted timestamp \(/);
+    // Signed and bound, but what was signed is no statement about an image.
+    const unbound = await bundleItem(Buffer.from(JSON.stringify({ _type: 'https://in-toto.io/Statement/v1', subject: [], predicateType: 'https://sigstore.dev/cosign/sign/v1', predicate: {} })));
+    expectReason(verifyCosignKeyless(unbound, keyless(), DIGEST), 'UNUSABLE_PAYLOAD', /^unusable payload: in-toto statement without a sha256 subject$/);
   });
 
   it('assembles legacy keyless signatures (certificate and Rekor SET annotations) into a bundle', async () => {
@@ -294,15 +303,21 @@ describe('cosign, keyless (local Fulcio and Rekor from @sigstore/mock)', () => {
     const [item] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: payload, annotations }]);
     expect(verifyCosignKeyless(item!, keyless(), DIGEST)).toMatchObject({ ok: true, tlog: true, identity: { subject: SUBJECT, issuer: ISSUER } });
     // A signature that does not name a key never verifies as keyless.
-    expectReason(verifyCosignKeyless({ ...item!, certificate: undefined }, keyless(), DIGEST), /^no certificate/);
+    expectReason(verifyCosignKeyless({ ...item!, certificate: undefined }, keyless(), DIGEST), 'WRONG_KIND', /^no certificate/);
     // The SET signs the entry: change its time and it no longer verifies.
     const forged = { ...annotations, 'dev.sigstore.cosign/bundle': JSON.stringify({ ...rekorBundle, Payload: { ...rekorBundle.Payload, integratedTime: rekorBundle.Payload.integratedTime + 1 } }) };
     const [bad] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: payload, annotations: forged }]);
-    expectReason(verifyCosignKeyless(bad!, keyless(), DIGEST), /^transparency log verification failed/);
+    expectReason(verifyCosignKeyless(bad!, keyless(), DIGEST), 'TLOG_UNVERIFIED', /^transparency log verification failed/);
+    // A signing time a day later, when the ten-minute Fulcio certificate had long expired: the chain is checked at
+    // that time and fails for expiry, which tells EXPIRED from UNTRUSTED_CHAIN (under another CA: untrusted).
+    const late = { ...annotations, 'dev.sigstore.cosign/bundle': JSON.stringify({ ...rekorBundle, Payload: { ...rekorBundle.Payload, integratedTime: rekorBundle.Payload.integratedTime + 86_400 } }) };
+    const [expired] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: payload, annotations: late }]);
+    expectReason(verifyCosignKeyless(expired!, keyless(), DIGEST), 'EXPIRED', /^expired \(certificate not valid at the signing time\)$/);
+    expectReason(verifyCosignKeyless(expired!, keyless({}, other), DIGEST), 'UNTRUSTED_CHAIN', /^untrusted chain$/);
     // Another payload under the same SET: the log entry's hash no longer matches.
-    const other = simpleSigning(OTHER);
-    const [swapped] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: other, annotations }]);
-    expectReason(verifyCosignKeyless(swapped!, keyless(), OTHER), /^tampered payload/);
+    const otherPayload = simpleSigning(OTHER);
+    const [swapped] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: otherPayload, annotations }]);
+    expectReason(verifyCosignKeyless(swapped!, keyless(), OTHER), 'INVALID_SIGNATURE', /^tampered payload/);
   });
 });
 
@@ -374,17 +389,23 @@ describe('notation JWS', () => {
   });
 
   it('rejects each failure with its reason', async () => {
-    expectReason(await check(await jws({ chain: [der(rogueLeafCert), der(rogue.cert)] })), /^untrusted chain$/);
-    expectReason(await check(await jws({ chain: [der(leafCert)] })), /^untrusted chain$/);
-    expectReason(await check(await jws(), authority({ trustedIdentities: ['x509.subject: C=US, ST=WA, O=other'] })), /^identity mismatch \(subject "C=US, ST=WA, L=Seattle, O=acme, CN=signer"\)/);
-    expectReason(await check(await jws({ target: { ...target, digest: OTHER } })), /^digest mismatch \(signed sha256:cdcd/);
-    expectReason(await check(await jws({ target: { ...target, size: 1 } })), /^digest mismatch \(signed media type/);
-    expectReason(await check(await jws({ tamper: true })), /^invalid signature/);
-    expectReason(await check(await jws({ expiry: new Date(Date.now() - 1000) })), /^expired \(signature expired at /);
+    expectReason(await check(await jws({ chain: [der(rogueLeafCert), der(rogue.cert)] })), 'UNTRUSTED_CHAIN', /^untrusted chain$/);
+    expectReason(await check(await jws({ chain: [der(leafCert)] })), 'UNTRUSTED_CHAIN', /^untrusted chain$/);
+    expectReason(await check(await jws(), authority({ trustedIdentities: ['x509.subject: C=US, ST=WA, O=other'] })), 'IDENTITY_MISMATCH', /^identity mismatch \(subject "C=US, ST=WA, L=Seattle, O=acme, CN=signer"\)/);
+    expectReason(await check(await jws({ target: { ...target, digest: OTHER } })), 'DIGEST_MISMATCH', /^digest mismatch \(signed sha256:cdcd/);
+    expectReason(await check(await jws({ target: { ...target, size: 1 } })), 'DIGEST_MISMATCH', /^digest mismatch \(signed media type/);
+    expectReason(await check(await jws({ tamper: true })), 'INVALID_SIGNATURE', /^invalid signature/);
+    expectReason(await check(await jws({ expiry: new Date(Date.now() - 1000) })), 'EXPIRED', /^expired \(signature expired at /);
     expect((await check(await jws({ expiry: new Date(Date.now() - 1000) }), authority({ expiry: 'log' }))).ok).toBe(true);
-    expectReason(await check(await jws({ signingTime: new Date(Date.now() + 3_600_000) })), /^expired \(signing time .* is in the future\)/);
-    expectReason(await check(await jws({ signingTime: new Date(Date.now() - 90 * 86_400_000) })), /^expired \(certificate 0 was not valid at the signing time/);
+    expectReason(await check(await jws({ signingTime: new Date(Date.now() + 3_600_000) })), 'EXPIRED', /^expired \(signing time .* is in the future\)/);
+    expectReason(await check(await jws({ signingTime: new Date(Date.now() - 90 * 86_400_000) })), 'EXPIRED', /^expired \(certificate 0 was not valid at the signing time/);
     await expect(jws({ alg: 'ES384' })).rejects.toThrow();
+    // A critical header Notation does not define: refused as unsupported, by jose's error class (not its text).
+    const crit = JSON.parse((await jws()).toString()) as { protected: string };
+    const header = JSON.parse(Buffer.from(crit.protected, 'base64url').toString()) as { crit: string[] };
+    header.crit.push('io.example.unknown');
+    const withUnknown = Buffer.from(JSON.stringify({ ...crit, protected: Buffer.from(JSON.stringify({ ...header, 'io.example.unknown': 1 })).toString('base64url') }));
+    expectReason(await check(withUnknown), 'UNSUPPORTED', /^unsupported critical header \(Extension Header Parameter "io\.example\.unknown" is not recognized\)$/);
   });
 });
 
