@@ -17,6 +17,9 @@ import { PolicyManager, type PolicySource } from '../policy/manager.js';
 import { App } from './app.js';
 import { scanCapability } from '../scan/index.js';
 import { createSignatureProvider } from '../verify/index.js';
+import { UiHandler } from '../ui/handler.js';
+import { DecisionRing } from '../ui/ring.js';
+import { uiTarget } from './ui.js';
 
 export const DEFAULT_BUNDLE = 'policies/bundle.tar.gz';
 
@@ -65,17 +68,21 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
     target: () => built,
     ...(auth ? { scannerToken: (repository: string, digest: string, ttl: number) => auth.scannerToken(repository, digest, ttl) } : {}),
   });
+  // The decision explorer (src/ui): recent decisions in memory, read back from the decision-log file at start.
+  const ring = config.ui.enabled ? new DecisionRing(config.ui.recentDecisions, opts.now) : undefined;
+  if (ring && config.decisionLog.sink === 'file' && config.decisionLog.file) ring.loadLogFile(config.decisionLog.file);
+  const ui = ring ? new UiHandler({ config, ring, log, target: () => built && uiTarget(built, policy) }) : undefined;
   const app = new App({
     config,
     decider: policy,
     logger: log,
     metrics,
     // The decision log first: with onFull: block it may turn the decision into a deny, which the others then see.
-    observers: [decisionLog, new DecisionMetrics(metrics), ...(opts.extraObservers ?? [])],
+    observers: [decisionLog, new DecisionMetrics(metrics), ...(ring ? [ring] : []), ...(opts.extraObservers ?? [])],
     readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
     signatures: createSignatureProvider,
     scan: scan.provider,
-    api: scan.api,
+    api: (deps) => [...scan.api(deps), ...(ui ? [ui] : [])],
     ...(auth ? { auth } : {}),
     ...(opts.now ? { now: opts.now } : {}),
   });
@@ -86,6 +93,7 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
     decisionLog,
     async close() {
       policy.stop();
+      ui?.close();
       await app.close();
       scan.close();
       await decisionLog.close();
