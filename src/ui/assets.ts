@@ -29,7 +29,9 @@ input, select, button { font: inherit; padding: 4px 8px; border: 1px solid #b8c0
 button { background: #1d2330; color: #fff; border-color: #1d2330; cursor: pointer; }
 .muted { color: var(--muted); }
 dl.facts { display: grid; grid-template-columns: 180px 1fr; gap: 4px 16px; background: #fff; border: 1px solid var(--line); padding: 12px; margin: 0; }
-dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; word-break: break-all; }
+dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; overflow-wrap: anywhere; }
+.card dl.facts { grid-template-columns: max-content 1fr; border: 0; padding: 0; }
+.digest { white-space: nowrap; }
 .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(280px, 1fr)); gap: 14px; }
 .card { background: #fff; border: 1px solid var(--line); padding: 12px 14px; }
 .card h2 { margin-top: 0; }
@@ -38,29 +40,38 @@ dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; word-break: break-
 `;
 
 /**
- * Live updates: on each `decision` event from /ui/events, fetch the table rows for the current filters again and
- * swap them in (at most one fetch in flight; a burst of decisions costs one refresh). Without EventSource, or with
- * JavaScript off, the page is what the server rendered.
+ * Live updates: on each `decision` event from /ui/events, fetch this page again (same filters) and swap in its
+ * table rows and match count; at most one fetch in flight, so a burst of decisions costs one refresh. The fetched
+ * page is parsed with DOMParser, which runs no script. Without EventSource, or with JavaScript off, the page is what
+ * the server rendered.
  */
 export const JS = `
 (function () {
   'use strict';
-  var rows = document.getElementById('rows');
   var live = document.getElementById('live');
-  if (!rows || !window.EventSource || !window.fetch) return;
+  if (!document.getElementById('rows') || !window.EventSource || !window.fetch || !window.DOMParser) return;
   var busy = false, again = false;
+  function swap(doc, id) {
+    var fresh = doc.getElementById(id), old = document.getElementById(id);
+    if (fresh && old) old.replaceWith(document.importNode(fresh, true));
+  }
   function refresh() {
     if (busy) { again = true; return; }
     busy = true;
-    fetch('/ui/rows' + window.location.search, { credentials: 'same-origin', headers: { accept: 'text/html' } })
+    fetch(window.location.pathname + window.location.search, { credentials: 'same-origin', headers: { accept: 'text/html' } })
       .then(function (r) { return r.ok ? r.text() : null; })
-      .then(function (t) { if (t !== null) rows.innerHTML = t; })
+      .then(function (t) {
+        if (t === null) return;
+        var doc = new DOMParser().parseFromString(t, 'text/html');
+        swap(doc, 'rows');
+        swap(doc, 'summary');
+      })
       .catch(function () {})
       .then(function () { busy = false; if (again) { again = false; refresh(); } });
   }
   var es = new EventSource('/ui/events');
-  es.addEventListener('open', function () { if (live) live.textContent = '● live'; });
-  es.addEventListener('error', function () { if (live) live.textContent = '○ reconnecting'; });
+  es.addEventListener('open', function () { if (live) live.textContent = '\u25cf live'; });
+  es.addEventListener('error', function () { if (live) live.textContent = '\u25cb reconnecting'; });
   es.addEventListener('decision', refresh);
 })();
 `;

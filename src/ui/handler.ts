@@ -24,7 +24,7 @@ import { CSS, JS } from './assets.js';
 import { html } from './html.js';
 import type { DecisionFilter, DecisionRing } from './ring.js';
 import { healthPage, imagesPage, tryPage, type HealthView, type TryForm } from './views-ops.js';
-import { decisionPage, decisionsPage, OUTCOMES, page, rows } from './views.js';
+import { decisionPage, decisionsPage, OUTCOMES, page } from './views.js';
 
 /** What the explorer reads from the running proxy; server/bootstrap.ts provides it once the App exists. */
 export interface UiTarget {
@@ -105,7 +105,6 @@ export class UiHandler implements ApiHandler {
       const { records, matched } = ring.list(filter);
       return send(res, 200, decisionsPage({ records, matched, held: ring.size, capacity: ring.capacity, filter, upstreams: this.upstreams() }), head);
     }
-    if (path === '/ui/rows') return send(res, 200, rows(ring.list(this.filterOf(url)).records).text, head);
     if (path.startsWith('/ui/decision/')) {
       const r = ring.get(decoded(path.slice('/ui/decision/'.length)));
       if (!r) throw new UiError(404, `no such decision here (the explorer keeps the last ${ring.capacity})`);

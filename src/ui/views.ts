@@ -81,7 +81,7 @@ export function decisionPage(r: DecisionRecord): string {
 <dt>Media type</dt><dd class="mono">${i.mediaType ?? '—'}</dd>
 <dt>Platforms</dt><dd>${i.platforms.length ? i.platforms.join(', ') : '—'}</dd>
 <dt>Upstream</dt><dd>${r.upstream}</dd>
-<dt>Client</dt><dd>${clientLabel(r)} via ${r.client.method}${r.client.groups.length ? ` (groups ${r.client.groups.join(', ')})` : ''}${r.client.via ? ` through node ${r.client.via}` : ''}${r.client.userAgent ? html` <span class="muted">${r.client.userAgent}</span>` : ''}</dd>
+<dt>Client</dt><dd>${clientLabel(r)} via ${r.client.method}${r.client.groups.length ? ` (groups ${r.client.groups.join(', ')})` : ''}${r.client.via ? ` through node ${r.client.via}` : ''}${r.client.userAgent ? html` <span class="muted">(user agent ${r.client.userAgent})</span>` : ''}</dd>
 <dt>Policy revision</dt><dd class="mono">${r.revision}</dd>
 <dt>Source</dt><dd>${r.source === 'live' ? 'this process' : 'the decision-log file (read at start)'}</dd>
 </dl>
@@ -152,7 +152,7 @@ function clientLabel(r: DecisionRecord): string {
 
 function shortRef(r: DecisionRecord): Html {
   const i = r.image;
-  const digest = i.digest ? html`<span class="muted" title="${i.digest}">@${i.digest.slice(0, 19)}…</span>` : '';
+  const digest = i.digest ? html`<span class="muted digest" title="${i.digest}">@${i.digest.slice(0, 19)}…</span>` : '';
   return html`${i.registry}/${i.repository}${i.tag ? `:${i.tag}` : ''}${digest}`;
 }
 

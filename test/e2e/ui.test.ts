@@ -35,6 +35,8 @@ process.env.PC_UI_E2E_ADMIN_TOKEN = ADMIN_TOKEN;
 const ALIAS = 'upstream.ui';
 const CVE = 'CVE-2024-0727';
 const ZERO = `sha256:${'0'.repeat(64)}`;
+/** How long a page may take to show what the server already has (2 shared cores, a browser, a registry). */
+const POLL = { timeout: 20_000, interval: 100 };
 
 const settings = {
   no_match: 'deny',
@@ -129,18 +131,19 @@ describe('decision explorer in Chromium', () => {
     // Newest first: the allowed pull, the CRITICAL, then crane's unsigned image.
     expect(await rows.evaluateAll((trs) => trs.map((t) => t.getAttribute('data-outcome')))).toEqual(['allow', 'deny', 'deny']);
     const unsigned = rows.filter({ hasText: 'signed/app:v1' }).filter({ hasText: 'signature.required' });
-    await expect.poll(() => unsigned.count()).toBe(1);
+    await expect.poll(() => unsigned.count(), POLL).toBe(1);
     deniedId = (await unsigned.getAttribute('data-id'))!;
     expect(await unsigned.locator('td.reason').innerText()).toMatch(/^signature\.required .*signature/);
     expect(await rows.filter({ hasText: 'scanned/app:v1' }).locator('td.reason').innerText()).toContain(`1 CRITICAL vulnerability (${CVE}) exceeds limit 0`);
     // The script ran and holds a live stream open.
-    await expect.poll(() => page.locator('#live').innerText()).toBe('● live');
+    await expect.poll(() => page.locator('#live').innerText(), POLL).toBe('● live');
 
     // A pull made while the page is open appears without a reload.
     const later = await pull('open/later');
     expect(later.status).toBe(200);
-    await page.locator(`tr.decision[data-id="${later.id}"]`).waitFor({ timeout: 20_000 });
+    await page.locator(`tr.decision[data-id="${later.id}"]`).waitFor({ timeout: POLL.timeout });
     expect(await rows.first().getAttribute('data-id')).toBe(later.id);
+    await expect.poll(() => page.locator('#summary').innerText(), POLL).toMatch(/^4 matching of 4 held/);
     await shot(page, 'decisions');
     await page.close();
   });
@@ -171,6 +174,7 @@ describe('decision explorer in Chromium', () => {
   });
 
   test('the detail view shows the evidence, each deny entry and the check command', async () => {
+    expect(deniedId, 'the first test found the denial').not.toBe('');
     const page = await ctx.newPage();
     await page.goto(`${px.url}/ui/`);
     await Promise.all([page.waitForURL(/\/ui\/decision\//), page.locator(`tr.decision[data-id="${deniedId}"] a.details`).click()]);
@@ -239,7 +243,10 @@ describe('decision explorer in Chromium', () => {
     expect(okCli.code, okCli.stderr).toBe(0);
     await page.fill('input[name=ref]', okRef);
     await Promise.all([page.waitForURL(/\/ui\/try$/), page.click('form button')]);
-    expect(await page.locator('#try-output').innerText()).toContain(`decision:  ${(JSON.parse(okCli.stdout) as { outcome: string }).outcome.toUpperCase()} `);
+    const okWant = (JSON.parse(okCli.stdout) as { outcome: string }).outcome;
+    expect(okWant).toBe('allow');
+    await expect.poll(() => page.locator('#try-output').innerText(), POLL).toContain(`image:     ${okRef}@`);
+    expect(await page.locator('#try-output').innerText()).toContain(`decision:  ${okWant.toUpperCase()} `);
     await page.close();
   });
 
