@@ -110,7 +110,7 @@ export class UiHandler implements ApiHandler {
       if (!r) throw new UiError(404, `no such decision here (the explorer keeps the last ${ring.capacity})`);
       return send(res, 200, decisionPage(r), head);
     }
-    if (path === '/ui/events') return this.events(req, res);
+    if (path === '/ui/events') return head ? send(res, 200, '', true, {}, 'text/event-stream; charset=utf-8') : this.events(req, res);
     if (path === '/ui/images') {
       const report = await this.reevaluate();
       return send(res, 200, imagesPage(report, url.searchParams.get('denied') === '1'), head);

@@ -51,7 +51,7 @@ export function decisionsPage(v: ListView): string {
 <button type="submit">Filter</button> <a href="/ui/">clear</a>
 </form>
 <p class="muted" id="summary">${v.matched} matching of ${v.held} held (the last ${v.capacity} decisions are kept; newest first${v.matched > v.records.length ? `, first ${v.records.length} shown` : ''}).</p>
-<table><thead><tr><th>Time</th><th>Outcome</th><th>Image</th><th>Rule and reason</th><th>Upstream</th><th>Client</th><th></th></tr></thead>
+<table><thead><tr><th>Time (UTC)</th><th>Outcome</th><th>Image</th><th>Rule and reason</th><th>Upstream</th><th>Client</th><th></th></tr></thead>
 <tbody id="rows">${rows(v.records)}</tbody></table>`;
   return page('Decisions', 'decisions', body);
 }
