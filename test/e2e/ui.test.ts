@@ -10,7 +10,9 @@
  * - the filters (outcome, rule, image, upstream, client) and the detail view (evidence, the findings over a limit,
  *   the check command) work; the cached-images and health pages show the re-evaluation and the proxy's state;
  * - the "try an image" form gives the verdict the CLI `portcullis check` gives for the same image;
- * - with JavaScript disabled, every read-only view still works.
+ * - with JavaScript disabled, every read-only view still works;
+ * - a decision whose image name, tag, reason and user agent carry <script>, event handlers and quotes runs nothing
+ *   in the browser and shows those strings as text.
  *
  * Screenshots of the main views go to test-output/ui/ (git-ignored).
  */
@@ -19,8 +21,15 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { Metrics } from '../../src/metrics/metrics.js';
+import { UiHandler } from '../../src/ui/handler.js';
+import { DecisionRing, fromLogEvent } from '../../src/ui/ring.js';
 import { cranePull, runTool } from '../harness/clients.js';
 import { MANIFEST_ACCEPT, pushImage, type PushedImage } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
@@ -273,6 +282,63 @@ describe('decision explorer in Chromium', () => {
       await shot(page, 'health-nojs');
     } finally {
       await noJs.close();
+    }
+  });
+});
+
+describe('hostile strings in the browser', () => {
+  test('an image name, tag, reason and user agent with <script>, handlers and quotes render as inert text', async () => {
+    const payload = (n: number): string => `<script>window.__xss=${n}</script><img src=x onerror="window.__xss=${n + 10}">`;
+    const ring = new DecisionRing(10);
+    ring.add(
+      fromLogEvent({
+        decision_id: 'xss-1',
+        timestamp: new Date().toISOString(),
+        outcome: 'deny',
+        upstream: 'local',
+        bundles: { portcullis: { revision: `r${payload(1)}` } },
+        input: {
+          request: { kind: 'manifest', client: { ip: '10.0.0.1', user: `eve"${payload(2)}`, groups: [], method: 'basic', user_agent: payload(3) } },
+          image: { registry: 'registry.test', repository: `team/${payload(4)}`, tag: `v1" autofocus onfocus="window.__xss=5`, digest: null, platforms: [] },
+          signatures: { status: 'none', verified: [], rejected: [{ authority: payload(6), reason: payload(7) }] },
+          attestations: [],
+          scan: { status: 'ok', counts: {}, vulnerabilities: [] },
+        },
+        result: { deny: [{ rule: `rule${payload(8)}`, message: `reason ${payload(9)} "quoted" 'single'` }], warn: [], mode: 'enforce' },
+      })!,
+    );
+    const config = parseConfig(JSON.stringify({ upstreams: [{ name: 'local', registry: 'registry.test', url: 'http://127.0.0.1:9' }], scan: { admin: { token: { env: 'PC_UI_E2E_ADMIN_TOKEN' } } } }), 'xss.yaml');
+    const ui = new UiHandler({ config, ring, log: pino({ level: 'silent' }), target: () => ({ metrics: new Metrics(), policy: () => ({ revision: 'r', last: undefined }), cache: () => ({ bytes: 0, entries: 0 }), reevaluate: () => Promise.reject(new Error('unused')), check: () => Promise.reject(new Error('unused')) }) });
+    const server = createServer((req, res) => void ui.handle(req, res, new URL(req.url ?? '/', 'http://x')));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const page = await ctx.newPage();
+    const dialogs: string[] = [];
+    page.on('dialog', (d) => {
+      dialogs.push(d.message());
+      void d.dismiss();
+    });
+    try {
+      for (const path of ['/ui/', '/ui/?image=%3Cscript%3E', '/ui/decision/xss-1']) {
+        expect((await page.goto(`${base}${path}`))!.status()).toBe(200);
+        expect(await page.evaluate('window.__xss')).toBeUndefined();
+        // No element came from the strings: the only <script> is the page's own, and no <img> at all.
+        expect(await page.locator('script').count()).toBe(1);
+        expect(await page.locator('img').count()).toBe(0);
+        expect(await page.locator('[onfocus], [onerror], [autofocus]').count()).toBe(0);
+      }
+      // The strings are there, as text.
+      const main = await page.locator('main').innerText();
+      expect(main).toContain(`team/${payload(4)}`);
+      expect(main).toContain(`reason ${payload(9)} "quoted" 'single'`);
+      expect(main).toContain(payload(7));
+      expect(await page.locator('#check-command').innerText()).toContain(`--as 'eve"${payload(2)}'`);
+      expect(dialogs).toEqual([]);
+      await shot(page, 'xss-inert');
+    } finally {
+      await page.close();
+      ui.close();
+      await new Promise((r) => server.close(r));
     }
   });
 });
