@@ -29,10 +29,9 @@ APT_PACKAGES=(
   "hyperfine=1.15.0-2"
   "tinyproxy=1.11.1-2.1+deb12u1"   # a real HTTP CONNECT proxy for the egress-proxy tests
   "redis-server"   # not used by tests yet; unpinned because Debian security updates move it
-  # The decision explorer's browser tests (test/e2e/ui.test.ts, driven by playwright-core). Unpinned like
-  # redis-server: Chromium ships only through bookworm-security, which replaces each version within weeks, so a pin
-  # would stop installing. Tested with 156.0.8078.129-1~deb12u1.
-  "chromium"
+  # The decision explorer's browser tests (test/e2e/ui.test.ts, driven by playwright-core with this binary).
+  # Chromium ships through bookworm-security only: when this pin is replaced, install_apt takes the candidate.
+  "chromium=156.0.8078.129-1~deb12u1"
 )
 APT_EXTRA=(apache2-utils openssl runc uidmap fuse-overlayfs slirp4netns netavark aardvark-dns iptables jq curl ca-certificates)
 # Go tools: "binary-name package@version", or "binary-name module@version ./package".
@@ -143,10 +142,24 @@ install_apt() {
     command -v sudo >/dev/null || { log "not root and no sudo: install as root: apt-get install ${missing[*]}"; return 1; }
     sudo=(sudo)
   fi
-  log "apt-get install ${missing[*]}"
-  # The sandbox's policy-rc.d keeps package services (docker-registry on :5000, containerd) from starting.
   "${sudo[@]}" apt-get update -qq >&2
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  # Security updates replace a version in bookworm-security within weeks, and the archive then no longer offers the
+  # pin: install the candidate instead, loudly, rather than fail the set-up (bump the pin when this warning shows).
+  local resolved=() offered
+  for p in "${missing[@]}"; do
+    name=${p%%=*}; want=${p#*=}
+    if [[ "$want" != "$p" ]]; then
+      offered=$(apt-cache madison "$name" | awk -F'|' '{gsub(/ /, "", $2); print $2}')
+      if ! grep -qxF -- "$want" <<<"$offered"; then
+        log "warning: apt no longer offers $name $want; installing its candidate $(apt-cache policy "$name" | awk '/Candidate:/ {print $2}') instead"
+        p=$name
+      fi
+    fi
+    resolved+=("$p")
+  done
+  log "apt-get install ${resolved[*]}"
+  # The sandbox's policy-rc.d keeps package services (docker-registry on :5000, containerd) from starting.
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${resolved[@]}" >&2
   # Debian starts nothing here, but on a machine that does, the packaged registry binds all interfaces. Where
   # systemctl exists but systemd is not PID 1, is-active fails: that must not end the set-up.
   if command -v systemctl >/dev/null; then

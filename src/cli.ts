@@ -10,11 +10,11 @@ import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { ConfigError, loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
-import { checkImage } from './gate/check.js';
+import { checkImage } from './server/check.js';
 import type { DecisionObserver } from './gate/gate.js';
 import { buildProxy } from './server/bootstrap.js';
 import { checkSignatureConfig } from './verify/index.js';
-import { formatReport, reevaluate, type ReevalReport } from './scan/reeval.js';
+import { formatReport, reevaluate, type ReevalReport } from './gate/reeval.js';
 import { clientConfig, type ClientKind } from './clients/config.js';
 
 const USAGE = `usage:

@@ -11,7 +11,7 @@ import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { ANONYMOUS, authorizationHeader, basicCredentials, fail, looksLikeJwt, type AuthOutcome, type AuthRequest, type Identity } from './authenticator.js';
 import { BcryptWorker } from './bcrypt-pool.js';
-import type { AuthConfig } from './config.js';
+import type { AuthConfig } from '../config/auth.js';
 import { FORWARDED_IDENTITY_HEADER, ForwardedVerifier } from './forwarded.js';
 import { HtpasswdAuthenticator } from './htpasswd.js';
 import { MtlsAuthenticator } from './mtls.js';

@@ -9,7 +9,7 @@
  */
 import type { Metrics } from '../metrics/metrics.js';
 import type { Identity } from './authenticator.js';
-import type { QuotasConfig } from './config.js';
+import type { QuotasConfig } from '../config/auth.js';
 import { KeyedBuckets } from './rate-limit.js';
 
 export type QuotaKind = 'coldManifests' | 'coldBlobs' | 'decisions';

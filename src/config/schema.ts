@@ -3,10 +3,10 @@
  * the file name. Defaults live here, so the rest of the code reads a fully populated, typed object.
  */
 import { z } from 'zod';
-import { authSchema, forwardIdentitySchema, quotasSchema } from '../auth/config.js';
-import { scanSchema } from '../scan/config.js';
+import { authSchema, forwardIdentitySchema, quotasSchema } from './auth.js';
+import { scanSchema } from './scan.js';
 import { cidrProblem } from '../util/address.js';
-import { signaturesSchema } from '../verify/config.js';
+import { signaturesSchema } from './signatures.js';
 import { addressOrHost, httpUrl } from './url.js';
 
 const duration = z
@@ -183,9 +183,9 @@ export const configSchema = z
       .regex(/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/, 'expected host:port')
       .default('127.0.0.1:5000'),
     tls: tls.optional(),
-    /** Client authentication of the registry listener (src/auth/config.ts); absent: anonymous. */
+    /** Client authentication of the registry listener (config/auth.ts); absent: anonymous. */
     auth: authSchema.optional(),
-    /** Token buckets on upstream-costly work per identity and per address (src/auth/config.ts). */
+    /** Token buckets on upstream-costly work per identity and per address (config/auth.ts). */
     quotas: quotasSchema.optional(),
     /**
      * A separate plain-HTTP listener for /metrics, /healthz, /readyz and the /api/ endpoints; the registry listener
@@ -262,9 +262,9 @@ export const configSchema = z
         }
         if (p.signing && p.opaUrl) ctx.addIssue({ code: 'custom', path: ['signing'], message: 'signing applies to bundles; configure bundle verification in the external OPA itself' });
       }),
-    /** Signature authorities (src/verify/config.ts). */
+    /** Signature authorities (config/signatures.ts). */
     signatures: signaturesSchema.optional(),
-    /** Vulnerability scan sources (src/scan/config.ts). */
+    /** Vulnerability scan sources (config/scan.ts). */
     scan: scanSchema.optional(),
     decisionLog: z
       .object({

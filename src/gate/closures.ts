@@ -19,7 +19,7 @@ import type { Route } from '../routing/route.js';
 import { isAccessory, isRunnable, needsOwnDecision } from '../verify/accessory.js';
 import type { ChildRequest, DigestRequest, ManifestSource, MemberRequest, RootRequest } from './gate.js';
 import { errorAdmission, membersOf, type Subject } from './input.js';
-import type { Admission } from './types.js';
+import type { Admission } from '../policy/contract.js';
 
 export type BlobVerdict = { serve: true; root: Digest } | { serve: false; denial: Admission | undefined };
 

@@ -19,7 +19,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { DecisionObserver } from './gate.js';
-import type { PolicyInput } from './types.js';
+import type { PolicyInput } from '../policy/contract.js';
 import { ENTRYPOINT } from '../policy/wasm.js';
 import { redactUrl } from '../util/redact-url.js';
 import { MemoryQueue, SpoolQueue, type EventQueue } from './decision-queue.js';

@@ -16,13 +16,13 @@ import { LRUCache } from 'lru-cache';
 import type { MetaStore } from '../cache/metastore.js';
 import { measureUpstreamWait } from '../metrics/upstream-wait.js';
 import type { Manifest } from '../proxy/manifests.js';
-import { parseManifest } from '../proxy/mediatypes.js';
+import { parseManifest } from '../oci/mediatypes.js';
 import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
 import { basisKey, type Basis } from './basis.js';
 import { Closures, type BlobVerdict } from './closures.js';
 import { buildInput, errorAdmission, mergeSignatures, NO_EVIDENCE, toAdmission, type Client, type Evidence, type Subject } from './input.js';
-import type { Admission, Decider, EvidenceContext, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from './types.js';
+import type { Admission, Decider, EvidenceContext, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../policy/contract.js';
 
 export type { BlobVerdict } from './closures.js';
 

@@ -6,10 +6,10 @@
  */
 import type { ClosureMember } from '../cache/metastore.js';
 import type { Manifest } from '../proxy/manifests.js';
-import type { Descriptor } from '../proxy/mediatypes.js';
+import type { Descriptor } from '../oci/mediatypes.js';
 import type { Route } from '../routing/route.js';
 import { isRunnable } from '../verify/accessory.js';
-import type { Admission, PlatformInfo, PolicyInput, PolicyResult, ScanEvidence, SignatureEvidence, Violation } from './types.js';
+import type { Admission, PlatformInfo, PolicyInput, PolicyResult, ScanEvidence, SignatureEvidence, Violation } from '../policy/contract.js';
 
 export interface Client {
   ip: string;

@@ -7,7 +7,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { request } from 'undici';
-import type { Decider, PolicyInput, PolicyResult } from '../gate/types.js';
+import type { Decider, PolicyInput, PolicyResult } from './contract.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { readCapped } from '../upstream/body.js';
 import { BundleError, DEFAULT_MAX_BUNDLE, readBundle } from './bundle.js';

@@ -4,7 +4,7 @@
  * result is an error, which the gate turns into a deny.
  */
 import { request, Agent } from 'undici';
-import type { Decider, PolicyInput, PolicyResult } from '../gate/types.js';
+import type { Decider, PolicyInput, PolicyResult } from './contract.js';
 import { readCapped } from '../upstream/body.js';
 import { ENTRYPOINT, parseResult } from './wasm.js';
 

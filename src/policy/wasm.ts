@@ -6,7 +6,7 @@
  * input, never from a clock builtin, so decisions are reproducible.
  */
 import { loadPolicy, type LoadedPolicy } from '@open-policy-agent/opa-wasm';
-import type { Decider, PolicyInput, PolicyResult, Violation } from '../gate/types.js';
+import type { Decider, PolicyInput, PolicyResult, Violation } from './contract.js';
 import type { PolicyBundle } from './bundle.js';
 
 export const ENTRYPOINT = 'portcullis/decision';

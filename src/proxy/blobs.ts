@@ -11,7 +11,7 @@ import type { DownloadManager } from '../cache/download-manager.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
-import { errors } from '../server/errors.js';
+import { errors } from '../oci/errors.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import { statusError, toRegistryError } from './manifests.js';
 import { sendFileRange } from '../cache/sendfile.js';

@@ -13,11 +13,11 @@ import type { MetaStore, StoredManifest } from '../cache/metastore.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Route } from '../routing/route.js';
 import { digestAlgorithm, isDigest, type Digest } from '../routing/reference.js';
-import { errors, RegistryError } from '../server/errors.js';
+import { errors, RegistryError } from '../oci/errors.js';
 import { AuthError } from '../upstream/auth.js';
 import { readCapped } from '../upstream/body.js';
 import { headerString, UpstreamUnavailableError, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
-import { ManifestFormatError, parseManifest, UPSTREAM_ACCEPT, type ParsedManifest } from './mediatypes.js';
+import { ManifestFormatError, parseManifest, UPSTREAM_ACCEPT, type ParsedManifest } from '../oci/mediatypes.js';
 
 export interface ResolvedTag {
   digest: Digest;
@@ -191,14 +191,14 @@ export function statusError(res: UpstreamResponse, upstream: string, what: strin
     return errors.tooManyRequests(`upstream "${upstream}" rate-limited the request for ${what}`, headerString(res.headers['retry-after']));
   }
   if (res.status === 401 || res.status === 403) {
-    return errors.upstream(`upstream "${upstream}" refused access to ${what} (HTTP ${res.status}); check the upstream credentials`, 502);
+    return errors.upstream(`upstream "${upstream}" refused access to ${what} (HTTP ${res.status}); check the upstream credentials`);
   }
-  return errors.upstream(`upstream "${upstream}" answered HTTP ${res.status} for ${what}`, res.status === 503 ? 503 : 502);
+  return errors.upstream(`upstream "${upstream}" answered HTTP ${res.status} for ${what}`, res.status === 503);
 }
 
 export function toRegistryError(e: unknown, upstream: string): RegistryError {
   if (e instanceof RegistryError) return e;
-  if (e instanceof AuthError) return errors.upstream(`upstream "${upstream}" authentication failed: ${e.message}; check the upstream credentials`, 502);
-  if (e instanceof UpstreamUnavailableError) return errors.upstream(e.message, 503);
-  return errors.upstream(`upstream "${upstream}" failed: ${e instanceof Error ? e.message : String(e)}`, 502);
+  if (e instanceof AuthError) return errors.upstream(`upstream "${upstream}" authentication failed: ${e.message}; check the upstream credentials`);
+  if (e instanceof UpstreamUnavailableError) return errors.upstream(e.message, true);
+  return errors.upstream(`upstream "${upstream}" failed: ${e instanceof Error ? e.message : String(e)}`);
 }

@@ -10,8 +10,8 @@ import { readCapped } from '../upstream/body.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import type { ManifestService } from './manifests.js';
 import { statusError, toRegistryError } from './manifests.js';
-import { OCI_INDEX, type Descriptor } from './mediatypes.js';
-import { RegistryError } from '../server/errors.js';
+import { OCI_INDEX, type Descriptor } from '../oci/mediatypes.js';
+import { errors, isNotFound } from '../oci/errors.js';
 
 export interface ReferrersResult {
   index: { schemaVersion: 2; mediaType: typeof OCI_INDEX; manifests: Descriptor[] };
@@ -44,7 +44,7 @@ export class ReferrersService {
     const ct = headerString(res.headers['content-type'])?.split(';')[0]?.trim();
     if (res.status === 200 && ct === OCI_INDEX) {
       // A body cut short is the upstream's failure (502 naming it), not an internal error.
-      const body = await readCapped(res.body, MAX_BODY, () => new RegistryError(502, 'UPSTREAM_ERROR', 'oversized referrers response')).catch((e: unknown) => {
+      const body = await readCapped(res.body, MAX_BODY, () => errors.upstream('oversized referrers response')).catch((e: unknown) => {
         throw toRegistryError(e, route.upstream.name);
       });
       const doc = safeJson(body);
@@ -60,7 +60,7 @@ export class ReferrersService {
       if (m.parsed.kind !== 'index') return this.finish([], artifactType, false, 'none');
       return this.finish(m.parsed.manifests, artifactType, false, 'tag-schema');
     } catch (e) {
-      if (e instanceof RegistryError && e.status === 404) return this.finish([], artifactType, false, 'none');
+      if (isNotFound(e)) return this.finish([], artifactType, false, 'none');
       throw e;
     }
   }

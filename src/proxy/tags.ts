@@ -3,7 +3,7 @@
  * rewritten to the name the client used, so that following it comes back through the proxy.
  */
 import type { Route } from '../routing/route.js';
-import { errors } from '../server/errors.js';
+import { errors } from '../oci/errors.js';
 import { readCapped } from '../upstream/body.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import { statusError, toRegistryError } from './manifests.js';

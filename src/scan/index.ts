@@ -1,29 +1,26 @@
 /**
- * The scan capability: the evidence provider (src/scan/service.ts) and its HTTP API (src/scan/api.ts), built from
- * the `scan:` config section with the shared evidence deps.
+ * The scan capability: the evidence provider (src/scan/service.ts), built from the `scan:` config section with the
+ * shared evidence deps. The report and admin API (server/scan-api.ts) serves the same ScanService.
  *
- * `scanCapability()` gives the App both factories plus a close(); both factories get the same EvidenceDeps object
- * from the App, and share one ScanService (one SQLite file, one set of pollers). With no source configured there is
- * no provider (the policy input then says `not_configured`).
+ * The App asks for the provider with its EvidenceDeps, the server's API for the service with the same deps; both get
+ * one ScanService (one SQLite file, one set of pollers). With no source configured there is no provider (the policy
+ * input then says `not_configured`).
  */
-import type { ApiHandler, EvidenceDeps } from '../gate/evidence.js';
-import type { ScanProvider } from '../gate/types.js';
-import { ScanApi } from './api.js';
-import { sourceOrder } from './config.js';
-import type { ReevalTarget } from './reeval.js';
+import type { EvidenceDeps } from '../policy/evidence.js';
+import type { ScanProvider } from '../policy/contract.js';
+import { sourceOrder } from '../config/scan.js';
 import { ScanService, type ScanServiceOptions } from './service.js';
 
 export interface ScanCapability {
   provider: (deps: EvidenceDeps) => ScanProvider | undefined;
-  api: (deps: EvidenceDeps) => ApiHandler[];
-  /** The service, once built (undefined when no source is configured). */
+  /** The service for these deps, built on first use (undefined when no source is configured). */
+  serviceFor(deps: EvidenceDeps): ScanService | undefined;
+  /** The service, once built. */
   service(): ScanService | undefined;
   close(): void;
 }
 
-export function scanCapability(
-  opts: { now?: () => number; target?: () => ReevalTarget | undefined; scannerToken?: ScanServiceOptions['scannerToken'] } = {},
-): ScanCapability {
+export function scanCapability(opts: { now?: () => number; scannerToken?: ScanServiceOptions['scannerToken'] } = {}): ScanCapability {
   let built: { deps: EvidenceDeps; service: ScanService | undefined } | undefined;
   const serviceFor = (deps: EvidenceDeps): ScanService | undefined => {
     if (built && built.deps === deps) return built.service;
@@ -35,18 +32,12 @@ export function scanCapability(
   };
   return {
     provider: (deps) => serviceFor(deps),
-    api: (deps) => {
-      const service = serviceFor(deps);
-      const cfg = deps.config.scan;
-      if (!service && !cfg?.admin) return [];
-      return [new ScanApi({ service, deps, target: opts.target ?? (() => undefined), now: opts.now ?? Date.now })];
-    },
+    serviceFor,
     service: () => built?.service,
     close: () => built?.service?.close(),
   };
 }
 
-/** The provider alone (no report API); prefer scanCapability(), which can also be closed. */
 export function createScanProvider(deps: EvidenceDeps): ScanProvider | undefined {
   return scanCapability().provider(deps);
 }

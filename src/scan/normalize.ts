@@ -2,7 +2,7 @@
  * The common form every scan source is reduced to (a list of findings with a scan time), and the summary of it
  * that goes into the policy input (DESIGN §3 `scan`): counts by severity, fixable counts and a capped list.
  */
-import type { ScanEvidence } from '../gate/types.js';
+import type { ScanEvidence } from '../policy/contract.js';
 
 export const SEVERITIES = ['CRITICAL', 'HIGH', 'MEDIUM', 'LOW', 'UNKNOWN'] as const;
 export type Severity = (typeof SEVERITIES)[number];

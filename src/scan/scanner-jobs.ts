@@ -6,8 +6,8 @@
 import type { Logger } from 'pino';
 import { readSecret } from '../config/load.js';
 import type { Config } from '../config/schema.js';
-import type { EvidenceContext } from '../gate/types.js';
-import type { ScanConfig } from './config.js';
+import type { EvidenceContext } from '../policy/contract.js';
+import type { ScanConfig } from '../config/scan.js';
 import { HarborClient, ScannerError } from './harbor.js';
 import { mergeResults, type ScanResult } from './normalize.js';
 import type { ScanMetrics, Outcome, Target } from './service.js';

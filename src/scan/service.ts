@@ -2,7 +2,7 @@
  * The scan evidence provider (DESIGN §5). For one root digest it consults the configured sources in order:
  *
  * 1. `attestations`: cosign vuln predicates among the verified attestations, from trusted authorities;
- * 2. `reports`: reports CI pushed for the digest (src/scan/api.ts);
+ * 2. `reports`: reports CI pushed for the digest (server/scan-api.ts);
  * 3. `scanner`: a Harbor Pluggable Scanner API adapter, asked to scan on a miss (scanner-jobs.ts). The digest is then
  *    pending; the scan is polled in the background (honouring `Refresh-After`) and its result stored.
  *
@@ -15,11 +15,11 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { LRUCache } from 'lru-cache';
 import type { Config } from '../config/schema.js';
-import type { EvidenceDeps } from '../gate/evidence.js';
-import type { EvidenceContext, PolicyInput, ScanEvidence, ScanProvider } from '../gate/types.js';
-import { INDEX_TYPES } from '../proxy/mediatypes.js';
+import type { EvidenceDeps } from '../policy/evidence.js';
+import type { EvidenceContext, PolicyInput, ScanEvidence, ScanProvider } from '../policy/contract.js';
+import { INDEX_TYPES } from '../oci/mediatypes.js';
 import type { Route } from '../routing/route.js';
-import { sourceOrder, type ScanConfig, type SourceName } from './config.js';
+import { sourceOrder, type ScanConfig, type SourceName } from '../config/scan.js';
 import { parseVulnPredicate, ReportFormatError } from './formats.js';
 import { SCANNABLE } from './harbor.js';
 import { ScannerJobs } from './scanner-jobs.js';

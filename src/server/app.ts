@@ -19,8 +19,9 @@ import { MetaStore } from '../cache/metastore.js';
 import type { Config } from '../config/schema.js';
 import { settingsHash } from '../gate/basis.js';
 import { Gate, type DecisionObserver } from '../gate/gate.js';
-import type { Decider, ScanProvider, SignatureProvider } from '../gate/types.js';
-import type { ApiHandler, EvidenceDeps } from '../gate/evidence.js';
+import type { Decider, ScanProvider, SignatureProvider } from '../policy/contract.js';
+import type { EvidenceDeps } from '../policy/evidence.js';
+import type { ApiHandler } from './scan-api.js';
 import { Metrics } from '../metrics/metrics.js';
 import { BlobService } from '../proxy/blobs.js';
 import { ManifestService } from '../proxy/manifests.js';
@@ -31,7 +32,7 @@ import { addressSet, forwardedClient, type AddressSet } from '../util/address.js
 import { UpstreamClient } from '../upstream/client.js';
 import { readSecret } from '../config/load.js';
 import { identify, metricsAllowed, serveToken } from './client-identity.js';
-import { errors, RegistryError } from './errors.js';
+import { errors, httpStatus, RegistryError } from './errors.js';
 import { RegistryHandlers, type WarmCheck } from './handlers.js';
 import { ConnectionGuard, guardFor, readSysctl } from './limits.js';
 import { parseEndpoint, type Endpoint } from './paths.js';
@@ -311,8 +312,8 @@ export class App {
     } catch (e) {
       // An unexpected error's message can name the server's files (ENOENT, EACCES …): the client gets the request id,
       // the log gets the message.
-      const err = e instanceof RegistryError ? e : errors.upstream(`internal error (request id ${rid})`, 500);
-      if (!(e instanceof RegistryError) || err.status >= 500) log.warn({ err: e instanceof Error ? e.message : String(e), path: pathname }, 'request failed');
+      const err = e instanceof RegistryError ? e : new RegistryError('UPSTREAM_ERROR', `internal error (request id ${rid})`, undefined, { status: 500 });
+      if (!(e instanceof RegistryError) || httpStatus(err) >= 500) log.warn({ err: e instanceof Error ? e.message : String(e), path: pathname }, 'request failed');
       if (res.headersSent) {
         res.destroy();
         return;

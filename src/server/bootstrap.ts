@@ -6,7 +6,7 @@
 import { resolve } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { ClientAuth } from '../auth/client-auth.js';
-import { authSchema } from '../auth/config.js';
+import { authSchema } from '../config/auth.js';
 import { LOG_REDACT } from '../auth/redact.js';
 import type { Config } from '../config/schema.js';
 import { onSecretError } from '../config/load.js';
@@ -16,6 +16,7 @@ import { Metrics } from '../metrics/metrics.js';
 import { PolicyManager, type PolicySource } from '../policy/manager.js';
 import { App } from './app.js';
 import { scanCapability } from '../scan/index.js';
+import { ScanApi } from './scan-api.js';
 import { createSignatureProvider } from '../verify/index.js';
 import { UiHandler } from '../ui/handler.js';
 import { DecisionRing } from '../ui/ring.js';
@@ -65,7 +66,6 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
   // The scan provider and its report/admin API share one service; re-evaluation needs the app once it exists.
   const scan = scanCapability({
     ...(opts.now ? { now: opts.now } : {}),
-    target: () => built,
     ...(auth ? { scannerToken: (repository: string, digest: string, ttl: number) => auth.scannerToken(repository, digest, ttl) } : {}),
   });
   // The decision explorer (src/ui): recent decisions in memory, read back from the decision-log file at start.
@@ -82,7 +82,11 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
     readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
     signatures: createSignatureProvider,
     scan: scan.provider,
-    api: (deps) => [...scan.api(deps), ...(ui ? [ui] : [])],
+    api: (deps) => {
+      const service = scan.serviceFor(deps);
+      const scanApi = !service && !deps.config.scan?.admin ? [] : [new ScanApi({ service, deps, target: () => built, now: opts.now ?? Date.now })];
+      return [...scanApi, ...(ui ? [ui] : [])];
+    },
     ...(auth ? { auth } : {}),
     ...(opts.now ? { now: opts.now } : {}),
   });

@@ -1,46 +1,56 @@
 /**
- * OCI error responses. Every failure a client can see is one of these, so that containerd, Docker and skopeo print
- * a code and a message instead of an HTML page or a bare status.
+ * The one mapping from domain errors (`oci/errors.ts`) to what HTTP says: the status, the headers (challenge,
+ * Retry-After, Content-Range, the decision id) and the reason phrase of a denial. Every error a client sees passes
+ * through {@link httpAnswer}, so a code answers with the same status wherever it was thrown.
  */
-export type OciErrorCode =
-  | 'BLOB_UNKNOWN'
-  | 'DIGEST_INVALID'
-  | 'MANIFEST_UNKNOWN'
-  | 'MANIFEST_INVALID'
-  | 'NAME_INVALID'
-  | 'NAME_UNKNOWN'
-  | 'SIZE_INVALID'
-  | 'UNAUTHORIZED'
-  | 'DENIED'
-  | 'UNSUPPORTED'
-  | 'TOOMANYREQUESTS'
-  | 'RANGE_INVALID'
-  | 'UNAVAILABLE'
-  | 'UPSTREAM_ERROR'
-  | 'NOT_FOUND'
-  // Codes of Portcullis's own API (scan reports, admin), which uses the same error shape.
-  | 'REPORT_INVALID'
-  | 'REPORT_UNKNOWN'
-  | 'PARAM_INVALID'
-  | 'INTERNAL_ERROR';
+import { errors, RegistryError, type OciErrorCode } from '../oci/errors.js';
 
-export class RegistryError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: OciErrorCode,
-    message: string,
-    readonly detail: unknown = undefined,
-    readonly headers: Record<string, string> = {},
-    /** The reason phrase of the status line, when not the standard one (see {@link denialStatusText}). */
-    readonly statusText?: string,
-  ) {
-    super(message);
-    this.name = 'RegistryError';
-  }
+export { errors, RegistryError };
 
-  body(): string {
-    return JSON.stringify({ errors: [{ code: this.code, message: this.message, detail: this.detail ?? null }] });
-  }
+const STATUS: Record<OciErrorCode, number> = {
+  BLOB_UNKNOWN: 404,
+  DIGEST_INVALID: 400,
+  MANIFEST_UNKNOWN: 404,
+  MANIFEST_INVALID: 400,
+  NAME_INVALID: 400,
+  NAME_UNKNOWN: 404,
+  SIZE_INVALID: 400,
+  UNAUTHORIZED: 401,
+  DENIED: 403,
+  UNSUPPORTED: 405,
+  TOOMANYREQUESTS: 429,
+  RANGE_INVALID: 416,
+  UNAVAILABLE: 503,
+  UPSTREAM_ERROR: 502,
+  NOT_FOUND: 404,
+  REPORT_INVALID: 400,
+  REPORT_UNKNOWN: 404,
+  PARAM_INVALID: 400,
+  INTERNAL_ERROR: 500,
+};
+
+export interface HttpAnswer {
+  status: number;
+  /** The reason phrase of the status line, when not the standard one (see {@link denialStatusText}). */
+  statusText?: string;
+  headers: Record<string, string>;
+  body: string;
+}
+
+export function httpStatus(err: RegistryError): number {
+  return err.hints.status ?? STATUS[err.code];
+}
+
+export function httpAnswer(err: RegistryError): HttpAnswer {
+  const h = err.hints;
+  const headers: Record<string, string> = { ...h.headers };
+  if (h.challenge !== undefined) headers['www-authenticate'] = h.challenge;
+  if (h.retryAfter !== undefined) headers['retry-after'] = h.retryAfter;
+  if (h.size !== undefined) headers['content-range'] = `bytes */${h.size}`;
+  const body = JSON.stringify({ errors: [{ code: err.code, message: err.message, detail: err.detail ?? null }] });
+  const answer: HttpAnswer = { status: httpStatus(err), headers, body };
+  if (h.denial) answer.statusText = denialStatusText(h.denial.rule, h.denial.reason, h.denial.decisionId);
+  return answer;
 }
 
 /** An authentication failure as the client sees it: 429 when it was throttled, else 401 with the challenge. */
@@ -48,28 +58,6 @@ export function authError(outcome: { code: string; message: string; retryAfterSe
   if (outcome.code === 'RATE_LIMITED' || outcome.code === 'BUSY') return errors.tooManyRequests(outcome.message, String(outcome.retryAfterSeconds ?? 1));
   return errors.unauthorized(outcome.message, challenge);
 }
-
-export const errors = {
-  nameInvalid: (msg: string) => new RegistryError(400, 'NAME_INVALID', msg),
-  nameUnknown: (msg: string) => new RegistryError(404, 'NAME_UNKNOWN', msg),
-  manifestUnknown: (msg: string) => new RegistryError(404, 'MANIFEST_UNKNOWN', msg),
-  manifestInvalid: (msg: string, detail?: unknown) => new RegistryError(400, 'MANIFEST_INVALID', msg, detail),
-  blobUnknown: (msg: string) => new RegistryError(404, 'BLOB_UNKNOWN', msg),
-  digestInvalid: (msg: string) => new RegistryError(400, 'DIGEST_INVALID', msg),
-  unsupported: (msg: string, status = 405) => new RegistryError(status, 'UNSUPPORTED', msg),
-  notFound: (msg: string) => new RegistryError(404, 'NOT_FOUND', msg),
-  tooManyRequests: (msg: string, retryAfter?: string) =>
-    new RegistryError(429, 'TOOMANYREQUESTS', msg, undefined, retryAfter ? { 'retry-after': retryAfter } : {}),
-  rangeInvalid: (msg: string, size: number) =>
-    new RegistryError(416, 'RANGE_INVALID', msg, undefined, { 'content-range': `bytes */${size}` }),
-  /** The upstream failed or could not be reached and no usable cached copy exists. */
-  upstream: (msg: string, status = 502) => new RegistryError(status, status === 503 ? 'UNAVAILABLE' : 'UPSTREAM_ERROR', msg),
-  /** A failed or missing login: 401 with the challenge that tells the client how to authenticate. */
-  unauthorized: (msg: string, challenge: string) => new RegistryError(401, 'UNAUTHORIZED', msg, undefined, { 'www-authenticate': challenge }),
-  /** `why` becomes the status line's reason phrase too: see {@link denialStatusText}. */
-  denied: (msg: string, why: { rule: string; reason: string; decisionId?: string }, detail?: unknown, headers?: Record<string, string>) =>
-    new RegistryError(403, 'DENIED', msg, detail, headers, denialStatusText(why.rule, why.reason, why.decisionId)),
-};
 
 /** Longest reason phrase we send: one log line in containerd's error, the kubelet's event and `ctr`'s output. */
 export const MAX_STATUS_TEXT = 200;

@@ -8,11 +8,11 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Identity } from '../auth/authenticator.js';
 import type { QuotaKind, Quotas } from '../auth/quota.js';
 import type { Gate } from '../gate/gate.js';
-import type { Admission } from '../gate/types.js';
+import type { Admission } from '../policy/contract.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { BlobService } from '../proxy/blobs.js';
 import type { Manifest, ManifestService } from '../proxy/manifests.js';
-import { accepts } from '../proxy/mediatypes.js';
+import { accepts } from '../oci/mediatypes.js';
 import type { ReferrersService } from '../proxy/referrers.js';
 import type { TagService } from '../proxy/tags.js';
 import { isDigest, looksLikeDigest, parseReference, type Digest } from '../routing/reference.js';
@@ -305,7 +305,7 @@ export class RegistryHandlers {
     let n: number | undefined;
     if (nRaw !== null) {
       n = Number(nRaw);
-      if (!Number.isSafeInteger(n) || n < 0) throw new RegistryError(400, 'UNSUPPORTED', `invalid n "${nRaw.slice(0, 20)}"`);
+      if (!Number.isSafeInteger(n) || n < 0) throw errors.unsupported(`invalid n "${nRaw.slice(0, 20)}"`, 400);
       if (n === 0) {
         sendJson(ctx.res, 200, { name: clientName, tags: [] }, ctx.method === 'HEAD');
         return;

@@ -1,18 +1,18 @@
 /** Response helpers shared by the handlers: OCI errors, JSON bodies, and Range parsing. */
 import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { RegistryError } from './errors.js';
+import { httpAnswer, type RegistryError } from './errors.js';
 
 export function sendError(res: ServerResponse, err: RegistryError, head: boolean): void {
   if (res.headersSent) {
     res.destroy(err);
     return;
   }
-  const body = err.body();
-  res.statusCode = err.status;
+  const { status, statusText, headers, body } = httpAnswer(err);
+  res.statusCode = status;
   // The reason phrase is the only text a HEAD can carry to containerd (errors.ts, denialStatusText).
-  if (err.statusText !== undefined) res.statusMessage = err.statusText;
-  for (const [k, v] of Object.entries(err.headers)) res.setHeader(k, v);
+  if (statusText !== undefined) res.statusMessage = statusText;
+  for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
   res.setHeader('content-type', 'application/json');
   res.setHeader('content-length', Buffer.byteLength(body));
   res.end(head ? undefined : body);

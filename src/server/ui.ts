@@ -3,9 +3,9 @@
  * pipelines the CLI uses, the policy's reload state and the cache's size. Kept here so that src/ui never imports
  * the server.
  */
-import { checkImage } from '../gate/check.js';
+import { checkImage } from './check.js';
 import type { PolicyManager } from '../policy/manager.js';
-import { reevaluate } from '../scan/reeval.js';
+import { reevaluate } from '../gate/reeval.js';
 import type { UiTarget } from '../ui/handler.js';
 import type { App } from './app.js';
 

@@ -16,10 +16,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { readSecret } from '../config/load.js';
 import type { Config, SecretRef } from '../config/schema.js';
-import type { ApiHandler } from '../gate/evidence.js';
-import type { Admission } from '../gate/types.js';
+import type { Admission } from '../policy/contract.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { ReevalReport } from '../scan/reeval.js';
+import type { ReevalReport } from '../gate/reeval.js';
 import { CSS, JS } from './assets.js';
 import { html } from './html.js';
 import type { DecisionFilter, DecisionRing } from './ring.js';
@@ -63,7 +62,8 @@ class UiError extends Error {
   }
 }
 
-export class UiHandler implements ApiHandler {
+/** Mounted by the server like its other endpoints outside /v2/ (server/scan-api.ts ApiHandler, matched by shape). */
+export class UiHandler {
   private readonly streams = new Set<ServerResponse>();
   /** Signs the CSRF token of the try form; new each start, so a token is only good for this process. */
   private readonly csrfKey = randomBytes(32);

@@ -2,8 +2,8 @@
  * The operator pages: cached images against the current policy (the re-evaluation report of gate/scan reeval.ts),
  * health, and the "try an image" form. Every value goes through `html` (html.ts), which escapes it.
  */
-import type { Admission } from '../gate/types.js';
-import type { ReevalReport } from '../scan/reeval.js';
+import type { Admission } from '../policy/contract.js';
+import type { ReevalReport } from '../gate/reeval.js';
 import { html } from './html.js';
 import { badge, page } from './views.js';
 

@@ -7,7 +7,7 @@
  * when every entry is a typed artifact without a platform, and a runnable manifest reached through such an index
  * gets a decision of its own (see `needsOwnDecision`).
  */
-import type { ParsedManifest } from '../proxy/mediatypes.js';
+import type { ParsedManifest } from '../oci/mediatypes.js';
 
 /** cosign `.sig`/`.att`/`.sbom` tags and the referrers tag schema. */
 export const ACCESSORY_TAG = /^sha256-[a-f0-9]{64}(\.(sig|att|sbom))?$/;

@@ -7,7 +7,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { LRUCache } from 'lru-cache';
-import type { PolicyInput, SignatureEvidence } from '../gate/types.js';
+import type { PolicyInput, SignatureEvidence } from '../policy/contract.js';
 
 export interface CachedEvidence {
   signatures: SignatureEvidence;

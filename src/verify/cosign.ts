@@ -14,7 +14,7 @@
 import { createHash } from 'node:crypto';
 import { bundleFromJSON, toDSSEBundle, toMessageSignatureBundle, type Bundle, type TransparencyLogEntry } from '@sigstore/bundle';
 import { X509Certificate, dsse } from '@sigstore/core';
-import type { Descriptor } from '../proxy/mediatypes.js';
+import type { Descriptor } from '../oci/mediatypes.js';
 import { BudgetExceededError } from './budget.js';
 import { MT, type FoundArtifact } from './discovery.js';
 

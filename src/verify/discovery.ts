@@ -13,11 +13,11 @@
  */
 import { createHash } from 'node:crypto';
 import type { Manifest, ManifestService } from '../proxy/manifests.js';
-import type { Descriptor } from '../proxy/mediatypes.js';
+import type { Descriptor } from '../oci/mediatypes.js';
 import { ReferrersService } from '../proxy/referrers.js';
 import { digestHex, isDigest, type Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
-import { RegistryError } from '../server/errors.js';
+import { isNotFound } from '../oci/errors.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import { BudgetExceededError, type DiscoveryBudget } from './budget.js';
 
@@ -163,10 +163,6 @@ export class Discoverer {
     if (actual !== d.digest) throw new Error(`blob ${d.digest} hashes to ${actual}; refused`);
     return bytes;
   }
-}
-
-function isNotFound(e: unknown): boolean {
-  return e instanceof RegistryError && e.status === 404;
 }
 
 export function errorText(e: unknown): string {

@@ -5,8 +5,8 @@
  * Startup fails, naming the authority, when a key or trust file cannot be used, or when a policy scope in
  * `policy.settings` requires an authority that `signatures.authorities` does not define.
  */
-import type { SignatureProvider } from '../gate/types.js';
-import type { EvidenceDeps } from '../gate/evidence.js';
+import type { SignatureProvider } from '../policy/contract.js';
+import type { EvidenceDeps } from '../policy/evidence.js';
 import type { Config } from '../config/schema.js';
 import { SignatureEvidenceProvider } from './provider.js';
 import { loadTrust } from './trust.js';

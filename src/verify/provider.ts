@@ -12,16 +12,16 @@
  * - Key and trust files are re-read when they change; that is a new trust revision.
  */
 import type { Logger } from 'pino';
-import type { EvidenceDeps } from '../gate/evidence.js';
-import type { EvidenceContext, PolicyInput, SignatureEvidence, SignatureProvider } from '../gate/types.js';
+import type { EvidenceDeps } from '../policy/evidence.js';
+import type { EvidenceContext, PolicyInput, SignatureEvidence, SignatureProvider } from '../policy/contract.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Manifest } from '../proxy/manifests.js';
-import type { Descriptor } from '../proxy/mediatypes.js';
+import type { Descriptor } from '../oci/mediatypes.js';
 import type { Route } from '../routing/route.js';
 import { isAccessory } from './accessory.js';
 import { BudgetExceededError, DiscoveryBudget } from './budget.js';
 import { EvidenceCache, type CachedEvidence } from './cache.js';
-import type { SignaturesConfig } from './config.js';
+import type { SignaturesConfig } from '../config/signatures.js';
 import { cosignItems, type CosignItem, type Outcome } from './cosign.js';
 import { verifyCosignKeyless, verifyCosignWithKey } from './cosign-verify.js';
 import { Discoverer, errorText, MT, type FoundArtifact } from './discovery.js';

@@ -10,7 +10,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { TrustedRoot } from '@sigstore/protobuf-specs';
 import { toTrustMaterial, type TrustMaterial } from '@sigstore/verify';
-import { parseDistinguishedName, type AuthorityConfig, type SignaturesConfig } from './config.js';
+import { parseDistinguishedName, type AuthorityConfig, type SignaturesConfig } from '../config/signatures.js';
 
 export interface KeyAuthority {
   name: string;

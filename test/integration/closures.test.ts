@@ -16,7 +16,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { checkImage } from '../../src/gate/check.js';
+import { checkImage } from '../../src/server/check.js';
 import { repackWithRevision } from '../harness/bundles.js';
 import { requireTool, runTool } from '../harness/clients.js';
 import { MANIFEST_ACCEPT, MT, pushBlob, pushImage, pushIndex, pushRaw, sha256, type PushedImage, type PushedIndex } from '../harness/images.js';

@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { slabPool, smallSlabPool } from '../../src/cache/slabs.js';
-import type { PolicyInput } from '../../src/gate/types.js';
+import type { PolicyInput } from '../../src/policy/contract.js';
 import { MANIFEST_ACCEPT, pushImage, type PushedImage } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { proxyV2 } from '../harness/proxy-header.js';

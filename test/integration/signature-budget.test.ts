@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { bundleToJSON, toDSSEBundle } from '@sigstore/bundle';
 import { dsse } from '@sigstore/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { PolicyInput } from '../../src/gate/types.js';
+import type { PolicyInput } from '../../src/policy/contract.js';
 import { startFakeUpstream, type FakeUpstream } from '../harness/fake-upstream.js';
 import { MANIFEST_ACCEPT } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';

@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { AuthOutcome, AuthRequest } from '../../src/auth/authenticator.js';
 import { BcryptWorker, type PasswordHasher } from '../../src/auth/bcrypt-pool.js';
 import { ClientAuth } from '../../src/auth/client-auth.js';
-import { authSchema } from '../../src/auth/config.js';
+import { authSchema } from '../../src/config/auth.js';
 import { BAD_CREDENTIALS_MESSAGE, HtpasswdAuthenticator } from '../../src/auth/htpasswd.js';
 import { certNames, globMatch, MtlsAuthenticator } from '../../src/auth/mtls.js';
 import { KeyedBuckets } from '../../src/auth/rate-limit.js';

@@ -9,7 +9,7 @@ import type { Config } from '../../src/config/schema.js';
 import { DecisionLog, DecisionLogUnavailableError, maskInput, type DecisionEvent } from '../../src/gate/decision-log.js';
 import { redactUrl } from '../../src/util/redact-url.js';
 import type { DecisionObserver } from '../../src/gate/gate.js';
-import type { Admission, PolicyInput } from '../../src/gate/types.js';
+import type { Admission, PolicyInput } from '../../src/policy/contract.js';
 import { Metrics } from '../../src/metrics/metrics.js';
 import { Router } from '../../src/routing/route.js';
 import { cleanupTempDirs, type LocalServer, makeConfig, startServer, tempDir } from './helpers.js';

@@ -1,8 +1,8 @@
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MetaStore } from '../../src/cache/metastore.js';
 import { Gate, type DecisionObserver, type GateOptions, type RootRequest } from '../../src/gate/gate.js';
-import type { Decider, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../../src/gate/types.js';
-import { OCI_INDEX, OCI_MANIFEST, parseManifest } from '../../src/proxy/mediatypes.js';
+import type { Decider, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../../src/policy/contract.js';
+import { OCI_INDEX, OCI_MANIFEST, parseManifest } from '../../src/oci/mediatypes.js';
 import type { Manifest } from '../../src/proxy/manifests.js';
 import type { Digest } from '../../src/routing/reference.js';
 import { Router, type Route } from '../../src/routing/route.js';

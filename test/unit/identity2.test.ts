@@ -11,9 +11,9 @@ import { join } from 'node:path';
 import { SignJWT } from 'jose';
 import { describe, expect, test } from 'vitest';
 import { ForwardedVerifier, ForwardSigner } from '../../src/auth/forwarded.js';
-import { forwardIdentitySchema } from '../../src/auth/config.js';
+import { forwardIdentitySchema } from '../../src/config/auth.js';
 import { TokenAuthority } from '../../src/auth/token.js';
-import { scanSchema } from '../../src/scan/config.js';
+import { scanSchema } from '../../src/config/scan.js';
 
 describe('TokenAuthority remembers verified tokens', () => {
   test('a cached token still expires at its exp, and a tampered copy is refused', async () => {

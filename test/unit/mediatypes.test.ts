@@ -11,7 +11,7 @@ import {
   OCI_MANIFEST,
   parseManifest,
   UPSTREAM_ACCEPT,
-} from '../../src/proxy/mediatypes.js';
+} from '../../src/oci/mediatypes.js';
 import { sha256Digest } from './arbitraries.js';
 
 const D1 = `sha256:${'1'.repeat(64)}`;

@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { pack } from 'tar-stream';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { PolicyInput } from '../../src/gate/types.js';
+import type { PolicyInput } from '../../src/policy/contract.js';
 import { BundleError, readBundle, type PolicyBundle } from '../../src/policy/bundle.js';
 import { ENTRYPOINT, parseResult, WasmDecider } from '../../src/policy/wasm.js';
 

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
-import { scanSchema } from '../../src/scan/config.js';
+import { scanSchema } from '../../src/config/scan.js';
 import { parseHarborReport, parseReport, parseVulnPredicate, ReportFormatError } from '../../src/scan/formats.js';
 import { mergeResults, normalizeSeverity, summarize, type ScanResult } from '../../src/scan/normalize.js';
 

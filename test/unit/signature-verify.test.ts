@@ -16,10 +16,10 @@ import { DSSEBundleBuilder, FulcioSigner, MessageSignatureBundleBuilder, RekorWi
 import { FlattenedSign } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../src/proxy/manifests.js';
-import { parseManifest, type ParsedManifest } from '../../src/proxy/mediatypes.js';
+import { parseManifest, type ParsedManifest } from '../../src/oci/mediatypes.js';
 import type { Digest } from '../../src/routing/reference.js';
 import { isAccessory, isRunnable, needsOwnDecision } from '../../src/verify/accessory.js';
-import { signaturesSchema } from '../../src/verify/config.js';
+import { signaturesSchema } from '../../src/config/signatures.js';
 import { cosignItems, type CosignItem, type Outcome } from '../../src/verify/cosign.js';
 import { verifyCosignKeyless, verifyCosignWithKey } from '../../src/verify/cosign-verify.js';
 import type { FoundArtifact } from '../../src/verify/discovery.js';

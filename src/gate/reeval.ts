@@ -8,7 +8,7 @@
  * Used by `GET /api/v1/admin/reevaluate` and `portcullis report`.
  */
 import type { MetaStore } from '../cache/metastore.js';
-import type { Gate } from '../gate/gate.js';
+import type { Gate } from './gate.js';
 import type { ManifestService } from '../proxy/manifests.js';
 import type { Digest } from '../routing/reference.js';
 import type { Route, Router } from '../routing/route.js';

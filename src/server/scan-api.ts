@@ -26,19 +26,32 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { globMatch } from '../auth/mtls.js';
 import { readSecret, SecretError } from '../config/load.js';
 import type { SecretRef } from '../config/schema.js';
-import type { ApiHandler, EvidenceDeps } from '../gate/evidence.js';
+import type { EvidenceDeps } from '../policy/evidence.js';
 import { isDigest } from '../routing/reference.js';
-import { RegistryError } from '../server/errors.js';
-import { sendError, sendJson } from '../server/respond.js';
-import { parseReport, ReportFormatError, type ParsedReport } from './formats.js';
-import { summarize } from './normalize.js';
-import { reevaluate, type ReevalTarget } from './reeval.js';
-import type { ScanService } from './service.js';
-import type { ReportMeta } from './store.js';
+import { RegistryError } from './errors.js';
+import type { OciErrorCode } from '../oci/errors.js';
+import { sendError, sendJson } from './respond.js';
+import { parseReport, ReportFormatError, type ParsedReport } from '../scan/formats.js';
+import { summarize } from '../scan/normalize.js';
+import { reevaluate, type ReevalTarget } from '../gate/reeval.js';
+import type { ScanService } from '../scan/service.js';
+import type { ReportMeta } from '../scan/store.js';
 
-// The report API answers with the same OCI-style error JSON as the registry endpoints.
-const ApiError = RegistryError;
-type ApiError = RegistryError;
+/**
+ * Extra HTTP endpoints outside /v2/ (for example the scan report API). The server tries each in order; a handler
+ * returns false when the path is not its own.
+ */
+export interface ApiHandler {
+  handle(req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean>;
+}
+
+/**
+ * The report API answers with the same OCI-style error JSON as the registry endpoints: an OCI code, and the API's
+ * own status for it (413, 415 and 503 are not the code's).
+ */
+function apiError(status: number, code: OciErrorCode, message: string, detail: unknown = null, headers?: Record<string, string>): RegistryError {
+  return new RegistryError(code, message, detail, { status, ...(headers ? { headers } : {}) });
+}
 
 const PREFIX = '/api/v1/';
 
@@ -72,8 +85,8 @@ export class ScanApi implements ApiHandler {
     } catch (e) {
       // Only API errors are shown as they are; anything else (a disk or database error names files) is logged.
       const rid = requestId(res);
-      if (!(e instanceof ApiError)) this.o.deps.log.warn({ err: e instanceof Error ? e.message : String(e), path, rid }, 'scan api request failed');
-      const err = e instanceof ApiError ? e : new ApiError(500, 'INTERNAL_ERROR', `internal error (request id ${rid})`);
+      if (!(e instanceof RegistryError)) this.o.deps.log.warn({ err: e instanceof Error ? e.message : String(e), path, rid }, 'scan api request failed');
+      const err = e instanceof RegistryError ? e : apiError(500, 'INTERNAL_ERROR', `internal error (request id ${rid})`);
       sendError(res, err, method === 'HEAD');
       return true;
     }
@@ -85,7 +98,7 @@ export class ScanApi implements ApiHandler {
    * not even authenticated.
    */
   private authenticate(req: IncomingMessage, res: ServerResponse, creds: Credential[], what: string): Credential | undefined {
-    if (creds.length === 0) throw new ApiError(404, 'NOT_FOUND', `the ${what} API is not enabled (no token configured)`);
+    if (creds.length === 0) throw apiError(404, 'NOT_FOUND', `the ${what} API is not enabled (no token configured)`);
     const m = /^Bearer[ ]+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     // Hash both sides so the comparison takes the same time whatever the lengths.
     const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
@@ -104,13 +117,13 @@ export class ScanApi implements ApiHandler {
       if (m !== null && expected !== '' && timingSafeEqual(digest(m[1]!), digest(expected)) && !found) found = c;
     }
     if (found) return found;
-    if (unreadable) throw new ApiError(503, 'UNAVAILABLE', `the ${what} API is unavailable (request id ${requestId(res)})`);
+    if (unreadable) throw apiError(503, 'UNAVAILABLE', `the ${what} API is unavailable (request id ${requestId(res)})`);
     return undefined;
   }
 
   private authorize(req: IncomingMessage, res: ServerResponse, creds: Credential[], what: string): Credential {
     const c = this.authenticate(req, res, creds, what);
-    if (!c) throw new ApiError(401, 'UNAUTHORIZED', 'authentication required: send Authorization: Bearer <token>', null, { 'www-authenticate': 'Bearer realm="portcullis"' });
+    if (!c) throw apiError(401, 'UNAUTHORIZED', 'authentication required: send Authorization: Bearer <token>', null, { 'www-authenticate': 'Bearer realm="portcullis"' });
     return c;
   }
 
@@ -127,12 +140,12 @@ export class ScanApi implements ApiHandler {
     const scan = this.o.deps.config.scan;
     const ci = this.ciCredentials();
     const admin: Credential[] = scan?.admin?.token ? [{ role: 'admin', ref: scan.admin.token }] : [];
-    if (ci.length === 0) throw new ApiError(404, 'NOT_FOUND', 'the report API is not enabled (no token configured)');
+    if (ci.length === 0) throw apiError(404, 'NOT_FOUND', 'the report API is not enabled (no token configured)');
     const service = this.o.service!;
     if (tail === '' || tail === '/') {
       if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed('GET, HEAD');
       // A scoped token would see other pipelines' repositories in the listing: reading by name is enough for CI.
-      if (this.authorize(req, res, [...ci, ...admin], 'report').repositories) throw new ApiError(403, 'DENIED', 'a repository-scoped token cannot list reports');
+      if (this.authorize(req, res, [...ci, ...admin], 'report').repositories) throw apiError(403, 'DENIED', 'a repository-scoped token cannot list reports');
       const limit = intParam(url, 'limit', 100, 1, 1000);
       const offset = intParam(url, 'offset', 0, 0, Number.MAX_SAFE_INTEGER);
       const filter = {
@@ -151,20 +164,20 @@ export class ScanApi implements ApiHandler {
     else if (method === 'DELETE') {
       who = this.authorize(req, res, [...ci, ...admin], 'report');
       if (who.role !== 'admin') {
-        throw new ApiError(403, 'DENIED', admin ? 'deleting a report needs the admin token (scan.admin.token), not the CI token' : 'deleting reports is disabled: configure scan.admin.token');
+        throw apiError(403, 'DENIED', admin ? 'deleting a report needs the admin token (scan.admin.token), not the CI token' : 'deleting reports is disabled: configure scan.admin.token');
       }
     } else throw methodNotAllowed('GET, HEAD, PUT, DELETE');
     let decoded: string;
     try {
       decoded = decodeURIComponent(tail.slice(1));
     } catch {
-      throw new ApiError(400, 'NAME_INVALID', 'malformed percent-encoding in the path');
+      throw apiError(400, 'NAME_INVALID', 'malformed percent-encoding in the path');
     }
     const ref = this.parseRef(decoded);
     // A token scoped to the repositories a pipeline builds files evidence for those only: another team's image
     // must not get a clean bill of health from this pipeline.
     if (who.repositories && !who.repositories.some((g) => globMatch(g, `${ref.registry}/${ref.repository}`))) {
-      throw new ApiError(403, 'DENIED', `this token may not ${method === 'PUT' ? 'push' : 'read'} reports for ${ref.registry}/${ref.repository}`);
+      throw apiError(403, 'DENIED', `this token may not ${method === 'PUT' ? 'push' : 'read'} reports for ${ref.registry}/${ref.repository}`);
     }
     const id = url.searchParams.has('id') ? intParam(url, 'id', 0, 1, Number.MAX_SAFE_INTEGER) : undefined;
     if (method === 'PUT') return this.putReport(req, res, ref);
@@ -199,14 +212,14 @@ export class ScanApi implements ApiHandler {
   /** `<registry>/<repository>@<digest>`, with the registry one of the configured upstreams (or an alias). */
   private parseRef(ref: string): { registry: string; repository: string; digest: string } {
     const at = ref.lastIndexOf('@');
-    if (at === -1) throw new ApiError(400, 'NAME_INVALID', 'expected /api/v1/reports/<registry>/<repository>@<digest>');
+    if (at === -1) throw apiError(400, 'NAME_INVALID', 'expected /api/v1/reports/<registry>/<repository>@<digest>');
     const name = ref.slice(0, at);
     const digest = ref.slice(at + 1);
-    if (!isDigest(digest)) throw new ApiError(400, 'DIGEST_INVALID', `invalid digest "${digest.slice(0, 80)}"`);
-    if (!name.includes('/')) throw new ApiError(400, 'NAME_INVALID', 'expected <registry>/<repository>@<digest>');
+    if (!isDigest(digest)) throw apiError(400, 'DIGEST_INVALID', `invalid digest "${digest.slice(0, 80)}"`);
+    if (!name.includes('/')) throw apiError(400, 'NAME_INVALID', 'expected <registry>/<repository>@<digest>');
     const route = this.o.deps.router.resolve(name, undefined);
-    if ('code' in route) throw new ApiError(route.code === 'NAME_UNKNOWN' ? 404 : 400, route.code, route.message);
-    if (route.routing !== 'prefix') throw new ApiError(400, 'NAME_INVALID', `"${name.split('/', 1)[0]}" is not a registry host: name the registry, e.g. docker.io/library/nginx@sha256:…`);
+    if ('code' in route) throw apiError(route.code === 'NAME_UNKNOWN' ? 404 : 400, route.code, route.message);
+    if (route.routing !== 'prefix') throw apiError(400, 'NAME_INVALID', `"${name.split('/', 1)[0]}" is not a registry host: name the registry, e.g. docker.io/library/nginx@sha256:…`);
     return { registry: route.registry, repository: route.repository, digest };
   }
 
@@ -214,21 +227,21 @@ export class ScanApi implements ApiHandler {
     const service = this.o.service!;
     const cfg = service.config.reports!;
     const enc = req.headers['content-encoding'];
-    if (enc !== undefined && enc !== 'identity') throw new ApiError(415, 'UNSUPPORTED', `content-encoding ${enc} is not supported: send the report uncompressed`);
+    if (enc !== undefined && enc !== 'identity') throw apiError(415, 'UNSUPPORTED', `content-encoding ${enc} is not supported: send the report uncompressed`);
     const ct = (req.headers['content-type'] ?? 'application/json').split(';', 1)[0]!.trim().toLowerCase();
-    if (!/^application\/([\w.+-]+\+)?json$/.test(ct)) throw new ApiError(415, 'UNSUPPORTED', `content-type ${ct} is not supported: send application/json (Trivy JSON) or application/sarif+json`);
+    if (!/^application\/([\w.+-]+\+)?json$/.test(ct)) throw apiError(415, 'UNSUPPORTED', `content-type ${ct} is not supported: send application/json (Trivy JSON) or application/sarif+json`);
     const body = await readBody(req, res, cfg.maxSize);
     let doc: unknown;
     try {
       doc = JSON.parse(body.toString('utf8'));
     } catch {
-      throw new ApiError(400, 'REPORT_INVALID', 'report is not valid JSON');
+      throw apiError(400, 'REPORT_INVALID', 'report is not valid JSON');
     }
     let parsed: ParsedReport;
     try {
       parsed = parseReport(doc);
     } catch (e) {
-      if (e instanceof ReportFormatError) throw new ApiError(400, 'REPORT_INVALID', e.message, e.field ? { field: e.field } : null);
+      if (e instanceof ReportFormatError) throw apiError(400, 'REPORT_INVALID', e.message, e.field ? { field: e.field } : null);
       throw e;
     }
     const now = this.o.now();
@@ -236,16 +249,16 @@ export class ScanApi implements ApiHandler {
     // A report from the future would never go stale: refuse it rather than clamp it.
     if (dated !== undefined && dated > now + cfg.maxClockSkew) {
       const field = parsed.timeField ?? 'CreatedAt';
-      throw new ApiError(400, 'REPORT_INVALID', `${field}: ${parsed.result.scannedAt} is in the future (more than scan.reports.maxClockSkew ahead of ${new Date(now).toISOString()})`, { field });
+      throw apiError(400, 'REPORT_INVALID', `${field}: ${parsed.result.scannedAt} is in the future (more than scan.reports.maxClockSkew ahead of ${new Date(now).toISOString()})`, { field });
     }
     const named = parsed.namedDigests;
     const where = parsed.format === 'trivy' ? 'Metadata.RepoDigests / ArtifactName' : 'runs[].properties repoDigests / imageName';
     const field = parsed.format === 'trivy' ? 'Metadata.RepoDigests' : 'runs[].properties.repoDigests';
     if (named.length > 0 && !named.includes(ref.digest)) {
-      throw new ApiError(400, 'DIGEST_INVALID', `report is for ${named.join(', ')} (${where}), not for ${ref.digest}`, { report_digests: named, digest: ref.digest, field });
+      throw apiError(400, 'DIGEST_INVALID', `report is for ${named.join(', ')} (${where}), not for ${ref.digest}`, { report_digests: named, digest: ref.digest, field });
     }
     if (named.length === 0 && cfg.requireDigestBinding) {
-      throw new ApiError(400, 'DIGEST_INVALID', `${field}: the report names no image digest (${where}), so it cannot be bound to ${ref.digest}: scan the image by digest, or set scan.reports.requireDigestBinding: false`, { field });
+      throw apiError(400, 'DIGEST_INVALID', `${field}: the report names no image digest (${where}), so it cannot be bound to ${ref.digest}: scan the image by digest, or set scan.reports.requireDigestBinding: false`, { field });
     }
     const uploadedAt = now;
     const scannedAt = parsed.result.scannedAt ?? new Date(now).toISOString();
@@ -277,7 +290,7 @@ export class ScanApi implements ApiHandler {
     this.authorize(req, res, ref ? [{ role: 'admin', ref }] : [], 'admin');
     if (method !== 'GET') throw methodNotAllowed('GET');
     const target = this.o.target();
-    if (!target) throw new ApiError(503, 'UNAVAILABLE', 'not ready');
+    if (!target) throw apiError(503, 'UNAVAILABLE', 'not ready');
     const all = ['1', 'true'].includes(url.searchParams.get('all') ?? '');
     sendJson(res, 200, await reevaluate(target, { all, now: this.o.now }));
   }
@@ -319,27 +332,27 @@ function reportJson(r: ReportMeta, inForce: boolean): Record<string, unknown> {
   };
 }
 
-function unknownReport(ref: { registry: string; repository: string; digest: string }, id?: number): ApiError {
-  return new ApiError(404, 'REPORT_UNKNOWN', `no report${id !== undefined ? ` version ${id}` : ''} for ${ref.registry}/${ref.repository}@${ref.digest}`);
+function unknownReport(ref: { registry: string; repository: string; digest: string }, id?: number): RegistryError {
+  return apiError(404, 'REPORT_UNKNOWN', `no report${id !== undefined ? ` version ${id}` : ''} for ${ref.registry}/${ref.repository}@${ref.digest}`);
 }
 
-function methodNotAllowed(allow: string): ApiError {
-  return new ApiError(405, 'UNSUPPORTED', `method not allowed here (allowed: ${allow})`, null, { allow });
+function methodNotAllowed(allow: string): RegistryError {
+  return apiError(405, 'UNSUPPORTED', `method not allowed here (allowed: ${allow})`, null, { allow });
 }
 
 function intParam(url: URL, name: string, dflt: number, min: number, max: number): number {
   const v = url.searchParams.get(name);
   if (v === null) return dflt;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new ApiError(400, 'PARAM_INVALID', `${name} must be an integer between ${min} and ${max}`);
+  if (!Number.isInteger(n) || n < min || n > max) throw apiError(400, 'PARAM_INVALID', `${name} must be an integer between ${min} and ${max}`);
   return n;
 }
 
 /** Reads the body up to `max` bytes; beyond it answers 413 and closes the connection rather than reading on. */
 async function readBody(req: IncomingMessage, res: ServerResponse, max: number): Promise<Buffer> {
-  const tooLarge = (): ApiError => {
+  const tooLarge = (): RegistryError => {
     res.setHeader('connection', 'close');
-    return new ApiError(413, 'SIZE_INVALID', `report is larger than the ${max} byte limit (scan.reports.maxSize)`);
+    return apiError(413, 'SIZE_INVALID', `report is larger than the ${max} byte limit (scan.reports.maxSize)`);
   };
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > max) throw tooLarge();

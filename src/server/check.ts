@@ -3,11 +3,11 @@
  * reference, without a client. It reports what a pull would get, so an operator can test a policy change or
  * explain a denial.
  */
-import type { App } from '../server/app.js';
-import { RegistryError } from '../server/errors.js';
+import type { App } from './app.js';
+import { RegistryError } from './errors.js';
 import { isDigest, isValidTag, looksLikeHost } from '../routing/reference.js';
-import type { DecisionObserver } from './gate.js';
-import type { Admission, PolicyInput, PolicyResult } from './types.js';
+import type { DecisionObserver } from '../gate/gate.js';
+import type { Admission, PolicyInput, PolicyResult } from '../policy/contract.js';
 
 export interface CheckReport {
   image: string;
@@ -63,7 +63,7 @@ export async function checkImage(
 ): Promise<CheckReport> {
   const p = parseImageRef(ref);
   const route = app.router.resolve(p.host ? `${p.host}/${p.name}` : p.name, undefined);
-  if ('code' in route) throw new RegistryError(route.code === 'NAME_UNKNOWN' ? 404 : 400, route.code, route.message);
+  if ('code' in route) throw new RegistryError(route.code, route.message);
   const digest = p.digest ?? (await app.manifests.resolveTag(route, p.tag as string)).digest;
   if (!isDigest(digest)) throw new Error('unreachable: invalid digest');
   const manifest = await app.manifests.get(route, digest);

@@ -21,11 +21,3 @@ export interface EvidenceDeps {
   log: Logger;
   dataDir: string;
 }
-
-/**
- * Extra HTTP endpoints outside /v2/ (for example the scan report API). The server tries each in order; a handler
- * returns false when the path is not its own.
- */
-export interface ApiHandler {
-  handle(req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse, url: URL): Promise<boolean>;
-}

@@ -32,7 +32,7 @@
  * ```
  */
 import { z } from 'zod';
-import { httpUrl } from '../config/url.js';
+import { httpUrl } from './url.js';
 
 const DURATION_UNITS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
 const SIZE_UNITS = { B: 0, KiB: 1, MiB: 2, GiB: 3 } as const;
