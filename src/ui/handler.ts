@@ -83,6 +83,8 @@ export class UiHandler {
     } catch (e) {
       const err = e instanceof UiError ? e : new UiError(500, `internal error (request id ${String(res.getHeader('x-request-id') ?? '-')})`);
       if (!(e instanceof UiError)) this.o.log.warn({ err: e instanceof Error ? e.message : String(e), path }, 'ui request failed');
+      // A refused POST's body was never read: the connection cannot carry another request after it.
+      if (method !== 'GET' && method !== 'HEAD' && !req.complete) res.setHeader('connection', 'close');
       if (res.headersSent) res.destroy();
       else send(res, err.status, page('Error', 'decisions', html`<h1>${err.status}</h1><p class="error-box">${err.message}</p>`), method === 'HEAD', err.headers);
     }
@@ -125,7 +127,7 @@ export class UiHandler {
   /** The admin token, as Bearer or as the password of Basic; see the file comment. */
   private authorize(req: IncomingMessage): void {
     const scan = this.o.config.scan;
-    // The same credential as the admin API (src/scan/api.ts, reevaluate).
+    // The same credential as the admin API (server/scan-api.ts, reevaluate).
     const ref: SecretRef | undefined = scan?.admin?.token ?? scan?.reports?.token;
     if (!ref) throw new UiError(404, 'the decision explorer is not enabled: it needs the admin token (scan.admin.token)');
     let expected: string;

@@ -193,6 +193,16 @@ describe('handler', () => {
     expect(await (await fetch(`${base}/uix`)).text()).toBe('not ui');
   });
 
+  test('a refused POST closes the connection, since its body was never read; a refused GET keeps it', async () => {
+    const post = await fetch(`${base}/ui/try`, { method: 'POST', body: 'x'.repeat(100_000) });
+    await post.text();
+    expect(post.status).toBe(401);
+    expect(post.headers.get('connection')).toBe('close');
+    const get = await fetch(`${base}/ui/`);
+    await get.text();
+    expect(get.headers.get('connection')).toBe('keep-alive');
+  });
+
   test('without an admin token configured, /ui is not served to anyone', async () => {
     const r = await fetch(`${base}/off/ui/`, { headers: { authorization: basic('a', TOKEN) } });
     expect(r.status).toBe(404);
