@@ -29,6 +29,9 @@ APT_PACKAGES=(
   "hyperfine=1.15.0-2"
   "tinyproxy=1.11.1-2.1+deb12u1"   # a real HTTP CONNECT proxy for the egress-proxy tests
   "redis-server"   # not used by tests yet; unpinned because Debian security updates move it
+  # The decision explorer's browser tests (test/e2e/ui.test.ts, driven by playwright-core with this binary).
+  # Chromium ships through bookworm-security only: when this pin is replaced, install_apt takes the candidate.
+  "chromium=156.0.8078.129-1~deb12u1"
 )
 APT_EXTRA=(apache2-utils openssl runc uidmap fuse-overlayfs slirp4netns netavark aardvark-dns iptables jq curl ca-certificates)
 # Go tools: "binary-name package@version", or "binary-name module@version ./package".

@@ -262,6 +262,15 @@ export const configSchema = z
         if (d.sink === 'http' && !d.url) ctx.addIssue({ code: 'custom', path: ['url'], message: 'sink "http" needs a url' });
         if (d.spool && d.sink !== 'http') ctx.addIssue({ code: 'custom', path: ['spool'], message: 'the spool is for sink "http" only' });
       }),
+    /** The decision explorer under /ui (src/ui), behind the admin token; on the operator listener when one is set. */
+    ui: z
+      .object({
+        enabled: z.boolean().default(true),
+        /** How many recent decisions the explorer keeps in memory (and reads back from decisionLog.file at start). */
+        recentDecisions: z.number().int().min(1).max(100_000).default(1000),
+      })
+      .strict()
+      .default({ enabled: true, recentDecisions: 1000 }),
     log: z
       .object({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info') })
       .strict()

@@ -224,9 +224,9 @@ export class App {
       if (client.overLimit) throw errors.tooManyRequests('too many requests in flight from this client address', '1');
       if (pathname === '/healthz') return sendJson(res, 200, { status: 'ok' });
       if (pathname === '/readyz') return this.readyz(res);
-      // With a separate operator listener, the registry listener serves neither metrics nor the /api/ endpoints, and
-      // the operator listener serves nothing else.
-      const operatorOnly = pathname === '/metrics' || pathname.startsWith('/api/');
+      // With a separate operator listener, the registry listener serves neither metrics, the /api/ endpoints nor the
+      // decision explorer (/ui), and the operator listener serves nothing else.
+      const operatorOnly = pathname === '/metrics' || pathname.startsWith('/api/') || pathname === '/ui' || pathname.startsWith('/ui/');
       if (this.opts.config.operatorListen && operatorOnly !== (surface === 'operator')) throw errors.notFound(`no such endpoint: ${pathname.slice(0, 200)}`);
       if (pathname === '/metrics') {
         if (!metricsAllowed(this.metricsToken, req)) throw errors.unauthorized('metrics need the configured bearer token', 'Bearer realm="portcullis-metrics"');

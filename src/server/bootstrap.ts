@@ -35,7 +35,10 @@ import { errorText } from '../util/error-text.js';
 import { checkSignatureConfig, createSignatureProvider } from '../verify/index.js';
 import { App } from './app.js';
 import { RegistryHandlers, type WarmCheck } from './handlers.js';
-import { ScanApi } from './scan-api.js';
+import { ScanApi, type ApiHandler } from './scan-api.js';
+import { UiHandler } from '../ui/handler.js';
+import { DecisionRing } from '../ui/ring.js';
+import { uiTarget } from './ui.js';
 
 export const DEFAULT_BUNDLE = 'policies/bundle.tar.gz';
 
@@ -144,6 +147,10 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     ...clock,
     ...(auth ? { scannerToken: (repository: string, digest: string, ttl: number) => auth.scannerToken(repository, digest, ttl) } : {}),
   });
+  // The decision explorer (src/ui): recent decisions in memory, read back from the decision-log file at start.
+  const ring = config.ui.enabled ? new DecisionRing(config.ui.recentDecisions, now) : undefined;
+  if (ring && config.decisionLog.sink === 'file' && config.decisionLog.file) ring.loadLogFile(config.decisionLog.file);
+
   const signatures = createSignatureProvider(evidenceDeps);
 
   const gate = new Gate({
@@ -160,7 +167,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     signatures,
     scan,
     // The decision log first: with onFull: block it may turn the decision into a deny, which the others then see.
-    observers: [decisionLog, new DecisionMetrics(metrics), ...(opts.extraObservers ?? [])],
+    observers: [decisionLog, new DecisionMetrics(metrics), ...(ring ? [ring] : []), ...(opts.extraObservers ?? [])],
     ...clock,
   });
   // A new policy revision (bundle pushed, external OPA's bundle changed): admissions re-decide on use.
@@ -178,7 +185,10 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     ...(auth?.hasMethods ? { challenge: (req: IncomingMessage, repository: string) => auth.challenge(req, repository) } : {}),
     ...(config.quotas ? { quotas: new Quotas(config.quotas, metrics, now), warm: warmCheck(config, { meta, blobStore, downloads }, now ?? Date.now) } : {}),
   });
-  const api = scan || config.scan?.admin ? [new ScanApi({ service: scan, deps: evidenceDeps, target: { gate, meta, manifests, router }, now: now ?? Date.now })] : [];
+  const api: ApiHandler[] = scan || config.scan?.admin ? [new ScanApi({ service: scan, deps: evidenceDeps, target: { gate, meta, manifests, router }, now: now ?? Date.now })] : [];
+  const target = uiTarget({ metrics, blobStore, gate, meta, manifests, router }, policy);
+  const ui = ring ? new UiHandler({ config, ring, log, target: () => target }) : undefined;
+  if (ui) api.push(ui);
 
   const app = new App({
     config,
@@ -205,6 +215,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     async close() {
       stopPolicyEvents();
       policy.stop();
+      ui?.close();
       await app.close();
       scan?.close();
       await decisionLog.close();

@@ -4,6 +4,9 @@
  * explain a denial.
  */
 import type { App } from './app.js';
+
+/** What a check runs on: the same router, manifests and gate as the proxy's pulls. */
+export type CheckTarget = Pick<App, 'router' | 'manifests' | 'gate'>;
 import { RegistryError } from './errors.js';
 import { isDigest, isValidTag, looksLikeHost } from '../routing/reference.js';
 import type { DecisionObserver } from '../gate/gate.js';
@@ -56,7 +59,7 @@ export interface CheckIdentity {
 }
 
 export async function checkImage(
-  app: App,
+  app: CheckTarget,
   ref: string,
   capture: { last?: Parameters<DecisionObserver['onDecision']>[0] },
   as: CheckIdentity = { user: null, groups: [], method: 'anonymous' },
