@@ -286,6 +286,15 @@ export class MetaStore {
     ];
   }
 
+  /**
+   * Every blob (config or layer) a closure lists, with the root that lists it, whatever its admission says now. For
+   * re-evaluation's purge: a blob any other root lists stays.
+   */
+  listBlobMembers(): Array<{ root: Digest; member: Digest }> {
+    const rows = this.db.prepare("SELECT DISTINCT root, member FROM closure_members WHERE role IN ('config', 'layer')").all() as Array<{ root: string; member: string }>;
+    return rows.map((r) => ({ root: r.root as Digest, member: r.member as Digest }));
+  }
+
   close(): void {
     this.db.close();
   }
