@@ -44,6 +44,8 @@ export class PolicyManager implements Decider {
   private etag = '';
   private polling: Promise<void> | undefined;
   private verifier: BundleVerifier | undefined;
+  /** The bytes of the bundle in use (impact reports that change only the settings); undefined for an external OPA. */
+  private bundleBytes: Buffer | undefined;
   last: ReloadStatus | undefined;
 
   constructor(
@@ -125,6 +127,7 @@ export class PolicyManager implements Decider {
         throw new BundleError(`policy.wasm does not load: ${e instanceof Error ? e.message : String(e)}`);
       }
       this.install(decider, this.source.kind);
+      this.bundleBytes = bytes;
     } catch (e) {
       const error = e instanceof Error ? e.message : String(e);
       const reason = e instanceof BundleError ? e.code : 'fetch';
@@ -184,6 +187,11 @@ export class PolicyManager implements Decider {
     // A broken bundle under the same ETag will not get better, so it is not fetched again until the ETag changes.
     this.etag = typeof etag === 'string' ? etag : '';
     return bytes;
+  }
+
+  /** The bytes of the bundle in use; undefined for an external OPA. */
+  activeBundle(): Buffer | undefined {
+    return this.bundleBytes;
   }
 
   private get maxBytes(): number {

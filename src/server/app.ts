@@ -75,6 +75,9 @@ export class App {
   readonly downloads: DownloadManager;
   readonly router: Router;
   readonly manifests: ManifestService;
+  /** Blob reads through the single-flight downloads, and the quotas: shared with warming (warm.ts). */
+  readonly blobs: BlobService;
+  readonly quotas: Quotas | undefined;
   private readonly clients = new Map<string, UpstreamClient>();
   private readonly handlers: RegistryHandlers;
   private readonly api: ApiHandler[];
@@ -137,17 +140,19 @@ export class App {
       opts.observers ?? [],
       opts.now,
     );
+    this.blobs = new BlobService(this.blobStore, this.downloads, clientFor, this.metrics);
+    this.quotas = config.quotas ? new Quotas(config.quotas, this.metrics, opts.now) : undefined;
     this.handlers = new RegistryHandlers({
       router,
       manifests,
-      blobs: new BlobService(this.blobStore, this.downloads, clientFor, this.metrics),
+      blobs: this.blobs,
       tags: new TagService(clientFor),
       referrers: new ReferrersService(clientFor, manifests),
       gate: this.gate,
       metrics: this.metrics,
       identityChecks: opts.auth?.hasMethods ?? false,
       ...(opts.auth?.hasMethods ? { challenge: (req: IncomingMessage, repository: string) => opts.auth!.challenge(req, repository) } : {}),
-      ...(config.quotas ? { quotas: new Quotas(config.quotas, this.metrics, opts.now), warm: this.warmCheck() } : {}),
+      ...(this.quotas ? { quotas: this.quotas, warm: this.warmCheck() } : {}),
     });
     this.metrics.trackDownloads({ active: () => this.downloads.active, unwrittenBytes: unwrittenDownloadBytes });
     this.trustedProxies = addressSet(config.listener.trustedProxies);

@@ -17,6 +17,8 @@ import { PolicyManager, type PolicySource } from '../policy/manager.js';
 import { App } from './app.js';
 import { scanCapability } from '../scan/index.js';
 import { ScanApi } from './scan-api.js';
+import { Operations } from './operations.js';
+import type { Scheduler } from '../gate/reeval-schedule.js';
 import { createSignatureProvider } from '../verify/index.js';
 
 export const DEFAULT_BUNDLE = 'policies/bundle.tar.gz';
@@ -25,6 +27,8 @@ export interface Proxy {
   app: App;
   policy: PolicyManager;
   decisionLog: DecisionLog;
+  /** Re-evaluation schedule, impact and warming (operations.ts). */
+  operations: Operations;
   close(): Promise<void>;
 }
 
@@ -49,7 +53,7 @@ async function buildClientAuth(config: Config, metrics: Metrics, log: Logger, no
   return auth;
 }
 
-export async function buildProxy(config: Config, opts: { logger?: Logger; extraObservers?: DecisionObserver[]; now?: () => number } = {}): Promise<Proxy> {
+export async function buildProxy(config: Config, opts: { logger?: Logger; extraObservers?: DecisionObserver[]; now?: () => number; scheduler?: Scheduler } = {}): Promise<Proxy> {
   const log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' }, redact: LOG_REDACT });
   const metrics = new Metrics();
   // The app exists only after the first policy loads; a later swap tells its gate (admissions re-decide on use).
@@ -60,6 +64,7 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
   const stopSecretLog = onSecretError((detail) => log.warn({ detail }, 'a configured secret cannot be read'));
   const decisionLog = new DecisionLog(config.decisionLog, metrics, log, undefined, { dataDir: config.dataDir });
   const auth = await buildClientAuth(config, metrics, log, opts.now);
+  const operations = new Operations({ config, log, policy, source: policySource(config), app: () => built, ...(opts.now ? { now: opts.now } : {}) });
   // The scan provider and its report/admin API share one service; re-evaluation needs the app once it exists.
   const scan = scanCapability({
     ...(opts.now ? { now: opts.now } : {}),
@@ -71,24 +76,27 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
     logger: log,
     metrics,
     // The decision log first: with onFull: block it may turn the decision into a deny, which the others then see.
-    observers: [decisionLog, new DecisionMetrics(metrics), ...(opts.extraObservers ?? [])],
+    observers: [decisionLog, new DecisionMetrics(metrics), operations.recent, ...(opts.extraObservers ?? [])],
     readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
     signatures: createSignatureProvider,
     scan: scan.provider,
     api: (deps) => {
       const service = scan.serviceFor(deps);
-      if (!service && !deps.config.scan?.admin) return [];
-      return [new ScanApi({ service, deps, target: () => built, now: opts.now ?? Date.now })];
+      if (!service && !deps.config.scan?.admin) return [operations.api];
+      return [new ScanApi({ service, deps, target: () => built, now: opts.now ?? Date.now }), operations.api];
     },
     ...(auth ? { auth } : {}),
     ...(opts.now ? { now: opts.now } : {}),
   });
   built = app;
+  operations.start(app, opts.scheduler);
   return {
     app,
     policy,
     decisionLog,
+    operations,
     async close() {
+      operations.stop();
       policy.stop();
       await app.close();
       scan.close();
