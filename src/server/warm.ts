@@ -181,3 +181,16 @@ async function fetchAll(t: WarmTarget, cfg: WarmConfig, route: Route, digests: D
   if (failure !== undefined) throw failure;
   return out;
 }
+
+/** One line per image (and denied child) for the CLI. */
+export function formatWarm(r: WarmReport): string {
+  const lines = [`${r.admitted} admitted, ${r.denied} denied, ${r.failed} failed`];
+  for (const i of r.images) {
+    if (i.result === 'admitted') {
+      const b = i.blobs;
+      lines.push(`ADMITTED ${i.image}${b ? `: ${b.total} blobs, ${b.fetched} fetched (${b.bytes} bytes), ${b.cached} already cached` : ''}`);
+    } else lines.push(`${i.result === 'denied' ? 'DENIED  ' : 'FAILED  '} ${i.image}: ${i.reason ?? ''}`);
+    for (const c of i.children ?? []) if (c.result === 'denied') lines.push(`  DENIED ${c.platform} ${c.digest}: ${c.reason ?? ''}`);
+  }
+  return lines.join('\n');
+}
