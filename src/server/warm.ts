@@ -189,7 +189,7 @@ export function formatWarm(r: WarmReport): string {
     if (i.result === 'admitted') {
       const b = i.blobs;
       lines.push(`ADMITTED ${i.image}${b ? `: ${b.total} blobs, ${b.fetched} fetched (${b.bytes} bytes), ${b.cached} already cached` : ''}`);
-    } else lines.push(`${i.result === 'denied' ? 'DENIED  ' : 'FAILED  '} ${i.image}: ${i.reason ?? ''}`);
+    } else lines.push(`${i.result === 'denied' ? 'DENIED' : 'FAILED'} ${i.image}: ${i.reason ?? ''}`);
     for (const c of i.children ?? []) if (c.result === 'denied') lines.push(`  DENIED ${c.platform} ${c.digest}: ${c.reason ?? ''}`);
   }
   return lines.join('\n');

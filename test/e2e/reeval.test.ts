@@ -257,3 +257,140 @@ describe('scheduled re-evaluation with purge', () => {
     expect(logLines.filter((l) => l.msg === 'cached image is now denied')).toHaveLength(1);
   }, 240_000);
 });
+
+/** The committed policy plus one rule that freezes demo/frozen, built with opa as scripts/policy-build.sh does. */
+async function buildCandidate(): Promise<string> {
+  requireTool('opa');
+  const src = join(work, 'candidate', 'portcullis');
+  await mkdir(src, { recursive: true });
+  for (const f of await readdir('policies/portcullis')) if (f.endsWith('.rego') && !f.endsWith('_test.rego')) await cp(join('policies/portcullis', f), join(src, f));
+  await writeFile(
+    join(src, 'freeze.rego'),
+    'package portcullis\n\nviolations contains {"rule": "image.frozen", "message": "demo/frozen is frozen for the rollout"} if {\n\tinput.image.repository == "demo/frozen"\n}\n',
+  );
+  const out = join(work, 'candidate.tar.gz');
+  const r = await runTool('opa', ['build', '-t', 'wasm', '-e', 'portcullis/decision', '--capabilities', 'policies/capabilities.json', '-r', 'candidate-freeze', '-o', out, src]);
+  expectOk(r, 'opa build');
+  return out;
+}
+
+const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
+
+describe('policy impact before a rollout', () => {
+  test('a candidate bundle that denies one cached image lists exactly that change, and the active policy stays', async () => {
+    expectOk(await cranePull(`${px.host}/${ALIAS}/demo/frozen:v1`, join(work, 'frozen.tar')), 'crane pull frozen');
+    const bundlePath = await buildCandidate();
+    const active = px.proxy.policy.revision;
+
+    const res = await fetch(`${px.url}/api/v1/admin/impact`, { method: 'POST', headers: { ...admin, 'content-type': 'application/gzip' }, body: readFileSync(bundlePath) });
+    expect(res.status).toBe(200);
+    const r = (await res.json()) as ImpactReport;
+    expect(r).toMatchObject({ active_revision: active, candidate_revision: 'candidate-freeze', errors: [] });
+    expect(r.evaluated.cached).toBe(3);
+    // The cached images: exactly the frozen one changes (the CRITICAL one was and stays denied, the other allowed).
+    expect(r.changes.filter((c) => c.source === 'cached')).toEqual([
+      {
+        source: 'cached',
+        image: `${reg.host}/demo/frozen:v1@${frozen.digest}`,
+        digest: frozen.digest,
+        change: 'allowed→denied',
+        active: { outcome: 'allow', deny: [], warn: [] },
+        candidate: { outcome: 'deny', deny: [{ rule: 'image.frozen', message: 'demo/frozen is frozen for the rollout' }], warn: [] },
+      },
+    ]);
+    // Recent decisions: crane's pull of it is listed too (with who asked), and nothing else.
+    const recent = r.changes.filter((c) => c.source === 'recent');
+    expect(recent.length).toBeGreaterThan(0);
+    for (const c of recent) expect(c).toMatchObject({ image: `${reg.host}/demo/frozen:v1@${frozen.digest}`, change: 'allowed→denied', client: 'anonymous via anonymous' });
+
+    // Nothing was activated: same revision, and the image still pulls.
+    expect(px.proxy.policy.revision).toBe(active);
+    expect((await fetch(`${px.url}/v2/${ALIAS}/demo/frozen/manifests/v1`, { headers: { accept: MT.ociManifest } })).status).toBe(200);
+
+    // The CLI asks the running proxy the same, and exits 1 because something would change.
+    const cli = await runTool('node', [resolve('dist/cli.js'), 'policy', 'impact', '--url', px.url, '--bundle', bundlePath], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
+    expect(cli.code, cli.stderr).toBe(1);
+    expect(cli.stdout).toContain(`DENY   ${reg.host}/demo/frozen:v1@${frozen.digest}: demo/frozen is frozen for the rollout [image.frozen]`);
+
+    // Candidate settings alone (the active bundle): a scope that denies the tag of "safe".
+    const withSettings = await fetch(`${px.url}/api/v1/admin/impact`, {
+      method: 'POST',
+      headers: { ...admin, 'content-type': 'application/json' },
+      body: JSON.stringify({ settings: { ...settings, scopes: [{ name: 'no-safe', images: ['*/demo/app'], deny_tags: ['safe'] }, ...settings.scopes] } }),
+    });
+    expect(withSettings.status).toBe(200);
+    const s = (await withSettings.json()) as ImpactReport;
+    expect(s.candidate_revision).toBe(active);
+    expect(s.changes.filter((c) => c.source === 'cached').map((c) => [c.image, c.change, c.candidate.deny.map((v) => v.rule)])).toEqual([
+      [`${reg.host}/demo/app:safe@${safe.digest}`, 'allowed→denied', ['tag.denied']],
+      // The CRITICAL one: the new first scope has no scan requirement, so it would be allowed.
+      [`${reg.host}/demo/app:vuln@${vuln.digest}`, 'denied→allowed', []],
+    ]);
+  });
+
+  test('the impact endpoint needs the admin token and refuses what is not a bundle', async () => {
+    const none = await fetch(`${px.url}/api/v1/admin/impact`, { method: 'POST', headers: { 'content-type': 'application/gzip' }, body: Buffer.from('x') });
+    expect(none.status).toBe(401);
+    const ci = await fetch(`${px.url}/api/v1/admin/impact`, { method: 'POST', headers: { authorization: `Bearer ${REPORT_TOKEN}`, 'content-type': 'application/gzip' }, body: Buffer.from('x') });
+    expect(ci.status).toBe(401);
+    const garbage = await fetch(`${px.url}/api/v1/admin/impact`, { method: 'POST', headers: { ...admin, 'content-type': 'application/gzip' }, body: Buffer.from('not a bundle') });
+    expect(garbage.status).toBe(400);
+    expect(((await garbage.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({ code: 'BUNDLE_INVALID' });
+    const get = await fetch(`${px.url}/api/v1/admin/impact`, { headers: admin });
+    expect(get.status).toBe(405);
+  });
+});
+
+describe('warming before a rollout', () => {
+  test('admitted images are fetched ahead and then pulled with no upstream blob request; a denied one is reported and not fetched', async () => {
+    reg.clearLog();
+    const res = await fetch(`${px.url}/api/v1/admin/warm`, {
+      method: 'POST',
+      headers: { ...admin, 'content-type': 'application/json' },
+      body: JSON.stringify({ images: [`${ALIAS}/demo/warm:v1`, `${ALIAS}/demo/warm-multi:v1`, `${ALIAS}/demo/warm-denied:v1`] }),
+    });
+    expect(res.status).toBe(200);
+    const r = (await res.json()) as WarmReport;
+    expect(r).toMatchObject({ admitted: 2, denied: 1, failed: 0 });
+    expect(r.images[0]).toMatchObject({ image: `${reg.host}/demo/warm:v1@${warmImage.digest}`, result: 'admitted', blobs: { total: 3, fetched: 3, cached: 0 } });
+    expect(r.images[1]).toMatchObject({ image: `${reg.host}/demo/warm-multi:v1@${warmMulti.digest}`, result: 'admitted', blobs: { total: 4, fetched: 4, cached: 0 } });
+    expect(r.images[1]!.children!.map((c) => [c.platform, c.result])).toEqual([
+      ['linux/amd64', 'admitted'],
+      ['linux/arm64', 'admitted'],
+    ]);
+    expect(r.images[2]).toMatchObject({ image: `${reg.host}/demo/warm-denied:v1@${warmDenied.digest}`, result: 'denied', rules: ['tag.denied'] });
+    expect(r.images[2]!.reason).toContain('tag "v1" is not allowed');
+    // Nothing of the denied image was fetched.
+    const fetched = await upstreamBlobGets();
+    for (const d of [warmDenied.config.digest, ...warmDenied.layers.map((l) => l.digest)]) {
+      expect(fetched.some((p) => p.includes(d))).toBe(false);
+      expect(px.proxy.app.blobStore.has(d as Digest)).toBe(false);
+    }
+    expect(fetched).toHaveLength(7);
+
+    // The rollout's pulls: served entirely from the cache.
+    reg.clearLog();
+    expectOk(await skopeoCopy(`docker://${px.host}/${ALIAS}/demo/warm:v1`, join(work, 'warm')), 'skopeo copy warm');
+    expectOk(await cranePull(`${px.host}/${ALIAS}/demo/warm-multi:v1`, join(work, 'warm-multi.tar'), { platform: 'linux/arm64' }), 'crane pull warm-multi arm64');
+    expect(await upstreamBlobGets()).toEqual([]);
+
+    // Warming again costs nothing: everything is cached.
+    const again = (await (await fetch(`${px.url}/api/v1/admin/warm`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ images: [`${ALIAS}/demo/warm:v1`] }) })).json()) as WarmReport;
+    expect(again.images[0]).toMatchObject({ result: 'admitted', blobs: { total: 3, fetched: 0, cached: 3 } });
+    expect(await metric('portcullis_warm_images_total', 'result="denied"')).toBe(1);
+  });
+
+  test('the CLI reports a denied image and exits 1; requests are bounded and need the admin token', async () => {
+    const cli = await runTool('node', [resolve('dist/cli.js'), 'warm', '--url', px.url, `${ALIAS}/demo/warm-denied:v1`], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
+    expect(cli.code, cli.stderr).toBe(1);
+    expect(cli.stdout).toContain(`DENIED ${reg.host}/demo/warm-denied:v1@${warmDenied.digest}: tag "v1" is not allowed`);
+
+    const tooMany = await fetch(`${px.url}/api/v1/admin/warm`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ images: ['a/b:1', 'a/b:2', 'a/b:3', 'a/b:4'] }) });
+    expect(tooMany.status).toBe(400);
+    expect(await tooMany.text()).toContain('warm.maxImages');
+    const big = await fetch(`${px.url}/api/v1/admin/warm`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ images: ['x'.repeat(70_000)] }) });
+    expect(big.status).toBe(413);
+    const anon = await fetch(`${px.url}/api/v1/admin/warm`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ images: [`${ALIAS}/demo/warm:v1`] }) });
+    expect(anon.status).toBe(401);
+  });
+});
