@@ -394,3 +394,32 @@ describe('warming before a rollout', () => {
     expect(anon.status).toBe(401);
   });
 });
+
+describe('warming within quotas', () => {
+  test('warming takes quota tokens for what it fetches, and stops an image when they run out', async () => {
+    const t0 = Date.now();
+    const q = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url, aliases: [ALIAS] }],
+      settings,
+      // A frozen clock: the bucket does not refill during the test.
+      now: () => t0,
+      extra: {
+        scan: { admin: { token: { env: 'PC_REEVAL_ADMIN_TOKEN' } } },
+        quotas: { perIdentity: { coldBlobs: { burst: 2, perMinute: 1 } } },
+      },
+    });
+    try {
+      const res = await fetch(`${q.url}/api/v1/admin/warm`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ images: [`${ALIAS}/demo/warm:v1`] }) });
+      expect(res.status).toBe(200);
+      const r = (await res.json()) as WarmReport;
+      expect(r).toMatchObject({ admitted: 0, failed: 1 });
+      expect(r.images[0]!.reason).toMatch(/^quota for coldBlobs per identity exceeded; retry in \d+s$/);
+      // Two blobs (the burst) were fetched and stay; the third was not asked for upstream.
+      const blobs = [warmImage.config.digest, ...warmImage.layers.map((l) => l.digest)] as Digest[];
+      expect(blobs.filter((d) => q.proxy.app.blobStore.has(d))).toHaveLength(2);
+      expect(await (await fetch(`${q.url}/metrics`)).text()).toContain('portcullis_quota_rejections_total{class="token",kind="coldBlobs",key="identity"} 1');
+    } finally {
+      await q.stop();
+    }
+  });
+});
