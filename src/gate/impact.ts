@@ -56,7 +56,7 @@ export interface ImpactReport {
 export class RecentDecisions implements DecisionObserver {
   private readonly ring = new Map<string, { input: PolicyInput; route: Route }>();
 
-  constructor(private readonly max = 500) {}
+  constructor(private readonly max = 200) {}
 
   onDecision(e: Parameters<DecisionObserver['onDecision']>[0]): void {
     const i = e.input;

@@ -80,7 +80,7 @@ export class ReevalSchedule {
     }
     try {
       await this.run();
-    } catch (e) {
+    } catch {
       // Counted and logged by run(); a scheduled task has nobody to throw to.
     }
   }
