@@ -328,6 +328,29 @@ describe('policy impact before a rollout', () => {
     ]);
   });
 
+  test('the CLI without --url opens the data dir itself (no proxy running on it)', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'pc-reeval-cli-'));
+    const upstreams = [{ name: 'local', registry: reg.host, url: reg.url, aliases: [ALIAS] }];
+    const q = await startProxy({ upstreams, settings, dataDir });
+    try {
+      expectOk(await cranePull(`${q.host}/${ALIAS}/demo/frozen:v1`, join(work, 'frozen-cli.tar')), 'crane pull frozen');
+    } finally {
+      await q.stop();
+    }
+    const config = join(work, 'cli-config.yaml');
+    await writeFile(config, JSON.stringify({ dataDir, upstreams, decisionLog: { sink: 'none' }, log: { level: 'warn' }, policy: { bundleFile: resolve('policies/bundle.tar.gz'), settings } }));
+    const cli = await runTool('node', [resolve('dist/cli.js'), 'policy', 'impact', '--config', config, '--bundle', join(work, 'candidate.tar.gz'), '--json']);
+    expect(cli.code, cli.stderr).toBe(1);
+    const r = JSON.parse(cli.stdout) as ImpactReport;
+    expect(r.changes.map((c) => [c.source, c.image, c.change])).toEqual([['cached', `${reg.host}/demo/frozen:v1@${frozen.digest}`, 'allowed→denied']]);
+    // Settings alone: the active bundle with a scope that freezes nothing changes nothing.
+    await writeFile(join(work, 'same.yaml'), JSON.stringify(settings));
+    const same = await runTool('node', [resolve('dist/cli.js'), 'policy', 'impact', '--config', config, '--settings', join(work, 'same.yaml')]);
+    expect(same.code, same.stderr).toBe(0);
+    expect(same.stdout).toMatch(/: 0 changes \(1 cached image, 0 recent decisions\)/);
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
   test('the impact endpoint needs the admin token and refuses what is not a bundle', async () => {
     const none = await fetch(`${px.url}/api/v1/admin/impact`, { method: 'POST', headers: { 'content-type': 'application/gzip' }, body: Buffer.from('x') });
     expect(none.status).toBe(401);
