@@ -36,9 +36,10 @@ const USAGE = `usage:
       what a candidate bundle and/or settings (YAML or JSON: data.portcullis.config) would change for the cached
       images (and, with --url, the proxy's recent decisions), without activating it; exit 1 when anything would
       change. --url posts it to a running proxy (POST /api/v1/admin/impact, token from $PORTCULLIS_ADMIN_TOKEN)
-  portcullis warm --url PROXY_URL [--json] <image-ref>...
+  portcullis warm --url PROXY_URL [--json] [--as USER [--groups G1,G2] [--method M]] <image-ref>...
       decide and fetch images into a running proxy's cache before a rollout (POST /api/v1/admin/warm, token from
-      $PORTCULLIS_ADMIN_TOKEN); exit 1 when an image was denied, 2 when one failed
+      $PORTCULLIS_ADMIN_TOKEN), as that client identity (default anonymous); exit 1 when an image was denied, 2
+      when one failed
   portcullis client-config containerd|docker|podman --proxy URL [--config FILE] [--out DIR]
                            [--ca FILE] [--skip-verify] [--no-default]
       the client configuration that cannot fall back to the real registries, for this config's upstreams;
@@ -210,13 +211,18 @@ async function policyImpact(args: string[]): Promise<number> {
 }
 
 async function warmCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { url: { type: 'string' }, json: { type: 'boolean' } } });
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { url: { type: 'string' }, json: { type: 'boolean' }, as: { type: 'string' }, groups: { type: 'string' }, method: { type: 'string' } },
+  });
   const url = values.url ?? process.env.PORTCULLIS_URL;
   if (!url || positionals.length === 0) {
     process.stderr.write(`${USAGE}\n`);
     return 2;
   }
-  const got = await admin(url, '/api/v1/admin/warm', JSON.stringify({ images: positionals }), 'application/json');
+  const as = values.as ? { user: values.as, groups: (values.groups ?? '').split(',').filter(Boolean), method: values.method ?? 'basic' } : undefined;
+  const got = await admin(url, '/api/v1/admin/warm', JSON.stringify({ images: positionals, ...(as ? { as } : {}) }), 'application/json');
   if (!got.ok) return 2;
   const r = got.json as WarmReport;
   process.stdout.write(values.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatWarm(r)}\n`);

@@ -7,8 +7,9 @@
  *   `{"bundle": "<base64 tar.gz>", "settings": {…}}` with either or both. At most `policy.maxBundleSize` (a JSON
  *   body a third more, for the base64); signature-checked like a bundle that would go live when `policy.signing`
  *   is configured. 400 names what is wrong with the candidate.
- * - `POST /api/v1/admin/warm`: `{"images": ["registry/repo:tag", …]}` → what was admitted (and fetched), denied
- *   (with the reason) or failed (server/warm.ts). At most `warm.maxImages` images and 64 KiB of body.
+ * - `POST /api/v1/admin/warm`: `{"images": ["registry/repo:tag", …], "as": {"user", "groups", "method"}}` → what
+ *   was admitted (and fetched), denied (with the reason) or failed (server/warm.ts), decided for `as` (default:
+ *   anonymous) as `portcullis check --as` does. At most `warm.maxImages` images and 64 KiB of body.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -24,7 +25,7 @@ import { RegistryError } from './errors.js';
 import type { OciErrorCode } from '../oci/errors.js';
 import { sendError, sendJson } from './respond.js';
 import type { ApiHandler } from './scan-api.js';
-import { warm, WarmLimitError, type WarmTarget } from './warm.js';
+import { warm, WarmLimitError, type WarmIdentity, type WarmTarget } from './warm.js';
 
 export interface AdminApiOptions {
   config: Config;
@@ -107,17 +108,19 @@ export class AdminApi implements ApiHandler {
   private async warm(req: IncomingMessage, res: ServerResponse, target: WarmTarget): Promise<void> {
     const body = await readBody(req, res, WARM_BODY_MAX, 'the 64 KiB warm request limit');
     let images: unknown;
+    let as: unknown;
     try {
-      images = (JSON.parse(body.toString('utf8')) as { images?: unknown }).images;
+      ({ images, as } = JSON.parse(body.toString('utf8')) as { images?: unknown; as?: unknown });
     } catch {
       throw apiError(400, 'PARAM_INVALID', 'body is not JSON: send {"images": ["registry/repository:tag", …]}');
     }
     if (!Array.isArray(images) || !images.every((i): i is string => typeof i === 'string' && i.length > 0 && i.length <= 512)) {
       throw apiError(400, 'PARAM_INVALID', 'images: a list of image references (strings of at most 512 characters)', { field: 'images' });
     }
+    const identity = parseIdentity(as);
     let report;
     try {
-      report = await warm(target, this.o.config.warm, images, req.socket.remoteAddress ?? '');
+      report = await warm(target, this.o.config.warm, images, req.socket.remoteAddress ?? '', identity);
     } catch (e) {
       if (e instanceof WarmLimitError) throw apiError(400, 'PARAM_INVALID', e.message, { field: 'images' });
       throw e;
@@ -125,6 +128,17 @@ export class AdminApi implements ApiHandler {
     this.o.log.info({ admitted: report.admitted, denied: report.denied, failed: report.failed }, 'images warmed');
     sendJson(res, 200, report);
   }
+}
+
+/** `as`: who the policy decides for, as `portcullis check --as` (default: anonymous). */
+function parseIdentity(as: unknown): WarmIdentity {
+  if (as === undefined) return { user: null, groups: [], method: 'anonymous' };
+  const a = as as { user?: unknown; groups?: unknown; method?: unknown };
+  const short = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= 256;
+  if (typeof as !== 'object' || as === null || !short(a.user) || (a.groups !== undefined && !(Array.isArray(a.groups) && a.groups.length <= 64 && a.groups.every(short))) || (a.method !== undefined && !(typeof a.method === 'string' && /^[a-z]{1,16}$/.test(a.method)))) {
+    throw apiError(400, 'PARAM_INVALID', 'as: {"user": name, "groups": [names], "method": "basic"|"token"|"mtls"|"oidc"}', { field: 'as' });
+  }
+  return { user: a.user, groups: [...((a.groups as string[] | undefined) ?? [])].sort(), method: (a.method as string | undefined) ?? 'basic' };
 }
 
 function parseCandidateJson(body: Buffer): CandidateRequest {

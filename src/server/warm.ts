@@ -70,14 +70,21 @@ const WARM_IDENTITY: Identity = { user: 'portcullis-warm', groups: [], method: '
 
 class QuotaExhausted extends Error {}
 
-export async function warm(t: WarmTarget, cfg: WarmConfig, refs: string[], callerIp: string): Promise<WarmReport> {
+/** Who the policy decides for (policy `clients` rules): anonymous unless the request names an identity. */
+export interface WarmIdentity {
+  user: string | null;
+  groups: string[];
+  method: string;
+}
+
+export async function warm(t: WarmTarget, cfg: WarmConfig, refs: string[], callerIp: string, as: WarmIdentity = { user: null, groups: [], method: 'anonymous' }): Promise<WarmReport> {
   if (refs.length === 0) throw new WarmLimitError('name at least one image');
   if (refs.length > cfg.maxImages) throw new WarmLimitError(`${refs.length} images is more than warm.maxImages (${cfg.maxImages}) for one request`);
   const budget = { blobs: cfg.maxBlobs };
   const images: WarmImageResult[] = [];
   // One image at a time: its blobs go in parallel (bounded), and a quota that runs out stops the rest early.
   for (const ref of refs) {
-    const r = await warmOne(t, cfg, ref, callerIp, budget);
+    const r = await warmOne(t, cfg, ref, { ip: callerIp, ...as, userAgent: 'portcullis-warm' }, budget);
     t.metrics.warmed.inc({ result: r.result });
     images.push(r);
   }
@@ -85,8 +92,8 @@ export async function warm(t: WarmTarget, cfg: WarmConfig, refs: string[], calle
   return { admitted: count('admitted'), denied: count('denied'), failed: count('failed'), images };
 }
 
-async function warmOne(t: WarmTarget, cfg: WarmConfig, ref: string, ip: string, budget: { blobs: number }): Promise<WarmImageResult> {
-  const client: Client = { ip, user: null, groups: [], method: 'anonymous', userAgent: 'portcullis-warm' };
+async function warmOne(t: WarmTarget, cfg: WarmConfig, ref: string, client: Client, budget: { blobs: number }): Promise<WarmImageResult> {
+  const ip = client.ip;
   const take = (kind: QuotaKind, cold: boolean): void => {
     if (!cold || !t.quotas?.limits(kind)) return;
     const q = t.quotas.take(kind, WARM_IDENTITY, ip);

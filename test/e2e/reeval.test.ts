@@ -39,6 +39,7 @@ const settings = {
     { name: 'denied', images: ['*/demo/warm-denied'], deny_tags: ['*'] },
     // `scan: {}`: no CRITICAL, and a report required.
     { name: 'scanned', images: ['*/demo/app'], scan: {} },
+    { name: 'team', images: ['*/demo/warm-team'], clients: { groups: ['deployers'] } },
     { name: 'rest', images: ['**'] },
   ],
 };
@@ -69,6 +70,7 @@ let safe: { digest: string; config: string; layers: string[] };
 let frozen: PushedImage;
 let warmImage: PushedImage;
 let warmDenied: PushedImage;
+let warmTeam: PushedImage;
 let warmMulti: PushedIndex;
 const scheduler = manualScheduler();
 const logLines: Array<Record<string, unknown>> = [];
@@ -159,6 +161,7 @@ beforeAll(async () => {
   frozen = await pushImage(reg.url, 'demo/frozen', 'v1');
   warmImage = await pushImage(reg.url, 'demo/warm', 'v1', { layers: 2 });
   warmDenied = await pushImage(reg.url, 'demo/warm-denied', 'v1');
+  warmTeam = await pushImage(reg.url, 'demo/warm-team', 'v1');
   warmMulti = await pushIndex(reg.url, 'demo/warm-multi', 'v1', [
     { os: 'linux', architecture: 'amd64' },
     { os: 'linux', architecture: 'arm64' },
@@ -407,6 +410,14 @@ describe('warming before a rollout', () => {
     const cli = await runTool('node', [resolve('dist/cli.js'), 'warm', '--url', px.url, `${ALIAS}/demo/warm-denied:v1`], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
     expect(cli.code, cli.stderr).toBe(1);
     expect(cli.stdout).toContain(`DENIED ${reg.host}/demo/warm-denied:v1@${warmDenied.digest}: tag "v1" is not allowed`);
+
+    // Decided for a client identity (policy `clients` rules): anonymous is refused, the deployers group admitted.
+    const anonymous = await runTool('node', [resolve('dist/cli.js'), 'warm', '--url', px.url, `${ALIAS}/demo/warm-team:v1`], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
+    expect(anonymous.code, anonymous.stderr).toBe(1);
+    expect(anonymous.stdout).toContain('[client.not_allowed]');
+    const team = await runTool('node', [resolve('dist/cli.js'), 'warm', '--url', px.url, '--as', 'ci-bot', '--groups', 'deployers', `${ALIAS}/demo/warm-team:v1`], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
+    expect(team.code, team.stderr).toBe(0);
+    expect(team.stdout).toContain(`ADMITTED ${reg.host}/demo/warm-team:v1@${warmTeam.digest}: 2 blobs, 2 fetched`);
 
     const tooMany = await fetch(`${px.url}/api/v1/admin/warm`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ images: ['a/b:1', 'a/b:2', 'a/b:3', 'a/b:4'] }) });
     expect(tooMany.status).toBe(400);
