@@ -7,6 +7,8 @@
  *   `{"bundle": "<base64 tar.gz>", "settings": {…}}` with either or both. At most `policy.maxBundleSize` (a JSON
  *   body a third more, for the base64); signature-checked like a bundle that would go live when `policy.signing`
  *   is configured. 400 names what is wrong with the candidate.
+ * - `GET /api/v1/admin/reevaluate/last`: the last scheduled re-evaluation (every image, what turned denied, what
+ *   was purged); 404 before the first run.
  * - `POST /api/v1/admin/warm`: `{"images": ["registry/repo:tag", …], "as": {"user", "groups", "method"}}` → what
  *   was admitted (and fetched), denied (with the reason) or failed (server/warm.ts), decided for `as` (default:
  *   anonymous) as `portcullis check --as` does. At most `warm.maxImages` images and 64 KiB of body.
@@ -18,6 +20,7 @@ import { readSecret } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { impact, type RecentDecisions } from '../gate/impact.js';
 import type { ReevalTarget } from '../gate/reeval.js';
+import type { ReevalRun } from '../gate/reeval-schedule.js';
 import { BundleError, DEFAULT_MAX_BUNDLE } from '../policy/bundle.js';
 import { loadCandidate, type CandidateRequest, type CandidateSources } from '../policy/candidate.js';
 import type { Decider } from '../policy/contract.js';
@@ -35,6 +38,8 @@ export interface AdminApiOptions {
   active: Decider;
   candidates: CandidateSources;
   recent: RecentDecisions;
+  /** The last scheduled re-evaluation (reevaluate.interval), if one has run. */
+  lastRun: () => ReevalRun | undefined;
   now: () => number;
 }
 
@@ -49,9 +54,10 @@ export class AdminApi implements ApiHandler {
 
   async handle(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
     const path = (req.url ?? '/').split('?', 1)[0]!;
-    if (path !== '/api/v1/admin/impact' && path !== '/api/v1/admin/warm') return false;
+    if (path !== '/api/v1/admin/impact' && path !== '/api/v1/admin/warm' && path !== '/api/v1/admin/reevaluate/last') return false;
     try {
       this.authorize(req);
+      if (path === '/api/v1/admin/reevaluate/last') return this.lastRun(req, res);
       if (req.method !== 'POST') throw apiError(405, 'UNSUPPORTED', 'method not allowed here (allowed: POST)', null, { allow: 'POST' });
       const target = this.o.target();
       if (!target) throw apiError(503, 'UNAVAILABLE', 'not ready');
@@ -103,6 +109,14 @@ export class AdminApi implements ApiHandler {
     const report = await impact(target, { active: this.o.active, candidate, recent: this.o.recent, now: this.o.now });
     this.o.log.info({ candidate: report.candidate_revision, active: report.active_revision, changed: report.changed }, 'policy impact evaluated');
     sendJson(res, 200, report);
+  }
+
+  private lastRun(req: IncomingMessage, res: ServerResponse): true {
+    if (req.method !== 'GET' && req.method !== 'HEAD') throw apiError(405, 'UNSUPPORTED', 'method not allowed here (allowed: GET, HEAD)', null, { allow: 'GET, HEAD' });
+    const run = this.o.lastRun();
+    if (!run) throw apiError(404, 'NOT_FOUND', 'no scheduled re-evaluation has run yet (reevaluate.interval)');
+    sendJson(res, 200, { ...run.report, newly_denied: run.newlyDenied.map((e) => ({ image: e.image, previous: e.previous, deny: e.deny })), purged: run.purged ?? null }, req.method === 'HEAD');
+    return true;
   }
 
   private async warm(req: IncomingMessage, res: ServerResponse, target: WarmTarget): Promise<void> {

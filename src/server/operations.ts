@@ -38,6 +38,7 @@ export class Operations {
       active: o.policy,
       candidates: { rules: o.source, activeSettings: o.config.policy.settings, activeBundle: () => o.policy.activeBundle() },
       recent: this.recent,
+      lastRun: () => this.schedule?.last,
       now,
     });
   }

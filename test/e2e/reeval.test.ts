@@ -195,6 +195,8 @@ describe('scheduled re-evaluation with purge', () => {
     expectOk(await skopeoCopy(`docker://${px.host}/${ALIAS}/demo/app:safe`, join(work, 'safe')), 'skopeo copy safe');
     const base = vuln.layers[0]!.digest as Digest;
     const own = [vuln.config.digest, vuln.layers[1]!.digest] as Digest[];
+    // A client has its bytes before the cache file is committed (write-behind): wait for the downloads to land.
+    for (const d of [base, ...own, safe.config, ...safe.layers] as Digest[]) await app.downloads.get(d)?.finished;
     for (const d of [base, ...own, safe.config, ...safe.layers] as Digest[]) expect(app.blobStore.has(d), d).toBe(true);
 
     // A first run: both allowed.
@@ -252,6 +254,11 @@ describe('scheduled re-evaluation with purge', () => {
     expect(logged).toHaveLength(1);
     expect(logged[0]).toMatchObject({ image: `${reg.host}/demo/app:vuln@${vuln.digest}`, previous: 'allow', rules: ['scan.limit'] });
     expect(String(logged[0]!.reason)).toContain('CRITICAL');
+
+    // The last run, for the operator's views.
+    const last = await fetch(`${px.url}/api/v1/admin/reevaluate/last`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    expect(last.status).toBe(200);
+    expect(await last.json()).toMatchObject({ evaluated: 2, would_deny: 1, newly_denied: [{ image: `${reg.host}/demo/app:vuln@${vuln.digest}`, previous: 'allow' }], purged: { images: [`${reg.host}/demo/app:vuln@${vuln.digest}`] } });
 
     // A later run finds nothing new to log or purge.
     await scheduler.tick();
