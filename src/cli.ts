@@ -99,7 +99,7 @@ async function check(args: string[]): Promise<number> {
   const config = load(configPath(values.config));
   config.decisionLog.sink = 'none';
   const capture: { last?: Parameters<DecisionObserver['onDecision']>[0] } = {};
-  const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)), extraObservers: [{ onDecision: (e) => (capture.last = e) }] });
+  const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)), scheduler: false, extraObservers: [{ onDecision: (e) => (capture.last = e) }] });
   try {
     const as = values.as
       ? { user: values.as, groups: (values.groups ?? '').split(',').filter(Boolean).sort(), method: values.method ?? 'basic' }
@@ -146,7 +146,7 @@ async function report(args: string[]): Promise<number> {
   } else {
     const config = load(configPath(values.config));
     config.decisionLog.sink = 'none';
-    const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)) });
+    const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)), scheduler: false });
     try {
       r = await reevaluate(proxy.app, { all: values.all ?? false });
     } finally {
@@ -192,7 +192,7 @@ async function policyImpact(args: string[]): Promise<number> {
   } else {
     const config = load(configPath(values.config));
     config.decisionLog.sink = 'none';
-    const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)) });
+    const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)), scheduler: false });
     try {
       const candidate = await loadCandidate(
         { ...(bundle ? { bundle } : {}), ...(settings ? { settings } : {}) },

@@ -53,7 +53,7 @@ async function buildClientAuth(config: Config, metrics: Metrics, log: Logger, no
   return auth;
 }
 
-export async function buildProxy(config: Config, opts: { logger?: Logger; extraObservers?: DecisionObserver[]; now?: () => number; scheduler?: Scheduler } = {}): Promise<Proxy> {
+export async function buildProxy(config: Config, opts: { logger?: Logger; extraObservers?: DecisionObserver[]; now?: () => number; scheduler?: Scheduler | false } = {}): Promise<Proxy> {
   const log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' }, redact: LOG_REDACT });
   const metrics = new Metrics();
   // The app exists only after the first policy loads; a later swap tells its gate (admissions re-decide on use).
@@ -89,7 +89,8 @@ export async function buildProxy(config: Config, opts: { logger?: Logger; extraO
     ...(opts.now ? { now: opts.now } : {}),
   });
   built = app;
-  operations.start(app, opts.scheduler);
+  // One-shot commands (check, report, impact) pass false: no scheduled re-evaluation (or purge) inside them.
+  if (opts.scheduler !== false) operations.start(app, opts.scheduler);
   return {
     app,
     policy,
