@@ -16,6 +16,12 @@ import { buildProxy, checkConfigFile } from './server/bootstrap.js';
 import { formatReport, reevaluate, type ReevalReport } from './gate/reeval.js';
 import { clientConfig, type ClientKind } from './clients/config.js';
 import { errorText } from './util/error-text.js';
+import { formatImpact, impact, type ImpactReport } from './gate/impact.js';
+import { loadCandidate } from './policy/candidate.js';
+import { policySource } from './server/bootstrap.js';
+import { formatWarm, type WarmReport } from './server/warm.js';
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
 
 const USAGE = `usage:
   portcullis serve [--config FILE]
@@ -26,6 +32,14 @@ const USAGE = `usage:
       the cached images that the current policy and scan data would now deny (exit 1 when there are any);
       --url asks a running proxy (GET /api/v1/admin/reevaluate, token from $PORTCULLIS_ADMIN_TOKEN); without it
       the command opens the data dir itself: only do that when no proxy is running on it
+  portcullis policy impact [--config FILE] [--json] [--url PROXY_URL] (--bundle FILE | --settings FILE)...
+      what a candidate bundle and/or settings (YAML or JSON: data.portcullis.config) would change for the cached
+      images (and, with --url, the proxy's recent decisions), without activating it; exit 1 when anything would
+      change. --url posts it to a running proxy (POST /api/v1/admin/impact, token from $PORTCULLIS_ADMIN_TOKEN)
+  portcullis warm --url PROXY_URL [--json] [--as USER [--groups G1,G2] [--method M]] <image-ref>...
+      decide and fetch images into a running proxy's cache before a rollout (POST /api/v1/admin/warm, token from
+      $PORTCULLIS_ADMIN_TOKEN), as that client identity (default anonymous); exit 1 when an image was denied, 2
+      when one failed
   portcullis client-config containerd|docker|podman --proxy URL [--config FILE] [--out DIR]
                            [--ca FILE] [--skip-verify] [--no-default]
       the client configuration that cannot fall back to the real registries, for this config's upstreams;
@@ -85,7 +99,7 @@ async function check(args: string[]): Promise<number> {
   const config = load(configPath(values.config));
   config.decisionLog.sink = 'none';
   const capture: { last?: Parameters<DecisionObserver['onDecision']>[0] } = {};
-  const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)), extraObservers: [{ onDecision: (e) => (capture.last = e) }] });
+  const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)), scheduler: false, extraObservers: [{ onDecision: (e) => (capture.last = e) }] });
   try {
     const as = values.as
       ? { user: values.as, groups: (values.groups ?? '').split(',').filter(Boolean).sort(), method: values.method ?? 'basic' }
@@ -132,7 +146,7 @@ async function report(args: string[]): Promise<number> {
   } else {
     const config = load(configPath(values.config));
     config.decisionLog.sink = 'none';
-    const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)) });
+    const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)), scheduler: false });
     try {
       r = await reevaluate(proxy.app, { all: values.all ?? false });
     } finally {
@@ -141,6 +155,78 @@ async function report(args: string[]): Promise<number> {
   }
   process.stdout.write(values.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatReport(r)}\n`);
   return r.would_deny > 0 ? 1 : 0;
+}
+
+async function admin(url: string, path: string, body: Buffer | string, contentType: string): Promise<{ ok: true; json: unknown } | { ok: false }> {
+  const token = process.env.PORTCULLIS_ADMIN_TOKEN;
+  const res = await fetch(`${url.replace(/\/+$/, '')}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': contentType, ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body,
+  });
+  if (res.status !== 200) {
+    process.stderr.write(`${path} failed: HTTP ${res.status} ${(await res.text()).slice(0, 500)}\n`);
+    return { ok: false };
+  }
+  return { ok: true, json: await res.json() };
+}
+
+async function policyImpact(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, url: { type: 'string' }, bundle: { type: 'string' }, settings: { type: 'string' } },
+  });
+  if (!values.bundle && !values.settings) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const bundle = values.bundle ? readFileSync(values.bundle) : undefined;
+  const settings = values.settings ? (parseYaml(readFileSync(values.settings, 'utf8')) as Record<string, unknown>) : undefined;
+  let r: ImpactReport;
+  if (values.url) {
+    const got = settings
+      ? await admin(values.url, '/api/v1/admin/impact', JSON.stringify({ ...(bundle ? { bundle: bundle.toString('base64') } : {}), settings }), 'application/json')
+      : await admin(values.url, '/api/v1/admin/impact', bundle!, 'application/gzip');
+    if (!got.ok) return 2;
+    r = got.json as ImpactReport;
+  } else {
+    const config = load(configPath(values.config));
+    config.decisionLog.sink = 'none';
+    const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)), scheduler: false });
+    try {
+      const candidate = await loadCandidate(
+        { ...(bundle ? { bundle } : {}), ...(settings ? { settings } : {}) },
+        { rules: policySource(config), activeSettings: config.policy.settings, activeBundle: () => proxy.policy.activeBundle() },
+      );
+      r = await impact(proxy.app, { active: proxy.policy, candidate });
+    } catch (e) {
+      process.stderr.write(`impact failed: ${e instanceof Error ? e.message : String(e)}\n`);
+      return 2;
+    } finally {
+      await proxy.close();
+    }
+  }
+  process.stdout.write(values.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatImpact(r)}\n`);
+  return r.changed > 0 ? 1 : 0;
+}
+
+async function warmCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { url: { type: 'string' }, json: { type: 'boolean' }, as: { type: 'string' }, groups: { type: 'string' }, method: { type: 'string' } },
+  });
+  const url = values.url ?? process.env.PORTCULLIS_URL;
+  if (!url || positionals.length === 0) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const as = values.as ? { user: values.as, groups: (values.groups ?? '').split(',').filter(Boolean), method: values.method ?? 'basic' } : undefined;
+  const got = await admin(url, '/api/v1/admin/warm', JSON.stringify({ images: positionals, ...(as ? { as } : {}) }), 'application/json');
+  if (!got.ok) return 2;
+  const r = got.json as WarmReport;
+  process.stdout.write(values.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatWarm(r)}\n`);
+  return r.failed > 0 ? 2 : r.denied > 0 ? 1 : 0;
 }
 
 function clientConfigCommand(args: string[]): number {
@@ -206,6 +292,11 @@ async function main(argv: string[]): Promise<number | undefined> {
     case 'config':
       if (rest[0] === 'check') return configCheck(rest.slice(1));
       break;
+    case 'policy':
+      if (rest[0] === 'impact') return policyImpact(rest.slice(1));
+      break;
+    case 'warm':
+      return warmCommand(rest);
     case 'client-config':
       return clientConfigCommand(rest);
     case '--help':

@@ -45,6 +45,8 @@ export interface MetaStore {
   pruneExpired(now: number, limit: number): { admissions: number; members: number };
   /** Every cached tag mapping, plus the admitted roots that no tag names (for re-evaluation). */
   listRoots(): Array<{ upstream: string; repository: string; digest: Digest; tag: string | null }>;
+  /** Every (root, blob) pair of the recorded closures: a purge keeps the blobs other roots list. */
+  listBlobMembers(): Array<{ root: Digest; member: Digest }>;
   close(): void;
 }
 
@@ -323,6 +325,15 @@ export class SqliteMetaStore implements MetaStore {
       ...tags.map((t) => ({ upstream: t.upstream, repository: t.repository, digest: t.digest as Digest, tag: t.tag })),
       ...roots.filter((r) => !tagged.has(`${r.upstream}\n${r.repository}\n${r.root}`)).map((r) => ({ upstream: r.upstream, repository: r.repository, digest: r.root as Digest, tag: null })),
     ];
+  }
+
+  /**
+   * Every blob (config or layer) a closure lists, with the root that lists it, whatever its admission says now. For
+   * re-evaluation's purge: a blob any other root lists stays.
+   */
+  listBlobMembers(): Array<{ root: Digest; member: Digest }> {
+    const rows = this.db.prepare("SELECT DISTINCT root, member FROM closure_members WHERE role IN ('config', 'layer')").all() as Array<{ root: string; member: string }>;
+    return rows.map((r) => ({ root: r.root as Digest, member: r.member as Digest }));
   }
 
   close(): void {

@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { authSchema, forwardIdentitySchema, quotasSchema } from './auth.js';
 import { scanSchema } from './scan.js';
+import { reevaluateSchema, warmSchema } from './reevaluate.js';
 import { cidrProblem } from '../util/address.js';
 import { requiredAuthorities, signaturesSchema } from './signatures.js';
 import { addressOrHost, httpUrl } from './url.js';
@@ -187,6 +188,9 @@ export const configSchema = z
       })
       .strict()
       .default({ allowTTL: 600_000, denyTTL: 30_000, closureTTL: 3_600_000 }),
+    /** Scheduled re-evaluation of cached images, and warming (config/reevaluate.ts). */
+    reevaluate: reevaluateSchema.prefault({}),
+    warm: warmSchema.prefault({}),
     policy: z
       .object({
         /** An OPA bundle file (tar.gz from `opa build -t wasm`); watched and hot-reloaded. */

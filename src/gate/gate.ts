@@ -393,6 +393,19 @@ export class Gate implements AdmissionGate {
     return { input, ...(await this.evaluateInput(randomUUID(), input)) };
   }
 
+  /**
+   * Forgets one root (re-evaluation's purge): its cached decisions, and its admissions and closure members, but not
+   * those of other roots that list it (forgetDigest drops those too, which would cut their running pulls).
+   */
+  forgetRoot(root: Digest): void {
+    for (const key of [...this.decisions.keys()]) {
+      const [, , d, under] = key.split('\n', 4);
+      if (d === root || under === root) this.decisions.delete(key);
+    }
+    this.meta.dropRoot(root);
+    this.closures.forget();
+  }
+
   /** Signatures (a child's merged with its index's), then the scan, which may come from verified attestations. */
   private async gather(s: Subject, ctx: EvidenceContext | undefined): Promise<Evidence & { ownAttestations: PolicyInput['attestations'] }> {
     if (!ctx || !s.manifest) return { ...NO_EVIDENCE, ownAttestations: [] };

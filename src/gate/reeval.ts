@@ -36,6 +36,8 @@ export interface ReevalEntry {
   deny: Array<{ rule: string; message: string }>;
   warn: Array<{ rule: string; message: string }>;
   scan: { status: string; source?: string; counts?: Record<string, number>; scanned_at?: string } | null;
+  /** The signature evidence's status (ok, none, error, not_configured); absent when evaluation failed. */
+  signatures?: string;
   error?: string;
 }
 
@@ -101,6 +103,7 @@ async function evaluateOne(t: ReevalTarget, r: { upstream: string; repository: s
       mode: admission.mode,
       deny: admission.violations,
       warn: admission.warnings,
+      signatures: input.signatures.status,
       scan: { status: s.status, ...(s.source ? { source: s.source } : {}), ...(s.counts ? { counts: s.counts } : {}), ...(s.scanned_at ? { scanned_at: s.scanned_at } : {}) },
     };
   } catch (e) {
@@ -116,4 +119,15 @@ export function formatReport(r: ReevalReport): string {
     lines.push(`${e.would_deny ? 'DENY ' : 'ALLOW'} ${e.image}${why ? `: ${why}` : ''}`);
   }
   return lines.join('\n');
+}
+
+/** The cached root images whose upstream is still configured, with their routes (for impact reports). */
+export function cachedRoots(t: ReevalTarget): Array<{ route: Route; digest: Digest; tag: string | null }> {
+  const out: Array<{ route: Route; digest: Digest; tag: string | null }> = [];
+  for (const r of t.meta.listRoots()) {
+    if (r.tag !== null && ACCESSORY_TAG.test(r.tag)) continue;
+    const upstream = t.router.upstreams.find((u) => u.name === r.upstream);
+    if (upstream) out.push({ route: { upstream, registry: upstream.registry, repository: r.repository, routing: 'prefix' }, digest: r.digest, tag: r.tag });
+  }
+  return out;
 }

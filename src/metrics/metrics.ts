@@ -247,6 +247,43 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  // Scheduled re-evaluation of cached images (src/gate/reeval-schedule.ts, `reevaluate.interval`).
+  readonly cachedImages = new Gauge({
+    name: 'portcullis_cached_images',
+    help: 'Cached images by what the current policy and evidence say about them at the last re-evaluation (allow, warn, dry_run_deny, deny, error)',
+    labelNames: ['verdict'] as const,
+    registers: [this.registry],
+  });
+  readonly reevalDenials = new Gauge({
+    name: 'portcullis_reevaluation_denials',
+    help: 'Cached images the last re-evaluation would deny, by the rule that denies them (an image with two rules counts under both)',
+    labelNames: ['rule'] as const,
+    registers: [this.registry],
+  });
+  readonly reevalRuns = new Counter({
+    name: 'portcullis_reevaluation_runs_total',
+    help: 'Scheduled re-evaluations by result (ok, error, skipped: the previous run was still going)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly reevalTurnedDenied = new Counter({
+    name: 'portcullis_reevaluation_newly_denied_total',
+    help: 'Cached images that a re-evaluation found denied after the previous one allowed them',
+    registers: [this.registry],
+  });
+  readonly reevalPurged = new Counter({
+    name: 'portcullis_reevaluation_purged_total',
+    help: 'What `reevaluate.purge` removed: images (their admissions and closures) and blobs (evicted from the cache)',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly warmed = new Counter({
+    name: 'portcullis_warm_images_total',
+    help: 'Images asked for by `portcullis warm` (POST /api/v1/admin/warm), by result (admitted, denied, failed)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
   private downloads: { active: () => number; unwrittenBytes: () => number } = { active: () => 0, unwrittenBytes: () => 0 };
   readonly downloadsInflight = new Gauge({
     name: 'portcullis_blob_downloads_inflight',

@@ -24,6 +24,7 @@ export type OciErrorCode =
   | 'REPORT_INVALID'
   | 'REPORT_UNKNOWN'
   | 'PARAM_INVALID'
+  | 'BUNDLE_INVALID'
   | 'INTERNAL_ERROR';
 
 /** What the answer to an error needs besides its code and message. */

@@ -62,6 +62,8 @@ export class PolicyManager implements Decider {
   private etag = '';
   private polling: Promise<void> | undefined;
   private verifier: BundleVerifier | undefined;
+  /** The bytes of the bundle in use (impact reports that change only the settings); undefined for an external OPA. */
+  private bundleBytes: Buffer | undefined;
   last: ReloadStatus | undefined;
 
   constructor(o: PolicyManagerOptions) {
@@ -155,6 +157,7 @@ export class PolicyManager implements Decider {
         throw new BundleError(`policy.wasm does not load: ${errorText(e)}`);
       }
       this.install(decider, this.source.kind);
+      this.bundleBytes = bytes;
     } catch (e) {
       const error = errorText(e);
       const reason = e instanceof BundleError ? e.code : 'fetch';
@@ -214,6 +217,11 @@ export class PolicyManager implements Decider {
     // A broken bundle under the same ETag will not get better, so it is not fetched again until the ETag changes.
     this.etag = typeof etag === 'string' ? etag : '';
     return bytes;
+  }
+
+  /** The bytes of the bundle in use; undefined for an external OPA. */
+  activeBundle(): Buffer | undefined {
+    return this.bundleBytes;
   }
 
   private get maxBytes(): number {

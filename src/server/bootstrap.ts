@@ -39,6 +39,9 @@ import { ScanApi, type ApiHandler } from './scan-api.js';
 import { UiHandler } from '../ui/handler.js';
 import { DecisionRing } from '../ui/ring.js';
 import { uiTarget } from './ui.js';
+import { Operations } from './operations.js';
+import { RecentDecisions } from '../gate/impact.js';
+import type { Scheduler } from '../gate/reeval-schedule.js';
 
 export const DEFAULT_BUNDLE = 'policies/bundle.tar.gz';
 
@@ -46,6 +49,8 @@ export interface Proxy {
   app: App;
   policy: PolicyManager;
   decisionLog: DecisionLog;
+  /** Re-evaluation schedule, impact and warming (operations.ts). */
+  operations: Operations;
   close(): Promise<void>;
 }
 
@@ -100,6 +105,8 @@ export interface BuildOptions {
   extraObservers?: DecisionObserver[];
   /** The policy clock (TTLs, ages); tests move it. */
   now?: () => number;
+  /** What runs the scheduled re-evaluation (default: timers); false for one-shot commands (check, report, impact). */
+  scheduler?: Scheduler | false;
 }
 
 export async function buildProxy(config: Config, opts: BuildOptions = {}): Promise<Proxy> {
@@ -152,6 +159,8 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
   if (ring && config.decisionLog.sink === 'file' && config.decisionLog.file) ring.loadLogFile(config.decisionLog.file);
 
   const signatures = createSignatureProvider(evidenceDeps);
+  // The decisions a candidate policy's impact replays (operations.ts).
+  const recent = new RecentDecisions();
 
   const gate = new Gate({
     decider: policy,
@@ -167,28 +176,41 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     signatures,
     scan,
     // The decision log first: with onFull: block it may turn the decision into a deny, which the others then see.
-    observers: [decisionLog, new DecisionMetrics(metrics), ...(ring ? [ring] : []), ...(opts.extraObservers ?? [])],
+    observers: [decisionLog, new DecisionMetrics(metrics), recent, ...(ring ? [ring] : []), ...(opts.extraObservers ?? [])],
     ...clock,
   });
   // A new policy revision (bundle pushed, external OPA's bundle changed): admissions re-decide on use.
   const stopPolicyEvents = policy.onSwap(() => gate.policyChanged());
 
+  const blobs = new ProxyBlobService({ store: blobStore, downloads, clientFor, metrics });
+  const quotas = config.quotas ? new Quotas(config.quotas, metrics, now) : undefined;
   const handlers = new RegistryHandlers({
     router,
     manifests,
-    blobs: new ProxyBlobService({ store: blobStore, downloads, clientFor, metrics }),
+    blobs,
     tags: new ProxyTagService(clientFor),
     referrers: new ProxyReferrersService(clientFor, manifests),
     gate,
     metrics,
     identityChecks: auth?.hasMethods ?? false,
     ...(auth?.hasMethods ? { challenge: (req: IncomingMessage, repository: string) => auth.challenge(req, repository) } : {}),
-    ...(config.quotas ? { quotas: new Quotas(config.quotas, metrics, now), warm: warmCheck(config, { meta, blobStore, downloads }, now ?? Date.now) } : {}),
+    ...(quotas ? { quotas, warm: warmCheck(config, { meta, blobStore, downloads }, now ?? Date.now) } : {}),
   });
   const api: ApiHandler[] = scan || config.scan?.admin ? [new ScanApi({ service: scan, deps: evidenceDeps, target: { gate, meta, manifests, router }, now: now ?? Date.now })] : [];
   const target = uiTarget({ metrics, blobStore, gate, meta, manifests, router }, policy);
   const ui = ring ? new UiHandler({ config, ring, log, target: () => target }) : undefined;
   if (ui) api.push(ui);
+  // Re-evaluation on a schedule, policy impact and warming: the admin API and the schedule share the services.
+  const operations = new Operations({
+    config,
+    log,
+    policy,
+    source: policySource(config),
+    recent,
+    services: { router, manifests, gate, blobs, blobStore, downloads, quotas, metrics, meta },
+    ...clock,
+  });
+  api.push(operations.api);
 
   const app = new App({
     config,
@@ -208,12 +230,15 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     auth,
     ...clock,
   });
+  if (opts.scheduler !== false) operations.start(opts.scheduler);
   return {
     app,
     policy,
     decisionLog,
+    operations,
     async close() {
       stopPolicyEvents();
+      operations.stop();
       policy.stop();
       ui?.close();
       await app.close();

@@ -26,6 +26,7 @@ const STATUS: Record<OciErrorCode, number> = {
   REPORT_INVALID: 400,
   REPORT_UNKNOWN: 404,
   PARAM_INVALID: 400,
+  BUNDLE_INVALID: 400,
   INTERNAL_ERROR: 500,
 };
 

@@ -10,6 +10,7 @@ import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import type { DecisionObserver } from '../../src/gate/gate.js';
 import { buildProxy, type Proxy } from '../../src/server/bootstrap.js';
+import type { Scheduler } from '../../src/gate/reeval-schedule.js';
 
 export interface TestUpstream {
   name: string;
@@ -30,6 +31,8 @@ export interface StartProxyOptions {
   dataDir?: string;
   observers?: DecisionObserver[];
   now?: () => number;
+  /** The re-evaluation schedule's timer (reevaluate.interval), for tests that run it by hand. */
+  scheduler?: Scheduler;
   /** A logger of the test's own (to read what the proxy logs); default: pino at PORTCULLIS_TEST_LOG or silent. */
   logger?: Logger;
 }
@@ -68,7 +71,7 @@ export async function startProxy(opts: StartProxyOptions): Promise<RunningProxy>
   };
   const config = parseConfig(JSON.stringify(doc), 'test-config.yaml', {});
   const logger = opts.logger ?? pino({ level: config.log.level });
-  const proxy = await buildProxy(config, { logger, extraObservers: opts.observers ?? [], ...(opts.now ? { now: opts.now } : {}) });
+  const proxy = await buildProxy(config, { logger, extraObservers: opts.observers ?? [], ...(opts.now ? { now: opts.now } : {}), ...(opts.scheduler ? { scheduler: opts.scheduler } : {}) });
   const addr = await proxy.app.listen();
   const host = `127.0.0.1:${addr.port}`;
   return {

@@ -5,6 +5,7 @@
  * --verification-key`), and size caps on what a bundle server or an external OPA may send.
  */
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -215,6 +216,38 @@ describe('size caps on policy sources', () => {
       await px.stop();
       server.closeAllConnections();
       server.close();
+    }
+  });
+});
+
+describe('impact of a candidate bundle under policy.signing', () => {
+  test('POST /api/v1/admin/impact checks the candidate’s signature like a bundle going live, and activates nothing', async () => {
+    process.env.PC_SIGNING_ADMIN_TOKEN = 'admin-signing-token';
+    const live = join(dir, 'live-impact.tar.gz');
+    await copyFile(B.v1!, live);
+    const px = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings,
+      extra: { policy: { bundleFile: live, signing: signing() }, scan: { admin: { token: { env: 'PC_SIGNING_ADMIN_TOKEN' } } } },
+    });
+    try {
+      const post = (file: string): Promise<Response> =>
+        fetch(`${px.url}/api/v1/admin/impact`, { method: 'POST', headers: { authorization: 'Bearer admin-signing-token', 'content-type': 'application/gzip' }, body: readFileSync(file) });
+      for (const [name, reason] of [
+        ['unsigned', 'signature_missing'],
+        ['otherKey', 'signature_invalid'],
+        ['tampered', 'signature_mismatch'],
+      ] as const) {
+        const res = await post(B[name]!);
+        expect(res.status, name).toBe(400);
+        expect(((await res.json()) as { errors: Array<{ code: string; detail: unknown }> }).errors[0], name).toMatchObject({ code: 'BUNDLE_INVALID', detail: { reason } });
+      }
+      const ok = await post(B.v2!);
+      expect(ok.status).toBe(200);
+      expect(await ok.json()).toMatchObject({ active_revision: 'signed-1', candidate_revision: 'signed-2', changed: 0 });
+      expect(px.proxy.policy.revision).toBe('signed-1');
+    } finally {
+      await px.stop();
     }
   });
 });
