@@ -3,7 +3,7 @@
  * the blob handler uses) and as a Readable (TailReader, for callers that need a stream). Both ask Download.step()
  * what to do next, so they hold back the same last byte and fail the same way.
  */
-import { createReadStream, read } from 'node:fs';
+import { read } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -11,7 +11,7 @@ import type { Digest } from '../routing/reference.js';
 import { drained, eventOrClose, prematureClose } from '../util/drain.js';
 import type { BlobStore } from './blobstore.js';
 import type { Download } from './download.js';
-import { SLAB_SIZE, slabPool } from './slabs.js';
+import { slabPool } from './slabs.js';
 
 /**
  * Writes bytes [start, end] of the download to `res` as they arrive, then ends it. Window bytes go out as slab
@@ -146,7 +146,7 @@ export class TailReader extends Readable {
 export function committedReader(store: BlobStore, digest: Digest, start: number, end: number): Readable {
   const lease = store.lease(digest);
   if (!lease) return Readable.from(failing(new Error(`blob ${digest} left the cache before it could be served`)));
-  const s = createReadStream(lease.path, { start, end, highWaterMark: SLAB_SIZE });
+  const s = lease.stream(start, end);
   s.once('close', lease.release);
   return s;
 }

@@ -7,6 +7,8 @@ import { authSchema, forwardIdentitySchema, quotasSchema } from '../auth/config.
 import { scanSchema } from '../scan/config.js';
 import { cidrProblem } from '../util/address.js';
 import { signaturesSchema } from '../verify/config.js';
+import { secretRef } from './secret-ref.js';
+import { storageSchema } from './storage.js';
 import { addressOrHost, httpUrl } from './url.js';
 
 const duration = z
@@ -38,11 +40,6 @@ const hostName = z
   .regex(/^[a-zA-Z0-9.-]+(:\d{1,5})?$/, 'expected a registry host such as ghcr.io or 127.0.0.1:5001')
   .transform((h) => h.toLowerCase());
 
-/** Secrets never sit inline in the file: they come from an environment variable or a file. */
-const secretRef = z
-  .object({ env: z.string().min(1).optional(), file: z.string().min(1).optional() })
-  .strict()
-  .refine((s) => (s.env === undefined) !== (s.file === undefined), 'give exactly one of env or file');
 
 const credentials = z
   .object({
@@ -199,6 +196,8 @@ export const configSchema = z
     metricsToken: secretRef.optional(),
     dataDir: z.string().default('./data'),
     cache: cache.default({ maxSize: 20 * 1024 ** 3, tagTTL: 60_000, staleIfError: 86_400_000 }),
+    /** Where blobs live: filesystem (under dataDir) or an S3-compatible bucket (src/config/storage.ts). */
+    storage: storageSchema.prefault({}),
     limits: limits.prefault({}),
     listener: listener.prefault({}),
     upstreams: z.array(upstream).min(1, 'configure at least one upstream'),

@@ -2,7 +2,6 @@
  * Blobs: from the content cache when present, else streamed through from the upstream by a single shared download
  * per digest (cache/download.ts). Ranges are served from either source.
  */
-import { createReadStream } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { DigestMismatchError, type BlobStore } from '../cache/blobstore.js';
@@ -14,7 +13,6 @@ import type { Route } from '../routing/route.js';
 import { errors } from '../server/errors.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import { statusError, toRegistryError } from './manifests.js';
-import { sendFileRange } from '../cache/sendfile.js';
 import { byteSourceOf } from '../util/byte-source.js';
 
 export interface OpenBlob {
@@ -29,6 +27,12 @@ export interface OpenBlob {
    * cache/download.ts say why); use instead of stream(). Call at most once; it releases the lease.
    */
   writeTo(res: ServerResponse, start: number, end: number, onBytes: (n: number) => void): Promise<void>;
+  /**
+   * With `storage.redirect`, a cached blob's short-lived URL in the store (S3 presigned) for a redirect instead of
+   * the bytes; undefined when there is none (not cached yet, or a store without URLs). Releases the lease when it
+   * returns a URL: the client fetches from the store, not through us.
+   */
+  redirectUrl(): Promise<string | undefined>;
 }
 
 export class BlobService {
@@ -37,6 +41,8 @@ export class BlobService {
     private readonly downloads: DownloadManager,
     private readonly clientFor: (upstream: string) => UpstreamClient,
     private readonly metrics: Metrics,
+    /** storage.redirect: answer warm GETs with the store's presigned URL. */
+    private readonly redirect = false,
   ) {}
 
   /** Size of a blob, without downloading it. */
@@ -78,7 +84,7 @@ export class BlobService {
         source: 'cache',
         stream: (start, end) => {
           used = true;
-          const s = createReadStream(lease.path, { start, end, highWaterMark: 256 * 1024 });
+          const s = lease.stream(start, end);
           s.once('close', lease.release);
           return s;
         },
@@ -88,10 +94,19 @@ export class BlobService {
         writeTo: async (res, start, end, onBytes) => {
           used = true;
           try {
-            await sendFileRange(res, lease.path, start, end, onBytes);
+            await lease.writeTo(res, start, end, onBytes);
           } finally {
             lease.release();
           }
+        },
+        redirectUrl: async () => {
+          if (!this.redirect || used) return undefined;
+          const url = await lease.redirectUrl();
+          if (url !== undefined) {
+            used = true;
+            lease.release();
+          }
+          return url;
         },
       };
     }
@@ -117,6 +132,7 @@ export class BlobService {
       source: 'upstream',
       stream: (s, e) => download.reader(s, e),
       release: () => {},
+      redirectUrl: () => Promise.resolve(undefined),
       // A download that fails before this response has sent anything becomes a clean OCI error (a digest mismatch
       // is the upstream's fault: 502); once bytes are out, the caller can only break the transfer.
       writeTo: (res, s, e, onBytes) =>

@@ -12,7 +12,8 @@ import type { ClientAuth } from '../auth/client-auth.js';
 import { Quotas } from '../auth/quota.js';
 import { requestIdentity } from '../auth/forwarded.js';
 import { LOG_REDACT } from '../auth/redact.js';
-import { BlobStore } from '../cache/blobstore.js';
+import type { BlobStore } from '../cache/blobstore.js';
+import { openBlobStore } from '../cache/open-store.js';
 import { unwrittenDownloadBytes } from '../cache/download.js';
 import { DownloadManager } from '../cache/download-manager.js';
 import { MetaStore } from '../cache/metastore.js';
@@ -96,13 +97,18 @@ export class App {
     this.log = opts.logger ?? pino({ level: config.log.level, base: { svc: 'portcullis' }, redact: LOG_REDACT });
     this.metricsToken = config.metricsToken ? readSecret(config.metricsToken) : undefined;
     this.meta = new MetaStore(config.dataDir);
-    this.blobStore = new BlobStore(config.dataDir, config.cache.maxSize, {
-      onEvict: () => this.metrics.cacheEvictions.inc(),
-      onSizeChange: (bytes, entries) => {
-        this.metrics.cacheBytes.set(bytes);
-        this.metrics.cacheEntries.set(entries);
+    this.blobStore = openBlobStore(
+      config,
+      {
+        onEvict: () => this.metrics.cacheEvictions.inc(),
+        onSizeChange: (bytes, entries) => {
+          this.metrics.cacheBytes.set(bytes);
+          this.metrics.cacheEntries.set(entries);
+        },
+        onError: (what, err) => this.log.warn({ err: err instanceof Error ? err.message : String(err), what }, 'blob store background work failed'),
       },
-    });
+      opts.now,
+    );
     this.metrics.cacheBytes.set(this.blobStore.totalBytes);
     this.metrics.cacheEntries.set(this.blobStore.entries);
     this.downloads = new DownloadManager(this.blobStore);
@@ -139,7 +145,7 @@ export class App {
     this.handlers = new RegistryHandlers({
       router,
       manifests,
-      blobs: new BlobService(this.blobStore, this.downloads, clientFor, this.metrics),
+      blobs: new BlobService(this.blobStore, this.downloads, clientFor, this.metrics, config.storage.redirect),
       tags: new TagService(clientFor),
       referrers: new ReferrersService(clientFor, manifests),
       gate: this.gate,
@@ -179,6 +185,9 @@ export class App {
   /** Starts listening; resolves with the bound address (port 0 picks a free one). */
   async listen(listen = this.opts.config.listen): Promise<AddressInfo> {
     const { config } = this.opts;
+    // An S3 store lists its bucket first: serving before would re-fetch every cached blob (and an unreachable
+    // bucket stops the start here, naming the store).
+    await this.blobStore.ready;
     const { limits } = config;
     const serverOpts = {
       maxHeaderSize: limits.maxHeaderSize,
@@ -388,6 +397,7 @@ export class App {
     this.guard?.close();
     await Promise.all([...this.clients.values()].map((c) => c.destroy()));
     this.signatures?.close?.();
+    await this.blobStore.close();
     this.meta.close();
   }
 }
