@@ -64,6 +64,8 @@ export class S3BlobStore implements BlobStore {
   /** Multipart uploads this process is running: the sweeper leaves them alone whatever their age. */
   private readonly active = new Set<string>();
   private readonly sweeper: NodeJS.Timeout;
+  /** DeleteObject calls in flight, by digest (see UploadTarget.pendingDelete). */
+  private readonly deleting = new Map<Digest, Promise<void>>();
 
   constructor(private readonly opts: S3BlobStoreOptions) {
     this.client = opts.client;
@@ -206,6 +208,7 @@ export class S3BlobStore implements BlobStore {
           expectedSize,
           active: this.active,
           committed: (size) => this.index.track(digest, size),
+          pendingDelete: () => this.deleting.get(digest),
         },
         tmpPath,
       ),
@@ -233,7 +236,17 @@ export class S3BlobStore implements BlobStore {
   }
 
   private deleteObject(digest: Digest): void {
-    this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.keyFor(digest) })).catch((e: unknown) => this.opts.events?.onError?.('delete', e));
+    const before = this.deleting.get(digest) ?? Promise.resolve();
+    const p = before
+      .then(() => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.keyFor(digest) })))
+      .then(
+        () => {},
+        (e: unknown) => this.opts.events?.onError?.('delete', e),
+      )
+      .finally(() => {
+        if (this.deleting.get(digest) === p) this.deleting.delete(digest);
+      });
+    this.deleting.set(digest, p);
   }
 
   /**
@@ -286,6 +299,7 @@ export class S3BlobStore implements BlobStore {
   async close(): Promise<void> {
     clearInterval(this.sweeper);
     await this.ready.catch(() => {});
+    await Promise.all(this.deleting.values());
     this.client.destroy();
   }
 }

@@ -33,6 +33,11 @@ export interface UploadTarget {
   active: Set<string>;
   /** Called once the object exists under the key (written by us, or already there: 412). */
   committed(size: number): void;
+  /**
+   * A delete of this key still in flight (eviction, a damaged object), to wait for before publishing: otherwise
+   * our conditional write could meet the doomed object (412, "already there") and the delete land after it.
+   */
+  pendingDelete(): Promise<void> | undefined;
 }
 
 /** Spool hooks that stream the temp file's parts into a multipart upload. */
@@ -94,6 +99,7 @@ export function s3UploadHooks(t: UploadTarget, tmpPath: string): SpoolHooks {
     },
     persist: async (path, size) => {
       try {
+        await t.pendingDelete();
         if (uploadId === undefined) {
           // Fits in one part: a single conditional PUT of the verified bytes.
           const body = size > 0 ? await readRange(0, size) : Buffer.alloc(0);

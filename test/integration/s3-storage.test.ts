@@ -203,6 +203,29 @@ describe('storage.blobs: s3 behind a real Distribution upstream', () => {
     expect((await rawGet(`${proxy.url}/v2/${H}/team/app/blobs/${layer.digest}`, { range: `bytes=${layer.size}-` })).status).toBe(416);
   });
 
+  it('an object altered in the bucket breaks a whole-blob transfer instead of completing it, and is dropped', async () => {
+    const layer = img.layers[0]!;
+    const key = keyOf(prefix, layer.digest);
+    const good = await objectBytes(key);
+    const bad = Buffer.from(good);
+    bad.writeUInt8(bad.readUInt8(bad.length - 1) ^ 0xff, bad.length - 1);
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: key, Body: bad }));
+    try {
+      const r = await rawGet(`${proxy.url}/v2/${H}/team/app/blobs/${layer.digest}`);
+      expect(r.status).toBe(200);
+      expect(r.complete).toBe(false);
+      expect(r.body.length).toBeLessThan(layer.size);
+      // Dropped from the index (and deleted): the next request fetches it from the upstream again.
+      expect(proxy.proxy.app.blobStore.has(layer.digest as Digest)).toBe(false);
+      const again = await rawGet(`${proxy.url}/v2/${H}/team/app/blobs/${layer.digest}`);
+      expect(again.complete).toBe(true);
+      expect(sha(again.body)).toBe(layer.digest);
+    } finally {
+      for (let i = 0; i < 500 && proxy.proxy.app.downloads.active > 0; i++) await new Promise((res) => setTimeout(res, 10));
+    }
+    expect(sha(await objectBytes(key))).toBe(layer.digest);
+  });
+
   it('a restarted proxy finds the blob in the bucket and serves it without the upstream', async () => {
     const layer = img.layers[0]!;
     const again = await startProxy({ upstreams: [{ name: 'local', registry: H, url: reg.url }], extra: { storage: storage(prefix) } });
@@ -283,6 +306,8 @@ describe('S3BlobStore on SeaweedFS', () => {
       expect(await uploads(prefix)).toEqual([]);
       expect(await objects(prefix)).toEqual([]);
       await restarted.done();
+      // Only to close the dead writer's file descriptors (its upload is gone already).
+      await w.abort();
     } finally {
       await done();
     }
