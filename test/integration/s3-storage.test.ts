@@ -345,6 +345,25 @@ describe('S3BlobStore on SeaweedFS', () => {
     }
   });
 
+  it('two writers completing at the same moment both succeed, and the object is the verified bytes', async () => {
+    const prefix = 'race/';
+    const a = await store(prefix, { partSize: '5MiB' });
+    const b = await store(prefix, { partSize: '5MiB' });
+    try {
+      const bytes = randomBytes(6 * MiB);
+      const digest = sha(bytes);
+      const [wa, wb] = await Promise.all([a.store.createWriter(digest, bytes.length), b.store.createWriter(digest, bytes.length)]);
+      await Promise.all([wa.write(bytes), wb.write(bytes)]);
+      await Promise.all([wa.commit(), wb.commit()]);
+      expect(a.store.has(digest) && b.store.has(digest)).toBe(true);
+      expect(sha(await objectBytes(keyOf(prefix, digest)))).toBe(digest);
+      expect(await uploads(prefix)).toEqual([]);
+    } finally {
+      await a.done();
+      await b.done();
+    }
+  });
+
   it('a digest mismatch aborts the multipart upload and publishes nothing', async () => {
     const prefix = 'mismatch/';
     const { store: st, done } = await store(prefix);
