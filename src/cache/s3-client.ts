@@ -13,9 +13,16 @@ export function s3Client(cfg: S3Config, readSecret: (ref: SecretRef) => string):
   const creds = cfg.credentials;
   // Read once now, so that a missing variable or unreadable file stops the start with the field's name.
   if (creds) {
-    readSecret(creds.accessKeyId);
-    readSecret(creds.secretAccessKey);
-    if (creds.sessionToken) readSecret(creds.sessionToken);
+    for (const field of ['accessKeyId', 'secretAccessKey', 'sessionToken'] as const) {
+      const ref = creds[field];
+      if (!ref) continue;
+      try {
+        readSecret(ref);
+      } catch (e) {
+        const detail = (e as { detail?: string }).detail ?? (e instanceof Error ? e.message : String(e));
+        throw new Error(`storage.s3.credentials.${field}: ${detail}`);
+      }
+    }
   }
   const ca = cfg.caFile ? readFileSync(cfg.caFile) : undefined;
   return new S3Client({

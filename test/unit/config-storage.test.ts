@@ -1,6 +1,7 @@
 /** The `storage` section (src/config/storage.ts): defaults, and errors that name the field. */
 import { describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config/load.js';
+import { s3Client } from '../../src/cache/s3-client.js';
+import { parseConfig, readSecret } from '../../src/config/load.js';
 
 const MIN = `
 upstreams:
@@ -55,5 +56,13 @@ describe('storage config', () => {
       [S3.replace('forcePathStyle: true', 'forcePathStyle: true\n    abandonedUploadAge: 10s'), /storage\.s3\.abandonedUploadAge: at least 1m/],
     ];
     for (const [text, re] of bad) expect(() => parseConfig(text, 'p.yaml', {})).toThrow(re);
+  });
+});
+
+describe('S3 credentials at start', () => {
+  it('a missing secret stops the start naming the field', () => {
+    const c = parseConfig(S3, 'p.yaml', {});
+    expect(() => s3Client(c.storage.s3!, (ref) => readSecret(ref, {}))).toThrow(/storage\.s3\.credentials\.accessKeyId: environment variable S3_AK is not set/);
+    expect(() => s3Client(c.storage.s3!, (ref) => readSecret(ref, { S3_AK: 'x' }))).toThrow(/storage\.s3\.credentials\.secretAccessKey: secret file \/run\/secrets\/s3 cannot be read/);
   });
 });
