@@ -108,6 +108,12 @@ async function write(st: S3BlobStore, bytes: Buffer): Promise<Digest> {
   return digest;
 }
 
+/** Waits (bounded: 30 s, for a busy machine) until no download is running, so its commit or abort has happened. */
+async function downloadsSettled(p: RunningProxy): Promise<void> {
+  for (let i = 0; i < 3000 && p.proxy.app.downloads.active > 0; i++) await new Promise((res) => setTimeout(res, 10));
+  expect(p.proxy.app.downloads.active).toBe(0);
+}
+
 /** GET with node:http so that a broken transfer (complete: false) is visible. */
 function rawGet(url: string, headers: Record<string, string> = {}): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer; complete: boolean }> {
   return new Promise((resolve) => {
@@ -176,7 +182,7 @@ describe('storage.blobs: s3 behind a real Distribution upstream', () => {
     expect(sha(r.body)).toBe(layer.digest);
     expect(r.body.length).toBe(layer.size);
     // The commit follows the last byte to the client; wait (bounded) for the download to settle.
-    for (let i = 0; i < 500 && proxy.proxy.app.downloads.active > 0; i++) await new Promise((res) => setTimeout(res, 10));
+    await downloadsSettled(proxy);
     const head = await s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: keyOf(prefix, layer.digest) }));
     expect(head.ContentLength).toBe(layer.size);
     expect(sha(await objectBytes(keyOf(prefix, layer.digest)))).toBe(layer.digest);
@@ -221,7 +227,7 @@ describe('storage.blobs: s3 behind a real Distribution upstream', () => {
       expect(again.complete).toBe(true);
       expect(sha(again.body)).toBe(layer.digest);
     } finally {
-      for (let i = 0; i < 500 && proxy.proxy.app.downloads.active > 0; i++) await new Promise((res) => setTimeout(res, 10));
+      await downloadsSettled(proxy);
     }
     expect(sha(await objectBytes(key))).toBe(layer.digest);
   });
@@ -277,7 +283,7 @@ describe('a hostile upstream', () => {
     up.setFault({ method: 'GET', pathRegex: new RegExp(`/blobs/${layerDigest}$`) }, { kind: 'wrong-bytes' });
     const r = await rawGet(`${proxy.url}/v2/${up.host}/${repo}/blobs/${layerDigest}`);
     expect(r.complete && r.status === 200).toBe(false);
-    for (let i = 0; i < 500 && proxy.proxy.app.downloads.active > 0; i++) await new Promise((res) => setTimeout(res, 10));
+    await downloadsSettled(proxy);
     expect(proxy.proxy.app.downloads.active).toBe(0);
     expect((await objects(prefix)).filter((o) => o.key === keyOf(prefix, layerDigest))).toEqual([]);
     expect(await uploads(prefix)).toEqual([]);
@@ -443,7 +449,7 @@ describe('S3BlobStore on SeaweedFS', () => {
       // Released: now it goes (the delete is asynchronous; wait for it, bounded).
       lease.release();
       let keys: string[] = [];
-      for (let i = 0; i < 200; i++) {
+      for (let i = 0; i < 1200; i++) {
         keys = (await objects(prefix)).map((o) => o.key);
         if (!keys.includes(keyOf(prefix, da))) break;
         await new Promise((r) => setTimeout(r, 25));
@@ -478,7 +484,7 @@ describe('storage.redirect through the proxy', () => {
     const cold = await rawGet(`${proxy.url}/v2/${H}/team/redir/blobs/${layer.digest}`);
     expect(cold.status).toBe(200);
     expect(sha(cold.body)).toBe(layer.digest);
-    for (let i = 0; i < 500 && !proxy.proxy.app.blobStore.has(layer.digest as Digest); i++) await new Promise((res) => setTimeout(res, 10));
+    await downloadsSettled(proxy);
     const warm = await rawGet(`${proxy.url}/v2/${H}/team/redir/blobs/${layer.digest}`);
     expect(warm.status).toBe(307);
     expect(warm.headers['docker-content-digest']).toBe(layer.digest);
