@@ -8,7 +8,7 @@
  * blob that a reader holds a lease on is never removed under it.
  */
 import { mkdirSync, statSync } from 'node:fs';
-import { rename, unlink } from 'node:fs/promises';
+import { open, rename, unlink } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { createReadStream } from 'node:fs';
@@ -174,6 +174,23 @@ export class FileBlobStore implements BlobStore {
         this.index.track(digest, size);
       },
     }));
+  }
+
+  /**
+   * Takes over a file whose bytes were already verified against digest (the S3 store's spool, for its local tier):
+   * fsynced, then renamed into place, so a crash cannot leave a short file under the digest.
+   */
+  async adopt(digest: Digest, path: string, size: number): Promise<void> {
+    const fh = await open(path, 'r+');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    const dest = this.pathFor(digest);
+    mkdirSync(join(dest, '..'), { recursive: true });
+    await rename(path, dest);
+    this.index.track(digest, size);
   }
 
   async putBuffer(digest: Digest, bytes: Buffer): Promise<void> {

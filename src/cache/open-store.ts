@@ -1,4 +1,5 @@
 /** Builds the blob store that `storage.blobs` names (the composition root calls this once). */
+import { join } from 'node:path';
 import { readSecret } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import type { BlobIndexEvents } from './blob-index.js';
@@ -17,5 +18,7 @@ export function openBlobStore(config: Config, events: BlobIndexEvents & { onErro
     redirectExpiry: config.storage.redirectExpiry,
     events,
     ...(now ? { now } : {}),
+    // The local tier counts toward neither the bucket's bound nor its metrics: it is a copy.
+    ...(s3.localCache ? { hot: new FileBlobStore(join(config.dataDir, 's3-hot'), s3.localCache.maxSize) } : {}),
   });
 }

@@ -30,7 +30,7 @@ import type { S3Config } from '../config/storage.js';
 import { digestAlgorithm, digestHex, isDigest, type Digest } from '../routing/reference.js';
 import { drained, prematureClose } from '../util/drain.js';
 import { BlobIndex, type BlobIndexEvents } from './blob-index.js';
-import type { BlobLease, BlobStore, BlobWriter, StoredBlob } from './blobstore.js';
+import type { BlobLease, BlobStore, BlobWriter, FileBlobStore, StoredBlob } from './blobstore.js';
 import { s3Status, s3UploadHooks } from './s3-upload.js';
 import { createSpool, removeOrphanedSpools } from './spool.js';
 
@@ -50,6 +50,12 @@ export interface S3BlobStoreOptions {
   events?: BlobIndexEvents & { onError?: (what: string, err: unknown) => void };
   /** The clock: upload ages, last access, and the presigner's signing date. */
   now?: () => number;
+  /**
+   * The local disk tier (storage.s3.localCache): keeps the blobs this process downloaded, under its own LRU bound,
+   * and serves them without a round trip to S3. A copy there is only a copy: the S3 index decides what exists, and
+   * a blob evicted from S3 leaves the local tier too.
+   */
+  hot?: FileBlobStore;
 }
 
 export class S3BlobStore implements BlobStore {
@@ -73,7 +79,15 @@ export class S3BlobStore implements BlobStore {
     this.root = `${opts.config.prefix}${S3_LAYOUT}/blobs/`;
     this.maxSize = opts.maxSize;
     this.now = opts.now ?? Date.now;
-    this.index = new BlobIndex(opts.maxSize, (digest) => this.deleteObject(digest), opts.events, this.now);
+    this.index = new BlobIndex(
+      opts.maxSize,
+      (digest) => {
+        void opts.hot?.remove(digest);
+        this.deleteObject(digest);
+      },
+      opts.events,
+      this.now,
+    );
     removeOrphanedSpools(opts.tmpDir);
     this.ready = this.sweep().then(() => {});
     this.ready.catch(() => {});
@@ -114,6 +128,19 @@ export class S3BlobStore implements BlobStore {
     const pin = this.index.acquire(digest);
     if (!pin) return undefined;
     const size = pin.size;
+    const local = this.opts.hot?.lease(digest);
+    if (local) {
+      return {
+        size,
+        stream: (start, end) => local.stream(start, end),
+        writeTo: (res, start, end, onBytes) => local.writeTo(res, start, end, onBytes),
+        redirectUrl: () => this.presign(digest),
+        release: () => {
+          local.release();
+          pin.release();
+        },
+      };
+    }
     return {
       size,
       stream: (start, end) => this.stream(digest, start, end),
@@ -209,6 +236,7 @@ export class S3BlobStore implements BlobStore {
           active: this.active,
           committed: (size) => this.index.track(digest, size),
           pendingDelete: () => this.deleting.get(digest),
+          ...(this.opts.hot ? { keep: (path: string, size: number) => (this.opts.hot as FileBlobStore).adopt(digest, path, size) } : {}),
         },
         tmpPath,
       ),
@@ -300,6 +328,7 @@ export class S3BlobStore implements BlobStore {
     clearInterval(this.sweeper);
     await this.ready.catch(() => {});
     await Promise.all(this.deleting.values());
+    await this.opts.hot?.close();
     this.client.destroy();
   }
 }

@@ -38,6 +38,8 @@ export interface UploadTarget {
    * our conditional write could meet the doomed object (412, "already there") and the delete land after it.
    */
   pendingDelete(): Promise<void> | undefined;
+  /** The local tier takes the verified spool file (it must move it away before resolving); absent: it is unlinked. */
+  keep?(path: string, size: number): Promise<void>;
 }
 
 /** Spool hooks that stream the temp file's parts into a multipart upload. */
@@ -118,6 +120,9 @@ export function s3UploadHooks(t: UploadTarget, tmpPath: string): SpoolHooks {
             await abortUpload();
           }
         }
+        await closeFile();
+        // The object is in S3: a failure to keep a local copy costs only the local tier.
+        if (t.keep) await t.keep(path, size).catch(() => {});
       } finally {
         await closeFile();
         await unlink(path).catch(() => {});

@@ -35,6 +35,10 @@ const partSize = z
   // S3's limits: every part but the last at least 5 MiB, at most 5 GiB.
   .refine((n) => n >= 5 * MiB && n <= 5 * 1024 * MiB, 'between 5MiB and 5120MiB (S3 part limits)');
 
+const localSize = z
+  .union([z.number().int().positive(), z.string().regex(/^\d+(MiB|GiB|TiB)$/, 'expected a size such as 512MiB or 20GiB')])
+  .transform((v) => (typeof v === 'number' ? v : Number(/^\d+/.exec(v)![0]) * { MiB: MiB, GiB: 1024 * MiB, TiB: 1024 * 1024 * MiB }[v.replace(/^\d+/, '') as 'MiB' | 'GiB' | 'TiB']));
+
 const s3 = z
   .object({
     /** The S3 API's base URL; absent: AWS's own endpoint for the region. */
@@ -61,6 +65,11 @@ const s3 = z
     partSize: partSize.default(16 * MiB),
     /** A multipart upload older than this under the prefix is a crashed writer's: aborted at start and by the sweeper. */
     abandonedUploadAge: duration.refine((ms) => ms >= 60_000, 'at least 1m: a running upload must not be aborted').default(86_400_000),
+    /**
+     * A local disk tier on this replica (under dataDir/s3-hot), bounded by its own LRU: blobs this replica
+     * downloaded stay on its disk and are served from there; absent: every warm read goes to S3.
+     */
+    localCache: z.object({ maxSize: localSize }).strict().optional(),
     /** How often incomplete uploads are swept and the bucket re-listed (objects written by other replicas). */
     sweepInterval: duration.refine((ms) => ms >= 1_000, 'at least 1s').default(3_600_000),
   })

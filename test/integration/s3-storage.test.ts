@@ -10,6 +10,7 @@ import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
+  DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
@@ -19,11 +20,13 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FileBlobStore } from '../../src/cache/blobstore.js';
 import { S3BlobStore } from '../../src/cache/s3-blobstore.js';
 import { storageSchema, type S3Config } from '../../src/config/storage.js';
 import type { Digest } from '../../src/routing/reference.js';
@@ -78,7 +81,10 @@ async function objectBytes(key: string): Promise<Buffer> {
 }
 
 /** A store on the test bucket with its own prefix (a second "replica" is a second store on the same prefix). */
-async function store(prefix: string, opts: { maxSize?: number; partSize?: string; now?: () => number; redirectExpiry?: string } = {}): Promise<{ store: S3BlobStore; done: () => Promise<void> }> {
+async function store(
+  prefix: string,
+  opts: { maxSize?: number; partSize?: string; now?: () => number; redirectExpiry?: string; hot?: FileBlobStore } = {},
+): Promise<{ store: S3BlobStore; done: () => Promise<void> }> {
   const cfg = storageSchema.parse({ ...storage(prefix), ...(opts.redirectExpiry ? { redirect: true, redirectExpiry: opts.redirectExpiry } : {}) });
   const s3cfg = { ...(cfg.s3 as S3Config), ...(opts.partSize ? { partSize: Number(opts.partSize.replace('MiB', '')) * MiB } : {}) };
   const tmp = await mkdtemp(join(tmpdir(), 'pc-s3store-'));
@@ -89,6 +95,7 @@ async function store(prefix: string, opts: { maxSize?: number; partSize?: string
     maxSize: opts.maxSize ?? 1 << 30,
     redirectExpiry: cfg.redirectExpiry,
     ...(opts.now ? { now: opts.now } : {}),
+    ...(opts.hot ? { hot: opts.hot } : {}),
   });
   await st.ready;
   return {
@@ -457,6 +464,38 @@ describe('S3BlobStore on SeaweedFS', () => {
       expect(keys.sort()).toEqual([keyOf(prefix, db), keyOf(prefix, dc)].sort());
     } finally {
       await done();
+    }
+  });
+});
+
+describe('the local disk tier (storage.s3.localCache)', () => {
+  it('keeps what this replica downloaded and serves it without S3; an S3 eviction drops the local copy too', async () => {
+    const prefix = 'hot/';
+    const hotDir = await mkdtemp(join(tmpdir(), 'pc-hot-'));
+    const hot = new FileBlobStore(hotDir, 64 * MiB);
+    const { store: st, done } = await store(prefix, { maxSize: 5 * MiB, hot });
+    try {
+      const a = randomBytes(2 * MiB);
+      const da = await write(st, a);
+      expect(hot.has(da)).toBe(true);
+      expect(readFileSync(hot.pathFor(da)).equals(a)).toBe(true);
+      // The object gone from the bucket behind our back: the local copy still serves every byte.
+      await s3.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: keyOf(prefix, da) }));
+      const lease = st.lease(da)!;
+      const chunks: Buffer[] = [];
+      for await (const ch of lease.stream(0, a.length - 1)) chunks.push(ch as Buffer);
+      lease.release();
+      expect(Buffer.concat(chunks).equals(a)).toBe(true);
+      // Two more blobs push A out of the bucket's 5 MiB bound: its local copy goes with it.
+      const db = await write(st, randomBytes(2 * MiB));
+      st.lease(db)!.release();
+      await write(st, randomBytes(2 * MiB));
+      expect(st.has(da)).toBe(false);
+      expect(hot.has(da)).toBe(false);
+      expect(hot.has(db)).toBe(true);
+    } finally {
+      await done();
+      await rm(hotDir, { recursive: true, force: true });
     }
   });
 });
