@@ -65,6 +65,11 @@ function storage(prefix: string, more: Record<string, unknown> = {}): Record<str
   };
 }
 
+/** The same storage section with a local disk tier (storage.s3.localCache). */
+function withLocalCache(s: Record<string, unknown>): Record<string, unknown> {
+  return { ...s, s3: { ...(s.s3 as object), localCache: { maxSize: '64MiB' } } };
+}
+
 async function objects(prefix: string): Promise<Array<{ key: string; size: number }>> {
   const r = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix }));
   return (r.Contents ?? []).map((o) => ({ key: o.Key ?? '', size: o.Size ?? 0 }));
@@ -509,7 +514,7 @@ describe('storage.redirect through the proxy', () => {
   beforeAll(async () => {
     reg = await startRegistry();
     img = await pushImage(reg.url, 'team/redir', 'v1', { layers: 1, layerSizeMiB: 0.5 });
-    proxy = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], extra: { storage: storage(prefix, { redirect: true, redirectExpiry: '30s' }) } });
+    proxy = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], extra: { storage: withLocalCache(storage(prefix, { redirect: true, redirectExpiry: '30s' })) } });
   }, 120_000);
   afterAll(async () => {
     await proxy?.stop();
@@ -524,6 +529,9 @@ describe('storage.redirect through the proxy', () => {
     expect(cold.status).toBe(200);
     expect(sha(cold.body)).toBe(layer.digest);
     await downloadsSettled(proxy);
+    // The replica that downloaded it keeps a local copy (storage.s3.localCache); redirects still point at S3.
+    const hex = layer.digest.slice(7);
+    expect(readFileSync(join(proxy.dataDir, 's3-hot', 'blobs', 'sha256', hex.slice(0, 2), hex)).length).toBe(layer.size);
     const warm = await rawGet(`${proxy.url}/v2/${H}/team/redir/blobs/${layer.digest}`);
     expect(warm.status).toBe(307);
     expect(warm.headers['docker-content-digest']).toBe(layer.digest);

@@ -66,3 +66,11 @@ describe('S3 credentials at start', () => {
     expect(() => s3Client(c.storage.s3!, (ref) => readSecret(ref, { S3_AK: 'x' }))).toThrow(/storage\.s3\.credentials\.secretAccessKey: secret file \/run\/secrets\/s3 cannot be read/);
   });
 });
+
+describe('storage.s3.localCache', () => {
+  it('parses a size and names the field of a bad one', () => {
+    const c = parseConfig(S3.replace('forcePathStyle: true', 'forcePathStyle: true\n    localCache: { maxSize: 2GiB }'), 'p.yaml', {});
+    expect(c.storage.s3?.localCache).toEqual({ maxSize: 2 * 1024 ** 3 });
+    expect(() => parseConfig(S3.replace('forcePathStyle: true', 'forcePathStyle: true\n    localCache: { maxSize: 2GB }'), 'p.yaml', {})).toThrow(/storage\.s3\.localCache\.maxSize/);
+  });
+});
