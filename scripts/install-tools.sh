@@ -28,7 +28,10 @@ APT_PACKAGES=(
   "wrk=4.1.0-3+b2"
   "hyperfine=1.15.0-2"
   "tinyproxy=1.11.1-2.1+deb12u1"   # a real HTTP CONNECT proxy for the egress-proxy tests
-  "redis-server"   # not used by tests yet; unpinned because Debian security updates move it
+  # The storage backends (issue 13): Redis for storage.meta, haproxy in front of the replicas. Security updates
+  # move these pins; bump them to what `apt-cache policy` offers when apt no longer has the pinned one.
+  "redis-server=5:7.0.15-1~deb12u10"
+  "haproxy=2.6.12-1+deb12u4"
   # The decision explorer's browser tests (test/e2e/ui.test.ts, driven by playwright-core with this binary).
   # Chromium ships through bookworm-security only: when this pin is replaced, install_apt takes the candidate.
   "chromium=156.0.8078.129-1~deb12u1"
@@ -47,6 +50,10 @@ GO_TOOLS=(
   "crictl sigs.k8s.io/cri-tools@v1.30.0 ./cmd/crictl"   # the kubelet's CRI calls (test/harness/cri.ts); Debian has none
   "helm helm.sh/helm/v4/cmd/helm@v4.3.2"                  # helm lint/template of deploy/helm (test/deploy/helm.test.ts)
   "promtool github.com/prometheus/prometheus/cmd/promtool@v0.316.0"   # Prometheus 3.16.0: deploy/monitoring rules
+  # A real S3-compatible server for storage.blobs: s3 (test/harness/seaweedfs.ts). Its go.mod has replace
+  # directives, which `go install pkg@version` refuses; it publishes no semver tags to the proxy, hence the
+  # pseudo-version. The longest build of the list (see README, "Running the tests").
+  "weed github.com/seaweedfs/seaweedfs@v0.0.0-20261109003541-7506e5f91cd6 ./weed"
 )
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 

@@ -1,95 +1,115 @@
 /**
- * Content-addressed blob cache on the local filesystem.
+ * The blob store: content-addressed bytes under their digest, whatever holds them. Handlers, downloads, eviction
+ * and garbage collection depend on the BlobStore interface below, never on a class; `storage.blobs` picks the
+ * implementation (this file's FileBlobStore, or S3BlobStore in s3-blobstore.ts) in server/app.ts.
  *
- * Writes go to a temp file that is hashed as it grows, fsynced, and renamed into place only when the hash matches,
- * so a crash (even kill -9) can leave at most an orphaned temp file, which startup deletes: a partial or corrupt
- * blob is never visible under its digest. A size-bounded LRU decides what to evict, and an entry that a client is
- * reading is only unlinked once the last reader lets go.
+ * Every store keeps the same promises: a blob becomes visible under its digest only after its bytes matched the
+ * digest (a crash or a mismatch leaves nothing visible), a size-bounded LRU evicts the least recently read, and a
+ * blob that a reader holds a lease on is never removed under it.
  */
-import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdirSync, statSync } from 'node:fs';
+import { open, rename, unlink } from 'node:fs/promises';
+import type { ServerResponse } from 'node:http';
 import { join } from 'node:path';
-import { LRUCache } from 'lru-cache';
+import { createReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { digestAlgorithm, digestHex, isDigest, type Digest } from '../routing/reference.js';
+import { BlobIndex, type BlobIndexEvents, type IndexedBlob } from './blob-index.js';
+import { sendFileRange } from './sendfile.js';
+import { createSpool, removeOrphanedSpools, safeReaddir } from './spool.js';
+import { SLAB_SIZE } from './slabs.js';
 
-export interface BlobStoreEvents {
-  onEvict?: (digest: Digest, size: number) => void;
-  onSizeChange?: (bytes: number, entries: number) => void;
+export interface BlobStore {
+  /** The bound on totalBytes; least recently used blobs that nobody reads go first. */
+  readonly maxSize: number;
+  readonly totalBytes: number;
+  readonly entries: number;
+  /** Settles once the store knows what it holds (the S3 store lists its bucket); a rejection means unusable. */
+  readonly ready: Promise<void>;
+  /** Present and not on its way out. From the store's index: no I/O. */
+  has(digest: Digest): boolean;
+  /** Size without touching recency, or undefined. */
+  size(digest: Digest): number | undefined;
+  /** Pins a blob for reading (eviction waits for release()) and makes it most recently used; undefined on a miss. */
+  lease(digest: Digest): BlobLease | undefined;
+  /** Starts a verified write; the blob becomes visible only through BlobWriter.commit(), after its digest matched. */
+  createWriter(digest: Digest, expectedSize?: number): Promise<BlobWriter>;
+  /** A small buffer (manifests) with the same verification as a streamed write. */
+  putBuffer(digest: Digest, bytes: Buffer): Promise<void>;
+  /** Removes a blob; a reader holding a lease keeps reading, and the bytes go when the last one releases. */
+  remove(digest: Digest): Promise<void>;
+  /** What the store holds, least recently used first (eviction and garbage collection walk this). */
+  list(): AsyncIterable<StoredBlob>;
+  /** Stops background work (the S3 store's sweeper). */
+  close(): Promise<void>;
 }
 
-export class DigestMismatchError extends Error {
-  constructor(
-    readonly expected: string,
-    readonly actual: string,
-  ) {
-    super(`digest mismatch: expected ${expected}, got ${actual}`);
-    this.name = 'DigestMismatchError';
-  }
-}
+export type StoredBlob = IndexedBlob;
 
-export class SizeMismatchError extends Error {
-  constructor(
-    readonly expected: number,
-    readonly actual: number,
-  ) {
-    super(`size mismatch: expected ${expected} bytes, got ${actual}`);
-    this.name = 'SizeMismatchError';
-  }
-}
-
-/** A lease on a cached blob: the file stays on disk until release() even if the LRU evicts it meanwhile. */
+/** A pinned blob. Reading does not release it: the caller calls release() once done (or when it never reads). */
 export interface BlobLease {
-  path: string;
-  size: number;
+  readonly size: number;
+  /** Bytes [start, end], inclusive. */
+  stream(start: number, end: number): Readable;
+  /** Writes bytes [start, end] to the response and ends it; rejects on a read error or when the client goes away. */
+  writeTo(res: ServerResponse, start: number, end: number, onBytes?: (n: number) => void): Promise<void>;
+  /** A short-lived URL the client may fetch the bytes from itself (S3 presigned), or undefined where there is none. */
+  redirectUrl(): Promise<string | undefined>;
   release(): void;
 }
 
-export class BlobStore {
+/**
+ * One in-progress verified write. Every byte lands in a local temp file first (tmpPath), which readers of a running
+ * download tail (cache/download.ts), and which the store publishes only on a verified commit().
+ */
+export interface BlobWriter {
+  readonly digest: Digest;
+  readonly expectedSize: number | undefined;
+  readonly tmpPath: string;
+  readonly bytesWritten: number;
+  /**
+   * Hashes bytes as they arrive, ahead of writing them: a download can then verify its bytes and release them to
+   * clients without waiting for the store. Once used, write() only writes, and the same bytes must follow through
+   * write() in the same order before commit().
+   */
+  hashAhead(chunk: Buffer): void;
+  write(chunk: Buffer): Promise<void>;
+  /** Checks size and digest of what was written (or hashed ahead) so far, persisting nothing; throws on a mismatch. */
+  verify(): void;
+  /** Verifies, then publishes under the digest. Throws (and leaves nothing visible) on a mismatch or failure. */
+  commit(): Promise<void>;
+  abort(): Promise<void>;
+}
+
+export { DigestMismatchError, SizeMismatchError } from './errors.js';
+export type BlobStoreEvents = BlobIndexEvents;
+
+/** A blob lease of the filesystem store: also names the file (tests, and the store's own reads). */
+export interface FileBlobLease extends BlobLease {
+  readonly path: string;
+}
+
+/**
+ * Blobs on the local filesystem: a temp file hashed as it grows, fsynced, and renamed into place only when the hash
+ * matches, so a crash (even kill -9) can leave at most an orphaned temp file, which startup deletes.
+ */
+export class FileBlobStore implements BlobStore {
   private readonly blobsDir: string;
   private readonly tmpDir: string;
-  private readonly index: LRUCache<Digest, number>;
-  private readonly readers = new Map<Digest, number>();
-  /** Evicted while being read: unlinked when the last reader releases. */
-  private readonly doomed = new Set<Digest>();
-  private bytes = 0;
+  private readonly index: BlobIndex;
+  readonly ready = Promise.resolve();
 
   constructor(
     dataDir: string,
     readonly maxSize: number,
-    private readonly events: BlobStoreEvents = {},
+    events: BlobStoreEvents = {},
   ) {
     this.blobsDir = join(dataDir, 'blobs');
     this.tmpDir = join(dataDir, 'tmp');
-    this.index = new LRUCache<Digest, number>({
-      maxSize,
-      sizeCalculation: (size) => Math.max(1, size),
-      dispose: (size, digest, reason) => {
-        this.bytes -= size;
-        if (reason === 'evict') {
-          this.events.onEvict?.(digest, size);
-          this.removeWhenUnused(digest);
-        }
-        this.events.onSizeChange?.(this.bytes, this.index.size);
-      },
-    });
+    this.index = new BlobIndex(maxSize, (digest) => void unlink(this.pathFor(digest)).catch(() => {}), events);
     mkdirSync(this.blobsDir, { recursive: true });
-    mkdirSync(this.tmpDir, { recursive: true });
-    this.removeOrphanedTemps();
+    removeOrphanedSpools(this.tmpDir);
     this.loadIndex();
-  }
-
-  /**
-   * A temp file whose writer process is gone is a download that never committed (crash, kill -9): it was never
-   * visible, so drop it. Files of live processes stay, so `portcullis check` or a second instance on the same
-   * data dir cannot break a running server's downloads.
-   */
-  private removeOrphanedTemps(): void {
-    for (const name of safeReaddir(this.tmpDir)) {
-      const pid = Number(name.split('.', 1)[0]);
-      if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) continue;
-      rmSync(join(this.tmpDir, name), { recursive: true, force: true });
-    }
   }
 
   private loadIndex(): void {
@@ -106,21 +126,7 @@ export class BlobStore {
     }
     // Oldest first, so the most recently written end up most recently used.
     found.sort((a, b) => a.mtime - b.mtime);
-    for (const f of found) this.track(f.digest, f.size);
-  }
-
-  private track(digest: Digest, size: number): void {
-    this.doomed.delete(digest);
-    if (this.index.has(digest)) return;
-    if (Math.max(1, size) > this.maxSize) {
-      // lru-cache silently refuses an entry larger than maxSize: never count it, and leave no untracked file behind.
-      this.events.onEvict?.(digest, size);
-      this.removeWhenUnused(digest);
-      return;
-    }
-    this.bytes += size;
-    this.index.set(digest, size);
-    this.events.onSizeChange?.(this.bytes, this.index.size);
+    for (const f of found) this.index.track(f.digest, f.size, f.mtime);
   }
 
   pathFor(digest: Digest): string {
@@ -129,63 +135,64 @@ export class BlobStore {
   }
 
   get totalBytes(): number {
-    return this.bytes;
+    return this.index.totalBytes;
   }
 
   get entries(): number {
-    return this.index.size;
+    return this.index.entries;
   }
 
   has(digest: Digest): boolean {
-    return this.index.has(digest) && !this.doomed.has(digest);
+    return this.index.has(digest);
   }
 
-  /** Size of a cached blob without touching its recency, or undefined. */
   size(digest: Digest): number | undefined {
-    return this.doomed.has(digest) ? undefined : this.index.peek(digest);
+    return this.index.size(digest);
   }
 
-  /** Leases a cached blob for reading; undefined on a miss. */
-  lease(digest: Digest): BlobLease | undefined {
-    const size = this.index.get(digest);
-    if (size === undefined || this.doomed.has(digest)) return undefined;
-    this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
-    let released = false;
+  lease(digest: Digest): FileBlobLease | undefined {
+    const pin = this.index.acquire(digest);
+    if (!pin) return undefined;
+    const path = this.pathFor(digest);
     return {
-      path: this.pathFor(digest),
-      size,
-      release: () => {
-        if (released) return;
-        released = true;
-        const n = (this.readers.get(digest) ?? 1) - 1;
-        if (n > 0) this.readers.set(digest, n);
-        else {
-          this.readers.delete(digest);
-          if (this.doomed.has(digest)) this.unlinkNow(digest);
-        }
-      },
+      path,
+      size: pin.size,
+      stream: (start, end) => createReadStream(path, { start, end, highWaterMark: SLAB_SIZE }),
+      writeTo: (res, start, end, onBytes) => sendFileRange(res, path, start, end, onBytes),
+      redirectUrl: () => Promise.resolve(undefined),
+      release: pin.release,
     };
   }
 
-  private removeWhenUnused(digest: Digest): void {
-    if ((this.readers.get(digest) ?? 0) > 0) this.doomed.add(digest);
-    else this.unlinkNow(digest);
+  createWriter(digest: Digest, expectedSize?: number): Promise<BlobWriter> {
+    return createSpool(this.tmpDir, digest, expectedSize, () => ({
+      sync: true,
+      persist: async (tmpPath, size) => {
+        const dest = this.pathFor(digest);
+        mkdirSync(join(dest, '..'), { recursive: true });
+        await rename(tmpPath, dest);
+        this.index.track(digest, size);
+      },
+    }));
   }
 
-  private unlinkNow(digest: Digest): void {
-    this.doomed.delete(digest);
-    unlink(this.pathFor(digest)).catch(() => {});
+  /**
+   * Takes over a file whose bytes were already verified against digest (the S3 store's spool, for its local tier):
+   * fsynced, then renamed into place, so a crash cannot leave a short file under the digest.
+   */
+  async adopt(digest: Digest, path: string, size: number): Promise<void> {
+    const fh = await open(path, 'r+');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    const dest = this.pathFor(digest);
+    mkdirSync(join(dest, '..'), { recursive: true });
+    await rename(path, dest);
+    this.index.track(digest, size);
   }
 
-  /** Starts a verified write. The blob becomes visible only through commit(). */
-  async createWriter(digest: Digest, expectedSize?: number): Promise<BlobWriter> {
-    // The writer's pid leads the name, so startup can tell orphans from another live process's downloads.
-    const tmp = join(this.tmpDir, `${process.pid}.${digestHex(digest).slice(0, 16)}-${randomBytes(6).toString('hex')}`);
-    const fh = await open(tmp, 'wx+', 0o644);
-    return new BlobWriter(this, digest, tmp, fh, expectedSize);
-  }
-
-  /** Writes a small buffer (manifests) with the same verification as a streamed write. */
   async putBuffer(digest: Digest, bytes: Buffer): Promise<void> {
     if (this.has(digest)) return;
     const w = await this.createWriter(digest, bytes.length);
@@ -198,126 +205,13 @@ export class BlobStore {
     }
   }
 
-  /** Called by BlobWriter after a verified rename. */
-  committed(digest: Digest, size: number): void {
-    this.track(digest, size);
-  }
-
   async remove(digest: Digest): Promise<void> {
-    this.index.delete(digest);
-    this.removeWhenUnused(digest);
-  }
-}
-
-/**
- * One in-progress write. Tracks how many bytes are durable in the temp file so that concurrent readers can tail it
- * (see cache/download.ts) while the download is still running.
- */
-export class BlobWriter {
-  private readonly hash: Hash;
-  private written = 0;
-  /** Bytes fed to the hash by hashAhead(); undefined while write() does the hashing. */
-  private hashedAhead: number | undefined;
-  private closed = false;
-  private actual: string | undefined;
-
-  constructor(
-    private readonly store: BlobStore,
-    readonly digest: Digest,
-    readonly tmpPath: string,
-    private readonly fh: FileHandle,
-    readonly expectedSize: number | undefined,
-  ) {
-    this.hash = createHash(digestAlgorithm(digest));
+    this.index.remove(digest);
   }
 
-  get bytesWritten(): number {
-    return this.written;
+  async *list(): AsyncIterable<StoredBlob> {
+    yield* this.index.list();
   }
 
-  /**
-   * Hashes bytes as they arrive, ahead of writing them: a download can then verify its bytes and release them to
-   * clients without waiting for the disk (cache/download.ts). Once used, write() only writes, and the same bytes
-   * must follow through write() in the same order before commit().
-   */
-  hashAhead(chunk: Buffer): void {
-    if (this.closed) throw new Error('hash after close');
-    if (this.written > 0 && this.hashedAhead === undefined) throw new Error('hashAhead after write');
-    const total = (this.hashedAhead ?? 0) + chunk.length;
-    if (this.expectedSize !== undefined && total > this.expectedSize) throw new SizeMismatchError(this.expectedSize, total);
-    this.hash.update(chunk);
-    this.hashedAhead = total;
-  }
-
-  async write(chunk: Buffer): Promise<void> {
-    if (this.closed) throw new Error('write after close');
-    if (this.expectedSize !== undefined && this.written + chunk.length > this.expectedSize) {
-      throw new SizeMismatchError(this.expectedSize, this.written + chunk.length);
-    }
-    if (this.hashedAhead === undefined) this.hash.update(chunk);
-    else if (this.written + chunk.length > this.hashedAhead) throw new Error('write of bytes that were not hashed');
-    let off = 0;
-    while (off < chunk.length) {
-      const { bytesWritten } = await this.fh.write(chunk, off, chunk.length - off, this.written + off);
-      off += bytesWritten;
-    }
-    this.written += chunk.length;
-  }
-
-  /**
-   * Checks size and digest of what was written (or hashed ahead) so far, without persisting anything; throws on a
-   * mismatch. Lets a download release its verified bytes to clients before the writes, fsync and rename of
-   * commit(). Call once the last chunk is in; commit() calls it too.
-   */
-  verify(): void {
-    const got = this.hashedAhead ?? this.written;
-    if (this.expectedSize !== undefined && got !== this.expectedSize) throw new SizeMismatchError(this.expectedSize, got);
-    // Hash.digest() may be called only once; remember its result for commit().
-    this.actual ??= `${digestAlgorithm(this.digest)}:${this.hash.digest('hex')}`;
-    if (this.actual !== this.digest) throw new DigestMismatchError(this.digest, this.actual);
-  }
-
-  /** Verifies size and digest, fsyncs, and atomically renames into the store. Throws (and discards) on mismatch. */
-  async commit(): Promise<void> {
-    if (this.closed) throw new Error('commit after close');
-    this.closed = true;
-    try {
-      this.verify();
-      if (this.hashedAhead !== undefined && this.written !== this.hashedAhead) throw new Error(`${this.hashedAhead - this.written} verified bytes were never written`);
-      await this.fh.sync();
-      await this.fh.close();
-      const dest = this.store.pathFor(this.digest);
-      mkdirSync(join(dest, '..'), { recursive: true });
-      await rename(this.tmpPath, dest);
-      this.store.committed(this.digest, this.written);
-    } catch (e) {
-      await this.fh.close().catch(() => {});
-      await unlink(this.tmpPath).catch(() => {});
-      throw e;
-    }
-  }
-
-  async abort(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await this.fh.close().catch(() => {});
-    await unlink(this.tmpPath).catch(() => {});
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-function safeReaddir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
+  async close(): Promise<void> {}
 }

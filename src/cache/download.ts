@@ -137,7 +137,7 @@ export class Download extends EventEmitter {
       this.size = src.size;
       this.writer = await this.store.createWriter(this.digest, src.size);
       // One shared descriptor for readers behind the window; positional reads keep them independent, and it stays
-      // valid across the rename at commit.
+      // valid across the rename (or, for S3, the unlink) at commit.
       this.fd = openSync(this.writer.tmpPath, 'r');
       this.state = 'running';
       this.emit('ready');
@@ -341,7 +341,7 @@ export class Download extends EventEmitter {
       const lease = this.store.lease(this.digest);
       if (!lease) throw new Error(`blob ${this.digest} left the cache before it could be served`);
       try {
-        await sendFileRange(res, lease.path, start, end, onBytes);
+        await lease.writeTo(res, start, end, onBytes);
       } finally {
         lease.release();
       }

@@ -8,6 +8,7 @@ import { scanSchema } from './scan.js';
 import { reevaluateSchema, warmSchema } from './reevaluate.js';
 import { cidrProblem } from '../util/address.js';
 import { requiredAuthorities, signaturesSchema } from './signatures.js';
+import { storageSchema } from './storage.js';
 import { addressOrHost, httpUrl } from './url.js';
 import { duration, secretRef, size } from './primitives.js';
 
@@ -172,6 +173,8 @@ export const configSchema = z
     metricsToken: secretRef.optional(),
     dataDir: z.string().default('./data'),
     cache: cache.default({ maxSize: 20 * 1024 ** 3, tagTTL: 60_000, staleIfError: 86_400_000 }),
+    /** Where blobs live: filesystem (under dataDir) or an S3-compatible bucket (src/config/storage.ts). */
+    storage: storageSchema.prefault({}),
     limits: limits.prefault({}),
     listener: listener.prefault({}),
     upstreams: z.array(upstream).min(1, 'configure at least one upstream'),

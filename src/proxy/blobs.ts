@@ -12,7 +12,6 @@ import type { Route } from '../routing/route.js';
 import { errors } from '../oci/errors.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import { statusError, toRegistryError } from './manifests.js';
-import { sendFileRange } from '../cache/sendfile.js';
 import { byteSourceOf } from '../util/byte-source.js';
 
 /** What the handlers need of blobs (the implementation, ProxyBlobService, follows). */
@@ -33,6 +32,12 @@ export interface OpenBlob {
    * (cache/sendfile.ts and cache/download.ts say why). Call at most once; it releases the lease.
    */
   writeTo(res: ServerResponse, start: number, end: number, onBytes: (n: number) => void): Promise<void>;
+  /**
+   * With `storage.redirect`, a cached blob's short-lived URL in the store (S3 presigned) for a redirect instead of
+   * the bytes; undefined when there is none (not cached yet, or a store without URLs). Releases the lease when it
+   * returns a URL: the client fetches from the store, not through us.
+   */
+  redirectUrl(): Promise<string | undefined>;
 }
 
 export interface BlobServiceOptions {
@@ -40,6 +45,8 @@ export interface BlobServiceOptions {
   downloads: DownloadManager;
   clientFor: (upstream: string) => UpstreamClient;
   metrics: Metrics;
+  /** storage.redirect: answer warm GETs with the store's presigned URL. */
+  redirect?: boolean;
 }
 
 export class ProxyBlobService implements BlobService {
@@ -47,12 +54,14 @@ export class ProxyBlobService implements BlobService {
   private readonly downloads: DownloadManager;
   private readonly clientFor: (upstream: string) => UpstreamClient;
   private readonly metrics: Metrics;
+  private readonly redirect: boolean;
 
   constructor(o: BlobServiceOptions) {
     this.store = o.store;
     this.downloads = o.downloads;
     this.clientFor = o.clientFor;
     this.metrics = o.metrics;
+    this.redirect = o.redirect ?? false;
   }
 
   async size(route: Route, digest: Digest): Promise<number> {
@@ -96,10 +105,19 @@ export class ProxyBlobService implements BlobService {
         writeTo: async (res, start, end, onBytes) => {
           used = true;
           try {
-            await sendFileRange(res, lease.path, start, end, onBytes);
+            await lease.writeTo(res, start, end, onBytes);
           } finally {
             lease.release();
           }
+        },
+        redirectUrl: async () => {
+          if (!this.redirect || used) return undefined;
+          const url = await lease.redirectUrl();
+          if (url !== undefined) {
+            used = true;
+            lease.release();
+          }
+          return url;
         },
       };
     }
@@ -124,6 +142,7 @@ export class ProxyBlobService implements BlobService {
       size: download.size as number,
       source: 'upstream',
       release: () => {},
+      redirectUrl: () => Promise.resolve(undefined),
       // A download that fails before this response has sent anything becomes a clean OCI error (a digest mismatch
       // is the upstream's fault: 502); once bytes are out, the caller can only break the transfer.
       writeTo: (res, s, e, onBytes) =>

@@ -120,6 +120,9 @@ export class App {
   /** Starts listening; resolves with the bound address (port 0 picks a free one). */
   async listen(listen = this.opts.config.listen): Promise<AddressInfo> {
     const { config } = this.opts;
+    // An S3 store lists its bucket first: serving before would re-fetch every cached blob (and an unreachable
+    // bucket stops the start here, naming the store).
+    await this.blobStore.ready;
     const { limits } = config;
     const serverOpts = {
       maxHeaderSize: limits.maxHeaderSize,
@@ -329,6 +332,7 @@ export class App {
     this.guard?.close();
     await Promise.all(this.opts.clients.map((c) => c.destroy()));
     this.opts.signatures?.close?.();
+    await this.blobStore.close();
     this.meta.close();
   }
 }

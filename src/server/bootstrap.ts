@@ -11,7 +11,8 @@ import { ClientAuth } from '../auth/client-auth.js';
 import { ForwardSigner } from '../auth/forwarded.js';
 import { Quotas } from '../auth/quota.js';
 import { LOG_REDACT } from '../auth/redact.js';
-import { BlobStore } from '../cache/blobstore.js';
+import type { BlobStore } from '../cache/blobstore.js';
+import { openBlobStore } from '../cache/open-store.js';
 import { unwrittenDownloadBytes } from '../cache/download.js';
 import { DownloadManager } from '../cache/download-manager.js';
 import { SqliteMetaStore, type MetaStore } from '../cache/metastore.js';
@@ -124,13 +125,18 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
 
   // Storage and the upstream side.
   const meta = new SqliteMetaStore(config.dataDir);
-  const blobStore = new BlobStore(config.dataDir, config.cache.maxSize, {
-    onEvict: () => metrics.cacheEvictions.inc(),
-    onSizeChange: (bytes, entries) => {
-      metrics.cacheBytes.set(bytes);
-      metrics.cacheEntries.set(entries);
+  const blobStore = openBlobStore(
+    config,
+    {
+      onEvict: () => metrics.cacheEvictions.inc(),
+      onSizeChange: (bytes, entries) => {
+        metrics.cacheBytes.set(bytes);
+        metrics.cacheEntries.set(entries);
+      },
+      onError: (what, err) => log.warn({ err: errorText(err), what }, 'blob store background work failed'),
     },
-  });
+    now,
+  );
   metrics.cacheBytes.set(blobStore.totalBytes);
   metrics.cacheEntries.set(blobStore.entries);
   const downloads = new DownloadManager(blobStore);
@@ -182,7 +188,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
   // A new policy revision (bundle pushed, external OPA's bundle changed): admissions re-decide on use.
   const stopPolicyEvents = policy.onSwap(() => gate.policyChanged());
 
-  const blobs = new ProxyBlobService({ store: blobStore, downloads, clientFor, metrics });
+  const blobs = new ProxyBlobService({ store: blobStore, downloads, clientFor, metrics, redirect: config.storage.redirect });
   const quotas = config.quotas ? new Quotas(config.quotas, metrics, now) : undefined;
   const handlers = new RegistryHandlers({
     router,

@@ -272,6 +272,16 @@ export class RegistryHandlers {
     }
     if (quota) this.quota(ctx, 'coldBlobs', (w) => !w.blob(digest));
     const blob = await this.d.blobs.open(route, digest);
+    // storage.redirect: a warm blob comes from the store itself, through a URL that expires soon (README).
+    const location = await blob.redirectUrl();
+    if (location !== undefined) {
+      res.statusCode = 307;
+      res.setHeader('location', location);
+      res.setHeader('docker-content-digest', digest);
+      res.setHeader('content-length', 0);
+      res.end();
+      return;
+    }
     const range = parseRange(ctx.req.headers.range, blob.size);
     if (range.kind === 'unsatisfiable') {
       blob.release();

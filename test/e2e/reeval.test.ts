@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import type { FileBlobStore } from '../../src/cache/blobstore.js';
 import type { Scheduler } from '../../src/gate/reeval-schedule.js';
 import type { ImpactReport } from '../../src/gate/impact.js';
 import type { WarmReport } from '../../src/server/warm.js';
@@ -223,14 +224,14 @@ describe('scheduled re-evaluation with purge', () => {
     for (const d of own) expect(app.blobStore.has(d), d).toBe(false);
     for (const d of [base, safe.config, ...safe.layers] as Digest[]) expect(app.blobStore.has(d), d).toBe(true);
     // The reader of the purged layer still holds it: its bytes are on disk until it finishes.
-    expect(existsSync(app.blobStore.pathFor(vuln.layers[1]!.digest as Digest))).toBe(true);
+    expect(existsSync((app.blobStore as FileBlobStore).pathFor(vuln.layers[1]!.digest as Digest))).toBe(true);
 
     // The reads that were running complete, byte for byte.
     expect(await readOwn.finish()).toEqual({ size: vuln.layers[1]!.size, digest: vuln.layers[1]!.digest });
     expect(await readBase.finish()).toEqual({ size: vuln.layers[0]!.size, digest: base });
     // Once its last reader let go, the purged layer's file goes too (the unlink is asynchronous: bounded wait).
-    for (let i = 0; i < 200 && existsSync(app.blobStore.pathFor(vuln.layers[1]!.digest as Digest)); i++) await new Promise((r) => setTimeout(r, 10));
-    expect(existsSync(app.blobStore.pathFor(vuln.layers[1]!.digest as Digest))).toBe(false);
+    for (let i = 0; i < 200 && existsSync((app.blobStore as FileBlobStore).pathFor(vuln.layers[1]!.digest as Digest)); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(existsSync((app.blobStore as FileBlobStore).pathFor(vuln.layers[1]!.digest as Digest))).toBe(false);
 
     // The next pull by digest is denied, with the reason.
     const denied = await skopeoCopy(`docker://${px.host}/${ALIAS}/demo/app@${vuln.digest}`, join(work, 'vuln-again'));

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BlobStore, DigestMismatchError, SizeMismatchError } from '../../src/cache/blobstore.js';
+import { FileBlobStore, DigestMismatchError, SizeMismatchError } from '../../src/cache/blobstore.js';
 import type { Digest } from '../../src/routing/reference.js';
 import { cleanupTempDirs, sha256, sha512, sleep, tempDir } from './helpers.js';
 
@@ -23,7 +23,7 @@ async function settle(): Promise<void> {
 describe('BlobStore', () => {
   it('stores, leases and reads back a blob (sha256 and sha512)', async () => {
     const dir = tempDir();
-    const s = new BlobStore(dir, 1 << 20);
+    const s = new FileBlobStore(dir, 1 << 20);
     const a = blob(1000);
     await s.putBuffer(a.digest, a.data);
     expect(s.has(a.digest)).toBe(true);
@@ -42,7 +42,7 @@ describe('BlobStore', () => {
 
   it('removes temp files left by a crash at construction, and keeps committed blobs', async () => {
     const dir = tempDir();
-    const s1 = new BlobStore(dir, 1 << 20);
+    const s1 = new FileBlobStore(dir, 1 << 20);
     const a = blob(100);
     await s1.putBuffer(a.digest, a.data);
     // Simulate a kill -9 mid-download: a writer that never committed, plus stray files.
@@ -53,7 +53,7 @@ describe('BlobStore', () => {
     writeFileSync(join(dir, 'tmp', 'nested', 'f'), 'y');
     expect(listTmp(dir).length).toBe(3);
 
-    const s2 = new BlobStore(dir, 1 << 20);
+    const s2 = new FileBlobStore(dir, 1 << 20);
     expect(listTmp(dir)).toEqual([]);
     expect(s2.has(a.digest)).toBe(true);
     expect(s2.entries).toBe(1);
@@ -62,18 +62,18 @@ describe('BlobStore', () => {
 
   it("keeps another live process's downloads in tmp/ (a check CLI or second instance on the same dir)", () => {
     const dir = tempDir();
-    new BlobStore(dir, 1 << 20);
+    new FileBlobStore(dir, 1 << 20);
     const live = `${process.ppid}.abcd-1234`; // the test runner's parent is alive
     const dead = '999999999.abcd-5678'; // no such pid
     writeFileSync(join(dir, 'tmp', live), 'partial');
     writeFileSync(join(dir, 'tmp', dead), 'partial');
-    new BlobStore(dir, 1 << 20);
+    new FileBlobStore(dir, 1 << 20);
     expect(listTmp(dir)).toEqual([live]);
   });
 
   it('a commit with the wrong digest throws DigestMismatchError and leaves nothing', async () => {
     const dir = tempDir();
-    const s = new BlobStore(dir, 1 << 20);
+    const s = new FileBlobStore(dir, 1 << 20);
     const claimed = blob(64).digest;
     const w = await s.createWriter(claimed);
     await w.write(randomBytes(64));
@@ -92,7 +92,7 @@ describe('BlobStore', () => {
 
   it('refuses a size mismatch, too long while writing or too short at commit', async () => {
     const dir = tempDir();
-    const s = new BlobStore(dir, 1 << 20);
+    const s = new FileBlobStore(dir, 1 << 20);
     const a = blob(100);
     const long = await s.createWriter(a.digest, 50);
     await expect(long.write(a.data)).rejects.toBeInstanceOf(SizeMismatchError);
@@ -109,7 +109,7 @@ describe('BlobStore', () => {
 
   it('a partial write is never visible under its digest', async () => {
     const dir = tempDir();
-    const s = new BlobStore(dir, 1 << 20);
+    const s = new FileBlobStore(dir, 1 << 20);
     const a = blob(1000);
     const w = await s.createWriter(a.digest, 1000);
     await w.write(a.data.subarray(0, 500));
@@ -125,7 +125,7 @@ describe('BlobStore', () => {
   it('evicts least recently used blobs beyond maxSize', async () => {
     const dir = tempDir();
     const evicted: Digest[] = [];
-    const s = new BlobStore(dir, 3000, { onEvict: (d) => evicted.push(d) });
+    const s = new FileBlobStore(dir, 3000, { onEvict: (d) => evicted.push(d) });
     const [a, b, c, d] = [blob(1000), blob(1000), blob(1000), blob(1000)];
     for (const x of [a, b, c]) await s.putBuffer(x.digest, x.data);
     expect(s.totalBytes).toBe(3000);
@@ -143,7 +143,7 @@ describe('BlobStore', () => {
 
   it('size() and has() do not refresh recency', async () => {
     const dir = tempDir();
-    const s = new BlobStore(dir, 2000);
+    const s = new FileBlobStore(dir, 2000);
     const [a, b, c] = [blob(1000), blob(1000), blob(1000)];
     await s.putBuffer(a.digest, a.data);
     await s.putBuffer(b.digest, b.data);
@@ -156,7 +156,7 @@ describe('BlobStore', () => {
 
   it('does not unlink a leased blob on eviction until the last release', async () => {
     const dir = tempDir();
-    const s = new BlobStore(dir, 2000);
+    const s = new FileBlobStore(dir, 2000);
     const [a, b, c] = [blob(1000), blob(1000), blob(1000)];
     await s.putBuffer(a.digest, a.data);
     const l1 = s.lease(a.digest)!;
@@ -181,7 +181,7 @@ describe('BlobStore', () => {
 
   it('a blob re-committed while doomed is kept', async () => {
     const dir = tempDir();
-    const s = new BlobStore(dir, 2000);
+    const s = new FileBlobStore(dir, 2000);
     const [a, b, c] = [blob(1000), blob(1000), blob(1000)];
     await s.putBuffer(a.digest, a.data);
     const l = s.lease(a.digest)!;
@@ -196,7 +196,7 @@ describe('BlobStore', () => {
 
   it('remove() drops a blob now, or after the last reader', async () => {
     const dir = tempDir();
-    const s = new BlobStore(dir, 1 << 20);
+    const s = new FileBlobStore(dir, 1 << 20);
     const [a, b] = [blob(10), blob(20)];
     await s.putBuffer(a.digest, a.data);
     await s.putBuffer(b.digest, b.data);
@@ -216,7 +216,7 @@ describe('BlobStore', () => {
 
   it('reindexes on restart, oldest first, and evicts down to a smaller maxSize', async () => {
     const dir = tempDir();
-    const s1 = new BlobStore(dir, 1 << 20);
+    const s1 = new FileBlobStore(dir, 1 << 20);
     const xs = [blob(1000), blob(1000), blob(1000)];
     for (const [i, x] of xs.entries()) {
       await s1.putBuffer(x.digest, x.data);
@@ -228,12 +228,12 @@ describe('BlobStore', () => {
     writeFileSync(join(dir, 'blobs', 'sha256', 'zz', 'not-a-digest'), 'x');
     writeFileSync(join(dir, 'blobs', 'README'), 'x');
 
-    const s2 = new BlobStore(dir, 1 << 20);
+    const s2 = new FileBlobStore(dir, 1 << 20);
     expect(s2.entries).toBe(3);
     expect(s2.totalBytes).toBe(3000);
     for (const x of xs) expect(readFileSync(s2.lease(x.digest)!.path)).toEqual(x.data);
 
-    const s3 = new BlobStore(dir, 2000);
+    const s3 = new FileBlobStore(dir, 2000);
     await settle();
     expect(s3.has(xs[0]!.digest)).toBe(false); // the oldest goes first
     expect(existsSync(s3.pathFor(xs[0]!.digest))).toBe(false);
@@ -244,7 +244,7 @@ describe('BlobStore', () => {
   it('reports size changes', async () => {
     const dir = tempDir();
     const seen: Array<[number, number]> = [];
-    const s = new BlobStore(dir, 1500, { onSizeChange: (b, e) => seen.push([b, e]) });
+    const s = new FileBlobStore(dir, 1500, { onSizeChange: (b, e) => seen.push([b, e]) });
     const [a, b] = [blob(1000), blob(1000)];
     await s.putBuffer(a.digest, a.data);
     await s.putBuffer(b.digest, b.data);
@@ -254,7 +254,7 @@ describe('BlobStore', () => {
 
   it('putBuffer of a blob already present is a no-op', async () => {
     const dir = tempDir();
-    const s = new BlobStore(dir, 1 << 20);
+    const s = new FileBlobStore(dir, 1 << 20);
     const a = blob(10);
     await s.putBuffer(a.digest, a.data);
     await s.putBuffer(a.digest, a.data);
@@ -264,7 +264,7 @@ describe('BlobStore', () => {
 
   it('stores an empty blob', async () => {
     const dir = tempDir();
-    const s = new BlobStore(dir, 1 << 20);
+    const s = new FileBlobStore(dir, 1 << 20);
     const empty = Buffer.alloc(0);
     await s.putBuffer(sha256(empty), empty);
     expect(s.has(sha256(empty))).toBe(true);

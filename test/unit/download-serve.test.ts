@@ -9,7 +9,7 @@ import { request, type Server } from 'node:http';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { BlobStore } from '../../src/cache/blobstore.js';
+import { FileBlobStore } from '../../src/cache/blobstore.js';
 import { DownloadManager } from '../../src/cache/download-manager.js';
 import { unwrittenDownloadBytes, type Download, type DownloadSource } from '../../src/cache/download.js';
 import { SLAB_SIZE, SlabPool, slabPool } from '../../src/cache/slabs.js';
@@ -117,8 +117,8 @@ function fetchRange(url: string, start: number, end: number, delayMs = 0): Promi
   });
 }
 
-function setup(): { store: BlobStore; mgr: DownloadManager } {
-  const store = new BlobStore(tempDir(), 1 << 30);
+function setup(): { store: FileBlobStore; mgr: DownloadManager } {
+  const store = new FileBlobStore(tempDir(), 1 << 30);
   return { store, mgr: new DownloadManager(store) };
 }
 

@@ -9,7 +9,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BlobStore } from '../../src/cache/blobstore.js';
+import { FileBlobStore } from '../../src/cache/blobstore.js';
 import { DownloadManager } from '../../src/cache/download-manager.js';
 import type { DownloadSource } from '../../src/cache/download.js';
 import { cleanupTempDirs, readThrough, sha256, sleep, tempDir } from './helpers.js';
@@ -51,7 +51,7 @@ function collect(stream: Readable, delayMs = 0): Promise<{ data: Buffer; error: 
 
 function setup() {
   const dir = tempDir();
-  const store = new BlobStore(dir, 1 << 30);
+  const store = new FileBlobStore(dir, 1 << 30);
   return { dir, store, mgr: new DownloadManager(store) };
 }
 

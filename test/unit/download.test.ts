@@ -3,7 +3,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BlobStore, DigestMismatchError, SizeMismatchError } from '../../src/cache/blobstore.js';
+import { FileBlobStore, DigestMismatchError, SizeMismatchError } from '../../src/cache/blobstore.js';
 import { DownloadManager } from '../../src/cache/download-manager.js';
 import type { DownloadSource } from '../../src/cache/download.js';
 import type { Digest } from '../../src/routing/reference.js';
@@ -65,7 +65,7 @@ function collect(stream: Readable): Promise<{ data: Buffer; error: Error | undef
 
 function setup(maxSize = 64 << 20) {
   const dir = tempDir();
-  const store = new BlobStore(dir, maxSize);
+  const store = new FileBlobStore(dir, maxSize);
   return { dir, store, mgr: new DownloadManager(store) };
 }
 

@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BlobStore } from '../../src/cache/blobstore.js';
+import { FileBlobStore } from '../../src/cache/blobstore.js';
 import { SqliteMetaStore } from '../../src/cache/metastore.js';
 import { ConfigError, parseConfig } from '../../src/config/load.js';
 import { Gate } from '../../src/gate/gate.js';
@@ -25,7 +25,7 @@ describe('regressions', () => {
   // already added its size to `bytes`, and the renamed file stays on disk, untracked: totalBytes (and the
   // cache_bytes metric) drift upward for good and the file is never evicted.
   it('a blob larger than maxSize is neither counted nor left on disk', async () => {
-    const store = new BlobStore(tempDir(), 100);
+    const store = new FileBlobStore(tempDir(), 100);
     const data = randomBytes(500);
     await store.putBuffer(sha256(data), data);
     await new Promise((r) => setTimeout(r, 20));

@@ -1,0 +1,103 @@
+/**
+ * The `storage` section: where blobs live (DESIGN §6, §11). `filesystem` (the default) keeps them under dataDir;
+ * `s3` puts them in any S3-compatible bucket, so that replicas of a central tier share one copy.
+ *
+ *   storage:
+ *     blobs: s3
+ *     redirect: true            # warm blob GETs answer 307 to a presigned URL
+ *     redirectExpiry: 60s
+ *     s3:
+ *       endpoint: https://s3.internal.example:9000
+ *       region: us-east-1
+ *       bucket: portcullis
+ *       prefix: central/
+ *       forcePathStyle: true
+ *       credentials: { accessKeyId: { env: S3_ACCESS_KEY }, secretAccessKey: { file: /run/secrets/s3-secret } }
+ *       caFile: /etc/portcullis/s3-ca.pem
+ */
+import { z } from 'zod';
+import { secretRef } from './primitives.js';
+import { httpUrl } from './url.js';
+
+const UNITS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+const duration = z
+  .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h')])
+  .transform((v) => {
+    if (typeof v === 'number') return v * 1000;
+    const m = /^(\d+)(ms|s|m|h|d)$/.exec(v)!;
+    return Number(m[1]) * UNITS[m[2] as keyof typeof UNITS];
+  });
+
+const MiB = 1024 * 1024;
+const partSize = z
+  .union([z.number().int(), z.string().regex(/^\d+MiB$/, 'expected a size in MiB such as 16MiB')])
+  .transform((v) => (typeof v === 'number' ? v : Number(v.slice(0, -3)) * MiB))
+  // S3's limits: every part but the last at least 5 MiB, at most 5 GiB.
+  .refine((n) => n >= 5 * MiB && n <= 5 * 1024 * MiB, 'between 5MiB and 5120MiB (S3 part limits)');
+
+const localSize = z
+  .union([z.number().int().positive(), z.string().regex(/^\d+(MiB|GiB|TiB)$/, 'expected a size such as 512MiB or 20GiB')])
+  .transform((v) => (typeof v === 'number' ? v : Number(/^\d+/.exec(v)![0]) * { MiB: MiB, GiB: 1024 * MiB, TiB: 1024 * 1024 * MiB }[v.replace(/^\d+/, '') as 'MiB' | 'GiB' | 'TiB']));
+
+const s3 = z
+  .object({
+    /** The S3 API's base URL; absent: AWS's own endpoint for the region. */
+    endpoint: httpUrl().optional(),
+    region: z.string().min(1).default('us-east-1'),
+    bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'expected an S3 bucket name (3-63 lowercase letters, digits, . and -)'),
+    /** Key prefix for everything Portcullis writes; several deployments can share a bucket under different prefixes. */
+    prefix: z
+      .string()
+      .default('')
+      .refine((p) => p === '' || (p.endsWith('/') && !p.startsWith('/')), 'empty, or ending in / and not starting with /'),
+    /** bucket in the path (http://host/bucket/key) rather than the host name: most S3-compatible servers want this. */
+    forcePathStyle: z.boolean().default(false),
+    /** Static keys from secret references; absent: the AWS SDK's default chain (AWS_* variables, web identity, …). */
+    credentials: z
+      .object({ accessKeyId: secretRef, secretAccessKey: secretRef, sessionToken: secretRef.optional() })
+      .strict()
+      .optional(),
+    /** PEM CA bundle that the endpoint's certificate must chain to (instead of the system's). */
+    caFile: z.string().min(1).optional(),
+    /** A plain-http endpoint: the blobs (and, for a presigned URL, the client's fetch) travel unencrypted. */
+    allowInsecureHttp: z.boolean().default(false),
+    /** Multipart part size for cold blobs (grown for blobs too large for 10,000 parts). */
+    partSize: partSize.default(16 * MiB),
+    /** A multipart upload older than this under the prefix is a crashed writer's: aborted at start and by the sweeper. */
+    abandonedUploadAge: duration.refine((ms) => ms >= 60_000, 'at least 1m: a running upload must not be aborted').default(86_400_000),
+    /**
+     * A local disk tier on this replica (under dataDir/s3-hot), bounded by its own LRU: blobs this replica
+     * downloaded stay on its disk and are served from there; absent: every warm read goes to S3.
+     */
+    localCache: z.object({ maxSize: localSize }).strict().optional(),
+    /** How often incomplete uploads are swept and the bucket re-listed (objects written by other replicas). */
+    sweepInterval: duration.refine((ms) => ms >= 1_000, 'at least 1s').default(3_600_000),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    if (c.endpoint?.startsWith('http:') && !c.allowInsecureHttp) {
+      ctx.addIssue({ code: 'custom', path: ['endpoint'], message: 'plain http sends blobs unencrypted; use https, or set storage.s3.allowInsecureHttp: true' });
+    }
+  });
+
+export const storageSchema = z
+  .object({
+    blobs: z.enum(['filesystem', 's3']).default('filesystem'),
+    s3: s3.optional(),
+    /**
+     * Answer GETs of cached blobs with a 307 to a presigned URL of the object, so that the bytes flow from the store
+     * to the client directly. Such a URL stays valid until it expires, whatever happens to the image meanwhile.
+     */
+    redirect: z.boolean().default(false),
+    /** Lifetime of a presigned URL: the longest a purged or newly denied blob stays fetchable through one. */
+    redirectExpiry: duration.refine((ms) => ms >= 1_000 && ms <= 3_600_000, 'between 1s and 1h').default(60_000),
+  })
+  .strict()
+  .superRefine((s, ctx) => {
+    if (s.blobs === 's3' && !s.s3) ctx.addIssue({ code: 'custom', path: ['s3'], message: 'blobs: s3 needs an s3 section (bucket, region, …)' });
+    if (s.blobs !== 's3' && s.s3) ctx.addIssue({ code: 'custom', path: ['s3'], message: 'an s3 section needs blobs: s3' });
+    if (s.redirect && s.blobs !== 's3') ctx.addIssue({ code: 'custom', path: ['redirect'], message: 'redirect needs blobs: s3 (the filesystem store has no URLs to hand out)' });
+  });
+
+export type StorageConfig = z.output<typeof storageSchema>;
+export type S3Config = NonNullable<StorageConfig['s3']>;
