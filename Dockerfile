@@ -20,5 +20,7 @@ USER node
 EXPOSE 5000
 VOLUME ["/var/lib/portcullis"]
 ENV PORTCULLIS__dataDir=/var/lib/portcullis
-ENTRYPOINT ["node", "dist/cli.js"]
+# --max-semi-space-size=8: V8's young generation stays at 16 MiB instead of growing to 64 MiB under a steady request
+# rate; README "Memory" says why and what it costs. The same flag is on the bin's shebang and in `npm start`.
+ENTRYPOINT ["node", "--max-semi-space-size=8", "dist/cli.js"]
 CMD ["serve", "--config", "config/portcullis.yaml"]

@@ -4,7 +4,7 @@
  * loopback, reported as ratios against the targets of DESIGN §10. See bench/README.md.
  *
  *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile] [--log-level info]
- *                      [--dist DIR] [--cpu-prof DIR] [--keep]
+ *                      [--dist DIR] [--cpu-prof DIR] [--keep] [--node-flags 'FLAGS']
  *
  * Every process it starts (registries, Portcullis, skopeo, curl, wrk) is killed on exit, error or signal.
  */
@@ -19,7 +19,7 @@ import { curlPull, skopeoHerd, skopeoPull, wrkManifest } from './lib/clients.mjs
 import { HostileClients, openFileLimit } from './lib/hostile.mjs';
 import { MANIFEST_ACCEPT, pushImage, pushIndex } from './lib/images.mjs';
 import { evidenceConfig, pushReport, setupSigning, signImage } from './lib/evidence.mjs';
-import { BENCH_SETTINGS, histogram, histogramDelta, histogramQuantile, startPortcullis } from './lib/portcullis.mjs';
+import { BENCH_SETTINGS, PRODUCT_NODE_FLAGS, histogram, histogramDelta, histogramQuantile, startPortcullis } from './lib/portcullis.mjs';
 import { killAll, run } from './lib/proc.mjs';
 import { startRegistry } from './lib/registry.mjs';
 import { fmt, median, round, summary } from './lib/stats.mjs';
@@ -38,6 +38,8 @@ const { values: args } = parseArgs({
     'no-evidence': { type: 'boolean', default: false },
     /** Diagnostics only: extra environment for the Portcullis process, KEY=VALUE (repeatable). */
     'pc-env': { type: 'string', multiple: true, default: [] },
+    /** The Node flags Portcullis starts with, instead of the product's (PRODUCT_NODE_FLAGS); '' for none. */
+    'node-flags': { type: 'string' },
     reps: { type: 'string' },
   },
 });
@@ -194,7 +196,9 @@ async function main() {
     const reportToken = randomBytes(16).toString('hex');
     const pcEnv = Object.fromEntries(args['pc-env'].map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
     if (args['pc-env'].length) result.portcullis_env = pcEnv;
-    const pcOpts = { dir: tmp, distDir: args.dist, bundleFile, upstream, env: { ...pcEnv, PORTCULLIS_REPORT_TOKEN: reportToken } };
+    const productFlags = args['node-flags'] === undefined ? PRODUCT_NODE_FLAGS : args['node-flags'].split(/\s+/).filter(Boolean);
+    result.portcullis_node_flags = productFlags;
+    const pcOpts = { dir: tmp, distDir: args.dist, bundleFile, upstream, productFlags, env: { ...pcEnv, PORTCULLIS_REPORT_TOKEN: reportToken } };
     if (signing) {
       const ev = evidenceConfig(signing, 'PORTCULLIS_REPORT_TOKEN');
       pcOpts.extra = ev.config;

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=8
 /**
  * The `portcullis` command: serve, check an image, validate a config, list what would now be denied, and write
  * the client configuration. Exit codes: 0 ok/allow, 1 deny or invalid,

@@ -7,13 +7,19 @@ import { join } from 'node:path';
 import { startDaemon } from './proc.mjs';
 import { freePort, waitHttp } from './registry.mjs';
 
+/**
+ * The Node flags every launcher of the product passes (the Dockerfile's ENTRYPOINT, the bin's shebang, `npm start`;
+ * test/unit/node-flags.test.ts keeps them the same): the bench measures Portcullis as it is shipped.
+ */
+export const PRODUCT_NODE_FLAGS = ['--max-semi-space-size=8'];
+
 /** The policy settings the bench runs with: production-like (DESIGN §3), no signature or scan rules (not implemented yet). */
 export const BENCH_SETTINGS = { no_match: 'deny', scopes: [{ name: 'bench', images: ['**'], deny_tags: ['latest'] }] };
 
 /**
  * @param {{ dir: string, name: string, distDir: string, bundleFile: string, upstream: {url: string, host: string},
  *           logLevel?: string, dataDir?: string, nodeArgs?: string[], extra?: object, settings?: object,
- *           env?: Record<string, string> }} o
+ *           env?: Record<string, string>, productFlags?: string[] }} o
  */
 export async function startPortcullis(o) {
   const home = join(o.dir, o.name);
@@ -36,7 +42,7 @@ export async function startPortcullis(o) {
   writeFileSync(configPath, JSON.stringify(config, null, 2) + '\n');
   const logPath = join(home, 'portcullis.log');
   const fd = openSync(logPath, 'a');
-  const d = startDaemon(process.execPath, [...(o.nodeArgs ?? []), join(o.distDir, 'cli.js'), 'serve', '--config', configPath], {
+  const d = startDaemon(process.execPath, [...(o.productFlags ?? PRODUCT_NODE_FLAGS), ...(o.nodeArgs ?? []), join(o.distDir, 'cli.js'), 'serve', '--config', configPath], {
     stdio: ['ignore', fd, fd],
     cwd: home,
     env: { ...process.env, ...o.env },

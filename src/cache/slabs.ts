@@ -34,23 +34,55 @@ export class Slab {
   }
 }
 
+/** How a pool gives back what a burst left idle. */
+export interface SlabPoolOptions {
+  /** Idle slabs kept once the pool has been quiet for `trimAfterMs`. */
+  keepIdle?: number;
+  /** A pool that took no slab for this long lets its idle slabs beyond `keepIdle` go. */
+  trimAfterMs?: number;
+  now?: () => number;
+  /** Runs `fn` in about `ms` (default: an unref'd setTimeout, so an idle pool keeps no process alive). */
+  schedule?: (fn: () => void, ms: number) => void;
+}
+
 export class SlabPool {
   private readonly idle: Buffer[] = [];
   private taken = 0;
+  private lastTake: number;
+  private trimArmed = false;
+  /** Idle slabs kept once the pool has been quiet. */
+  readonly keepIdle: number;
+  private readonly trimAfterMs: number;
+  private readonly now: () => number;
+  private readonly schedule: (fn: () => void, ms: number) => void;
 
   /**
-   * @param maxIdle slabs kept for reuse; more are left to the GC (idle slabs count in RSS).
+   * @param maxIdle slabs kept for reuse while transfers run; more are left to the GC (idle slabs count in RSS).
    * @param slabSize the size of the slabs this pool recycles.
+   *
+   * Why trim: a burst (a cold download writes up to 48 MiB behind its readers) fills the pool to `maxIdle`, and a
+   * full pool is memory that nothing uses until the next burst. Measured with the bench's hostile phase, the 32 idle
+   * slabs that a 256 MiB cold download left behind were the largest single item of the process's memory before the
+   * hostile clients arrived (and the stalled readers' small slabs then came on top). After `trimAfterMs` without a
+   * take, the pool keeps `keepIdle`: a steady transfer takes a slab per MiB and is never trimmed.
    */
   constructor(
     private readonly maxIdle: number,
     readonly slabSize = SLAB_SIZE,
-  ) {}
+    opts: SlabPoolOptions = {},
+  ) {
+    this.keepIdle = Math.min(maxIdle, opts.keepIdle ?? maxIdle);
+    this.trimAfterMs = opts.trimAfterMs ?? 5_000;
+    this.now = opts.now ?? Date.now;
+    this.schedule = opts.schedule ?? ((fn, ms) => setTimeout(fn, ms).unref());
+    this.lastTake = this.now();
+  }
 
   /** A slab with one reference, for `size` bytes (≤ slabSize; only full-size slabs are recycled). */
   take(size = this.slabSize): Slab {
     const buf = size === this.slabSize ? (this.idle.pop() ?? Buffer.allocUnsafeSlow(size)) : Buffer.allocUnsafeSlow(size);
     this.taken++;
+    this.lastTake = this.now();
     return new Slab(buf, this);
   }
 
@@ -58,6 +90,34 @@ export class SlabPool {
   give(buf: Buffer, tainted = false): void {
     this.taken--;
     if (!tainted && buf.length === this.slabSize && this.idle.length < this.maxIdle) this.idle.push(buf);
+    if (this.idle.length > this.keepIdle) this.armTrim();
+  }
+
+  /**
+   * Lets idle slabs beyond `keepIdle` go if no slab was taken for `trimAfterMs`; returns how many went. Runs by
+   * itself (a timer armed while the pool holds more than `keepIdle`); callable directly.
+   */
+  trim(): number {
+    if (this.now() - this.lastTake < this.trimAfterMs) return 0;
+    const surplus = Math.max(0, this.idle.length - this.keepIdle);
+    // The oldest first: the ones at the bottom of the stack were used least recently.
+    this.idle.splice(0, surplus);
+    return surplus;
+  }
+
+  private armTrim(): void {
+    if (this.trimArmed) return;
+    this.trimArmed = true;
+    const fire = (): void => {
+      this.trimArmed = false;
+      this.trim();
+      if (this.idle.length > this.keepIdle) {
+        // Busy since: look again once the quiet period after the last take is over.
+        this.trimArmed = true;
+        this.schedule(fire, Math.max(1, this.lastTake + this.trimAfterMs - this.now()));
+      }
+    };
+    this.schedule(fire, Math.max(1, this.lastTake + this.trimAfterMs - this.now()));
   }
 
   /** Slabs taken and not yet let go by every holder (what responses, downloads and writes hold right now). */
@@ -70,8 +130,8 @@ export class SlabPool {
   }
 }
 
-/** The process-wide pool: 32 idle slabs at most. */
-export const slabPool = new SlabPool(32);
+/** The process-wide pool: 32 idle slabs at most while transfers run, 4 once it has been quiet for 5 s. */
+export const slabPool = new SlabPool(32, SLAB_SIZE, { keepIdle: 4 });
 
 /**
  * Smaller slabs for the start of a cached blob's response (cache/sendfile.ts), before its client has shown that it
@@ -79,4 +139,4 @@ export const slabPool = new SlabPool(32);
  * until the write-stall timeout closes it, so 100 such clients held 200 MiB in 1 MiB slabs.
  */
 export const SMALL_SLAB_SIZE = 256 * 1024;
-export const smallSlabPool = new SlabPool(32, SMALL_SLAB_SIZE);
+export const smallSlabPool = new SlabPool(32, SMALL_SLAB_SIZE, { keepIdle: 4 });

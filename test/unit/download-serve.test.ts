@@ -12,7 +12,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { FileBlobStore } from '../../src/cache/blobstore.js';
 import { DownloadManager } from '../../src/cache/download-manager.js';
 import { unwrittenDownloadBytes, type Download, type DownloadSource } from '../../src/cache/download.js';
-import { SLAB_SIZE, SlabPool, slabPool } from '../../src/cache/slabs.js';
+import { SLAB_SIZE, SlabPool, slabPool, smallSlabPool } from '../../src/cache/slabs.js';
 import type { ByteSource } from '../../src/util/byte-source.js';
 import { cleanupTempDirs, sha256, sleep, tempDir } from './helpers.js';
 
@@ -55,6 +55,51 @@ describe('SlabPool', () => {
     const slabs = [pool.take(), pool.take(), pool.take()];
     for (const s of slabs) s.release();
     expect(pool.idleCount).toBe(2);
+  });
+
+  it('after a burst, goes back to keepIdle idle slabs once no slab was taken for trimAfterMs', () => {
+    let now = 1_000;
+    const timers: { fn: () => void; at: number }[] = [];
+    const pool = new SlabPool(8, SLAB_SIZE, { keepIdle: 2, trimAfterMs: 5_000, now: () => now, schedule: (fn, ms) => timers.push({ fn, at: now + ms }) });
+    const runDue = (): void => {
+      for (const t of timers.splice(0).sort((a, b) => a.at - b.at)) {
+        if (t.at <= now) t.fn();
+        else timers.push(t);
+      }
+    };
+    // A burst: eight slabs at once, all given back.
+    const burst = Array.from({ length: 8 }, () => pool.take());
+    for (const s of burst) s.release();
+    expect(pool.idleCount).toBe(8);
+    expect(timers).toHaveLength(1);
+    // Still busy: a steady transfer keeps taking slabs, so nothing is trimmed when the timer first fires.
+    now += 3_000;
+    pool.take().release();
+    now += 2_500;
+    runDue();
+    expect(pool.idleCount).toBe(8);
+    expect(pool.trim()).toBe(0);
+    // Quiet for trimAfterMs since the last take: the timer fires again and the pool keeps keepIdle.
+    now += 3_000;
+    runDue();
+    expect(pool.idleCount).toBe(2);
+    expect(timers).toHaveLength(0);
+    // The kept slabs are still recycled; a new burst refills the pool and arms the timer again.
+    const again = Array.from({ length: 5 }, () => pool.take());
+    expect(pool.idleCount).toBe(0);
+    for (const s of again) s.release();
+    expect(pool.idleCount).toBe(5);
+    expect(timers).toHaveLength(1);
+    now += 5_000;
+    runDue();
+    expect(pool.idleCount).toBe(2);
+  });
+
+  it('the process-wide pools let a burst go after a quiet period', () => {
+    // What a 256 MiB cold download left behind (32 idle slabs) stayed in memory for good before.
+    for (const pool of [slabPool, smallSlabPool]) {
+      expect(pool.keepIdle).toBeLessThanOrEqual(4);
+    }
   });
 });
 
