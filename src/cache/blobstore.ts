@@ -52,6 +52,8 @@ export class BlobStore {
   private readonly readers = new Map<Digest, number>();
   /** Evicted while being read: unlinked when the last reader releases. */
   private readonly doomed = new Set<Digest>();
+  /** Unlinks started and not finished: removal is fire-and-forget for callers, but idle() can wait for it. */
+  private readonly unlinking = new Set<Promise<void>>();
   private bytes = 0;
 
   constructor(
@@ -174,7 +176,14 @@ export class BlobStore {
 
   private unlinkNow(digest: Digest): void {
     this.doomed.delete(digest);
-    unlink(this.pathFor(digest)).catch(() => {});
+    const p = unlink(this.pathFor(digest)).catch(() => {});
+    this.unlinking.add(p);
+    void p.finally(() => this.unlinking.delete(p));
+  }
+
+  /** Resolves once every file removal started so far has finished (so "the file is gone" is a settled fact). */
+  async idle(): Promise<void> {
+    await Promise.all([...this.unlinking]);
   }
 
   /** Starts a verified write. The blob becomes visible only through commit(). */
