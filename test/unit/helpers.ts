@@ -84,16 +84,7 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/**
- * Waits until `cond()` holds, checking every 5 ms, and throws (naming `what`) after `boundMs`. For something that
- * happens asynchronously with no event to wait on; the bound only ends a test that would otherwise hang.
- */
-export async function until(cond: () => boolean, what = 'condition', boundMs = 10_000): Promise<void> {
-  for (let waited = 0; !cond(); waited += 5) {
-    if (waited > boundMs) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
+export { until } from '../harness/wait.js';
 
 export function hex(n: number, ch = 'a'): string {
   return ch.repeat(n);
