@@ -70,7 +70,7 @@ export interface UpstreamClientOptions {
   log?: Logger;
   /** The resolver behind the egress check (egress.ts); tests inject one, dns.lookup otherwise. */
   lookup?: LookupFunction;
-  /** Clock for credential expiry (credentialProvider). */
+  /** Clock for credential and token expiry (credentialProvider, the token cache). */
   now?: () => number;
   /** A credential plugin run failed (logged by the caller). */
   onCredentialError?: (message: string) => void;
@@ -154,7 +154,7 @@ export class UpstreamClient {
       this.baseUrl,
       () => this.credentials(),
       this.agent,
-      Date.now,
+      opts.now ?? Date.now,
       (outcome) => opts.metrics.tokenFetches.inc({ upstream: this.name, outcome }),
       {
         tokenRealms: config.tokenRealms,
