@@ -254,27 +254,23 @@ describe('the real server killed mid-download', () => {
     const s = await startServer(dataDir);
     await getManifest(s.url, img, 'crash/term');
 
-    let termAt = 0;
     let signalled = false;
     const pull = pullBlob(s.url, 'crash/term', layer.digest, (n) => {
       if (!signalled && n >= 4 * 1024 * 1024) {
         signalled = true;
-        termAt = performance.now();
         s.child.kill('SIGTERM');
       }
     });
     const [got, ex] = await Promise.all([pull, s.exited]);
-    const exitMs = performance.now() - termAt;
     expect(signalled).toBe(true);
     expect(ex, s.output()).toEqual({ code: 0, signal: null });
-    expect(exitMs).toBeLessThan(GRACE_MS);
-    // Finished, not discarded: the grace period is far longer than the rest of the transfer.
+    // Finished, not discarded: the grace period is far longer than the rest of the transfer. (Within it, too: at
+    // its end the server cuts every connection, and this client would see an error instead of every byte.)
     expect(got.error, s.output()).toBeUndefined();
     expect(got.bytes).toBe(layer.size);
     expect(got.digest).toBe(layer.digest);
     expect(existsSync(blobPath(dataDir, layer.digest))).toBe(true);
     expect(await listFiles(path.join(dataDir, 'tmp'))).toEqual([]);
-    console.info(`SIGTERM mid-download: exited 0 after ${exitMs.toFixed(0)} ms, client got all ${layer.size} bytes`);
   }, 60_000);
 
   it('SIGTERM: a client slower than the upstream (and one reading from the cache) still gets every byte', async () => {
