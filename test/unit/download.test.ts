@@ -7,7 +7,7 @@ import { BlobStore, DigestMismatchError, SizeMismatchError } from '../../src/cac
 import { DownloadManager } from '../../src/cache/download-manager.js';
 import type { DownloadSource } from '../../src/cache/download.js';
 import type { Digest } from '../../src/routing/reference.js';
-import { cleanupTempDirs, sha256, sleep, tempDir } from './helpers.js';
+import { cleanupTempDirs, sha256, tempDir, until } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -38,7 +38,8 @@ class ControlledSource {
 
   fetch = async (): Promise<DownloadSource> => {
     this.fetches++;
-    await sleep(1);
+    // Answer asynchronously, as a real upstream does (a turn of the event loop, not a span of time).
+    await new Promise<void>((r) => setImmediate(r));
     const self = this;
     async function* body(): AsyncGenerator<Buffer> {
       for (let i = 0; i < self.chunks.length; i++) {
@@ -76,14 +77,6 @@ function split(data: Buffer, n: number): Buffer[] {
   return out;
 }
 
-/** Waits until the download has written at least n bytes. */
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('timed out');
-    await sleep(2);
-  }
-}
 
 describe('DownloadManager / Download', () => {
   it('fetches once for concurrent requests, and every reader gets identical bytes', async () => {
@@ -111,8 +104,7 @@ describe('DownloadManager / Download', () => {
     expect(src.fetches).toBe(1);
     expect(store.has(digest)).toBe(true);
     expect(readdirSync(join(dir, 'tmp'))).toEqual([]);
-    await sleep(5);
-    expect(mgr.active).toBe(0);
+    await until(() => mgr.active === 0);
     expect(mgr.get(digest)).toBeUndefined();
   });
 
@@ -173,7 +165,6 @@ describe('DownloadManager / Download', () => {
     // Every byte lands, and the readers drain all they may, before the upstream body ends and the digest is checked.
     src.release(3);
     await until(() => full.seen.bytes >= data.length - 1 && head.seen.bytes >= 99 && mid.seen.bytes >= 10);
-    await sleep(20);
     expect(download.state).toBe('running');
     // Responses are framed by Content-Length: the last byte of each range is held back until the blob verified.
     expect(full.seen.bytes).toBe(data.length - 1);
@@ -185,6 +176,8 @@ describe('DownloadManager / Download', () => {
       expect(res.error).toBeInstanceOf(DigestMismatchError);
       expect(r.seen.ended).toBe(false);
     }
+    // Never, not merely not yet: the last byte of each range was still held back when the readers failed.
+    expect([full.seen.bytes, head.seen.bytes, mid.seen.bytes]).toEqual([data.length - 1, 99, 10]);
     expect((await full.result).data.equals(data.subarray(0, data.length - 1))).toBe(true);
     await download.finished;
     expect(download.state).toBe('failed');
@@ -195,7 +188,7 @@ describe('DownloadManager / Download', () => {
     // A reader that arrives after the failure errors too.
     expect((await collect(download.reader(0, 10))).error).toBeInstanceOf(DigestMismatchError);
     // And the next request starts a fresh download.
-    await sleep(5);
+    await until(() => mgr.get(claimed) === undefined);
     expect(mgr.getOrStart(claimed, new ControlledSource([Buffer.from('something else')]).fetch).joined).toBe(false);
   });
 
@@ -311,7 +304,7 @@ describe('DownloadManager / Download', () => {
     const { download } = mgr.getOrStart(sha256('never'), stuck.fetch);
     await download.ready;
     const draining = mgr.drain(30);
-    await sleep(50);
+    await until(() => stuck.cancelled, 'drain to cancel the stuck download');
     stuck.releaseAll(); // the body notices the cancel on its next chunk
     await draining;
     expect(stuck.cancelled).toBe(true);
