@@ -6,7 +6,7 @@ import { OCI_INDEX, OCI_MANIFEST, parseManifest } from '../../src/proxy/mediatyp
 import type { Manifest } from '../../src/proxy/manifests.js';
 import type { Digest } from '../../src/routing/reference.js';
 import { Router, type Route } from '../../src/routing/route.js';
-import { cleanupTempDirs, makeConfig, sha256, sleep, tempDir } from './helpers.js';
+import { cleanupTempDirs, makeConfig, sha256, tempDir, until } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -57,14 +57,15 @@ function index(children: Manifest[]): Manifest {
 
 class FakeDecider implements Decider {
   calls: PolicyInput[] = [];
-  delayMs = 0;
+  /** While set, an evaluation stays in flight until this settles. */
+  hold: Promise<void> | undefined;
   constructor(
     public revision: string,
     public answer: PolicyResult | ((input: PolicyInput) => PolicyResult) | Error,
   ) {}
   async evaluate(input: PolicyInput): Promise<PolicyResult> {
     this.calls.push(input);
-    if (this.delayMs) await sleep(this.delayMs);
+    if (this.hold) await this.hold;
     if (this.answer instanceof Error) throw this.answer;
     return typeof this.answer === 'function' ? this.answer(input) : this.answer;
   }
@@ -361,11 +362,16 @@ describe('Gate: decision cache', () => {
 
   it('concurrent identical requests evaluate once and share the answer', async () => {
     const decider = new FakeDecider('r1', ALLOW);
-    decider.delayMs = 30;
+    let release = (): void => {};
+    decider.hold = new Promise<void>((r) => (release = r));
     const seen: string[] = [];
     const g = gate(decider, [{ onDecision: (e) => seen.push(e.admission.decisionId) }]);
     const rq = req(route('library/nginx'), image());
-    const all = await Promise.all(Array.from({ length: 25 }, () => g.admitRoot(rq)));
+    // All 25 are issued before the first evaluation starts, and it does not finish until they have all been.
+    const pending = Promise.all(Array.from({ length: 25 }, () => g.admitRoot(rq)));
+    await until(() => decider.calls.length > 0, 'the first evaluation');
+    release();
+    const all = await pending;
     expect(decider.calls).toHaveLength(1);
     expect(new Set(all.map((a) => a.decisionId)).size).toBe(1);
     expect(seen).toHaveLength(1);
