@@ -69,7 +69,7 @@ export function maskInput(input: PolicyInput, pointers: string[]): { input: unkn
     let node: unknown = copy;
     for (let i = 0; i < segs.length - 1 && node && typeof node === 'object'; i++) node = (node as Record<string, unknown>)[segs[i]!];
     const last = segs[segs.length - 1]!;
-    if (node && typeof node === 'object' && last in (node as object)) {
+    if (node && typeof node === 'object' && last in node) {
       (node as Record<string, unknown>)[last] = '**masked**';
       masked.push(p);
     }

@@ -85,7 +85,7 @@ export class ScanService implements ScanProvider {
     this.config = cfg;
     this.order = sourceOrder(cfg);
     this.log = deps.log.child({ component: 'scan' });
-    this.metrics = (deps.metrics ?? {}) as ScanMetrics;
+    this.metrics = deps.metrics ?? {};
     this.now = opts.now ?? Date.now;
     this.wallClock = opts.wallClock ?? Date.now;
     this.cache = new LRUCache({ max: 10_000, ttl: Math.max(1, cfg.cacheTTL), ttlAutopurge: false });

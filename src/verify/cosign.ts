@@ -156,7 +156,7 @@ function fromLegacy(where: string, layer: Descriptor, bytes: Buffer, content: 'm
       throw new Error('malformed DSSE envelope');
     }
     const payload = Buffer.from(env.payload, 'base64');
-    signature = Buffer.from(env.signatures[0].sig as string, 'base64');
+    signature = Buffer.from(env.signatures[0].sig, 'base64');
     bundle = toDSSEBundle({ artifact: payload, artifactType: env.payloadType, signature, ...(certDer ? { certificate: certDer } : { keyHint: typeof env.signatures[0].keyid === 'string' ? env.signatures[0].keyid : '' }) });
     signedBytes = dsse.preAuthEncoding(env.payloadType, payload);
     claim = parseEnvelopePayload(env.payloadType, payload);
@@ -226,7 +226,7 @@ function tlogEntryFromRekorBundle(json: string): TransparencyLogEntry {
     inclusionPromise: { signedEntryTimestamp: Buffer.from(rb.SignedEntryTimestamp, 'base64') },
     inclusionProof: undefined,
     canonicalizedBody: body,
-  } as TransparencyLogEntry;
+  };
 }
 
 /** Case-insensitive member lookup: Go's JSON decoding, which cosign uses, matches keys that way. */

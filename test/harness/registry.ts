@@ -246,8 +246,8 @@ async function startOnce(opts: StartRegistryOptions): Promise<RunningRegistry> {
       }
     });
   };
-  attach(child.stdout!);
-  attach(child.stderr!);
+  attach(child.stdout);
+  attach(child.stderr);
 
   let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   const exitPromise = new Promise<void>((resolve) => {

@@ -208,7 +208,7 @@ describe('upstream faults (fake upstream)', () => {
           expect(r.body.toString()).toMatch(/"code":"UPSTREAM_ERROR".*digest mismatch/);
         }
       });
-      expect(results[0]!.complete).toBe(false);
+      expect(results[0].complete).toBe(false);
       await downloadsIdle(proxy);
       expect(tmpFiles(proxy)).toEqual([]);
     });

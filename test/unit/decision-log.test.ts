@@ -124,7 +124,7 @@ describe('maskInput', () => {
 
   it('masks whole subtrees, array elements and escaped keys', () => {
     const { input: masked, masked: which } = maskInput(input(), ['/input/request/client', '/input/attestations/0/predicate', '/input/image/labels/a~1b', '/input/image/labels/c~0d']);
-    const m = masked as unknown as Record<string, any>;
+    const m = masked as Record<string, any>;
     expect(m.request.client).toBe('**masked**');
     expect(m.attestations[0].predicate).toBe('**masked**');
     expect(m.image.labels).toEqual({ 'a/b': '**masked**', 'c~d': '**masked**' });

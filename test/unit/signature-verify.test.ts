@@ -97,7 +97,7 @@ function cosignSign(key: KeyObject, data: Buffer): Buffer {
 }
 
 function keyAuthority(publicKey: KeyObject, name = 'release'): KeyAuthority {
-  const path = file('key.pub', publicKey.export({ format: 'pem', type: 'spki' }) as string);
+  const path = file('key.pub', publicKey.export({ format: 'pem', type: 'spki' }));
   return loadTrust(configOf([{ name, kind: 'key', key: path }])).authorities[0] as KeyAuthority;
 }
 
@@ -141,12 +141,12 @@ describe('signatures config', () => {
   });
 
   it('the trust revision changes with the key file, and only then', () => {
-    const path = file('rot.pub', keyPair('P-256').publicKey.export({ format: 'pem', type: 'spki' }) as string);
+    const path = file('rot.pub', keyPair('P-256').publicKey.export({ format: 'pem', type: 'spki' }));
     const cfg = configOf([{ name: 'rel', kind: 'key', key: path }]);
     const a = loadTrust(cfg);
     expect(loadTrust(cfg).revision).toBe(a.revision);
     expect(trustFilesChanged(a)).toBe(false);
-    writeFileSync(path, keyPair('P-256').publicKey.export({ format: 'pem', type: 'spki' }) as string);
+    writeFileSync(path, keyPair('P-256').publicKey.export({ format: 'pem', type: 'spki' }));
     expect(trustFilesChanged(a)).toBe(true);
     expect(loadTrust(cfg).revision).not.toBe(a.revision);
   });
@@ -154,7 +154,7 @@ describe('signatures config', () => {
   it('config check: a scope naming an undefined authority, or an unusable key file, is an error naming it', () => {
     const doc = (authorities: unknown[], scopes: unknown[]) =>
       parseConfig(JSON.stringify({ upstreams: [{ name: 'u', registry: '127.0.0.1:5000', url: 'http://127.0.0.1:5000' }], policy: { settings: { scopes } }, signatures: { authorities } }), 'c.yaml', {});
-    const key = file('ok.pub', keyPair('P-256').publicKey.export({ format: 'pem', type: 'spki' }) as string);
+    const key = file('ok.pub', keyPair('P-256').publicKey.export({ format: 'pem', type: 'spki' }));
     expect(() => checkSignatureConfig(doc([{ name: 'release', kind: 'key', key }], [{ name: 'prod', images: ['**'], signatures: { authorities: ['release'] } }]))).not.toThrow();
     expect(() => checkSignatureConfig(doc([{ name: 'release', kind: 'key', key }], [{ name: 'prod', images: ['**'], signatures: { authorities: ['release', 'ci'] } }]))).toThrow(
       'policy.settings.scopes: scope "prod" requires signature authority "ci", which signatures.authorities does not define (defined: "release")',
@@ -287,7 +287,7 @@ describe('cosign, keyless (local Fulcio and Rekor from @sigstore/mock)', () => {
     const e = vm.tlogEntries[0]!;
     const rekorBundle = {
       SignedEntryTimestamp: Buffer.from(e.inclusionPromise!.signedEntryTimestamp).toString('base64'),
-      Payload: { body: Buffer.from(e.canonicalizedBody).toString('base64'), integratedTime: Number(e.integratedTime), logIndex: Number(e.logIndex), logID: Buffer.from(e.logId!.keyId).toString('hex') },
+      Payload: { body: Buffer.from(e.canonicalizedBody).toString('base64'), integratedTime: Number(e.integratedTime), logIndex: Number(e.logIndex), logID: Buffer.from(e.logId.keyId).toString('hex') },
     };
     const sig = b.content.$case === 'messageSignature' ? Buffer.from(b.content.messageSignature.signature).toString('base64') : '';
     const annotations = {
@@ -359,7 +359,7 @@ describe('notation JWS', () => {
       'io.cncf.notary.signingTime': (opts.signingTime ?? new Date()).toISOString(),
       ...(opts.expiry ? { 'io.cncf.notary.expiry': opts.expiry.toISOString() } : {}),
     };
-    const signed = await new FlattenedSign(payload).setProtectedHeader(header as never).setUnprotectedHeader({ x5c: opts.chain ?? [der(leafCert), der(ca.cert)], 'io.cncf.notary.signingAgent': 'test' }).sign(leafKey, { crit: { 'io.cncf.notary.signingScheme': true, 'io.cncf.notary.expiry': true } });
+    const signed = await new FlattenedSign(payload).setProtectedHeader(header).setUnprotectedHeader({ x5c: opts.chain ?? [der(leafCert), der(ca.cert)], 'io.cncf.notary.signingAgent': 'test' }).sign(leafKey, { crit: { 'io.cncf.notary.signingScheme': true, 'io.cncf.notary.expiry': true } });
     if (opts.tamper) signed.payload = Buffer.from(JSON.stringify({ targetArtifact: { ...target, size: 528 } })).toString('base64url');
     return Buffer.from(JSON.stringify(signed));
   }
