@@ -15,6 +15,9 @@ export default defineConfig(
       parserOptions: { project: ['./tsconfig.test.json'], tsconfigRootDir: import.meta.dirname },
     },
     rules: {
+      // A `let` assigned once, later, and read before that by a closure (a late-bound reference such as the app that
+      // exists only after the policy loaded) cannot be a const.
+      'prefer-const': ['error', { ignoreReadBeforeAssign: true }],
       // The code's convention for a deliberately unused name: a leading underscore (a property dropped by a rest
       // destructuring, an interface's parameter an implementation ignores).
       '@typescript-eslint/no-unused-vars': [

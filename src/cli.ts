@@ -15,7 +15,7 @@ import type { DecisionObserver } from './gate/gate.js';
 import { buildProxy } from './server/bootstrap.js';
 import { checkSignatureConfig } from './verify/index.js';
 import { formatReport, reevaluate, type ReevalReport } from './scan/reeval.js';
-import { clientConfig, type ClientKind } from './clients/config.js';
+import { clientConfig } from './clients/config.js';
 
 const USAGE = `usage:
   portcullis serve [--config FILE]

@@ -218,9 +218,3 @@ export class ClientAuth {
     await this.hasher?.close();
   }
 }
-
-/** A stable key for an identity: decision caches must not hand one client's decision to another. */
-export function identityKey(i: Identity): string {
-  const via = i.via ? `@${i.via.method}:${i.via.user ?? ''}:${i.via.groups.join(',')}` : '';
-  return `${i.method}:${i.user ?? ''}:${i.groups.join(',')}${via}`;
-}

@@ -212,9 +212,10 @@ export class BlobStore {
     this.track(digest, size);
   }
 
-  async remove(digest: Digest): Promise<void> {
+  remove(digest: Digest): Promise<void> {
     this.index.delete(digest);
     this.removeWhenUnused(digest);
+    return Promise.resolve();
   }
 }
 

@@ -145,13 +145,13 @@ export class TailReader extends Readable {
  */
 export function committedReader(store: BlobStore, digest: Digest, start: number, end: number): Readable {
   const lease = store.lease(digest);
-  if (!lease) return Readable.from(failing(new Error(`blob ${digest} left the cache before it could be served`)));
+  if (!lease) return failing(new Error(`blob ${digest} left the cache before it could be served`));
   const s = createReadStream(lease.path, { start, end, highWaterMark: SLAB_SIZE });
-  s.once('close', lease.release);
+  s.once('close', () => lease.release());
   return s;
 }
 
-/** A stream that errors at once (Readable.from wants an iterable). */
-async function* failing(e: Error): AsyncGenerator<Buffer> {
-  throw e;
+/** A stream that errors on its first read, as a stream whose source fails at once would. */
+function failing(e: Error): Readable {
+  return Readable.from({ [Symbol.asyncIterator]: () => ({ next: (): Promise<IteratorResult<Buffer>> => Promise.reject(e) }) });
 }

@@ -121,6 +121,7 @@ export class DecisionLog implements DecisionObserver {
    * Records a decision. Returns a promise only when the decision must wait (`onFull: block` and the queue full):
    * it resolves once the event is queued and rejects with DecisionLogUnavailableError after `blockTimeout`.
    */
+  // eslint-disable-next-line @typescript-eslint/no-misused-promises -- the Gate awaits a returned promise; DecisionObserver is typed void only so that any callback fits
   onDecision(e: Parameters<DecisionObserver['onDecision']>[0]): void | Promise<void> {
     if (this.cfg.sink === 'none') return;
     const { input, masked } = loggedInput(e.input, this.cfg.mask);

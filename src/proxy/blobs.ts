@@ -79,7 +79,7 @@ export class BlobService {
         stream: (start, end) => {
           used = true;
           const s = createReadStream(lease.path, { start, end, highWaterMark: 256 * 1024 });
-          s.once('close', lease.release);
+          s.once('close', () => lease.release());
           return s;
         },
         release: () => {

@@ -45,8 +45,3 @@ export function scanCapability(
     close: () => built?.service?.close(),
   };
 }
-
-/** The provider alone (no report API); prefer scanCapability(), which can also be closed. */
-export function createScanProvider(deps: EvidenceDeps): ScanProvider | undefined {
-  return scanCapability().provider(deps);
-}

@@ -188,7 +188,7 @@ export class ScannerJobs {
       this.failJob(rec, `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
       return;
     }
-    let next = sc.pollInterval;
+    let next: number;
     try {
       const r = await this.client.report(job.id);
       if (this.closed) return;

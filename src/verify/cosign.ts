@@ -87,7 +87,7 @@ function fromBundle(where: string, bytes: Buffer): CosignItem {
   try {
     bundle = bundleFromJSON(JSON.parse(bytes.toString('utf8')));
   } catch (e) {
-    throw new Error(`not a valid Sigstore bundle: ${(e as Error).message}`);
+    throw new Error(`not a valid Sigstore bundle: ${(e as Error).message}`, { cause: e });
   }
   const vm = bundle.verificationMaterial.content;
   const certificate =
@@ -192,7 +192,7 @@ function parsePemCertificate(pem: string): X509Certificate {
   try {
     return X509Certificate.parse(pem);
   } catch (e) {
-    throw new Error(`unparsable certificate annotation: ${(e as Error).message}`);
+    throw new Error(`unparsable certificate annotation: ${(e as Error).message}`, { cause: e });
   }
 }
 
@@ -209,8 +209,8 @@ function tlogEntryFromRekorBundle(json: string): TransparencyLogEntry {
     throw new Error('malformed dev.sigstore.cosign/bundle annotation');
   }
   const body = Buffer.from(p.body, 'base64');
-  let kind = '';
-  let version = '';
+  let kind: string;
+  let version: string;
   try {
     const b = JSON.parse(body.toString('utf8')) as { kind?: unknown; apiVersion?: unknown };
     kind = typeof b.kind === 'string' ? b.kind : '';

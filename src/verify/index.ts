@@ -11,8 +11,6 @@ import type { Config } from '../config/schema.js';
 import { SignatureEvidenceProvider } from './provider.js';
 import { loadTrust } from './trust.js';
 
-export { isAccessory, needsOwnDecision, ACCESSORY_TAG } from './accessory.js';
-
 export function createSignatureProvider(deps: EvidenceDeps): SignatureProvider | undefined {
   const cfg = deps.config.signatures;
   if (!cfg || cfg.authorities.length === 0) return undefined;

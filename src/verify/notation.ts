@@ -66,7 +66,7 @@ export function parseNotationJws(where: string, bytes: Buffer): NotationEnvelope
   try {
     chain = x5c.map((c) => new NodeX509(Buffer.from(c, 'base64')));
   } catch (e) {
-    throw new Error(`unparsable x5c certificate: ${(e as Error).message}`);
+    throw new Error(`unparsable x5c certificate: ${(e as Error).message}`, { cause: e });
   }
   return {
     where,

@@ -158,7 +158,7 @@ async function pullBlob(
   try {
     const res = await fetch(`${url}/v2/${repo}/blobs/${digest}?ns=${encodeURIComponent(reg.host)}`);
     if (res.status !== 200) return { digest: '', bytes: 0, error: `HTTP ${res.status} ${await res.text()}` };
-    const reader = res.body!.getReader();
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;

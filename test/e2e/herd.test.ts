@@ -54,7 +54,7 @@ async function pullOnce(i: number): Promise<{ manifest: string; blobs: string[] 
     const res = await fetch(`${base}/blobs/${d}${qs}`);
     if (res.status !== 200) throw new Error(`client ${i}: blob ${d} HTTP ${res.status}`);
     const h = createHash('sha256');
-    const reader = res.body!.getReader();
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;

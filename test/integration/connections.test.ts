@@ -29,14 +29,13 @@ import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 
 let reg: RunningRegistry;
 let big: PushedImage;
-let small: PushedImage;
 
 beforeAll(async () => {
   reg = await startRegistry();
   // Far larger than what loopback socket buffers absorb (a few MiB each side), so a client that stops reading
   // really stalls the proxy's writes.
   big = await pushImage(reg.url, 'lim/big', 'v1', { layerSizeMiB: 48 });
-  small = await pushImage(reg.url, 'lim/small', 'v1');
+  await pushImage(reg.url, 'lim/small', 'v1');
 });
 
 afterAll(async () => {

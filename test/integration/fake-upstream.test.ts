@@ -183,7 +183,7 @@ describe('fake upstream', () => {
       const d = held.addBlob('demo/slow', blob);
       held.setFault({ pathRegex: /\/blobs\// }, { kind: 'slow', bytesPerSecond: 10_000 });
       const r = await fetch(`${held.url}/v2/demo/slow/blobs/${d}`);
-      const reader = r.body!.getReader();
+      const reader = (r.body as ReadableStream<Uint8Array>).getReader();
       const got: Buffer[] = [];
       const readUpTo = async (n: number): Promise<void> => {
         while (Buffer.concat(got).length < n) {

@@ -369,7 +369,7 @@ describe('upstream faults (fake upstream)', () => {
       expect(JSON.parse(r.body.toString())).toEqual({ name: `${U}/${s.repo}`, tags: ['a', 'b'] });
       expect(r.headers.get('link')).toBe(`</v2/${U}/${s.repo}/tags/list?n=2&last=b>; rel="next"`);
       const next = await json(`${proxy.url}/v2/${U}/${s.repo}/tags/list?n=2&last=b`, {});
-      expect(JSON.parse(next.body.toString()).tags).toEqual(['c', 'v1']);
+      expect((JSON.parse(next.body.toString()) as { tags: string[] }).tags).toEqual(['c', 'v1']);
       expect(next.headers.get('link')).toBeNull();
     });
 

@@ -64,7 +64,7 @@ function reusingSource(
   chunk: number,
   opts: { onOffset?: (off: number) => Promise<void> | void; /** The download held the source (after the chunk at `off`). */ onHeld?: (off: number) => void } = {},
 ): () => Promise<DownloadSource> {
-  return async () => {
+  return () => {
     const buf = Buffer.alloc(chunk);
     const body: ByteSource = {
       async pipeTo(onChunk) {
@@ -81,7 +81,7 @@ function reusingSource(
         }
       },
     };
-    return { size: data.length, body, cancel: () => {} };
+    return Promise.resolve({ size: data.length, body, cancel: () => {} });
   };
 }
 

@@ -40,18 +40,17 @@ class ControlledSource {
     this.fetches++;
     // Answer asynchronously, as a real upstream does (a turn of the event loop, not a span of time).
     await new Promise<void>((r) => setImmediate(r));
-    const self = this;
-    async function* body(): AsyncGenerator<Buffer> {
-      for (let i = 0; i < self.chunks.length; i++) {
-        while (self.released <= i) await new Promise<void>((r) => self.waiting.push(r));
-        if (self.failAt === i) throw new Error('upstream connection reset');
-        if (self.cancelled) throw new Error('cancelled');
-        yield self.chunks[i]!;
+    async function* body(src: ControlledSource): AsyncGenerator<Buffer> {
+      for (let i = 0; i < src.chunks.length; i++) {
+        while (src.released <= i) await new Promise<void>((r) => src.waiting.push(r));
+        if (src.failAt === i) throw new Error('upstream connection reset');
+        if (src.cancelled) throw new Error('cancelled');
+        yield src.chunks[i]!;
       }
       // With holdEnd, the body stays open after its last chunk until one more release().
-      while (self.holdEnd && self.released <= self.chunks.length) await new Promise<void>((r) => self.waiting.push(r));
+      while (src.holdEnd && src.released <= src.chunks.length) await new Promise<void>((r) => src.waiting.push(r));
     }
-    return { size: this.unknownSize ? undefined : this.declaredSize, body: body(), cancel: () => (this.cancelled = true) };
+    return { size: this.unknownSize ? undefined : this.declaredSize, body: body(this), cancel: () => (this.cancelled = true) };
   };
 }
 

@@ -108,10 +108,6 @@ function byDigest(g: Gate, r: Route, manifest: Manifest) {
   return g.admitByDigest({ route: r, method: 'GET', client: CLIENT, manifest });
 }
 
-function blob(g: Gate, r: Route, digest: Digest) {
-  return g.admitBlob({ route: r, method: 'GET', client: CLIENT, digest });
-}
-
 describe('Gate: closures', () => {
   it('an allow records the closure of an image: config and layers as blobs, in that repository only', async () => {
     const g = gate(new FakeDecider('r1', ALLOW));
@@ -234,6 +230,7 @@ describe('Gate: fail closed', () => {
   });
 
   it('a decider that rejects with a non-Error, or returns garbage, also denies', async () => {
+    // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- a misbehaving decider is the point
     const weird: Decider = { revision: 'w', evaluate: () => Promise.reject('just a string') };
     expect((await gate(weird).admitRoot(req(route('library/nginx'), image()))).violations[0]?.rule).toBe('policy.error');
     const garbage: Decider = { revision: 'g', evaluate: () => Promise.resolve({ allow: true } as unknown as PolicyResult) };

@@ -85,7 +85,3 @@ export function sleep(ms: number): Promise<void> {
 }
 
 export { until } from '../harness/wait.js';
-
-export function hex(n: number, ch = 'a'): string {
-  return ch.repeat(n);
-}
