@@ -243,7 +243,7 @@ function clientConfigCommand(args: string[]): number {
   const config = load(configPath(values.config));
   let cc;
   try {
-    cc = clientConfig(kind as ClientKind, config, {
+    cc = clientConfig(kind, config, {
       proxyUrl: values.proxy,
       ...(values.ca ? { caFile: values.ca } : {}),
       ...(values['skip-verify'] ? { skipVerify: true } : {}),

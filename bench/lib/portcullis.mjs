@@ -59,7 +59,7 @@ export async function startPortcullis(o) {
     }
   } catch (e) {
     await d.stop();
-    throw new Error(`Portcullis did not start: ${e.message}\n${readFileSync(logPath, 'utf8').slice(-3000)}`);
+    throw new Error(`Portcullis did not start: ${e.message}\n${readFileSync(logPath, 'utf8').slice(-3000)}`, { cause: e });
   }
   return {
     name: o.name,

@@ -27,7 +27,7 @@ export interface Identity {
   scanJob?: { repository: string; digest: string };
 }
 
-export const ANONYMOUS: Identity = Object.freeze({ user: null, groups: [], method: 'anonymous' }) as Identity;
+export const ANONYMOUS: Identity = Object.freeze({ user: null, groups: [], method: 'anonymous' });
 
 export type AuthFailureCode =
   /** No credentials, and this listener does not allow anonymous requests. */

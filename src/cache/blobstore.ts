@@ -98,6 +98,8 @@ export class FileBlobStore implements BlobStore {
   private readonly tmpDir: string;
   private readonly index: BlobIndex;
   readonly ready = Promise.resolve();
+  /** Unlinks started and not finished: removal is fire-and-forget for callers, but idle() can wait for it. */
+  private readonly unlinking = new Set<Promise<void>>();
 
   constructor(
     dataDir: string,
@@ -106,7 +108,7 @@ export class FileBlobStore implements BlobStore {
   ) {
     this.blobsDir = join(dataDir, 'blobs');
     this.tmpDir = join(dataDir, 'tmp');
-    this.index = new BlobIndex(maxSize, (digest) => void unlink(this.pathFor(digest)).catch(() => {}), events);
+    this.index = new BlobIndex(maxSize, (digest) => this.unlinkNow(digest), events);
     mkdirSync(this.blobsDir, { recursive: true });
     removeOrphanedSpools(this.tmpDir);
     this.loadIndex();
@@ -203,6 +205,17 @@ export class FileBlobStore implements BlobStore {
       await w.abort();
       throw e;
     }
+  }
+
+  private unlinkNow(digest: Digest): void {
+    const p = unlink(this.pathFor(digest)).catch(() => {});
+    this.unlinking.add(p);
+    void p.finally(() => this.unlinking.delete(p));
+  }
+
+  /** Resolves once every file removal started so far has finished (so "the file is gone" is a settled fact). */
+  async idle(): Promise<void> {
+    await Promise.all([...this.unlinking]);
   }
 
   async remove(digest: Digest): Promise<void> {

@@ -130,7 +130,6 @@ export const scanSchema = z
   });
 
 export type ScanConfig = z.output<typeof scanSchema>;
-export type ScannerConfig = NonNullable<ScanConfig['scanner']>;
 
 /** The configured sources in the order they are consulted. */
 export function sourceOrder(c: ScanConfig): SourceName[] {

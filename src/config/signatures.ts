@@ -85,9 +85,6 @@ const notationAuthority = z
 
 export const authoritySchema = z.discriminatedUnion('kind', [keyAuthority, keylessAuthority, notationAuthority]);
 export type AuthorityConfig = z.output<typeof authoritySchema>;
-export type KeyAuthorityConfig = z.output<typeof keyAuthority>;
-export type KeylessAuthorityConfig = z.output<typeof keylessAuthority>;
-export type NotationAuthorityConfig = z.output<typeof notationAuthority>;
 
 function authorityLabel(v: unknown, i: number): string {
   const name = typeof v === 'object' && v !== null && typeof (v as { name?: unknown }).name === 'string' ? (v as { name: string }).name : undefined;

@@ -100,7 +100,7 @@ export class Closures {
       expiresAt,
     });
     this.writes.set(writeKey(s.route, s.manifest.digest, under, tag), now);
-    if (admission.serve) this.meta.putMembers(upstream.name, repository, (under || s.manifest.digest) as Digest, s.manifest.digest, membersOf(s.manifest), expiresAt);
+    if (admission.serve) this.meta.putMembers(upstream.name, repository, under || s.manifest.digest, s.manifest.digest, membersOf(s.manifest), expiresAt);
   }
 
   /** A cached allow was reused: keep its admission and members alive (at most one write per half closure TTL). */

@@ -70,7 +70,7 @@ export function maskInput(input: PolicyInput, pointers: string[]): { input: unkn
     let node: unknown = copy;
     for (let i = 0; i < segs.length - 1 && node && typeof node === 'object'; i++) node = (node as Record<string, unknown>)[segs[i]!];
     const last = segs[segs.length - 1]!;
-    if (node && typeof node === 'object' && last in (node as object)) {
+    if (node && typeof node === 'object' && last in node) {
       (node as Record<string, unknown>)[last] = '**masked**';
       masked.push(p);
     }
@@ -136,6 +136,7 @@ export class DecisionLog implements DecisionObserver {
    * Records a decision. Returns a promise only when the decision must wait (`onFull: block` and the queue full):
    * it resolves once the event is queued and rejects with DecisionLogUnavailableError after `blockTimeout`.
    */
+  // eslint-disable-next-line @typescript-eslint/no-misused-promises -- the Gate awaits a returned promise; DecisionObserver is typed void only so that any callback fits
   onDecision(e: Parameters<DecisionObserver['onDecision']>[0]): void | Promise<void> {
     if (this.cfg.sink === 'none') return;
     const { input, masked } = loggedInput(e.input, this.cfg.mask);

@@ -52,7 +52,7 @@ function descriptor(v: unknown, where: string): Descriptor {
   if (typeof d.size !== 'number' || !Number.isSafeInteger(d.size) || d.size < 0) throw new ManifestFormatError(`${where}: invalid size`);
   if (typeof d.mediaType !== 'string') throw new ManifestFormatError(`${where}: missing mediaType`);
   const out: Descriptor = { mediaType: d.mediaType, digest: d.digest, size: d.size };
-  if (typeof d.platform === 'object' && d.platform !== null) out.platform = d.platform as Descriptor['platform'];
+  if (typeof d.platform === 'object' && d.platform !== null) out.platform = d.platform;
   if (typeof d.artifactType === 'string') out.artifactType = d.artifactType;
   if (typeof d.annotations === 'object' && d.annotations !== null) out.annotations = d.annotations as Record<string, string>;
   return out;

@@ -78,7 +78,10 @@ export class OpaRestDecider implements Decider {
     if (!b || typeof b !== 'object') return;
     this.bundles = Object.keys(b)
       .sort()
-      .map((name) => `${name}=${String(b[name]?.revision ?? '')}`)
+      .map((name) => {
+        const rev = b[name]?.revision;
+        return `${name}=${typeof rev === 'string' || typeof rev === 'number' ? rev : ''}`;
+      })
       .join(',');
   }
 

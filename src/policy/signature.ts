@@ -109,7 +109,7 @@ export class BundleVerifier {
       throw new BundleSignatureError('signature_invalid', `the bundle is signed with key id "${named}", policy.signing.keyId is "${this.cfg.keyId}"`);
     }
     if ((claims.scope ?? '') !== (this.cfg.scope ?? '')) {
-      throw new BundleSignatureError('signature_invalid', `the bundle signature scope "${String(claims.scope ?? '')}" is not "${this.cfg.scope ?? ''}"`);
+      throw new BundleSignatureError('signature_invalid', `the bundle signature scope "${typeof claims.scope === 'string' ? claims.scope : JSON.stringify(claims.scope ?? '')}" is not "${this.cfg.scope ?? ''}"`);
     }
     if (!Array.isArray(claims.files)) throw new BundleSignatureError('signature_invalid', 'the bundle signature lists no files');
     const files = claims.files.filter(

@@ -61,7 +61,7 @@ export class WasmDecider implements Decider {
     try {
       return Promise.resolve(parseResult(rs));
     } catch (e) {
-      return Promise.reject(e as Error);
+      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
   }
 }

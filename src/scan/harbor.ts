@@ -102,8 +102,8 @@ export class HarborClient {
     const caps = isObj(doc) && Array.isArray(doc.capabilities) ? doc.capabilities.filter(isObj) : [];
     const vulnCaps = caps.filter((c) => c.type === undefined || c.type === 'vulnerability');
     const typed = caps.some((c) => typeof c.type === 'string');
-    const produces = vulnCaps.flatMap((c) => (Array.isArray(c.produces_mime_types) ? c.produces_mime_types : [])).filter((m): m is string => typeof m === 'string');
-    const consumes = vulnCaps.flatMap((c) => (Array.isArray(c.consumes_mime_types) ? c.consumes_mime_types : [])).filter((m): m is string => typeof m === 'string');
+    const produces = vulnCaps.flatMap((c) => (Array.isArray(c.produces_mime_types) ? (c.produces_mime_types as unknown[]) : [])).filter((m): m is string => typeof m === 'string');
+    const consumes = vulnCaps.flatMap((c) => (Array.isArray(c.consumes_mime_types) ? (c.consumes_mime_types as unknown[]) : [])).filter((m): m is string => typeof m === 'string');
     const norm = (m: string): string => m.replace(/\s+/g, '').toLowerCase();
     const reportType = REPORT_TYPES.find((t) => produces.some((p) => norm(p) === norm(t)));
     if (!reportType) throw new ScannerError(`scanner produces no Harbor vulnerability report (produces: ${produces.join(', ') || 'nothing'})`);

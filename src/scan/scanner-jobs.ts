@@ -23,6 +23,8 @@ export interface ScannerJobsDeps {
   metrics: ScanMetrics;
   /** The policy clock; timers and retries use the wall clock. */
   now: () => number;
+  /** The wall clock: when a job was requested, when to poll next, how long an error stands. */
+  wallClock: () => number;
   isStale: (r: ScanResult, now: number) => boolean;
   /** A job for this digest finished or failed: wake up whoever waits for scan evidence. */
   changed: (digest: string) => void;
@@ -59,7 +61,7 @@ export class ScannerJobs {
     // Scans requested before a restart are still running at the scanner: keep polling them.
     for (const rec of deps.store.pendingScans()) {
       this.pending.add(rec.digest);
-      this.schedulePoll(rec.digest, Math.max(0, (rec.job?.nextPollAt ?? 0) - Date.now()));
+      this.schedulePoll(rec.digest, Math.max(0, (rec.job?.nextPollAt ?? 0) - this.deps.wallClock()));
     }
     this.updatePendingGauge();
   }
@@ -80,7 +82,7 @@ export class ScannerJobs {
   private async scannerTarget(ctx: EvidenceContext, t: Target): Promise<Outcome> {
     const sc = this.sc;
     let rec = this.scannerRecord(t.digest);
-    const wall = Date.now();
+    const wall = this.deps.wallClock();
     const result = rec?.result ?? null;
     const fresh = result !== null && !this.deps.isStale(result, this.deps.now());
     if (fresh) return { kind: 'ok', source: 'scanner', result };
@@ -136,7 +138,7 @@ export class ScannerJobs {
         mimeType: t.mediaType,
       });
       if (this.closed) return;
-      const now = Date.now();
+      const now = this.deps.wallClock();
       rec.job = { id, requestedAt: requestedAt ?? now, nextPollAt: now, upstream: ctx.upstream, repository: ctx.repository, mimeType: t.mediaType };
       rec.error = null;
       this.deps.store.putScanner(rec);
@@ -151,7 +153,7 @@ export class ScannerJobs {
       this.log.warn({ digest: t.digest, err: message }, 'scan request failed');
       rec.job = null;
       // Whatever failed on the way (the scanner, or the pull token for it), the scan request did not go out.
-      rec.error = { message, at: Date.now(), code: 'SCANNER_ERROR' };
+      rec.error = { message, at: this.deps.wallClock(), code: 'SCANNER_ERROR' };
       this.deps.store.putScanner(rec);
       this.pending.delete(t.digest);
       this.updatePendingGauge();
@@ -181,11 +183,11 @@ export class ScannerJobs {
       return;
     }
     const job = rec.job;
-    if (Date.now() - job.requestedAt > sc.scanTimeout) {
+    if (this.deps.wallClock() - job.requestedAt > sc.scanTimeout) {
       this.failJob(rec, 'SCAN_TIMEOUT', `scan did not finish within ${Math.round(sc.scanTimeout / 1000)}s`);
       return;
     }
-    let next = sc.pollInterval;
+    let next: number;
     try {
       const r = await this.client.report(job.id);
       if (this.closed) return;
@@ -217,7 +219,7 @@ export class ScannerJobs {
       this.log.warn({ digest, err: errorText(e) }, 'polling the scanner failed');
       next = Math.min(60_000, sc.pollInterval * 2);
     }
-    rec.job = { ...job, nextPollAt: Date.now() + next };
+    rec.job = { ...job, nextPollAt: this.deps.wallClock() + next };
     this.deps.store.putScanner(rec);
     this.schedulePoll(digest, next);
   }
@@ -227,7 +229,7 @@ export class ScannerJobs {
     const t = this.pollTimers.get(rec.digest);
     if (t) clearTimeout(t);
     this.pollTimers.delete(rec.digest);
-    const updated: ScannerRecord = { ...rec, job: null, error: { message, at: Date.now(), code } };
+    const updated: ScannerRecord = { ...rec, job: null, error: { message, at: this.deps.wallClock(), code } };
     this.deps.store.putScanner(updated);
     this.pending.delete(rec.digest);
     this.updatePendingGauge();

@@ -48,6 +48,8 @@ export interface Target {
 export interface ScanServiceOptions {
   /** The policy clock (age and staleness); timers and retries use the wall clock. */
   now?: () => number;
+  /** The wall clock for deadlines, retry windows and the poll schedule (default Date.now; tests inject one). */
+  wallClock?: () => number;
   /** Issues the scanner's per-job pull token (`scanner.pullThrough`). */
   scannerToken?: ((repository: string, digest: string, ttlMs: number) => Promise<string>) | undefined;
 }
@@ -68,6 +70,7 @@ export class ScanService implements ScanProvider {
   private readonly log: Logger;
   private readonly metrics: ScanMetrics;
   private readonly now: () => number;
+  private readonly wallClock: () => number;
   private readonly events = new EventEmitter();
   /** Parsed per-digest lookups of reports and scanner results (`report\n<digest>`, `scanner\n<digest>`). */
   private readonly cache: LRUCache<string, { value: ScanResult | null }>;
@@ -82,8 +85,9 @@ export class ScanService implements ScanProvider {
     this.config = cfg;
     this.order = sourceOrder(cfg);
     this.log = deps.log.child({ component: 'scan' });
-    this.metrics = (deps.metrics ?? {}) as ScanMetrics;
+    this.metrics = deps.metrics ?? {};
     this.now = opts.now ?? Date.now;
+    this.wallClock = opts.wallClock ?? Date.now;
     this.cache = new LRUCache({ max: 10_000, ttl: Math.max(1, cfg.cacheTTL), ttlAutopurge: false });
     this.events.setMaxListeners(0);
     this.store = new ScanStore(deps.dataDir);
@@ -94,6 +98,7 @@ export class ScanService implements ScanProvider {
         log: this.log,
         metrics: this.metrics,
         now: this.now,
+        wallClock: this.wallClock,
         isStale: (r, now) => this.isStale(r, now),
         changed: (digest) => this.events.emit('changed', digest),
         scannerToken: opts.scannerToken,
@@ -116,10 +121,10 @@ export class ScanService implements ScanProvider {
    * `scan.maxWait`) runs out. Wakes up when a scan result or a report arrives, and at least once a second.
    */
   async awaitResult(ctx: EvidenceContext, attestations: PolicyInput['attestations'], timeoutMs: number): Promise<ScanEvidence> {
-    const deadline = Date.now() + Math.max(0, Math.min(timeoutMs, this.config.maxWait));
+    const deadline = this.wallClock() + Math.max(0, Math.min(timeoutMs, this.config.maxWait));
     let ev = await this.scan(ctx, attestations);
     while (ev.status === 'pending' && !this.closed) {
-      const left = deadline - Date.now();
+      const left = deadline - this.wallClock();
       if (left <= 0) break;
       await new Promise<void>((resolve) => {
         const done = (): void => {

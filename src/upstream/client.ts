@@ -71,7 +71,7 @@ export interface UpstreamClientOptions {
   log?: Logger;
   /** The resolver behind the egress check (egress.ts); tests inject one, dns.lookup otherwise. */
   lookup?: LookupFunction;
-  /** Clock for credential expiry (credentialProvider). */
+  /** Clock for credential and token expiry (credentialProvider, the token cache). */
   now?: () => number;
   /** A credential plugin run failed (logged by the caller). */
   onCredentialError?: (message: string) => void;
@@ -155,6 +155,7 @@ export class UpstreamClient {
       upstreamUrl: this.baseUrl,
       credentials: () => this.credentials(),
       dispatcher: this.agent,
+      now: opts.now ?? Date.now,
       onTokenFetch: (outcome) => opts.metrics.tokenFetches.inc({ upstream: this.name, outcome }),
       tokenRealms: config.tokenRealms,
       onRealmRefused: (realm, reason) => {

@@ -189,7 +189,7 @@ export class EgressGuard {
     const host = hostname.toLowerCase();
     this.resolve(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, options.all ? [] : '');
-      const list = (Array.isArray(addresses) ? addresses : [{ address: addresses, family: net.isIP(addresses) }]) as LookupAddress[];
+      const list = Array.isArray(addresses) ? addresses : [{ address: addresses, family: net.isIP(addresses) }];
       if (list.length === 0) return callback(Object.assign(new Error(`no address for ${hostname}`), { code: 'ENOTFOUND' }), options.all ? [] : '');
       if (host === this.ownHost) for (const a of list) this.learnOwn(a.address);
       else if (!this.trusted(host)) {

@@ -13,6 +13,7 @@ export class HttpFramingError extends Error {
 
 const FIELD_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 /** Control characters other than HTAB: never valid in a field value or reason phrase (bare CR and LF included). */
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
 const CTL = /[\0-\x08\x0a-\x1f\x7f]/;
 
 /** One `name: value` line (RFC 9112 §5): a token, a colon with no space before it, a value without controls. */

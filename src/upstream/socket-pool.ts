@@ -65,7 +65,7 @@ export class SocketPool {
     const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
     const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
     this.opts.egress?.checkHost(host);
-    const lookup: { lookup?: net.LookupFunction } = this.opts.egress ? { lookup: this.opts.egress.lookup as unknown as net.LookupFunction } : {};
+    const lookup: { lookup?: net.LookupFunction } = this.opts.egress ? { lookup: this.opts.egress.lookup } : {};
     let ps: PooledSocket | undefined;
     const onread = {
       buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),

@@ -18,8 +18,6 @@ import { HttpFramingError, parseField, parseHead } from './http-head.js';
 import { SocketBody, type BodyFeed } from './socket-body.js';
 import type { PooledSocket, SocketPool } from './socket-pool.js';
 
-export { HttpFramingError } from './http-head.js';
-
 export interface SocketRequestOptions {
   method: 'GET' | 'HEAD';
   headers: Record<string, string>;
@@ -280,6 +278,7 @@ class Connection implements BodyFeed {
       else parseField(line);
       return;
     }
+    // eslint-disable-next-line no-control-regex -- a chunk extension must not contain control characters
     const m = /^([0-9a-fA-F]{1,13})[ \t]*(;[^\0-\x08\x0a-\x1f\x7f]*)?$/.exec(line);
     if (!m) throw new HttpFramingError(`bad chunk size line ${JSON.stringify(line.slice(0, 40))}`);
     this.remaining = Number.parseInt(m[1] as string, 16);

@@ -94,7 +94,7 @@ function fromBundle(where: string, bytes: Buffer): CosignItem {
   try {
     bundle = bundleFromJSON(JSON.parse(bytes.toString('utf8')));
   } catch (e) {
-    throw new Error(`not a valid Sigstore bundle: ${(e as Error).message}`);
+    throw new Error(`not a valid Sigstore bundle: ${(e as Error).message}`, { cause: e });
   }
   const vm = bundle.verificationMaterial.content;
   const certificate =
@@ -163,7 +163,7 @@ function fromLegacy(where: string, layer: Descriptor, bytes: Buffer, content: 'm
       throw new Error('malformed DSSE envelope');
     }
     const payload = Buffer.from(env.payload, 'base64');
-    signature = Buffer.from(env.signatures[0].sig as string, 'base64');
+    signature = Buffer.from(env.signatures[0].sig, 'base64');
     bundle = toDSSEBundle({ artifact: payload, artifactType: env.payloadType, signature, ...(certDer ? { certificate: certDer } : { keyHint: typeof env.signatures[0].keyid === 'string' ? env.signatures[0].keyid : '' }) });
     signedBytes = dsse.preAuthEncoding(env.payloadType, payload);
     claim = parseEnvelopePayload(env.payloadType, payload);
@@ -199,7 +199,7 @@ function parsePemCertificate(pem: string): X509Certificate {
   try {
     return X509Certificate.parse(pem);
   } catch (e) {
-    throw new Error(`unparsable certificate annotation: ${(e as Error).message}`);
+    throw new Error(`unparsable certificate annotation: ${(e as Error).message}`, { cause: e });
   }
 }
 
@@ -216,8 +216,8 @@ function tlogEntryFromRekorBundle(json: string): TransparencyLogEntry {
     throw new Error('malformed dev.sigstore.cosign/bundle annotation');
   }
   const body = Buffer.from(p.body, 'base64');
-  let kind = '';
-  let version = '';
+  let kind: string;
+  let version: string;
   try {
     const b = JSON.parse(body.toString('utf8')) as { kind?: unknown; apiVersion?: unknown };
     kind = typeof b.kind === 'string' ? b.kind : '';
@@ -233,7 +233,7 @@ function tlogEntryFromRekorBundle(json: string): TransparencyLogEntry {
     inclusionPromise: { signedEntryTimestamp: Buffer.from(rb.SignedEntryTimestamp, 'base64') },
     inclusionProof: undefined,
     canonicalizedBody: body,
-  } as TransparencyLogEntry;
+  };
 }
 
 /** Case-insensitive member lookup: Go's JSON decoding, which cosign uses, matches keys that way. */

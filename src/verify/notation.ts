@@ -65,9 +65,9 @@ export function parseNotationJws(where: string, bytes: Buffer): NotationEnvelope
   if (!Array.isArray(x5c) || x5c.length === 0 || !x5c.every((c) => typeof c === 'string')) throw new Error('JWS without an x5c certificate chain');
   let chain: NodeX509[];
   try {
-    chain = (x5c as string[]).map((c) => new NodeX509(Buffer.from(c, 'base64')));
+    chain = x5c.map((c) => new NodeX509(Buffer.from(c, 'base64')));
   } catch (e) {
-    throw new Error(`unparsable x5c certificate: ${(e as Error).message}`);
+    throw new Error(`unparsable x5c certificate: ${(e as Error).message}`, { cause: e });
   }
   return {
     where,
@@ -156,7 +156,7 @@ function checkChain(chain: NodeX509[], a: NotationAuthority): string | undefined
   for (let i = 0; i < chain.length; i++) {
     let c: SigstoreX509;
     try {
-      c = SigstoreX509.parse(chain[i]!.raw as Buffer<ArrayBuffer>);
+      c = SigstoreX509.parse(chain[i]!.raw);
     } catch {
       return `untrusted chain (certificate ${i} does not parse)`;
     }

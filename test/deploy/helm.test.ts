@@ -213,7 +213,7 @@ describe.each(EXAMPLES)('examples/%s', (file) => {
       // No URL but the proxy's anywhere in the file.
       expect([...text.matchAll(/https?:\/\/[^"\s]+/g)].map((m) => m[0]).filter((u) => u !== proxy), f).toEqual([]);
     }
-    ctx.annotate(`${files.length} hosts.toml files, all pointing at ${proxy} only`);
+    void ctx.annotate(`${files.length} hosts.toml files, all pointing at ${proxy} only`);
   });
 });
 

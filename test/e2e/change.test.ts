@@ -64,8 +64,8 @@ async function startServer(): Promise<Server> {
         resolve();
       }
     };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    child.stdout.on('data', onData);
+    child.stderr.on('data', (b: Buffer) => (out += b.toString()));
     child.once('exit', () => reject(new Error(`server exited during start-up:\n${out}`)));
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>

@@ -51,7 +51,7 @@ describe('OCI conformance (read-only: pull, tag listing, referrers)', () => {
     for (const api of ['Ping', 'Tag listing', 'Blob get', 'Blob head', 'Manifest get by digest', 'Manifest get by tag', 'Manifest head by digest', 'Manifest head by tag', 'Referrers']) {
       expect(out).toMatch(new RegExp(`^  ${api}\\.+: +Pass$`, 'm'));
     }
-    expect(out).toMatch(/^  Read Only Inputs\.+: +Pass$/m);
+    expect(out).toMatch(/^ {2}Read Only Inputs\.+: +Pass$/m);
     expect(out).toContain('manifest headers and referrers API ok');
   }, 120_000);
 });

@@ -94,8 +94,8 @@ async function startServer(dataDir: string, graceMs = GRACE_MS): Promise<Server>
   const child = spawn(process.execPath, [CLI, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT });
   children.add(child);
   let out = '';
-  child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-  child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (out += b.toString()));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => {
       children.delete(child);
@@ -158,7 +158,7 @@ async function pullBlob(
   try {
     const res = await fetch(`${url}/v2/${repo}/blobs/${digest}?ns=${encodeURIComponent(reg.host)}`);
     if (res.status !== 200) return { digest: '', bytes: 0, error: `HTTP ${res.status} ${await res.text()}` };
-    const reader = res.body!.getReader();
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
@@ -254,27 +254,23 @@ describe('the real server killed mid-download', () => {
     const s = await startServer(dataDir);
     await getManifest(s.url, img, 'crash/term');
 
-    let termAt = 0;
     let signalled = false;
     const pull = pullBlob(s.url, 'crash/term', layer.digest, (n) => {
       if (!signalled && n >= 4 * 1024 * 1024) {
         signalled = true;
-        termAt = performance.now();
         s.child.kill('SIGTERM');
       }
     });
     const [got, ex] = await Promise.all([pull, s.exited]);
-    const exitMs = performance.now() - termAt;
     expect(signalled).toBe(true);
     expect(ex, s.output()).toEqual({ code: 0, signal: null });
-    expect(exitMs).toBeLessThan(GRACE_MS);
-    // Finished, not discarded: the grace period is far longer than the rest of the transfer.
+    // Finished, not discarded: the grace period is far longer than the rest of the transfer. (Within it, too: at
+    // its end the server cuts every connection, and this client would see an error instead of every byte.)
     expect(got.error, s.output()).toBeUndefined();
     expect(got.bytes).toBe(layer.size);
     expect(got.digest).toBe(layer.digest);
     expect(existsSync(blobPath(dataDir, layer.digest))).toBe(true);
     expect(await listFiles(path.join(dataDir, 'tmp'))).toEqual([]);
-    console.info(`SIGTERM mid-download: exited 0 after ${exitMs.toFixed(0)} ms, client got all ${layer.size} bytes`);
   }, 60_000);
 
   it('SIGTERM: a client slower than the upstream (and one reading from the cache) still gets every byte', async () => {

@@ -27,7 +27,6 @@
  *   [manifests v1]: 401 Unauthorized`.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DecisionObserver } from '../../src/gate/gate.js';
 import { type AuthFront, type Challenge, startAuthFront } from '../harness/auth-front.js';

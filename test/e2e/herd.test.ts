@@ -54,7 +54,7 @@ async function pullOnce(i: number): Promise<{ manifest: string; blobs: string[] 
     const res = await fetch(`${base}/blobs/${d}${qs}`);
     if (res.status !== 200) throw new Error(`client ${i}: blob ${d} HTTP ${res.status}`);
     const h = createHash('sha256');
-    const reader = res.body!.getReader();
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
@@ -78,10 +78,10 @@ describe('herd of cold pulls', () => {
       expect(r.manifest).toBe(img.digest);
       expect(r.blobs).toEqual(expected);
     }
-    // The access-log line lands after the response: wait for one GET per blob, then make sure no more come.
+    // The access-log line lands after the response: wait for one GET per blob, then for every line to be in.
     const blobGet = (x: { method: string; path: string }) => x.method === 'GET' && x.path.includes('/blobs/');
     await reg.waitForRequests(blobGet, expected.length, 5000);
-    await new Promise((r) => setTimeout(r, 300));
+    await reg.settleLog();
     const gets = reg.requests().filter(blobGet);
     for (const d of expected) expect(gets.filter((x) => x.path.endsWith(`/blobs/${d}`)), `upstream GETs of ${d}`).toHaveLength(1);
     expect(gets).toHaveLength(expected.length);
@@ -103,7 +103,7 @@ describe('herd of cold pulls', () => {
     const expected = [img.config.digest, ...img.layers.map((l) => l.digest)];
     const blobGet = (x: { method: string; path: string }) => x.method === 'GET' && x.path.includes('/blobs/');
     await reg.waitForRequests(blobGet, expected.length, 5000);
-    await new Promise((r) => setTimeout(r, 300));
+    await reg.settleLog();
     const gets = reg.requests().filter(blobGet);
     for (const d of expected) expect(gets.filter((x) => x.path.endsWith(`/blobs/${d}`))).toHaveLength(1);
     // crane verifies every blob against its digest while writing the layout, so exit 0 means correct bytes.

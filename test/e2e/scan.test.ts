@@ -24,6 +24,7 @@ import { MANIFEST_ACCEPT, pushImage, pushIndex, type PushedImage, type PushedInd
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { startScannerDouble, type ScannerDouble } from '../harness/scanner.js';
+import { until } from '../harness/wait.js';
 
 const REPORT_TOKEN = 'ci-report-token-4f1c';
 const ADMIN_TOKEN = 'admin-token-9b2e';
@@ -88,16 +89,14 @@ async function pushReport(p: RunningProxy, repo: string, digest: string, body: s
   });
 }
 
-async function pull(p: RunningProxy, repo: string, ref = 'v1', method = 'GET'): Promise<{ status: number; ms: number; error?: { code: string; message: string } }> {
-  const t0 = performance.now();
+async function pull(p: RunningProxy, repo: string, ref = 'v1', method = 'GET'): Promise<{ status: number; error?: { code: string; message: string } }> {
   const res = await fetch(`${p.url}/v2/${reg.host}/${repo}/manifests/${ref}`, { method, headers: { accept: MANIFEST_ACCEPT } });
-  const ms = performance.now() - t0;
   if (res.status === 200 || method === 'HEAD') {
     await res.arrayBuffer();
-    return { status: res.status, ms };
+    return { status: res.status };
   }
   const body = (await res.json()) as { errors: Array<{ code: string; message: string }> };
-  return { status: res.status, ms, error: body.errors[0]! };
+  return { status: res.status, error: body.errors[0]! };
 }
 
 beforeAll(async () => {
@@ -206,25 +205,24 @@ describe('vulnerability limits and CVE exceptions', () => {
 describe('pending scans', () => {
   test('with wait configured, a pull waits for the scanner and is allowed when the report arrives in time', async () => {
     const r = await pull(px, 'demo/wait-ok');
+    // The scanner's result exists only 1.5 s after the scan was requested (on this pull's lookup), and the pull got
+    // it: so it waited for it instead of failing.
     expect(r.status).toBe(200);
-    // The scanner took 1.5 s; the pull waited for it instead of failing.
-    expect(r.ms).toBeGreaterThan(1_000);
-    expect(r.ms).toBeLessThan(8_000);
     const req = scanner.scans.find((s) => s.artifact.digest === images['wait-ok']!.digest);
     expect(req).toMatchObject({ registry: { url: reg.url }, artifact: { repository: 'demo/wait-ok', mime_type: 'application/vnd.oci.image.manifest.v1+json' } });
     const d = decisions.find((e) => e.input.image.digest === images['wait-ok']!.digest)!;
     expect(d.input.scan).toMatchObject({ status: 'ok', source: 'scanner' });
-    expect(d.input.scan.waited_seconds).toBeGreaterThan(0.5);
+    expect(d.input.scan.waited_seconds).toBeGreaterThan(0);
   });
 
   test('a report pushed while a pull waits ends the wait at once', async () => {
     scanner.setFindings(images['wait-report']!.digest, { vulnerabilities: [], delayMs: 60_000 });
     const pending = pull(px, 'demo/wait-report');
-    await new Promise((r) => setTimeout(r, 800));
+    // The pull's lookup has asked the scanner (which will take a minute): the pull is waiting now.
+    await until(() => scanner.scans.some((x) => x.artifact.digest === images['wait-report']!.digest), 'the scan request');
     expect((await pushReport(px, 'demo/wait-report', images['wait-report']!.digest, boundReport(cleanFixture, `${reg.host}/demo/wait-report`, images['wait-report']!.digest))).status).toBe(201);
-    const r = await pending;
-    expect(r.status).toBe(200);
-    expect(r.ms).toBeLessThan(3_000);
+    // Allowed: the wait (8 s here) ended with the report, not with the deadline (that would be a 403, scan pending).
+    expect((await pending).status).toBe(200);
   });
 
   test('with wait configured, a pull is denied with "scan pending" when the report does not arrive in time', async () => {
@@ -233,12 +231,11 @@ describe('pending scans', () => {
     expect(r.status).toBe(403);
     expect(r.error!.message).toContain('vulnerability scan pending: no result after waiting 2s [scan.pending]');
     expect(decisions.filter((e) => e.input.image.digest === images['wait-slow']!.digest).at(-1)!.input.scan).toMatchObject({ status: 'pending', code: 'PENDING', waited_seconds: expect.any(Number) });
-    expect(r.ms).toBeGreaterThan(1_800);
-    expect(r.ms).toBeLessThan(6_000);
-    // Not cached: the next pull decides again (and waits again).
+    // Not cached: the next pull decides again (a second decision, not a cache hit), still pending.
     const again = await pull(px, 'demo/wait-slow', 'v1', 'HEAD');
     expect(again.status).toBe(403);
-    expect(again.ms).toBeGreaterThan(1_800);
+    const slow = decisions.filter((e) => e.input.image.digest === images['wait-slow']!.digest);
+    expect(slow.map((e) => e.input.scan.status)).toEqual(['pending', 'pending']);
   });
 
   test('an index is scanned per platform manifest; a CRITICAL in one platform denies it, named', async () => {
@@ -299,7 +296,7 @@ describe('the report API', () => {
     const reportUrl = `${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`;
     const byCi = await fetch(reportUrl, { method: 'DELETE', headers: auth });
     expect(byCi.status).toBe(403);
-    expect(((await byCi.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({ code: 'DENIED', message: expect.stringContaining('admin token') });
+    expect(((await byCi.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({ code: 'DENIED', message: expect.stringContaining('admin token') as unknown });
     expect((await pull(px, 'demo/vuln')).error!.message).toContain(CVE);
     const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
     // The image then has no report and, with the scanner pending, is denied as pending.

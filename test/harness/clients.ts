@@ -458,8 +458,3 @@ export async function podmanProbe(): Promise<{ ok: boolean; detail: string }> {
     await rm(dir, { recursive: true, force: true, maxRetries: 3 });
   }
 }
-
-/** podman is used "if it runs": true when `podman info` works with the private-store flags. */
-export async function podmanWorks(): Promise<boolean> {
-  return (await podmanProbe()).ok;
-}

@@ -67,6 +67,8 @@ export interface RecordedRequest {
   headers: Record<string, string | string[] | undefined>;
   /** Status the fake answered with (filled in when the response is finished or aborted). */
   status?: number;
+  /** The kind of fault applied to this request, if one was. */
+  fault?: Fault['kind'];
 }
 
 export interface FakeUpstreamOptions {
@@ -95,6 +97,55 @@ export interface FakeUpstreamOptions {
    * default: like Distribution 2.8, the fake then answers 404 and clients fall back to the tag schema.
    */
   referrers?: boolean;
+  /**
+   * How the fake waits, for `delay` and between the chunks of `slow` (default: a real timer). A test passes a
+   * {@link manualSleep} to hold a response until it says so, rather than measure how long it took.
+   */
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/** A `sleep` whose waits are recorded and last until the test releases them. */
+export interface ManualSleep {
+  sleep: (ms: number) => Promise<void>;
+  /** The durations asked for so far, in order. */
+  readonly calls: number[];
+  /** Resolves once `n` waits have been asked for in total. */
+  called(n: number): Promise<void>;
+  /** Ends every wait in progress (later ones wait again until the next release). */
+  release(): void;
+  /** Ends every wait in progress and lets every later one through at once. */
+  open(): void;
+}
+
+export function manualSleep(): ManualSleep {
+  const calls: number[] = [];
+  let held: Array<() => void> = [];
+  const watchers: Array<{ n: number; resolve: () => void }> = [];
+  let opened = false;
+  const release = (): void => {
+    const now = held;
+    held = [];
+    for (const r of now) r();
+  };
+  return {
+    calls,
+    sleep: (ms) =>
+      new Promise<void>((resolve) => {
+        calls.push(ms);
+        if (opened) resolve();
+        else held.push(resolve);
+        for (const w of watchers.filter((x) => calls.length >= x.n)) {
+          watchers.splice(watchers.indexOf(w), 1);
+          w.resolve();
+        }
+      }),
+    called: (n) => (calls.length >= n ? Promise.resolve() : new Promise<void>((resolve) => watchers.push({ n, resolve }))),
+    release,
+    open: () => {
+      opened = true;
+      release();
+    },
+  };
 }
 
 export interface FakeUpstream {
@@ -205,7 +256,7 @@ function headerString(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v.join(', ') : v;
 }
 
-function sleep(ms: number): Promise<void> {
+function realSleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
@@ -213,6 +264,7 @@ function sleep(ms: number): Promise<void> {
 export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Promise<FakeUpstream> {
   const repos = new Map<string, RepoContent>();
   let faults: ActiveFault[] = [];
+  const sleep = options.sleep ?? realSleep;
   let log: RecordedRequest[] = [];
   let baseUrl = '';
 
@@ -424,7 +476,9 @@ export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Prom
     const pathname = url.pathname;
 
     if (tokenPath !== undefined && pathname === tokenPath) {
-      await send(req, res, serveToken(req), takeFault(method, rawPath));
+      const tokenFault = takeFault(method, rawPath);
+      if (tokenFault) entry.fault = tokenFault.kind;
+      await send(req, res, serveToken(req), tokenFault);
       return;
     }
     const repoName = /^\/v2\/(.+)\/(?:manifests|blobs|tags)\//.exec(pathname)?.[1];
@@ -434,6 +488,7 @@ export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Prom
       return;
     }
     const fault = takeFault(method, rawPath);
+    if (fault) entry.fault = fault.kind;
     if (fault?.kind === 'status') {
       const body = fault.body !== undefined
         ? Buffer.from(fault.body)

@@ -244,7 +244,7 @@ function tarHeader(name: string, size: number, type: '0' | '5', mode: number): B
 const pad = (size: number): Buffer => Buffer.alloc((BLOCK - (size % BLOCK)) % BLOCK);
 
 /** Yields a complete tar: etc/, etc/portcullis-test, data.bin (dataSize random bytes), end marker. */
-async function* tarStream(dataSize: number, marker: string): AsyncGenerator<Buffer> {
+function* tarStream(dataSize: number, marker: string): Generator<Buffer> {
   const meta = Buffer.from(`PORTCULLIS_TEST=1\nid=${marker}\n`);
   yield tarHeader('etc/', 0, '5', 0o755);
   yield tarHeader('etc/portcullis-test', meta.length, '0', 0o644);

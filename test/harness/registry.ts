@@ -18,6 +18,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { get as httpGet } from 'node:http';
+import { get as httpsGet } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { connect as tlsConnect } from 'node:tls';
@@ -81,6 +83,12 @@ export interface RunningRegistry {
    * Rejects after `timeoutMs` (default 2000) with the log so far.
    */
   waitForRequests(match: (r: RegistryRequest) => boolean, count?: number, timeoutMs?: number): Promise<RegistryRequest[]>;
+  /**
+   * Resolve once the log lines of every request answered so far are in: a probe request with a unique marker is
+   * sent, and once its own line arrives, every earlier request's line has too. "No more requests came" then needs
+   * no sleep.
+   */
+  settleLog(): Promise<void>;
   /** Forget the access log collected so far (e.g. after seeding images). */
   clearLog(): void;
   /** The last lines of all registry output, for diagnostics in failing tests. */
@@ -238,8 +246,8 @@ async function startOnce(opts: StartRegistryOptions): Promise<RunningRegistry> {
       }
     });
   };
-  attach(child.stdout!);
-  attach(child.stderr!);
+  attach(child.stdout);
+  attach(child.stderr);
 
   let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   const exitPromise = new Promise<void>((resolve) => {
@@ -309,6 +317,22 @@ async function startOnce(opts: StartRegistryOptions): Promise<RunningRegistry> {
               accessLines.join('\n'),
           );
         }
+        await sleep(20);
+      }
+    },
+    settleLog: async () => {
+      const marker = `/v2/settle-${randomBytes(8).toString('hex')}/tags/list`;
+      // node:http(s) rather than fetch: a TLS registry's certificate is the test's own.
+      await new Promise<void>((resolve, reject) => {
+        const get = opts.tls ? httpsGet : httpGet;
+        get(`${url}${marker}`, { rejectUnauthorized: false }, (res) => {
+          res.resume();
+          res.on('end', resolve);
+        }).on('error', reject);
+      });
+      const hits = (): number => requests().filter((r) => r.path === marker).length;
+      for (let i = 0; hits() === 0; i++) {
+        if (i > 500) throw new Error(`the registry's access log never showed ${marker}:\n${outputTail.join('\n')}`);
         await sleep(20);
       }
     },

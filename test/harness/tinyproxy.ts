@@ -55,7 +55,7 @@ export async function startTinyproxy(): Promise<RunningTinyproxy> {
   return {
     url: `http://127.0.0.1:${port}`,
     connects: () => {
-      let text = '';
+      let text: string;
       try {
         text = readFileSync(log, 'utf8');
       } catch {

@@ -29,14 +29,13 @@ import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 
 let reg: RunningRegistry;
 let big: PushedImage;
-let small: PushedImage;
 
 beforeAll(async () => {
   reg = await startRegistry();
   // Far larger than what loopback socket buffers absorb (a few MiB each side), so a client that stops reading
   // really stalls the proxy's writes.
   big = await pushImage(reg.url, 'lim/big', 'v1', { layerSizeMiB: 48 });
-  small = await pushImage(reg.url, 'lim/small', 'v1');
+  await pushImage(reg.url, 'lim/small', 'v1');
 });
 
 afterAll(async () => {
@@ -216,11 +215,11 @@ describe('TLS listener', () => {
         return s;
       };
       const s = await handshake();
-      const r = await request(s as unknown as Socket, '/v2/lim/big/manifests/v1');
+      const r = await request(s, '/v2/lim/big/manifests/v1');
       expect(r.status).toBe(200);
       expect(inputs.at(-1)?.request.client.ip).toBe('198.51.100.20');
       const stalled = await handshake();
-      await stalledReader(stalled as unknown as Socket, `/v2/lim/big/blobs/${big.layers[0]!.digest}`);
+      await stalledReader(stalled, `/v2/lim/big/blobs/${big.layers[0]!.digest}`);
       await until(async () => (await counter(p, 'connectionsClosed', 'write_stall')) === 1, 'the stalled TLS reader to be cut off');
       s.destroy();
     } finally {

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { type EchoServer, type FakeUpstream, startEchoServer, startFakeUpstream } from '../harness/fake-upstream.js';
+import { type EchoServer, type FakeUpstream, manualSleep, startEchoServer, startFakeUpstream } from '../harness/fake-upstream.js';
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 const ACCEPT_ALL = `${OCI_MANIFEST}, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json`;
@@ -175,26 +175,65 @@ describe('fake upstream', () => {
     expect((await fetch(`${up.url}/v2/demo/app/manifests/v1`, { method: 'HEAD' })).status).toBe(200);
   });
 
-  it('slow: the body arrives at about the configured rate', async () => {
-    const blob = Buffer.alloc(3000, 1);
-    const d = up.addBlob('demo/slow', blob);
-    up.setFault({ pathRegex: /\/blobs\// }, { kind: 'slow', bytesPerSecond: 10_000 });
-    const t0 = performance.now();
-    const r = await fetch(`${up.url}/v2/demo/slow/blobs/${d}`);
-    const body = Buffer.from(await r.arrayBuffer());
-    const ms = performance.now() - t0;
-    expect(sha(body)).toBe(d);
-    expect(ms).toBeGreaterThanOrEqual(180); // 3 chunks of 1000 bytes, 100 ms apart
-    expect(ms).toBeLessThan(2000);
-  });
+  it('slow: the body arrives one tick (bytesPerSecond / 10) at a time, 100 ms apart', async () => {
+    const clock = manualSleep();
+    const held = await startFakeUpstream({ sleep: clock.sleep });
+    try {
+      const blob = Buffer.alloc(3000, 1);
+      const d = held.addBlob('demo/slow', blob);
+      held.setFault({ pathRegex: /\/blobs\// }, { kind: 'slow', bytesPerSecond: 10_000 });
+      const r = await fetch(`${held.url}/v2/demo/slow/blobs/${d}`);
+      const reader = (r.body as ReadableStream<Uint8Array>).getReader();
+      const got: Buffer[] = [];
+      const readUpTo = async (n: number): Promise<void> => {
+        while (Buffer.concat(got).length < n) {
+          const { done, value } = await reader.read();
+          if (done) throw new Error('body ended early');
+          got.push(Buffer.from(value));
+        }
+      };
+      // 3 chunks of 1000 bytes: each of the two waits between them holds back the rest until it is over.
+      for (let tick = 1; tick <= 2; tick++) {
+        await readUpTo(tick * 1000);
+        await clock.called(tick);
+        expect(Buffer.concat(got).length, `bytes before wait ${tick} ends`).toBe(tick * 1000);
+        clock.release();
+      }
+      await readUpTo(3000);
+      expect((await reader.read()).done).toBe(true);
+      expect(clock.calls).toEqual([100, 100]);
+      expect(sha(Buffer.concat(got))).toBe(d);
+      expect(held.requests().at(-1)!.fault).toBe('slow');
+    } finally {
+      clock.release();
+      await held.stop();
+    }
+  }, 10_000);
 
   it('delay: headers are held back for the given time', async () => {
-    seed(up);
-    up.setFault({ pathRegex: /^\/v2\/$/ }, { kind: 'delay', ms: 300 });
-    const t0 = performance.now();
-    expect((await fetch(`${up.url}/v2/`)).status).toBe(200);
-    expect(performance.now() - t0).toBeGreaterThanOrEqual(280);
-  });
+    const clock = manualSleep();
+    const held = await startFakeUpstream({ sleep: clock.sleep });
+    try {
+      seed(held);
+      held.setFault({ pathRegex: /^\/v2\/$/ }, { kind: 'delay', ms: 300 });
+      let answered = false;
+      const res = fetch(`${held.url}/v2/`).then((r) => {
+        answered = true;
+        return r;
+      });
+      await clock.called(1);
+      expect(clock.calls).toEqual([300]);
+      // The request is in, the wait runs: no answer yet.
+      expect(held.requests()).toHaveLength(1);
+      expect(answered).toBe(false);
+      clock.release();
+      expect((await res).status).toBe(200);
+      expect(held.requests()[0]!.fault).toBe('delay');
+    } finally {
+      clock.release();
+      await held.stop();
+    }
+  }, 10_000);
 
   it('redirect: 307 to another host, which records headers and serves the blob', async () => {
     const { layer, layerDigest } = seed(up);

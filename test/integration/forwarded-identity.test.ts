@@ -76,7 +76,7 @@ beforeAll(async () => {
     extra: {
       auth: { anonymous: false, htpasswd: { file: htpasswd, groups }, token: {}, forwarded: { audience: 'central.test', trustedKeys: [{ node: 'node-a', publicKey: k.pub }] } },
     },
-    observers: [{ onDecision: (e) => centralInputs.push(e.input.request.client as (typeof centralInputs)[number]) }],
+    observers: [{ onDecision: (e) => centralInputs.push(e.input.request.client) }],
   });
   node = await startProxy({
     upstreams: [

@@ -62,7 +62,7 @@ describe('the committed policy: the reason phrase of a denial', () => {
       expect(id).toMatch(/^[0-9a-f-]{36}$/);
       expect(r.phrase).toBe(`denied: tag.denied: tag "blocked" is not allowed [decision ${id}]`);
       expect(r.headers['portcullis-reason']).toBe('tag "blocked" is not allowed [tag.denied]');
-      if (method === 'GET') expect(JSON.parse(r.body).errors[0]).toMatchObject({ code: 'DENIED', message: expect.stringContaining(`[decision ${id}]`) });
+      if (method === 'GET') expect((JSON.parse(r.body) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({ code: 'DENIED', message: expect.stringContaining(`[decision ${id}]`) as unknown });
     }
   });
 
@@ -109,7 +109,7 @@ describe('a hostile external OPA', () => {
       expect(r.phrase).toMatch(new RegExp(`^denied: scan\\.critical X: y: scan limit exceeded \\(CVE-1, CVE-2, CVE-3, \\.\\.\\.\\) Set-Cookie: x=1 <html>\\?\\? \\? z+\\.\\.\\. \\[decision ${id}\\]$`));
       expect(r.headers['set-cookie']).toBeUndefined();
       expect(r.headers['x']).toBeUndefined();
-      if (method === 'GET') expect(JSON.parse(r.body).errors[0].message).toContain('漢字 🔒');
+      if (method === 'GET') expect((JSON.parse(r.body) as { errors: Array<{ code: string; message: string }> }).errors[0]!.message).toContain('漢字 🔒');
     }
   });
 });

@@ -1,7 +1,7 @@
 import { Agent } from 'undici';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AuthError, Authenticator, MAX_TOKEN_RESPONSE_BYTES, realmRefusal, type Credentials } from '../../src/upstream/auth.js';
-import { type LocalServer, sleep, startServer } from './helpers.js';
+import { type LocalServer, startServer, until } from './helpers.js';
 
 const dispatcher = new Agent({ connections: 32 });
 afterAll(() => dispatcher.close());
@@ -13,15 +13,16 @@ interface Realm {
   /** Next responses to POSTs, by default 404 (GET only). */
   postStatus: number;
   getStatus: number;
-  delayMs: number;
+  /** While set, the realm holds every answer until this settles. */
+  hold: Promise<void> | undefined;
   expiresIn: number | undefined;
   counter: number;
 }
 
 async function startRealm(): Promise<Realm> {
-  const realm: Realm = { server: undefined as unknown as LocalServer, postStatus: 404, getStatus: 200, delayMs: 0, expiresIn: 300, counter: 0 };
+  const realm: Realm = { server: undefined as unknown as LocalServer, postStatus: 404, getStatus: 200, hold: undefined, expiresIn: 300, counter: 0 };
   realm.server = await startServer(async (req, _body, res) => {
-    if (realm.delayMs) await sleep(realm.delayMs);
+    if (realm.hold) await realm.hold;
     const status = req.method === 'POST' ? realm.postStatus : realm.getStatus;
     res.statusCode = status;
     res.setHeader('content-type', 'application/json');
@@ -112,10 +113,15 @@ describe('Authenticator', () => {
   });
 
   it('shares one token request between concurrent callers', async () => {
-    realm.delayMs = 80;
+    let release = (): void => {};
+    realm.hold = new Promise<void>((r) => (release = r));
     const a = make();
     a.onUnauthorized(bearer(), SCOPE);
-    const results = await Promise.all(Array.from({ length: 20 }, () => a.authorization(SCOPE)));
+    // The token request stays open until it has reached the realm, long after all 20 callers asked.
+    const pending = Promise.all(Array.from({ length: 20 }, () => a.authorization(SCOPE)));
+    await until(() => realm.server.requests.length > 0, 'the token request');
+    release();
+    const results = await pending;
     expect(new Set(results)).toEqual(new Set(['Bearer get-1']));
     expect(realm.server.requests).toHaveLength(1);
   });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileBlobStore, DigestMismatchError, SizeMismatchError } from '../../src/cache/blobstore.js';
 import type { Digest } from '../../src/routing/reference.js';
-import { cleanupTempDirs, sha256, sha512, sleep, tempDir } from './helpers.js';
+import { cleanupTempDirs, sha256, sha512, tempDir } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -15,10 +15,6 @@ function blob(n: number): { data: Buffer; digest: Digest } {
 
 const listTmp = (dir: string) => readdirSync(join(dir, 'tmp'));
 
-/** Waits for fire-and-forget unlinks. */
-async function settle(): Promise<void> {
-  await sleep(20);
-}
 
 describe('BlobStore', () => {
   it('stores, leases and reads back a blob (sha256 and sha512)', async () => {
@@ -132,7 +128,7 @@ describe('BlobStore', () => {
     // Touch a: b is now the least recently used.
     s.lease(a.digest)!.release();
     await s.putBuffer(d.digest, d.data);
-    await settle();
+    await s.idle();
     expect(evicted).toEqual([b.digest]);
     expect(s.has(b.digest)).toBe(false);
     expect(existsSync(s.pathFor(b.digest))).toBe(false);
@@ -163,18 +159,18 @@ describe('BlobStore', () => {
     const l2 = s.lease(a.digest)!;
     await s.putBuffer(b.digest, b.data);
     await s.putBuffer(c.digest, c.data); // evicts a, which two readers hold
-    await settle();
+    await s.idle();
     expect(s.has(a.digest)).toBe(false);
     expect(s.lease(a.digest)).toBeUndefined();
     expect(s.size(a.digest)).toBeUndefined();
     expect(readFileSync(l1.path)).toEqual(a.data);
     l1.release();
     l1.release(); // double release must not count twice
-    await settle();
+    await s.idle();
     expect(existsSync(l2.path)).toBe(true);
     expect(readFileSync(l2.path)).toEqual(a.data);
     l2.release();
-    await settle();
+    await s.idle();
     expect(existsSync(l2.path)).toBe(false);
     expect(s.totalBytes).toBe(2000);
   });
@@ -189,7 +185,7 @@ describe('BlobStore', () => {
     await s.putBuffer(c.digest, c.data); // a doomed
     await s.putBuffer(a.digest, a.data); // fetched again; evicts b
     l.release();
-    await settle();
+    await s.idle();
     expect(s.has(a.digest)).toBe(true);
     expect(readFileSync(s.pathFor(a.digest))).toEqual(a.data);
   });
@@ -201,15 +197,15 @@ describe('BlobStore', () => {
     await s.putBuffer(a.digest, a.data);
     await s.putBuffer(b.digest, b.data);
     await s.remove(a.digest);
-    await settle();
+    await s.idle();
     expect(existsSync(s.pathFor(a.digest))).toBe(false);
     const l = s.lease(b.digest)!;
     await s.remove(b.digest);
-    await settle();
+    await s.idle();
     expect(s.has(b.digest)).toBe(false);
     expect(existsSync(l.path)).toBe(true);
     l.release();
-    await settle();
+    await s.idle();
     expect(existsSync(l.path)).toBe(false);
     expect(s.totalBytes).toBe(0);
   });
@@ -234,7 +230,7 @@ describe('BlobStore', () => {
     for (const x of xs) expect(readFileSync(s2.lease(x.digest)!.path)).toEqual(x.data);
 
     const s3 = new FileBlobStore(dir, 2000);
-    await settle();
+    await s3.idle();
     expect(s3.has(xs[0]!.digest)).toBe(false); // the oldest goes first
     expect(existsSync(s3.pathFor(xs[0]!.digest))).toBe(false);
     expect(s3.has(xs[1]!.digest) && s3.has(xs[2]!.digest)).toBe(true);

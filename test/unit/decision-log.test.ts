@@ -124,9 +124,9 @@ describe('maskInput', () => {
 
   it('masks whole subtrees, array elements and escaped keys', () => {
     const { input: masked, masked: which } = maskInput(input(), ['/input/request/client', '/input/attestations/0/predicate', '/input/image/labels/a~1b', '/input/image/labels/c~0d']);
-    const m = masked as unknown as Record<string, any>;
+    const m = masked as { request: { client: unknown }; attestations: Array<{ predicate: unknown }>; image: { labels: unknown } };
     expect(m.request.client).toBe('**masked**');
-    expect(m.attestations[0].predicate).toBe('**masked**');
+    expect(m.attestations[0]!.predicate).toBe('**masked**');
     expect(m.image.labels).toEqual({ 'a/b': '**masked**', 'c~d': '**masked**' });
     expect(which).toHaveLength(4);
   });
@@ -142,7 +142,7 @@ describe('DecisionLog sinks', () => {
     const lines: string[] = [];
     const metrics = new Metrics({ defaultMetrics: false });
     const log = new DecisionLog({ config: { sink: 'stdout', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: ['/input/request/client/ip'] }, metrics, log: silent, write: (l) => lines.push(l) });
-    log.onDecision(event(1));
+    void log.onDecision(event(1));
     expect(lines).toHaveLength(1);
     expect(lines[0]!.endsWith('\n')).toBe(true);
     const ev = (JSON.parse(lines[0]!) as { decision_log: DecisionEvent }).decision_log;
@@ -163,15 +163,15 @@ describe('DecisionLog sinks', () => {
   it('none: writes nothing', () => {
     const lines: string[] = [];
     const log = new DecisionLog({ config: { sink: 'none', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, metrics: new Metrics({ defaultMetrics: false }), log: silent, write: (l) => lines.push(l) });
-    log.onDecision(event(1));
+    void log.onDecision(event(1));
     expect(lines).toEqual([]);
   });
 
   it('file: appends one JSON event per line', async () => {
     const file = join(tempDir(), 'decisions.jsonl');
     const log = new DecisionLog({ config: { sink: 'file', file, batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, metrics: new Metrics({ defaultMetrics: false }), log: silent });
-    log.onDecision(event(1));
-    log.onDecision(event(2));
+    void log.onDecision(event(1));
+    void log.onDecision(event(2));
     await log.close();
     const lines = readFileSync(file, 'utf8').trim().split('\n');
     expect(lines.map((l) => (JSON.parse(l) as DecisionEvent).decision_id)).toEqual(['id-1', 'id-2']);
@@ -203,7 +203,7 @@ describe('DecisionLog HTTP sink', () => {
     expect(log.queued + dropped).toBe(10);
     expect(dropped).toBeGreaterThanOrEqual(5);
     // More events while it is down only add drops.
-    for (let i = 10; i < 20; i++) log.onDecision(event(i));
+    for (let i = 10; i < 20; i++) void log.onDecision(event(i));
     expect(log.queued).toBeLessThanOrEqual(5);
     expect(log.queued + (await counter(metrics.decisionLogDropped))).toBe(20);
   });
@@ -220,7 +220,7 @@ describe('DecisionLog HTTP sink', () => {
     });
     const metrics = new Metrics({ defaultMetrics: false });
     const log = new DecisionLog({ config: httpCfg(`${server.url}/logs`, { batchSize: 3, maxQueue: 100, mask: ['/input/request/client/user'] }), metrics, log: silent });
-    for (let i = 0; i < 7; i++) log.onDecision(event(i));
+    for (let i = 0; i < 7; i++) void log.onDecision(event(i));
     await log.close();
     const all = batches.flat();
     expect(all.map((e) => e.decision_id).sort()).toEqual(['id-0', 'id-1', 'id-2', 'id-3', 'id-4', 'id-5', 'id-6']);
@@ -251,7 +251,7 @@ describe('DecisionLog HTTP sink', () => {
     });
     const metrics = new Metrics({ defaultMetrics: false });
     const log = new DecisionLog({ config: httpCfg(`${server.url}/logs`, { batchSize: 2, maxQueue: 10 }), metrics, log: silent });
-    for (let i = 0; i < 4; i++) log.onDecision(event(i));
+    for (let i = 0; i < 4; i++) void log.onDecision(event(i));
     await log.flush();
     expect(received).toEqual([]);
     expect(log.queued).toBe(4);
@@ -270,7 +270,7 @@ describe('DecisionLog HTTP sink', () => {
     await dead.close();
     const metrics = new Metrics({ defaultMetrics: false });
     const log = new DecisionLog({ config: httpCfg(url), metrics, log: silent });
-    for (let i = 0; i < 3; i++) log.onDecision(event(i));
+    for (let i = 0; i < 3; i++) void log.onDecision(event(i));
     await log.flush();
     expect(log.queued + (await counter(metrics.decisionLogDropped))).toBe(3);
   });
@@ -300,11 +300,11 @@ describe('DecisionLog spool (onDisk) and onFull: block', () => {
     const clock = { t: 1_000_000 };
     const metrics = new Metrics({ defaultMetrics: false });
     const log = open(httpCfg(c.url, { batchSize: 3, spool: { maxSize: 1024 * 1024 } }), tempDir('pc-spool-'), clock, metrics);
-    for (let i = 0; i < 4; i++) log.onDecision(event(i));
+    for (let i = 0; i < 4; i++) void log.onDecision(event(i));
     await log.flush();
     expect(c.ids).toEqual(ids(0, 4));
     await c.down();
-    for (let i = 4; i < 14; i++) log.onDecision(event(i));
+    for (let i = 4; i < 14; i++) void log.onDecision(event(i));
     await log.flush();
     expect(log.queued).toBe(10);
     await c.up();
@@ -325,12 +325,12 @@ describe('DecisionLog spool (onDisk) and onFull: block', () => {
     const dataDir = tempDir('pc-spool-');
     const clock = { t: 1_000_000 };
     const first = open(httpCfg(c.url, { batchSize: 2, spool: { maxSize: 1024 * 1024 } }), dataDir, clock);
-    for (let i = 0; i < 5; i++) first.onDecision(event(i));
+    for (let i = 0; i < 5; i++) void first.onDecision(event(i));
     await first.close(); // the collector is down: close keeps the spool
     logs.splice(logs.indexOf(first), 1);
     await c.up();
     const second = open(httpCfg(c.url, { batchSize: 2, spool: { maxSize: 1024 * 1024 } }), dataDir, clock);
-    second.onDecision(event(5));
+    void second.onDecision(event(5));
     await second.flush();
     await second.flush();
     expect(c.ids).toEqual(ids(0, 6));
@@ -346,7 +346,7 @@ describe('DecisionLog spool (onDisk) and onFull: block', () => {
     const log = open(httpCfg(c.url, { batchSize: 50, spool: { maxSize: cap } }), tempDir('pc-spool-'), clock, metrics);
     const size = Buffer.byteLength(JSON.stringify({ ...event(100), timestamp: new Date().toISOString() }));
     const n = Math.ceil((2 * cap) / size);
-    for (let i = 0; i < n; i++) log.onDecision(event(i));
+    for (let i = 0; i < n; i++) void log.onDecision(event(i));
     const held = log.queued;
     expect(held).toBeGreaterThan(0);
     expect(log.spooledBytes).toBeLessThanOrEqual(cap);
@@ -406,7 +406,7 @@ describe('credentials in upstream URLs never reach the decision log', () => {
     const log = new DecisionLog({ config: { sink: 'stdout', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, metrics: new Metrics({ defaultMetrics: false }), log: silent, write: (l) => lines.push(l) });
     const e = event(1);
     e.input.upstream.url = 'https://robot%24ci:s3cr3t-p%40ss@registry.example:8443/v2-mirror';
-    log.onDecision(e);
+    void log.onDecision(e);
     expect(lines[0]).not.toMatch(/s3cr3t|robot/);
     const ev = (JSON.parse(lines[0]!) as { decision_log: DecisionEvent }).decision_log;
     expect((ev.input as PolicyInput).upstream.url).toBe('https://registry.example:8443/v2-mirror');

@@ -14,7 +14,7 @@ import { DownloadManager } from '../../src/cache/download-manager.js';
 import { unwrittenDownloadBytes, type Download, type DownloadSource } from '../../src/cache/download.js';
 import { SLAB_SIZE, SlabPool, slabPool, smallSlabPool } from '../../src/cache/slabs.js';
 import type { ByteSource } from '../../src/util/byte-source.js';
-import { cleanupTempDirs, sha256, sleep, tempDir } from './helpers.js';
+import { cleanupTempDirs, sha256, tempDir, until } from './helpers.js';
 
 const MiB = 1024 * 1024;
 afterAll(cleanupTempDirs);
@@ -104,8 +104,12 @@ describe('SlabPool', () => {
 });
 
 /** A source that hands over views of ONE buffer, overwritten with garbage right after each chunk is taken. */
-function reusingSource(data: Buffer, chunk: number, opts: { onOffset?: (off: number) => Promise<void> | void } = {}): () => Promise<DownloadSource> {
-  return async () => {
+function reusingSource(
+  data: Buffer,
+  chunk: number,
+  opts: { onOffset?: (off: number) => Promise<void> | void; /** The download held the source (after the chunk at `off`). */ onHeld?: (off: number) => void } = {},
+): () => Promise<DownloadSource> {
+  return () => {
     const buf = Buffer.alloc(chunk);
     const body: ByteSource = {
       async pipeTo(onChunk) {
@@ -114,12 +118,15 @@ function reusingSource(data: Buffer, chunk: number, opts: { onOffset?: (off: num
           const n = data.copy(buf, 0, off, Math.min(data.length, off + chunk));
           const wait = onChunk(buf.subarray(0, n));
           buf.fill(0xee);
-          if (wait) await wait;
+          if (wait) {
+            opts.onHeld?.(off);
+            await wait;
+          }
           if ((off / chunk) % 8 === 0) await new Promise((r) => setImmediate(r));
         }
       },
     };
-    return { size: data.length, body, cancel: () => {} };
+    return Promise.resolve({ size: data.length, body, cancel: () => {} });
   };
 }
 
@@ -188,7 +195,7 @@ describe('Download.writeTo and write-behind', () => {
     servers.push(server);
     const fast = fetchRange(url, 0, data.length - 1);
     const slow = fetchRange(url, 0, data.length - 1, 3);
-    while (download.bytesAvailable < 12 * MiB) await sleep(5);
+    await until(() => download.bytesAvailable >= 12 * MiB, '12 MiB to arrive');
     // Joins at byte 0, long gone from the in-memory window: served from the temp file.
     const late = fetchRange(url, 0, data.length - 1);
     const range = fetchRange(url, MiB - 5, 5 * MiB + 5);
@@ -309,11 +316,12 @@ describe('Download.writeTo and write-behind', () => {
     // Larger than the per-download cap: the source is held once 48 MiB wait for the disk.
     const big = randomBytes(64 * MiB);
     let offered = 0;
-    const d2 = mgr.getOrStart(sha256(big), reusingSource(big, 256 * 1024, { onOffset: (off) => void (offered = off) })).download;
+    let heldAfter: number | undefined;
+    const d2 = mgr.getOrStart(sha256(big), reusingSource(big, 256 * 1024, { onOffset: (off) => void (offered = off), onHeld: (off) => void (heldAfter ??= off) })).download;
     await d2.ready;
-    const deadline = Date.now() + 10_000;
-    while (d2.bytesAvailable < 48 * MiB && Date.now() < deadline) await sleep(10);
-    await sleep(200);
+    // The download holds the source (its chunk promise stays pending while the disk is shut): nothing more can come.
+    await until(() => heldAfter !== undefined, 'the download to hold the source');
+    expect(offered).toBe(heldAfter);
     expect(d2.bytesAvailable).toBeGreaterThanOrEqual(48 * MiB);
     expect(d2.bytesAvailable).toBeLessThanOrEqual(48 * MiB + 256 * 1024);
     expect(offered).toBeLessThan(big.length - 256 * 1024);

@@ -20,7 +20,7 @@ const MiB = 1024 * 1024;
 
 /** Chunks of `chunk` bytes, released `perTick` at a time with a macrotask between, like socket reads. */
 function source(data: Buffer, chunk: number, opts: { perTick?: number; pauseAt?: number; gate?: Promise<void> } = {}): () => Promise<DownloadSource> {
-  return async () => {
+  return () => {
     async function* body(): AsyncGenerator<Buffer> {
       let n = 0;
       for (let off = 0; off < data.length; off += chunk) {
@@ -30,7 +30,7 @@ function source(data: Buffer, chunk: number, opts: { perTick?: number; pauseAt?:
         if (++n % (opts.perTick ?? 4) === 0) await new Promise((r) => setImmediate(r));
       }
     }
-    return { size: data.length, body: body(), cancel: () => {} };
+    return Promise.resolve({ size: data.length, body: body(), cancel: () => {} });
   };
 }
 

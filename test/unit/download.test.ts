@@ -7,7 +7,7 @@ import { FileBlobStore, DigestMismatchError, SizeMismatchError } from '../../src
 import { DownloadManager } from '../../src/cache/download-manager.js';
 import type { DownloadSource } from '../../src/cache/download.js';
 import type { Digest } from '../../src/routing/reference.js';
-import { cleanupTempDirs, readThrough, sha256, sleep, tempDir } from './helpers.js';
+import { cleanupTempDirs, readThrough, sha256, sleep, tempDir, until } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -38,19 +38,19 @@ class ControlledSource {
 
   fetch = async (): Promise<DownloadSource> => {
     this.fetches++;
-    await sleep(1);
-    const self = this;
-    async function* body(): AsyncGenerator<Buffer> {
-      for (let i = 0; i < self.chunks.length; i++) {
-        while (self.released <= i) await new Promise<void>((r) => self.waiting.push(r));
-        if (self.failAt === i) throw new Error('upstream connection reset');
-        if (self.cancelled) throw new Error('cancelled');
-        yield self.chunks[i]!;
+    // Answer asynchronously, as a real upstream does (a turn of the event loop, not a span of time).
+    await new Promise<void>((r) => setImmediate(r));
+    async function* body(src: ControlledSource): AsyncGenerator<Buffer> {
+      for (let i = 0; i < src.chunks.length; i++) {
+        while (src.released <= i) await new Promise<void>((r) => src.waiting.push(r));
+        if (src.failAt === i) throw new Error('upstream connection reset');
+        if (src.cancelled) throw new Error('cancelled');
+        yield src.chunks[i]!;
       }
       // With holdEnd, the body stays open after its last chunk until one more release().
-      while (self.holdEnd && self.released <= self.chunks.length) await new Promise<void>((r) => self.waiting.push(r));
+      while (src.holdEnd && src.released <= src.chunks.length) await new Promise<void>((r) => src.waiting.push(r));
     }
-    return { size: this.unknownSize ? undefined : this.declaredSize, body: body(), cancel: () => (this.cancelled = true) };
+    return { size: this.unknownSize ? undefined : this.declaredSize, body: body(this), cancel: () => (this.cancelled = true) };
   };
 }
 
@@ -76,14 +76,6 @@ function split(data: Buffer, n: number): Buffer[] {
   return out;
 }
 
-/** Waits until the download has written at least n bytes. */
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('timed out');
-    await sleep(2);
-  }
-}
 
 describe('DownloadManager / Download', () => {
   it('fetches once for concurrent requests, and every reader gets identical bytes', async () => {
@@ -111,8 +103,7 @@ describe('DownloadManager / Download', () => {
     expect(src.fetches).toBe(1);
     expect(store.has(digest)).toBe(true);
     expect(readdirSync(join(dir, 'tmp'))).toEqual([]);
-    await sleep(5);
-    expect(mgr.active).toBe(0);
+    await until(() => mgr.active === 0);
     expect(mgr.get(digest)).toBeUndefined();
   });
 
@@ -173,7 +164,6 @@ describe('DownloadManager / Download', () => {
     // Every byte lands, and the readers drain all they may, before the upstream body ends and the digest is checked.
     src.release(3);
     await until(() => full.seen.bytes >= data.length - 1 && head.seen.bytes >= 99 && mid.seen.bytes >= 10);
-    await sleep(20);
     expect(download.state).toBe('running');
     // Responses are framed by Content-Length: the last byte of each range is held back until the blob verified.
     expect(full.seen.bytes).toBe(data.length - 1);
@@ -185,6 +175,8 @@ describe('DownloadManager / Download', () => {
       expect(res.error).toBeInstanceOf(DigestMismatchError);
       expect(r.seen.ended).toBe(false);
     }
+    // Never, not merely not yet: the last byte of each range was still held back when the readers failed.
+    expect([full.seen.bytes, head.seen.bytes, mid.seen.bytes]).toEqual([data.length - 1, 99, 10]);
     expect((await full.result).data.equals(data.subarray(0, data.length - 1))).toBe(true);
     await download.finished;
     expect(download.state).toBe('failed');
@@ -195,7 +187,7 @@ describe('DownloadManager / Download', () => {
     // A reader that arrives after the failure errors too.
     expect((await collect(readThrough(download, 0, 10))).error).toBeInstanceOf(DigestMismatchError);
     // And the next request starts a fresh download.
-    await sleep(5);
+    await until(() => mgr.get(claimed) === undefined);
     expect(mgr.getOrStart(claimed, new ControlledSource([Buffer.from('something else')]).fetch).joined).toBe(false);
   });
 
@@ -311,7 +303,7 @@ describe('DownloadManager / Download', () => {
     const { download } = mgr.getOrStart(sha256('never'), stuck.fetch);
     await download.ready;
     const draining = mgr.drain(30);
-    await sleep(50);
+    await until(() => stuck.cancelled, 'drain to cancel the stuck download');
     stuck.releaseAll(); // the body notices the cancel on its next chunk
     await draining;
     expect(stuck.cancelled).toBe(true);

@@ -6,7 +6,7 @@ import { OCI_INDEX, OCI_MANIFEST, parseManifest } from '../../src/oci/mediatypes
 import type { Manifest } from '../../src/proxy/manifests.js';
 import type { Digest } from '../../src/routing/reference.js';
 import { Router, type Route } from '../../src/routing/route.js';
-import { cleanupTempDirs, makeConfig, sha256, sleep, tempDir } from './helpers.js';
+import { cleanupTempDirs, makeConfig, sha256, tempDir, until } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -57,14 +57,15 @@ function index(children: Manifest[]): Manifest {
 
 class FakeDecider implements Decider {
   calls: PolicyInput[] = [];
-  delayMs = 0;
+  /** While set, an evaluation stays in flight until this settles. */
+  hold: Promise<void> | undefined;
   constructor(
     public revision: string,
     public answer: PolicyResult | ((input: PolicyInput) => PolicyResult) | Error,
   ) {}
   async evaluate(input: PolicyInput): Promise<PolicyResult> {
     this.calls.push(input);
-    if (this.delayMs) await sleep(this.delayMs);
+    if (this.hold) await this.hold;
     if (this.answer instanceof Error) throw this.answer;
     return typeof this.answer === 'function' ? this.answer(input) : this.answer;
   }
@@ -105,10 +106,6 @@ function gate(decider: Decider, observers: DecisionObserver[] = [], sig?: Signat
 
 function byDigest(g: Gate, r: Route, manifest: Manifest) {
   return g.admitByDigest({ route: r, method: 'GET', client: CLIENT, manifest });
-}
-
-function blob(g: Gate, r: Route, digest: Digest) {
-  return g.admitBlob({ route: r, method: 'GET', client: CLIENT, digest });
 }
 
 describe('Gate: closures', () => {
@@ -237,6 +234,7 @@ describe('Gate: fail closed', () => {
   });
 
   it('a decider that rejects with a non-Error, or returns garbage, also denies', async () => {
+    // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- a misbehaving decider is the point
     const weird: Decider = { revision: 'w', evaluate: () => Promise.reject('just a string') };
     expect((await gate(weird).admitRoot(req(route('library/nginx'), image()))).violations[0]?.rule).toBe('policy.error');
     const garbage: Decider = { revision: 'g', evaluate: () => Promise.resolve({ allow: true } as unknown as PolicyResult) };
@@ -366,11 +364,16 @@ describe('Gate: decision cache', () => {
 
   it('concurrent identical requests evaluate once and share the answer', async () => {
     const decider = new FakeDecider('r1', ALLOW);
-    decider.delayMs = 30;
+    let release = (): void => {};
+    decider.hold = new Promise<void>((r) => (release = r));
     const seen: string[] = [];
     const g = gate(decider, [{ onDecision: (e) => seen.push(e.admission.decisionId) }]);
     const rq = req(route('library/nginx'), image());
-    const all = await Promise.all(Array.from({ length: 25 }, () => g.admitRoot(rq)));
+    // All 25 are issued before the first evaluation starts, and it does not finish until they have all been.
+    const pending = Promise.all(Array.from({ length: 25 }, () => g.admitRoot(rq)));
+    await until(() => decider.calls.length > 0, 'the first evaluation');
+    release();
+    const all = await pending;
     expect(decider.calls).toHaveLength(1);
     expect(new Set(all.map((a) => a.decisionId)).size).toBe(1);
     expect(seen).toHaveLength(1);

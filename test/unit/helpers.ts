@@ -100,3 +100,5 @@ export function readThrough(d: Download, start: number, end: number): Readable {
   d.writeTo(res as unknown as ServerResponse, start, end, () => {}).catch((e: unknown) => res.destroy(e as Error));
   return res;
 }
+
+export { until } from '../harness/wait.js';

@@ -81,7 +81,7 @@ describe('sendError on a real Node server', () => {
       expect(r.code).toBe(403);
       expect(r.phrase).toBe(`denied: policy.error: bad... X-Injected: yes ?? ? [decision ${ID}]`);
       expect(r.headers['x-injected']).toBeUndefined();
-      if (method === 'GET') expect(JSON.parse(r.body).errors[0].message).toBe(`portcullis: denied: ${reason}`);
+      if (method === 'GET') expect((JSON.parse(r.body) as { errors: Array<{ code: string; message: string }> }).errors[0]!.message).toBe(`portcullis: denied: ${reason}`);
     }
   });
 

@@ -15,7 +15,7 @@ import { parseManifest } from '../../src/oci/mediatypes.js';
 import { VULN_PREDICATE_TYPE } from '../../src/config/scan.js';
 import { ScanService } from '../../src/scan/service.js';
 import { startScannerDouble, type ScannerDouble } from '../harness/scanner.js';
-import { cleanupTempDirs, makeConfig, sha256, sleep, tempDir } from './helpers.js';
+import { cleanupTempDirs, makeConfig, sha256, tempDir, until } from './helpers.js';
 
 const log = pino({ level: 'silent' });
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -58,14 +58,14 @@ function ctx(digest: string, mediaType = OCI_MANIFEST): EvidenceContext {
 }
 
 const services: ScanService[] = [];
-function service(scan: Record<string, unknown>, extra: { signatures?: unknown; dataDir?: string; now?: () => number; metrics?: Metrics } = {}): ScanService {
+function service(scan: Record<string, unknown>, extra: { signatures?: unknown; dataDir?: string; now?: () => number; wallClock?: () => number; metrics?: Metrics } = {}): ScanService {
   const config = makeConfig({
     upstreams: [UPSTREAM],
     dataDir: extra.dataDir ?? tempDir('pc-scan-'),
     ...(extra.signatures ? { signatures: extra.signatures } : {}),
     scan,
   });
-  const s = new ScanService({ config, log, dataDir: config.dataDir, metrics: extra.metrics }, extra.now ? { now: extra.now } : {});
+  const s = new ScanService({ config, log, dataDir: config.dataDir, metrics: extra.metrics }, { ...(extra.now ? { now: extra.now } : {}), ...(extra.wallClock ? { wallClock: extra.wallClock } : {}) });
   services.push(s);
   return s;
 }
@@ -265,20 +265,27 @@ describe('the Harbor scanner', () => {
 
   test('Refresh-After is honoured: no poll before the scanner said', async () => {
     sc = await startScannerDouble({ pull: false, delayMs: 1_500, refreshAfter: 1 });
-    const s = service(scannerCfg(sc.url));
+    // A frozen wall clock: the poll schedule the service writes down is then exact.
+    const T = Date.parse('2026-06-01T00:00:00Z');
+    const s = service(scannerCfg(sc.url), { wallClock: () => T });
     await s.scan(ctx(D1), []);
-    await sleep(700);
-    // The first poll came at once (302, Refresh-After: 1); the next not before a second later.
+    // The first poll comes at once and gets 302 with Refresh-After: 1; the next is scheduled a second later, not
+    // after pollInterval (50ms).
+    await until(() => s.store.getScanner(D1)?.job?.nextPollAt !== T, 'the first poll');
+    expect(s.store.getScanner(D1)!.job!.nextPollAt).toBe(T + 1_000);
     expect(sc.requests.filter((r) => r.path.endsWith('/report'))).toHaveLength(1);
     expect((await s.awaitResult(ctx(D1), [], 5_000)).status).toBe('ok');
   });
 
   test('awaitResult gives up at its deadline (capped by maxWait) and reports pending', async () => {
     sc = await startScannerDouble({ pull: false, delayMs: 10_000, refreshAfter: 0 });
-    const s = service({ ...scannerCfg(sc.url), maxWait: '300ms' });
-    const t0 = Date.now();
-    expect((await s.awaitResult(ctx(D1), [], 5_000)).status).toBe('pending');
-    expect(Date.now() - t0).toBeLessThan(1_500);
+    let wall = Date.parse('2026-06-01T00:00:00Z');
+    const s = service({ ...scannerCfg(sc.url), maxWait: '300ms' }, { wallClock: () => wall });
+    // The deadline is taken when awaitResult is called; then 300 ms pass. Capped at maxWait it has run out, so the
+    // first lookup's pending is the answer. Uncapped (5 s) it would wait on until the scan finished, 10 s later.
+    const waiting = s.awaitResult(ctx(D1), [], 5_000);
+    wall += 300;
+    expect((await waiting).status).toBe('pending');
   });
 
   test('an index is scanned per platform manifest and the results merged', async () => {
@@ -294,14 +301,20 @@ describe('the Harbor scanner', () => {
   test('a failed scan is an error that stands for retryAfterError, then the scan is requested again', async () => {
     sc = await startScannerDouble({ pull: false, delayMs: 0, refreshAfter: 0 });
     sc.setFindings(D1, { vulnerabilities: [], fail: 'database not ready' });
-    const s = service(scannerCfg(sc.url, { retryAfterError: '300ms' }));
+    let wall = Date.parse('2026-06-01T00:00:00Z');
+    const s = service(scannerCfg(sc.url, { retryAfterError: '300ms' }), { wallClock: () => wall });
     const ev = await s.awaitResult(ctx(D1), [], 5_000);
     expect(ev).toMatchObject({ status: 'error', source: 'scanner', code: 'SCAN_FAILED' });
     expect(ev.error).toContain('database not ready');
     expect((await s.scan(ctx(D1), [])).status).toBe('error');
     expect(sc.scans).toHaveLength(1);
     sc.setFindings(D1, { vulnerabilities: [] });
-    await sleep(350);
+    // The error stands for 300 ms after it was recorded, and no longer.
+    const failedAt = s.store.getScanner(D1)!.error!.at;
+    wall = failedAt + 299;
+    expect((await s.scan(ctx(D1), [])).status).toBe('error');
+    expect(sc.scans).toHaveLength(1);
+    wall = failedAt + 301;
     expect((await s.scan(ctx(D1), [])).status).toBe('pending');
     expect(sc.scans).toHaveLength(2);
     expect((await s.awaitResult(ctx(D1), [], 5_000)).status).toBe('ok');

@@ -119,7 +119,7 @@ describe('socketRequest', () => {
       }
       socket.end();
     });
-    closers.push(srv.close);
+    closers.push(() => srv.close());
     const res = await socketRequest(new URL(srv.url), OPTS);
     expect(res.statusCode).toBe(200);
     expect(res.headers['content-type']).toBe('application/octet-stream');
@@ -131,7 +131,7 @@ describe('socketRequest', () => {
     const srv = await rawServer((socket) => {
       socket.end('HTTP/1.1 200 OK\r\n\r\nall of it');
     });
-    closers.push(srv.close);
+    closers.push(() => srv.close());
     const res = await socketRequest(new URL(srv.url), OPTS);
     expect((await pipeAll(res.body)).data.toString()).toBe('all of it');
   });
@@ -140,7 +140,7 @@ describe('socketRequest', () => {
     const srv = await rawServer((socket) => {
       socket.end('HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly forty bytes..........................');
     });
-    closers.push(srv.close);
+    closers.push(() => srv.close());
     const res = await socketRequest(new URL(srv.url), OPTS);
     await expect(pipeAll(res.body)).rejects.toThrow(/closed the connection with \d+ body bytes still due/);
   });
@@ -149,14 +149,14 @@ describe('socketRequest', () => {
     const cut = await rawServer((socket) => {
       socket.end('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\nabc');
     });
-    closers.push(cut.close);
+    closers.push(() => cut.close());
     const res = await socketRequest(new URL(cut.url), OPTS);
     await expect(pipeAll(res.body)).rejects.toThrow(/inside a chunked body/);
 
     const bad = await rawServer((socket) => {
       socket.end('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n');
     });
-    closers.push(bad.close);
+    closers.push(() => bad.close());
     const res2 = await socketRequest(new URL(bad.url), OPTS);
     await expect(pipeAll(res2.body)).rejects.toThrow(/bad chunk size line/);
   });
@@ -173,7 +173,7 @@ describe('socketRequest', () => {
       const srv = await rawServer((socket) => {
         socket.end(head);
       });
-      closers.push(srv.close);
+      closers.push(() => srv.close());
       await expect(socketRequest(new URL(srv.url), OPTS)).rejects.toThrow(error);
     }
   });
@@ -182,7 +182,7 @@ describe('socketRequest', () => {
     const srv = await rawServer((socket) => {
       socket.write(`HTTP/1.1 200 OK\r\nx-big: ${'a'.repeat(70 * 1024)}`);
     });
-    closers.push(srv.close);
+    closers.push(() => srv.close());
     await expect(socketRequest(new URL(srv.url), OPTS)).rejects.toThrow(/response head larger than/);
   });
 
@@ -229,7 +229,7 @@ describe('socketRequest', () => {
       socket.write('HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n');
       socket.write(randomish(1000));
     });
-    closers.push(srv.close);
+    closers.push(() => srv.close());
     const controller = new AbortController();
     const res = await socketRequest(new URL(srv.url), { ...OPTS, signal: controller.signal });
     const piping = pipeAll(res.body, () => controller.abort(new Error('client went away')));

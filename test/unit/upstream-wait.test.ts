@@ -39,7 +39,7 @@ describe('measureUpstreamWait', () => {
       clock.set(30);
       end();
     }, clock.now);
-    const second = measureUpstreamWait(async () => undefined, clock.now);
+    const second = measureUpstreamWait(() => Promise.resolve(undefined), clock.now);
     release();
     const [a, b] = await Promise.all([first, second]);
     expect(a.waitedMs).toBe(30);
@@ -49,9 +49,10 @@ describe('measureUpstreamWait', () => {
   it('a request still open when the work ends counts up to then, and a late end is ignored', async () => {
     const clock = manualClock();
     let end!: () => void;
-    const { waitedMs } = await measureUpstreamWait(async () => {
+    const { waitedMs } = await measureUpstreamWait(() => {
       end = upstreamWaitBegin();
       clock.set(20);
+      return Promise.resolve();
     }, clock.now);
     clock.set(500);
     end();
