@@ -14,7 +14,7 @@ import { checkImage } from './server/check.js';
 import type { DecisionObserver } from './gate/gate.js';
 import { buildProxy, checkConfigFile } from './server/bootstrap.js';
 import { formatReport, reevaluate, type ReevalReport } from './gate/reeval.js';
-import { clientConfig, type ClientKind } from './clients/config.js';
+import { clientConfig } from './clients/config.js';
 import { errorText } from './util/error-text.js';
 import { formatImpact, impact, type ImpactReport } from './gate/impact.js';
 import { loadCandidate } from './policy/candidate.js';

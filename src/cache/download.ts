@@ -22,7 +22,6 @@ import { closeSync, openSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import { SizeMismatchError, type BlobLease, type BlobStore, type BlobWriter } from './blobstore.js';
 import { writeRange } from './download-readers.js';
-import { sendFileRange } from './sendfile.js';
 import { SLAB_SIZE, slabPool, type Slab } from './slabs.js';
 import type { Digest } from '../routing/reference.js';
 import { byteSourceOf, type ByteSource } from '../util/byte-source.js';

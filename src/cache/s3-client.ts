@@ -20,7 +20,7 @@ export function s3Client(cfg: S3Config, readSecret: (ref: SecretRef) => string):
         readSecret(ref);
       } catch (e) {
         const detail = (e as { detail?: string }).detail ?? (e instanceof Error ? e.message : String(e));
-        throw new Error(`storage.s3.credentials.${field}: ${detail}`);
+        throw new Error(`storage.s3.credentials.${field}: ${detail}`, { cause: e });
       }
     }
   }
@@ -39,12 +39,13 @@ export function s3Client(cfg: S3Config, readSecret: (ref: SecretRef) => string):
     },
     ...(creds
       ? {
-          credentials: async () => ({
-            accessKeyId: readSecret(creds.accessKeyId),
-            secretAccessKey: readSecret(creds.secretAccessKey),
-            ...(creds.sessionToken ? { sessionToken: readSecret(creds.sessionToken) } : {}),
-            expiration: new Date(Date.now() + CREDENTIAL_REFRESH_MS),
-          }),
+          credentials: () =>
+            Promise.resolve({
+              accessKeyId: readSecret(creds.accessKeyId),
+              secretAccessKey: readSecret(creds.secretAccessKey),
+              ...(creds.sessionToken ? { sessionToken: readSecret(creds.sessionToken) } : {}),
+              expiration: new Date(Date.now() + CREDENTIAL_REFRESH_MS),
+            }),
         }
       : {}),
   });

@@ -11,7 +11,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Decider, PolicyInput, Violation } from '../policy/contract.js';
-import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
 import type { DecisionObserver } from './gate.js';
 import { errorAdmission, toAdmission } from './input.js';
@@ -141,7 +140,7 @@ function side(a: { outcome: Verdict; violations: Violation[]; warnings: Violatio
   return { outcome: a.outcome, deny: a.violations, warn: a.warnings };
 }
 
-function compare(source: ImpactChange['source'], image: string, digest: Digest | string | null, client: string | undefined, active: ImpactSide, candidate: ImpactSide): ImpactChange | undefined {
+function compare(source: ImpactChange['source'], image: string, digest: string | null, client: string | undefined, active: ImpactSide, candidate: ImpactSide): ImpactChange | undefined {
   if (active.outcome === candidate.outcome) return undefined;
   const served = (s: ImpactSide): boolean => s.outcome !== 'deny';
   const change = served(active) && !served(candidate) ? 'allowed→denied' : !served(active) && served(candidate) ? 'denied→allowed' : 'outcome';

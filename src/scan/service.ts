@@ -146,7 +146,7 @@ export class ScanService implements ScanProvider {
     let pending: Outcome | undefined;
     let error: Extract<Outcome, { kind: 'error' }> | undefined;
     let targets: Target[] | undefined;
-    const platforms = async (): Promise<Target[]> => (targets ??= this.platformTargets(ctx));
+    const platforms = (): Promise<Target[]> => Promise.resolve((targets ??= this.platformTargets(ctx)));
     for (const name of this.order) {
       let o: Outcome;
       try {

@@ -152,7 +152,7 @@ function parseIdentity(as: unknown): WarmIdentity {
   if (typeof as !== 'object' || as === null || !short(a.user) || (a.groups !== undefined && !(Array.isArray(a.groups) && a.groups.length <= 64 && a.groups.every(short))) || (a.method !== undefined && !(typeof a.method === 'string' && /^[a-z]{1,16}$/.test(a.method)))) {
     throw apiError(400, 'PARAM_INVALID', 'as: {"user": name, "groups": [names], "method": "basic"|"token"|"mtls"|"oidc"}', { field: 'as' });
   }
-  return { user: a.user, groups: [...((a.groups as string[] | undefined) ?? [])].sort(), method: (a.method as string | undefined) ?? 'basic' };
+  return { user: a.user, groups: [...((a.groups) ?? [])].sort(), method: (a.method) ?? 'basic' };
 }
 
 function parseCandidateJson(body: Buffer): CandidateRequest {

@@ -94,7 +94,7 @@ export async function checkConfigFile(file: string, env: NodeJS.ProcessEnv = pro
     try {
       new ForwardSigner(u.forwardIdentity);
     } catch (e) {
-      throw new Error(`upstream "${u.name}": ${errorText(e)}`);
+      throw new Error(`upstream "${u.name}": ${errorText(e)}`, { cause: e });
     }
   }
   return config;

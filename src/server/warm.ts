@@ -27,6 +27,7 @@ import type { Digest } from '../routing/reference.js';
 import type { Route, Router } from '../routing/route.js';
 import { isRunnable } from '../oci/artifacts.js';
 import { parseImageRef } from './check.js';
+import { errorText } from '../util/error-text.js';
 
 export interface WarmTarget {
   router: Router;
@@ -185,7 +186,7 @@ async function fetchAll(t: WarmTarget, cfg: WarmConfig, route: Route, digests: D
     }
   };
   await Promise.all(Array.from({ length: Math.min(cfg.concurrency, Math.max(1, digests.length)) }, worker));
-  if (failure !== undefined) throw failure;
+  if (failure !== undefined) throw failure instanceof Error ? failure : new Error(errorText(failure));
   return out;
 }
 

@@ -17,7 +17,7 @@ export class SingleFlight<K, V> {
     try {
       started = fn();
     } catch (e) {
-      started = Promise.reject(e as Error);
+      started = Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
     const p = started.finally(() => {
       // Only this flight's own entry: a later flight under the same key is not ours to remove.

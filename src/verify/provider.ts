@@ -21,7 +21,6 @@ import type { EvidenceContext, PolicyInput, SignatureEvidence, SignatureProvider
 import type { Metrics } from '../metrics/metrics.js';
 import type { Manifest } from '../proxy/manifests.js';
 import type { Descriptor } from '../oci/mediatypes.js';
-import type { Route } from '../routing/route.js';
 import { isAccessory } from '../oci/artifacts.js';
 import { BudgetExceededError, DiscoveryBudget } from './budget.js';
 import { EvidenceCache, type CachedEvidence } from './cache.js';

@@ -118,15 +118,17 @@ async function startRead(repo: string, digest: string): Promise<{ finish(): Prom
   let size = 0;
   const first = await reader.read();
   expect(first.done).toBe(false);
-  hash.update(first.value!);
-  size += first.value!.length;
+  const firstBytes = first.value as Uint8Array;
+  hash.update(firstBytes);
+  size += firstBytes.length;
   return {
     async finish() {
       for (;;) {
         const r = await reader.read();
         if (r.done) break;
-        hash.update(r.value);
-        size += r.value.length;
+        const bytes = r.value as Uint8Array;
+        hash.update(bytes);
+        size += bytes.length;
       }
       return { size, digest: `sha256:${hash.digest('hex')}` };
     },

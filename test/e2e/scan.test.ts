@@ -230,7 +230,7 @@ describe('pending scans', () => {
     const r = await pull(px, 'demo/wait-slow');
     expect(r.status).toBe(403);
     expect(r.error!.message).toContain('vulnerability scan pending: no result after waiting 2s [scan.pending]');
-    expect(decisions.filter((e) => e.input.image.digest === images['wait-slow']!.digest).at(-1)!.input.scan).toMatchObject({ status: 'pending', code: 'PENDING', waited_seconds: expect.any(Number) });
+    expect(decisions.filter((e) => e.input.image.digest === images['wait-slow']!.digest).at(-1)!.input.scan).toMatchObject({ status: 'pending', code: 'PENDING', waited_seconds: expect.any(Number) as number });
     // Not cached: the next pull decides again (a second decision, not a cache hit), still pending.
     const again = await pull(px, 'demo/wait-slow', 'v1', 'HEAD');
     expect(again.status).toBe(403);

@@ -138,7 +138,7 @@ describe('decision explorer in Chromium', () => {
     expect((await page.goto(`${px.url}/ui/`))!.status()).toBe(200);
     const rows = page.locator('tr.decision');
     // Newest first: the allowed pull, the CRITICAL, then crane's unsigned image.
-    expect(await rows.evaluateAll((trs) => trs.map((t) => t.getAttribute('data-outcome')))).toEqual(['allow', 'deny', 'deny']);
+    expect(await rows.evaluateAll((trs: Array<{ getAttribute(name: string): string | null }>) => trs.map((t) => t.getAttribute('data-outcome')))).toEqual(['allow', 'deny', 'deny']);
     const unsigned = rows.filter({ hasText: 'signed/app:v1' }).filter({ hasText: 'signature.required' });
     await expect.poll(() => unsigned.count(), POLL).toBe(1);
     deniedId = (await unsigned.getAttribute('data-id'))!;
@@ -162,7 +162,7 @@ describe('decision explorer in Chromium', () => {
     await page.goto(`${px.url}/ui/`);
     await page.selectOption('select[name=outcome]', 'deny');
     await Promise.all([page.waitForURL(/outcome=deny/), page.click('form.filters button')]);
-    const outcomes = (): Promise<Array<string | null>> => page.locator('tr.decision').evaluateAll((trs) => trs.map((t) => t.getAttribute('data-outcome')));
+    const outcomes = (): Promise<Array<string | null>> => page.locator('tr.decision').evaluateAll((trs: Array<{ getAttribute(name: string): string | null }>) => trs.map((t) => t.getAttribute('data-outcome')));
     expect(await outcomes()).toEqual(['deny', 'deny']);
     await page.fill('input[name=rule]', 'scan.limit');
     await Promise.all([page.waitForURL(/rule=scan.limit/), page.click('form.filters button')]);
@@ -270,7 +270,7 @@ describe('decision explorer in Chromium', () => {
       await page.selectOption('select[name=outcome]', 'allow');
       await Promise.all([page.waitForURL(/outcome=allow/), page.click('form.filters button')]);
       // The two allowed pulls, and the try form's check of open/app unless it was answered from the decision cache.
-      const allowed = await page.locator('tr.decision').evaluateAll((trs) => trs.map((t) => t.getAttribute('data-outcome')));
+      const allowed = await page.locator('tr.decision').evaluateAll((trs: Array<{ getAttribute(name: string): string | null }>) => trs.map((t) => t.getAttribute('data-outcome')));
       expect(allowed.length).toBeGreaterThanOrEqual(2);
       expect(new Set(allowed)).toEqual(new Set(['allow']));
       await page.goto(`${px.url}/ui/decision/${deniedId}`);

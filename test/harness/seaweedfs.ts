@@ -138,7 +138,7 @@ export async function startSeaweed(): Promise<RunningSeaweed> {
     } catch (e) {
       if (Date.now() > deadline) {
         await stop();
-        throw new Error(`weed server not ready after ${READY_TIMEOUT_MS} ms (${String(e)}):\n${lines.slice(-40).join('\n')}`);
+        throw new Error(`weed server not ready after ${READY_TIMEOUT_MS} ms (${String(e)}):\n${lines.slice(-40).join('\n')}`, { cause: e });
       }
       await sleep(Math.min(1000, 100 * (attempt + 1)));
     }

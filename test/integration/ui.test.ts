@@ -102,7 +102,7 @@ describe('decision explorer in the proxy', () => {
     const stream = await fetch(`${px.url}/ui/events`, { headers: auth, signal: ac.signal });
     expect(stream.status).toBe(200);
     const reader = stream.body!.getReader();
-    expect(new TextDecoder().decode((await reader.read()).value)).toContain('retry:');
+    expect(new TextDecoder().decode((await reader.read()).value as Uint8Array)).toContain('retry:');
     await px.stop();
     // The server ended the stream.
     let done = false;

@@ -8,7 +8,7 @@
  *
  *   npx vitest run -c test/measure/vitest.config.ts
  */
-import { createHash, generateKeyPairSync, sign as cryptoSign } from 'node:crypto';
+import { createHash, generateKeyPairSync } from 'node:crypto';
 import { Session } from 'node:inspector/promises';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -7,7 +7,7 @@ import { FileBlobStore, DigestMismatchError, SizeMismatchError } from '../../src
 import { DownloadManager } from '../../src/cache/download-manager.js';
 import type { DownloadSource } from '../../src/cache/download.js';
 import type { Digest } from '../../src/routing/reference.js';
-import { cleanupTempDirs, readThrough, sha256, sleep, tempDir, until } from './helpers.js';
+import { cleanupTempDirs, readThrough, sha256, tempDir, until } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 

@@ -86,10 +86,6 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-export function hex(n: number, ch = 'a'): string {
-  return ch.repeat(n);
-}
-
 /**
  * Bytes [start, end] of a download as a client receives them: through Download.writeTo, the one path the blob
  * handler uses, into a stand-in response (a PassThrough, so backpressure works as on a socket). A failure destroys

@@ -333,7 +333,7 @@ describe('the Harbor scanner', () => {
     const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [{ mediaType: OCI_MANIFEST, digest: sha256('att'), size: 10, platform: { os: 'unknown', architecture: 'unknown' } }] }));
     const s = service(scannerCfg(sc.url));
     // The index arrives with the request (EvidenceContext.manifest): one whose only child is an attestation.
-    const onlyAttestations = { ...ctx(IDX, OCI_INDEX), manifest: { digest: IDX as Digest, mediaType: OCI_INDEX, bytes, parsed: parseManifest(bytes, OCI_INDEX) } };
+    const onlyAttestations = { ...ctx(IDX, OCI_INDEX), manifest: { digest: IDX, mediaType: OCI_INDEX, bytes, parsed: parseManifest(bytes, OCI_INDEX) } };
     expect(await s.scan(onlyAttestations, [])).toEqual({ status: 'error', source: 'scanner', code: 'LOOKUP_FAILED', error: 'index has no platform manifest to scan' });
     expect(sc.scans).toHaveLength(0);
   });

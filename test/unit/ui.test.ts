@@ -252,7 +252,7 @@ describe('handler', () => {
     ring.onDecision(event({ id: 'pushed' }));
     let text = '';
     const dec = new TextDecoder();
-    for (let i = 0; i < 10 && !text.includes('pushed'); i++) text += dec.decode((await reader.read()).value);
+    for (let i = 0; i < 10 && !text.includes('pushed'); i++) text += dec.decode((await reader.read()).value as Uint8Array);
     expect(text).toContain('event: decision\ndata: {"id":"pushed","outcome":"deny"}');
     const more: AbortController[] = [];
     for (let i = 0; i < 15; i++) {

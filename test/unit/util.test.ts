@@ -39,13 +39,13 @@ describe('SingleFlight', () => {
     const sf = new SingleFlight<string, string>();
     let calls = 0;
     const [x, y] = await Promise.all([
-      sf.run('x', async () => {
+      sf.run('x', () => {
         calls++;
-        return 'x';
+        return Promise.resolve('x');
       }),
-      sf.run('y', async () => {
+      sf.run('y', () => {
         calls++;
-        return 'y';
+        return Promise.resolve('y');
       }),
     ]);
     expect([x, y, calls]).toEqual(['x', 'y', 2]);
