@@ -151,7 +151,15 @@ function countUpstream(reqs, repo, blobs) {
   const bytes = mine.filter((r) => r.method === 'GET' && r.status === 200).reduce((a, r) => a + r.bytes, 0);
   const manifestGets = mine.filter((r) => r.method === 'GET' && r.path.includes('/manifests/')).length;
   const manifestHeads = mine.filter((r) => r.method === 'HEAD' && r.path.includes('/manifests/')).length;
-  return { perBlob, meanPerBlob: perBlob.reduce((a, b) => a + b, 0) / perBlob.length, maxPerBlob: Math.max(...perBlob), bytes, manifestGets, manifestHeads, total: mine.length };
+  return {
+    perBlob,
+    meanPerBlob: perBlob.reduce((a, b) => a + b, 0) / perBlob.length,
+    maxPerBlob: Math.max(...perBlob),
+    bytes,
+    manifestGets,
+    manifestHeads,
+    total: mine.length,
+  };
 }
 
 async function main() {
@@ -182,7 +190,11 @@ async function main() {
       return await f();
     } catch (e) {
       result.peer_failures.push({ what, error: String(e.message ?? e).slice(0, 400) });
-      log(`peer failed (${what}), left out of its figures: ${String(e.message ?? e).split('\n')[0].slice(0, 200)}`);
+      log(
+        `peer failed (${what}), left out of its figures: ${String(e.message ?? e)
+          .split('\n')[0]
+          .slice(0, 200)}`,
+      );
       return undefined;
     }
   };
@@ -233,7 +245,9 @@ async function main() {
     const procs = { portcullis: pc.pid, upstream: upstream.pid, peer: peer.pid };
     const cpuNow = () => Object.fromEntries(Object.entries(procs).map(([k, pid]) => [k, cpuSeconds(pid)]));
     const cpuDelta = (a, b) => Object.fromEntries(Object.keys(a).map((k) => [k, b[k] - a[k]]));
-    result.cpu = { note: 'CPU seconds (user+system) per GiB delivered to clients, per process, summed over the phase; robust to a busy machine where wall times are not' };
+    result.cpu = {
+      note: 'CPU seconds (user+system) per GiB delivered to clients, per process, summed over the phase; robust to a busy machine where wall times are not',
+    };
     log(`upstream ${upstream.url} (pid ${upstream.pid}), Distribution proxy ${peer.url} (pid ${peer.pid}), Portcullis ${pc.url} (pid ${pc.pid})`);
     const targets = { direct: upstream.host, portcullis: pc.host, peer: peer.host };
     let coldPullMsPortcullis;
@@ -316,7 +330,14 @@ async function main() {
       const dPol = histogramDelta(after.policy, before.policy);
       const dSig = histogramDelta(after.signature, before.signature);
       result.cpu.pulls = Object.fromEntries(
-        Object.entries(cpu).map(([k, v]) => [k, Object.fromEntries(Object.entries(v).filter(([p]) => p !== 'n').map(([p, x]) => [`${p}_s_per_gib`, round(x / v.n, 2)]))]),
+        Object.entries(cpu).map(([k, v]) => [
+          k,
+          Object.fromEntries(
+            Object.entries(v)
+              .filter(([p]) => p !== 'n')
+              .map(([p, x]) => [`${p}_s_per_gib`, round(x / v.n, 2)]),
+          ),
+        ]),
       );
       coldPullMsPortcullis = median(t.pcCold);
       coldPullMsPeer = median(t.peerCold);
@@ -391,8 +412,20 @@ async function main() {
         reps: P.herdReps,
         wall_ms: { portcullis: summary(wall('portcullis')), direct: summary(wall('direct')), peer: summary(wall('peer')) },
         upstream: {
-          portcullis: rows.portcullis.map((x) => ({ gets_per_blob: x.up.perBlob, bytes: x.up.bytes, image_bytes: x.imageBytes, manifest_gets: x.up.manifestGets, manifest_heads: x.up.manifestHeads })),
-          peer: rows.peer.map((x) => ({ gets_per_blob: x.up.perBlob, bytes: x.up.bytes, image_bytes: x.imageBytes, manifest_gets: x.up.manifestGets, manifest_heads: x.up.manifestHeads })),
+          portcullis: rows.portcullis.map((x) => ({
+            gets_per_blob: x.up.perBlob,
+            bytes: x.up.bytes,
+            image_bytes: x.imageBytes,
+            manifest_gets: x.up.manifestGets,
+            manifest_heads: x.up.manifestHeads,
+          })),
+          peer: rows.peer.map((x) => ({
+            gets_per_blob: x.up.perBlob,
+            bytes: x.up.bytes,
+            image_bytes: x.imageBytes,
+            manifest_gets: x.up.manifestGets,
+            manifest_heads: x.up.manifestHeads,
+          })),
         },
         herd_vs_direct: summary(vsDirect),
         peer_herd_vs_direct: summary(peerVsDirect),
@@ -507,8 +540,16 @@ async function main() {
           }
         }
         result.auth = {
-          off: { rps: summary(res.off.map((x) => x.rps)), p50_ms: round(median(res.off.map((x) => x.p50)), 3), p99_ms: round(median(res.off.map((x) => x.p99)), 3) },
-          on: { rps: summary(res.on.map((x) => x.rps)), p50_ms: round(median(res.on.map((x) => x.p50)), 3), p99_ms: round(median(res.on.map((x) => x.p99)), 3) },
+          off: {
+            rps: summary(res.off.map((x) => x.rps)),
+            p50_ms: round(median(res.off.map((x) => x.p50)), 3),
+            p99_ms: round(median(res.off.map((x) => x.p99)), 3),
+          },
+          on: {
+            rps: summary(res.on.map((x) => x.rps)),
+            p50_ms: round(median(res.on.map((x) => x.p50)), 3),
+            p99_ms: round(median(res.on.map((x) => x.p99)), 3),
+          },
           per_rep_ratio: res.on.map((x, i) => round(x.rps / res.off[i].rps, 3)),
           wrk: `wrk -t2 -c16 -d${P.wrkSeconds}s --latency -H 'Accept: …' [-H 'Authorization: Bearer <token from /auth/token>'] /v2/${repo}/manifests/v1`,
           method: 'htpasswd (bcrypt) login once at /auth/token, then the ES256 registry token on every request',
@@ -551,8 +592,17 @@ async function main() {
         const up = countUpstream(upstream.requestsSince(mark), repo, img.blobs);
         // VmHWM is exact when the reset worked; otherwise it is the peak of the process's life, so use the samples.
         const peak = reset ? mem.hwmMiB : sampled;
-        out[phase] = { ms: round(ms, 0), peak_rss_mib: round(peak, 1), sampled_max_rss_mib: round(sampled, 1), hwm_reset: reset, gib_per_s: round((P.rssClients * img.bytes) / 2 ** 30 / (ms / 1000), 2), upstream_gets_per_blob: up.perBlob };
-        log(`rss ${phase}: ${P.rssClients} × ${(img.bytes / 2 ** 20).toFixed(0)} MiB via curl in ${ms.toFixed(0)} ms; peak RSS ${peak.toFixed(0)} MiB (sampled ${sampled.toFixed(0)})`);
+        out[phase] = {
+          ms: round(ms, 0),
+          peak_rss_mib: round(peak, 1),
+          sampled_max_rss_mib: round(sampled, 1),
+          hwm_reset: reset,
+          gib_per_s: round((P.rssClients * img.bytes) / 2 ** 30 / (ms / 1000), 2),
+          upstream_gets_per_blob: up.perBlob,
+        };
+        log(
+          `rss ${phase}: ${P.rssClients} × ${(img.bytes / 2 ** 20).toFixed(0)} MiB via curl in ${ms.toFixed(0)} ms; peak RSS ${peak.toFixed(0)} MiB (sampled ${sampled.toFixed(0)})`,
+        );
       }
       out.process_lifetime_hwm_mib = round(pc.memory().hwmMiB, 1);
       result.rss = out;
@@ -564,14 +614,20 @@ async function main() {
       const r = { direct: [], pcCold: [], pcWarm: [], peerCold: [], peerWarm: [] };
       for (let rep = 0; rep < P.indexReps; rep++) {
         const repo = `bench/multi${rep}`;
-        await seed(repo, 'v1', P.index, [{ os: 'linux', architecture: 'amd64' }, { os: 'linux', architecture: 'arm64', variant: 'v8' }]);
+        await seed(repo, 'v1', P.index, [
+          { os: 'linux', architecture: 'amd64' },
+          { os: 'linux', architecture: 'arm64', variant: 'v8' },
+        ]);
         const ref = `${repo}:v1`;
         const dest = join(clients, 'multi');
         const o = { all: true };
         r.direct.push(await skopeoPull(targets.direct, ref, dest, o));
         r.pcCold.push(await skopeoPull(targets.portcullis, ref, dest, o));
         r.pcWarm.push(await skopeoPull(targets.portcullis, ref, dest, o));
-        const peer = await peerAttempt(`index rep ${rep + 1}`, async () => [await skopeoPull(targets.peer, ref, dest, o), await skopeoPull(targets.peer, ref, dest, o)]);
+        const peer = await peerAttempt(`index rep ${rep + 1}`, async () => [
+          await skopeoPull(targets.peer, ref, dest, o),
+          await skopeoPull(targets.peer, ref, dest, o),
+        ]);
         if (peer) {
           r.peerCold.push(peer[0]);
           r.peerWarm.push(peer[1]);
@@ -599,10 +655,16 @@ async function main() {
       // 2,000 idle and 100 stalled sockets in this process and as many in Portcullis, plus wrk's.
       const need = H.idle + H.stalled + 200;
       const limit = openFileLimit();
-      if (limit !== undefined && limit < need) throw new Error(`the hostile phase needs ${need} open files; this process may open ${limit}: raise the hard limit (ulimit -Hn) first`);
+      if (limit !== undefined && limit < need)
+        throw new Error(`the hostile phase needs ${need} open files; this process may open ${limit}: raise the hard limit (ulimit -Hn) first`);
       // Its own instance: a fresh process (so the peak is this phase's), with the per-client cap raised because every
       // bench client comes from 127.0.0.1, and everything else, the write-stall timeout included, at its default.
-      const pcH = await startPortcullis({ ...pcOpts, name: 'portcullis-hostile', logLevel: args['log-level'], extra: { ...pcOpts.extra, limits: { maxConnectionsPerClient: 0 } } });
+      const pcH = await startPortcullis({
+        ...pcOpts,
+        name: 'portcullis-hostile',
+        logLevel: args['log-level'],
+        extra: { ...pcOpts.extra, limits: { maxConnectionsPerClient: 0 } },
+      });
       instances.push(pcH);
       const hostLimit = openFileLimit(pcH.pid);
       const hostile = new HostileClients(Number(pcH.host.split(':')[1]));
@@ -624,7 +686,9 @@ async function main() {
           const w = await wrkManifest(url, { seconds: P.wrkSeconds });
           if (w.non2xx > 0) throw new Error(`wrk against the hostile instance: ${w.non2xx} non-2xx responses`);
           control.push(w);
-          log(`hostile control wrk rep ${rep + 1}/${P.wrkReps} (no hostile clients yet): ${w.rps.toFixed(0)} req/s, p50 ${fmt(w.p50)} ms, p99 ${fmt(w.p99)} ms`);
+          log(
+            `hostile control wrk rep ${rep + 1}/${P.wrkReps} (no hostile clients yet): ${w.rps.toFixed(0)} req/s, p50 ${fmt(w.p50)} ms, p99 ${fmt(w.p99)} ms`,
+          );
         }
         const baseline = pcH.memory();
         const reset = pcH.resetPeak();
@@ -646,8 +710,14 @@ async function main() {
           // Let the stalled readers' sockets fill before measuring what the proxy sent them.
           await new Promise((r) => setTimeout(r, 1000));
           const servedAfter = (await pcH.metrics()).filter((x) => x.name === 'portcullis_served_bytes_total').reduce((a, x) => a + x.value, 0);
-          afterSetup = { ms: round(performance.now() - t0, 0), rss_mib: round(pcH.memory().rssMiB, 1), sent_per_stalled_reader_mib: round((servedAfter - servedBefore) / H.stalled / 2 ** 20, 2) };
-          log(`hostile: ${H.idle} idle keep-alive connections and ${H.stalled} stalled readers of a ${(layer.size / 2 ** 20).toFixed(0)} MiB blob open in ${afterSetup.ms} ms; RSS ${afterSetup.rss_mib} MiB (from ${baseline.rssMiB.toFixed(0)}); ${afterSetup.sent_per_stalled_reader_mib} MiB sent to each stalled reader before it stalled`);
+          afterSetup = {
+            ms: round(performance.now() - t0, 0),
+            rss_mib: round(pcH.memory().rssMiB, 1),
+            sent_per_stalled_reader_mib: round((servedAfter - servedBefore) / H.stalled / 2 ** 20, 2),
+          };
+          log(
+            `hostile: ${H.idle} idle keep-alive connections and ${H.stalled} stalled readers of a ${(layer.size / 2 ** 20).toFixed(0)} MiB blob open in ${afterSetup.ms} ms; RSS ${afterSetup.rss_mib} MiB (from ${baseline.rssMiB.toFixed(0)}); ${afterSetup.sent_per_stalled_reader_mib} MiB sent to each stalled reader before it stalled`,
+          );
           for (let rep = 0; rep < P.wrkReps; rep++) {
             const w = await wrkManifest(url, { seconds: P.wrkSeconds });
             if (w.non2xx > 0) throw new Error(`wrk against the hostile instance: ${w.non2xx} non-2xx responses`);
@@ -660,7 +730,8 @@ async function main() {
         const mem = pcH.memory();
         const open = hostile.openCounts;
         const m = await pcH.metrics();
-        const metric = (name, labels = {}) => m.filter((x) => x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v)).reduce((a, x) => a + x.value, 0);
+        const metric = (name, labels = {}) =>
+          m.filter((x) => x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v)).reduce((a, x) => a + x.value, 0);
         const peak = reset ? mem.hwmMiB : sampled;
         result.hostile = {
           idle_connections: H.idle,
@@ -686,7 +757,9 @@ async function main() {
         result.hostile_manifest_rps = round(median(wrkRuns.map((w) => w.rps)), 0);
         result.hostile_control_manifest_p99_ms = round(median(control.map((w) => w.p99)), 3);
         result.hostile_control_manifest_rps = round(median(control.map((w) => w.rps)), 0);
-        log(`hostile: peak RSS ${peak.toFixed(0)} MiB (sampled ${sampled.toFixed(0)}); manifest p99 ${fmt(result.hostile_manifest_p99_ms)} ms; client sockets still open: ${open.idle} idle, ${open.stalled} stalled`);
+        log(
+          `hostile: peak RSS ${peak.toFixed(0)} MiB (sampled ${sampled.toFixed(0)}); manifest p99 ${fmt(result.hostile_manifest_p99_ms)} ms; client sockets still open: ${open.idle} idle, ${open.stalled} stalled`,
+        );
       } finally {
         hostile.close();
         instances.splice(instances.indexOf(pcH), 1);
@@ -695,7 +768,8 @@ async function main() {
     }
 
     const final = await pc.metrics().catch(() => []);
-    const get = (name, labels = {}) => final.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((a, s) => a + s.value, 0);
+    const get = (name, labels = {}) =>
+      final.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((a, s) => a + s.value, 0);
     result.portcullis_counters = {
       decisions: get('portcullis_decisions_total'),
       decision_cache_hits: get('portcullis_decision_cache_total', { result: 'hit' }),
@@ -742,11 +816,29 @@ function printTable(r) {
     ['herd time ÷ direct herd', r.herd_vs_direct, r.peer_herd_vs_direct, '≤ 1.2', r.targets.herd_vs_direct],
     ['herd time ÷ one cold pull', r.herd_time_ratio, r.peer_herd_time_ratio, '', null],
     ['manifest GET by tag, req/s', r.manifest_rps, r.peer_manifest_rps, `direct ${r.direct_manifest_rps ?? '—'}`, null],
-    ['manifest req/s ÷ direct', r.manifest_rps_vs_direct, r.peer_manifest_rps && r.direct_manifest_rps ? round(r.peer_manifest_rps / r.direct_manifest_rps, 3) : undefined, '≥ 1.0', r.targets.manifest_rps_vs_direct],
+    [
+      'manifest req/s ÷ direct',
+      r.manifest_rps_vs_direct,
+      r.peer_manifest_rps && r.direct_manifest_rps ? round(r.peer_manifest_rps / r.direct_manifest_rps, 3) : undefined,
+      '≥ 1.0',
+      r.targets.manifest_rps_vs_direct,
+    ],
     ['manifest req/s ÷ Distribution proxy', r.manifest_rps_ratio, 1, '', null],
-    ['manifest p50 / p99 ms', r.manifest_p50_ms !== undefined ? `${fmt(r.manifest_p50_ms)} / ${fmt(r.manifest_p99_ms)}` : undefined, r.peer_manifest_p50_ms !== undefined ? `${fmt(r.peer_manifest_p50_ms)} / ${fmt(r.peer_manifest_p99_ms)}` : undefined, r.direct_manifest_p50_ms !== undefined ? `direct ${fmt(r.direct_manifest_p50_ms)} / ${fmt(r.direct_manifest_p99_ms)}` : '', null],
+    [
+      'manifest p50 / p99 ms',
+      r.manifest_p50_ms !== undefined ? `${fmt(r.manifest_p50_ms)} / ${fmt(r.manifest_p99_ms)}` : undefined,
+      r.peer_manifest_p50_ms !== undefined ? `${fmt(r.peer_manifest_p50_ms)} / ${fmt(r.peer_manifest_p99_ms)}` : undefined,
+      r.direct_manifest_p50_ms !== undefined ? `direct ${fmt(r.direct_manifest_p50_ms)} / ${fmt(r.direct_manifest_p99_ms)}` : '',
+      null,
+    ],
     ['auth: manifest req/s on ÷ off', r.auth_manifest_rps_ratio, undefined, '≥ 0.9', r.targets.auth_manifest_rps_ratio],
-    ['auth: manifest req/s off / on', r.auth_off_manifest_rps !== undefined ? `${r.auth_off_manifest_rps} / ${r.auth_on_manifest_rps}` : undefined, undefined, '', null],
+    [
+      'auth: manifest req/s off / on',
+      r.auth_off_manifest_rps !== undefined ? `${r.auth_off_manifest_rps} / ${r.auth_on_manifest_rps}` : undefined,
+      undefined,
+      '',
+      null,
+    ],
     ['decision overhead, cold, median ms', r.decision_overhead_ms_p50, undefined, '≤ 15', r.targets.decision_overhead_ms_p50],
     ['peak RSS, 20 × 1 GiB, MiB', r.peak_rss_mib, undefined, '≤ 300', r.targets.peak_rss_mib],
     ['hostile: peak RSS, MiB', r.hostile_peak_rss_mib, undefined, '≤ 300', r.targets.hostile_peak_rss_mib],

@@ -77,7 +77,9 @@ async function pushImage(reg, repo, tag, platform, layers, blobs) {
     blobs.push(b.digest);
     ls.push({ ...b, mediaType: OCI_LAYER });
   }
-  const config = Buffer.from(JSON.stringify({ architecture: platform.architecture, os: platform.os, rootfs: { type: 'layers', diff_ids: ls.map((l) => l.digest) } }));
+  const config = Buffer.from(
+    JSON.stringify({ architecture: platform.architecture, os: platform.os, rootfs: { type: 'layers', diff_ids: ls.map((l) => l.digest) } }),
+  );
   const c = await pushBlob(reg, repo, config);
   blobs.push(c.digest);
   return pushManifest(reg, repo, tag, { schemaVersion: 2, mediaType: OCI_MANIFEST, config: { ...c, mediaType: OCI_CONFIG }, layers: ls });
@@ -159,7 +161,8 @@ async function prewarm(proxy, name, stateFile) {
       const body = Buffer.from(await res.arrayBuffer());
       const what = `${method} manifests/${ref}`;
       if (res.status !== 200) die(`${what}: HTTP ${res.status}`);
-      if (res.headers.get('docker-content-digest') !== digest) die(`${what}: Docker-Content-Digest ${res.headers.get('docker-content-digest')}, want ${digest}`);
+      if (res.headers.get('docker-content-digest') !== digest)
+        die(`${what}: Docker-Content-Digest ${res.headers.get('docker-content-digest')}, want ${digest}`);
       if (![OCI_INDEX, OCI_MANIFEST].includes(res.headers.get('content-type'))) die(`${what}: Content-Type ${res.headers.get('content-type')}`);
       const len = Number(res.headers.get('content-length'));
       if (method === 'GET' && (sha256(body) !== digest || len !== body.length)) die(`${what}: body does not match its digest or length`);
@@ -183,7 +186,9 @@ async function prewarm(proxy, name, stateFile) {
   const res = await fetch(`${proxy}/v2/${name}/referrers/${state.subject}?artifactType=application/vnd.none`);
   const none = JSON.parse(await res.text());
   if (res.status !== 200 || none.manifests.length !== 0) die('referrers filtered by an absent artifactType must be empty');
-  process.stderr.write(`conformance-seed: prewarmed ${state.roots.length} roots, ${state.children.length} children, 1 referrer; manifest headers and referrers API ok\n`);
+  process.stderr.write(
+    `conformance-seed: prewarmed ${state.roots.length} roots, ${state.children.length} children, 1 referrer; manifest headers and referrers API ok\n`,
+  );
 }
 
 const [cmd, url, name, stateFile] = process.argv.slice(2);

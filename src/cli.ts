@@ -89,7 +89,13 @@ async function check(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, as: { type: 'string' }, groups: { type: 'string' }, method: { type: 'string' } },
+    options: {
+      config: { type: 'string', short: 'c' },
+      json: { type: 'boolean' },
+      as: { type: 'string' },
+      groups: { type: 'string' },
+      method: { type: 'string' },
+    },
   });
   const ref = positionals[0];
   if (!ref) {
@@ -99,7 +105,11 @@ async function check(args: string[]): Promise<number> {
   const config = load(configPath(values.config));
   config.decisionLog.sink = 'none';
   const capture: { last?: Parameters<DecisionObserver['onDecision']>[0] } = {};
-  const proxy = await buildProxy(config, { logger: pino({ level: 'warn' }, pino.destination(2)), scheduler: false, extraObservers: [{ onDecision: (e) => (capture.last = e) }] });
+  const proxy = await buildProxy(config, {
+    logger: pino({ level: 'warn' }, pino.destination(2)),
+    scheduler: false,
+    extraObservers: [{ onDecision: (e) => (capture.last = e) }],
+  });
   try {
     const as = values.as
       ? { user: values.as, groups: (values.groups ?? '').split(',').filter(Boolean).sort(), method: values.method ?? 'basic' }
@@ -107,7 +117,9 @@ async function check(args: string[]): Promise<number> {
     const report = await checkImage(proxy.app, ref, capture, as);
     const a = report.admission;
     if (values.json) {
-      process.stdout.write(`${JSON.stringify({ image: report.image, upstream: report.upstream, decision_id: a.decisionId, outcome: a.outcome, serve: a.serve, mode: a.mode, deny: a.violations, warn: a.warnings, input: report.input, result: report.result }, null, 2)}\n`);
+      process.stdout.write(
+        `${JSON.stringify({ image: report.image, upstream: report.upstream, decision_id: a.decisionId, outcome: a.outcome, serve: a.serve, mode: a.mode, deny: a.violations, warn: a.warnings, input: report.input, result: report.result }, null, 2)}\n`,
+      );
     } else {
       const lines = [
         `image:     ${report.image}`,
@@ -131,7 +143,10 @@ async function check(args: string[]): Promise<number> {
 }
 
 async function report(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, all: { type: 'boolean' }, url: { type: 'string' } } });
+  const { values } = parseArgs({
+    args,
+    options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, all: { type: 'boolean' }, url: { type: 'string' } },
+  });
   let r: ReevalReport;
   if (values.url) {
     const token = process.env.PORTCULLIS_ADMIN_TOKEN;
@@ -174,7 +189,13 @@ async function admin(url: string, path: string, body: Buffer | string, contentTy
 async function policyImpact(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, url: { type: 'string' }, bundle: { type: 'string' }, settings: { type: 'string' } },
+    options: {
+      config: { type: 'string', short: 'c' },
+      json: { type: 'boolean' },
+      url: { type: 'string' },
+      bundle: { type: 'string' },
+      settings: { type: 'string' },
+    },
   });
   if (!values.bundle && !values.settings) {
     process.stderr.write(`${USAGE}\n`);
@@ -185,7 +206,12 @@ async function policyImpact(args: string[]): Promise<number> {
   let r: ImpactReport;
   if (values.url) {
     const got = settings
-      ? await admin(values.url, '/api/v1/admin/impact', JSON.stringify({ ...(bundle ? { bundle: bundle.toString('base64') } : {}), settings }), 'application/json')
+      ? await admin(
+          values.url,
+          '/api/v1/admin/impact',
+          JSON.stringify({ ...(bundle ? { bundle: bundle.toString('base64') } : {}), settings }),
+          'application/json',
+        )
       : await admin(values.url, '/api/v1/admin/impact', bundle!, 'application/gzip');
     if (!got.ok) return 2;
     r = got.json as ImpactReport;
@@ -233,7 +259,14 @@ function clientConfigCommand(args: string[]): number {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { config: { type: 'string', short: 'c' }, proxy: { type: 'string' }, out: { type: 'string' }, ca: { type: 'string' }, 'skip-verify': { type: 'boolean' }, 'no-default': { type: 'boolean' } },
+    options: {
+      config: { type: 'string', short: 'c' },
+      proxy: { type: 'string' },
+      out: { type: 'string' },
+      ca: { type: 'string' },
+      'skip-verify': { type: 'boolean' },
+      'no-default': { type: 'boolean' },
+    },
   });
   const kind = positionals[0];
   if ((kind !== 'containerd' && kind !== 'docker' && kind !== 'podman') || !values.proxy) {
@@ -271,7 +304,9 @@ async function configCheck(args: string[]): Promise<number> {
   const file = configPath(args[0]);
   try {
     const c = await checkConfigFile(file);
-    process.stdout.write(`${file}: ok (${c.upstreams.length} upstream${c.upstreams.length === 1 ? '' : 's'}: ${c.upstreams.map((u) => `${u.name}=${u.registry}`).join(', ')})\n`);
+    process.stdout.write(
+      `${file}: ok (${c.upstreams.length} upstream${c.upstreams.length === 1 ? '' : 's'}: ${c.upstreams.map((u) => `${u.name}=${u.registry}`).join(', ')})\n`,
+    );
     return 0;
   } catch (e) {
     process.stderr.write(`${errorText(e)}\n`);

@@ -17,7 +17,14 @@ export async function setupSigning(dir) {
   const home = join(dir, 'cosign');
   mkdirSync(home, { recursive: true });
   // Everything cosign writes or reads stays in the temp dir; the empty password is what the e2e tests use too.
-  const env = { ...process.env, HOME: home, COSIGN_PASSWORD: '', XDG_CONFIG_HOME: join(home, 'config'), DOCKER_CONFIG: join(home, 'docker'), TUF_ROOT: join(home, 'tuf') };
+  const env = {
+    ...process.env,
+    HOME: home,
+    COSIGN_PASSWORD: '',
+    XDG_CONFIG_HOME: join(home, 'config'),
+    DOCKER_CONFIG: join(home, 'docker'),
+    TUF_ROOT: join(home, 'tuf'),
+  };
   await runOk(cosign, ['generate-key-pair', '--output-key-prefix', 'bench'], { cwd: home, env, timeoutMs: 60_000 });
   return { cosign, env, home, key: join(home, 'bench.key'), pub: join(home, 'bench.pub') };
 }

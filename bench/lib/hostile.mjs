@@ -85,7 +85,9 @@ export class HostileClients {
   async openIdle(n, { batch = 100, timeoutMs = 15_000 } = {}) {
     const req = 'GET /v2/ HTTP/1.1\r\nHost: bench\r\nConnection: keep-alive\r\n\r\n';
     for (let i = 0; i < n; i += batch) {
-      const socks = await Promise.all(Array.from({ length: Math.min(batch, n - i) }, () => connect(this.port, req, (_s, buf) => completeResponse(buf), timeoutMs)));
+      const socks = await Promise.all(
+        Array.from({ length: Math.min(batch, n - i) }, () => connect(this.port, req, (_s, buf) => completeResponse(buf), timeoutMs)),
+      );
       for (const s of socks) {
         // Keep reading (nothing more should come): an idle keep-alive client, not a stalled one.
         s.on('data', () => {});
@@ -100,11 +102,17 @@ export class HostileClients {
     for (let i = 0; i < n; i += batch) {
       const socks = await Promise.all(
         Array.from({ length: Math.min(batch, n - i) }, () =>
-          connect(this.port, req, (s, buf) => {
-            if (!/^HTTP\/1\.1 200 /.test(buf.subarray(0, 16).toString('latin1'))) throw new Error(`stalled reader got ${buf.subarray(0, 40).toString('latin1')}`);
-            s.pause();
-            return true;
-          }, timeoutMs),
+          connect(
+            this.port,
+            req,
+            (s, buf) => {
+              if (!/^HTTP\/1\.1 200 /.test(buf.subarray(0, 16).toString('latin1')))
+                throw new Error(`stalled reader got ${buf.subarray(0, 40).toString('latin1')}`);
+              s.pause();
+              return true;
+            },
+            timeoutMs,
+          ),
         ),
       );
       for (const s of socks) this.track('stalled', s);

@@ -19,7 +19,12 @@ export const MT = {
   ociConfig: 'application/vnd.oci.image.config.v1+json',
   ociLayerTar: 'application/vnd.oci.image.layer.v1.tar',
 };
-export const MANIFEST_ACCEPT = [MT.ociIndex, MT.ociManifest, 'application/vnd.docker.distribution.manifest.list.v2+json', 'application/vnd.docker.distribution.manifest.v2+json'].join(', ');
+export const MANIFEST_ACCEPT = [
+  MT.ociIndex,
+  MT.ociManifest,
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+].join(', ');
 
 export const sha256 = (b) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 

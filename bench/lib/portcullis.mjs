@@ -42,11 +42,15 @@ export async function startPortcullis(o) {
   writeFileSync(configPath, JSON.stringify(config, null, 2) + '\n');
   const logPath = join(home, 'portcullis.log');
   const fd = openSync(logPath, 'a');
-  const d = startDaemon(process.execPath, [...(o.productFlags ?? PRODUCT_NODE_FLAGS), ...(o.nodeArgs ?? []), join(o.distDir, 'cli.js'), 'serve', '--config', configPath], {
-    stdio: ['ignore', fd, fd],
-    cwd: home,
-    env: { ...process.env, ...o.env },
-  });
+  const d = startDaemon(
+    process.execPath,
+    [...(o.productFlags ?? PRODUCT_NODE_FLAGS), ...(o.nodeArgs ?? []), join(o.distDir, 'cli.js'), 'serve', '--config', configPath],
+    {
+      stdio: ['ignore', fd, fd],
+      cwd: home,
+      env: { ...process.env, ...o.env },
+    },
+  );
   closeSync(fd);
   const url = `http://127.0.0.1:${port}`;
   try {

@@ -137,7 +137,9 @@ export function run(cmd, args, opts = {}) {
 export async function runOk(cmd, args, opts = {}) {
   const r = await run(cmd, args, opts);
   if (r.code !== 0) {
-    throw new Error(`${[cmd, ...args].join(' ')} failed (exit ${r.code}${r.timedOut ? ', timed out' : ''}):\n${r.stderr.slice(-2000)}\n${r.stdout.slice(-1000)}`);
+    throw new Error(
+      `${[cmd, ...args].join(' ')} failed (exit ${r.code}${r.timedOut ? ', timed out' : ''}):\n${r.stderr.slice(-2000)}\n${r.stdout.slice(-1000)}`,
+    );
   }
   return r;
 }

@@ -51,9 +51,7 @@ export type AuthFailureCode =
   /** An Authorization scheme no configured method understands. */
   | 'UNSUPPORTED_SCHEME';
 
-export type AuthOutcome =
-  | { ok: true; identity: Identity }
-  | { ok: false; code: AuthFailureCode; message: string; retryAfterSeconds?: number };
+export type AuthOutcome = { ok: true; identity: Identity } | { ok: false; code: AuthFailureCode; message: string; retryAfterSeconds?: number };
 
 /** What an authenticator may look at: headers and the TLS socket, never the body. */
 export interface AuthRequest {

@@ -87,7 +87,9 @@ export class ClientAuth {
             now,
           })
         : undefined;
-    const tokens = cfg.token ? await TokenAuthority.create({ service: cfg.token.service, ttl: cfg.token.ttl, ...(cfg.token.keyFile ? { keyFile: cfg.token.keyFile } : {}), now }) : undefined;
+    const tokens = cfg.token
+      ? await TokenAuthority.create({ service: cfg.token.service, ttl: cfg.token.ttl, ...(cfg.token.keyFile ? { keyFile: cfg.token.keyFile } : {}), now })
+      : undefined;
     const mtls = cfg.mtls || o.clientCertificates ? new MtlsAuthenticator(cfg.mtls ?? { user: 'uri', map: [] }) : undefined;
     const oidc = cfg.oidc.length > 0 ? new OidcAuthenticator(cfg.oidc, now) : undefined;
     const forwarded = cfg.forwarded ? new ForwardedVerifier(cfg.forwarded, now) : undefined;
@@ -186,8 +188,20 @@ export class ClientAuth {
     }
     // A Bearer header here is a client replaying a token; only credentials, a certificate or nothing get a token.
     const a = authorizationHeader(req.headers);
-    const outcome: AuthOutcome = a && a.scheme !== 'basic' ? fail('UNSUPPORTED_SCHEME', 'use Basic credentials to get a token') : await this.authenticate({ ...req, repository: undefined });
-    if (!outcome.ok) return { status: outcome.code === 'RATE_LIMITED' || outcome.code === 'BUSY' ? 429 : 401, body: { errors: [{ code: outcome.code === 'RATE_LIMITED' || outcome.code === 'BUSY' ? 'TOOMANYREQUESTS' : 'UNAUTHORIZED', message: outcome.message, detail: null }] }, outcome };
+    const outcome: AuthOutcome =
+      a && a.scheme !== 'basic'
+        ? fail('UNSUPPORTED_SCHEME', 'use Basic credentials to get a token')
+        : await this.authenticate({ ...req, repository: undefined });
+    if (!outcome.ok)
+      return {
+        status: outcome.code === 'RATE_LIMITED' || outcome.code === 'BUSY' ? 429 : 401,
+        body: {
+          errors: [
+            { code: outcome.code === 'RATE_LIMITED' || outcome.code === 'BUSY' ? 'TOOMANYREQUESTS' : 'UNAUTHORIZED', message: outcome.message, detail: null },
+          ],
+        },
+        outcome,
+      };
     const access = parseScopes(url.searchParams.getAll('scope'));
     return { status: 200, body: await tokens.issue(outcome.identity, access), outcome };
   }
@@ -206,13 +220,24 @@ export class ClientAuth {
     const user = form.get('username') ?? '';
     const password = form.get('password') ?? '';
     const headers = { ...req.headers, authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}` };
-    const outcome = user || password ? await this.authenticate({ ...req, headers, repository: undefined }) : fail('CREDENTIALS_REQUIRED', 'authentication required');
+    const outcome =
+      user || password ? await this.authenticate({ ...req, headers, repository: undefined }) : fail('CREDENTIALS_REQUIRED', 'authentication required');
     if (!outcome.ok) {
       const throttled = outcome.code === 'RATE_LIMITED' || outcome.code === 'BUSY';
       return { status: throttled ? 429 : 401, body: { error: throttled ? 'slow_down' : 'invalid_grant', error_description: outcome.message }, outcome };
     }
     const issued = await tokens.issue(outcome.identity, parseScopes((form.get('scope') ?? '').split(' ')));
-    return { status: 200, body: { access_token: issued.access_token, token_type: 'Bearer', expires_in: issued.expires_in, issued_at: issued.issued_at, scope: form.get('scope') ?? '' }, outcome };
+    return {
+      status: 200,
+      body: {
+        access_token: issued.access_token,
+        token_type: 'Bearer',
+        expires_in: issued.expires_in,
+        issued_at: issued.issued_at,
+        scope: form.get('scope') ?? '',
+      },
+      outcome,
+    };
   }
 
   /**

@@ -10,7 +10,18 @@
  */
 import { createPrivateKey, hash, randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { decodeJwt, errors as joseErrors, exportJWK, generateKeyPair, importJWK, jwtVerify, SignJWT, type CryptoKey, type JWTPayload, type KeyObject } from 'jose';
+import {
+  decodeJwt,
+  errors as joseErrors,
+  exportJWK,
+  generateKeyPair,
+  importJWK,
+  jwtVerify,
+  SignJWT,
+  type CryptoKey,
+  type JWTPayload,
+  type KeyObject,
+} from 'jose';
 import { LRUCache } from 'lru-cache';
 import { authorizationHeader, fail, type AuthOutcome, type AuthRequest, type Authenticator, type Identity } from './authenticator.js';
 
@@ -92,7 +103,11 @@ export class TokenAuthority implements Authenticator {
     }
   }
 
-  async issue(identity: Identity, access: Access[], ttlMs = this.o.ttl): Promise<{ token: string; access_token: string; expires_in: number; issued_at: string }> {
+  async issue(
+    identity: Identity,
+    access: Access[],
+    ttlMs = this.o.ttl,
+  ): Promise<{ token: string; access_token: string; expires_in: number; issued_at: string }> {
     const nowS = Math.floor(this.now() / 1000);
     const expiresIn = Math.max(60, Math.round(ttlMs / 1000));
     const claims: Record<string, unknown> = { access, groups: identity.groups, method: identity.method };

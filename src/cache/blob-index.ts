@@ -26,13 +26,18 @@ export class BlobIndex {
   private readonly doomed = new Set<Digest>();
   private bytes = 0;
 
-  constructor(
-    readonly maxSize: number,
-    /** Removes the bytes of an entry that left the index and has no reader (unlink, DeleteObject). */
-    private readonly removeBytes: (digest: Digest) => void,
-    private readonly events: BlobIndexEvents = {},
-    private readonly now: () => number = Date.now,
-  ) {
+  readonly maxSize: number;
+  /** Removes the bytes of an entry that left the index and has no reader (unlink, DeleteObject). */
+  private readonly removeBytes: (digest: Digest) => void;
+  private readonly events: BlobIndexEvents;
+  private readonly now: () => number;
+
+  constructor(o: { maxSize: number; removeBytes: (digest: Digest) => void; events?: BlobIndexEvents; now?: () => number }) {
+    this.maxSize = o.maxSize;
+    this.removeBytes = o.removeBytes;
+    this.events = o.events ?? {};
+    this.now = o.now ?? Date.now;
+    const maxSize = o.maxSize;
     this.lru = new LRUCache<Digest, IndexedBlob>({
       maxSize,
       sizeCalculation: (e) => Math.max(1, e.size),

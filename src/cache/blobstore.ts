@@ -108,7 +108,7 @@ export class FileBlobStore implements BlobStore {
   ) {
     this.blobsDir = join(dataDir, 'blobs');
     this.tmpDir = join(dataDir, 'tmp');
-    this.index = new BlobIndex(maxSize, (digest) => this.unlinkNow(digest), events);
+    this.index = new BlobIndex({ maxSize, removeBytes: (digest) => this.unlinkNow(digest), events });
     mkdirSync(this.blobsDir, { recursive: true });
     removeOrphanedSpools(this.tmpDir);
     this.loadIndex();

@@ -162,7 +162,8 @@ export class SqliteMetaStore implements MetaStore {
     this.db = new DatabaseSync(join(dataDir, 'meta.sqlite'));
     this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;');
     this.db.exec(SCHEMA);
-    if (this.db.prepare("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = 'closures'").get()) this.inTransaction(() => this.db.exec(MIGRATE_V1));
+    if (this.db.prepare("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = 'closures'").get())
+      this.inTransaction(() => this.db.exec(MIGRATE_V1));
     const p = (sql: string): StatementSync => this.db.prepare(sql);
     this.st = {
       getTag: p('SELECT digest, media_type, size, checked_at FROM tags WHERE upstream = ? AND repository = ? AND tag = ?'),
@@ -179,7 +180,9 @@ export class SqliteMetaStore implements MetaStore {
                        ON CONFLICT (upstream, repository, digest, under, tag) DO UPDATE SET kind = excluded.kind, basis = excluded.basis,
                        serve = excluded.serve, decision_id = excluded.decision_id, reason = excluded.reason,
                        decided_at = excluded.decided_at, expires_at = excluded.expires_at`),
-      touchAdmission: p('UPDATE admissions SET expires_at = MAX(expires_at, ?) WHERE upstream = ? AND repository = ? AND digest = ? AND under = ? AND tag = ? AND basis = ? AND serve = 1'),
+      touchAdmission: p(
+        'UPDATE admissions SET expires_at = MAX(expires_at, ?) WHERE upstream = ? AND repository = ? AND digest = ? AND under = ? AND tag = ? AND basis = ? AND serve = 1',
+      ),
       admissions: p(`SELECT digest, under, tag, kind, basis, serve, decision_id, reason, decided_at, expires_at FROM admissions
                      WHERE upstream = ? AND repository = ? AND digest = ? AND under = ? AND expires_at > ? ORDER BY decided_at DESC LIMIT 8`),
       putMember: p(`INSERT INTO closure_members (upstream, repository, member, role, root, voucher, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -191,10 +194,14 @@ export class SqliteMetaStore implements MetaStore {
         LIMIT 1`),
       links: p(`${MEMBER_SELECT} ORDER BY m.expires_at DESC LIMIT ?7`),
       rootsWith: p(`SELECT DISTINCT root FROM closure_members WHERE member = ? UNION SELECT DISTINCT under FROM admissions WHERE digest = ? AND under != ''`),
-      dropRootAdmissions: p("DELETE FROM admissions WHERE digest = ? OR under = ?"),
+      dropRootAdmissions: p('DELETE FROM admissions WHERE digest = ? OR under = ?'),
       dropRootMembers: p('DELETE FROM closure_members WHERE root = ?'),
-      pruneAdmissions: p('DELETE FROM admissions WHERE (upstream, repository, digest, under, tag) IN (SELECT upstream, repository, digest, under, tag FROM admissions WHERE expires_at <= ? LIMIT ?)'),
-      pruneMembers: p('DELETE FROM closure_members WHERE (upstream, repository, member, role, root, voucher) IN (SELECT upstream, repository, member, role, root, voucher FROM closure_members WHERE expires_at <= ? LIMIT ?)'),
+      pruneAdmissions: p(
+        'DELETE FROM admissions WHERE (upstream, repository, digest, under, tag) IN (SELECT upstream, repository, digest, under, tag FROM admissions WHERE expires_at <= ? LIMIT ?)',
+      ),
+      pruneMembers: p(
+        'DELETE FROM closure_members WHERE (upstream, repository, member, role, root, voucher) IN (SELECT upstream, repository, member, role, root, voucher FROM closure_members WHERE expires_at <= ? LIMIT ?)',
+      ),
     };
   }
 
@@ -233,7 +240,20 @@ export class SqliteMetaStore implements MetaStore {
 
   /** Records a decision; replaces the earlier one for the same (digest, under, tag), and only that one. */
   putAdmission(upstream: string, repository: string, r: AdmissionRecord): void {
-    this.st.putAdmission!.run(upstream, repository, r.digest, r.under, r.tag, r.kind, r.basis, r.serve ? 1 : 0, r.decisionId, r.reason, r.decidedAt, r.expiresAt);
+    this.st.putAdmission!.run(
+      upstream,
+      repository,
+      r.digest,
+      r.under,
+      r.tag,
+      r.kind,
+      r.basis,
+      r.serve ? 1 : 0,
+      r.decisionId,
+      r.reason,
+      r.decidedAt,
+      r.expiresAt,
+    );
   }
 
   /** Extends a still-valid allow (a cached decision was reused) without writing a new decision. */
@@ -316,14 +336,21 @@ export class SqliteMetaStore implements MetaStore {
    * digest) that no tag of the same repository names. For re-evaluation (`portcullis report`).
    */
   listRoots(): Array<{ upstream: string; repository: string; digest: Digest; tag: string | null }> {
-    const tags = this.db.prepare('SELECT upstream, repository, tag, digest FROM tags ORDER BY upstream, repository, tag').all() as Array<{ upstream: string; repository: string; tag: string; digest: string }>;
+    const tags = this.db.prepare('SELECT upstream, repository, tag, digest FROM tags ORDER BY upstream, repository, tag').all() as Array<{
+      upstream: string;
+      repository: string;
+      tag: string;
+      digest: string;
+    }>;
     const roots = this.db
       .prepare("SELECT DISTINCT upstream, repository, digest AS root FROM admissions WHERE under = '' AND serve = 1 ORDER BY upstream, repository, root")
       .all() as Array<{ upstream: string; repository: string; root: string }>;
     const tagged = new Set(tags.map((t) => `${t.upstream}\n${t.repository}\n${t.digest}`));
     return [
       ...tags.map((t) => ({ upstream: t.upstream, repository: t.repository, digest: t.digest as Digest, tag: t.tag })),
-      ...roots.filter((r) => !tagged.has(`${r.upstream}\n${r.repository}\n${r.root}`)).map((r) => ({ upstream: r.upstream, repository: r.repository, digest: r.root as Digest, tag: null })),
+      ...roots
+        .filter((r) => !tagged.has(`${r.upstream}\n${r.repository}\n${r.root}`))
+        .map((r) => ({ upstream: r.upstream, repository: r.repository, digest: r.root as Digest, tag: null })),
     ];
   }
 
@@ -332,7 +359,10 @@ export class SqliteMetaStore implements MetaStore {
    * re-evaluation's purge: a blob any other root lists stays.
    */
   listBlobMembers(): Array<{ root: Digest; member: Digest }> {
-    const rows = this.db.prepare("SELECT DISTINCT root, member FROM closure_members WHERE role IN ('config', 'layer')").all() as Array<{ root: string; member: string }>;
+    const rows = this.db.prepare("SELECT DISTINCT root, member FROM closure_members WHERE role IN ('config', 'layer')").all() as Array<{
+      root: string;
+      member: string;
+    }>;
     return rows.map((r) => ({ root: r.root as Digest, member: r.member as Digest }));
   }
 

@@ -79,15 +79,15 @@ export class S3BlobStore implements BlobStore {
     this.root = `${opts.config.prefix}${S3_LAYOUT}/blobs/`;
     this.maxSize = opts.maxSize;
     this.now = opts.now ?? Date.now;
-    this.index = new BlobIndex(
-      opts.maxSize,
-      (digest) => {
+    this.index = new BlobIndex({
+      maxSize: opts.maxSize,
+      removeBytes: (digest) => {
         void opts.hot?.remove(digest);
         this.deleteObject(digest);
       },
-      opts.events,
-      this.now,
-    );
+      ...(opts.events ? { events: opts.events } : {}),
+      now: this.now,
+    });
     removeOrphanedSpools(opts.tmpDir);
     this.ready = this.sweep().then(() => {});
     this.ready.catch(() => {});
@@ -160,7 +160,9 @@ export class S3BlobStore implements BlobStore {
 
   private async get(digest: Digest, start: number, end: number, signal: AbortSignal): Promise<Readable> {
     try {
-      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.keyFor(digest), Range: `bytes=${start}-${end}` }), { abortSignal: signal });
+      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.keyFor(digest), Range: `bytes=${start}-${end}` }), {
+        abortSignal: signal,
+      });
       return out.Body as Readable;
     } catch (e) {
       // Deleted behind our back (another replica's eviction, an operator): stop offering it.
@@ -307,7 +309,9 @@ export class S3BlobStore implements BlobStore {
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
     for (let page = 0; page < MAX_LIST_PAGES; page++) {
-      const r = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: this.root, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }));
+      const r = await this.client.send(
+        new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: this.root, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
+      );
       for (const u of r.Uploads ?? []) {
         if (!u.Key || !u.UploadId || this.active.has(u.UploadId)) continue;
         if ((u.Initiated?.getTime() ?? 0) > cutoff) continue;

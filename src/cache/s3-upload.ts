@@ -105,12 +105,25 @@ export function s3UploadHooks(t: UploadTarget, tmpPath: string): SpoolHooks {
         if (uploadId === undefined) {
           // Fits in one part: a single conditional PUT of the verified bytes.
           const body = size > 0 ? await readRange(0, size) : Buffer.alloc(0);
-          await conditional(() => t.client.send(new PutObjectCommand({ Bucket: t.bucket, Key: t.key, Body: body, ContentLength: size, IfNoneMatch: '*', ContentType: 'application/octet-stream' })));
+          await conditional(() =>
+            t.client.send(
+              new PutObjectCommand({
+                Bucket: t.bucket,
+                Key: t.key,
+                Body: body,
+                ContentLength: size,
+                IfNoneMatch: '*',
+                ContentType: 'application/octet-stream',
+              }),
+            ),
+          );
         } else {
           if (size > uploaded) await uploadPart(size - uploaded);
           const id = uploadId;
           const won = await conditional(() =>
-            t.client.send(new CompleteMultipartUploadCommand({ Bucket: t.bucket, Key: t.key, UploadId: id, MultipartUpload: { Parts: parts }, IfNoneMatch: '*' })),
+            t.client.send(
+              new CompleteMultipartUploadCommand({ Bucket: t.bucket, Key: t.key, UploadId: id, MultipartUpload: { Parts: parts }, IfNoneMatch: '*' }),
+            ),
           );
           if (won) {
             t.active.delete(id);

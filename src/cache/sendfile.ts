@@ -72,7 +72,11 @@ export async function sendFileRange(res: ServerResponse, path: string, start: nu
     await finished(res);
   } finally {
     // A read still in flight (the client went away) must finish before the descriptor closes.
-    if (next) await next.then((r) => r.slab.release(), () => {});
+    if (next)
+      await next.then(
+        (r) => r.slab.release(),
+        () => {},
+      );
     await fh.close();
   }
 }

@@ -35,13 +35,19 @@ export class SpoolWriter implements BlobWriter {
   private closed = false;
   private actual: string | undefined;
 
-  constructor(
-    readonly digest: Digest,
-    readonly tmpPath: string,
-    private readonly fh: FileHandle,
-    readonly expectedSize: number | undefined,
-    private readonly hooks: SpoolHooks,
-  ) {
+  readonly digest: Digest;
+  readonly tmpPath: string;
+  readonly expectedSize: number | undefined;
+  private readonly fh: FileHandle;
+  private readonly hooks: SpoolHooks;
+
+  constructor(o: { digest: Digest; tmpPath: string; fh: FileHandle; expectedSize: number | undefined; hooks: SpoolHooks }) {
+    this.digest = o.digest;
+    this.tmpPath = o.tmpPath;
+    this.expectedSize = o.expectedSize;
+    this.fh = o.fh;
+    this.hooks = o.hooks;
+    const digest = o.digest;
     this.hash = createHash(digestAlgorithm(digest));
   }
 
@@ -87,7 +93,8 @@ export class SpoolWriter implements BlobWriter {
     this.closed = true;
     try {
       this.verify();
-      if (this.hashedAhead !== undefined && this.written !== this.hashedAhead) throw new Error(`${this.hashedAhead - this.written} verified bytes were never written`);
+      if (this.hashedAhead !== undefined && this.written !== this.hashedAhead)
+        throw new Error(`${this.hashedAhead - this.written} verified bytes were never written`);
       if (this.hooks.sync) await this.fh.sync();
       await this.fh.close();
       await this.hooks.persist(this.tmpPath, this.written);
@@ -109,11 +116,16 @@ export class SpoolWriter implements BlobWriter {
 }
 
 /** Opens a new temp file in tmpDir for a verified write of digest; hooks are made for the file's path. */
-export async function createSpool(tmpDir: string, digest: Digest, expectedSize: number | undefined, hooks: (tmpPath: string) => SpoolHooks): Promise<SpoolWriter> {
+export async function createSpool(
+  tmpDir: string,
+  digest: Digest,
+  expectedSize: number | undefined,
+  hooks: (tmpPath: string) => SpoolHooks,
+): Promise<SpoolWriter> {
   // The writer's pid leads the name, so startup can tell orphans from another live process's downloads.
   const tmp = join(tmpDir, `${process.pid}.${digestHex(digest).slice(0, 16)}-${randomBytes(6).toString('hex')}`);
   const fh = await open(tmp, 'wx+', 0o644);
-  return new SpoolWriter(digest, tmp, fh, expectedSize, hooks(tmp));
+  return new SpoolWriter({ digest, tmpPath: tmp, fh, expectedSize, hooks: hooks(tmp) });
 }
 
 /**

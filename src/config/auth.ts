@@ -16,7 +16,13 @@ import { duration } from './primitives.js';
 const names = z.array(z.string().min(1));
 
 const mtlsMapping = z
-  .object({ uri: z.string().min(1).optional(), dns: z.string().min(1).optional(), cn: z.string().min(1).optional(), user: z.string().min(1).optional(), groups: names.default([]) })
+  .object({
+    uri: z.string().min(1).optional(),
+    dns: z.string().min(1).optional(),
+    cn: z.string().min(1).optional(),
+    user: z.string().min(1).optional(),
+    groups: names.default([]),
+  })
   .strict()
   .refine((m) => m.uri !== undefined || m.dns !== undefined || m.cn !== undefined, 'give at least one of uri, dns or cn to match');
 
@@ -38,7 +44,11 @@ export const authSchema = z
     /** Requests without credentials are served as the anonymous identity. */
     anonymous: z.boolean().default(true),
     /** The Basic realm in challenges. */
-    realm: z.string().regex(/^[\x20-\x7e]{1,100}$/).refine((s) => !s.includes('"'), 'no quotes').default('portcullis'),
+    realm: z
+      .string()
+      .regex(/^[\x20-\x7e]{1,100}$/)
+      .refine((s) => !s.includes('"'), 'no quotes')
+      .default('portcullis'),
     htpasswd: z
       .object({
         file: z.string().min(1),
@@ -50,7 +60,11 @@ export const authSchema = z
     /** The registry token flow, with Portcullis issuing the tokens (credentials: htpasswd, OIDC or mTLS). */
     token: z
       .object({
-        service: z.string().regex(/^[\x21-\x7e]{1,100}$/).refine((s) => !s.includes('"'), 'no quotes').default('portcullis'),
+        service: z
+          .string()
+          .regex(/^[\x21-\x7e]{1,100}$/)
+          .refine((s) => !s.includes('"'), 'no quotes')
+          .default('portcullis'),
         ttl: duration.default(300_000),
         /** PKCS#8 PEM P-256 key; absent: generated at start (tokens then die with the process). */
         keyFile: z.string().min(1).optional(),
@@ -110,9 +124,7 @@ export const forwardIdentitySchema = z
   })
   .strict();
 
-const bucket = z
-  .object({ burst: z.number().int().positive(), perMinute: z.number().positive() })
-  .strict();
+const bucket = z.object({ burst: z.number().int().positive(), perMinute: z.number().positive() }).strict();
 
 const quotaKinds = z
   .object({

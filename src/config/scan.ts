@@ -56,9 +56,7 @@ const reports = z
      * CI tokens scoped to the repositories they build: globs on `<registry>/<repository>` (`*` within a path
      * segment, `**` across). A push or read for another repository is 403; a scoped token cannot list or delete.
      */
-    tokens: z
-      .array(z.object({ token: secretRef, repositories: z.array(z.string().min(1)).min(1, 'name at least one repository glob') }).strict())
-      .default([]),
+    tokens: z.array(z.object({ token: secretRef, repositories: z.array(z.string().min(1)).min(1, 'name at least one repository glob') }).strict()).default([]),
     maxSize: positiveSize.default(16 * 1024 * 1024),
     /**
      * Refuse a report that names no digest at all (a report naming another digest is always refused). On by
@@ -73,30 +71,22 @@ const reports = z
   .strict()
   .refine((r) => r.token !== undefined || r.tokens.length > 0, { message: 'give token or tokens', path: ['token'] });
 
-const scannerAuth = z.union([
-  z.object({ bearer: secretRef }).strict(),
-  z.object({ username: z.string().min(1), password: secretRef }).strict(),
-]);
+const scannerAuth = z.union([z.object({ bearer: secretRef }).strict(), z.object({ username: z.string().min(1), password: secretRef }).strict()]);
 
 const scanner = z
   .object({
-    url: httpUrl()
-      .transform((u) => u.replace(/\/+$/, '').replace(/\/api\/v1$/, '')),
+    url: httpUrl().transform((u) => u.replace(/\/+$/, '').replace(/\/api\/v1$/, '')),
     auth: scannerAuth.optional(),
     /** Per upstream name: the registry URL the scanner pulls from, and the Authorization it sends there. */
-    registries: z
-      .record(
-        z.string(),
-        z
-          .object({ url: httpUrl().optional(), authorization: secretRef.optional() })
-          .strict(),
-      )
-      .default({}),
+    registries: z.record(z.string(), z.object({ url: httpUrl().optional(), authorization: secretRef.optional() }).strict()).default({}),
     /**
      * The scanner pulls through Portcullis (at this URL, as the scanner reaches it) with a token Portcullis issues
      * per job: pull on that repository, that digest only, for `scanTimeout`. Instead of `registries`.
      */
-    pullThrough: z.object({ url: httpUrl().transform((u) => u.replace(/\/+$/, '')) }).strict().optional(),
+    pullThrough: z
+      .object({ url: httpUrl().transform((u) => u.replace(/\/+$/, '')) })
+      .strict()
+      .optional(),
     /** Shortest time between two polls of one scan; a longer Refresh-After from the scanner wins (up to 60 s). */
     pollInterval: duration.default(2_000),
     requestTimeout: duration.default(5_000),

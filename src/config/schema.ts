@@ -236,10 +236,15 @@ export const configSchema = z
         if (n > 1) ctx.addIssue({ code: 'custom', path: [], message: 'give only one of bundleFile, bundleUrl or opaUrl' });
         for (const field of ['bundleUrl', 'opaUrl'] as const) {
           if (p[field]?.startsWith('http:') && !p.allowInsecureHttp) {
-            ctx.addIssue({ code: 'custom', path: [field], message: 'plain http lets anyone on the path replace the policy; use https, or set policy.allowInsecureHttp: true' });
+            ctx.addIssue({
+              code: 'custom',
+              path: [field],
+              message: 'plain http lets anyone on the path replace the policy; use https, or set policy.allowInsecureHttp: true',
+            });
           }
         }
-        if (p.signing && p.opaUrl) ctx.addIssue({ code: 'custom', path: ['signing'], message: 'signing applies to bundles; configure bundle verification in the external OPA itself' });
+        if (p.signing && p.opaUrl)
+          ctx.addIssue({ code: 'custom', path: ['signing'], message: 'signing applies to bundles; configure bundle verification in the external OPA itself' });
       }),
     /** Signature authorities (config/signatures.ts). */
     signatures: signaturesSchema.optional(),
@@ -260,7 +265,10 @@ export const configSchema = z
         /** With onFull: block, how long a decision waits for room before it is denied ("decision log unavailable"). */
         blockTimeout: duration.refine((ms) => ms > 0 && ms <= 60_000, 'between 1ms and 60s: clients time out').default(5_000),
         /** HTTP sink: queue events on disk (<dataDir>/decision-log.sqlite) up to maxSize instead of maxQueue in memory. */
-        spool: z.object({ maxSize: size.refine((n) => n >= 64 * 1024, 'at least 64KiB') }).strict().optional(),
+        spool: z
+          .object({ maxSize: size.refine((n) => n >= 64 * 1024, 'at least 64KiB') })
+          .strict()
+          .optional(),
       })
       .strict()
       .default({ sink: 'stdout', batchSize: 100, flushInterval: 5_000, maxQueue: 10_000, mask: [], onFull: 'drop', blockTimeout: 5_000 })
@@ -310,7 +318,8 @@ export const configSchema = z
       ctx.addIssue({ code: 'custom', path: ['auth', 'anonymous'], message: 'anonymous: false needs htpasswd, oidc or client certificates (tls.clientCA)' });
     }
     if (cfg.auth?.mtls && !cfg.tls?.clientCA) ctx.addIssue({ code: 'custom', path: ['auth', 'mtls'], message: 'client certificates need tls.clientCA' });
-    if (cfg.tls?.clientAuth === 'optional' && !cfg.tls.clientCA) ctx.addIssue({ code: 'custom', path: ['tls', 'clientAuth'], message: 'clientAuth needs tls.clientCA' });
+    if (cfg.tls?.clientAuth === 'optional' && !cfg.tls.clientCA)
+      ctx.addIssue({ code: 'custom', path: ['tls', 'clientAuth'], message: 'clientAuth needs tls.clientCA' });
     if (cfg.defaultUpstream !== undefined && !names.has(cfg.defaultUpstream)) {
       ctx.addIssue({ code: 'custom', path: ['defaultUpstream'], message: `no upstream named "${cfg.defaultUpstream}"` });
     }

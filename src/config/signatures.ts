@@ -103,12 +103,17 @@ const authorities = z
       if (!r.success) {
         for (const issue of r.error.issues) {
           const field = issue.path.length ? `${issue.path.join('.')}: ` : '';
-          ctx.addIssue({ code: 'custom', path: [i, ...issue.path.map((p) => (typeof p === 'symbol' ? String(p) : p))], message: `${label}: ${field}${issue.message}` });
+          ctx.addIssue({
+            code: 'custom',
+            path: [i, ...issue.path.map((p) => (typeof p === 'symbol' ? String(p) : p))],
+            message: `${label}: ${field}${issue.message}`,
+          });
         }
         return;
       }
       const a = r.data;
-      if (!NAME.test(a.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `${label}: name must be letters, digits, '.', '_' or '-' (at most 63)` });
+      if (!NAME.test(a.name))
+        ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `${label}: name must be letters, digits, '.', '_' or '-' (at most 63)` });
       if (seen.has(a.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `${label}: duplicate authority name` });
       seen.add(a.name);
       if (a.kind === 'keyless') {
@@ -136,10 +141,12 @@ const authorities = z
       }
     });
   })
-  .transform((list) => list.flatMap((a) => {
-    const r = authoritySchema.safeParse(a);
-    return r.success ? [r.data] : [];
-  }));
+  .transform((list) =>
+    list.flatMap((a) => {
+      const r = authoritySchema.safeParse(a);
+      return r.success ? [r.data] : [];
+    }),
+  );
 
 export const signaturesSchema = z
   .object({

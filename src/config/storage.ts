@@ -20,13 +20,11 @@ import { secretRef } from './primitives.js';
 import { httpUrl } from './url.js';
 
 const UNITS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
-const duration = z
-  .union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h')])
-  .transform((v) => {
-    if (typeof v === 'number') return v * 1000;
-    const m = /^(\d+)(ms|s|m|h|d)$/.exec(v)!;
-    return Number(m[1]) * UNITS[m[2] as keyof typeof UNITS];
-  });
+const duration = z.union([z.number().nonnegative(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 5m, 1h')]).transform((v) => {
+  if (typeof v === 'number') return v * 1000;
+  const m = /^(\d+)(ms|s|m|h|d)$/.exec(v)!;
+  return Number(m[1]) * UNITS[m[2] as keyof typeof UNITS];
+});
 
 const MiB = 1024 * 1024;
 const partSize = z
@@ -37,7 +35,11 @@ const partSize = z
 
 const localSize = z
   .union([z.number().int().positive(), z.string().regex(/^\d+(MiB|GiB|TiB)$/, 'expected a size such as 512MiB or 20GiB')])
-  .transform((v) => (typeof v === 'number' ? v : Number(/^\d+/.exec(v)![0]) * { MiB: MiB, GiB: 1024 * MiB, TiB: 1024 * 1024 * MiB }[v.replace(/^\d+/, '') as 'MiB' | 'GiB' | 'TiB']));
+  .transform((v) =>
+    typeof v === 'number'
+      ? v
+      : Number(/^\d+/.exec(v)![0]) * { MiB: MiB, GiB: 1024 * MiB, TiB: 1024 * 1024 * MiB }[v.replace(/^\d+/, '') as 'MiB' | 'GiB' | 'TiB'],
+  );
 
 const s3 = z
   .object({
@@ -53,10 +55,7 @@ const s3 = z
     /** bucket in the path (http://host/bucket/key) rather than the host name: most S3-compatible servers want this. */
     forcePathStyle: z.boolean().default(false),
     /** Static keys from secret references; absent: the AWS SDK's default chain (AWS_* variables, web identity, …). */
-    credentials: z
-      .object({ accessKeyId: secretRef, secretAccessKey: secretRef, sessionToken: secretRef.optional() })
-      .strict()
-      .optional(),
+    credentials: z.object({ accessKeyId: secretRef, secretAccessKey: secretRef, sessionToken: secretRef.optional() }).strict().optional(),
     /** PEM CA bundle that the endpoint's certificate must chain to (instead of the system's). */
     caFile: z.string().min(1).optional(),
     /** A plain-http endpoint: the blobs (and, for a presigned URL, the client's fetch) travel unencrypted. */
@@ -96,7 +95,8 @@ export const storageSchema = z
   .superRefine((s, ctx) => {
     if (s.blobs === 's3' && !s.s3) ctx.addIssue({ code: 'custom', path: ['s3'], message: 'blobs: s3 needs an s3 section (bucket, region, …)' });
     if (s.blobs !== 's3' && s.s3) ctx.addIssue({ code: 'custom', path: ['s3'], message: 'an s3 section needs blobs: s3' });
-    if (s.redirect && s.blobs !== 's3') ctx.addIssue({ code: 'custom', path: ['redirect'], message: 'redirect needs blobs: s3 (the filesystem store has no URLs to hand out)' });
+    if (s.redirect && s.blobs !== 's3')
+      ctx.addIssue({ code: 'custom', path: ['redirect'], message: 'redirect needs blobs: s3 (the filesystem store has no URLs to hand out)' });
   });
 
 export type StorageConfig = z.output<typeof storageSchema>;

@@ -120,7 +120,8 @@ export class Closures {
   }
 
   validRoot(route: Route, digest: Digest, as: 'manifest' | 'blob'): Digest | undefined {
-    return this.meta.validLink(route.upstream.name, route.repository, digest, as === 'manifest' ? CHILD_ROLES : BLOB_ROLES, this.gate.basis(), this.now())?.root;
+    return this.meta.validLink(route.upstream.name, route.repository, digest, as === 'manifest' ? CHILD_ROLES : BLOB_ROLES, this.gate.basis(), this.now())
+      ?.root;
   }
 
   async admitBlob(req: MemberRequest): Promise<BlobVerdict> {
@@ -141,7 +142,14 @@ export class Closures {
     // A runnable image listed by an artifact index (a referrers index) is not vouched for by that lighter decision.
     if (needsOwnDecision(parent.parsed, manifest.parsed)) return asRoot();
     if (isRunnable(manifest.parsed)) {
-      return this.gate.admitChild({ route, method: req.method, client: req.client, manifest, parent, root: { manifest: rootManifest, tag: this.rootTag(route, root) } });
+      return this.gate.admitChild({
+        route,
+        method: req.method,
+        client: req.client,
+        manifest,
+        parent,
+        root: { manifest: rootManifest, tag: this.rootTag(route, root) },
+      });
     }
     // Nothing in it can run (an attestation manifest, a signature): covered by the index that lists it.
     this.coverChild(route, root, voucher, manifest);
@@ -195,7 +203,10 @@ export class Closures {
     try {
       manifest = await this.manifests.get(route, digest);
     } catch (e) {
-      return { serve: false, denial: errorAdmission('', 'closure.unavailable', `admitted manifest ${digest} could not be read to decide it again: ${errorText(e)}`) };
+      return {
+        serve: false,
+        denial: errorAdmission('', 'closure.unavailable', `admitted manifest ${digest} could not be read to decide it again: ${errorText(e)}`),
+      };
     }
     let last: Admission | undefined;
     for (const r of stale) {
@@ -219,7 +230,14 @@ export class Closures {
     }
     const rootManifest = await this.manifests.get(route, root);
     const parent = link.voucher === root ? rootManifest : await this.manifests.get(route, link.voucher);
-    return this.gate.admitChild({ route, method: 'GET', client: req.client, manifest: child, parent, root: { manifest: rootManifest, tag: this.rootTag(route, root) } });
+    return this.gate.admitChild({
+      route,
+      method: 'GET',
+      client: req.client,
+      manifest: child,
+      parent,
+      root: { manifest: rootManifest, tag: this.rootTag(route, root) },
+    });
   }
 
   /** The tag the root was admitted for (the newest allowed admission), for the child's policy input. */
@@ -239,7 +257,9 @@ export class Closures {
   /** The admission a covered child is served on (for its decision id). */
   private voucherAdmission(route: Route, root: Digest, voucher: Digest): Admission {
     const basis = this.gate.basis();
-    const rec = this.meta.admissions(route.upstream.name, route.repository, voucher, voucher === root ? '' : root, this.now()).find((r) => r.serve && r.basis === basis);
+    const rec = this.meta
+      .admissions(route.upstream.name, route.repository, voucher, voucher === root ? '' : root, this.now())
+      .find((r) => r.serve && r.basis === basis);
     return { decisionId: rec?.decisionId ?? '', serve: true, outcome: 'allow', message: '', violations: [], warnings: [], mode: 'enforce', cached: true };
   }
 }
@@ -249,5 +269,14 @@ function writeKey(route: Route, digest: string, under: string, tag: string): str
 }
 
 function fromRecord(r: AdmissionRecord): Admission {
-  return { decisionId: r.decisionId, serve: false, outcome: 'deny', message: r.reason || 'denied by policy', violations: [], warnings: [], mode: 'enforce', cached: true };
+  return {
+    decisionId: r.decisionId,
+    serve: false,
+    outcome: 'deny',
+    message: r.reason || 'denied by policy',
+    violations: [],
+    warnings: [],
+    mode: 'enforce',
+    cached: true,
+  };
 }

@@ -66,7 +66,10 @@ export function maskInput(input: PolicyInput, pointers: string[]): { input: unkn
   const copy = structuredClone(input) as unknown as Record<string, unknown>;
   const masked: string[] = [];
   for (const p of pointers) {
-    const segs = p.split('/').slice(2).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+    const segs = p
+      .split('/')
+      .slice(2)
+      .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
     let node: unknown = copy;
     for (let i = 0; i < segs.length - 1 && node && typeof node === 'object'; i++) node = (node as Record<string, unknown>)[segs[i]!];
     const last = segs[segs.length - 1]!;
@@ -231,7 +234,10 @@ export class DecisionLog implements DecisionObserver {
           this.failures++;
           const delay = Math.min(60_000, 500 * 2 ** Math.min(this.failures, 7)) * (0.5 + Math.random() / 2);
           this.backoffUntil = this.now() + delay;
-          this.log.warn({ error: errorText(e), url: redactUrl(this.cfg.url as string), queued: queue.length, retryInMs: Math.round(delay) }, 'decision log delivery failed');
+          this.log.warn(
+            { error: errorText(e), url: redactUrl(this.cfg.url as string), queued: queue.length, retryInMs: Math.round(delay) },
+            'decision log delivery failed',
+          );
           break;
         }
       }

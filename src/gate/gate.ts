@@ -250,7 +250,16 @@ export class Gate implements AdmissionGate {
 
   /** Decides for a runnable child of an admitted index, with its own evidence and the index's signatures. */
   admitChild(req: ChildRequest): Promise<Admission> {
-    return this.decideCached({ route: req.route, method: req.method, client: req.client, kind: 'manifest', tag: null, manifest: req.manifest, parent: req.parent, root: req.root });
+    return this.decideCached({
+      route: req.route,
+      method: req.method,
+      client: req.client,
+      kind: 'manifest',
+      tag: null,
+      manifest: req.manifest,
+      parent: req.parent,
+      root: req.root,
+    });
   }
 
   /** Repository-level rules for a tag list or a referrers list: may this repository be listed at all? */
@@ -333,8 +342,14 @@ export class Gate implements AdmissionGate {
     // for the scan once, then decide once more; still pending means a deny ("scan pending").
     if (ctx && result?.wait_seconds && input.scan.status === 'pending' && this.scan.awaitResult) {
       const waitStarted = performance.now();
-      const scan = await this.scan.awaitResult(ctx, built.value.ownAttestations, result.wait_seconds * 1000).catch(() => ({ status: 'error' as const, code: 'LOOKUP_FAILED' as const }));
-      input = { ...input, now: new Date(this.now()).toISOString(), scan: { ...scan, waited_seconds: Math.round((performance.now() - waitStarted) / 100) / 10 } };
+      const scan = await this.scan
+        .awaitResult(ctx, built.value.ownAttestations, result.wait_seconds * 1000)
+        .catch(() => ({ status: 'error' as const, code: 'LOOKUP_FAILED' as const }));
+      input = {
+        ...input,
+        now: new Date(this.now()).toISOString(),
+        scan: { ...scan, waited_seconds: Math.round((performance.now() - waitStarted) / 100) / 10 },
+      };
       waitMs += performance.now() - waitStarted;
       started = performance.now();
       ({ result, admission } = await this.evaluateInput(decisionId, input));
@@ -348,7 +363,17 @@ export class Gate implements AdmissionGate {
     for (const o of this.observers) {
       let held: unknown;
       try {
-        held = o.onDecision({ admission, input, result, revision: result?.revision ?? this.decider.revision, basis, evalMs, totalMs: performance.now() - decisionStarted, waitMs, route: s.route });
+        held = o.onDecision({
+          admission,
+          input,
+          result,
+          revision: result?.revision ?? this.decider.revision,
+          basis,
+          evalMs,
+          totalMs: performance.now() - decisionStarted,
+          waitMs,
+          route: s.route,
+        });
       } catch {
         // Logging must never change a decision (except by holding it, below).
       }
@@ -414,7 +439,13 @@ export class Gate implements AdmissionGate {
     const inherited = await Promise.all(vouchers.map(async (m) => ({ digest: m.digest, ...(await this.signaturesOf(evidenceContext(s.route, m))) })));
     const scan = await this.scan.scan(ctx, own.attestations).catch(() => ({ status: 'error' as const, code: 'LOOKUP_FAILED' as const }));
     return {
-      signatures: inherited.length ? mergeSignatures(own.signatures, s.manifest.digest, inherited.map((i) => ({ digest: i.digest, ev: i.signatures }))) : own.signatures,
+      signatures: inherited.length
+        ? mergeSignatures(
+            own.signatures,
+            s.manifest.digest,
+            inherited.map((i) => ({ digest: i.digest, ev: i.signatures })),
+          )
+        : own.signatures,
       // The child's own attestations first: only those describe its content (and only those feed its scan).
       attestations: [...own.attestations, ...inherited.flatMap((i) => i.attestations)],
       scan,
@@ -438,5 +469,13 @@ export class Gate implements AdmissionGate {
 
 /** The evidence seam gets what the request knows: the route and the manifest, parsed once where it came in. */
 function evidenceContext(route: Route, manifest: Manifest): EvidenceContext {
-  return { route, manifest, upstream: route.upstream.name, registry: route.registry, repository: route.repository, digest: manifest.digest, mediaType: manifest.mediaType };
+  return {
+    route,
+    manifest,
+    upstream: route.upstream.name,
+    registry: route.registry,
+    repository: route.repository,
+    digest: manifest.digest,
+    mediaType: manifest.mediaType,
+  };
 }

@@ -60,7 +60,17 @@ export class RecentDecisions implements DecisionObserver {
   onDecision(e: Parameters<DecisionObserver['onDecision']>[0]): void {
     const i = e.input;
     const c = i.request.client;
-    const key = [i.request.kind, i.image.registry, i.image.repository, i.image.tag ?? '', i.image.digest ?? '', i.image.root?.digest ?? '', c.method, c.user ?? '', c.groups.join(',')].join('\n');
+    const key = [
+      i.request.kind,
+      i.image.registry,
+      i.image.repository,
+      i.image.tag ?? '',
+      i.image.digest ?? '',
+      i.image.root?.digest ?? '',
+      c.method,
+      c.user ?? '',
+      c.groups.join(','),
+    ].join('\n');
     // Newest last: delete first so that a repeat moves to the end, then drop the oldest beyond the bound.
     this.ring.delete(key);
     this.ring.set(key, { input: i, route: e.route });
@@ -109,7 +119,14 @@ export async function impact(t: ReevalTarget, o: ImpactOptions): Promise<ImpactR
     const img = recorded.image;
     const image = `${img.registry}/${img.repository}${img.tag ? `:${img.tag}` : ''}${img.digest ? `@${img.digest}` : ` (${recorded.request.kind})`}`;
     const who = recorded.request.client;
-    const c = compare('recent', image, img.digest, `${who.user ?? 'anonymous'} via ${who.method}`, await decide(o.active, input), await decide(o.candidate, input));
+    const c = compare(
+      'recent',
+      image,
+      img.digest,
+      `${who.user ?? 'anonymous'} via ${who.method}`,
+      await decide(o.active, input),
+      await decide(o.candidate, input),
+    );
     if (c) changes.push(c);
   }
   const rank = { 'allowed→denied': 0, 'denied→allowed': 1, outcome: 2 } as const;
@@ -140,7 +157,14 @@ function side(a: { outcome: Verdict; violations: Violation[]; warnings: Violatio
   return { outcome: a.outcome, deny: a.violations, warn: a.warnings };
 }
 
-function compare(source: ImpactChange['source'], image: string, digest: string | null, client: string | undefined, active: ImpactSide, candidate: ImpactSide): ImpactChange | undefined {
+function compare(
+  source: ImpactChange['source'],
+  image: string,
+  digest: string | null,
+  client: string | undefined,
+  active: ImpactSide,
+  candidate: ImpactSide,
+): ImpactChange | undefined {
   if (active.outcome === candidate.outcome) return undefined;
   const served = (s: ImpactSide): boolean => s.outcome !== 'deny';
   const change = served(active) && !served(candidate) ? 'allowed→denied' : !served(active) && served(candidate) ? 'denied→allowed' : 'outcome';
@@ -149,7 +173,9 @@ function compare(source: ImpactChange['source'], image: string, digest: string |
 
 /** One line per change for the CLI. */
 export function formatImpact(r: ImpactReport): string {
-  const lines = [`candidate ${r.candidate_revision} against active ${r.active_revision}: ${r.changed} change${r.changed === 1 ? '' : 's'} (${r.evaluated.cached} cached image${r.evaluated.cached === 1 ? '' : 's'}, ${r.evaluated.recent} recent decision${r.evaluated.recent === 1 ? '' : 's'})`];
+  const lines = [
+    `candidate ${r.candidate_revision} against active ${r.active_revision}: ${r.changed} change${r.changed === 1 ? '' : 's'} (${r.evaluated.cached} cached image${r.evaluated.cached === 1 ? '' : 's'}, ${r.evaluated.recent} recent decision${r.evaluated.recent === 1 ? '' : 's'})`,
+  ];
   const why = (s: ImpactSide): string => s.deny.map((v) => `${v.message} [${v.rule}]`).join('; ') || s.outcome;
   for (const c of r.changes) {
     const who = c.client ? ` (${c.client})` : '';

@@ -140,7 +140,11 @@ export function mergeSignatures(own: SignatureEvidence, ownDigest: string, inher
 }
 
 /** The evidence of a repository-level request: none is gathered (there is no digest). */
-export const NO_EVIDENCE: Evidence = { signatures: { status: 'not_configured', verified: [], rejected: [] }, attestations: [], scan: { status: 'not_configured', code: 'NOT_CONFIGURED' } };
+export const NO_EVIDENCE: Evidence = {
+  signatures: { status: 'not_configured', verified: [], rejected: [] },
+  attestations: [],
+  scan: { status: 'not_configured', code: 'NOT_CONFIGURED' },
+};
 
 /** What an admitted manifest vouches for: an index its manifests, an image its config and layers. */
 export function membersOf(m: Manifest): ClosureMember[] {

@@ -114,7 +114,14 @@ export class ReevalSchedule {
     for (const e of newlyDenied) {
       metrics.reevalTurnedDenied.inc();
       log.warn(
-        { image: e.image, digest: e.digest, previous: e.previous, policy: report.policy_revision, rules: e.deny.map((v) => v.rule), reason: e.deny.map((v) => `${v.message} [${v.rule}]`).join('; ') },
+        {
+          image: e.image,
+          digest: e.digest,
+          previous: e.previous,
+          policy: report.policy_revision,
+          rules: e.deny.map((v) => v.rule),
+          reason: e.deny.map((v) => `${v.message} [${v.rule}]`).join('; '),
+        },
         'cached image is now denied',
       );
     }
@@ -124,11 +131,17 @@ export class ReevalSchedule {
       metrics.reevalPurged.inc({ kind: 'images' }, purged.images.length);
       metrics.reevalPurged.inc({ kind: 'blobs' }, purged.removed.length);
       if (purged.images.length > 0) {
-        log.warn({ images: purged.images.slice(0, 50), blobsRemoved: purged.removed.length, blobsKept: purged.kept.length }, 'purged denied images from the cache');
+        log.warn(
+          { images: purged.images.slice(0, 50), blobsRemoved: purged.removed.length, blobsKept: purged.kept.length },
+          'purged denied images from the cache',
+        );
       }
     }
     metrics.reevalRuns.inc({ result: 'ok' });
-    log.info({ policy: report.policy_revision, evaluated: report.evaluated, wouldDeny: report.would_deny, newlyDenied: newlyDenied.length }, 'cached images re-evaluated');
+    log.info(
+      { policy: report.policy_revision, evaluated: report.evaluated, wouldDeny: report.would_deny, newlyDenied: newlyDenied.length },
+      'cached images re-evaluated',
+    );
     this.last = { report, newlyDenied, purged };
     return this.last;
   }

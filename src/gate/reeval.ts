@@ -83,7 +83,17 @@ async function evaluateOne(t: ReevalTarget, r: { upstream: string; repository: s
     tag: r.tag,
     digest: r.digest,
   };
-  if (!upstream) return { ...base, outcome: 'error', would_deny: true, mode: 'enforce', deny: [], warn: [], scan: null, error: `upstream "${r.upstream}" is no longer configured` };
+  if (!upstream)
+    return {
+      ...base,
+      outcome: 'error',
+      would_deny: true,
+      mode: 'enforce',
+      deny: [],
+      warn: [],
+      scan: null,
+      error: `upstream "${r.upstream}" is no longer configured`,
+    };
   try {
     const route: Route = { upstream, registry: upstream.registry, repository: r.repository, routing: 'prefix' };
     const manifest = await t.manifests.get(route, r.digest as Digest);
@@ -104,7 +114,12 @@ async function evaluateOne(t: ReevalTarget, r: { upstream: string; repository: s
       deny: admission.violations,
       warn: admission.warnings,
       signatures: input.signatures.status,
-      scan: { status: s.status, ...(s.source ? { source: s.source } : {}), ...(s.counts ? { counts: s.counts } : {}), ...(s.scanned_at ? { scanned_at: s.scanned_at } : {}) },
+      scan: {
+        status: s.status,
+        ...(s.source ? { source: s.source } : {}),
+        ...(s.counts ? { counts: s.counts } : {}),
+        ...(s.scanned_at ? { scanned_at: s.scanned_at } : {}),
+      },
     };
   } catch (e) {
     return { ...base, outcome: 'error', would_deny: true, mode: 'enforce', deny: [], warn: [], scan: null, error: errorText(e) };

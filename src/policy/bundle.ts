@@ -100,6 +100,12 @@ export async function readBundle(gz: Buffer, opts: ReadBundleOptions = {}): Prom
     }
   }
   // Without a declared revision, the content is the revision: data.json too, since a data-only change is a new policy.
-  const revision = manifest.revision || `sha256:${createHash('sha256').update(wasm).update(dataJson ?? '').digest('hex').slice(0, 16)}`;
+  const revision =
+    manifest.revision ||
+    `sha256:${createHash('sha256')
+      .update(wasm)
+      .update(dataJson ?? '')
+      .digest('hex')
+      .slice(0, 16)}`;
   return { wasm, data, manifest, revision };
 }

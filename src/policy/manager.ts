@@ -165,7 +165,10 @@ export class PolicyManager implements Decider {
       this.metrics.policyReloads.inc({ result: 'error' });
       this.metrics.policyBundleRejected.inc({ reason });
       this.metrics.policyLastReloadOk.set(0);
-      this.log.error({ source: this.describe(), error, reason, keeping: this.current?.revision ?? null }, 'policy bundle rejected; keeping the last good revision');
+      this.log.error(
+        { source: this.describe(), error, reason, keeping: this.current?.revision ?? null },
+        'policy bundle rejected; keeping the last good revision',
+      );
     }
   }
 
@@ -212,7 +215,11 @@ export class PolicyManager implements Decider {
       throw new Error(`bundle server answered HTTP ${res.statusCode}`);
     }
     // Cut off at the limit: a broken or hostile server must not make the proxy buffer without bound.
-    const bytes = await readCapped(res.body, this.maxBytes, () => new BundleError(`bundle server sent more than ${this.maxBytes} bytes (policy.maxBundleSize)`, 'too_large'));
+    const bytes = await readCapped(
+      res.body,
+      this.maxBytes,
+      () => new BundleError(`bundle server sent more than ${this.maxBytes} bytes (policy.maxBundleSize)`, 'too_large'),
+    );
     const etag = res.headers.etag;
     // A broken bundle under the same ETag will not get better, so it is not fetched again until the ETag changes.
     this.etag = typeof etag === 'string' ? etag : '';

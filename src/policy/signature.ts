@@ -67,7 +67,11 @@ export class BundleVerifier {
   /** Throws BundleSignatureError unless `files` (path → bytes, paths starting with /) carry a valid signature. */
   async verify(files: ReadonlyMap<string, Buffer>): Promise<void> {
     const raw = files.get(SIGNATURES_FILE);
-    if (!raw) throw new BundleSignatureError('signature_missing', `bundle has no ${SIGNATURES_FILE} (sign it with opa build --signing-key), and policy.signing requires one`);
+    if (!raw)
+      throw new BundleSignatureError(
+        'signature_missing',
+        `bundle has no ${SIGNATURES_FILE} (sign it with opa build --signing-key), and policy.signing requires one`,
+      );
     let doc: { signatures?: unknown };
     try {
       doc = JSON.parse(raw.toString('utf8')) as { signatures?: unknown };
@@ -94,7 +98,10 @@ export class BundleVerifier {
     try {
       bytes = (await compactVerify(jwt, this.key, { algorithms: [this.cfg.algorithm] })).payload;
     } catch (e) {
-      throw new BundleSignatureError('signature_invalid', `the bundle signature does not verify with policy.signing.publicKey (${this.cfg.algorithm}): ${(e as Error).message}`);
+      throw new BundleSignatureError(
+        'signature_invalid',
+        `the bundle signature does not verify with policy.signing.publicKey (${this.cfg.algorithm}): ${(e as Error).message}`,
+      );
     }
     let claims: { files?: unknown; keyid?: unknown; scope?: unknown };
     try {
@@ -109,7 +116,10 @@ export class BundleVerifier {
       throw new BundleSignatureError('signature_invalid', `the bundle is signed with key id "${named}", policy.signing.keyId is "${this.cfg.keyId}"`);
     }
     if ((claims.scope ?? '') !== (this.cfg.scope ?? '')) {
-      throw new BundleSignatureError('signature_invalid', `the bundle signature scope "${typeof claims.scope === 'string' ? claims.scope : JSON.stringify(claims.scope ?? '')}" is not "${this.cfg.scope ?? ''}"`);
+      throw new BundleSignatureError(
+        'signature_invalid',
+        `the bundle signature scope "${typeof claims.scope === 'string' ? claims.scope : JSON.stringify(claims.scope ?? '')}" is not "${this.cfg.scope ?? ''}"`,
+      );
     }
     if (!Array.isArray(claims.files)) throw new BundleSignatureError('signature_invalid', 'the bundle signature lists no files');
     const files = claims.files.filter(
@@ -136,7 +146,8 @@ export class BundleVerifier {
       } catch {
         throw new BundleSignatureError('signature_mismatch', `${path} is not valid JSON`);
       }
-      if (digest !== entry.hash.toLowerCase()) throw new BundleSignatureError('signature_mismatch', `${path}: digest mismatch (the file was changed after signing)`);
+      if (digest !== entry.hash.toLowerCase())
+        throw new BundleSignatureError('signature_mismatch', `${path}: digest mismatch (the file was changed after signing)`);
     }
     if (byName.size > 0) throw new BundleSignatureError('signature_mismatch', `signed file(s) missing from the bundle: ${[...byName.keys()].join(', ')}`);
   }
@@ -188,5 +199,7 @@ function walk(v: unknown, out: (s: string) => void): void {
 
 /** A string as Go's json.Encoder (SetEscapeHTML(false)) writes it: like JSON.stringify, plus U+2028/U+2029 escaped. */
 function goString(s: string): string {
-  return JSON.stringify(s).replace(/\u2028/g, '\\u2028').replace(/\u2029/g, '\\u2029');
+  return JSON.stringify(s)
+    .replace(/\u2028/g, '\\u2028')
+    .replace(/\u2029/g, '\\u2029');
 }

@@ -82,7 +82,13 @@ export function parseResult(rs: unknown): PolicyResult {
     });
   };
   const mode = v.mode === 'warn' || v.mode === 'dry-run' ? v.mode : 'enforce';
-  const out: PolicyResult = { allow: v.allow, deny: list(v.deny, 'deny'), warn: list(v.warn, 'warn'), scope: typeof v.scope === 'string' ? v.scope : null, mode };
+  const out: PolicyResult = {
+    allow: v.allow,
+    deny: list(v.deny, 'deny'),
+    warn: list(v.warn, 'warn'),
+    scope: typeof v.scope === 'string' ? v.scope : null,
+    mode,
+  };
   if (typeof v.wait_seconds === 'number' && Number.isFinite(v.wait_seconds) && v.wait_seconds > 0) out.wait_seconds = v.wait_seconds;
   return out;
 }

@@ -55,7 +55,10 @@ export class ProxyReferrersService implements ReferrersService {
       });
       const doc = safeJson(body);
       const manifests = Array.isArray(doc?.manifests) ? (doc.manifests as Descriptor[]) : [];
-      const applied = (headerString(res.headers['oci-filters-applied']) ?? '').split(',').map((s) => s.trim()).includes('artifactType');
+      const applied = (headerString(res.headers['oci-filters-applied']) ?? '')
+        .split(',')
+        .map((s) => s.trim())
+        .includes('artifactType');
       return this.finish(manifests, artifactType, applied, 'api');
     }
     res.body.resume();

@@ -21,9 +21,7 @@ export interface Route {
   ns?: string;
 }
 
-export type RouteError =
-  | { code: 'NAME_UNKNOWN'; message: string }
-  | { code: 'NAME_INVALID'; message: string };
+export type RouteError = { code: 'NAME_UNKNOWN'; message: string } | { code: 'NAME_INVALID'; message: string };
 
 export class Router {
   private readonly byHost = new Map<string, UpstreamConfig>();

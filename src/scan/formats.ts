@@ -50,7 +50,11 @@ function digestsIn(values: unknown[]): string[] {
     // image ID, which is the config digest, not the manifest's).
     const at = v.lastIndexOf('@');
     if (at === -1) continue;
-    for (const m of v.slice(at + 1).toLowerCase().matchAll(DIGEST_IN)) out.add(m[1]!);
+    for (const m of v
+      .slice(at + 1)
+      .toLowerCase()
+      .matchAll(DIGEST_IN))
+      out.add(m[1]!);
   }
   return [...out];
 }
@@ -75,9 +79,13 @@ export function parseReport(body: unknown): ParsedReport {
  */
 export function parseTrivy(r: Obj): ParsedReport {
   if (r.SchemaVersion === undefined) throw new ReportFormatError('SchemaVersion: missing (a Trivy JSON report has SchemaVersion 2)', 'SchemaVersion');
-  if (r.SchemaVersion !== 2) throw new ReportFormatError(`SchemaVersion: unsupported Trivy SchemaVersion ${JSON.stringify(r.SchemaVersion).slice(0, 40)} (want 2)`, 'SchemaVersion');
+  if (r.SchemaVersion !== 2)
+    throw new ReportFormatError(`SchemaVersion: unsupported Trivy SchemaVersion ${JSON.stringify(r.SchemaVersion).slice(0, 40)} (want 2)`, 'SchemaVersion');
   if (r.Results === undefined || r.Results === null) {
-    throw new ReportFormatError('Results: missing: the report has no results for the artifact, so it cannot count as a scan (a scan without findings still lists its targets, or send "Results": [])', 'Results');
+    throw new ReportFormatError(
+      'Results: missing: the report has no results for the artifact, so it cannot count as a scan (a scan without findings still lists its targets, or send "Results": [])',
+      'Results',
+    );
   }
   if (!Array.isArray(r.Results)) throw new ReportFormatError('Trivy report: Results is not an array', 'Results');
   if (r.CreatedAt !== undefined && !validTime(r.CreatedAt)) throw new ReportFormatError('CreatedAt: not an RFC 3339 time', 'CreatedAt');
@@ -124,7 +132,8 @@ function messageField(text: string | undefined, label: string): string | undefin
  * `invocations[].endTimeUtc` (else `startTimeUtc`) when the producer wrote one.
  */
 export function parseSarif(r: Obj): ParsedReport {
-  if (r.version !== '2.1.0') throw new ReportFormatError(`version: unsupported SARIF version ${JSON.stringify(r.version ?? null).slice(0, 40)} (want 2.1.0)`, 'version');
+  if (r.version !== '2.1.0')
+    throw new ReportFormatError(`version: unsupported SARIF version ${JSON.stringify(r.version ?? null).slice(0, 40)} (want 2.1.0)`, 'version');
   const runs = arr(r.runs);
   if (runs.length === 0) throw new ReportFormatError('runs: empty: the report has no results for the artifact', 'runs');
   const findings: Finding[] = [];
@@ -134,7 +143,11 @@ export function parseSarif(r: Obj): ParsedReport {
   let timeField: string | undefined;
   for (const [i, run] of runs.entries()) {
     if (!isObj(run)) throw new ReportFormatError(`runs[${i}]: not an object`, `runs[${i}]`);
-    if (!Array.isArray(run.results)) throw new ReportFormatError(`runs[${i}].results: missing: the run has no results for the artifact (a scan without findings sends "results": [])`, `runs[${i}].results`);
+    if (!Array.isArray(run.results))
+      throw new ReportFormatError(
+        `runs[${i}].results: missing: the run has no results for the artifact (a scan without findings sends "results": [])`,
+        `runs[${i}].results`,
+      );
     for (const [j, inv] of arr(run.invocations).entries()) {
       if (!isObj(inv)) continue;
       for (const k of ['endTimeUtc', 'startTimeUtc'] as const) {
@@ -181,7 +194,8 @@ export function parseSarif(r: Obj): ParsedReport {
 /** Harbor's HarborVulnerabilityReport (Pluggable Scanner API `GET /scan/{id}/report`). */
 export function parseHarborReport(r: unknown): ScanResult {
   if (!isObj(r)) throw new ReportFormatError('scanner report is not a JSON object');
-  if (r.vulnerabilities !== undefined && r.vulnerabilities !== null && !Array.isArray(r.vulnerabilities)) throw new ReportFormatError('scanner report: vulnerabilities is not an array');
+  if (r.vulnerabilities !== undefined && r.vulnerabilities !== null && !Array.isArray(r.vulnerabilities))
+    throw new ReportFormatError('scanner report: vulnerabilities is not an array');
   const findings: Finding[] = [];
   for (const v of arr(r.vulnerabilities)) {
     if (!isObj(v)) continue;
@@ -207,7 +221,10 @@ export function parseVulnPredicate(p: unknown): { result: ScanResult; namedDiges
   const meta = isObj(p.metadata) ? p.metadata : {};
   const finished = validTime(meta.scanFinishedOn) ?? validTime(meta.scanStartedOn) ?? parsed.result.scannedAt;
   if (!finished) throw new ReportFormatError('vuln predicate has no scan time (metadata.scanFinishedOn)');
-  const name = str(scanner.uri)?.replace(/^pkg:github\/[^/]+\//, '').replace('@', ' ') ?? parsed.result.scanner;
+  const name =
+    str(scanner.uri)
+      ?.replace(/^pkg:github\/[^/]+\//, '')
+      .replace('@', ' ') ?? parsed.result.scanner;
   const result: ScanResult = { scannedAt: finished, findings: parsed.result.findings };
   const label = name ?? (str(scanner.version) ? `scanner ${str(scanner.version)}` : undefined);
   if (label) result.scanner = label;

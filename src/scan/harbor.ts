@@ -45,10 +45,7 @@ export interface ScannerCapabilities {
 }
 
 export type ReportPoll =
-  | { kind: 'done'; result: ScanResult }
-  | { kind: 'pending'; refreshAfterMs: number | undefined }
-  | { kind: 'unknown' }
-  | { kind: 'failed'; message: string };
+  { kind: 'done'; result: ScanResult } | { kind: 'pending'; refreshAfterMs: number | undefined } | { kind: 'unknown' } | { kind: 'failed'; message: string };
 
 export interface HarborClientOptions {
   baseUrl: string;
@@ -68,7 +65,13 @@ export class HarborClient {
 
   constructor(private readonly o: HarborClientOptions) {}
 
-  private async call(op: string, method: 'GET' | 'POST', path: string, headers: Record<string, string>, body?: string): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; text: string }> {
+  private async call(
+    op: string,
+    method: 'GET' | 'POST',
+    path: string,
+    headers: Record<string, string>,
+    body?: string,
+  ): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; text: string }> {
     const started = performance.now();
     const auth = this.o.authorization();
     try {
@@ -102,8 +105,12 @@ export class HarborClient {
     const caps = isObj(doc) && Array.isArray(doc.capabilities) ? doc.capabilities.filter(isObj) : [];
     const vulnCaps = caps.filter((c) => c.type === undefined || c.type === 'vulnerability');
     const typed = caps.some((c) => typeof c.type === 'string');
-    const produces = vulnCaps.flatMap((c) => (Array.isArray(c.produces_mime_types) ? (c.produces_mime_types as unknown[]) : [])).filter((m): m is string => typeof m === 'string');
-    const consumes = vulnCaps.flatMap((c) => (Array.isArray(c.consumes_mime_types) ? (c.consumes_mime_types as unknown[]) : [])).filter((m): m is string => typeof m === 'string');
+    const produces = vulnCaps
+      .flatMap((c) => (Array.isArray(c.produces_mime_types) ? (c.produces_mime_types as unknown[]) : []))
+      .filter((m): m is string => typeof m === 'string');
+    const consumes = vulnCaps
+      .flatMap((c) => (Array.isArray(c.consumes_mime_types) ? (c.consumes_mime_types as unknown[]) : []))
+      .filter((m): m is string => typeof m === 'string');
     const norm = (m: string): string => m.replace(/\s+/g, '').toLowerCase();
     const reportType = REPORT_TYPES.find((t) => produces.some((p) => norm(p) === norm(t)));
     if (!reportType) throw new ScannerError(`scanner produces no Harbor vulnerability report (produces: ${produces.join(', ') || 'nothing'})`);
@@ -123,7 +130,13 @@ export class HarborClient {
       artifact: { repository: req.repository, digest: req.digest, ...(req.tag ? { tag: req.tag } : {}), mime_type: req.mimeType },
       ...(caps.typed ? { enabled_capabilities: [{ type: 'vulnerability', produces_mime_types: [caps.reportType] }] } : {}),
     };
-    const res = await this.call('scan', 'POST', '/scan', { 'content-type': MIME.scanRequest, accept: `${MIME.scanResponse}, ${MIME.error}` }, JSON.stringify(body));
+    const res = await this.call(
+      'scan',
+      'POST',
+      '/scan',
+      { 'content-type': MIME.scanRequest, accept: `${MIME.scanResponse}, ${MIME.error}` },
+      JSON.stringify(body),
+    );
     if (res.status !== 202 && res.status !== 200) throw new ScannerError(`scan request refused: HTTP ${res.status}${errorMessage(res.text)}`);
     const doc = parseJson(res.text, 'scan response');
     const id = isObj(doc) ? doc.id : undefined;

@@ -46,7 +46,8 @@ export function dedupe(findings: Finding[]): Finding[] {
     const prev = seen.get(key);
     // Keep the most severe rating and any known fix.
     if (!prev) seen.set(key, f);
-    else if (rank(f.severity) < rank(prev.severity) || (!prev.fixed && f.fixed)) seen.set(key, { ...prev, severity: rank(f.severity) < rank(prev.severity) ? f.severity : prev.severity, fixed: prev.fixed || f.fixed });
+    else if (rank(f.severity) < rank(prev.severity) || (!prev.fixed && f.fixed))
+      seen.set(key, { ...prev, severity: rank(f.severity) < rank(prev.severity) ? f.severity : prev.severity, fixed: prev.fixed || f.fixed });
   }
   return [...seen.values()];
 }

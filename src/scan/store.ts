@@ -145,7 +145,7 @@ export class ScanStore {
    */
   private migrate(): void {
     // Scanner errors gained a code: files from before lack the column.
-    const cols = this.db.prepare('SELECT name FROM pragma_table_info(\'scanner_scans\')').all() as Array<{ name: string }>;
+    const cols = this.db.prepare("SELECT name FROM pragma_table_info('scanner_scans')").all() as Array<{ name: string }>;
     if (!cols.some((c) => c.name === 'error_code')) this.db.exec('ALTER TABLE scanner_scans ADD COLUMN error_code TEXT');
     const old = this.db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'scan_reports'").get();
     if (!old) return;
@@ -168,7 +168,19 @@ export class ScanStore {
   putReport(r: Omit<StoredReport, 'id'>, body: Buffer, keep = Number.MAX_SAFE_INTEGER): { id: number; inForce: boolean; kept: boolean } {
     this.db.exec('BEGIN IMMEDIATE');
     try {
-      const { id } = this.st.putReport!.get(r.registry, r.repository, r.digest, r.format, r.uploadedAt, r.scannedAt, r.scanner, r.bound ? 1 : 0, r.size, JSON.stringify(r.findings), body) as { id: number };
+      const { id } = this.st.putReport!.get(
+        r.registry,
+        r.repository,
+        r.digest,
+        r.format,
+        r.uploadedAt,
+        r.scannedAt,
+        r.scanner,
+        r.bound ? 1 : 0,
+        r.size,
+        JSON.stringify(r.findings),
+        body,
+      ) as { id: number };
       this.st.prune!.run(r.registry, r.repository, r.digest, Math.max(1, keep));
       const current = this.st.getReport!.get(r.registry, r.repository, r.digest) as unknown as ReportRow;
       const kept = this.st.getVersion!.get(r.registry, r.repository, r.digest, id) !== undefined;
@@ -182,7 +194,8 @@ export class ScanStore {
 
   /** The version in force for this image, or the version `id` of it. */
   getReport(registry: string, repository: string, digest: string, id?: number): StoredReport | undefined {
-    const row = (id === undefined ? this.st.getReport!.get(registry, repository, digest) : this.st.getVersion!.get(registry, repository, digest, id)) as ReportRow | undefined;
+    const row = (id === undefined ? this.st.getReport!.get(registry, repository, digest) : this.st.getVersion!.get(registry, repository, digest, id)) as
+      ReportRow | undefined;
     return row ? toReport(row) : undefined;
   }
 
@@ -212,7 +225,10 @@ export class ScanStore {
    * Report metadata (no findings), newest push first, filtered by exact registry/repository/digest: the version in
    * force of each image, or with `history` every kept version.
    */
-  listReports(f: { registry?: string; repository?: string; digest?: string; history?: boolean; limit: number; offset: number }): { reports: Array<ReportMeta & { inForce: boolean }>; total: number } {
+  listReports(f: { registry?: string; repository?: string; digest?: string; history?: boolean; limit: number; offset: number }): {
+    reports: Array<ReportMeta & { inForce: boolean }>;
+    total: number;
+  } {
     const where: string[] = f.history ? [] : [IN_FORCE];
     const args: string[] = [];
     for (const k of ['registry', 'repository', 'digest'] as const) {
@@ -224,8 +240,12 @@ export class ScanStore {
     }
     const w = where.length ? `WHERE ${where.join(' AND ')}` : '';
     const total = (this.db.prepare(`SELECT count(*) AS n FROM scan_report_versions v ${w}`).get(...args) as { n: number }).n;
-    const cols = META_COLS.split(', ').map((c) => `v.${c}`).join(', ');
-    const rows = this.db.prepare(`SELECT ${cols}, ${IN_FORCE} AS in_force FROM scan_report_versions v ${w} ORDER BY v.id DESC LIMIT ? OFFSET ?`).all(...args, f.limit, f.offset) as unknown as Array<ReportRow & { in_force: number }>;
+    const cols = META_COLS.split(', ')
+      .map((c) => `v.${c}`)
+      .join(', ');
+    const rows = this.db
+      .prepare(`SELECT ${cols}, ${IN_FORCE} AS in_force FROM scan_report_versions v ${w} ORDER BY v.id DESC LIMIT ? OFFSET ?`)
+      .all(...args, f.limit, f.offset) as unknown as Array<ReportRow & { in_force: number }>;
     return { total, reports: rows.map((row) => ({ ...toMeta(row), inForce: row.in_force === 1 })) };
   }
 
@@ -300,5 +320,10 @@ function toScanner(row: ScannerRow): ScannerRecord {
         mimeType: row.job_mime ?? '',
       }
     : null;
-  return { digest: row.digest, result, job, error: row.error ? { message: row.error, at: row.error_at ?? 0, code: (row.error_code as ScanCode | null) ?? 'SCAN_FAILED' } : null };
+  return {
+    digest: row.digest,
+    result,
+    job,
+    error: row.error ? { message: row.error, at: row.error_at ?? 0, code: (row.error_code as ScanCode | null) ?? 'SCAN_FAILED' } : null,
+  };
 }

@@ -85,7 +85,9 @@ export class AdminApi implements ApiHandler {
     const m = /^Bearer[ ]+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     const hash = (s: string): Buffer => createHash('sha256').update(s).digest();
     if (!m || expected === '' || !timingSafeEqual(hash(m[1]!), hash(expected))) {
-      throw apiError(401, 'UNAUTHORIZED', 'authentication required: send Authorization: Bearer <admin token>', null, { 'www-authenticate': 'Bearer realm="portcullis"' });
+      throw apiError(401, 'UNAUTHORIZED', 'authentication required: send Authorization: Bearer <admin token>', null, {
+        'www-authenticate': 'Bearer realm="portcullis"',
+      });
     }
   }
 
@@ -112,10 +114,16 @@ export class AdminApi implements ApiHandler {
   }
 
   private lastRun(req: IncomingMessage, res: ServerResponse): true {
-    if (req.method !== 'GET' && req.method !== 'HEAD') throw apiError(405, 'UNSUPPORTED', 'method not allowed here (allowed: GET, HEAD)', null, { allow: 'GET, HEAD' });
+    if (req.method !== 'GET' && req.method !== 'HEAD')
+      throw apiError(405, 'UNSUPPORTED', 'method not allowed here (allowed: GET, HEAD)', null, { allow: 'GET, HEAD' });
     const run = this.o.lastRun();
     if (!run) throw apiError(404, 'NOT_FOUND', 'no scheduled re-evaluation has run yet (reevaluate.interval)');
-    sendJson(res, 200, { ...run.report, newly_denied: run.newlyDenied.map((e) => ({ image: e.image, previous: e.previous, deny: e.deny })), purged: run.purged ?? null }, req.method === 'HEAD');
+    sendJson(
+      res,
+      200,
+      { ...run.report, newly_denied: run.newlyDenied.map((e) => ({ image: e.image, previous: e.previous, deny: e.deny })), purged: run.purged ?? null },
+      req.method === 'HEAD',
+    );
     return true;
   }
 
@@ -149,10 +157,16 @@ function parseIdentity(as: unknown): WarmIdentity {
   if (as === undefined) return { user: null, groups: [], method: 'anonymous' };
   const a = as as { user?: unknown; groups?: unknown; method?: unknown };
   const short = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= 256;
-  if (typeof as !== 'object' || as === null || !short(a.user) || (a.groups !== undefined && !(Array.isArray(a.groups) && a.groups.length <= 64 && a.groups.every(short))) || (a.method !== undefined && !(typeof a.method === 'string' && /^[a-z]{1,16}$/.test(a.method)))) {
+  if (
+    typeof as !== 'object' ||
+    as === null ||
+    !short(a.user) ||
+    (a.groups !== undefined && !(Array.isArray(a.groups) && a.groups.length <= 64 && a.groups.every(short))) ||
+    (a.method !== undefined && !(typeof a.method === 'string' && /^[a-z]{1,16}$/.test(a.method)))
+  ) {
     throw apiError(400, 'PARAM_INVALID', 'as: {"user": name, "groups": [names], "method": "basic"|"token"|"mtls"|"oidc"}', { field: 'as' });
   }
-  return { user: a.user, groups: [...((a.groups) ?? [])].sort(), method: (a.method) ?? 'basic' };
+  return { user: a.user, groups: [...(a.groups ?? [])].sort(), method: a.method ?? 'basic' };
 }
 
 function parseCandidateJson(body: Buffer): CandidateRequest {

@@ -139,7 +139,9 @@ export class App {
             key: readFileSync(config.tls.key),
             // `optional`: the handshake completes without a trusted certificate; src/auth then refuses an untrusted one
             // and lets a client without one use another method.
-            ...(config.tls.clientCA ? { ca: readFileSync(config.tls.clientCA), requestCert: true, rejectUnauthorized: config.tls.clientAuth === 'require' } : {}),
+            ...(config.tls.clientCA
+              ? { ca: readFileSync(config.tls.clientCA), requestCert: true, rejectUnauthorized: config.tls.clientAuth === 'require' }
+              : {}),
           },
           handler,
         )
@@ -167,7 +169,9 @@ export class App {
     if (config.reusePort && readSysctl('net/ipv4/tcp_migrate_req') === '0') {
       // Connections still in a closing listener's accept queue are reset unless the kernel may move them to another
       // listener of the same port (Linux ≥ 5.14).
-      this.log.warn('reusePort: net.ipv4.tcp_migrate_req is 0, so a process replacement can reset a few connections that arrive as the old process stops listening; set it to 1');
+      this.log.warn(
+        'reusePort: net.ipv4.tcp_migrate_req is 0, so a process replacement can reset a few connections that arrive as the old process stops listening; set it to 1',
+      );
     }
     const addr = front.address() as AddressInfo;
     if (config.operatorListen) await this.listenOperator(config.operatorListen, serverOpts);
@@ -195,7 +199,8 @@ export class App {
 
   private async onRequest(req: IncomingMessage, res: ServerResponse, surface: Surface): Promise<void> {
     const started = performance.now();
-    const rid = typeof req.headers['x-request-id'] === 'string' && /^[\w.-]{1,64}$/.test(req.headers['x-request-id']) ? req.headers['x-request-id'] : randomUUID();
+    const rid =
+      typeof req.headers['x-request-id'] === 'string' && /^[\w.-]{1,64}$/.test(req.headers['x-request-id']) ? req.headers['x-request-id'] : randomUUID();
     res.setHeader('x-request-id', rid);
     res.setHeader('docker-distribution-api-version', 'registry/2.0');
     this.inflight.add(res);
@@ -218,7 +223,18 @@ export class App {
       const ms = performance.now() - started;
       this.metrics.requests.inc({ kind, method, status: String(res.statusCode) });
       this.metrics.requestDuration.observe({ kind, method }, ms / 1000);
-      log.info({ method, path: pathname, ns: url.searchParams.get('ns') ?? undefined, status: res.statusCode, ms: Math.round(ms), client: client.ip, ua: req.headers['user-agent'] }, 'request');
+      log.info(
+        {
+          method,
+          path: pathname,
+          ns: url.searchParams.get('ns') ?? undefined,
+          status: res.statusCode,
+          ms: Math.round(ms),
+          client: client.ip,
+          ua: req.headers['user-agent'],
+        },
+        'request',
+      );
     });
     res.once('close', () => {
       if (!res.writableFinished) log.warn({ method, path: pathname }, 'response aborted');

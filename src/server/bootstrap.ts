@@ -116,7 +116,13 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
   const now = opts.now;
   const clock = now ? { now } : {};
   // The first policy loads before anything serves; the gate subscribes to later swaps once it exists.
-  const policy = new PolicyManager({ source: policySource(config), settings: config.policy.settings, metrics, log, pollIntervalMs: config.policy.pollInterval });
+  const policy = new PolicyManager({
+    source: policySource(config),
+    settings: config.policy.settings,
+    metrics,
+    log,
+    pollIntervalMs: config.policy.pollInterval,
+  });
   await policy.start();
   // Unreadable secrets: the errors say nothing (they reach clients), the log says which file and why.
   const stopSecretLog = onSecretError((detail) => log.warn({ detail }, 'a configured secret cannot be read'));
@@ -176,7 +182,11 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
       denyTTL: config.gate.denyTTL,
       closureTTL: config.gate.closureTTL,
       // What shapes decisions besides the bundle and the trust material: a restart with other settings re-decides.
-      settingsHash: settingsHash({ policy: config.policy.settings, scan: config.scan ?? null, upstreams: config.upstreams.map((u) => [u.name, u.registry, u.url]) }),
+      settingsHash: settingsHash({
+        policy: config.policy.settings,
+        scan: config.scan ?? null,
+        upstreams: config.upstreams.map((u) => [u.name, u.registry, u.url]),
+      }),
       manifests,
     },
     signatures,
@@ -202,7 +212,8 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     ...(auth?.hasMethods ? { challenge: (req: IncomingMessage, repository: string) => auth.challenge(req, repository) } : {}),
     ...(quotas ? { quotas, warm: warmCheck(config, { meta, blobStore, downloads }, now ?? Date.now) } : {}),
   });
-  const api: ApiHandler[] = scan || config.scan?.admin ? [new ScanApi({ service: scan, deps: evidenceDeps, target: { gate, meta, manifests, router }, now: now ?? Date.now })] : [];
+  const api: ApiHandler[] =
+    scan || config.scan?.admin ? [new ScanApi({ service: scan, deps: evidenceDeps, target: { gate, meta, manifests, router }, now: now ?? Date.now })] : [];
   const target = uiTarget({ metrics, blobStore, gate, meta, manifests, router }, policy);
   const ui = ring ? new UiHandler({ config, ring, log, target: () => target }) : undefined;
   if (ui) api.push(ui);

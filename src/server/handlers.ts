@@ -102,7 +102,11 @@ export class RegistryHandlers {
   private async scannerPull(ctx: RequestContext, ep: Endpoint): Promise<void> {
     const job = ctx.identity.scanJob;
     const deny = (what: string): RegistryError =>
-      errors.denied(`portcullis: a scanner token may pull only the image of its scan job, not ${what}`, { rule: 'scanner.job_only', reason: 'not the scan job of this token' }, { reason: 'scanner_job_only' });
+      errors.denied(
+        `portcullis: a scanner token may pull only the image of its scan job, not ${what}`,
+        { rule: 'scanner.job_only', reason: 'not the scan job of this token' },
+        { reason: 'scanner_job_only' },
+      );
     if (!job || !isDigest(job.digest) || (ep.kind !== 'manifest' && ep.kind !== 'blob')) throw deny(ep.kind);
     const jobDigest: Digest = job.digest;
     const route = this.route(ctx, ep.name);
@@ -164,7 +168,13 @@ export class RegistryHandlers {
    * schema, manifests with a `subject` or a signature artifact type) are a separate kind of request, but only when
    * nothing in them can run (src/gate/classify.ts).
    */
-  private async admit(ctx: RequestContext, route: Route, manifest: Manifest, tag: string | null, kind: RootKind = rootKind(manifest.parsed, tag)): Promise<Admission> {
+  private async admit(
+    ctx: RequestContext,
+    route: Route,
+    manifest: Manifest,
+    tag: string | null,
+    kind: RootKind = rootKind(manifest.parsed, tag),
+  ): Promise<Admission> {
     const request = { route, method: ctx.method, tag, manifest, kind, client: clientOf(ctx) } as const;
     this.quota(ctx, 'decisions', () => !this.d.gate.hasCachedDecision(request));
     const admission = await this.d.gate.admitRoot(request);
@@ -224,7 +234,10 @@ export class RegistryHandlers {
     if (!quotas || !warm || !quotas.limits(kind) || !cold(warm)) return;
     const r = quotas.take(kind, ctx.identity, ctx.clientIp);
     if (!r.ok) {
-      throw errors.tooManyRequests(`portcullis: quota for ${kind} per ${r.scope} exceeded; retry in ${r.retryAfterSeconds}s (cached images are not limited)`, String(r.retryAfterSeconds));
+      throw errors.tooManyRequests(
+        `portcullis: quota for ${kind} per ${r.scope} exceeded; retry in ${r.retryAfterSeconds}s (cached images are not limited)`,
+        String(r.retryAfterSeconds),
+      );
     }
   }
 
@@ -240,7 +253,11 @@ export class RegistryHandlers {
         const short = oneLine(`no longer part of an admitted image: ${d.message}`, 300);
         throw errors.denied(
           `portcullis: denied ${ref}: ${short}${d.decisionId ? ` [decision ${d.decisionId}]` : ''}`,
-          { rule: d.violations[0]?.rule ?? 'admission_denied', reason: `no longer admitted: ${d.violations[0]?.message ?? d.message}`, ...(d.decisionId ? { decisionId: d.decisionId } : {}) },
+          {
+            rule: d.violations[0]?.rule ?? 'admission_denied',
+            reason: `no longer admitted: ${d.violations[0]?.message ?? d.message}`,
+            ...(d.decisionId ? { decisionId: d.decisionId } : {}),
+          },
           { reason: 'admission_denied', decision_id: d.decisionId || null, violations: d.violations },
           { ...(d.decisionId ? { 'portcullis-decision-id': d.decisionId } : {}), 'portcullis-reason': headerSafe(short) },
         );
@@ -308,7 +325,11 @@ export class RegistryHandlers {
 
   private async tagList(ctx: RequestContext, route: Route, clientName: string): Promise<void> {
     // Repository-level rules before anything is fetched: a repository the policy does not allow is not listed.
-    this.applyAdmission(ctx, `${route.registry}/${route.repository} (tag list)`, await this.d.gate.admitRepository({ route, method: ctx.method, client: clientOf(ctx), kind: 'tags' }));
+    this.applyAdmission(
+      ctx,
+      `${route.registry}/${route.repository} (tag list)`,
+      await this.d.gate.admitRepository({ route, method: ctx.method, client: clientOf(ctx), kind: 'tags' }),
+    );
     const nRaw = ctx.url.searchParams.get('n');
     const last = ctx.url.searchParams.get('last') ?? undefined;
     let n: number | undefined;
@@ -328,7 +349,11 @@ export class RegistryHandlers {
 
   private async referrerList(ctx: RequestContext, route: Route, digest: string): Promise<void> {
     if (!isDigest(digest)) throw errors.digestInvalid(`invalid or unsupported digest "${digest.slice(0, 80)}"`);
-    this.applyAdmission(ctx, `${route.registry}/${route.repository} (referrers of ${digest})`, await this.d.gate.admitRepository({ route, method: ctx.method, client: clientOf(ctx), kind: 'referrers' }));
+    this.applyAdmission(
+      ctx,
+      `${route.registry}/${route.repository} (referrers of ${digest})`,
+      await this.d.gate.admitRepository({ route, method: ctx.method, client: clientOf(ctx), kind: 'referrers' }),
+    );
     const artifactType = ctx.url.searchParams.get('artifactType') ?? undefined;
     const r = await this.d.referrers.list(route, digest, artifactType);
     if (r.filtersApplied) ctx.res.setHeader('oci-filters-applied', 'artifactType');
@@ -348,7 +373,14 @@ function nameInPath(url: URL): string {
 
 function clientOf(ctx: RequestContext): Client {
   const i = ctx.identity;
-  return { ip: ctx.clientIp, user: i.user, groups: i.groups, method: i.method, userAgent: ctx.req.headers['user-agent'] ?? null, ...(i.via ? { via: i.via } : {}) };
+  return {
+    ip: ctx.clientIp,
+    user: i.user,
+    groups: i.groups,
+    method: i.method,
+    userAgent: ctx.req.headers['user-agent'] ?? null,
+    ...(i.via ? { via: i.via } : {}),
+  };
 }
 
 function oneLine(s: string, max: number): string {

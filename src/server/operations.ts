@@ -81,7 +81,8 @@ export class Operations {
       log,
       ...(this.o.now ? { now: this.o.now } : {}),
     });
-    if (this.schedule.start(scheduler)) log.info({ intervalMs: config.reevaluate.interval, purge: config.reevaluate.purge }, 're-evaluation of cached images scheduled');
+    if (this.schedule.start(scheduler))
+      log.info({ intervalMs: config.reevaluate.interval, purge: config.reevaluate.purge }, 're-evaluation of cached images scheduled');
   }
 
   stop(): void {

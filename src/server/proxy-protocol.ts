@@ -24,8 +24,7 @@ export const MAX_PROXY_HEADER = 4096;
 
 export type ProxyHeader =
   /** LOCAL (the balancer's own health check), or an address family without an IP address: use the real peer. */
-  | { kind: 'local' }
-  | { kind: 'proxy'; address: string; port: number };
+  { kind: 'local' } | { kind: 'proxy'; address: string; port: number };
 
 export class ProxyProtocolError extends Error {
   constructor(message: string) {

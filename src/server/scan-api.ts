@@ -112,7 +112,10 @@ export class ScanApi implements ApiHandler {
         expected = readSecret(c.ref);
       } catch (e) {
         unreadable = true;
-        this.o.deps.log.warn({ rid: requestId(res), role: c.role, detail: e instanceof SecretError ? e.detail : String(e) }, `the ${what} API token cannot be read`);
+        this.o.deps.log.warn(
+          { rid: requestId(res), role: c.role, detail: e instanceof SecretError ? e.detail : String(e) },
+          `the ${what} API token cannot be read`,
+        );
         continue;
       }
       if (m !== null && expected !== '' && timingSafeEqual(digest(m[1]!), digest(expected)) && !found) found = c;
@@ -124,7 +127,10 @@ export class ScanApi implements ApiHandler {
 
   private authorize(req: IncomingMessage, res: ServerResponse, creds: Credential[], what: string): Credential {
     const c = this.authenticate(req, res, creds, what);
-    if (!c) throw apiError(401, 'UNAUTHORIZED', 'authentication required: send Authorization: Bearer <token>', null, { 'www-authenticate': 'Bearer realm="portcullis"' });
+    if (!c)
+      throw apiError(401, 'UNAUTHORIZED', 'authentication required: send Authorization: Bearer <token>', null, {
+        'www-authenticate': 'Bearer realm="portcullis"',
+      });
     return c;
   }
 
@@ -132,7 +138,10 @@ export class ScanApi implements ApiHandler {
   private ciCredentials(): Credential[] {
     const r = this.o.service?.config.reports;
     if (!r) return [];
-    return [...(r.token ? [{ role: 'ci' as const, ref: r.token }] : []), ...r.tokens.map((t) => ({ role: 'ci' as const, ref: t.token, repositories: t.repositories }))];
+    return [
+      ...(r.token ? [{ role: 'ci' as const, ref: r.token }] : []),
+      ...r.tokens.map((t) => ({ role: 'ci' as const, ref: t.token, repositories: t.repositories })),
+    ];
   }
 
   // --- /api/v1/reports
@@ -165,7 +174,11 @@ export class ScanApi implements ApiHandler {
     else if (method === 'DELETE') {
       who = this.authorize(req, res, [...ci, ...admin], 'report');
       if (who.role !== 'admin') {
-        throw apiError(403, 'DENIED', admin ? 'deleting a report needs the admin token (scan.admin.token), not the CI token' : 'deleting reports is disabled: configure scan.admin.token');
+        throw apiError(
+          403,
+          'DENIED',
+          admin ? 'deleting a report needs the admin token (scan.admin.token), not the CI token' : 'deleting reports is disabled: configure scan.admin.token',
+        );
       }
     } else throw methodNotAllowed('GET, HEAD, PUT, DELETE');
     let decoded: string;
@@ -192,13 +205,24 @@ export class ScanApi implements ApiHandler {
       const { findings, ...meta } = r;
       const versions = service.store.versions(ref.registry, ref.repository, ref.digest);
       const inForce = versions[0]?.id;
-      const summary = summarize({ scannedAt: r.scannedAt, findings, ...(r.scanner ? { scanner: r.scanner } : {}) }, { status: 'ok', source: 'report', now: this.o.now(), maxVulnerabilities: service.config.maxVulnerabilities });
-      return sendJson(res, 200, { ...reportJson(meta, meta.id === inForce), summary, versions: versions.map((v) => reportJson(v, v.id === inForce)) }, method === 'HEAD');
+      const summary = summarize(
+        { scannedAt: r.scannedAt, findings, ...(r.scanner ? { scanner: r.scanner } : {}) },
+        { status: 'ok', source: 'report', now: this.o.now(), maxVulnerabilities: service.config.maxVulnerabilities },
+      );
+      return sendJson(
+        res,
+        200,
+        { ...reportJson(meta, meta.id === inForce), summary, versions: versions.map((v) => reportJson(v, v.id === inForce)) },
+        method === 'HEAD',
+      );
     }
     const n = service.store.deleteReport(ref.registry, ref.repository, ref.digest, id);
     if (n === 0) throw unknownReport(ref, id);
     this.reportChanged(service, ref.digest);
-    this.o.deps.log.info({ registry: ref.registry, repository: ref.repository, digest: ref.digest, id, versions: n, rid: requestId(res) }, 'scan report deleted');
+    this.o.deps.log.info(
+      { registry: ref.registry, repository: ref.repository, digest: ref.digest, id, versions: n, rid: requestId(res) },
+      'scan report deleted',
+    );
     res.statusCode = 204;
     res.end();
   }
@@ -220,7 +244,8 @@ export class ScanApi implements ApiHandler {
     if (!name.includes('/')) throw apiError(400, 'NAME_INVALID', 'expected <registry>/<repository>@<digest>');
     const route = this.o.deps.router.resolve(name, undefined);
     if ('code' in route) throw apiError(route.code === 'NAME_UNKNOWN' ? 404 : 400, route.code, route.message);
-    if (route.routing !== 'prefix') throw apiError(400, 'NAME_INVALID', `"${name.split('/', 1)[0]}" is not a registry host: name the registry, e.g. docker.io/library/nginx@sha256:…`);
+    if (route.routing !== 'prefix')
+      throw apiError(400, 'NAME_INVALID', `"${name.split('/', 1)[0]}" is not a registry host: name the registry, e.g. docker.io/library/nginx@sha256:…`);
     return { registry: route.registry, repository: route.repository, digest };
   }
 
@@ -230,7 +255,8 @@ export class ScanApi implements ApiHandler {
     const enc = req.headers['content-encoding'];
     if (enc !== undefined && enc !== 'identity') throw apiError(415, 'UNSUPPORTED', `content-encoding ${enc} is not supported: send the report uncompressed`);
     const ct = (req.headers['content-type'] ?? 'application/json').split(';', 1)[0]!.trim().toLowerCase();
-    if (!/^application\/([\w.+-]+\+)?json$/.test(ct)) throw apiError(415, 'UNSUPPORTED', `content-type ${ct} is not supported: send application/json (Trivy JSON) or application/sarif+json`);
+    if (!/^application\/([\w.+-]+\+)?json$/.test(ct))
+      throw apiError(415, 'UNSUPPORTED', `content-type ${ct} is not supported: send application/json (Trivy JSON) or application/sarif+json`);
     const body = await readBody(req, res, cfg.maxSize);
     let doc: unknown;
     try {
@@ -250,16 +276,30 @@ export class ScanApi implements ApiHandler {
     // A report from the future would never go stale: refuse it rather than clamp it.
     if (dated !== undefined && dated > now + cfg.maxClockSkew) {
       const field = parsed.timeField ?? 'CreatedAt';
-      throw apiError(400, 'REPORT_INVALID', `${field}: ${parsed.result.scannedAt} is in the future (more than scan.reports.maxClockSkew ahead of ${new Date(now).toISOString()})`, { field });
+      throw apiError(
+        400,
+        'REPORT_INVALID',
+        `${field}: ${parsed.result.scannedAt} is in the future (more than scan.reports.maxClockSkew ahead of ${new Date(now).toISOString()})`,
+        { field },
+      );
     }
     const named = parsed.namedDigests;
     const where = parsed.format === 'trivy' ? 'Metadata.RepoDigests / ArtifactName' : 'runs[].properties repoDigests / imageName';
     const field = parsed.format === 'trivy' ? 'Metadata.RepoDigests' : 'runs[].properties.repoDigests';
     if (named.length > 0 && !named.includes(ref.digest)) {
-      throw apiError(400, 'DIGEST_INVALID', `report is for ${named.join(', ')} (${where}), not for ${ref.digest}`, { report_digests: named, digest: ref.digest, field });
+      throw apiError(400, 'DIGEST_INVALID', `report is for ${named.join(', ')} (${where}), not for ${ref.digest}`, {
+        report_digests: named,
+        digest: ref.digest,
+        field,
+      });
     }
     if (named.length === 0 && cfg.requireDigestBinding) {
-      throw apiError(400, 'DIGEST_INVALID', `${field}: the report names no image digest (${where}), so it cannot be bound to ${ref.digest}: scan the image by digest, or set scan.reports.requireDigestBinding: false`, { field });
+      throw apiError(
+        400,
+        'DIGEST_INVALID',
+        `${field}: the report names no image digest (${where}), so it cannot be bound to ${ref.digest}: scan the image by digest, or set scan.reports.requireDigestBinding: false`,
+        { field },
+      );
     }
     const uploadedAt = now;
     const scannedAt = parsed.result.scannedAt ?? new Date(now).toISOString();
@@ -275,8 +315,14 @@ export class ScanApi implements ApiHandler {
     };
     const { id, inForce, kept } = service.store.putReport(stored, body, cfg.history);
     if (inForce) this.reportChanged(service, ref.digest);
-    const summary = summarize({ scannedAt, findings: stored.findings, ...(stored.scanner ? { scanner: stored.scanner } : {}) }, { status: 'ok', source: 'report', now, maxVulnerabilities: service.config.maxVulnerabilities });
-    this.o.deps.log.info({ ...ref, id, inForce, format: parsed.format, findings: stored.findings.length, counts: summary.counts, rid: requestId(res) }, 'scan report stored');
+    const summary = summarize(
+      { scannedAt, findings: stored.findings, ...(stored.scanner ? { scanner: stored.scanner } : {}) },
+      { status: 'ok', source: 'report', now, maxVulnerabilities: service.config.maxVulnerabilities },
+    );
+    this.o.deps.log.info(
+      { ...ref, id, inForce, format: parsed.format, findings: stored.findings.length, counts: summary.counts, rid: requestId(res) },
+      'scan report stored',
+    );
     const { findings: _f, ...meta } = stored;
     if (kept) res.setHeader('location', `/api/v1/reports/${ref.registry}/${ref.repository}@${ref.digest}?id=${id}`);
     // 201 even when an older report is history from the start: it was accepted, and `in_force` says what counts.

@@ -78,7 +78,13 @@ export interface WarmIdentity {
   method: string;
 }
 
-export async function warm(t: WarmTarget, cfg: WarmConfig, refs: string[], callerIp: string, as: WarmIdentity = { user: null, groups: [], method: 'anonymous' }): Promise<WarmReport> {
+export async function warm(
+  t: WarmTarget,
+  cfg: WarmConfig,
+  refs: string[],
+  callerIp: string,
+  as: WarmIdentity = { user: null, groups: [], method: 'anonymous' },
+): Promise<WarmReport> {
   if (refs.length === 0) throw new WarmLimitError('name at least one image');
   if (refs.length > cfg.maxImages) throw new WarmLimitError(`${refs.length} images is more than warm.maxImages (${cfg.maxImages}) for one request`);
   const budget = { blobs: cfg.maxBlobs };
@@ -135,7 +141,13 @@ async function warmOne(t: WarmTarget, cfg: WarmConfig, ref: string, client: Clie
       }
     }
     if (blobs.size > budget.blobs) {
-      return { image, digest, result: 'failed', reason: `${blobs.size} blobs is more than what is left of warm.maxBlobs (${budget.blobs}) for this request`, ...(children.length ? { children } : {}) };
+      return {
+        image,
+        digest,
+        result: 'failed',
+        reason: `${blobs.size} blobs is more than what is left of warm.maxBlobs (${budget.blobs}) for this request`,
+        ...(children.length ? { children } : {}),
+      };
     }
     budget.blobs -= blobs.size;
     const fetched = await fetchAll(t, cfg, route, [...blobs], take);
@@ -155,7 +167,13 @@ function denial(a: Admission): Pick<WarmImageResult, 'decision_id' | 'reason' | 
 }
 
 /** Fetches what is not cached, `cfg.concurrency` at a time; each blob joins a running download when there is one. */
-async function fetchAll(t: WarmTarget, cfg: WarmConfig, route: Route, digests: Digest[], take: (k: QuotaKind, cold: boolean) => void): Promise<NonNullable<WarmImageResult['blobs']>> {
+async function fetchAll(
+  t: WarmTarget,
+  cfg: WarmConfig,
+  route: Route,
+  digests: Digest[],
+  take: (k: QuotaKind, cold: boolean) => void,
+): Promise<NonNullable<WarmImageResult['blobs']>> {
   const out = { total: digests.length, cached: 0, fetched: 0, bytes: 0 };
   let next = 0;
   let failure: unknown;

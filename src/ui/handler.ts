@@ -33,7 +33,10 @@ export interface UiTarget {
   /** The re-evaluation report of every cached image (what GET /api/v1/admin/reevaluate?all=1 answers). */
   reevaluate(): Promise<ReevalReport>;
   /** `portcullis check`'s pipeline for one reference, as the given identity. */
-  check(ref: string, as: { user: string | null; groups: string[]; method: string }): Promise<{ image: string; upstream: string; digest: string; admission: Admission }>;
+  check(
+    ref: string,
+    as: { user: string | null; groups: string[]; method: string },
+  ): Promise<{ image: string; upstream: string; digest: string; admission: Admission }>;
 }
 
 export interface UiOptions {
@@ -43,7 +46,8 @@ export interface UiOptions {
   log: Logger;
 }
 
-const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 /** Live-update streams open at once; more answer 429 (each holds a connection and a listener). */
 const MAX_STREAMS = 16;
 /** A stream whose client does not read is cut once this much is buffered for it. */
@@ -86,7 +90,19 @@ export class UiHandler {
       // A refused POST's body was never read: the connection cannot carry another request after it.
       if (method !== 'GET' && method !== 'HEAD' && !req.complete) res.setHeader('connection', 'close');
       if (res.headersSent) res.destroy();
-      else send(res, err.status, page('Error', 'decisions', html`<h1>${err.status}</h1><p class="error-box">${err.message}</p>`), method === 'HEAD', err.headers);
+      else
+        send(
+          res,
+          err.status,
+          page(
+            'Error',
+            'decisions',
+            html`<h1>${err.status}</h1>
+              <p class="error-box">${err.message}</p>`,
+          ),
+          method === 'HEAD',
+          err.headers,
+        );
     }
     return true;
   }
@@ -140,7 +156,9 @@ export class UiHandler {
     const given = presented(req.headers.authorization);
     const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
     if (given === undefined || expected === '' || !timingSafeEqual(digest(given), digest(expected))) {
-      throw new UiError(401, 'authentication required: the admin token, as the password (any user name)', { 'www-authenticate': 'Basic realm="portcullis", charset="UTF-8"' });
+      throw new UiError(401, 'authentication required: the admin token, as the password (any user name)', {
+        'www-authenticate': 'Basic realm="portcullis", charset="UTF-8"',
+      });
     }
   }
 
@@ -205,7 +223,8 @@ export class UiHandler {
     const served = (await m.bytesServed.get()).values;
     const decisionCache = (await m.decisionCache.get()).values;
     type Labels = Record<string, string | number | undefined>;
-    const sum = (vals: Array<{ labels: Labels; value: number }>, pred: (l: Labels) => boolean): number => vals.filter((v) => pred(v.labels)).reduce((a, v) => a + v.value, 0);
+    const sum = (vals: Array<{ labels: Labels; value: number }>, pred: (l: Labels) => boolean): number =>
+      vals.filter((v) => pred(v.labels)).reduce((a, v) => a + v.value, 0);
     const kinds = [...new Set(lookups.map((v) => String(v.labels.kind)))].sort();
     const cache = t.cache();
     return {
@@ -230,7 +249,12 @@ export class UiHandler {
         servedFromCache: sum(served, (l) => l.source === 'cache'),
         servedFromUpstream: sum(served, (l) => l.source === 'upstream'),
       },
-      decisions: { held: this.o.ring.size, capacity: this.o.ring.capacity, cacheHits: sum(decisionCache, (l) => l.result === 'hit'), cacheMisses: sum(decisionCache, (l) => l.result === 'miss') },
+      decisions: {
+        held: this.o.ring.size,
+        capacity: this.o.ring.capacity,
+        cacheHits: sum(decisionCache, (l) => l.result === 'hit'),
+        cacheMisses: sum(decisionCache, (l) => l.result === 'miss'),
+      },
     };
   }
 
@@ -254,16 +278,32 @@ export class UiHandler {
     const p = new URLSearchParams(await readForm(req, res));
     const expected = Buffer.from(this.csrfToken());
     const given = Buffer.from(field(p, 'csrf'));
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw new UiError(403, 'the form has expired or did not come from this page: load it again');
-    const form: TryForm = { ref: field(p, 'ref').trim(), as: field(p, 'as').trim(), groups: field(p, 'groups'), method: field(p, 'method').trim(), csrf: this.csrfToken() };
+    if (given.length !== expected.length || !timingSafeEqual(given, expected))
+      throw new UiError(403, 'the form has expired or did not come from this page: load it again');
+    const form: TryForm = {
+      ref: field(p, 'ref').trim(),
+      as: field(p, 'as').trim(),
+      groups: field(p, 'groups'),
+      method: field(p, 'method').trim(),
+      csrf: this.csrfToken(),
+    };
     if (!form.ref) return send(res, 400, tryPage(form, undefined, 'name an image, e.g. docker.io/library/nginx:1.27'), false);
-    if (form.method && !/^[a-z]{1,16}$/.test(form.method)) return send(res, 400, tryPage(form, undefined, 'method: lower-case letters only (basic, token, mtls, oidc, anonymous)'), false);
+    if (form.method && !/^[a-z]{1,16}$/.test(form.method))
+      return send(res, 400, tryPage(form, undefined, 'method: lower-case letters only (basic, token, mtls, oidc, anonymous)'), false);
     // One check at a time: each may contact the upstream and wait for evidence.
     if (this.trying) return send(res, 429, tryPage(form, undefined, 'another check is running; try again in a moment'), false, { 'retry-after': '5' });
     this.trying = true;
     try {
       const as = form.as
-        ? { user: form.as, groups: form.groups.split(',').map((g) => g.trim()).filter(Boolean).sort(), method: form.method || 'basic' }
+        ? {
+            user: form.as,
+            groups: form.groups
+              .split(',')
+              .map((g) => g.trim())
+              .filter(Boolean)
+              .sort(),
+            method: form.method || 'basic',
+          }
         : { user: null, groups: [], method: form.method || 'anonymous' };
       const t = this.target();
       const report = await t.check(form.ref, as);
@@ -279,9 +319,15 @@ export class UiHandler {
     } catch (e) {
       // A routing or upstream answer (unknown name, manifest unknown) is shown; anything else may name files.
       const status = e instanceof Error && 'status' in e && typeof e.status === 'number' ? e.status : undefined;
-      const shown = status !== undefined && status < 500 ? (e as Error).message : e instanceof Error && /^invalid (digest|tag) in /.test(e.message) ? e.message : undefined;
+      const shown =
+        status !== undefined && status < 500 ? (e as Error).message : e instanceof Error && /^invalid (digest|tag) in /.test(e.message) ? e.message : undefined;
       if (!shown) this.o.log.warn({ err: e instanceof Error ? e.message : String(e) }, 'ui check failed');
-      send(res, 400, tryPage(form, undefined, `check failed: ${shown ?? `see the server log (request id ${String(res.getHeader('x-request-id') ?? '-')})`}`), false);
+      send(
+        res,
+        400,
+        tryPage(form, undefined, `check failed: ${shown ?? `see the server log (request id ${String(res.getHeader('x-request-id') ?? '-')})`}`),
+        false,
+      );
     } finally {
       this.trying = false;
     }

@@ -262,7 +262,14 @@ function toRecord(s: RecordSource): DecisionRecord {
       verified: list(sig.verified).map((v) => {
         const o = obj(v);
         const id = obj(o.identity);
-        return { authority: str(o.authority) ?? '', kind: str(o.kind) ?? '', format: str(o.format) ?? '', issuer: str(id.issuer), subject: str(id.subject), signedDigest: str(o.signed_digest) };
+        return {
+          authority: str(o.authority) ?? '',
+          kind: str(o.kind) ?? '',
+          format: str(o.format) ?? '',
+          issuer: str(id.issuer),
+          subject: str(id.subject),
+          signedDigest: str(o.signed_digest),
+        };
       }),
       rejected: list(sig.rejected).map((v) => ({ authority: str(obj(v).authority), reason: str(obj(v).reason) ?? '' })),
     },
@@ -274,8 +281,15 @@ function toRecord(s: RecordSource): DecisionRecord {
       scannedAt: str(scan.scanned_at),
       error: str(scan.error),
       counts: counts(scan.counts),
-      vulnerabilities: vulns.map((v) => ({ id: str(v.id) ?? '', severity: str(v.severity) ?? '', package: str(v.package), installed: str(v.installed), fixed: str(v.fixed) })),
-      vulnerabilitiesTotal: typeof scan.vulnerabilities_total === 'number' ? scan.vulnerabilities_total : Array.isArray(scan.vulnerabilities) ? scan.vulnerabilities.length : 0,
+      vulnerabilities: vulns.map((v) => ({
+        id: str(v.id) ?? '',
+        severity: str(v.severity) ?? '',
+        package: str(v.package),
+        installed: str(v.installed),
+        fixed: str(v.fixed),
+      })),
+      vulnerabilitiesTotal:
+        typeof scan.vulnerabilities_total === 'number' ? scan.vulnerabilities_total : Array.isArray(scan.vulnerabilities) ? scan.vulnerabilities.length : 0,
     },
     source: s.source,
   };

@@ -216,7 +216,11 @@ export class Authenticator {
   }
 
   private async readBody(body: Dispatcher.ResponseData['body'], url: URL): Promise<string> {
-    const bytes = await readCapped(body, MAX_TOKEN_RESPONSE_BYTES, () => new AuthError(`token response from ${url.origin} is larger than ${MAX_TOKEN_RESPONSE_BYTES} bytes`));
+    const bytes = await readCapped(
+      body,
+      MAX_TOKEN_RESPONSE_BYTES,
+      () => new AuthError(`token response from ${url.origin} is larger than ${MAX_TOKEN_RESPONSE_BYTES} bytes`),
+    );
     return bytes.toString('utf8');
   }
 

@@ -51,6 +51,15 @@ export function parseScope(scope: string): Array<{ type: string; name: string; a
       const first = s.indexOf(':');
       const last = s.lastIndexOf(':');
       if (first === -1 || first === last) return [];
-      return [{ type: s.slice(0, first), name: s.slice(first + 1, last), actions: s.slice(last + 1).split(',').filter(Boolean) }];
+      return [
+        {
+          type: s.slice(0, first),
+          name: s.slice(first + 1, last),
+          actions: s
+            .slice(last + 1)
+            .split(',')
+            .filter(Boolean),
+        },
+      ];
     });
 }

@@ -108,7 +108,12 @@ export class UpstreamClient {
     this.egress = new EgressGuard({ upstream: this.baseUrl, allow: config.redirects.allow, ...(opts.lookup ? { lookup: opts.lookup } : {}) });
     const guard = (this.guard = this.countingGuard());
     // Each idle connection keeps its 256 KiB read buffer: a few per origin are plenty between two pulls.
-    this.sockets = new SocketPool({ ...(ca ? { ca } : {}), rejectUnauthorized: !config.insecure, maxIdlePerOrigin: Math.min(config.concurrency, 16), egress: guard });
+    this.sockets = new SocketPool({
+      ...(ca ? { ca } : {}),
+      rejectUnauthorized: !config.insecure,
+      maxIdlePerOrigin: Math.min(config.concurrency, 16),
+      egress: guard,
+    });
     const tls = { rejectUnauthorized: !config.insecure, ...(ca ? { ca } : {}) };
     const pool = { keepAliveTimeout: 30_000, connections: config.concurrency, headersTimeout: config.timeouts.headers, bodyTimeout: config.timeouts.body };
     // Direct connections check their address in the connector (egress.ts): IP literals before connecting, names in
@@ -179,7 +184,8 @@ export class UpstreamClient {
           throw count(e);
         }
       },
-      lookup: (hostname, options, callback) => this.egress.lookup(hostname, options, (err, address, family) => callback(err ? (count(err) as NodeJS.ErrnoException) : null, address, family)),
+      lookup: (hostname, options, callback) =>
+        this.egress.lookup(hostname, options, (err, address, family) => callback(err ? (count(err) as NodeJS.ErrnoException) : null, address, family)),
     };
   }
 

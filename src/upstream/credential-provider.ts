@@ -106,7 +106,12 @@ export class CredentialProvider {
       child.on('close', (code, signal) => {
         clearTimeout(timer);
         if (code === 0) resolve(Buffer.concat(out).toString('utf8'));
-        else reject(new Error(`credential provider ${this.o.command} failed (${signal ?? `exit ${code}`}): ${Buffer.concat(err).toString('utf8').slice(0, 300).trim()}`));
+        else
+          reject(
+            new Error(
+              `credential provider ${this.o.command} failed (${signal ?? `exit ${code}`}): ${Buffer.concat(err).toString('utf8').slice(0, 300).trim()}`,
+            ),
+          );
       });
       child.stdin.on('error', () => {});
       child.stdin.end(input);
@@ -142,8 +147,16 @@ export function parseResponse(text: string, registry: string): { username: strin
  * standing for one DNS label (`*.dkr.ecr.*.amazonaws.com`), and its port when it has one.
  */
 export function matchesRegistry(key: string, registry: string): boolean {
-  const host = key.replace(/^https?:\/\//, '').split('/', 1)[0]!.toLowerCase();
-  const re = new RegExp(`^${host.split('.').map((l) => (l === '*' ? '[^.]+' : l.replace(/[.+?^${}()|[\]\\*]/g, '\\$&'))).join('\\.')}$`);
+  const host = key
+    .replace(/^https?:\/\//, '')
+    .split('/', 1)[0]!
+    .toLowerCase();
+  const re = new RegExp(
+    `^${host
+      .split('.')
+      .map((l) => (l === '*' ? '[^.]+' : l.replace(/[.+?^${}()|[\]\\*]/g, '\\$&')))
+      .join('\\.')}$`,
+  );
   return re.test(registry.toLowerCase());
 }
 

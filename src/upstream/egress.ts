@@ -87,7 +87,18 @@ const RANGES: ReadonlyArray<readonly [kind: string, cidr: string]> = [
  * Kinds an upstream's own address never opens: they reach other hosts than their face value says (IPv4 embedded in
  * IPv6, NAT64) or are never a registry's (metadata, unspecified, multicast).
  */
-const NEVER_IMPLIED = new Set(['metadata', 'unspecified', 'this-network', 'multicast', 'ipv4-mapped', 'ipv4-translated', 'ipv4-compatible', 'nat64', '6to4', '6to4-relay']);
+const NEVER_IMPLIED = new Set([
+  'metadata',
+  'unspecified',
+  'this-network',
+  'multicast',
+  'ipv4-mapped',
+  'ipv4-translated',
+  'ipv4-compatible',
+  'nat64',
+  '6to4',
+  '6to4-relay',
+]);
 
 type Family = 'ipv4' | 'ipv6';
 

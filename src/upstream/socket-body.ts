@@ -145,4 +145,3 @@ export class SocketBody extends Readable implements ByteSource {
     }
   }
 }
-

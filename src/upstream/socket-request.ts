@@ -57,7 +57,13 @@ export async function socketRequest(url: URL, opts: SocketRequestOptions, pool: 
   }
 }
 
-function exchange(ps: PooledSocket, reused: boolean, head: string, opts: SocketRequestOptions, pool: SocketPool): { response: Promise<SocketResponse>; answered: () => boolean } {
+function exchange(
+  ps: PooledSocket,
+  reused: boolean,
+  head: string,
+  opts: SocketRequestOptions,
+  pool: SocketPool,
+): { response: Promise<SocketResponse>; answered: () => boolean } {
   let conn: Connection | undefined;
   const response = new Promise<SocketResponse>((resolve, reject) => {
     conn = new Connection(opts, pool, resolve, reject);
@@ -308,7 +314,10 @@ class Connection implements BodyFeed {
     const { status, headers, minor } = parseHead(all.toString('latin1', 0, at));
     // 1xx responses (100 Continue, 103 Early Hints) precede the real one.
     if (status >= 200) {
-      const connection = String(headers.connection ?? '').toLowerCase().split(',').map((t) => t.trim());
+      const connection = String(headers.connection ?? '')
+        .toLowerCase()
+        .split(',')
+        .map((t) => t.trim());
       this.keepAlive = minor === 1 && !connection.includes('close');
       this.startBody(status, headers);
     }
@@ -327,7 +336,13 @@ class Connection implements BodyFeed {
       if (String(te).trim().toLowerCase() !== 'chunked') throw new HttpFramingError(`unsupported transfer-encoding ${JSON.stringify(te)}`);
       this.phase = 'chunk-size';
     } else if (cl !== undefined) {
-      const values = [...new Set(String(cl).split(',').map((v) => v.trim()))];
+      const values = [
+        ...new Set(
+          String(cl)
+            .split(',')
+            .map((v) => v.trim()),
+        ),
+      ];
       if (values.length !== 1 || !/^\d{1,15}$/.test(values[0] as string)) throw new HttpFramingError(`bad content-length ${JSON.stringify(cl)}`);
       this.remaining = Number(values[0]);
       this.phase = this.remaining === 0 ? 'done' : 'length';
@@ -356,7 +371,8 @@ class Connection implements BodyFeed {
       this.finish();
       return;
     }
-    const what = this.phase === 'head' ? 'before the response head' : this.phase === 'length' ? `with ${this.remaining} body bytes still due` : 'inside a chunked body';
+    const what =
+      this.phase === 'head' ? 'before the response head' : this.phase === 'length' ? `with ${this.remaining} body bytes still due` : 'inside a chunked body';
     this.fail(new Error(`upstream closed the connection ${what}`));
   }
 

@@ -50,7 +50,10 @@ export function clientKey(address: string): string {
   if (isIPv4(a)) return a;
   const g = ipv6Groups(a);
   if (!g) return `?${a}`;
-  return `${g.slice(0, 4).map((x) => x.toString(16)).join(':')}::/64`;
+  return `${g
+    .slice(0, 4)
+    .map((x) => x.toString(16))
+    .join(':')}::/64`;
 }
 
 /** Parses `10.0.0.0/8`, `2001:db8::/32` or a single address; throws a message naming the entry. */

@@ -16,8 +16,13 @@ export interface BudgetLimits {
 }
 
 export class BudgetExceededError extends Error {
-  constructor(readonly limit: keyof BudgetLimits, readonly max: number) {
-    super(`signature discovery budget exceeded: more than ${max} ${limit === 'bytes' ? 'bytes' : limit === 'blobs' ? 'signature blobs' : 'signature artifacts'} for one digest (signatures.budget.${limit})`);
+  constructor(
+    readonly limit: keyof BudgetLimits,
+    readonly max: number,
+  ) {
+    super(
+      `signature discovery budget exceeded: more than ${max} ${limit === 'bytes' ? 'bytes' : limit === 'blobs' ? 'signature blobs' : 'signature artifacts'} for one digest (signatures.budget.${limit})`,
+    );
     this.name = 'BudgetExceededError';
   }
 }

@@ -44,7 +44,9 @@ export class EvidenceCache {
     this.db.exec('CREATE TABLE IF NOT EXISTS evidence (key TEXT PRIMARY KEY, body TEXT NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID');
     this.st = {
       get: this.db.prepare('SELECT body, expires_at FROM evidence WHERE key = ? AND expires_at > ?'),
-      put: this.db.prepare('INSERT INTO evidence (key, body, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET body = excluded.body, expires_at = excluded.expires_at'),
+      put: this.db.prepare(
+        'INSERT INTO evidence (key, body, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET body = excluded.body, expires_at = excluded.expires_at',
+      ),
       prune: this.db.prepare('DELETE FROM evidence WHERE expires_at <= ?'),
     };
   }

@@ -94,7 +94,9 @@ export function verifyCosignKeyless(item: CosignItem, a: KeylessAuthority, diges
   if (!item.certificate) return reject('WRONG_KIND', 'no certificate (a key-based signature)');
   let signer;
   try {
-    signer = new Verifier(a.trust, { tlogThreshold: a.tlogThreshold, ctlogThreshold: a.ctlogThreshold, timestampThreshold: a.timestampThreshold }).verify(entityOf(item));
+    signer = new Verifier(a.trust, { tlogThreshold: a.tlogThreshold, ctlogThreshold: a.ctlogThreshold, timestampThreshold: a.timestampThreshold }).verify(
+      entityOf(item),
+    );
   } catch (e) {
     return verificationFailure(e, item, a.trust);
   }
@@ -160,7 +162,9 @@ function issuedByTrustedCA(cert: X509Certificate, trust: TrustMaterial): boolean
 function validAtSigning(cert: X509Certificate, item: CosignItem): boolean {
   let times: Date[];
   try {
-    times = entityOf(item).timestamps.map((t) => (t.$case === 'timestamp-authority' ? t.timestamp.signingTime : new Date(Number(t.tlogEntry.integratedTime) * 1000)));
+    times = entityOf(item).timestamps.map((t) =>
+      t.$case === 'timestamp-authority' ? t.timestamp.signingTime : new Date(Number(t.tlogEntry.integratedTime) * 1000),
+    );
   } catch {
     return true;
   }
@@ -200,5 +204,3 @@ export function extensionValue(cert: X509Certificate, oid: string): string | und
   }
   return raw.toString('utf8');
 }
-
-

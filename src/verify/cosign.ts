@@ -54,8 +54,7 @@ export interface CosignItem {
 }
 
 export type Outcome =
-  | { ok: true; tlog: boolean; signedAt?: string; identity?: { issuer?: string; subject?: string } }
-  | { ok: false; reason: string; code: SignatureCode };
+  { ok: true; tlog: boolean; signedAt?: string; identity?: { issuer?: string; subject?: string } } | { ok: false; reason: string; code: SignatureCode };
 
 /** A rejection: its stable code (policy/codes.ts) and the reason for people. */
 export function reject(code: SignatureCode, reason: string): Outcome {
@@ -65,7 +64,11 @@ export function reject(code: SignatureCode, reason: string): Outcome {
 type BlobReader = (d: Descriptor) => Promise<Buffer>;
 
 /** Turns a found cosign artifact into items; problems with one layer become an invalid item, not an exception. */
-export async function cosignItems(found: FoundArtifact, readBlob: BlobReader, max: number): Promise<Array<CosignItem | { where: string; error: string; isSignature: boolean }>> {
+export async function cosignItems(
+  found: FoundArtifact,
+  readBlob: BlobReader,
+  max: number,
+): Promise<Array<CosignItem | { where: string; error: string; isSignature: boolean }>> {
   const m = found.manifest;
   const layers = m.parsed.blobs.slice(1, 1 + max);
   const short = m.digest.slice(7, 19);
@@ -148,7 +151,11 @@ function fromLegacy(where: string, layer: Descriptor, bytes: Buffer, content: 'm
   if (content === 'message') {
     signature = Buffer.from(ann[ANN.signature] ?? '', 'base64');
     if (signature.length === 0) throw new Error('legacy signature layer without a dev.cosignproject.cosign/signature annotation');
-    bundle = toMessageSignatureBundle({ digest: createHash('sha256').update(bytes).digest(), signature, ...(certDer ? { certificate: certDer } : { keyHint: '' }) });
+    bundle = toMessageSignatureBundle({
+      digest: createHash('sha256').update(bytes).digest(),
+      signature,
+      ...(certDer ? { certificate: certDer } : { keyHint: '' }),
+    });
     signedBytes = bytes;
     artifact = bytes;
     claim = parseSimpleSigning(bytes);
@@ -159,12 +166,22 @@ function fromLegacy(where: string, layer: Descriptor, bytes: Buffer, content: 'm
     } catch {
       throw new Error('DSSE envelope is not JSON');
     }
-    if (typeof env.payloadType !== 'string' || typeof env.payload !== 'string' || !Array.isArray(env.signatures) || typeof env.signatures[0]?.sig !== 'string') {
+    if (
+      typeof env.payloadType !== 'string' ||
+      typeof env.payload !== 'string' ||
+      !Array.isArray(env.signatures) ||
+      typeof env.signatures[0]?.sig !== 'string'
+    ) {
       throw new Error('malformed DSSE envelope');
     }
     const payload = Buffer.from(env.payload, 'base64');
     signature = Buffer.from(env.signatures[0].sig, 'base64');
-    bundle = toDSSEBundle({ artifact: payload, artifactType: env.payloadType, signature, ...(certDer ? { certificate: certDer } : { keyHint: typeof env.signatures[0].keyid === 'string' ? env.signatures[0].keyid : '' }) });
+    bundle = toDSSEBundle({
+      artifact: payload,
+      artifactType: env.payloadType,
+      signature,
+      ...(certDer ? { certificate: certDer } : { keyHint: typeof env.signatures[0].keyid === 'string' ? env.signatures[0].keyid : '' }),
+    });
     signedBytes = dsse.preAuthEncoding(env.payloadType, payload);
     claim = parseEnvelopePayload(env.payloadType, payload);
   }
@@ -212,7 +229,14 @@ function tlogEntryFromRekorBundle(json: string): TransparencyLogEntry {
     throw new Error('dev.sigstore.cosign/bundle annotation is not JSON');
   }
   const p = rb.Payload;
-  if (!rb.SignedEntryTimestamp || !p || typeof p.body !== 'string' || typeof p.integratedTime !== 'number' || typeof p.logIndex !== 'number' || typeof p.logID !== 'string') {
+  if (
+    !rb.SignedEntryTimestamp ||
+    !p ||
+    typeof p.body !== 'string' ||
+    typeof p.integratedTime !== 'number' ||
+    typeof p.logIndex !== 'number' ||
+    typeof p.logID !== 'string'
+  ) {
     throw new Error('malformed dev.sigstore.cosign/bundle annotation');
   }
   const body = Buffer.from(p.body, 'base64');
@@ -252,7 +276,8 @@ export function parseSimpleSigning(bytes: Buffer): Claim {
   }
   const critical = member(doc, 'critical');
   const type = member(critical, 'type');
-  if (typeof type !== 'string' || type.toLowerCase() !== SIMPLE_SIGNING_TYPE) return { kind: 'invalid', error: `simple-signing payload of type ${JSON.stringify(type)}` };
+  if (typeof type !== 'string' || type.toLowerCase() !== SIMPLE_SIGNING_TYPE)
+    return { kind: 'invalid', error: `simple-signing payload of type ${JSON.stringify(type)}` };
   const digest = member(member(critical, 'image'), 'docker-manifest-digest');
   return { kind: 'simple-signing', digest: typeof digest === 'string' ? digest : undefined };
 }
@@ -268,7 +293,10 @@ function parseEnvelopePayload(payloadType: string, payload: Buffer): Claim {
   if (typeof st._type !== 'string' || !st._type.startsWith('https://in-toto.io/Statement/')) return { kind: 'invalid', error: 'not an in-toto statement' };
   if (typeof st.predicateType !== 'string') return { kind: 'invalid', error: 'in-toto statement without predicateType' };
   const subjects = Array.isArray(st.subject)
-    ? st.subject.map((s: unknown) => member(member(s, 'digest'), 'sha256')).filter((d): d is string => typeof d === 'string').map((d) => d.toLowerCase())
+    ? st.subject
+        .map((s: unknown) => member(member(s, 'digest'), 'sha256'))
+        .filter((d): d is string => typeof d === 'string')
+        .map((d) => d.toLowerCase())
     : [];
   return { kind: 'in-toto', subjects, predicateType: st.predicateType, predicate: st.predicate ?? null };
 }

@@ -76,11 +76,13 @@ export class Discoverer {
 
   async discover(route: Route, digest: Digest, budget: DiscoveryBudget): Promise<Discovery> {
     const errors: string[] = [];
-    const note = (what: string) => (e: unknown): undefined => {
-      // A spent budget is reported once, by the caller, from budget.exceeded.
-      if (!isNotFound(e) && !(e instanceof BudgetExceededError)) errors.push(`${what}: ${errorText(e)}`);
-      return undefined;
-    };
+    const note =
+      (what: string) =>
+      (e: unknown): undefined => {
+        // A spent budget is reported once, by the caller, from budget.exceeded.
+        if (!isNotFound(e) && !(e instanceof BudgetExceededError)) errors.push(`${what}: ${errorText(e)}`);
+        return undefined;
+      };
     const hex = digestHex(digest);
     const [refs, sig, att] = await Promise.all([
       this.fromReferrers(route, digest, budget).catch(note('referrers')),

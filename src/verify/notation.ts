@@ -81,7 +81,8 @@ export async function verifyNotation(env: NotationEnvelope, a: NotationAuthority
   const ph = env.protectedHeader;
   if (ph.cty !== NOTATION_PAYLOAD_TYPE) return reject('UNUSABLE_PAYLOAD', `unusable payload: content type ${JSON.stringify(ph.cty)}`);
   const scheme = ph['io.cncf.notary.signingScheme'];
-  if (scheme !== 'notary.x509' && scheme !== 'notary.x509.signingAuthority') return reject('UNSUPPORTED', `unsupported signing scheme ${JSON.stringify(scheme)}`);
+  if (scheme !== 'notary.x509' && scheme !== 'notary.x509.signingAuthority')
+    return reject('UNSUPPORTED', `unsupported signing scheme ${JSON.stringify(scheme)}`);
 
   // Authenticity first: which key the signature must verify with depends on a trusted chain.
   const chainProblem = checkChain(env.chain, a);

@@ -65,7 +65,12 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     this.trust = loadTrust(config);
     this.log = deps.log.child({ component: 'signatures' });
     this.metrics = deps.metrics;
-    this.discoverer = new Discoverer({ clientFor: deps.clientFor, manifests: deps.manifests, maxSignatures: config.maxSignatures, maxBlobSize: config.maxBlobSize });
+    this.discoverer = new Discoverer({
+      clientFor: deps.clientFor,
+      manifests: deps.manifests,
+      maxSignatures: config.maxSignatures,
+      maxBlobSize: config.maxBlobSize,
+    });
     this.cache = new EvidenceCache(deps.dataDir);
     this.lastCheck = this.now();
   }
@@ -134,7 +139,15 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     const seconds = (performance.now() - started) / 1000;
     this.metrics.signatureDuration.observe(seconds);
     this.log.debug(
-      { digest: ctx.digest, repository: ctx.repository, found: discovery.artifacts.length, fetched: budget.usage, status: result.signatures.status, verified: result.signatures.verified.map((v) => v.authority), ms: Math.round(seconds * 1000) },
+      {
+        digest: ctx.digest,
+        repository: ctx.repository,
+        found: discovery.artifacts.length,
+        fetched: budget.usage,
+        status: result.signatures.status,
+        verified: result.signatures.verified.map((v) => v.authority),
+        ms: Math.round(seconds * 1000),
+      },
       'signature evidence',
     );
     if (discovery.errors.length === 0) {
@@ -147,16 +160,31 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   private async candidatesOf(found: FoundArtifact, readBlob: (d: Descriptor) => Promise<Buffer>): Promise<Candidate[]> {
     if (found.kind === 'notation') return this.notationCandidates(found, readBlob);
     const items = await cosignItems(found, readBlob, this.config.maxSignatures);
-    return items.map((i): Candidate => ('error' in i ? { family: 'cosign', where: i.where, error: i.error, code: 'UNUSABLE_SIGNATURE', isSignature: i.isSignature } : { family: 'cosign', item: i }));
+    return items.map((i): Candidate =>
+      'error' in i
+        ? { family: 'cosign', where: i.where, error: i.error, code: 'UNUSABLE_SIGNATURE', isSignature: i.isSignature }
+        : { family: 'cosign', item: i },
+    );
   }
 
   private async notationCandidates(found: FoundArtifact, readBlob: (d: Descriptor) => Promise<Buffer>): Promise<Candidate[]> {
     const layers = found.manifest.parsed.blobs.slice(1);
     const where = `${found.via} ${found.manifest.digest.slice(7, 19)}`;
     const layer = layers[0];
-    if (layers.length !== 1 || !layer) return [{ family: 'notation', where, error: `signature manifest with ${layers.length} layers (want 1)`, code: 'UNUSABLE_SIGNATURE', isSignature: true }];
-    if (layer.mediaType === MT.cose) return [{ family: 'notation', where, error: 'COSE envelopes (application/cose) are not supported; sign with --signature-format jws', code: 'UNSUPPORTED', isSignature: true }];
-    if (layer.mediaType !== MT.jose) return [{ family: 'notation', where, error: `unknown envelope type ${layer.mediaType}`, code: 'UNSUPPORTED', isSignature: true }];
+    if (layers.length !== 1 || !layer)
+      return [{ family: 'notation', where, error: `signature manifest with ${layers.length} layers (want 1)`, code: 'UNUSABLE_SIGNATURE', isSignature: true }];
+    if (layer.mediaType === MT.cose)
+      return [
+        {
+          family: 'notation',
+          where,
+          error: 'COSE envelopes (application/cose) are not supported; sign with --signature-format jws',
+          code: 'UNSUPPORTED',
+          isSignature: true,
+        },
+      ];
+    if (layer.mediaType !== MT.jose)
+      return [{ family: 'notation', where, error: `unknown envelope type ${layer.mediaType}`, code: 'UNSUPPORTED', isSignature: true }];
     try {
       return [{ family: 'notation', env: parseNotationJws(where, await readBlob(layer)) }];
     } catch (e) {
@@ -218,7 +246,11 @@ export class SignatureEvidenceProvider implements SignatureProvider {
             this.log.debug({ authority: a.name, where: c.item.where, reason: outcome.reason }, 'attestation not verified');
             continue;
           }
-          attestations.push({ predicate_type: c.item.claim.predicateType, authority: a.name, predicate: this.capPredicate(c.item.claim.predicate, c.item.claim.predicateType) });
+          attestations.push({
+            predicate_type: c.item.claim.predicateType,
+            authority: a.name,
+            predicate: this.capPredicate(c.item.claim.predicate, c.item.claim.predicateType),
+          });
         }
       }
     }
@@ -236,7 +268,12 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     return { signatures: { status, verified, rejected: status === 'none' ? rejected.filter((r) => r.code !== 'NO_SIGNATURE') : rejected }, attestations };
   }
 
-  private async verifyOne(c: Candidate, a: Authority, subject: { digest: EvidenceContext['digest']; mediaType: string; size: number }, now: Date): Promise<Outcome> {
+  private async verifyOne(
+    c: Candidate,
+    a: Authority,
+    subject: { digest: EvidenceContext['digest']; mediaType: string; size: number },
+    now: Date,
+  ): Promise<Outcome> {
     try {
       if ('item' in c) {
         if (a.kind === 'key') return verifyCosignWithKey(c.item, a, subject.digest);

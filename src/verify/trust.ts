@@ -112,7 +112,8 @@ function checkKeyType(authority: string, key: KeyObject): void {
   const t = key.asymmetricKeyType;
   const d = key.asymmetricKeyDetails ?? {};
   if (t === 'ec') {
-    if (!['prime256v1', 'secp384r1', 'secp521r1'].includes(d.namedCurve ?? '')) throw new TrustLoadError(authority, `unsupported EC curve ${d.namedCurve} (use P-256, P-384 or P-521)`);
+    if (!['prime256v1', 'secp384r1', 'secp521r1'].includes(d.namedCurve ?? ''))
+      throw new TrustLoadError(authority, `unsupported EC curve ${d.namedCurve} (use P-256, P-384 or P-521)`);
   } else if (t === 'rsa' || t === 'rsa-pss') {
     if ((d.modulusLength ?? 0) < 2048) throw new TrustLoadError(authority, `RSA key of ${d.modulusLength} bits is too short (at least 2048)`);
   } else if (t !== 'ed25519') {
@@ -137,8 +138,10 @@ function trustMaterial(authority: string, bytes: Buffer, key?: KeyObject): Trust
 function loadKeylessAuthority(a: Extract<AuthorityConfig, { kind: 'keyless' }>, read: Reader): KeylessAuthority {
   const trust = trustMaterial(a.name, read(a.name, 'trusted root', a.trustedRoot));
   if (trust.certificateAuthorities.length === 0) throw new TrustLoadError(a.name, 'the trusted root has no certificate authorities (Fulcio)');
-  if (a.tlogThreshold > 0 && trust.tlogs.length === 0) throw new TrustLoadError(a.name, `tlogThreshold ${a.tlogThreshold} but the trusted root has no transparency logs`);
-  if (a.ctlogThreshold > 0 && trust.ctlogs.length === 0) throw new TrustLoadError(a.name, `ctlogThreshold ${a.ctlogThreshold} but the trusted root has no CT logs`);
+  if (a.tlogThreshold > 0 && trust.tlogs.length === 0)
+    throw new TrustLoadError(a.name, `tlogThreshold ${a.tlogThreshold} but the trusted root has no transparency logs`);
+  if (a.ctlogThreshold > 0 && trust.ctlogs.length === 0)
+    throw new TrustLoadError(a.name, `ctlogThreshold ${a.ctlogThreshold} but the trusted root has no CT logs`);
   const subject = a.subject !== undefined ? { exact: a.subject } : { regex: new RegExp(`^(?:${a.subjectRegExp!})$`, 'u'), source: a.subjectRegExp! };
   return {
     name: a.name,

@@ -13,7 +13,9 @@ import { parseAllDocuments } from 'yaml';
 import { requireTool, runTool } from '../harness/clients.js';
 
 const CHART = resolve('deploy/helm/portcullis');
-const EXAMPLES = readdirSync(join(CHART, 'examples')).filter((f) => f.endsWith('.yaml')).sort();
+const EXAMPLES = readdirSync(join(CHART, 'examples'))
+  .filter((f) => f.endsWith('.yaml'))
+  .sort();
 const CLI = resolve('dist/cli.js');
 
 /** The parts of the rendered Kubernetes objects these tests read. */
@@ -64,7 +66,12 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 async function template(args: string[]): Promise<{ code: number; docs: Obj[]; stderr: string }> {
   const r = await runTool(requireTool('helm'), ['template', 'portcullis', CHART, '--namespace', 'portcullis', ...args], { timeoutMs: 60_000 });
-  const docs = r.code === 0 ? parseAllDocuments(r.stdout).map((d) => d.toJS() as Obj | null).filter((d): d is Obj => d !== null) : [];
+  const docs =
+    r.code === 0
+      ? parseAllDocuments(r.stdout)
+          .map((d) => d.toJS() as Obj | null)
+          .filter((d): d is Obj => d !== null)
+      : [];
   return { code: r.code, docs, stderr: r.stderr };
 }
 
@@ -125,7 +132,8 @@ describe.each(EXAMPLES)('examples/%s', (file) => {
     expect(c.startupProbe?.httpGet.path).toBe('/readyz');
     expect(c.livenessProbe?.httpGet.path).toBe('/healthz');
     const ports = new Set((c.ports ?? []).map((p) => p.name));
-    for (const p of [c.readinessProbe!, c.livenessProbe!, c.startupProbe!]) expect(ports.has(String(p.httpGet.port)), `probe port ${p.httpGet.port}`).toBe(true);
+    for (const p of [c.readinessProbe!, c.livenessProbe!, c.startupProbe!])
+      expect(ports.has(String(p.httpGet.port)), `probe port ${p.httpGet.port}`).toBe(true);
     const tls = /^tls:/m.test(configOf(docs));
     expect(c.readinessProbe!.httpGet.scheme).toBe(tls && !ports.has('operator') ? 'HTTPS' : 'HTTP');
     if (tier === 'node') expect(c.readinessProbe!.httpGet.host).toBe('127.0.0.1');
@@ -151,12 +159,20 @@ describe.each(EXAMPLES)('examples/%s', (file) => {
     for (const c of pod.initContainers ?? []) {
       expect(tier).toBe('node');
       expect(Object.keys(allowedAdd)).toContain(c.name);
-      expect(c.securityContext, c.name).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, privileged: false, capabilities: { drop: ['ALL'] } });
+      expect(c.securityContext, c.name).toMatchObject({
+        allowPrivilegeEscalation: false,
+        readOnlyRootFilesystem: true,
+        privileged: false,
+        capabilities: { drop: ['ALL'] },
+      });
       expect(c.securityContext?.capabilities?.add).toEqual(allowedAdd[c.name]);
     }
     // Host access only where the tier needs it.
     expect(Boolean(pod.hostNetwork)).toBe(tier === 'node');
-    const hostPaths = pod.volumes.filter((v) => v.hostPath).map((v) => v.name).sort();
+    const hostPaths = pod.volumes
+      .filter((v) => v.hostPath)
+      .map((v) => v.name)
+      .sort();
     if (tier === 'central') expect(hostPaths).toEqual([]);
     else expect(hostPaths.every((n) => n === 'certs-d' || n === 'cache')).toBe(true);
   });
@@ -175,7 +191,8 @@ describe.each(EXAMPLES)('examples/%s', (file) => {
     expect(config).not.toMatch(/password:[ \t]*[^\s{]/);
     expect(config).toMatch(/password:\s+file: \/etc\/portcullis\/upstreams\//);
     const mounts = new Set((pod.containers[0]!.volumeMounts ?? []).map((m) => m.mountPath));
-    for (const m of config.matchAll(/file: (\/etc\/portcullis\/upstreams\/[^/]+\/credentials)\/(password|username)/g)) expect(mounts.has(m[1]!), m[1]).toBe(true);
+    for (const m of config.matchAll(/file: (\/etc\/portcullis\/upstreams\/[^/]+\/credentials)\/(password|username)/g))
+      expect(mounts.has(m[1]!), m[1]).toBe(true);
   });
 
   it('node tier: the init container writes hosts.toml files whose only server and [host] are the proxy', (ctx) => {
@@ -208,10 +225,19 @@ describe.each(EXAMPLES)('examples/%s', (file) => {
     for (const f of files) {
       const text = readFileSync(join(dir, f), 'utf8');
       const lines = text.split('\n').filter((l) => !l.trimStart().startsWith('#'));
-      expect(lines.filter((l) => /^\s*server\s*=/.test(l)), f).toEqual([`server = "${proxy}"`]);
-      expect(lines.filter((l) => /^\s*\[host\./.test(l)), f).toEqual([`[host."${proxy}"]`]);
+      expect(
+        lines.filter((l) => /^\s*server\s*=/.test(l)),
+        f,
+      ).toEqual([`server = "${proxy}"`]);
+      expect(
+        lines.filter((l) => /^\s*\[host\./.test(l)),
+        f,
+      ).toEqual([`[host."${proxy}"]`]);
       // No URL but the proxy's anywhere in the file.
-      expect([...text.matchAll(/https?:\/\/[^"\s]+/g)].map((m) => m[0]).filter((u) => u !== proxy), f).toEqual([]);
+      expect(
+        [...text.matchAll(/https?:\/\/[^"\s]+/g)].map((m) => m[0]).filter((u) => u !== proxy),
+        f,
+      ).toEqual([]);
     }
     void ctx.annotate(`${files.length} hosts.toml files, all pointing at ${proxy} only`);
   });
@@ -221,12 +247,32 @@ describe('the chart refuses what would deploy something broken or unsafe', () =>
   const cases: Array<[string, string[], RegExp]> = [
     ['an unknown tier', ['--set', 'tier=edge'], /tier must be node or central/],
     ['TLS without a Secret', ['--set', 'tls.enabled=true'], /tls\.enabled needs tls\.secretName/],
-    ['client certificates without an operator listener (probes could not pass)', ['--set', 'tls.enabled=true,tls.secretName=s,tls.clientCA.secretName=ca'], /set operator\.port/],
+    [
+      'client certificates without an operator listener (probes could not pass)',
+      ['--set', 'tls.enabled=true,tls.secretName=s,tls.clientCA.secretName=ca'],
+      /set operator\.port/,
+    ],
     ['an unknown clientAuth', ['--set', 'tls.clientAuth=maybe'], /tls\.clientAuth must be require or optional/],
-    ['a NetworkPolicy on the host-network node tier', ['--set', 'tier=node,storage.type=hostPath,networkPolicy.enabled=true'], /do not apply to host-network pods/],
-    ['a ServiceMonitor on the node tier without an operator listener', ['--set', 'tier=node,storage.type=hostPath,serviceMonitor.enabled=true'], /needs operator\.port/],
-    ['upstream credentials without a Secret', ['--set', 'upstreams[0].name=hub,upstreams[0].registry=docker.io,upstreams[0].url=https://registry-1.docker.io,upstreams[0].credentials.username=u'], /credentials need existingSecret/],
-    ['one claim shared by several replicas', ['--set', 'storage.type=persistentVolumeClaim,storage.existingClaim=c,replicas=2'], /one replica only|replicas: 1/],
+    [
+      'a NetworkPolicy on the host-network node tier',
+      ['--set', 'tier=node,storage.type=hostPath,networkPolicy.enabled=true'],
+      /do not apply to host-network pods/,
+    ],
+    [
+      'a ServiceMonitor on the node tier without an operator listener',
+      ['--set', 'tier=node,storage.type=hostPath,serviceMonitor.enabled=true'],
+      /needs operator\.port/,
+    ],
+    [
+      'upstream credentials without a Secret',
+      ['--set', 'upstreams[0].name=hub,upstreams[0].registry=docker.io,upstreams[0].url=https://registry-1.docker.io,upstreams[0].credentials.username=u'],
+      /credentials need existingSecret/,
+    ],
+    [
+      'one claim shared by several replicas',
+      ['--set', 'storage.type=persistentVolumeClaim,storage.existingClaim=c,replicas=2'],
+      /one replica only|replicas: 1/,
+    ],
   ];
   it.each(cases)('%s', async (_what, args, message) => {
     const r = await template(args);
@@ -264,8 +310,13 @@ describe('with an operator listener (operatorListen)', () => {
 });
 
 describe('client authentication', () => {
-  it('the auth values block reaches the config unchanged (its schema is the config reference\'s)', async () => {
-    const r = await template(['-f', join(CHART, 'examples', 'central.yaml'), '--set-json', 'auth={"anonymous":false,"htpasswd":{"file":"/etc/portcullis/auth/htpasswd"}}']);
+  it("the auth values block reaches the config unchanged (its schema is the config reference's)", async () => {
+    const r = await template([
+      '-f',
+      join(CHART, 'examples', 'central.yaml'),
+      '--set-json',
+      'auth={"anonymous":false,"htpasswd":{"file":"/etc/portcullis/auth/htpasswd"}}',
+    ]);
     expect(r.code, r.stderr).toBe(0);
     const config = parseAllDocuments(configOf(r.docs))[0]!.toJS() as { auth?: unknown };
     expect(config.auth).toEqual({ anonymous: false, htpasswd: { file: '/etc/portcullis/auth/htpasswd' } });

@@ -79,7 +79,10 @@ beforeAll(async () => {
   up = await startFakeUpstream();
   proxy = await startProxy({ upstreams: [{ name: 'hub', registry: 'docker.io', url: up.url }], defaultUpstream: 'hub' });
   // Docker Hub answers a pull over its quota with 429 and these headers (and sends them on every manifest request).
-  up.setFault({ pathRegex: /\/manifests\// }, { kind: 'status', status: 429, headers: { 'ratelimit-limit': '100;w=21600', 'ratelimit-remaining': '0;w=21600', 'retry-after': '60' } });
+  up.setFault(
+    { pathRegex: /\/manifests\// },
+    { kind: 'status', status: 429, headers: { 'ratelimit-limit': '100;w=21600', 'ratelimit-remaining': '0;w=21600', 'retry-after': '60' } },
+  );
   const r = await fetch(`${proxy.url}/v2/library/nginx/manifests/1.27?ns=docker.io`);
   expect(r.status).toBe(429);
   scrape = await (await fetch(`${proxy.url}/metrics`)).text();
@@ -119,8 +122,14 @@ describe('alert rules', () => {
     expect(alerts.length).toBeGreaterThanOrEqual(6);
     for (const a of alerts) {
       const mine = cases.filter((c) => c.alertname === a.alert);
-      expect(mine.some((c) => (c.exp_alerts ?? []).length > 0), `${a.alert} fires somewhere`).toBe(true);
-      expect(mine.some((c) => (c.exp_alerts ?? []).length === 0), `${a.alert} stays quiet somewhere`).toBe(true);
+      expect(
+        mine.some((c) => (c.exp_alerts ?? []).length > 0),
+        `${a.alert} fires somewhere`,
+      ).toBe(true);
+      expect(
+        mine.some((c) => (c.exp_alerts ?? []).length === 0),
+        `${a.alert} stays quiet somewhere`,
+      ).toBe(true);
     }
     // And no test names an alert that does not exist.
     for (const c of cases) expect(alerts.map((a) => a.alert)).toContain(c.alertname);
@@ -138,7 +147,20 @@ describe('alert rules', () => {
 describe('Grafana dashboard', () => {
   it('has the panels operators asked for', () => {
     const titles = dashboard.panels.map((p) => p.title);
-    for (const t of ['Decisions by outcome', 'Denials and warnings by rule', 'Cache hit ratio by kind', 'Bytes saved', 'Upstream latency (p50, p95, p99)', 'Upstream errors and retries', 'Pull quota headroom', 'Single-flight joins', 'Signature verification latency (p50, p95, p99)', 'Policy and decision latency (p99)', 'Policy reload state', 'Decision log delivery']) {
+    for (const t of [
+      'Decisions by outcome',
+      'Denials and warnings by rule',
+      'Cache hit ratio by kind',
+      'Bytes saved',
+      'Upstream latency (p50, p95, p99)',
+      'Upstream errors and retries',
+      'Pull quota headroom',
+      'Single-flight joins',
+      'Signature verification latency (p50, p95, p99)',
+      'Policy and decision latency (p99)',
+      'Policy reload state',
+      'Decision log delivery',
+    ]) {
       expect(titles).toContain(t);
     }
   });

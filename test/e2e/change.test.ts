@@ -78,7 +78,10 @@ async function startServer(): Promise<Server> {
   return { child, exited, output: () => out };
 }
 
-const sha256File = async (p: string): Promise<string> => `sha256:${createHash('sha256').update(await readFile(p)).digest('hex')}`;
+const sha256File = async (p: string): Promise<string> =>
+  `sha256:${createHash('sha256')
+    .update(await readFile(p))
+    .digest('hex')}`;
 
 /** One skopeo pull of the index's linux/amd64 image into a fresh dir; every file named by a digest must hash to it. */
 async function skopeoPull(dest: string): Promise<{ ok: boolean; error: string }> {
@@ -119,7 +122,10 @@ async function warm(repo: string, img: PushedImage | PushedIndex): Promise<void>
 }
 
 async function metric(pattern: RegExp): Promise<boolean> {
-  const text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text(), () => '');
+  const text = await fetch(`http://127.0.0.1:${port}/metrics`).then(
+    (r) => r.text(),
+    () => '',
+  );
   return pattern.test(text);
 }
 
@@ -147,10 +153,16 @@ beforeAll(async () => {
   requireTool('cosign2');
   tmp = await mkdtemp('/tmp/pcchange-');
   reg = await startRegistry();
-  index = await pushIndex(reg.url, 'e2e/change', 'v1', [
-    { os: 'linux', architecture: 'amd64' },
-    { os: 'linux', architecture: 'arm64' },
-  ], { layers: 3, layerSizeMiB: 0.5 });
+  index = await pushIndex(
+    reg.url,
+    'e2e/change',
+    'v1',
+    [
+      { os: 'linux', architecture: 'amd64' },
+      { os: 'linux', architecture: 'arm64' },
+    ],
+    { layers: 3, layerSizeMiB: 0.5 },
+  );
   for (let i = 0; i < 4; i++) criImages.push(await pushImage(reg.url, `e2e/change-cri-${i}`, 'v1', { layers: 1, layerSizeMiB: 0.25 }));
 
   // Two signing keys; the index (not its children: no --recursive) and the CRI images are signed with both.
@@ -161,7 +173,8 @@ beforeAll(async () => {
   };
   for (const k of ['k1', 'k2']) await cosign(['generate-key-pair', '--output-key-prefix', k]);
   const refs = [`${reg.host}/e2e/change:v1`, ...criImages.map((_, i) => `${reg.host}/e2e/change-cri-${i}:v1`)];
-  for (const k of ['k1', 'k2']) for (const ref of refs) await cosign(['sign', '--key', `${k}.key`, '--tlog-upload=false', '--allow-insecure-registry', '--allow-http-registry', '-y', ref]);
+  for (const k of ['k1', 'k2'])
+    for (const ref of refs) await cosign(['sign', '--key', `${k}.key`, '--tlog-upload=false', '--allow-insecure-registry', '--allow-http-registry', '-y', ref]);
   activeKey = path.join(tmp, 'active.pub');
   await copyFile(path.join(tmp, 'k1.pub'), activeKey);
 
@@ -169,7 +182,10 @@ beforeAll(async () => {
   await copyFile(path.join(ROOT, 'policies', 'bundle.tar.gz'), bundle);
   const src = path.join(tmp, 'freeze');
   await mkdir(src);
-  await writeFile(path.join(src, 'freeze.rego'), 'package portcullis\n\ndecision := {"allow": false, "deny": [{"rule": "freeze.all", "message": "all pulls are frozen"}], "warn": [], "scope": null, "mode": "enforce"}\n');
+  await writeFile(
+    path.join(src, 'freeze.rego'),
+    'package portcullis\n\ndecision := {"allow": false, "deny": [{"rule": "freeze.all", "message": "all pulls are frozen"}], "warn": [], "scope": null, "mode": "enforce"}\n',
+  );
   denyBundle = path.join(tmp, 'freeze.tar.gz');
   const built = await runTool('opa', ['build', '-t', 'wasm', '-e', 'portcullis/decision', '-r', 'freeze-1', '-o', denyBundle, src]);
   expect(built.code, built.stderr).toBe(0);
@@ -183,7 +199,11 @@ beforeAll(async () => {
     log: { level: 'info' },
     decisionLog: { sink: 'none' },
     shutdownGrace: '20s',
-    policy: { bundleFile: bundle, pollInterval: '200ms', settings: { no_match: 'deny', scopes: [{ name: 'signed', images: ['**'], signatures: { authorities: ['release'] } }] } },
+    policy: {
+      bundleFile: bundle,
+      pollInterval: '200ms',
+      settings: { no_match: 'deny', scopes: [{ name: 'signed', images: ['**'], signatures: { authorities: ['release'] } }] },
+    },
     signatures: { authorities: [{ name: 'release', kind: 'key', key: activeKey }], reloadInterval: '200ms' },
   };
   configPath = path.join(tmp, 'portcullis.json');
@@ -224,7 +244,8 @@ describe('zero failed pulls under change', () => {
         await cri!.remove(image);
       }
     })();
-    const pulledSince = async (base: number[]): Promise<void> => until('every worker to finish another pull', () => done.every((n, i) => n > base[i]!), 120_000);
+    const pulledSince = async (base: number[]): Promise<void> =>
+      until('every worker to finish another pull', () => done.every((n, i) => n > base[i]!), 120_000);
 
     await pulledSince(done.map(() => 0));
     // 1. A bundle that still allows the image: admissions are decided again on their next request.

@@ -134,10 +134,16 @@ beforeAll(async () => {
   tmp = await mkdtemp('/tmp/pce2e-');
   reg = await startRegistry();
   single = await pushImage(reg.url, 'e2e/single', 'v1', { layers: 2, layerSizeMiB: 1 });
-  multi = await pushIndex(reg.url, 'e2e/multi', 'v1', [
-    { os: 'linux', architecture: 'amd64' },
-    { os: 'linux', architecture: 'arm64' },
-  ], { layers: 1, layerSizeMiB: 0.5 });
+  multi = await pushIndex(
+    reg.url,
+    'e2e/multi',
+    'v1',
+    [
+      { os: 'linux', architecture: 'amd64' },
+      { os: 'linux', architecture: 'arm64' },
+    ],
+    { layers: 1, layerSizeMiB: 0.5 },
+  );
   large = await pushImage(reg.url, 'e2e/large', 'v1', { layers: 5, layerSizeMiB: 40 });
   ctrImage = await pushImage(reg.url, 'e2e/ctr', 'v1', { layers: 2, layerSizeMiB: 0.5 });
   await pushImage(reg.url, 'e2e/app', 'blocked', { layers: 1 });
@@ -208,10 +214,7 @@ describe('skopeo through the path prefix', () => {
 
 describe('tag listing through the path prefix', () => {
   it('skopeo inspect and crane ls see the upstream tags', async () => {
-    const r = expectOk(
-      await skopeo(['--insecure-policy', 'inspect', '--tls-verify=false', `docker://${proxy.host}/${ALIAS}/e2e/app:ok`]),
-      'skopeo inspect',
-    );
+    const r = expectOk(await skopeo(['--insecure-policy', 'inspect', '--tls-verify=false', `docker://${proxy.host}/${ALIAS}/e2e/app:ok`]), 'skopeo inspect');
     const info = JSON.parse(r.stdout) as { RepoTags: string[]; Digest: string; Name: string };
     expect(info.RepoTags.sort()).toEqual(['blocked', 'ok']);
     expect(info.Name).toBe(`${proxy.host}/${ALIAS}/e2e/app`);

@@ -48,7 +48,17 @@ describe('OCI conformance (read-only: pull, tag listing, referrers)', () => {
     expect(error).toBe(0);
     expect(skip).toBe(0);
     expect(pass).toBeGreaterThanOrEqual(40);
-    for (const api of ['Ping', 'Tag listing', 'Blob get', 'Blob head', 'Manifest get by digest', 'Manifest get by tag', 'Manifest head by digest', 'Manifest head by tag', 'Referrers']) {
+    for (const api of [
+      'Ping',
+      'Tag listing',
+      'Blob get',
+      'Blob head',
+      'Manifest get by digest',
+      'Manifest get by tag',
+      'Manifest head by digest',
+      'Manifest head by tag',
+      'Referrers',
+    ]) {
       expect(out).toMatch(new RegExp(`^  ${api}\\.+: +Pass$`, 'm'));
     }
     expect(out).toMatch(/^ {2}Read Only Inputs\.+: +Pass$/m);

@@ -106,7 +106,10 @@ async function startServer(dataDir: string, graceMs = GRACE_MS): Promise<Server>
   const deadline = Date.now() + 20_000;
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`server exited during start-up:\n${out}`);
-    const ok = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
+    const ok = await fetch(`${url}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (ok) break;
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
@@ -219,7 +222,11 @@ describe('the real server killed mid-download', () => {
     for (const f of visible) {
       // Anything committed (the config, say) must be complete and verified.
       const d = `sha256:${path.basename(f.path)}`;
-      expect(`sha256:${createHash('sha256').update(readFileSync(path.join(dataDir, 'blobs', f.path))).digest('hex')}`).toBe(d);
+      expect(
+        `sha256:${createHash('sha256')
+          .update(readFileSync(path.join(dataDir, 'blobs', f.path)))
+          .digest('hex')}`,
+      ).toBe(d);
     }
 
     // Restart on the same data directory: tmp/ is swept, the closure survived, and the blob pulls correctly.
@@ -284,12 +291,18 @@ describe('the real server killed mid-download', () => {
     // ~8 MiB/s: well below the upstream's 40 MiB/s, so the download commits long before the client is done.
     const slow = (n: number): Promise<void> | undefined => (n % (1 << 20) < 65536 ? new Promise((r) => setTimeout(r, 120)) : undefined);
     let signalled = false;
-    const a = pullBlob(s.url, 'crash/slowclient', cold.digest, (n) => {
-      if (!signalled && n >= 2 * 1024 * 1024) {
-        signalled = true;
-        s.child.kill('SIGTERM');
-      }
-    }, slow);
+    const a = pullBlob(
+      s.url,
+      'crash/slowclient',
+      cold.digest,
+      (n) => {
+        if (!signalled && n >= 2 * 1024 * 1024) {
+          signalled = true;
+          s.child.kill('SIGTERM');
+        }
+      },
+      slow,
+    );
     const b = pullBlob(s.url, 'crash/slowclient', warm.digest, undefined, slow);
     const [ga, gb, ex] = await Promise.all([a, b, s.exited]);
     expect(ex, s.output()).toEqual({ code: 0, signal: null });

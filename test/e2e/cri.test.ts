@@ -92,7 +92,11 @@ describe('CRI (kubelet path) through Portcullis', () => {
     expect(metrics).toMatch(/portcullis_http_requests_total\{[^}]*kind="blob"[^}]*status="200"[^}]*\} [1-9]/);
     // Every blob came from the upstream once, fetched by the proxy: nothing bypassed it.
     const seen = await reg.waitForRequests((x) => x.method === 'GET' && x.path.includes('/blobs/'), 3, 5000);
-    for (const b of blobsOf(allowed)) expect(seen.some((x) => x.path.endsWith(b)), b).toBe(true);
+    for (const b of blobsOf(allowed))
+      expect(
+        seen.some((x) => x.path.endsWith(b)),
+        b,
+      ).toBe(true);
     expect(reg.requests().every((x) => x.userAgent === PROXY_UA)).toBe(true);
 
     // RemoveImage works and the image is gone from CRI's store.
@@ -148,8 +152,7 @@ describe('CRI with an auth config (what the kubelet sends for imagePullSecrets) 
   });
 
   /** `METHOD path status authorization` per request, the query (ns=) left out. */
-  const lines = (front: AuthFront): string[] =>
-    front.seen.map((x) => `${x.method} ${x.url.replace(/\?.*/, '')} ${x.status} ${x.authorization ?? '-'}`);
+  const lines = (front: AuthFront): string[] => front.seen.map((x) => `${x.method} ${x.url.replace(/\?.*/, '')} ${x.status} ${x.authorization ?? '-'}`);
 
   it('after a Basic challenge: resolve and fetch are each challenged once, then carry Basic; blobs are not challenged', async () => {
     await viaFront('basic', async (front) => {
@@ -165,7 +168,11 @@ describe('CRI with an auth config (what the kubelet sends for imagePullSecrets) 
         `GET /v2/e2e/cri-basic/manifests/${img.digest} 200 ${BASIC}`,
       ]);
       // Config and layer (in either order): once each, with the credentials, no challenge of their own.
-      expect(seen.slice(4).sort()).toEqual(blobsOf(img).map((b) => `GET /v2/e2e/cri-basic/blobs/${b} 200 ${BASIC}`).sort());
+      expect(seen.slice(4).sort()).toEqual(
+        blobsOf(img)
+          .map((b) => `GET /v2/e2e/cri-basic/blobs/${b} 200 ${BASIC}`)
+          .sort(),
+      );
       expect(front.seen.every((x) => x.url.endsWith(`?${ns()}`))).toBe(true);
       expect(front.tokens).toEqual([]);
     });
@@ -216,7 +223,11 @@ describe('CRI with an auth config (what the kubelet sends for imagePullSecrets) 
         `GET /v2/e2e/cri-bearer/manifests/${img.digest} 401 -`,
         `GET /v2/e2e/cri-bearer/manifests/${img.digest} 200 ${bearer}`,
       ]);
-      expect(seen.slice(4).sort()).toEqual(blobsOf(img).map((b) => `GET /v2/e2e/cri-bearer/blobs/${b} 200 ${bearer}`).sort());
+      expect(seen.slice(4).sort()).toEqual(
+        blobsOf(img)
+          .map((b) => `GET /v2/e2e/cri-bearer/blobs/${b} 200 ${bearer}`)
+          .sort(),
+      );
       // The password went only to the realm, never to the registry API.
       expect(front.seen.some((x) => x.authorization?.startsWith('Basic'))).toBe(false);
     });

@@ -82,7 +82,10 @@ describe('an upstream behind an egress proxy', () => {
       const before = reg.requests().length;
       const res = await fetch(`${proxy.url}/v2/${ALIAS}/egress/app/manifests/v1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
       expect(res.status).toBe(503);
-      expect(((await res.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({ code: 'UNAVAILABLE', message: expect.stringContaining('"corp"') as unknown });
+      expect(((await res.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({
+        code: 'UNAVAILABLE',
+        message: expect.stringContaining('"corp"') as unknown,
+      });
       expect(reg.requests().length).toBe(before);
     } finally {
       await proxy.stop();

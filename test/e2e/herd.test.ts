@@ -83,7 +83,11 @@ describe('herd of cold pulls', () => {
     await reg.waitForRequests(blobGet, expected.length, 5000);
     await reg.settleLog();
     const gets = reg.requests().filter(blobGet);
-    for (const d of expected) expect(gets.filter((x) => x.path.endsWith(`/blobs/${d}`)), `upstream GETs of ${d}`).toHaveLength(1);
+    for (const d of expected)
+      expect(
+        gets.filter((x) => x.path.endsWith(`/blobs/${d}`)),
+        `upstream GETs of ${d}`,
+      ).toHaveLength(1);
     expect(gets).toHaveLength(expected.length);
     // The manifest too: one resolution of the tag and one fetch by digest for all 20 clients.
     const man = reg.requests().filter((x) => x.path.includes('/manifests/'));

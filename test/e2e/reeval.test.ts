@@ -145,7 +145,9 @@ beforeAll(async () => {
   // "safe" shares vuln's first (base) layer, and has a small layer and a config of its own.
   const ownLayer = await pushBlob(reg.url, 'demo/app', Buffer.from(`safe layer ${Date.now()}`));
   const base = vuln.layers[0]!;
-  const configBytes = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [base.diffId, ownLayer.digest] }, config: {} }));
+  const configBytes = Buffer.from(
+    JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [base.diffId, ownLayer.digest] }, config: {} }),
+  );
   const config = await pushBlob(reg.url, 'demo/app', configBytes);
   const manifest = Buffer.from(
     JSON.stringify({
@@ -232,7 +234,8 @@ describe('scheduled re-evaluation with purge', () => {
     expect(await readOwn.finish()).toEqual({ size: vuln.layers[1]!.size, digest: vuln.layers[1]!.digest });
     expect(await readBase.finish()).toEqual({ size: vuln.layers[0]!.size, digest: base });
     // Once its last reader let go, the purged layer's file goes too (the unlink is asynchronous: bounded wait).
-    for (let i = 0; i < 200 && existsSync((app.blobStore as FileBlobStore).pathFor(vuln.layers[1]!.digest as Digest)); i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 0; i < 200 && existsSync((app.blobStore as FileBlobStore).pathFor(vuln.layers[1]!.digest as Digest)); i++)
+      await new Promise((r) => setTimeout(r, 10));
     expect(existsSync((app.blobStore as FileBlobStore).pathFor(vuln.layers[1]!.digest as Digest))).toBe(false);
 
     // The next pull by digest is denied, with the reason.
@@ -261,7 +264,12 @@ describe('scheduled re-evaluation with purge', () => {
     // The last run, for the operator's views.
     const last = await fetch(`${px.url}/api/v1/admin/reevaluate/last`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
     expect(last.status).toBe(200);
-    expect(await last.json()).toMatchObject({ evaluated: 2, would_deny: 1, newly_denied: [{ image: `${reg.host}/demo/app:vuln@${vuln.digest}`, previous: 'allow' }], purged: { images: [`${reg.host}/demo/app:vuln@${vuln.digest}`] } });
+    expect(await last.json()).toMatchObject({
+      evaluated: 2,
+      would_deny: 1,
+      newly_denied: [{ image: `${reg.host}/demo/app:vuln@${vuln.digest}`, previous: 'allow' }],
+      purged: { images: [`${reg.host}/demo/app:vuln@${vuln.digest}`] },
+    });
 
     // A later run finds nothing new to log or purge.
     await scheduler.tick();
@@ -276,13 +284,27 @@ async function buildCandidate(): Promise<string> {
   requireTool('opa');
   const src = join(work, 'candidate', 'portcullis');
   await mkdir(src, { recursive: true });
-  for (const f of await readdir('policies/portcullis')) if (f.endsWith('.rego') && !f.endsWith('_test.rego')) await cp(join('policies/portcullis', f), join(src, f));
+  for (const f of await readdir('policies/portcullis'))
+    if (f.endsWith('.rego') && !f.endsWith('_test.rego')) await cp(join('policies/portcullis', f), join(src, f));
   await writeFile(
     join(src, 'freeze.rego'),
     'package portcullis\n\nviolations contains {"rule": "image.frozen", "message": "demo/frozen is frozen for the rollout"} if {\n\tinput.image.repository == "demo/frozen"\n}\n',
   );
   const out = join(work, 'candidate.tar.gz');
-  const r = await runTool('opa', ['build', '-t', 'wasm', '-e', 'portcullis/decision', '--capabilities', 'policies/capabilities.json', '-r', 'candidate-freeze', '-o', out, src]);
+  const r = await runTool('opa', [
+    'build',
+    '-t',
+    'wasm',
+    '-e',
+    'portcullis/decision',
+    '--capabilities',
+    'policies/capabilities.json',
+    '-r',
+    'candidate-freeze',
+    '-o',
+    out,
+    src,
+  ]);
   expectOk(r, 'opa build');
   return out;
 }
@@ -295,7 +317,11 @@ describe('policy impact before a rollout', () => {
     const bundlePath = await buildCandidate();
     const active = px.proxy.policy.revision;
 
-    const res = await fetch(`${px.url}/api/v1/admin/impact`, { method: 'POST', headers: { ...admin, 'content-type': 'application/gzip' }, body: readFileSync(bundlePath) });
+    const res = await fetch(`${px.url}/api/v1/admin/impact`, {
+      method: 'POST',
+      headers: { ...admin, 'content-type': 'application/gzip' },
+      body: readFileSync(bundlePath),
+    });
     expect(res.status).toBe(200);
     const r = (await res.json()) as ImpactReport;
     expect(r).toMatchObject({ active_revision: active, candidate_revision: 'candidate-freeze', errors: [] });
@@ -314,14 +340,17 @@ describe('policy impact before a rollout', () => {
     // Recent decisions: crane's pull of it is listed too (with who asked), and nothing else.
     const recent = r.changes.filter((c) => c.source === 'recent');
     expect(recent.length).toBeGreaterThan(0);
-    for (const c of recent) expect(c).toMatchObject({ image: `${reg.host}/demo/frozen:v1@${frozen.digest}`, change: 'allowed→denied', client: 'anonymous via anonymous' });
+    for (const c of recent)
+      expect(c).toMatchObject({ image: `${reg.host}/demo/frozen:v1@${frozen.digest}`, change: 'allowed→denied', client: 'anonymous via anonymous' });
 
     // Nothing was activated: same revision, and the image still pulls.
     expect(px.proxy.policy.revision).toBe(active);
     expect((await fetch(`${px.url}/v2/${ALIAS}/demo/frozen/manifests/v1`, { headers: { accept: MT.ociManifest } })).status).toBe(200);
 
     // The CLI asks the running proxy the same, and exits 1 because something would change.
-    const cli = await runTool('node', [resolve('dist/cli.js'), 'policy', 'impact', '--url', px.url, '--bundle', bundlePath], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
+    const cli = await runTool('node', [resolve('dist/cli.js'), 'policy', 'impact', '--url', px.url, '--bundle', bundlePath], {
+      env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN },
+    });
     expect(cli.code, cli.stderr).toBe(1);
     expect(cli.stdout).toContain(`DENY   ${reg.host}/demo/frozen:v1@${frozen.digest}: demo/frozen is frozen for the rollout [image.frozen]`);
 
@@ -351,7 +380,16 @@ describe('policy impact before a rollout', () => {
       await q.stop();
     }
     const config = join(work, 'cli-config.yaml');
-    await writeFile(config, JSON.stringify({ dataDir, upstreams, decisionLog: { sink: 'none' }, log: { level: 'warn' }, policy: { bundleFile: resolve('policies/bundle.tar.gz'), settings } }));
+    await writeFile(
+      config,
+      JSON.stringify({
+        dataDir,
+        upstreams,
+        decisionLog: { sink: 'none' },
+        log: { level: 'warn' },
+        policy: { bundleFile: resolve('policies/bundle.tar.gz'), settings },
+      }),
+    );
     const cli = await runTool('node', [resolve('dist/cli.js'), 'policy', 'impact', '--config', config, '--bundle', join(work, 'candidate.tar.gz'), '--json']);
     expect(cli.code, cli.stderr).toBe(1);
     const r = JSON.parse(cli.stdout) as ImpactReport;
@@ -367,9 +405,17 @@ describe('policy impact before a rollout', () => {
   test('the impact endpoint needs the admin token and refuses what is not a bundle', async () => {
     const none = await fetch(`${px.url}/api/v1/admin/impact`, { method: 'POST', headers: { 'content-type': 'application/gzip' }, body: Buffer.from('x') });
     expect(none.status).toBe(401);
-    const ci = await fetch(`${px.url}/api/v1/admin/impact`, { method: 'POST', headers: { authorization: `Bearer ${REPORT_TOKEN}`, 'content-type': 'application/gzip' }, body: Buffer.from('x') });
+    const ci = await fetch(`${px.url}/api/v1/admin/impact`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${REPORT_TOKEN}`, 'content-type': 'application/gzip' },
+      body: Buffer.from('x'),
+    });
     expect(ci.status).toBe(401);
-    const garbage = await fetch(`${px.url}/api/v1/admin/impact`, { method: 'POST', headers: { ...admin, 'content-type': 'application/gzip' }, body: Buffer.from('not a bundle') });
+    const garbage = await fetch(`${px.url}/api/v1/admin/impact`, {
+      method: 'POST',
+      headers: { ...admin, 'content-type': 'application/gzip' },
+      body: Buffer.from('not a bundle'),
+    });
     expect(garbage.status).toBe(400);
     expect(((await garbage.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({ code: 'BUNDLE_INVALID' });
     const get = await fetch(`${px.url}/api/v1/admin/impact`, { headers: admin });
@@ -388,8 +434,16 @@ describe('warming before a rollout', () => {
     expect(res.status).toBe(200);
     const r = (await res.json()) as WarmReport;
     expect(r).toMatchObject({ admitted: 2, denied: 1, failed: 0 });
-    expect(r.images[0]).toMatchObject({ image: `${reg.host}/demo/warm:v1@${warmImage.digest}`, result: 'admitted', blobs: { total: 3, fetched: 3, cached: 0 } });
-    expect(r.images[1]).toMatchObject({ image: `${reg.host}/demo/warm-multi:v1@${warmMulti.digest}`, result: 'admitted', blobs: { total: 4, fetched: 4, cached: 0 } });
+    expect(r.images[0]).toMatchObject({
+      image: `${reg.host}/demo/warm:v1@${warmImage.digest}`,
+      result: 'admitted',
+      blobs: { total: 3, fetched: 3, cached: 0 },
+    });
+    expect(r.images[1]).toMatchObject({
+      image: `${reg.host}/demo/warm-multi:v1@${warmMulti.digest}`,
+      result: 'admitted',
+      blobs: { total: 4, fetched: 4, cached: 0 },
+    });
     expect(r.images[1]!.children!.map((c) => [c.platform, c.result])).toEqual([
       ['linux/amd64', 'admitted'],
       ['linux/arm64', 'admitted'],
@@ -407,34 +461,63 @@ describe('warming before a rollout', () => {
     // The rollout's pulls: served entirely from the cache.
     reg.clearLog();
     expectOk(await skopeoCopy(`docker://${px.host}/${ALIAS}/demo/warm:v1`, join(work, 'warm')), 'skopeo copy warm');
-    expectOk(await cranePull(`${px.host}/${ALIAS}/demo/warm-multi:v1`, join(work, 'warm-multi.tar'), { platform: 'linux/arm64' }), 'crane pull warm-multi arm64');
+    expectOk(
+      await cranePull(`${px.host}/${ALIAS}/demo/warm-multi:v1`, join(work, 'warm-multi.tar'), { platform: 'linux/arm64' }),
+      'crane pull warm-multi arm64',
+    );
     expect(await upstreamBlobGets()).toEqual([]);
 
     // Warming again costs nothing: everything is cached.
-    const again = (await (await fetch(`${px.url}/api/v1/admin/warm`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ images: [`${ALIAS}/demo/warm:v1`] }) })).json()) as WarmReport;
+    const again = (await (
+      await fetch(`${px.url}/api/v1/admin/warm`, {
+        method: 'POST',
+        headers: { ...admin, 'content-type': 'application/json' },
+        body: JSON.stringify({ images: [`${ALIAS}/demo/warm:v1`] }),
+      })
+    ).json()) as WarmReport;
     expect(again.images[0]).toMatchObject({ result: 'admitted', blobs: { total: 3, fetched: 0, cached: 3 } });
     expect(await metric('portcullis_warm_images_total', 'result="denied"')).toBe(1);
   });
 
   test('the CLI reports a denied image and exits 1; requests are bounded and need the admin token', async () => {
-    const cli = await runTool('node', [resolve('dist/cli.js'), 'warm', '--url', px.url, `${ALIAS}/demo/warm-denied:v1`], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
+    const cli = await runTool('node', [resolve('dist/cli.js'), 'warm', '--url', px.url, `${ALIAS}/demo/warm-denied:v1`], {
+      env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN },
+    });
     expect(cli.code, cli.stderr).toBe(1);
     expect(cli.stdout).toContain(`DENIED ${reg.host}/demo/warm-denied:v1@${warmDenied.digest}: tag "v1" is not allowed`);
 
     // Decided for a client identity (policy `clients` rules): anonymous is refused, the deployers group admitted.
-    const anonymous = await runTool('node', [resolve('dist/cli.js'), 'warm', '--url', px.url, `${ALIAS}/demo/warm-team:v1`], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
+    const anonymous = await runTool('node', [resolve('dist/cli.js'), 'warm', '--url', px.url, `${ALIAS}/demo/warm-team:v1`], {
+      env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN },
+    });
     expect(anonymous.code, anonymous.stderr).toBe(1);
     expect(anonymous.stdout).toContain('[client.not_allowed]');
-    const team = await runTool('node', [resolve('dist/cli.js'), 'warm', '--url', px.url, '--as', 'ci-bot', '--groups', 'deployers', `${ALIAS}/demo/warm-team:v1`], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
+    const team = await runTool(
+      'node',
+      [resolve('dist/cli.js'), 'warm', '--url', px.url, '--as', 'ci-bot', '--groups', 'deployers', `${ALIAS}/demo/warm-team:v1`],
+      { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } },
+    );
     expect(team.code, team.stderr).toBe(0);
     expect(team.stdout).toContain(`ADMITTED ${reg.host}/demo/warm-team:v1@${warmTeam.digest}: 2 blobs, 2 fetched`);
 
-    const tooMany = await fetch(`${px.url}/api/v1/admin/warm`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ images: ['a/b:1', 'a/b:2', 'a/b:3', 'a/b:4'] }) });
+    const tooMany = await fetch(`${px.url}/api/v1/admin/warm`, {
+      method: 'POST',
+      headers: { ...admin, 'content-type': 'application/json' },
+      body: JSON.stringify({ images: ['a/b:1', 'a/b:2', 'a/b:3', 'a/b:4'] }),
+    });
     expect(tooMany.status).toBe(400);
     expect(await tooMany.text()).toContain('warm.maxImages');
-    const big = await fetch(`${px.url}/api/v1/admin/warm`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ images: ['x'.repeat(70_000)] }) });
+    const big = await fetch(`${px.url}/api/v1/admin/warm`, {
+      method: 'POST',
+      headers: { ...admin, 'content-type': 'application/json' },
+      body: JSON.stringify({ images: ['x'.repeat(70_000)] }),
+    });
     expect(big.status).toBe(413);
-    const anon = await fetch(`${px.url}/api/v1/admin/warm`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ images: [`${ALIAS}/demo/warm:v1`] }) });
+    const anon = await fetch(`${px.url}/api/v1/admin/warm`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ images: [`${ALIAS}/demo/warm:v1`] }),
+    });
     expect(anon.status).toBe(401);
   });
 });
@@ -453,7 +536,11 @@ describe('warming within quotas', () => {
       },
     });
     try {
-      const res = await fetch(`${q.url}/api/v1/admin/warm`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ images: [`${ALIAS}/demo/warm:v1`] }) });
+      const res = await fetch(`${q.url}/api/v1/admin/warm`, {
+        method: 'POST',
+        headers: { ...admin, 'content-type': 'application/json' },
+        body: JSON.stringify({ images: [`${ALIAS}/demo/warm:v1`] }),
+      });
       expect(res.status).toBe(200);
       const r = (await res.json()) as WarmReport;
       expect(r).toMatchObject({ admitted: 0, failed: 1 });

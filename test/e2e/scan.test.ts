@@ -151,7 +151,9 @@ describe('vulnerability limits and CVE exceptions', () => {
   });
 
   test('a SARIF report works the same way', async () => {
-    const put = await pushReport(px, 'demo/sarif', images.sarif!.digest, boundReport(sarifFixture, `${reg.host}/demo/sarif`, images.sarif!.digest), { contentType: 'application/sarif+json' });
+    const put = await pushReport(px, 'demo/sarif', images.sarif!.digest, boundReport(sarifFixture, `${reg.host}/demo/sarif`, images.sarif!.digest), {
+      contentType: 'application/sarif+json',
+    });
     expect(put.status).toBe(201);
     expect(((await put.json()) as { format: string }).format).toBe('sarif');
     const r = await pull(px, 'demo/sarif');
@@ -160,16 +162,22 @@ describe('vulnerability limits and CVE exceptions', () => {
   });
 
   test('with that CVE excepted until a future date, it is allowed', async () => {
-    expect((await pushReport(px, 'demo/excepted', images.excepted!.digest, boundReport(trivyFixture, `${reg.host}/demo/excepted`, images.excepted!.digest))).status).toBe(201);
+    expect(
+      (await pushReport(px, 'demo/excepted', images.excepted!.digest, boundReport(trivyFixture, `${reg.host}/demo/excepted`, images.excepted!.digest))).status,
+    ).toBe(201);
     const r = await pull(px, 'demo/excepted');
     expect(r.status).toBe(200);
     // The exception is on record: who owns it and until when.
     const d = decisions.find((e) => e.input.image.digest === images.excepted!.digest)!;
-    expect(d.admission.warnings).toEqual([{ rule: 'scan.ignored', message: `${CVE} ignored until ${FUTURE} (sec-team: openssl PKCS12 parsing is not reachable)` }]);
+    expect(d.admission.warnings).toEqual([
+      { rule: 'scan.ignored', message: `${CVE} ignored until ${FUTURE} (sec-team: openssl PKCS12 parsing is not reachable)` },
+    ]);
     // And it is on the response too, as a registry warning.
     const m = await fetch(`${px.url}/v2/${reg.host}/demo/excepted/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
     await m.arrayBuffer();
-    expect(m.headers.get('warning')).toBe(`299 - "portcullis: scan.ignored: ${CVE} ignored until ${FUTURE} (sec-team: openssl PKCS12 parsing is not reachable)"`);
+    expect(m.headers.get('warning')).toBe(
+      `299 - "portcullis: scan.ignored: ${CVE} ignored until ${FUTURE} (sec-team: openssl PKCS12 parsing is not reachable)"`,
+    );
     // The whole image comes through.
     for (const d of [images.excepted!.config, ...images.excepted!.layers]) {
       const b = await fetch(`${px.url}/v2/${reg.host}/demo/excepted/blobs/${d.digest}`);
@@ -179,7 +187,9 @@ describe('vulnerability limits and CVE exceptions', () => {
   });
 
   test('once the exception has expired, it is denied again (a past date, and the clock moving past it)', async () => {
-    expect((await pushReport(px, 'demo/expired', images.expired!.digest, boundReport(trivyFixture, `${reg.host}/demo/expired`, images.expired!.digest))).status).toBe(201);
+    expect(
+      (await pushReport(px, 'demo/expired', images.expired!.digest, boundReport(trivyFixture, `${reg.host}/demo/expired`, images.expired!.digest))).status,
+    ).toBe(201);
     const r = await pull(px, 'demo/expired');
     expect(r.status).toBe(403);
     expect(r.error!.message).toContain(`(${CVE}) exceeds limit 0`);
@@ -192,7 +202,10 @@ describe('vulnerability limits and CVE exceptions', () => {
       now: () => Date.parse(FUTURE) + DAY,
     });
     try {
-      expect((await pushReport(later, 'demo/excepted', images.excepted!.digest, boundReport(trivyFixture, `${reg.host}/demo/excepted`, images.excepted!.digest))).status).toBe(201);
+      expect(
+        (await pushReport(later, 'demo/excepted', images.excepted!.digest, boundReport(trivyFixture, `${reg.host}/demo/excepted`, images.excepted!.digest)))
+          .status,
+      ).toBe(201);
       const r2 = await pull(later, 'demo/excepted');
       expect(r2.status).toBe(403);
       expect(r2.error!.message).toContain(`1 CRITICAL vulnerability (${CVE}) exceeds limit 0 [scan.limit]`);
@@ -209,7 +222,10 @@ describe('pending scans', () => {
     // it: so it waited for it instead of failing.
     expect(r.status).toBe(200);
     const req = scanner.scans.find((s) => s.artifact.digest === images['wait-ok']!.digest);
-    expect(req).toMatchObject({ registry: { url: reg.url }, artifact: { repository: 'demo/wait-ok', mime_type: 'application/vnd.oci.image.manifest.v1+json' } });
+    expect(req).toMatchObject({
+      registry: { url: reg.url },
+      artifact: { repository: 'demo/wait-ok', mime_type: 'application/vnd.oci.image.manifest.v1+json' },
+    });
     const d = decisions.find((e) => e.input.image.digest === images['wait-ok']!.digest)!;
     expect(d.input.scan).toMatchObject({ status: 'ok', source: 'scanner' });
     expect(d.input.scan.waited_seconds).toBeGreaterThan(0);
@@ -220,7 +236,16 @@ describe('pending scans', () => {
     const pending = pull(px, 'demo/wait-report');
     // The pull's lookup has asked the scanner (which will take a minute): the pull is waiting now.
     await until(() => scanner.scans.some((x) => x.artifact.digest === images['wait-report']!.digest), 'the scan request');
-    expect((await pushReport(px, 'demo/wait-report', images['wait-report']!.digest, boundReport(cleanFixture, `${reg.host}/demo/wait-report`, images['wait-report']!.digest))).status).toBe(201);
+    expect(
+      (
+        await pushReport(
+          px,
+          'demo/wait-report',
+          images['wait-report']!.digest,
+          boundReport(cleanFixture, `${reg.host}/demo/wait-report`, images['wait-report']!.digest),
+        )
+      ).status,
+    ).toBe(201);
     // Allowed: the wait (8 s here) ended with the report, not with the deadline (that would be a 403, scan pending).
     expect((await pending).status).toBe(200);
   });
@@ -230,7 +255,11 @@ describe('pending scans', () => {
     const r = await pull(px, 'demo/wait-slow');
     expect(r.status).toBe(403);
     expect(r.error!.message).toContain('vulnerability scan pending: no result after waiting 2s [scan.pending]');
-    expect(decisions.filter((e) => e.input.image.digest === images['wait-slow']!.digest).at(-1)!.input.scan).toMatchObject({ status: 'pending', code: 'PENDING', waited_seconds: expect.any(Number) as number });
+    expect(decisions.filter((e) => e.input.image.digest === images['wait-slow']!.digest).at(-1)!.input.scan).toMatchObject({
+      status: 'pending',
+      code: 'PENDING',
+      waited_seconds: expect.any(Number) as number,
+    });
     // Not cached: the next pull decides again (a second decision, not a cache hit), still pending.
     const again = await pull(px, 'demo/wait-slow', 'v1', 'HEAD');
     expect(again.status).toBe(403);
@@ -240,7 +269,10 @@ describe('pending scans', () => {
 
   test('an index is scanned per platform manifest; a CRITICAL in one platform denies it, named', async () => {
     const [amd64, arm64] = multi.children;
-    scanner.setFindings(arm64!.digest, { vulnerabilities: [{ id: 'CVE-2026-7777', package: 'zlib', version: '1.2.13', fix_version: '1.3.1', severity: 'Critical' }], delayMs: 500 });
+    scanner.setFindings(arm64!.digest, {
+      vulnerabilities: [{ id: 'CVE-2026-7777', package: 'zlib', version: '1.2.13', fix_version: '1.3.1', severity: 'Critical' }],
+      delayMs: 500,
+    });
     scanner.setFindings(amd64!.digest, { vulnerabilities: [{ id: 'CVE-2026-1111', package: 'curl', version: '8.0', severity: 'Medium' }], delayMs: 500 });
     const r = await pull(px, 'demo/multi');
     expect(r.status).toBe(403);
@@ -267,7 +299,12 @@ describe('the report API', () => {
 
   test('authentication: no token or a wrong one gets 401 with a Bearer challenge', async () => {
     const body = boundReport(cleanFixture, `${reg.host}/demo/vuln`, images.vuln!.digest);
-    for (const headers of [{}, { authorization: 'Bearer wrong' }, { authorization: `Basic ${Buffer.from(`x:${REPORT_TOKEN}`).toString('base64')}` }, { authorization: `Bearer ${ADMIN_TOKEN}` }]) {
+    for (const headers of [
+      {},
+      { authorization: 'Bearer wrong' },
+      { authorization: `Basic ${Buffer.from(`x:${REPORT_TOKEN}`).toString('base64')}` },
+      { authorization: `Bearer ${ADMIN_TOKEN}` },
+    ]) {
       const res = await fetch(`${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`, { method: 'PUT', headers, body });
       expect(res.status).toBe(401);
       expect(res.headers.get('www-authenticate')).toBe('Bearer realm="portcullis"');
@@ -279,7 +316,10 @@ describe('the report API', () => {
 
   test('list, get (summary and raw), delete; names, digests, size and format are checked', async () => {
     const auth = { authorization: `Bearer ${REPORT_TOKEN}` };
-    const list = (await (await fetch(`${px.url}/api/v1/reports?repository=demo/vuln`, { headers: auth })).json()) as { total: number; reports: Array<{ registry: string; repository: string; digest: string; format: string }> };
+    const list = (await (await fetch(`${px.url}/api/v1/reports?repository=demo/vuln`, { headers: auth })).json()) as {
+      total: number;
+      reports: Array<{ registry: string; repository: string; digest: string; format: string }>;
+    };
     expect(list.total).toBe(1);
     expect(list.reports[0]).toMatchObject({ registry: reg.host, repository: 'demo/vuln', digest: images.vuln!.digest, format: 'trivy' });
     const all = (await (await fetch(`${px.url}/api/v1/reports?limit=2`, { headers: auth })).json()) as { total: number; reports: unknown[] };
@@ -296,7 +336,10 @@ describe('the report API', () => {
     const reportUrl = `${px.url}/api/v1/reports/${reg.host}/demo/vuln@${images.vuln!.digest}`;
     const byCi = await fetch(reportUrl, { method: 'DELETE', headers: auth });
     expect(byCi.status).toBe(403);
-    expect(((await byCi.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({ code: 'DENIED', message: expect.stringContaining('admin token') as unknown });
+    expect(((await byCi.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({
+      code: 'DENIED',
+      message: expect.stringContaining('admin token') as unknown,
+    });
     expect((await pull(px, 'demo/vuln')).error!.message).toContain(CVE);
     const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
     // The image then has no report and, with the scanner pending, is denied as pending.
@@ -310,7 +353,12 @@ describe('the report API', () => {
     expect(after.error?.message).not.toContain(CVE);
 
     const bad = async (path: string, body: string, init: RequestInit = {}): Promise<{ status: number; code: string }> => {
-      const res = await fetch(`${px.url}/api/v1/reports/${path}`, { method: 'PUT', body, ...init, headers: { ...auth, 'content-type': 'application/json', ...(init.headers as Record<string, string>) } });
+      const res = await fetch(`${px.url}/api/v1/reports/${path}`, {
+        method: 'PUT',
+        body,
+        ...init,
+        headers: { ...auth, 'content-type': 'application/json', ...(init.headers as Record<string, string>) },
+      });
       return { status: res.status, code: ((await res.json()) as { errors: Array<{ code: string }> }).errors[0]!.code };
     };
     expect(await bad(`quay.io/demo/vuln@${images.vuln!.digest}`, cleanFixture)).toEqual({ status: 404, code: 'NAME_UNKNOWN' });
@@ -318,7 +366,10 @@ describe('the report API', () => {
     expect(await bad(`${reg.host}/demo/vuln`, cleanFixture)).toEqual({ status: 400, code: 'NAME_INVALID' });
     expect(await bad(`${reg.host}/demo/vuln@${images.vuln!.digest}`, '{"not":"a report"}')).toEqual({ status: 400, code: 'REPORT_INVALID' });
     expect(await bad(`${reg.host}/demo/vuln@${images.vuln!.digest}`, 'garbage')).toEqual({ status: 400, code: 'REPORT_INVALID' });
-    expect(await bad(`${reg.host}/demo/vuln@${images.vuln!.digest}`, cleanFixture, { headers: { 'content-type': 'text/plain' } })).toEqual({ status: 415, code: 'UNSUPPORTED' });
+    expect(await bad(`${reg.host}/demo/vuln@${images.vuln!.digest}`, cleanFixture, { headers: { 'content-type': 'text/plain' } })).toEqual({
+      status: 415,
+      code: 'UNSUPPORTED',
+    });
     const huge = JSON.stringify({ SchemaVersion: 2, Results: [], pad: 'x'.repeat(70 * 1024) });
     expect(await bad(`${reg.host}/demo/vuln@${images.vuln!.digest}`, huge)).toEqual({ status: 413, code: 'SIZE_INVALID' });
   });
@@ -330,12 +381,14 @@ describe('report evidence that can be trusted', () => {
   let p: RunningProxy;
   const at = (ms: number): string => new Date(T0 + ms).toISOString();
   /** A real fixture bound to `name` and dated `createdAt` (the proxy's clock is T0). */
-  const report = (fixture: string, name: string, createdAt: string): string => boundReport(fixture, `${reg.host}/demo/${name}`, images[name]!.digest).replace(/"CreatedAt": "[^"]+"/, `"CreatedAt": "${createdAt}"`);
+  const report = (fixture: string, name: string, createdAt: string): string =>
+    boundReport(fixture, `${reg.host}/demo/${name}`, images[name]!.digest).replace(/"CreatedAt": "[^"]+"/, `"CreatedAt": "${createdAt}"`);
   const put = async (name: string, body: string): Promise<{ status: number; json: Record<string, unknown> }> => {
     const res = await pushReport(p, `demo/${name}`, images[name]!.digest, body);
     return { status: res.status, json: (await res.json()) as Record<string, unknown> };
   };
-  const errorOf = (json: Record<string, unknown>): { code: string; message: string; detail: { field?: string } | null } => (json as { errors: Array<{ code: string; message: string; detail: { field?: string } | null }> }).errors[0]!;
+  const errorOf = (json: Record<string, unknown>): { code: string; message: string; detail: { field?: string } | null } =>
+    (json as { errors: Array<{ code: string; message: string; detail: { field?: string } | null }> }).errors[0]!;
 
   beforeAll(async () => {
     for (const name of ['trust-empty', 'trust-future', 'trust-unbound', 'trust-history']) images[name] = await pushImage(reg.url, `demo/${name}`, 'v1');
@@ -405,11 +458,17 @@ describe('report evidence that can be trusted', () => {
     expect(replay).toMatchObject({ status: 201, json: { in_force: false, kept: true } });
     expect((await pull(p, `demo/${name}`)).status).toBe(200);
     // Nothing was overwritten: every version is listed, and each can be read as pushed.
-    const got = (await (await fetch(url, { headers: ci })).json()) as { id: number; in_force: boolean; versions: Array<{ id: number; in_force: boolean; scanned_at: string }> };
+    const got = (await (await fetch(url, { headers: ci })).json()) as {
+      id: number;
+      in_force: boolean;
+      versions: Array<{ id: number; in_force: boolean; scanned_at: string }>;
+    };
     expect(got.id).toBe(clean.json.id);
     expect(got.versions.map((v) => v.id)).toEqual([clean.json.id, replay.json.id, critical.json.id]);
     expect(got.versions.map((v) => v.in_force)).toEqual([true, false, false]);
-    const raw = (await (await fetch(`${url}?id=${String(critical.json.id)}&raw=1`, { headers: ci })).json()) as { Results: Array<{ Vulnerabilities?: unknown[] }> };
+    const raw = (await (await fetch(`${url}?id=${String(critical.json.id)}&raw=1`, { headers: ci })).json()) as {
+      Results: Array<{ Vulnerabilities?: unknown[] }>;
+    };
     expect(raw.Results[0]!.Vulnerabilities!.length).toBeGreaterThan(0);
     const listed = (await (await fetch(`${p.url}/api/v1/reports?repository=demo/${name}&history=1`, { headers: ci })).json()) as { total: number };
     expect(listed.total).toBe(3);
@@ -468,13 +527,31 @@ describe('vulnerability attestations (cosign2 attest --type vuln)', () => {
   };
   /** `trivy --format cosign-vuln` output (the fixture) about `reportDigest`, attested with `key` on `name`. */
   const attest = async (name: string, key: string, reportDigest: string, opts: { clean?: boolean } = {}): Promise<void> => {
-    const predicate = JSON.parse(readFileSync('test/fixtures/scan/cosign-vuln-predicate.json', 'utf8')) as { scanner: { result: Record<string, unknown> }; metadata: Record<string, string> };
+    const predicate = JSON.parse(readFileSync('test/fixtures/scan/cosign-vuln-predicate.json', 'utf8')) as {
+      scanner: { result: Record<string, unknown> };
+      metadata: Record<string, string>;
+    };
     if (opts.clean) predicate.scanner.result.Results = [];
-    predicate.scanner.result = JSON.parse(JSON.stringify(predicate.scanner.result).replaceAll(`registry.example/demo/app@${ZERO}`, `${reg.host}/demo/${name}@${reportDigest}`)) as Record<string, unknown>;
+    predicate.scanner.result = JSON.parse(
+      JSON.stringify(predicate.scanner.result).replaceAll(`registry.example/demo/app@${ZERO}`, `${reg.host}/demo/${name}@${reportDigest}`),
+    ) as Record<string, unknown>;
     predicate.metadata = { scanStartedOn: new Date().toISOString(), scanFinishedOn: new Date().toISOString() };
     const file = join(work, `${name}.vuln.json`);
     await writeFile(file, JSON.stringify(predicate));
-    await cosign(['attest', '--key', key, '--type', 'vuln', '--predicate', file, '--tlog-upload=false', '--allow-insecure-registry', '--allow-http-registry', '-y', `${reg.host}/demo/${name}@${att[name]!.digest}`]);
+    await cosign([
+      'attest',
+      '--key',
+      key,
+      '--type',
+      'vuln',
+      '--predicate',
+      file,
+      '--tlog-upload=false',
+      '--allow-insecure-registry',
+      '--allow-http-registry',
+      '-y',
+      `${reg.host}/demo/${name}@${att[name]!.digest}`,
+    ]);
   };
 
   beforeAll(async () => {
@@ -533,10 +610,17 @@ describe('re-evaluation', () => {
     // demo/wait-ok was allowed on a clean scan, so its layers can be fetched by digest. CI now reports a CRITICAL in it.
     const layerUrl = `${px.url}/v2/${reg.host}/demo/wait-ok/blobs/${images['wait-ok']!.layers[0]!.digest}`;
     expect((await fetch(layerUrl, { method: 'HEAD' })).status).toBe(200);
-    expect((await pushReport(px, 'demo/wait-ok', images['wait-ok']!.digest, boundReport(trivyFixture, `${reg.host}/demo/wait-ok`, images['wait-ok']!.digest))).status).toBe(201);
+    expect(
+      (await pushReport(px, 'demo/wait-ok', images['wait-ok']!.digest, boundReport(trivyFixture, `${reg.host}/demo/wait-ok`, images['wait-ok']!.digest)))
+        .status,
+    ).toBe(201);
     const res = await fetch(`${px.url}/api/v1/admin/reevaluate`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
     expect(res.status).toBe(200);
-    const report = (await res.json()) as { evaluated: number; would_deny: number; images: Array<{ repository: string; digest: string; would_deny: boolean; deny: Array<{ rule: string; message: string }> }> };
+    const report = (await res.json()) as {
+      evaluated: number;
+      would_deny: number;
+      images: Array<{ repository: string; digest: string; would_deny: boolean; deny: Array<{ rule: string; message: string }> }>;
+    };
     const repos = report.images.map((i) => i.repository);
     expect(repos).toContain('demo/wait-ok');
     expect(repos).toContain('demo/expired');
@@ -548,7 +632,9 @@ describe('re-evaluation', () => {
     // The CLI asks the running proxy.
     const cli = await runTool('node', [resolve('dist/cli.js'), 'report', '--url', px.url], { env: { ...process.env, PORTCULLIS_ADMIN_TOKEN: ADMIN_TOKEN } });
     expect(cli.code, cli.stderr).toBe(1);
-    expect(cli.stdout).toMatch(new RegExp(`DENY  ${reg.host.replace(/\./g, '\\.')}/demo/wait-ok:v1@${images['wait-ok']!.digest}: 1 CRITICAL vulnerability \\(${CVE}\\)`));
+    expect(cli.stdout).toMatch(
+      new RegExp(`DENY  ${reg.host.replace(/\./g, '\\.')}/demo/wait-ok:v1@${images['wait-ok']!.digest}: 1 CRITICAL vulnerability \\(${CVE}\\)`),
+    );
 
     // The pushed report also dropped the cached allow (gate.allowTTL is 10 minutes) and the image's closure: its
     // layers are no longer served by digest, and the next pull is denied now.

@@ -58,14 +58,19 @@ const decisions: Array<Parameters<DecisionObserver['onDecision']>[0]> = [];
 let expiresAt = 0;
 
 const at = (name: string): string => `${reg.host}/${name}@${img[name]!.digest}`;
-const viaProxy = (upstream: 'dist' | 'ref', name: string, tag: string): string => `${proxy.host}/${upstream}.e2e/${name.slice(0, name.lastIndexOf(':'))}:${tag}`;
+const viaProxy = (upstream: 'dist' | 'ref', name: string, tag: string): string =>
+  `${proxy.host}/${upstream}.e2e/${name.slice(0, name.lastIndexOf(':'))}:${tag}`;
 
 async function tool(cmd: string, args: string[], what = `${cmd} ${args[0]}`, extraEnv: NodeJS.ProcessEnv = {}): Promise<ToolResult> {
   return expectOk(await runTool(cmd, args, { env: { ...env, ...extraEnv }, cwd: work, timeoutMs: 60_000 }), what);
 }
 
 /** cosign's overrides of the TUF-provided keys, for one local Sigstore instance. */
-const sigstoreEnv = (s: LocalSigstore): NodeJS.ProcessEnv => ({ SIGSTORE_CT_LOG_PUBLIC_KEY_FILE: s.files.ctlogKey, SIGSTORE_ROOT_FILE: s.files.fulcioRoot, SIGSTORE_REKOR_PUBLIC_KEY: s.files.rekorKey });
+const sigstoreEnv = (s: LocalSigstore): NodeJS.ProcessEnv => ({
+  SIGSTORE_CT_LOG_PUBLIC_KEY_FILE: s.files.ctlogKey,
+  SIGSTORE_ROOT_FILE: s.files.fulcioRoot,
+  SIGSTORE_REKOR_PUBLIC_KEY: s.files.rekorKey,
+});
 
 const insecure = ['--allow-insecure-registry', '--allow-http-registry'];
 
@@ -78,7 +83,12 @@ async function cosign2Sign(name: string, opts: { key?: string; subject?: string;
   }
   const s = opts.sigstore ?? ss;
   const token = await s.token(opts.subject ?? SUBJECT, opts.issuer ?? ISSUER);
-  await tool('cosign2', ['sign', '--fulcio-url', s.url, '--rekor-url', s.url, '--identity-token', token, ...insecure, '-y', target], `cosign2 keyless sign ${name}`, sigstoreEnv(s));
+  await tool(
+    'cosign2',
+    ['sign', '--fulcio-url', s.url, '--rekor-url', s.url, '--identity-token', token, ...insecure, '-y', target],
+    `cosign2 keyless sign ${name}`,
+    sigstoreEnv(s),
+  );
 }
 
 /**
@@ -92,7 +102,25 @@ async function cosign3Sign(name: string, opts: { key?: string } = {}): Promise<v
     return;
   }
   const token = await ss.token(SUBJECT, ISSUER);
-  await tool('cosign3', ['sign', '--use-signing-config=false', '--fulcio-url', ss.url, '--rekor-url', ss.url, '--identity-token', token, '--trusted-root', ss.trustedRootPath, ...insecure, '-y', target], `cosign3 keyless sign ${name}`);
+  await tool(
+    'cosign3',
+    [
+      'sign',
+      '--use-signing-config=false',
+      '--fulcio-url',
+      ss.url,
+      '--rekor-url',
+      ss.url,
+      '--identity-token',
+      token,
+      '--trusted-root',
+      ss.trustedRootPath,
+      ...insecure,
+      '-y',
+      target,
+    ],
+    `cosign3 keyless sign ${name}`,
+  );
 }
 
 /** Every manifest and blob of a repository, from Distribution into the fake (minus the referrers tag-schema tags). */
@@ -128,17 +156,42 @@ const sigTag = (digest: string): string => `sha256-${digest.slice(7)}.sig`;
 
 beforeAll(async () => {
   work = await mkdtemp(path.join(tmpdir(), 'pc-sig-e2e-'));
-  env = { ...process.env, HOME: work, TUF_ROOT: path.join(work, 'tuf'), COSIGN_PASSWORD: '', XDG_CONFIG_HOME: path.join(work, 'config'), DOCKER_CONFIG: path.join(work, 'docker') };
-  [reg, fake, ss, rogue] = await Promise.all([startRegistry(), startFakeUpstream({ referrers: true, strictAccept: true }), startLocalSigstore(), startLocalSigstore()]);
+  env = {
+    ...process.env,
+    HOME: work,
+    TUF_ROOT: path.join(work, 'tuf'),
+    COSIGN_PASSWORD: '',
+    XDG_CONFIG_HOME: path.join(work, 'config'),
+    DOCKER_CONFIG: path.join(work, 'docker'),
+  };
+  [reg, fake, ss, rogue] = await Promise.all([
+    startRegistry(),
+    startFakeUpstream({ referrers: true, strictAccept: true }),
+    startLocalSigstore(),
+    startLocalSigstore(),
+  ]);
 
   await tool('cosign2', ['generate-key-pair', '--output-key-prefix', 'k1']);
   await tool('cosign2', ['generate-key-pair', '--output-key-prefix', 'k2']);
 
   const names = [
-    'key/app:signed', 'key/app:unsigned', 'key/app:otherkey', 'key/app:copied',
-    'keyless/app:signed', 'keyless/app:wrongid', 'keyless/app:wrongiss', 'keyless/app:untrusted', 'keyless/app:tampered',
-    'key/bundle:signed', 'key/bundle:otherkey', 'key/bundle:copied', 'key/bundle:attonly', 'keyless/bundle:signed',
-    'notary/app:signed', 'notary/app:untrusted', 'notary/app:expired',
+    'key/app:signed',
+    'key/app:unsigned',
+    'key/app:otherkey',
+    'key/app:copied',
+    'keyless/app:signed',
+    'keyless/app:wrongid',
+    'keyless/app:wrongiss',
+    'keyless/app:untrusted',
+    'keyless/app:tampered',
+    'key/bundle:signed',
+    'key/bundle:otherkey',
+    'key/bundle:copied',
+    'key/bundle:attonly',
+    'keyless/bundle:signed',
+    'notary/app:signed',
+    'notary/app:untrusted',
+    'notary/app:expired',
   ];
   for (const n of names) {
     const [repo, tag] = n.split(':') as [string, string];
@@ -147,7 +200,19 @@ beforeAll(async () => {
 
   // cosign 2, legacy format.
   await cosign2Sign('key/app:signed', { key: 'k1.key' });
-  await tool('cosign2', ['attest', '--key', 'k1.key', '--type', 'vuln', '--predicate', await writeVulnPredicate(), '--tlog-upload=false', ...insecure, '-y', at('key/app:signed')]);
+  await tool('cosign2', [
+    'attest',
+    '--key',
+    'k1.key',
+    '--type',
+    'vuln',
+    '--predicate',
+    await writeVulnPredicate(),
+    '--tlog-upload=false',
+    ...insecure,
+    '-y',
+    at('key/app:signed'),
+  ]);
   await cosign2Sign('key/app:otherkey', { key: 'k2.key' });
   await cosign2Sign('keyless/app:signed');
   await cosign2Sign('keyless/app:wrongid', { subject: 'https://github.com/evil/app/.github/workflows/release.yml@refs/heads/main' });
@@ -171,23 +236,59 @@ beforeAll(async () => {
 
   // cosign 3, Sigstore bundles as referrers (Distribution keeps them in the sha256-<hex> tag-schema index).
   await cosign3Sign('key/bundle:signed', { key: 'k1.key' });
-  await tool('cosign3', ['attest', '--key', 'k1.key', '--type', 'vuln', '--predicate', await writeVulnPredicate(), '--use-signing-config=false', '--tlog-upload=false', ...insecure, '-y', at('key/bundle:signed')]);
+  await tool('cosign3', [
+    'attest',
+    '--key',
+    'k1.key',
+    '--type',
+    'vuln',
+    '--predicate',
+    await writeVulnPredicate(),
+    '--use-signing-config=false',
+    '--tlog-upload=false',
+    ...insecure,
+    '-y',
+    at('key/bundle:signed'),
+  ]);
   await cosign3Sign('key/bundle:otherkey', { key: 'k2.key' });
   await cosign3Sign('keyless/bundle:signed');
   // key/bundle:signed's signature bundle, attached to key/bundle:copied (a referrer whose subject is copied, whose
   // signed statement names signed), and listed in copied's tag-schema index.
   const signedIndex = await manifestAt('key/bundle', `sha256-${img['key/bundle:signed']!.digest.slice(7)}`);
-  const sigEntries = await Promise.all((signedIndex.doc.manifests as Array<{ digest: string }>).map(async (d) => ({ d, m: await manifestAt('key/bundle', d.digest) })));
-  const signature = sigEntries.find((e) => (e.m.doc.annotations as Record<string, string>)['dev.sigstore.bundle.predicateType'] === 'https://sigstore.dev/cosign/sign/v1')!;
+  const sigEntries = await Promise.all(
+    (signedIndex.doc.manifests as Array<{ digest: string }>).map(async (d) => ({ d, m: await manifestAt('key/bundle', d.digest) })),
+  );
+  const signature = sigEntries.find(
+    (e) => (e.m.doc.annotations as Record<string, string>)['dev.sigstore.bundle.predicateType'] === 'https://sigstore.dev/cosign/sign/v1',
+  )!;
   const copied = img['key/bundle:copied']!;
-  const moved = Buffer.from(JSON.stringify({ ...signature.m.doc, subject: { mediaType: copied.manifestMediaType, digest: copied.digest, size: copied.manifest.length } }));
+  const moved = Buffer.from(
+    JSON.stringify({ ...signature.m.doc, subject: { mediaType: copied.manifestMediaType, digest: copied.digest, size: copied.manifest.length } }),
+  );
   const movedDigest = await pushRaw(reg.url, 'key/bundle', sha256(moved), moved, signature.m.type);
-  const copiedIndex = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ mediaType: signature.m.type, digest: movedDigest, size: moved.length, artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json' }] };
+  const copiedIndex = {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.index.v1+json',
+    manifests: [{ mediaType: signature.m.type, digest: movedDigest, size: moved.length, artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json' }],
+  };
   await pushRaw(reg.url, 'key/bundle', `sha256-${copied.digest.slice(7)}`, Buffer.from(JSON.stringify(copiedIndex)), 'application/vnd.oci.image.index.v1+json');
 
   // key/bundle:attonly: only an attestation, by the trusted key, dressed as a signature: its referrer manifest and
   // index entry carry the signature's artifact type and say predicateType cosign/sign/v1. Its payload does not.
-  await tool('cosign3', ['attest', '--key', 'k1.key', '--type', 'vuln', '--predicate', await writeVulnPredicate(), '--use-signing-config=false', '--tlog-upload=false', ...insecure, '-y', at('key/bundle:attonly')]);
+  await tool('cosign3', [
+    'attest',
+    '--key',
+    'k1.key',
+    '--type',
+    'vuln',
+    '--predicate',
+    await writeVulnPredicate(),
+    '--use-signing-config=false',
+    '--tlog-upload=false',
+    ...insecure,
+    '-y',
+    at('key/bundle:attonly'),
+  ]);
   const attonly = img['key/bundle:attonly']!;
   const attIndex = await manifestAt('key/bundle', `sha256-${attonly.digest.slice(7)}`);
   const attEntries = attIndex.doc.manifests as Array<{ digest: string }>;
@@ -197,8 +298,26 @@ beforeAll(async () => {
   const signAnnotations = { ...(att.doc.annotations as Record<string, string>), 'dev.sigstore.bundle.predicateType': 'https://sigstore.dev/cosign/sign/v1' };
   const dressed = Buffer.from(JSON.stringify({ ...att.doc, artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json', annotations: signAnnotations }));
   const dressedDigest = await pushRaw(reg.url, 'key/bundle', sha256(dressed), dressed, att.type);
-  const dressedIndex = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ mediaType: att.type, digest: dressedDigest, size: dressed.length, artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json', annotations: signAnnotations }] };
-  await pushRaw(reg.url, 'key/bundle', `sha256-${attonly.digest.slice(7)}`, Buffer.from(JSON.stringify(dressedIndex)), 'application/vnd.oci.image.index.v1+json');
+  const dressedIndex = {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.index.v1+json',
+    manifests: [
+      {
+        mediaType: att.type,
+        digest: dressedDigest,
+        size: dressed.length,
+        artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json',
+        annotations: signAnnotations,
+      },
+    ],
+  };
+  await pushRaw(
+    reg.url,
+    'key/bundle',
+    `sha256-${attonly.digest.slice(7)}`,
+    Buffer.from(JSON.stringify(dressedIndex)),
+    'application/vnd.oci.image.index.v1+json',
+  );
 
   // notation: JWS referrers (tag schema on Distribution). `acme` is trusted; `rogue` is a test certificate the proxy
   // does not trust; the third signature expires two seconds after signing.
@@ -235,7 +354,13 @@ beforeAll(async () => {
       signatures: {
         authorities: [
           { name: 'release', kind: 'key', key: path.join(work, 'k1.pub') },
-          { name: 'ci', kind: 'keyless', issuer: ISSUER, subjectRegExp: 'https://github\\.com/acme/[^/]+/\\.github/workflows/.+', trustedRoot: ss.trustedRootPath },
+          {
+            name: 'ci',
+            kind: 'keyless',
+            issuer: ISSUER,
+            subjectRegExp: 'https://github\\.com/acme/[^/]+/\\.github/workflows/.+',
+            trustedRoot: ss.trustedRootPath,
+          },
           {
             name: 'notary',
             kind: 'notation',
@@ -258,11 +383,14 @@ afterAll(async () => {
 async function writeVulnPredicate(): Promise<string> {
   const p = path.join(work, 'vuln.json');
   const now = new Date().toISOString();
-  await writeFile(p, JSON.stringify({
-    invocation: { parameters: null, uri: '', event_id: '', 'builder.id': '' },
-    scanner: { uri: 'pkg:github/aquasecurity/trivy@0.50.1', version: '0.50.1', db: { uri: '', version: '' }, result: { SchemaVersion: 2, Results: [] } },
-    metadata: { scanStartedOn: now, scanFinishedOn: now },
-  }));
+  await writeFile(
+    p,
+    JSON.stringify({
+      invocation: { parameters: null, uri: '', event_id: '', 'builder.id': '' },
+      scanner: { uri: 'pkg:github/aquasecurity/trivy@0.50.1', version: '0.50.1', db: { uri: '', version: '' }, result: { SchemaVersion: 2, Results: [] } },
+      metadata: { scanStartedOn: now, scanFinishedOn: now },
+    }),
+  );
   return p;
 }
 
@@ -295,7 +423,13 @@ describe.each(['dist', 'ref'] as const)('cosign 2 legacy signatures through upst
     await expectAllowed(up, 'key/app:signed');
     const d = decisionFor(img['key/app:signed']!.digest)!;
     expect(d.input.signatures).toMatchObject({ status: 'ok', verified: [{ authority: 'release', kind: 'cosign-key', format: 'cosign-legacy', tlog: false }] });
-    expect(d.input.attestations).toEqual([expect.objectContaining({ predicate_type: VULN, authority: 'release', predicate: expect.objectContaining({ scanner: expect.objectContaining({ version: '0.50.1' }) as unknown }) as unknown })]);
+    expect(d.input.attestations).toEqual([
+      expect.objectContaining({
+        predicate_type: VULN,
+        authority: 'release',
+        predicate: expect.objectContaining({ scanner: expect.objectContaining({ version: '0.50.1' }) as unknown }) as unknown,
+      }),
+    ]);
   });
 
   it('admits a keyless signature from the configured identity', async () => {
@@ -308,8 +442,27 @@ describe.each(['dist', 'ref'] as const)('cosign 2 legacy signatures through upst
   it('cosign 2 verify and verify-attestation pointed at the proxy succeed for the admitted images', async () => {
     const key = await tool('cosign2', ['verify', '--key', 'k1.pub', '--insecure-ignore-tlog', ...insecure, viaProxy(up, 'key/app:signed', 'signed')]);
     expect(key.stdout).toContain(img['key/app:signed']!.digest);
-    await tool('cosign2', ['verify-attestation', '--key', 'k1.pub', '--type', 'vuln', '--insecure-ignore-tlog', ...insecure, viaProxy(up, 'key/app:signed', 'signed')]);
-    const keyless = await tool('cosign2', ['verify', '--trusted-root', ss.trustedRootPath, '--certificate-identity', SUBJECT, '--certificate-oidc-issuer', ISSUER, ...insecure, viaProxy(up, 'keyless/app:signed', 'signed')]);
+    await tool('cosign2', [
+      'verify-attestation',
+      '--key',
+      'k1.pub',
+      '--type',
+      'vuln',
+      '--insecure-ignore-tlog',
+      ...insecure,
+      viaProxy(up, 'key/app:signed', 'signed'),
+    ]);
+    const keyless = await tool('cosign2', [
+      'verify',
+      '--trusted-root',
+      ss.trustedRootPath,
+      '--certificate-identity',
+      SUBJECT,
+      '--certificate-oidc-issuer',
+      ISSUER,
+      ...insecure,
+      viaProxy(up, 'keyless/app:signed', 'signed'),
+    ]);
     expect(keyless.stdout).toContain(img['keyless/app:signed']!.digest);
   });
 
@@ -320,8 +473,18 @@ describe.each(['dist', 'ref'] as const)('cosign 2 legacy signatures through upst
     const ci = (code: SignatureCode) => ({ authority: 'ci', code });
     await expectDenied(up, 'key/app:otherkey', /signature required by authority "release" \(no signature verified: key mismatch\)/, release('KEY_MISMATCH'));
     await expectDenied(up, 'key/app:copied', /authority "release" \(no signature verified: digest mismatch \(signed sha256:/, release('DIGEST_MISMATCH'));
-    await expectDenied(up, 'keyless/app:wrongid', /authority "ci" \(no signature verified: identity mismatch \(subject "https:\/\/github\.com\/evil\//, ci('IDENTITY_MISMATCH'));
-    await expectDenied(up, 'keyless/app:wrongiss', /authority "ci" \(no signature verified: identity mismatch \(.*issuer "https:\/\/accounts\.google\.com"/, ci('IDENTITY_MISMATCH'));
+    await expectDenied(
+      up,
+      'keyless/app:wrongid',
+      /authority "ci" \(no signature verified: identity mismatch \(subject "https:\/\/github\.com\/evil\//,
+      ci('IDENTITY_MISMATCH'),
+    );
+    await expectDenied(
+      up,
+      'keyless/app:wrongiss',
+      /authority "ci" \(no signature verified: identity mismatch \(.*issuer "https:\/\/accounts\.google\.com"/,
+      ci('IDENTITY_MISMATCH'),
+    );
     await expectDenied(up, 'keyless/app:untrusted', /authority "ci" \(no signature verified: untrusted chain\)/, ci('UNTRUSTED_CHAIN'));
     await expectDenied(up, 'keyless/app:tampered', /authority "ci" \(no signature verified: tampered payload/, ci('INVALID_SIGNATURE'));
   });
@@ -338,21 +501,52 @@ describe.each(['dist', 'ref'] as const)('cosign 3 Sigstore bundles through upstr
   it('admits a keyless bundle (Fulcio certificate, SCT and Rekor entry verified offline)', async () => {
     await expectAllowed(up, 'keyless/bundle:signed');
     expect(decisionFor(img['keyless/bundle:signed']!.digest)!.input.signatures.verified).toEqual([
-      expect.objectContaining({ authority: 'ci', kind: 'cosign-keyless', format: 'sigstore-bundle', tlog: true, identity: { issuer: ISSUER, subject: SUBJECT } }),
+      expect.objectContaining({
+        authority: 'ci',
+        kind: 'cosign-keyless',
+        format: 'sigstore-bundle',
+        tlog: true,
+        identity: { issuer: ISSUER, subject: SUBJECT },
+      }),
     ]);
   });
 
   it('cosign 3 verify and verify-attestation pointed at the proxy succeed', async () => {
     const key = await tool('cosign3', ['verify', '--key', 'k1.pub', '--insecure-ignore-tlog', ...insecure, viaProxy(up, 'key/bundle:signed', 'signed')]);
     expect(key.stdout).toContain(img['key/bundle:signed']!.digest);
-    await tool('cosign3', ['verify-attestation', '--key', 'k1.pub', '--type', 'vuln', '--insecure-ignore-tlog', ...insecure, viaProxy(up, 'key/bundle:signed', 'signed')]);
-    const keyless = await tool('cosign3', ['verify', '--trusted-root', ss.trustedRootPath, '--certificate-identity', SUBJECT, '--certificate-oidc-issuer', ISSUER, ...insecure, viaProxy(up, 'keyless/bundle:signed', 'signed')]);
+    await tool('cosign3', [
+      'verify-attestation',
+      '--key',
+      'k1.pub',
+      '--type',
+      'vuln',
+      '--insecure-ignore-tlog',
+      ...insecure,
+      viaProxy(up, 'key/bundle:signed', 'signed'),
+    ]);
+    const keyless = await tool('cosign3', [
+      'verify',
+      '--trusted-root',
+      ss.trustedRootPath,
+      '--certificate-identity',
+      SUBJECT,
+      '--certificate-oidc-issuer',
+      ISSUER,
+      ...insecure,
+      viaProxy(up, 'keyless/bundle:signed', 'signed'),
+    ]);
     expect(keyless.stdout).toContain(img['keyless/bundle:signed']!.digest);
   });
 
   it('denies another key and a bundle copied from another image', async () => {
-    await expectDenied(up, 'key/bundle:otherkey', /signature required by authority "release" \(no signature verified: key mismatch\)/, { authority: 'release', code: 'KEY_MISMATCH' });
-    await expectDenied(up, 'key/bundle:copied', /authority "release" \(no signature verified: digest mismatch \(signed sha256:/, { authority: 'release', code: 'DIGEST_MISMATCH' });
+    await expectDenied(up, 'key/bundle:otherkey', /signature required by authority "release" \(no signature verified: key mismatch\)/, {
+      authority: 'release',
+      code: 'KEY_MISMATCH',
+    });
+    await expectDenied(up, 'key/bundle:copied', /authority "release" \(no signature verified: digest mismatch \(signed sha256:/, {
+      authority: 'release',
+      code: 'DIGEST_MISMATCH',
+    });
   });
 
   it('an attestation bundle is never a signature, whatever its artifact type and annotations say', async () => {
@@ -370,7 +564,12 @@ describe.each(['dist', 'ref'] as const)('notation signatures through upstream %s
   it('admits the image signed by the trusted certificate and identity', async () => {
     await expectAllowed(up, 'notary/app:signed');
     expect(decisionFor(img['notary/app:signed']!.digest)!.input.signatures.verified).toEqual([
-      expect.objectContaining({ authority: 'notary', kind: 'notation', format: 'notation-jws', identity: expect.objectContaining({ subject: 'C=US, ST=WA, L=Seattle, O=Notary, CN=acme' }) as unknown }),
+      expect.objectContaining({
+        authority: 'notary',
+        kind: 'notation',
+        format: 'notation-jws',
+        identity: expect.objectContaining({ subject: 'C=US, ST=WA, L=Seattle, O=Notary, CN=acme' }) as unknown,
+      }),
     ]);
   });
 
@@ -380,8 +579,14 @@ describe.each(['dist', 'ref'] as const)('notation signatures through upstream %s
   });
 
   it('denies a chain to an untrusted root, and an expired signature', async () => {
-    await expectDenied(up, 'notary/app:untrusted', /signature required by authority "notary" \(no signature verified: untrusted chain\)/, { authority: 'notary', code: 'UNTRUSTED_CHAIN' });
+    await expectDenied(up, 'notary/app:untrusted', /signature required by authority "notary" \(no signature verified: untrusted chain\)/, {
+      authority: 'notary',
+      code: 'UNTRUSTED_CHAIN',
+    });
     await new Promise((r) => setTimeout(r, Math.max(0, expiresAt + 500 - Date.now())));
-    await expectDenied(up, 'notary/app:expired', /signature required by authority "notary" \(no signature verified: expired \(signature expired at /, { authority: 'notary', code: 'EXPIRED' });
+    await expectDenied(up, 'notary/app:expired', /signature required by authority "notary" \(no signature verified: expired \(signature expired at /, {
+      authority: 'notary',
+      code: 'EXPIRED',
+    });
   });
 });

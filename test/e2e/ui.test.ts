@@ -129,7 +129,11 @@ describe('decision explorer in Chromium', () => {
     const report = readFileSync('test/fixtures/scan/trivy-critical.json', 'utf8')
       .replaceAll(`registry.example/demo/app@${ZERO}`, `${reg.host}/scanned/app@${img.vuln!.digest}`)
       .replace(/"CreatedAt": "[^"]+"/, `"CreatedAt": "${new Date().toISOString()}"`);
-    const put = await fetch(`${px.url}/api/v1/reports/${reg.host}/scanned/app@${img.vuln!.digest}`, { method: 'PUT', headers: { authorization: `Bearer ${REPORT_TOKEN}`, 'content-type': 'application/json' }, body: report });
+    const put = await fetch(`${px.url}/api/v1/reports/${reg.host}/scanned/app@${img.vuln!.digest}`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${REPORT_TOKEN}`, 'content-type': 'application/json' },
+      body: report,
+    });
     expect(put.status).toBe(201);
     expect((await pull('scanned/app')).status).toBe(403);
     expect((await pull('open/app')).status).toBe(200);
@@ -138,7 +142,11 @@ describe('decision explorer in Chromium', () => {
     expect((await page.goto(`${px.url}/ui/`))!.status()).toBe(200);
     const rows = page.locator('tr.decision');
     // Newest first: the allowed pull, the CRITICAL, then crane's unsigned image.
-    expect(await rows.evaluateAll((trs: Array<{ getAttribute(name: string): string | null }>) => trs.map((t) => t.getAttribute('data-outcome')))).toEqual(['allow', 'deny', 'deny']);
+    expect(await rows.evaluateAll((trs: Array<{ getAttribute(name: string): string | null }>) => trs.map((t) => t.getAttribute('data-outcome')))).toEqual([
+      'allow',
+      'deny',
+      'deny',
+    ]);
     const unsigned = rows.filter({ hasText: 'signed/app:v1' }).filter({ hasText: 'signature.required' });
     await expect.poll(() => unsigned.count(), POLL).toBe(1);
     deniedId = (await unsigned.getAttribute('data-id'))!;
@@ -162,7 +170,8 @@ describe('decision explorer in Chromium', () => {
     await page.goto(`${px.url}/ui/`);
     await page.selectOption('select[name=outcome]', 'deny');
     await Promise.all([page.waitForURL(/outcome=deny/), page.click('form.filters button')]);
-    const outcomes = (): Promise<Array<string | null>> => page.locator('tr.decision').evaluateAll((trs: Array<{ getAttribute(name: string): string | null }>) => trs.map((t) => t.getAttribute('data-outcome')));
+    const outcomes = (): Promise<Array<string | null>> =>
+      page.locator('tr.decision').evaluateAll((trs: Array<{ getAttribute(name: string): string | null }>) => trs.map((t) => t.getAttribute('data-outcome')));
     expect(await outcomes()).toEqual(['deny', 'deny']);
     await page.fill('input[name=rule]', 'scan.limit');
     await Promise.all([page.waitForURL(/rule=scan.limit/), page.click('form.filters button')]);
@@ -211,7 +220,10 @@ describe('decision explorer in Chromium', () => {
     expect(text).toContain(`${reg.host}/open/app:v1@${img.open!.digest}`);
     expect(await page.locator('#reeval-summary').innerText()).toContain(px.proxy.policy.revision);
     // The same report as the admin API's.
-    const api = (await (await fetch(`${px.url}/api/v1/admin/reevaluate?all=1`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json()) as { evaluated: number; images: Array<{ image: string; outcome: string }> };
+    const api = (await (await fetch(`${px.url}/api/v1/admin/reevaluate?all=1`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json()) as {
+      evaluated: number;
+      images: Array<{ image: string; outcome: string }>;
+    };
     expect(await page.locator('tr.image').count()).toBe(api.evaluated);
     for (const e of api.images) expect(await page.locator(`tr.image[data-outcome="${e.outcome}"]`).filter({ hasText: e.image }).count()).toBe(1);
     await shot(page, 'images');
@@ -260,7 +272,11 @@ describe('decision explorer in Chromium', () => {
   });
 
   test('without JavaScript, every read-only view works', async () => {
-    const noJs = await browser.newContext({ javaScriptEnabled: false, httpCredentials: { username: 'admin', password: ADMIN_TOKEN }, viewport: { width: 1440, height: 900 } });
+    const noJs = await browser.newContext({
+      javaScriptEnabled: false,
+      httpCredentials: { username: 'admin', password: ADMIN_TOKEN },
+      viewport: { width: 1440, height: 900 },
+    });
     try {
       const page = await noJs.newPage();
       await page.goto(`${px.url}/ui/`);
@@ -270,7 +286,9 @@ describe('decision explorer in Chromium', () => {
       await page.selectOption('select[name=outcome]', 'allow');
       await Promise.all([page.waitForURL(/outcome=allow/), page.click('form.filters button')]);
       // The two allowed pulls, and the try form's check of open/app unless it was answered from the decision cache.
-      const allowed = await page.locator('tr.decision').evaluateAll((trs: Array<{ getAttribute(name: string): string | null }>) => trs.map((t) => t.getAttribute('data-outcome')));
+      const allowed = await page
+        .locator('tr.decision')
+        .evaluateAll((trs: Array<{ getAttribute(name: string): string | null }>) => trs.map((t) => t.getAttribute('data-outcome')));
       expect(allowed.length).toBeGreaterThanOrEqual(2);
       expect(new Set(allowed)).toEqual(new Set(['allow']));
       await page.goto(`${px.url}/ui/decision/${deniedId}`);
@@ -307,8 +325,25 @@ describe('hostile strings in the browser', () => {
         result: { deny: [{ rule: `rule${payload(8)}`, message: `reason ${payload(9)} "quoted" 'single'` }], warn: [], mode: 'enforce' },
       })!,
     );
-    const config = parseConfig(JSON.stringify({ upstreams: [{ name: 'local', registry: 'registry.test', url: 'http://127.0.0.1:9' }], scan: { admin: { token: { env: 'PC_UI_E2E_ADMIN_TOKEN' } } } }), 'xss.yaml');
-    const ui = new UiHandler({ config, ring, log: pino({ level: 'silent' }), target: () => ({ metrics: new Metrics(), policy: () => ({ revision: 'r', last: undefined }), cache: () => ({ bytes: 0, entries: 0 }), reevaluate: () => Promise.reject(new Error('unused')), check: () => Promise.reject(new Error('unused')) }) });
+    const config = parseConfig(
+      JSON.stringify({
+        upstreams: [{ name: 'local', registry: 'registry.test', url: 'http://127.0.0.1:9' }],
+        scan: { admin: { token: { env: 'PC_UI_E2E_ADMIN_TOKEN' } } },
+      }),
+      'xss.yaml',
+    );
+    const ui = new UiHandler({
+      config,
+      ring,
+      log: pino({ level: 'silent' }),
+      target: () => ({
+        metrics: new Metrics(),
+        policy: () => ({ revision: 'r', last: undefined }),
+        cache: () => ({ bytes: 0, entries: 0 }),
+        reevaluate: () => Promise.reject(new Error('unused')),
+        check: () => Promise.reject(new Error('unused')),
+      }),
+    });
     const server = createServer((req, res) => void ui.handle(req, res, new URL(req.url ?? '/', 'http://x')));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;

@@ -313,8 +313,7 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
     });
   });
 
-  const ctr = (args: readonly string[], runOpts: RunOptions = {}): Promise<ToolResult> =>
-    runTool(ctrBin, ['--address', address, ...args], runOpts);
+  const ctr = (args: readonly string[], runOpts: RunOptions = {}): Promise<ToolResult> => runTool(ctrBin, ['--address', address, ...args], runOpts);
 
   const stop = async (): Promise<void> => {
     if (!exited) await stopGroup(child.pid, exitPromise);
@@ -377,12 +376,18 @@ export async function writeHostsDir(dir: string, registryHost: string, proxyUrl:
 /** Global flags for a rootful podman with a private store: no systemd, no journald, no shared /var/lib/containers. */
 function podmanGlobalArgs(dir: string, storageDriver: 'vfs' | 'overlay'): string[] {
   return [
-    '--root', path.join(dir, 'root'),
-    '--runroot', path.join(dir, 'runroot'),
-    '--tmpdir', path.join(dir, 'tmp'),
-    '--storage-driver', storageDriver,
-    '--cgroup-manager', 'cgroupfs',
-    '--events-backend', 'file',
+    '--root',
+    path.join(dir, 'root'),
+    '--runroot',
+    path.join(dir, 'runroot'),
+    '--tmpdir',
+    path.join(dir, 'tmp'),
+    '--storage-driver',
+    storageDriver,
+    '--cgroup-manager',
+    'cgroupfs',
+    '--events-backend',
+    'file',
   ];
 }
 
@@ -418,12 +423,7 @@ export async function podmanPull(ref: string, opts: PodmanPullOptions = {}): Pro
   try {
     const policy = path.join(dir, 'policy.json');
     await writeFile(policy, INSECURE_POLICY);
-    const args = [
-      ...podmanGlobalArgs(dir, opts.storageDriver ?? 'vfs'),
-      'pull',
-      `--tls-verify=${opts.tlsVerify ?? false}`,
-      '--signature-policy', policy,
-    ];
+    const args = [...podmanGlobalArgs(dir, opts.storageDriver ?? 'vfs'), 'pull', `--tls-verify=${opts.tlsVerify ?? false}`, '--signature-policy', policy];
     if (opts.creds !== undefined) args.push('--creds', opts.creds);
     args.push(ref);
     return await runTool('podman', args, { timeoutMs: opts.timeoutMs, env: await podmanEnv(dir, opts.registriesConf) });

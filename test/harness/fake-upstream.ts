@@ -278,9 +278,7 @@ export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Prom
   };
 
   const takeFault = (method: string, path: string): Fault | undefined => {
-    const idx = faults.findIndex(
-      (f) => (f.match.method === undefined || f.match.method.toUpperCase() === method) && f.match.pathRegex.test(path),
-    );
+    const idx = faults.findIndex((f) => (f.match.method === undefined || f.match.method.toUpperCase() === method) && f.match.pathRegex.test(path));
     if (idx < 0) return undefined;
     const active = faults[idx]!;
     active.remaining -= 1;
@@ -343,7 +341,13 @@ export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Prom
       if (doc.subject?.digest !== subject) continue;
       const type = typeof doc.artifactType === 'string' ? doc.artifactType : typeof doc.config?.mediaType === 'string' ? doc.config.mediaType : undefined;
       if (artifactType !== null && type !== artifactType) continue;
-      manifests.push({ mediaType: stored.mediaType, digest, size: stored.bytes.length, ...(type ? { artifactType: type } : {}), ...(doc.annotations ? { annotations: doc.annotations } : {}) });
+      manifests.push({
+        mediaType: stored.mediaType,
+        digest,
+        size: stored.bytes.length,
+        ...(type ? { artifactType: type } : {}),
+        ...(doc.annotations ? { annotations: doc.annotations } : {}),
+      });
     }
     const body = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests }));
     const headers: Record<string, string> = { 'content-type': OCI_INDEX, 'content-length': String(body.length) };
@@ -393,8 +397,10 @@ export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Prom
       if (options.strictAccept && (stored.mediaType === OCI_MANIFEST || stored.mediaType === OCI_INDEX)) {
         const accept = headerString(req.headers.accept) ?? '';
         if (!accept.includes(stored.mediaType)) {
-          const what = stored.mediaType === OCI_INDEX ? 'OCI index found, but accept header does not support OCI indexes'
-            : 'OCI manifest found, but accept header does not support OCI manifests';
+          const what =
+            stored.mediaType === OCI_INDEX
+              ? 'OCI index found, but accept header does not support OCI indexes'
+              : 'OCI manifest found, but accept header does not support OCI manifests';
           return ociError(404, 'MANIFEST_UNKNOWN', what);
         }
       }
@@ -490,11 +496,14 @@ export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Prom
     const fault = takeFault(method, rawPath);
     if (fault) entry.fault = fault.kind;
     if (fault?.kind === 'status') {
-      const body = fault.body !== undefined
-        ? Buffer.from(fault.body)
-        : Buffer.from(JSON.stringify({
-            errors: [{ code: ERROR_CODE_BY_STATUS[fault.status] ?? 'UNKNOWN', message: `fake upstream fault ${fault.status}`, detail: null }],
-          }));
+      const body =
+        fault.body !== undefined
+          ? Buffer.from(fault.body)
+          : Buffer.from(
+              JSON.stringify({
+                errors: [{ code: ERROR_CODE_BY_STATUS[fault.status] ?? 'UNKNOWN', message: `fake upstream fault ${fault.status}`, detail: null }],
+              }),
+            );
       const headers: Record<string, string> = {
         'content-type': fault.body !== undefined ? 'text/plain' : 'application/json',
         'content-length': String(body.length),

@@ -112,12 +112,7 @@ async function startUpload(registryUrl: string, repo: string, auth: string | und
 }
 
 /** Finish an upload with one PUT carrying the whole (small, in-memory) body. */
-async function finishUpload(
-  uploadUrl: URL,
-  digest: string,
-  body: Uint8Array,
-  auth: string | undefined,
-): Promise<void> {
+async function finishUpload(uploadUrl: URL, digest: string, body: Uint8Array, auth: string | undefined): Promise<void> {
   uploadUrl.searchParams.set('digest', digest);
   const res = await fetch(uploadUrl, {
     method: 'PUT',
@@ -133,13 +128,7 @@ async function finishUpload(
  * `Readable.toWeb(fileStream)` was measured to retain ~all of a 600 MiB body in memory (no
  * backpressure through the web-stream adapter), while `pipeline(file, request)` stays flat.
  */
-async function finishUploadFromFile(
-  uploadUrl: URL,
-  digest: string,
-  path: string,
-  size: number,
-  auth: string | undefined,
-): Promise<void> {
+async function finishUploadFromFile(uploadUrl: URL, digest: string, path: string, size: number, auth: string | undefined): Promise<void> {
   uploadUrl.searchParams.set('digest', digest);
   const res = await new Promise<IncomingMessage>((resolve, reject) => {
     // https only matters if a test pushes through a TLS endpoint; the testbed itself is plain http.
@@ -159,12 +148,7 @@ async function finishUploadFromFile(
 }
 
 /** Upload an in-memory blob; returns its descriptor. */
-export async function pushBlob(
-  registryUrl: string,
-  repo: string,
-  bytes: Uint8Array,
-  opts: { auth?: string } = {},
-): Promise<Descriptor> {
+export async function pushBlob(registryUrl: string, repo: string, bytes: Uint8Array, opts: { auth?: string } = {}): Promise<Descriptor> {
   const digest = sha256(bytes);
   const url = await startUpload(registryUrl, repo, opts.auth);
   await finishUpload(url, digest, bytes, opts.auth);
@@ -172,13 +156,7 @@ export async function pushBlob(
 }
 
 /** Upload a blob from a file as a stream (digest known in advance). */
-export async function pushBlobFile(
-  registryUrl: string,
-  repo: string,
-  path: string,
-  digest: string,
-  opts: { auth?: string } = {},
-): Promise<Descriptor> {
+export async function pushBlobFile(registryUrl: string, repo: string, path: string, digest: string, opts: { auth?: string } = {}): Promise<Descriptor> {
   const { size } = await stat(path);
   const url = await startUpload(registryUrl, repo, opts.auth);
   await finishUploadFromFile(url, digest, path, size, opts.auth);
@@ -302,24 +280,13 @@ async function buildLayer(path: string, dataSize: number, compressed: boolean): 
 // images
 
 /** Build and push one image; the manifest is tagged `tag` (pass a digest-free tag or `undefined`). */
-export async function pushImage(
-  registryUrl: string,
-  repo: string,
-  tag: string | undefined,
-  opts: PushImageOptions = {},
-): Promise<PushedImage> {
+export async function pushImage(registryUrl: string, repo: string, tag: string | undefined, opts: PushImageOptions = {}): Promise<PushedImage> {
   const layerCount = opts.layers ?? 1;
   const dataSize = Math.round((opts.layerSizeMiB ?? 0.01) * 1024 * 1024);
   const platform = opts.platform ?? { os: 'linux', architecture: 'amd64' };
   const compressed = opts.compressed ?? false;
   const docker = opts.mediaType === 'docker';
-  const layerMediaType = docker
-    ? compressed
-      ? MT.dockerLayerGzip
-      : MT.dockerLayerTar
-    : compressed
-      ? MT.ociLayerGzip
-      : MT.ociLayerTar;
+  const layerMediaType = docker ? (compressed ? MT.dockerLayerGzip : MT.dockerLayerTar) : compressed ? MT.ociLayerGzip : MT.ociLayerTar;
 
   const dir = await mkdtemp(join(tmpdir(), 'portcullis-image-'));
   try {

@@ -30,7 +30,23 @@ async function ossl(args: string[]): Promise<void> {
 
 async function makeCa(dir: string, name: string): Promise<CertFiles> {
   const c = { cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) };
-  await ossl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', c.key, '-out', c.cert, '-days', '2', '-subj', `/CN=${name}`]);
+  await ossl([
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    c.key,
+    '-out',
+    c.cert,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${name}`,
+  ]);
   return c;
 }
 
@@ -53,7 +69,14 @@ export async function makePki(dir: string): Promise<Pki> {
     dir,
     ca: ca.cert,
     otherCa: other.cert,
-    server: await issue(dir, ca, 'server', 'portcullis', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE', '2'),
+    server: await issue(
+      dir,
+      ca,
+      'server',
+      'portcullis',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE',
+      '2',
+    ),
     nodeA: await issue(dir, ca, 'node-a', 'node-a', `subjectAltName=URI:spiffe://example.org/ns/team-a/sa/node\n${client}`, '2'),
     expired: await issue(dir, ca, 'expired', 'old', `subjectAltName=URI:spiffe://example.org/ns/team-a/sa/old\n${client}`, '-1'),
     foreign: await issue(dir, other, 'foreign', 'intruder', `subjectAltName=URI:spiffe://example.org/ns/team-a/sa/node\n${client}`, '2'),

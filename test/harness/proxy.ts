@@ -71,7 +71,12 @@ export async function startProxy(opts: StartProxyOptions): Promise<RunningProxy>
   };
   const config = parseConfig(JSON.stringify(doc), 'test-config.yaml', {});
   const logger = opts.logger ?? pino({ level: config.log.level });
-  const proxy = await buildProxy(config, { logger, extraObservers: opts.observers ?? [], ...(opts.now ? { now: opts.now } : {}), ...(opts.scheduler ? { scheduler: opts.scheduler } : {}) });
+  const proxy = await buildProxy(config, {
+    logger,
+    extraObservers: opts.observers ?? [],
+    ...(opts.now ? { now: opts.now } : {}),
+    ...(opts.scheduler ? { scheduler: opts.scheduler } : {}),
+  });
   const addr = await proxy.app.listen();
   const host = `127.0.0.1:${addr.port}`;
   return {

@@ -104,8 +104,7 @@ const OUTPUT_KEEP_LINES = 400;
  * Apache combined log format as written by gorilla/handlers, e.g.
  * `127.0.0.1 - - [02/Jan/2026:10:00:00 +0000] "GET /v2/a/blobs/sha256:.. HTTP/1.1" 200 479 "" "curl/8.0"`.
  */
-const ACCESS_LINE =
-  /^\S+ \S+ \S+ \[[^\]]*\] "([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3}) \S+ "(?:[^"\\]|\\.)*" "((?:[^"\\]|\\.)*)"/;
+const ACCESS_LINE = /^\S+ \S+ \S+ \[[^\]]*\] "([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3}) \S+ "(?:[^"\\]|\\.)*" "((?:[^"\\]|\\.)*)"/;
 
 /** Parse one access-log line; undefined for the registry's other (logrus) output. */
 export function parseAccessLine(line: string): RegistryRequest | undefined {
@@ -274,10 +273,7 @@ async function startOnce(opts: StartRegistryOptions): Promise<RunningRegistry> {
   for (;;) {
     if (exited) {
       await stop();
-      throw new Error(
-        `docker-registry exited during start-up (code ${exited.code}, signal ${exited.signal}):\n` +
-          outputTail.slice(-30).join('\n'),
-      );
+      throw new Error(`docker-registry exited during start-up (code ${exited.code}, signal ${exited.signal}):\n` + outputTail.slice(-30).join('\n'));
     }
     try {
       // Any HTTP answer (200, or 401 with auth) means the listener is up; with TLS, a completed handshake does.
@@ -287,10 +283,7 @@ async function startOnce(opts: StartRegistryOptions): Promise<RunningRegistry> {
     } catch {
       if (Date.now() > deadline) {
         await stop();
-        throw new Error(
-          `docker-registry did not answer GET ${url}/v2/ within ${READY_TIMEOUT_MS} ms:\n` +
-            outputTail.slice(-30).join('\n'),
-        );
+        throw new Error(`docker-registry did not answer GET ${url}/v2/ within ${READY_TIMEOUT_MS} ms:\n` + outputTail.slice(-30).join('\n'));
       }
       await sleep(50);
     }
@@ -298,8 +291,7 @@ async function startOnce(opts: StartRegistryOptions): Promise<RunningRegistry> {
   // The readiness probe itself is not something tests should count.
   accessLines = [];
 
-  const requests = (): RegistryRequest[] =>
-    accessLines.map((l) => parseAccessLine(l)).filter((r): r is RegistryRequest => !!r);
+  const requests = (): RegistryRequest[] => accessLines.map((l) => parseAccessLine(l)).filter((r): r is RegistryRequest => !!r);
   return {
     url,
     host: `127.0.0.1:${port}`,
@@ -312,10 +304,7 @@ async function startOnce(opts: StartRegistryOptions): Promise<RunningRegistry> {
         const hits = requests().filter(match);
         if (hits.length >= count) return hits;
         if (Date.now() > until) {
-          throw new Error(
-            `expected ${count} matching registry requests within ${timeoutMs} ms, saw ${hits.length}:\n` +
-              accessLines.join('\n'),
-          );
+          throw new Error(`expected ${count} matching registry requests within ${timeoutMs} ms, saw ${hits.length}:\n` + accessLines.join('\n'));
         }
         await sleep(20);
       }
@@ -363,13 +352,7 @@ export async function writeHtpasswd(users: Record<string, string>, path?: string
     }
     const py = spawnSync(
       'python3',
-      [
-        '-W',
-        'ignore',
-        '-c',
-        'import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=32)))',
-        password,
-      ],
+      ['-W', 'ignore', '-c', 'import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=32)))', password],
       { encoding: 'utf8' },
     );
     const hash = py.stdout?.trim() ?? '';

@@ -63,7 +63,16 @@ interface Job {
 
 export const REPORT_MIME = 'application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.0';
 
-export async function startScannerDouble(opts: { token?: string; delayMs?: number; refreshAfter?: number; /** default true */ pull?: boolean; /** also pull the config and layers (default false) */ pullBlobs?: boolean; /** default: a free one */ port?: number } = {}): Promise<ScannerDouble> {
+export async function startScannerDouble(
+  opts: {
+    token?: string;
+    delayMs?: number;
+    refreshAfter?: number;
+    /** default true */ pull?: boolean;
+    /** also pull the config and layers (default false) */ pullBlobs?: boolean;
+    /** default: a free one */ port?: number;
+  } = {},
+): Promise<ScannerDouble> {
   const behaviours = new Map<string, DigestBehaviour>();
   const jobs = new Map<string, Job>();
   const scans: ScanRequestRecord[] = [];
@@ -75,7 +84,8 @@ export async function startScannerDouble(opts: { token?: string; delayMs?: numbe
     res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(text), ...headers });
     res.end(text);
   };
-  const error = (res: ServerResponse, status: number, message: string): void => send(res, status, { error: { message } }, 'application/vnd.scanner.adapter.error+json; version=1.0');
+  const error = (res: ServerResponse, status: number, message: string): void =>
+    send(res, status, { error: { message } }, 'application/vnd.scanner.adapter.error+json; version=1.0');
 
   /** What a real adapter does first: pull the artifact's manifest from the registry it was given. */
   const pull = async (r: ScanRequestRecord): Promise<string | undefined> => {
@@ -137,7 +147,8 @@ export async function startScannerDouble(opts: { token?: string; delayMs?: numbe
         } catch {
           return error(res, 400, 'invalid JSON');
         }
-        if (!body?.registry?.url || !body.artifact?.repository || !/^sha256:[a-f0-9]{64}$/.test(body.artifact?.digest ?? '')) return error(res, 422, 'invalid scan request');
+        if (!body?.registry?.url || !body.artifact?.repository || !/^sha256:[a-f0-9]{64}$/.test(body.artifact?.digest ?? ''))
+          return error(res, 422, 'invalid scan request');
         scans.push(body);
         const b = behaviours.get(body.artifact.digest);
         const id = randomUUID();
@@ -158,7 +169,8 @@ export async function startScannerDouble(opts: { token?: string; delayMs?: numbe
         if (pullError) return error(res, 500, pullError);
         if (Date.now() < job.readyAt) return send(res, 302, undefined, 'application/json', { 'refresh-after': String(state.refreshAfter) });
         if (job.failure) return error(res, 500, job.failure);
-        const worst = ['Critical', 'High', 'Medium', 'Low', 'Negligible', 'Unknown'].find((s) => job.vulnerabilities.some((v) => v.severity === s)) ?? 'Unknown';
+        const worst =
+          ['Critical', 'High', 'Medium', 'Low', 'Negligible', 'Unknown'].find((s) => job.vulnerabilities.some((v) => v.severity === s)) ?? 'Unknown';
         return send(
           res,
           200,

@@ -59,7 +59,11 @@ export async function startSeaweed(): Promise<RunningSeaweed> {
   const s3config = join(dir, 's3.json');
   await writeFile(
     s3config,
-    JSON.stringify({ identities: [{ name: 'portcullis', credentials: [{ accessKey: accessKeyId, secretKey: secretAccessKey }], actions: ['Admin', 'Read', 'Write', 'List', 'Tagging'] }] }),
+    JSON.stringify({
+      identities: [
+        { name: 'portcullis', credentials: [{ accessKey: accessKeyId, secretKey: secretAccessKey }], actions: ['Admin', 'Read', 'Write', 'List', 'Tagging'] },
+      ],
+    }),
   );
   const ports: number[] = [];
   while (ports.length < 8) {

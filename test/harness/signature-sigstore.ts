@@ -37,7 +37,11 @@ export interface LocalSigstore {
 }
 
 const ec = (): { publicKey: KeyObject; privateKey: KeyObject } => generateKeyPairSync('ec', { namedCurve: 'P-256' });
-const pem = (label: string, der: Buffer): string => `-----BEGIN ${label}-----\n${der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END ${label}-----\n`;
+const pem = (label: string, der: Buffer): string =>
+  `-----BEGIN ${label}-----\n${der
+    .toString('base64')
+    .replace(/(.{64})/g, '$1\n')
+    .replace(/\n$/, '')}\n-----END ${label}-----\n`;
 
 export async function startLocalSigstore(): Promise<LocalSigstore> {
   const dir = await mkdtemp(join(tmpdir(), 'pc-sigstore-'));
@@ -99,11 +103,17 @@ export async function startLocalSigstore(): Promise<LocalSigstore> {
             const r = await legacyFulcio(body, req.headers.authorization);
             return send(r.status, r.body, r.headers);
           }
-          if (req.method === 'GET' && path === '/api/v1/log/publicKey') return send(200, pem('PUBLIC KEY', rekorDer), { 'content-type': 'application/x-pem-file' });
+          if (req.method === 'GET' && path === '/api/v1/log/publicKey')
+            return send(200, pem('PUBLIC KEY', rekorDer), { 'content-type': 'application/x-pem-file' });
           if (req.method === 'GET' && path === '/api/v1/rootCert') return send(200, rootPem, { 'content-type': 'application/pem-certificate-chain' });
           const h = handlers.get(path);
           if (req.method === 'POST' && h) {
-            const input = path === '/api/v1/log/entries' ? normalizeRekorEntry(body) : path === '/api/v2/signingCert' ? withTokenInBody(body, req.headers.authorization) : body;
+            const input =
+              path === '/api/v1/log/entries'
+                ? normalizeRekorEntry(body)
+                : path === '/api/v2/signingCert'
+                  ? withTokenInBody(body, req.headers.authorization)
+                  : body;
             const r = await h(input);
             const payload = typeof r.response === 'string' ? r.response : Buffer.from(r.response.buffer, r.response.byteOffset, r.response.byteLength);
             // Fulcio's v2 API answers 200 (sigstore-go insists); the mock says 201.
@@ -139,7 +149,9 @@ export async function startLocalSigstore(): Promise<LocalSigstore> {
       {
         subject: { organization: 'sigstore.mock', commonName: 'sigstore' },
         uri: url,
-        certChain: { certificates: [{ rawBytes: Buffer.from(ca.rootCertificate.buffer, ca.rootCertificate.byteOffset, ca.rootCertificate.byteLength).toString('base64') }] },
+        certChain: {
+          certificates: [{ rawBytes: Buffer.from(ca.rootCertificate.buffer, ca.rootCertificate.byteOffset, ca.rootCertificate.byteLength).toString('base64') }],
+        },
         validFor: { start },
       },
     ],

@@ -93,7 +93,10 @@ export function parseScope(scope: string): AccessEntry | undefined {
   return {
     type: scope.slice(0, first),
     name: scope.slice(first + 1, last),
-    actions: scope.slice(last + 1).split(',').filter(Boolean),
+    actions: scope
+      .slice(last + 1)
+      .split(',')
+      .filter(Boolean),
   };
 }
 
@@ -101,11 +104,9 @@ async function makeCertificate(dir: string, keyPem: string, cn: string): Promise
   const keyPath = join(dir, 'key.pem');
   const certPath = join(dir, 'cert.pem');
   await writeFile(keyPath, keyPem, { mode: 0o600 });
-  const r = spawnSync(
-    'openssl',
-    ['req', '-x509', '-new', '-key', keyPath, '-sha256', '-days', '2', '-subj', `/CN=${cn}`, '-out', certPath],
-    { encoding: 'utf8' },
-  );
+  const r = spawnSync('openssl', ['req', '-x509', '-new', '-key', keyPath, '-sha256', '-days', '2', '-subj', `/CN=${cn}`, '-out', certPath], {
+    encoding: 'utf8',
+  });
   if (r.error || r.status !== 0) {
     throw new Error(`openssl could not create the token signing certificate: ${r.error?.message ?? r.stderr}`);
   }
@@ -216,16 +217,24 @@ export async function startTokenIssuer(opts: TokenIssuerOptions = {}): Promise<R
     }
     if (creds && users[creds.user] !== creds.password) {
       record(401, []);
-      send(401, { errors: [{ code: 'UNAUTHORIZED', message: 'invalid credentials' }] }, {
-        'WWW-Authenticate': 'Basic realm="portcullis-test-token"',
-      });
+      send(
+        401,
+        { errors: [{ code: 'UNAUTHORIZED', message: 'invalid credentials' }] },
+        {
+          'WWW-Authenticate': 'Basic realm="portcullis-test-token"',
+        },
+      );
       return;
     }
     if (!creds && opts.requireAuth) {
       record(401, []);
-      send(401, { errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }, {
-        'WWW-Authenticate': 'Basic realm="portcullis-test-token"',
-      });
+      send(
+        401,
+        { errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] },
+        {
+          'WWW-Authenticate': 'Basic realm="portcullis-test-token"',
+        },
+      );
       return;
     }
     const granted = grant(creds?.user, scopes);

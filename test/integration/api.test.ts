@@ -46,7 +46,12 @@ function ociError(g: Got): { code: string; message: string; detail: unknown } {
 }
 
 /** A request whose path is sent byte for byte (fetch would normalise `..` away), with arbitrary headers. */
-function raw(base: string, method: string, path: string, headers: Record<string, string> = {}): Promise<{ status: number; headers: IncomingHttpHeaders; body: Buffer }> {
+function raw(
+  base: string,
+  method: string,
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: IncomingHttpHeaders; body: Buffer }> {
   const u = new URL(base);
   return new Promise((resolve, reject) => {
     const req = httpRequest({ host: u.hostname, port: u.port, method, path, headers, agent: false }, (res) => {
@@ -71,7 +76,9 @@ function metricValue(text: string, name: string, labels: Record<string, string> 
   for (const line of text.split('\n')) {
     if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
     const lbl = /\{([^}]*)\}/.exec(line)?.[1] ?? '';
-    const have: Record<string, string | undefined> = Object.fromEntries([...lbl.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((m): [string, string | undefined] => [m[1] ?? '', m[2]]));
+    const have: Record<string, string | undefined> = Object.fromEntries(
+      [...lbl.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((m): [string, string | undefined] => [m[1] ?? '', m[2]]),
+    );
     if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(line.slice(line.lastIndexOf(' ') + 1));
   }
   return 0;
@@ -636,7 +643,11 @@ describe('registry API against Distribution 2.8', () => {
       expect(r.status).toBe(200);
       expect(r.headers.get('content-type')).toBe(MT.ociIndex);
       expect(r.headers.get('oci-filters-applied')).toBeNull();
-      const doc = JSON.parse(r.body.toString()) as { schemaVersion: number; mediaType: string; manifests: Array<{ digest: string; artifactType?: string; annotations?: Record<string, string> }> };
+      const doc = JSON.parse(r.body.toString()) as {
+        schemaVersion: number;
+        mediaType: string;
+        manifests: Array<{ digest: string; artifactType?: string; annotations?: Record<string, string> }>;
+      };
       expect(doc.schemaVersion).toBe(2);
       expect(doc.mediaType).toBe(MT.ociIndex);
       expect(doc.manifests.map((m) => [m.digest, m.artifactType])).toEqual([
@@ -731,7 +742,13 @@ describe('registry API against Distribution 2.8', () => {
         const b = await get(`${small.url}/v2/${H}/team/app/blobs/${img.layers[0]!.digest}`);
         expect(b.status).toBe(403);
         // A small manifest is still fine.
-        const tiny = await pushRaw(reg.url, 'team/app', 'tiny', Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: [] })), MT.ociIndex);
+        const tiny = await pushRaw(
+          reg.url,
+          'team/app',
+          'tiny',
+          Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: [] })),
+          MT.ociIndex,
+        );
         const t = await get(`${small.url}/v2/${H}/team/app/manifests/tiny`, accept());
         expect(t.status).toBe(200);
         expect(t.headers.get('docker-content-digest')).toBe(tiny);
@@ -759,7 +776,9 @@ describe('registry API against Distribution 2.8', () => {
       expect(metricValue(t2, 'portcullis_cache_requests_total', { kind: 'tag', result: 'hit' })).toBeGreaterThanOrEqual(1);
       expect(metricValue(t2, 'portcullis_served_bytes_total', { source: 'cache' })).toBeGreaterThanOrEqual(layer.size * 2);
       expect(metricValue(t2, 'portcullis_upstream_bytes_total', { upstream: 'local' })).toBeGreaterThanOrEqual(layer.size);
-      expect(metricValue(t2, 'portcullis_upstream_requests_total', { upstream: 'local', kind: 'blob', method: 'GET', status: '200' })).toBeGreaterThanOrEqual(1);
+      expect(metricValue(t2, 'portcullis_upstream_requests_total', { upstream: 'local', kind: 'blob', method: 'GET', status: '200' })).toBeGreaterThanOrEqual(
+        1,
+      );
       expect(metricValue(t2, 'portcullis_http_requests_total', { kind: 'blob', method: 'GET', status: '200' })).toBeGreaterThanOrEqual(2);
       expect(metricValue(t2, 'portcullis_http_requests_total', { kind: 'blob', method: 'GET', status: '403' })).toBeGreaterThanOrEqual(1);
       expect(metricValue(t2, 'portcullis_cache_bytes')).toBeGreaterThanOrEqual(layer.size);

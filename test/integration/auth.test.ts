@@ -96,7 +96,10 @@ describe('token auth, anonymous pulls allowed', () => {
     for (const tag of ['t1', 't2', 't3', 't4', 't5']) {
       await fetch(`${t.reg.url}/v2/team/other/manifests/${tag}`, {
         method: 'PUT',
-        headers: { 'content-type': other.manifestMediaType, authorization: `Bearer ${t.issuer.mint(USER, [{ type: 'repository', name: 'team/other', actions: ['pull', 'push'] }])}` },
+        headers: {
+          'content-type': other.manifestMediaType,
+          authorization: `Bearer ${t.issuer.mint(USER, [{ type: 'repository', name: 'team/other', actions: ['pull', 'push'] }])}`,
+        },
         body: other.manifest,
       }).then(async (r) => {
         expect(r.status).toBe(201);
@@ -329,7 +332,9 @@ describe('a token realm outside the upstream domain (real Distribution, hostile 
   beforeAll(async () => {
     issuer = await startTokenIssuer({ users: { [USER]: PASSWORD }, requireAuth: true });
     realm = issuer.realm.replace('127.0.0.1', 'localhost');
-    reg = await startRegistry({ auth: { kind: 'token', realm, service: issuer.service, issuer: issuer.issuer, rootCertBundlePath: issuer.rootCertBundlePath } });
+    reg = await startRegistry({
+      auth: { kind: 'token', realm, service: issuer.service, issuer: issuer.issuer, rootCertBundlePath: issuer.rootCertBundlePath },
+    });
     const token = issuer.mint(USER, [{ type: 'repository', name: 'far/app', actions: ['pull', 'push'] }]);
     img = await pushImage(reg.url, 'far/app', 'v1', { auth: `Bearer ${token}` });
   });

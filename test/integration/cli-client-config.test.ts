@@ -57,7 +57,9 @@ describe('portcullis client-config', () => {
     const dsConfig = join(dir, 'ds.yaml');
     await writeFile(dsConfig, cm.data!['portcullis.yaml']!);
     const out = join(dir, 'node-certs.d');
-    const args = ds.spec!.template.spec.initContainers[0]!.args.map((a) => a.replace('--config=/etc/portcullis/portcullis.yaml', `--config=${dsConfig}`).replace('--out=/host/etc/containerd/certs.d', `--out=${out}`));
+    const args = ds.spec!.template.spec.initContainers[0]!.args.map((a) =>
+      a.replace('--config=/etc/portcullis/portcullis.yaml', `--config=${dsConfig}`).replace('--out=/host/etc/containerd/certs.d', `--out=${out}`),
+    );
     const r = await runTool('node', [cli, ...args]);
     expect(r.code, r.stderr).toBe(0);
     expect((await readdir(out)).sort()).toEqual(['docker.io', 'ghcr.io', 'index.docker.io', 'registry-1.docker.io']);

@@ -192,13 +192,15 @@ describe('the token flow, Portcullis as issuer', () => {
     expectOk(await podmanLogin(px.host, 'alice', 'alice-pw', authFile), 'podman login');
     const bad = await podmanLogin(px.host, 'alice', 'wrong', join(tmp, 'podman-bad.json'));
     expect(bad.code).not.toBe(0);
-    expect(bad.stderr).toContain("invalid username/password");
+    expect(bad.stderr).toContain('invalid username/password');
     expectOk(await podmanPull(`${px.host}/team-a/app:v1`, { creds: 'alice:alice-pw' }), 'podman pull');
   });
 
   test('no credentials: crane pull fails with 401', async () => {
     const empty = await mkdtemp(join(tmp, 'docker-empty-'));
-    const r = await runTool('crane', ['pull', '--insecure', `${px.host}/team-a/app:v1`, join(tmp, 'none.tar')], { env: { ...process.env, DOCKER_CONFIG: empty } });
+    const r = await runTool('crane', ['pull', '--insecure', `${px.host}/team-a/app:v1`, join(tmp, 'none.tar')], {
+      env: { ...process.env, DOCKER_CONFIG: empty },
+    });
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain('UNAUTHORIZED: authentication required');
   });
@@ -232,16 +234,23 @@ describe('anonymous pulls allowed, identities optional', () => {
     expect(team.headers.get('www-authenticate')).toBe(`Bearer realm="${px.url}/auth/token",service="portcullis",scope="repository:team-a/app:pull"`);
     // crane without credentials gets the shared image, and with alice's the team image.
     const empty = await mkdtemp(join(tmp, 'docker-anon-'));
-    expectOk(await runTool('crane', ['pull', '--insecure', `${px.host}/shared/app:v1`, join(tmp, 'anon.tar')], { env: { ...process.env, DOCKER_CONFIG: empty } }), 'crane pull');
+    expectOk(
+      await runTool('crane', ['pull', '--insecure', `${px.host}/shared/app:v1`, join(tmp, 'anon.tar')], { env: { ...process.env, DOCKER_CONFIG: empty } }),
+      'crane pull',
+    );
     const cfg = await mkdtemp(join(tmp, 'docker-opt-'));
     const env = { ...process.env, DOCKER_CONFIG: cfg };
     expectOk(await crane(['auth', 'login', px.host, '-u', 'alice', '-p', 'alice-pw'], { env }), 'crane auth login');
     expectOk(await runTool('crane', ['pull', '--insecure', `${px.host}/team-a/app:v1`, join(tmp, 'opt-a.tar')], { env }), 'crane pull');
   });
 
-  test("the OAuth2 password grant containerd POSTs to the realm", async () => {
+  test('the OAuth2 password grant containerd POSTs to the realm', async () => {
     const post = (body: Record<string, string>) =>
-      fetch(`${px.url}/auth/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams(body).toString() });
+      fetch(`${px.url}/auth/token`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams(body).toString(),
+      });
     const grant = { grant_type: 'password', client_id: 'containerd-client', service: 'portcullis', scope: 'repository:team-a/app:pull' };
     const ok = await post({ ...grant, username: 'alice', password: 'alice-pw' });
     expect(ok.status).toBe(200);
@@ -256,8 +265,12 @@ describe('anonymous pulls allowed, identities optional', () => {
 describe('Basic only (no token endpoint)', () => {
   let px: RunningProxy;
   beforeAll(async () => {
-    px = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
-      defaultUpstream: 'local', settings, extra: { auth: { anonymous: false, htpasswd: { file: htpasswd, groups } } } });
+    px = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      defaultUpstream: 'local',
+      settings,
+      extra: { auth: { anonymous: false, htpasswd: { file: htpasswd, groups } } },
+    });
   });
   afterAll(async () => px?.stop());
 
@@ -284,8 +297,12 @@ describe('client certificates (mTLS)', () => {
 
   beforeAll(async () => {
     const tls = { cert: pki.server.cert, key: pki.server.key, clientCA: pki.ca };
-    strict = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
-      defaultUpstream: 'local', settings, extra: { tls, auth: { anonymous: false, mtls } } });
+    strict = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      defaultUpstream: 'local',
+      settings,
+      extra: { tls, auth: { anonymous: false, mtls } },
+    });
     optional = await startProxy({
       upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
       defaultUpstream: 'local',
@@ -433,7 +450,9 @@ describe('a separate operator surface', () => {
     try {
       const viaRegistry = await undiciFetch(`https://${px.host}/metrics`, { dispatcher: agent, headers: { authorization: 'Bearer scrape-secret' } });
       expect(viaRegistry.status).toBe(404);
-      expect((await undiciFetch(`https://${px.host}/v2/team-a/app/manifests/v1`, { dispatcher: agent, headers: { accept: MANIFEST_ACCEPT } })).status).toBe(200);
+      expect((await undiciFetch(`https://${px.host}/v2/team-a/app/manifests/v1`, { dispatcher: agent, headers: { accept: MANIFEST_ACCEPT } })).status).toBe(
+        200,
+      );
     } finally {
       await agent.close();
     }

@@ -61,7 +61,10 @@ beforeAll(async () => {
   registry = spawn(requireTool('docker-registry'), ['serve', conf], { stdio: 'ignore' });
   const deadline = Date.now() + 15_000;
   for (;;) {
-    const ok = await fetch(`http://${regHost}/v2/`).then((r) => r.ok, () => false);
+    const ok = await fetch(`http://${regHost}/v2/`).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (ok) break;
     if (Date.now() > deadline) throw new Error('docker-registry did not start');
     await new Promise((r) => setTimeout(r, 100));

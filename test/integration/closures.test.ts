@@ -38,7 +38,8 @@ afterAll(async () => {
   await reg?.stop();
 });
 
-const get = (p: RunningProxy, path: string, method = 'GET'): Promise<Response> => fetch(`${p.url}/v2/${reg.host}/${path}`, { method, headers: { accept: MANIFEST_ACCEPT } });
+const get = (p: RunningProxy, path: string, method = 'GET'): Promise<Response> =>
+  fetch(`${p.url}/v2/${reg.host}/${path}`, { method, headers: { accept: MANIFEST_ACCEPT } });
 
 async function denial(res: Response): Promise<{ code: string; message: string }> {
   expect(res.status).toBe(403);
@@ -46,7 +47,11 @@ async function denial(res: Response): Promise<{ code: string; message: string }>
 }
 
 /** Upstream requests for blobs or manifests since the last clearLog(). */
-const upstream = (what: 'blobs' | 'manifests' | 'tags' | 'referrers'): string[] => reg.requests().filter((r) => r.path.includes(`/${what}/`)).map((r) => r.path);
+const upstream = (what: 'blobs' | 'manifests' | 'tags' | 'referrers'): string[] =>
+  reg
+    .requests()
+    .filter((r) => r.path.includes(`/${what}/`))
+    .map((r) => r.path);
 
 describe('laundering through an allowed image is refused', () => {
   let px: RunningProxy;
@@ -105,7 +110,9 @@ describe('children of an admitted index are decided on their own evidence', () =
     fetch(`${px.url}/api/v1/reports/${reg.host}/${repo}@${digest}`, {
       method: 'PUT',
       headers: { authorization: `Bearer ${REPORT_TOKEN}`, 'content-type': 'application/json' },
-      body: fixture.replaceAll(`registry.example/demo/app@${ZERO}`, `${reg.host}/${repo}@${digest}`).replace(/"CreatedAt": "[^"]+"/, `"CreatedAt": "${new Date().toISOString()}"`),
+      body: fixture
+        .replaceAll(`registry.example/demo/app@${ZERO}`, `${reg.host}/${repo}@${digest}`)
+        .replace(/"CreatedAt": "[^"]+"/, `"CreatedAt": "${new Date().toISOString()}"`),
     });
 
   beforeAll(async () => {
@@ -118,7 +125,11 @@ describe('children of an admitted index are decided on their own evidence', () =
     const amd = await pushImage(reg.url, 'demo/outer', undefined);
     smuggled = await pushImage(reg.url, 'demo/outer', undefined);
     inner = await pushImage(reg.url, 'demo/outer', undefined);
-    const nested = { schemaVersion: 2, mediaType: MT.ociIndex, manifests: [{ mediaType: MT.ociManifest, digest: inner.digest, size: inner.manifest.length, platform: { os: 'linux', architecture: 'amd64' } }] };
+    const nested = {
+      schemaVersion: 2,
+      mediaType: MT.ociIndex,
+      manifests: [{ mediaType: MT.ociManifest, digest: inner.digest, size: inner.manifest.length, platform: { os: 'linux', architecture: 'amd64' } }],
+    };
     const nestedBytes = Buffer.from(JSON.stringify(nested));
     nestedDigest = await pushRaw(reg.url, 'demo/outer', sha256(nestedBytes), nestedBytes, MT.ociIndex);
     const outer = {
@@ -212,7 +223,10 @@ describe('tag lists and referrers follow the repository rules', () => {
   test('a repository no scope allows gets 403 DENIED for its tag list and referrers, and nothing is fetched', async () => {
     const img = await pushImage(reg.url, 'demo/secret', 'v1');
     await pushImage(reg.url, 'demo/open', 'v1');
-    const px = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], settings: { scopes: [{ name: 'open', images: ['*/demo/open'] }] } });
+    const px = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings: { scopes: [{ name: 'open', images: ['*/demo/open'] }] },
+    });
     try {
       reg.clearLog();
       for (const method of ['GET', 'HEAD']) {
@@ -238,7 +252,10 @@ describe('a denied tag does not cut off another client’s pull of the same byte
   test('tag latest of digest D is denied while a client pulls D’s layers under tag 1.0: its pull goes on', async () => {
     const img = await pushImage(reg.url, 'demo/twotags', '1.0', { layers: 2 });
     await pushRaw(reg.url, 'demo/twotags', 'latest', img.manifest, img.manifestMediaType);
-    const px = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], settings: { scopes: [{ name: 'all', images: ['**'], deny_tags: ['latest'] }] } });
+    const px = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings: { scopes: [{ name: 'all', images: ['**'], deny_tags: ['latest'] }] },
+    });
     try {
       expect((await get(px, 'demo/twotags/manifests/1.0')).status).toBe(200);
       expect((await get(px, `demo/twotags/blobs/${img.layers[0]!.digest}`)).status).toBe(200);
@@ -286,7 +303,12 @@ describe('admissions are bound to the policy, settings and trust that decided th
       try {
         reg.clearLog();
         const child = multi.children[0]!;
-        for (const path of [`demo/bound/blobs/${app.layers[1]!.digest}`, `demo/bound/blobs/${app.layers[0]!.digest}`, `demo/bound-multi/blobs/${child.layers[0]!.digest}`, `demo/bound-multi/manifests/${child.digest}`]) {
+        for (const path of [
+          `demo/bound/blobs/${app.layers[1]!.digest}`,
+          `demo/bound/blobs/${app.layers[0]!.digest}`,
+          `demo/bound-multi/blobs/${child.layers[0]!.digest}`,
+          `demo/bound-multi/manifests/${child.digest}`,
+        ]) {
           const err = await denial(await get(px, path));
           expect(err.message, path).toContain(`registry "${reg.host}" is not allowed`);
         }
@@ -305,7 +327,12 @@ describe('admissions are bound to the policy, settings and trust that decided th
       await admitThenStop(dataDir);
       const changed = { ...ALLOW_ALL, scopes: [{ name: 'bound', images: ['*/demo/bound*'] }, ...ALLOW_ALL.scopes] };
       const decisions: string[] = [];
-      const px = await startProxy({ upstreams: up(), dataDir, settings: changed, observers: [{ onDecision: (e) => decisions.push(`${e.input.image.digest} ${e.input.image.tag}`) }] });
+      const px = await startProxy({
+        upstreams: up(),
+        dataDir,
+        settings: changed,
+        observers: [{ onDecision: (e) => decisions.push(`${e.input.image.digest} ${e.input.image.tag}`) }],
+      });
       try {
         reg.clearLog();
         const child = multi.children[0]!;
@@ -386,7 +413,10 @@ describe('admissions are bound to the policy, settings and trust that decided th
       await writeFile(join(data, 'data.json'), JSON.stringify({ portcullis: { config: ALLOW_ALL } }));
       const freeze = join(dir, 'freeze');
       await mkdir(freeze);
-      await writeFile(join(freeze, 'freeze.rego'), 'package portcullis\n\ndecision := {"allow": false, "deny": [{"rule": "freeze.all", "message": "all pulls are frozen"}], "warn": [], "scope": null, "mode": "enforce"}\n');
+      await writeFile(
+        join(freeze, 'freeze.rego'),
+        'package portcullis\n\ndecision := {"allow": false, "deny": [{"rule": "freeze.all", "message": "all pulls are frozen"}], "warn": [], "scope": null, "mode": "enforce"}\n',
+      );
       const b1 = join(dir, 'b1.tar.gz');
       const b2 = join(dir, 'b2.tar.gz');
       for (const [out, rev, srcs] of [
@@ -406,9 +436,17 @@ describe('admissions are bound to the policy, settings and trust that decided th
         `services:\n  local:\n    url: http://127.0.0.1:${bundlePort}\nbundles:\n  p:\n    service: local\n    resource: /bundles/p.tar.gz\n    polling: {min_delay_seconds: 1, max_delay_seconds: 1}\n`,
       );
       children.push(spawn('opa', ['run', '--server', '--addr', `127.0.0.1:${opaPort}`, '--log-level', 'error', '-c', cfg], { stdio: 'ignore' }));
-      await waitFor(() => fetch(`http://127.0.0.1:${opaPort}/health?bundles`).then((r) => r.ok, () => false));
+      await waitFor(() =>
+        fetch(`http://127.0.0.1:${opaPort}/health?bundles`).then(
+          (r) => r.ok,
+          () => false,
+        ),
+      );
 
-      const px = await startProxy({ upstreams: up(), extra: { policy: { opaUrl: `http://127.0.0.1:${opaPort}`, pollInterval: '200ms', allowInsecureHttp: true } } });
+      const px = await startProxy({
+        upstreams: up(),
+        extra: { policy: { opaUrl: `http://127.0.0.1:${opaPort}`, pollInterval: '200ms', allowInsecureHttp: true } },
+      });
       try {
         expect((await get(px, 'demo/bound/manifests/v1')).status).toBe(200);
         expect(px.proxy.policy.revision).toBe(`opa-rest:127.0.0.1:${opaPort}#p=opa-1`);

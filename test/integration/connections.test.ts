@@ -46,7 +46,29 @@ afterAll(async () => {
 async function selfSigned(): Promise<{ dir: string; cert: string; key: string }> {
   const dir = await mkdtemp(join(tmpdir(), 'pc-conn-tls-'));
   const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
-  const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-subj', '/CN=127.0.0.1', '-days', '1', '-addext', 'subjectAltName=IP:127.0.0.1'], { encoding: 'utf8' });
+  const r = spawnSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-subj',
+      '/CN=127.0.0.1',
+      '-days',
+      '1',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1',
+    ],
+    { encoding: 'utf8' },
+  );
   if (r.status !== 0) throw new Error(`openssl failed: ${r.error?.message ?? r.stderr}`);
   return { dir, cert, key };
 }
@@ -143,7 +165,11 @@ function stalledReader(s: Socket, path: string, headers: Record<string, string> 
       resolve(c);
     });
     s.once('error', reject);
-    s.write(`GET ${path} HTTP/1.1\r\nHost: proxy\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`);
+    s.write(
+      `GET ${path} HTTP/1.1\r\nHost: proxy\r\n${Object.entries(headers)
+        .map(([k, v]) => `${k}: ${v}\r\n`)
+        .join('')}\r\n`,
+    );
   });
 }
 
@@ -162,7 +188,10 @@ describe('inactivity timeouts', () => {
       await until(async () => (await counter(p, 'connectionsClosed', 'write_stall')) === 1, 'the stalled cold reader to be cut off');
       await closed(cold);
       // Its reader is gone, so nothing under the data dir is held open for it (temp file, cached blob).
-      await until(() => openFilesUnder(p.dataDir).filter((f) => !f.endsWith('.sqlite') && !/sqlite-(wal|shm)$/.test(f)).length === 0, 'the reader to let go of its files');
+      await until(
+        () => openFilesUnder(p.dataDir).filter((f) => !f.endsWith('.sqlite') && !/sqlite-(wal|shm)$/.test(f)).length === 0,
+        'the reader to let go of its files',
+      );
       await until(() => p.proxy.app.downloads.active === 0, 'the download to finish');
       // 2. Warm: a reader of the cached blob that stops reading, and holds slabs in its pending writes.
       const slabs = (): number => slabPool.inUse + smallSlabPool.inUse;
@@ -202,7 +231,10 @@ describe('TLS listener', () => {
   it('reads the PROXY header before the TLS handshake, and cuts off a TLS client that stops reading', async () => {
     const t = await selfSigned();
     const inputs: PolicyInput[] = [];
-    const p = await start({ tls: { cert: t.cert, key: t.key }, listener: { proxyProtocol: true }, limits: { writeStallTimeout: '300ms' }, gate: { allowTTL: 0 } }, [{ onDecision: (e) => inputs.push(e.input) }]);
+    const p = await start(
+      { tls: { cert: t.cert, key: t.key }, listener: { proxyProtocol: true }, limits: { writeStallTimeout: '300ms' }, gate: { allowTTL: 0 } },
+      [{ onDecision: (e) => inputs.push(e.input) }],
+    );
     try {
       const handshake = async (): Promise<tls.TLSSocket> => {
         const raw = await connect(p);
@@ -267,7 +299,9 @@ describe('connection caps', () => {
 describe('client address behind a load balancer', () => {
   it('takes the client from a PROXY protocol v2 header: policy input, per-client caps', async () => {
     const inputs: PolicyInput[] = [];
-    const p = await start({ listener: { proxyProtocol: true }, limits: { maxConnectionsPerClient: 1 }, gate: { allowTTL: 0 } }, [{ onDecision: (e) => inputs.push(e.input) }]);
+    const p = await start({ listener: { proxyProtocol: true }, limits: { maxConnectionsPerClient: 1 }, gate: { allowTTL: 0 } }, [
+      { onDecision: (e) => inputs.push(e.input) },
+    ]);
     const socks: Socket[] = [];
     try {
       const a = await connect(p);
@@ -331,7 +365,7 @@ describe('client address behind a load balancer', () => {
     }
   });
 
-  it('believes X-Forwarded-For only from a trusted proxy, and caps that proxy\'s clients by requests in flight', async () => {
+  it("believes X-Forwarded-For only from a trusted proxy, and caps that proxy's clients by requests in flight", async () => {
     const inputs: PolicyInput[] = [];
     const observers = [{ onDecision: (e: { input: PolicyInput }) => inputs.push(e.input) }];
     const plain = await start({ gate: { allowTTL: 0 } }, observers);
@@ -343,7 +377,10 @@ describe('client address behind a load balancer', () => {
     } finally {
       await plain.stop();
     }
-    const p = await start({ listener: { trustedProxies: ['127.0.0.1/32'] }, limits: { maxConnectionsPerClient: 1, writeStallTimeout: 0 }, gate: { allowTTL: 0 } }, observers);
+    const p = await start(
+      { listener: { trustedProxies: ['127.0.0.1/32'] }, limits: { maxConnectionsPerClient: 1, writeStallTimeout: 0 }, gate: { allowTTL: 0 } },
+      observers,
+    );
     const socks: Socket[] = [];
     try {
       const s = await connect(p);

@@ -168,7 +168,9 @@ describe('the upstream client, both transports, with an injected resolver', () =
           echo.setBody(s.layer);
           echo.clearRequests();
           asked.length = 0;
-          const err = await c.send({ method: 'GET', path: `/v2/${s.repo}/blobs/${s.layerDigest}`, kind: 'blob', repository: s.repo, bulk }).catch((e: unknown) => e);
+          const err = await c
+            .send({ method: 'GET', path: `/v2/${s.repo}/blobs/${s.layerDigest}`, kind: 'blob', repository: s.repo, bulk })
+            .catch((e: unknown) => e);
           expect(err).toBeInstanceOf(EgressRefusedError);
           expect((err as EgressRefusedError).range.kind).toBe(kind);
           // The name was resolved once, by the hook that refused it: no socket ever had the address.

@@ -37,8 +37,7 @@ function rawGet(url: string): Promise<{ status: number; headers: http.IncomingHt
     const req = http.get(url, { agent: false }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      const finish = (): void =>
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), complete: res.complete });
+      const finish = (): void => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), complete: res.complete });
       res.on('end', finish);
       res.on('aborted', finish);
       res.on('error', finish);
@@ -261,9 +260,7 @@ describe('fake upstream auth', () => {
       expect(ping.status).toBe(401);
       const anon = await fetch(`${up.url}/v2/demo/app/manifests/v1`);
       expect(anon.status).toBe(401);
-      expect(anon.headers.get('www-authenticate')).toBe(
-        `Bearer realm="${up.url}/token",service="fake",scope="repository:demo/app:pull"`,
-      );
+      expect(anon.headers.get('www-authenticate')).toBe(`Bearer realm="${up.url}/token",service="fake",scope="repository:demo/app:pull"`);
       expect((await fetch(`${up.url}/token?service=fake`)).status).toBe(401);
       const tok = await fetch(`${up.url}/token?service=fake&scope=repository:demo/app:pull`, {
         headers: { authorization: `Basic ${Buffer.from('u:p').toString('base64')}` },

@@ -35,7 +35,9 @@ let seq = 0;
 /** A fresh image (unique bytes, so no cache is shared between tests) in a fresh repository, tagged v1. */
 function seed(up: FakeUpstream, layerSize = 256 * 1024): Seeded {
   const repo = `faults/app${++seq}`;
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, n: randomBytes(8).toString('hex') }));
+  const config = Buffer.from(
+    JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, n: randomBytes(8).toString('hex') }),
+  );
   const layer = randomBytes(layerSize);
   const configDigest = up.addBlob(repo, config);
   const layerDigest = up.addBlob(repo, layer);
@@ -86,7 +88,10 @@ function rawGet(url: string, headers: Record<string, string> = {}): Promise<RawR
   });
 }
 
-async function json(url: string, headers: Record<string, string> = { accept: ACCEPT }): Promise<{ status: number; headers: Headers; body: Buffer; error?: { code: string; message: string } }> {
+async function json(
+  url: string,
+  headers: Record<string, string> = { accept: ACCEPT },
+): Promise<{ status: number; headers: Headers; body: Buffer; error?: { code: string; message: string } }> {
   const res = await fetch(url, { headers });
   const body = Buffer.from(await res.arrayBuffer());
   let error: { code: string; message: string } | undefined;
@@ -226,7 +231,10 @@ describe('upstream faults (fake upstream)', () => {
       const first = Array.from({ length: 6 }, () => rawGet(url));
       await clock.called(1);
       const late = [rawGet(url), rawGet(url, { range: 'bytes=1000-2999' }), rawGet(url, { range: `bytes=${s.layer.length - 100}-` })];
-      await until(async () => (await metric(proxy, 'portcullis_singleflight_joins_total', { kind: 'blob' })) - joinsBefore >= 8, '8 clients joining the download');
+      await until(
+        async () => (await metric(proxy, 'portcullis_singleflight_joins_total', { kind: 'blob' })) - joinsBefore >= 8,
+        '8 clients joining the download',
+      );
       clock.open();
       const all = await Promise.all([...first, ...late]);
       for (const r of all.slice(0, 7)) {
@@ -248,7 +256,12 @@ describe('upstream faults (fake upstream)', () => {
       up.setFault({ method: 'GET', pathRegex: new RegExp(`/blobs/${esc(s.layerDigest)}$`) }, { kind: 'slow', bytesPerSecond: 96 * 1024, times: 1 });
       const r = await rawGet(`${proxy.url}/v2/${U}/${s.repo}/blobs/${s.layerDigest}`);
       // The body really came slowly (5 ticks, 100 ms apart), and it still completed.
-      expect(up.requests().filter((q) => q.method === 'GET' && q.path.endsWith(`/blobs/${s.layerDigest}`)).map((q) => q.fault)).toEqual(['slow']);
+      expect(
+        up
+          .requests()
+          .filter((q) => q.method === 'GET' && q.path.endsWith(`/blobs/${s.layerDigest}`))
+          .map((q) => q.fault),
+      ).toEqual(['slow']);
       expect(r.complete).toBe(true);
       expect(r.body.equals(s.layer)).toBe(true);
     });
@@ -355,7 +368,13 @@ describe('upstream faults (fake upstream)', () => {
       expect(r.status).toBe(200);
       for (const q of up.requests().filter((x) => x.path.includes('/manifests/'))) {
         const a = String(q.headers.accept);
-        for (const t of [OCI_MANIFEST, 'application/vnd.oci.image.index.v1+json', 'application/vnd.docker.distribution.manifest.v2+json', 'application/vnd.docker.distribution.manifest.list.v2+json']) expect(a).toContain(t);
+        for (const t of [
+          OCI_MANIFEST,
+          'application/vnd.oci.image.index.v1+json',
+          'application/vnd.docker.distribution.manifest.v2+json',
+          'application/vnd.docker.distribution.manifest.list.v2+json',
+        ])
+          expect(a).toContain(t);
       }
     });
   });
@@ -386,7 +405,10 @@ describe('upstream faults (fake upstream)', () => {
 describe('stale-if-error on upstream 5xx', () => {
   it('a known tag is served stale with a Warning while the upstream answers 503; an unknown one gets the 503', async () => {
     const up = await startFakeUpstream();
-    const p = await startProxy({ upstreams: [{ name: 'flaky', registry: up.host, url: up.url, retries: 0 }], extra: { cache: { tagTTL: '0s', staleIfError: '1h' } } });
+    const p = await startProxy({
+      upstreams: [{ name: 'flaky', registry: up.host, url: up.url, retries: 0 }],
+      extra: { cache: { tagTTL: '0s', staleIfError: '1h' } },
+    });
     try {
       const s = seed(up);
       expect((await json(`${p.url}/v2/${up.host}/${s.repo}/manifests/v1`)).status).toBe(200);
@@ -408,7 +430,10 @@ describe('stale-if-error on upstream 5xx', () => {
 describe('stale-if-error when a moved tag’s manifest cannot be had', () => {
   it('serves the last verified mapping while GET by the new digest fails or returns wrong bytes', async () => {
     const up = await startFakeUpstream();
-    const p = await startProxy({ upstreams: [{ name: 'flaky', registry: up.host, url: up.url, retries: 0 }], extra: { cache: { tagTTL: '0s', staleIfError: '1h' } } });
+    const p = await startProxy({
+      upstreams: [{ name: 'flaky', registry: up.host, url: up.url, retries: 0 }],
+      extra: { cache: { tagTTL: '0s', staleIfError: '1h' } },
+    });
     try {
       const s = seed(up);
       expect((await json(`${p.url}/v2/${up.host}/${s.repo}/manifests/v1`)).status).toBe(200);
@@ -464,7 +489,12 @@ describe('unreachable and stalling upstreams', () => {
       up.setFault({ method: 'HEAD', pathRegex: /\/manifests\/v1$/ }, { kind: 'delay', ms: 3000, times: 1 });
       const r = await json(`${p.url}/v2/${up.host}/${s.repo}/manifests/v1`);
       expect(r.status).toBe(200);
-      expect(up.requests().filter((q) => q.method === 'HEAD').map((q) => q.fault)).toEqual(['delay', undefined]);
+      expect(
+        up
+          .requests()
+          .filter((q) => q.method === 'HEAD')
+          .map((q) => q.fault),
+      ).toEqual(['delay', undefined]);
 
       up.setFault({ method: 'GET', pathRegex: /\/manifests\/sha256:/ }, { kind: 'delay', ms: 3000 });
       const s2 = seed(up);
@@ -477,7 +507,6 @@ describe('unreachable and stalling upstreams', () => {
       await up.stop();
     }
   }, 30_000);
-
 });
 
 describe('redirects to another host with upstream credentials', () => {
@@ -509,7 +538,10 @@ describe('redirects to another host with upstream credentials', () => {
         const m = await json(`${p.url}/v2/${up.host}/${s.repo}/manifests/v1`);
         expect(m.status).toBe(200);
         up.clearRequests();
-        up.setFault({ method: 'GET', pathRegex: new RegExp(`/blobs/${esc(s.layerDigest)}$`) }, { kind: 'redirect', to: `${echo.url}/cdn/${s.layerDigest.slice(7)}?sig=abc` });
+        up.setFault(
+          { method: 'GET', pathRegex: new RegExp(`/blobs/${esc(s.layerDigest)}$`) },
+          { kind: 'redirect', to: `${echo.url}/cdn/${s.layerDigest.slice(7)}?sig=abc` },
+        );
         const r = await rawGet(`${p.url}/v2/${up.host}/${s.repo}/blobs/${s.layerDigest}`);
         expect(r.status).toBe(200);
         expect(r.complete).toBe(true);

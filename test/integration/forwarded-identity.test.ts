@@ -74,7 +74,12 @@ beforeAll(async () => {
       ],
     },
     extra: {
-      auth: { anonymous: false, htpasswd: { file: htpasswd, groups }, token: {}, forwarded: { audience: 'central.test', trustedKeys: [{ node: 'node-a', publicKey: k.pub }] } },
+      auth: {
+        anonymous: false,
+        htpasswd: { file: htpasswd, groups },
+        token: {},
+        forwarded: { audience: 'central.test', trustedKeys: [{ node: 'node-a', publicKey: k.pub }] },
+      },
     },
     observers: [{ onDecision: (e) => centralInputs.push(e.input.request.client) }],
   });

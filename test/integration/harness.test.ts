@@ -71,9 +71,7 @@ describe('plain registry harness', () => {
     // A valid ustar archive: magic at offset 257 of the first header.
     expect(bytes.subarray(257, 263).toString('latin1')).toBe('ustar\0');
 
-    const hits = await reg.waitForRequests(
-      (r) => r.method === 'GET' && r.path === `/v2/test/app/blobs/${layer.digest}` && r.status === 200,
-    );
+    const hits = await reg.waitForRequests((r) => r.method === 'GET' && r.path === `/v2/test/app/blobs/${layer.digest}` && r.status === 200);
     expect(hits.map((h) => h.userAgent)).toEqual(['harness-test/1']);
   });
 

@@ -44,11 +44,14 @@ function addImage(repo: string, tag: string | undefined, arch: string): { digest
   const layer = Buffer.from(`layer of ${repo} ${arch}`);
   up.addBlob(repo, config);
   up.addBlob(repo, layer);
-  const bytes = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: OCI_MANIFEST,
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }],
-  }));
+  const bytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }],
+    }),
+  );
   return { digest: up.addManifest(repo, tag, bytes, OCI_MANIFEST), bytes };
 }
 
@@ -61,10 +64,18 @@ beforeAll(async () => {
   image = addImage('demo/app', 'v1', 'amd64');
   byDigest = addImage('demo/pinned', undefined, 'amd64');
   children = [addImage('demo/multi', undefined, 'amd64'), addImage('demo/multi', undefined, 'arm64')];
-  const idx = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: OCI_INDEX,
-    manifests: children.map((c, i) => ({ mediaType: OCI_MANIFEST, digest: c.digest, size: c.bytes.length, platform: { os: 'linux', architecture: i ? 'arm64' : 'amd64' } })),
-  }));
+  const idx = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_INDEX,
+      manifests: children.map((c, i) => ({
+        mediaType: OCI_MANIFEST,
+        digest: c.digest,
+        size: c.bytes.length,
+        platform: { os: 'linux', architecture: i ? 'arm64' : 'amd64' },
+      })),
+    }),
+  );
   index = up.addManifest('demo/multi', 'v1', idx, OCI_INDEX);
   process.env.PC_PARSE_ONCE_TOKEN = 'parse-once-report-token-0123456789';
   px = await startProxy({

@@ -30,8 +30,21 @@ function openssl(args: string[]): void {
 async function build(out: string, revision: string, key?: string, extra: string[] = []): Promise<string> {
   const path = join(dir, out);
   const r = await runTool(requireTool('opa'), [
-    'build', '-t', 'wasm', '-e', 'portcullis/decision', '--capabilities', resolve('policies/capabilities.json'),
-    '--bundle', join(dir, 'src'), '-r', revision, '-o', path, ...(key ? ['--signing-key', key] : []), ...extra,
+    'build',
+    '-t',
+    'wasm',
+    '-e',
+    'portcullis/decision',
+    '--capabilities',
+    resolve('policies/capabilities.json'),
+    '--bundle',
+    join(dir, 'src'),
+    '-r',
+    revision,
+    '-o',
+    path,
+    ...(key ? ['--signing-key', key] : []),
+    ...extra,
   ]);
   expect(r.code, r.stderr).toBe(0);
   return path;
@@ -91,7 +104,11 @@ describe('bundle signatures (policy.signing)', () => {
   test('a signed bundle loads and decides; unsigned, tampered and foreign-key replacements are rejected, the last good one stays', async () => {
     const live = join(dir, 'live.tar.gz');
     await copyFile(B.v1!, live);
-    const px = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], settings, extra: { policy: { bundleFile: live, signing: signing() } } });
+    const px = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings,
+      extra: { policy: { bundleFile: live, signing: signing() } },
+    });
     try {
       const policy = px.proxy.policy;
       expect(policy.revision).toBe('signed-1');
@@ -127,7 +144,11 @@ describe('bundle signatures (policy.signing)', () => {
 
   test('a proxy configured for signatures does not start on an unsigned bundle', async () => {
     await expect(
-      startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], settings, extra: { policy: { bundleFile: B.unsigned, signing: signing() } } }),
+      startProxy({
+        upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+        settings,
+        extra: { policy: { bundleFile: B.unsigned, signing: signing() } },
+      }),
     ).rejects.toThrow(/no policy could be loaded.*signatures\.json/);
   });
 
@@ -139,11 +160,19 @@ describe('bundle signatures (policy.signing)', () => {
     });
     expect(ec.proxy.policy.revision).toBe('ec-1');
     await ec.stop();
-    const scoped = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], settings, extra: { policy: { bundleFile: B.scoped, signing: signing({ scope: 'prod' }) } } });
+    const scoped = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      settings,
+      extra: { policy: { bundleFile: B.scoped, signing: signing({ scope: 'prod' }) } },
+    });
     expect(scoped.proxy.policy.revision).toBe('scoped-1');
     await scoped.stop();
     await expect(
-      startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], settings, extra: { policy: { bundleFile: B.v1, signing: signing({ keyId: 'release' }) } } }),
+      startProxy({
+        upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+        settings,
+        extra: { policy: { bundleFile: B.v1, signing: signing({ keyId: 'release' }) } },
+      }),
     ).rejects.toThrow(/key id "default", policy\.signing\.keyId is "release"/);
   });
 });
@@ -200,7 +229,9 @@ describe('size caps on policy sources', () => {
     const padding = 'p'.repeat(2 * 1024 * 1024);
     const server = createServer((req, res) => {
       req.resume();
-      req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ result: { allow: true, deny: [], warn: [], padding } })));
+      req.on('end', () =>
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ result: { allow: true, deny: [], warn: [], padding } })),
+      );
     });
     const port = await listen(server);
     const px = await startProxy({
@@ -232,7 +263,11 @@ describe('impact of a candidate bundle under policy.signing', () => {
     });
     try {
       const post = (file: string): Promise<Response> =>
-        fetch(`${px.url}/api/v1/admin/impact`, { method: 'POST', headers: { authorization: 'Bearer admin-signing-token', 'content-type': 'application/gzip' }, body: readFileSync(file) });
+        fetch(`${px.url}/api/v1/admin/impact`, {
+          method: 'POST',
+          headers: { authorization: 'Bearer admin-signing-token', 'content-type': 'application/gzip' },
+          body: readFileSync(file),
+        });
       for (const [name, reason] of [
         ['unsigned', 'signature_missing'],
         ['otherKey', 'signature_invalid'],
@@ -240,7 +275,10 @@ describe('impact of a candidate bundle under policy.signing', () => {
       ] as const) {
         const res = await post(B[name]!);
         expect(res.status, name).toBe(400);
-        expect(((await res.json()) as { errors: Array<{ code: string; detail: unknown }> }).errors[0], name).toMatchObject({ code: 'BUNDLE_INVALID', detail: { reason } });
+        expect(((await res.json()) as { errors: Array<{ code: string; detail: unknown }> }).errors[0], name).toMatchObject({
+          code: 'BUNDLE_INVALID',
+          detail: { reason },
+        });
       }
       const ok = await post(B.v2!);
       expect(ok.status).toBe(200);

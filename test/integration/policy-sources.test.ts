@@ -91,7 +91,9 @@ describe('external OPA server (REST API)', () => {
     opa = spawn('opa', ['run', '--server', '--addr', `127.0.0.1:${port}`, '--log-level', 'error', resolve('policies/portcullis'), data], { stdio: 'ignore' });
     const deadline = Date.now() + 20_000;
     for (;;) {
-      const ok = await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.ok).catch(() => false);
+      const ok = await fetch(`http://127.0.0.1:${port}/health`)
+        .then((r) => r.ok)
+        .catch(() => false);
       if (ok) break;
       if (Date.now() > deadline) throw new Error('opa server did not start');
       await new Promise((r) => setTimeout(r, 100));
@@ -102,7 +104,10 @@ describe('external OPA server (REST API)', () => {
   });
 
   test('decides allow and deny like the in-process WASM policy', async () => {
-    const px = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], extra: { policy: { opaUrl: `http://127.0.0.1:${port}`, allowInsecureHttp: true } } });
+    const px = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      extra: { policy: { opaUrl: `http://127.0.0.1:${port}`, allowInsecureHttp: true } },
+    });
     try {
       expect(px.proxy.policy.revision).toBe(`opa-rest:127.0.0.1:${port}`);
       const ok = await fetch(`${px.url}/v2/${reg.host}/demo/app/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
@@ -156,7 +161,7 @@ describe('decision logs', () => {
       expect(typeof deny.decision_id).toBe('string');
       expect((deny.bundles as Record<string, { revision: string }>).portcullis!.revision).toBe(px.proxy.policy.revision);
       expect((deny.result as { allow: boolean }).allow).toBe(false);
-      expect(((deny.input as { request: { client: { ip: string } } }).request.client.ip)).toBe('**masked**');
+      expect((deny.input as { request: { client: { ip: string } } }).request.client.ip).toBe('**masked**');
       expect(deny.masked).toEqual(['/input/request/client/ip']);
       expect(typeof (deny.metrics as Record<string, number>).timer_rego_query_eval_ns).toBe('number');
     } finally {

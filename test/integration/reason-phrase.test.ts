@@ -26,7 +26,9 @@ function call(base: string, path: string, method: 'GET' | 'HEAD'): Promise<Answe
     const req = request(`${base}${path}`, { method, headers: { accept: MANIFEST_ACCEPT } }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, phrase: res.statusMessage ?? '', headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, phrase: res.statusMessage ?? '', headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }),
+      );
     });
     req.on('error', reject);
     req.end();
@@ -62,7 +64,11 @@ describe('the committed policy: the reason phrase of a denial', () => {
       expect(id).toMatch(/^[0-9a-f-]{36}$/);
       expect(r.phrase).toBe(`denied: tag.denied: tag "blocked" is not allowed [decision ${id}]`);
       expect(r.headers['portcullis-reason']).toBe('tag "blocked" is not allowed [tag.denied]');
-      if (method === 'GET') expect((JSON.parse(r.body) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({ code: 'DENIED', message: expect.stringContaining(`[decision ${id}]`) as unknown });
+      if (method === 'GET')
+        expect((JSON.parse(r.body) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({
+          code: 'DENIED',
+          message: expect.stringContaining(`[decision ${id}]`) as unknown,
+        });
     }
   });
 
@@ -85,7 +91,20 @@ describe('a hostile external OPA', () => {
       req.resume();
       req.on('end', () => {
         res.setHeader('content-type', 'application/json');
-        res.end(JSON.stringify({ result: { allow: false, deny: [{ rule: 'scan.critical\r\nX: y', message: hostile }, { rule: 'tag.denied', message: 'also' }], warn: [], scope: 'all', mode: 'enforce' } }));
+        res.end(
+          JSON.stringify({
+            result: {
+              allow: false,
+              deny: [
+                { rule: 'scan.critical\r\nX: y', message: hostile },
+                { rule: 'tag.denied', message: 'also' },
+              ],
+              warn: [],
+              scope: 'all',
+              mode: 'enforce',
+            },
+          }),
+        );
       });
     });
     await new Promise<void>((r) => opa.listen(0, '127.0.0.1', () => r()));
@@ -106,7 +125,11 @@ describe('a hostile external OPA', () => {
       const id = r.headers['portcullis-decision-id'] as string;
       expect(r.phrase).toMatch(/^[\x20-\x7e]+$/);
       expect(r.phrase.length).toBeLessThanOrEqual(200);
-      expect(r.phrase).toMatch(new RegExp(`^denied: scan\\.critical X: y: scan limit exceeded \\(CVE-1, CVE-2, CVE-3, \\.\\.\\.\\) Set-Cookie: x=1 <html>\\?\\? \\? z+\\.\\.\\. \\[decision ${id}\\]$`));
+      expect(r.phrase).toMatch(
+        new RegExp(
+          `^denied: scan\\.critical X: y: scan limit exceeded \\(CVE-1, CVE-2, CVE-3, \\.\\.\\.\\) Set-Cookie: x=1 <html>\\?\\? \\? z+\\.\\.\\. \\[decision ${id}\\]$`,
+        ),
+      );
       expect(r.headers['set-cookie']).toBeUndefined();
       expect(r.headers['x']).toBeUndefined();
       if (method === 'GET') expect((JSON.parse(r.body) as { errors: Array<{ code: string; message: string }> }).errors[0]!.message).toContain('漢字 🔒');

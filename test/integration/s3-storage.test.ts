@@ -127,7 +127,10 @@ async function downloadsSettled(p: RunningProxy): Promise<void> {
 }
 
 /** GET with node:http so that a broken transfer (complete: false) is visible. */
-function rawGet(url: string, headers: Record<string, string> = {}): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer; complete: boolean }> {
+function rawGet(
+  url: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer; complete: boolean }> {
   return new Promise((resolve) => {
     let settled = false;
     const req = http.get(url, { agent: false, headers }, (res) => {
@@ -514,7 +517,10 @@ describe('storage.redirect through the proxy', () => {
   beforeAll(async () => {
     reg = await startRegistry();
     img = await pushImage(reg.url, 'team/redir', 'v1', { layers: 1, layerSizeMiB: 0.5 });
-    proxy = await startProxy({ upstreams: [{ name: 'local', registry: reg.host, url: reg.url }], extra: { storage: withLocalCache(storage(prefix, { redirect: true, redirectExpiry: '30s' })) } });
+    proxy = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      extra: { storage: withLocalCache(storage(prefix, { redirect: true, redirectExpiry: '30s' })) },
+    });
   }, 120_000);
   afterAll(async () => {
     await proxy?.stop();
@@ -561,7 +567,13 @@ describe('S3 behaviours this store relies on, as SeaweedFS implements them', () 
       const created = await s3.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key: existing }));
       const part = await s3.send(new UploadPartCommand({ Bucket: BUCKET, Key: existing, UploadId: created.UploadId, PartNumber: 1, Body: randomBytes(10) }));
       const complete = s3.send(
-        new CompleteMultipartUploadCommand({ Bucket: BUCKET, Key: existing, UploadId: created.UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.ETag }] }, IfNoneMatch: '*' }),
+        new CompleteMultipartUploadCommand({
+          Bucket: BUCKET,
+          Key: existing,
+          UploadId: created.UploadId,
+          MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.ETag }] },
+          IfNoneMatch: '*',
+        }),
       );
       await expect(complete).rejects.toMatchObject({ $metadata: { httpStatusCode: 412 } });
       await s3.send(new AbortMultipartUploadCommand({ Bucket: BUCKET, Key: existing, UploadId: created.UploadId }));

@@ -27,7 +27,9 @@ let payments: PushedImage;
 let web: PushedImage;
 
 function report(repo: string, digest: string): string {
-  return clean.replaceAll(`registry.example/demo/app@${ZERO}`, `${reg.host}/${repo}@${digest}`).replace(/"CreatedAt": "[^"]+"/, `"CreatedAt": "${new Date().toISOString()}"`);
+  return clean
+    .replaceAll(`registry.example/demo/app@${ZERO}`, `${reg.host}/${repo}@${digest}`)
+    .replace(/"CreatedAt": "[^"]+"/, `"CreatedAt": "${new Date().toISOString()}"`);
 }
 
 function put(repo: string, digest: string, token: string): Promise<Response> {
@@ -70,14 +72,19 @@ describe('report tokens scoped to repositories', () => {
   test('a scoped token pushes and reads reports for its repositories', async () => {
     const r = await put('acme/payments/api', payments.digest, 'payments-ci-token');
     expect(r.status).toBe(201);
-    const got = await fetch(`${px.url}/api/v1/reports/${reg.host}/acme/payments/api@${payments.digest}`, { headers: { authorization: 'Bearer payments-ci-token' } });
+    const got = await fetch(`${px.url}/api/v1/reports/${reg.host}/acme/payments/api@${payments.digest}`, {
+      headers: { authorization: 'Bearer payments-ci-token' },
+    });
     expect(got.status).toBe(200);
   });
 
   test('a push or read for another repository is 403, and nothing is stored', async () => {
     const r = await put('acme/web/site', web.digest, 'payments-ci-token');
     expect(r.status).toBe(403);
-    expect(((await r.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({ code: 'DENIED', message: `this token may not push reports for ${reg.host}/acme/web/site` });
+    expect(((await r.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({
+      code: 'DENIED',
+      message: `this token may not push reports for ${reg.host}/acme/web/site`,
+    });
     const read = await fetch(`${px.url}/api/v1/reports/${reg.host}/acme/web/site@${web.digest}`, { headers: { authorization: 'Bearer payments-ci-token' } });
     expect(read.status).toBe(403);
     const asAll = await fetch(`${px.url}/api/v1/reports/${reg.host}/acme/web/site@${web.digest}`, { headers: { authorization: 'Bearer all-repos-token' } });
@@ -185,6 +192,8 @@ describe('scanner pull-through on a listener without client authentication', () 
     expect((await fetch(`${ap.url}/v2/`, { headers: h })).status).toBe(200);
     const enc = (o: unknown): string => Buffer.from(JSON.stringify(o)).toString('base64url');
     const forged = `${enc({ alg: 'ES256', typ: 'JWT' })}.${enc({ iss: 'portcullis-scanner', sub: 'portcullis-scanner', method: 'scanner', scan: ZERO, access: [{ type: 'repository', name: 'demo/anon', actions: ['pull'] }], exp: 4102444800 })}.${'A'.repeat(86)}`;
-    expect((await fetch(`${ap.url}/v2/demo/anon/manifests/${ZERO}`, { headers: { accept: MANIFEST_ACCEPT, authorization: `Bearer ${forged}` } })).status).toBe(401);
+    expect((await fetch(`${ap.url}/v2/demo/anon/manifests/${ZERO}`, { headers: { accept: MANIFEST_ACCEPT, authorization: `Bearer ${forged}` } })).status).toBe(
+      401,
+    );
   });
 });

@@ -87,7 +87,10 @@ describe('a missing secret file is not shown to clients', () => {
       details.length = 0;
       const calls: Array<[string, RequestInit]> = [
         [`${px.url}/api/v1/reports`, {}],
-        [`${px.url}/api/v1/reports/${open.host}/demo/app@sha256:${'a'.repeat(64)}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{"SchemaVersion":2,"Results":[]}' }],
+        [
+          `${px.url}/api/v1/reports/${open.host}/demo/app@sha256:${'a'.repeat(64)}`,
+          { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{"SchemaVersion":2,"Results":[]}' },
+        ],
         [`${px.url}/api/v1/reports/${open.host}/demo/app@sha256:${'a'.repeat(64)}`, { method: 'DELETE', headers: { authorization: 'Bearer guess' } }],
         [`${px.url}/api/v1/admin/reevaluate`, {}],
       ];

@@ -47,42 +47,67 @@ function addImage(up: FakeUpstream, repo: string, tag: string): Img {
   up.addBlob(repo, config);
   up.addBlob(repo, layer);
   up.addBlob(repo, Buffer.from('{}'));
-  const bytes = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: OCI_MANIFEST,
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }],
-  }));
+  const bytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }],
+    }),
+  );
   return { digest: up.addManifest(repo, tag, bytes, OCI_MANIFEST), bytes };
 }
 
 /** A cosign-3 style bundle blob signed by `key` over `subject` (padded to `pad` bytes of JSON when asked). */
 function bundleBlob(subject: Img, key: KeyObject, pad = 0): Buffer {
-  const statement = Buffer.from(JSON.stringify({ _type: 'https://in-toto.io/Statement/v1', subject: [{ digest: { sha256: subject.digest.slice(7) } }], predicateType: 'https://sigstore.dev/cosign/sign/v1', predicate: { pad: 'x'.repeat(pad) } }));
+  const statement = Buffer.from(
+    JSON.stringify({
+      _type: 'https://in-toto.io/Statement/v1',
+      subject: [{ digest: { sha256: subject.digest.slice(7) } }],
+      predicateType: 'https://sigstore.dev/cosign/sign/v1',
+      predicate: { pad: 'x'.repeat(pad) },
+    }),
+  );
   const sig = cryptoSign('sha256', dsse.preAuthEncoding('application/vnd.in-toto+json', statement), key);
-  return Buffer.from(JSON.stringify(bundleToJSON(toDSSEBundle({ artifact: statement, artifactType: 'application/vnd.in-toto+json', signature: sig, keyHint: '' }))));
+  return Buffer.from(
+    JSON.stringify(bundleToJSON(toDSSEBundle({ artifact: statement, artifactType: 'application/vnd.in-toto+json', signature: sig, keyHint: '' }))),
+  );
 }
 
 /** A bundle referrer of `subject` whose manifest lists `layers` bundle blobs (distinct, so each is a download). */
 function addReferrer(up: FakeUpstream, repo: string, subject: Img, layers: number, key: KeyObject): void {
   const blobs = Array.from({ length: layers }, () => bundleBlob(subject, key, Math.floor(Math.random() * 50)));
   for (const b of blobs) up.addBlob(repo, b);
-  const bytes = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: BUNDLE, config: EMPTY,
-    layers: blobs.map((b) => ({ mediaType: BUNDLE, digest: sha(b), size: b.length })),
-    subject: { mediaType: OCI_MANIFEST, digest: subject.digest, size: subject.bytes.length },
-    annotations: { nonce: String(Math.random()) },
-  }));
+  const bytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      artifactType: BUNDLE,
+      config: EMPTY,
+      layers: blobs.map((b) => ({ mediaType: BUNDLE, digest: sha(b), size: b.length })),
+      subject: { mediaType: OCI_MANIFEST, digest: subject.digest, size: subject.bytes.length },
+      annotations: { nonce: String(Math.random()) },
+    }),
+  );
   up.addManifest(repo, undefined, bytes, OCI_MANIFEST);
 }
 
 /** A legacy `.sig` tag with `layers` simple-signing layers (unsigned junk: each still costs a download). */
 function addSigTag(up: FakeUpstream, repo: string, subject: Img, layers: number): void {
-  const blobs = Array.from({ length: layers }, (_, i) => Buffer.from(JSON.stringify({ critical: { type: 'cosign container image signature', image: { 'docker-manifest-digest': subject.digest } }, optional: { i } })));
+  const blobs = Array.from({ length: layers }, (_, i) =>
+    Buffer.from(
+      JSON.stringify({ critical: { type: 'cosign container image signature', image: { 'docker-manifest-digest': subject.digest } }, optional: { i } }),
+    ),
+  );
   for (const b of blobs) up.addBlob(repo, b);
-  const bytes = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: OCI_MANIFEST, config: EMPTY,
-    layers: blobs.map((b) => ({ mediaType: SIMPLE_SIGNING, digest: sha(b), size: b.length, annotations: { 'dev.cosignproject.cosign/signature': 'AAAA' } })),
-  }));
+  const bytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: EMPTY,
+      layers: blobs.map((b) => ({ mediaType: SIMPLE_SIGNING, digest: sha(b), size: b.length, annotations: { 'dev.cosignproject.cosign/signature': 'AAAA' } })),
+    }),
+  );
   up.addManifest(repo, `sha256-${subject.digest.slice(7)}.sig`, bytes, OCI_MANIFEST);
 }
 
@@ -122,7 +147,9 @@ describe('signature discovery budget', () => {
       const sig = inputs.at(-1)!.signatures;
       expect(sig.status).toBe('error');
       expect(sig.rejected[0]!.code).toBe('BUDGET_EXCEEDED');
-      expect(sig.rejected[0]!.reason).toMatch(/signature discovery budget exceeded: more than (4 signature artifacts|6 signature blobs) for one digest \(signatures\.budget\.(artifacts|blobs)\)/);
+      expect(sig.rejected[0]!.reason).toMatch(
+        /signature discovery budget exceeded: more than (4 signature artifacts|6 signature blobs) for one digest \(signatures\.budget\.(artifacts|blobs)\)/,
+      );
       expect(((await res.json()) as { errors: Array<{ message: string }> }).errors[0]!.message).toMatch(/budget/);
       const n = upstreamCounts(up, 'hostile/app');
       // The image's own manifest (tag and digest) plus at most 4 artifacts; at most 6 blobs; the lookups (referrers
@@ -151,11 +178,21 @@ describe('signature discovery budget', () => {
       const fat = addImage(up, 'signed/fat', 'v1');
       const blobs = Array.from({ length: 4 }, () => bundleBlob(fat, release.privateKey, 6000));
       for (const b of blobs) up.addBlob('signed/fat', b);
-      up.addManifest('signed/fat', undefined, Buffer.from(JSON.stringify({
-        schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: BUNDLE, config: EMPTY,
-        layers: blobs.map((b) => ({ mediaType: BUNDLE, digest: sha(b), size: b.length })),
-        subject: { mediaType: OCI_MANIFEST, digest: fat.digest, size: fat.bytes.length },
-      })), OCI_MANIFEST);
+      up.addManifest(
+        'signed/fat',
+        undefined,
+        Buffer.from(
+          JSON.stringify({
+            schemaVersion: 2,
+            mediaType: OCI_MANIFEST,
+            artifactType: BUNDLE,
+            config: EMPTY,
+            layers: blobs.map((b) => ({ mediaType: BUNDLE, digest: sha(b), size: b.length })),
+            subject: { mediaType: OCI_MANIFEST, digest: fat.digest, size: fat.bytes.length },
+          }),
+        ),
+        OCI_MANIFEST,
+      );
       up.clearRequests();
       const res = await fetch(`${p.url}/v2/${up.host}/signed/fat/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
       expect(res.status).toBe(403);

@@ -41,35 +41,55 @@ function addImage(up: FakeUpstream, repo: string, tag: string | undefined): Img 
   up.addBlob(repo, config);
   up.addBlob(repo, layer);
   up.addBlob(repo, Buffer.from('{}'));
-  const bytes = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: OCI_MANIFEST,
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }],
-  }));
+  const bytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }],
+    }),
+  );
   return { digest: up.addManifest(repo, tag, bytes, OCI_MANIFEST), bytes };
 }
 
 /** A cosign-3-style key-based bundle referrer for `subject`, signed by `key`, claiming `claimed`. */
 function addBundle(up: FakeUpstream, repo: string, subject: Img, key: KeyObject, claimed = subject.digest): Img {
-  const statement = Buffer.from(JSON.stringify({ _type: 'https://in-toto.io/Statement/v1', subject: [{ digest: { sha256: claimed.slice(7) } }], predicateType: 'https://sigstore.dev/cosign/sign/v1', predicate: {} }));
+  const statement = Buffer.from(
+    JSON.stringify({
+      _type: 'https://in-toto.io/Statement/v1',
+      subject: [{ digest: { sha256: claimed.slice(7) } }],
+      predicateType: 'https://sigstore.dev/cosign/sign/v1',
+      predicate: {},
+    }),
+  );
   const sig = cryptoSign('sha256', dsse.preAuthEncoding('application/vnd.in-toto+json', statement), key);
-  const bundle = Buffer.from(JSON.stringify(bundleToJSON(toDSSEBundle({ artifact: statement, artifactType: 'application/vnd.in-toto+json', signature: sig, keyHint: '' }))));
+  const bundle = Buffer.from(
+    JSON.stringify(bundleToJSON(toDSSEBundle({ artifact: statement, artifactType: 'application/vnd.in-toto+json', signature: sig, keyHint: '' }))),
+  );
   up.addBlob(repo, bundle);
-  const bytes = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: BUNDLE, config: EMPTY,
-    layers: [{ mediaType: BUNDLE, digest: sha(bundle), size: bundle.length }],
-    subject: { mediaType: OCI_MANIFEST, digest: subject.digest, size: subject.bytes.length },
-    annotations: { 'dev.sigstore.bundle.content': 'dsse-envelope', 'dev.sigstore.bundle.predicateType': 'https://sigstore.dev/cosign/sign/v1' },
-  }));
+  const bytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      artifactType: BUNDLE,
+      config: EMPTY,
+      layers: [{ mediaType: BUNDLE, digest: sha(bundle), size: bundle.length }],
+      subject: { mediaType: OCI_MANIFEST, digest: subject.digest, size: subject.bytes.length },
+      annotations: { 'dev.sigstore.bundle.content': 'dsse-envelope', 'dev.sigstore.bundle.predicateType': 'https://sigstore.dev/cosign/sign/v1' },
+    }),
+  );
   return { digest: up.addManifest(repo, undefined, bytes, OCI_MANIFEST), bytes };
 }
 
 /** The referrers tag schema: an index at `sha256-<hex>` listing the referrers. */
 function addTagSchemaIndex(up: FakeUpstream, repo: string, subject: Img, referrers: Array<Img & { artifactType: string }>): void {
-  const bytes = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: OCI_INDEX,
-    manifests: referrers.map((r) => ({ mediaType: OCI_MANIFEST, digest: r.digest, size: r.bytes.length, artifactType: r.artifactType })),
-  }));
+  const bytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_INDEX,
+      manifests: referrers.map((r) => ({ mediaType: OCI_MANIFEST, digest: r.digest, size: r.bytes.length, artifactType: r.artifactType })),
+    }),
+  );
   up.addManifest(repo, `sha256-${subject.digest.slice(7)}`, bytes, OCI_INDEX);
 }
 
@@ -92,7 +112,11 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function start(up: FakeUpstream, extraSignatures: Record<string, unknown> = {}, decisions?: Array<Parameters<DecisionObserver['onDecision']>[0]>): Promise<RunningProxy> {
+async function start(
+  up: FakeUpstream,
+  extraSignatures: Record<string, unknown> = {},
+  decisions?: Array<Parameters<DecisionObserver['onDecision']>[0]>,
+): Promise<RunningProxy> {
   return startProxy({
     upstreams: [{ name: 'up', registry: up.host, url: up.url }],
     settings,
@@ -180,10 +204,15 @@ describe('discovery', () => {
       addBundle(up, 'signed/app', image, release.privateKey);
       up.setFault({ pathRegex: /\/referrers\// }, { kind: 'status', status: 503, times: 3 });
       const msg = await denial(await get(p, up, 'signed/app/manifests/v1'));
-      expect(msg).toMatch(/signature required by authority "release" \(signature verification error: .*signature discovery failed: referrers: upstream "up" answered HTTP 503/);
+      expect(msg).toMatch(
+        /signature required by authority "release" \(signature verification error: .*signature discovery failed: referrers: upstream "up" answered HTTP 503/,
+      );
       const sig = decisions.at(-1)!.input.signatures;
       expect(sig.status).toBe('error');
-      expect(sig.rejected.map((r) => [r.authority, r.code])).toEqual([[undefined, 'DISCOVERY_FAILED'], ['release', 'NO_SIGNATURE']]);
+      expect(sig.rejected.map((r) => [r.authority, r.code])).toEqual([
+        [undefined, 'DISCOVERY_FAILED'],
+        ['release', 'NO_SIGNATURE'],
+      ]);
       // Pulled by digest (a new decision): the upstream is back, and nothing of the failure was cached.
       expect((await get(p, up, `signed/app/manifests/${image.digest}`)).status).toBe(200);
     } finally {
@@ -201,7 +230,9 @@ describe('verification', () => {
       const other = generateKeyPairSync('ec', { namedCurve: 'P-256' });
       const a = addImage(up, 'signed/app', 'other-key');
       addBundle(up, 'signed/app', a, other.privateKey);
-      expect(await denial(await get(p, up, 'signed/app/manifests/other-key'))).toMatch(/signature required by authority "release" \(no signature verified: key mismatch\)/);
+      expect(await denial(await get(p, up, 'signed/app/manifests/other-key'))).toMatch(
+        /signature required by authority "release" \(no signature verified: key mismatch\)/,
+      );
       const b = addImage(up, 'signed/app', 'copied');
       const source = addImage(up, 'signed/app', undefined);
       // A valid signature of `source`, attached to `b` (the referrer's subject says b; the signed statement says source).
@@ -224,12 +255,24 @@ describe('verification', () => {
       const image = addImage(up, 'signed/app', 'garbled');
       const garbage = Buffer.from('{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json"}');
       up.addBlob('signed/app', garbage);
-      up.addManifest('signed/app', undefined, Buffer.from(JSON.stringify({
-        schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: BUNDLE, config: EMPTY,
-        layers: [{ mediaType: BUNDLE, digest: sha(garbage), size: garbage.length }],
-        subject: { mediaType: OCI_MANIFEST, digest: image.digest, size: image.bytes.length },
-      })), OCI_MANIFEST);
-      expect(await denial(await get(p, up, 'signed/app/manifests/garbled'))).toMatch(/authority "release" \(no signature verified: unusable signature \(not a valid Sigstore bundle: /);
+      up.addManifest(
+        'signed/app',
+        undefined,
+        Buffer.from(
+          JSON.stringify({
+            schemaVersion: 2,
+            mediaType: OCI_MANIFEST,
+            artifactType: BUNDLE,
+            config: EMPTY,
+            layers: [{ mediaType: BUNDLE, digest: sha(garbage), size: garbage.length }],
+            subject: { mediaType: OCI_MANIFEST, digest: image.digest, size: image.bytes.length },
+          }),
+        ),
+        OCI_MANIFEST,
+      );
+      expect(await denial(await get(p, up, 'signed/app/manifests/garbled'))).toMatch(
+        /authority "release" \(no signature verified: unusable signature \(not a valid Sigstore bundle: /,
+      );
       const sig = decisions.at(-1)!.input.signatures;
       expect(sig.status).toBe('ok');
       expect(sig.rejected).toEqual([expect.objectContaining({ authority: 'release', code: 'UNUSABLE_SIGNATURE' })]);

@@ -21,7 +21,19 @@ import { startProxy, type RunningProxy } from '../harness/proxy.js';
 const calls = vi.hoisted(() => ({ parse: [] as string[] }));
 vi.mock('../../src/oci/mediatypes.js', async (orig) => {
   const m = await orig<typeof import('../../src/oci/mediatypes.js')>();
-  return { ...m, parseManifest: (b: Buffer, ct: string | undefined) => { calls.parse.push(new Error().stack!.split('\n').slice(2, 5).map((s) => s.trim()).join(' < ')); return m.parseManifest(b, ct); } };
+  return {
+    ...m,
+    parseManifest: (b: Buffer, ct: string | undefined) => {
+      calls.parse.push(
+        new Error()
+          .stack!.split('\n')
+          .slice(2, 5)
+          .map((s) => s.trim())
+          .join(' < '),
+      );
+      return m.parseManifest(b, ct);
+    },
+  };
 });
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -37,7 +49,14 @@ function addImage(repo: string, tag: string | undefined, arch = 'amd64'): { dige
   const layer = Buffer.from(`layer ${arch}`);
   up.addBlob(repo, config);
   up.addBlob(repo, layer);
-  const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length }, layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }] }));
+  const bytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }],
+    }),
+  );
   return { digest: up.addManifest(repo, tag, bytes, OCI_MANIFEST), bytes };
 }
 
@@ -50,7 +69,18 @@ beforeAll(async () => {
   addImage('demo/app', 'v1');
   const a = addImage('demo/multi', undefined, 'amd64');
   const b = addImage('demo/multi', undefined, 'arm64');
-  const idx = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [a, b].map((x, i) => ({ mediaType: OCI_MANIFEST, digest: x.digest, size: x.bytes.length, platform: { os: 'linux', architecture: i ? 'arm64' : 'amd64' } })) }));
+  const idx = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_INDEX,
+      manifests: [a, b].map((x, i) => ({
+        mediaType: OCI_MANIFEST,
+        digest: x.digest,
+        size: x.bytes.length,
+        platform: { os: 'linux', architecture: i ? 'arm64' : 'amd64' },
+      })),
+    }),
+  );
   up.addManifest('demo/multi', 'v1', idx, OCI_INDEX);
   process.env.PC_MEASURE_TOKEN = 'x'.repeat(32);
   px = await startProxy({
@@ -77,18 +107,29 @@ async function measure(label: string, path: string): Promise<void> {
   calls.parse.length = 0;
   const res = await fetch(`${px.url}${path}`, { headers: { accept: MANIFEST_ACCEPT } });
   await res.arrayBuffer();
-  const cov = (await session.post('Profiler.takePreciseCoverage')) as { result: Array<{ url: string; functions: Array<{ functionName: string; ranges: Array<{ count: number }> }> }> };
+  const cov = (await session.post('Profiler.takePreciseCoverage')) as {
+    result: Array<{ url: string; functions: Array<{ functionName: string; ranges: Array<{ count: number }> }> }>;
+  };
   const src = resolve('src');
   const files = new Map<string, { fns: number; calls: number }>();
   for (const s of cov.result) {
     const p = s.url.replace(/^file:\/\//, '').split('?')[0]!;
     if (!p.startsWith(src)) continue;
-    let fns = 0; let n = 0;
-    for (const f of s.functions) { const c = f.ranges[0]?.count ?? 0; if (c > 0 && f.functionName !== '') { fns++; n += c; } }
+    let fns = 0;
+    let n = 0;
+    for (const f of s.functions) {
+      const c = f.ranges[0]?.count ?? 0;
+      if (c > 0 && f.functionName !== '') {
+        fns++;
+        n += c;
+      }
+    }
     if (fns) files.set(relative(src, p), { fns, calls: n });
   }
   const folders = new Set([...files.keys()].map((f) => f.split('/')[0]));
-  console.log(`${label}: status ${res.status}; parseManifest x${calls.parse.length}; ${files.size} src files in ${folders.size} folders; ${[...files.values()].reduce((a, b) => a + b.fns, 0)} distinct named functions, ${[...files.values()].reduce((a, b) => a + b.calls, 0)} calls`);
+  console.log(
+    `${label}: status ${res.status}; parseManifest x${calls.parse.length}; ${files.size} src files in ${folders.size} folders; ${[...files.values()].reduce((a, b) => a + b.fns, 0)} distinct named functions, ${[...files.values()].reduce((a, b) => a + b.calls, 0)} calls`,
+  );
   console.log('  files:', [...files.keys()].sort().join(' '));
   for (const c of calls.parse) console.log('  parse <', c);
   expect(res.status).toBe(200);

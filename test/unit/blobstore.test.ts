@@ -15,7 +15,6 @@ function blob(n: number): { data: Buffer; digest: Digest } {
 
 const listTmp = (dir: string) => readdirSync(join(dir, 'tmp'));
 
-
 describe('BlobStore', () => {
   it('stores, leases and reads back a blob (sha256 and sha512)', async () => {
     const dir = tempDir();

@@ -24,7 +24,9 @@ describe('parseChallenges', () => {
   });
 
   it('keeps commas, spaces and escaped quotes inside quoted values', () => {
-    const [c] = parseChallenges('Bearer realm="https://a/token?x=1,2", scope="repository:a:pull,push repository:b:pull", error="say \\"hi\\", ok", x="back\\\\slash"');
+    const [c] = parseChallenges(
+      'Bearer realm="https://a/token?x=1,2", scope="repository:a:pull,push repository:b:pull", error="say \\"hi\\", ok", x="back\\\\slash"',
+    );
     expect(c).toEqual({
       scheme: 'bearer',
       params: { realm: 'https://a/token?x=1,2', scope: 'repository:a:pull,push repository:b:pull', error: 'say "hi", ok', x: 'back\\slash' },
@@ -53,7 +55,9 @@ describe('parseChallenges', () => {
   });
 
   it('lower-cases the scheme and the parameter names, not the values', () => {
-    expect(parseChallenges('BEARER Realm="HTTPS://A/Token", SERVICE="Reg"')).toEqual([{ scheme: 'bearer', params: { realm: 'HTTPS://A/Token', service: 'Reg' } }]);
+    expect(parseChallenges('BEARER Realm="HTTPS://A/Token", SERVICE="Reg"')).toEqual([
+      { scheme: 'bearer', params: { realm: 'HTTPS://A/Token', service: 'Reg' } },
+    ]);
     expect(parseChallenges('bAsIc rEaLm="x"')[0]?.scheme).toBe('basic');
   });
 
@@ -98,7 +102,9 @@ describe('parseChallenges', () => {
     const token = fc.stringMatching(/^[A-Za-z0-9._~+/:-]{1,30}$/);
     fc.assert(
       fc.property(scheme, fc.dictionary(key, token, { minKeys: 1, maxKeys: 5 }), (s, params) => {
-        const h = `${s} ${Object.entries(params).map(([k, v]) => `${k}=${v}`).join(',')}`;
+        const h = `${s} ${Object.entries(params)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(',')}`;
         expect(parseChallenges(h)).toEqual([{ scheme: s.toLowerCase(), params }]);
       }),
       { numRuns: 300 },
@@ -134,7 +140,10 @@ describe('parseScope', () => {
 
   it('round-trips generated scopes', () => {
     const part = fc.stringMatching(/^[a-z0-9][a-z0-9._/-]{0,20}$/);
-    const name = fc.oneof(part, fc.tuple(part, fc.integer({ min: 1, max: 65535 }), part).map(([h, p, r]) => `${h}:${p}/${r}`));
+    const name = fc.oneof(
+      part,
+      fc.tuple(part, fc.integer({ min: 1, max: 65535 }), part).map(([h, p, r]) => `${h}:${p}/${r}`),
+    );
     const scope = fc.record({
       type: fc.constantFrom('repository', 'registry', 'repository(plugin)'),
       name,

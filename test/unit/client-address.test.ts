@@ -72,7 +72,10 @@ describe('trusted proxies and X-Forwarded-For', () => {
 describe('PROXY protocol v2 header', () => {
   it('reads IPv4, IPv6 and LOCAL headers, TLVs included, and says how long the header was', () => {
     const v4 = proxyV2({ address: '203.0.113.7', port: 40000 }, { tlv: 20 });
-    expect(parseProxyHeader(Buffer.concat([v4, Buffer.from('GET / HTTP/1.1\r\n')]))).toEqual({ header: { kind: 'proxy', address: '203.0.113.7', port: 40000 }, length: v4.length });
+    expect(parseProxyHeader(Buffer.concat([v4, Buffer.from('GET / HTTP/1.1\r\n')]))).toEqual({
+      header: { kind: 'proxy', address: '203.0.113.7', port: 40000 },
+      length: v4.length,
+    });
     const v6 = proxyV2({ address: '2001:db8:0:0:0:0:0:9', port: 1234 });
     expect(parseProxyHeader(v6)).toEqual({ header: { kind: 'proxy', address: '2001:db8::9', port: 1234 }, length: 52 });
     expect(parseProxyHeader(proxyV2('local'))).toEqual({ header: { kind: 'local' }, length: 16 });

@@ -187,7 +187,13 @@ describe('Portcullis tokens', () => {
     const forged = await (await TokenAuthority.create({ service: 'portcullis', ttl: 300_000 })).issue({ user: 'alice', groups: [], method: 'basic' }, []);
     expect(failure(await ours.authenticate(bearer(forged.token))).code).toBe('TOKEN_INVALID');
     const { privateKey } = await generateKeyPair('ES256');
-    const other = await new SignJWT({ access: [] }).setProtectedHeader({ alg: 'ES256' }).setIssuer('portcullis').setAudience('elsewhere').setSubject('a').setExpirationTime('5m').sign(privateKey);
+    const other = await new SignJWT({ access: [] })
+      .setProtectedHeader({ alg: 'ES256' })
+      .setIssuer('portcullis')
+      .setAudience('elsewhere')
+      .setSubject('a')
+      .setExpirationTime('5m')
+      .sign(privateKey);
     expect(failure(await ours.authenticate(bearer(other))).code).toBe('TOKEN_INVALID');
   });
 });
@@ -203,9 +209,16 @@ describe('OIDC bearer tokens against a JWKS file', () => {
     const jwksFile = join(dir, 'jwks.json');
     await writeFile(jwksFile, JSON.stringify({ keys: [jwk] }));
     sign = (claims, exp = now / 1000 + 600) =>
-      new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'ci-1' }).setIssuedAt(now / 1000).setExpirationTime(exp).sign(privateKey);
+      new SignJWT(claims)
+        .setProtectedHeader({ alg: 'ES256', kid: 'ci-1' })
+        .setIssuedAt(now / 1000)
+        .setExpirationTime(exp)
+        .sign(privateKey);
     auth = await ClientAuth.create(
-      authSchema.parse({ anonymous: false, oidc: [{ issuer: 'https://ci.example', audience: 'portcullis', jwksFile, userClaim: 'sub', groupsClaim: 'teams', groups: ['ci'] }] }),
+      authSchema.parse({
+        anonymous: false,
+        oidc: [{ issuer: 'https://ci.example', audience: 'portcullis', jwksFile, userClaim: 'sub', groupsClaim: 'teams', groups: ['ci'] }],
+      }),
       { now: () => now },
     );
   });
@@ -220,10 +233,15 @@ describe('OIDC bearer tokens against a JWKS file', () => {
 
   test('wrong audience, expired, unknown issuer and another key are refused', async () => {
     expect(failure(await auth.authenticate(bearer(await sign({ iss: 'https://ci.example', aud: 'someone-else', sub: 'x' })))).code).toBe('TOKEN_AUDIENCE');
-    expect(failure(await auth.authenticate(bearer(await sign({ iss: 'https://ci.example', aud: 'portcullis', sub: 'x' }, now / 1000 - 10)))).code).toBe('TOKEN_EXPIRED');
+    expect(failure(await auth.authenticate(bearer(await sign({ iss: 'https://ci.example', aud: 'portcullis', sub: 'x' }, now / 1000 - 10)))).code).toBe(
+      'TOKEN_EXPIRED',
+    );
     expect(failure(await auth.authenticate(bearer(await sign({ iss: 'https://evil.example', aud: 'portcullis', sub: 'x' })))).code).toBe('TOKEN_ISSUER');
     const { privateKey } = await generateKeyPair('ES256');
-    const forged = await new SignJWT({ iss: 'https://ci.example', aud: 'portcullis', sub: 'x' }).setProtectedHeader({ alg: 'ES256', kid: 'ci-1' }).setExpirationTime(now / 1000 + 60).sign(privateKey);
+    const forged = await new SignJWT({ iss: 'https://ci.example', aud: 'portcullis', sub: 'x' })
+      .setProtectedHeader({ alg: 'ES256', kid: 'ci-1' })
+      .setExpirationTime(now / 1000 + 60)
+      .sign(privateKey);
     expect(failure(await auth.authenticate(bearer(forged))).code).toBe('TOKEN_INVALID');
   });
 
@@ -236,7 +254,13 @@ describe('client certificates', () => {
   test('SAN parsing and mapping: SPIFFE URI first, groups from the first matching rule', () => {
     const names = certNames('node-1', 'DNS:node-1.example, URI:spiffe://example.org/ns/team-a/sa/node, IP Address:127.0.0.1');
     expect(names).toEqual({ cn: 'node-1', uris: ['spiffe://example.org/ns/team-a/sa/node'], dns: ['node-1.example'] });
-    const m = new MtlsAuthenticator({ user: 'uri', map: [{ uri: 'spiffe://example.org/ns/team-b/**', groups: ['team-b'] }, { uri: 'spiffe://example.org/ns/team-a/**', groups: ['team-a', 'nodes'] }] });
+    const m = new MtlsAuthenticator({
+      user: 'uri',
+      map: [
+        { uri: 'spiffe://example.org/ns/team-b/**', groups: ['team-b'] },
+        { uri: 'spiffe://example.org/ns/team-a/**', groups: ['team-a', 'nodes'] },
+      ],
+    });
     expect(m.identityOf(names)).toEqual({ user: 'spiffe://example.org/ns/team-a/sa/node', groups: ['nodes', 'team-a'], method: 'mtls' });
     expect(new MtlsAuthenticator({ user: 'cn', map: [{ cn: 'node-*', user: 'nodes', groups: [] }] }).identityOf(names)?.user).toBe('nodes');
     expect(new MtlsAuthenticator({ user: 'dns', map: [] }).identityOf(names)?.user).toBe('node-1.example');

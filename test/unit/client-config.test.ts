@@ -32,11 +32,16 @@ describe('client-config containerd / docker', () => {
       expect(f.content).toMatch(/^server = "http:\/\/127\.0\.0\.1:5000"$/m);
       expect(f.content).toMatch(/^\[host\."http:\/\/127\.0\.0\.1:5000"\]\n {2}capabilities = \["pull", "resolve"\]$/m);
       expect(f.content.match(/^\[host\./gm)).toHaveLength(1);
-      const settings = f.content.split('\n').filter((l) => !l.startsWith('#')).join('\n');
+      const settings = f.content
+        .split('\n')
+        .filter((l) => !l.startsWith('#'))
+        .join('\n');
       expect(settings).not.toMatch(/registry-1\.docker\.io|10\.0\.0\.9|https:/);
     }
     expect(cc.notes.join('\n')).toMatch(/config_path/);
-    expect(clientConfig('containerd', config, { proxyUrl: 'http://127.0.0.1:5000', defaultHost: false }).files.map((f) => f.path)).not.toContain('_default/hosts.toml');
+    expect(clientConfig('containerd', config, { proxyUrl: 'http://127.0.0.1:5000', defaultHost: false }).files.map((f) => f.path)).not.toContain(
+      '_default/hosts.toml',
+    );
   });
 
   it('adds the CA or skip_verify for an https proxy, and warns about plain http off loopback', () => {

@@ -17,7 +17,9 @@ import { cleanupTempDirs, makeConfig, sha256, tempDir } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
-const router = new Router(makeConfig({ upstreams: [{ name: 'dockerhub', registry: 'docker.io', url: 'https://registry-1.docker.io' }], defaultUpstream: 'dockerhub' }));
+const router = new Router(
+  makeConfig({ upstreams: [{ name: 'dockerhub', registry: 'docker.io', url: 'https://registry-1.docker.io' }], defaultUpstream: 'dockerhub' }),
+);
 function route(name: string): Route {
   const r = router.resolve(name, undefined);
   if ('code' in r) throw new Error(r.message);
@@ -59,7 +61,13 @@ function index(entries: Array<{ m: Manifest; platform?: Record<string, unknown>;
   return manifestOf({
     schemaVersion: 2,
     mediaType: OCI_INDEX,
-    manifests: entries.map((e) => ({ mediaType: e.m.mediaType, digest: e.m.digest, size: e.m.bytes.length, ...(e.platform ? { platform: e.platform } : {}), ...(e.annotations ? { annotations: e.annotations } : {}) })),
+    manifests: entries.map((e) => ({
+      mediaType: e.m.mediaType,
+      digest: e.m.digest,
+      size: e.m.bytes.length,
+      ...(e.platform ? { platform: e.platform } : {}),
+      ...(e.annotations ? { annotations: e.annotations } : {}),
+    })),
   });
 }
 
@@ -95,7 +103,8 @@ afterEach(() => meta.close());
 function gate(decider: Decider, extra: Partial<GateOptions> = {}, sig?: SignatureProvider): Gate {
   return new Gate({ decider, meta, options: { ...OPTS, ...extra }, signatures: sig, observers: [], now });
 }
-const root = (g: Gate, m: Manifest, tag: string | null = 'v1', r = R) => g.admitRoot({ route: r, method: 'GET', tag, manifest: m, kind: 'manifest', client: CLIENT });
+const root = (g: Gate, m: Manifest, tag: string | null = 'v1', r = R) =>
+  g.admitRoot({ route: r, method: 'GET', tag, manifest: m, kind: 'manifest', client: CLIENT });
 const byDigest = (g: Gate, m: Manifest, r = R) => g.admitByDigest({ route: r, method: 'GET', client: CLIENT, manifest: m });
 const blob = (g: Gate, digest: Digest, r = R) => g.admitBlob({ route: r, method: 'GET', client: CLIENT, digest });
 
@@ -137,7 +146,9 @@ describe('children are decided with their own evidence', () => {
       { m: amd, platform: { os: 'linux', architecture: 'amd64' } },
       { m: arm, platform: { os: 'linux', architecture: 'arm64' } },
     ]);
-    const decider = new ScriptedDecider('r1', (i) => (i.image.digest === arm.digest ? deny('1 CRITICAL vulnerability (CVE-2026-7777) exceeds limit 0', 'scan.limit') : ALLOW));
+    const decider = new ScriptedDecider('r1', (i) =>
+      i.image.digest === arm.digest ? deny('1 CRITICAL vulnerability (CVE-2026-7777) exceeds limit 0', 'scan.limit') : ALLOW,
+    );
     const g = gate(decider);
     expect((await root(g, idx)).serve).toBe(true);
     const bad = await byDigest(g, arm);
@@ -155,7 +166,11 @@ describe('children are decided with their own evidence', () => {
     const inner = image(d('5'), [d('6')]);
     const nested = index([{ m: inner, platform: { os: 'windows', architecture: 'amd64', 'os.version': '10.0.20348.2113' } }]);
     const idx = index([
-      { m: smuggled, platform: { os: 'unknown', architecture: 'unknown' }, annotations: { 'vnd.docker.reference.type': 'attestation-manifest', 'vnd.docker.reference.digest': d('0') } },
+      {
+        m: smuggled,
+        platform: { os: 'unknown', architecture: 'unknown' },
+        annotations: { 'vnd.docker.reference.type': 'attestation-manifest', 'vnd.docker.reference.digest': d('0') },
+      },
       { m: nested },
     ]);
     const decider = new ScriptedDecider('r1', (i) => (i.image.digest === smuggled.digest || i.image.digest === inner.digest ? deny('denied child') : ALLOW));
@@ -165,14 +180,23 @@ describe('children are decided with their own evidence', () => {
     expect((await byDigest(g, nested)).serve).toBe(true);
     expect((await byDigest(g, inner)).serve).toBe(false);
     const innerInput = decider.calls.find((c) => c.image.digest === inner.digest)!;
-    expect(innerInput.image).toMatchObject({ parent: { digest: nested.digest }, root: { digest: idx.digest, tag: 'v1' }, platform: { os: 'windows', os_version: '10.0.20348.2113' }, runnable: true, manifest_kind: 'image' });
+    expect(innerInput.image).toMatchObject({
+      parent: { digest: nested.digest },
+      root: { digest: idx.digest, tag: 'v1' },
+      platform: { os: 'windows', os_version: '10.0.20348.2113' },
+      runnable: true,
+      manifest_kind: 'image',
+    });
     expect((await blob(g, d('6'))).serve).toBe(false);
   });
 
   it('a child that cannot run (an attestation manifest) rides on its index without a decision of its own', async () => {
     const att = image(d('a'), [{ digest: d('b'), mediaType: 'application/vnd.in-toto+json' }]);
     const amd = image(d('c'), [d('e')]);
-    const idx = index([{ m: amd, platform: { os: 'linux', architecture: 'amd64' } }, { m: att, annotations: { 'vnd.docker.reference.type': 'attestation-manifest' } }]);
+    const idx = index([
+      { m: amd, platform: { os: 'linux', architecture: 'amd64' } },
+      { m: att, annotations: { 'vnd.docker.reference.type': 'attestation-manifest' } },
+    ]);
     const decider = new ScriptedDecider('r1');
     const g = gate(decider);
     await root(g, idx);
@@ -189,11 +213,16 @@ describe('children are decided with their own evidence', () => {
       trustRevision: 't1',
       signatures: (ctx) =>
         Promise.resolve({
-          signatures: ctx.digest === idx.digest ? { status: 'ok', verified: [verified], rejected: [] } : { status: 'none', verified: [], rejected: [{ authority: 'release-team', reason: 'no signature found', code: 'NO_SIGNATURE' as const }] },
+          signatures:
+            ctx.digest === idx.digest
+              ? { status: 'ok', verified: [verified], rejected: [] }
+              : { status: 'none', verified: [], rejected: [{ authority: 'release-team', reason: 'no signature found', code: 'NO_SIGNATURE' as const }] },
           attestations: [],
         }),
     };
-    const decider = new ScriptedDecider('r1', (i) => (i.signatures.verified.some((v) => v.authority === 'release-team') ? ALLOW : deny('signature required', 'signature.required')));
+    const decider = new ScriptedDecider('r1', (i) =>
+      i.signatures.verified.some((v) => v.authority === 'release-team') ? ALLOW : deny('signature required', 'signature.required'),
+    );
     const g = gate(decider, {}, sig);
     await root(g, idx);
     expect((await byDigest(g, amd)).serve).toBe(true);
@@ -203,10 +232,17 @@ describe('children are decided with their own evidence', () => {
   });
 
   it('the policy input says what a manifest is', async () => {
-    const chart = image(d('a'), [{ digest: d('b'), mediaType: 'application/vnd.cncf.helm.chart.content.v1.tar+gzip' }], { artifactType: 'application/vnd.cncf.helm.config.v1+json' });
+    const chart = image(d('a'), [{ digest: d('b'), mediaType: 'application/vnd.cncf.helm.chart.content.v1.tar+gzip' }], {
+      artifactType: 'application/vnd.cncf.helm.config.v1+json',
+    });
     const decider = new ScriptedDecider('r1');
     await root(gate(decider), chart);
-    expect(decider.calls[0]!.image).toMatchObject({ manifest_kind: 'image', artifact_type: 'application/vnd.cncf.helm.config.v1+json', config_media_type: 'application/vnd.oci.image.config.v1+json', runnable: false });
+    expect(decider.calls[0]!.image).toMatchObject({
+      manifest_kind: 'image',
+      artifact_type: 'application/vnd.cncf.helm.config.v1+json',
+      config_media_type: 'application/vnd.oci.image.config.v1+json',
+      runnable: false,
+    });
   });
 });
 
@@ -239,7 +275,10 @@ describe('admissions are bound to their basis', () => {
   it('a restart with other settings, or a rotated trust root, re-decides the root and the child before a child’s blob', async () => {
     const amd = image(d('a'), [d('b')]);
     const idx = index([{ m: amd, platform: { os: 'linux', architecture: 'amd64' } }]);
-    const sig = { trustRevision: 't1', signatures: () => Promise.resolve({ signatures: { status: 'none' as const, verified: [], rejected: [] }, attestations: [] }) };
+    const sig = {
+      trustRevision: 't1',
+      signatures: () => Promise.resolve({ signatures: { status: 'none' as const, verified: [], rejected: [] }, attestations: [] }),
+    };
     const first = new ScriptedDecider('r1');
     const g1 = gate(first, {}, sig);
     await root(g1, idx);
@@ -292,7 +331,12 @@ describe('upgrade', () => {
       CREATE TABLE closures (upstream TEXT NOT NULL, repository TEXT NOT NULL, member TEXT NOT NULL, root TEXT NOT NULL,
         kind TEXT NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (upstream, repository, member, root)) WITHOUT ROWID;`);
     const put = old.prepare('INSERT INTO closures VALUES (?, ?, ?, ?, ?, ?)');
-    for (const [member, kind] of [[img.digest, 'manifest'], [d('c'), 'blob'], [d('1'), 'blob']] as const) put.run('dockerhub', 'library/app', member, img.digest, kind, clock + 60_000);
+    for (const [member, kind] of [
+      [img.digest, 'manifest'],
+      [d('c'), 'blob'],
+      [d('1'), 'blob'],
+    ] as const)
+      put.run('dockerhub', 'library/app', member, img.digest, kind, clock + 60_000);
     old.close();
     meta = new SqliteMetaStore(dir);
     const decider = new ScriptedDecider('r1');
@@ -328,6 +372,9 @@ describe('bounded state', () => {
     const decider = new ScriptedDecider('r1', () => deny('no policy scope covers "docker.io/library/app"', 'scope.no_match'));
     const a = await gate(decider).admitRepository({ route: R, method: 'GET', client: CLIENT, kind: 'referrers' });
     expect(a.serve).toBe(false);
-    expect(decider.calls[0]).toMatchObject({ request: { kind: 'referrers' }, image: { registry: 'docker.io', repository: 'library/app', digest: null, tag: null } });
+    expect(decider.calls[0]).toMatchObject({
+      request: { kind: 'referrers' },
+      image: { registry: 'docker.io', repository: 'library/app', digest: null, tag: null },
+    });
   });
 });

@@ -46,7 +46,23 @@ function constructors(): Array<{ where: string; params: number }> {
 }
 
 /** Built once per process, by the composition root. (Factories of a capability build its own service.) */
-const SERVICES = ['MetaStore', 'BlobStore', 'DownloadManager', 'Router', 'UpstreamClient', 'ManifestService', 'BlobService', 'TagService', 'Gate', 'RegistryHandlers', 'PolicyManager', 'DecisionLog', 'ScanApi', 'App', 'Quotas'];
+const SERVICES = [
+  'MetaStore',
+  'BlobStore',
+  'DownloadManager',
+  'Router',
+  'UpstreamClient',
+  'ManifestService',
+  'BlobService',
+  'TagService',
+  'Gate',
+  'RegistryHandlers',
+  'PolicyManager',
+  'DecisionLog',
+  'ScanApi',
+  'App',
+  'Quotas',
+];
 
 /**
  * Constructors that still take four or more positional parameters, each with the reason. Nothing may be added.

@@ -63,7 +63,9 @@ describe('S3 credentials at start', () => {
   it('a missing secret stops the start naming the field', () => {
     const c = parseConfig(S3, 'p.yaml', {});
     expect(() => s3Client(c.storage.s3!, (ref) => readSecret(ref, {}))).toThrow(/storage\.s3\.credentials\.accessKeyId: environment variable S3_AK is not set/);
-    expect(() => s3Client(c.storage.s3!, (ref) => readSecret(ref, { S3_AK: 'x' }))).toThrow(/storage\.s3\.credentials\.secretAccessKey: secret file \/run\/secrets\/s3 cannot be read/);
+    expect(() => s3Client(c.storage.s3!, (ref) => readSecret(ref, { S3_AK: 'x' }))).toThrow(
+      /storage\.s3\.credentials\.secretAccessKey: secret file \/run\/secrets\/s3 cannot be read/,
+    );
   });
 });
 
@@ -71,6 +73,8 @@ describe('storage.s3.localCache', () => {
   it('parses a size and names the field of a bad one', () => {
     const c = parseConfig(S3.replace('forcePathStyle: true', 'forcePathStyle: true\n    localCache: { maxSize: 2GiB }'), 'p.yaml', {});
     expect(c.storage.s3?.localCache).toEqual({ maxSize: 2 * 1024 ** 3 });
-    expect(() => parseConfig(S3.replace('forcePathStyle: true', 'forcePathStyle: true\n    localCache: { maxSize: 2GB }'), 'p.yaml', {})).toThrow(/storage\.s3\.localCache\.maxSize/);
+    expect(() => parseConfig(S3.replace('forcePathStyle: true', 'forcePathStyle: true\n    localCache: { maxSize: 2GB }'), 'p.yaml', {})).toThrow(
+      /storage\.s3\.localCache\.maxSize/,
+    );
   });
 });

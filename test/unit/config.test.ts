@@ -28,7 +28,15 @@ describe('parseConfig: defaults and parsing', () => {
   it('fills defaults for a minimal file', () => {
     const c = parseConfig(MIN, 'p.yaml', {});
     expect(c.listen).toBe('127.0.0.1:5000');
-    expect(c.upstreams[0]).toMatchObject({ name: 'dockerhub', registry: 'docker.io', url: 'https://registry-1.docker.io', aliases: [], insecure: false, concurrency: 64, retries: 3 });
+    expect(c.upstreams[0]).toMatchObject({
+      name: 'dockerhub',
+      registry: 'docker.io',
+      url: 'https://registry-1.docker.io',
+      aliases: [],
+      insecure: false,
+      concurrency: 64,
+      retries: 3,
+    });
     expect(c.upstreams[0]?.timeouts).toEqual({ connect: 10_000, headers: 30_000, body: 300_000 });
     expect(c.cache).toEqual({ maxSize: 20 * 1024 ** 3, tagTTL: 60_000, staleIfError: 86_400_000 });
     expect(c.gate).toEqual({ allowTTL: 600_000, denyTTL: 30_000, closureTTL: 3_600_000 });
@@ -47,7 +55,15 @@ shutdownGrace: 0s
       {},
     );
     expect(c.cache).toEqual({ maxSize: 20 * 1024 ** 3, tagTTL: 30_000, staleIfError: 7 * 86_400_000 });
-    expect(c.limits).toEqual({ maxManifestSize: 512 * 1024, maxHeaderSize: 100, requestTimeout: 500, idleTimeout: 65_000, writeStallTimeout: 60_000, maxConnections: 8192, maxConnectionsPerClient: 512 });
+    expect(c.limits).toEqual({
+      maxManifestSize: 512 * 1024,
+      maxHeaderSize: 100,
+      requestTimeout: 500,
+      idleTimeout: 65_000,
+      writeStallTimeout: 60_000,
+      maxConnections: 8192,
+      maxConnectionsPerClient: 512,
+    });
     expect(c.listener).toEqual({ proxyProtocol: false, proxyProtocolTimeout: 5_000, trustedProxies: [] });
     expect(c.gate).toEqual({ allowTTL: 300_000, denyTTL: 2_000, closureTTL: 3_600_000 });
     expect(c.shutdownGrace).toBe(0);
@@ -59,10 +75,16 @@ shutdownGrace: 0s
   });
 
   it('checks the listener and limits settings, naming the field', () => {
-    const c = parseConfig(`${MIN}\nlistener: { proxyProtocol: true, trustedProxies: [10.0.0.0/8, '2001:db8::/32'] }\nlimits: { writeStallTimeout: 0, maxConnectionsPerClient: 0 }\n`, 'p.yaml', {});
+    const c = parseConfig(
+      `${MIN}\nlistener: { proxyProtocol: true, trustedProxies: [10.0.0.0/8, '2001:db8::/32'] }\nlimits: { writeStallTimeout: 0, maxConnectionsPerClient: 0 }\n`,
+      'p.yaml',
+      {},
+    );
     expect(c.listener).toMatchObject({ proxyProtocol: true, trustedProxies: ['10.0.0.0/8', '2001:db8::/32'] });
     expect(c.limits).toMatchObject({ writeStallTimeout: 0, maxConnectionsPerClient: 0, idleTimeout: 65_000 });
-    expect(() => parseConfig(`${MIN}\nlistener: { trustedProxies: [10.0.0.0/40] }\n`, 'p.yaml', {})).toThrow(/listener\.trustedProxies: "10\.0\.0\.0\/40": prefix length/);
+    expect(() => parseConfig(`${MIN}\nlistener: { trustedProxies: [10.0.0.0/40] }\n`, 'p.yaml', {})).toThrow(
+      /listener\.trustedProxies: "10\.0\.0\.0\/40": prefix length/,
+    );
     expect(() => parseConfig(`${MIN}\nlimits: { maxConnections: -1 }\n`, 'p.yaml', {})).toThrow(/limits\.maxConnections/);
     expect(() => parseConfig(`${MIN}\nsignatures: { budget: { blobs: 0 } }\n`, 'p.yaml', {})).toThrow(/signatures\.budget\.blobs/);
   });
@@ -107,7 +129,11 @@ describe('parseConfig: errors name the file and the field path', () => {
 
   it('names nested paths and unknown keys', () => {
     const e = configError(() =>
-      parseConfig(`upstreams:\n  - { name: a, registry: a.io, url: "https://a.io" }\n  - { name: b, registry: "b io", url: "https://b.io", timeouts: { connect: x } }\n`, 'c.yaml', {}),
+      parseConfig(
+        `upstreams:\n  - { name: a, registry: a.io, url: "https://a.io" }\n  - { name: b, registry: "b io", url: "https://b.io", timeouts: { connect: x } }\n`,
+        'c.yaml',
+        {},
+      ),
     );
     expect(e.problems.some((p) => p.startsWith('upstreams[1].registry: '))).toBe(true);
     expect(e.problems.some((p) => p.startsWith('upstreams[1].timeouts.connect: '))).toBe(true);
@@ -164,7 +190,9 @@ describe('parseConfig: cross-field rules', () => {
   });
 
   it('rejects duplicate upstream names', () => {
-    const e = configError(() => parseConfig(`upstreams:\n  - { name: a, registry: x.io, url: "https://a" }\n  - { name: a, registry: y.io, url: "https://b" }\n`, 'd.yaml', {}));
+    const e = configError(() =>
+      parseConfig(`upstreams:\n  - { name: a, registry: x.io, url: "https://a" }\n  - { name: a, registry: y.io, url: "https://b" }\n`, 'd.yaml', {}),
+    );
     expect(e.problems.join('\n')).toMatch(/^upstreams\[1\]\.name: duplicate/m);
   });
 
@@ -182,11 +210,21 @@ describe('parseConfig: cross-field rules', () => {
   it('requires a file or url for the file and http decision-log sinks', () => {
     expect(configError(() => parseConfig(`${MIN}decisionLog: { sink: file }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.file: /m);
     expect(configError(() => parseConfig(`${MIN}decisionLog: { sink: http }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.url: /m);
-    expect(configError(() => parseConfig(`${MIN}decisionLog: { mask: ["/request/client"] }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.mask\[0\]: /m);
+    expect(configError(() => parseConfig(`${MIN}decisionLog: { mask: ["/request/client"] }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(
+      /^decisionLog\.mask\[0\]: /m,
+    );
     expect(configError(() => parseConfig(`${MIN}decisionLog: { onFull: wait }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.onFull: /m);
-    expect(configError(() => parseConfig(`${MIN}decisionLog: { sink: stdout, spool: { maxSize: 1MiB } }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.spool: /m);
-    expect(configError(() => parseConfig(`${MIN}decisionLog: { sink: http, url: "http://c/", spool: { maxSize: 1KiB } }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(/^decisionLog\.spool\.maxSize: /m);
-    const d = parseConfig(`${MIN}decisionLog: { sink: http, url: "http://c/", onFull: block, blockTimeout: 2s, spool: { maxSize: 64MiB } }\n`, 'd.yaml', {}).decisionLog;
+    expect(configError(() => parseConfig(`${MIN}decisionLog: { sink: stdout, spool: { maxSize: 1MiB } }\n`, 'd.yaml', {})).problems.join('\n')).toMatch(
+      /^decisionLog\.spool: /m,
+    );
+    expect(
+      configError(() => parseConfig(`${MIN}decisionLog: { sink: http, url: "http://c/", spool: { maxSize: 1KiB } }\n`, 'd.yaml', {})).problems.join('\n'),
+    ).toMatch(/^decisionLog\.spool\.maxSize: /m);
+    const d = parseConfig(
+      `${MIN}decisionLog: { sink: http, url: "http://c/", onFull: block, blockTimeout: 2s, spool: { maxSize: 64MiB } }\n`,
+      'd.yaml',
+      {},
+    ).decisionLog;
     expect(d).toMatchObject({ onFull: 'block', blockTimeout: 2000, spool: { maxSize: 64 * 1024 * 1024 } });
     expect(parseConfig(MIN, 'd.yaml', {}).decisionLog).toMatchObject({ onFull: 'drop', blockTimeout: 5000 });
   });

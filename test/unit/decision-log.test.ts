@@ -28,7 +28,12 @@ function input(i = 0): PolicyInput {
   return {
     version: 1,
     now: '2026-06-01T00:00:00Z',
-    request: { kind: 'manifest', method: 'GET', client: { ip: `10.0.0.${i}`, user: 'alice', groups: [], method: 'basic', user_agent: 'docker/29' }, routing: 'default' },
+    request: {
+      kind: 'manifest',
+      method: 'GET',
+      client: { ip: `10.0.0.${i}`, user: 'alice', groups: [], method: 'basic', user_agent: 'docker/29' },
+      routing: 'default',
+    },
     image: {
       registry: 'docker.io',
       repository: 'library/nginx',
@@ -47,8 +52,25 @@ function input(i = 0): PolicyInput {
 }
 
 function event(i: number): Parameters<DecisionObserver['onDecision']>[0] {
-  const admission: Admission = { decisionId: `id-${i}`, serve: true, outcome: 'allow', message: '', violations: [], warnings: [], mode: 'enforce', cached: false };
-  return { admission, input: input(i), result: { allow: true, deny: [], warn: [], scope: 'all', mode: 'enforce' }, revision: 'rev-1', evalMs: 0.5, totalMs: 1, route };
+  const admission: Admission = {
+    decisionId: `id-${i}`,
+    serve: true,
+    outcome: 'allow',
+    message: '',
+    violations: [],
+    warnings: [],
+    mode: 'enforce',
+    cached: false,
+  };
+  return {
+    admission,
+    input: input(i),
+    result: { allow: true, deny: [], warn: [], scope: 'all', mode: 'enforce' },
+    revision: 'rev-1',
+    evalMs: 0.5,
+    totalMs: 1,
+    route,
+  };
 }
 
 async function counter(c: { get(): Promise<{ values: Array<{ value: number }> }> }): Promise<number> {
@@ -112,7 +134,12 @@ const ids = (from: number, to: number): string[] => Array.from({ length: to - fr
 describe('maskInput', () => {
   it('replaces the values at JSON pointers under /input and reports which existed', () => {
     const original = input(7);
-    const { input: masked, masked: which } = maskInput(original, ['/input/request/client/ip', '/input/request/client/user', '/input/nope/x', '/input/image/missing']);
+    const { input: masked, masked: which } = maskInput(original, [
+      '/input/request/client/ip',
+      '/input/request/client/user',
+      '/input/nope/x',
+      '/input/image/missing',
+    ]);
     const m = masked as PolicyInput;
     expect(m.request.client.ip).toBe('**masked**');
     expect(m.request.client.user).toBe('**masked**');
@@ -123,7 +150,12 @@ describe('maskInput', () => {
   });
 
   it('masks whole subtrees, array elements and escaped keys', () => {
-    const { input: masked, masked: which } = maskInput(input(), ['/input/request/client', '/input/attestations/0/predicate', '/input/image/labels/a~1b', '/input/image/labels/c~0d']);
+    const { input: masked, masked: which } = maskInput(input(), [
+      '/input/request/client',
+      '/input/attestations/0/predicate',
+      '/input/image/labels/a~1b',
+      '/input/image/labels/c~0d',
+    ]);
     const m = masked as { request: { client: unknown }; attestations: Array<{ predicate: unknown }>; image: { labels: unknown } };
     expect(m.request.client).toBe('**masked**');
     expect(m.attestations[0]!.predicate).toBe('**masked**');
@@ -141,7 +173,12 @@ describe('DecisionLog sinks', () => {
   it('stdout: one JSON line per decision, OPA-shaped, with masking', () => {
     const lines: string[] = [];
     const metrics = new Metrics({ defaultMetrics: false });
-    const log = new DecisionLog({ config: { sink: 'stdout', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: ['/input/request/client/ip'] }, metrics, log: silent, write: (l) => lines.push(l) });
+    const log = new DecisionLog({
+      config: { sink: 'stdout', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: ['/input/request/client/ip'] },
+      metrics,
+      log: silent,
+      write: (l) => lines.push(l),
+    });
     void log.onDecision(event(1));
     expect(lines).toHaveLength(1);
     expect(lines[0]!.endsWith('\n')).toBe(true);
@@ -162,14 +199,23 @@ describe('DecisionLog sinks', () => {
 
   it('none: writes nothing', () => {
     const lines: string[] = [];
-    const log = new DecisionLog({ config: { sink: 'none', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, metrics: new Metrics({ defaultMetrics: false }), log: silent, write: (l) => lines.push(l) });
+    const log = new DecisionLog({
+      config: { sink: 'none', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] },
+      metrics: new Metrics({ defaultMetrics: false }),
+      log: silent,
+      write: (l) => lines.push(l),
+    });
     void log.onDecision(event(1));
     expect(lines).toEqual([]);
   });
 
   it('file: appends one JSON event per line', async () => {
     const file = join(tempDir(), 'decisions.jsonl');
-    const log = new DecisionLog({ config: { sink: 'file', file, batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, metrics: new Metrics({ defaultMetrics: false }), log: silent });
+    const log = new DecisionLog({
+      config: { sink: 'file', file, batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] },
+      metrics: new Metrics({ defaultMetrics: false }),
+      log: silent,
+    });
     void log.onDecision(event(1));
     void log.onDecision(event(2));
     await log.close();
@@ -219,7 +265,11 @@ describe('DecisionLog HTTP sink', () => {
       res.end();
     });
     const metrics = new Metrics({ defaultMetrics: false });
-    const log = new DecisionLog({ config: httpCfg(`${server.url}/logs`, { batchSize: 3, maxQueue: 100, mask: ['/input/request/client/user'] }), metrics, log: silent });
+    const log = new DecisionLog({
+      config: httpCfg(`${server.url}/logs`, { batchSize: 3, maxQueue: 100, mask: ['/input/request/client/user'] }),
+      metrics,
+      log: silent,
+    });
     for (let i = 0; i < 7; i++) void log.onDecision(event(i));
     await log.close();
     const all = batches.flat();
@@ -403,7 +453,12 @@ describe('DecisionLog spool (onDisk) and onFull: block', () => {
 describe('credentials in upstream URLs never reach the decision log', () => {
   it('input.upstream.url loses its userinfo; the input the policy saw is untouched', () => {
     const lines: string[] = [];
-    const log = new DecisionLog({ config: { sink: 'stdout', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] }, metrics: new Metrics({ defaultMetrics: false }), log: silent, write: (l) => lines.push(l) });
+    const log = new DecisionLog({
+      config: { sink: 'stdout', batchSize: 1, flushInterval: 1000, maxQueue: 1, mask: [] },
+      metrics: new Metrics({ defaultMetrics: false }),
+      log: silent,
+      write: (l) => lines.push(l),
+    });
     const e = event(1);
     e.input.upstream.url = 'https://robot%24ci:s3cr3t-p%40ss@registry.example:8443/v2-mirror';
     void log.onDecision(e);

@@ -46,7 +46,8 @@ describe.each(['deploy/kubernetes/deployment.yaml', 'deploy/kubernetes/daemonset
     const operatorPort = Number(config.operatorListen!.split(':').pop());
     const workload = all.find((d) => d.kind === 'Deployment' || d.kind === 'DaemonSet')!;
     const container = workload.spec.template.spec.containers.find((c) => c.name === 'portcullis')!;
-    const portOf = (p: number | string | undefined): number | undefined => (typeof p === 'string' ? container.ports.find((x) => x.name === p)?.containerPort : p);
+    const portOf = (p: number | string | undefined): number | undefined =>
+      typeof p === 'string' ? container.ports.find((x) => x.name === p)?.containerPort : p;
     for (const probe of [container.readinessProbe, container.livenessProbe]) {
       expect(portOf(probe.httpGet.port)).toBe(operatorPort);
       expect(probe.httpGet.scheme ?? 'HTTP').toBe('HTTP');

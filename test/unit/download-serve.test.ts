@@ -107,7 +107,10 @@ describe('SlabPool', () => {
 function reusingSource(
   data: Buffer,
   chunk: number,
-  opts: { onOffset?: (off: number) => Promise<void> | void; /** The download held the source (after the chunk at `off`). */ onHeld?: (off: number) => void } = {},
+  opts: {
+    onOffset?: (off: number) => Promise<void> | void;
+    /** The download held the source (after the chunk at `off`). */ onHeld?: (off: number) => void;
+  } = {},
 ): () => Promise<DownloadSource> {
   return () => {
     const buf = Buffer.alloc(chunk);
@@ -267,16 +270,18 @@ describe('Download.writeTo and write-behind', () => {
     const server = createServer((_req, res) => {
       res.setHeader('content-length', 1);
       // The last byte alone: it is only ever sent once the whole blob has verified.
-      download.writeTo(res, data.length - 1, data.length - 1, () => {}).then(
-        () => (outcome = 'resolved'),
-        (e: unknown) => {
-          outcome = e;
-          headersSent = res.headersSent;
-          res.statusCode = 502;
-          res.setHeader('content-length', 0);
-          res.end();
-        },
-      );
+      download
+        .writeTo(res, data.length - 1, data.length - 1, () => {})
+        .then(
+          () => (outcome = 'resolved'),
+          (e: unknown) => {
+            outcome = e;
+            headersSent = res.headersSent;
+            res.statusCode = 502;
+            res.setHeader('content-length', 0);
+            res.end();
+          },
+        );
     });
     servers.push(server);
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -317,7 +322,10 @@ describe('Download.writeTo and write-behind', () => {
     const big = randomBytes(64 * MiB);
     let offered = 0;
     let heldAfter: number | undefined;
-    const d2 = mgr.getOrStart(sha256(big), reusingSource(big, 256 * 1024, { onOffset: (off) => void (offered = off), onHeld: (off) => void (heldAfter ??= off) })).download;
+    const d2 = mgr.getOrStart(
+      sha256(big),
+      reusingSource(big, 256 * 1024, { onOffset: (off) => void (offered = off), onHeld: (off) => void (heldAfter ??= off) }),
+    ).download;
     await d2.ready;
     // The download holds the source (its chunk promise stays pending while the disk is shut): nothing more can come.
     await until(() => heldAfter !== undefined, 'the download to hold the source');

@@ -76,7 +76,6 @@ function split(data: Buffer, n: number): Buffer[] {
   return out;
 }
 
-
 describe('DownloadManager / Download', () => {
   it('fetches once for concurrent requests, and every reader gets identical bytes', async () => {
     const { store, mgr, dir } = setup();

@@ -69,7 +69,19 @@ describe('classifyAddress', () => {
   }
 
   it('ordinary unicast addresses are in no special range', () => {
-    for (const a of ['8.8.8.8', '1.1.1.1', '93.184.216.34', '172.32.0.1', '172.15.255.255', '100.128.0.1', '169.255.0.1', '11.0.0.1', '2606:4700::1111', '2a00:1450:4001::200e', '64:ff9c::1']) {
+    for (const a of [
+      '8.8.8.8',
+      '1.1.1.1',
+      '93.184.216.34',
+      '172.32.0.1',
+      '172.15.255.255',
+      '100.128.0.1',
+      '169.255.0.1',
+      '11.0.0.1',
+      '2606:4700::1111',
+      '2a00:1450:4001::200e',
+      '64:ff9c::1',
+    ]) {
       expect(classifyAddress(a), a).toBeUndefined();
     }
   });
@@ -176,7 +188,11 @@ describe('EgressGuard', () => {
   });
 
   it('redirects.allow opens CIDRs, addresses and host names', async () => {
-    const g = new EgressGuard({ upstream: new URL('https://registry.example'), allow: ['10.0.0.0/8', '::ffff:0:0/96', '169.254.169.254', 'blobs.internal.corp'], lookup: resolver(table) });
+    const g = new EgressGuard({
+      upstream: new URL('https://registry.example'),
+      allow: ['10.0.0.0/8', '::ffff:0:0/96', '169.254.169.254', 'blobs.internal.corp'],
+      lookup: resolver(table),
+    });
     expect(await lookupOne(g, 'ten.attacker.test')).toEqual(['10.9.9.9', 4]);
     expect(await lookupOne(g, 'mapped.attacker.test')).toEqual(['::ffff:127.0.0.1', 6]);
     expect(await lookupOne(g, 'meta.attacker.test')).toEqual(['169.254.169.254', 4]);

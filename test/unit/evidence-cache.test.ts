@@ -42,7 +42,10 @@ describe('EvidenceCache', () => {
       db.close();
       const cache = new EvidenceCache(dir);
       expect(cache.get(key, now)).toBeUndefined();
-      const fresh: CachedEvidence = { signatures: { status: 'ok', verified: [], rejected: [{ authority: 'a', reason: 'key mismatch', code: 'KEY_MISMATCH' }] }, attestations: [] };
+      const fresh: CachedEvidence = {
+        signatures: { status: 'ok', verified: [], rejected: [{ authority: 'a', reason: 'key mismatch', code: 'KEY_MISMATCH' }] },
+        attestations: [],
+      };
       cache.put(key, fresh, now + 60_000, now);
       cache.close();
       // And what this build stores, it reads back after a restart.

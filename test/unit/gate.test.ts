@@ -50,7 +50,12 @@ function index(children: Manifest[]): Manifest {
   return manifestOf({
     schemaVersion: 2,
     mediaType: OCI_INDEX,
-    manifests: children.map((c, i) => ({ mediaType: OCI_MANIFEST, digest: c.digest, size: c.bytes.length, platform: { os: 'linux', architecture: ['amd64', 'arm64'][i % 2] } })),
+    manifests: children.map((c, i) => ({
+      mediaType: OCI_MANIFEST,
+      digest: c.digest,
+      size: c.bytes.length,
+      platform: { os: 'linux', architecture: ['amd64', 'arm64'][i % 2] },
+    })),
     annotations: { 'org.opencontainers.image.created': '2026-01-01T00:00:00Z' },
   });
 }
@@ -92,12 +97,22 @@ beforeEach(() => {
 afterEach(() => meta.close());
 
 function req(r: Route, manifest: Manifest, extra: Partial<RootRequest> = {}): RootRequest {
-  return { route: r, method: 'GET', tag: 'latest', manifest, kind: 'manifest', client: { ip: '10.0.0.1', user: null, groups: [], method: 'anonymous', userAgent: 'containerd/2' }, ...extra };
+  return {
+    route: r,
+    method: 'GET',
+    tag: 'latest',
+    manifest,
+    kind: 'manifest',
+    client: { ip: '10.0.0.1', user: null, groups: [], method: 'anonymous', userAgent: 'containerd/2' },
+    ...extra,
+  };
 }
 
 /** The manifests the gate may read back to decide a root again (the server gives it the manifest service). */
 const known = new Map<string, Manifest>();
-const manifests = { get: (_r: Route, digest: Digest) => (known.has(digest) ? Promise.resolve(known.get(digest)!) : Promise.reject(new Error(`unknown ${digest}`))) };
+const manifests = {
+  get: (_r: Route, digest: Digest) => (known.has(digest) ? Promise.resolve(known.get(digest)!) : Promise.reject(new Error(`unknown ${digest}`))),
+};
 const CLIENT = { ip: '10.0.0.1', user: null, groups: [], method: 'anonymous', userAgent: 'containerd/2' };
 
 function gate(decider: Decider, observers: DecisionObserver[] = [], sig?: SignatureProvider, scan?: ScanProvider, extra: Partial<GateOptions> = {}): Gate {
@@ -138,7 +153,13 @@ describe('Gate: closures', () => {
     expect(g.vouchedBy(r, d('b'), 'blob')).toBeUndefined(); // blobs of a child are not known until the child is admitted
     expect((await byDigest(g, r, amd)).serve).toBe(true);
     expect(decider.calls).toHaveLength(2);
-    expect(decider.calls[1]!.image).toMatchObject({ digest: amd.digest, tag: null, parent: { digest: idx.digest }, root: { digest: idx.digest, tag: 'latest' }, platform: { os: 'linux', architecture: 'amd64' } });
+    expect(decider.calls[1]!.image).toMatchObject({
+      digest: amd.digest,
+      tag: null,
+      parent: { digest: idx.digest },
+      root: { digest: idx.digest, tag: 'latest' },
+      platform: { os: 'linux', architecture: 'amd64' },
+    });
     expect(g.vouchedBy(r, d('a'), 'blob')).toBe(idx.digest);
     expect(g.vouchedBy(r, d('b'), 'blob')).toBe(idx.digest);
     expect(g.vouchedBy(r, d('f'), 'blob')).toBeUndefined();
@@ -391,7 +412,15 @@ describe('Gate: policy input and observers', () => {
       version: 1,
       now: '2026-06-01T00:00:00.000Z',
       request: { kind: 'manifest', method: 'HEAD', client: { ip: '10.0.0.1', user: null, user_agent: 'containerd/2' }, routing: 'ns' },
-      image: { registry: 'docker.io', repository: 'library/nginx', tag: '1.27', digest: idx.digest, media_type: OCI_INDEX, platforms: ['linux/amd64', 'linux/arm64'], created: '2026-01-01T00:00:00Z' },
+      image: {
+        registry: 'docker.io',
+        repository: 'library/nginx',
+        tag: '1.27',
+        digest: idx.digest,
+        media_type: OCI_INDEX,
+        platforms: ['linux/amd64', 'linux/arm64'],
+        created: '2026-01-01T00:00:00Z',
+      },
       upstream: { name: 'dockerhub', url: 'https://registry-1.docker.io' },
       signatures: { status: 'not_configured' },
       scan: { status: 'not_configured', code: 'NOT_CONFIGURED' },

@@ -60,7 +60,12 @@ const arm = image('arm64');
 const index = manifestOf({
   schemaVersion: 2,
   mediaType: OCI_INDEX,
-  manifests: [amd, arm].map((c, i) => ({ mediaType: OCI_MANIFEST, digest: c.manifest.digest, size: c.manifest.bytes.length, platform: { os: 'linux', architecture: i ? 'arm64' : 'amd64' } })),
+  manifests: [amd, arm].map((c, i) => ({
+    mediaType: OCI_MANIFEST,
+    digest: c.manifest.digest,
+    size: c.manifest.bytes.length,
+    platform: { os: 'linux', architecture: i ? 'arm64' : 'amd64' },
+  })),
 });
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -267,7 +272,13 @@ function handlers(extra: Partial<HandlerDeps> = {}): RegistryHandlers {
 }
 
 /** One request through the handlers; a thrown RegistryError becomes the answer the client would get. */
-async function request(h: RegistryHandlers, method: 'GET' | 'HEAD', path: string, identity: Identity = ANON, headers: Record<string, string> = {}): Promise<Answer> {
+async function request(
+  h: RegistryHandlers,
+  method: 'GET' | 'HEAD',
+  path: string,
+  identity: Identity = ANON,
+  headers: Record<string, string> = {},
+): Promise<Answer> {
   const url = new URL(`http://proxy.local${path}`);
   const ep = parseEndpoint(url.pathname);
   if (!ep) throw new Error(`not an endpoint: ${path}`);
@@ -310,7 +321,11 @@ describe('admission order: the gate decides before anything is served', () => {
     test(`${method} by tag: resolved, decided, then served`, async () => {
       const a = await request(handlers(), method, m('app', 'v1'));
       expect(a.status).toBe(200);
-      expect(log).toEqual([`manifests.resolveTag v1`, `gate.admitRoot ${method} ${app.manifest.digest} manifest`, method === 'GET' ? 'res.end 200' : 'res.end 200 (no body)']);
+      expect(log).toEqual([
+        `manifests.resolveTag v1`,
+        `gate.admitRoot ${method} ${app.manifest.digest} manifest`,
+        method === 'GET' ? 'res.end 200' : 'res.end 200 (no body)',
+      ]);
       expect(a.headers['docker-content-digest']).toBe(app.manifest.digest);
       expect(a.headers['portcullis-decision-id']).toBe('d-app');
       expect(a.body?.equals(app.manifest.bytes) ?? method === 'HEAD').toBe(true);
@@ -327,7 +342,11 @@ describe('admission order: the gate decides before anything is served', () => {
     test(`${method} by digest: decided (as a root of its own), then served`, async () => {
       const a = await request(handlers(), method, m('app', app.manifest.digest));
       expect(a.status).toBe(200);
-      expect(log).toEqual([`manifests.get ${app.manifest.digest}`, `gate.admitByDigest ${method} ${app.manifest.digest} as root`, method === 'GET' ? 'res.end 200' : 'res.end 200 (no body)']);
+      expect(log).toEqual([
+        `manifests.get ${app.manifest.digest}`,
+        `gate.admitByDigest ${method} ${app.manifest.digest} as root`,
+        method === 'GET' ? 'res.end 200' : 'res.end 200 (no body)',
+      ]);
     });
 
     test(`${method} by digest, denied: 403 DENIED, nothing sent`, async () => {
@@ -462,16 +481,22 @@ describe('refusals and their OCI codes', () => {
   describe('a scanner token: the image of its job and nothing else', () => {
     const scanner: Identity = { user: 'scanner', groups: [], method: 'scanner', scanJob: { repository: 'app', digest: app.manifest.digest } };
 
-    test('its job manifest and that manifest\'s blobs, without a policy decision (the scan is evidence for it)', async () => {
+    test("its job manifest and that manifest's blobs, without a policy decision (the scan is evidence for it)", async () => {
       const h = handlers();
       expect((await request(h, 'GET', m('app', app.manifest.digest), scanner)).status).toBe(200);
       expect((await request(h, 'GET', b('app', app.layers[1]!), scanner)).status).toBe(200);
       expect(log.some((l) => l.startsWith('gate.'))).toBe(false);
     });
 
-    test('another digest, a tag, another image\'s blob, a tag list: 403 DENIED, reason scanner_job_only', async () => {
+    test("another digest, a tag, another image's blob, a tag list: 403 DENIED, reason scanner_job_only", async () => {
       const h = handlers();
-      for (const path of [m('app', evil.manifest.digest), m('app', 'v1'), b('app', evil.layers[0]!), `/v2/${HOST}/app/tags/list`, `/v2/${HOST}/app/referrers/${app.manifest.digest}`]) {
+      for (const path of [
+        m('app', evil.manifest.digest),
+        m('app', 'v1'),
+        b('app', evil.layers[0]!),
+        `/v2/${HOST}/app/tags/list`,
+        `/v2/${HOST}/app/referrers/${app.manifest.digest}`,
+      ]) {
         const a = await request(h, 'GET', path, scanner);
         expect([path, a.status, ociError(a).code, ociError(a).detail]).toEqual([path, 403, 'DENIED', { reason: 'scanner_job_only' }]);
       }

@@ -63,7 +63,11 @@ describe('ForwardedVerifier', () => {
 
   test('a JWKS file with an Ed25519 key: the client is named, the node is under via', async () => {
     const { dir, priv, verifier, now } = await setup();
-    const h = await new ForwardSigner({ key: priv, keyId: 'node-a-1', audience: 'central', ttl: 30_000, now: () => now.t }).sign({ user: 'alice', groups: ['team-a'], method: 'oidc' });
+    const h = await new ForwardSigner({ key: priv, keyId: 'node-a-1', audience: 'central', ttl: 30_000, now: () => now.t }).sign({
+      user: 'alice',
+      groups: ['team-a'],
+      method: 'oidc',
+    });
     expect(await verifier.verify(h, node)).toEqual({ ok: true, identity: { user: 'alice', groups: ['team-a'], method: 'oidc', via: node } });
     // Another node presenting it, or the right node 31 s later: refused.
     expect(await verifier.verify(h, { ...node, user: 'node-b' })).toMatchObject({ ok: false, code: 'FORWARDED_INVALID' });
@@ -76,9 +80,21 @@ describe('ForwardedVerifier', () => {
     const { dir, priv, verifier, now } = await setup();
     const key = createPrivateKey(readFileSync(priv));
     const iat = Math.floor(now.t / 1000);
-    const long = await new SignJWT({ groups: [], method: 'basic' }).setProtectedHeader({ alg: 'EdDSA', kid: 'node-a-1' }).setSubject('alice').setAudience('central').setIssuedAt(iat).setExpirationTime(iat + 3600).sign(key);
+    const long = await new SignJWT({ groups: [], method: 'basic' })
+      .setProtectedHeader({ alg: 'EdDSA', kid: 'node-a-1' })
+      .setSubject('alice')
+      .setAudience('central')
+      .setIssuedAt(iat)
+      .setExpirationTime(iat + 3600)
+      .sign(key);
     expect(await verifier.verify(long, node)).toMatchObject({ ok: false, code: 'FORWARDED_INVALID' });
-    const odd = await new SignJWT({ groups: [], method: 'scanner' }).setProtectedHeader({ alg: 'EdDSA', kid: 'node-a-1' }).setSubject('alice').setAudience('central').setIssuedAt(iat).setExpirationTime(iat + 30).sign(key);
+    const odd = await new SignJWT({ groups: [], method: 'scanner' })
+      .setProtectedHeader({ alg: 'EdDSA', kid: 'node-a-1' })
+      .setSubject('alice')
+      .setAudience('central')
+      .setIssuedAt(iat)
+      .setExpirationTime(iat + 30)
+      .sign(key);
     expect(await verifier.verify(odd, node)).toMatchObject({ ok: false, code: 'FORWARDED_INVALID' });
     await rm(dir, { recursive: true, force: true });
   });

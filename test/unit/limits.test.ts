@@ -28,7 +28,14 @@ class FakeSocket extends EventEmitter {
 
 function guard(now: () => number, ended: ClosedReason[]): ConnectionGuard {
   return new ConnectionGuard(
-    { maxConnections: 0, maxConnectionsPerClient: 0, writeStallTimeout: 60_000, proxyProtocol: false, proxyProtocolTimeout: 1_000, trustedProxies: addressSet([]) },
+    {
+      maxConnections: 0,
+      maxConnectionsPerClient: 0,
+      writeStallTimeout: 60_000,
+      proxyProtocol: false,
+      proxyProtocolTimeout: 1_000,
+      trustedProxies: addressSet([]),
+    },
     { ended: (r) => ended.push(r) },
     now,
   );

@@ -197,7 +197,9 @@ describe('parseManifest: properties', () => {
         .map((o) => JSON.stringify(o)),
       fc.string(),
     );
-    const ct = fc.option(fc.constantFrom(OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, 'application/json', '', ';'), { nil: undefined });
+    const ct = fc.option(fc.constantFrom(OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, 'application/json', '', ';'), {
+      nil: undefined,
+    });
     fc.assert(
       fc.property(jsonish, ct, (text, c) => {
         try {

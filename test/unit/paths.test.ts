@@ -34,7 +34,18 @@ describe('parseEndpoint', () => {
   });
 
   it('returns undefined for paths that are not registry endpoints', () => {
-    for (const p of ['/', '/v1/_ping', '/v2/a', '/v2/a/manifests/', '/v2/a/blobs/', '/v2/a/tags', '/v2/a/tags/list/x', '/v2//manifests', '/v22/a/manifests/x', '/v2/manifests/x']) {
+    for (const p of [
+      '/',
+      '/v1/_ping',
+      '/v2/a',
+      '/v2/a/manifests/',
+      '/v2/a/blobs/',
+      '/v2/a/tags',
+      '/v2/a/tags/list/x',
+      '/v2//manifests',
+      '/v22/a/manifests/x',
+      '/v2/manifests/x',
+    ]) {
       expect(parseEndpoint(p), p).toBeUndefined();
     }
   });
@@ -66,7 +77,34 @@ describe('parseEndpoint', () => {
     }
   });
 
-  const tricky = fc.constantFrom('%2e', '%2E', '.', '..', '%2f', '%2F', '/', '%5c', '\\', '%25', '%252e', '%00', '%', 'a', 'b', '0', '-', '_', 'A', '%41', '%C0%AE', '%c0%ae', '\u2024', '%e2%80%a4', 'manifests', 'blobs');
+  const tricky = fc.constantFrom(
+    '%2e',
+    '%2E',
+    '.',
+    '..',
+    '%2f',
+    '%2F',
+    '/',
+    '%5c',
+    '\\',
+    '%25',
+    '%252e',
+    '%00',
+    '%',
+    'a',
+    'b',
+    '0',
+    '-',
+    '_',
+    'A',
+    '%41',
+    '%C0%AE',
+    '%c0%ae',
+    '\u2024',
+    '%e2%80%a4',
+    'manifests',
+    'blobs',
+  );
   const rawName = fc.array(tricky, { minLength: 1, maxLength: 12 }).map((p) => p.join(''));
   const suffix = fc.constantFrom('/manifests/latest', `/blobs/${DIG}`, '/tags/list', '/blobs/uploads/', `/referrers/${DIG}`, `/manifests/${DIG}`);
 

@@ -22,7 +22,13 @@ describe('PolicyManager.onSwap', () => {
     await repackWithRevision(resolve('policies/bundle.tar.gz'), v3!, 'r3');
     const live = join(dir, 'bundle.tar.gz');
     await copyFile(v1!, live);
-    const pm = new PolicyManager({ source: { kind: 'file', path: live }, settings: {}, metrics: new Metrics({ defaultMetrics: false }), log: pino({ level: 'silent' }), pollIntervalMs: 3_600_000 });
+    const pm = new PolicyManager({
+      source: { kind: 'file', path: live },
+      settings: {},
+      metrics: new Metrics({ defaultMetrics: false }),
+      log: pino({ level: 'silent' }),
+      pollIntervalMs: 3_600_000,
+    });
     const a: string[] = [];
     const b: string[] = [];
     const stopA = pm.onSwap((r) => a.push(r));

@@ -170,7 +170,7 @@ describe('WasmDecider with the committed bundle', () => {
     expect((await active.evaluate(input({ tag: 'latest', now: 'garbage' }))).allow).toBe(false);
   });
 
-  it('computes a scan\'s age from scanned_at and now in seconds (nanosecond builtin units)', async () => {
+  it("computes a scan's age from scanned_at and now in seconds (nanosecond builtin units)", async () => {
     const d = await WasmDecider.create(bundle, { scopes: [{ name: 'all', images: ['**'], scan: { limits: {}, max_age_seconds: 3600, on_stale: 'deny' } }] });
     const withScan = (scanned_at: string): PolicyInput => ({ ...input(), scan: { status: 'ok', scanned_at, counts: {} } });
     expect((await d.evaluate(withScan('2026-06-01T11:30:00Z'))).allow).toBe(true); // 30 min old

@@ -24,6 +24,8 @@ describe('Quotas', () => {
     // After a refill of the address bucket, alice is through again.
     t += 1_000;
     expect(q.take('decisions', alice, '10.0.0.1').ok).toBe(true);
-    expect(await metrics.registry.getSingleMetricAsString('portcullis_quota_rejections_total')).toContain('class="anonymous",kind="decisions",key="identity"} 1');
+    expect(await metrics.registry.getSingleMetricAsString('portcullis_quota_rejections_total')).toContain(
+      'class="anonymous",kind="decisions",key="identity"} 1',
+    );
   });
 });

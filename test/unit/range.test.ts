@@ -64,7 +64,20 @@ describe('parseRange', () => {
   });
 
   it('ignores what it does not understand: no header, other units, multiple ranges, junk', () => {
-    for (const h of [undefined, '', 'bytes=', 'bytes=-', 'items=0-1', 'bytes=0-1,5-6', 'bytes=a-b', 'bytes 0-1', 'bytes=0x1-2', 'bytes=1.5-2', 'bytes=+1-2', 'bytes=--1']) {
+    for (const h of [
+      undefined,
+      '',
+      'bytes=',
+      'bytes=-',
+      'items=0-1',
+      'bytes=0-1,5-6',
+      'bytes=a-b',
+      'bytes 0-1',
+      'bytes=0x1-2',
+      'bytes=1.5-2',
+      'bytes=+1-2',
+      'bytes=--1',
+    ]) {
       expect(parseRange(h, 100), String(h)).toEqual({ kind: 'none' });
     }
   });

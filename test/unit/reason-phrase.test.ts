@@ -66,7 +66,9 @@ describe('sendError on a real Node server', () => {
       const req = request(url, { method }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ code: res.statusCode ?? 0, phrase: res.statusMessage ?? '', body: Buffer.concat(chunks).toString('utf8'), headers: res.headers }));
+        res.on('end', () =>
+          resolve({ code: res.statusCode ?? 0, phrase: res.statusMessage ?? '', body: Buffer.concat(chunks).toString('utf8'), headers: res.headers }),
+        );
       });
       req.on('error', reject);
       req.end();
@@ -81,7 +83,8 @@ describe('sendError on a real Node server', () => {
       expect(r.code).toBe(403);
       expect(r.phrase).toBe(`denied: policy.error: bad... X-Injected: yes ?? ? [decision ${ID}]`);
       expect(r.headers['x-injected']).toBeUndefined();
-      if (method === 'GET') expect((JSON.parse(r.body) as { errors: Array<{ code: string; message: string }> }).errors[0]!.message).toBe(`portcullis: denied: ${reason}`);
+      if (method === 'GET')
+        expect((JSON.parse(r.body) as { errors: Array<{ code: string; message: string }> }).errors[0]!.message).toBe(`portcullis: denied: ${reason}`);
     }
   });
 

@@ -44,7 +44,11 @@ function entry(repository: string, digest: Digest, over: Partial<ReevalEntry> = 
 const DENIED = { outcome: 'deny' as const, would_deny: true, deny: [{ rule: 'scan.limit', message: '1 CRITICAL' }] };
 
 /** A store of manifests by (repository, digest), a blob store, and the calls purge makes. */
-function fakeTarget(manifests: Record<string, { mediaType: string; bytes: Buffer }>, blobs: Digest[], opts: { members?: Array<{ root: Digest; member: Digest }>; downloading?: Digest[] } = {}) {
+function fakeTarget(
+  manifests: Record<string, { mediaType: string; bytes: Buffer }>,
+  blobs: Digest[],
+  opts: { members?: Array<{ root: Digest; member: Digest }>; downloading?: Digest[] } = {},
+) {
   const present = new Set(blobs);
   const forgotten: Digest[] = [];
   const t: PurgeTarget = {
@@ -77,10 +81,24 @@ describe('purgeable: only a deny about the image itself', () => {
     ['an evaluation error', entry('a', d('1'), { outcome: 'error', would_deny: true, error: 'upstream down' }), false],
     ['a scan that failed', entry('a', d('1'), { ...DENIED, scan: { status: 'error' }, deny: [{ rule: 'scan.error', message: 'scanner down' }] }), false],
     ['a pending scan', entry('a', d('1'), { ...DENIED, scan: { status: 'pending' }, deny: [{ rule: 'scan.pending', message: 'pending' }] }), false],
-    ['a signature verification error', entry('a', d('1'), { ...DENIED, signatures: 'error', deny: [{ rule: 'signature.required', message: 'verification error' }] }), false],
+    [
+      'a signature verification error',
+      entry('a', d('1'), { ...DENIED, signatures: 'error', deny: [{ rule: 'signature.required', message: 'verification error' }] }),
+      false,
+    ],
     ['a client rule (re-evaluation is anonymous)', entry('a', d('1'), { ...DENIED, deny: [{ rule: 'client.not_allowed', message: 'anonymous' }] }), false],
     ['a policy error', entry('a', d('1'), { ...DENIED, deny: [{ rule: 'policy.error', message: 'wasm trap' }] }), false],
-    ['a client rule next to a real one', entry('a', d('1'), { ...DENIED, deny: [{ rule: 'scan.limit', message: 'x' }, { rule: 'client.not_allowed', message: 'y' }] }), false],
+    [
+      'a client rule next to a real one',
+      entry('a', d('1'), {
+        ...DENIED,
+        deny: [
+          { rule: 'scan.limit', message: 'x' },
+          { rule: 'client.not_allowed', message: 'y' },
+        ],
+      }),
+      false,
+    ],
   ])('%s → %s', (_name, e, want) => {
     expect(purgeable(e)).toBe(want);
   });
@@ -97,7 +115,12 @@ describe('purge', () => {
       },
       [base, badOwn, badConfig, goodConfig, otherLayer],
       // An admitted image that is not in the report (an accessory, another repository) lists otherLayer.
-      { members: [{ root: other, member: otherLayer }, { root: bad, member: badOwn }] },
+      {
+        members: [
+          { root: other, member: otherLayer },
+          { root: bad, member: badOwn },
+        ],
+      },
     );
     const r = purge(t, [entry('app', bad, DENIED), entry('app', good)]);
     expect(forgotten).toEqual([bad]);
@@ -108,15 +131,27 @@ describe('purge', () => {
 
   test('an index: the blobs of its cached children go', () => {
     const [index, child] = [d('a'), d('b')];
-    const indexBytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [{ mediaType: OCI_MANIFEST, digest: child, size: 10, platform: { os: 'linux', architecture: 'amd64' } }] }));
-    const { t, present } = fakeTarget({ [`app@${index}`]: { mediaType: OCI_INDEX, bytes: indexBytes }, [`app@${child}`]: { mediaType: OCI_MANIFEST, bytes: image(d('3'), [d('4')]) } }, [d('3'), d('4')]);
+    const indexBytes = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: OCI_INDEX,
+        manifests: [{ mediaType: OCI_MANIFEST, digest: child, size: 10, platform: { os: 'linux', architecture: 'amd64' } }],
+      }),
+    );
+    const { t, present } = fakeTarget(
+      { [`app@${index}`]: { mediaType: OCI_INDEX, bytes: indexBytes }, [`app@${child}`]: { mediaType: OCI_MANIFEST, bytes: image(d('3'), [d('4')]) } },
+      [d('3'), d('4')],
+    );
     expect(purge(t, [entry('app', index, DENIED)]).removed.sort()).toEqual([d('3'), d('4')].sort());
     expect(present.size).toBe(0);
   });
 
   test('a digest still in good standing under another tag or repository is not purged at all', () => {
     const img = d('a');
-    const { t, present, forgotten } = fakeTarget({ [`x@${img}`]: { mediaType: OCI_MANIFEST, bytes: image(d('1'), [d('2')]) }, [`y@${img}`]: { mediaType: OCI_MANIFEST, bytes: image(d('1'), [d('2')]) } }, [d('1'), d('2')]);
+    const { t, present, forgotten } = fakeTarget(
+      { [`x@${img}`]: { mediaType: OCI_MANIFEST, bytes: image(d('1'), [d('2')]) }, [`y@${img}`]: { mediaType: OCI_MANIFEST, bytes: image(d('1'), [d('2')]) } },
+      [d('1'), d('2')],
+    );
     const r = purge(t, [entry('x', img, DENIED), entry('y', img)]);
     expect(r).toEqual({ images: [], removed: [], kept: [] });
     expect(forgotten).toEqual([]);
@@ -125,7 +160,9 @@ describe('purge', () => {
 
   test('a blob being downloaded is left alone; a transient deny purges nothing', () => {
     const img = d('a');
-    const { t, present } = fakeTarget({ [`x@${img}`]: { mediaType: OCI_MANIFEST, bytes: image(d('1'), [d('2')]) } }, [d('1'), d('2')], { downloading: [d('2')] });
+    const { t, present } = fakeTarget({ [`x@${img}`]: { mediaType: OCI_MANIFEST, bytes: image(d('1'), [d('2')]) } }, [d('1'), d('2')], {
+      downloading: [d('2')],
+    });
     expect(purge(t, [entry('x', img, { ...DENIED, scan: { status: 'error' } })]).images).toEqual([]);
     expect(present.size).toBe(2);
     const r = purge(t, [entry('x', img, DENIED)]);

@@ -29,7 +29,16 @@ function fakeTarget(verdicts: Record<string, Verdict>): ReevalTarget {
         const v = verdicts[req.manifest.digest] ?? {};
         await v.hold;
         const violations = v.rule ? [{ rule: v.rule, message: `denied by ${v.rule}` }] : [];
-        const admission: Admission = { decisionId: 'x', serve: !v.rule, outcome: v.rule ? 'deny' : 'allow', message: '', violations, warnings: [], mode: 'enforce', cached: false };
+        const admission: Admission = {
+          decisionId: 'x',
+          serve: !v.rule,
+          outcome: v.rule ? 'deny' : 'allow',
+          message: '',
+          violations,
+          warnings: [],
+          mode: 'enforce',
+          cached: false,
+        };
         return { input: { scan: { status: 'ok' }, signatures: { status: 'ok' } }, result: undefined, admission };
       },
     },
@@ -114,7 +123,12 @@ describe('re-evaluation schedule', () => {
     expect(parseConfig(`${base}reevaluate: { interval: 15m, purge: true }\n`, 'p.yaml', {}).reevaluate).toMatchObject({ interval: 900_000, purge: true });
     expect(() => parseConfig(`${base}reevaluate: { interval: 30s }\n`, 'p.yaml', {})).toThrow(ConfigError);
     expect(() => parseConfig(`${base}reevaluate: { interval: 30s }\n`, 'p.yaml', {})).toThrow(/reevaluate\.interval/);
-    const off = new ReevalSchedule({ target: fakeTarget({}), config: c.reevaluate, metrics: new Metrics({ defaultMetrics: false }), log: pino({ level: 'silent' }) });
+    const off = new ReevalSchedule({
+      target: fakeTarget({}),
+      config: c.reevaluate,
+      metrics: new Metrics({ defaultMetrics: false }),
+      log: pino({ level: 'silent' }),
+    });
     expect(off.start(manual())).toBe(false);
   });
 });

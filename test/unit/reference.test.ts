@@ -17,7 +17,10 @@ const upper = fc.constantFrom(...'ABCDEFGHIJKLMNOPQRSTUVWXYZ');
 
 describe('isValidName', () => {
   it('accepts every name generated from the distribution-spec grammar', () => {
-    fc.assert(fc.property(validName, (n) => isValidName(n)), { numRuns: 500 });
+    fc.assert(
+      fc.property(validName, (n) => isValidName(n)),
+      { numRuns: 500 },
+    );
   });
 
   it('accepts typical names', () => {
@@ -93,7 +96,10 @@ describe('isValidName', () => {
 
 describe('isValidTag', () => {
   it('accepts tags from the grammar up to 128 characters', () => {
-    fc.assert(fc.property(fc.stringMatching(/^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/), (t) => isValidTag(t)), { numRuns: 500 });
+    fc.assert(
+      fc.property(fc.stringMatching(/^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/), (t) => isValidTag(t)),
+      { numRuns: 500 },
+    );
     expect(isValidTag('a'.repeat(128))).toBe(true);
     expect(isValidTag('latest')).toBe(true);
     expect(isValidTag('1.27.0-alpine')).toBe(true);
@@ -131,11 +137,16 @@ describe('digests', () => {
 
   it('rejects wrong lengths, swapped lengths, uppercase hex and other algorithms', () => {
     fc.assert(
-      fc.property(fc.integer({ min: 0, max: 200 }).filter((n) => n !== 64), hexOf(64), fc.nat(63), (len, h, pos) => {
-        expect(isDigest(`sha256:${'a'.repeat(len)}`)).toBe(false);
-        const up = h.slice(0, pos) + 'A' + h.slice(pos + 1);
-        expect(isDigest(`sha256:${up}`)).toBe(false);
-      }),
+      fc.property(
+        fc.integer({ min: 0, max: 200 }).filter((n) => n !== 64),
+        hexOf(64),
+        fc.nat(63),
+        (len, h, pos) => {
+          expect(isDigest(`sha256:${'a'.repeat(len)}`)).toBe(false);
+          const up = h.slice(0, pos) + 'A' + h.slice(pos + 1);
+          expect(isDigest(`sha256:${up}`)).toBe(false);
+        },
+      ),
     );
     expect(isDigest(`sha512:${'a'.repeat(64)}`)).toBe(false);
     expect(isDigest(`sha256:${'a'.repeat(128)}`)).toBe(false);
@@ -169,12 +180,18 @@ describe('parseReference', () => {
 
   it('is total and consistent with isDigest / isValidTag', () => {
     fc.assert(
-      fc.property(fc.oneof(fc.string({ maxLength: 140 }), hexOf(64).map((h) => `sha256:${h}`)), (s) => {
-        const r = parseReference(s);
-        if (isDigest(s)) expect(r).toEqual({ kind: 'digest', digest: s });
-        else if (isValidTag(s)) expect(r).toEqual({ kind: 'tag', tag: s });
-        else expect(r).toBeUndefined();
-      }),
+      fc.property(
+        fc.oneof(
+          fc.string({ maxLength: 140 }),
+          hexOf(64).map((h) => `sha256:${h}`),
+        ),
+        (s) => {
+          const r = parseReference(s);
+          if (isDigest(s)) expect(r).toEqual({ kind: 'digest', digest: s });
+          else if (isValidTag(s)) expect(r).toEqual({ kind: 'tag', tag: s });
+          else expect(r).toBeUndefined();
+        },
+      ),
       { numRuns: 500 },
     );
   });

@@ -89,7 +89,16 @@ describe('regressions', () => {
       version: 1,
       now,
       request: { kind: 'manifest', method: 'GET', client: { ip: 'x', user: null, groups: [], method: 'anonymous', user_agent: null }, routing: 'default' },
-      image: { registry: 'docker.io', repository: 'library/nginx', tag: 'latest', digest: `sha256:${'a'.repeat(64)}`, media_type: 'x', platforms: [], labels: {}, created: null },
+      image: {
+        registry: 'docker.io',
+        repository: 'library/nginx',
+        tag: 'latest',
+        digest: `sha256:${'a'.repeat(64)}`,
+        media_type: 'x',
+        platforms: [],
+        labels: {},
+        created: null,
+      },
       upstream: { name: 'hub', url: 'https://x' },
       signatures: { status: 'not_configured', verified: [], rejected: [] },
       attestations: [],
@@ -127,7 +136,14 @@ describe('regressions', () => {
         },
       };
       const g = new Gate({ decider, meta, options: { allowTTL: 60_000, denyTTL: 1000, closureTTL: 60_000 }, observers: [observer] });
-      const rq = { route, method: 'GET' as const, tag: 'latest', manifest, kind: 'manifest' as const, client: { ip: 'x', user: null, groups: [], method: 'anonymous', userAgent: null } };
+      const rq = {
+        route,
+        method: 'GET' as const,
+        tag: 'latest',
+        manifest,
+        kind: 'manifest' as const,
+        client: { ip: 'x', user: null, groups: [], method: 'anonymous', userAgent: null },
+      };
       await g.admitRoot(rq);
       expect((await g.admitRoot(rq)).serve).toBe(true);
     } finally {

@@ -54,7 +54,11 @@ describe('Router: prefix routing', () => {
 
   it('matches hosts and aliases case-insensitively', () => {
     expect(ok(router.resolve('GHCR.IO/acme/app', undefined)).upstream).toBe(up('ghcr'));
-    expect(ok(router.resolve('Index.Docker.IO/library/nginx', undefined))).toMatchObject({ upstream: up('dockerhub'), registry: 'docker.io', repository: 'library/nginx' });
+    expect(ok(router.resolve('Index.Docker.IO/library/nginx', undefined))).toMatchObject({
+      upstream: up('dockerhub'),
+      registry: 'docker.io',
+      repository: 'library/nginx',
+    });
     expect(ok(router.resolve('registry-1.docker.io/nginx', undefined))).toMatchObject({ upstream: up('dockerhub'), repository: 'library/nginx' });
   });
 
@@ -86,7 +90,13 @@ describe('Router: prefix routing', () => {
 
 describe('Router: ns routing', () => {
   it('routes by ns and echoes it', () => {
-    expect(router.resolve('library/nginx', 'docker.io')).toEqual({ upstream: up('dockerhub'), registry: 'docker.io', repository: 'library/nginx', routing: 'ns', ns: 'docker.io' });
+    expect(router.resolve('library/nginx', 'docker.io')).toEqual({
+      upstream: up('dockerhub'),
+      registry: 'docker.io',
+      repository: 'library/nginx',
+      routing: 'ns',
+      ns: 'docker.io',
+    });
     expect(ok(router.resolve('nginx', 'docker.io')).repository).toBe('library/nginx');
     expect(ok(router.resolve('acme/app', 'ghcr.io'))).toMatchObject({ upstream: up('ghcr'), repository: 'acme/app', routing: 'ns', ns: 'ghcr.io' });
   });

@@ -73,7 +73,10 @@ describe('Trivy JSON', () => {
     expect(field({ SchemaVersion: '2', Results: [] })).toBe('SchemaVersion');
     expect(field({ SchemaVersion: 3, Results: [] })).toBe('SchemaVersion');
     expect(field({ SchemaVersion: 2, Results: [], CreatedAt: 'soon' })).toBe('CreatedAt');
-    expect(parseReport({ SchemaVersion: 2, Results: [], CreatedAt: '2999-01-01T00:00:00Z' })).toMatchObject({ timeField: 'CreatedAt', result: { scannedAt: '2999-01-01T00:00:00.000Z' } });
+    expect(parseReport({ SchemaVersion: 2, Results: [], CreatedAt: '2999-01-01T00:00:00Z' })).toMatchObject({
+      timeField: 'CreatedAt',
+      result: { scannedAt: '2999-01-01T00:00:00.000Z' },
+    });
   });
 
   test('never throws anything but ReportFormatError on arbitrary JSON', () => {
@@ -113,7 +116,12 @@ describe('SARIF', () => {
   test('generic SARIF: severity from security-severity, ids from ruleId', () => {
     const r = parseReport({
       version: '2.1.0',
-      runs: [{ tool: { driver: { name: 'grype', rules: [{ id: 'CVE-1', properties: { 'security-severity': '7.5' } }] } }, results: [{ ruleId: 'CVE-1', message: { text: 'x' } }] }],
+      runs: [
+        {
+          tool: { driver: { name: 'grype', rules: [{ id: 'CVE-1', properties: { 'security-severity': '7.5' } }] } },
+          results: [{ ruleId: 'CVE-1', message: { text: 'x' } }],
+        },
+      ],
     });
     expect(r.result.findings).toEqual([{ id: 'CVE-1', severity: 'HIGH' }]);
     expect(r.namedDigests).toEqual([]);
@@ -142,8 +150,15 @@ describe('SARIF', () => {
   });
 
   test('the scan time comes from invocations[].endTimeUtc', () => {
-    const run = { tool: { driver: { name: 'grype' } }, results: [], invocations: [{ executionSuccessful: true, startTimeUtc: '2026-05-20T09:00:00Z', endTimeUtc: '2026-05-20T09:01:00Z' }] };
-    expect(parseReport({ version: '2.1.0', runs: [run] })).toMatchObject({ timeField: 'runs[0].invocations[0].endTimeUtc', result: { scannedAt: '2026-05-20T09:01:00.000Z' } });
+    const run = {
+      tool: { driver: { name: 'grype' } },
+      results: [],
+      invocations: [{ executionSuccessful: true, startTimeUtc: '2026-05-20T09:00:00Z', endTimeUtc: '2026-05-20T09:01:00Z' }],
+    };
+    expect(parseReport({ version: '2.1.0', runs: [run] })).toMatchObject({
+      timeField: 'runs[0].invocations[0].endTimeUtc',
+      result: { scannedAt: '2026-05-20T09:01:00.000Z' },
+    });
     expect(() => parseReport({ version: '2.1.0', runs: [{ ...run, invocations: [{ endTimeUtc: 'later' }] }] })).toThrow(/endTimeUtc: not an RFC 3339 time/);
   });
 });
@@ -210,7 +225,15 @@ describe('summary for the policy input', () => {
   });
 
   test('severity normalisation', () => {
-    expect(['Critical', 'HIGH', 'medium', 'Negligible', 'moderate', 'weird', 3].map(normalizeSeverity)).toEqual(['CRITICAL', 'HIGH', 'MEDIUM', 'LOW', 'MEDIUM', 'UNKNOWN', 'UNKNOWN']);
+    expect(['Critical', 'HIGH', 'medium', 'Negligible', 'moderate', 'weird', 3].map(normalizeSeverity)).toEqual([
+      'CRITICAL',
+      'HIGH',
+      'MEDIUM',
+      'LOW',
+      'MEDIUM',
+      'UNKNOWN',
+      'UNKNOWN',
+    ]);
   });
 });
 

@@ -23,7 +23,10 @@ const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
 const D1 = sha256('image-1');
 const D2 = sha256('image-2');
 const IDX = sha256('index');
-const predicate = JSON.parse(readFileSync('test/fixtures/scan/cosign-vuln-predicate.json', 'utf8')) as { scanner: { result: { ArtifactName: string; Metadata: { RepoDigests: string[] } } }; metadata: { scanFinishedOn: string } };
+const predicate = JSON.parse(readFileSync('test/fixtures/scan/cosign-vuln-predicate.json', 'utf8')) as {
+  scanner: { result: { ArtifactName: string; Metadata: { RepoDigests: string[] } } };
+  metadata: { scanFinishedOn: string };
+};
 
 /** The fixture predicate, bound to `digest` and scanned at `at`. */
 function vulnPredicate(digest: string, at = new Date().toISOString()): unknown {
@@ -34,7 +37,6 @@ function vulnPredicate(digest: string, at = new Date().toISOString()): unknown {
   return p;
 }
 
-
 const indexBytes = Buffer.from(
   JSON.stringify({
     schemaVersion: 2,
@@ -42,11 +44,24 @@ const indexBytes = Buffer.from(
     manifests: [
       { mediaType: OCI_MANIFEST, digest: D1, size: 10, platform: { os: 'linux', architecture: 'amd64' } },
       { mediaType: OCI_MANIFEST, digest: D2, size: 10, platform: { os: 'linux', architecture: 'arm64' } },
-      { mediaType: OCI_MANIFEST, digest: sha256('att'), size: 10, platform: { os: 'unknown', architecture: 'unknown' }, annotations: { 'vnd.docker.reference.type': 'attestation-manifest' } },
+      {
+        mediaType: OCI_MANIFEST,
+        digest: sha256('att'),
+        size: 10,
+        platform: { os: 'unknown', architecture: 'unknown' },
+        annotations: { 'vnd.docker.reference.type': 'attestation-manifest' },
+      },
     ],
   }),
 );
-const imageBytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: D2, size: 2 }, layers: [] }));
+const imageBytes = Buffer.from(
+  JSON.stringify({
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: D2, size: 2 },
+    layers: [],
+  }),
+);
 const UPSTREAM = { name: 'local', registry: '127.0.0.1:5000', url: 'http://127.0.0.1:5000' };
 const ROUTE: Route = { upstream: makeConfig({ upstreams: [UPSTREAM] }).upstreams[0]!, registry: '127.0.0.1:5000', repository: 'demo/app', routing: 'prefix' };
 
@@ -58,20 +73,45 @@ function ctx(digest: string, mediaType = OCI_MANIFEST): EvidenceContext {
 }
 
 const services: ScanService[] = [];
-function service(scan: Record<string, unknown>, extra: { signatures?: unknown; dataDir?: string; now?: () => number; wallClock?: () => number; metrics?: Metrics } = {}): ScanService {
+function service(
+  scan: Record<string, unknown>,
+  extra: { signatures?: unknown; dataDir?: string; now?: () => number; wallClock?: () => number; metrics?: Metrics } = {},
+): ScanService {
   const config = makeConfig({
     upstreams: [UPSTREAM],
     dataDir: extra.dataDir ?? tempDir('pc-scan-'),
     ...(extra.signatures ? { signatures: extra.signatures } : {}),
     scan,
   });
-  const s = new ScanService({ config, log, dataDir: config.dataDir, metrics: extra.metrics }, { ...(extra.now ? { now: extra.now } : {}), ...(extra.wallClock ? { wallClock: extra.wallClock } : {}) });
+  const s = new ScanService(
+    { config, log, dataDir: config.dataDir, metrics: extra.metrics },
+    { ...(extra.now ? { now: extra.now } : {}), ...(extra.wallClock ? { wallClock: extra.wallClock } : {}) },
+  );
   services.push(s);
   return s;
 }
 
-function putReport(s: ScanService, digest: string, findings: Array<{ id: string; severity: 'CRITICAL' | 'HIGH' | 'LOW'; fixed?: string }>, scannedAt = new Date().toISOString()): void {
-  s.store.putReport({ registry: '127.0.0.1:5000', repository: 'demo/app', digest, format: 'trivy', uploadedAt: Date.now(), scannedAt, scanner: 'Trivy', bound: true, size: 1, findings }, Buffer.from('{}'));
+function putReport(
+  s: ScanService,
+  digest: string,
+  findings: Array<{ id: string; severity: 'CRITICAL' | 'HIGH' | 'LOW'; fixed?: string }>,
+  scannedAt = new Date().toISOString(),
+): void {
+  s.store.putReport(
+    {
+      registry: '127.0.0.1:5000',
+      repository: 'demo/app',
+      digest,
+      format: 'trivy',
+      uploadedAt: Date.now(),
+      scannedAt,
+      scanner: 'Trivy',
+      bound: true,
+      size: 1,
+      findings,
+    },
+    Buffer.from('{}'),
+  );
   s.reportsChanged(digest);
 }
 
@@ -83,12 +123,25 @@ afterEach(() => {
 afterAll(() => cleanupTempDirs());
 
 describe('attestations', () => {
-  const att = (authority: string, p: unknown, type = VULN_PREDICATE_TYPE): PolicyInput['attestations'][number] => ({ predicate_type: type, authority, predicate: p });
-  const sigs = { authorities: [{ name: 'release-team', kind: 'key', key: '/nonexistent/release.pub' }, { name: 'other', kind: 'key', key: '/nonexistent/other.pub' }] };
+  const att = (authority: string, p: unknown, type = VULN_PREDICATE_TYPE): PolicyInput['attestations'][number] => ({
+    predicate_type: type,
+    authority,
+    predicate: p,
+  });
+  const sigs = {
+    authorities: [
+      { name: 'release-team', kind: 'key', key: '/nonexistent/release.pub' },
+      { name: 'other', kind: 'key', key: '/nonexistent/other.pub' },
+    ],
+  };
 
   test('a vuln attestation from a trusted authority is the scan result; others are ignored', async () => {
     const s = service({ attestations: { authorities: ['release-team'] } }, { signatures: sigs });
-    const ev = await s.scan(ctx(D1), [att('other', vulnPredicate(D1)), att('release-team', vulnPredicate(D1)), att('release-team', {}, 'https://slsa.dev/provenance/v1')]);
+    const ev = await s.scan(ctx(D1), [
+      att('other', vulnPredicate(D1)),
+      att('release-team', vulnPredicate(D1)),
+      att('release-team', {}, 'https://slsa.dev/provenance/v1'),
+    ]);
     expect(ev).toMatchObject({ status: 'ok', source: 'attestation', counts: { CRITICAL: 1, LOW: 1 } });
     expect(ev.vulnerabilities![0]).toEqual({ id: 'CVE-2024-0727', severity: 'CRITICAL', package: 'libcrypto3', installed: '3.1.4-r2', fixed: '3.1.4-r5' });
     expect(await s.scan(ctx(D1), [att('other', vulnPredicate(D1))])).toEqual({ status: 'missing', code: 'NOT_SCANNED' });
@@ -170,8 +223,18 @@ describe('reports', () => {
   test('reports are append-only history: a newer scan supersedes, an older push does not, bounded per image', async () => {
     const s = service(REPORTS);
     const at = (h: number): string => new Date(Date.parse('2026-06-01T00:00:00Z') + h * 3_600_000).toISOString();
-    const meta = { registry: '127.0.0.1:5000', repository: 'demo/app', digest: D1, format: 'trivy' as const, uploadedAt: 1, scanner: 'Trivy', bound: true, size: 2 };
-    const put = (h: number, findings: Array<{ id: string; severity: 'CRITICAL' }>): { id: number; inForce: boolean; kept: boolean } => s.store.putReport({ ...meta, scannedAt: at(h), findings }, Buffer.from(`{"h":${h}}`), 3);
+    const meta = {
+      registry: '127.0.0.1:5000',
+      repository: 'demo/app',
+      digest: D1,
+      format: 'trivy' as const,
+      uploadedAt: 1,
+      scanner: 'Trivy',
+      bound: true,
+      size: 2,
+    };
+    const put = (h: number, findings: Array<{ id: string; severity: 'CRITICAL' }>): { id: number; inForce: boolean; kept: boolean } =>
+      s.store.putReport({ ...meta, scannedAt: at(h), findings }, Buffer.from(`{"h":${h}}`), 3);
     const first = put(1, [{ id: 'CVE-1', severity: 'CRITICAL' }]);
     expect(first).toMatchObject({ inForce: true, kept: true });
     const second = put(2, []);
@@ -209,7 +272,19 @@ describe('reports', () => {
     const db = new DatabaseSync(join(dataDir, 'scan.sqlite'));
     db.exec(`CREATE TABLE scan_reports (registry TEXT NOT NULL, repository TEXT NOT NULL, digest TEXT NOT NULL, format TEXT NOT NULL, uploaded_at INTEGER NOT NULL,
       scanned_at TEXT NOT NULL, scanner TEXT, bound INTEGER NOT NULL, size INTEGER NOT NULL, findings TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (registry, repository, digest)) WITHOUT ROWID`);
-    db.prepare('INSERT INTO scan_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').run('127.0.0.1:5000', 'demo/app', D1, 'trivy', 5, new Date().toISOString(), 'Trivy', 1, 2, JSON.stringify([{ id: 'CVE-9', severity: 'CRITICAL' }]), Buffer.from('{}'));
+    db.prepare('INSERT INTO scan_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').run(
+      '127.0.0.1:5000',
+      'demo/app',
+      D1,
+      'trivy',
+      5,
+      new Date().toISOString(),
+      'Trivy',
+      1,
+      2,
+      JSON.stringify([{ id: 'CVE-9', severity: 'CRITICAL' }]),
+      Buffer.from('{}'),
+    );
     db.close();
     const s = service(REPORTS, { dataDir });
     expect(s.store.versions('127.0.0.1:5000', 'demo/app', D1)).toHaveLength(1);
@@ -248,7 +323,10 @@ describe('the Harbor scanner', () => {
     expect(await s.scan(ctx(D1), [])).toEqual({ status: 'pending', source: 'scanner', code: 'PENDING' });
     expect(s.pendingScans).toBe(1);
     expect(sc.scans).toHaveLength(1);
-    expect(sc.scans[0]).toMatchObject({ registry: { url: 'http://127.0.0.1:5000' }, artifact: { repository: 'demo/app', digest: D1, mime_type: OCI_MANIFEST } });
+    expect(sc.scans[0]).toMatchObject({
+      registry: { url: 'http://127.0.0.1:5000' },
+      artifact: { repository: 'demo/app', digest: D1, mime_type: OCI_MANIFEST },
+    });
     // A second lookup while pending does not request again.
     expect((await s.scan(ctx(D1), [])).status).toBe('pending');
     expect(sc.scans).toHaveLength(1);
@@ -330,11 +408,22 @@ describe('the Harbor scanner', () => {
 
   test('an index with nothing to scan is a lookup error with its code', async () => {
     sc = await startScannerDouble({ pull: false });
-    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [{ mediaType: OCI_MANIFEST, digest: sha256('att'), size: 10, platform: { os: 'unknown', architecture: 'unknown' } }] }));
+    const bytes = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: OCI_INDEX,
+        manifests: [{ mediaType: OCI_MANIFEST, digest: sha256('att'), size: 10, platform: { os: 'unknown', architecture: 'unknown' } }],
+      }),
+    );
     const s = service(scannerCfg(sc.url));
     // The index arrives with the request (EvidenceContext.manifest): one whose only child is an attestation.
     const onlyAttestations = { ...ctx(IDX, OCI_INDEX), manifest: { digest: IDX, mediaType: OCI_INDEX, bytes, parsed: parseManifest(bytes, OCI_INDEX) } };
-    expect(await s.scan(onlyAttestations, [])).toEqual({ status: 'error', source: 'scanner', code: 'LOOKUP_FAILED', error: 'index has no platform manifest to scan' });
+    expect(await s.scan(onlyAttestations, [])).toEqual({
+      status: 'error',
+      source: 'scanner',
+      code: 'LOOKUP_FAILED',
+      error: 'index has no platform manifest to scan',
+    });
     expect(sc.scans).toHaveLength(0);
   });
 
@@ -409,4 +498,3 @@ describe('the Harbor scanner', () => {
     expect(sc.scans).toHaveLength(1);
   });
 });
-

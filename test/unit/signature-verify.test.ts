@@ -59,13 +59,21 @@ function problems(authorities: unknown[]): string[] {
 
 function manifestOf(doc: unknown): Manifest {
   const bytes = Buffer.from(JSON.stringify(doc));
-  return { digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}` as Digest, mediaType: 'application/vnd.oci.image.manifest.v1+json', bytes, parsed: parseManifest(bytes, undefined) };
+  return {
+    digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}` as Digest,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    bytes,
+    parsed: parseManifest(bytes, undefined),
+  };
 }
 
 const EMPTY = { mediaType: 'application/vnd.oci.empty.v1+json', digest: 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a', size: 2 };
 
 /** Items from one artifact, with its blobs served from memory. */
-async function items(kind: FoundArtifact['kind'], layers: Array<{ mediaType: string; bytes: Buffer; annotations?: Record<string, string> }>): Promise<CosignItem[]> {
+async function items(
+  kind: FoundArtifact['kind'],
+  layers: Array<{ mediaType: string; bytes: Buffer; annotations?: Record<string, string> }>,
+): Promise<CosignItem[]> {
   const blobs = new Map<string, Buffer>();
   const descs = layers.map((l) => {
     const digest = `sha256:${createHash('sha256').update(l.bytes).digest('hex')}`;
@@ -73,17 +81,32 @@ async function items(kind: FoundArtifact['kind'], layers: Array<{ mediaType: str
     return { mediaType: l.mediaType, digest, size: l.bytes.length, ...(l.annotations ? { annotations: l.annotations } : {}) };
   });
   const manifest = manifestOf({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: EMPTY, layers: descs });
-  const out = await cosignItems({ kind, via: kind === 'sigstore-bundle' ? 'referrers' : 'sig-tag', manifest }, (d) => Promise.resolve(blobs.get(d.digest)!), 10);
+  const out = await cosignItems(
+    { kind, via: kind === 'sigstore-bundle' ? 'referrers' : 'sig-tag', manifest },
+    (d) => Promise.resolve(blobs.get(d.digest)!),
+    10,
+  );
   for (const o of out) if ('error' in o) throw new Error(o.error);
   return out as CosignItem[];
 }
 
 function simpleSigning(digest: string): Buffer {
-  return Buffer.from(JSON.stringify({ critical: { identity: { 'docker-reference': '127.0.0.1:5000/acme/app' }, image: { 'docker-manifest-digest': digest }, type: 'cosign container image signature' }, optional: null }));
+  return Buffer.from(
+    JSON.stringify({
+      critical: {
+        identity: { 'docker-reference': '127.0.0.1:5000/acme/app' },
+        image: { 'docker-manifest-digest': digest },
+        type: 'cosign container image signature',
+      },
+      optional: null,
+    }),
+  );
 }
 
 function statement(digest: string, predicateType = 'https://sigstore.dev/cosign/sign/v1', predicate: unknown = {}): Buffer {
-  return Buffer.from(JSON.stringify({ _type: 'https://in-toto.io/Statement/v1', subject: [{ name: 'img', digest: { sha256: digest.slice(7) } }], predicateType, predicate }));
+  return Buffer.from(
+    JSON.stringify({ _type: 'https://in-toto.io/Statement/v1', subject: [{ name: 'img', digest: { sha256: digest.slice(7) } }], predicateType, predicate }),
+  );
 }
 
 function keyPair(type: 'P-256' | 'P-384' | 'rsa' | 'ed25519'): { publicKey: KeyObject; privateKey: KeyObject } {
@@ -127,24 +150,43 @@ describe('signatures config', () => {
   });
 
   it('names the authority in every error', () => {
-    expect(problems([{ name: 'ci', kind: 'keyless', issuer: ISSUER, trustedRoot: '/r.json' }])).toEqual(['authority "ci": give exactly one of subject or subjectRegExp']);
-    expect(problems([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subjectRegExp: '(', trustedRoot: '/r.json' }])[0]).toMatch(/^authority "ci": invalid regular expression/);
-    expect(problems([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subject: 's', trustedRoot: '/r', extensions: { 'not-an-oid': 'x' } }])[0]).toMatch(/^authority "ci": extensions\.not-an-oid/);
+    expect(problems([{ name: 'ci', kind: 'keyless', issuer: ISSUER, trustedRoot: '/r.json' }])).toEqual([
+      'authority "ci": give exactly one of subject or subjectRegExp',
+    ]);
+    expect(problems([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subjectRegExp: '(', trustedRoot: '/r.json' }])[0]).toMatch(
+      /^authority "ci": invalid regular expression/,
+    );
+    expect(problems([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subject: 's', trustedRoot: '/r', extensions: { 'not-an-oid': 'x' } }])[0]).toMatch(
+      /^authority "ci": extensions\.not-an-oid/,
+    );
     expect(problems([{ name: 'rel', kind: 'key' }])[0]).toMatch(/^authority "rel": key: /);
     expect(problems([{ name: 'rel', kind: 'key', key: '/k', tlogThreshold: 1 }])[0]).toMatch(/^authority "rel": tlogThreshold > 0 needs a trustedRoot/);
     expect(problems([{ name: 'rel', kind: 'magic' }])[0]).toMatch(/^authority "rel": /);
     expect(problems([{ name: 'n', kind: 'notation', trustStore: ['/ca'], trustedIdentities: ['acme'] }])[0]).toMatch(/^authority "n": "acme" is not/);
-    expect(problems([{ name: 'a', kind: 'key', key: '/k' }, { name: 'a', kind: 'key', key: '/k' }])).toEqual(['authority "a": duplicate authority name']);
+    expect(
+      problems([
+        { name: 'a', kind: 'key', key: '/k' },
+        { name: 'a', kind: 'key', key: '/k' },
+      ]),
+    ).toEqual(['authority "a": duplicate authority name']);
     expect(problems([{ kind: 'key', key: '/k' }])[0]).toMatch(/^authority #1: name: /);
   });
 
   it('loading names the authority and the file', () => {
-    expect(() => loadTrust(configOf([{ name: 'rel', kind: 'key', key: join(dir, 'missing.pub') }]))).toThrow(/authority "rel": cannot read key file .*missing\.pub: ENOENT/);
+    expect(() => loadTrust(configOf([{ name: 'rel', kind: 'key', key: join(dir, 'missing.pub') }]))).toThrow(
+      /authority "rel": cannot read key file .*missing\.pub: ENOENT/,
+    );
     const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'pem', type: 'spki' }) as string;
-    expect(() => loadTrust(configOf([{ name: 'rel', kind: 'key', key: file('weak.pub', weak) }]))).toThrow(/authority "rel": RSA key of 1024 bits is too short/);
+    expect(() => loadTrust(configOf([{ name: 'rel', kind: 'key', key: file('weak.pub', weak) }]))).toThrow(
+      /authority "rel": RSA key of 1024 bits is too short/,
+    );
     expect(() => loadTrust(configOf([{ name: 'rel', kind: 'key', key: file('junk.pub', 'junk') }]))).toThrow(/authority "rel": .* is not a PEM public key/);
-    expect(() => loadTrust(configOf([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: file('root.json', '{"mediaType":"x"}') }]))).toThrow(/authority "ci": the trusted root has no certificate authorities/);
-    expect(() => loadTrust(configOf([{ name: 'n', kind: 'notation', trustStore: [file('empty.pem', 'nothing')], trustedIdentities: ['*'] }]))).toThrow(/authority "n": .*holds no X\.509 certificate/);
+    expect(() =>
+      loadTrust(configOf([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: file('root.json', '{"mediaType":"x"}') }])),
+    ).toThrow(/authority "ci": the trusted root has no certificate authorities/);
+    expect(() => loadTrust(configOf([{ name: 'n', kind: 'notation', trustStore: [file('empty.pem', 'nothing')], trustedIdentities: ['*'] }]))).toThrow(
+      /authority "n": .*holds no X\.509 certificate/,
+    );
   });
 
   it('the trust revision changes with the key file, and only then', () => {
@@ -160,17 +202,31 @@ describe('signatures config', () => {
 
   it('config check: a scope naming an undefined authority, or an unusable key file, is an error naming it', () => {
     const doc = (authorities: unknown[], scopes: unknown[]) =>
-      parseConfig(JSON.stringify({ upstreams: [{ name: 'u', registry: '127.0.0.1:5000', url: 'http://127.0.0.1:5000' }], policy: { settings: { scopes } }, signatures: { authorities } }), 'c.yaml', {});
+      parseConfig(
+        JSON.stringify({
+          upstreams: [{ name: 'u', registry: '127.0.0.1:5000', url: 'http://127.0.0.1:5000' }],
+          policy: { settings: { scopes } },
+          signatures: { authorities },
+        }),
+        'c.yaml',
+        {},
+      );
     const key = file('ok.pub', keyPair('P-256').publicKey.export({ format: 'pem', type: 'spki' }));
-    expect(() => checkSignatureConfig(doc([{ name: 'release', kind: 'key', key }], [{ name: 'prod', images: ['**'], signatures: { authorities: ['release'] } }]))).not.toThrow();
-    expect(() => checkSignatureConfig(doc([{ name: 'release', kind: 'key', key }], [{ name: 'prod', images: ['**'], signatures: { authorities: ['release', 'ci'] } }]))).toThrow(
-      'policy.settings.scopes: scope "prod" requires signature authority "ci", which signatures.authorities does not define (defined: "release")',
+    expect(() =>
+      checkSignatureConfig(doc([{ name: 'release', kind: 'key', key }], [{ name: 'prod', images: ['**'], signatures: { authorities: ['release'] } }])),
+    ).not.toThrow();
+    expect(() =>
+      checkSignatureConfig(doc([{ name: 'release', kind: 'key', key }], [{ name: 'prod', images: ['**'], signatures: { authorities: ['release', 'ci'] } }])),
+    ).toThrow('policy.settings.scopes: scope "prod" requires signature authority "ci", which signatures.authorities does not define (defined: "release")');
+    expect(() => checkSignatureConfig(doc([{ name: 'release', kind: 'key', key: join(dir, 'gone.pub') }], []))).toThrow(
+      /authority "release": cannot read key file/,
     );
-    expect(() => checkSignatureConfig(doc([{ name: 'release', kind: 'key', key: join(dir, 'gone.pub') }], []))).toThrow(/authority "release": cannot read key file/);
   });
 
   it('finds the authorities that scopes require', () => {
-    expect(requiredAuthorities({ scopes: [{ name: 'prod', signatures: { authorities: ['a', 'b'] } }, { images: ['**'] }, { signatures: { authorities: ['c'] } }] })).toEqual([
+    expect(
+      requiredAuthorities({ scopes: [{ name: 'prod', signatures: { authorities: ['a', 'b'] } }, { images: ['**'] }, { signatures: { authorities: ['c'] } }] }),
+    ).toEqual([
       { scope: 'prod', authority: 'a' },
       { scope: 'prod', authority: 'b' },
       { scope: 'scopes[2]', authority: 'c' },
@@ -183,7 +239,13 @@ describe('cosign, key-based', () => {
     it(`verifies a legacy simple-signing signature made with ${type}`, async () => {
       const { publicKey, privateKey } = keyPair(type);
       const payload = simpleSigning(DIGEST);
-      const [item] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: payload, annotations: { 'dev.cosignproject.cosign/signature': cosignSign(privateKey, payload).toString('base64') } }]);
+      const [item] = await items('cosign-sig', [
+        {
+          mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json',
+          bytes: payload,
+          annotations: { 'dev.cosignproject.cosign/signature': cosignSign(privateKey, payload).toString('base64') },
+        },
+      ]);
       expect(verifyCosignWithKey(item!, keyAuthority(publicKey), DIGEST)).toEqual({ ok: true, tlog: false });
     });
   }
@@ -192,13 +254,17 @@ describe('cosign, key-based', () => {
     const signer = keyPair('P-256');
     const payload = simpleSigning(DIGEST);
     const sig = cosignSign(signer.privateKey, payload).toString('base64');
-    const [item] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: payload, annotations: { 'dev.cosignproject.cosign/signature': sig } }]);
+    const [item] = await items('cosign-sig', [
+      { mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: payload, annotations: { 'dev.cosignproject.cosign/signature': sig } },
+    ]);
     expectReason(verifyCosignWithKey(item!, keyAuthority(keyPair('P-256').publicKey), DIGEST), 'KEY_MISMATCH', /^key mismatch$/);
     expectReason(verifyCosignWithKey(item!, keyAuthority(signer.publicKey), OTHER), 'DIGEST_MISMATCH', /^digest mismatch \(signed sha256:abab/);
     // Without a certificate or key hint a legacy signature does not name its key: a modified payload reads as
     // "key mismatch" (cosign says "invalid signature" for both, too).
     const tampered = Buffer.from(payload.toString().replace('127.0.0.1:5000/acme/app', '127.0.0.1:5000/acme/evil'));
-    const [bad] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: tampered, annotations: { 'dev.cosignproject.cosign/signature': sig } }]);
+    const [bad] = await items('cosign-sig', [
+      { mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: tampered, annotations: { 'dev.cosignproject.cosign/signature': sig } },
+    ]);
     expectReason(verifyCosignWithKey(bad!, keyAuthority(signer.publicKey), DIGEST), 'KEY_MISMATCH', /^key mismatch$/);
   });
 
@@ -207,7 +273,8 @@ describe('cosign, key-based', () => {
     const auth = keyAuthority(signer.publicKey);
     const payload = statement(DIGEST);
     const sig = cosignSign(signer.privateKey, dsse.preAuthEncoding('application/vnd.in-toto+json', payload));
-    const bundleFor = (artifact: Buffer) => Buffer.from(JSON.stringify(bundleToJSON(toDSSEBundle({ artifact, artifactType: 'application/vnd.in-toto+json', signature: sig, keyHint: auth.keyId }))));
+    const bundleFor = (artifact: Buffer) =>
+      Buffer.from(JSON.stringify(bundleToJSON(toDSSEBundle({ artifact, artifactType: 'application/vnd.in-toto+json', signature: sig, keyHint: auth.keyId }))));
     const [good] = await items('sigstore-bundle', [{ mediaType: 'application/vnd.dev.sigstore.bundle.v0.3+json', bytes: bundleFor(payload) }]);
     expect(good!.isSignature).toBe(true);
     expect(verifyCosignWithKey(good!, auth, DIGEST)).toEqual({ ok: true, tlog: false });
@@ -219,10 +286,24 @@ describe('cosign, key-based', () => {
   it('reads attestations from legacy .att DSSE layers', async () => {
     const signer = keyPair('P-256');
     const payload = statement(DIGEST, 'https://cosign.sigstore.dev/attestation/vuln/v1', { scanner: { uri: 'pkg:github/aquasecurity/trivy@0.50.1' } });
-    const env = { payloadType: 'application/vnd.in-toto+json', payload: payload.toString('base64'), signatures: [{ keyid: '', sig: cosignSign(signer.privateKey, dsse.preAuthEncoding('application/vnd.in-toto+json', payload)).toString('base64') }] };
-    const [att] = await items('cosign-att', [{ mediaType: 'application/vnd.dsse.envelope.v1+json', bytes: Buffer.from(JSON.stringify(env)), annotations: { predicateType: 'https://cosign.sigstore.dev/attestation/vuln/v1', 'dev.cosignproject.cosign/signature': '' } }]);
+    const env = {
+      payloadType: 'application/vnd.in-toto+json',
+      payload: payload.toString('base64'),
+      signatures: [{ keyid: '', sig: cosignSign(signer.privateKey, dsse.preAuthEncoding('application/vnd.in-toto+json', payload)).toString('base64') }],
+    };
+    const [att] = await items('cosign-att', [
+      {
+        mediaType: 'application/vnd.dsse.envelope.v1+json',
+        bytes: Buffer.from(JSON.stringify(env)),
+        annotations: { predicateType: 'https://cosign.sigstore.dev/attestation/vuln/v1', 'dev.cosignproject.cosign/signature': '' },
+      },
+    ]);
     expect(att!.isSignature).toBe(false);
-    expect(att!.claim).toMatchObject({ kind: 'in-toto', predicateType: 'https://cosign.sigstore.dev/attestation/vuln/v1', predicate: { scanner: { uri: 'pkg:github/aquasecurity/trivy@0.50.1' } } });
+    expect(att!.claim).toMatchObject({
+      kind: 'in-toto',
+      predicateType: 'https://cosign.sigstore.dev/attestation/vuln/v1',
+      predicate: { scanner: { uri: 'pkg:github/aquasecurity/trivy@0.50.1' } },
+    });
     expect(verifyCosignWithKey(att!, keyAuthority(signer.publicKey), DIGEST).ok).toBe(true);
   });
 });
@@ -238,13 +319,17 @@ describe('cosign, keyless (local Fulcio and Rekor from @sigstore/mock)', () => {
   });
 
   function keyless(extra: Record<string, unknown> = {}, root = ss): KeylessAuthority {
-    return loadTrust(configOf([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: root.trustedRootPath, ...extra }])).authorities[0] as KeylessAuthority;
+    return loadTrust(configOf([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: root.trustedRootPath, ...extra }]))
+      .authorities[0] as KeylessAuthority;
   }
 
   async function bundleItem(payload: Buffer, opts: { subject?: string; issuer?: string; tamper?: boolean } = {}): Promise<CosignItem> {
     const token = await ss.token(opts.subject ?? SUBJECT, opts.issuer ?? ISSUER);
     const signer = new FulcioSigner({ identityProvider: { getToken: () => Promise.resolve(token) }, fulcioBaseURL: ss.url });
-    const bundle = await new DSSEBundleBuilder({ signer, witnesses: [new RekorWitness({ rekorBaseURL: ss.url, entryType: 'dsse' })] }).create({ data: payload, type: 'application/vnd.in-toto+json' });
+    const bundle = await new DSSEBundleBuilder({ signer, witnesses: [new RekorWitness({ rekorBaseURL: ss.url, entryType: 'dsse' })] }).create({
+      data: payload,
+      type: 'application/vnd.in-toto+json',
+    });
     const json = bundleToJSON(bundle) as { dsseEnvelope: { payload: string } };
     if (opts.tamper) json.dsseEnvelope.payload = statement(DIGEST, 'https://sigstore.dev/cosign/sign/v1', { evil: true }).toString('base64');
     const [item] = await items('sigstore-bundle', [{ mediaType: 'application/vnd.dev.sigstore.bundle.v0.3+json', bytes: Buffer.from(JSON.stringify(json)) }]);
@@ -267,10 +352,22 @@ describe('cosign, keyless (local Fulcio and Rekor from @sigstore/mock)', () => {
     const item = await bundleItem(statement(DIGEST));
     expect(verifyCosignKeyless(item, keyless({ subject: undefined, subjectRegExp: 'https://github\\.com/acme/.+@refs/heads/main' }), DIGEST).ok).toBe(true);
     // Unanchored, this would match: the configured pattern is a prefix of the subject.
-    expectReason(verifyCosignKeyless(item, keyless({ subject: undefined, subjectRegExp: 'https://github\\.com/acme/app' }), DIGEST), 'IDENTITY_MISMATCH', /^identity mismatch \(subject "https:\/\/github\.com\/acme\/app\/\.github/);
+    expectReason(
+      verifyCosignKeyless(item, keyless({ subject: undefined, subjectRegExp: 'https://github\\.com/acme/app' }), DIGEST),
+      'IDENTITY_MISMATCH',
+      /^identity mismatch \(subject "https:\/\/github\.com\/acme\/app\/\.github/,
+    );
     expectReason(verifyCosignKeyless(item, keyless({ subject: 'https://github.com/acme/other' }), DIGEST), 'IDENTITY_MISMATCH', /^identity mismatch/);
-    expectReason(verifyCosignKeyless(item, keyless({ issuer: 'https://accounts.google.com' }), DIGEST), 'IDENTITY_MISMATCH', /^identity mismatch \(.*issuer "https:\/\/token\.actions\.githubusercontent\.com"\)/);
-    expectReason(verifyCosignKeyless(item, keyless({ extensions: { '1.3.6.1.4.1.57264.1.12': 'https://github.com/acme/app' } }), DIGEST), 'IDENTITY_MISMATCH', /^identity mismatch \(extension 1\.3\.6\.1\.4\.1\.57264\.1\.12 is null\)/);
+    expectReason(
+      verifyCosignKeyless(item, keyless({ issuer: 'https://accounts.google.com' }), DIGEST),
+      'IDENTITY_MISMATCH',
+      /^identity mismatch \(.*issuer "https:\/\/token\.actions\.githubusercontent\.com"\)/,
+    );
+    expectReason(
+      verifyCosignKeyless(item, keyless({ extensions: { '1.3.6.1.4.1.57264.1.12': 'https://github.com/acme/app' } }), DIGEST),
+      'IDENTITY_MISMATCH',
+      /^identity mismatch \(extension 1\.3\.6\.1\.4\.1\.57264\.1\.12 is null\)/,
+    );
     expect(verifyCosignKeyless(item, keyless({ extensions: { '1.3.6.1.4.1.57264.1.8': ISSUER } }), DIGEST).ok).toBe(true);
   });
 
@@ -279,10 +376,18 @@ describe('cosign, keyless (local Fulcio and Rekor from @sigstore/mock)', () => {
     expectReason(verifyCosignKeyless(item, keyless({}, other), DIGEST), 'UNTRUSTED_CHAIN', /^untrusted chain$/);
     expectReason(verifyCosignKeyless(item, keyless(), OTHER), 'DIGEST_MISMATCH', /^digest mismatch/);
     expectReason(verifyCosignKeyless(await bundleItem(statement(DIGEST), { tamper: true }), keyless(), DIGEST), 'INVALID_SIGNATURE', /^tampered payload/);
-    expectReason(verifyCosignKeyless(item, keyless({ subject: undefined, subjectRegExp: '.*', tlogThreshold: 2 }), DIGEST), 'TLOG_UNVERIFIED', /^transparency log verification failed/);
+    expectReason(
+      verifyCosignKeyless(item, keyless({ subject: undefined, subjectRegExp: '.*', tlogThreshold: 2 }), DIGEST),
+      'TLOG_UNVERIFIED',
+      /^transparency log verification failed/,
+    );
     expectReason(verifyCosignKeyless(item, keyless({ timestampThreshold: 2 }), DIGEST), 'TIMESTAMP_UNVERIFIED', /^no trusted timestamp \(/);
     // Signed and bound, but what was signed is no statement about an image.
-    const unbound = await bundleItem(Buffer.from(JSON.stringify({ _type: 'https://in-toto.io/Statement/v1', subject: [], predicateType: 'https://sigstore.dev/cosign/sign/v1', predicate: {} })));
+    const unbound = await bundleItem(
+      Buffer.from(
+        JSON.stringify({ _type: 'https://in-toto.io/Statement/v1', subject: [], predicateType: 'https://sigstore.dev/cosign/sign/v1', predicate: {} }),
+      ),
+    );
     expectReason(verifyCosignKeyless(unbound, keyless(), DIGEST), 'UNUSABLE_PAYLOAD', /^unusable payload: in-toto statement without a sha256 subject$/);
   });
 
@@ -293,12 +398,21 @@ describe('cosign, keyless (local Fulcio and Rekor from @sigstore/mock)', () => {
     const b = await new MessageSignatureBundleBuilder({ signer, witnesses: [new RekorWitness({ rekorBaseURL: ss.url })] }).create({ data: payload });
     const vm = b.verificationMaterial;
     const certDer = Buffer.from(
-      vm.content.$case === 'certificate' ? vm.content.certificate.rawBytes : vm.content.$case === 'x509CertificateChain' ? vm.content.x509CertificateChain.certificates[0]!.rawBytes : Buffer.alloc(0),
+      vm.content.$case === 'certificate'
+        ? vm.content.certificate.rawBytes
+        : vm.content.$case === 'x509CertificateChain'
+          ? vm.content.x509CertificateChain.certificates[0]!.rawBytes
+          : Buffer.alloc(0),
     );
     const e = vm.tlogEntries[0]!;
     const rekorBundle = {
       SignedEntryTimestamp: Buffer.from(e.inclusionPromise!.signedEntryTimestamp).toString('base64'),
-      Payload: { body: Buffer.from(e.canonicalizedBody).toString('base64'), integratedTime: Number(e.integratedTime), logIndex: Number(e.logIndex), logID: Buffer.from(e.logId.keyId).toString('hex') },
+      Payload: {
+        body: Buffer.from(e.canonicalizedBody).toString('base64'),
+        integratedTime: Number(e.integratedTime),
+        logIndex: Number(e.logIndex),
+        logID: Buffer.from(e.logId.keyId).toString('hex'),
+      },
     };
     const sig = b.content.$case === 'messageSignature' ? Buffer.from(b.content.messageSignature.signature).toString('base64') : '';
     const annotations = {
@@ -311,12 +425,24 @@ describe('cosign, keyless (local Fulcio and Rekor from @sigstore/mock)', () => {
     // A signature that does not name a key never verifies as keyless.
     expectReason(verifyCosignKeyless({ ...item!, certificate: undefined }, keyless(), DIGEST), 'WRONG_KIND', /^no certificate/);
     // The SET signs the entry: change its time and it no longer verifies.
-    const forged = { ...annotations, 'dev.sigstore.cosign/bundle': JSON.stringify({ ...rekorBundle, Payload: { ...rekorBundle.Payload, integratedTime: rekorBundle.Payload.integratedTime + 1 } }) };
+    const forged = {
+      ...annotations,
+      'dev.sigstore.cosign/bundle': JSON.stringify({
+        ...rekorBundle,
+        Payload: { ...rekorBundle.Payload, integratedTime: rekorBundle.Payload.integratedTime + 1 },
+      }),
+    };
     const [bad] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: payload, annotations: forged }]);
     expectReason(verifyCosignKeyless(bad!, keyless(), DIGEST), 'TLOG_UNVERIFIED', /^transparency log verification failed/);
     // A signing time a day later, when the ten-minute Fulcio certificate had long expired: the chain is checked at
     // that time and fails for expiry, which tells EXPIRED from UNTRUSTED_CHAIN (under another CA: untrusted).
-    const late = { ...annotations, 'dev.sigstore.cosign/bundle': JSON.stringify({ ...rekorBundle, Payload: { ...rekorBundle.Payload, integratedTime: rekorBundle.Payload.integratedTime + 86_400 } }) };
+    const late = {
+      ...annotations,
+      'dev.sigstore.cosign/bundle': JSON.stringify({
+        ...rekorBundle,
+        Payload: { ...rekorBundle.Payload, integratedTime: rekorBundle.Payload.integratedTime + 86_400 },
+      }),
+    };
     const [expired] = await items('cosign-sig', [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', bytes: payload, annotations: late }]);
     expectReason(verifyCosignKeyless(expired!, keyless(), DIGEST), 'EXPIRED', /^expired \(certificate not valid at the signing time\)$/);
     expectReason(verifyCosignKeyless(expired!, keyless({}, other), DIGEST), 'UNTRUSTED_CHAIN', /^untrusted chain$/);
@@ -338,8 +464,27 @@ describe('notation JWS', () => {
   function makeCA(name: string): { cert: string; key: string } {
     const key = join(dir, `${name}.key`);
     const cert = join(dir, `${name}.crt`);
-    openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '30', '-subj', `/C=US/ST=WA/O=${name}/CN=${name} root`,
-      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+    openssl(
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '30',
+      '-subj',
+      `/C=US/ST=WA/O=${name}/CN=${name} root`,
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+    );
     return { cert, key };
   }
 
@@ -376,13 +521,18 @@ describe('notation JWS', () => {
       'io.cncf.notary.signingTime': (opts.signingTime ?? new Date()).toISOString(),
       ...(opts.expiry ? { 'io.cncf.notary.expiry': opts.expiry.toISOString() } : {}),
     };
-    const signed = await new FlattenedSign(payload).setProtectedHeader(header).setUnprotectedHeader({ x5c: opts.chain ?? [der(leafCert), der(ca.cert)], 'io.cncf.notary.signingAgent': 'test' }).sign(leafKey, { crit: { 'io.cncf.notary.signingScheme': true, 'io.cncf.notary.expiry': true } });
+    const signed = await new FlattenedSign(payload)
+      .setProtectedHeader(header)
+      .setUnprotectedHeader({ x5c: opts.chain ?? [der(leafCert), der(ca.cert)], 'io.cncf.notary.signingAgent': 'test' })
+      .sign(leafKey, { crit: { 'io.cncf.notary.signingScheme': true, 'io.cncf.notary.expiry': true } });
     if (opts.tamper) signed.payload = Buffer.from(JSON.stringify({ targetArtifact: { ...target, size: 528 } })).toString('base64url');
     return Buffer.from(JSON.stringify(signed));
   }
 
   function authority(extra: Record<string, unknown> = {}): NotationAuthority {
-    return loadTrust(configOf([{ name: 'notary', kind: 'notation', trustStore: [ca.cert], trustedIdentities: ['x509.subject: C=US, ST=WA, O=acme'], ...extra }])).authorities[0] as NotationAuthority;
+    return loadTrust(
+      configOf([{ name: 'notary', kind: 'notation', trustStore: [ca.cert], trustedIdentities: ['x509.subject: C=US, ST=WA, O=acme'], ...extra }]),
+    ).authorities[0] as NotationAuthority;
   }
 
   const check = async (bytes: Buffer, a = authority()): Promise<Outcome> => verifyNotation(parseNotationJws('test', bytes), a, target, new Date(), () => {});
@@ -397,35 +547,61 @@ describe('notation JWS', () => {
   it('rejects each failure with its reason', async () => {
     expectReason(await check(await jws({ chain: [der(rogueLeafCert), der(rogue.cert)] })), 'UNTRUSTED_CHAIN', /^untrusted chain$/);
     expectReason(await check(await jws({ chain: [der(leafCert)] })), 'UNTRUSTED_CHAIN', /^untrusted chain$/);
-    expectReason(await check(await jws(), authority({ trustedIdentities: ['x509.subject: C=US, ST=WA, O=other'] })), 'IDENTITY_MISMATCH', /^identity mismatch \(subject "C=US, ST=WA, L=Seattle, O=acme, CN=signer"\)/);
+    expectReason(
+      await check(await jws(), authority({ trustedIdentities: ['x509.subject: C=US, ST=WA, O=other'] })),
+      'IDENTITY_MISMATCH',
+      /^identity mismatch \(subject "C=US, ST=WA, L=Seattle, O=acme, CN=signer"\)/,
+    );
     expectReason(await check(await jws({ target: { ...target, digest: OTHER } })), 'DIGEST_MISMATCH', /^digest mismatch \(signed sha256:cdcd/);
     expectReason(await check(await jws({ target: { ...target, size: 1 } })), 'DIGEST_MISMATCH', /^digest mismatch \(signed media type/);
     expectReason(await check(await jws({ tamper: true })), 'INVALID_SIGNATURE', /^invalid signature/);
     expectReason(await check(await jws({ expiry: new Date(Date.now() - 1000) })), 'EXPIRED', /^expired \(signature expired at /);
     expect((await check(await jws({ expiry: new Date(Date.now() - 1000) }), authority({ expiry: 'log' }))).ok).toBe(true);
     expectReason(await check(await jws({ signingTime: new Date(Date.now() + 3_600_000) })), 'EXPIRED', /^expired \(signing time .* is in the future\)/);
-    expectReason(await check(await jws({ signingTime: new Date(Date.now() - 90 * 86_400_000) })), 'EXPIRED', /^expired \(certificate 0 was not valid at the signing time/);
+    expectReason(
+      await check(await jws({ signingTime: new Date(Date.now() - 90 * 86_400_000) })),
+      'EXPIRED',
+      /^expired \(certificate 0 was not valid at the signing time/,
+    );
     await expect(jws({ alg: 'ES384' })).rejects.toThrow();
     // A critical header Notation does not define: refused as unsupported, by jose's error class (not its text).
     const crit = JSON.parse((await jws()).toString()) as { protected: string };
     const header = JSON.parse(Buffer.from(crit.protected, 'base64url').toString()) as { crit: string[] };
     header.crit.push('io.example.unknown');
-    const withUnknown = Buffer.from(JSON.stringify({ ...crit, protected: Buffer.from(JSON.stringify({ ...header, 'io.example.unknown': 1 })).toString('base64url') }));
-    expectReason(await check(withUnknown), 'UNSUPPORTED', /^unsupported critical header \(Extension Header Parameter "io\.example\.unknown" is not recognized\)$/);
+    const withUnknown = Buffer.from(
+      JSON.stringify({ ...crit, protected: Buffer.from(JSON.stringify({ ...header, 'io.example.unknown': 1 })).toString('base64url') }),
+    );
+    expectReason(
+      await check(withUnknown),
+      'UNSUPPORTED',
+      /^unsupported critical header \(Extension Header Parameter "io\.example\.unknown" is not recognized\)$/,
+    );
   });
 });
 
 describe('accessory classification', () => {
   const img = (layers: string[], extra: Record<string, unknown> = {}): ParsedManifest =>
-    manifestOf({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${hex('1')}`, size: 2 }, layers: layers.map((mediaType, i) => ({ mediaType, digest: `sha256:${hex(String(i + 2))}`, size: 3 })), ...extra }).parsed;
+    manifestOf({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${hex('1')}`, size: 2 },
+      layers: layers.map((mediaType, i) => ({ mediaType, digest: `sha256:${hex(String(i + 2))}`, size: 3 })),
+      ...extra,
+    }).parsed;
   const index = (entries: Array<Record<string, unknown>>): ParsedManifest =>
-    manifestOf({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: entries.map((e, i) => ({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${hex(String(i + 5))}`, size: 9, ...e })) }).parsed;
+    manifestOf({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: entries.map((e, i) => ({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${hex(String(i + 5))}`, size: 9, ...e })),
+    }).parsed;
   const subject = { subject: { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: DIGEST, size: 1 } };
 
   it('signatures, attestations and referrers indexes are accessories', () => {
     expect(isAccessory(img(['application/vnd.dev.cosign.simplesigning.v1+json']), `sha256-${hex('ab')}.sig`)).toBe(true);
     expect(isAccessory(img(['application/vnd.dev.cosign.simplesigning.v1+json']), null)).toBe(true);
-    expect(isAccessory(img(['application/vnd.dev.sigstore.bundle.v0.3+json'], { artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json', ...subject }), null)).toBe(true);
+    expect(
+      isAccessory(img(['application/vnd.dev.sigstore.bundle.v0.3+json'], { artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json', ...subject }), null),
+    ).toBe(true);
     expect(isAccessory(img(['application/jose+json'], { artifactType: 'application/vnd.cncf.notary.signature', ...subject }), null)).toBe(true);
     expect(isAccessory(index([{ artifactType: 'application/vnd.cncf.notary.signature' }]), `sha256-${hex('ab')}`)).toBe(true);
   });

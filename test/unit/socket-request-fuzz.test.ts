@@ -137,10 +137,16 @@ async function run(pieces: Buffer[], consume: { pipe: boolean; waitEvery: number
 
 // ---- Generators ----------------------------------------------------------------------------------------------
 
-const tchar = fc.constantFrom(...'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&\'*+.^_`|~-');
+const tchar = fc.constantFrom(..."abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+.^_`|~-");
 const token = fc.string({ unit: tchar, minLength: 1, maxLength: 12 });
 const fieldValue = fc
-  .string({ unit: fc.oneof(fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)), fc.constantFrom(' ', '\t', 'é', '\xff')), maxLength: 30 })
+  .string({
+    unit: fc.oneof(
+      fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
+      fc.constantFrom(' ', '\t', 'é', '\xff'),
+    ),
+    maxLength: 30,
+  })
   .map((v) => v.trim());
 /** Header names the parser gives meaning to are kept out of the free-form ones. */
 const RESERVED = new Set(['content-length', 'transfer-encoding', 'connection', 'set-cookie']);
@@ -159,7 +165,12 @@ interface Model {
   trailing: Buffer;
 }
 
-const chunkExt = fc.oneof(fc.constant(''), token.map((t) => `;${t}`), fc.tuple(token, token).map(([a, b]) => `;${a}=${b}`), fc.tuple(token, token).map(([a, b]) => ` ;${a}="${b} x"`));
+const chunkExt = fc.oneof(
+  fc.constant(''),
+  token.map((t) => `;${t}`),
+  fc.tuple(token, token).map(([a, b]) => `;${a}=${b}`),
+  fc.tuple(token, token).map(([a, b]) => ` ;${a}="${b} x"`),
+);
 
 const framing: fc.Arbitrary<Framing> = fc.oneof(
   fc.constant<Framing>({ kind: 'length' }),
@@ -175,12 +186,19 @@ const framing: fc.Arbitrary<Framing> = fc.oneof(
 
 const model: fc.Arbitrary<Model> = fc.record({
   status: fc.oneof(fc.constantFrom(200, 206, 307, 404, 500), fc.integer({ min: 200, max: 599 })),
-  reason: fc.oneof(fc.constant(''), fc.constant(' OK'), fieldValue.map((v) => ` ${v}`)),
+  reason: fc.oneof(
+    fc.constant(''),
+    fc.constant(' OK'),
+    fieldValue.map((v) => ` ${v}`),
+  ),
   headers: fc.array(freeHeader, { maxLength: 8 }),
   informational: fc.array(fc.record({ status: fc.constantFrom(100, 102, 103), headers: fc.array(freeHeader, { maxLength: 2 }) }), { maxLength: 2 }),
   body,
   framing,
-  trailing: fc.oneof(fc.constant(Buffer.alloc(0)), fc.uint8Array({ minLength: 1, maxLength: 20 }).map((a) => Buffer.from(a))),
+  trailing: fc.oneof(
+    fc.constant(Buffer.alloc(0)),
+    fc.uint8Array({ minLength: 1, maxLength: 20 }).map((a) => Buffer.from(a)),
+  ),
 });
 
 function headLines(status: number, reason: string, headers: Array<[string, string]>): string {
@@ -220,7 +238,11 @@ function encode(m: Model, method: 'GET' | 'HEAD' = 'GET'): { wire: Buffer; statu
     if (!noBody) payload = m.body;
   }
   const info = m.informational.map((i) => headLines(i.status, '', i.headers)).join('');
-  const wire = Buffer.concat([Buffer.from(info + headLines(m.status, m.reason, headers), 'latin1'), payload, f.kind === 'close' ? Buffer.alloc(0) : m.trailing]);
+  const wire = Buffer.concat([
+    Buffer.from(info + headLines(m.status, m.reason, headers), 'latin1'),
+    payload,
+    f.kind === 'close' ? Buffer.alloc(0) : m.trailing,
+  ]);
   // Expected headers: names lower-cased, repeated ones joined with ", " (set-cookie is kept out of the model).
   const expected: IncomingHttpHeaders = {};
   for (const [n, v] of headers) {
@@ -263,60 +285,72 @@ function pieces(wire: Buffer, points: readonly number[]): Buffer[] {
 
 /** A response that must be refused, by construction; `why` names the defect. */
 const invalid: fc.Arbitrary<{ why: string; wire: Buffer }> = fc.oneof(
-  fc.constantFrom(
-    'HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 20 OK\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/2 200 OK\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.2 200 OK\r\ncontent-length: 0\r\n\r\n',
-    'XTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 099 Low\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 600 High\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n',
-    ' HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 200 OK\rX\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\nno colon here\r\n\r\n',
-    'HTTP/1.1 200 OK\r\n: empty name\r\n\r\n',
-    'HTTP/1.1 200 OK\r\nbad name: x\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\nname : x\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\nx: a\r\n folded\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\nx: a\nb: c\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\nx: a\rb\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\nx: a\0b\r\ncontent-length: 0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello',
-    'HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\nhello',
-    'HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello',
-    'HTTP/1.1 200 OK\r\ncontent-length:\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloX\r\n0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nbad trailer\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffff\r\nhello\r\n0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;\x01ext\r\nhello\r\n0\r\n\r\n',
-    'HTTP/1.1 200 OK\r\ncontent-length: 0\r\n',
-    'HTTP/1.1 200 OK',
-    '',
-  ).map((s) => ({ why: JSON.stringify(s.slice(0, 60)), wire: Buffer.from(s, 'latin1') })),
+  fc
+    .constantFrom(
+      'HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 20 OK\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/2 200 OK\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.2 200 OK\r\ncontent-length: 0\r\n\r\n',
+      'XTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 099 Low\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 600 High\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n',
+      ' HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 200 OK\rX\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\nno colon here\r\n\r\n',
+      'HTTP/1.1 200 OK\r\n: empty name\r\n\r\n',
+      'HTTP/1.1 200 OK\r\nbad name: x\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\nname : x\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\nx: a\r\n folded\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\nx: a\nb: c\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\nx: a\rb\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\nx: a\0b\r\ncontent-length: 0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello',
+      'HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\nhello',
+      'HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello',
+      'HTTP/1.1 200 OK\r\ncontent-length:\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloX\r\n0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nbad trailer\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffff\r\nhello\r\n0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;\x01ext\r\nhello\r\n0\r\n\r\n',
+      'HTTP/1.1 200 OK\r\ncontent-length: 0\r\n',
+      'HTTP/1.1 200 OK',
+      '',
+    )
+    .map((s) => ({ why: JSON.stringify(s.slice(0, 60)), wire: Buffer.from(s, 'latin1') })),
   // A head past the 64 KiB limit, in one header or many.
-  fc.integer({ min: 64 * 1024, max: 80 * 1024 }).map((n) => ({ why: `head of ${n} bytes`, wire: Buffer.from(`HTTP/1.1 200 OK\r\nx-big: ${'a'.repeat(n)}\r\ncontent-length: 0\r\n\r\n`) })),
-  fc.integer({ min: 1120, max: 1400 }).map((n) => ({ why: `${n} headers`, wire: Buffer.from(`HTTP/1.1 200 OK\r\n${'x-h: 0123456789012345678901234567890123456789012345678901\r\n'.repeat(n)}content-length: 0\r\n\r\n`) })),
+  fc
+    .integer({ min: 64 * 1024, max: 80 * 1024 })
+    .map((n) => ({ why: `head of ${n} bytes`, wire: Buffer.from(`HTTP/1.1 200 OK\r\nx-big: ${'a'.repeat(n)}\r\ncontent-length: 0\r\n\r\n`) })),
+  fc.integer({ min: 1120, max: 1400 }).map((n) => ({
+    why: `${n} headers`,
+    wire: Buffer.from(`HTTP/1.1 200 OK\r\n${'x-h: 0123456789012345678901234567890123456789012345678901\r\n'.repeat(n)}content-length: 0\r\n\r\n`),
+  })),
   // A valid framed response truncated anywhere before its end.
-  fc.tuple(model.filter((m) => m.framing.kind !== 'close' && m.status !== 204 && m.status !== 304), fc.double({ min: 0, max: 1, noNaN: true })).map(([m, f]) => {
-    const { wire } = encode({ ...m, trailing: Buffer.alloc(0), body: m.body.length === 0 ? Buffer.from('x') : m.body });
-    return { why: 'truncated', wire: wire.subarray(0, Math.floor(wire.length * f * 0.999)) };
-  }),
+  fc
+    .tuple(
+      model.filter((m) => m.framing.kind !== 'close' && m.status !== 204 && m.status !== 304),
+      fc.double({ min: 0, max: 1, noNaN: true }),
+    )
+    .map(([m, f]) => {
+      const { wire } = encode({ ...m, trailing: Buffer.alloc(0), body: m.body.length === 0 ? Buffer.from('x') : m.body });
+      return { why: 'truncated', wire: wire.subarray(0, Math.floor(wire.length * f * 0.999)) };
+    }),
 );
 
 describe('socket-request HTTP/1.1 response parser (property-based, split reads)', () => {

@@ -17,7 +17,12 @@ const OPTS: SocketRequestOptions = { method: 'GET', headers: {}, connectTimeout:
 const pools: SocketPool[] = [];
 
 /** One request on a pool of its own unless one is given (TLS settings live in the pool). */
-function socketRequest(url: URL, opts: SocketRequestOptions, pool?: SocketPool, tls: { ca?: Buffer; rejectUnauthorized?: boolean } = {}): Promise<SocketResponse> {
+function socketRequest(
+  url: URL,
+  opts: SocketRequestOptions,
+  pool?: SocketPool,
+  tls: { ca?: Buffer; rejectUnauthorized?: boolean } = {},
+): Promise<SocketResponse> {
   const p = pool ?? new SocketPool({ rejectUnauthorized: tls.rejectUnauthorized ?? true, ...(tls.ca ? { ca: tls.ca } : {}) });
   if (!pool) pools.push(p);
   return send(url, opts, p);
@@ -34,7 +39,10 @@ function randomish(n: number): Buffer {
 }
 
 /** Collects a body through pipeTo, copying every chunk (the transport reuses their memory). */
-async function pipeAll(body: { pipeTo(f: (c: Buffer) => Promise<void> | void): Promise<void> }, onChunk?: (n: number) => Promise<void> | void): Promise<{ data: Buffer; chunks: Buffer[] }> {
+async function pipeAll(
+  body: { pipeTo(f: (c: Buffer) => Promise<void> | void): Promise<void> },
+  onChunk?: (n: number) => Promise<void> | void,
+): Promise<{ data: Buffer; chunks: Buffer[] }> {
   const copies: Buffer[] = [];
   const views: Buffer[] = [];
   await body.pipeTo((c) => {
@@ -187,7 +195,9 @@ describe('socketRequest', () => {
   });
 
   it('refuses request header values that would inject headers', async () => {
-    await expect(socketRequest(new URL('http://127.0.0.1:9/'), { ...OPTS, headers: { authorization: 'Bearer x\r\nx-evil: 1' } })).rejects.toThrow(/invalid request header/);
+    await expect(socketRequest(new URL('http://127.0.0.1:9/'), { ...OPTS, headers: { authorization: 'Bearer x\r\nx-evil: 1' } })).rejects.toThrow(
+      /invalid request header/,
+    );
   });
 
   it('serves an error body as an ordinary Readable (copies), and a HEAD response with no body', async () => {
@@ -242,7 +252,9 @@ describe('socketRequest', () => {
 
   describe('keep-alive', () => {
     /** Counts TCP connections; answers each request with its path, framed by Content-Length unless told otherwise. */
-    async function counting(handler?: (socket: net.Socket, n: number, total: number) => void): Promise<{ url: string; connections: () => number; close(): Promise<void> }> {
+    async function counting(
+      handler?: (socket: net.Socket, n: number, total: number) => void,
+    ): Promise<{ url: string; connections: () => number; close(): Promise<void> }> {
       let connections = 0;
       let total = 0;
       const sockets = new Set<net.Socket>();
@@ -309,7 +321,9 @@ describe('socketRequest', () => {
         expect(pool.idleCount).toBe(0);
       }
       // Aborted mid-body: that connection is gone, the next request opens another.
-      const slow = await counting((socket, _n, total) => socket.write(total === 1 ? 'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial' : 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'));
+      const slow = await counting((socket, _n, total) =>
+        socket.write(total === 1 ? 'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial' : 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'),
+      );
       const pool = new SocketPool({ rejectUnauthorized: true });
       pools.push(pool);
       const controller = new AbortController();
@@ -358,7 +372,29 @@ describe('socketRequest', () => {
     let dir: string;
     beforeAll(() => {
       dir = tempDir('pc-tls-');
-      const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-subj', '/CN=localhost', '-days', '1', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { encoding: 'utf8' });
+      const r = spawnSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'ec',
+          '-pkeyopt',
+          'ec_paramgen_curve:P-256',
+          '-nodes',
+          '-keyout',
+          join(dir, 'key.pem'),
+          '-out',
+          join(dir, 'cert.pem'),
+          '-subj',
+          '/CN=localhost',
+          '-days',
+          '1',
+          '-addext',
+          'subjectAltName=DNS:localhost,IP:127.0.0.1',
+        ],
+        { encoding: 'utf8' },
+      );
       if (r.status !== 0) throw new Error(`openssl (installed by scripts/install-tools.sh) failed: ${r.error?.message ?? r.stderr}`);
     });
 
@@ -371,7 +407,13 @@ describe('socketRequest', () => {
       });
       server.on('secureConnection', (s) => (sni = (s as unknown as { servername?: string }).servername));
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-      closers.push(() => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }));
+      closers.push(
+        () =>
+          new Promise<void>((r) => {
+            server.closeAllConnections();
+            server.close(() => r());
+          }),
+      );
       const port = (server.address() as AddressInfo).port;
       const ca = readFileSync(join(dir, 'cert.pem'));
 

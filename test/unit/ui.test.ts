@@ -24,20 +24,61 @@ const XSS = `<script>alert("pwned")</script>`;
 const QUOTE_BREAK = `" onmouseover="alert(1)`;
 
 /** A decision event as the gate's observers get it; `over` changes the parts a test cares about. */
-function event(o: { id: string; outcome?: string; repository?: string; tag?: string; rule?: string; message?: string; user?: string | null; ip?: string; upstream?: string; ua?: string }): Ev {
+function event(o: {
+  id: string;
+  outcome?: string;
+  repository?: string;
+  tag?: string;
+  rule?: string;
+  message?: string;
+  user?: string | null;
+  ip?: string;
+  upstream?: string;
+  ua?: string;
+}): Ev {
   const outcome = o.outcome ?? 'deny';
   const deny = outcome === 'allow' ? [] : [{ rule: o.rule ?? 'signature.required', message: o.message ?? 'no valid signature' }];
   return {
-    admission: { decisionId: o.id, serve: outcome !== 'deny', outcome, message: deny[0]?.message ?? 'allowed', violations: deny, warnings: [], mode: 'enforce', cached: false },
+    admission: {
+      decisionId: o.id,
+      serve: outcome !== 'deny',
+      outcome,
+      message: deny[0]?.message ?? 'allowed',
+      violations: deny,
+      warnings: [],
+      mode: 'enforce',
+      cached: false,
+    },
     input: {
       version: 1,
       now: '2026-12-07T00:00:00Z',
-      request: { kind: 'manifest', method: 'GET', client: { ip: o.ip ?? '10.0.0.1', user: o.user ?? null, groups: [], method: o.user ? 'basic' : 'anonymous', user_agent: o.ua ?? 'containerd/1.7' }, routing: 'prefix' },
-      image: { registry: 'registry.test', repository: o.repository ?? 'team/app', tag: o.tag ?? 'v1', digest: `sha256:${'a'.repeat(64)}`, media_type: 'application/vnd.oci.image.manifest.v1+json', platforms: [], labels: {}, created: null },
+      request: {
+        kind: 'manifest',
+        method: 'GET',
+        client: { ip: o.ip ?? '10.0.0.1', user: o.user ?? null, groups: [], method: o.user ? 'basic' : 'anonymous', user_agent: o.ua ?? 'containerd/1.7' },
+        routing: 'prefix',
+      },
+      image: {
+        registry: 'registry.test',
+        repository: o.repository ?? 'team/app',
+        tag: o.tag ?? 'v1',
+        digest: `sha256:${'a'.repeat(64)}`,
+        media_type: 'application/vnd.oci.image.manifest.v1+json',
+        platforms: [],
+        labels: {},
+        created: null,
+      },
       upstream: { name: o.upstream ?? 'test', url: 'http://127.0.0.1:1' },
       signatures: { status: 'none', verified: [], rejected: [{ authority: 'release-key', reason: `bad signature ${XSS}` }] },
       attestations: [],
-      scan: { status: 'ok', counts: { CRITICAL: 1 }, vulnerabilities: [{ id: `CVE-2024-0727${XSS}`, severity: 'CRITICAL', package: 'openssl' }, { id: 'CVE-2020-1', severity: 'LOW' }] },
+      scan: {
+        status: 'ok',
+        counts: { CRITICAL: 1 },
+        vulnerabilities: [
+          { id: `CVE-2024-0727${XSS}`, severity: 'CRITICAL', package: 'openssl' },
+          { id: 'CVE-2020-1', severity: 'LOW' },
+        ],
+      },
     },
     result: undefined,
     revision: 'rev-1',
@@ -50,9 +91,22 @@ function event(o: { id: string; outcome?: string; repository?: string; tag?: str
 describe('escaping', () => {
   test('an image name, a reason and a user agent with <script> and quotes render inert on every page', () => {
     const ring = new DecisionRing(10);
-    ring.onDecision(event({ id: 'd1', repository: `team/${XSS}`, tag: QUOTE_BREAK, message: `reason ${XSS} ${QUOTE_BREAK}`, ua: `"><img src=x onerror=alert(1)>`, user: `eve'; rm -rf / #` }));
+    ring.onDecision(
+      event({
+        id: 'd1',
+        repository: `team/${XSS}`,
+        tag: QUOTE_BREAK,
+        message: `reason ${XSS} ${QUOTE_BREAK}`,
+        ua: `"><img src=x onerror=alert(1)>`,
+        user: `eve'; rm -rf / #`,
+      }),
+    );
     const r = ring.get('d1')!;
-    const pages = [decisionsPage({ records: [r], matched: 1, held: 1, capacity: 10, filter: { image: XSS, rule: QUOTE_BREAK }, upstreams: ['test'] }), decisionPage(r), rows([r]).text];
+    const pages = [
+      decisionsPage({ records: [r], matched: 1, held: 1, capacity: 10, filter: { image: XSS, rule: QUOTE_BREAK }, upstreams: ['test'] }),
+      decisionPage(r),
+      rows([r]).text,
+    ];
     for (const p of pages) {
       expect(p).not.toContain('<script>alert');
       expect(p).not.toContain('<img src=x');
@@ -65,7 +119,9 @@ describe('escaping', () => {
   });
 
   test('html`` escapes values, keeps nested html, drops null, undefined and false', () => {
-    expect(html`<p title="${'"x"'}">${'<b>'}${html`<i>${'&'}</i>`}${null}${undefined}${false}${[1, '<', 2]}</p>`.text).toBe('<p title="&quot;x&quot;">&lt;b&gt;<i>&amp;</i>1&lt;2</p>');
+    expect(html`<p title="${'"x"'}">${'<b>'}${html`<i>${'&'}</i>`}${null}${undefined}${false}${[1, '<', 2]}</p>`.text).toBe(
+      '<p title="&quot;x&quot;">&lt;b&gt;<i>&amp;</i>1&lt;2</p>',
+    );
     expect(esc(`'\``)).toBe('&#39;&#96;');
   });
 
@@ -90,7 +146,9 @@ describe('ring', () => {
   test('filters by outcome, rule, image, upstream and client', () => {
     const ring = new DecisionRing(10);
     ring.onDecision(event({ id: 'a', outcome: 'allow', repository: 'team/web', user: 'alice' }));
-    ring.onDecision(event({ id: 'b', rule: 'scan.limit', message: '1 CRITICAL vulnerability exceeds limit 0', repository: 'team/db', upstream: 'hub', ip: '10.9.9.9' }));
+    ring.onDecision(
+      event({ id: 'b', rule: 'scan.limit', message: '1 CRITICAL vulnerability exceeds limit 0', repository: 'team/db', upstream: 'hub', ip: '10.9.9.9' }),
+    );
     ring.onDecision(event({ id: 'c', rule: 'signature.required', repository: 'other/db' }));
     const ids = (f: Parameters<DecisionRing['list']>[0]): string[] => ring.list(f).records.map((r) => r.id);
     expect(ids({ outcome: 'deny' })).toEqual(['c', 'b']);
@@ -110,7 +168,12 @@ describe('ring', () => {
   });
 
   test('the findings that broke a limit are the severities a scan.limit entry names', () => {
-    expect([...limitSeverities([{ rule: 'scan.limit', message: '2 fixable HIGH vulnerabilities (CVE-1, CVE-2) exceed limit 0' }, { rule: 'other', message: '1 LOW vulnerability' }])]).toEqual(['HIGH']);
+    expect([
+      ...limitSeverities([
+        { rule: 'scan.limit', message: '2 fixable HIGH vulnerabilities (CVE-1, CVE-2) exceed limit 0' },
+        { rule: 'other', message: '1 LOW vulnerability' },
+      ]),
+    ]).toEqual(['HIGH']);
     const ring = new DecisionRing(1);
     ring.onDecision(event({ id: 's', rule: 'scan.limit', message: '1 CRITICAL vulnerability (CVE-2024-0727) exceeds limit 0' }));
     const p = decisionPage(ring.get('s')!);
@@ -122,7 +185,16 @@ describe('ring', () => {
   test('reads back the tail of the decision-log file; a torn line and foreign content are skipped', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'pc-ui-'));
     try {
-      const line = (id: string): string => JSON.stringify({ decision_id: id, timestamp: '2026-12-07T10:00:00Z', outcome: 'deny', upstream: 'test', bundles: { portcullis: { revision: 'r9' } }, input: event({ id }).input, result: { allow: false, deny: [{ rule: 'scan.limit', message: 'm' }], warn: [], mode: 'enforce' } });
+      const line = (id: string): string =>
+        JSON.stringify({
+          decision_id: id,
+          timestamp: '2026-12-07T10:00:00Z',
+          outcome: 'deny',
+          upstream: 'test',
+          bundles: { portcullis: { revision: 'r9' } },
+          input: event({ id }).input,
+          result: { allow: false, deny: [{ rule: 'scan.limit', message: 'm' }], warn: [], mode: 'enforce' },
+        });
       await writeFile(join(dir, 'd.log'), `${line('old1')}\nnot json\n${JSON.stringify({ other: 1 })}\n${line('old2')}\n${line('old3').slice(0, 40)}`);
       const ring = new DecisionRing(10);
       expect(ring.loadLogFile(join(dir, 'd.log'))).toBe(2);
@@ -146,7 +218,13 @@ describe('handler', () => {
   let checks = 0;
   const ring = new DecisionRing(10);
   const config = (withToken: boolean): ReturnType<typeof parseConfig> =>
-    parseConfig(JSON.stringify({ upstreams: [{ name: 'test', registry: 'registry.test', url: 'http://127.0.0.1:9' }], ...(withToken ? { scan: { admin: { token: { env: 'PC_UI_TEST_ADMIN' } } } } : {}) }), 't.yaml');
+    parseConfig(
+      JSON.stringify({
+        upstreams: [{ name: 'test', registry: 'registry.test', url: 'http://127.0.0.1:9' }],
+        ...(withToken ? { scan: { admin: { token: { env: 'PC_UI_TEST_ADMIN' } } } } : {}),
+      }),
+      't.yaml',
+    );
   const target: UiTarget = {
     metrics: new Metrics(),
     policy: () => ({ revision: 'rev-1', last: { ok: true, at: '2026-12-07T00:00:00Z' } }),
