@@ -1,15 +1,22 @@
-/** Builds the blob store that `storage.blobs` names (the composition root calls this once). */
+/**
+ * Builds the blob store that `storage.blobs` names (the composition root calls this once). The S3 store and the AWS
+ * SDK are imported only when configured: the SDK alone is about 35 MiB of resident memory that a node tier on local
+ * disk should not carry (issue 10's peak-RSS budget).
+ */
 import { join } from 'node:path';
 import { readSecret } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import type { BlobIndexEvents } from './blob-index.js';
 import { FileBlobStore, type BlobStore } from './blobstore.js';
-import { s3Client } from './s3-client.js';
-import { S3BlobStore, s3TmpDir } from './s3-blobstore.js';
 
-export function openBlobStore(config: Config, events: BlobIndexEvents & { onError?: (what: string, err: unknown) => void }, now?: () => number): BlobStore {
+export async function openBlobStore(
+  config: Config,
+  events: BlobIndexEvents & { onError?: (what: string, err: unknown) => void },
+  now?: () => number,
+): Promise<BlobStore> {
   const s3 = config.storage.s3;
   if (config.storage.blobs !== 's3' || !s3) return new FileBlobStore(config.dataDir, config.cache.maxSize, events);
+  const [{ s3Client }, { S3BlobStore, s3TmpDir }] = await Promise.all([import('./s3-client.js'), import('./s3-blobstore.js')]);
   return new S3BlobStore({
     client: s3Client(s3, (ref) => readSecret(ref)),
     config: s3,

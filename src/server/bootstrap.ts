@@ -131,7 +131,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
 
   // Storage and the upstream side.
   const meta = new SqliteMetaStore(config.dataDir);
-  const blobStore = openBlobStore(
+  const blobStore = await openBlobStore(
     config,
     {
       onEvict: () => metrics.cacheEvictions.inc(),
