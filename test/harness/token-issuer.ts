@@ -33,6 +33,8 @@ export interface TokenIssuerOptions {
   expiresIn?: number;
   /** Omit `expires_in` from the response (clients must then assume 60 s). */
   omitExpiresIn?: boolean;
+  /** The loopback address to listen on (default 127.0.0.1); another one is another host for realm rules. */
+  host?: string;
   /**
    * Custom grant decision: actions granted to `user` (undefined = anonymous) on a resource.
    * Return a subset of `requested` (intersection semantics, as real token servers do).
@@ -67,7 +69,7 @@ export interface TokenRequest {
 }
 
 export interface RunningTokenIssuer {
-  /** Token endpoint URL: `http://127.0.0.1:PORT/token`. */
+  /** Token endpoint URL: `http://127.0.0.1:PORT/token` (or the host asked for). */
   realm: string;
   service: string;
   issuer: string;
@@ -257,13 +259,13 @@ export async function startTokenIssuer(opts: TokenIssuerOptions = {}): Promise<R
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
+    server.listen(0, opts.host ?? '127.0.0.1', () => resolve());
   });
   const addr = server.address();
   if (!addr || typeof addr !== 'object') throw new Error('token issuer: no listen address');
 
   return {
-    realm: `http://127.0.0.1:${addr.port}/token`,
+    realm: `http://${opts.host ?? '127.0.0.1'}:${addr.port}/token`,
     service,
     issuer,
     rootCertBundlePath: certPath,

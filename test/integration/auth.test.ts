@@ -322,16 +322,17 @@ describe('Basic auth (htpasswd)', () => {
 });
 
 describe('a token realm outside the upstream domain (real Distribution, hostile realm name)', () => {
-  // The registry advertises its realm as http://localhost:PORT/token while the proxy knows the upstream as
-  // 127.0.0.1: another host name, so the upstream's credentials must not go there.
+  // The registry advertises its realm on 127.0.0.2 while the proxy knows the upstream as 127.0.0.1: another host,
+  // so the upstream's credentials must not go there. (Not `localhost`: on a stock Debian it resolves to ::1 first,
+  // which the test upstream's egress rules rightly refuse.)
   let issuer: RunningTokenIssuer;
   let reg: RunningRegistry;
   let img: PushedImage;
   let realm: string;
 
   beforeAll(async () => {
-    issuer = await startTokenIssuer({ users: { [USER]: PASSWORD }, requireAuth: true });
-    realm = issuer.realm.replace('127.0.0.1', 'localhost');
+    issuer = await startTokenIssuer({ users: { [USER]: PASSWORD }, requireAuth: true, host: '127.0.0.2' });
+    realm = issuer.realm;
     reg = await startRegistry({
       auth: { kind: 'token', realm, service: issuer.service, issuer: issuer.issuer, rootCertBundlePath: issuer.rootCertBundlePath },
     });
