@@ -3,7 +3,7 @@
  * `npm run bench`: Portcullis side by side with CNCF Distribution's proxy mode and with direct pulls, in one run, on
  * loopback, reported as ratios against the targets of DESIGN §10. See bench/README.md.
  *
- *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile] [--log-level info]
+ *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile,scale] [--scale-blobs N] [--log-level info]
  *                      [--dist DIR] [--cpu-prof DIR] [--keep] [--node-flags 'FLAGS']
  *
  * Every process it starts (registries, Portcullis, skopeo, curl, wrk) is killed on exit, error or signal.
@@ -22,6 +22,7 @@ import { evidenceConfig, pushReport, setupSigning, signImage } from './lib/evide
 import { BENCH_SETTINGS, PRODUCT_NODE_FLAGS, histogram, histogramDelta, histogramQuantile, startPortcullis } from './lib/portcullis.mjs';
 import { killAll, run } from './lib/proc.mjs';
 import { startRegistry } from './lib/registry.mjs';
+import { scalePhase } from './lib/scale.mjs';
 import { fmt, median, round, summary } from './lib/stats.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -30,7 +31,9 @@ const { values: args } = parseArgs({
   options: {
     out: { type: 'string' },
     quick: { type: 'boolean', default: false },
-    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile' },
+    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile,scale' },
+    /** The scale phase's blob count (10^6 by default; tags, decisions and closures scale with it). */
+    'scale-blobs': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
     dist: { type: 'string', default: join(ROOT, 'dist') },
     'cpu-prof': { type: 'string' },
@@ -58,6 +61,7 @@ const P = {
   rssClients: 20,
   index: QUICK ? { layers: 1, layerMiB: 4 } : { layers: 2, layerMiB: 16 },
   indexReps: QUICK ? 1 : 2,
+  scaleBlobs: Number(args['scale-blobs'] ?? (QUICK ? 100_000 : 1_000_000)),
   hostile: { idle: 2000, stalled: 100, blob: QUICK ? { layers: 1, layerMiB: 64 } : { layers: 1, layerMiB: 256 } },
 };
 const phases = new Set(args.phases.split(',').map((s) => s.trim()));
@@ -71,6 +75,10 @@ const TARGETS = {
   herd_vs_direct: { op: '<=', value: 1.2, text: 'herd through Portcullis ÷ direct herd ≤ 1.2' },
   manifest_rps_vs_direct: { op: '>=', value: 1.0, text: 'manifest GET by tag req/s ÷ direct ≥ 1.0' },
   decision_overhead_ms_p50: { op: '<=', value: 15, text: 'decision overhead of a cold pull, median ≤ 15 ms' },
+  scale_manifest_rps_ratio: { op: '>=', value: 0.9, text: 'warm manifest GETs/s with full stores ÷ empty ≥ 0.9 (issue 16)' },
+  scale_decision_overhead_ratio: { op: '<=', value: 1.2, text: 'cold decision overhead with full stores ÷ empty ≤ 1.2 (issue 16)' },
+  scale_startup_s: { op: '<=', value: 3, text: 'start to ready with full stores ≤ 3 s (issue 16)' },
+  eviction_p99_first_byte_ms: { op: '<=', value: 50, text: 'first byte of warm blob GETs while the LRU evicts, p99 ≤ 50 ms (issue 16)' },
   peak_rss_mib: { op: '<=', value: 300, text: 'peak RSS, 20 clients × 1 GiB ≤ 300 MiB' },
   hostile_peak_rss_mib: { op: '<=', value: 300, text: 'peak RSS with 2,000 idle connections and 100 stalled readers ≤ 300 MiB (issue 10)' },
   auth_manifest_rps_ratio: { op: '>=', value: 0.9, text: 'warm manifest GET req/s with client authentication (registry tokens) ÷ without ≥ 0.9 (issue 11)' },
@@ -650,6 +658,24 @@ async function main() {
     }
 
     // ------------------------------------------------------------------------------------ hostile clients
+    if (phases.has('scale')) {
+      const n = P.scaleBlobs;
+      Object.assign(
+        result,
+        await scalePhase({
+          tmp,
+          pcOpts,
+          seed,
+          instances,
+          log,
+          upstreamName: 'bench',
+          sizes: { blobs: n, tags: n / 10, closures: n / 100, decisions: n / 10 },
+          wrkSeconds: P.wrkSeconds,
+          coldImages: QUICK ? 4 : 8,
+        }),
+      );
+    }
+
     if (phases.has('hostile')) {
       const H = P.hostile;
       // 2,000 idle and 100 stalled sockets in this process and as many in Portcullis, plus wrk's.
@@ -844,6 +870,10 @@ function printTable(r) {
     ['hostile: peak RSS, MiB', r.hostile_peak_rss_mib, undefined, '≤ 300', r.targets.hostile_peak_rss_mib],
     ['hostile: manifest p99 ms', r.hostile_manifest_p99_ms, undefined, '≤ 50', r.targets.hostile_manifest_p99_ms],
     ['hostile: same wrk without them, p99 ms', r.hostile_control_manifest_p99_ms, undefined, '', null],
+    ['scale: manifest req/s full ÷ empty', r.scale_manifest_rps_ratio, undefined, '≥ 0.9', r.targets.scale_manifest_rps_ratio],
+    ['scale: decision overhead full ÷ empty', r.scale_decision_overhead_ratio, undefined, '≤ 1.2', r.targets.scale_decision_overhead_ratio],
+    ['scale: start with full stores, s', r.scale_startup_s, undefined, '≤ 3', r.targets.scale_startup_s],
+    ['scale: first byte p99 while evicting, ms', r.eviction_p99_first_byte_ms, undefined, '≤ 50', r.targets.eviction_p99_first_byte_ms],
   ];
   const cell = (v) => (v === undefined || v === null ? '—' : typeof v === 'number' ? String(v) : v);
   const w = [38, 12, 14, 16, 6];

@@ -78,6 +78,19 @@ export class BlobIndex {
     this.events.onSizeChange?.(this.bytes, this.lru.size);
   }
 
+  /**
+   * Adds blobs that a scan found while the store was already in use (oldest first): they go below every entry tracked
+   * meanwhile in recency, since those were just read or written. Entries already tracked or being evicted are skipped.
+   */
+  trackOlder(found: Iterable<IndexedBlob>): void {
+    const newer = this.list();
+    const known = new Set(newer.map((e) => e.digest));
+    // 'delete' disposal only adjusts the byte count: nothing is removed here.
+    this.lru.clear();
+    for (const f of found) if (!known.has(f.digest) && !this.doomed.has(f.digest)) this.track(f.digest, f.size, f.lastAccess);
+    for (const e of newer) this.track(e.digest, e.size, e.lastAccess);
+  }
+
   has(digest: Digest): boolean {
     return this.lru.has(digest) && !this.doomed.has(digest);
   }

@@ -1,12 +1,26 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { FileBlobStore, DigestMismatchError, SizeMismatchError } from '../../src/cache/blobstore.js';
 import type { Digest } from '../../src/routing/reference.js';
 import { cleanupTempDirs, sha256, sha512, tempDir } from './helpers.js';
 
 afterAll(cleanupTempDirs);
+
+/** Set by a test to hold every file removal until it opens the gate (fault injection; otherwise a pass-through). */
+const unlinkGate: { wait?: Promise<void>; calls: number } = { calls: 0 };
+vi.mock('node:fs/promises', async (importOriginal) => {
+  const real = await importOriginal<typeof import('node:fs/promises')>();
+  return {
+    ...real,
+    unlink: async (p: string) => {
+      unlinkGate.calls++;
+      await unlinkGate.wait;
+      return real.unlink(p);
+    },
+  };
+});
 
 function blob(n: number): { data: Buffer; digest: Digest } {
   const data = randomBytes(n);
@@ -264,5 +278,90 @@ describe('BlobStore', () => {
     await s.putBuffer(sha256(empty), empty);
     expect(s.has(sha256(empty))).toBe(true);
     expect(s.size(sha256(empty))).toBe(0);
+  });
+
+  it('removes files one at a time, and a blob committed again while its removal is queued keeps its new file', async () => {
+    const dir = tempDir();
+    const s = new FileBlobStore(dir, 1 << 20);
+    const [x, a] = [blob(1000), blob(1000)];
+    await s.putBuffer(x.digest, x.data);
+    await s.putBuffer(a.digest, a.data);
+    // Removals run one at a time: x's is running (held here), a's waits behind it.
+    let open!: () => void;
+    unlinkGate.calls = 0;
+    unlinkGate.wait = new Promise((r) => (open = r));
+    await s.remove(x.digest);
+    await s.remove(a.digest);
+    await s.putBuffer(a.digest, a.data);
+    expect(unlinkGate.calls).toBe(1);
+    open();
+    unlinkGate.wait = undefined;
+    await s.idle();
+    expect(existsSync(s.pathFor(x.digest))).toBe(false);
+    expect(s.has(a.digest)).toBe(true);
+    expect(readFileSync(s.pathFor(a.digest))).toEqual(a.data);
+  });
+
+  describe('start-up scan (a store holding many blobs starts serving before it has indexed them all)', () => {
+    /** Blobs written by one store, with mtimes one day apart (oldest first). */
+    async function filled(n: number): Promise<{ dir: string; xs: Array<{ data: Buffer; digest: Digest }> }> {
+      const dir = tempDir();
+      const s1 = new FileBlobStore(dir, 1 << 20);
+      const xs = Array.from({ length: n }, () => blob(1000));
+      for (const [i, x] of xs.entries()) {
+        await s1.putBuffer(x.digest, x.data);
+        const t = new Date(Date.UTC(2020, 0, 1 + i));
+        utimesSync(s1.pathFor(x.digest), t, t);
+      }
+      return { dir, xs };
+    }
+
+    it('serves every blob on disk before the scan reaches it, and counts each once when it ends', async () => {
+      const { dir, xs } = await filled(6);
+      const s = new FileBlobStore(dir, 1 << 20, { scanSlice: 1 });
+      // The constructor returned after one file: the rest are found on disk when asked for.
+      expect(s.entries).toBeLessThan(6);
+      for (const x of xs) {
+        const lease = s.lease(x.digest)!;
+        expect(readFileSync(lease.path)).toEqual(x.data);
+        lease.release();
+      }
+      await s.indexed;
+      expect(s.entries).toBe(6);
+      expect(s.totalBytes).toBe(6000);
+    });
+
+    it('keeps blobs used during the scan more recent than those it found, and evicts the oldest found first', async () => {
+      const { dir, xs } = await filled(4);
+      const evicted: Digest[] = [];
+      const s = new FileBlobStore(dir, 3000, { scanSlice: 1, onEvict: (d) => evicted.push(d) });
+      // The oldest blob on disk is read while the scan runs: it is now the most recently used.
+      s.lease(xs[0]!.digest)!.release();
+      await s.indexed;
+      await s.idle();
+      expect(s.totalBytes).toBe(3000);
+      expect(evicted).toEqual([xs[1]!.digest]);
+      expect(s.has(xs[0]!.digest)).toBe(true);
+      expect(existsSync(s.pathFor(xs[1]!.digest))).toBe(false);
+    });
+
+    it('a blob removed during the scan stays gone, and one written during the scan counts once', async () => {
+      const { dir } = await filled(5);
+      // The first file the scan visits (directory order) is stat-ed before the constructor returns: removing it
+      // afterwards must not let the scan's listing bring it back.
+      const alg = readdirSync(join(dir, 'blobs'))[0]!;
+      const prefix = readdirSync(join(dir, 'blobs', alg))[0]!;
+      const first = `${alg}:${readdirSync(join(dir, 'blobs', alg, prefix))[0]!}` as Digest;
+      const s = new FileBlobStore(dir, 1 << 20, { scanSlice: 1 });
+      await s.remove(first);
+      await s.idle();
+      const fresh = blob(1000);
+      await s.putBuffer(fresh.digest, fresh.data);
+      await s.indexed;
+      expect(existsSync(s.pathFor(first))).toBe(false);
+      expect(s.has(first)).toBe(false);
+      expect(s.entries).toBe(5);
+      expect(s.totalBytes).toBe(5000);
+    });
   });
 });
