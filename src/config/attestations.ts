@@ -87,7 +87,7 @@ export function attestationSettingIssues(settings: Record<string, unknown>, auth
     if (typeof s !== 'object' || s === null || !('attestations' in s)) return;
     const name = (s as { name?: unknown }).name;
     const label = typeof name === 'string' ? `scope "${name}"` : `scopes[${i}]`;
-    const r = setting.safeParse((s).attestations);
+    const r = setting.safeParse(s.attestations);
     if (!r.success) {
       for (const issue of r.error.issues) {
         const rest = issue.path.map((p) => (typeof p === 'symbol' ? String(p) : p));
