@@ -26,6 +26,7 @@ import { startFakeUpstream, type FakeUpstream } from '../harness/fake-upstream.j
 import { MANIFEST_ACCEPT, pushImage, pushRaw, sha256, type PushedImage } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { startLocalSigstore, type LocalSigstore } from '../harness/signature-sigstore.js';
 
 const BUILDER = 'https://github.com/slsa-framework/slsa-github-generator/.github/workflows/generator_container_slsa3.yml@refs/tags/v2.0.0';
 const BUILD_TYPE_V02 = 'https://github.com/slsa-framework/slsa-github-generator/container@v1';
@@ -33,6 +34,8 @@ const BUILD_TYPE_V1 = 'https://slsa-framework.github.io/github-actions-buildtype
 const REPO = 'https://github.com/acme/app';
 const SLSA_V02 = 'https://slsa.dev/provenance/v0.2';
 const SLSA_V1 = 'https://slsa.dev/provenance/v1';
+const ISSUER = 'https://token.actions.githubusercontent.com';
+const SUBJECT = 'https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main';
 /** signatures.maxPredicateSize for this proxy: the oversized provenance is larger. */
 const MAX_PREDICATE = 16 * 1024;
 
@@ -41,6 +44,12 @@ const REPOS: Record<Format, string> = { legacy: 'att/legacy', bundle: 'att/bundl
 const CASES = ['good-v02', 'good-v1', 'wrong-builder', 'wrong-source', 'no-sbom', 'other-key', 'other-digest', 'oversized'] as const;
 type Case = (typeof CASES)[number];
 
+/** Keyless: attestations by the local Fulcio's certificates for the CI identity (authority "ci") or another one. */
+const KEYLESS_REPOS: Record<Format, string> = { legacy: 'att/keyless-legacy', bundle: 'att/keyless-bundle' };
+const KEYLESS_CASES = ['good', 'wrong-identity'] as const;
+type KeylessCase = (typeof KEYLESS_CASES)[number];
+
+let ss: LocalSigstore;
 let reg: RunningRegistry;
 let fake: FakeUpstream;
 let proxy: RunningProxy;
@@ -53,8 +62,27 @@ const nameOf = (f: Format, c: Case): string => `${REPOS[f]}:${c}`;
 const at = (f: Format, c: Case): string => `${reg.host}/${REPOS[f]}@${img[nameOf(f, c)]!.digest}`;
 const viaProxy = (upstream: 'dist' | 'ref', f: Format, c: Case): string => `${proxy.host}/${upstream}.e2e/${REPOS[f]}:${c}`;
 
-async function tool(cmd: string, args: string[], what = `${cmd} ${args[0]}`): Promise<ToolResult> {
-  return expectOk(await runTool(cmd, args, { env, cwd: work, timeoutMs: 60_000 }), what);
+async function tool(cmd: string, args: string[], what = `${cmd} ${args[0]}`, extraEnv: NodeJS.ProcessEnv = {}): Promise<ToolResult> {
+  return expectOk(await runTool(cmd, args, { env: { ...env, ...extraEnv }, cwd: work, timeoutMs: 60_000 }), what);
+}
+
+/** `cosign attest` keyless, through the local Fulcio and Rekor, with an identity token for `subject`. */
+async function attestKeyless(f: Format, c: KeylessCase, type: string, predicate: unknown, subject: string): Promise<void> {
+  const file = path.join(work, `keyless-${f}-${c}-${type}.json`);
+  await writeFile(file, JSON.stringify(predicate));
+  const target = `${reg.host}/${KEYLESS_REPOS[f]}@${img[`${KEYLESS_REPOS[f]}:${c}`]!.digest}`;
+  const token = await ss.token(subject, ISSUER);
+  const common = ['attest', '--type', type, '--predicate', file, '--fulcio-url', ss.url, '--rekor-url', ss.url, '--identity-token', token, ...insecure, '-y'];
+  if (f === 'legacy') {
+    const sigstoreEnv = {
+      SIGSTORE_CT_LOG_PUBLIC_KEY_FILE: ss.files.ctlogKey,
+      SIGSTORE_ROOT_FILE: ss.files.fulcioRoot,
+      SIGSTORE_REKOR_PUBLIC_KEY: ss.files.rekorKey,
+    };
+    await tool('cosign2', [...common, target], `cosign2 keyless attest ${type} ${c}`, sigstoreEnv);
+  } else {
+    await tool('cosign3', [...common, '--use-signing-config=false', '--trusted-root', ss.trustedRootPath, target], `cosign3 keyless attest ${type} ${c}`);
+  }
 }
 
 const insecure = ['--allow-insecure-registry', '--allow-http-registry'];
@@ -172,7 +200,7 @@ beforeAll(async () => {
     XDG_CONFIG_HOME: path.join(work, 'config'),
     DOCKER_CONFIG: path.join(work, 'docker'),
   };
-  [reg, fake] = await Promise.all([startRegistry(), startFakeUpstream({ referrers: true, strictAccept: true })]);
+  [reg, fake, ss] = await Promise.all([startRegistry(), startFakeUpstream({ referrers: true, strictAccept: true }), startLocalSigstore()]);
   await tool('cosign2', ['generate-key-pair', '--output-key-prefix', 'k1']);
   await tool('cosign2', ['generate-key-pair', '--output-key-prefix', 'k2']);
 
@@ -193,6 +221,12 @@ beforeAll(async () => {
     await attest(f, 'oversized', 'spdxjson', SPDX);
     await copyAttestations(f);
     await mirror(REPOS[f]);
+
+    for (const c of KEYLESS_CASES) img[`${KEYLESS_REPOS[f]}:${c}`] = await pushImage(reg.url, KEYLESS_REPOS[f], c);
+    await attestKeyless(f, 'good', 'slsaprovenance1', provenanceV1(), SUBJECT);
+    await attestKeyless(f, 'good', 'spdxjson', SPDX, SUBJECT);
+    await attestKeyless(f, 'wrong-identity', 'slsaprovenance1', provenanceV1(), 'https://github.com/evil/app/.github/workflows/release.yml@refs/heads/main');
+    await attestKeyless(f, 'wrong-identity', 'spdxjson', SPDX, SUBJECT);
   }
 
   const provenance = {
@@ -213,7 +247,19 @@ beforeAll(async () => {
     ],
     settings: {
       no_match: 'deny',
-      scopes: [{ name: 'att', images: ['*/att/**'], attestations: { required: [provenance, { predicateType: 'sbom', authorities: ['release'] }] } }],
+      scopes: [
+        {
+          name: 'keyless',
+          images: ['*/att/keyless-*'],
+          attestations: {
+            required: [
+              { ...provenance, authorities: ['ci'] },
+              { predicateType: 'sbom', authorities: ['ci'] },
+            ],
+          },
+        },
+        { name: 'att', images: ['*/att/**'], attestations: { required: [provenance, { predicateType: 'sbom', authorities: ['release'] }] } },
+      ],
     },
     extra: {
       signatures: {
@@ -221,6 +267,13 @@ beforeAll(async () => {
         authorities: [
           { name: 'release', kind: 'key', key: path.join(work, 'k1.pub') },
           { name: 'other', kind: 'key', key: path.join(work, 'k2.pub') },
+          {
+            name: 'ci',
+            kind: 'keyless',
+            issuer: ISSUER,
+            subjectRegExp: 'https://github\\.com/acme/[^/]+/\\.github/workflows/.+',
+            trustedRoot: ss.trustedRootPath,
+          },
         ],
       },
     },
@@ -230,7 +283,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await proxy?.stop();
-  await Promise.all([reg?.stop(), fake?.stop()]);
+  await Promise.all([reg?.stop(), fake?.stop(), ss?.stop()]);
   if (work) await rm(work, { recursive: true, force: true });
 });
 
@@ -354,5 +407,37 @@ describe.each(formats)('%s attestations through upstream %s', (f, up) => {
     );
     const d = decisionFor(img[nameOf(f, 'oversized')]!.digest)!;
     expect(d.input.attestations).toContainEqual(expect.objectContaining({ predicate_type: SLSA_V1, authority: 'release', predicate: null, oversized: true }));
+  });
+});
+
+describe.each(['legacy', 'bundle'] as const)('keyless %s attestations (local Fulcio and Rekor)', (f) => {
+  const name = (c: KeylessCase): string => `${KEYLESS_REPOS[f]}:${c}`;
+
+  it('admits provenance and SBOM attested by the CI identity', async () => {
+    const r = await skopeoCopy(`docker://${proxy.host}/dist.e2e/${name('good')}`, path.join(work, `pull-keyless-${f}`));
+    expect(r.code, r.stderr).toBe(0);
+    const d = decisionFor(img[name('good')]!.digest)!;
+    expect(d.admission.outcome).toBe('allow');
+    expect(d.input.attestations).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ predicate_type: SLSA_V1, authority: 'ci', provenance: expect.objectContaining({ builder_id: BUILDER }) as unknown }),
+        expect.objectContaining({ predicate_type: 'https://spdx.dev/Document', authority: 'ci' }),
+      ]),
+    );
+  });
+
+  it('denies provenance attested by another identity', async () => {
+    const r = await crane(['manifest', '--insecure', `${proxy.host}/dist.e2e/${name('wrong-identity')}`]);
+    expect(r.code, r.stdout).not.toBe(0);
+    const d = decisionFor(img[name('wrong-identity')]!.digest)!;
+    expect(d.admission.violations).toEqual([
+      {
+        rule: 'attestation.unverified',
+        message: expect.stringMatching(
+          /^build \(slsa-provenance\): not verified by "ci": identity mismatch \(subject "https:\/\/github\.com\/evil\/app\//,
+        ) as unknown,
+      },
+    ]);
+    expect(d.input.attestations_rejected).toContainEqual(expect.objectContaining({ predicate_type: SLSA_V1, authority: 'ci', code: 'IDENTITY_MISMATCH' }));
   });
 });
