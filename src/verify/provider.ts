@@ -287,7 +287,8 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     for (const c of candidates) {
       if (c.family !== 'cosign') continue;
       if ('error' in c) {
-        if (!c.isSignature) note({ predicate_type: null, reason: `unusable attestation (${c.error})`, code: c.code });
+        // What could not be read may have been an attestation (a malformed bundle says nothing of what it holds).
+        note({ predicate_type: null, reason: `unusable ${c.isSignature ? 'signature' : 'attestation'} (${c.error})`, code: c.code });
         continue;
       }
       if (!('item' in c) || c.item.isSignature) continue;
