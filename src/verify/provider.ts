@@ -11,6 +11,11 @@
  *   `code` (policy/codes.ts); the policy names the reasons, and anything that decides uses the codes.
  * - A bundle or layer is a signature only when its payload is one (simple signing, or the cosign sign predicate,
  *   cosign.ts): an attestation never counts, whatever artifact type or annotation its manifest claims.
+ * - Attestations (evaluateAttestations): every in-toto statement that is not a signature, verified per cosign
+ *   authority like a signature (envelope and subject digest); `attestations[]` holds the verified ones (predicates
+ *   over maxPredicateSize as null with `oversized`, SLSA provenance facts from provenance.ts), and
+ *   `attestations_rejected[]` why the others did not count, so that a required attestation (policies/attestations.rego)
+ *   is denied as missing, unverified or failing a condition.
  * - Results are cached per (upstream, repository, digest, trust revision); verified results for longer than
  *   unverified ones, discovery failures not at all.
  * - Key and trust files are re-read when they change; that is a new trust revision.
