@@ -190,3 +190,28 @@ test_exception_turns_attestation_deny_into_warning if {
 	d.allow == true
 	warn_rules(d) == {"attestation.missing"}
 }
+
+test_malformed_settings_and_input_fail_closed if {
+	# conditions that are not an object, a requirement without a predicate type, attestations that are not a list
+	bad_conditions := {"predicateType": "slsa-provenance", "authorities": ["release-team"], "conditions": "builderId"}
+	d1 := decide(with_atts(good_atts, []), scope_config({"attestations": {"required": [bad_conditions]}}))
+	deny_messages(d1) == {"slsa-provenance: unknown condition \"<invalid conditions>\""}
+	d2 := decide(with_atts(good_atts, []), scope_config({"attestations": {"required": [{"authorities": ["release-team"]}]}}))
+	deny_messages(d2) == {"attestation: no attestation of type <none> found"}
+	inp := object.union(base_input, {"attestations": "all of them", "attestations_rejected": {"x": 1}})
+	deny_rules(decide(inp, att_config)) == {"attestation.missing"}
+}
+
+test_root_digest_counts_for_a_child if {
+	root := "sha256:3333333333333333333333333333333333333333333333333333333333333333"
+	inherited := [object.union(a, {"subject_digest": root}) | some a in good_atts]
+	inp := object.union(with_atts(inherited, []), {"image": object.union(base_input.image, {"root": {"digest": root, "tag": "v1"}})})
+	clean(inp, att_config)
+}
+
+test_message_names_every_pattern_of_a_list if {
+	req := object.union(provenance_req, {"conditions": {"sourceRef": ["refs/heads/main", {"regex": "refs/tags/v[0-9]+"}]}})
+	p := object.union(good_provenance, {"source_ref": "refs/heads/dev"})
+	d := decide(with_atts([att(slsa_v1, "release-team", p)], []), scope_config({"attestations": {"required": [req]}}))
+	deny_messages(d) == {"build (slsa-provenance): source ref \"refs/heads/dev\" does not match \"refs/heads/main\" or regex \"refs/tags/v[0-9]+\""}
+}
