@@ -8,6 +8,7 @@ import { scanSchema } from './scan.js';
 import { reevaluateSchema, warmSchema } from './reevaluate.js';
 import { cidrProblem } from '../util/address.js';
 import { requiredAuthorities, signaturesSchema } from './signatures.js';
+import { attestationSettingIssues } from './attestations.js';
 import { storageSchema } from './storage.js';
 import { addressOrHost, httpUrl } from './url.js';
 import { duration, secretRef, size } from './primitives.js';
@@ -335,6 +336,9 @@ export const configSchema = z
           message: `scope "${missing.scope}" requires signature authority "${missing.authority}", which signatures.authorities does not define (defined: ${[...authorities].map((n) => `"${n}"`).join(', ')})`,
         });
       }
+    }
+    for (const issue of attestationSettingIssues(cfg.policy.settings, authorities)) {
+      ctx.addIssue({ code: 'custom', path: ['policy', 'settings', ...issue.path], message: issue.message });
     }
     cfg.scan?.attestations?.authorities.forEach((name, i) => {
       if (name !== '*' && !authorities.has(name)) {

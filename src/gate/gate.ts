@@ -22,7 +22,7 @@ import type { Route } from '../routing/route.js';
 import { basisKey, type Basis } from './basis.js';
 import { Closures, type BlobVerdict } from './closures.js';
 import { buildInput, errorAdmission, mergeSignatures, NO_EVIDENCE, toAdmission, type Client, type Evidence, type Subject } from './input.js';
-import type { Admission, Decider, EvidenceContext, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../policy/contract.js';
+import type { Admission, AttestedEvidence, Decider, EvidenceContext, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../policy/contract.js';
 import { errorText } from '../util/error-text.js';
 import { SingleFlight } from '../util/single-flight.js';
 
@@ -446,17 +446,20 @@ export class Gate implements AdmissionGate {
             inherited.map((i) => ({ digest: i.digest, ev: i.signatures })),
           )
         : own.signatures,
-      // The child's own attestations first: only those describe its content (and only those feed its scan).
-      attestations: [...own.attestations, ...inherited.flatMap((i) => i.attestations)],
+      // The child's own attestations first: only those describe its content (and only those feed its scan). Each
+      // says which digest its statement is about.
+      attestations: [...withSubject(own.attestations, s.manifest.digest), ...inherited.flatMap((i) => withSubject(i.attestations, i.digest))],
+      attestations_rejected: [...(own.attestations_rejected ?? []), ...inherited.flatMap((i) => i.attestations_rejected ?? [])].slice(0, 16),
       scan,
       ownAttestations: own.attestations,
     };
   }
 
-  private signaturesOf(ctx: EvidenceContext): Promise<{ signatures: Evidence['signatures']; attestations: PolicyInput['attestations'] }> {
+  private signaturesOf(ctx: EvidenceContext): Promise<AttestedEvidence> {
     return this.signatures.signatures(ctx).catch((e: unknown) => ({
       signatures: { status: 'error' as const, verified: [], rejected: [{ reason: `signature check failed: ${String(e)}`, code: 'CHECK_FAILED' as const }] },
       attestations: [],
+      attestations_rejected: [{ predicate_type: null, reason: `signature check failed: ${String(e)}`, code: 'CHECK_FAILED' as const }],
     }));
   }
 
@@ -465,6 +468,10 @@ export class Gate implements AdmissionGate {
     if (!m) throw new Error(`manifest ${digest} is not in the metadata store`);
     return { ...m, parsed: parseManifest(m.bytes, m.mediaType) };
   }
+}
+
+function withSubject(list: PolicyInput['attestations'], digest: string): PolicyInput['attestations'] {
+  return list.map((a) => ({ ...a, subject_digest: a.subject_digest ?? digest }));
 }
 
 /** The evidence seam gets what the request knows: the route and the manifest, parsed once where it came in. */

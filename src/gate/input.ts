@@ -39,6 +39,7 @@ export interface Subject {
 export interface Evidence {
   signatures: SignatureEvidence;
   attestations: PolicyInput['attestations'];
+  attestations_rejected?: PolicyInput['attestations_rejected'];
   scan: ScanEvidence;
 }
 
@@ -78,6 +79,7 @@ export function buildInput(s: Subject, ev: Evidence, now: number): PolicyInput {
     upstream: { name: route.upstream.name, url: route.upstream.url },
     signatures: ev.signatures,
     attestations: ev.attestations,
+    attestations_rejected: ev.attestations_rejected ?? [],
     scan: ev.scan,
   };
 }
@@ -143,6 +145,7 @@ export function mergeSignatures(own: SignatureEvidence, ownDigest: string, inher
 export const NO_EVIDENCE: Evidence = {
   signatures: { status: 'not_configured', verified: [], rejected: [] },
   attestations: [],
+  attestations_rejected: [],
   scan: { status: 'not_configured', code: 'NOT_CONFIGURED' },
 };
 

@@ -56,8 +56,43 @@ export interface PolicyInput {
   };
   upstream: { name: string; url: string };
   signatures: SignatureEvidence;
-  attestations: Array<{ predicate_type: string; authority: string; predicate: unknown }>;
+  attestations: VerifiedAttestation[];
+  /** Attestations found that an authority did not verify for this digest (at most 16), with why (policies/README.md). */
+  attestations_rejected?: RejectedAttestation[];
   scan: ScanEvidence;
+}
+
+/**
+ * An attestation (DSSE envelope with an in-toto statement) that verified against `authority` and whose subject is
+ * the digest (`subject_digest`: the image's own, or for a child that of the index that admitted it). One entry per
+ * authority that verified it.
+ */
+export interface VerifiedAttestation {
+  predicate_type: string;
+  authority: string;
+  /** The predicate as signed, or null when it is larger than `signatures.maxPredicateSize` (then `oversized`). */
+  predicate: unknown;
+  oversized?: boolean;
+  /** For SLSA provenance v0.2 and v1: the facts conditions are put on (src/verify/provenance.ts). */
+  provenance?: ProvenanceFacts;
+  subject_digest?: string;
+}
+
+export interface RejectedAttestation {
+  /** What the (unverified) statement says it is; null when the envelope could not be read. */
+  predicate_type: string | null;
+  authority?: string;
+  reason: string;
+  code: SignatureCode;
+}
+
+/** The SLSA provenance facts (v0.2 and v1 read alike); null where the predicate does not say. */
+export interface ProvenanceFacts {
+  version: 'v0.2' | 'v1';
+  builder_id: string | null;
+  build_type: string | null;
+  source_repository: string | null;
+  source_ref: string | null;
 }
 
 export interface PlatformInfo {
@@ -131,10 +166,17 @@ export interface Decider {
   evaluate(input: PolicyInput): Promise<PolicyResult>;
 }
 
+/** What the signature provider finds for one digest: signatures, and attestations verified or not. */
+export interface AttestedEvidence {
+  signatures: SignatureEvidence;
+  attestations: VerifiedAttestation[];
+  attestations_rejected?: RejectedAttestation[];
+}
+
 /** Evidence about one image digest; implementations must not throw. */
 export interface SignatureProvider {
   readonly trustRevision: string;
-  signatures(ctx: EvidenceContext): Promise<{ signatures: SignatureEvidence; attestations: PolicyInput['attestations'] }>;
+  signatures(ctx: EvidenceContext): Promise<AttestedEvidence>;
   /** Releases what the provider holds open (its SQLite cache); called once, at shutdown. */
   close?(): void;
 }

@@ -7,12 +7,9 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { LRUCache } from 'lru-cache';
-import type { PolicyInput, SignatureEvidence } from '../policy/contract.js';
+import type { AttestedEvidence } from '../policy/contract.js';
 
-export interface CachedEvidence {
-  signatures: SignatureEvidence;
-  attestations: PolicyInput['attestations'];
-}
+export type CachedEvidence = AttestedEvidence;
 
 /**
  * The in-memory copy is bounded by bytes as well as entries: an entry holds attestation predicates (up to
@@ -21,9 +18,10 @@ export interface CachedEvidence {
 const MEMORY_ENTRIES = 10_000;
 /**
  * The shape of a stored entry, in every key: entries from a build whose evidence lacked a field (the rejection
- * codes) are never read back as current ones, even under the same trust revision; they expire on their own.
+ * codes; v2: the attestation rejections and provenance facts) are never read back as current ones, even under the
+ * same trust revision; they expire on their own.
  */
-const FORMAT = 'v2';
+const FORMAT = 'v3';
 const MEMORY_BYTES = 64 * 1024 * 1024;
 
 export class EvidenceCache {

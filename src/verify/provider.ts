@@ -11,13 +11,18 @@
  *   `code` (policy/codes.ts); the policy names the reasons, and anything that decides uses the codes.
  * - A bundle or layer is a signature only when its payload is one (simple signing, or the cosign sign predicate,
  *   cosign.ts): an attestation never counts, whatever artifact type or annotation its manifest claims.
+ * - Attestations (evaluateAttestations): every in-toto statement that is not a signature, verified per cosign
+ *   authority like a signature (envelope and subject digest); `attestations[]` holds the verified ones (predicates
+ *   over maxPredicateSize as null with `oversized`, SLSA provenance facts from provenance.ts), and
+ *   `attestations_rejected[]` why the others did not count, so that a required attestation (policies/attestations.rego)
+ *   is denied as missing, unverified or failing a condition.
  * - Results are cached per (upstream, repository, digest, trust revision); verified results for longer than
  *   unverified ones, discovery failures not at all.
  * - Key and trust files are re-read when they change; that is a new trust revision.
  */
 import type { Logger } from 'pino';
 import type { EvidenceDeps } from '../policy/evidence.js';
-import type { EvidenceContext, PolicyInput, SignatureEvidence, SignatureProvider } from '../policy/contract.js';
+import type { EvidenceContext, PolicyInput, RejectedAttestation, SignatureEvidence, SignatureProvider } from '../policy/contract.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Manifest } from '../proxy/manifests.js';
 import type { Descriptor } from '../oci/mediatypes.js';
@@ -31,11 +36,17 @@ import { verifyCosignKeyless, verifyCosignWithKey } from './cosign-verify.js';
 import { Discoverer, MT, type FoundArtifact } from './discovery.js';
 import { errorText } from '../util/error-text.js';
 import { parseNotationJws, verifyNotation, type NotationEnvelope } from './notation.js';
+import { provenanceFacts } from './provenance.js';
 import { loadTrust, trustFilesChanged, type Authority, type Trust } from './trust.js';
 import { SingleFlight } from '../util/single-flight.js';
 
 type Verified = SignatureEvidence['verified'][number];
 type Attestation = PolicyInput['attestations'][number];
+
+/** At most this many rejected attestations reach the policy input per digest. */
+const MAX_REJECTED_ATTESTATIONS = 16;
+/** capPredicate's answer for a predicate over the size bound. */
+const OVERSIZED = Symbol('oversized');
 type Family = 'cosign' | 'notation';
 type Rejected = SignatureEvidence['rejected'][number];
 
@@ -128,7 +139,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     // The gate's route and manifest: verified and parsed where the request brought it in, not looked up again.
     const { route, manifest } = ctx;
     // A signature or attestation manifest has no signatures of its own to look for; its decision ignores them.
-    if (isAccessory(manifest.parsed, null)) return { signatures: { status: 'none', verified: [], rejected: [] }, attestations: [] };
+    if (isAccessory(manifest.parsed, null)) return { signatures: { status: 'none', verified: [], rejected: [] }, attestations: [], attestations_rejected: [] };
 
     const budget = new DiscoveryBudget(this.config.budget);
     const discovery = await this.discoverer.discover(route, ctx.digest, budget);
@@ -198,7 +209,6 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     const digest = manifest.digest;
     const subject = { digest, mediaType: manifest.mediaType, size: manifest.bytes.length };
     const verified: Verified[] = [];
-    const attestations: Attestation[] = [];
     const rejected: Rejected[] = [];
     const signatureCandidates = candidates.filter((c) => ('item' in c ? c.item.isSignature : 'env' in c ? true : c.isSignature));
 
@@ -236,24 +246,11 @@ export class SignatureEvidenceProvider implements SignatureProvider {
         if (reasons.size === 0) reasons.set(`no ${family === 'cosign' ? 'cosign' : 'Notation'} signature found`, 'NO_SIGNATURE');
         for (const [reason, code] of [...reasons].slice(0, 5)) rejected.push({ authority: a.name, reason, code });
       }
-      // Attestations: verified DSSE/in-toto statements other than cosign's own signature predicate.
-      if (family === 'cosign') {
-        for (const c of candidates) {
-          if (!('item' in c) || c.item.isSignature || c.item.claim.kind !== 'in-toto') continue;
-          const outcome = await this.verifyOne(c, a, subject, now);
-          this.metrics.signatureVerifications.inc({ kind, result: outcome.ok ? 'verified' : 'rejected' });
-          if (!outcome.ok) {
-            this.log.debug({ authority: a.name, where: c.item.where, reason: outcome.reason }, 'attestation not verified');
-            continue;
-          }
-          attestations.push({
-            predicate_type: c.item.claim.predicateType,
-            authority: a.name,
-            predicate: this.capPredicate(c.item.claim.predicate, c.item.claim.predicateType),
-          });
-        }
-      }
     }
+    const { attestations, attestationsRejected } = await this.evaluateAttestations(candidates, subject, now);
+    // A failed lookup may have hidden an attestation: say so, rather than let it look merely missing.
+    if (discoveryErrors.length)
+      attestationsRejected.unshift({ predicate_type: null, reason: `discovery failed: ${discoveryErrors.join('; ').slice(0, 300)}`, code: 'DISCOVERY_FAILED' });
 
     let status: SignatureEvidence['status'];
     if (discoveryErrors.length && verified.length === 0) {
@@ -265,7 +262,70 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       status = 'ok';
     }
     // With nothing found at all, "none" says it; the per-authority NO_SIGNATURE entries would only repeat it.
-    return { signatures: { status, verified, rejected: status === 'none' ? rejected.filter((r) => r.code !== 'NO_SIGNATURE') : rejected }, attestations };
+    return {
+      signatures: { status, verified, rejected: status === 'none' ? rejected.filter((r) => r.code !== 'NO_SIGNATURE') : rejected },
+      attestations,
+      attestations_rejected: attestationsRejected,
+    };
+  }
+
+  /**
+   * Attestations: DSSE envelopes with an in-toto statement other than cosign's own signature predicate, from the
+   * legacy `.att` tag and from Sigstore bundles among the referrers. Each counts, per cosign authority, only when its
+   * envelope verifies against that authority and its statement's subject is this digest (verifyOne, as for
+   * signatures). Those that do not verify for an authority are listed with the reason (at most
+   * MAX_REJECTED_ATTESTATIONS, one per distinct predicate type, authority and reason), so that a policy can tell a
+   * missing attestation from an unverified one.
+   */
+  private async evaluateAttestations(
+    candidates: Candidate[],
+    subject: { digest: EvidenceContext['digest']; mediaType: string; size: number },
+    now: Date,
+  ): Promise<{ attestations: Attestation[]; attestationsRejected: RejectedAttestation[] }> {
+    const attestations: Attestation[] = [];
+    const rejected = new Map<string, RejectedAttestation>();
+    const note = (r: RejectedAttestation): void => {
+      const key = JSON.stringify([r.predicate_type, r.authority ?? null, r.reason]);
+      if (rejected.size < MAX_REJECTED_ATTESTATIONS && !rejected.has(key)) rejected.set(key, r);
+    };
+    const authorities = this.trust.authorities.filter((a) => a.kind !== 'notation');
+    for (const c of candidates) {
+      if (c.family !== 'cosign') continue;
+      if ('error' in c) {
+        // What could not be read may have been an attestation (a malformed bundle says nothing of what it holds).
+        note({ predicate_type: null, reason: `unusable ${c.isSignature ? 'signature' : 'attestation'} (${c.error})`, code: c.code });
+        continue;
+      }
+      if (!('item' in c) || c.item.isSignature) continue;
+      const claim = c.item.claim;
+      if (claim.kind !== 'in-toto') {
+        note({
+          predicate_type: null,
+          reason: `unusable attestation (${claim.kind === 'invalid' ? claim.error : 'not an in-toto statement'})`,
+          code: 'UNUSABLE_PAYLOAD',
+        });
+        continue;
+      }
+      for (const a of authorities) {
+        const outcome = await this.verifyOne(c, a, subject, now);
+        this.metrics.signatureVerifications.inc({ kind: KIND_LABEL[a.kind], result: outcome.ok ? 'verified' : 'rejected' });
+        if (!outcome.ok) {
+          this.log.debug({ authority: a.name, where: c.item.where, reason: outcome.reason }, 'attestation not verified');
+          note({ predicate_type: claim.predicateType, authority: a.name, reason: outcome.reason, code: outcome.code });
+          continue;
+        }
+        const predicate = this.capPredicate(claim.predicate, claim.predicateType);
+        const facts = predicate === OVERSIZED ? undefined : provenanceFacts(claim.predicateType, predicate);
+        attestations.push({
+          predicate_type: claim.predicateType,
+          authority: a.name,
+          predicate: predicate === OVERSIZED ? null : predicate,
+          ...(predicate === OVERSIZED ? { oversized: true } : {}),
+          ...(facts ? { provenance: facts } : {}),
+        });
+      }
+    }
+    return { attestations, attestationsRejected: [...rejected.values()] };
   }
 
   private async verifyOne(
@@ -287,19 +347,24 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     }
   }
 
+  /** The predicate, or OVERSIZED when its JSON is larger than maxPredicateSize (it then reaches the policy as null). */
   private capPredicate(predicate: unknown, type: string): unknown {
     let size: number;
     try {
       size = Buffer.byteLength(JSON.stringify(predicate) ?? 'null');
     } catch {
-      return null;
+      return OVERSIZED;
     }
     if (size <= this.config.maxPredicateSize) return predicate;
     this.log.warn({ predicateType: type, size, max: this.config.maxPredicateSize }, 'attestation predicate over the size cap; passed to the policy as null');
-    return null;
+    return OVERSIZED;
   }
 }
 
 function errorEvidence(code: SignatureCode, reason: string): CachedEvidence {
-  return { signatures: { status: 'error', verified: [], rejected: [{ reason, code }] }, attestations: [] };
+  return {
+    signatures: { status: 'error', verified: [], rejected: [{ reason, code }] },
+    attestations: [],
+    attestations_rejected: [{ predicate_type: null, reason, code }],
+  };
 }

@@ -25,6 +25,52 @@ const CASES: Array<{ rule: string; doc: Record<string, unknown>; field: string }
     },
   },
   {
+    rule: 'a required attestation names an undefined authority',
+    field: 'policy.settings.scopes[0].attestations.required[0].authorities[1]',
+    doc: {
+      signatures: { authorities: [KEY_AUTHORITY] },
+      policy: { settings: { scopes: [{ name: 'prod', attestations: { required: [{ predicateType: 'sbom', authorities: ['release', 'ci'] }] } }] } },
+    },
+  },
+  {
+    rule: 'a required attestation condition is not RE2',
+    field: 'policy.settings.scopes[0].attestations.required[0].conditions.builderId.regex',
+    doc: {
+      signatures: { authorities: [KEY_AUTHORITY] },
+      policy: {
+        settings: {
+          scopes: [
+            {
+              attestations: {
+                required: [{ predicateType: 'slsa-provenance', authorities: ['release'], conditions: { builderId: { regex: 'https://(?!evil).*' } } }],
+              },
+            },
+          ],
+        },
+      },
+    },
+  },
+  {
+    rule: 'an unknown attestation condition',
+    field: 'policy.settings.scopes[0].attestations.required[0].conditions',
+    doc: {
+      signatures: { authorities: [KEY_AUTHORITY] },
+      policy: {
+        settings: {
+          scopes: [{ attestations: { required: [{ predicateType: 'slsa-provenance', authorities: ['release'], conditions: { builderID: 'x' } }] } }],
+        },
+      },
+    },
+  },
+  {
+    rule: 'a condition on an SBOM',
+    field: 'policy.settings.scopes[0].attestations.required[0].conditions',
+    doc: {
+      signatures: { authorities: [KEY_AUTHORITY] },
+      policy: { settings: { scopes: [{ attestations: { required: [{ predicateType: 'sbom', authorities: ['release'], conditions: { builderId: 'x' } }] } }] } },
+    },
+  },
+  {
     rule: 'scan attestations trust an undefined authority',
     field: 'scan.attestations.authorities[1]',
     doc: { signatures: { authorities: [KEY_AUTHORITY] }, scan: { attestations: { authorities: ['release', 'nobody'] } } },
@@ -104,7 +150,32 @@ describe('config check refuses every cross-field error, naming the field', () =>
       JSON.stringify({
         upstreams: [UPSTREAM],
         scan: { attestations: { authorities: ['*'] } },
-        policy: { settings: { scopes: [{ name: 'prod', signatures: { authorities: ['release'] } }] } },
+        policy: {
+          settings: {
+            scopes: [
+              {
+                name: 'prod',
+                signatures: { authorities: ['release'] },
+                attestations: {
+                  required: [
+                    {
+                      name: 'build',
+                      predicateType: 'slsa-provenance',
+                      authorities: ['release'],
+                      conditions: {
+                        builderId: 'https://github.com/slsa-framework/**',
+                        sourceRepository: { regex: 'https://github\\.com/acme/.+' },
+                        sourceRef: ['refs/heads/main', 'refs/tags/v*'],
+                      },
+                    },
+                    { predicateType: 'sbom', authorities: ['release'] },
+                    { predicateType: 'https://example.com/test-result/v1', authorities: ['release'] },
+                  ],
+                },
+              },
+            ],
+          },
+        },
       }),
     );
     await expect(checkConfigFile(file, {})).resolves.toMatchObject({ upstreams: [{ name: 'u' }] });

@@ -165,6 +165,34 @@ describe('Gate: closures', () => {
     expect(g.vouchedBy(r, d('f'), 'blob')).toBeUndefined();
   });
 
+  it("a child's input holds its own attestations and its index's, each with the digest its statement is about", async () => {
+    const decider = new FakeDecider('r1', ALLOW);
+    const sbom = { predicate_type: 'https://spdx.dev/Document', authority: 'release', predicate: {} };
+    const provenance = { predicate_type: 'https://slsa.dev/provenance/v1', authority: 'release', predicate: {} };
+    const r = route('library/nginx');
+    const amd = image(d('a'), [d('b')]);
+    const idx = index([amd, image(d('e'), [d('f')])]);
+    const sig: SignatureProvider = {
+      trustRevision: 't1',
+      signatures: (ctx) =>
+        Promise.resolve({
+          signatures: { status: 'none', verified: [], rejected: [] },
+          attestations: ctx.digest === idx.digest ? [provenance] : [sbom],
+          attestations_rejected: [{ predicate_type: null, reason: `from ${ctx.digest.slice(7, 10)}`, code: 'UNUSABLE_SIGNATURE' }],
+        }),
+    };
+    const g = gate(decider, [], sig);
+    await g.admitRoot(req(r, idx));
+    expect(decider.calls[0]!.attestations).toEqual([{ ...provenance, subject_digest: idx.digest }]);
+    await byDigest(g, r, amd);
+    const child = decider.calls[1]!;
+    expect(child.attestations).toEqual([
+      { ...sbom, subject_digest: amd.digest },
+      { ...provenance, subject_digest: idx.digest },
+    ]);
+    expect(child.attestations_rejected?.map((x) => x.reason)).toEqual([`from ${amd.digest.slice(7, 10)}`, `from ${idx.digest.slice(7, 10)}`]);
+  });
+
   it('forgetDigest drops the decisions and closures of every root that is or holds the digest, in every repository', async () => {
     const decider = new FakeDecider('r1', ALLOW);
     const g = gate(decider);
