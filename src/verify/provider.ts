@@ -30,7 +30,10 @@ import { cosignItems, reject, type CosignItem, type Outcome } from './cosign.js'
 import { verifyCosignKeyless, verifyCosignWithKey } from './cosign-verify.js';
 import { Discoverer, MT, type FoundArtifact } from './discovery.js';
 import { errorText } from '../util/error-text.js';
-import { parseNotationJws, verifyNotation, type NotationEnvelope } from './notation.js';
+import { verifyNotation, type NotationEnvelope } from './notation.js';
+import { parseNotationCose } from './notation-cose.js';
+import { parseNotationJws } from './notation-jws.js';
+import { Revocation } from './revocation.js';
 import { loadTrust, trustFilesChanged, type Authority, type Trust } from './trust.js';
 import { SingleFlight } from '../util/single-flight.js';
 
@@ -56,6 +59,8 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   private readonly flights = new SingleFlight<string, CachedEvidence>();
   private readonly log: Logger;
   private readonly metrics: Metrics;
+  /** Notation OCSP/CRL answers, shared by every decision (bounded; revocation.ts). */
+  private readonly revocation: Revocation;
 
   constructor(
     private readonly deps: EvidenceDeps,
@@ -72,6 +77,8 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       maxBlobSize: config.maxBlobSize,
     });
     this.cache = new EvidenceCache(deps.dataDir);
+    const r = config.revocation;
+    this.revocation = new Revocation({ now: this.now, timeoutMs: r.timeout, cacheEntries: r.cacheEntries, maxTTL: r.maxTTL, maxResponseBytes: r.maxResponseSize });
     this.lastCheck = this.now();
   }
 
@@ -173,20 +180,10 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     const layer = layers[0];
     if (layers.length !== 1 || !layer)
       return [{ family: 'notation', where, error: `signature manifest with ${layers.length} layers (want 1)`, code: 'UNUSABLE_SIGNATURE', isSignature: true }];
-    if (layer.mediaType === MT.cose)
-      return [
-        {
-          family: 'notation',
-          where,
-          error: 'COSE envelopes (application/cose) are not supported; sign with --signature-format jws',
-          code: 'UNSUPPORTED',
-          isSignature: true,
-        },
-      ];
-    if (layer.mediaType !== MT.jose)
-      return [{ family: 'notation', where, error: `unknown envelope type ${layer.mediaType}`, code: 'UNSUPPORTED', isSignature: true }];
+    const parse = layer.mediaType === MT.cose ? parseNotationCose : layer.mediaType === MT.jose ? parseNotationJws : undefined;
+    if (!parse) return [{ family: 'notation', where, error: `unknown envelope type ${layer.mediaType}`, code: 'UNSUPPORTED', isSignature: true }];
     try {
-      return [{ family: 'notation', env: parseNotationJws(where, await readBlob(layer)) }];
+      return [{ family: 'notation', env: parse(where, await readBlob(layer)) }];
     } catch (e) {
       if (e instanceof BudgetExceededError) return [];
       return [{ family: 'notation', where, error: errorText(e), code: 'UNUSABLE_SIGNATURE', isSignature: true }];
@@ -223,7 +220,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
           verified.push({
             authority: a.name,
             kind,
-            format: 'item' in c ? c.item.format : 'notation-jws',
+            format: 'item' in c ? c.item.format : c.env.format,
             ...(outcome.identity ? { identity: outcome.identity } : {}),
             tlog: outcome.tlog,
             ...(outcome.signedAt ? { signed_at: outcome.signedAt } : {}),
@@ -279,7 +276,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
         if (a.kind === 'key') return verifyCosignWithKey(c.item, a, subject.digest);
         if (a.kind === 'keyless') return verifyCosignKeyless(c.item, a, subject.digest);
       } else if ('env' in c && a.kind === 'notation') {
-        return await verifyNotation(c.env, a, subject, now, (msg) => this.log.warn({ authority: a.name }, msg));
+        return await verifyNotation(c.env, a, subject, { now, log: (msg) => this.log.warn({ authority: a.name }, msg), revocation: this.revocation });
       }
       return reject('WRONG_KIND', 'not a signature this authority can verify');
     } catch (e) {
