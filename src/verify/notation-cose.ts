@@ -50,18 +50,19 @@ export function parseNotationCose(where: string, bytes: Buffer): NotationEnvelop
     throw new Error(`COSE protected header is not CBOR (${(e as Error).message})`, { cause: e });
   }
   if (!(ph instanceof Map)) throw new Error('COSE protected header is not a map');
+  const map = ph as HeaderMap;
   const chain = x5chain(unprotected.get(LABEL.x5chain));
-  const alg = ph.get(LABEL.alg);
-  const crit = ph.get(LABEL.crit);
+  const alg: unknown = map.get(LABEL.alg);
+  const crit: unknown = map.get(LABEL.crit);
   const header: SignedHeader = {
     alg: typeof alg === 'number' ? (ALGS[alg] ?? `COSE ${alg}`) : undefined,
-    cty: ph.get(LABEL.cty),
-    scheme: ph.get('io.cncf.notary.signingScheme'),
-    signingTime: dateOf(ph.get('io.cncf.notary.signingTime')),
-    authenticSigningTime: dateOf(ph.get('io.cncf.notary.authenticSigningTime')),
-    expiry: dateOf(ph.get('io.cncf.notary.expiry')),
+    cty: map.get(LABEL.cty),
+    scheme: map.get('io.cncf.notary.signingScheme'),
+    signingTime: dateOf(map.get('io.cncf.notary.signingTime')),
+    authenticSigningTime: dateOf(map.get('io.cncf.notary.authenticSigningTime')),
+    expiry: dateOf(map.get('io.cncf.notary.expiry')),
     crit: Array.isArray(crit) ? (crit as unknown[]) : undefined,
-    present: (label) => (ph as HeaderMap).has(label),
+    present: (label) => map.has(label),
   };
   const timestamp = bytesOf(unprotected.get('io.cncf.notary.timestampSignature'));
   return {

@@ -61,7 +61,8 @@ const der = (c: pkijs.Certificate): Buffer => Buffer.from(c.toSchema().toBER(fal
 export async function verifyTimestamp(token: Buffer, signature: Buffer, roots: readonly NodeX509[]): Promise<TimestampRange> {
   const content = fromBer(token, (s) => new pkijs.ContentInfo({ schema: s }), 'timestamp token');
   if (content.contentType !== OID.signedData) throw new TimestampError('timestamp token is not CMS SignedData');
-  const signed = fromBer(content.content.toBER(false), (s) => new pkijs.SignedData({ schema: s }), 'timestamp token');
+  const inner = (content.content as asn1js.BaseBlock).toBER(false);
+  const signed = fromBer(inner, (s) => new pkijs.SignedData({ schema: s }), 'timestamp token');
   if (signed.encapContentInfo.eContentType !== OID.tstInfo) throw new TimestampError('timestamp token does not hold a TSTInfo');
   const eContent = signed.encapContentInfo.eContent;
   if (!eContent) throw new TimestampError('timestamp token without its TSTInfo');
@@ -85,7 +86,7 @@ export async function verifyTimestamp(token: Buffer, signature: Buffer, roots: r
     const r = await signed.verify({ signer: 0, data, checkChain: false, extendedMode: true });
     verified = r.signatureVerified === true && !!r.signerCertificate && der(r.signerCertificate).equals(der(signerCert));
   } catch (e) {
-    const message = typeof e === 'object' && e !== null && 'message' in e ? String((e as { message: unknown }).message) : String(e);
+    const message = typeof e === 'object' && e !== null && 'message' in e ? String(e.message) : String(e);
     throw new TimestampError(`timestamp signature does not verify (${message})`, { cause: e });
   }
   if (!verified) throw new TimestampError('timestamp signature does not verify');
@@ -113,7 +114,7 @@ export async function verifyTimestamp(token: Buffer, signature: Buffer, roots: r
 /** The SigningCertificateV2 signed attribute names the signer by certificate hash (RFC 5035); find that one. */
 function signingCertificate(signer: pkijs.SignerInfo, certs: pkijs.Certificate[]): pkijs.Certificate {
   const attr = signer.signedAttrs?.attributes.find((a) => a.type === OID.signingCertificateV2);
-  const value = attr?.values[0];
+  const value: unknown = attr?.values[0];
   // SigningCertificateV2 ::= SEQUENCE { certs SEQUENCE OF ESSCertIDv2, … }
   // ESSCertIDv2 ::= SEQUENCE { hashAlgorithm AlgorithmIdentifier DEFAULT sha256, certHash OCTET STRING, … }
   const first = value instanceof asn1js.Sequence ? value.valueBlock.value[0] : undefined;

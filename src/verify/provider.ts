@@ -78,7 +78,13 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     });
     this.cache = new EvidenceCache(deps.dataDir);
     const r = config.revocation;
-    this.revocation = new Revocation({ now: this.now, timeoutMs: r.timeout, cacheEntries: r.cacheEntries, maxTTL: r.maxTTL, maxResponseBytes: r.maxResponseSize });
+    this.revocation = new Revocation({
+      now: this.now,
+      timeoutMs: r.timeout,
+      cacheEntries: r.cacheEntries,
+      maxTTL: r.maxTTL,
+      maxResponseBytes: r.maxResponseSize,
+    });
     this.lastCheck = this.now();
   }
 

@@ -55,7 +55,19 @@ const OID = {
   crlReason: '2.5.29.21',
 } as const;
 const SKEW_MS = 5 * 60_000;
-const REASONS = ['unspecified', 'keyCompromise', 'cACompromise', 'affiliationChanged', 'superseded', 'cessationOfOperation', 'certificateHold', '', 'removeFromCRL', 'privilegeWithdrawn', 'aACompromise'];
+const REASONS = [
+  'unspecified',
+  'keyCompromise',
+  'cACompromise',
+  'affiliationChanged',
+  'superseded',
+  'cessationOfOperation',
+  'certificateHold',
+  '',
+  'removeFromCRL',
+  'privilegeWithdrawn',
+  'aACompromise',
+];
 
 const pk = (c: NodeX509): pkijs.Certificate => pkijs.Certificate.fromBER(new Uint8Array(c.raw));
 const subjectOf = (c: NodeX509): string => c.subject.replace(/\n/g, ', ');
@@ -179,7 +191,7 @@ export class Revocation implements RevocationChecker {
     if (status !== 0) return unknown(`OCSP response status ${status}`);
     if (res.responseBytes?.responseType !== OID.ocspBasic) return unknown('not a basic OCSP response');
     const basic = pkijs.BasicOCSPResponse.fromBER(res.responseBytes.response.valueBlock.valueHexView);
-    let trusted = false;
+    let trusted: boolean;
     try {
       trusted = await basic.verify({ trustedCerts: [issuer] });
     } catch (e) {

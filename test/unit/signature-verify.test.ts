@@ -536,7 +536,8 @@ describe('notation JWS', () => {
     ).authorities[0] as NotationAuthority;
   }
 
-  const check = async (bytes: Buffer, a = authority()): Promise<Outcome> => verifyNotation(parseNotationJws('test', bytes), a, target, { now: new Date(), log: () => {} });
+  const check = async (bytes: Buffer, a = authority()): Promise<Outcome> =>
+    verifyNotation(parseNotationJws('test', bytes), a, target, { now: new Date(), log: () => {} });
 
   it('verifies integrity, chain, identity and times', async () => {
     const o = await check(await jws());
@@ -573,11 +574,7 @@ describe('notation JWS', () => {
     const withUnknown = Buffer.from(
       JSON.stringify({ ...crit, protected: Buffer.from(JSON.stringify({ ...header, 'io.example.unknown': 1 })).toString('base64url') }),
     );
-    expectReason(
-      await check(withUnknown),
-      'UNSUPPORTED',
-      /^unsupported critical header "io\.example\.unknown"$/,
-    );
+    expectReason(await check(withUnknown), 'UNSUPPORTED', /^unsupported critical header "io\.example\.unknown"$/);
   });
 });
 
