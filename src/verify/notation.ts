@@ -133,6 +133,11 @@ export async function verifyNotation(env: NotationEnvelope, a: NotationAuthority
   const authentic = scheme === 'notary.x509.signingAuthority';
   const signingTime = authentic ? h.authenticSigningTime : h.signingTime;
   const timeProblem = claimedTimeProblem(env.chain, signingTime, now) ?? (await authenticTimeProblem(env, a, now, authentic));
+  // How long this verification holds: until the signature expires, and, when the chain was judged at "now" rather
+  // than at a trusted timestamp, until its first certificate expires (the cache must not outlive either).
+  let validUntil = h.expiry && a.expiry === 'enforce' ? h.expiry.getTime() : Infinity;
+  if (!authentic && !timestampUsed(env, a, now) && a.signingTime === 'enforce')
+    validUntil = Math.min(validUntil, ...env.chain.map((c) => new Date(c.validTo).getTime()));
   if (timeProblem) {
     if (a.signingTime === 'enforce') return timeProblem;
     ctx.log(`${a.name}: ${timeProblem.reason}; allowed by signingTime: log`);
@@ -150,7 +155,14 @@ export async function verifyNotation(env: NotationEnvelope, a: NotationAuthority
     tlog: false,
     identity: { subject: leaf.subject.replace(/\n/g, ', '), issuer: leaf.issuer.replace(/\n/g, ', ') },
     ...(signingTime ? { signedAt: iso(signingTime) } : {}),
+    ...(Number.isFinite(validUntil) ? { validUntil } : {}),
   };
+}
+
+/** Whether the chain is judged at the timestamp's time (a TSA store, and verifyTimestamp says so now). */
+function timestampUsed(env: NotationEnvelope, a: NotationAuthority, now: Date): boolean {
+  const expiredNow = env.chain.some((c) => now > new Date(c.validTo));
+  return a.tsaRoots.length > 0 && (a.verifyTimestamp === 'always' || expiredNow);
 }
 
 /**
@@ -191,9 +203,7 @@ function claimedTimeProblem(chain: NodeX509[], signingTime: Date | undefined, no
  */
 async function authenticTimeProblem(env: NotationEnvelope, a: NotationAuthority, now: Date, authentic: boolean): Promise<Rejection | undefined> {
   if (authentic) return undefined;
-  const expiredNow = env.chain.some((c) => now > new Date(c.validTo));
-  const useTimestamp = a.tsaRoots.length > 0 && (a.verifyTimestamp === 'always' || expiredNow);
-  if (!useTimestamp) {
+  if (!timestampUsed(env, a, now)) {
     for (const [i, c] of env.chain.entries()) {
       const [from, to] = [new Date(c.validFrom), new Date(c.validTo)];
       if (now < from || now > to) return refuse('EXPIRED', `expired (certificate ${i} is valid ${iso(from)} to ${iso(to)}, and no timestamp is trusted)`);

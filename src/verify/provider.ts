@@ -148,7 +148,9 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     const readBlob = (d: Descriptor): Promise<Buffer> => this.discoverer.blob(route, d, budget);
     const candidates = budget.exceeded ? [] : (await Promise.all(discovery.artifacts.map((a) => this.candidatesOf(a, readBlob)))).flat();
     // Fail closed: whatever verified before the budget ran out, the upstream listed more than a decision may fetch.
-    const result = budget.exceeded ? errorEvidence('BUDGET_EXCEEDED', budget.exceeded.message) : await this.evaluate(candidates, manifest, discovery.errors);
+    const { result, validUntil } = budget.exceeded
+      ? { result: errorEvidence('BUDGET_EXCEEDED', budget.exceeded.message), validUntil: Infinity }
+      : await this.evaluate(candidates, manifest, discovery.errors);
     const seconds = (performance.now() - started) / 1000;
     this.metrics.signatureDuration.observe(seconds);
     this.log.debug(
@@ -165,7 +167,9 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     );
     if (discovery.errors.length === 0) {
       const ttl = result.signatures.verified.length ? this.config.cache.verifiedTTL : this.config.cache.unverifiedTTL;
-      if (ttl > 0) this.cache.put(key, result, this.now() + ttl, this.now());
+      // Never past the moment a verified signature stops verifying (its certificate or its expiry).
+      const until = Math.min(this.now() + ttl, validUntil);
+      if (until > this.now()) this.cache.put(key, result, until, this.now());
     }
     return result;
   }
@@ -196,13 +200,14 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     }
   }
 
-  private async evaluate(candidates: Candidate[], manifest: Manifest, discoveryErrors: string[]): Promise<CachedEvidence> {
+  private async evaluate(candidates: Candidate[], manifest: Manifest, discoveryErrors: string[]): Promise<{ result: CachedEvidence; validUntil: number }> {
     const now = new Date(this.now());
     const digest = manifest.digest;
     const subject = { digest, mediaType: manifest.mediaType, size: manifest.bytes.length };
     const verified: Verified[] = [];
     const attestations: Attestation[] = [];
     const rejected: Rejected[] = [];
+    let validUntil = Infinity;
     const signatureCandidates = candidates.filter((c) => ('item' in c ? c.item.isSignature : 'env' in c ? true : c.isSignature));
 
     for (const a of this.trust.authorities) {
@@ -223,6 +228,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
         this.metrics.signatureVerifications.inc({ kind, result: outcome.ok ? 'verified' : 'rejected' });
         if (outcome.ok) {
           done = true;
+          if (outcome.validUntil !== undefined) validUntil = Math.min(validUntil, outcome.validUntil);
           verified.push({
             authority: a.name,
             kind,
@@ -268,7 +274,11 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       status = 'ok';
     }
     // With nothing found at all, "none" says it; the per-authority NO_SIGNATURE entries would only repeat it.
-    return { signatures: { status, verified, rejected: status === 'none' ? rejected.filter((r) => r.code !== 'NO_SIGNATURE') : rejected }, attestations };
+    const result = {
+      signatures: { status, verified, rejected: status === 'none' ? rejected.filter((r) => r.code !== 'NO_SIGNATURE') : rejected },
+      attestations,
+    };
+    return { result, validUntil };
   }
 
   private async verifyOne(

@@ -228,6 +228,8 @@ beforeAll(async () => {
           notation('revocation-skip', { revocation: 'skip' }),
         ],
         revocation: { timeout: '2s' },
+        // Longer than the short leaf lives: a cached verification must still lapse when its certificate expires.
+        cache: { verifiedTTL: '30d' },
       },
     },
     observers: [{ onDecision: (e) => decisions.push(e) }],
@@ -284,20 +286,21 @@ describe('Notation COSE envelopes (notation sign --signature-format cose)', () =
 });
 
 describe('Notation timestamp countersignatures (openssl ts TSAs), the clock moved past the certificate', () => {
-  it('before expiry, the timestamped JWS and COSE signatures verify', async () => {
+  it('before expiry, the timestamped JWS and COSE signatures verify, and so does one judged without its timestamp', async () => {
     await expectAllowed('ts/app:jws');
     await expectAllowed('ts/app:cose', 'notation-cose');
+    await expectAllowed('plain/app:jws');
   });
 
   it('after the certificate expired, a signature timestamped by the trusted TSA still verifies, JWS and COSE', async () => {
     const notAfter = new Date(new X509Certificate(await readFile(leaves.short!.cert)).validTo).getTime();
     offset = notAfter + DAY - Date.now();
-    // New decisions for the same digests: the verification cache has lapsed at the moved clock.
+    // The same digests again: their cached verifications were kept (30d), and hold since the timestamp does.
     await expectAllowed('ts/app:jws');
     await expectAllowed('ts/app:cose', 'notation-cose');
   });
 
-  it('denies a timestamp from an untrusted TSA, a token over other bytes, no timestamp, and an authority without a TSA store', async () => {
+  it('denies a timestamp from an untrusted TSA, a token over other bytes, no timestamp, and (its cached verification lapsed with the certificate) an authority without a TSA store', async () => {
     await expectDenied('ts/app:rogue', 'TIMESTAMP_UNVERIFIED', /no trusted timestamp \(the timestamp is not from a trusted TSA\)/);
     await expectDenied('ts/app:swapped', 'TIMESTAMP_UNVERIFIED', /no trusted timestamp \(the timestamp is over other bytes than this signature\)/);
     await expectDenied('ts/app:none', 'TIMESTAMP_UNVERIFIED', /no trusted timestamp \(the signature has no timestamp countersignature\)/);
