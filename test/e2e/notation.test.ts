@@ -16,7 +16,9 @@ import { sign as cryptoSign, createPrivateKey, X509Certificate } from 'node:cryp
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { decode, encode, Tag } from 'cbor2';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DecisionObserver } from '../../src/gate/gate.js';
 import type { SignatureCode } from '../../src/policy/codes.js';
@@ -42,6 +44,9 @@ let offset = 0;
 const leaves: Record<string, Leaf> = {};
 const digests: Record<string, string> = {};
 const decisions: Array<Parameters<DecisionObserver['onDecision']>[0]> = [];
+/** What the proxy logs at warn and above (the `log` levels write their findings there). */
+const warnings: string[] = [];
+const warned = (text: string): boolean => warnings.some((l) => l.includes(text));
 
 async function tool(cmd: string, args: string[]): Promise<ToolResult> {
   return expectOk(await runTool(cmd, args, { env, cwd: work, timeoutMs: 60_000 }), `${cmd} ${args.slice(0, 2).join(' ')}`);
@@ -108,6 +113,7 @@ function decodeCose(bytes: Buffer): {
 const REQUIRED: Record<string, string> = {
   ts: 'stamped',
   plain: 'unstamped',
+  after: 'stamped-after-expiry',
   rev: 'revocation-enforce',
   revlog: 'revocation-log',
   revskip: 'revocation-skip',
@@ -153,6 +159,8 @@ beforeAll(async () => {
   await signed('ts/app:none', 'short');
   await signed('ts/app:swapped', 'short', withTsa(tsa));
   await signed('plain/app:jws', 'short', withTsa(tsa));
+  await signed('after/app:none', 'short');
+  await signed('after/app:jws', 'short', withTsa(tsa));
   // Revocation: one repository per `revocation` setting.
   await signed('rev/app:good', 'good');
   await signed('rev/app:good-cose', 'good', ['--signature-format', 'cose']);
@@ -213,6 +221,7 @@ beforeAll(async () => {
       scopes: [
         { name: 'ts', images: ['*/ts/**'], signatures: { authorities: ['stamped'] } },
         { name: 'plain', images: ['*/plain/**'], signatures: { authorities: ['unstamped'] } },
+        { name: 'after', images: ['*/after/**'], signatures: { authorities: ['stamped-after-expiry'] } },
         { name: 'rev', images: ['*/rev/**'], signatures: { authorities: ['revocation-enforce'] } },
         { name: 'revlog', images: ['*/revlog/**'], signatures: { authorities: ['revocation-log'] } },
         { name: 'revskip', images: ['*/revskip/**'], signatures: { authorities: ['revocation-skip'] } },
@@ -223,6 +232,7 @@ beforeAll(async () => {
         authorities: [
           notation('stamped', { tsaTrustStore: [tsa.root] }),
           notation('unstamped', {}),
+          notation('stamped-after-expiry', { tsaTrustStore: [tsa.root], verifyTimestamp: 'afterCertExpiry' }),
           notation('revocation-enforce', { revocation: 'enforce' }),
           notation('revocation-log', { revocation: 'log' }),
           notation('revocation-skip', { revocation: 'skip' }),
@@ -233,6 +243,15 @@ beforeAll(async () => {
       },
     },
     observers: [{ onDecision: (e) => decisions.push(e) }],
+    logger: pino(
+      { level: 'warn' },
+      new Writable({
+        write(chunk: Buffer, _e, cb) {
+          warnings.push(chunk.toString());
+          cb();
+        },
+      }),
+    ),
   });
 }, 300_000);
 
@@ -265,12 +284,15 @@ describe('Notation revocation (OCSP and CRL from openssl on loopback)', () => {
     await pki.stopCrl();
     await expectDenied('rev/app:unreachable', 'REVOCATION_UNKNOWN', /revocation status unknown \(certificate "CN=unreachable, O=acme, C=US": OCSP http/);
     await expectAllowed('revlog/app:unreachable');
+    expect(warned('revocation-log: revocation status unknown (certificate \\"CN=unreachable, O=acme, C=US\\"')).toBe(true);
     await pki.startOcsp(60);
     await pki.publishCrl(24);
   });
 
   it('revocation: log admits a revoked certificate (logged), skip does not ask', async () => {
     await expectAllowed('revlog/app:revoked');
+    expect(warned('revocation-log: revoked (certificate \\"CN=revoked, O=acme, C=US\\" revoked at')).toBe(true);
+    expect(warned('allowed by revocation: log')).toBe(true);
     const asked = pki.ocspRequests;
     await expectAllowed('revskip/app:revoked');
     expect(pki.ocspRequests).toBe(asked);
@@ -290,6 +312,8 @@ describe('Notation timestamp countersignatures (openssl ts TSAs), the clock move
     await expectAllowed('ts/app:jws');
     await expectAllowed('ts/app:cose', 'notation-cose');
     await expectAllowed('plain/app:jws');
+    // verifyTimestamp: afterCertExpiry asks for no timestamp while the chain is valid.
+    await expectAllowed('after/app:none');
   });
 
   it('after the certificate expired, a signature timestamped by the trusted TSA still verifies, JWS and COSE', async () => {
@@ -298,6 +322,7 @@ describe('Notation timestamp countersignatures (openssl ts TSAs), the clock move
     // The same digests again: their cached verifications were kept (30d), and hold since the timestamp does.
     await expectAllowed('ts/app:jws');
     await expectAllowed('ts/app:cose', 'notation-cose');
+    await expectAllowed('after/app:jws');
   });
 
   it('denies a timestamp from an untrusted TSA, a token over other bytes, no timestamp, and (its cached verification lapsed with the certificate) an authority without a TSA store', async () => {
@@ -305,5 +330,7 @@ describe('Notation timestamp countersignatures (openssl ts TSAs), the clock move
     await expectDenied('ts/app:swapped', 'TIMESTAMP_UNVERIFIED', /no trusted timestamp \(the timestamp is over other bytes than this signature\)/);
     await expectDenied('ts/app:none', 'TIMESTAMP_UNVERIFIED', /no trusted timestamp \(the signature has no timestamp countersignature\)/);
     await expectDenied('plain/app:jws', 'EXPIRED', /expired \(certificate 0 is valid .* and no timestamp is trusted\)/);
+    // afterCertExpiry: once the certificate has expired, the timestamp is required.
+    await expectDenied('after/app:none', 'TIMESTAMP_UNVERIFIED', /no trusted timestamp \(the signature has no timestamp countersignature\)/);
   });
 });
