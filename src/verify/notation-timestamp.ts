@@ -22,6 +22,8 @@ export interface TimestampRange {
   to: Date;
   /** The TSA certificate's subject, for messages. */
   tsa: string;
+  /** The TSA certificate up to the trusted root: what the revocation check is asked about. */
+  chain: NodeX509[];
 }
 
 const OID = {
@@ -101,14 +103,13 @@ export async function verifyTimestamp(token: Buffer, signature: Buffer, roots: r
   const accuracyMs = accuracyOf(info);
   const range = { from: new Date(info.genTime.getTime() - accuracyMs), to: new Date(info.genTime.getTime() + accuracyMs) };
   const leaf = new NodeX509(der(signerCert));
-  const problem = chainToRoot(
+  const chain = chainToRoot(
     leaf,
     certs.map((c) => new NodeX509(der(c))),
     roots,
     info.genTime,
   );
-  if (problem) throw new TimestampError(problem);
-  return { ...range, tsa: leaf.subject.replace(/\n/g, ', ') };
+  return { ...range, tsa: leaf.subject.replace(/\n/g, ', '), chain };
 }
 
 /** The SigningCertificateV2 signed attribute names the signer by certificate hash (RFC 5035); find that one. */
@@ -144,20 +145,21 @@ function accuracyOf(info: pkijs.TSTInfo): number {
   return ms === 0 && info.policy === OID.baselinePolicy ? 1000 : ms;
 }
 
-/** Link by link from the TSA certificate to a trusted root, every certificate valid at `at`; a reason or undefined. */
-function chainToRoot(leaf: NodeX509, pool: NodeX509[], roots: readonly NodeX509[], at: Date): string | undefined {
-  let cur = leaf;
+/** Link by link from the TSA certificate to a trusted root, every certificate valid at `at`; the chain, or a TimestampError. */
+function chainToRoot(leaf: NodeX509, pool: NodeX509[], roots: readonly NodeX509[], at: Date): NodeX509[] {
+  const chain = [leaf];
   // At most 8 links: a TSA chain is short, and the pool comes from the token.
-  for (let depth = 0; depth < 8; depth++) {
+  for (let cur = leaf; chain.length <= 8;) {
     if (at < new Date(cur.validFrom) || at > new Date(cur.validTo))
-      return `the TSA certificate "${cur.subject.replace(/\n/g, ', ')}" was not valid at the timestamp's time`;
-    if (roots.some((r) => r.raw.equals(cur.raw))) return undefined;
+      throw new TimestampError(`the TSA certificate "${cur.subject.replace(/\n/g, ', ')}" was not valid at the timestamp's time`);
+    if (roots.some((r) => r.raw.equals(cur.raw))) return chain;
     const issuer =
       roots.find((r) => cur.checkIssued(r) && cur.verify(r.publicKey)) ??
       pool.find((c) => !c.raw.equals(cur.raw) && cur.checkIssued(c) && cur.verify(c.publicKey) && c.ca);
-    if (!issuer) return 'the timestamp is not from a trusted TSA';
-    if (!issuer.ca) return 'the timestamp is not from a trusted TSA (its issuer is not a CA)';
+    if (!issuer) throw new TimestampError('the timestamp is not from a trusted TSA');
+    if (!issuer.ca) throw new TimestampError('the timestamp is not from a trusted TSA (its issuer is not a CA)');
+    chain.push(issuer);
     cur = issuer;
   }
-  return 'the TSA certificate chain is too long';
+  throw new TimestampError('the TSA certificate chain is too long');
 }

@@ -132,7 +132,7 @@ export async function verifyNotation(env: NotationEnvelope, a: NotationAuthority
 
   const authentic = scheme === 'notary.x509.signingAuthority';
   const signingTime = authentic ? h.authenticSigningTime : h.signingTime;
-  const timeProblem = claimedTimeProblem(env.chain, signingTime, now) ?? (await authenticTimeProblem(env, a, now, authentic));
+  const timeProblem = claimedTimeProblem(env.chain, signingTime, now) ?? (authentic ? undefined : await timestampProblem(env, a, ctx));
   // How long this verification holds: until the signature expires, and, when the chain was judged at "now" rather
   // than at a trusted timestamp, until its first certificate expires (the cache must not outlive either).
   let validUntil = h.expiry && a.expiry === 'enforce' ? h.expiry.getTime() : Infinity;
@@ -198,11 +198,11 @@ function claimedTimeProblem(chain: NodeX509[], signingTime: Date | undefined, no
 /**
  * The trust policy's authentic timestamp step for notary.x509 (for signingAuthority the authentic signing time was
  * checked above). With a TSA trust store the timestamp is verified (verifyTimestamp: always; afterCertExpiry only
- * once a certificate has expired) and the chain is judged at its time; without one, or when skipped, every
- * certificate must be valid now.
+ * once a certificate has expired), the TSA chain must not be revoked (unless revocation: skip), and the signing
+ * chain is judged at the timestamp's time; without one, or when skipped, every certificate must be valid now.
  */
-async function authenticTimeProblem(env: NotationEnvelope, a: NotationAuthority, now: Date, authentic: boolean): Promise<Rejection | undefined> {
-  if (authentic) return undefined;
+async function timestampProblem(env: NotationEnvelope, a: NotationAuthority, ctx: NotationContext): Promise<Rejection | undefined> {
+  const { now } = ctx;
   if (!timestampUsed(env, a, now)) {
     for (const [i, c] of env.chain.entries()) {
       const [from, to] = [new Date(c.validFrom), new Date(c.validTo)];
@@ -216,6 +216,11 @@ async function authenticTimeProblem(env: NotationEnvelope, a: NotationAuthority,
     range = await verifyTimestamp(env.timestamp, env.signature, a.tsaRoots);
   } catch (e) {
     return refuse('TIMESTAMP_UNVERIFIED', `no trusted timestamp (${e instanceof TimestampError ? e.message : `verification error: ${errorText(e)}`})`);
+  }
+  // Notation checks the TSA chain's revocation as part of this step: a revoked or unknown TSA certificate fails it.
+  if (a.revocation !== 'skip' && ctx.revocation) {
+    const r = await ctx.revocation.check(range.chain);
+    if (!r.ok) return refuse('TIMESTAMP_UNVERIFIED', `no trusted timestamp (TSA ${r.reason})`);
   }
   for (const [i, c] of env.chain.entries()) {
     const [from, to] = [new Date(c.validFrom), new Date(c.validTo)];

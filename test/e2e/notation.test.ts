@@ -8,7 +8,7 @@
  *               timestamp are denied; an authority without a TSA store denies the expired certificate;
  *   revocation  leaves with AIA OCSP and CRL distribution points on loopback: good admitted, revoked denied naming
  *               the certificate and the source (OCSP; CRL when OCSP is down), both down under enforce / log / skip;
- *               answers are cached;
+ *               answers are cached; a timestamp by a revoked TSA is not trusted;
  *   COSE        `notation sign --signature-format cose` admitted; a tampered payload and wrong critical headers
  *               (re-signed with the leaf key, so only the header is wrong) are denied.
  */
@@ -114,6 +114,7 @@ const REQUIRED: Record<string, string> = {
   ts: 'stamped',
   plain: 'unstamped',
   after: 'stamped-after-expiry',
+  tsarev: 'stamped-by-ca',
   rev: 'revocation-enforce',
   revlog: 'revocation-log',
   revskip: 'revocation-skip',
@@ -152,7 +153,10 @@ beforeAll(async () => {
   const keys = Object.entries(leaves).map(([name, l]) => ({ name, keyPath: l.key, certPath: l.chain }));
   await writeFile(path.join(work, 'config/notation/signingkeys.json'), JSON.stringify({ default: 'good', keys }));
 
-  // Timestamps. (notation signs with the revoked certificates too: it does not check revocation when signing.)
+  // The responders run while notation signs: it checks a TSA's revocation when it timestamps.
+  await pki.startOcsp(60);
+  await pki.publishCrl(24);
+  // Timestamps. (notation signs with the revoked certificates too: it does not check their revocation when signing.)
   await signed('ts/app:jws', 'short', withTsa(tsa));
   await signed('ts/app:cose', 'short', ['--signature-format', 'cose', ...withTsa(tsa)]);
   await signed('ts/app:rogue', 'short', withTsa(rogueTsa));
@@ -204,8 +208,12 @@ beforeAll(async () => {
   });
   await resign('ts/app:cose-uncritical', (h) => h.set(2, ['io.cncf.notary.expiry']).set('io.cncf.notary.expiry', new Date(Date.now() + DAY)));
 
-  await pki.startOcsp(60);
-  await pki.publishCrl(24);
+  // TSAs issued by the signing CA, with its OCSP URL: one of them revoked once it has timestamped.
+  const [caTsa, revokedTsa] = [await pki.startTsa('ca-issued', { byCa: true }), await pki.startTsa('revoking', { byCa: true })];
+  await signed('tsarev/app:good', 'good', withTsa(caTsa));
+  await signed('tsarev/app:revoked', 'good', withTsa(revokedTsa));
+  await pki.revoke({ cert: revokedTsa.cert }, 'keyCompromise');
+
   const notation = (name: string, extra: Record<string, unknown>): Record<string, unknown> => ({
     name,
     kind: 'notation',
@@ -222,6 +230,7 @@ beforeAll(async () => {
         { name: 'ts', images: ['*/ts/**'], signatures: { authorities: ['stamped'] } },
         { name: 'plain', images: ['*/plain/**'], signatures: { authorities: ['unstamped'] } },
         { name: 'after', images: ['*/after/**'], signatures: { authorities: ['stamped-after-expiry'] } },
+        { name: 'tsarev', images: ['*/tsarev/**'], signatures: { authorities: ['stamped-by-ca'] } },
         { name: 'rev', images: ['*/rev/**'], signatures: { authorities: ['revocation-enforce'] } },
         { name: 'revlog', images: ['*/revlog/**'], signatures: { authorities: ['revocation-log'] } },
         { name: 'revskip', images: ['*/revskip/**'], signatures: { authorities: ['revocation-skip'] } },
@@ -232,6 +241,7 @@ beforeAll(async () => {
         authorities: [
           notation('stamped', { tsaTrustStore: [tsa.root] }),
           notation('unstamped', {}),
+          notation('stamped-by-ca', { tsaTrustStore: [pki.root] }),
           notation('stamped-after-expiry', { tsaTrustStore: [tsa.root], verifyTimestamp: 'afterCertExpiry' }),
           notation('revocation-enforce', { revocation: 'enforce' }),
           notation('revocation-log', { revocation: 'log' }),
@@ -287,6 +297,15 @@ describe('Notation revocation (OCSP and CRL from openssl on loopback)', () => {
     expect(warned('revocation-log: revocation status unknown (certificate \\"CN=unreachable, O=acme, C=US\\"')).toBe(true);
     await pki.startOcsp(60);
     await pki.publishCrl(24);
+  });
+
+  it("checks the TSA certificate's revocation too: a timestamp by a revoked TSA is not trusted", async () => {
+    await expectAllowed('tsarev/app:good');
+    await expectDenied(
+      'tsarev/app:revoked',
+      'TIMESTAMP_UNVERIFIED',
+      /no trusted timestamp \(TSA revoked \(certificate "CN=revoking TSA, O=Portcullis Test, C=US" revoked at [^ ]+ \(keyCompromise\), per OCSP http/,
+    );
   });
 
   it('revocation: log admits a revoked certificate (logged), skip does not ask', async () => {

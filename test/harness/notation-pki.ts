@@ -27,6 +27,8 @@ export interface Leaf {
 export interface Tsa {
   url: string;
   root: string;
+  /** The TSA's own certificate (for `revoke` when the signing CA issued it). */
+  cert: string;
   stop(): Promise<void>;
 }
 
@@ -38,7 +40,7 @@ export interface NotationPki {
   ocspUrl: string;
   crlUrl: string;
   leaf(name: string, opts?: { days?: number; revocable?: boolean }): Promise<Leaf>;
-  revoke(leaf: Leaf, reason?: string): Promise<void>;
+  revoke(leaf: Pick<Leaf, 'cert'>, reason?: string): Promise<void>;
   /** OCSP requests answered so far (what a cache saves). */
   readonly ocspRequests: number;
   /** Starts the OCSP responder on its port: `openssl ocsp` per request (responses valid for `minutes`). */
@@ -47,7 +49,8 @@ export interface NotationPki {
   /** Regenerates the CRL from the CA database and serves it (valid for `hours`). */
   publishCrl(hours?: number): Promise<void>;
   stopCrl(): Promise<void>;
-  startTsa(name: string): Promise<Tsa>;
+  /** A TSA with a root of its own, or (`byCa`) one the signing CA issued, with the CA's OCSP and CRL URLs. */
+  startTsa(name: string, opts?: { byCa?: boolean }): Promise<Tsa>;
   stop(): Promise<void>;
 }
 
@@ -254,31 +257,23 @@ export async function makeNotationPki(dir: string): Promise<NotationPki> {
       await close(crlServer);
       crlServer = undefined;
     },
-    async startTsa(name) {
+    async startTsa(name, opts = {}) {
       const d = join(dir, `tsa-${name}`);
-      await makeRoot(d, `/C=US/O=Portcullis Test/CN=${name} TSA Root`, 60);
-      await writeFile(
-        join(d, 'tsa.ext'),
-        '[v3]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=critical,timeStamping\n',
-      );
-      await ossl(
-        ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(d, 'tsa.key'), '-out', join(d, 'tsa.csr')].concat([
-          '-subj',
-          `/C=US/O=Portcullis Test/CN=${name} TSA`,
-        ]),
-      );
-      await ossl(
-        ['x509', '-req', '-in', join(d, 'tsa.csr'), '-CA', join(d, 'root.crt'), '-CAkey', join(d, 'root.key'), '-CAcreateserial'].concat([
-          '-out',
-          join(d, 'tsa.crt'),
-          '-days',
-          '60',
-          '-extfile',
-          join(d, 'tsa.ext'),
-          '-extensions',
-          'v3',
-        ]),
-      );
+      const ext = ['[v3]', 'basicConstraints=critical,CA:FALSE', 'keyUsage=critical,digitalSignature', 'extendedKeyUsage=critical,timeStamping'];
+      const csr = join(d, 'tsa.csr');
+      const subj = `/C=US/O=Portcullis Test/CN=${name} TSA`;
+      if (opts.byCa) {
+        await mkdir(d, { recursive: true });
+        await writeFile(join(d, 'root.crt'), await readFile(pki.root));
+        ext.push(`authorityInfoAccess=OCSP;URI:${ocspUrl}`, `crlDistributionPoints=URI:${crlUrl}`);
+      } else {
+        await makeRoot(d, `/C=US/O=Portcullis Test/CN=${name} TSA Root`, 60);
+      }
+      await writeFile(join(d, 'tsa.ext'), `${ext.join('\n')}\n`);
+      await ossl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(d, 'tsa.key'), '-out', csr, '-subj', subj]);
+      const out = ['-out', join(d, 'tsa.crt'), '-extfile', join(d, 'tsa.ext'), '-extensions', 'v3'];
+      if (opts.byCa) await ossl(['ca', '-batch', '-config', caConf, '-in', csr, '-days', '20', '-notext', ...out]);
+      else await ossl(['x509', '-req', '-in', csr, '-CA', join(d, 'root.crt'), '-CAkey', join(d, 'root.key'), '-CAcreateserial', '-days', '60', ...out]);
       await writeFile(join(d, 'serial'), '01\n');
       await writeFile(join(d, 'tsa.cnf'), TSA_CONFIG(d));
       let n = 0;
@@ -295,7 +290,12 @@ export async function makeNotationPki(dir: string): Promise<NotationPki> {
         queue = run.catch(() => undefined);
         return run;
       });
-      const tsa: Tsa = { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, root: join(d, 'root.crt'), stop: () => close(server) };
+      const tsa: Tsa = {
+        url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        root: join(d, 'root.crt'),
+        cert: join(d, 'tsa.crt'),
+        stop: () => close(server),
+      };
       tsas.push(tsa);
       return tsa;
     },
