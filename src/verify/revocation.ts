@@ -55,6 +55,7 @@ const OID = {
   crlReason: '2.5.29.21',
 } as const;
 const SKEW_MS = 5 * 60_000;
+const MAX_URLS = 3;
 const REASONS = [
   'unspecified',
   'keyCompromise',
@@ -87,7 +88,8 @@ function uris(cert: pkijs.Certificate): { ocsp: string[]; crl: string[] } {
     }
   }
   const http = (u: string): boolean => /^https?:\/\//i.test(u);
-  return { ocsp: out.ocsp.filter(http), crl: out.crl.filter(http) };
+  // A few of each: every one may cost a full timeout when its responder is down.
+  return { ocsp: out.ocsp.filter(http).slice(0, MAX_URLS), crl: out.crl.filter(http).slice(0, MAX_URLS) };
 }
 
 export class Revocation implements RevocationChecker {
