@@ -16,12 +16,15 @@
  *       tlogThreshold: 1
  *       ctlogThreshold: 1
  *       timestampThreshold: 1
- *     - name: notary                  # Notation (Notary Project) JWS signatures
+ *     - name: notary                  # Notation (Notary Project) JWS and COSE signatures
  *       kind: notation
  *       trustStore: [/etc/portcullis/notation/ca]   # root certificates: PEM/DER files, or directories of them
  *       trustedIdentities: ["x509.subject: C=US, ST=WA, O=acme"]        # or ["*"]
  *       expiry: enforce               # enforce | log
- *       signingTime: enforce          # enforce | log
+ *       signingTime: enforce          # enforce | log   (Notation's authentic timestamp step)
+ *       tsaTrustStore: [/etc/portcullis/notation/tsa]   # Notation's `tsa` store: timestamps verified against it
+ *       verifyTimestamp: always       # always | afterCertExpiry
+ *       revocation: enforce           # enforce | log | skip   (OCSP, then CRL)
  * ```
  *
  * Every error names the authority, since a typo in one authority is what an operator must find.
@@ -78,8 +81,17 @@ const notationAuthority = z
     trustedIdentities: z.array(z.string().min(1)).min(1, 'give at least one trusted identity (or "*")'),
     /** A signature past its `io.cncf.notary.expiry`: denied (enforce) or only logged. */
     expiry: z.enum(['enforce', 'log']).default('enforce'),
-    /** Signing time within every certificate's validity, not in the future, and certificates valid now. */
+    /**
+     * The authentic timestamp step: signing time within every certificate's validity and not in the future; the
+     * certificates valid now, or at the verified timestamp's time (tsaTrustStore).
+     */
     signingTime: z.enum(['enforce', 'log']).default('enforce'),
+    /** Notation's `tsa` trust store: TSA root certificates (files or directories). Then timestamps are verified. */
+    tsaTrustStore: z.array(z.string().min(1)).default([]),
+    /** Notation's `verifyTimestamp`: always, or only once a certificate of the chain has expired. */
+    verifyTimestamp: z.enum(['always', 'afterCertExpiry']).default('always'),
+    /** OCSP, then CRL: a revoked or unknown status denies (enforce), is only logged (log), or is not asked (skip). */
+    revocation: z.enum(['enforce', 'log', 'skip']).default('enforce'),
   })
   .strict();
 
@@ -178,6 +190,20 @@ export const signaturesSchema = z
     maxBlobSize: positiveSize.default(4 * 1024 * 1024),
     /** Attestation predicates larger than this (as JSON) reach the policy as null. */
     maxPredicateSize: positiveSize.default(1024 * 1024),
+    /** Notation certificate revocation checks (OCSP and CRL): requests and the answer cache. */
+    revocation: z
+      .object({
+        /** Per OCSP request or CRL download. */
+        timeout: duration.default(5_000),
+        /** Good and revoked answers kept (least recently used out). */
+        cacheEntries: z.number().int().positive().max(1_000_000).default(10_000),
+        /** The longest an answer is reused, whatever the response's nextUpdate says. */
+        maxTTL: duration.default(86_400_000),
+        /** An OCSP response or CRL larger than this is an unknown status. */
+        maxResponseSize: positiveSize.default(8 * 1024 * 1024),
+      })
+      .strict()
+      .prefault({}),
     /** How often key and trust files are checked for changes (a change is a new trust revision). */
     reloadInterval: duration.default(10_000),
   })

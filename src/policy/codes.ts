@@ -28,6 +28,10 @@ export const SIGNATURE_CODES = {
   TLOG_UNVERIFIED: 'transparency log entry not verified',
   /** A required trusted timestamp is missing or does not verify. */
   TIMESTAMP_UNVERIFIED: 'trusted timestamp not verified',
+  /** A certificate of a Notation chain is revoked (OCSP or CRL). */
+  REVOKED: 'certificate revoked',
+  /** A Notation chain's revocation status could not be established (responder down, bad or stale response). */
+  REVOCATION_UNKNOWN: 'revocation status unknown',
   /** The signature verifies but what it signs is not a usable statement about an image. */
   UNUSABLE_PAYLOAD: 'signed payload not usable',
   /** The signature artifact itself could not be read (malformed bundle, envelope or layer). */

@@ -54,7 +54,15 @@ export interface CosignItem {
 }
 
 export type Outcome =
-  { ok: true; tlog: boolean; signedAt?: string; identity?: { issuer?: string; subject?: string } } | { ok: false; reason: string; code: SignatureCode };
+  | {
+      ok: true;
+      tlog: boolean;
+      signedAt?: string;
+      identity?: { issuer?: string; subject?: string };
+      /** Epoch ms after which this verification no longer holds (a certificate or the signature expires). */
+      validUntil?: number;
+    }
+  | { ok: false; reason: string; code: SignatureCode };
 
 /** A rejection: its stable code (policy/codes.ts) and the reason for people. */
 export function reject(code: SignatureCode, reason: string): Outcome {

@@ -11,10 +11,10 @@ import type { Config } from '../config/schema.js';
 import { SignatureEvidenceProvider } from './provider.js';
 import { loadTrust } from './trust.js';
 
-export function createSignatureProvider(deps: EvidenceDeps): SignatureProvider | undefined {
+export function createSignatureProvider(deps: EvidenceDeps, now: () => number = Date.now): SignatureProvider | undefined {
   const cfg = deps.config.signatures;
   if (!cfg || cfg.authorities.length === 0) return undefined;
-  return new SignatureEvidenceProvider(deps, cfg);
+  return new SignatureEvidenceProvider(deps, cfg, now);
 }
 
 /**

@@ -35,8 +35,11 @@ import { cosignItems, reject, type CosignItem, type Outcome } from './cosign.js'
 import { verifyCosignKeyless, verifyCosignWithKey } from './cosign-verify.js';
 import { Discoverer, MT, type FoundArtifact } from './discovery.js';
 import { errorText } from '../util/error-text.js';
-import { parseNotationJws, verifyNotation, type NotationEnvelope } from './notation.js';
+import { verifyNotation, type NotationEnvelope } from './notation.js';
+import { parseNotationCose } from './notation-cose.js';
+import { parseNotationJws } from './notation-jws.js';
 import { provenanceFacts } from './provenance.js';
+import { Revocation } from './revocation.js';
 import { loadTrust, trustFilesChanged, type Authority, type Trust } from './trust.js';
 import { SingleFlight } from '../util/single-flight.js';
 
@@ -67,6 +70,8 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   private readonly flights = new SingleFlight<string, CachedEvidence>();
   private readonly log: Logger;
   private readonly metrics: Metrics;
+  /** Notation OCSP/CRL answers, shared by every decision (bounded; revocation.ts). */
+  private readonly revocation: Revocation;
 
   constructor(
     private readonly deps: EvidenceDeps,
@@ -83,6 +88,14 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       maxBlobSize: config.maxBlobSize,
     });
     this.cache = new EvidenceCache(deps.dataDir);
+    const r = config.revocation;
+    this.revocation = new Revocation({
+      now: this.now,
+      timeoutMs: r.timeout,
+      cacheEntries: r.cacheEntries,
+      maxTTL: r.maxTTL,
+      maxResponseBytes: r.maxResponseSize,
+    });
     this.lastCheck = this.now();
   }
 
@@ -146,7 +159,9 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     const readBlob = (d: Descriptor): Promise<Buffer> => this.discoverer.blob(route, d, budget);
     const candidates = budget.exceeded ? [] : (await Promise.all(discovery.artifacts.map((a) => this.candidatesOf(a, readBlob)))).flat();
     // Fail closed: whatever verified before the budget ran out, the upstream listed more than a decision may fetch.
-    const result = budget.exceeded ? errorEvidence('BUDGET_EXCEEDED', budget.exceeded.message) : await this.evaluate(candidates, manifest, discovery.errors);
+    const { result, validUntil } = budget.exceeded
+      ? { result: errorEvidence('BUDGET_EXCEEDED', budget.exceeded.message), validUntil: Infinity }
+      : await this.evaluate(candidates, manifest, discovery.errors);
     const seconds = (performance.now() - started) / 1000;
     this.metrics.signatureDuration.observe(seconds);
     this.log.debug(
@@ -163,7 +178,9 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     );
     if (discovery.errors.length === 0) {
       const ttl = result.signatures.verified.length ? this.config.cache.verifiedTTL : this.config.cache.unverifiedTTL;
-      if (ttl > 0) this.cache.put(key, result, this.now() + ttl, this.now());
+      // Never past the moment a verified signature stops verifying (its certificate or its expiry).
+      const until = Math.min(this.now() + ttl, validUntil);
+      if (until > this.now()) this.cache.put(key, result, until, this.now());
     }
     return result;
   }
@@ -184,32 +201,23 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     const layer = layers[0];
     if (layers.length !== 1 || !layer)
       return [{ family: 'notation', where, error: `signature manifest with ${layers.length} layers (want 1)`, code: 'UNUSABLE_SIGNATURE', isSignature: true }];
-    if (layer.mediaType === MT.cose)
-      return [
-        {
-          family: 'notation',
-          where,
-          error: 'COSE envelopes (application/cose) are not supported; sign with --signature-format jws',
-          code: 'UNSUPPORTED',
-          isSignature: true,
-        },
-      ];
-    if (layer.mediaType !== MT.jose)
-      return [{ family: 'notation', where, error: `unknown envelope type ${layer.mediaType}`, code: 'UNSUPPORTED', isSignature: true }];
+    const parse = layer.mediaType === MT.cose ? parseNotationCose : layer.mediaType === MT.jose ? parseNotationJws : undefined;
+    if (!parse) return [{ family: 'notation', where, error: `unknown envelope type ${layer.mediaType}`, code: 'UNSUPPORTED', isSignature: true }];
     try {
-      return [{ family: 'notation', env: parseNotationJws(where, await readBlob(layer)) }];
+      return [{ family: 'notation', env: parse(where, await readBlob(layer)) }];
     } catch (e) {
       if (e instanceof BudgetExceededError) return [];
       return [{ family: 'notation', where, error: errorText(e), code: 'UNUSABLE_SIGNATURE', isSignature: true }];
     }
   }
 
-  private async evaluate(candidates: Candidate[], manifest: Manifest, discoveryErrors: string[]): Promise<CachedEvidence> {
+  private async evaluate(candidates: Candidate[], manifest: Manifest, discoveryErrors: string[]): Promise<{ result: CachedEvidence; validUntil: number }> {
     const now = new Date(this.now());
     const digest = manifest.digest;
     const subject = { digest, mediaType: manifest.mediaType, size: manifest.bytes.length };
     const verified: Verified[] = [];
     const rejected: Rejected[] = [];
+    let validUntil = Infinity;
     const signatureCandidates = candidates.filter((c) => ('item' in c ? c.item.isSignature : 'env' in c ? true : c.isSignature));
 
     for (const a of this.trust.authorities) {
@@ -230,10 +238,11 @@ export class SignatureEvidenceProvider implements SignatureProvider {
         this.metrics.signatureVerifications.inc({ kind, result: outcome.ok ? 'verified' : 'rejected' });
         if (outcome.ok) {
           done = true;
+          if (outcome.validUntil !== undefined) validUntil = Math.min(validUntil, outcome.validUntil);
           verified.push({
             authority: a.name,
             kind,
-            format: 'item' in c ? c.item.format : 'notation-jws',
+            format: 'item' in c ? c.item.format : c.env.format,
             ...(outcome.identity ? { identity: outcome.identity } : {}),
             tlog: outcome.tlog,
             ...(outcome.signedAt ? { signed_at: outcome.signedAt } : {}),
@@ -262,11 +271,12 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       status = 'ok';
     }
     // With nothing found at all, "none" says it; the per-authority NO_SIGNATURE entries would only repeat it.
-    return {
+    const result = {
       signatures: { status, verified, rejected: status === 'none' ? rejected.filter((r) => r.code !== 'NO_SIGNATURE') : rejected },
       attestations,
       attestations_rejected: attestationsRejected,
     };
+    return { result, validUntil };
   }
 
   /**
@@ -339,7 +349,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
         if (a.kind === 'key') return verifyCosignWithKey(c.item, a, subject.digest);
         if (a.kind === 'keyless') return verifyCosignKeyless(c.item, a, subject.digest);
       } else if ('env' in c && a.kind === 'notation') {
-        return await verifyNotation(c.env, a, subject, now, (msg) => this.log.warn({ authority: a.name }, msg));
+        return await verifyNotation(c.env, a, subject, { now, log: (msg) => this.log.warn({ authority: a.name }, msg), revocation: this.revocation });
       }
       return reject('WRONG_KIND', 'not a signature this authority can verify');
     } catch (e) {

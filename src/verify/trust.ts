@@ -43,6 +43,10 @@ export interface NotationAuthority {
   identities: Array<Map<string, string>> | '*';
   expiry: 'enforce' | 'log';
   signingTime: 'enforce' | 'log';
+  /** Notation's `tsa` trust store; empty: timestamps are not used. */
+  tsaRoots: NodeX509[];
+  verifyTimestamp: 'always' | 'afterCertExpiry';
+  revocation: 'enforce' | 'log' | 'skip';
 }
 
 export type Authority = KeyAuthority | KeylessAuthority | NotationAuthority;
@@ -157,8 +161,29 @@ function loadKeylessAuthority(a: Extract<AuthorityConfig, { kind: 'keyless' }>, 
 }
 
 function loadNotationAuthority(a: Extract<AuthorityConfig, { kind: 'notation' }>, read: Reader, files: Map<string, string>): NotationAuthority {
-  const roots: NodeX509[] = [];
-  for (const entry of a.trustStore) {
+  const roots = loadStore(a.name, a.trustStore, 'trust store', read, files);
+  if (roots.length === 0) throw new TrustLoadError(a.name, 'the trust store holds no certificates');
+  const tsaRoots = loadStore(a.name, a.tsaTrustStore, 'TSA trust store', read, files);
+  if (a.tsaTrustStore.length > 0 && tsaRoots.length === 0) throw new TrustLoadError(a.name, 'the TSA trust store holds no certificates');
+  const ids = a.trustedIdentities.map((s) => s.trim());
+  const identities = ids.includes('*') ? '*' : ids.map((s) => parseDistinguishedName(s.replace(/^x509\.subject:\s*/, ''))!);
+  return {
+    name: a.name,
+    kind: 'notation',
+    roots,
+    identities,
+    expiry: a.expiry,
+    signingTime: a.signingTime,
+    tsaRoots,
+    verifyTimestamp: a.verifyTimestamp,
+    revocation: a.revocation,
+  };
+}
+
+/** Certificates from files, or directories of them (like a Notation `x509/<type>/<store>` directory). */
+function loadStore(authority: string, entries: string[], what: string, read: Reader, files: Map<string, string>): NodeX509[] {
+  const out: NodeX509[] = [];
+  for (const entry of entries) {
     let paths: string[];
     try {
       paths = statSync(entry).isDirectory()
@@ -170,18 +195,15 @@ function loadNotationAuthority(a: Extract<AuthorityConfig, { kind: 'notation' }>
         : [entry];
       if (statSync(entry).isDirectory()) files.set(entry, statSignature(entry));
     } catch (e) {
-      throw new TrustLoadError(a.name, `cannot read trust store ${entry}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new TrustLoadError(authority, `cannot read ${what} ${entry}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
     for (const p of paths) {
-      const certs = parseCertificates(read(a.name, 'trust store certificate', p));
-      if (certs.length === 0) throw new TrustLoadError(a.name, `${p} holds no X.509 certificate`);
-      roots.push(...certs);
+      const certs = parseCertificates(read(authority, `${what} certificate`, p));
+      if (certs.length === 0) throw new TrustLoadError(authority, `${p} holds no X.509 certificate`);
+      out.push(...certs);
     }
   }
-  if (roots.length === 0) throw new TrustLoadError(a.name, 'the trust store holds no certificates');
-  const ids = a.trustedIdentities.map((s) => s.trim());
-  const identities = ids.includes('*') ? '*' : ids.map((s) => parseDistinguishedName(s.replace(/^x509\.subject:\s*/, ''))!);
-  return { name: a.name, kind: 'notation', roots, identities, expiry: a.expiry, signingTime: a.signingTime };
+  return out;
 }
 
 /** PEM (one or more CERTIFICATE blocks) or a single DER certificate. */
