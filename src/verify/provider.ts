@@ -28,10 +28,12 @@ import type { SignaturesConfig } from '../config/signatures.js';
 import type { SignatureCode } from '../policy/codes.js';
 import { cosignItems, reject, type CosignItem, type Outcome } from './cosign.js';
 import { verifyCosignKeyless, verifyCosignWithKey } from './cosign-verify.js';
+import { verifyCosignPki } from './cosign-pki.js';
 import { Discoverer, MT, type FoundArtifact } from './discovery.js';
 import { errorText } from '../util/error-text.js';
 import { parseNotationJws, verifyNotation, type NotationEnvelope } from './notation.js';
 import { loadTrust, trustFilesChanged, type Authority, type Trust } from './trust.js';
+import type { TufTrustedRoot } from './tuf.js';
 import { SingleFlight } from '../util/single-flight.js';
 
 type Verified = SignatureEvidence['verified'][number];
@@ -57,11 +59,16 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   private readonly log: Logger;
   private readonly metrics: Metrics;
 
+  private readonly now: () => number;
+  private readonly tuf: readonly TufTrustedRoot[];
+
   constructor(
     private readonly deps: EvidenceDeps,
     private readonly config: SignaturesConfig,
-    private readonly now: () => number = Date.now,
+    opts: { now?: () => number; tuf?: readonly TufTrustedRoot[] } = {},
   ) {
+    this.now = opts.now ?? Date.now;
+    this.tuf = opts.tuf ?? [];
     this.trust = loadTrust(config);
     this.log = deps.log.child({ component: 'signatures' });
     this.metrics = deps.metrics;
@@ -88,8 +95,28 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     return this.trust.authorities;
   }
 
+  /**
+   * Starts the TUF refreshes that are due (in the background: a request never waits on a mirror); one that brings
+   * a new trusted root makes the next read reload at once.
+   */
+  private refreshDue(): void {
+    for (const source of this.tuf) {
+      void source.refreshIfDue()?.then((r) => {
+        if (r === 'updated') this.lastCheck = Number.NEGATIVE_INFINITY;
+      });
+    }
+  }
+
+  /** Refreshes every TUF-fed trusted root now and reloads the trust material (startup, tests, operations). */
+  async refreshTrust(): Promise<void> {
+    await Promise.all(this.tuf.map((s) => s.refresh()));
+    this.lastCheck = Number.NEGATIVE_INFINITY;
+    this.maybeReload();
+  }
+
   /** Re-reads key and trust files when one changed (checked at most every reloadInterval). */
   private maybeReload(): void {
+    this.refreshDue();
     const now = this.now();
     if (now - this.lastCheck < this.config.reloadInterval) return;
     this.lastCheck = now;
@@ -277,7 +304,8 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     try {
       if ('item' in c) {
         if (a.kind === 'key') return verifyCosignWithKey(c.item, a, subject.digest);
-        if (a.kind === 'keyless') return verifyCosignKeyless(c.item, a, subject.digest);
+        if (a.kind === 'keyless')
+          return a.ca ? verifyCosignPki(c.item, { ...a, ca: a.ca }, subject.digest, now) : verifyCosignKeyless(c.item, a, subject.digest);
       } else if ('env' in c && a.kind === 'notation') {
         return await verifyNotation(c.env, a, subject, now, (msg) => this.log.warn({ authority: a.name }, msg));
       }
