@@ -131,7 +131,12 @@ export class TufTrustedRoot {
 /** The target must be a usable trusted root before it replaces the last good copy. */
 function checkTrustedRoot(bytes: Buffer): void {
   try {
-    toTrustMaterial(TrustedRoot.fromJSON(JSON.parse(bytes.toString('utf8'))));
+    const doc = JSON.parse(bytes.toString('utf8')) as { mediaType?: unknown };
+    // fromJSON is lenient (unknown or mistyped fields are dropped): the media type says what the document is.
+    if (typeof doc.mediaType !== 'string' || !/^application\/vnd\.dev\.sigstore\.trustedroot(\.v[0-9.]+)?\+json/.test(doc.mediaType)) {
+      throw new Error(`media type ${JSON.stringify(doc.mediaType ?? null)} is not a Sigstore trusted root's`);
+    }
+    toTrustMaterial(TrustedRoot.fromJSON(doc));
   } catch (e) {
     throw new Error(`the target is not a usable trusted_root.json: ${errorText(e)}`, { cause: e });
   }
