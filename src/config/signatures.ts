@@ -16,6 +16,17 @@
  *       tlogThreshold: 1
  *       ctlogThreshold: 1
  *       timestampThreshold: 1
+ *     - name: inhouse                 # cosign with your own PKI (cosign sign --certificate --certificate-chain)
+ *       kind: keyless
+ *       ca: { roots: [/etc/portcullis/pki/root.pem], intermediates: [/etc/portcullis/pki/issuing.pem] }
+ *       subject: release@acme.example   # issuer optional; thresholds default to 0
+ *       trustedRoot: /etc/portcullis/pki/tsa-trusted-root.json         # optional: TSAs (and Rekor keys)
+ *       tsaThreshold: 1                 # RFC 3161 timestamps from those TSAs required
+ *     - name: ci-tuf                  # keyless with trusted_root.json from a TUF repository
+ *       kind: keyless
+ *       issuer: https://token.actions.githubusercontent.com
+ *       subject: https://github.com/acme/api/.github/workflows/release.yml@refs/heads/main
+ *       trustedRoot: { tuf: { mirror: https://tuf-repo-cdn.sigstore.dev, root: /etc/portcullis/sigstore/root.json, refresh: 24h, cacheDir: /var/lib/portcullis/tuf } }
  *     - name: notary                  # Notation (Notary Project) JWS signatures
  *       kind: notation
  *       trustStore: [/etc/portcullis/notation/ca]   # root certificates: PEM/DER files, or directories of them
