@@ -11,6 +11,8 @@
  *   pki       roots + intermediate in the config; subject dev@acme.example, issuer extension https://idp.acme.example
  *   pkiroot   the root only (the intermediate must come with the signature); URI subject by anchored regexp
  *   pkitsa    as pki, plus a trusted root holding the TSA's chain, tsaThreshold 1
+ *   ci-tsa    Fulcio keyless (a local Fulcio/Rekor, @sigstore/mock) with the TSA in its trusted root: tlogThreshold 0,
+ *             tsaThreshold 1;  ci-tlog: the same trusted root with the default tlogThreshold 1
  * A second proxy runs on a clock three days ahead, past every certificate's notAfter: a signature with a trusted
  * timestamp from while the certificates were valid still verifies; one without a timestamp has expired.
  */
@@ -24,14 +26,18 @@ import { expectOk, runTool, type ToolResult } from '../harness/clients.js';
 import { pushImage, type PushedImage } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { startLocalSigstore, type LocalSigstore } from '../harness/signature-sigstore.js';
 import { concat, INTERMEDIATE_EXT, issue, leafExt, makeRoot, startTsa, type CertFiles, type LocalTsa } from '../harness/signing-pki.js';
 
 const EMAIL = 'dev@acme.example';
 const IDP = 'https://idp.acme.example';
 const PIPELINE = 'https://ci.acme.example/pipelines/release';
 const DAY = 86_400_000;
+const ISSUER = 'https://token.actions.githubusercontent.com';
+const SUBJECT = 'https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main';
 
 let reg: RunningRegistry;
+let ss: LocalSigstore;
 let tsa: LocalTsa;
 let rogueTsa: LocalTsa;
 let proxy: RunningProxy;
@@ -75,6 +81,20 @@ async function sign(cosign: 'cosign2' | 'cosign3', name: string, o: SignOpts): P
   );
 }
 
+/** cosign 2 keyless through the local Fulcio; with a TSA: no Rekor upload, an RFC 3161 timestamp instead. */
+async function fulcioSign(name: string, t?: LocalTsa): Promise<void> {
+  const token = await ss.token(SUBJECT, ISSUER);
+  const args = ['sign', '--fulcio-url', ss.url, '--rekor-url', ss.url, '--identity-token', token];
+  const extra = t ? ['--tlog-upload=false', '--timestamp-server-url', t.url] : [];
+  const keyless = { SIGSTORE_CT_LOG_PUBLIC_KEY_FILE: ss.files.ctlogKey, SIGSTORE_ROOT_FILE: ss.files.fulcioRoot, SIGSTORE_REKOR_PUBLIC_KEY: ss.files.rekorKey };
+  const r = await runTool('cosign2', [...args, ...extra, ...insecure, '-y', `${reg.host}/${name.split(':')[0]}@${img[name]!.digest}`], {
+    env: { ...env, ...keyless },
+    cwd: work,
+    timeoutMs: 60_000,
+  });
+  expectOk(r, `cosign2 keyless sign ${name}`);
+}
+
 /** A leaf whose key is imported into cosign's key format (cosign signs only with its own key files). */
 async function leaf(ca: CertFiles, name: string, ext: string, days?: string): Promise<CertFiles & { cosignKey: string }> {
   const c = await issue(work, ca, name, ext, days);
@@ -82,14 +102,14 @@ async function leaf(ca: CertFiles, name: string, ext: string, days?: string): Pr
   return { ...c, cosignKey: path.join(work, `${name}-cosign.key`) };
 }
 
-/** A trusted_root.json with only timestamp authorities (the TSA's certificate first, then its CA). */
-async function tsaTrustedRoot(t: LocalTsa): Promise<string> {
+/** A trusted_root.json with the TSA as a timestamp authority (its certificate first, then its CA), added to `base`'s. */
+async function tsaTrustedRoot(t: LocalTsa, base?: LocalSigstore): Promise<string> {
   const der = async (pemFile: string): Promise<string> => {
     const { readFile } = await import('node:fs/promises');
     const pem = await readFile(pemFile, 'utf8');
     return pem.replace(/-----(BEGIN|END) CERTIFICATE-----/g, '').replace(/\s/g, '');
   };
-  const file = path.join(work, 'tsa-trusted-root.json');
+  const file = path.join(work, base ? 'fulcio-tsa-trusted-root.json' : 'tsa-trusted-root.json');
   await writeFile(
     file,
     JSON.stringify({
@@ -97,6 +117,7 @@ async function tsaTrustedRoot(t: LocalTsa): Promise<string> {
       tlogs: [],
       certificateAuthorities: [],
       ctlogs: [],
+      ...(base?.trustedRoot ?? {}),
       timestampAuthorities: [
         {
           subject: { organization: 'Portcullis Test', commonName: 'tsa' },
@@ -113,7 +134,7 @@ async function tsaTrustedRoot(t: LocalTsa): Promise<string> {
 beforeAll(async () => {
   work = await mkdtemp(path.join(tmpdir(), 'pc-pki-e2e-'));
   env = { ...process.env, HOME: work, TUF_ROOT: path.join(work, 'tuf'), COSIGN_PASSWORD: '', DOCKER_CONFIG: path.join(work, 'docker') };
-  reg = await startRegistry();
+  [reg, ss] = await Promise.all([startRegistry(), startLocalSigstore()]);
   [tsa, rogueTsa] = await Promise.all([startTsa(work, 'tsa'), startTsa(work, 'rogue-tsa')]);
 
   const root = await makeRoot(work, 'root');
@@ -139,6 +160,9 @@ beforeAll(async () => {
     'pkitsa/app:cosign3',
     'pkitsa/app:notsa',
     'pkitsa/app:roguetsa',
+    'fulcio/app:tsa',
+    'fulcio/app:tlog',
+    'fulciotlog/app:tsa',
   ];
   for (const n of names) img[n] = await pushImage(reg.url, n.split(':')[0]!, n.split(':')[1]);
 
@@ -154,6 +178,12 @@ beforeAll(async () => {
   await sign('cosign2', 'pkitsa/app:notsa', { leaf: dev, chain });
   await sign('cosign2', 'pkitsa/app:roguetsa', { leaf: dev, chain, tsa: rogueTsa });
 
+  // Fulcio keyless: with a TSA timestamp and no Rekor entry, and with a Rekor entry and no timestamp.
+  await fulcioSign('fulcio/app:tsa', tsa);
+  await fulcioSign('fulciotlog/app:tsa', tsa);
+  await fulcioSign('fulcio/app:tlog');
+  const fulcioTsaRoot = await tsaTrustedRoot(tsa, ss);
+
   const authorities = [
     { name: 'pki', kind: 'keyless', issuer: IDP, subject: EMAIL, ca: { roots: [root.cert], intermediates: [inter.cert] } },
     { name: 'pkiroot', kind: 'keyless', subjectRegExp: 'https://ci\\.acme\\.example/pipelines/[a-z]+', ca: { roots: [root.cert] } },
@@ -166,10 +196,13 @@ beforeAll(async () => {
       trustedRoot: await tsaTrustedRoot(tsa),
       tsaThreshold: 1,
     },
+    { name: 'ci-tsa', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: fulcioTsaRoot, tlogThreshold: 0, tsaThreshold: 1 },
+    { name: 'ci-tlog', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: fulcioTsaRoot },
   ];
+  const scope = (name: string, authority: string) => ({ name, images: [`*/${name}/**`], signatures: { authorities: [authority] } });
   const settings = {
     no_match: 'deny',
-    scopes: ['pki', 'pkiroot', 'pkitsa'].map((a) => ({ name: a, images: [`*/${a}/**`], signatures: { authorities: [a] } })),
+    scopes: [scope('pki', 'pki'), scope('pkiroot', 'pkiroot'), scope('pkitsa', 'pkitsa'), scope('fulcio', 'ci-tsa'), scope('fulciotlog', 'ci-tlog')],
   };
   const upstreams = [{ name: 'dist', registry: reg.host, url: reg.url, aliases: ['dist.e2e'] }];
   proxy = await startProxy({ upstreams, settings, extra: { signatures: { authorities } }, observers: [{ onDecision: (e) => decisions.push(e) }] });
@@ -184,7 +217,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all([proxy?.stop(), later?.stop()]);
-  await Promise.all([reg?.stop(), tsa?.stop(), rogueTsa?.stop()]);
+  await Promise.all([reg?.stop(), ss?.stop(), tsa?.stop(), rogueTsa?.stop()]);
   if (work) await rm(work, { recursive: true, force: true });
 });
 
@@ -255,12 +288,34 @@ describe('RFC 3161 timestamps from a configured TSA', () => {
       const d = await expectAllowed(name);
       expect(d.input.signatures.verified).toEqual([expect.objectContaining({ authority: 'pkitsa', tlog: false, signed_at: expect.any(String) as unknown })]);
     }
-    expect(tsa.requests()).toBe(2);
+    expect(tsa.requests()).toBe(4);
   });
 
   it('a signature timestamped while its certificates were valid still verifies after they expire', async () => {
     await expectAllowed('pkitsa/app:cosign2', later, laterDecisions);
     await expectAllowed('pkitsa/app:cosign3', later, laterDecisions);
+  });
+
+  it('Fulcio keyless: a TSA timestamp stands in for the Rekor entry where tlogThreshold is 0', async () => {
+    const d = await expectAllowed('fulcio/app:tsa');
+    expect(d.input.signatures.verified).toEqual([
+      expect.objectContaining({ authority: 'ci-tsa', kind: 'cosign-keyless', tlog: false, identity: { issuer: ISSUER, subject: SUBJECT } }),
+    ]);
+  });
+
+  it('Fulcio keyless: each threshold is honoured per authority', async () => {
+    await expectDenied('fulcio/app:tlog', /authority "ci-tsa" \(no signature verified: no trusted timestamp \(expected 1 from a TSA, got 0\)/, {
+      authority: 'ci-tsa',
+      code: 'TIMESTAMP_UNVERIFIED',
+    });
+    await expectDenied(
+      'fulciotlog/app:tsa',
+      /authority "ci-tlog" \(no signature verified: transparency log verification failed \(expected 1 tlog entries, got 0\)/,
+      {
+        authority: 'ci-tlog',
+        code: 'TLOG_UNVERIFIED',
+      },
+    );
   });
 
   it('denies a timestamp from an untrusted TSA, and a missing one when tsaThreshold asks for it', async () => {
