@@ -51,8 +51,9 @@ export function verifyCosignPki(item: CosignItem, a: PkiAuthority, digest: Diges
   // Every timestamp left is a verified one (the verifier throws on any that is not).
   const tsa = entity.timestamps.filter((t) => t.$case === 'timestamp-authority').map((t) => t.timestamp.signingTime);
   if (tsa.length < a.tsaThreshold) return reject('TIMESTAMP_UNVERIFIED', `no trusted timestamp (expected ${a.tsaThreshold} from a TSA, got ${tsa.length})`);
-  const tlog = entity.tlogEntries.filter((e) => e.inclusionPromise && Number(e.integratedTime) > 0).map((e) => new Date(Number(e.integratedTime) * 1000));
-  const times = [...tsa, ...tlog];
+  // Only an entry with an inclusion promise (Rekor v1) attests a time; a Rekor v2 entry proves inclusion only.
+  const tlogTimes = entity.tlogEntries.filter((e) => e.inclusionPromise && Number(e.integratedTime) > 0).map((e) => new Date(Number(e.integratedTime) * 1000));
+  const times = [...tsa, ...tlogTimes];
 
   const paths = buildPaths(leaf, a.ca, item.chain);
   if (paths.length === 0) return reject('UNTRUSTED_CHAIN', 'untrusted chain (no path to a configured root)');
@@ -71,7 +72,7 @@ export function verifyCosignPki(item: CosignItem, a: PkiAuthority, digest: Diges
   const signedAt = times.length ? new Date(Math.min(...times.map((t) => t.getTime()))).toISOString() : undefined;
   return {
     ok: true,
-    tlog: tlog.length > 0,
+    tlog: entity.tlogEntries.length > 0,
     identity: { ...(id.issuer !== undefined ? { issuer: id.issuer } : {}), ...(id.subject !== undefined ? { subject: id.subject } : {}) },
     ...(signedAt ? { signedAt } : {}),
   };
