@@ -26,6 +26,11 @@ import type { KeylessAuthority } from './trust.js';
 const CODE_SIGNING = '1.3.6.1.5.5.7.3.3';
 /** Paths longer than this (leaf to root) are not built. */
 const MAX_DEPTH = 6;
+/**
+ * Path-building steps per signature. The signer chooses the carried certificates: same-named CAs sharing a key
+ * would otherwise make the paths (and signature checks) grow exponentially with their number.
+ */
+const MAX_STEPS = 256;
 
 type PkiAuthority = KeylessAuthority & { ca: NonNullable<KeylessAuthority['ca']> };
 
@@ -86,7 +91,9 @@ function buildPaths(leaf: X509Certificate, ca: PkiAuthority['ca'], carried: X509
   const isRoot = (c: X509Certificate): boolean => ca.roots.some((r) => r.equals(c));
   const pool = [...ca.roots, ...ca.intermediates, ...carried.filter((c) => !isRoot(c))];
   const out: X509Certificate[][] = [];
+  let steps = 0;
   const walk = (path: X509Certificate[]): void => {
+    if (++steps > MAX_STEPS) return;
     const cert = path[path.length - 1]!;
     if (path.length > 1 && isRoot(cert)) {
       out.push(path);

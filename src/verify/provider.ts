@@ -107,13 +107,6 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     }
   }
 
-  /** Refreshes every TUF-fed trusted root now and reloads the trust material (startup, tests, operations). */
-  async refreshTrust(): Promise<void> {
-    await Promise.all(this.tuf.map((s) => s.refresh()));
-    this.lastCheck = Number.NEGATIVE_INFINITY;
-    this.maybeReload();
-  }
-
   /** Re-reads key and trust files when one changed (checked at most every reloadInterval). */
   private maybeReload(): void {
     this.refreshDue();
