@@ -11,6 +11,7 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DecisionObserver } from '../../src/gate/gate.js';
 import { expectOk, runTool } from '../harness/clients.js';
@@ -35,6 +36,9 @@ let cacheDir: string;
 let clock = Date.now();
 const img: Record<string, PushedImage> = {};
 const decisions: Array<Parameters<DecisionObserver['onDecision']>[0]> = [];
+/** What the proxy logs (JSON lines). */
+const logLines: string[] = [];
+const logger = pino({ level: 'info' }, { write: (line: string) => void logLines.push(line) });
 
 async function keylessSign(name: string, s: LocalSigstore): Promise<void> {
   const env = {
@@ -73,6 +77,7 @@ async function start(): Promise<RunningProxy> {
     extra: config(),
     observers: [{ onDecision: (e) => decisions.push(e) }],
     now: () => clock,
+    logger,
   });
 }
 
@@ -147,6 +152,7 @@ describe('trusted root from TUF', () => {
     clock += HOUR;
     const before = trustOf((await pull('b')).decision);
     await until(async () => (await refreshes('failed')) === 1, 'the failed refresh');
+    expect(logLines.some((l) => l.includes('TUF refresh failed; the last good trusted root stays in use') && l.includes('"authority":"ci"'))).toBe(true);
     const b = await pull('b');
     expect(b.ok, b.stderr).toBe(true);
     expect(trustOf(b.decision)).toBe(before);
