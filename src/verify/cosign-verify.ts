@@ -60,9 +60,19 @@ function entityOf(item: CosignItem): SignedEntity {
   return toSignedEntity(item.bundle, item.artifact);
 }
 
+/**
+ * When it was signed, by a verified time: a Rekor v1 entry's integrated time (its inclusion promise signs it), else
+ * the earliest RFC 3161 timestamp. (A Rekor v2 entry attests no time.) Call after verification only.
+ */
 function integratedTime(item: CosignItem): string | undefined {
   const t = item.bundle.verificationMaterial.tlogEntries.find((e) => e.inclusionPromise)?.integratedTime;
-  return t ? new Date(Number(t) * 1000).toISOString() : undefined;
+  if (t) return new Date(Number(t) * 1000).toISOString();
+  try {
+    const tsa = entityOf(item).timestamps.flatMap((x) => (x.$case === 'timestamp-authority' ? [x.timestamp.signingTime.getTime()] : []));
+    return tsa.length ? new Date(Math.min(...tsa)).toISOString() : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Key-based: the signature must verify with the authority's key; tlog entries are checked when required. */

@@ -95,6 +95,43 @@ async function fulcioSign(name: string, t?: LocalTsa): Promise<void> {
   expectOk(r, `cosign2 keyless sign ${name}`);
 }
 
+/**
+ * cosign 3 keyless with a signing config: the local Fulcio, Rekor v2 (a checkpoint-signed inclusion proof, no
+ * inclusion promise, so no signing time) and the TSA (the time).
+ */
+async function rekorV2Sign(name: string, trustedRoot: string): Promise<void> {
+  const start = new Date(Date.now() - DAY).toISOString().replace(/\.\d+Z$/, 'Z');
+  const service = (url: string, version: number): string => `url=${url},api-version=${version},start-time=${start},operator=local`;
+  await tool('cosign3', [
+    'signing-config',
+    'create',
+    `--fulcio=${service(ss.url, 1)}`,
+    `--rekor=${service(ss.url, 2)}`,
+    '--rekor-config=ANY',
+    `--tsa=${service(tsa.url, 1)}`,
+    '--tsa-config=ANY',
+    '--out',
+    'signing-config.json',
+  ]);
+  const token = await ss.token(SUBJECT, ISSUER);
+  await tool(
+    'cosign3',
+    [
+      'sign',
+      '--signing-config',
+      'signing-config.json',
+      '--trusted-root',
+      trustedRoot,
+      '--identity-token',
+      token,
+      ...insecure,
+      '-y',
+      `${reg.host}/${name.split(':')[0]}@${img[name]!.digest}`,
+    ],
+    `cosign3 sign ${name} (Rekor v2)`,
+  );
+}
+
 /** A leaf whose key is imported into cosign's key format (cosign signs only with its own key files). */
 async function leaf(ca: CertFiles, name: string, ext: string, days?: string): Promise<CertFiles & { cosignKey: string }> {
   const c = await issue(work, ca, name, ext, days);
@@ -163,6 +200,7 @@ beforeAll(async () => {
     'fulcio/app:tsa',
     'fulcio/app:tlog',
     'fulciotlog/app:tsa',
+    'rekor2/app:signed',
   ];
   for (const n of names) img[n] = await pushImage(reg.url, n.split(':')[0]!, n.split(':')[1]);
 
@@ -183,6 +221,7 @@ beforeAll(async () => {
   await fulcioSign('fulciotlog/app:tsa', tsa);
   await fulcioSign('fulcio/app:tlog');
   const fulcioTsaRoot = await tsaTrustedRoot(tsa, ss);
+  await rekorV2Sign('rekor2/app:signed', fulcioTsaRoot);
 
   const authorities = [
     { name: 'pki', kind: 'keyless', issuer: IDP, subject: EMAIL, ca: { roots: [root.cert], intermediates: [inter.cert] } },
@@ -198,11 +237,19 @@ beforeAll(async () => {
     },
     { name: 'ci-tsa', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: fulcioTsaRoot, tlogThreshold: 0, tsaThreshold: 1 },
     { name: 'ci-tlog', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: fulcioTsaRoot },
+    { name: 'ci-rekor2', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: fulcioTsaRoot, tsaThreshold: 1 },
   ];
   const scope = (name: string, authority: string) => ({ name, images: [`*/${name}/**`], signatures: { authorities: [authority] } });
   const settings = {
     no_match: 'deny',
-    scopes: [scope('pki', 'pki'), scope('pkiroot', 'pkiroot'), scope('pkitsa', 'pkitsa'), scope('fulcio', 'ci-tsa'), scope('fulciotlog', 'ci-tlog')],
+    scopes: [
+      scope('pki', 'pki'),
+      scope('pkiroot', 'pkiroot'),
+      scope('pkitsa', 'pkitsa'),
+      scope('fulcio', 'ci-tsa'),
+      scope('fulciotlog', 'ci-tlog'),
+      scope('rekor2', 'ci-rekor2'),
+    ],
   };
   const upstreams = [{ name: 'dist', registry: reg.host, url: reg.url, aliases: ['dist.e2e'] }];
   proxy = await startProxy({ upstreams, settings, extra: { signatures: { authorities } }, observers: [{ onDecision: (e) => decisions.push(e) }] });
@@ -288,7 +335,7 @@ describe('RFC 3161 timestamps from a configured TSA', () => {
       const d = await expectAllowed(name);
       expect(d.input.signatures.verified).toEqual([expect.objectContaining({ authority: 'pkitsa', tlog: false, signed_at: expect.any(String) as unknown })]);
     }
-    expect(tsa.requests()).toBe(4);
+    expect(tsa.requests()).toBe(5);
   });
 
   it('a signature timestamped while its certificates were valid still verifies after they expire', async () => {
@@ -299,7 +346,13 @@ describe('RFC 3161 timestamps from a configured TSA', () => {
   it('Fulcio keyless: a TSA timestamp stands in for the Rekor entry where tlogThreshold is 0', async () => {
     const d = await expectAllowed('fulcio/app:tsa');
     expect(d.input.signatures.verified).toEqual([
-      expect.objectContaining({ authority: 'ci-tsa', kind: 'cosign-keyless', tlog: false, identity: { issuer: ISSUER, subject: SUBJECT } }),
+      expect.objectContaining({
+        authority: 'ci-tsa',
+        kind: 'cosign-keyless',
+        tlog: false,
+        identity: { issuer: ISSUER, subject: SUBJECT },
+        signed_at: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) as unknown,
+      }),
     ]);
   });
 
@@ -316,6 +369,21 @@ describe('RFC 3161 timestamps from a configured TSA', () => {
         code: 'TLOG_UNVERIFIED',
       },
     );
+  });
+
+  it('cosign 3 with Rekor v2: the entry verifies by its inclusion proof and checkpoint, the TSA gives the time', async () => {
+    const d = await expectAllowed('rekor2/app:signed');
+    expect(d.input.signatures.verified).toContainEqual(
+      expect.objectContaining({
+        authority: 'ci-rekor2',
+        kind: 'cosign-keyless',
+        format: 'sigstore-bundle',
+        tlog: true,
+        identity: { issuer: ISSUER, subject: SUBJECT },
+      }),
+    );
+    // The Rekor v2 entry counts toward tlogThreshold (ci-tlog: 1) though it attests no time.
+    expect(d.input.signatures.verified).toContainEqual(expect.objectContaining({ authority: 'ci-tlog', tlog: true }));
   });
 
   it('denies a timestamp from an untrusted TSA, and a missing one when tsaThreshold asks for it', async () => {
