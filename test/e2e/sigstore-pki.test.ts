@@ -181,6 +181,8 @@ beforeAll(async () => {
   const dev = await leaf(inter, 'dev', leafExt(`email:${EMAIL}`, IDP));
   const ci = await leaf(inter, 'ci', leafExt(`URI:${PIPELINE}`));
   const evil = await leaf(inter, 'evil', leafExt('email:evil@acme.example', IDP));
+  // notAfter already in the past (openssl -days -1): expired on the real clock, no injection needed.
+  const old = await leaf(inter, 'old', leafExt(`email:${EMAIL}`, IDP), '-1');
   const foreign = await leaf(otherInter, 'foreign', leafExt(`email:${EMAIL}`, IDP));
   const chain = await concat(path.join(work, 'chain.pem'), [inter.cert, root.cert]);
   const otherChain = await concat(path.join(work, 'other-chain.pem'), [otherInter.cert, otherRoot.cert]);
@@ -191,6 +193,7 @@ beforeAll(async () => {
     'pki/app:nochain',
     'pki/app:foreign',
     'pki/app:wrongid',
+    'pki/app:expiredleaf',
     'pkiroot/app:withchain',
     'pkiroot/app:nochain',
     'pkitsa/app:cosign2',
@@ -209,6 +212,8 @@ beforeAll(async () => {
   await sign('cosign2', 'pki/app:nochain', { leaf: dev });
   await sign('cosign2', 'pki/app:foreign', { leaf: foreign, chain: otherChain });
   await sign('cosign2', 'pki/app:wrongid', { leaf: evil, chain });
+  // cosign checks a chain it is given against the clock; without one it signs (the proxy has the intermediate).
+  await sign('cosign2', 'pki/app:expiredleaf', { leaf: old });
   await sign('cosign2', 'pkiroot/app:withchain', { leaf: ci, chain });
   await sign('cosign2', 'pkiroot/app:nochain', { leaf: ci });
   await sign('cosign2', 'pkitsa/app:cosign2', { leaf: dev, chain, tsa });
@@ -315,6 +320,13 @@ describe('own PKI (cosign --certificate-chain)', () => {
     await expectDenied('pkiroot/app:nochain', /authority "pkiroot" \(no signature verified: untrusted chain/, {
       authority: 'pkiroot',
       code: 'UNTRUSTED_CHAIN',
+    });
+  });
+
+  it('denies a leaf that has expired', async () => {
+    await expectDenied('pki/app:expiredleaf', /authority "pki" \(no signature verified: expired \(certificate not valid at .* no trusted timestamp/, {
+      authority: 'pki',
+      code: 'EXPIRED',
     });
   });
 
