@@ -12,7 +12,8 @@
  *   pkiroot   the root only (the intermediate must come with the signature); URI subject by anchored regexp
  *   pkitsa    as pki, plus a trusted root holding the TSA's chain, tsaThreshold 1
  *   ci-tsa    Fulcio keyless (a local Fulcio/Rekor, @sigstore/mock) with the TSA in its trusted root: tlogThreshold 0,
- *             tsaThreshold 1;  ci-tlog: the same trusted root with the default tlogThreshold 1
+ *             tsaThreshold 1;  ci-tlog: the same trusted root with the default tlogThreshold 1;  ci-rekor2: the same,
+ *             tsaThreshold 1, for cosign 3 signing through Rekor v2 (a signing config) with the TSA
  * A second proxy runs on a clock three days ahead, past every certificate's notAfter: a signature with a trusted
  * timestamp from while the certificates were valid still verifies; one without a timestamp has expired.
  */
