@@ -16,6 +16,17 @@
  *       tlogThreshold: 1
  *       ctlogThreshold: 1
  *       timestampThreshold: 1
+ *     - name: inhouse                 # cosign with your own PKI (cosign sign --certificate --certificate-chain)
+ *       kind: keyless
+ *       ca: { roots: [/etc/portcullis/pki/root.pem], intermediates: [/etc/portcullis/pki/issuing.pem] }
+ *       subject: release@acme.example   # issuer optional; thresholds default to 0
+ *       trustedRoot: /etc/portcullis/pki/tsa-trusted-root.json         # optional: TSAs (and Rekor keys)
+ *       tsaThreshold: 1                 # RFC 3161 timestamps from those TSAs required
+ *     - name: ci-tuf                  # keyless with trusted_root.json from a TUF repository
+ *       kind: keyless
+ *       issuer: https://token.actions.githubusercontent.com
+ *       subject: https://github.com/acme/api/.github/workflows/release.yml@refs/heads/main
+ *       trustedRoot: { tuf: { mirror: https://tuf-repo-cdn.sigstore.dev, root: /etc/portcullis/sigstore/root.json, refresh: 24h, cacheDir: /var/lib/portcullis/tuf } }
  *     - name: notary                  # Notation (Notary Project) JWS and COSE signatures
  *       kind: notation
  *       trustStore: [/etc/portcullis/notation/ca]   # root certificates: PEM/DER files, or directories of them
@@ -51,23 +62,60 @@ const keyAuthority = z
   })
   .strict();
 
+/**
+ * A trusted_root.json taken from a TUF repository (src/verify/tuf.ts): `trusted_root.json` is a TUF target,
+ * verified against `root` (the pinned initial root.json) and the metadata it delegates to.
+ */
+const tufSource = z
+  .object({
+    /** Base URL of the repository: metadata at `<mirror>/<n>.root.json`, `timestamp.json`…, targets under `<mirror>/targets/`. */
+    mirror: z.url({ protocol: /^https?$/ }),
+    /** Targets base URL when it is not `<mirror>/targets`. */
+    targets: z.url({ protocol: /^https?$/ }).optional(),
+    /** The pinned initial root.json (trust on first use is never made). */
+    root: z.string().min(1),
+    /** How often the repository is checked for new metadata. */
+    refresh: duration.default(86_400_000),
+    /** Where verified metadata and the last good trusted_root.json are kept (the fallback when the mirror is down). */
+    cacheDir: z.string().min(1),
+    /** The TUF target name. */
+    target: z.string().min(1).default('trusted_root.json'),
+  })
+  .strict();
+
 const keylessAuthority = z
   .object({
     name: z.string(),
     kind: z.literal('keyless'),
-    /** OIDC issuer in the Fulcio certificate; compared exactly. */
-    issuer: z.string().min(1),
+    /** OIDC issuer in the certificate (Fulcio's issuer extension); compared exactly. Optional with `ca`. */
+    issuer: z.string().min(1).optional(),
     /** Certificate subject (SAN: email or URI); exactly. */
     subject: z.string().min(1).optional(),
     /** Or a regular expression over the subject; always anchored (`^(?:…)$` is added). */
     subjectRegExp: z.string().min(1).optional(),
     /** Fulcio certificate extensions by OID (e.g. 1.3.6.1.4.1.57264.1.12 source repository URI); exact values. */
     extensions: z.record(z.string().regex(OID, 'expected a dotted OID such as 1.3.6.1.4.1.57264.1.12'), z.string()).default({}),
-    /** Sigstore trusted_root.json: Fulcio CAs, Rekor and CT log keys, timestamp authorities. */
-    trustedRoot: z.string().min(1),
-    tlogThreshold: threshold.default(1),
-    ctlogThreshold: threshold.default(1),
-    timestampThreshold: threshold.default(1),
+    /** Sigstore trusted_root.json (a file, or `{ tuf: … }`): Fulcio CAs, Rekor and CT log keys, timestamp authorities. */
+    trustedRoot: z.union([z.string().min(1), z.object({ tuf: tufSource }).strict()]).optional(),
+    /**
+     * Your own PKI instead of Fulcio: signing certificates must chain to one of `roots` (PEM files), through
+     * `intermediates` (PEM files) or intermediates the signature carries (cosign's `--certificate-chain`).
+     */
+    ca: z
+      .object({
+        roots: z.array(z.string().min(1)).min(1, 'give at least one root certificate file'),
+        intermediates: z.array(z.string().min(1)).default([]),
+      })
+      .strict()
+      .optional(),
+    /** Verified transparency-log entries required. Default 1 with Fulcio, 0 with `ca`. */
+    tlogThreshold: threshold.optional(),
+    /** Verified SCTs (CT log) required. Default 1 with Fulcio; always 0 with `ca`. */
+    ctlogThreshold: threshold.optional(),
+    /** Verified timestamps of any kind (tlog integrated times and RFC 3161) required. Default 1 with Fulcio, 0 with `ca`. */
+    timestampThreshold: threshold.optional(),
+    /** Of those, RFC 3161 timestamps from the trusted root's timestamp authorities required. Default 0. */
+    tsaThreshold: threshold.default(0),
   })
   .strict();
 
@@ -96,7 +144,18 @@ const notationAuthority = z
   .strict();
 
 export const authoritySchema = z.discriminatedUnion('kind', [keyAuthority, keylessAuthority, notationAuthority]);
-export type AuthorityConfig = z.output<typeof authoritySchema>;
+type ParsedAuthority = z.output<typeof authoritySchema>;
+type Thresholds = 'tlogThreshold' | 'ctlogThreshold' | 'timestampThreshold';
+/** An authority with its defaults resolved: keyless thresholds depend on whether it has a `ca`. */
+export type AuthorityConfig =
+  Exclude<ParsedAuthority, { kind: 'keyless' }> | (Omit<Extract<ParsedAuthority, { kind: 'keyless' }>, Thresholds> & Record<Thresholds, number>);
+
+/** Fulcio: a log entry, an SCT and a timestamp by default. Own PKI: nothing beyond the chain unless asked (and no SCTs). */
+function withDefaults(a: ParsedAuthority): AuthorityConfig {
+  if (a.kind !== 'keyless') return a;
+  const dflt = a.ca ? 0 : 1;
+  return { ...a, tlogThreshold: a.tlogThreshold ?? dflt, ctlogThreshold: a.ca ? 0 : (a.ctlogThreshold ?? 1), timestampThreshold: a.timestampThreshold ?? dflt };
+}
 
 function authorityLabel(v: unknown, i: number): string {
   const name = typeof v === 'object' && v !== null && typeof (v as { name?: unknown }).name === 'string' ? (v as { name: string }).name : undefined;
@@ -132,6 +191,18 @@ const authorities = z
         if ((a.subject === undefined) === (a.subjectRegExp === undefined)) {
           ctx.addIssue({ code: 'custom', path: [i], message: `${label}: give exactly one of subject or subjectRegExp` });
         }
+        if (a.ca === undefined && a.trustedRoot === undefined) {
+          ctx.addIssue({ code: 'custom', path: [i, 'trustedRoot'], message: `${label}: give a trustedRoot (Fulcio) or a ca (your own PKI)` });
+        }
+        if (a.ca === undefined && a.issuer === undefined) {
+          ctx.addIssue({ code: 'custom', path: [i, 'issuer'], message: `${label}: issuer is required with Fulcio certificates` });
+        }
+        if (a.ca !== undefined && a.ctlogThreshold !== undefined && a.ctlogThreshold > 0) {
+          ctx.addIssue({ code: 'custom', path: [i, 'ctlogThreshold'], message: `${label}: a private CA issues no SCTs; ctlogThreshold must be 0 with ca` });
+        }
+        if (a.ca !== undefined && a.trustedRoot === undefined && (a.tlogThreshold ?? 0) + a.tsaThreshold > 0) {
+          ctx.addIssue({ code: 'custom', path: [i], message: `${label}: tlogThreshold or tsaThreshold > 0 needs a trustedRoot with the Rekor keys or TSAs` });
+        }
         if (a.subjectRegExp !== undefined) {
           try {
             new RegExp(a.subjectRegExp, 'u');
@@ -156,7 +227,7 @@ const authorities = z
   .transform((list) =>
     list.flatMap((a) => {
       const r = authoritySchema.safeParse(a);
-      return r.success ? [r.data] : [];
+      return r.success ? [withDefaults(r.data)] : [];
     }),
   );
 

@@ -221,6 +221,12 @@ export class Metrics {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [this.registry],
   });
+  readonly trustRefresh = new Counter({
+    name: 'portcullis_signature_trust_refresh_total',
+    help: 'TUF refreshes of keyless trusted roots by authority and result (updated, unchanged, failed: the last good copy stays in use)',
+    labelNames: ['authority', 'result'] as const,
+    registers: [this.registry],
+  });
   readonly signatureCache = new Counter({
     name: 'portcullis_signature_cache_total',
     help: 'Signature evidence lookups answered from the verification cache (hit) or computed (miss)',

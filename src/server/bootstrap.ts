@@ -170,7 +170,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
   const ring = config.ui.enabled ? new DecisionRing(config.ui.recentDecisions, now) : undefined;
   if (ring && config.decisionLog.sink === 'file' && config.decisionLog.file) ring.loadLogFile(config.decisionLog.file);
 
-  const signatures = createSignatureProvider(evidenceDeps, now);
+  const signatures = await createSignatureProvider(evidenceDeps, clock);
   // The decisions a candidate policy's impact replays (operations.ts).
   const recent = new RecentDecisions();
 

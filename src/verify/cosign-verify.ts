@@ -60,9 +60,19 @@ function entityOf(item: CosignItem): SignedEntity {
   return toSignedEntity(item.bundle, item.artifact);
 }
 
+/**
+ * When it was signed, by a verified time: a Rekor v1 entry's integrated time (its inclusion promise signs it), else
+ * the earliest RFC 3161 timestamp. (A Rekor v2 entry attests no time.) Call after verification only.
+ */
 function integratedTime(item: CosignItem): string | undefined {
   const t = item.bundle.verificationMaterial.tlogEntries.find((e) => e.inclusionPromise)?.integratedTime;
-  return t ? new Date(Number(t) * 1000).toISOString() : undefined;
+  if (t) return new Date(Number(t) * 1000).toISOString();
+  try {
+    const tsa = entityOf(item).timestamps.flatMap((x) => (x.$case === 'timestamp-authority' ? [x.timestamp.signingTime.getTime()] : []));
+    return tsa.length ? new Date(Math.min(...tsa)).toISOString() : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Key-based: the signature must verify with the authority's key; tlog entries are checked when required. */
@@ -100,21 +110,44 @@ export function verifyCosignKeyless(item: CosignItem, a: KeylessAuthority, diges
   } catch (e) {
     return verificationFailure(e, item, a.trust);
   }
-  const subject = item.certificate.subjectAltName ?? otherNameSubject(item.certificate);
-  const issuer = signer.identity?.extensions?.issuer;
-  const subjectOk = subject !== undefined && ('exact' in a.subject ? subject === a.subject.exact : a.subject.regex.test(subject));
-  if (!subjectOk || issuer !== a.issuer) {
-    return reject('IDENTITY_MISMATCH', `identity mismatch (subject ${JSON.stringify(subject ?? null)}, issuer ${JSON.stringify(issuer ?? null)})`);
-  }
-  for (const { oid, value } of a.extensions) {
-    const actual = extensionValue(item.certificate, oid);
-    if (actual !== value) return reject('IDENTITY_MISMATCH', `identity mismatch (extension ${oid} is ${JSON.stringify(actual ?? null)})`);
-  }
+  const tsa = tsaTimestamps(item);
+  if (tsa < a.tsaThreshold) return reject('TIMESTAMP_UNVERIFIED', `no trusted timestamp (expected ${a.tsaThreshold} from a TSA, got ${tsa})`);
+  const id = identityProblem(item, a, signer.identity?.extensions?.issuer);
+  if (id.problem) return id.problem;
+  const { issuer, subject } = id;
   const problem = bindingProblem(item.claim, digest);
   if (problem) return problem;
   const signedAt = integratedTime(item);
   // The verifier checks every tlog entry present (whatever the threshold), so any entry here is a verified one.
   return { ok: true, tlog: item.bundle.verificationMaterial.tlogEntries.length > 0, identity: { issuer, subject }, ...(signedAt ? { signedAt } : {}) };
+}
+
+/**
+ * The certificate's identity against the authority's: SAN (exact or anchored regexp), issuer (exact; not checked
+ * when an own-PKI authority names none), extensions by OID.
+ */
+export function identityProblem(
+  item: CosignItem,
+  a: KeylessAuthority,
+  issuerFromVerifier?: string,
+): { problem?: Outcome; issuer: string | undefined; subject: string | undefined } {
+  const cert = item.certificate!;
+  const subject = cert.subjectAltName ?? otherNameSubject(cert);
+  const issuer = issuerFromVerifier ?? extensionValue(cert, '1.3.6.1.4.1.57264.1.8') ?? extensionValue(cert, '1.3.6.1.4.1.57264.1.1');
+  const subjectOk = subject !== undefined && ('exact' in a.subject ? subject === a.subject.exact : a.subject.regex.test(subject));
+  if (!subjectOk || (a.issuer !== undefined && issuer !== a.issuer)) {
+    return {
+      problem: reject('IDENTITY_MISMATCH', `identity mismatch (subject ${JSON.stringify(subject ?? null)}, issuer ${JSON.stringify(issuer ?? null)})`),
+      issuer,
+      subject,
+    };
+  }
+  for (const { oid, value } of a.extensions) {
+    const actual = extensionValue(cert, oid);
+    if (actual !== value)
+      return { problem: reject('IDENTITY_MISMATCH', `identity mismatch (extension ${oid} is ${JSON.stringify(actual ?? null)})`), issuer, subject };
+  }
+  return { issuer, subject };
 }
 
 /**
@@ -169,6 +202,11 @@ function validAtSigning(cert: X509Certificate, item: CosignItem): boolean {
     return true;
   }
   return times.filter((d) => !Number.isNaN(d.getTime()) && d.getTime() > 0).every((d) => cert.validForDate(d));
+}
+
+/** RFC 3161 timestamps in the bundle; after a successful Verifier.verify each one verified against a trusted TSA. */
+function tsaTimestamps(item: CosignItem): number {
+  return item.bundle.verificationMaterial.timestampVerificationData?.rfc3161Timestamps.length ?? 0;
 }
 
 function keyIdOf(cert: X509Certificate): string {

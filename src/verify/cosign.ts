@@ -47,6 +47,8 @@ export interface CosignItem {
   signedBytes: Buffer;
   signature: Buffer;
   certificate: X509Certificate | undefined;
+  /** Certificates the signature carries beyond the leaf (cosign's `--certificate-chain`): untrusted path-building help. */
+  chain: X509Certificate[];
   keyHint: string | undefined;
   claim: Claim;
   /** A signature (simple signing, or the cosign sign predicate) rather than an attestation. */
@@ -102,8 +104,11 @@ export async function cosignItems(
 
 function fromBundle(where: string, bytes: Buffer): CosignItem {
   let bundle: Bundle;
+  let carried: X509Certificate[];
   try {
-    bundle = bundleFromJSON(JSON.parse(bytes.toString('utf8')));
+    const json = JSON.parse(bytes.toString('utf8')) as unknown;
+    carried = liftCertificateChain(json);
+    bundle = bundleFromJSON(json);
   } catch (e) {
     throw new Error(`not a valid Sigstore bundle: ${(e as Error).message}`, { cause: e });
   }
@@ -114,6 +119,8 @@ function fromBundle(where: string, bytes: Buffer): CosignItem {
       : vm.$case === 'x509CertificateChain' && vm.x509CertificateChain.certificates[0]
         ? X509Certificate.parse(Buffer.from(vm.x509CertificateChain.certificates[0].rawBytes))
         : undefined;
+  const chain =
+    vm.$case === 'x509CertificateChain' ? vm.x509CertificateChain.certificates.slice(1, 9).map((c) => X509Certificate.parse(Buffer.from(c.rawBytes))) : carried;
   const keyHint = vm.$case === 'publicKey' ? vm.publicKey.hint : undefined;
   if (bundle.content.$case === 'dsseEnvelope') {
     const env = bundle.content.dsseEnvelope;
@@ -126,6 +133,7 @@ function fromBundle(where: string, bytes: Buffer): CosignItem {
       signedBytes: dsse.preAuthEncoding(env.payloadType, env.payload),
       signature: env.signatures[0]?.sig ?? Buffer.alloc(0),
       certificate,
+      chain,
       keyHint: keyHint || env.signatures[0]?.keyid || undefined,
       claim,
       isSignature: claim.kind !== 'in-toto' || claim.predicateType === COSIGN_SIGN_PREDICATE,
@@ -140,10 +148,29 @@ function fromBundle(where: string, bytes: Buffer): CosignItem {
     signedBytes: Buffer.alloc(0),
     signature: bundle.content.messageSignature.signature,
     certificate,
+    chain,
     keyHint,
     claim: { kind: 'invalid', error: 'message-signature bundle: cosign signs images with DSSE statements' },
     isSignature: true,
   };
+}
+
+/**
+ * cosign 3 writes `--certificate-chain` signatures as v0.3 bundles with an x509CertificateChain (leaf first), which
+ * the v0.3 format does not allow (it has `certificate` only): the leaf becomes the bundle's certificate, and the rest
+ * is returned as the chain the signature carries (untrusted path-building help, cosign-pki.ts). In place.
+ */
+function liftCertificateChain(json: unknown): X509Certificate[] {
+  if (typeof json !== 'object' || json === null) return [];
+  const b = json as { mediaType?: unknown; verificationMaterial?: { x509CertificateChain?: { certificates?: unknown }; certificate?: unknown } };
+  const vm = b.verificationMaterial;
+  const certs = vm?.x509CertificateChain?.certificates;
+  if (typeof b.mediaType !== 'string' || !b.mediaType.endsWith('v0.3+json') || !vm || !Array.isArray(certs) || certs.length === 0) return [];
+  const raw = certs.map((c: unknown) => (typeof c === 'object' && c !== null ? (c as { rawBytes?: unknown }).rawBytes : undefined));
+  if (!raw.every((r): r is string => typeof r === 'string')) return [];
+  delete vm.x509CertificateChain;
+  vm.certificate = { rawBytes: raw[0] };
+  return raw.slice(1, 9).map((r) => X509Certificate.parse(Buffer.from(r, 'base64')));
 }
 
 function fromLegacy(where: string, layer: Descriptor, bytes: Buffer, content: 'message' | 'dsse'): CosignItem {
@@ -151,6 +178,8 @@ function fromLegacy(where: string, layer: Descriptor, bytes: Buffer, content: 'm
   const certPem = ann[ANN.certificate];
   const certificate = certPem ? parsePemCertificate(certPem) : undefined;
   const certDer = certificate ? Buffer.from(certificate.root.toDER()) : undefined;
+  const chainPem = ann[ANN.chain];
+  const chain = chainPem ? parsePemChain(chainPem) : [];
   let bundle: Bundle;
   let signature: Buffer;
   let signedBytes: Buffer;
@@ -214,6 +243,7 @@ function fromLegacy(where: string, layer: Descriptor, bytes: Buffer, content: 'm
     signedBytes,
     signature,
     certificate,
+    chain,
     keyHint: undefined,
     claim,
     isSignature: content === 'message' || (claim.kind === 'in-toto' && claim.predicateType === COSIGN_SIGN_PREDICATE),
@@ -226,6 +256,13 @@ function parsePemCertificate(pem: string): X509Certificate {
   } catch (e) {
     throw new Error(`unparsable certificate annotation: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/** The `dev.sigstore.cosign/chain` annotation: PEM certificates, parent first (at most 8 are read). */
+function parsePemChain(pem: string): X509Certificate[] {
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw new Error('dev.sigstore.cosign/chain annotation holds no certificate');
+  return blocks.slice(0, 8).map(parsePemCertificate);
 }
 
 /** The `dev.sigstore.cosign/bundle` annotation (Rekor SET bundle) as a tlog entry with an inclusion promise. */

@@ -33,6 +33,7 @@ import type { SignaturesConfig } from '../config/signatures.js';
 import type { SignatureCode } from '../policy/codes.js';
 import { cosignItems, reject, type CosignItem, type Outcome } from './cosign.js';
 import { verifyCosignKeyless, verifyCosignWithKey } from './cosign-verify.js';
+import { verifyCosignPki } from './cosign-pki.js';
 import { Discoverer, MT, type FoundArtifact } from './discovery.js';
 import { errorText } from '../util/error-text.js';
 import { verifyNotation, type NotationEnvelope } from './notation.js';
@@ -41,6 +42,7 @@ import { parseNotationJws } from './notation-jws.js';
 import { provenanceFacts } from './provenance.js';
 import { Revocation } from './revocation.js';
 import { loadTrust, trustFilesChanged, type Authority, type Trust } from './trust.js';
+import type { TufTrustedRoot } from './tuf.js';
 import { SingleFlight } from '../util/single-flight.js';
 
 type Verified = SignatureEvidence['verified'][number];
@@ -73,11 +75,16 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   /** Notation OCSP/CRL answers, shared by every decision (bounded; revocation.ts). */
   private readonly revocation: Revocation;
 
+  private readonly now: () => number;
+  private readonly tuf: readonly TufTrustedRoot[];
+
   constructor(
     private readonly deps: EvidenceDeps,
     private readonly config: SignaturesConfig,
-    private readonly now: () => number = Date.now,
+    opts: { now?: () => number; tuf?: readonly TufTrustedRoot[] } = {},
   ) {
+    this.now = opts.now ?? Date.now;
+    this.tuf = opts.tuf ?? [];
     this.trust = loadTrust(config);
     this.log = deps.log.child({ component: 'signatures' });
     this.metrics = deps.metrics;
@@ -112,8 +119,21 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     return this.trust.authorities;
   }
 
+  /**
+   * Starts the TUF refreshes that are due (in the background: a request never waits on a mirror); one that brings
+   * a new trusted root makes the next read reload at once.
+   */
+  private refreshDue(): void {
+    for (const source of this.tuf) {
+      void source.refreshIfDue()?.then((r) => {
+        if (r === 'updated') this.lastCheck = Number.NEGATIVE_INFINITY;
+      });
+    }
+  }
+
   /** Re-reads key and trust files when one changed (checked at most every reloadInterval). */
   private maybeReload(): void {
+    this.refreshDue();
     const now = this.now();
     if (now - this.lastCheck < this.config.reloadInterval) return;
     this.lastCheck = now;
@@ -347,7 +367,8 @@ export class SignatureEvidenceProvider implements SignatureProvider {
     try {
       if ('item' in c) {
         if (a.kind === 'key') return verifyCosignWithKey(c.item, a, subject.digest);
-        if (a.kind === 'keyless') return verifyCosignKeyless(c.item, a, subject.digest);
+        if (a.kind === 'keyless')
+          return a.ca ? verifyCosignPki(c.item, { ...a, ca: a.ca }, subject.digest, now) : verifyCosignKeyless(c.item, a, subject.digest);
       } else if ('env' in c && a.kind === 'notation') {
         return await verifyNotation(c.env, a, subject, { now, log: (msg) => this.log.warn({ authority: a.name }, msg), revocation: this.revocation });
       }

@@ -6,11 +6,13 @@
  * Loading is synchronous (startup and the occasional reload) and every error names the authority.
  */
 import { createHash, createPublicKey, X509Certificate as NodeX509, type KeyObject } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { X509Certificate } from '@sigstore/core';
 import { TrustedRoot } from '@sigstore/protobuf-specs';
 import { toTrustMaterial, type TrustMaterial } from '@sigstore/verify';
 import { parseDistinguishedName, type AuthorityConfig, type SignaturesConfig } from '../config/signatures.js';
+import { lastGoodPath } from './tuf.js';
 
 export interface KeyAuthority {
   name: string;
@@ -26,13 +28,19 @@ export interface KeyAuthority {
 export interface KeylessAuthority {
   name: string;
   kind: 'keyless';
-  issuer: string;
+  /** Compared with the certificate's issuer extension; undefined (own PKI only): not checked. */
+  issuer: string | undefined;
   subject: { exact: string } | { regex: RegExp; source: string };
   extensions: Array<{ oid: string; value: string }>;
+  /** From the trusted root: Fulcio CAs, Rekor and CT logs, TSAs. Empty (no trusted root) for a `ca` without one. */
   trust: TrustMaterial;
+  /** Own PKI (cosign-pki.ts): signing certificates chain to these roots, not to the trusted root's Fulcio CAs. */
+  ca: { roots: X509Certificate[]; intermediates: X509Certificate[] } | undefined;
   tlogThreshold: number;
   ctlogThreshold: number;
   timestampThreshold: number;
+  /** RFC 3161 timestamps from the trusted root's TSAs (counted apart from tlog times). */
+  tsaThreshold: number;
 }
 
 export interface NotationAuthority {
@@ -67,8 +75,11 @@ export class TrustLoadError extends Error {
 
 const CERT_EXT = /\.(pem|crt|cer|der)$/i;
 
-/** Loads every authority; throws a TrustLoadError naming the authority on the first problem. */
-export function loadTrust(config: SignaturesConfig): Trust {
+/**
+ * Loads every authority; throws a TrustLoadError naming the authority on the first problem. `offline` (config
+ * check): a TUF-fed trusted root not fetched yet is not an error (serving fetches it first, src/verify/index.ts).
+ */
+export function loadTrust(config: SignaturesConfig, opts: { offline?: boolean } = {}): Trust {
   const hash = createHash('sha256');
   const files = new Map<string, string>();
   const read = (authority: string, what: string, path: string): Buffer => {
@@ -88,7 +99,7 @@ export function loadTrust(config: SignaturesConfig): Trust {
       case 'key':
         return loadKeyAuthority(a, read);
       case 'keyless':
-        return loadKeylessAuthority(a, read);
+        return loadKeylessAuthority(a, read, opts.offline ?? false);
       case 'notation':
         return loadNotationAuthority(a, read, files);
     }
@@ -139,13 +150,62 @@ function trustMaterial(authority: string, bytes: Buffer, key?: KeyObject): Trust
   }
 }
 
-function loadKeylessAuthority(a: Extract<AuthorityConfig, { kind: 'keyless' }>, read: Reader): KeylessAuthority {
-  const trust = trustMaterial(a.name, read(a.name, 'trusted root', a.trustedRoot));
-  if (trust.certificateAuthorities.length === 0) throw new TrustLoadError(a.name, 'the trusted root has no certificate authorities (Fulcio)');
-  if (a.tlogThreshold > 0 && trust.tlogs.length === 0)
-    throw new TrustLoadError(a.name, `tlogThreshold ${a.tlogThreshold} but the trusted root has no transparency logs`);
-  if (a.ctlogThreshold > 0 && trust.ctlogs.length === 0)
-    throw new TrustLoadError(a.name, `ctlogThreshold ${a.ctlogThreshold} but the trusted root has no CT logs`);
+/** Trust material with nothing in it: an own-PKI authority without a trusted root (no logs, no TSAs). */
+const NO_TRUST: TrustMaterial = {
+  certificateAuthorities: [],
+  timestampAuthorities: [],
+  tlogs: [],
+  ctlogs: [],
+  publicKey: () => {
+    throw new Error('no keys');
+  },
+};
+
+function keylessTrustedRoot(a: Extract<AuthorityConfig, { kind: 'keyless' }>, read: Reader, offline: boolean): Buffer | undefined {
+  const src = a.trustedRoot;
+  if (src === undefined) return undefined;
+  if (typeof src === 'string') return read(a.name, 'trusted root', src);
+  // TUF: the pinned root is part of the revision; the trusted root is the last good copy the updater verified.
+  read(a.name, 'TUF root', src.tuf.root);
+  const copy = lastGoodPath(src.tuf);
+  if (!existsSync(copy)) {
+    if (offline) return undefined;
+    throw new TrustLoadError(
+      a.name,
+      `no trusted root from the TUF repository ${src.tuf.mirror} yet (none fetched, and no last good copy in ${src.tuf.cacheDir})`,
+    );
+  }
+  return read(a.name, 'trusted root (last good copy from TUF)', copy);
+}
+
+function loadCertificates(authority: string, read: Reader, what: string, paths: string[]): X509Certificate[] {
+  return paths.flatMap((p) => {
+    const certs = parseCertificates(read(authority, what, p));
+    if (certs.length === 0) throw new TrustLoadError(authority, `${p} holds no X.509 certificate`);
+    return certs.map((c) => X509Certificate.parse(c.raw));
+  });
+}
+
+function loadKeylessAuthority(a: Extract<AuthorityConfig, { kind: 'keyless' }>, read: Reader, offline: boolean): KeylessAuthority {
+  const rootBytes = keylessTrustedRoot(a, read, offline);
+  const trust = rootBytes ? trustMaterial(a.name, rootBytes) : NO_TRUST;
+  const ca = a.ca
+    ? { roots: loadCertificates(a.name, read, 'CA root', a.ca.roots), intermediates: loadCertificates(a.name, read, 'CA intermediate', a.ca.intermediates) }
+    : undefined;
+  if (ca) {
+    for (const r of ca.roots) if (!r.isCA) throw new TrustLoadError(a.name, `root ${r.subject.toString('hex').slice(0, 16)}… is not a CA certificate`);
+  }
+  const { tlogThreshold, ctlogThreshold, timestampThreshold } = a;
+  if (!ca && rootBytes && trust.certificateAuthorities.length === 0)
+    throw new TrustLoadError(a.name, 'the trusted root has no certificate authorities (Fulcio)');
+  if (rootBytes || !offline) {
+    if (tlogThreshold > 0 && trust.tlogs.length === 0)
+      throw new TrustLoadError(a.name, `tlogThreshold ${tlogThreshold} but the trusted root has no transparency logs`);
+    if (ctlogThreshold > 0 && trust.ctlogs.length === 0)
+      throw new TrustLoadError(a.name, `ctlogThreshold ${ctlogThreshold} but the trusted root has no CT logs`);
+    if (a.tsaThreshold > 0 && trust.timestampAuthorities.length === 0)
+      throw new TrustLoadError(a.name, `tsaThreshold ${a.tsaThreshold} but the trusted root has no timestamp authorities`);
+  }
   const subject = a.subject !== undefined ? { exact: a.subject } : { regex: new RegExp(`^(?:${a.subjectRegExp!})$`, 'u'), source: a.subjectRegExp! };
   return {
     name: a.name,
@@ -154,9 +214,11 @@ function loadKeylessAuthority(a: Extract<AuthorityConfig, { kind: 'keyless' }>, 
     subject,
     extensions: Object.entries(a.extensions).map(([oid, value]) => ({ oid, value })),
     trust,
-    tlogThreshold: a.tlogThreshold,
-    ctlogThreshold: a.ctlogThreshold,
-    timestampThreshold: a.timestampThreshold,
+    ca,
+    tlogThreshold,
+    ctlogThreshold,
+    timestampThreshold,
+    tsaThreshold: a.tsaThreshold,
   };
 }
 

@@ -21,6 +21,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fulcioHandler, initializeCA, initializeCTLog, initializeTLog, rekorHandler, type HandlerFn } from '@sigstore/mock';
+import { TransparencyLogEntry } from '@sigstore/protobuf-specs';
 import { SignJWT } from 'jose';
 
 export interface LocalSigstore {
@@ -102,6 +103,22 @@ export async function startLocalSigstore(): Promise<LocalSigstore> {
           if (req.method === 'POST' && path === '/api/v1/signingCert') {
             const r = await legacyFulcio(body, req.headers.authorization);
             return send(r.status, r.body, r.headers);
+          }
+          if (req.method === 'POST' && path === '/api/v2/log/entries') {
+            const entry = rekorV2Entry(body);
+            const logged = await tlog.logV2(entry as never);
+            logged.kindVersion = { kind: entry.kind, version: entry.apiVersion };
+            // The mock proves inclusion in a one-entry tree: the entry is index 0 of it.
+            logged.logIndex = '0';
+            // …and its root hash is that leaf's hash (the mock encodes it as hex, then decodes it as base64).
+            if (logged.inclusionProof) {
+              logged.inclusionProof.logIndex = '0';
+              logged.inclusionProof.rootHash = createHash('sha256')
+                .update(Buffer.from([0]))
+                .update(logged.canonicalizedBody)
+                .digest();
+            }
+            return send(201, JSON.stringify(TransparencyLogEntry.toJSON(logged)), { 'content-type': 'application/json' });
           }
           if (req.method === 'GET' && path === '/api/v1/log/publicKey')
             return send(200, pem('PUBLIC KEY', rekorDer), { 'content-type': 'application/x-pem-file' });
@@ -229,4 +246,35 @@ function withTokenInBody(body: string, authorization: string | undefined): strin
   } catch {
     return body;
   }
+}
+
+/**
+ * Rekor v2: the entry the real log stores for a create request (its canonical `Entry`, what verifiers compare),
+ * which the mock's v2 handler does not build (it logs the request as it came).
+ */
+function rekorV2Entry(body: string): { apiVersion: string; kind: string; spec: Record<string, unknown> } {
+  const req = JSON.parse(body) as {
+    dsseRequestV002?: { envelope: { payload: string; signatures: Array<{ sig: string }> }; verifiers: unknown[] };
+    hashedRekordRequestV002?: { digest: string; signature: unknown };
+  };
+  if (req.dsseRequestV002) {
+    const d = req.dsseRequestV002;
+    const digest = createHash('sha256').update(Buffer.from(d.envelope.payload, 'base64')).digest('base64');
+    return {
+      apiVersion: '0.0.2',
+      kind: 'dsse',
+      spec: {
+        dsseV002: {
+          payloadHash: { algorithm: 'SHA2_256', digest },
+          signatures: d.envelope.signatures.map((sg, i) => ({ content: sg.sig, verifier: d.verifiers[i] ?? d.verifiers[0] })),
+        },
+      },
+    };
+  }
+  const h = req.hashedRekordRequestV002!;
+  return {
+    apiVersion: '0.0.2',
+    kind: 'hashedrekord',
+    spec: { hashedRekordV002: { data: { algorithm: 'SHA2_256', digest: h.digest }, signature: h.signature } },
+  };
 }

@@ -173,6 +173,41 @@ describe('signatures config', () => {
     expect(problems([{ kind: 'key', key: '/k' }])[0]).toMatch(/^authority #1: name: /);
   });
 
+  it('own PKI (ca) and TUF sources: defaults and the rules between fields', () => {
+    const pki = configOf([{ name: 'pki', kind: 'keyless', subject: 'dev@acme.example', ca: { roots: ['/root.pem'] } }]).authorities[0];
+    // Nothing beyond the chain unless asked for; an issuer is optional with a CA of your own.
+    expect(pki).toMatchObject({ tlogThreshold: 0, ctlogThreshold: 0, timestampThreshold: 0, tsaThreshold: 0, ca: { roots: ['/root.pem'], intermediates: [] } });
+    expect(problems([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subject: SUBJECT }])).toEqual([
+      'authority "ci": give a trustedRoot (Fulcio) or a ca (your own PKI)',
+    ]);
+    expect(problems([{ name: 'ci', kind: 'keyless', subject: SUBJECT, trustedRoot: '/r.json' }])).toEqual([
+      'authority "ci": issuer is required with Fulcio certificates',
+    ]);
+    expect(problems([{ name: 'pki', kind: 'keyless', subject: 's', ca: { roots: ['/r.pem'] }, ctlogThreshold: 1 }])).toEqual([
+      'authority "pki": a private CA issues no SCTs; ctlogThreshold must be 0 with ca',
+    ]);
+    expect(problems([{ name: 'pki', kind: 'keyless', subject: 's', ca: { roots: ['/r.pem'] }, tsaThreshold: 1 }])[0]).toMatch(
+      /^authority "pki": tlogThreshold or tsaThreshold > 0 needs a trustedRoot/,
+    );
+    expect(problems([{ name: 'pki', kind: 'keyless', subject: 's', ca: { roots: [] } }])[0]).toMatch(/^authority "pki": ca\.roots: give at least one root/);
+    const tuf = { mirror: 'https://tuf.example/', root: '/root.json', cacheDir: '/var/cache/tuf' };
+    const fromTuf = configOf([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: { tuf } }]).authorities[0];
+    expect(fromTuf).toMatchObject({ trustedRoot: { tuf: { ...tuf, refresh: 86_400_000, target: 'trusted_root.json' } }, tlogThreshold: 1 });
+    expect(problems([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: { tuf: { ...tuf, mirror: 'ftp://x' } } }])[0]).toMatch(
+      /^authority "ci": trustedRoot/,
+    );
+    // Config check is offline: a TUF source not fetched yet is no error there (serving fetches it before it starts).
+    const pinned = file('tuf-root.json', '{}');
+    expect(() =>
+      loadTrust(configOf([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: { tuf: { ...tuf, root: pinned, cacheDir: dir } } }]), {
+        offline: true,
+      }),
+    ).not.toThrow();
+    expect(() =>
+      loadTrust(configOf([{ name: 'ci', kind: 'keyless', issuer: ISSUER, subject: SUBJECT, trustedRoot: { tuf: { ...tuf, root: pinned, cacheDir: dir } } }])),
+    ).toThrow(/authority "ci": no trusted root from the TUF repository https:\/\/tuf\.example\/ yet/);
+  });
+
   it('loading names the authority and the file', () => {
     expect(() => loadTrust(configOf([{ name: 'rel', kind: 'key', key: join(dir, 'missing.pub') }]))).toThrow(
       /authority "rel": cannot read key file .*missing\.pub: ENOENT/,
