@@ -30,6 +30,11 @@ export interface BlobStore {
   has(digest: Digest): boolean;
   /** Size without touching recency, or undefined. */
   size(digest: Digest): number | undefined;
+  /**
+   * Asks the backing store whether the blob exists now (written by another replica since the last listing) and
+   * tracks it if so. Only shared stores have it (S3); a replica of a cluster calls it before a cold download.
+   */
+  refresh?(digest: Digest): Promise<void>;
   /** Pins a blob for reading (eviction waits for release()) and makes it most recently used; undefined on a miss. */
   lease(digest: Digest): BlobLease | undefined;
   /** Starts a verified write; the blob becomes visible only through BlobWriter.commit(), after its digest matched. */

@@ -16,6 +16,7 @@ import {
   AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
+  HeadObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
   type S3Client,
@@ -148,6 +149,22 @@ export class S3BlobStore implements BlobStore {
       redirectUrl: () => this.presign(digest),
       release: pin.release,
     };
+  }
+
+  /**
+   * One HeadObject: an object under the digest key that the index does not know yet (another replica completed it)
+   * is tracked. Only verified bytes are ever completed under a digest key (s3-upload.ts), and a whole-blob read
+   * verifies them again on the way out. A failure means "not known", so the caller downloads as usual.
+   */
+  async refresh(digest: Digest): Promise<void> {
+    if (this.index.has(digest)) return;
+    try {
+      const head = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyFor(digest) }));
+      const size = head.ContentLength;
+      if (size !== undefined && size >= 0 && !this.index.has(digest)) this.index.track(digest, size, this.now());
+    } catch (e) {
+      if (s3Status(e) !== 404) this.opts.events?.onError?.('refresh', e);
+    }
   }
 
   /** A GET URL for the object, signed as of now() and valid for redirectExpiry. */
