@@ -65,8 +65,12 @@ export class OwnerSource {
   private resumable(owner: string, digest: Digest, blob: PeerBlob, fromUpstream: UpstreamFetch): DownloadSource {
     let current: { cancel(): void } = blob;
     let cancelled = false;
+    let ownerLost = false;
     return {
       size: blob.size,
+      // The owner stores the blob in the shared store: this replica waits for that copy instead of uploading its own,
+      // unless the owner went away.
+      writtenElsewhere: () => !ownerLost,
       cancel: () => {
         cancelled = true;
         current.cancel();
@@ -94,6 +98,7 @@ export class OwnerSource {
             throw new Error(`owner ${owner} ended the stream at byte ${got} of ${blob.size}`);
           } catch (e) {
             if (cancelled || consumerError !== undefined) throw e;
+            ownerLost = true;
             this.o.membership.markDown(owner);
             this.o.onEvent?.({ kind: 'resume', peer: owner, digest, offset: got, error: e });
           }
