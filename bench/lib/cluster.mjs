@@ -86,7 +86,7 @@ export async function startSeaweed(dir) {
       await c.send(new CreateBucketCommand({ Bucket: `ready-${i}` }));
       break;
     } catch (e) {
-      if (Date.now() > deadline) throw new Error(`weed not ready in 120 s: ${e}`);
+      if (Date.now() > deadline) throw new Error(`weed not ready in 120 s: ${e}`, { cause: e });
       await sleep(Math.min(1000, 100 * (i + 1)));
     }
   }
