@@ -7,7 +7,7 @@
  */
 import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, openSync, closeSync, writeFileSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { skopeoPull } from './clients.mjs';
 import { MANIFEST_ACCEPT } from './images.mjs';
@@ -232,7 +232,7 @@ export async function clusterPhase(ctx) {
       await sleep(300); // the access-log line trails the response
       const gets = upstream.requestsSince(mark).filter((r) => r.method === 'GET' && r.path.startsWith(`/v2/${repo}/blobs/`));
       const perBlob = img.blobs.map((b) => gets.filter((r) => r.path.endsWith(`/blobs/${b.digest}`)).length);
-      out.herd = { clients: P.herdClients, wall_ms: round(wallMs, 1), upstream_gets_per_blob: perBlob };
+      out.herd = { clients: P.herdClients, wall_ms: round(wallMs, 1), upstream_gets_per_blob: perBlob, replica_warnings: clusterWarnings(replicas) };
       out.herd_upstream_gets_per_blob = Math.max(...perBlob);
       log(`cluster herd: ${P.herdClients} × skopeo over 3 replicas in ${wallMs.toFixed(0)} ms; upstream GETs per blob ${perBlob.join(',')}`);
     }
@@ -245,6 +245,29 @@ export async function clusterPhase(ctx) {
     s3.destroy();
     await weed.stop();
   }
+}
+
+/** The replicas' cluster warnings so far, counted by message (why a blob was fetched more than once, if it was). */
+function clusterWarnings(replicas) {
+  const counts = {};
+  for (const r of replicas) {
+    let text;
+    try {
+      text = readFileSync(r.logPath, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n')) {
+      if (!line.includes('"peer"')) continue;
+      try {
+        const msg = JSON.parse(line).msg;
+        counts[msg] = (counts[msg] ?? 0) + 1;
+      } catch {
+        // not a JSON line
+      }
+    }
+  }
+  return counts;
 }
 
 /** kill -9 of the owner of one large blob while 9 clients (3 per replica) read it; the dead one's clients retry. */

@@ -25,8 +25,11 @@ export const clusterSchema = z
     secret: secretRef,
     /** How often each peer's health endpoint is probed. */
     probeInterval: duration.refine((ms) => ms >= 100, 'at least 100ms').default(2_000),
-    /** A probe that has not answered within this counts as failed. */
-    probeTimeout: duration.refine((ms) => ms >= 50, 'at least 50ms').default(1_000),
+    /**
+     * A probe that has not answered within this counts as failed. Generous: a busy replica (event loop behind under a
+     * herd) must not lose its blobs to a probe, while a dead one is caught at once by a refused connection.
+     */
+    probeTimeout: duration.refine((ms) => ms >= 50, 'at least 50ms').default(5_000),
     /** Consecutive failed probes after which a peer owns nothing, until it answers a probe again. */
     failuresToDown: z.number().int().min(1).max(100).default(3),
     /** How long an owner may take to start sending a blob (its own upstream fetch) before this replica fetches it itself. */
