@@ -6,6 +6,7 @@
  *
  * - 20 clients spread round-robin over the replicas pull the same cold image: exactly 1 upstream GET per blob, the
  *   right bytes everywhere, one object per blob in S3; a warm pull through every replica then costs no upstream GET.
+ *   9 real `crane pull`s over the replicas show the same with a real client.
  * - The internal endpoint serves only a peer that holds the secret, for the exact path and until the token expires.
  * - kill -9 of the replica that owns a large blob while a herd reads it: the other replicas' clients get the right
  *   bytes without a break (their replicas resume from the upstream); the dead replica's clients retry elsewhere and
@@ -23,6 +24,7 @@ import { ownerOf } from '../../src/cluster/rendezvous.js';
 import { S3BlobStore } from '../../src/cache/s3-blobstore.js';
 import { storageSchema } from '../../src/config/storage.js';
 import { startCluster, type RunningCluster } from '../harness/cluster.js';
+import { cranePull, expectOk } from '../harness/clients.js';
 import { MANIFEST_ACCEPT, pushImage, type PushedImage } from '../harness/images.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { startSeaweed, type RunningSeaweed } from '../harness/seaweedfs.js';
@@ -31,6 +33,7 @@ const RATE = 40 * 1024 * 1024;
 const BUCKET = 'portcullis-cluster';
 const PREFIX = 'e2e/';
 const CLIENTS = 20;
+const ALIAS = 'upstream.cluster';
 
 let weed: RunningSeaweed;
 let s3: S3Client;
@@ -130,7 +133,7 @@ beforeAll(async () => {
   cluster = await startCluster({
     replicas: 3,
     dir: path.join(tmp, 'cluster'),
-    upstream: { name: 'local', registry: reg.host, url: `http://127.0.0.1:${relayPort}` },
+    upstream: { name: 'local', registry: reg.host, url: `http://127.0.0.1:${relayPort}`, aliases: [ALIAS] },
     weed,
     bucket: BUCKET,
     prefix: PREFIX,
@@ -183,6 +186,27 @@ describe('a cluster of three replicas', () => {
     }
     await reg.settleLog();
     expect(reg.requests().filter(blobGet)).toEqual([]);
+  }, 180_000);
+
+  it('9 crane pulls of a fresh image over 3 replicas (3 each): 1 upstream GET per blob', async () => {
+    const img = await pushImage(reg.url, 'cluster/crane', 'v1', { layers: 3, layerSizeMiB: 4 });
+    reg.clearLog();
+    const runs = await Promise.all(
+      Array.from({ length: 9 }, (_, i) =>
+        cranePull(`${cluster.replicas[i % 3]!.host}/${ALIAS}/cluster/crane:v1`, path.join(tmp, `crane-${i}`), { format: 'oci' }),
+      ),
+    );
+    runs.forEach((r, i) => expectOk(r, `crane pull ${i}`));
+    const expected = [img.config.digest, ...img.layers.map((l) => l.digest)];
+    await reg.waitForRequests(blobGet, expected.length, 5000);
+    await reg.settleLog();
+    const gets = reg.requests().filter(blobGet);
+    for (const d of expected)
+      expect(
+        gets.filter((x) => x.path.endsWith(`/blobs/${d}`)),
+        `upstream GETs of ${d}`,
+      ).toHaveLength(1);
+    // crane verifies every blob against its digest while writing the layout, so exit 0 means correct bytes.
   }, 180_000);
 
   it('the internal endpoint serves a peer with a valid token for that path only, until it expires', async () => {

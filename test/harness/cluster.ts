@@ -30,7 +30,7 @@ export interface StartClusterOptions {
   replicas: number;
   /** Working directory: configs, data dirs, the secret file. */
   dir: string;
-  upstream: { name: string; registry: string; url: string };
+  upstream: { name: string; registry: string; url: string; aliases?: string[] };
   weed: RunningSeaweed;
   bucket: string;
   /** Key prefix in the bucket (each test its own). */
