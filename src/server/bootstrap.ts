@@ -95,6 +95,7 @@ export async function checkConfigFile(file: string, env: NodeJS.ProcessEnv = pro
   checkSignatureConfig(config);
   const auth = await buildClientAuth(config);
   await auth?.close();
+  if (config.cluster) clusterKey(config.cluster, env);
   for (const u of config.upstreams) {
     if (!u.forwardIdentity) continue;
     try {
@@ -297,13 +298,25 @@ function warmCheck(config: Config, s: { meta: MetaStore; blobStore: BlobStore; d
   };
 }
 
+/** The cluster's HMAC key, read now: a missing, unreadable or short secret stops `serve` and `config check`. */
+function clusterKey(c: ClusterConfig, env: NodeJS.ProcessEnv = process.env): Buffer {
+  let key: Buffer;
+  try {
+    key = Buffer.from(readSecret(c.secret, env), 'utf8');
+  } catch (e) {
+    throw new Error(`cluster.secret: ${errorText(e)}`, { cause: e });
+  }
+  if (key.length < MIN_KEY_BYTES) throw new Error(`cluster.secret: at least ${MIN_KEY_BYTES} bytes are needed for the HMAC key`);
+  return key;
+}
+
 /**
  * The cluster's parts (src/cluster/): the peer client, the membership with its probes, and the owner-or-upstream
  * source of cold blobs. The secret is read now once, so that a missing or short key stops the start.
  */
 function buildCluster(c: ClusterConfig, log: Logger, now: (() => number) | undefined) {
   const key = (): Buffer => Buffer.from(readSecret(c.secret), 'utf8');
-  if (key().length < MIN_KEY_BYTES) throw new Error(`cluster.secret: at least ${MIN_KEY_BYTES} bytes are needed for the HMAC key`);
+  clusterKey(c);
   const client = new PeerClient({
     key,
     tokenTTL: c.tokenTTL,

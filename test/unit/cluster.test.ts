@@ -7,7 +7,11 @@ import { describe, expect, it } from 'vitest';
 import { Membership } from '../../src/cluster/membership.js';
 import { ownerOf, rank } from '../../src/cluster/rendezvous.js';
 import { peerTokenOf, signPeerToken, verifyPeerToken } from '../../src/cluster/peer-token.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseConfig } from '../../src/config/load.js';
+import { checkConfigFile } from '../../src/server/bootstrap.js';
 
 const node = fc.webUrl({ withQueryParameters: false, withFragments: false });
 const nodes = fc.uniqueArray(node, { minLength: 2, maxLength: 8 });
@@ -194,6 +198,19 @@ describe('cluster config', () => {
     expect(c.cluster?.self).toBe('http://10.0.0.1:5000');
     expect(c.cluster?.failuresToDown).toBe(3);
     expect(c.cluster?.tokenTTL).toBe(30_000);
+  });
+
+  it('config check refuses a missing or short secret, naming cluster.secret', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pc-cluster-cfg-'));
+    try {
+      const file = join(dir, 'c.json');
+      writeFileSync(file, base({ self: 'http://a:1', peers: ['http://b:1'], secret: { env: 'PC_TEST_CLUSTER_KEY' } }));
+      await expect(checkConfigFile(file, {})).rejects.toThrow(/cluster\.secret/);
+      await expect(checkConfigFile(file, { PC_TEST_CLUSTER_KEY: 'short' })).rejects.toThrow(/cluster\.secret: at least 32 bytes/);
+      await expect(checkConfigFile(file, { PC_TEST_CLUSTER_KEY: 'k'.repeat(32) })).resolves.toBeDefined();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('names the field of a bad setting', () => {
