@@ -3,7 +3,7 @@
  * `npm run bench`: Portcullis side by side with CNCF Distribution's proxy mode and with direct pulls, in one run, on
  * loopback, reported as ratios against the targets of DESIGN §10. See bench/README.md.
  *
- *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile,scale] [--scale-blobs N] [--log-level info]
+ *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile,scale,cluster] [--scale-blobs N] [--log-level info]
  *                      [--dist DIR] [--cpu-prof DIR] [--keep] [--node-flags 'FLAGS']
  *
  * Every process it starts (registries, Portcullis, skopeo, curl, wrk) is killed on exit, error or signal.
@@ -21,6 +21,7 @@ import { MANIFEST_ACCEPT, pushImage, pushIndex } from './lib/images.mjs';
 import { evidenceConfig, pushReport, setupSigning, signImage } from './lib/evidence.mjs';
 import { BENCH_SETTINGS, PRODUCT_NODE_FLAGS, histogram, histogramDelta, histogramQuantile, startPortcullis } from './lib/portcullis.mjs';
 import { killAll, run } from './lib/proc.mjs';
+import { clusterPhase } from './lib/cluster.mjs';
 import { startRegistry } from './lib/registry.mjs';
 import { scalePhase } from './lib/scale.mjs';
 import { fmt, median, round, summary } from './lib/stats.mjs';
@@ -31,7 +32,7 @@ const { values: args } = parseArgs({
   options: {
     out: { type: 'string' },
     quick: { type: 'boolean', default: false },
-    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile,scale' },
+    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile,scale,cluster' },
     /** The scale phase's blob count (10^6 by default; tags, decisions and closures scale with it). */
     'scale-blobs': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
@@ -82,6 +83,10 @@ const TARGETS = {
   peak_rss_mib: { op: '<=', value: 300, text: 'peak RSS, 20 clients × 1 GiB ≤ 300 MiB' },
   hostile_peak_rss_mib: { op: '<=', value: 300, text: 'peak RSS with 2,000 idle connections and 100 stalled readers ≤ 300 MiB (issue 10)' },
   auth_manifest_rps_ratio: { op: '>=', value: 0.9, text: 'warm manifest GET req/s with client authentication (registry tokens) ÷ without ≥ 0.9 (issue 11)' },
+  cluster_herd_upstream_gets_per_blob: { op: '==', value: 1, text: '20 clients over 3 replicas: upstream GETs per blob = 1 (issue 13)' },
+  cluster_warm_ratio: { op: '<=', value: 1.1, text: 'warm pull from an S3-backed replica ÷ direct ≤ 1.10 (issue 13)' },
+  cluster_cold_ratio: { op: '<=', value: 1.2, text: 'cold pull through a 3-replica cluster ÷ direct ≤ 1.20 (issue 13)' },
+  replica_kill_ok: { op: '==', value: true, text: 'kill -9 of the owner mid-herd: correct bytes for every client (issue 13)' },
   hostile_manifest_p99_ms: { op: '<=', value: 50, text: 'manifest GET p99 under that load ≤ 50 ms (issue 10)' },
 };
 
@@ -455,6 +460,16 @@ async function main() {
       }
       result.herd_time_ratio = round(median(wall('portcullis')) / coldPullMsPortcullis, 2);
       result.peer_herd_time_ratio = coldPullMsPeer ? round(median(wall('peer')) / coldPullMsPeer, 2) : null;
+    }
+
+    // --------------------------------------------------------------------------------------- cluster (issue 13)
+    if (phases.has('cluster')) {
+      const c = await clusterPhase({ P, QUICK, dir: tmp, clients, upstream, seed, pcOpts, instances, log, logLevel: args['log-level'] });
+      result.cluster = c;
+      result.cluster_herd_upstream_gets_per_blob = c.herd_upstream_gets_per_blob;
+      result.cluster_warm_ratio = round(c.warm_ratio.median, 3);
+      result.cluster_cold_ratio = round(c.cold_ratio.median, 3);
+      result.replica_kill_ok = c.kill.replica_kill_ok;
     }
 
     // ------------------------------------------------------------------------------------ manifest throughput

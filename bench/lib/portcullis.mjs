@@ -19,12 +19,12 @@ export const BENCH_SETTINGS = { no_match: 'deny', scopes: [{ name: 'bench', imag
 /**
  * @param {{ dir: string, name: string, distDir: string, bundleFile: string, upstream: {url: string, host: string},
  *           logLevel?: string, dataDir?: string, nodeArgs?: string[], extra?: object, settings?: object,
- *           env?: Record<string, string>, productFlags?: string[] }} o
+ *           env?: Record<string, string>, productFlags?: string[], port?: number }} o
  */
 export async function startPortcullis(o) {
   const home = join(o.dir, o.name);
   mkdirSync(home, { recursive: true });
-  const port = await freePort();
+  const port = o.port ?? (await freePort());
   const dataDir = o.dataDir ?? join(home, 'data');
   const config = {
     listen: `127.0.0.1:${port}`,
@@ -92,6 +92,15 @@ export async function startPortcullis(o) {
       }
     },
     stop: (grace = 10_000) => d.stop(grace),
+    /** kill -9 (the cluster phase kills a blob's owner mid-download). */
+    kill9() {
+      try {
+        process.kill(-d.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+      return d.exited;
+    },
     get exitInfo() {
       return d.exitInfo;
     },

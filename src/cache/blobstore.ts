@@ -33,10 +33,15 @@ export interface BlobStore {
   has(digest: Digest): boolean;
   /** Size without touching recency, or undefined. */
   size(digest: Digest): number | undefined;
+  /**
+   * Asks the backing store whether the blob exists now (written by another replica since the last listing) and
+   * tracks it if so. Only shared stores have it (S3); a replica of a cluster calls it before a cold download.
+   */
+  refresh?(digest: Digest): Promise<void>;
   /** Pins a blob for reading (eviction waits for release()) and makes it most recently used; undefined on a miss. */
   lease(digest: Digest): BlobLease | undefined;
   /** Starts a verified write; the blob becomes visible only through BlobWriter.commit(), after its digest matched. */
-  createWriter(digest: Digest, expectedSize?: number): Promise<BlobWriter>;
+  createWriter(digest: Digest, expectedSize?: number, o?: WriterOptions): Promise<BlobWriter>;
   /** A small buffer (manifests) with the same verification as a streamed write. */
   putBuffer(digest: Digest, bytes: Buffer): Promise<void>;
   /** Removes a blob; a reader holding a lease keeps reading, and the bytes go when the last one releases. */
@@ -48,6 +53,15 @@ export interface BlobStore {
 }
 
 export type StoredBlob = IndexedBlob;
+
+export interface WriterOptions {
+  /**
+   * Asked at commit: true while another replica is known to be writing the same blob to the shared store (a
+   * cluster owner streaming it to us). A shared store then waits a bounded while for that copy instead of uploading
+   * its own, and uploads only if none appears. Stores of their own (the filesystem) ignore it.
+   */
+  writtenElsewhere?: () => boolean;
+}
 
 /** A pinned blob. Reading does not release it: the caller calls release() once done (or when it never reads). */
 export interface BlobLease {

@@ -70,6 +70,8 @@ export interface DownloadSource {
   body: ByteSource | AsyncIterable<Buffer>;
   /** Stops the upstream transfer (on shutdown or abort). */
   cancel(): void;
+  /** The bytes come from a cluster peer that stores them too (see WriterOptions.writtenElsewhere). */
+  writtenElsewhere?: () => boolean;
 }
 
 export class Download extends EventEmitter {
@@ -134,7 +136,7 @@ export class Download extends EventEmitter {
       const src = await this.fetch();
       this.source = src;
       this.size = src.size;
-      this.writer = await this.store.createWriter(this.digest, src.size);
+      this.writer = await this.store.createWriter(this.digest, src.size, src.writtenElsewhere ? { writtenElsewhere: src.writtenElsewhere } : undefined);
       // One shared descriptor for readers behind the window; positional reads keep them independent, and it stays
       // valid across the rename (or, for S3, the unlink) at commit.
       this.fd = openSync(this.writer.tmpPath, 'r');

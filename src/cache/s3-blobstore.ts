@@ -16,6 +16,7 @@ import {
   AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
+  HeadObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
   type S3Client,
@@ -30,12 +31,14 @@ import type { S3Config } from '../config/storage.js';
 import { digestAlgorithm, digestHex, isDigest, type Digest } from '../routing/reference.js';
 import { drained, prematureClose } from '../util/drain.js';
 import { BlobIndex, type BlobIndexEvents } from './blob-index.js';
-import type { BlobLease, BlobStore, BlobWriter, FileBlobStore, StoredBlob } from './blobstore.js';
+import type { BlobLease, BlobStore, BlobWriter, FileBlobStore, StoredBlob, WriterOptions } from './blobstore.js';
 import { s3Status, s3UploadHooks } from './s3-upload.js';
 import { createSpool, removeOrphanedSpools } from './spool.js';
 
 /** The object layout's version: a future layout goes under v2/ next to it. */
 export const S3_LAYOUT = 'v1';
+/** How long a replica waits for a cluster owner's copy of a blob before uploading its own. */
+const AWAIT_OTHER_MS = 10_000;
 /** Bounds one listing (of objects or uploads) to this many pages of up to 1,000 each. */
 const MAX_LIST_PAGES = 10_000;
 
@@ -150,6 +153,37 @@ export class S3BlobStore implements BlobStore {
     };
   }
 
+  /**
+   * One HeadObject: an object under the digest key that the index does not know yet (another replica completed it)
+   * is tracked. Only verified bytes are ever completed under a digest key (s3-upload.ts), and a whole-blob read
+   * verifies them again on the way out. A failure means "not known", so the caller downloads as usual.
+   */
+  async refresh(digest: Digest): Promise<void> {
+    if (this.index.has(digest)) return;
+    try {
+      const head = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyFor(digest) }));
+      const size = head.ContentLength;
+      if (size !== undefined && size >= 0 && !this.index.has(digest)) this.index.track(digest, size, this.now());
+    } catch (e) {
+      if (s3Status(e) !== 404) this.opts.events?.onError?.('refresh', e);
+    }
+  }
+
+  /**
+   * Waits, bounded (AWAIT_OTHER_MS), for another writer's object under the digest key: true once it is there (and
+   * tracked). A cluster owner completes its upload about when its last byte reaches us, so this usually takes one
+   * or two HEADs; false means it never came (the owner died after sending) and the caller uploads its own copy.
+   */
+  private async awaitObject(digest: Digest): Promise<boolean> {
+    const deadline = this.now() + AWAIT_OTHER_MS;
+    for (let delay = 50; ; delay = Math.min(1_000, delay * 2)) {
+      await this.refresh(digest);
+      if (this.index.has(digest)) return true;
+      if (this.now() + delay > deadline) return false;
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+
   /** A GET URL for the object, signed as of now() and valid for redirectExpiry. */
   presign(digest: Digest): Promise<string> {
     return getSignedUrl(this.client, new GetObjectCommand({ Bucket: this.bucket, Key: this.keyFor(digest) }), {
@@ -226,7 +260,8 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
-  createWriter(digest: Digest, expectedSize?: number): Promise<BlobWriter> {
+  createWriter(digest: Digest, expectedSize?: number, o: WriterOptions = {}): Promise<BlobWriter> {
+    const elsewhere = o.writtenElsewhere;
     return createSpool(this.opts.tmpDir, digest, expectedSize, (tmpPath) =>
       s3UploadHooks(
         {
@@ -238,6 +273,7 @@ export class S3BlobStore implements BlobStore {
           active: this.active,
           committed: (size) => this.index.track(digest, size),
           pendingDelete: () => this.deleting.get(digest),
+          ...(elsewhere ? { otherWriter: () => (elsewhere() ? this.awaitObject(digest) : Promise.resolve(false)) } : {}),
           ...(this.opts.hot ? { keep: (path: string, size: number) => (this.opts.hot as FileBlobStore).adopt(digest, path, size) } : {}),
         },
         tmpPath,

@@ -38,6 +38,12 @@ export interface UploadTarget {
    * our conditional write could meet the doomed object (412, "already there") and the delete land after it.
    */
   pendingDelete(): Promise<void> | undefined;
+  /**
+   * Another writer is storing the same blob (a cluster owner): no part is uploaded while the download runs, and at
+   * persist this resolves true once that writer's object exists (then nothing is uploaded at all) or false, and the
+   * verified file is uploaded from disk after all.
+   */
+  otherWriter?(): Promise<boolean>;
   /** The local tier takes the verified spool file (it must move it away before resolving); absent: it is unlinked. */
   keep?(path: string, size: number): Promise<void>;
 }
@@ -96,12 +102,21 @@ export function s3UploadHooks(t: UploadTarget, tmpPath: string): SpoolHooks {
   return {
     sync: false,
     afterWrite: async (written) => {
+      if (t.otherWriter) return;
       // Only whole parts while the download runs: S3 wants every part but the last to be at least 5 MiB.
       while (written - uploaded >= partSize) await uploadPart(partSize);
     },
     persist: async (path, size) => {
       try {
         await t.pendingDelete();
+        if (t.otherWriter && (await t.otherWriter())) {
+          // The other writer's object is there: keep a local copy if asked, upload nothing.
+          await closeFile();
+          if (t.keep) await t.keep(path, size).catch(() => {});
+          return;
+        }
+        // Parts deferred for another writer: upload them from the verified file now (memory stays one part).
+        while (size - uploaded > partSize) await uploadPart(partSize);
         if (uploadId === undefined) {
           // Fits in one part: a single conditional PUT of the verified bytes.
           const body = size > 0 ? await readRange(0, size) : Buffer.alloc(0);

@@ -10,6 +10,7 @@ import { cidrProblem } from '../util/address.js';
 import { requiredAuthorities, signaturesSchema } from './signatures.js';
 import { attestationSettingIssues } from './attestations.js';
 import { storageSchema } from './storage.js';
+import { clusterSchema } from './cluster.js';
 import { addressOrHost, httpUrl } from './url.js';
 import { duration, secretRef, size } from './primitives.js';
 
@@ -176,6 +177,8 @@ export const configSchema = z
     cache: cache.default({ maxSize: 20 * 1024 ** 3, tagTTL: 60_000, staleIfError: 86_400_000 }),
     /** Where blobs live: filesystem (under dataDir) or an S3-compatible bucket (src/config/storage.ts). */
     storage: storageSchema.prefault({}),
+    /** Replicas of a central tier that fetch each cold blob once between them (src/config/cluster.ts); absent: one replica. */
+    cluster: clusterSchema.optional(),
     limits: limits.prefault({}),
     listener: listener.prefault({}),
     upstreams: z.array(upstream).min(1, 'configure at least one upstream'),

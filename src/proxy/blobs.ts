@@ -3,7 +3,8 @@
  * per digest (cache/download.ts). Ranges are served from either source.
  */
 import type { ServerResponse } from 'node:http';
-import { DigestMismatchError, type BlobStore } from '../cache/blobstore.js';
+import { DigestMismatchError, type BlobLease, type BlobStore } from '../cache/blobstore.js';
+import type { OwnerSource } from '../cluster/owner-source.js';
 import type { DownloadSource } from '../cache/download.js';
 import type { DownloadManager } from '../cache/download-manager.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -18,8 +19,12 @@ import { byteSourceOf } from '../util/byte-source.js';
 export interface BlobService {
   /** Size of a blob, without downloading it. */
   size(route: Route, digest: Digest): Promise<number>;
-  /** Opens a blob for reading: from the cache, or joining or starting the one upstream download of its digest. */
-  open(route: Route, digest: Digest): Promise<OpenBlob>;
+  /**
+   * Opens a blob for reading: from the cache, or joining or starting the one download of its digest (from the
+   * upstream, or in a cluster from the blob's owner). `local`: never ask another replica (the internal endpoint
+   * that serves the other replicas uses it, so requests between replicas never chain).
+   */
+  open(route: Route, digest: Digest, o?: { local?: boolean }): Promise<OpenBlob>;
 }
 
 export interface OpenBlob {
@@ -47,6 +52,8 @@ export interface BlobServiceOptions {
   metrics: Metrics;
   /** storage.redirect: answer warm GETs with the store's presigned URL. */
   redirect?: boolean;
+  /** In a cluster: where cold blobs come from (the owner replica, or the upstream when this replica owns it). */
+  cluster?: OwnerSource;
 }
 
 export class ProxyBlobService implements BlobService {
@@ -55,8 +62,10 @@ export class ProxyBlobService implements BlobService {
   private readonly clientFor: (upstream: string) => UpstreamClient;
   private readonly metrics: Metrics;
   private readonly redirect: boolean;
+  private readonly cluster: OwnerSource | undefined;
 
   constructor(o: BlobServiceOptions) {
+    this.cluster = o.cluster;
     this.store = o.store;
     this.downloads = o.downloads;
     this.clientFor = o.clientFor;
@@ -91,8 +100,19 @@ export class ProxyBlobService implements BlobService {
     return len;
   }
 
-  async open(route: Route, digest: Digest): Promise<OpenBlob> {
+  /**
+   * The cached blob, if any. In a cluster, a miss asks the shared store once more before a download starts: another
+   * replica may have written the object since this one last listed the store.
+   */
+  private async leaseOf(digest: Digest): Promise<BlobLease | undefined> {
     const lease = this.store.lease(digest);
+    if (lease || !this.cluster || !this.store.refresh || this.downloads.get(digest)) return lease;
+    await this.store.refresh(digest);
+    return this.store.lease(digest);
+  }
+
+  async open(route: Route, digest: Digest, o: { local?: boolean } = {}): Promise<OpenBlob> {
+    const lease = await this.leaseOf(digest);
     if (lease) {
       this.metrics.cacheLookups.inc({ kind: 'blob', result: 'hit' });
       let used = false;
@@ -121,7 +141,10 @@ export class ProxyBlobService implements BlobService {
         },
       };
     }
-    const { download, joined } = this.downloads.getOrStart(digest, () => this.fetch(route, digest));
+    const cluster = o.local ? undefined : this.cluster;
+    const { download, joined } = this.downloads.getOrStart(digest, () =>
+      cluster ? cluster.source(route.upstream.name, route.repository, digest, (offset) => this.fetch(route, digest, offset)) : this.fetch(route, digest),
+    );
     this.metrics.cacheLookups.inc({ kind: 'blob', result: joined ? 'join' : 'miss' });
     if (joined) this.metrics.singleflightWaiters.inc({ kind: 'blob' });
     else {
@@ -152,7 +175,12 @@ export class ProxyBlobService implements BlobService {
     };
   }
 
-  private async fetch(route: Route, digest: Digest): Promise<DownloadSource> {
+  /**
+   * The blob from the upstream, from byte `offset` on (a transfer from a cluster owner that broke mid-way resumes
+   * here): a Range request, whose 206 must start at offset; an upstream that ignores the Range answers 200 with the
+   * whole blob, and the first offset bytes are skipped. The size is always the whole blob's.
+   */
+  private async fetch(route: Route, digest: Digest, offset = 0): Promise<DownloadSource> {
     const upstream = route.upstream.name;
     const controller = new AbortController();
     const res = await this.clientFor(upstream).send({
@@ -162,25 +190,38 @@ export class ProxyBlobService implements BlobService {
       repository: route.repository,
       signal: controller.signal,
       bulk: true,
+      ...(offset > 0 ? { headers: { range: `bytes=${offset}-` } } : {}),
     });
     if (res.status === 404) {
       res.body.resume();
       throw errors.blobUnknown(`blob unknown: ${digest} not found in ${route.registry}/${route.repository}`);
     }
-    if (res.status !== 200) {
+    const partial = offset > 0 && res.status === 206;
+    if (res.status !== 200 && !partial) {
       res.body.resume();
       throw statusError(res, upstream, `blob ${digest}`);
     }
-    const len = Number(headerString(res.headers['content-length']));
+    const len = partial ? rangeTotal(headerString(res.headers['content-range']), offset) : Number(headerString(res.headers['content-length']));
+    if (partial && len === undefined) {
+      res.body.destroy();
+      throw errors.upstream(`upstream "${upstream}" answered a Range request for blob ${digest} with a Content-Range other than bytes ${offset}-…`);
+    }
     const counter = this.metrics.upstreamBytes.labels({ upstream });
     const body = res.body;
     const source = byteSourceOf(body);
+    let skip = partial ? 0 : offset;
     return {
-      size: Number.isSafeInteger(len) && len >= 0 ? len : undefined,
+      size: len !== undefined && Number.isSafeInteger(len) && len >= 0 ? len : undefined,
       body: {
         pipeTo: (onChunk) =>
           source.pipeTo((chunk) => {
             counter.inc(chunk.length);
+            if (skip > 0) {
+              const n = Math.min(skip, chunk.length);
+              skip -= n;
+              if (n === chunk.length) return undefined;
+              return onChunk(chunk.subarray(n));
+            }
             return onChunk(chunk);
           }),
       },
@@ -190,4 +231,11 @@ export class ProxyBlobService implements BlobService {
       },
     };
   }
+}
+
+/** The total size in a Content-Range of `bytes <offset>-<last>/<total>`; undefined when it starts elsewhere. */
+function rangeTotal(contentRange: string | undefined, offset: number): number | undefined {
+  const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(contentRange ?? '');
+  if (!m || Number(m[1]) !== offset || Number(m[2]) !== Number(m[3]) - 1) return undefined;
+  return Number(m[3]);
 }

@@ -17,7 +17,13 @@ import { unwrittenDownloadBytes } from '../cache/download.js';
 import { DownloadManager } from '../cache/download-manager.js';
 import { SqliteMetaStore, type MetaStore } from '../cache/metastore.js';
 import { authSchema } from '../config/auth.js';
-import { loadConfig, onSecretError } from '../config/load.js';
+import { loadConfig, onSecretError, readSecret } from '../config/load.js';
+import type { ClusterConfig } from '../config/cluster.js';
+import { Membership } from '../cluster/membership.js';
+import { OwnerSource } from '../cluster/owner-source.js';
+import { PeerClient } from '../cluster/peer-client.js';
+import { MIN_KEY_BYTES } from '../cluster/peer-token.js';
+import { InternalApi } from './internal-api.js';
 import type { Config } from '../config/schema.js';
 import { settingsHash } from '../gate/basis.js';
 import { DecisionLog, DecisionMetrics } from '../gate/decision-log.js';
@@ -89,6 +95,7 @@ export async function checkConfigFile(file: string, env: NodeJS.ProcessEnv = pro
   checkSignatureConfig(config);
   const auth = await buildClientAuth(config);
   await auth?.close();
+  if (config.cluster) clusterKey(config.cluster, env);
   for (const u of config.upstreams) {
     if (!u.forwardIdentity) continue;
     try {
@@ -198,7 +205,15 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
   // A new policy revision (bundle pushed, external OPA's bundle changed): admissions re-decide on use.
   const stopPolicyEvents = policy.onSwap(() => gate.policyChanged());
 
-  const blobs = new ProxyBlobService({ store: blobStore, downloads, clientFor, metrics, redirect: config.storage.redirect });
+  const cluster = config.cluster ? buildCluster(config.cluster, log, now) : undefined;
+  const blobs = new ProxyBlobService({
+    store: blobStore,
+    downloads,
+    clientFor,
+    metrics,
+    redirect: config.storage.redirect,
+    ...(cluster ? { cluster: cluster.source } : {}),
+  });
   const quotas = config.quotas ? new Quotas(config.quotas, metrics, now) : undefined;
   const handlers = new RegistryHandlers({
     router,
@@ -217,6 +232,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
   const target = uiTarget({ metrics, blobStore, gate, meta, manifests, router }, policy);
   const ui = ring ? new UiHandler({ config, ring, log, target: () => target }) : undefined;
   if (ui) api.push(ui);
+  if (cluster) api.push(new InternalApi({ key: cluster.key, tokenTTL: cluster.tokenTTL, now: now ?? Date.now, blobs, upstreams: config.upstreams }));
   // Re-evaluation on a schedule, policy impact and warming: the admin API and the schedule share the services.
   const operations = new Operations({
     config,
@@ -248,6 +264,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     ...clock,
   });
   if (opts.scheduler !== false) operations.start(opts.scheduler);
+  if (cluster && opts.scheduler !== false) cluster.membership.start(config.cluster!.probeInterval);
   return {
     app,
     policy,
@@ -258,7 +275,9 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
       operations.stop();
       policy.stop();
       ui?.close();
+      cluster?.membership.stop();
       await app.close();
+      await cluster?.client.close();
       scan?.close();
       await decisionLog.close();
       stopSecretLog();
@@ -277,4 +296,54 @@ function warmCheck(config: Config, s: { meta: MetaStore; blobStore: BlobStore; d
     // A download in progress is joined, not repeated: it costs the upstream nothing more.
     blob: (digest) => s.blobStore.has(digest) || s.downloads.get(digest) !== undefined,
   };
+}
+
+/** The cluster's HMAC key, read now: a missing, unreadable or short secret stops `serve` and `config check`. */
+function clusterKey(c: ClusterConfig, env: NodeJS.ProcessEnv = process.env): Buffer {
+  let key: Buffer;
+  try {
+    key = Buffer.from(readSecret(c.secret, env), 'utf8');
+  } catch (e) {
+    throw new Error(`cluster.secret: ${errorText(e)}`, { cause: e });
+  }
+  if (key.length < MIN_KEY_BYTES) throw new Error(`cluster.secret: at least ${MIN_KEY_BYTES} bytes are needed for the HMAC key`);
+  return key;
+}
+
+/**
+ * The cluster's parts (src/cluster/): the peer client, the membership with its probes, and the owner-or-upstream
+ * source of cold blobs. The secret is read now once, so that a missing or short key stops the start.
+ */
+function buildCluster(c: ClusterConfig, log: Logger, now: (() => number) | undefined) {
+  const key = (): Buffer => Buffer.from(readSecret(c.secret), 'utf8');
+  clusterKey(c);
+  const client = new PeerClient({
+    key,
+    tokenTTL: c.tokenTTL,
+    ownerTimeout: c.ownerTimeout,
+    ownerIdleTimeout: c.ownerIdleTimeout,
+    probeTimeout: c.probeTimeout,
+    ...(c.caFile ? { caFile: c.caFile } : {}),
+    ...(now ? { now } : {}),
+  });
+  const membership = new Membership({
+    self: c.self,
+    peers: c.peers,
+    probe: (peer) => client.probe(peer),
+    failuresToDown: c.failuresToDown,
+    ...(now ? { now } : {}),
+    onChange: (peer, live) => log.warn({ peer, live }, live ? 'cluster peer is back' : 'cluster peer is down: it owns no blobs until it answers again'),
+  });
+  const source = new OwnerSource({
+    membership,
+    client,
+    onEvent: (e) => {
+      if (e.kind === 'owner') log.debug({ peer: e.peer, digest: e.digest }, 'blob from its owner');
+      else if (e.kind === 'refused') log.warn({ peer: e.peer, digest: e.digest, status: e.status }, 'blob owner refused; fetching from the upstream');
+      else if (e.kind === 'unreachable')
+        log.warn({ peer: e.peer, digest: e.digest, err: errorText(e.error) }, 'blob owner unreachable; asking the next replica');
+      else log.warn({ peer: e.peer, digest: e.digest, offset: e.offset, err: errorText(e.error) }, 'blob owner stream broke; resuming from the upstream');
+    },
+  });
+  return { key, tokenTTL: c.tokenTTL, client, membership, source };
 }

@@ -18,6 +18,7 @@ const LAYERS: string[][] = [
   ['verify', 'scan'],
   ['policy'],
   ['proxy'],
+  ['cluster'],
   ['cache', 'upstream'],
   ['auth', 'clients'],
   ['oci'],
