@@ -31,6 +31,7 @@
  *       kind: notation
  *       trustStore: [/etc/portcullis/notation/ca]   # root certificates: PEM/DER files, or directories of them
  *       trustedIdentities: ["x509.subject: C=US, ST=WA, O=acme"]        # or ["*"]
+ *       level: strict                 # strict | permissive: the defaults of the three checks below
  *       expiry: enforce               # enforce | log
  *       signingTime: enforce          # enforce | log   (Notation's authentic timestamp step)
  *       tsaTrustStore: [/etc/portcullis/notation/tsa]   # Notation's `tsa` store: timestamps verified against it
@@ -127,32 +128,52 @@ const notationAuthority = z
     trustStore: z.array(z.string().min(1)).min(1, 'give at least one trust store file or directory'),
     /** `x509.subject: C=US, ST=WA, O=acme` (the prefix is optional), or `*` for any certificate chaining to the store. */
     trustedIdentities: z.array(z.string().min(1)).min(1, 'give at least one trusted identity (or "*")'),
-    /** A signature past its `io.cncf.notary.expiry`: denied (enforce) or only logged. */
-    expiry: z.enum(['enforce', 'log']).default('enforce'),
+    /**
+     * Notation's trust-policy verification level: the default of the expiry, authentic-timestamp and revocation
+     * checks below (strict: enforce all three; permissive: log them), each of which may still be set on its own, as
+     * Notation's `override`. Integrity and authenticity are always enforced. `audit` (authenticity only logged) and
+     * `skip` (nothing verified) would admit what no authority vouches for: a gate refuses them.
+     */
+    level: z
+      .enum(['strict', 'permissive', 'audit', 'skip'])
+      .default('strict')
+      .refine(
+        (l) => l === 'strict' || l === 'permissive',
+        'audit and skip would admit signatures whose authenticity is not verified; use strict or permissive',
+      ),
+    /** A signature past its `io.cncf.notary.expiry`: denied (enforce) or only logged. Default: from `level`. */
+    expiry: z.enum(['enforce', 'log']).optional(),
     /**
      * The authentic timestamp step: signing time within every certificate's validity and not in the future; the
      * certificates valid now, or at the verified timestamp's time (tsaTrustStore).
      */
-    signingTime: z.enum(['enforce', 'log']).default('enforce'),
+    signingTime: z.enum(['enforce', 'log']).optional(),
     /** Notation's `tsa` trust store: TSA root certificates (files or directories). Then timestamps are verified. */
     tsaTrustStore: z.array(z.string().min(1)).default([]),
     /** Notation's `verifyTimestamp`: always, or only once a certificate of the chain has expired. */
     verifyTimestamp: z.enum(['always', 'afterCertExpiry']).default('always'),
-    /** OCSP, then CRL: a revoked or unknown status denies (enforce), is only logged (log), or is not asked (skip). */
-    revocation: z.enum(['enforce', 'log', 'skip']).default('enforce'),
+    /** OCSP, then CRL: a revoked or unknown status denies (enforce), is only logged (log), or is not asked (skip). Default: from `level`. */
+    revocation: z.enum(['enforce', 'log', 'skip']).optional(),
   })
   .strict();
 
 export const authoritySchema = z.discriminatedUnion('kind', [keyAuthority, keylessAuthority, notationAuthority]);
 type ParsedAuthority = z.output<typeof authoritySchema>;
 type Thresholds = 'tlogThreshold' | 'ctlogThreshold' | 'timestampThreshold';
-/** An authority with its defaults resolved: keyless thresholds depend on whether it has a `ca`. */
+type NotationChecks = { expiry: 'enforce' | 'log'; signingTime: 'enforce' | 'log'; revocation: 'enforce' | 'log' | 'skip' };
+/** An authority with its defaults resolved: keyless thresholds depend on whether it has a `ca`, Notation checks on `level`. */
 export type AuthorityConfig =
-  Exclude<ParsedAuthority, { kind: 'keyless' }> | (Omit<Extract<ParsedAuthority, { kind: 'keyless' }>, Thresholds> & Record<Thresholds, number>);
+  | Extract<ParsedAuthority, { kind: 'key' }>
+  | (Omit<Extract<ParsedAuthority, { kind: 'keyless' }>, Thresholds> & Record<Thresholds, number>)
+  | (Omit<Extract<ParsedAuthority, { kind: 'notation' }>, keyof NotationChecks> & NotationChecks);
 
 /** Fulcio: a log entry, an SCT and a timestamp by default. Own PKI: nothing beyond the chain unless asked (and no SCTs). */
 function withDefaults(a: ParsedAuthority): AuthorityConfig {
-  if (a.kind !== 'keyless') return a;
+  if (a.kind === 'key') return a;
+  if (a.kind === 'notation') {
+    const dflt = a.level === 'strict' ? 'enforce' : 'log';
+    return { ...a, expiry: a.expiry ?? dflt, signingTime: a.signingTime ?? dflt, revocation: a.revocation ?? dflt };
+  }
   const dflt = a.ca ? 0 : 1;
   return { ...a, tlogThreshold: a.tlogThreshold ?? dflt, ctlogThreshold: a.ca ? 0 : (a.ctlogThreshold ?? 1), timestampThreshold: a.timestampThreshold ?? dflt };
 }

@@ -53,6 +53,17 @@ describe('Notation timestamp and revocation settings', () => {
     expect(c.revocation).toEqual({ timeout: 5_000, cacheEntries: 10_000, maxTTL: 86_400_000, maxResponseSize: 8 * 1024 * 1024 });
   });
 
+  it("take the defaults of expiry, the authentic timestamp and revocation from Notation's level; each may be overridden", () => {
+    const strict = signaturesSchema.parse({ authorities: [notary({})] }).authorities[0];
+    expect(strict).toMatchObject({ level: 'strict', expiry: 'enforce', signingTime: 'enforce', revocation: 'enforce' });
+    const permissive = signaturesSchema.parse({ authorities: [notary({ level: 'permissive' })] }).authorities[0];
+    expect(permissive).toMatchObject({ expiry: 'log', signingTime: 'log', revocation: 'log' });
+    const overridden = signaturesSchema.parse({ authorities: [notary({ level: 'permissive', revocation: 'enforce' })] }).authorities[0];
+    expect(overridden).toMatchObject({ expiry: 'log', signingTime: 'log', revocation: 'enforce' });
+    // audit and skip admit what no authority vouches for: a gate refuses them, naming the field.
+    for (const level of ['audit', 'skip']) expect(problems(notary({ level }))[0]).toMatch(/^authorities\.0\.level: .*authenticity is not verified/);
+  });
+
   it('name the authority and the field when wrong', () => {
     expect(problems(notary({ revocation: 'strict' }))[0]).toMatch(/^authorities\.0\.revocation: authority "notary": revocation: /);
     expect(problems(notary({ verifyTimestamp: 'never' }))[0]).toMatch(/^authorities\.0\.verifyTimestamp: authority "notary": verifyTimestamp: /);
