@@ -13,6 +13,7 @@ import { Quotas } from '../auth/quota.js';
 import { LOG_REDACT } from '../auth/redact.js';
 import type { BlobStore } from '../cache/blobstore.js';
 import { openBlobStore } from '../cache/open-store.js';
+import { openShared } from '../cache/open-shared.js';
 import { unwrittenDownloadBytes } from '../cache/download.js';
 import { DownloadManager } from '../cache/download-manager.js';
 import { SqliteMetaStore, type MetaStore } from '../cache/metastore.js';
@@ -131,6 +132,11 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
 
   // Storage and the upstream side.
   const meta = new SqliteMetaStore(config.dataDir);
+  // storage.meta: redis: decisions and tag mappings shared across replicas, and the invalidation epoch.
+  const { shared, epoch, close: closeShared } = await openShared(config, {
+    ...clock,
+    onError: (what, err) => log.warn({ err: errorText(err), what }, 'redis unavailable; serving from the local store'),
+  });
   const blobStore = await openBlobStore(
     config,
     {
@@ -158,7 +164,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     if (!c) throw new Error(`no client for upstream ${name}`);
     return c;
   };
-  const manifests = new ProxyManifestService({ config, meta, clientFor, metrics, ...clock });
+  const manifests = new ProxyManifestService({ config, meta, clientFor, metrics, shared, ...clock });
 
   // Evidence: one scan service for the provider and the report API, the signature provider.
   const evidenceDeps: EvidenceDeps = { config, clientFor, manifests, router, meta, metrics, log, dataDir: config.dataDir };
@@ -193,6 +199,8 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     scan,
     // The decision log first: with onFull: block it may turn the decision into a deny, which the others then see.
     observers: [decisionLog, new DecisionMetrics(metrics), recent, ...(ring ? [ring] : []), ...(opts.extraObservers ?? [])],
+    shared,
+    epoch,
     ...clock,
   });
   // A new policy revision (bundle pushed, external OPA's bundle changed): admissions re-decide on use.
@@ -244,6 +252,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     signatures,
     api,
     readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
+    degraded: epoch ? [() => epoch.degraded()] : [],
     auth,
     ...clock,
   });
@@ -259,6 +268,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
       policy.stop();
       ui?.close();
       await app.close();
+      await closeShared();
       scan?.close();
       await decisionLog.close();
       stopSecretLog();

@@ -1,0 +1,53 @@
+/**
+ * Builds what `storage.meta` names (the composition root calls this once): with `sqlite` nothing is shared and no
+ * Redis module is loaded; with `redis`, ioredis (imported only then, as the AWS SDK is for S3: a node instance carries
+ * none of it), the shared state, and the invalidation epoch with its durable copy in S3 when storage.blobs is s3.
+ */
+import { readSecret } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import type { DurableEpoch } from './epoch.js';
+import { LOCAL_ONLY, type EpochSource, type SharedState } from './shared.js';
+
+export interface OpenShared {
+  shared: SharedState;
+  /** Undefined with storage.meta: sqlite (one replica: the basis alone covers every change). */
+  epoch: EpochSource | undefined;
+  close(): Promise<void>;
+}
+
+export async function openShared(config: Config, o: { now?: () => number; onError: (what: string, err: unknown) => void }): Promise<OpenShared> {
+  const r = config.storage.redis;
+  if (config.storage.meta !== 'redis' || !r) return { shared: LOCAL_ONLY, epoch: undefined, close: () => Promise.resolve() };
+  const [{ redisClients }, { RedisShared }, { EpochTracker }] = await Promise.all([
+    import('./redis-client.js'),
+    import('./redis-shared.js'),
+    import('./epoch.js'),
+  ]);
+  const conns = redisClients(r, (ref) => readSecret(ref), (err) => o.onError('redis connection', err));
+  const shared = new RedisShared({ ...conns, keyPrefix: r.keyPrefix, onError: o.onError });
+  let durable: DurableEpoch | undefined;
+  const s3 = config.storage.s3;
+  if (config.storage.blobs === 's3' && s3) {
+    const [{ s3Client }, { S3DurableEpoch }] = await Promise.all([import('./s3-client.js'), import('./s3-epoch.js')]);
+    durable = new S3DurableEpoch({ client: s3Client(s3, (ref) => readSecret(ref)), bucket: s3.bucket, prefix: s3.prefix });
+  }
+  const epoch = new EpochTracker({
+    channel: shared,
+    durable,
+    dataDir: config.dataDir,
+    maxStaleness: r.maxStaleness,
+    pollInterval: r.pollInterval,
+    now: o.now ?? Date.now,
+    onError: o.onError,
+  });
+  // The first read before anything serves: a replica starts confirmed when Redis (or S3) answers.
+  await epoch.poll();
+  return {
+    shared,
+    epoch,
+    close: async () => {
+      epoch.close();
+      await shared.close();
+    },
+  };
+}
