@@ -134,7 +134,7 @@ export class EpochTracker implements EpochSource {
     if (seen.length === 0) return;
     this.adopt(Math.max(...seen));
     // Redis lost the key (flushed, failed over to an empty replica) or lags the durable copy: put it back.
-    if (fromRedis.status === 'fulfilled' && (fromRedis.value ?? 0) < this.value) {
+    if (fromRedis.status === 'fulfilled' && (fromRedis.value === undefined || fromRedis.value < this.value)) {
       await this.o.channel.raise(this.value).catch((e: unknown) => this.o.onError?.('raise the epoch in redis', e));
     }
     this.confirmedAt = started;

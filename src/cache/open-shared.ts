@@ -40,7 +40,9 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
     now: o.now ?? Date.now,
     onError: o.onError,
   });
-  // The first read before anything serves: a replica starts confirmed when Redis (or S3) answers.
+  // The first read before anything serves: a replica starts confirmed when Redis (or S3) answers. Commands are not
+  // queued while connecting (enableOfflineQueue: false), so wait for the connection first, boundedly.
+  await shared.connected(Math.max(1_000, r.commandTimeout * 4));
   await epoch.poll();
   return {
     shared,

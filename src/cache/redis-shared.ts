@@ -19,10 +19,15 @@ redis.call('SET', KEYS[1], tostring(cur))
 redis.call('PUBLISH', KEYS[2], tostring(cur))
 return cur`;
 
-/** Raises the stored epoch to at least ARGV[1]; never lowers it. */
-const RAISE = `local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+/** Raises the stored epoch to at least ARGV[1] (and writes a missing key); never lowers it. */
+const RAISE = `local raw = redis.call('GET', KEYS[1])
+local cur = tonumber(raw or '0') or 0
 local n = tonumber(ARGV[1]) or 0
-if n > cur then redis.call('SET', KEYS[1], tostring(n)); redis.call('PUBLISH', KEYS[2], tostring(n)); cur = n end
+if not raw or n > cur then
+  if n > cur then cur = n end
+  redis.call('SET', KEYS[1], tostring(cur))
+  redis.call('PUBLISH', KEYS[2], tostring(cur))
+end
 return cur`;
 
 export interface RedisSharedOptions {
@@ -71,6 +76,21 @@ export class RedisShared implements SharedState, EpochChannel {
   putTag(upstream: string, repository: string, tag: string, e: TagEntry, ttlMs: number): void {
     if (ttlMs <= 0) return;
     this.set(this.keys.tag + hash(`${upstream}\n${repository}\n${tag}`), JSON.stringify({ v: 1, ...e }), Math.ceil(ttlMs), 'share a tag');
+  }
+
+  /** Resolves once the command connection is up, or after `ms` (then the replica starts degraded). */
+  async connected(ms: number): Promise<void> {
+    const c = this.o.client;
+    if (c.status === 'ready') return;
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(t);
+        c.off('ready', done);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      c.on('ready', done);
+    });
   }
 
   // EpochChannel
