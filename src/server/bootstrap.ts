@@ -199,7 +199,9 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     scan,
     // The decision log first: with onFull: block it may turn the decision into a deny, which the others then see.
     observers: [decisionLog, new DecisionMetrics(metrics), recent, ...(ring ? [ring] : []), ...(opts.extraObservers ?? [])],
-    shared,
+    // Pushed reports live in each replica's own scan store: an allow decided without a report another replica holds
+    // must not be reused there, so decisions are shared only when no replica can hold evidence the others lack.
+    shared: config.scan?.reports ? undefined : shared,
     epoch,
     ...clock,
   });
