@@ -23,7 +23,11 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
     import('./redis-shared.js'),
     import('./epoch.js'),
   ]);
-  const conns = redisClients(r, (ref) => readSecret(ref), (err) => o.onError('redis connection', err));
+  const conns = redisClients(
+    r,
+    (ref) => readSecret(ref),
+    (err) => o.onError('redis connection', err),
+  );
   const shared = new RedisShared({ ...conns, keyPrefix: r.keyPrefix, onError: o.onError });
   let durable: DurableEpoch | undefined;
   const s3 = config.storage.s3;

@@ -133,10 +133,11 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
   // Storage and the upstream side.
   const meta = new SqliteMetaStore(config.dataDir);
   // storage.meta: redis: decisions and tag mappings shared across replicas, and the invalidation epoch.
-  const { shared, epoch, close: closeShared } = await openShared(config, {
+  const sharedState = await openShared(config, {
     ...clock,
     onError: (what, err) => log.warn({ err: errorText(err), what }, 'redis unavailable; serving from the local store'),
   });
+  const { shared, epoch } = sharedState;
   const blobStore = await openBlobStore(
     config,
     {
@@ -270,7 +271,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
       policy.stop();
       ui?.close();
       await app.close();
-      await closeShared();
+      await sharedState.close();
       scan?.close();
       await decisionLog.close();
       stopSecretLog();

@@ -75,7 +75,10 @@ export async function startRedis(): Promise<RunningRedis> {
       live.delete(c);
     });
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`redis-server not ready after ${READY_TIMEOUT_MS} ms:\n${lines.slice(-20).join('\n')}`)), READY_TIMEOUT_MS);
+      const timer = setTimeout(
+        () => reject(new Error(`redis-server not ready after ${READY_TIMEOUT_MS} ms:\n${lines.slice(-20).join('\n')}`)),
+        READY_TIMEOUT_MS,
+      );
       const keep = (b: Buffer): void => {
         for (const l of b.toString().split('\n')) {
           if (!l) continue;

@@ -247,3 +247,98 @@ describe('a replica cut off from Redis', () => {
     await until(async () => (await readyz(b)).body.status === 'ready' && a.p.proxy.app.gate.basis() === b.p.proxy.app.gate.basis(), 'B back', 20_000);
   });
 });
+
+describe('Redis flushed', () => {
+  let rs: Replica[];
+  let upstream: TcpCut;
+  const repo = 'team/herd';
+  let img: PushedImage;
+  beforeAll(async () => {
+    img = await pushImage(reg.url, repo, 'v1', { layers: 3, layerSizeMiB: 1 });
+    upstream = await startTcpCut(Number(new URL(reg.url).port));
+    rs = await Promise.all([0, 1, 2].map(() => replica({ prefix: 'flush:', upstreamUrl: `http://127.0.0.1:${upstream.port}` })));
+  });
+  afterAll(async () => {
+    await Promise.all(rs.map((r) => r.p.stop()));
+    await upstream?.stop();
+  });
+
+  it('during a herd over three replicas: 0 failed pulls, and the epoch is written back', async () => {
+    const c = redis.client();
+    try {
+      await c.set('flush:v1:epoch', '7');
+    } finally {
+      c.disconnect();
+    }
+    await until(() => rs.every((r) => epochOf(r) === '7'), 'every replica on epoch 7');
+    // Twelve clients round-robin over the replicas, the flush issued while they are in flight.
+    const herd = Array.from({ length: 12 }, (_, i) => pull(rs[i % 3]!, repo, 'v1', img));
+    await redis.flush();
+    const results = await Promise.all(herd);
+    expect(results.flat().filter((s) => s !== 200)).toEqual([]);
+    // The replicas put the epoch back (never lower than what they have seen) rather than starting again at 0.
+    await until(async () => {
+      const k = redis.client();
+      try {
+        return (await k.get('flush:v1:epoch')) === '7';
+      } finally {
+        k.disconnect();
+      }
+    }, 'the epoch written back');
+    expect(rs.map(epochOf)).toEqual(['7', '7', '7']);
+  });
+
+  it('while the upstream is down: every replica still serves the cached, admitted image', async () => {
+    upstream.cut();
+    await redis.flush();
+    // Past the tag TTL too: the tag check fails upstream and the cached mapping is served within staleIfError.
+    for (const r of rs) r.clock.t += 120_000;
+    const decided = rs.map((r) => r.c.decisions);
+    for (const r of rs) expect(await pull(r, repo, 'v1', img)).toEqual([200, 200, 200, 200, 200]);
+    // A flush is no invalidation: nobody decided again (which would need the upstream for evidence).
+    expect(rs.map((r) => r.c.decisions)).toEqual(decided);
+    upstream.restore();
+  });
+});
+
+describe('Redis down or stalled', () => {
+  let a: Replica;
+  let b: Replica;
+  const repo = 'team/outage';
+  let warm: PushedImage;
+  let cold: PushedImage;
+  let stalled: PushedImage;
+  beforeAll(async () => {
+    [warm, cold, stalled] = await Promise.all([pushImage(reg.url, repo, 'warm'), pushImage(reg.url, repo, 'cold'), pushImage(reg.url, repo, 'stalled')]);
+    [a, b] = await Promise.all([replica({ prefix: 'down:' }), replica({ prefix: 'down:' })]);
+    expect(await pull(a, repo, 'warm', warm)).toEqual([200, 200, 200]);
+  });
+  afterAll(async () => Promise.all([a?.p.stop(), b?.p.stop()]));
+
+  it('killed: warm and cold pulls go on, decided locally; /readyz 200 degraded; back when Redis is', async () => {
+    await redis.kill();
+    await until(async () => (await readyz(a)).body.status === 'degraded' && (await readyz(b)).body.status === 'degraded', 'both degraded');
+    const r = await readyz(b);
+    expect(r.status).toBe(200);
+    expect(r.body.problems).toEqual([]);
+    expect(r.body.degraded?.[0]).toMatch(/^redis: degraded/);
+    expect(await pull(a, repo, 'warm', warm)).toEqual([200, 200, 200]);
+    // Nothing admitted without a decision: B has none for the cold image and cannot ask Redis, so it decides itself.
+    const before = b.c.decisions;
+    expect(await pull(b, repo, 'cold', cold)).toEqual([200, 200, 200]);
+    expect(b.c.decisions).toBe(before + 1);
+    await redis.restart();
+    await until(async () => (await readyz(a)).body.status === 'ready' && (await readyz(b)).body.status === 'ready', 'both ready', 20_000);
+  });
+
+  it('stalled (SIGSTOP): a cold pull completes, bounded by the command timeout; /readyz says degraded', async () => {
+    redis.pause();
+    try {
+      expect(await pull(b, repo, 'stalled', stalled)).toEqual([200, 200, 200]);
+      await until(async () => (await readyz(b)).body.status === 'degraded', 'B degraded');
+    } finally {
+      redis.resume();
+    }
+    await until(async () => (await readyz(b)).body.status === 'ready', 'B ready', 20_000);
+  });
+});

@@ -55,7 +55,10 @@ describe('storage.meta: redis config', () => {
         `${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", sentinel: { name: m, sentinels: ["s:26379"] } }\n`,
         /storage\.redis\.url: give exactly one of url or sentinel/,
       ],
-      [`${MIN}storage:\n  meta: redis\n  redis: { url: "redis://r:6379/0" }\n`, /storage\.redis\.url: a plaintext connection.*storage\.redis\.allowInsecure: true/],
+      [
+        `${MIN}storage:\n  meta: redis\n  redis: { url: "redis://r:6379/0" }\n`,
+        /storage\.redis\.url: a plaintext connection.*storage\.redis\.allowInsecure: true/,
+      ],
       [`${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://user:hunter2@r:6379/0" }\n`, /storage\.redis\.url: no credentials in the URL/],
       [`${MIN}storage:\n  meta: redis\n  redis: { url: "http://r:6379" }\n`, /storage\.redis\.url: expected redis:\/\/host:port\/db/],
       [`${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", password: "hunter2" }\n`, /storage\.redis\.password/],
@@ -64,8 +67,14 @@ describe('storage.meta: redis config', () => {
         `${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", pollInterval: 5s, maxStaleness: 5s }\n`,
         /storage\.redis\.pollInterval: must be shorter than maxStaleness/,
       ],
-      [`${MIN}storage:\n  meta: redis\n  redis: { url: "redis://r:6379/0", allowInsecure: true, caFile: /ca.pem }\n`, /storage\.redis\.caFile: caFile needs TLS/],
-      [`${MIN}storage:\n  meta: redis\n  redis: { sentinel: { name: m, sentinels: ["nohostport"] }, tls: true }\n`, /storage\.redis\.sentinel\.sentinels\[0\]: expected host:port/],
+      [
+        `${MIN}storage:\n  meta: redis\n  redis: { url: "redis://r:6379/0", allowInsecure: true, caFile: /ca.pem }\n`,
+        /storage\.redis\.caFile: caFile needs TLS/,
+      ],
+      [
+        `${MIN}storage:\n  meta: redis\n  redis: { sentinel: { name: m, sentinels: ["nohostport"] }, tls: true }\n`,
+        /storage\.redis\.sentinel\.sentinels\[0\]: expected host:port/,
+      ],
       [`${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", keyPrefix: "a b" }\n`, /storage\.redis\.keyPrefix/],
       [`${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", colour: blue }\n`, /storage\.redis.*colour/],
     ];
