@@ -64,6 +64,7 @@ export class EpochTracker implements EpochSource {
   private readonly listeners = new Set<() => void>();
   private timer: NodeJS.Timeout | undefined;
   private polling: Promise<void> | undefined;
+  private flushing: Promise<void> | undefined;
   private readonly file: string;
 
   constructor(private readonly o: EpochOptions) {
@@ -140,32 +141,42 @@ export class EpochTracker implements EpochSource {
     this.confirmedAt = started;
   }
 
-  /** Stores every pending bump: in Redis (and then the durable copy), else in the durable copy alone. */
-  private async flushBumps(): Promise<void> {
+  /** Stores the pending bumps, one flush at a time; bumps that arrive meanwhile share the next increment. */
+  private flushBumps(): Promise<void> {
+    this.flushing ??= this.doFlush().finally(() => {
+      this.flushing = undefined;
+    });
+    return this.flushing;
+  }
+
+  /** In Redis (then the durable copy), else in the durable copy alone; what fails stays pending for the next poll. */
+  private async doFlush(): Promise<void> {
     while (this.pendingBumps.length) {
+      const taken = this.pendingBumps.length;
       let n: number;
       try {
         n = await this.o.channel.bump(this.value);
       } catch (e) {
-        if (!this.o.durable) {
+        const durable = this.o.durable;
+        if (!durable) {
           this.o.onError?.('bump the epoch in redis', e);
           return;
         }
         try {
-          n = Math.max(await this.o.durable.read(), this.value) + 1;
+          n = Math.max(await durable.read(), this.value) + 1;
+          await durable.write(n);
         } catch (e2) {
           this.o.onError?.('bump the epoch (redis and the durable copy unreachable)', e2);
           return;
         }
+        this.pendingBumps.splice(0, taken);
+        this.adopt(n);
+        continue;
       }
-      try {
-        await this.o.durable?.write(n);
-      } catch (e) {
-        this.o.onError?.('write the durable epoch', e);
-        // Redis took it: replicas hear of it; the durable copy catches up at the next bump or poll raise.
-      }
-      this.pendingBumps.shift();
+      this.pendingBumps.splice(0, taken);
       this.adopt(n);
+      // Redis has it and every replica hears of it now; the durable copy follows (it may be slow: S3).
+      await this.o.durable?.write(n).catch((e: unknown) => this.o.onError?.('write the durable epoch', e));
     }
   }
 

@@ -27,7 +27,7 @@ export class S3DurableEpoch implements DurableEpoch {
   }
 
   async write(n: number): Promise<void> {
-    await this.o.client.send(new PutObjectCommand({ Bucket: this.o.bucket, Key: this.key(n), Body: '' }));
+    await this.o.client.send(new PutObjectCommand({ Bucket: this.o.bucket, Key: this.key(n), Body: Buffer.from(`${n}\n`) }));
     const old = (await this.list()).filter((e) => e < n).slice(0, -KEEP + 1 || undefined);
     // One DeleteObject each (DeleteObjects needs a Content-MD5 that some S3-compatible stores check differently).
     for (const e of old) await this.o.client.send(new DeleteObjectCommand({ Bucket: this.o.bucket, Key: this.key(e) }));
