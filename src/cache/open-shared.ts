@@ -6,18 +6,33 @@
 import { readSecret } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import type { DurableEpoch } from './epoch.js';
-import { LOCAL_ONLY, type EpochSource, type SharedState } from './shared.js';
+import { LOCAL_ONLY, type DurableDocuments, type EpochSource, type SharedState } from './shared.js';
 
 export interface OpenShared {
   shared: SharedState;
   /** Undefined with storage.meta: sqlite (one replica: the basis alone covers every change). */
   epoch: EpochSource | undefined;
+  /** Durable documents in the bucket (storage.blobs: s3): pushed reports every replica reads. */
+  documents: DurableDocuments | undefined;
   close(): Promise<void>;
 }
 
 export async function openShared(config: Config, o: { now?: () => number; onError: (what: string, err: unknown) => void }): Promise<OpenShared> {
   const r = config.storage.redis;
-  if (config.storage.meta !== 'redis' || !r) return { shared: LOCAL_ONLY, epoch: undefined, close: () => Promise.resolve() };
+  const s3 = config.storage.s3;
+  let documents: DurableDocuments | undefined;
+  let durable: DurableEpoch | undefined;
+  if (config.storage.blobs === 's3' && s3) {
+    const [{ s3Client }, { S3DurableEpoch }, { S3Documents }] = await Promise.all([
+      import('./s3-client.js'),
+      import('./s3-epoch.js'),
+      import('./s3-documents.js'),
+    ]);
+    const client = s3Client(s3, (ref) => readSecret(ref));
+    documents = new S3Documents({ client, bucket: s3.bucket, prefix: s3.prefix });
+    durable = new S3DurableEpoch({ client, bucket: s3.bucket, prefix: s3.prefix });
+  }
+  if (config.storage.meta !== 'redis' || !r) return { shared: LOCAL_ONLY, epoch: undefined, documents, close: () => Promise.resolve() };
   const [{ redisClients }, { RedisShared }, { EpochTracker }] = await Promise.all([
     import('./redis-client.js'),
     import('./redis-shared.js'),
@@ -29,12 +44,6 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
     (err) => o.onError('redis connection', err),
   );
   const shared = new RedisShared({ ...conns, keyPrefix: r.keyPrefix, onError: o.onError });
-  let durable: DurableEpoch | undefined;
-  const s3 = config.storage.s3;
-  if (config.storage.blobs === 's3' && s3) {
-    const [{ s3Client }, { S3DurableEpoch }] = await Promise.all([import('./s3-client.js'), import('./s3-epoch.js')]);
-    durable = new S3DurableEpoch({ client: s3Client(s3, (ref) => readSecret(ref)), bucket: s3.bucket, prefix: s3.prefix });
-  }
   const epoch = new EpochTracker({
     channel: shared,
     durable,
@@ -51,6 +60,7 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
   return {
     shared,
     epoch,
+    documents,
     close: async () => {
       epoch.close();
       await shared.close();

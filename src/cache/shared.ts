@@ -57,3 +57,16 @@ export const LOCAL_ONLY: SharedState = {
   getTag: () => Promise.resolve(undefined),
   putTag: () => undefined,
 };
+
+/**
+ * Small durable documents in the blob bucket (s3-documents.ts), under `<s3 prefix>meta/v1/`: what replicas must all
+ * see and what cannot be rebuilt (pushed scan reports). Keys are relative to that folder.
+ */
+export interface DurableDocuments {
+  put(key: string, body: Buffer): Promise<void>;
+  /** Undefined when the key does not exist. */
+  get(key: string): Promise<Buffer | undefined>;
+  /** Keys under `prefix`, ascending (at most `limit`). */
+  list(prefix: string, limit: number): Promise<string[]>;
+  delete(key: string): Promise<void>;
+}

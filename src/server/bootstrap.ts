@@ -32,6 +32,7 @@ import { ProxyReferrersService } from '../proxy/referrers.js';
 import { ProxyTagService } from '../proxy/tags.js';
 import { Router } from '../routing/route.js';
 import { createScanService } from '../scan/index.js';
+import { ReportMirror } from '../scan/mirror.js';
 import { UpstreamClient } from '../upstream/client.js';
 import { errorText } from '../util/error-text.js';
 import { checkSignatureConfig, createSignatureProvider } from '../verify/index.js';
@@ -137,7 +138,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     ...clock,
     onError: (what, err) => log.warn({ err: errorText(err), what }, 'redis unavailable; serving from the local store'),
   });
-  const { shared, epoch } = sharedState;
+  const { shared, epoch, documents } = sharedState;
   const blobStore = await openBlobStore(
     config,
     {
@@ -171,6 +172,8 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
   const evidenceDeps: EvidenceDeps = { config, clientFor, manifests, router, meta, metrics, log, dataDir: config.dataDir };
   const scan = createScanService(evidenceDeps, {
     ...clock,
+    // storage.blobs: s3: pushed reports go to the bucket too, and every replica's decisions read them there.
+    mirror: documents ? new ReportMirror(documents) : undefined,
     ...(auth ? { scannerToken: (repository: string, digest: string, ttl: number) => auth.scannerToken(repository, digest, ttl) } : {}),
   });
   // The decision explorer (src/ui): recent decisions in memory, read back from the decision-log file at start.
@@ -200,12 +203,15 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     scan,
     // The decision log first: with onFull: block it may turn the decision into a deny, which the others then see.
     observers: [decisionLog, new DecisionMetrics(metrics), recent, ...(ring ? [ring] : []), ...(opts.extraObservers ?? [])],
-    // Pushed reports live in each replica's own scan store: an allow decided without a report another replica holds
-    // must not be reused there, so decisions are shared only when no replica can hold evidence the others lack.
-    shared: config.scan?.reports ? undefined : shared,
+    // Without the bucket, pushed reports live in each replica's own scan store: an allow decided without a report
+    // another replica holds must not be reused there, so decisions are shared only when every replica reads the same
+    // reports (in the bucket) or there are none.
+    shared: config.scan?.reports && !documents ? undefined : shared,
     epoch,
     ...clock,
   });
+  // Another replica's report push or delete bumped the epoch: read reports again (from the bucket) before deciding.
+  const stopEpochEvents = epoch?.onChange(() => scan?.forgetReports());
   // A new policy revision (bundle pushed, external OPA's bundle changed): admissions re-decide on use.
   const stopPolicyEvents = policy.onSwap(() => gate.policyChanged());
 
@@ -267,6 +273,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     operations,
     async close() {
       stopPolicyEvents();
+      stopEpochEvents?.();
       operations.stop();
       policy.stop();
       ui?.close();

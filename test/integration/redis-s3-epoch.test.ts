@@ -5,6 +5,7 @@
  * bucket, so it keeps its cached decisions and still hears another replica's bump.
  */
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DecisionObserver } from '../../src/gate/gate.js';
 import { MANIFEST_ACCEPT, pushImage, type PushedImage } from '../harness/images.js';
@@ -16,6 +17,13 @@ import { startTcpCut, type TcpCut } from '../harness/tcp-cut.js';
 import { until } from '../harness/wait.js';
 
 const BUCKET = 'portcullis-epoch';
+const REPORT_TOKEN = 's3-epoch-report-token-93be';
+process.env.PC_S3_EPOCH_REPORT_TOKEN = REPORT_TOKEN;
+const ADMIN_TOKEN = 's3-epoch-admin-token-5f21';
+process.env.PC_S3_EPOCH_ADMIN_TOKEN = ADMIN_TOKEN;
+const ZERO = `sha256:${'0'.repeat(64)}`;
+const critical = readFileSync('test/fixtures/scan/trivy-critical.json', 'utf8');
+const clean = readFileSync('test/fixtures/scan/trivy-clean.json', 'utf8');
 const ENV_AK = 'PC_TEST_EPOCH_S3_AK';
 const ENV_SK = 'PC_TEST_EPOCH_S3_SK';
 
@@ -40,7 +48,7 @@ interface Replica {
   clock: { t: number };
 }
 
-async function replica(prefix: string, redisPort = redis.port): Promise<Replica> {
+async function replica(prefix: string, redisPort = redis.port, scan = false): Promise<Replica> {
   let n = 0;
   const clock = { t: Date.now() };
   const observer: DecisionObserver = { onDecision: () => void n++ };
@@ -48,7 +56,17 @@ async function replica(prefix: string, redisPort = redis.port): Promise<Replica>
     upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
     observers: [observer],
     now: () => clock.t,
+    ...(scan ? { settings: { scopes: [{ name: 'scanned', images: ['**'], scan: {} }] } } : {}),
     extra: {
+      ...(scan
+        ? {
+            scan: {
+              order: ['reports'],
+              reports: { token: { env: 'PC_S3_EPOCH_REPORT_TOKEN' }, maxSize: '64KiB' },
+              admin: { token: { env: 'PC_S3_EPOCH_ADMIN_TOKEN' } },
+            },
+          }
+        : {}),
       storage: {
         blobs: 's3',
         s3: {
@@ -99,10 +117,13 @@ describe('the durable epoch in S3', () => {
       for (let i = 0; i < 6; i++) a.p.proxy.app.gate.forgetDigest(`sha256:${String(i).repeat(64)}`);
       // Bumps that come together share increments; the first write to a fresh SeaweedFS bucket is slow (volume growth).
       const epoch = (): number => Number(epochOf(a));
-      await until(async () => epoch() >= 1 && (await epochObjects('durable/')).at(-1) === String(epoch()).padStart(16, '0'), 'bumps in S3', 90_000);
+      const settled = async (): Promise<boolean> =>
+        ((await (await fetch(`${a.p.url}/readyz`)).json()) as { status: string }).status === 'ready' &&
+        (await epochObjects('durable/')).at(-1) === String(epoch()).padStart(16, '0');
+      await until(async () => epoch() >= 1 && (await settled()), 'bumps in S3', 90_000);
       const last = epoch();
       a.p.proxy.app.gate.forgetDigest(`sha256:${'7'.repeat(64)}`);
-      await until(async () => (await epochObjects('durable/')).at(-1) === String(last + 1).padStart(16, '0'), 'one more bump in S3', 30_000);
+      await until(async () => epoch() === last + 1 && (await settled()), 'one more bump in S3', 30_000);
       // One object per epoch, the oldest deleted: a slow writer can never put a lower epoch back.
       expect((await epochObjects('durable/')).length).toBeLessThanOrEqual(4);
       durableEpoch = String(last + 1);
@@ -150,6 +171,61 @@ describe('the durable epoch in S3', () => {
     } finally {
       await Promise.all([a.p.stop(), b.p.stop()]);
       await link.stop();
+    }
+  });
+});
+
+function pushReport(r: Replica, fixture: string, repo: string, digest: string): Promise<Response> {
+  return fetch(`${r.p.url}/api/v1/reports/${reg.host}/${repo}@${digest}`, {
+    method: 'PUT',
+    headers: { authorization: `Bearer ${REPORT_TOKEN}`, 'content-type': 'application/json' },
+    body: fixture
+      .replaceAll(`registry.example/demo/app@${ZERO}`, `${reg.host}/${repo}@${digest}`)
+      .replace(/"CreatedAt": "[^"]+"/, `"CreatedAt": "${new Date().toISOString()}"`),
+  });
+}
+
+describe('pushed reports in the bucket', () => {
+  let a: Replica;
+  let b: Replica;
+  let img: PushedImage;
+  const repo = 'team/reported';
+  beforeAll(async () => {
+    img = await pushImage(reg.url, repo, 'v1');
+    [a, b] = await Promise.all([replica('reports/', redis.port, true), replica('reports/', redis.port, true)]);
+  }, 60_000);
+  afterAll(async () => Promise.all([a?.p.stop(), b?.p.stop()]));
+
+  it('a report pushed to one replica counts on the other; a CRITICAL one is denied there within the bound, whoever decides first', async () => {
+    // Without a report the policy's scan rule denies (not scanned).
+    expect((await pull(b, repo, img))[0]).toBe(403);
+    const first = epochOf(b);
+    expect((await pushReport(a, clean, repo, img.digest)).status).toBe(201);
+    await until(() => epochOf(b) !== first, 'B hears the bump');
+    expect(await pull(b, repo, img)).toEqual([200, 200, 200]);
+    const before = epochOf(b);
+    expect((await pushReport(a, critical, repo, img.digest)).status).toBe(201);
+    await until(() => epochOf(b) !== before, 'B hears the bump');
+    // B decides first under the new epoch, and reads the CRITICAL report A took from the bucket.
+    const denied = await fetch(`${b.p.url}/v2/${reg.host}/${repo}/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
+    expect(denied.status).toBe(403);
+    expect(denied.headers.get('portcullis-reason')).toMatch(/CRITICAL|critical/);
+    expect((await fetch(`${b.p.url}/v2/${reg.host}/${repo}/blobs/${img.layers[0]!.digest}`)).status).toBe(403);
+    expect((await pull(a, repo, img))[0]).toBe(403);
+  });
+
+  it("deleting the image's reports on one replica removes them from the bucket: neither replica counts them", async () => {
+    const del = await fetch(`${b.p.url}/api/v1/reports/${reg.host}/${repo}@${img.digest}`, {
+      method: 'DELETE',
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    expect(del.status).toBe(204);
+    const s3 = weed.client();
+    try {
+      const left = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: `reports/meta/v1/reports/${img.digest}/` }));
+      expect(left.Contents ?? []).toEqual([]);
+    } finally {
+      s3.destroy();
     }
   });
 });
