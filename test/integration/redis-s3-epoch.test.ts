@@ -112,7 +112,7 @@ async function pull(r: Replica, repo: string, img: PushedImage): Promise<number[
 describe('the durable epoch in S3', () => {
   it('a bump survives a Redis flush: a replica started afterwards reads it from the bucket and writes it back', async () => {
     const a = await replica('durable/');
-    let durableEpoch = '';
+    let durableEpoch: string;
     try {
       for (let i = 0; i < 6; i++) a.p.proxy.app.gate.forgetDigest(`sha256:${String(i).repeat(64)}`);
       // Bumps that come together share increments; the first write to a fresh SeaweedFS bucket is slow (volume growth).
