@@ -8,7 +8,7 @@
  * skip: a missing `redis-server` fails with the installer's name.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
@@ -134,6 +134,72 @@ export async function startRedis(): Promise<RunningRedis> {
     output: () => lines.join('\n'),
     stop: async () => {
       await kill();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface RunningSentinel {
+  port: number;
+  /** The master's name the sentinel monitors. */
+  name: string;
+  stop(): Promise<void>;
+}
+
+/** A Sentinel (`redis-server <conf> --sentinel`) on a random loopback port, monitoring `master` as `name`. */
+export async function startSentinel(master: RunningRedis, name = 'portcullis-master'): Promise<RunningSentinel> {
+  assertBinary();
+  const dir = await mkdtemp(join(tmpdir(), 'pc-sentinel-'));
+  const port = await freePort();
+  const conf = join(dir, 'sentinel.conf');
+  // Sentinel rewrites its config file, so it must be writable and its own.
+  await writeFile(
+    conf,
+    [
+      `port ${port}`,
+      'bind 127.0.0.1',
+      `dir ${dir}`,
+      `sentinel monitor ${name} 127.0.0.1 ${master.port} 1`,
+      `sentinel down-after-milliseconds ${name} 1000`,
+      '',
+    ].join('\n'),
+  );
+  const c = spawn('redis-server', [conf, '--sentinel'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(c);
+  let exited = false;
+  c.once('exit', () => {
+    exited = true;
+    live.delete(c);
+  });
+  const lines: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`sentinel not ready after ${READY_TIMEOUT_MS} ms:\n${lines.slice(-20).join('\n')}`)), READY_TIMEOUT_MS);
+    const keep = (b: Buffer): void => {
+      for (const l of b.toString().split('\n')) {
+        if (!l) continue;
+        lines.push(l);
+        if (l.includes('+monitor master')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      }
+    };
+    c.stdout?.on('data', keep);
+    c.stderr?.on('data', keep);
+    c.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`sentinel exited (${code}) during start-up:\n${lines.slice(-20).join('\n')}`));
+    });
+  });
+  return {
+    port,
+    name,
+    stop: async () => {
+      if (!exited) {
+        const gone = new Promise((r) => c.once('exit', r));
+        c.kill('SIGKILL');
+        await gone;
+      }
       await rm(dir, { recursive: true, force: true });
     },
   };

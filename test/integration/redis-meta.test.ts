@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DecisionObserver } from '../../src/gate/gate.js';
 import { MANIFEST_ACCEPT, pushImage, type PushedImage } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
-import { startRedis, type RunningRedis } from '../harness/redis.js';
+import { startRedis, startSentinel, type RunningRedis } from '../harness/redis.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { startTcpCut, type TcpCut } from '../harness/tcp-cut.js';
 import { until } from '../harness/wait.js';
@@ -340,5 +340,38 @@ describe('Redis down or stalled', () => {
       redis.resume();
     }
     await until(async () => (await readyz(b)).body.status === 'ready', 'B ready', 20_000);
+  });
+});
+
+describe('through Sentinel', () => {
+  it('a replica finds the master through a real Sentinel, shares its decision and is ready', async () => {
+    const sentinel = await startSentinel(redis);
+    const img = await pushImage(reg.url, 'team/sentinel', 'v1');
+    const c = counter();
+    const p = await startProxy({
+      upstreams: [{ name: 'local', registry: reg.host, url: reg.url }],
+      observers: [c.observer],
+      extra: {
+        storage: {
+          meta: 'redis',
+          redis: { sentinel: { name: sentinel.name, sentinels: [`127.0.0.1:${sentinel.port}`] }, allowInsecure: true, keyPrefix: 'sentinel:' },
+        },
+      },
+    });
+    try {
+      const r: Replica = { p, c, clock: { t: 0 } };
+      expect(await pull(r, 'team/sentinel', 'v1', img)).toEqual([200, 200, 200]);
+      expect((await readyz(r)).body.status).toBe('ready');
+      const k = redis.client();
+      try {
+        await until(async () => (await k.keys('sentinel:v1:decision:*')).length > 0, 'the decision in the master');
+        expect(await k.get('sentinel:v1:epoch')).toBe('0');
+      } finally {
+        k.disconnect();
+      }
+    } finally {
+      await p.stop();
+      await sentinel.stop();
+    }
   });
 });
