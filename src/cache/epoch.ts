@@ -59,6 +59,8 @@ export class EpochTracker implements EpochSource {
   private confirmedAt = -Infinity;
   /** Why the last read of Redis failed; undefined when it answered. */
   private redisProblem: string | undefined = 'not read yet';
+  /** Why the last read of the durable copy (the bucket) failed; undefined when it answered or there is none. */
+  private storeProblem: string | undefined;
   /** Bumps not yet stored anywhere shared: retried on every poll. */
   private pendingBumps: string[] = [];
   private readonly listeners = new Set<() => void>();
@@ -108,6 +110,10 @@ export class EpochTracker implements EpochSource {
     return undefined;
   }
 
+  storeDegraded(): string | undefined {
+    return this.storeProblem === undefined ? undefined : `s3: degraded (the bucket did not answer: ${this.storeProblem})`;
+  }
+
   onChange(f: () => void): () => void {
     this.listeners.add(f);
     return () => this.listeners.delete(f);
@@ -129,6 +135,7 @@ export class EpochTracker implements EpochSource {
     const started = this.o.now();
     const [fromRedis, fromStore] = await Promise.allSettled([this.o.channel.read(), this.o.durable ? this.o.durable.read() : Promise.resolve(undefined)]);
     this.redisProblem = fromRedis.status === 'rejected' ? describe(fromRedis.reason) : undefined;
+    this.storeProblem = fromStore.status === 'rejected' ? describe(fromStore.reason) : undefined;
     const seen: number[] = [];
     if (fromRedis.status === 'fulfilled') seen.push(fromRedis.value ?? 0);
     if (fromStore.status === 'fulfilled' && fromStore.value !== undefined) seen.push(fromStore.value);

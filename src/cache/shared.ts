@@ -47,6 +47,8 @@ export interface EpochSource {
   onChange(f: () => void): () => void;
   /** A readiness note when the epoch could not be confirmed lately; undefined when all is well. */
   degraded(): string | undefined;
+  /** A readiness note when the bucket (the epoch's durable copy) did not answer the last poll. */
+  storeDegraded(): string | undefined;
 }
 
 /** Nothing shared: `storage.meta: sqlite`. */

@@ -261,7 +261,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     signatures,
     api,
     readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
-    degraded: epoch ? [() => epoch.degraded()] : [],
+    degraded: epoch ? [() => epoch.degraded(), () => epoch.storeDegraded()] : [],
     auth,
     ...clock,
   });

@@ -48,7 +48,7 @@ interface Replica {
   clock: { t: number };
 }
 
-async function replica(prefix: string, redisPort = redis.port, scan = false): Promise<Replica> {
+async function replica(prefix: string, redisPort = redis.port, scan = false, s3Endpoint = weed.endpoint): Promise<Replica> {
   let n = 0;
   const clock = { t: Date.now() };
   const observer: DecisionObserver = { onDecision: () => void n++ };
@@ -70,7 +70,7 @@ async function replica(prefix: string, redisPort = redis.port, scan = false): Pr
       storage: {
         blobs: 's3',
         s3: {
-          endpoint: weed.endpoint,
+          endpoint: s3Endpoint,
           bucket: BUCKET,
           prefix,
           forcePathStyle: true,
@@ -226,6 +226,28 @@ describe('pushed reports in the bucket', () => {
       expect(left.Contents ?? []).toEqual([]);
     } finally {
       s3.destroy();
+    }
+  });
+});
+
+describe('readiness names the bucket', () => {
+  it('a replica cut off from S3 stays ready (200) and says `s3: degraded`; back when the bucket answers', async () => {
+    const link = await startTcpCut(Number(new URL(weed.endpoint).port));
+    const r = await replica('ready/', redis.port, false, `http://127.0.0.1:${link.port}`);
+    const ready = async (): Promise<{ status: number; body: { status: string; degraded?: string[] } }> => {
+      const res = await fetch(`${r.p.url}/readyz`);
+      return { status: res.status, body: (await res.json()) as { status: string; degraded?: string[] } };
+    };
+    try {
+      await until(async () => (await ready()).body.status === 'ready', 'ready', 20_000);
+      link.cut();
+      await until(async () => ((await ready()).body.degraded ?? []).some((d) => d.startsWith('s3: degraded')), 's3 degraded', 20_000);
+      expect((await ready()).status).toBe(200);
+      link.restore();
+      await until(async () => (await ready()).body.status === 'ready', 'ready again', 20_000);
+    } finally {
+      await r.p.stop();
+      await link.stop();
     }
   });
 });
