@@ -8,6 +8,8 @@ export interface RedisConnections {
   client: Redis;
   /** For pub/sub: a subscribed connection can run nothing else. */
   subscriber: Redis;
+  /** storage.redis.signingKey, read at start. */
+  signingKey: Buffer | undefined;
 }
 
 export function redisClients(cfg: RedisConfig, readSecret: (ref: SecretRef) => string, onError: (err: unknown) => void): RedisConnections {
@@ -23,6 +25,9 @@ export function redisClients(cfg: RedisConfig, readSecret: (ref: SecretRef) => s
   const username = secret('username', cfg.username);
   const password = secret('password', cfg.password);
   const sentinelPassword = secret('sentinel.password', cfg.sentinel?.password);
+  const key = secret('signingKey', cfg.signingKey);
+  if (key !== undefined && Buffer.byteLength(key) < 32) throw new Error('storage.redis.signingKey: at least 32 bytes');
+  const signingKey = key === undefined ? undefined : Buffer.from(key);
   const tlsOn = cfg.tls || cfg.url?.startsWith('rediss:') === true;
   const tls = tlsOn ? (cfg.caFile ? { ca: readFileSync(cfg.caFile) } : {}) : undefined;
   const common: RedisOptions = {
@@ -61,5 +66,5 @@ export function redisClients(cfg: RedisConfig, readSecret: (ref: SecretRef) => s
   const subscriber = new Redis({ ...options, enableOfflineQueue: true, commandTimeout: undefined });
   client.on('error', onError);
   subscriber.on('error', onError);
-  return { client, subscriber };
+  return { client, subscriber, signingKey };
 }

@@ -4,7 +4,7 @@
  * has succeeded since), so an outage never adds a timeout to each request: a replica then works from its own SQLite
  * and decides what it has not decided itself.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { EpochChannel } from './epoch.js';
 import type { TagEntry } from './metastore.js';
@@ -36,6 +36,8 @@ export interface RedisSharedOptions {
   /** A second connection in subscriber mode (Redis allows nothing else on it). */
   subscriber: Redis;
   keyPrefix: string;
+  /** storage.redis.signingKey: entries carry an HMAC over their key and content; unsigned or wrong ones are misses. */
+  signingKey?: Buffer | undefined;
   onError?: (what: string, err: unknown) => void;
 }
 
@@ -53,8 +55,8 @@ export class RedisShared implements SharedState, EpochChannel {
   }
 
   async getDecision(key: string): Promise<SharedDecision | undefined> {
-    const v = await this.get(this.keys.decision + hash(key), 'read a shared decision');
-    const d = parse(v) as { v?: unknown; admission?: unknown; expiresAt?: unknown } | undefined;
+    const k = this.keys.decision + hash(key);
+    const d = this.verified(k, parse(await this.get(k, 'read a shared decision'))) as { v?: unknown; admission?: unknown; expiresAt?: unknown } | undefined;
     if (d?.v !== 1 || typeof d.expiresAt !== 'number' || typeof d.admission !== 'object' || d.admission === null) return undefined;
     return { admission: d.admission, expiresAt: d.expiresAt };
   }
@@ -62,11 +64,13 @@ export class RedisShared implements SharedState, EpochChannel {
   putDecision(key: string, d: SharedDecision): void {
     const ttl = Math.floor(d.expiresAt - Date.now());
     if (ttl <= 0) return;
-    this.set(this.keys.decision + hash(key), JSON.stringify({ v: 1, admission: d.admission, expiresAt: d.expiresAt }), ttl, 'share a decision');
+    const k = this.keys.decision + hash(key);
+    this.set(k, this.signed(k, { v: 1, admission: d.admission, expiresAt: d.expiresAt }), ttl, 'share a decision');
   }
 
   async getTag(upstream: string, repository: string, tag: string): Promise<TagEntry | undefined> {
-    const t = parse(await this.get(this.keys.tag + hash(`${upstream}\n${repository}\n${tag}`), 'read a shared tag')) as Record<string, unknown> | undefined;
+    const k = this.keys.tag + hash(`${upstream}\n${repository}\n${tag}`);
+    const t = this.verified(k, parse(await this.get(k, 'read a shared tag'))) as Record<string, unknown> | undefined;
     if (t?.v !== 1 || typeof t.digest !== 'string' || typeof t.mediaType !== 'string' || typeof t.size !== 'number' || typeof t.checkedAt !== 'number') {
       return undefined;
     }
@@ -75,7 +79,8 @@ export class RedisShared implements SharedState, EpochChannel {
 
   putTag(upstream: string, repository: string, tag: string, e: TagEntry, ttlMs: number): void {
     if (ttlMs <= 0) return;
-    this.set(this.keys.tag + hash(`${upstream}\n${repository}\n${tag}`), JSON.stringify({ v: 1, ...e }), Math.ceil(ttlMs), 'share a tag');
+    const k = this.keys.tag + hash(`${upstream}\n${repository}\n${tag}`);
+    this.set(k, this.signed(k, { v: 1, ...e }), Math.ceil(ttlMs), 'share a tag');
   }
 
   /** Resolves once the command connection is up, or after `ms` (then the replica starts degraded). */
@@ -91,6 +96,26 @@ export class RedisShared implements SharedState, EpochChannel {
       const t = setTimeout(done, ms);
       c.on('ready', done);
     });
+  }
+
+  /** The entry as stored: its JSON, with `mac` (HMAC-SHA256 of `<redis key>\n<JSON without mac>`) when signing. */
+  private signed(key: string, payload: Record<string, unknown>): string {
+    const text = JSON.stringify(payload);
+    return this.o.signingKey ? JSON.stringify({ ...payload, mac: this.mac(key, text) }) : text;
+  }
+
+  /** The entry without its mac; undefined when signing is on and the mac is missing or wrong (bound to the key). */
+  private verified(key: string, v: unknown): unknown {
+    if (typeof v !== 'object' || v === null) return undefined;
+    const { mac, ...payload } = v as Record<string, unknown>;
+    if (!this.o.signingKey) return payload;
+    if (typeof mac !== 'string' || !/^[0-9a-f]{64}$/.test(mac)) return undefined;
+    const want = Buffer.from(this.mac(key, JSON.stringify(payload)), 'hex');
+    return timingSafeEqual(want, Buffer.from(mac, 'hex')) ? payload : undefined;
+  }
+
+  private mac(key: string, text: string): string {
+    return createHmac('sha256', this.o.signingKey!).update(`${key}\n${text}`).digest('hex');
   }
 
   // EpochChannel

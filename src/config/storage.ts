@@ -18,6 +18,7 @@
  *     redis:
  *       url: rediss://redis.internal.example:6379/0     # or sentinel: { name: mymaster, sentinels: [h1:26379, h2:26379] }
  *       password: { env: REDIS_PASSWORD }
+ *       signingKey: { file: /run/secrets/redis-signing-key }   # HMAC on shared entries (32+ bytes, same on every replica)
  *       caFile: /etc/portcullis/redis-ca.pem
  *       keyPrefix: "portcullis:"
  *       maxStaleness: 5s         # longer without confirming the epoch: cached decisions are no longer trusted
@@ -110,6 +111,13 @@ const redis = z
     db: z.number().int().min(0).max(15).default(0),
     username: secretRef.optional(),
     password: secretRef.optional(),
+    /**
+     * A key every replica shares: shared decisions and tag mappings carry an HMAC-SHA256 over their Redis key and
+     * content, and an entry without a valid one is a miss. Without it, whoever can write to Redis can forge an allow.
+     */
+    signingKey: secretRef.optional(),
+    /** Share entries unsigned: whoever can write to Redis can then make every replica serve an image (trust Redis). */
+    allowUnsigned: z.boolean().default(false),
     /** TLS to Redis (implied by rediss://); caFile: the PEM CA its certificate must chain to. */
     tls: z.boolean().default(false),
     caFile: z.string().min(1).optional(),
@@ -142,6 +150,12 @@ const redis = z
         code: 'custom',
         path: [r.url ? 'url' : 'tls'],
         message: 'a plaintext connection carries decisions unencrypted; use rediss:// or tls: true, or set storage.redis.allowInsecure: true',
+      });
+    if (!r.signingKey && !r.allowUnsigned)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['signingKey'],
+        message: 'required: without it, whoever can write to Redis can forge an allow for every replica (or set storage.redis.allowUnsigned: true)',
       });
     if (r.caFile && !tls) ctx.addIssue({ code: 'custom', path: ['caFile'], message: 'caFile needs TLS (rediss:// or tls: true)' });
   });

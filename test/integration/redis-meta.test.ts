@@ -19,6 +19,7 @@ import { until } from '../harness/wait.js';
 
 const REPORT_TOKEN = 'redis-meta-report-token-41c9';
 process.env.PC_REDIS_META_REPORT_TOKEN = REPORT_TOKEN;
+process.env.PC_REDIS_META_SIGNING_KEY = 'redis-meta-signing-key-0123456789abcdef';
 const ZERO = `sha256:${'0'.repeat(64)}`;
 const critical = readFileSync('test/fixtures/scan/trivy-critical.json', 'utf8');
 const clean = readFileSync('test/fixtures/scan/trivy-clean.json', 'utf8');
@@ -53,7 +54,15 @@ function counter(): { decisions: number; hits: number; observer: DecisionObserve
 function redisStorage(prefix: string, port = redis.port, more: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     meta: 'redis',
-    redis: { url: `redis://127.0.0.1:${port}/0`, allowInsecure: true, keyPrefix: prefix, pollInterval: '200ms', maxStaleness: '2s', ...more },
+    redis: {
+      url: `redis://127.0.0.1:${port}/0`,
+      allowInsecure: true,
+      signingKey: { env: 'PC_REDIS_META_SIGNING_KEY' },
+      keyPrefix: prefix,
+      pollInterval: '200ms',
+      maxStaleness: '2s',
+      ...more,
+    },
   };
 }
 
@@ -64,7 +73,14 @@ interface Replica {
   clock: { t: number };
 }
 
-async function replica(o: { prefix: string; port?: number; upstreamUrl?: string; scan?: boolean }): Promise<Replica> {
+async function replica(o: {
+  prefix: string;
+  port?: number;
+  upstreamUrl?: string;
+  scan?: boolean;
+  settings?: Record<string, unknown>;
+  redis?: Record<string, unknown>;
+}): Promise<Replica> {
   const c = counter();
   const clock = { t: Date.now() };
   const p = await startProxy({
@@ -79,7 +95,7 @@ async function replica(o: { prefix: string; port?: number; upstreamUrl?: string;
             scan: { order: ['reports'], reports: { token: { env: 'PC_REDIS_META_REPORT_TOKEN' }, maxSize: '64KiB' } },
           },
         }
-      : { extra: { storage: redisStorage(o.prefix, o.port) } }),
+      : { extra: { storage: redisStorage(o.prefix, o.port, o.redis) }, ...(o.settings ? { settings: o.settings } : {}) }),
   });
   return { p, c, clock };
 }
@@ -354,7 +370,12 @@ describe('through Sentinel', () => {
       extra: {
         storage: {
           meta: 'redis',
-          redis: { sentinel: { name: sentinel.name, sentinels: [`127.0.0.1:${sentinel.port}`] }, allowInsecure: true, keyPrefix: 'sentinel:' },
+          redis: {
+            sentinel: { name: sentinel.name, sentinels: [`127.0.0.1:${sentinel.port}`] },
+            allowInsecure: true,
+            signingKey: { env: 'PC_REDIS_META_SIGNING_KEY' },
+            keyPrefix: 'sentinel:',
+          },
         },
       },
     });
@@ -372,6 +393,60 @@ describe('through Sentinel', () => {
     } finally {
       await p.stop();
       await sentinel.stop();
+    }
+  });
+});
+
+describe('an allow forged in Redis', () => {
+  const SIGNED_ONLY = { scopes: [{ name: 'signed-only', images: ['**'], signatures: { authorities: ['release-team'] } }] };
+  beforeAll(async () => {
+    await pushImage(reg.url, 'team/forged', 'v1');
+  });
+
+  /** A decides (deny: nothing is signed); then whoever can write to Redis turns that entry into an allow. */
+  async function forge(prefix: string, redisOpts: Record<string, unknown>): Promise<{ a: Replica; b: Replica }> {
+    const [a, b] = await Promise.all([
+      replica({ prefix, settings: SIGNED_ONLY, redis: redisOpts }),
+      replica({ prefix, settings: SIGNED_ONLY, redis: redisOpts }),
+    ]);
+    expect((await manifest(a, 'team/forged', 'v1')).status).toBe(403);
+    const c = redis.client();
+    try {
+      const keys = await c.keys(`${prefix}v1:decision:*`);
+      expect(keys.length).toBe(1);
+      const entry = JSON.parse((await c.get(keys[0]!))!) as { admission: Record<string, unknown> };
+      Object.assign(entry.admission, { serve: true, outcome: 'allow', message: '', violations: [] });
+      await c.set(keys[0]!, JSON.stringify(entry), 'PX', 600_000);
+    } finally {
+      c.disconnect();
+    }
+    return { a, b };
+  }
+
+  it('with allowUnsigned (no signingKey), Redis is trusted: the forged allow is served (why the key is required)', async () => {
+    const { a, b } = await forge('forge1:', { signingKey: undefined, allowUnsigned: true });
+    try {
+      expect((await manifest(b, 'team/forged', 'v1')).status).toBe(200);
+    } finally {
+      await Promise.all([a.p.stop(), b.p.stop()]);
+    }
+  });
+
+  it('with storage.redis.signingKey, the forged entry is a miss: the replica decides itself and denies', async () => {
+    const { a, b } = await forge('forge2:', { signingKey: { env: 'PC_REDIS_META_SIGNING_KEY' } });
+    try {
+      const before = b.c.decisions;
+      expect((await manifest(b, 'team/forged', 'v1')).status).toBe(403);
+      expect(b.c.decisions).toBe(before + 1);
+      // And a genuine, signed entry is still shared: a second image decided on A is reused by B.
+      const other = await pushImage(reg.url, 'team/forged', 'v2');
+      expect((await manifest(a, 'team/forged', 'v2')).status).toBe(403);
+      const n = b.c.decisions;
+      expect((await manifest(b, 'team/forged', 'v2')).status).toBe(403);
+      expect(b.c.decisions).toBe(n);
+      expect(other.digest).toMatch(/^sha256:/);
+    } finally {
+      await Promise.all([a.p.stop(), b.p.stop()]);
     }
   });
 });

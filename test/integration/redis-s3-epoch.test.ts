@@ -21,6 +21,7 @@ const REPORT_TOKEN = 's3-epoch-report-token-93be';
 process.env.PC_S3_EPOCH_REPORT_TOKEN = REPORT_TOKEN;
 const ADMIN_TOKEN = 's3-epoch-admin-token-5f21';
 process.env.PC_S3_EPOCH_ADMIN_TOKEN = ADMIN_TOKEN;
+process.env.PC_S3_EPOCH_SIGNING_KEY = 's3-epoch-signing-key-0123456789abcdef0123';
 const ZERO = `sha256:${'0'.repeat(64)}`;
 const critical = readFileSync('test/fixtures/scan/trivy-critical.json', 'utf8');
 const clean = readFileSync('test/fixtures/scan/trivy-clean.json', 'utf8');
@@ -78,7 +79,14 @@ async function replica(prefix: string, redisPort = redis.port, scan = false, s3E
           credentials: { accessKeyId: { env: ENV_AK }, secretAccessKey: { env: ENV_SK } },
         },
         meta: 'redis',
-        redis: { url: `redis://127.0.0.1:${redisPort}/0`, allowInsecure: true, keyPrefix: prefix.replace('/', ':'), pollInterval: '200ms', maxStaleness: '2s' },
+        redis: {
+          url: `redis://127.0.0.1:${redisPort}/0`,
+          allowInsecure: true,
+          signingKey: { env: 'PC_S3_EPOCH_SIGNING_KEY' },
+          keyPrefix: prefix.replace('/', ':'),
+          pollInterval: '200ms',
+          maxStaleness: '2s',
+        },
       },
     },
   });

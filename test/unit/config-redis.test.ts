@@ -14,6 +14,7 @@ const REDIS = `${MIN}storage:
   redis:
     url: rediss://redis.internal.example:6380/2
     password: { env: REDIS_PASSWORD }
+    signingKey: { file: /run/secrets/redis-signing-key }
     caFile: /etc/portcullis/redis-ca.pem
 `;
 
@@ -24,6 +25,8 @@ describe('storage.meta: redis config', () => {
     expect(c.storage.redis).toEqual({
       url: 'rediss://redis.internal.example:6380/2',
       password: { env: 'REDIS_PASSWORD' },
+      signingKey: { file: '/run/secrets/redis-signing-key' },
+      allowUnsigned: false,
       caFile: '/etc/portcullis/redis-ca.pem',
       db: 0,
       tls: false,
@@ -37,7 +40,7 @@ describe('storage.meta: redis config', () => {
 
   it('parses a sentinel set-up', () => {
     const c = parseConfig(
-      `${MIN}storage:\n  meta: redis\n  redis:\n    sentinel: { name: mymaster, sentinels: ["10.0.0.1:26379", "[fd00::2]:26379"] }\n    tls: true\n    maxStaleness: 10s\n`,
+      `${MIN}storage:\n  meta: redis\n  redis:\n    sentinel: { name: mymaster, sentinels: ["10.0.0.1:26379", "[fd00::2]:26379"] }\n    tls: true\n    allowUnsigned: true\n    maxStaleness: 10s\n`,
       'p.yaml',
       {},
     );
@@ -77,6 +80,7 @@ describe('storage.meta: redis config', () => {
       ],
       [`${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", keyPrefix: "a b" }\n`, /storage\.redis\.keyPrefix/],
       [`${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", colour: blue }\n`, /storage\.redis.*colour/],
+      [`${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0" }\n`, /storage\.redis\.signingKey: required: .*allowUnsigned: true/],
     ];
     for (const [doc, re] of bad) expect(() => parseConfig(doc, 'p.yaml', {}), doc).toThrow(re);
   });
