@@ -14,6 +14,14 @@
  *       forcePathStyle: true
  *       credentials: { accessKeyId: { env: S3_ACCESS_KEY }, secretAccessKey: { file: /run/secrets/s3-secret } }
  *       caFile: /etc/portcullis/s3-ca.pem
+ *     meta: redis               # decisions, tag mappings and the invalidation epoch shared through Redis
+ *     redis:
+ *       url: rediss://redis.internal.example:6379/0     # or sentinel: { name: mymaster, sentinels: [h1:26379, h2:26379] }
+ *       password: { env: REDIS_PASSWORD }
+ *       signingKey: { file: /run/secrets/redis-signing-key }   # HMAC on shared entries (32+ bytes, same on every replica)
+ *       caFile: /etc/portcullis/redis-ca.pem
+ *       keyPrefix: "portcullis:"
+ *       maxStaleness: 5s         # longer without confirming the epoch: cached decisions are no longer trusted
  */
 import { z } from 'zod';
 import { secretRef } from './primitives.js';
@@ -79,9 +87,85 @@ const s3 = z
     }
   });
 
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected host:port');
+
+const redis = z
+  .object({
+    /** redis://host:port/db or rediss:// (TLS); no credentials in it (use username/password). */
+    url: z
+      .string()
+      .regex(/^rediss?:\/\/[^/?#]+(\/\d{1,2})?$/, 'expected redis://host:port/db or rediss://host:port/db')
+      .refine((u) => !/^rediss?:\/\/[^/]*@/.test(u), 'no credentials in the URL: use username and password (secret references)')
+      .optional(),
+    /** Sentinel-managed Redis: the master's name and the sentinels to ask for it. */
+    sentinel: z
+      .object({
+        name: z.string().min(1),
+        sentinels: z.array(hostPort).min(1),
+        /** The sentinels' own password, when they have one. */
+        password: secretRef.optional(),
+      })
+      .strict()
+      .optional(),
+    /** Database number with sentinel (with url, the path gives it). */
+    db: z.number().int().min(0).max(15).default(0),
+    username: secretRef.optional(),
+    password: secretRef.optional(),
+    /**
+     * A key every replica shares: shared decisions and tag mappings carry an HMAC-SHA256 over their Redis key and
+     * content, and an entry without a valid one is a miss. Without it, whoever can write to Redis can forge an allow.
+     */
+    signingKey: secretRef.optional(),
+    /** Share entries unsigned: whoever can write to Redis can then make every replica serve an image (trust Redis). */
+    allowUnsigned: z.boolean().default(false),
+    /** TLS to Redis (implied by rediss://); caFile: the PEM CA its certificate must chain to. */
+    tls: z.boolean().default(false),
+    caFile: z.string().min(1).optional(),
+    /** A plaintext connection: decisions and the invalidation epoch travel unencrypted and unauthenticated. */
+    allowInsecure: z.boolean().default(false),
+    /** Prefix of every key and channel; several deployments can share one Redis under different prefixes. */
+    keyPrefix: z
+      .string()
+      .regex(/^[A-Za-z0-9._:-]{0,64}$/, 'letters, digits, . _ : - (at most 64)')
+      .default('portcullis:'),
+    /** A command not answered within this fails (Redis stalled): the request goes on without it. */
+    commandTimeout: duration.refine((ms) => ms >= 10 && ms <= 10_000, 'between 10ms and 10s').default(500),
+    /** How often the epoch is read when pub/sub says nothing (the backstop for a lost message). */
+    pollInterval: duration.refine((ms) => ms >= 100 && ms <= 60_000, 'between 100ms and 1m').default(1_000),
+    /**
+     * A replica that could not confirm the invalidation epoch (from Redis, or the durable copy) for longer than this
+     * stops trusting its cached decisions and decides again: the bound on serving an image another replica was told
+     * to stop serving.
+     */
+    maxStaleness: duration.refine((ms) => ms >= 1_000 && ms <= 600_000, 'between 1s and 10m').default(5_000),
+  })
+  .strict()
+  .superRefine((r, ctx) => {
+    if ((r.url === undefined) === (r.sentinel === undefined)) ctx.addIssue({ code: 'custom', path: ['url'], message: 'give exactly one of url or sentinel' });
+    if (r.pollInterval >= r.maxStaleness)
+      ctx.addIssue({ code: 'custom', path: ['pollInterval'], message: 'must be shorter than maxStaleness, or every poll gap would count as stale' });
+    const tls = r.tls || r.url?.startsWith('rediss:') === true;
+    if (!tls && !r.allowInsecure)
+      ctx.addIssue({
+        code: 'custom',
+        path: [r.url ? 'url' : 'tls'],
+        message: 'a plaintext connection carries decisions unencrypted; use rediss:// or tls: true, or set storage.redis.allowInsecure: true',
+      });
+    if (!r.signingKey && !r.allowUnsigned)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['signingKey'],
+        message: 'required: without it, whoever can write to Redis can forge an allow for every replica (or set storage.redis.allowUnsigned: true)',
+      });
+    if (r.caFile && !tls) ctx.addIssue({ code: 'custom', path: ['caFile'], message: 'caFile needs TLS (rediss:// or tls: true)' });
+  });
+
 export const storageSchema = z
   .object({
     blobs: z.enum(['filesystem', 's3']).default('filesystem'),
+    /** Where shared, rebuildable state lives: only this replica's SQLite (the default), or Redis as well. */
+    meta: z.enum(['sqlite', 'redis']).default('sqlite'),
+    redis: redis.optional(),
     s3: s3.optional(),
     /**
      * Answer GETs of cached blobs with a 307 to a presigned URL of the object, so that the bytes flow from the store
@@ -95,9 +179,12 @@ export const storageSchema = z
   .superRefine((s, ctx) => {
     if (s.blobs === 's3' && !s.s3) ctx.addIssue({ code: 'custom', path: ['s3'], message: 'blobs: s3 needs an s3 section (bucket, region, …)' });
     if (s.blobs !== 's3' && s.s3) ctx.addIssue({ code: 'custom', path: ['s3'], message: 'an s3 section needs blobs: s3' });
+    if (s.meta === 'redis' && !s.redis) ctx.addIssue({ code: 'custom', path: ['redis'], message: 'meta: redis needs a redis section (url or sentinel)' });
+    if (s.meta !== 'redis' && s.redis) ctx.addIssue({ code: 'custom', path: ['redis'], message: 'a redis section needs meta: redis' });
     if (s.redirect && s.blobs !== 's3')
       ctx.addIssue({ code: 'custom', path: ['redirect'], message: 'redirect needs blobs: s3 (the filesystem store has no URLs to hand out)' });
   });
 
 export type StorageConfig = z.output<typeof storageSchema>;
 export type S3Config = NonNullable<StorageConfig['s3']>;
+export type RedisConfig = NonNullable<StorageConfig['redis']>;

@@ -10,11 +10,17 @@ export interface Basis {
   policy: string;
   settings: string;
   trust: string;
+  /**
+   * The cluster's invalidation epoch (cache/epoch.ts) with storage.meta: redis: a scan report pushed to any replica
+   * bumps it, and every replica's decisions and admissions made under an older one stop holding. Absent on one node.
+   */
+  epoch?: string | undefined;
 }
 
 /** The form stored with admissions and compared on every request. */
 export function basisKey(b: Basis): string {
-  return `policy=${b.policy};settings=${b.settings};trust=${b.trust}`;
+  const base = `policy=${b.policy};settings=${b.settings};trust=${b.trust}`;
+  return b.epoch === undefined ? base : `${base};epoch=${b.epoch}`;
 }
 
 /**

@@ -14,6 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { MetaStore } from '../cache/metastore.js';
+import type { EpochSource, SharedState } from '../cache/shared.js';
 import { measureUpstreamWait } from '../metrics/upstream-wait.js';
 import type { Manifest } from '../proxy/manifests.js';
 import { parseManifest } from '../oci/mediatypes.js';
@@ -54,6 +55,13 @@ export interface GateDeps {
   /** Told of every decision, in this order (the decision log first: it may turn an allow into a deny). */
   observers?: DecisionObserver[];
   now?: () => number;
+  /**
+   * Decisions shared with other replicas (storage.meta: redis): consulted on a local miss, so that a replica reuses a
+   * decision another one made for the same digest, client and basis instead of gathering evidence again.
+   */
+  shared?: SharedState | undefined;
+  /** The cluster's invalidation epoch, part of the basis; bumped when a report changes or the policy swaps. */
+  epoch?: EpochSource | undefined;
 }
 
 export interface ManifestSource {
@@ -170,8 +178,14 @@ export class Gate implements AdmissionGate {
   private readonly scan: ScanProvider;
   private readonly observers: DecisionObserver[];
   private readonly now: () => number;
+  private readonly shared: SharedState | undefined;
+  private readonly epoch: EpochSource | undefined;
 
   constructor(deps: GateDeps) {
+    this.shared = deps.shared;
+    this.epoch = deps.epoch;
+    // A new epoch makes every cached decision unreachable (its key holds the basis): free them at once.
+    deps.epoch?.onChange(() => this.decisions.clear());
     this.decider = deps.decider;
     const meta = (this.meta = deps.meta);
     const opts = (this.opts = deps.options);
@@ -205,7 +219,7 @@ export class Gate implements AdmissionGate {
   }
 
   private basisParts(): Basis {
-    return { policy: this.decider.revision, settings: this.opts.settingsHash ?? '', trust: this.signatures.trustRevision };
+    return { policy: this.decider.revision, settings: this.opts.settingsHash ?? '', trust: this.signatures.trustRevision, epoch: this.epoch?.token() };
   }
 
   /**
@@ -214,6 +228,8 @@ export class Gate implements AdmissionGate {
    */
   policyChanged(): void {
     this.decisions.clear();
+    // Other replicas swap when their own poll sees the new revision; the bump makes them decide again now.
+    this.epoch?.bump('policy swapped');
   }
 
   /** How many decisions the in-memory cache holds (bounded by decisionCacheSize). */
@@ -240,6 +256,8 @@ export class Gate implements AdmissionGate {
     }
     for (const root of roots) this.meta.dropRoot(root as Digest);
     this.closures.forget();
+    // The other replicas hold their own decisions about it: the epoch bump makes them all decide again.
+    this.epoch?.bump(`evidence for ${digest} changed`);
     return n;
   }
 
@@ -319,13 +337,43 @@ export class Gate implements AdmissionGate {
       if (hit.admission.serve) this.closures.reassert(s, hit.admission, this.basis());
       return Promise.resolve({ ...hit.admission, cached: true });
     }
-    return this.flights.run(key, () =>
-      this.decide(s).then((admission) => {
-        const ttl = admission.outcome === 'allow' ? this.opts.allowTTL : this.opts.denyTTL;
-        if (!this.transient.has(admission)) this.decisions.set(key, { admission, expiresAt: this.now() + ttl });
-        return admission;
-      }),
-    );
+    return this.flights.run(key, async () => {
+      const reused = await this.sharedDecision(s, key);
+      if (reused) return reused;
+      const admission = await this.decide(s);
+      const ttl = admission.outcome === 'allow' ? this.opts.allowTTL : this.opts.denyTTL;
+      if (!this.transient.has(admission)) {
+        const entry = { admission, expiresAt: this.now() + ttl };
+        this.decisions.set(key, entry);
+        this.shared?.putDecision(key, { admission: { ...admission, cached: false }, expiresAt: entry.expiresAt });
+      }
+      return admission;
+    });
+  }
+
+  /**
+   * A decision another replica made under the same key (digest, root, tag, kind, client identity and basis, the
+   * epoch included), still unexpired: reused as this replica's cached decision, and recorded in its own store (an
+   * allow's closure) so that the blobs it admits are served from the local warm path. Anything malformed is a miss.
+   */
+  private async sharedDecision(s: Subject, key: string): Promise<Admission | undefined> {
+    if (!this.shared?.healthy) return undefined;
+    const d = await this.shared.getDecision(key);
+    const now = this.now();
+    if (!d || d.expiresAt <= now || !isAdmission(d.admission)) return undefined;
+    // The basis may have moved while Redis answered (an epoch bump): then the entry's key is no longer ours.
+    if (this.keyOf(s) !== key) return undefined;
+    const admission = d.admission;
+    this.decisions.set(key, { admission, expiresAt: d.expiresAt });
+    if (admission.serve) this.closures.record(s, admission, this.basis());
+    for (const o of this.observers) {
+      try {
+        o.onCacheHit?.(s.route);
+      } catch {
+        // Metrics must never change a decision.
+      }
+    }
+    return { ...admission, cached: true };
   }
 
   private async decide(s: Subject): Promise<Admission> {
@@ -472,6 +520,23 @@ export class Gate implements AdmissionGate {
 
 function withSubject(list: PolicyInput['attestations'], digest: string): PolicyInput['attestations'] {
   return list.map((a) => ({ ...a, subject_digest: a.subject_digest ?? digest }));
+}
+
+/** The shape of an Admission as JSON (a shared decision read back from Redis). */
+function isAdmission(a: unknown): a is Admission {
+  if (typeof a !== 'object' || a === null) return false;
+  const x = a as Record<string, unknown>;
+  return (
+    typeof x.decisionId === 'string' &&
+    typeof x.serve === 'boolean' &&
+    (x.outcome === 'allow' || x.outcome === 'deny' || x.outcome === 'warn' || x.outcome === 'dry-run-deny') &&
+    typeof x.message === 'string' &&
+    Array.isArray(x.violations) &&
+    Array.isArray(x.warnings) &&
+    (x.mode === 'enforce' || x.mode === 'warn' || x.mode === 'dry-run') &&
+    // Only an enforced deny is not served: anything else is no decision this gate makes.
+    x.serve === (x.outcome !== 'deny')
+  );
 }
 
 /** The evidence seam gets what the request knows: the route and the manifest, parsed once where it came in. */

@@ -9,7 +9,8 @@
  */
 import { createHash } from 'node:crypto';
 import type { Config } from '../config/schema.js';
-import type { MetaStore, StoredManifest } from '../cache/metastore.js';
+import type { MetaStore, StoredManifest, TagEntry } from '../cache/metastore.js';
+import type { SharedState } from '../cache/shared.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Route } from '../routing/route.js';
 import { digestAlgorithm, isDigest, type Digest } from '../routing/reference.js';
@@ -52,6 +53,8 @@ export interface ManifestServiceOptions {
   metrics: Metrics;
   /** The tag-TTL clock. */
   now?: () => number;
+  /** Tag mappings other replicas checked (storage.meta: redis), consulted when this replica's own is missing or old. */
+  shared?: SharedState | undefined;
 }
 
 export class ProxyManifestService implements ManifestService {
@@ -63,8 +66,10 @@ export class ProxyManifestService implements ManifestService {
   private readonly clientFor: (upstream: string) => UpstreamClient;
   private readonly metrics: Metrics;
   private readonly now: () => number;
+  private readonly shared: SharedState | undefined;
 
   constructor(o: ManifestServiceOptions) {
+    this.shared = o.shared;
     this.config = o.config;
     this.meta = o.meta;
     this.clientFor = o.clientFor;
@@ -86,6 +91,8 @@ export class ProxyManifestService implements ManifestService {
       this.metrics.cacheLookups.inc({ kind: 'tag', result: 'hit' });
       return { manifest: await this.get(route, cached.digest), stale: false };
     }
+    const fromPeer = await this.sharedTag(route, tag, cached, now);
+    if (fromPeer) return fromPeer;
     const serveStale = async (why: RegistryError | Error): Promise<ResolvedTag> => {
       if (cached && now - cached.checkedAt < this.config.cache.tagTTL + this.config.cache.staleIfError) {
         this.metrics.cacheLookups.inc({ kind: 'tag', result: 'stale' });
@@ -123,7 +130,32 @@ export class ProxyManifestService implements ManifestService {
       // verified mapping is still a safe answer within staleIfError.
       return serveStale(toRegistryError(e, upstream.name));
     }
-    this.meta.putTag(upstream.name, repository, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() });
+    const entry: TagEntry = { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() };
+    this.meta.putTag(upstream.name, repository, tag, entry);
+    this.shared?.putTag(upstream.name, repository, tag, entry, this.config.cache.tagTTL + this.config.cache.staleIfError);
+    return { manifest: m, stale: false };
+  }
+
+  /**
+   * A mapping another replica confirmed upstream within tagTTL and more recently than ours: used as if this replica
+   * had checked it (one upstream HEAD per tag per TTL for the whole tier). The manifest is still read by digest and
+   * its bytes verified; a checkedAt in the future (clock skew, a bad entry) counts as now.
+   */
+  private async sharedTag(route: Route, tag: string, cached: TagEntry | undefined, now: number): Promise<ResolvedTag | undefined> {
+    if (!this.shared?.healthy) return undefined;
+    const { upstream, repository } = route;
+    const peer = await this.shared.getTag(upstream.name, repository, tag);
+    if (!peer || !isDigest(peer.digest)) return undefined;
+    const checkedAt = Math.min(peer.checkedAt, now);
+    if (now - checkedAt >= this.config.cache.tagTTL || (cached && cached.checkedAt >= checkedAt)) return undefined;
+    let m: Manifest;
+    try {
+      m = await this.get(route, peer.digest);
+    } catch {
+      return undefined;
+    }
+    this.metrics.cacheLookups.inc({ kind: 'tag', result: 'shared' });
+    this.meta.putTag(upstream.name, repository, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt });
     return { manifest: m, stale: false };
   }
 

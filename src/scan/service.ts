@@ -23,13 +23,21 @@ import { parseVulnPredicate, ReportFormatError } from './formats.js';
 import { SCANNABLE } from './harbor.js';
 import { ScannerJobs } from './scanner-jobs.js';
 import { mergeResults, summarize, type ScanResult } from './normalize.js';
-import { ScanStore } from './store.js';
+import type { ReportMirror } from './mirror.js';
+import { ScanStore, type StoredReport } from './store.js';
 import { errorText } from '../util/error-text.js';
 
 type Source = NonNullable<ScanEvidence['source']>;
 
 /** How far in the future a scan time may be when `scan.reports.maxClockSkew` is not configured. */
 const DEFAULT_SKEW_MS = 300_000;
+
+/** Is the bucket's report newer than the local one (scan time, then push time)? */
+function newer(remote: { scannedAt: string; uploadedAt: number }, local: { scannedAt: string; uploadedAt: number }): boolean {
+  const a = Date.parse(remote.scannedAt);
+  const b = Date.parse(local.scannedAt);
+  return a !== b ? a > b : remote.uploadedAt > local.uploadedAt;
+}
 
 /** What one source says about one root digest. */
 export type Outcome =
@@ -52,6 +60,8 @@ export interface ScanServiceOptions {
   wallClock?: () => number;
   /** Issues the scanner's per-job pull token (`scanner.pullThrough`). */
   scannerToken?: ((repository: string, digest: string, ttlMs: number) => Promise<string>) | undefined;
+  /** Pushed reports in the bucket (storage.blobs: s3), read by every replica's decisions (mirror.ts). */
+  mirror?: ReportMirror | undefined;
 }
 
 /** The metrics this capability reports (optional so the service also runs without them, e.g. in unit tests). */
@@ -75,6 +85,7 @@ export class ScanService implements ScanProvider {
   /** Parsed per-digest lookups of reports and scanner results (`report\n<digest>`, `scanner\n<digest>`). */
   private readonly cache: LRUCache<string, { value: ScanResult | null }>;
   private closed = false;
+  private readonly mirror: ReportMirror | undefined;
 
   constructor(
     private readonly deps: Pick<EvidenceDeps, 'config' | 'log' | 'dataDir'> & { metrics?: unknown },
@@ -87,6 +98,7 @@ export class ScanService implements ScanProvider {
     this.log = deps.log.child({ component: 'scan' });
     this.metrics = deps.metrics ?? {};
     this.now = opts.now ?? Date.now;
+    this.mirror = opts.mirror;
     this.wallClock = opts.wallClock ?? Date.now;
     this.cache = new LRUCache({ max: 10_000, ttl: Math.max(1, cfg.cacheTTL), ttlAutopurge: false });
     this.events.setMaxListeners(0);
@@ -235,24 +247,51 @@ export class ScanService implements ScanProvider {
 
   // --- pushed reports
 
-  private reportFor(digest: string): ScanResult | null {
+  /**
+   * The report in force for a digest: the newest (scan time, then push time) in this replica's store and, with the
+   * mirror, in the bucket, where reports pushed to any replica land. A bucket that cannot be read is an error
+   * (the policy then decides on `scan.status: error`), never "no report".
+   */
+  private async reportFor(digest: string): Promise<ScanResult | null> {
     const key = `report\n${digest}`;
     const hit = this.cache.get(key);
     if (hit) return hit.value;
     const r = this.store.latestReport(digest);
-    const value: ScanResult | null = r ? { scannedAt: r.scannedAt, findings: r.findings, ...(r.scanner ? { scanner: r.scanner } : {}) } : null;
+    let value: ScanResult | null = r ? { scannedAt: r.scannedAt, findings: r.findings, ...(r.scanner ? { scanner: r.scanner } : {}) } : null;
+    const remote = this.mirror ? await this.mirror.latest(digest) : null;
+    if (remote && (!r || newer(remote, r))) {
+      value = { scannedAt: remote.scannedAt, findings: remote.findings, ...(remote.scanner ? { scanner: remote.scanner } : {}) };
+    }
     this.cache.set(key, { value });
     return value;
   }
 
   private async fromReports(ctx: EvidenceContext, platforms: () => Promise<Target[]>): Promise<Outcome> {
-    const own = this.reportFor(ctx.digest);
+    const own = await this.reportFor(ctx.digest);
     if (own) return { kind: 'ok', source: 'report', result: own };
     if (!INDEX_TYPES.has(ctx.mediaType)) return { kind: 'missing', source: 'report' };
     // An index without a report of its own is covered when every platform manifest has one.
-    const results = (await platforms()).map((t) => this.reportFor(t.digest));
+    const results = await Promise.all((await platforms()).map((t) => this.reportFor(t.digest)));
     if (results.some((r) => r === null)) return { kind: 'missing', source: 'report' };
     return { kind: 'ok', source: 'report', result: mergeResults(results as ScanResult[]) };
+  }
+
+  /** A pushed report into the bucket too (no-op without one); rejects when the bucket did not take it. */
+  async publishReport(r: Omit<StoredReport, 'id' | 'size'>): Promise<void> {
+    await this.mirror?.publish(r);
+  }
+
+  /** Removes versions of an image from the bucket too (0 without one); returns how many went there. */
+  async unpublishReports(
+    ref: { registry: string; repository: string; digest: string },
+    versions: Array<{ scannedAt: string; uploadedAt: number }> | 'all',
+  ): Promise<number> {
+    return this.mirror ? this.mirror.remove(ref, versions) : 0;
+  }
+
+  /** Another replica's push or delete may have changed any digest's report (an epoch bump): read them again. */
+  forgetReports(): void {
+    for (const k of [...this.cache.keys()]) if (k.startsWith('report\n')) this.cache.delete(k);
   }
 
   /** Called by the report API after a push or delete. */

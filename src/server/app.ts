@@ -57,6 +57,12 @@ export interface AppServices {
   api: ApiHandler[];
   /** Extra readiness checks (policy loaded, …); all must pass for /readyz. */
   readiness: Array<() => string | undefined>;
+  /**
+   * Backends this replica can serve without, slowly or with less sharing (Redis): named in /readyz's body with
+   * status `degraded`, but still 200. They are shared by every replica, so a 503 would take the whole tier out of
+   * its Service at once, while each replica can still serve from its own store.
+   */
+  degraded?: Array<() => string | undefined>;
   /** Client authentication of the registry listener (src/auth); absent: every client is anonymous. */
   auth?: ClientAuth | undefined;
   now?: () => number;
@@ -301,7 +307,9 @@ export class App {
   private readyz(res: ServerResponse): void {
     const problems = this.opts.readiness.map((f) => f()).filter((p): p is string => p !== undefined);
     if (this.shuttingDown) problems.push('shutting down');
-    sendJson(res, problems.length ? 503 : 200, { status: problems.length ? 'unready' : 'ready', problems });
+    const degraded = (this.opts.degraded ?? []).map((f) => f()).filter((p): p is string => p !== undefined);
+    const status = problems.length ? 'unready' : degraded.length ? 'degraded' : 'ready';
+    sendJson(res, problems.length ? 503 : 200, { status, problems, ...(degraded.length ? { degraded } : {}) });
   }
 
   /** Stops accepting, lets in-flight downloads finish within the grace period, then closes everything. */

@@ -13,6 +13,7 @@ import { Quotas } from '../auth/quota.js';
 import { LOG_REDACT } from '../auth/redact.js';
 import type { BlobStore } from '../cache/blobstore.js';
 import { openBlobStore } from '../cache/open-store.js';
+import { openShared } from '../cache/open-shared.js';
 import { unwrittenDownloadBytes } from '../cache/download.js';
 import { DownloadManager } from '../cache/download-manager.js';
 import { SqliteMetaStore, type MetaStore } from '../cache/metastore.js';
@@ -37,6 +38,7 @@ import { ProxyReferrersService } from '../proxy/referrers.js';
 import { ProxyTagService } from '../proxy/tags.js';
 import { Router } from '../routing/route.js';
 import { createScanService } from '../scan/index.js';
+import { ReportMirror } from '../scan/mirror.js';
 import { UpstreamClient } from '../upstream/client.js';
 import { errorText } from '../util/error-text.js';
 import { checkSignatureConfig, createSignatureProvider } from '../verify/index.js';
@@ -138,6 +140,12 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
 
   // Storage and the upstream side.
   const meta = new SqliteMetaStore(config.dataDir);
+  // storage.meta: redis: decisions and tag mappings shared across replicas, and the invalidation epoch.
+  const sharedState = await openShared(config, {
+    ...clock,
+    onError: (what, err) => log.warn({ err: errorText(err), what }, 'redis unavailable; serving from the local store'),
+  });
+  const { shared, epoch, documents } = sharedState;
   const blobStore = await openBlobStore(
     config,
     {
@@ -165,12 +173,14 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     if (!c) throw new Error(`no client for upstream ${name}`);
     return c;
   };
-  const manifests = new ProxyManifestService({ config, meta, clientFor, metrics, ...clock });
+  const manifests = new ProxyManifestService({ config, meta, clientFor, metrics, shared, ...clock });
 
   // Evidence: one scan service for the provider and the report API, the signature provider.
   const evidenceDeps: EvidenceDeps = { config, clientFor, manifests, router, meta, metrics, log, dataDir: config.dataDir };
   const scan = createScanService(evidenceDeps, {
     ...clock,
+    // storage.blobs: s3: pushed reports go to the bucket too, and every replica's decisions read them there.
+    mirror: documents ? new ReportMirror(documents) : undefined,
     ...(auth ? { scannerToken: (repository: string, digest: string, ttl: number) => auth.scannerToken(repository, digest, ttl) } : {}),
   });
   // The decision explorer (src/ui): recent decisions in memory, read back from the decision-log file at start.
@@ -200,8 +210,15 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     scan,
     // The decision log first: with onFull: block it may turn the decision into a deny, which the others then see.
     observers: [decisionLog, new DecisionMetrics(metrics), recent, ...(ring ? [ring] : []), ...(opts.extraObservers ?? [])],
+    // Without the bucket, pushed reports live in each replica's own scan store: an allow decided without a report
+    // another replica holds must not be reused there, so decisions are shared only when every replica reads the same
+    // reports (in the bucket) or there are none.
+    shared: config.scan?.reports && !documents ? undefined : shared,
+    epoch,
     ...clock,
   });
+  // Another replica's report push or delete bumped the epoch: read reports again (from the bucket) before deciding.
+  const stopEpochEvents = epoch?.onChange(() => scan?.forgetReports());
   // A new policy revision (bundle pushed, external OPA's bundle changed): admissions re-decide on use.
   const stopPolicyEvents = policy.onSwap(() => gate.policyChanged());
 
@@ -260,6 +277,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     signatures,
     api,
     readiness: [() => (policy.loaded ? undefined : 'no policy loaded')],
+    degraded: epoch ? [() => epoch.degraded(), () => epoch.storeDegraded()] : [],
     auth,
     ...clock,
   });
@@ -272,12 +290,14 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     operations,
     async close() {
       stopPolicyEvents();
+      stopEpochEvents?.();
       operations.stop();
       policy.stop();
       ui?.close();
       cluster?.membership.stop();
       await app.close();
       await cluster?.client.close();
+      await sharedState.close();
       scan?.close();
       await decisionLog.close();
       stopSecretLog();

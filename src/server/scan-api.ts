@@ -216,8 +216,16 @@ export class ScanApi implements ApiHandler {
         method === 'HEAD',
       );
     }
+    // The bucket's copies first (storage.blobs: s3): a report pushed to any replica goes everywhere.
+    const version = id === undefined ? undefined : service.store.getReport(ref.registry, ref.repository, ref.digest, id);
+    let shared: number;
+    try {
+      shared = id === undefined || version ? await service.unpublishReports(ref, version ? [version] : 'all') : 0;
+    } catch (e) {
+      throw apiError(503, 'UNAVAILABLE', `the report could not be deleted from the shared store: ${errorText(e)}; retry`);
+    }
     const n = service.store.deleteReport(ref.registry, ref.repository, ref.digest, id);
-    if (n === 0) throw unknownReport(ref, id);
+    if (n === 0 && shared === 0) throw unknownReport(ref, id);
     this.reportChanged(service, ref.digest);
     this.o.deps.log.info(
       { registry: ref.registry, repository: ref.repository, digest: ref.digest, id, versions: n, rid: requestId(res) },
@@ -313,6 +321,14 @@ export class ScanApi implements ApiHandler {
       size: body.length,
       findings: parsed.result.findings,
     };
+    // Into the bucket first (storage.blobs: s3), so every replica's next decision reads it; a push the bucket did not
+    // take is refused, and CI retries it, rather than counting on one replica only.
+    try {
+      const { size: _size, ...published } = stored;
+      await service.publishReport(published);
+    } catch (e) {
+      throw apiError(503, 'UNAVAILABLE', `the report could not be stored in the shared store: ${errorText(e)}; retry`);
+    }
     const { id, inForce, kept } = service.store.putReport(stored, body, cfg.history);
     if (inForce) this.reportChanged(service, ref.digest);
     const summary = summarize(

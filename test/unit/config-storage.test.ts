@@ -23,7 +23,7 @@ const S3 = `${MIN}storage:
 describe('storage config', () => {
   it('defaults to the filesystem store without redirects', () => {
     const c = parseConfig(MIN, 'p.yaml', {});
-    expect(c.storage).toEqual({ blobs: 'filesystem', redirect: false, redirectExpiry: 60_000 });
+    expect(c.storage).toEqual({ blobs: 'filesystem', meta: 'sqlite', redirect: false, redirectExpiry: 60_000 });
   });
 
   it('parses an s3 store with its defaults', () => {

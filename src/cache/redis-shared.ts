@@ -1,0 +1,190 @@
+/**
+ * SharedState and the epoch's channel on Redis (key layout: shared.ts). Every lookup is bounded by the client's
+ * command timeout, and skipped at once while Redis is known to be down (the last command failed and no epoch poll
+ * has succeeded since), so an outage never adds a timeout to each request: a replica then works from its own SQLite
+ * and decides what it has not decided itself.
+ */
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import type { EpochChannel } from './epoch.js';
+import type { TagEntry } from './metastore.js';
+import type { SharedDecision, SharedState } from './shared.js';
+
+/** max(stored, ARGV[1]) + 1, stored and published in one step: two bumps never yield the same epoch. */
+const BUMP = `local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local known = tonumber(ARGV[1]) or 0
+if known > cur then cur = known end
+cur = cur + 1
+redis.call('SET', KEYS[1], tostring(cur))
+redis.call('PUBLISH', KEYS[2], tostring(cur))
+return cur`;
+
+/** Raises the stored epoch to at least ARGV[1] (and writes a missing key); never lowers it. */
+const RAISE = `local raw = redis.call('GET', KEYS[1])
+local cur = tonumber(raw or '0') or 0
+local n = tonumber(ARGV[1]) or 0
+if not raw or n > cur then
+  if n > cur then cur = n end
+  redis.call('SET', KEYS[1], tostring(cur))
+  redis.call('PUBLISH', KEYS[2], tostring(cur))
+end
+return cur`;
+
+export interface RedisSharedOptions {
+  /** Commands (GET, SET, EVAL). */
+  client: Redis;
+  /** A second connection in subscriber mode (Redis allows nothing else on it). */
+  subscriber: Redis;
+  keyPrefix: string;
+  /** storage.redis.signingKey: entries carry an HMAC over their key and content; unsigned or wrong ones are misses. */
+  signingKey?: Buffer | undefined;
+  onError?: (what: string, err: unknown) => void;
+}
+
+export class RedisShared implements SharedState, EpochChannel {
+  private up = true;
+  private readonly keys: { epoch: string; events: string; decision: string; tag: string };
+
+  constructor(private readonly o: RedisSharedOptions) {
+    const v = `${o.keyPrefix}v1:`;
+    this.keys = { epoch: `${v}epoch`, events: `${v}epoch:events`, decision: `${v}decision:`, tag: `${v}tag:` };
+  }
+
+  get healthy(): boolean {
+    return this.up;
+  }
+
+  async getDecision(key: string): Promise<SharedDecision | undefined> {
+    const k = this.keys.decision + hash(key);
+    const d = this.verified(k, parse(await this.get(k, 'read a shared decision'))) as { v?: unknown; admission?: unknown; expiresAt?: unknown } | undefined;
+    if (d?.v !== 1 || typeof d.expiresAt !== 'number' || typeof d.admission !== 'object' || d.admission === null) return undefined;
+    return { admission: d.admission, expiresAt: d.expiresAt };
+  }
+
+  putDecision(key: string, d: SharedDecision): void {
+    const ttl = Math.floor(d.expiresAt - Date.now());
+    if (ttl <= 0) return;
+    const k = this.keys.decision + hash(key);
+    this.set(k, this.signed(k, { v: 1, admission: d.admission, expiresAt: d.expiresAt }), ttl, 'share a decision');
+  }
+
+  async getTag(upstream: string, repository: string, tag: string): Promise<TagEntry | undefined> {
+    const k = this.keys.tag + hash(`${upstream}\n${repository}\n${tag}`);
+    const t = this.verified(k, parse(await this.get(k, 'read a shared tag'))) as Record<string, unknown> | undefined;
+    if (t?.v !== 1 || typeof t.digest !== 'string' || typeof t.mediaType !== 'string' || typeof t.size !== 'number' || typeof t.checkedAt !== 'number') {
+      return undefined;
+    }
+    return { digest: t.digest as TagEntry['digest'], mediaType: t.mediaType, size: t.size, checkedAt: t.checkedAt };
+  }
+
+  putTag(upstream: string, repository: string, tag: string, e: TagEntry, ttlMs: number): void {
+    if (ttlMs <= 0) return;
+    const k = this.keys.tag + hash(`${upstream}\n${repository}\n${tag}`);
+    this.set(k, this.signed(k, { v: 1, ...e }), Math.ceil(ttlMs), 'share a tag');
+  }
+
+  /** Resolves once the command connection is up, or after `ms` (then the replica starts degraded). */
+  async connected(ms: number): Promise<void> {
+    const c = this.o.client;
+    if (c.status === 'ready') return;
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(t);
+        c.off('ready', done);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      c.on('ready', done);
+    });
+  }
+
+  /** The entry as stored: its JSON, with `mac` (HMAC-SHA256 of `<redis key>\n<JSON without mac>`) when signing. */
+  private signed(key: string, payload: Record<string, unknown>): string {
+    const text = JSON.stringify(payload);
+    return this.o.signingKey ? JSON.stringify({ ...payload, mac: this.mac(key, text) }) : text;
+  }
+
+  /** The entry without its mac; undefined when signing is on and the mac is missing or wrong (bound to the key). */
+  private verified(key: string, v: unknown): unknown {
+    if (typeof v !== 'object' || v === null) return undefined;
+    const { mac, ...payload } = v as Record<string, unknown>;
+    if (!this.o.signingKey) return payload;
+    if (typeof mac !== 'string' || !/^[0-9a-f]{64}$/.test(mac)) return undefined;
+    const want = Buffer.from(this.mac(key, JSON.stringify(payload)), 'hex');
+    return timingSafeEqual(want, Buffer.from(mac, 'hex')) ? payload : undefined;
+  }
+
+  private mac(key: string, text: string): string {
+    return createHmac('sha256', this.o.signingKey!).update(`${key}\n${text}`).digest('hex');
+  }
+
+  // EpochChannel
+
+  async read(): Promise<number | undefined> {
+    try {
+      const v = await this.o.client.get(this.keys.epoch);
+      this.up = true;
+      if (v === null) return undefined;
+      const n = Number(v);
+      return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+    } catch (e) {
+      this.up = false;
+      throw e;
+    }
+  }
+
+  async raise(n: number): Promise<number> {
+    return Number(await this.o.client.eval(RAISE, 2, this.keys.epoch, this.keys.events, String(n)));
+  }
+
+  async bump(known: number): Promise<number> {
+    return Number(await this.o.client.eval(BUMP, 2, this.keys.epoch, this.keys.events, String(known)));
+  }
+
+  subscribe(f: (n: number) => void): void {
+    const sub = this.o.subscriber;
+    sub.on('message', (channel: string, message: string) => {
+      const n = Number(message);
+      if (channel === this.keys.events && Number.isSafeInteger(n)) f(n);
+    });
+    sub.subscribe(this.keys.events).catch((e: unknown) => this.o.onError?.('subscribe to epoch events', e));
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled([this.o.client.quit(), this.o.subscriber.quit()]);
+    this.o.client.disconnect();
+    this.o.subscriber.disconnect();
+  }
+
+  private async get(key: string, what: string): Promise<string | null> {
+    if (!this.up) return null;
+    try {
+      return await this.o.client.get(key);
+    } catch (e) {
+      this.up = false;
+      this.o.onError?.(what, e);
+      return null;
+    }
+  }
+
+  private set(key: string, value: string, ttlMs: number, what: string): void {
+    if (!this.up) return;
+    this.o.client.set(key, value, 'PX', ttlMs).catch((e: unknown) => {
+      this.up = false;
+      this.o.onError?.(what, e);
+    });
+  }
+}
+
+function hash(s: string): string {
+  return createHash('sha256').update(s).digest('hex');
+}
+
+function parse(v: string | null): unknown {
+  if (v === null) return undefined;
+  try {
+    return JSON.parse(v) as unknown;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * State that replicas of a central tier share and that can be rebuilt (DESIGN §11): decisions, tag→digest mappings
+ * and the invalidation epoch. `storage.meta: redis` backs it with Redis (redis-shared.ts, loaded only then);
+ * without it there is nothing to share and this module's `LOCAL_ONLY` answers every lookup with a miss.
+ *
+ * The synchronous MetaStore (SQLite) stays each replica's durable local copy and the warm path: a blob GET is one
+ * indexed SQLite query, never a network round trip. Redis sits behind it and is consulted only on a local miss
+ * (a decision or a tag this replica has not made or checked yet), so a Redis outage costs sharing, not serving.
+ *
+ * Redis key layout, version 1 (`<keyPrefix>` from storage.redis.keyPrefix, default `portcullis:`):
+ *   <keyPrefix>v1:epoch                 string: the invalidation epoch, an integer that only grows
+ *   <keyPrefix>v1:epoch:events          pub/sub channel: the new epoch after each bump (decimal text)
+ *   <keyPrefix>v1:decision:<sha256>     JSON {v:1, admission, expiresAt}; PX = what is left of its TTL. The hash is
+ *                                       of the gate's cache key: upstream, repository, digest, root, tag, kind,
+ *                                       client identity and basis (policy, settings, trust revision, epoch)
+ *   <keyPrefix>v1:tag:<sha256>          JSON {v:1, digest, mediaType, size, checkedAt}; hash of upstream\nrepo\ntag
+ * A later layout takes `v2:`; replicas of both versions can then share one Redis without reading each other's keys.
+ */
+import type { TagEntry } from './metastore.js';
+
+/** A decision another replica made, as it stored it (the gate checks the shape: Redis is a cache, not an authority). */
+export interface SharedDecision {
+  admission: unknown;
+  expiresAt: number;
+}
+
+export interface SharedState {
+  /** True when Redis answered recently: otherwise lookups miss at once instead of waiting for a timeout. */
+  readonly healthy: boolean;
+  getDecision(key: string): Promise<SharedDecision | undefined>;
+  putDecision(key: string, d: SharedDecision): void;
+  getTag(upstream: string, repository: string, tag: string): Promise<TagEntry | undefined>;
+  putTag(upstream: string, repository: string, tag: string, e: TagEntry, ttlMs: number): void;
+}
+
+/**
+ * The invalidation epoch as the gate sees it: part of the basis of every decision and admission (gate/basis.ts), so
+ * a bump makes every cached decision and admission on every replica stale at once, and the next request decides
+ * again (inline, as after a policy change).
+ */
+export interface EpochSource {
+  /** The epoch to decide under now; it changes after a bump, and every `maxStaleness` while unconfirmed. */
+  token(): string;
+  /** Records a change that must invalidate decisions on every replica (a pushed report, a policy swap). */
+  bump(reason: string): void;
+  /** Called after the epoch changed (the gate frees its decision cache). Returns an unsubscribe. */
+  onChange(f: () => void): () => void;
+  /** A readiness note when the epoch could not be confirmed lately; undefined when all is well. */
+  degraded(): string | undefined;
+  /** A readiness note when the bucket (the epoch's durable copy) did not answer the last poll. */
+  storeDegraded(): string | undefined;
+}
+
+/** Nothing shared: `storage.meta: sqlite`. */
+export const LOCAL_ONLY: SharedState = {
+  healthy: false,
+  getDecision: () => Promise.resolve(undefined),
+  putDecision: () => undefined,
+  getTag: () => Promise.resolve(undefined),
+  putTag: () => undefined,
+};
+
+/**
+ * Small durable documents in the blob bucket (s3-documents.ts), under `<s3 prefix>meta/v1/`: what replicas must all
+ * see and what cannot be rebuilt (pushed scan reports). Keys are relative to that folder.
+ */
+export interface DurableDocuments {
+  put(key: string, body: Buffer): Promise<void>;
+  /** Undefined when the key does not exist. */
+  get(key: string): Promise<Buffer | undefined>;
+  /** Keys under `prefix`, ascending (at most `limit`). */
+  list(prefix: string, limit: number): Promise<string[]>;
+  delete(key: string): Promise<void>;
+}
