@@ -42,6 +42,8 @@ export interface UpstreamRequest {
 
 export interface UpstreamResponse {
   status: number;
+  /** The reason phrase as the upstream sent it ('' when it sent none). */
+  statusText: string;
   headers: IncomingHttpHeaders;
   body: Readable;
   /** Where the response finally came from, after redirects. */
@@ -279,6 +281,8 @@ export class UpstreamClient {
   /** One logical request, following redirects by hand. */
   private async follow(req: UpstreamRequest, authorization: string | undefined): Promise<UpstreamResponse & { fromUpstreamHost: boolean }> {
     let url = new URL(req.path, this.baseUrl);
+    // A central Portcullis serves many registries and routes by `?ns=`, as containerd names them (kind portcullis).
+    if (this.config.kind === 'portcullis' && req.repository) url.searchParams.set('ns', this.config.registry);
     const origin = url.origin;
     for (let hop = 0; ; hop++) {
       const headers: Record<string, string> = { 'user-agent': 'portcullis/0.1', ...req.headers };
@@ -290,7 +294,7 @@ export class UpstreamClient {
         if (fwd) headers[FORWARDED_IDENTITY_HEADER] = fwd;
       }
       const started = performance.now();
-      let r: Pick<Dispatcher.ResponseData, 'statusCode' | 'headers'> & { body: Readable };
+      let r: Pick<Dispatcher.ResponseData, 'statusCode' | 'statusText' | 'headers'> & { body: Readable };
       try {
         // Behind an egress proxy, blob bodies go through undici as well: tls.connect ignores `onread` over an
         // existing (tunnelled) socket, so the reused-buffer transport would gain nothing there. With a proxy from the
@@ -330,7 +334,7 @@ export class UpstreamClient {
         url = next;
         continue;
       }
-      return { status: r.statusCode, headers: r.headers, body: r.body, url: url.toString(), fromUpstreamHost: url.origin === origin };
+      return { status: r.statusCode, statusText: r.statusText, headers: r.headers, body: r.body, url: url.toString(), fromUpstreamHost: url.origin === origin };
     }
   }
 
