@@ -184,7 +184,7 @@ export class ProxyManifestService implements ManifestService {
       throw errors.manifestUnknown(`manifest unknown: ${route.registry}/${repository}@${ref} not found upstream`);
     }
     if (res.status !== 200) {
-      const refusal = await centralRefusal(res, upstream, `${route.registry}/${repository}@${ref}`);
+      const refusal = await centralRefusal(res, upstream, `${route.registry}/${repository}${isDigest(ref) ? '@' : ':'}${ref}`);
       if (refusal) throw refusal;
       res.body.resume();
       throw statusError(res, upstream.name, `${repository}@${ref}`);

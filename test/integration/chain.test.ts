@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { cranePull, expectOk, runTool } from '../harness/clients.js';
-import { startFakeUpstream, type FakeUpstream } from '../harness/fake-upstream.js';
+import { startEchoServer, startFakeUpstream, type FakeUpstream } from '../harness/fake-upstream.js';
 import { MANIFEST_ACCEPT, MT, pushImage, type PushedImage } from '../harness/images.js';
 import { ALLOW_ALL, startProxy, type RunningProxy, type TestUpstream } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
@@ -265,5 +265,66 @@ describe('a hostile or broken central tier', () => {
     // It named the registry the way a central Portcullis routes: ?ns=.
     expect(fake.requests().some((r) => r.path.includes('?ns=registry.test'))).toBe(true);
     fake.clearFaults();
+  });
+
+  test('a denial with a huge body or no JSON: still a 403, the message bounded, the phrase passed on', async () => {
+    const huge = Buffer.from(JSON.stringify({ errors: [{ code: 'DENIED', message: 'x'.repeat(2 * 1024 * 1024), detail: null }] }));
+    fake.setFault({ pathRegex: /\/manifests\// }, { kind: 'status', status: 403, body: huge });
+    const r = await call(px.url, '/v2/x/y/manifests/v1');
+    expect(r.status).toBe(403);
+    expect(r.body.length).toBeLessThan(8 * 1024);
+    fake.clearFaults();
+    fake.setFault({ pathRegex: /\/manifests\// }, { kind: 'status', status: 403, body: '<html>no</html>' });
+    const plain = await call(px.url, '/v2/x/y/manifests/v1');
+    expect(plain.status).toBe(403);
+    const err = (JSON.parse(plain.body) as { errors: Array<{ code: string; message: string }> }).errors[0]!;
+    expect(err.code).toBe('DENIED');
+    expect(err.message).toContain('denied registry.test/x/y:v1 by the central tier "c"');
+    fake.clearFaults();
+  });
+
+  test('the central tier’s credentials go to its origin only: a blob it redirects elsewhere is fetched without them', async () => {
+    const central = await startFakeUpstream({ requireBasic: { user: 'node-a', pass: 'node-pw' } });
+    const layer = Buffer.from('layer bytes of the chained image');
+    const layerDigest = central.addBlob('x/z', layer);
+    const cfg = Buffer.from('{}');
+    const cfgDigest = central.addBlob('x/z', cfg);
+    const m = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MT.ociManifest,
+        config: { mediaType: MT.ociConfig, digest: cfgDigest, size: cfg.length },
+        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size: layer.length }],
+      }),
+    );
+    central.addManifest('x/z', 'v1', m, MT.ociManifest);
+    const cdn = await startEchoServer({ body: layer });
+    central.setFault({ pathRegex: /\/blobs\// }, { kind: 'redirect', to: `${cdn.url}/blob` });
+    await writeFile(join(tmp, 'fake-pw'), 'node-pw\n');
+    const chained = await startProxy({
+      upstreams: [
+        {
+          name: 'c',
+          kind: 'portcullis',
+          registry: 'registry.test',
+          url: central.url,
+          credentials: { username: 'node-a', password: { file: join(tmp, 'fake-pw') } },
+        },
+      ],
+      defaultUpstream: 'c',
+    });
+    try {
+      expect((await call(chained.url, '/v2/x/z/manifests/v1')).status).toBe(200);
+      const b = await call(chained.url, `/v2/x/z/blobs/${layerDigest}`);
+      expect(b.status).toBe(200);
+      expect(b.body).toBe(layer.toString());
+      expect(central.requests().some((r) => typeof r.headers.authorization === 'string')).toBe(true);
+      expect(cdn.requests().length).toBeGreaterThan(0);
+      expect(cdn.requests().every((r) => r.headers.authorization === undefined)).toBe(true);
+    } finally {
+      await chained.stop();
+      await cdn.stop();
+      await central.stop();
+    }
   });
 });
