@@ -76,6 +76,14 @@ const upstream = z
     forwardIdentity: forwardIdentitySchema.optional(),
     /** PEM CA bundle to trust for this upstream, for private registries. */
     ca: z.string().optional(),
+    /**
+     * A client certificate and key (PEM files, read at start) presented to this upstream's own origin only: the node's
+     * identity on a central Portcullis that requires client certificates (`tls.clientCA`).
+     */
+    clientCertificate: z
+      .object({ cert: z.string().min(1), key: z.string().min(1) })
+      .strict()
+      .optional(),
     /** Only for tests and labs: skip TLS verification. */
     insecure: z.boolean().default(false),
     /**

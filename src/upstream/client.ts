@@ -107,12 +107,15 @@ export class UpstreamClient {
     this.baseUrl = new URL(config.url);
     this.forwardSigner = config.forwardIdentity ? new ForwardSigner({ ...config.forwardIdentity, ...(opts.now ? { now: opts.now } : {}) }) : undefined;
     const ca = config.ca ? readFileSync(config.ca) : undefined;
+    // The node's certificate for a central Portcullis that requires one: to the upstream's own origin only.
+    const own = config.clientCertificate ? { cert: readFileSync(config.clientCertificate.cert), key: readFileSync(config.clientCertificate.key) } : undefined;
     this.egress = new EgressGuard({ upstream: this.baseUrl, allow: config.redirects.allow, ...(opts.lookup ? { lookup: opts.lookup } : {}) });
     const guard = (this.guard = this.countingGuard());
     // Each idle connection keeps its 256 KiB read buffer: a few per origin are plenty between two pulls.
     this.sockets = new SocketPool({
       ...(ca ? { ca } : {}),
       rejectUnauthorized: !config.insecure,
+      ...(own ? { clientCert: { origin: this.baseUrl.origin, ...own } } : {}),
       maxIdlePerOrigin: Math.min(config.concurrency, 16),
       egress: guard,
     });
@@ -121,6 +124,9 @@ export class UpstreamClient {
     // Direct connections check their address in the connector (egress.ts): IP literals before connecting, names in
     // the lookup that net.connect uses, so the address checked is the one connected to.
     const direct = buildConnector({ timeout: config.timeouts.connect, ...tls, lookup: guard.lookup });
+    const withCert = own ? buildConnector({ timeout: config.timeouts.connect, ...tls, ...own, lookup: guard.lookup }) : undefined;
+    const upstreamHost = this.baseUrl.hostname;
+    const upstreamPort = this.baseUrl.port || (this.baseUrl.protocol === 'https:' ? '443' : '80');
     const connect: buildConnector.connector = (o, cb) => {
       try {
         guard.checkHost(o.hostname);
@@ -128,7 +134,8 @@ export class UpstreamClient {
         cb(e as Error, null);
         return;
       }
-      direct(o, cb);
+      const toUpstream = o.hostname === upstreamHost && String(o.port || (o.protocol === 'https:' ? '443' : '80')) === upstreamPort;
+      (withCert && toUpstream ? withCert : direct)(o, cb);
     };
     // CONNECT for plain-http upstreams too (proxyTunnel): the proxy relays bytes and never sees a request to rewrite.
     const viaProxy = { proxyTunnel: true, requestTls: tls, connectTimeout: config.timeouts.connect, ...pool };

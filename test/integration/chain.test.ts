@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { cranePull, expectOk, runTool } from '../harness/clients.js';
 import { startEchoServer, startFakeUpstream, type FakeUpstream } from '../harness/fake-upstream.js';
 import { MANIFEST_ACCEPT, MT, pushImage, type PushedImage } from '../harness/images.js';
+import { makePki } from '../harness/pki.js';
 import { ALLOW_ALL, startProxy, type RunningProxy, type TestUpstream } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 
@@ -326,5 +327,46 @@ describe('a hostile or broken central tier', () => {
       await cdn.stop();
       await central.stop();
     }
+  });
+});
+
+describe('the node’s identity on the central tier by client certificate (mTLS)', () => {
+  let pkiDir: string;
+  let strict: RunningProxy;
+  const nodes: RunningProxy[] = [];
+  beforeAll(async () => {
+    pkiDir = await mkdtemp(join(tmpdir(), 'pc-chain-pki-'));
+    const pki = await makePki(pkiDir);
+    strict = await startProxy({
+      upstreams: [{ name: 'one', registry: reg.host, url: reg.url }],
+      settings: { no_match: 'deny', scopes: [{ name: 'nodes', images: ['**'], clients: { groups: ['nodes'] } }] },
+      extra: {
+        tls: { cert: pki.server.cert, key: pki.server.key, clientCA: pki.ca },
+        auth: { anonymous: false, mtls: { user: 'uri', map: [{ uri: 'spiffe://example.org/ns/team-a/**', groups: ['nodes'] }] } },
+      },
+    });
+    const https = strict.url.replace('http:', 'https:');
+    for (const clientCertificate of [pki.nodeA, undefined]) {
+      nodes.push(
+        await startProxy({
+          upstreams: [{ name: 'one', kind: 'portcullis', registry: reg.host, url: https, ca: pki.ca, ...(clientCertificate ? { clientCertificate } : {}) }],
+          defaultUpstream: 'one',
+        }),
+      );
+    }
+  }, 60_000);
+  afterAll(async () => {
+    for (const n of nodes) await n.stop();
+    await strict?.stop();
+    await rm(pkiDir, { recursive: true, force: true });
+  });
+
+  test('with its certificate the node pulls; without one the central tier refuses it at the handshake', async () => {
+    const [withCert, without] = nodes;
+    const ok = await call(withCert!.url, '/v2/demo/app/manifests/v1');
+    expect(ok.status).toBe(200);
+    expect((await call(withCert!.url, `/v2/demo/app/blobs/${app.layers[0]!.digest}`)).status).toBe(200);
+    const refused = await call(without!.url, '/v2/demo/app/manifests/v1');
+    expect(refused.status).toBeGreaterThanOrEqual(500);
   });
 });
