@@ -446,4 +446,35 @@ describe('the node tier chained to the central tier (examples/node-chained.yaml)
     expect(init.args).toContain('--fallback=https://portcullis.portcullis.svc:5443');
     expect(init.args).toContain('--ca=/etc/containerd/certs.d/portcullis-ca.pem');
   });
+
+  it('node.central.clientCertificate: the node’s certificate from a kubernetes.io/tls Secret, by file, for each upstream', async () => {
+    const r = await template(['-f', join(CHART, 'examples', 'node-chained.yaml'), '--set', 'node.central.clientCertificate.existingSecret=node-cert']);
+    expect(r.code, r.stderr).toBe(0);
+    const config = parseAllDocuments(configOf(r.docs))[0]!.toJS() as { upstreams: Array<{ name: string; clientCertificate: unknown }> };
+    expect(config.upstreams[0]!.clientCertificate).toEqual({
+      cert: '/etc/portcullis/upstreams/docker-io/client/tls.crt',
+      key: '/etc/portcullis/upstreams/docker-io/client/tls.key',
+    });
+    const pod = workload(r.docs).spec.template.spec;
+    expect(pod.containers[0]!.volumeMounts).toContainEqual({
+      name: 'up-docker-io-cert',
+      mountPath: '/etc/portcullis/upstreams/docker-io/client',
+      readOnly: true,
+    });
+    expect(pod.volumes).toContainEqual({
+      name: 'up-docker-io-cert',
+      secret: {
+        secretName: 'node-cert',
+        items: [
+          { key: 'tls.crt', path: 'tls.crt' },
+          { key: 'tls.key', path: 'tls.key' },
+        ],
+      },
+    });
+    const f = join(tmp, 'node-cert.config.yaml');
+    writeFileSync(f, configOf(r.docs));
+    const check = cli(['config', 'check', f]);
+    // The files are the pod's; the schema is what is checked here.
+    expect(check.stderr).not.toMatch(/clientCertificate/);
+  });
 });

@@ -48,6 +48,7 @@ central tier (node.central.url), one upstream per registry, each a Portcullis (k
 {{- $u := dict "name" (regexReplaceAll "[^a-z0-9]+" (lower .) "-" | trimAll "-") "registry" . "url" $c.url "kind" "portcullis" "recheck" $c.recheck -}}
 {{- with $c.credentials -}}{{- $_ := set $u "credentials" . -}}{{- end -}}
 {{- with $c.ca -}}{{- $_ := set $u "ca" . -}}{{- end -}}
+{{- with $c.clientCertificate -}}{{- $_ := set $u "clientCertificate" . -}}{{- end -}}
 {{- $ups = append $ups $u -}}
 {{- end -}}
 {{- toYaml $ups -}}
@@ -165,7 +166,7 @@ result is always one valid YAML document.
 {{- $u := dict "name" .name "registry" .registry "url" .url -}}
 {{- with .aliases -}}{{- $_ := set $u "aliases" . -}}{{- end -}}
 {{- range $k, $v := . -}}
-{{- if not (has $k (list "name" "registry" "url" "aliases" "credentials" "ca")) -}}{{- $_ := set $u $k $v -}}{{- end -}}
+{{- if not (has $k (list "name" "registry" "url" "aliases" "credentials" "ca" "clientCertificate")) -}}{{- $_ := set $u $k $v -}}{{- end -}}
 {{- end -}}
 {{- if .credentials -}}
 {{- $dir := printf "/etc/portcullis/upstreams/%s/credentials" .name -}}
@@ -179,6 +180,10 @@ result is always one valid YAML document.
 {{- end -}}
 {{- if .ca -}}
 {{- $_ := set $u "ca" (printf "/etc/portcullis/upstreams/%s/ca/ca.crt" .name) -}}
+{{- end -}}
+{{- if .clientCertificate -}}
+{{- $dir := printf "/etc/portcullis/upstreams/%s/client" .name -}}
+{{- $_ := set $u "clientCertificate" (dict "cert" (printf "%s/tls.crt" $dir) "key" (printf "%s/tls.key" $dir)) -}}
 {{- end -}}
 {{- $ups = append $ups $u -}}
 {{- end -}}

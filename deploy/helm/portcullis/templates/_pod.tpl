@@ -102,6 +102,9 @@ livenessProbe:
     {{- if .ca }}
     - { name: {{ printf "up-%s-ca" .name | replace "_" "-" | trunc 63 | trimSuffix "-" }}, mountPath: /etc/portcullis/upstreams/{{ .name }}/ca, readOnly: true }
     {{- end }}
+    {{- if .clientCertificate }}
+    - { name: {{ printf "up-%s-cert" .name | replace "_" "-" | trunc 63 | trimSuffix "-" }}, mountPath: /etc/portcullis/upstreams/{{ .name }}/client, readOnly: true }
+    {{- end }}
     {{- end }}
     {{- with .Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
@@ -164,6 +167,10 @@ livenessProbe:
 {{- with $u.ca }}
 - name: {{ printf "up-%s-ca" $u.name | replace "_" "-" | trunc 63 | trimSuffix "-" }}
   secret: { secretName: {{ .existingSecret }}, items: [{ key: {{ default "ca.crt" .key }}, path: ca.crt }] }
+{{- end }}
+{{- with $u.clientCertificate }}
+- name: {{ printf "up-%s-cert" $u.name | replace "_" "-" | trunc 63 | trimSuffix "-" }}
+  secret: { secretName: {{ .existingSecret }}, items: [{ key: tls.crt, path: tls.crt }, { key: tls.key, path: tls.key }] }
 {{- end }}
 {{- end }}
 {{- with .Values.extraVolumes }}
