@@ -36,7 +36,7 @@ function firstError(body: Buffer): { code?: unknown; message?: unknown; detail?:
   try {
     const doc = JSON.parse(body.toString('utf8')) as { errors?: unknown };
     const first: unknown = Array.isArray(doc.errors) ? doc.errors[0] : undefined;
-    return typeof first === 'object' && first !== null ? (first) : undefined;
+    return typeof first === 'object' && first !== null ? first : undefined;
   } catch {
     return undefined;
   }
