@@ -41,9 +41,10 @@ const USAGE = `usage:
       $PORTCULLIS_ADMIN_TOKEN), as that client identity (default anonymous); exit 1 when an image was denied, 2
       when one failed
   portcullis client-config containerd|docker|podman --proxy URL [--config FILE] [--out DIR]
-                           [--ca FILE] [--skip-verify] [--no-default]
+                           [--ca FILE] [--skip-verify] [--no-default] [--fallback URL]...
       the client configuration that cannot fall back to the real registries, for this config's upstreams;
-      printed, or written under DIR (the client's certs.d or registries.conf.d directory)
+      printed, or written under DIR (the client's certs.d or registries.conf.d directory); --fallback adds
+      a central tier after a node instance (containerd/docker)
 
 The config defaults to $PORTCULLIS_CONFIG or config/portcullis.yaml.`;
 
@@ -266,6 +267,7 @@ function clientConfigCommand(args: string[]): number {
       ca: { type: 'string' },
       'skip-verify': { type: 'boolean' },
       'no-default': { type: 'boolean' },
+      fallback: { type: 'string', multiple: true },
     },
   });
   const kind = positionals[0];
@@ -281,6 +283,7 @@ function clientConfigCommand(args: string[]): number {
       ...(values.ca ? { caFile: values.ca } : {}),
       ...(values['skip-verify'] ? { skipVerify: true } : {}),
       ...(values['no-default'] ? { defaultHost: false } : {}),
+      ...(values.fallback ? { fallback: values.fallback } : {}),
     });
   } catch (e) {
     process.stderr.write(`${errorText(e)}\n`);

@@ -66,10 +66,26 @@ const upstream = z
       })
       .strict()
       .optional(),
+    /**
+     * `portcullis`: this upstream is a central Portcullis (a node chained to the central tier). Requests name the
+     * registry with `?ns=<registry>`, its 403 DENIED passes through unchanged, and what the node serves from its cache
+     * is re-confirmed with it by digest every `recheck` (src/proxy/chain.ts).
+     */
+    kind: z.enum(['registry', 'portcullis']).default('registry'),
+    /** kind portcullis: how long the central tier's allow of a digest stands on the node before it is asked again. */
+    recheck: duration.refine((ms) => ms >= 1_000 && ms <= 3_600_000, 'between 1s and 1h').default(30_000),
     /** This upstream is a central Portcullis: sign each request's client identity for it (src/auth/forwarded.ts). */
     forwardIdentity: forwardIdentitySchema.optional(),
     /** PEM CA bundle to trust for this upstream, for private registries. */
     ca: z.string().optional(),
+    /**
+     * A client certificate and key (PEM files, read at start) presented to this upstream's own origin only: the node's
+     * identity on a central Portcullis that requires client certificates (`tls.clientCA`).
+     */
+    clientCertificate: z
+      .object({ cert: z.string().min(1), key: z.string().min(1) })
+      .strict()
+      .optional(),
     /** Only for tests and labs: skip TLS verification. */
     insecure: z.boolean().default(false),
     /**

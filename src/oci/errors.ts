@@ -37,6 +37,8 @@ export interface ErrorHints {
   challenge?: string;
   /** Why the policy refused (DENIED): the rule, a short reason and the decision, for the status line. */
   denial?: { rule: string; reason: string; decisionId?: string };
+  /** The reason phrase a central Portcullis sent with its denial, passed on as it came (a chained node: proxy/chain.ts). */
+  statusText?: string;
   /** Extra response headers (the decision id of a denial). */
   headers?: Record<string, string>;
   /** Only where the code alone does not say it: UNSUPPORTED answers 405 unless told otherwise. */
@@ -81,4 +83,7 @@ export const errors = {
   /** `why` becomes the status line's reason phrase too (server/errors.ts, denialStatusText). */
   denied: (msg: string, why: { rule: string; reason: string; decisionId?: string }, detail?: unknown, headers?: Record<string, string>) =>
     new RegistryError('DENIED', msg, detail, { denial: why, ...(headers ? { headers } : {}) }),
+  /** The central tier's denial, as it answered: its message, detail, reason phrase and decision headers, unchanged. */
+  deniedUpstream: (msg: string, detail: unknown, statusText: string, headers: Record<string, string>) =>
+    new RegistryError('DENIED', msg, detail, { statusText, headers }),
 };

@@ -12,6 +12,7 @@ import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
 import { errors } from '../oci/errors.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
+import { centralRefusal } from './central-refusal.js';
 import { statusError, toRegistryError } from './manifests.js';
 import { byteSourceOf } from '../util/byte-source.js';
 
@@ -92,6 +93,8 @@ export class ProxyBlobService implements BlobService {
     } catch (e) {
       throw toRegistryError(e, route.upstream.name);
     }
+    const refusal = await centralRefusal(res, route.upstream, `${route.registry}/${route.repository}@${digest}`);
+    if (refusal) throw refusal;
     res.body.resume();
     if (res.status === 404) throw errors.blobUnknown(`blob unknown: ${digest} not found in ${route.registry}/${route.repository}`);
     if (res.status !== 200) throw statusError(res, route.upstream.name, `blob ${digest}`);
@@ -198,6 +201,8 @@ export class ProxyBlobService implements BlobService {
     }
     const partial = offset > 0 && res.status === 206;
     if (res.status !== 200 && !partial) {
+      const refusal = await centralRefusal(res, route.upstream, `${route.registry}/${route.repository}@${digest}`);
+      if (refusal) throw refusal;
       res.body.resume();
       throw statusError(res, upstream, `blob ${digest}`);
     }

@@ -21,6 +21,7 @@ import { headerString, UpstreamUnavailableError, type UpstreamClient, type Upstr
 import { ManifestFormatError, parseManifest, UPSTREAM_ACCEPT, type ParsedManifest } from '../oci/mediatypes.js';
 import { errorText } from '../util/error-text.js';
 import { SingleFlight } from '../util/single-flight.js';
+import { centralRefusal } from './central-refusal.js';
 
 /**
  * What the handlers, the gate and the evidence providers need of manifests (the implementation, ProxyManifestService,
@@ -87,20 +88,23 @@ export class ProxyManifestService implements ManifestService {
     const { upstream, repository } = route;
     const cached = this.meta.getTag(upstream.name, repository, tag);
     const now = this.now();
-    if (cached && now - cached.checkedAt < this.config.cache.tagTTL) {
+    // A central Portcullis is asked again at least every `recheck`: a tag it now denies is not served for longer.
+    const ttl = upstream.kind === 'portcullis' ? Math.min(this.config.cache.tagTTL, upstream.recheck) : this.config.cache.tagTTL;
+    if (cached && now - cached.checkedAt < ttl) {
       this.metrics.cacheLookups.inc({ kind: 'tag', result: 'hit' });
       return { manifest: await this.get(route, cached.digest), stale: false };
     }
     const fromPeer = await this.sharedTag(route, tag, cached, now);
     if (fromPeer) return fromPeer;
     const serveStale = async (why: RegistryError | Error): Promise<ResolvedTag> => {
-      if (cached && now - cached.checkedAt < this.config.cache.tagTTL + this.config.cache.staleIfError) {
+      if (cached && now - cached.checkedAt < ttl + this.config.cache.staleIfError) {
         this.metrics.cacheLookups.inc({ kind: 'tag', result: 'stale' });
         return { manifest: await this.get(route, cached.digest), stale: true };
       }
       throw why;
     };
     this.metrics.cacheLookups.inc({ kind: 'tag', result: 'miss' });
+    if (upstream.kind === 'portcullis') return this.resolveChainedTag(route, tag, serveStale);
     let res: UpstreamResponse;
     try {
       res = await this.clientFor(upstream.name).send({
@@ -113,6 +117,9 @@ export class ProxyManifestService implements ManifestService {
     } catch (e) {
       return serveStale(toRegistryError(e, upstream.name));
     }
+    // The central tier's denial is its decision, never masked by a stale mapping.
+    const refusal = await centralRefusal(res, upstream, `${route.registry}/${repository}:${tag}`);
+    if (refusal) throw refusal;
     res.body.resume();
     if (res.status === 404) {
       this.meta.deleteTag(upstream.name, repository, tag);
@@ -159,6 +166,25 @@ export class ProxyManifestService implements ManifestService {
     return { manifest: m, stale: false };
   }
 
+  /**
+   * A tag on a central Portcullis: a GET, not a HEAD, because its denial's message and violations come only with a
+   * body (its own cache makes the GET cheap). Its denial, and a tag it does not know, are answers, never masked by
+   * a stale mapping; only a failure to reach it is.
+   */
+  private async resolveChainedTag(route: Route, tag: string, serveStale: (why: RegistryError | Error) => Promise<ResolvedTag>): Promise<ResolvedTag> {
+    const { upstream, repository } = route;
+    let m: Manifest;
+    try {
+      m = await this.fetchAndStore(route, tag, undefined);
+    } catch (e) {
+      if (e instanceof RegistryError && e.code === 'MANIFEST_UNKNOWN') this.meta.deleteTag(upstream.name, repository, tag);
+      if (e instanceof RegistryError && (e.code === 'DENIED' || e.code === 'MANIFEST_UNKNOWN')) throw e;
+      return serveStale(toRegistryError(e, upstream.name));
+    }
+    this.meta.putTag(upstream.name, repository, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() });
+    return { manifest: m, stale: false };
+  }
+
   get(route: Route, digest: Digest): Promise<Manifest> {
     const cached = this.meta.getManifest(route.upstream.name, route.repository, digest);
     if (cached) {
@@ -190,6 +216,8 @@ export class ProxyManifestService implements ManifestService {
       throw errors.manifestUnknown(`manifest unknown: ${route.registry}/${repository}@${ref} not found upstream`);
     }
     if (res.status !== 200) {
+      const refusal = await centralRefusal(res, upstream, `${route.registry}/${repository}${isDigest(ref) ? '@' : ':'}${ref}`);
+      if (refusal) throw refusal;
       res.body.resume();
       throw statusError(res, upstream.name, `${repository}@${ref}`);
     }

@@ -9,6 +9,7 @@ import type { Route } from '../routing/route.js';
 import { readCapped } from '../util/capped-body.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
 import type { Manifest, ManifestService } from './manifests.js';
+import { centralRefusal } from './central-refusal.js';
 import { statusError, toRegistryError } from './manifests.js';
 import { OCI_INDEX, type Descriptor } from '../oci/mediatypes.js';
 import { errors, isNotFound } from '../oci/errors.js';
@@ -61,6 +62,8 @@ export class ProxyReferrersService implements ReferrersService {
         .includes('artifactType');
       return this.finish(manifests, artifactType, applied, 'api');
     }
+    const refusal = await centralRefusal(res, route.upstream, `${route.registry}/${route.repository} (referrers of ${subject})`);
+    if (refusal) throw refusal;
     res.body.resume();
     if (res.status !== 404 && res.status !== 200) throw statusError(res, route.upstream.name, `referrers of ${subject}`);
     // No referrers API upstream: the tag schema is the standard fallback.

@@ -6,6 +6,7 @@ import type { Route } from '../routing/route.js';
 import { errors } from '../oci/errors.js';
 import { readCapped } from '../util/capped-body.js';
 import { headerString, type UpstreamClient } from '../upstream/client.js';
+import { centralRefusal } from './central-refusal.js';
 import { statusError, toRegistryError } from './manifests.js';
 
 /** What the handlers need of tag lists (the implementation, ProxyTagService, follows). */
@@ -51,6 +52,8 @@ export class ProxyTagService implements TagService {
       throw errors.nameUnknown(`repository ${route.registry}/${route.repository} not found upstream`);
     }
     if (res.status !== 200) {
+      const refusal = await centralRefusal(res, route.upstream, `${route.registry}/${route.repository} (tag list)`);
+      if (refusal) throw refusal;
       res.body.resume();
       throw statusError(res, route.upstream.name, `tags of ${route.repository}`);
     }

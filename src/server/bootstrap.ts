@@ -44,6 +44,7 @@ import { errorText } from '../util/error-text.js';
 import { checkSignatureConfig, createSignatureProvider } from '../verify/index.js';
 import { App } from './app.js';
 import { RegistryHandlers, type WarmCheck } from './handlers.js';
+import { CentralCheck } from '../proxy/chain.js';
 import { ScanApi, type ApiHandler } from './scan-api.js';
 import { UiHandler } from '../ui/handler.js';
 import { DecisionRing } from '../ui/ring.js';
@@ -243,6 +244,10 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     identityChecks: auth?.hasMethods ?? false,
     ...(auth?.hasMethods ? { challenge: (req: IncomingMessage, repository: string) => auth.challenge(req, repository) } : {}),
     ...(quotas ? { quotas, warm: warmCheck(config, { meta, blobStore, downloads }, now ?? Date.now) } : {}),
+    // A node chained to a central tier re-asks it, by digest, before serving from its cache (proxy/chain.ts).
+    ...(config.upstreams.some((u) => u.kind === 'portcullis')
+      ? { central: new CentralCheck({ clientFor, maxManifestSize: config.limits.maxManifestSize, ...clock }) }
+      : {}),
   });
   const api: ApiHandler[] =
     scan || config.scan?.admin ? [new ScanApi({ service: scan, deps: evidenceDeps, target: { gate, meta, manifests, router }, now: now ?? Date.now })] : [];

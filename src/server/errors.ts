@@ -51,6 +51,8 @@ export function httpAnswer(err: RegistryError): HttpAnswer {
   const body = JSON.stringify({ errors: [{ code: err.code, message: err.message, detail: err.detail ?? null }] });
   const answer: HttpAnswer = { status: httpStatus(err), headers, body };
   if (h.denial) answer.statusText = denialStatusText(h.denial.rule, h.denial.reason, h.denial.decisionId);
+  // A chained node passes its central tier's phrase on unchanged; made safe for a status line all the same.
+  else if (h.statusText) answer.statusText = printableAscii(h.statusText).slice(0, MAX_STATUS_TEXT);
   return answer;
 }
 

@@ -11,6 +11,7 @@ import type { AdmissionGate } from '../gate/gate.js';
 import type { Admission } from '../policy/contract.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { BlobService } from '../proxy/blobs.js';
+import type { CentralConfirmation } from '../proxy/chain.js';
 import type { Manifest, ManifestService } from '../proxy/manifests.js';
 import { accepts } from '../oci/mediatypes.js';
 import type { ReferrersService } from '../proxy/referrers.js';
@@ -43,6 +44,8 @@ export interface HandlerDeps {
   /** Token buckets on upstream-costly requests (src/auth/quota.ts), and how to tell a cold request from a warm one. */
   quotas?: Quotas;
   warm?: WarmCheck;
+  /** Upstreams that are a central Portcullis: its allow of a digest is re-asked every `recheck` (proxy/chain.ts). */
+  central?: CentralConfirmation;
 }
 
 /** Is this already in the cache (serving it costs the upstream nothing)? */
@@ -134,10 +137,12 @@ export class RegistryHandlers {
       const resolved = await this.d.manifests.resolveTag(route, ref.tag);
       manifest = resolved.manifest;
       if (resolved.stale) addWarning(ctx.res, 'served from cache: upstream unreachable');
+      await this.d.central?.confirm(route, manifest.digest, whoOf(ctx));
       await this.admit(ctx, route, manifest, ref.tag);
     } else {
       this.quota(ctx, 'coldManifests', (w) => !w.manifest(route, ref.digest));
       manifest = await this.d.manifests.get(route, ref.digest);
+      await this.d.central?.confirm(route, manifest.digest, whoOf(ctx));
       // A child of an admitted index is decided on its own evidence (its index's signatures included); anything
       // else by digest is a root of its own (src/gate/closures.ts).
       this.applyAdmission(ctx, refOf(route, manifest.digest), await this.d.gate.admitByDigest({ route, method: ctx.method, client: clientOf(ctx), manifest }));
@@ -271,6 +276,8 @@ export class RegistryHandlers {
       );
     }
     await this.identityMayUse(ctx, route, verdict.root);
+    // A chained node: the image the blob belongs to must still be the central tier's to serve (proxy/chain.ts).
+    await this.d.central?.confirm(route, verdict.root, whoOf(ctx));
     return this.sendBlob(ctx, route, digest, true);
   }
 
@@ -381,6 +388,12 @@ function clientOf(ctx: RequestContext): Client {
     userAgent: ctx.req.headers['user-agent'] ?? null,
     ...(i.via ? { via: i.via } : {}),
   };
+}
+
+/** The identity a central tier decides for (with forwardIdentity): the key of the node's confirmations. */
+function whoOf(ctx: RequestContext): string {
+  const i = ctx.identity;
+  return `${i.method}:${i.user ?? ''}:${i.groups.join(',')}`;
 }
 
 function oneLine(s: string, max: number): string {

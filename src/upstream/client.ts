@@ -42,6 +42,8 @@ export interface UpstreamRequest {
 
 export interface UpstreamResponse {
   status: number;
+  /** The reason phrase as the upstream sent it ('' when it sent none). */
+  statusText: string;
   headers: IncomingHttpHeaders;
   body: Readable;
   /** Where the response finally came from, after redirects. */
@@ -105,12 +107,15 @@ export class UpstreamClient {
     this.baseUrl = new URL(config.url);
     this.forwardSigner = config.forwardIdentity ? new ForwardSigner({ ...config.forwardIdentity, ...(opts.now ? { now: opts.now } : {}) }) : undefined;
     const ca = config.ca ? readFileSync(config.ca) : undefined;
+    // The node's certificate for a central Portcullis that requires one: to the upstream's own origin only.
+    const own = config.clientCertificate ? { cert: readFileSync(config.clientCertificate.cert), key: readFileSync(config.clientCertificate.key) } : undefined;
     this.egress = new EgressGuard({ upstream: this.baseUrl, allow: config.redirects.allow, ...(opts.lookup ? { lookup: opts.lookup } : {}) });
     const guard = (this.guard = this.countingGuard());
     // Each idle connection keeps its 256 KiB read buffer: a few per origin are plenty between two pulls.
     this.sockets = new SocketPool({
       ...(ca ? { ca } : {}),
       rejectUnauthorized: !config.insecure,
+      ...(own ? { clientCert: { origin: this.baseUrl.origin, ...own } } : {}),
       maxIdlePerOrigin: Math.min(config.concurrency, 16),
       egress: guard,
     });
@@ -119,6 +124,9 @@ export class UpstreamClient {
     // Direct connections check their address in the connector (egress.ts): IP literals before connecting, names in
     // the lookup that net.connect uses, so the address checked is the one connected to.
     const direct = buildConnector({ timeout: config.timeouts.connect, ...tls, lookup: guard.lookup });
+    const withCert = own ? buildConnector({ timeout: config.timeouts.connect, ...tls, ...own, lookup: guard.lookup }) : undefined;
+    const upstreamHost = this.baseUrl.hostname;
+    const upstreamPort = this.baseUrl.port || (this.baseUrl.protocol === 'https:' ? '443' : '80');
     const connect: buildConnector.connector = (o, cb) => {
       try {
         guard.checkHost(o.hostname);
@@ -126,7 +134,8 @@ export class UpstreamClient {
         cb(e as Error, null);
         return;
       }
-      direct(o, cb);
+      const toUpstream = o.hostname === upstreamHost && String(o.port || (o.protocol === 'https:' ? '443' : '80')) === upstreamPort;
+      (withCert && toUpstream ? withCert : direct)(o, cb);
     };
     // CONNECT for plain-http upstreams too (proxyTunnel): the proxy relays bytes and never sees a request to rewrite.
     const viaProxy = { proxyTunnel: true, requestTls: tls, connectTimeout: config.timeouts.connect, ...pool };
@@ -279,6 +288,8 @@ export class UpstreamClient {
   /** One logical request, following redirects by hand. */
   private async follow(req: UpstreamRequest, authorization: string | undefined): Promise<UpstreamResponse & { fromUpstreamHost: boolean }> {
     let url = new URL(req.path, this.baseUrl);
+    // A central Portcullis serves many registries and routes by `?ns=`, as containerd names them (kind portcullis).
+    if (this.config.kind === 'portcullis' && req.repository) url.searchParams.set('ns', this.config.registry);
     const origin = url.origin;
     for (let hop = 0; ; hop++) {
       const headers: Record<string, string> = { 'user-agent': 'portcullis/0.1', ...req.headers };
@@ -290,7 +301,7 @@ export class UpstreamClient {
         if (fwd) headers[FORWARDED_IDENTITY_HEADER] = fwd;
       }
       const started = performance.now();
-      let r: Pick<Dispatcher.ResponseData, 'statusCode' | 'headers'> & { body: Readable };
+      let r: Pick<Dispatcher.ResponseData, 'statusCode' | 'statusText' | 'headers'> & { body: Readable };
       try {
         // Behind an egress proxy, blob bodies go through undici as well: tls.connect ignores `onread` over an
         // existing (tunnelled) socket, so the reused-buffer transport would gain nothing there. With a proxy from the
@@ -330,7 +341,7 @@ export class UpstreamClient {
         url = next;
         continue;
       }
-      return { status: r.statusCode, headers: r.headers, body: r.body, url: url.toString(), fromUpstreamHost: url.origin === origin };
+      return { status: r.statusCode, statusText: r.statusText, headers: r.headers, body: r.body, url: url.toString(), fromUpstreamHost: url.origin === origin };
     }
   }
 

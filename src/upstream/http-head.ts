@@ -27,7 +27,7 @@ export function parseField(line: string): [string, string] {
   return [name.toLowerCase(), value];
 }
 
-export function parseHead(text: string): { status: number; headers: IncomingHttpHeaders; minor: number } {
+export function parseHead(text: string): { status: number; statusText: string; headers: IncomingHttpHeaders; minor: number } {
   const lines = text.split('\r\n');
   const m = /^HTTP\/1\.([01]) ([1-5]\d\d)(?: (.*))?$/.exec(lines[0] ?? '');
   if (!m || CTL.test(m[3] ?? '')) throw new HttpFramingError(`bad status line ${JSON.stringify((lines[0] ?? '').slice(0, 60))}`);
@@ -41,5 +41,5 @@ export function parseHead(text: string): { status: number; headers: IncomingHttp
     if (name === 'set-cookie') headers[name] = [...((prev as string[] | undefined) ?? []), value];
     else headers[name] = prev === undefined ? value : `${String(prev)}, ${value}`;
   }
-  return { status, headers, minor: Number(m[1]) };
+  return { status, statusText: m[3] ?? '', headers, minor: Number(m[1]) };
 }

@@ -17,6 +17,8 @@ const READ_BUFFER_BYTES = 256 * 1024;
 export interface SocketPoolOptions {
   ca?: Buffer;
   rejectUnauthorized: boolean;
+  /** A client certificate, presented to this origin only (the upstream's own; never a redirect target). */
+  clientCert?: { origin: string; cert: Buffer; key: Buffer };
   /** How long an idle connection is kept (servers close theirs too; a stale one costs a retry). */
   idleMs?: number;
   maxIdlePerOrigin?: number;
@@ -84,6 +86,7 @@ export class SocketPool {
             // SNI carries host names only.
             ...(net.isIP(host) ? {} : { servername: host }),
             ...(this.opts.ca ? { ca: this.opts.ca } : {}),
+            ...(this.opts.clientCert?.origin === url.origin ? { cert: this.opts.clientCert.cert, key: this.opts.clientCert.key } : {}),
             rejectUnauthorized: this.opts.rejectUnauthorized,
             ALPNProtocols: ['http/1.1'],
             ...lookup,

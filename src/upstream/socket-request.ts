@@ -30,6 +30,8 @@ export interface SocketRequestOptions {
 
 export interface SocketResponse {
   statusCode: number;
+  /** The reason phrase (a chained Portcullis puts a denial's reason there). */
+  statusText: string;
   headers: IncomingHttpHeaders;
   body: SocketBody;
 }
@@ -311,7 +313,7 @@ class Connection implements BodyFeed {
     this.headParts = [];
     this.headBytes = 0;
     this.headTail = EMPTY;
-    const { status, headers, minor } = parseHead(all.toString('latin1', 0, at));
+    const { status, statusText, headers, minor } = parseHead(all.toString('latin1', 0, at));
     // 1xx responses (100 Continue, 103 Early Hints) precede the real one.
     if (status >= 200) {
       const connection = String(headers.connection ?? '')
@@ -319,12 +321,12 @@ class Connection implements BodyFeed {
         .split(',')
         .map((t) => t.trim());
       this.keepAlive = minor === 1 && !connection.includes('close');
-      this.startBody(status, headers);
+      this.startBody(status, statusText, headers);
     }
     return pos + consumed;
   }
 
-  private startBody(status: number, headers: IncomingHttpHeaders): void {
+  private startBody(status: number, statusText: string, headers: IncomingHttpHeaders): void {
     const te = headers['transfer-encoding'];
     const cl = headers['content-length'];
     if (this.isHead || status === 204 || status === 304) {
@@ -352,7 +354,7 @@ class Connection implements BodyFeed {
     this.body = new SocketBody(this);
     this.ps?.socket.setTimeout(this.opts.bodyTimeout);
     this.headSettled = true;
-    this.resolveHead({ statusCode: status, headers, body: this.body });
+    this.resolveHead({ statusCode: status, statusText, headers, body: this.body });
   }
 
   private deliver(chunk: Buffer): void {

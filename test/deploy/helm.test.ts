@@ -76,8 +76,8 @@ async function template(args: string[]): Promise<{ code: number; docs: Obj[]; st
 }
 
 /** `node dist/cli.js ...` without any PORTCULLIS__ override from this environment. */
-function cli(args: string[]): { code: number; stdout: string; stderr: string } {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PORTCULLIS')));
+function cli(args: string[], extraEnv: Record<string, string> = {}): { code: number; stdout: string; stderr: string } {
+  const env = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PORTCULLIS'))), ...extraEnv };
   const r = spawnSync(process.execPath, [CLI, ...args], { env, encoding: 'utf8', timeout: 60_000 });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
@@ -132,11 +132,19 @@ describe.each(EXAMPLES)('examples/%s', (file) => {
     expect(c.startupProbe?.httpGet.path).toBe('/readyz');
     expect(c.livenessProbe?.httpGet.path).toBe('/healthz');
     const ports = new Set((c.ports ?? []).map((p) => p.name));
-    for (const p of [c.readinessProbe!, c.livenessProbe!, c.startupProbe!])
-      expect(ports.has(String(p.httpGet.port)), `probe port ${p.httpGet.port}`).toBe(true);
+    // The node tier declares no ports (on the host network they would be host ports, which a surge pod could not
+    // have): its probes name the listener's port number.
+    const listen = Number(/^listen: .*:(\d+)$/m.exec(configOf(docs))?.[1]);
+    for (const p of [c.readinessProbe!, c.livenessProbe!, c.startupProbe!]) {
+      if (tier === 'node') expect(p.httpGet.port).toBe(listen);
+      else expect(ports.has(String(p.httpGet.port)), `probe port ${p.httpGet.port}`).toBe(true);
+    }
     const tls = /^tls:/m.test(configOf(docs));
     expect(c.readinessProbe!.httpGet.scheme).toBe(tls && !ports.has('operator') ? 'HTTPS' : 'HTTP');
-    if (tier === 'node') expect(c.readinessProbe!.httpGet.host).toBe('127.0.0.1');
+    if (tier === 'node') {
+      expect(c.readinessProbe!.httpGet.host).toBe('127.0.0.1');
+      expect(c.ports).toBeUndefined();
+    }
   });
 
   it('runs non-root, read-only, without privilege escalation or capabilities; init containers only as justified', () => {
@@ -195,7 +203,7 @@ describe.each(EXAMPLES)('examples/%s', (file) => {
       expect(mounts.has(m[1]!), m[1]).toBe(true);
   });
 
-  it('node tier: the init container writes hosts.toml files whose only server and [host] are the proxy', (ctx) => {
+  it('node tier: the init container writes hosts.toml files whose hosts are the proxy (then its central tier) only', (ctx) => {
     if (tier !== 'node') {
       // Central-tier examples have no init container; assert that rather than pass vacuously.
       expect(pod.initContainers).toBeUndefined();
@@ -216,8 +224,12 @@ describe.each(EXAMPLES)('examples/%s', (file) => {
     const r = cli(args);
     expect(r.code, r.stderr).toBe(0);
     const proxy = initArgs.find((a) => a.startsWith('--proxy='))!.slice('--proxy='.length);
-    const port = pod.containers[0]!.ports?.find((p) => p.name === 'registry')?.containerPort;
+    const port = /^listen: 127\.0\.0\.1:(\d+)$/m.exec(configOf(docs))?.[1];
     expect(proxy).toBe(`http://127.0.0.1:${port}`);
+    // A chained node tier: its central tier after it, and it is the url of every upstream (nothing else is a host).
+    const fallback = initArgs.filter((a) => a.startsWith('--fallback=')).map((a) => a.slice('--fallback='.length));
+    const hosts = [proxy, ...fallback];
+    for (const f of fallback) expect(configOf(docs)).toContain(`url: ${f}`);
     const files = listFiles(dir);
     const upstreams = [...configOf(docs).matchAll(/registry: (\S+)/g)].map((m) => m[1]);
     expect(files.sort()).toEqual(expect.arrayContaining(upstreams.map((u) => `${u}/hosts.toml`)));
@@ -228,18 +240,18 @@ describe.each(EXAMPLES)('examples/%s', (file) => {
       expect(
         lines.filter((l) => /^\s*server\s*=/.test(l)),
         f,
-      ).toEqual([`server = "${proxy}"`]);
+      ).toEqual([`server = "${hosts[hosts.length - 1]}"`]);
       expect(
         lines.filter((l) => /^\s*\[host\./.test(l)),
         f,
-      ).toEqual([`[host."${proxy}"]`]);
-      // No URL but the proxy's anywhere in the file.
+      ).toEqual(hosts.map((h) => `[host."${h}"]`));
+      // No URL but the proxy's (and its central tier's) anywhere in the file.
       expect(
-        [...text.matchAll(/https?:\/\/[^"\s]+/g)].map((m) => m[0]).filter((u) => u !== proxy),
+        [...text.matchAll(/https?:\/\/[^"\s]+/g)].map((m) => m[0]).filter((u) => !hosts.includes(u)),
         f,
       ).toEqual([]);
     }
-    void ctx.annotate(`${files.length} hosts.toml files, all pointing at ${proxy} only`);
+    void ctx.annotate(`${files.length} hosts.toml files, all pointing at ${hosts.join(' then ')} only`);
   });
 });
 
@@ -267,6 +279,20 @@ describe('the chart refuses what would deploy something broken or unsafe', () =>
       'upstream credentials without a Secret',
       ['--set', 'upstreams[0].name=hub,upstreams[0].registry=docker.io,upstreams[0].url=https://registry-1.docker.io,upstreams[0].credentials.username=u'],
       /credentials need existingSecret/,
+    ],
+    ['a node tier whose image is not pinned by digest', ['--set', 'tier=node,storage.type=hostPath'], /image\.digest: the node tier pins its image by digest/],
+    ['a digest that is not one', ['--set', 'image.digest=sha256:abc'], /image\.digest must be sha256/],
+    [
+      'a chained node tier that names no registry',
+      ['--set', `tier=node,storage.type=hostPath,image.digest=sha256:${'a'.repeat(64)},node.central.url=https://c:5443`],
+      /needs node\.central\.registries/,
+    ],
+    ['shared state without a Secret', ['--set', 'sharedState.enabled=true,sharedState.s3.bucket=b'], /needs sharedState\.existingSecret/],
+    ['shared state without a bucket', ['--set', 'sharedState.enabled=true,sharedState.existingSecret=s'], /sharedState\.s3\.bucket/],
+    [
+      'shared state on the node tier',
+      ['--set', `tier=node,storage.type=hostPath,image.digest=sha256:${'a'.repeat(64)},sharedState.enabled=true`],
+      /for the central tier/,
     ],
     [
       'one claim shared by several replicas',
@@ -320,5 +346,140 @@ describe('client authentication', () => {
     expect(r.code, r.stderr).toBe(0);
     const config = parseAllDocuments(configOf(r.docs))[0]!.toJS() as { auth?: unknown };
     expect(config.auth).toEqual({ anonymous: false, htpasswd: { file: '/etc/portcullis/auth/htpasswd' } });
+  });
+});
+
+describe('the central tier of a cluster (issue 13, Deploy)', () => {
+  const SHARED = [
+    '-f',
+    join(CHART, 'examples', 'central.yaml'),
+    '--set',
+    'sharedState.enabled=true,sharedState.existingSecret=portcullis-state,sharedState.keys.redisPassword=redis-password',
+    '--set',
+    'sharedState.s3.bucket=portcullis,sharedState.s3.endpoint=https://s3.internal.example:9000,sharedState.s3.forcePathStyle=true,sharedState.s3.prefix=central/',
+    '--set-json',
+    'sharedState.redis={"keyPrefix":"portcullis:","maxStaleness":"5s"}',
+  ];
+
+  it('a Deployment of 3 replicas with a surge rolling update and readiness on /readyz, a Service and a PodDisruptionBudget', async () => {
+    // The chart's defaults: the central tier.
+    const r = await template([]);
+    expect(r.code, r.stderr).toBe(0);
+    const d = workload(r.docs) as Obj & { spec: { replicas: number; strategy: unknown } };
+    expect(d.kind).toBe('Deployment');
+    expect(d.spec.replicas).toBe(3);
+    expect(d.spec.strategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+    expect(d.spec.template.spec.containers[0]!.readinessProbe?.httpGet.path).toBe('/readyz');
+    expect(r.docs.filter((x) => x.kind === 'Service')).toHaveLength(1);
+    // Closures are learned per replica from the manifest request: a client's blob GETs must reach the same replica.
+    expect(r.docs.find((x) => x.kind === 'Service')).toMatchObject({ spec: { sessionAffinity: 'ClientIP' } });
+    expect(r.docs.find((x) => x.kind === 'PodDisruptionBudget')).toMatchObject({ spec: { maxUnavailable: 1 } });
+  });
+
+  it('sharedState: blobs in S3 and meta in Redis, every connection secret from the Secret (URL by env, keys by file)', async () => {
+    const r = await template(SHARED);
+    expect(r.code, r.stderr).toBe(0);
+    const text = configOf(r.docs);
+    const config = parseAllDocuments(text)[0]!.toJS() as { storage: Record<string, unknown> };
+    expect(config.storage).toEqual({
+      blobs: 's3',
+      s3: {
+        bucket: 'portcullis',
+        region: 'us-east-1',
+        endpoint: 'https://s3.internal.example:9000',
+        forcePathStyle: true,
+        prefix: 'central/',
+        credentials: {
+          accessKeyId: { file: '/etc/portcullis/shared-state/s3-access-key-id' },
+          secretAccessKey: { file: '/etc/portcullis/shared-state/s3-secret-access-key' },
+        },
+      },
+      meta: 'redis',
+      redis: {
+        keyPrefix: 'portcullis:',
+        maxStaleness: '5s',
+        password: { file: '/etc/portcullis/shared-state/redis-password' },
+        signingKey: { file: '/etc/portcullis/shared-state/redis-signing-key' },
+      },
+    });
+    expect(text).not.toMatch(/redis:\/\/|rediss:\/\//);
+    const pod = workload(r.docs).spec.template.spec;
+    const c = pod.containers[0]!;
+    expect(c.env).toContainEqual({
+      name: 'PORTCULLIS__storage__redis__url',
+      valueFrom: { secretKeyRef: { name: 'portcullis-state', key: 'redis-url' } },
+    });
+    expect(c.volumeMounts).toContainEqual({ name: 'shared-state', mountPath: '/etc/portcullis/shared-state', readOnly: true });
+    const vol = pod.volumes.find((v) => v.name === 'shared-state') as unknown as {
+      secret: { secretName: string; items: Array<{ key: string; path: string }> };
+    };
+    expect(vol.secret.secretName).toBe('portcullis-state');
+    expect(vol.secret.items.map((i) => i.path).sort()).toEqual(['redis-password', 'redis-signing-key', 's3-access-key-id', 's3-secret-access-key']);
+    // The whole rendered config against the real schema, with the URL the Secret would put in the environment.
+    const f = join(tmp, 'central-shared.config.yaml');
+    writeFileSync(f, text);
+    const check = cli(['config', 'check', f], { PORTCULLIS__storage__redis__url: 'rediss://redis.portcullis.svc:6379/0' });
+    expect(check.code, check.stderr).toBe(0);
+    const lint = await runTool(requireTool('helm'), ['lint', '--strict', CHART, ...SHARED], { timeoutMs: 60_000 });
+    expect(lint.code, `${lint.stdout}\n${lint.stderr}`).toBe(0);
+  });
+});
+
+describe('the node tier chained to the central tier (examples/node-chained.yaml)', () => {
+  it('image by digest, maxSurge rolling update, reusePort, every registry a kind: portcullis upstream at the central Service', async () => {
+    const r = await template(['-f', join(CHART, 'examples', 'node-chained.yaml')]);
+    expect(r.code, r.stderr).toBe(0);
+    const ds = workload(r.docs) as Obj & { spec: { updateStrategy: unknown } };
+    expect(ds.kind).toBe('DaemonSet');
+    expect(ds.spec.updateStrategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+    const pod = ds.spec.template.spec as PodSpec & { containers: Array<Container & { image: string }>; initContainers: Array<Container & { image: string }> };
+    for (const c of [...pod.containers, ...pod.initContainers])
+      expect(c.image, c.name).toMatch(/^registry\.internal\.example\/portcullis@sha256:[a-f0-9]{64}$/);
+    const config = parseAllDocuments(configOf(r.docs))[0]!.toJS() as {
+      reusePort: boolean;
+      defaultUpstream: string;
+      upstreams: Array<{ name: string; kind: string; registry: string; url: string; recheck: string; ca: string }>;
+    };
+    expect(config.reusePort).toBe(true);
+    expect(config.upstreams.map((u) => [u.name, u.registry, u.kind, u.url, u.recheck])).toEqual([
+      ['docker-io', 'docker.io', 'portcullis', 'https://portcullis.portcullis.svc:5443', '30s'],
+      ['registry-internal-example', 'registry.internal.example', 'portcullis', 'https://portcullis.portcullis.svc:5443', '30s'],
+    ]);
+    expect(config.defaultUpstream).toBe('docker-io');
+    expect(config.upstreams[0]!.ca).toBe('/etc/portcullis/upstreams/docker-io/ca/ca.crt');
+    const init = pod.initContainers.find((c) => c.name === 'client-config')!;
+    expect(init.args).toContain('--fallback=https://portcullis.portcullis.svc:5443');
+    expect(init.args).toContain('--ca=/etc/containerd/certs.d/portcullis-ca.pem');
+  });
+
+  it('node.central.clientCertificate: the node’s certificate from a kubernetes.io/tls Secret, by file, for each upstream', async () => {
+    const r = await template(['-f', join(CHART, 'examples', 'node-chained.yaml'), '--set', 'node.central.clientCertificate.existingSecret=node-cert']);
+    expect(r.code, r.stderr).toBe(0);
+    const config = parseAllDocuments(configOf(r.docs))[0]!.toJS() as { upstreams: Array<{ name: string; clientCertificate: unknown }> };
+    expect(config.upstreams[0]!.clientCertificate).toEqual({
+      cert: '/etc/portcullis/upstreams/docker-io/client/tls.crt',
+      key: '/etc/portcullis/upstreams/docker-io/client/tls.key',
+    });
+    const pod = workload(r.docs).spec.template.spec;
+    expect(pod.containers[0]!.volumeMounts).toContainEqual({
+      name: 'up-docker-io-cert',
+      mountPath: '/etc/portcullis/upstreams/docker-io/client',
+      readOnly: true,
+    });
+    expect(pod.volumes).toContainEqual({
+      name: 'up-docker-io-cert',
+      secret: {
+        secretName: 'node-cert',
+        items: [
+          { key: 'tls.crt', path: 'tls.crt' },
+          { key: 'tls.key', path: 'tls.key' },
+        ],
+      },
+    });
+    const f = join(tmp, 'node-cert.config.yaml');
+    writeFileSync(f, configOf(r.docs));
+    const check = cli(['config', 'check', f]);
+    // The files are the pod's; the schema is what is checked here.
+    expect(check.stderr).not.toMatch(/clientCertificate/);
   });
 });

@@ -50,7 +50,7 @@ export interface CriHandle {
   /** The `config_path` directory: `<hostsDir>/<registry>/hosts.toml`. */
   hostsDir: string;
   /** (Re)write the hosts dir with `portcullis client-config containerd` for this proxy; applies from the next pull. */
-  writeHosts(proxyUrl: string, config?: Config): Promise<void>;
+  writeHosts(proxyUrl: string, config?: Config, fallback?: string[]): Promise<void>;
   /** CRI PullImage. */
   pull(image: string, opts?: CriPullOptions): Promise<CriPullResult>;
   /** CRI RemoveImage (by reference or id). */
@@ -69,6 +69,8 @@ export interface StartCriOptions {
   proxyUrl: string;
   /** The proxy's config: `client-config` writes one hosts.toml per upstream registry and alias, plus _default. */
   config: Config;
+  /** Gating proxies tried after proxyUrl (`client-config --fallback`: a node instance's central tier). */
+  fallback?: string[];
   logLevel?: 'debug' | 'info' | 'warn';
   /** How long to wait for the CRI ImageService to answer. Default 60 s. */
   startTimeoutMs?: number;
@@ -143,9 +145,9 @@ export async function startCri(opts: StartCriOptions): Promise<CriHandle> {
   await writeFile(configPath, daemonConfig(dir, address, hostsDir, opts.logLevel ?? 'info'));
   await writeFile(crictlConfig, `runtime-endpoint: unix://${address}\nimage-endpoint: unix://${address}\n`);
 
-  const writeHosts = async (proxyUrl: string, config: Config = opts.config): Promise<void> => {
+  const writeHosts = async (proxyUrl: string, config: Config = opts.config, fallback = opts.fallback): Promise<void> => {
     // The product's own generator (`portcullis client-config containerd`), so that CRI checks what users install.
-    const generated = clientConfig('containerd', config, { proxyUrl });
+    const generated = clientConfig('containerd', config, { proxyUrl, ...(fallback ? { fallback } : {}) });
     await rm(hostsDir, { recursive: true, force: true });
     for (const f of generated.files) {
       const file = path.join(hostsDir, f.path);

@@ -56,6 +56,23 @@ describe('client-config containerd / docker', () => {
     expect(docker.notes.join('\n')).toMatch(/unencrypted/);
   });
 
+  it('--fallback: the node instance first, then the central tier as a [host] and as the server; nothing else', () => {
+    const cc = clientConfig('containerd', config, {
+      proxyUrl: 'http://127.0.0.1:5000',
+      fallback: ['https://portcullis-central.portcullis.svc:5000'],
+      caFile: '/etc/portcullis/ca.pem',
+    });
+    for (const f of cc.files) {
+      const hosts = [...f.content.matchAll(/^\[host\."([^"]+)"\]$/gm)].map((m) => m[1]);
+      expect(hosts).toEqual(['http://127.0.0.1:5000', 'https://portcullis-central.portcullis.svc:5000']);
+      // containerd tries `server` last: the central tier again, never a real registry.
+      expect(f.content).toMatch(/^server = "https:\/\/portcullis-central\.portcullis\.svc:5000"$/m);
+      expect(f.content.match(/ {2}ca = "\/etc\/portcullis\/ca\.pem"/g)).toHaveLength(2);
+    }
+    expect(cc.notes.join('\n')).toMatch(/no stricter than the central tier/);
+    expect(() => clientConfig('containerd', config, { proxyUrl: 'http://127.0.0.1:5000', fallback: ['central:5000'] })).toThrow(/--fallback/);
+  });
+
   it('refuses a proxy URL that is not scheme, host and port', () => {
     for (const bad of ['127.0.0.1:5000', 'ftp://x', 'http://x/v2/', 'http://u:p@x', 'http://x?ns=a']) {
       expect(() => clientConfig('containerd', config, { proxyUrl: bad }), bad).toThrow(/--proxy/);

@@ -29,7 +29,32 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- define "portcullis.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The upstreams the config lists, as a YAML list: `upstreams` from the values, or, for a node tier chained to a
+central tier (node.central.url), one upstream per registry, each a Portcullis (kind: portcullis) at that url.
+*/}}
+{{- define "portcullis.upstreams" -}}
+{{- if and (eq .Values.tier "node") .Values.node.central.url -}}
+{{- $c := .Values.node.central -}}
+{{- $ups := list -}}
+{{- range $c.registries -}}
+{{- $u := dict "name" (regexReplaceAll "[^a-z0-9]+" (lower .) "-" | trimAll "-") "registry" . "url" $c.url "kind" "portcullis" "recheck" $c.recheck -}}
+{{- with $c.credentials -}}{{- $_ := set $u "credentials" . -}}{{- end -}}
+{{- with $c.ca -}}{{- $_ := set $u "ca" . -}}{{- end -}}
+{{- with $c.clientCertificate -}}{{- $_ := set $u "clientCertificate" . -}}{{- end -}}
+{{- $ups = append $ups $u -}}
+{{- end -}}
+{{- toYaml $ups -}}
+{{- else -}}
+{{- toYaml .Values.upstreams -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Fail early on combinations that would deploy something broken or unsafe. */}}
@@ -72,7 +97,36 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if gt $sources 1 -}}
 {{- fail "policy: give bundleUrl or opaUrl, not both" -}}
 {{- end -}}
-{{- range .Values.upstreams -}}
+{{- if and .Values.image.digest (not (regexMatch "^sha256:[a-f0-9]{64}$" .Values.image.digest)) -}}
+{{- fail (printf "image.digest must be sha256:<64 hex digits>, not %q" .Values.image.digest) -}}
+{{- end -}}
+{{- if and (eq .Values.tier "node") (not .Values.image.digest) -}}
+{{- fail "image.digest: the node tier pins its image by digest (the kubelet pulls it while the node instance is being replaced; a tag can move)" -}}
+{{- end -}}
+{{- if and (eq .Values.tier "node") .Values.node.central.url (not .Values.node.central.registries) -}}
+{{- fail "node.central.url needs node.central.registries: the registries the node sends to the central tier" -}}
+{{- end -}}
+{{- if and .Values.node.central.url (ne .Values.tier "node") -}}
+{{- fail "node.central is for the node tier" -}}
+{{- end -}}
+{{- if .Values.sharedState.enabled -}}
+{{- if ne .Values.tier "central" -}}
+{{- fail "sharedState is for the central tier" -}}
+{{- end -}}
+{{- if not .Values.sharedState.existingSecret -}}
+{{- fail "sharedState.enabled needs sharedState.existingSecret (the Redis URL and the S3 keys never go into values)" -}}
+{{- end -}}
+{{- if not .Values.sharedState.s3.bucket -}}
+{{- fail "sharedState.s3.bucket: the bucket the replicas share" -}}
+{{- end -}}
+{{- if not .Values.sharedState.keys.redisSigningKey -}}
+{{- fail "sharedState.keys.redisSigningKey: the Secret key of the HMAC key that signs shared decisions (storage.redis.signingKey)" -}}
+{{- end -}}
+{{- if ne (empty .Values.sharedState.keys.s3AccessKeyId) (empty .Values.sharedState.keys.s3SecretAccessKey) -}}
+{{- fail "sharedState.keys: give both s3AccessKeyId and s3SecretAccessKey, or neither" -}}
+{{- end -}}
+{{- end -}}
+{{- range (include "portcullis.upstreams" . | fromYamlArray) -}}
 {{- if and .credentials (not .credentials.existingSecret) -}}
 {{- fail (printf "upstreams %s: credentials need existingSecret (passwords never go into values)" .name) -}}
 {{- end -}}
@@ -111,11 +165,11 @@ result is always one valid YAML document.
 {{- $_ := set $c "operatorListen" (printf "0.0.0.0:%d" (int .Values.operator.port)) -}}
 {{- end -}}
 {{- $ups := list -}}
-{{- range .Values.upstreams -}}
+{{- range (include "portcullis.upstreams" . | fromYamlArray) -}}
 {{- $u := dict "name" .name "registry" .registry "url" .url -}}
 {{- with .aliases -}}{{- $_ := set $u "aliases" . -}}{{- end -}}
 {{- range $k, $v := . -}}
-{{- if not (has $k (list "name" "registry" "url" "aliases" "credentials" "ca")) -}}{{- $_ := set $u $k $v -}}{{- end -}}
+{{- if not (has $k (list "name" "registry" "url" "aliases" "credentials" "ca" "clientCertificate")) -}}{{- $_ := set $u $k $v -}}{{- end -}}
 {{- end -}}
 {{- if .credentials -}}
 {{- $dir := printf "/etc/portcullis/upstreams/%s/credentials" .name -}}
@@ -130,10 +184,37 @@ result is always one valid YAML document.
 {{- if .ca -}}
 {{- $_ := set $u "ca" (printf "/etc/portcullis/upstreams/%s/ca/ca.crt" .name) -}}
 {{- end -}}
+{{- if .clientCertificate -}}
+{{- $dir := printf "/etc/portcullis/upstreams/%s/client" .name -}}
+{{- $_ := set $u "clientCertificate" (dict "cert" (printf "%s/tls.crt" $dir) "key" (printf "%s/tls.key" $dir)) -}}
+{{- end -}}
 {{- $ups = append $ups $u -}}
 {{- end -}}
 {{- $_ := set $c "upstreams" $ups -}}
+{{- if and (eq .Values.tier "node") .Values.node.central.url -}}
+{{- $_ := set $c "defaultUpstream" (first $ups).name -}}
+{{- else -}}
 {{- with .Values.defaultUpstream -}}{{- $_ := set $c "defaultUpstream" . -}}{{- end -}}
+{{- end -}}
+{{- /* The node tier's surge pod starts on the same address and cache directory before the old one stops. */ -}}
+{{- if eq .Values.tier "node" -}}
+{{- $_ := set $c "reusePort" true -}}
+{{- end -}}
+{{- if .Values.sharedState.enabled -}}
+{{- $s := .Values.sharedState -}}
+{{- $dir := "/etc/portcullis/shared-state" -}}
+{{- $s3 := deepCopy $s.s3 -}}
+{{- if $s.keys.s3AccessKeyId -}}
+{{- $_ := set $s3 "credentials" (dict "accessKeyId" (dict "file" (printf "%s/s3-access-key-id" $dir)) "secretAccessKey" (dict "file" (printf "%s/s3-secret-access-key" $dir))) -}}
+{{- end -}}
+{{- $redis := deepCopy $s.redis -}}
+{{- if $s.keys.redisPassword -}}
+{{- $_ := set $redis "password" (dict "file" (printf "%s/redis-password" $dir)) -}}
+{{- end -}}
+{{- $_ := set $redis "signingKey" (dict "file" (printf "%s/redis-signing-key" $dir)) -}}
+{{- /* redis.url comes from the Secret through PORTCULLIS__storage__redis__url (the container's env). */ -}}
+{{- $_ := set $c "storage" (dict "blobs" "s3" "s3" $s3 "meta" "redis" "redis" $redis) -}}
+{{- end -}}
 {{- $policy := dict "pollInterval" .Values.policy.pollInterval "settings" .Values.policy.settings -}}
 {{- if .Values.policy.opaUrl -}}
 {{- $_ := set $policy "opaUrl" .Values.policy.opaUrl -}}

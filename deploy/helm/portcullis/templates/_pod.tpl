@@ -19,9 +19,15 @@ capabilities: { drop: [ALL] }
 seccompProfile: { type: RuntimeDefault }
 {{- end -}}
 
-{{/* Probes: the operator listener when there is one (plain HTTP), else the registry listener. */}}
+{{/*
+Probes: the operator listener when there is one (plain HTTP), else the registry listener. By number on the node
+tier, which declares no container ports (see values node.updateStrategy).
+*/}}
 {{- define "portcullis.probes" -}}
 {{- $port := ternary "operator" "registry" (gt (int .Values.operator.port) 0) -}}
+{{- if eq .Values.tier "node" -}}
+{{- $port = ternary (int .Values.operator.port) (int .Values.port) (gt (int .Values.operator.port) 0) -}}
+{{- end -}}
 {{- $scheme := ternary "HTTP" (ternary "HTTPS" "HTTP" .Values.tls.enabled) (gt (int .Values.operator.port) 0) -}}
 {{- $host := "" -}}
 {{- if and (eq .Values.tier "node") (not .Values.operator.port) }}{{ $host = "127.0.0.1" }}{{ end -}}
@@ -45,8 +51,13 @@ livenessProbe:
   image: {{ include "portcullis.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   args: ["serve", "--config", "/etc/portcullis/config/portcullis.yaml"]
-  {{- if or .Values.extraEnv (and (eq .Values.tier "node") .Values.operator.port) }}
+  {{- if or .Values.extraEnv (and (eq .Values.tier "node") .Values.operator.port) .Values.sharedState.enabled }}
   env:
+    {{- if .Values.sharedState.enabled }}
+    # The Redis URL from the Secret (config storage.redis.url), through the config's environment override.
+    - name: PORTCULLIS__storage__redis__url
+      valueFrom: { secretKeyRef: { name: {{ .Values.sharedState.existingSecret }}, key: {{ .Values.sharedState.keys.redisUrl }} } }
+    {{- end }}
     {{- if and (eq .Values.tier "node") .Values.operator.port }}
     # On the host network: the operator listener binds the node's address, not every address of the node.
     - name: HOST_IP
@@ -58,11 +69,13 @@ livenessProbe:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   {{- end }}
+  {{- if ne .Values.tier "node" }}
   ports:
     - { name: registry, containerPort: {{ .Values.port }}, protocol: TCP }
     {{- if .Values.operator.port }}
     - { name: operator, containerPort: {{ .Values.operator.port }}, protocol: TCP }
     {{- end }}
+  {{- end }}
   {{- include "portcullis.probes" . | nindent 2 }}
   resources:
     {{- toYaml .Values.resources | nindent 4 }}
@@ -79,12 +92,18 @@ livenessProbe:
     {{- if .Values.tls.clientCA.secretName }}
     - { name: client-ca, mountPath: /etc/portcullis/client-ca, readOnly: true }
     {{- end }}
-    {{- range .Values.upstreams }}
+    {{- if .Values.sharedState.enabled }}
+    - { name: shared-state, mountPath: /etc/portcullis/shared-state, readOnly: true }
+    {{- end }}
+    {{- range (include "portcullis.upstreams" . | fromYamlArray) }}
     {{- if .credentials }}
     - { name: {{ printf "up-%s-cred" .name | replace "_" "-" | trunc 63 | trimSuffix "-" }}, mountPath: /etc/portcullis/upstreams/{{ .name }}/credentials, readOnly: true }
     {{- end }}
     {{- if .ca }}
     - { name: {{ printf "up-%s-ca" .name | replace "_" "-" | trunc 63 | trimSuffix "-" }}, mountPath: /etc/portcullis/upstreams/{{ .name }}/ca, readOnly: true }
+    {{- end }}
+    {{- if .clientCertificate }}
+    - { name: {{ printf "up-%s-cert" .name | replace "_" "-" | trunc 63 | trimSuffix "-" }}, mountPath: /etc/portcullis/upstreams/{{ .name }}/client, readOnly: true }
     {{- end }}
     {{- end }}
     {{- with .Values.extraVolumeMounts }}
@@ -117,7 +136,22 @@ livenessProbe:
 - name: client-ca
   secret: { secretName: {{ .Values.tls.clientCA.secretName }}, items: [{ key: {{ .Values.tls.clientCA.key }}, path: {{ .Values.tls.clientCA.key }} }] }
 {{- end }}
-{{- range $u := .Values.upstreams }}
+{{- if .Values.sharedState.enabled }}
+{{- $k := .Values.sharedState.keys }}
+- name: shared-state
+  secret:
+    secretName: {{ .Values.sharedState.existingSecret }}
+    items:
+      {{- if $k.s3AccessKeyId }}
+      - { key: {{ $k.s3AccessKeyId }}, path: s3-access-key-id }
+      - { key: {{ $k.s3SecretAccessKey }}, path: s3-secret-access-key }
+      {{- end }}
+      {{- if $k.redisPassword }}
+      - { key: {{ $k.redisPassword }}, path: redis-password }
+      {{- end }}
+      - { key: {{ $k.redisSigningKey }}, path: redis-signing-key }
+{{- end }}
+{{- range $u := (include "portcullis.upstreams" . | fromYamlArray) }}
 {{- with $u.credentials }}
 - name: {{ printf "up-%s-cred" $u.name | replace "_" "-" | trunc 63 | trimSuffix "-" }}
   secret:
@@ -131,6 +165,10 @@ livenessProbe:
 {{- with $u.ca }}
 - name: {{ printf "up-%s-ca" $u.name | replace "_" "-" | trunc 63 | trimSuffix "-" }}
   secret: { secretName: {{ .existingSecret }}, items: [{ key: {{ default "ca.crt" .key }}, path: ca.crt }] }
+{{- end }}
+{{- with $u.clientCertificate }}
+- name: {{ printf "up-%s-cert" $u.name | replace "_" "-" | trunc 63 | trimSuffix "-" }}
+  secret: { secretName: {{ .existingSecret }}, items: [{ key: tls.crt, path: tls.crt }, { key: tls.key, path: tls.key }] }
 {{- end }}
 {{- end }}
 {{- with .Values.extraVolumes }}
