@@ -156,6 +156,7 @@ beforeAll(async () => {
   // The responders run while notation signs: it checks a TSA's revocation when it timestamps.
   await pki.startOcsp(60);
   await pki.publishCrl(24);
+  await pki.settle();
   // Timestamps. (notation signs with the revoked certificates too: it does not check their revocation when signing.)
   await signed('ts/app:jws', 'short', withTsa(tsa));
   await signed('ts/app:cose', 'short', ['--signature-format', 'cose', ...withTsa(tsa)]);
@@ -210,6 +211,7 @@ beforeAll(async () => {
 
   // TSAs issued by the signing CA, with its OCSP URL: one of them revoked once it has timestamped.
   const [caTsa, revokedTsa] = [await pki.startTsa('ca-issued', { byCa: true }), await pki.startTsa('revoking', { byCa: true })];
+  await pki.settle();
   await signed('tsarev/app:good', 'good', withTsa(caTsa));
   await signed('tsarev/app:revoked', 'good', withTsa(revokedTsa));
   await pki.revoke({ cert: revokedTsa.cert }, 'keyCompromise');

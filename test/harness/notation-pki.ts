@@ -10,6 +10,7 @@
  *
  * EC P-256 throughout. Everything lives in one temp directory the caller removes.
  */
+import { X509Certificate } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
@@ -51,6 +52,12 @@ export interface NotationPki {
   stopCrl(): Promise<void>;
   /** A TSA with a root of its own, or (`byCa`) one the signing CA issued, with the CA's OCSP and CRL URLs. */
   startTsa(name: string, opts?: { byCa?: boolean }): Promise<Tsa>;
+  /**
+   * Waits until every certificate made so far was valid for 2 s. openssl and notation use the wall clock, and a TSA's
+   * genTime ± its 1 s accuracy must lie inside each certificate's validity (as Notation's tspclient checks): a
+   * signature timestamped in the second its certificate was issued is rightly refused. Bounded: at most about 2 s.
+   */
+  settle(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -160,6 +167,8 @@ export async function makeNotationPki(dir: string): Promise<NotationPki> {
   let ocspRequests = 0;
   let crlServer: Server | undefined;
   const tsas: Tsa[] = [];
+  /** Every certificate file made (their notBefore decides settle()). */
+  const made: string[] = [join(ca, 'root.crt')];
 
   const pki: NotationPki = {
     dir,
@@ -168,6 +177,12 @@ export async function makeNotationPki(dir: string): Promise<NotationPki> {
     crlUrl,
     get ocspRequests() {
       return ocspRequests;
+    },
+    async settle() {
+      let latest = 0;
+      for (const f of made) latest = Math.max(latest, new Date(new X509Certificate(await readFile(f)).validFrom).getTime());
+      const wait = Math.min(3_000, latest + 2_000 - Date.now());
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     },
     async leaf(name, opts = {}) {
       const key = join(dir, `${name}.key`);
@@ -206,6 +221,7 @@ export async function makeNotationPki(dir: string): Promise<NotationPki> {
         'v3',
         '-notext',
       ]);
+      made.push(cert);
       const chain = join(dir, `${name}.chain.pem`);
       await writeFile(chain, (await readFile(cert, 'utf8')) + (await readFile(pki.root, 'utf8')));
       return { cert, key, chain };
@@ -274,6 +290,7 @@ export async function makeNotationPki(dir: string): Promise<NotationPki> {
       const out = ['-out', join(d, 'tsa.crt'), '-extfile', join(d, 'tsa.ext'), '-extensions', 'v3'];
       if (opts.byCa) await ossl(['ca', '-batch', '-config', caConf, '-in', csr, '-days', '20', '-notext', ...out]);
       else await ossl(['x509', '-req', '-in', csr, '-CA', join(d, 'root.crt'), '-CAkey', join(d, 'root.key'), '-CAcreateserial', '-days', '60', ...out]);
+      made.push(join(d, 'tsa.crt'), join(d, 'root.crt'));
       await writeFile(join(d, 'serial'), '01\n');
       await writeFile(join(d, 'tsa.cnf'), TSA_CONFIG(d));
       let n = 0;
