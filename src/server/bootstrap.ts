@@ -23,7 +23,7 @@ import type { ClusterConfig } from '../config/cluster.js';
 import { Membership } from '../cluster/membership.js';
 import { OwnerSource } from '../cluster/owner-source.js';
 import { PeerClient } from '../cluster/peer-client.js';
-import { MIN_KEY_BYTES } from '../cluster/peer-token.js';
+import { ClusterKey } from '../cluster/cluster-key.js';
 import { InternalApi } from './internal-api.js';
 import type { Config } from '../config/schema.js';
 import { settingsHash } from '../gate/basis.js';
@@ -323,25 +323,31 @@ function warmCheck(config: Config, s: { meta: MetaStore; blobStore: BlobStore; d
   };
 }
 
+/** How long a cluster key read is used before the secret is read again (a rotation is picked up within this). */
+const CLUSTER_KEY_REFRESH_MS = 30_000;
+
 /** The cluster's HMAC key, read now: a missing, unreadable or short secret stops `serve` and `config check`. */
-function clusterKey(c: ClusterConfig, env: NodeJS.ProcessEnv = process.env): Buffer {
-  let key: Buffer;
+function clusterKey(c: ClusterConfig, env: NodeJS.ProcessEnv = process.env, now: () => number = Date.now, log?: Logger): ClusterKey {
   try {
-    key = Buffer.from(readSecret(c.secret, env), 'utf8');
+    return new ClusterKey({
+      read: () => readSecret(c.secret, env),
+      refresh: CLUSTER_KEY_REFRESH_MS,
+      now,
+      onRefused: (reason) => log?.error({ err: reason }, 'cluster.secret: the new key is refused; the last good key stays in use'),
+    });
   } catch (e) {
     throw new Error(`cluster.secret: ${errorText(e)}`, { cause: e });
   }
-  if (key.length < MIN_KEY_BYTES) throw new Error(`cluster.secret: at least ${MIN_KEY_BYTES} bytes are needed for the HMAC key`);
-  return key;
 }
 
 /**
  * The cluster's parts (src/cluster/): the peer client, the membership with its probes, and the owner-or-upstream
- * source of cold blobs. The secret is read now once, so that a missing or short key stops the start.
+ * source of cold blobs. The secret is read now, so that a missing or short key stops the start, and again every
+ * CLUSTER_KEY_REFRESH_MS, so that a rotated key is picked up without a restart.
  */
 function buildCluster(c: ClusterConfig, log: Logger, now: (() => number) | undefined) {
-  const key = (): Buffer => Buffer.from(readSecret(c.secret), 'utf8');
-  clusterKey(c);
+  const cached = clusterKey(c, process.env, now ?? Date.now, log);
+  const key = (): Buffer => cached.get();
   const client = new PeerClient({
     key,
     tokenTTL: c.tokenTTL,
