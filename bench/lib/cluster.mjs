@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { skopeoPull } from './clients.mjs';
 import { MANIFEST_ACCEPT } from './images.mjs';
 import { startPortcullis } from './portcullis.mjs';
-import { requireTool, startDaemon } from './proc.mjs';
+import { requireTool, runOk, startDaemon } from './proc.mjs';
 import { freePort } from './registry.mjs';
 import { median, round, summary } from './stats.mjs';
 
@@ -23,6 +23,29 @@ export async function startSeaweed(dir) {
   const weed = requireTool('weed');
   const home = join(dir, 'seaweedfs');
   mkdirSync(home, { recursive: true });
+  // S3 over https, as a production store is: the replicas then send blob parts unsigned (src/cache/s3-client.ts)
+  // and pay for TLS instead, which is what a deployment measures.
+  const caFile = join(home, 's3-cert.pem');
+  const keyFile = join(home, 's3-key.pem');
+  await runOk(requireTool('openssl'), [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    keyFile,
+    '-out',
+    caFile,
+    '-days',
+    '2',
+    '-subj',
+    '/CN=127.0.0.1',
+    '-addext',
+    'subjectAltName=IP:127.0.0.1',
+  ]);
   const accessKeyId = `AK${randomBytes(8).toString('hex')}`;
   const secretAccessKey = randomBytes(20).toString('hex');
   const s3config = join(home, 's3.json');
@@ -35,11 +58,11 @@ export async function startSeaweed(dir) {
     }),
   );
   const ports = [];
-  while (ports.length < 8) {
+  while (ports.length < 9) {
     const p = await freePort();
     if (!ports.includes(p)) ports.push(p);
   }
-  const [master, masterGrpc, volume, volumeGrpc, filer, filerGrpc, s3, s3Grpc] = ports;
+  const [master, masterGrpc, volume, volumeGrpc, filer, filerGrpc, s3, s3Grpc, s3Https] = ports;
   const fd = openSync(join(home, 'weed.log'), 'a');
   const d = startDaemon(
     weed,
@@ -64,6 +87,9 @@ export async function startSeaweed(dir) {
       '-s3.port.lance=0',
       `-s3.config=${s3config}`,
       `-s3.localSocket=${join(home, 's3.sock')}`,
+      `-s3.port.https=${s3Https}`,
+      `-s3.cert.file=${caFile}`,
+      `-s3.key.file=${keyFile}`,
     ],
     { stdio: ['ignore', fd, fd], cwd: home },
   );
@@ -91,7 +117,8 @@ export async function startSeaweed(dir) {
     }
   }
   c.destroy();
-  return { endpoint, accessKeyId, secretAccessKey, client, pid: d.pid, stop: () => d.stop(5000) };
+  const https = { endpoint: `https://127.0.0.1:${s3Https}`, caFile };
+  return { endpoint, https, accessKeyId, secretAccessKey, client, pid: d.pid, stop: () => d.stop(5000) };
 }
 
 /** n replicas, each listing all as peers, on one bucket. pcOpts: what the other phases start Portcullis with. */
@@ -109,10 +136,10 @@ async function startReplicas({ n, dir, weed, bucket, pcOpts, logLevel }) {
   const storage = {
     blobs: 's3',
     s3: {
-      endpoint: weed.endpoint,
+      endpoint: weed.https.endpoint,
+      caFile: weed.https.caFile,
       bucket,
       forcePathStyle: true,
-      allowInsecureHttp: true,
       credentials: { accessKeyId: { env: 'PC_S3_AK' }, secretAccessKey: { env: 'PC_S3_SK' } },
     },
   };

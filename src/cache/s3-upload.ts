@@ -56,9 +56,16 @@ export function s3UploadHooks(t: UploadTarget, tmpPath: string): SpoolHooks {
   let uploaded = 0;
   const parts: CompletedPart[] = [];
 
+  /**
+   * One buffer for the whole upload, reused part after part: parts go one at a time (afterWrite and persist await
+   * each send, and the SDK is done with a body once send resolves), and a fresh buffer of partSize for every part
+   * was tens of MiB of garbage per cold blob for the collector to chase.
+   */
+  let scratch: Buffer | undefined;
   const readRange = async (pos: number, n: number): Promise<Buffer> => {
     file ??= await open(tmpPath, 'r');
-    const buf = Buffer.allocUnsafe(n);
+    if (!scratch || scratch.length < n) scratch = Buffer.allocUnsafeSlow(n);
+    const buf = scratch.subarray(0, n);
     let got = 0;
     while (got < n) {
       const { bytesRead } = await file.read(buf, got, n - got, pos + got);

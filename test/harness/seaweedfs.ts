@@ -18,6 +18,8 @@ import { freePort } from './registry.js';
 export interface RunningSeaweed {
   /** `http://127.0.0.1:PORT`: the S3 API. */
   endpoint: string;
+  /** With `tls: true`: the same API over https (`https://127.0.0.1:PORT`), and the PEM file its certificate is. */
+  https?: { endpoint: string; caFile: string };
   accessKeyId: string;
   secretAccessKey: string;
   /** `weed version`'s line, for the README's "verified against". */
@@ -45,7 +47,36 @@ function assertBinary(): string {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-export async function startSeaweed(): Promise<RunningSeaweed> {
+/** A self-signed certificate for 127.0.0.1 (openssl), to serve S3 over https as a production store does. */
+function selfSigned(dir: string): { cert: string; key: string } {
+  const cert = join(dir, 's3-cert.pem');
+  const key = join(dir, 's3-key.pem');
+  const r = spawnSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '2',
+      '-subj',
+      '/CN=127.0.0.1',
+    ].concat(['-addext', 'subjectAltName=IP:127.0.0.1']),
+    { encoding: 'utf8' },
+  );
+  if (r.status !== 0) throw new Error(`openssl could not make the S3 test certificate: ${r.error?.message ?? r.stderr}`);
+  return { cert, key };
+}
+
+export async function startSeaweed(opts: { tls?: boolean } = {}): Promise<RunningSeaweed> {
   const version = assertBinary();
   if (!hooked) {
     hooked = true;
@@ -66,11 +97,22 @@ export async function startSeaweed(): Promise<RunningSeaweed> {
     }),
   );
   const ports: number[] = [];
-  while (ports.length < 8) {
+  while (ports.length < 9) {
     const p = await freePort();
     if (!ports.includes(p)) ports.push(p);
   }
-  const [master, masterGrpc, volume, volumeGrpc, filer, filerGrpc, s3, s3Grpc] = ports as [number, number, number, number, number, number, number, number];
+  const [master, masterGrpc, volume, volumeGrpc, filer, filerGrpc, s3, s3Grpc, s3Https] = ports as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  const tls = opts.tls ? selfSigned(dir) : undefined;
   const args = [
     'server',
     `-dir=${dir}`,
@@ -92,6 +134,7 @@ export async function startSeaweed(): Promise<RunningSeaweed> {
     '-s3.port.lance=0',
     `-s3.config=${s3config}`,
     `-s3.localSocket=${join(dir, 's3.sock')}`,
+    ...(tls ? [`-s3.port.https=${s3Https}`, `-s3.cert.file=${tls.cert}`, `-s3.key.file=${tls.key}`] : []),
   ];
   const child = spawn('weed', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
@@ -150,6 +193,7 @@ export async function startSeaweed(): Promise<RunningSeaweed> {
   probe.destroy();
   return {
     endpoint,
+    ...(tls ? { https: { endpoint: `https://127.0.0.1:${s3Https}`, caFile: tls.cert } } : {}),
     accessKeyId,
     secretAccessKey,
     version,
