@@ -3,7 +3,8 @@
  * SeaweedFS (`weed server -s3`, scripts/install-tools.sh) and a cluster secret, in front of the same upstream as the
  * other phases. Measures a cold and a warm pull through the cluster against direct pulls, counts upstream GETs per
  * blob in a 20-client herd spread over the replicas, and kills the owner of a large blob (kill -9) while a herd
- * reads it. See bench/README.md.
+ * reads it; and compares warm manifest GETs/s of a Redis-backed replica with an embedded-store one (meta-rps.mjs).
+ * See bench/README.md.
  */
 import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
@@ -11,6 +12,7 @@ import { mkdirSync, openSync, closeSync, readFileSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { skopeoPull } from './clients.mjs';
 import { MANIFEST_ACCEPT } from './images.mjs';
+import { metaRpsPhase } from './meta-rps.mjs';
 import { startPortcullis } from './portcullis.mjs';
 import { requireTool, startDaemon } from './proc.mjs';
 import { freePort } from './registry.mjs';
@@ -238,6 +240,8 @@ export async function clusterPhase(ctx) {
     }
 
     out.kill = await killPhase({ QUICK, replicas, upstream, seed, s3, bucket, log });
+    // Warm manifest GETs/s of a storage.meta: redis replica ÷ an embedded-store one (bench/lib/meta-rps.mjs).
+    out.manifest_rps = await metaRpsPhase({ QUICK, dir, seed, pcOpts, instances, log, logLevel: ctx.logLevel });
     return out;
   } finally {
     for (const r of replicas) await r.stop(2000);
