@@ -239,9 +239,10 @@ export async function clusterPhase(ctx) {
       log(`cluster herd: ${P.herdClients} × skopeo over 3 replicas in ${wallMs.toFixed(0)} ms; upstream GETs per blob ${perBlob.join(',')}`);
     }
 
-    out.kill = await killPhase({ QUICK, replicas, upstream, seed, s3, bucket, log });
-    // Warm manifest GETs/s of a storage.meta: redis replica ÷ an embedded-store one (bench/lib/meta-rps.mjs).
+    // Warm manifest GETs/s of a storage.meta: redis replica ÷ an embedded-store one (bench/lib/meta-rps.mjs); before
+    // the kill, which leaves a dead replica among the instances that every seeded image's report goes to.
     out.manifest_rps = await metaRpsPhase({ QUICK, dir, seed, pcOpts, instances, log, logLevel: ctx.logLevel });
+    out.kill = await killPhase({ QUICK, replicas, upstream, seed, s3, bucket, log });
     return out;
   } finally {
     for (const r of replicas) await r.stop(2000);
