@@ -4,7 +4,9 @@
  * clocks are injected and frozen (moved by hand), so refills are exact. Redis killed: each replica limits with its
  * own bucket (never unlimited), and /readyz says degraded.
  */
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RedisBuckets } from '../../src/cache/redis-buckets.js';
 import { manifestOf, readyz, redisReplica, type RedisReplica } from '../harness/redis-app.js';
 import { startRedis, type RunningRedis } from '../harness/redis.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
@@ -44,6 +46,29 @@ async function alternate(count: number, only?: RedisReplica): Promise<number[]> 
   return out;
 }
 const admitted = (s: number[]): number => s.filter((x) => x !== 429).length;
+
+describe('the bucket script (src/cache/redis-buckets.ts) on a real Redis', () => {
+  it('takes the replica clock; a replica whose clock lags refills nothing until it catches up (skew delays tokens, never adds any)', async () => {
+    const client = new Redis({ host: '127.0.0.1', port: redis.port, maxRetriesPerRequest: 0 });
+    try {
+      const buckets = new RedisBuckets({ client, keyPrefix: 'skew:', attempt: (_what, f) => f(client) });
+      const spec = { burst: 2, perSecond: 1 };
+      const take = async (now: number, cost = 1): Promise<boolean | undefined> => (await buckets.take('client', spec, now, cost))?.ok;
+      expect([await take(10_000), await take(10_000), await take(10_000)]).toEqual([true, true, false]);
+      // A replica 5 s behind: its "now" is before the bucket's time, so nothing is added.
+      expect(await take(5_000)).toBe(false);
+      expect(await take(11_000)).toBe(true);
+      expect(await take(10_500)).toBe(false);
+      // A refund puts one back, never above the burst.
+      await take(11_000, -1);
+      await take(11_000, -1);
+      await take(11_000, -1);
+      expect([await take(11_000), await take(11_000), await take(11_000)]).toEqual([true, true, false]);
+    } finally {
+      client.disconnect();
+    }
+  });
+});
 
 describe('quotas shared by replicas through Redis', () => {
   it('a client alternating between two replicas gets the configured rate in total; Redis down: each replica limits locally', async () => {
