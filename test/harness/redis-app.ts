@@ -8,9 +8,7 @@ import { startProxy, type RunningProxy } from './proxy.js';
 import type { RunningRegistry } from './registry.js';
 
 export const SIGNING_ENV = 'PC_REDIS_APP_SIGNING_KEY';
-export const REPORT_ENV = 'PC_REDIS_APP_REPORT_TOKEN';
 process.env[SIGNING_ENV] = 'redis-app-signing-key-0123456789abcdef0123';
-process.env[REPORT_ENV] = 'redis-app-report-token-7d1e';
 
 export interface RedisReplica {
   p: RunningProxy;
@@ -27,8 +25,6 @@ export async function redisReplica(o: {
   prefix: string;
   /** Top-level `quotas`. */
   quotas?: Record<string, unknown>;
-  /** Accept pushed scan reports (a push bumps the invalidation epoch). */
-  reports?: boolean;
   /** More storage.redis fields (override the defaults above). */
   redis?: Record<string, unknown>;
   /** Start at this clock value (ms). */
@@ -64,9 +60,7 @@ export async function redisReplica(o: {
         },
       },
       ...(o.quotas ? { quotas: o.quotas } : {}),
-      ...(o.reports ? { scan: { order: ['reports'], reports: { token: { env: REPORT_ENV }, maxSize: '64KiB' } } } : {}),
     },
-    ...(o.reports ? { settings: { scopes: [{ name: 'scanned', images: ['**'], scan: {} }] } } : {}),
   });
   return { p, c, clock };
 }
@@ -89,17 +83,6 @@ export async function pullAll(r: RedisReplica, reg: RunningRegistry, repo: strin
 
 /** The epoch in the replica's decision basis. */
 export const epochOf = (r: RedisReplica): string => /;epoch=([^;]*)$/.exec(r.p.proxy.app.gate.basis())?.[1] ?? 'none';
-
-/** PUT a clean scan report (a bump of the invalidation epoch on every replica). */
-export function pushCleanReport(r: RedisReplica, reg: RunningRegistry, repo: string, digest: string, fixture: string): Promise<Response> {
-  return fetch(`${r.p.url}/api/v1/reports/${reg.host}/${repo}@${digest}`, {
-    method: 'PUT',
-    headers: { authorization: `Bearer ${process.env[REPORT_ENV]}`, 'content-type': 'application/json' },
-    body: fixture
-      .replaceAll(`registry.example/demo/app@sha256:${'0'.repeat(64)}`, `${reg.host}/${repo}@${digest}`)
-      .replace(/"CreatedAt": "[^"]+"/, `"CreatedAt": "${new Date().toISOString()}"`),
-  });
-}
 
 export async function readyz(r: RedisReplica): Promise<{ status: number; body: { status: string; degraded?: string[] } }> {
   const res = await fetch(`${r.p.url}/readyz`);
