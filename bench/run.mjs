@@ -86,6 +86,7 @@ const TARGETS = {
   cluster_herd_upstream_gets_per_blob: { op: '==', value: 1, text: '20 clients over 3 replicas: upstream GETs per blob = 1 (issue 13)' },
   cluster_warm_ratio: { op: '<=', value: 1.1, text: 'warm pull from an S3-backed replica ÷ direct ≤ 1.10 (issue 13)' },
   cluster_cold_ratio: { op: '<=', value: 1.2, text: 'cold pull through a 3-replica cluster ÷ direct ≤ 1.20 (issue 13)' },
+  cluster_manifest_rps_ratio: { op: '>=', value: 0.8, text: 'warm manifest GET req/s, storage.meta: redis ÷ embedded store (SQLite) ≥ 0.8 (issue 13)' },
   replica_kill_ok: { op: '==', value: true, text: 'kill -9 of the owner mid-herd: correct bytes for every client (issue 13)' },
   hostile_manifest_p99_ms: { op: '<=', value: 50, text: 'manifest GET p99 under that load ≤ 50 ms (issue 10)' },
 };
@@ -470,6 +471,7 @@ async function main() {
       result.cluster_warm_ratio = round(c.warm_ratio.median, 3);
       result.cluster_cold_ratio = round(c.cold_ratio.median, 3);
       result.replica_kill_ok = c.kill.replica_kill_ok;
+      result.cluster_manifest_rps_ratio = c.manifest_rps.cluster_manifest_rps_ratio;
     }
 
     // ------------------------------------------------------------------------------------ manifest throughput

@@ -30,7 +30,7 @@ APT_PACKAGES=(
   "tinyproxy=1.11.1-2.1+deb12u1"   # a real HTTP CONNECT proxy for the egress-proxy tests
   # The storage backends (issue 13): Redis for storage.meta, haproxy in front of the replicas. Security updates
   # move these pins; bump them to what `apt-cache policy` offers when apt no longer has the pinned one.
-  "redis-server=5:7.0.15-1~deb12u10"
+  "redis-server=5:7.0.15-1~deb12u10"   # brings redis-tools (redis-cli: the Redis Cluster test creates its cluster with it)
   "haproxy=2.6.12-1+deb12u4"
   # The decision explorer's browser tests (test/e2e/ui.test.ts, driven by playwright-core with this binary).
   # Chromium ships through bookworm-security only: when this pin is replaced, install_apt takes the candidate.

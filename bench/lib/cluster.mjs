@@ -3,7 +3,8 @@
  * SeaweedFS (`weed server -s3`, scripts/install-tools.sh) and a cluster secret, in front of the same upstream as the
  * other phases. Measures a cold and a warm pull through the cluster against direct pulls, counts upstream GETs per
  * blob in a 20-client herd spread over the replicas, and kills the owner of a large blob (kill -9) while a herd
- * reads it. See bench/README.md.
+ * reads it; and compares warm manifest GETs/s of a Redis-backed replica with an embedded-store one (meta-rps.mjs).
+ * See bench/README.md.
  */
 import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
@@ -11,6 +12,7 @@ import { mkdirSync, openSync, closeSync, readFileSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { skopeoPull } from './clients.mjs';
 import { MANIFEST_ACCEPT } from './images.mjs';
+import { metaRpsPhase } from './meta-rps.mjs';
 import { startPortcullis } from './portcullis.mjs';
 import { requireTool, runOk, startDaemon } from './proc.mjs';
 import { freePort } from './registry.mjs';
@@ -264,6 +266,9 @@ export async function clusterPhase(ctx) {
       log(`cluster herd: ${P.herdClients} × skopeo over 3 replicas in ${wallMs.toFixed(0)} ms; upstream GETs per blob ${perBlob.join(',')}`);
     }
 
+    // Warm manifest GETs/s of a storage.meta: redis replica ÷ an embedded-store one (bench/lib/meta-rps.mjs); before
+    // the kill, which leaves a dead replica among the instances that every seeded image's report goes to.
+    out.manifest_rps = await metaRpsPhase({ QUICK, dir, seed, pcOpts, instances, log, logLevel: ctx.logLevel });
     out.kill = await killPhase({ QUICK, replicas, upstream, seed, s3, bucket, log });
     return out;
   } finally {

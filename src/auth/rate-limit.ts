@@ -60,3 +60,56 @@ export class KeyedBuckets implements RateLimiter {
     b.tokens = Math.min(this.spec.burst, b.tokens + 1);
   }
 }
+
+/** What a shared bucket said: whether the tokens were taken, and what is left (to say when to retry). */
+export interface SharedTake {
+  ok: boolean;
+  tokens: number;
+}
+
+/**
+ * Token buckets every replica of a central tier shares (storage.meta: redis, src/cache/redis-buckets.ts), so that a
+ * client spreading its requests over N replicas gets the configured rate, not N times it.
+ */
+export interface SharedBuckets {
+  /**
+   * Takes `cost` tokens from bucket `id` (a negative cost gives them back), refilled up to the time `now` (ms, the
+   * replica's clock). Undefined when the shared store cannot answer now: the caller then limits with its own bucket.
+   */
+  take(id: string, spec: BucketSpec, now: number, cost: number): Promise<SharedTake | undefined>;
+}
+
+export type TakeResult = { ok: true } | { ok: false; retryAfterSeconds: number };
+
+/**
+ * A keyed bucket that lives in the shared store when there is one and it answers, and in this replica's memory
+ * otherwise: a Redis outage makes the limit per replica again (at most N times the rate), never absent.
+ */
+export class SharedKeyedBuckets {
+  private readonly local: KeyedBuckets;
+
+  constructor(
+    private readonly o: {
+      /** Names the bucket family in the shared store (e.g. `quota:perAddress:coldBlobs`). */
+      name: string;
+      spec: BucketSpec;
+      now: () => number;
+      shared?: SharedBuckets | undefined;
+    },
+  ) {
+    this.local = new KeyedBuckets(o.spec, o.now);
+  }
+
+  async take(key: string): Promise<TakeResult> {
+    const r = await this.o.shared?.take(`${this.o.name}\n${key}`, this.o.spec, this.o.now(), 1);
+    if (r === undefined) return this.local.take(key);
+    if (r.ok) return { ok: true };
+    const wait = this.o.spec.perSecond > 0 ? (1 - r.tokens) / this.o.spec.perSecond : 3600;
+    return { ok: false, retryAfterSeconds: Math.max(1, Math.ceil(wait)) };
+  }
+
+  async refund(key: string): Promise<void> {
+    const r = await this.o.shared?.take(`${this.o.name}\n${key}`, this.o.spec, this.o.now(), -1);
+    if (r === undefined) this.local.refund(key);
+  }
+}

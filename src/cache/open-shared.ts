@@ -4,6 +4,7 @@
  * none of it), the shared state, and the invalidation epoch with its durable copy in S3 when storage.blobs is s3.
  */
 import { readSecret } from '../config/load.js';
+import type { SharedBuckets } from '../auth/rate-limit.js';
 import type { Config } from '../config/schema.js';
 import type { DurableEpoch } from './epoch.js';
 import { LOCAL_ONLY, type DurableDocuments, type EpochSource, type SharedState } from './shared.js';
@@ -14,6 +15,8 @@ export interface OpenShared {
   epoch: EpochSource | undefined;
   /** Durable documents in the bucket (storage.blobs: s3): pushed reports every replica reads. */
   documents: DurableDocuments | undefined;
+  /** Rate-limit buckets every replica shares (storage.meta: redis); undefined: each replica its own. */
+  buckets: SharedBuckets | undefined;
   close(): Promise<void>;
 }
 
@@ -32,11 +35,12 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
     documents = new S3Documents({ client, bucket: s3.bucket, prefix: s3.prefix });
     durable = new S3DurableEpoch({ client, bucket: s3.bucket, prefix: s3.prefix });
   }
-  if (config.storage.meta !== 'redis' || !r) return { shared: LOCAL_ONLY, epoch: undefined, documents, close: () => Promise.resolve() };
-  const [{ redisClients }, { RedisShared }, { EpochTracker }] = await Promise.all([
+  if (config.storage.meta !== 'redis' || !r) return { shared: LOCAL_ONLY, epoch: undefined, documents, buckets: undefined, close: () => Promise.resolve() };
+  const [{ redisClients }, { RedisShared }, { EpochTracker }, { RedisBuckets }] = await Promise.all([
     import('./redis-client.js'),
     import('./redis-shared.js'),
     import('./epoch.js'),
+    import('./redis-buckets.js'),
   ]);
   const conns = redisClients(
     r,
@@ -44,6 +48,7 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
     (err) => o.onError('redis connection', err),
   );
   const shared = new RedisShared({ ...conns, keyPrefix: r.keyPrefix, onError: o.onError });
+  const buckets = new RedisBuckets({ client: conns.client, keyPrefix: r.keyPrefix, attempt: (what, f) => shared.attempt(what, f) });
   const epoch = new EpochTracker({
     channel: shared,
     durable,
@@ -61,6 +66,7 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
     shared,
     epoch,
     documents,
+    buckets,
     close: async () => {
       epoch.close();
       await shared.close();

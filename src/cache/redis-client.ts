@@ -1,13 +1,17 @@
-/** The ioredis clients for `storage.redis` (src/config/storage.ts): a plain server, or a master found through Sentinel. */
+/**
+ * The ioredis clients for `storage.redis` (src/config/storage.ts): a plain server, a master found through Sentinel
+ * (ioredis asks the sentinels again after a failover, and drops a connection to a node that is no longer master),
+ * or a Redis Cluster (ioredis follows the slots; every multi-key step of ours stays in one slot: shared.ts).
+ */
 import { readFileSync } from 'node:fs';
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import type { SecretRef } from '../config/schema.js';
 import type { RedisConfig } from '../config/storage.js';
 
 export interface RedisConnections {
-  client: Redis;
+  client: Redis | Cluster;
   /** For pub/sub: a subscribed connection can run nothing else. */
-  subscriber: Redis;
+  subscriber: Redis | Cluster;
   /** storage.redis.signingKey, read at start. */
   signingKey: Buffer | undefined;
 }
@@ -24,7 +28,7 @@ export function redisClients(cfg: RedisConfig, readSecret: (ref: SecretRef) => s
   };
   const username = secret('username', cfg.username);
   const password = secret('password', cfg.password);
-  const sentinelPassword = secret('sentinel.password', cfg.sentinel?.password);
+  const sentinelPassword = secret('sentinelPassword', cfg.sentinelPassword);
   const key = secret('signingKey', cfg.signingKey);
   if (key !== undefined && Buffer.byteLength(key) < 32) throw new Error('storage.redis.signingKey: at least 32 bytes');
   const signingKey = key === undefined ? undefined : Buffer.from(key);
@@ -43,19 +47,34 @@ export function redisClients(cfg: RedisConfig, readSecret: (ref: SecretRef) => s
     retryStrategy: (times: number) => Math.min(100 * times, 2_000),
     lazyConnect: false,
   };
+  if (cfg.cluster) {
+    const nodes = cfg.cluster.map((n) => ({ host: n.host, port: n.port }));
+    const { retryStrategy: _, ...perNode } = common;
+    const options: ClusterOptions = {
+      redisOptions: perNode,
+      enableOfflineQueue: false,
+      // Reconnect for ever, backing off to 2 s, as for one server; slots moved: ioredis follows MOVED/ASK.
+      clusterRetryStrategy: (times: number) => Math.min(100 * times, 2_000),
+      slotsRefreshTimeout: Math.max(1_000, cfg.commandTimeout * 4),
+    };
+    const client = new Cluster(nodes, options);
+    const subscriber = new Cluster(nodes, { ...options, enableOfflineQueue: true, redisOptions: { ...perNode, commandTimeout: undefined } });
+    client.on('error', onError);
+    subscriber.on('error', onError);
+    return { client, subscriber, signingKey };
+  }
   let options: RedisOptions;
-  if (cfg.sentinel) {
+  if (cfg.sentinels) {
     options = {
       ...common,
-      name: cfg.sentinel.name,
+      name: cfg.name,
       db: cfg.db,
-      sentinels: cfg.sentinel.sentinels.map((hp) => {
-        const i = hp.lastIndexOf(':');
-        return { host: hp.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(hp.slice(i + 1)) };
-      }),
+      sentinels: cfg.sentinels.map((n) => ({ host: n.host, port: n.port })),
       ...(sentinelPassword !== undefined ? { sentinelPassword } : {}),
       ...(tls ? { enableTLSForSentinelMode: true, sentinelTLS: tls } : {}),
       sentinelRetryStrategy: (times: number) => Math.min(100 * times, 2_000),
+      // Hear +switch-master from the sentinels instead of waiting for the old master's connection to fail.
+      failoverDetector: true,
     };
   } else {
     const u = new URL(cfg.url as string);

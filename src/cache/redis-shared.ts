@@ -5,18 +5,23 @@
  * and decides what it has not decided itself.
  */
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import type { EpochChannel } from './epoch.js';
 import type { TagEntry } from './metastore.js';
 import type { SharedDecision, SharedState } from './shared.js';
 
-/** max(stored, ARGV[1]) + 1, stored and published in one step: two bumps never yield the same epoch. */
+/*
+ * Every script touches ONE key (KEYS[1]), so that it runs on Redis Cluster (a script's keys must share a hash slot).
+ * The pub/sub channel is an argument, not a key: PUBLISH is not a keyed command (a cluster forwards it to every node).
+ */
+
+/** max(stored, ARGV[1]) + 1, stored and published (on channel ARGV[2]) in one step: two bumps never yield the same epoch. */
 const BUMP = `local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 local known = tonumber(ARGV[1]) or 0
 if known > cur then cur = known end
 cur = cur + 1
 redis.call('SET', KEYS[1], tostring(cur))
-redis.call('PUBLISH', KEYS[2], tostring(cur))
+redis.call('PUBLISH', ARGV[2], tostring(cur))
 return cur`;
 
 /** Raises the stored epoch to at least ARGV[1] (and writes a missing key); never lowers it. */
@@ -26,15 +31,15 @@ local n = tonumber(ARGV[1]) or 0
 if not raw or n > cur then
   if n > cur then cur = n end
   redis.call('SET', KEYS[1], tostring(cur))
-  redis.call('PUBLISH', KEYS[2], tostring(cur))
+  redis.call('PUBLISH', ARGV[2], tostring(cur))
 end
 return cur`;
 
 export interface RedisSharedOptions {
-  /** Commands (GET, SET, EVAL). */
-  client: Redis;
+  /** Commands (GET, SET, EVAL): one server (plain or found through Sentinel) or a Redis Cluster. */
+  client: Redis | Cluster;
   /** A second connection in subscriber mode (Redis allows nothing else on it). */
-  subscriber: Redis;
+  subscriber: Redis | Cluster;
   keyPrefix: string;
   /** storage.redis.signingKey: entries carry an HMAC over their key and content; unsigned or wrong ones are misses. */
   signingKey?: Buffer | undefined;
@@ -134,11 +139,11 @@ export class RedisShared implements SharedState, EpochChannel {
   }
 
   async raise(n: number): Promise<number> {
-    return Number(await this.o.client.eval(RAISE, 2, this.keys.epoch, this.keys.events, String(n)));
+    return Number(await this.o.client.eval(RAISE, 1, this.keys.epoch, String(n), this.keys.events));
   }
 
   async bump(known: number): Promise<number> {
-    return Number(await this.o.client.eval(BUMP, 2, this.keys.epoch, this.keys.events, String(known)));
+    return Number(await this.o.client.eval(BUMP, 1, this.keys.epoch, String(known), this.keys.events));
   }
 
   subscribe(f: (n: number) => void): void {
@@ -157,13 +162,21 @@ export class RedisShared implements SharedState, EpochChannel {
   }
 
   private async get(key: string, what: string): Promise<string | null> {
-    if (!this.up) return null;
+    return (await this.attempt(what, (c) => c.get(key))) ?? null;
+  }
+
+  /**
+   * Runs `f` unless Redis is known to be down; undefined then, or when it fails (which marks Redis down until the
+   * next epoch poll gets an answer). For the other users of this connection (redis-buckets.ts).
+   */
+  async attempt<T>(what: string, f: (c: Redis | Cluster) => Promise<T>): Promise<T | undefined> {
+    if (!this.up) return undefined;
     try {
-      return await this.o.client.get(key);
+      return await f(this.o.client);
     } catch (e) {
       this.up = false;
       this.o.onError?.(what, e);
-      return null;
+      return undefined;
     }
   }
 

@@ -14,7 +14,15 @@
  *                                       of the gate's cache key: upstream, repository, digest, root, tag, kind,
  *                                       client identity and basis (policy, settings, trust revision, epoch)
  *   <keyPrefix>v1:tag:<sha256>          JSON {v:1, digest, mediaType, size, checkedAt}; hash of upstream\nrepo\ntag
+ *   <keyPrefix>v1:bucket:<sha256>       hash {tokens, at}: a quota's token bucket (redis-buckets.ts); hash of
+ *                                       `quota:<identity|address>:<kind>\n<who>`; PEXPIRE = time to refill
  * A later layout takes `v2:`; replicas of both versions can then share one Redis without reading each other's keys.
+ * (`bucket:` was added within v1: a replica without it never reads those keys, and one with it reads only its own.)
+ *
+ * Redis Cluster (storage.redis.cluster): every atomic step touches ONE key, so no step spans hash slots and no
+ * key needs a `{hash tag}`: GET/SET of one entry, the epoch scripts (bump, raise: the key, and the channel passed as
+ * an argument, since PUBLISH is not keyed and a cluster forwards it to every node), the bucket script. A new script
+ * or MULTI over several keys must put them in one slot (`<keyPrefix>v1:{<name>}:…`) and move the layout to v2.
  */
 import type { TagEntry } from './metastore.js';
 

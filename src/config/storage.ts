@@ -16,7 +16,11 @@
  *       caFile: /etc/portcullis/s3-ca.pem
  *     meta: redis               # decisions, tag mappings and the invalidation epoch shared through Redis
  *     redis:
- *       url: rediss://redis.internal.example:6379/0     # or sentinel: { name: mymaster, sentinels: [h1:26379, h2:26379] }
+ *       url: rediss://redis.internal.example:6379/0     # exactly one of url, sentinels (+ name) or cluster:
+ *       # sentinels: [{ host: s1, port: 26379 }, { host: s2, port: 26379 }]
+ *       # name: mymaster                                 # the master group Sentinel watches
+ *       # sentinelPassword: { env: SENTINEL_PASSWORD }
+ *       # cluster: [{ host: r1, port: 6379 }, { host: r2, port: 6379 }]   # Redis Cluster: a few nodes, the rest found
  *       password: { env: REDIS_PASSWORD }
  *       signingKey: { file: /run/secrets/redis-signing-key }   # HMAC on shared entries (32+ bytes, same on every replica)
  *       caFile: /etc/portcullis/redis-ca.pem
@@ -87,7 +91,12 @@ const s3 = z
     }
   });
 
-const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected host:port');
+const node = z
+  .object({
+    host: z.string().regex(/^([0-9a-fA-F:]+|[A-Za-z0-9.-]+)$/, 'expected a host name or an IP address'),
+    port: z.number().int().min(1).max(65_535),
+  })
+  .strict();
 
 const redis = z
   .object({
@@ -97,17 +106,15 @@ const redis = z
       .regex(/^rediss?:\/\/[^/?#]+(\/\d{1,2})?$/, 'expected redis://host:port/db or rediss://host:port/db')
       .refine((u) => !/^rediss?:\/\/[^/]*@/.test(u), 'no credentials in the URL: use username and password (secret references)')
       .optional(),
-    /** Sentinel-managed Redis: the master's name and the sentinels to ask for it. */
-    sentinel: z
-      .object({
-        name: z.string().min(1),
-        sentinels: z.array(hostPort).min(1),
-        /** The sentinels' own password, when they have one. */
-        password: secretRef.optional(),
-      })
-      .strict()
-      .optional(),
-    /** Database number with sentinel (with url, the path gives it). */
+    /** Sentinel-managed Redis: the sentinels to ask for the master of group `name` (failover follows it). */
+    sentinels: z.array(node).min(1).optional(),
+    /** The master group's name (`sentinel monitor <name> …`). */
+    name: z.string().min(1).optional(),
+    /** The sentinels' own password, when they have one (`requirepass` of the sentinels). */
+    sentinelPassword: secretRef.optional(),
+    /** Redis Cluster: some of its nodes; the client learns the others and the slots from them. */
+    cluster: z.array(node).min(1).optional(),
+    /** Database number with sentinels (with url, the path gives it; a cluster has only 0). */
     db: z.number().int().min(0).max(15).default(0),
     username: secretRef.optional(),
     password: secretRef.optional(),
@@ -141,7 +148,13 @@ const redis = z
   })
   .strict()
   .superRefine((r, ctx) => {
-    if ((r.url === undefined) === (r.sentinel === undefined)) ctx.addIssue({ code: 'custom', path: ['url'], message: 'give exactly one of url or sentinel' });
+    const given = (['url', 'sentinels', 'cluster'] as const).filter((k) => r[k] !== undefined);
+    if (given.length !== 1) ctx.addIssue({ code: 'custom', path: [given[1] ?? 'url'], message: 'give exactly one of url, sentinels (with name) or cluster' });
+    if (r.sentinels && r.name === undefined) ctx.addIssue({ code: 'custom', path: ['name'], message: 'sentinels need the master group name' });
+    if (!r.sentinels && r.name !== undefined)
+      ctx.addIssue({ code: 'custom', path: ['name'], message: 'name is the Sentinel master group: it needs sentinels' });
+    if (!r.sentinels && r.sentinelPassword) ctx.addIssue({ code: 'custom', path: ['sentinelPassword'], message: 'sentinelPassword needs sentinels' });
+    if (r.cluster && r.db !== 0) ctx.addIssue({ code: 'custom', path: ['db'], message: 'a Redis Cluster has only database 0' });
     if (r.pollInterval >= r.maxStaleness)
       ctx.addIssue({ code: 'custom', path: ['pollInterval'], message: 'must be shorter than maxStaleness, or every poll gap would count as stale' });
     const tls = r.tls || r.url?.startsWith('rediss:') === true;
@@ -179,7 +192,8 @@ export const storageSchema = z
   .superRefine((s, ctx) => {
     if (s.blobs === 's3' && !s.s3) ctx.addIssue({ code: 'custom', path: ['s3'], message: 'blobs: s3 needs an s3 section (bucket, region, …)' });
     if (s.blobs !== 's3' && s.s3) ctx.addIssue({ code: 'custom', path: ['s3'], message: 'an s3 section needs blobs: s3' });
-    if (s.meta === 'redis' && !s.redis) ctx.addIssue({ code: 'custom', path: ['redis'], message: 'meta: redis needs a redis section (url or sentinel)' });
+    if (s.meta === 'redis' && !s.redis)
+      ctx.addIssue({ code: 'custom', path: ['redis'], message: 'meta: redis needs a redis section (url, sentinels or cluster)' });
     if (s.meta !== 'redis' && s.redis) ctx.addIssue({ code: 'custom', path: ['redis'], message: 'a redis section needs meta: redis' });
     if (s.redirect && s.blobs !== 's3')
       ctx.addIssue({ code: 'custom', path: ['redirect'], message: 'redirect needs blobs: s3 (the filesystem store has no URLs to hand out)' });

@@ -146,7 +146,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     ...clock,
     onError: (what, err) => log.warn({ err: errorText(err), what }, 'redis unavailable; serving from the local store'),
   });
-  const { shared, epoch, documents } = sharedState;
+  const { shared, epoch, documents, buckets } = sharedState;
   const blobStore = await openBlobStore(
     config,
     {
@@ -232,7 +232,8 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     redirect: config.storage.redirect,
     ...(cluster ? { cluster: cluster.source } : {}),
   });
-  const quotas = config.quotas ? new Quotas(config.quotas, metrics, now) : undefined;
+  // With storage.meta: redis the buckets are shared: a client spreading requests over replicas gets the rate once.
+  const quotas = config.quotas ? new Quotas(config.quotas, { metrics, ...clock, shared: buckets }) : undefined;
   const handlers = new RegistryHandlers({
     router,
     manifests,

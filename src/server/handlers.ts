@@ -133,14 +133,14 @@ export class RegistryHandlers {
     }
     let manifest: Manifest;
     if (ref.kind === 'tag') {
-      this.quota(ctx, 'coldManifests', (w) => !w.tag(route, ref.tag));
+      await this.quota(ctx, 'coldManifests', (w) => !w.tag(route, ref.tag));
       const resolved = await this.d.manifests.resolveTag(route, ref.tag);
       manifest = resolved.manifest;
       if (resolved.stale) addWarning(ctx.res, 'served from cache: upstream unreachable');
       await this.d.central?.confirm(route, manifest.digest, whoOf(ctx));
       await this.admit(ctx, route, manifest, ref.tag);
     } else {
-      this.quota(ctx, 'coldManifests', (w) => !w.manifest(route, ref.digest));
+      await this.quota(ctx, 'coldManifests', (w) => !w.manifest(route, ref.digest));
       manifest = await this.d.manifests.get(route, ref.digest);
       await this.d.central?.confirm(route, manifest.digest, whoOf(ctx));
       // A child of an admitted index is decided on its own evidence (its index's signatures included); anything
@@ -181,7 +181,7 @@ export class RegistryHandlers {
     kind: RootKind = rootKind(manifest.parsed, tag),
   ): Promise<Admission> {
     const request = { route, method: ctx.method, tag, manifest, kind, client: clientOf(ctx) } as const;
-    this.quota(ctx, 'decisions', () => !this.d.gate.hasCachedDecision(request));
+    await this.quota(ctx, 'decisions', () => !this.d.gate.hasCachedDecision(request));
     const admission = await this.d.gate.admitRoot(request);
     return this.applyAdmission(ctx, refOf(route, manifest.digest), admission);
   }
@@ -234,10 +234,10 @@ export class RegistryHandlers {
   }
 
   /** A 429 TOOMANYREQUESTS when a quota of `kind` applies, the request is cold, and its bucket is empty. */
-  private quota(ctx: RequestContext, kind: QuotaKind, cold: (w: WarmCheck) => boolean): void {
+  private async quota(ctx: RequestContext, kind: QuotaKind, cold: (w: WarmCheck) => boolean): Promise<void> {
     const { quotas, warm } = this.d;
     if (!quotas || !warm || !quotas.limits(kind) || !cold(warm)) return;
-    const r = quotas.take(kind, ctx.identity, ctx.clientIp);
+    const r = await quotas.take(kind, ctx.identity, ctx.clientIp);
     if (!r.ok) {
       throw errors.tooManyRequests(
         `portcullis: quota for ${kind} per ${r.scope} exceeded; retry in ${r.retryAfterSeconds}s (cached images are not limited)`,
@@ -294,7 +294,7 @@ export class RegistryHandlers {
       res.end();
       return;
     }
-    if (quota) this.quota(ctx, 'coldBlobs', (w) => !w.blob(digest));
+    if (quota) await this.quota(ctx, 'coldBlobs', (w) => !w.blob(digest));
     const blob = await this.d.blobs.open(route, digest);
     // storage.redirect: a warm blob comes from the store itself, through a URL that expires soon (README).
     const location = await blob.redirectUrl();

@@ -101,9 +101,9 @@ export async function warm(
 
 async function warmOne(t: WarmTarget, cfg: WarmConfig, ref: string, client: Client, budget: { blobs: number }): Promise<WarmImageResult> {
   const ip = client.ip;
-  const take = (kind: QuotaKind, cold: boolean): void => {
+  const take = async (kind: QuotaKind, cold: boolean): Promise<void> => {
     if (!cold || !t.quotas?.limits(kind)) return;
-    const q = t.quotas.take(kind, WARM_IDENTITY, ip);
+    const q = await t.quotas.take(kind, WARM_IDENTITY, ip);
     if (!q.ok) throw new QuotaExhausted(`quota for ${kind} per ${q.scope} exceeded; retry in ${q.retryAfterSeconds}s`);
   };
   try {
@@ -114,13 +114,13 @@ async function warmOne(t: WarmTarget, cfg: WarmConfig, ref: string, client: Clie
     let digest = p.digest as Digest | undefined;
     if (!digest) {
       const cached = t.meta.getTag(route.upstream.name, route.repository, p.tag!);
-      take('coldManifests', cached === undefined || t.now() - cached.checkedAt >= t.tagTTL);
+      await take('coldManifests', cached === undefined || t.now() - cached.checkedAt >= t.tagTTL);
       digest = (await t.manifests.resolveTag(route, p.tag!)).manifest.digest;
     }
     const manifest = await getManifest(t, route, digest, take);
     const image = `${name}${p.tag && !p.digest ? `:${p.tag}` : ''}@${digest}`;
     const root = { route, method: 'GET' as const, tag: p.digest ? null : (p.tag ?? null), manifest, kind: 'manifest' as const, client };
-    take('decisions', !t.gate.hasCachedDecision(root));
+    await take('decisions', !t.gate.hasCachedDecision(root));
     const admission = p.digest ? await t.gate.admitByDigest({ route, method: 'GET', manifest, client }) : await t.gate.admitRoot(root);
     if (!admission.serve) return { image, digest, ...denial(admission), result: 'denied' };
     const blobs = new Set<Digest>();
@@ -157,8 +157,8 @@ async function warmOne(t: WarmTarget, cfg: WarmConfig, ref: string, client: Clie
   }
 }
 
-async function getManifest(t: WarmTarget, route: Route, digest: Digest, take: (k: QuotaKind, cold: boolean) => void): Promise<Manifest> {
-  take('coldManifests', t.meta.getManifest(route.upstream.name, route.repository, digest) === undefined);
+async function getManifest(t: WarmTarget, route: Route, digest: Digest, take: (k: QuotaKind, cold: boolean) => Promise<void>): Promise<Manifest> {
+  await take('coldManifests', t.meta.getManifest(route.upstream.name, route.repository, digest) === undefined);
   return t.manifests.get(route, digest);
 }
 
@@ -172,7 +172,7 @@ async function fetchAll(
   cfg: WarmConfig,
   route: Route,
   digests: Digest[],
-  take: (k: QuotaKind, cold: boolean) => void,
+  take: (k: QuotaKind, cold: boolean) => Promise<void>,
 ): Promise<NonNullable<WarmImageResult['blobs']>> {
   const out = { total: digests.length, cached: 0, fetched: 0, bytes: 0 };
   let next = 0;
@@ -186,7 +186,7 @@ async function fetchAll(
           continue;
         }
         // A download already running costs the upstream nothing more: joined, like a pull joins it.
-        take('coldBlobs', t.downloads.get(d) === undefined);
+        await take('coldBlobs', t.downloads.get(d) === undefined);
         const blob = await t.blobs.open(route, d);
         if (blob.source === 'cache') {
           blob.release();

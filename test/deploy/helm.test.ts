@@ -423,6 +423,26 @@ describe('the central tier of a cluster (issue 13, Deploy)', () => {
     const lint = await runTool(requireTool('helm'), ['lint', '--strict', CHART, ...SHARED], { timeoutMs: 60_000 });
     expect(lint.code, `${lint.stdout}\n${lint.stderr}`).toBe(0);
   });
+
+  it("sharedState.redis with sentinels: no URL from the Secret, the sentinels' password by file, and the config checks", async () => {
+    const r = await template([
+      ...SHARED,
+      '--set',
+      'sharedState.keys.redisSentinelPassword=sentinel-password',
+      '--set-json',
+      'sharedState.redis={"sentinels":[{"host":"sentinel-0.redis","port":26379}],"name":"mymaster","tls":true}',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const text = configOf(r.docs);
+    const redis = (parseAllDocuments(text)[0]!.toJS() as { storage: { redis: Record<string, unknown> } }).storage.redis;
+    expect(redis).toMatchObject({ name: 'mymaster', sentinelPassword: { file: '/etc/portcullis/shared-state/redis-sentinel-password' } });
+    const c = workload(r.docs).spec.template.spec.containers[0]!;
+    expect(((c.env ?? []) as Array<{ name: string }>).map((e) => e.name)).not.toContain('PORTCULLIS__storage__redis__url');
+    const f = join(tmp, 'central-sentinel.config.yaml');
+    writeFileSync(f, text);
+    const check = cli(['config', 'check', f]);
+    expect(check.code, check.stderr).toBe(0);
+  });
 });
 
 describe('the node tier chained to the central tier (examples/node-chained.yaml)', () => {

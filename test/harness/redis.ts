@@ -47,7 +47,8 @@ function assertBinary(): string {
   return r.stdout.trim();
 }
 
-export async function startRedis(): Promise<RunningRedis> {
+/** `args`: more redis-server arguments (`--replicaof 127.0.0.1 P`, `--cluster-enabled yes`, …). */
+export async function startRedis(o: { args?: string[] } = {}): Promise<RunningRedis> {
   const version = assertBinary();
   if (!hooked) {
     hooked = true;
@@ -65,7 +66,21 @@ export async function startRedis(): Promise<RunningRedis> {
   let exited = true;
 
   const launch = async (): Promise<void> => {
-    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--protected-mode', 'yes'];
+    const args = [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--dir',
+      dir,
+      '--protected-mode',
+      'yes',
+      ...(o.args ?? []),
+    ];
     const c = spawn('redis-server', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
     child = c;
     exited = false;

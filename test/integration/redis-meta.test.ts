@@ -371,7 +371,8 @@ describe('through Sentinel', () => {
         storage: {
           meta: 'redis',
           redis: {
-            sentinel: { name: sentinel.name, sentinels: [`127.0.0.1:${sentinel.port}`] },
+            sentinels: [{ host: '127.0.0.1', port: sentinel.port }],
+            name: sentinel.name,
             allowInsecure: true,
             signingKey: { env: 'PC_REDIS_META_SIGNING_KEY' },
             keyPrefix: 'sentinel:',

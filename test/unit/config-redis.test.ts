@@ -40,12 +40,28 @@ describe('storage.meta: redis config', () => {
 
   it('parses a sentinel set-up', () => {
     const c = parseConfig(
-      `${MIN}storage:\n  meta: redis\n  redis:\n    sentinel: { name: mymaster, sentinels: ["10.0.0.1:26379", "[fd00::2]:26379"] }\n    tls: true\n    allowUnsigned: true\n    maxStaleness: 10s\n`,
+      `${MIN}storage:\n  meta: redis\n  redis:\n    sentinels: [{ host: 10.0.0.1, port: 26379 }, { host: "fd00::2", port: 26379 }]\n    name: mymaster\n    sentinelPassword: { env: SP }\n    tls: true\n    allowUnsigned: true\n    maxStaleness: 10s\n`,
       'p.yaml',
       {},
     );
-    expect(c.storage.redis?.sentinel).toEqual({ name: 'mymaster', sentinels: ['10.0.0.1:26379', '[fd00::2]:26379'] });
+    expect(c.storage.redis?.sentinels).toEqual([
+      { host: '10.0.0.1', port: 26379 },
+      { host: 'fd00::2', port: 26379 },
+    ]);
+    expect([c.storage.redis?.name, c.storage.redis?.sentinelPassword]).toEqual(['mymaster', { env: 'SP' }]);
     expect(c.storage.redis?.maxStaleness).toBe(10_000);
+  });
+
+  it('parses a cluster set-up', () => {
+    const c = parseConfig(
+      `${MIN}storage:\n  meta: redis\n  redis:\n    cluster: [{ host: r1, port: 6379 }, { host: r2, port: 6380 }]\n    tls: true\n    allowUnsigned: true\n`,
+      'p.yaml',
+      {},
+    );
+    expect(c.storage.redis?.cluster).toEqual([
+      { host: 'r1', port: 6379 },
+      { host: 'r2', port: 6380 },
+    ]);
   });
 
   it('names the field of every mistake', () => {
@@ -53,11 +69,29 @@ describe('storage.meta: redis config', () => {
       [`${MIN}storage: { meta: redis }\n`, /storage\.redis: meta: redis needs a redis section/],
       [`${MIN}storage: { meta: memcached }\n`, /storage\.meta/],
       [`${MIN}storage: { redis: { url: "rediss://r:6379/0" } }\n`, /storage\.redis: a redis section needs meta: redis/],
-      [`${MIN}storage:\n  meta: redis\n  redis: { tls: true }\n`, /storage\.redis\.url: give exactly one of url or sentinel/],
+      [`${MIN}storage:\n  meta: redis\n  redis: { tls: true }\n`, /storage\.redis\.url: give exactly one of url, sentinels \(with name\) or cluster/],
       [
-        `${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", sentinel: { name: m, sentinels: ["s:26379"] } }\n`,
-        /storage\.redis\.url: give exactly one of url or sentinel/,
+        `${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", sentinels: [{ host: s, port: 26379 }], name: m }\n`,
+        /storage\.redis\.sentinels: give exactly one of url, sentinels/,
       ],
+      [
+        `${MIN}storage:\n  meta: redis\n  redis: { sentinels: [{ host: s, port: 26379 }], cluster: [{ host: c, port: 6379 }], name: m, tls: true }\n`,
+        /storage\.redis\.cluster: give exactly one of url, sentinels/,
+      ],
+      [
+        `${MIN}storage:\n  meta: redis\n  redis: { sentinels: [{ host: s, port: 26379 }], tls: true }\n`,
+        /storage\.redis\.name: sentinels need the master group name/,
+      ],
+      [`${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", name: m }\n`, /storage\.redis\.name: name is the Sentinel master group/],
+      [
+        `${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", sentinelPassword: { env: X } }\n`,
+        /storage\.redis\.sentinelPassword: sentinelPassword needs sentinels/,
+      ],
+      [
+        `${MIN}storage:\n  meta: redis\n  redis: { cluster: [{ host: c, port: 6379 }], db: 2, tls: true }\n`,
+        /storage\.redis\.db: a Redis Cluster has only database 0/,
+      ],
+      [`${MIN}storage:\n  meta: redis\n  redis: { cluster: [{ host: c, port: 0 }], tls: true }\n`, /storage\.redis\.cluster\[0\]\.port/],
       [
         `${MIN}storage:\n  meta: redis\n  redis: { url: "redis://r:6379/0" }\n`,
         /storage\.redis\.url: a plaintext connection.*storage\.redis\.allowInsecure: true/,
@@ -75,8 +109,8 @@ describe('storage.meta: redis config', () => {
         /storage\.redis\.caFile: caFile needs TLS/,
       ],
       [
-        `${MIN}storage:\n  meta: redis\n  redis: { sentinel: { name: m, sentinels: ["nohostport"] }, tls: true }\n`,
-        /storage\.redis\.sentinel\.sentinels\[0\]: expected host:port/,
+        `${MIN}storage:\n  meta: redis\n  redis: { sentinels: [{ host: "s:26379" }], name: m, tls: true }\n`,
+        /storage\.redis\.sentinels\[0\]\.(host: expected a host name|port)/,
       ],
       [`${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", keyPrefix: "a b" }\n`, /storage\.redis\.keyPrefix/],
       [`${MIN}storage:\n  meta: redis\n  redis: { url: "rediss://r:6379/0", colour: blue }\n`, /storage\.redis.*colour/],

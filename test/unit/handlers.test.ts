@@ -505,7 +505,7 @@ describe('refusals and their OCI codes', () => {
   });
 
   test('a quota on cold manifests: 429 TOOMANYREQUESTS with Retry-After, before anything is fetched; warm requests are not limited', async () => {
-    const quotas = new Quotas({ perIdentity: { coldManifests: { burst: 1, perMinute: 1 } }, perAddress: {} }, undefined, () => 0);
+    const quotas = new Quotas({ perIdentity: { coldManifests: { burst: 1, perMinute: 1 } }, perAddress: {} }, { now: () => 0 });
     const warm = { tag: () => false, manifest: () => true, blob: () => true };
     const h = handlers({ quotas, warm });
     expect((await request(h, 'GET', m('app', 'v1'), ALICE)).status).toBe(200);
@@ -519,7 +519,7 @@ describe('refusals and their OCI codes', () => {
   });
 
   test('a quota on decisions: only a decision the gate has not cached takes a token', async () => {
-    const quotas = new Quotas({ perIdentity: { decisions: { burst: 1, perMinute: 1 } }, perAddress: {} }, undefined, () => 0);
+    const quotas = new Quotas({ perIdentity: { decisions: { burst: 1, perMinute: 1 } }, perAddress: {} }, { now: () => 0 });
     const h = handlers({ quotas, warm: { tag: () => true, manifest: () => true, blob: () => true } });
     gate.cachedDecisions = false;
     expect((await request(h, 'GET', m('app', 'v1'), ALICE)).status).toBe(200);

@@ -211,8 +211,12 @@ result is always one valid YAML document.
 {{- if $s.keys.redisPassword -}}
 {{- $_ := set $redis "password" (dict "file" (printf "%s/redis-password" $dir)) -}}
 {{- end -}}
+{{- if $s.keys.redisSentinelPassword -}}
+{{- $_ := set $redis "sentinelPassword" (dict "file" (printf "%s/redis-sentinel-password" $dir)) -}}
+{{- end -}}
 {{- $_ := set $redis "signingKey" (dict "file" (printf "%s/redis-signing-key" $dir)) -}}
-{{- /* redis.url comes from the Secret through PORTCULLIS__storage__redis__url (the container's env). */ -}}
+{{- /* Without sentinels or cluster in sharedState.redis, redis.url comes from the Secret through
+       PORTCULLIS__storage__redis__url (the container's env). */ -}}
 {{- $_ := set $c "storage" (dict "blobs" "s3" "s3" $s3 "meta" "redis" "redis" $redis) -}}
 {{- end -}}
 {{- $policy := dict "pollInterval" .Values.policy.pollInterval "settings" .Values.policy.settings -}}

@@ -53,7 +53,7 @@ livenessProbe:
   args: ["serve", "--config", "/etc/portcullis/config/portcullis.yaml"]
   {{- if or .Values.extraEnv (and (eq .Values.tier "node") .Values.operator.port) .Values.sharedState.enabled }}
   env:
-    {{- if .Values.sharedState.enabled }}
+    {{- if and .Values.sharedState.enabled (not .Values.sharedState.redis.sentinels) (not .Values.sharedState.redis.cluster) }}
     # The Redis URL from the Secret (config storage.redis.url), through the config's environment override.
     - name: PORTCULLIS__storage__redis__url
       valueFrom: { secretKeyRef: { name: {{ .Values.sharedState.existingSecret }}, key: {{ .Values.sharedState.keys.redisUrl }} } }
@@ -148,6 +148,9 @@ livenessProbe:
       {{- end }}
       {{- if $k.redisPassword }}
       - { key: {{ $k.redisPassword }}, path: redis-password }
+      {{- end }}
+      {{- if $k.redisSentinelPassword }}
+      - { key: {{ $k.redisSentinelPassword }}, path: redis-sentinel-password }
       {{- end }}
       - { key: {{ $k.redisSigningKey }}, path: redis-signing-key }
 {{- end }}
