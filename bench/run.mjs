@@ -912,8 +912,20 @@ function printTable(r) {
     ['fanout: failed pulls', r.fanout_failures, undefined, '= 0', r.targets.fanout_failures],
     ['cold decision at 50 ms RTT, ms', r.cold_decision_ms_at_50ms, undefined, '≤ 215', r.targets.cold_decision_ms_at_50ms],
     ['  serial upstream round trips', r.cold_decision_upstream_round_trips, undefined, '≤ 4', r.targets.cold_decision_upstream_round_trips],
-    ['tls: CPU s/GiB cold (plain)', r.tls_cold_cpu_s_per_gib !== undefined ? `${r.tls_cold_cpu_s_per_gib} (${r.tls_plain_cold_cpu_s_per_gib})` : undefined, undefined, '', null],
-    ['tls: CPU s/GiB warm (plain)', r.tls_warm_cpu_s_per_gib !== undefined ? `${r.tls_warm_cpu_s_per_gib} (${r.tls_plain_warm_cpu_s_per_gib})` : undefined, undefined, '', null],
+    [
+      'tls: CPU s/GiB cold (plain)',
+      r.tls_cold_cpu_s_per_gib !== undefined ? `${r.tls_cold_cpu_s_per_gib} (${r.tls_plain_cold_cpu_s_per_gib})` : undefined,
+      undefined,
+      '',
+      null,
+    ],
+    [
+      'tls: CPU s/GiB warm (plain)',
+      r.tls_warm_cpu_s_per_gib !== undefined ? `${r.tls_warm_cpu_s_per_gib} (${r.tls_plain_warm_cpu_s_per_gib})` : undefined,
+      undefined,
+      '',
+      null,
+    ],
     ['disk: warm pull ÷ direct', r.disk_warm_ratio, r.disk_dist_warm_ratio, '≤ 1.03', r.targets.disk_warm_ratio],
     ['disk: cold pull ÷ direct', r.disk_cold_ratio, r.disk_dist_cold_ratio, '≤ 1.10', r.targets.disk_cold_ratio],
   ];

@@ -1,1 +1,3 @@
-export async function diskPhase() { return {}; }
+export async function diskPhase() {
+  return {};
+}

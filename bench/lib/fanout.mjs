@@ -1,1 +1,3 @@
-export async function fanoutPhase() { return {}; }
+export async function fanoutPhase() {
+  return {};
+}

@@ -49,7 +49,9 @@ export async function latencyPhase(o) {
         upstream_requests: reqs.length,
         serial_round_trips: depth,
         new_connections: delay.connections - conns,
-        critical_path: chain.map((r) => `${r.method} ${r.path.replace(/^\/v2\/bench\/latency[\w-]*\//, '').replace(/sha256[:-]([0-9a-f]{12})[0-9a-f]{52}/g, 'sha256-$1…')}`),
+        critical_path: chain.map(
+          (r) => `${r.method} ${r.path.replace(/^\/v2\/bench\/latency[\w-]*\//, '').replace(/sha256[:-]([0-9a-f]{12})[0-9a-f]{52}/g, 'sha256-$1…')}`,
+        ),
         requests: reqs.map((r) => ({
           method: r.method,
           path: r.path.replace(/^\/v2\/bench\/latency[\w-]*\//, ''),

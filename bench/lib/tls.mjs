@@ -1,1 +1,3 @@
-export async function tlsPhase() { return {}; }
+export async function tlsPhase() {
+  return {};
+}
