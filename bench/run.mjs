@@ -911,6 +911,7 @@ function printTable(r) {
     ['fanout: peak RSS, MiB', r.fanout_peak_rss_mib, undefined, '≤ 400', r.targets.fanout_peak_rss_mib],
     ['fanout: failed pulls', r.fanout_failures, undefined, '= 0', r.targets.fanout_failures],
     ['cold decision at 50 ms RTT, ms', r.cold_decision_ms_at_50ms, undefined, '≤ 215', r.targets.cold_decision_ms_at_50ms],
+    ['  the same with no added delay, ms', r.cold_decision_ms_at_0ms, undefined, '', null],
     ['  serial upstream round trips', r.cold_decision_upstream_round_trips, undefined, '≤ 4', r.targets.cold_decision_upstream_round_trips],
     [
       'tls: CPU s/GiB cold (plain)',
