@@ -262,7 +262,7 @@ async function main() {
         await signImage(signing, upstream.host, repo, img.digest);
         // Each platform of an index is decided on its own evidence (issue 10), so CI scans and reports each one.
         const digests = [img.digest, ...(img.children ?? []).map((c) => c.digest)];
-        for (const inst of instances) for (const d of digests) await pushReport(inst.url, reportToken, upstream.host, repo, d);
+        for (const inst of instances) for (const d of digests) await pushReport(inst.url, reportToken, upstream.host, repo, d, inst.agent);
       }
       return img;
     };
