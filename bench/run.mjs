@@ -705,7 +705,7 @@ async function main() {
     // ------------------------------------------------------------------------ issue 16: fanout, latency, tls, disk
     for (const [name, phase] of Object.entries({ fanout: fanoutPhase, latency: latencyPhase, tls: tlsPhase, disk: diskPhase })) {
       if (!phases.has(name)) continue;
-      const ctx = { P, QUICK, tmp, clients, upstream, peer, pc, pcOpts, seed, instances, log, cpuSeconds, peerAttempt, logLevel: args['log-level'] };
+      const ctx = { P, QUICK, tmp, clients, upstream, peer, pc, pcOpts, seed, instances, log, cpuSeconds, peerAttempt, nodeArgs, logLevel: args['log-level'] };
       Object.assign(result, await phase(ctx));
     }
 

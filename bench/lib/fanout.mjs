@@ -39,6 +39,7 @@ export async function fanoutPhase(o) {
     ...o.pcOpts,
     name: 'portcullis-fanout',
     logLevel: o.logLevel,
+    nodeArgs: o.nodeArgs,
     extra: { ...o.pcOpts.extra, limits: { maxConnectionsPerClient: 0 } },
   });
   o.instances.push(pc);
