@@ -41,6 +41,8 @@ export async function fanoutPhase(o) {
     logLevel: o.logLevel,
     nodeArgs: o.nodeArgs,
     extra: { ...o.pcOpts.extra, limits: { maxConnectionsPerClient: 0 } },
+    // Diagnostics only: another upstream concurrency cap than the product's default.
+    upstreamExtra: process.env.BENCH_FANOUT_UPSTREAM_CONCURRENCY ? { concurrency: Number(process.env.BENCH_FANOUT_UPSTREAM_CONCURRENCY) } : {},
   });
   o.instances.push(pc);
   const targets = { direct: o.upstream.url, portcullis: pc.url };
@@ -112,6 +114,7 @@ export async function fanoutPhase(o) {
   return {
     fanout: {
       clients: N,
+      upstream_concurrency: Number(process.env.BENCH_FANOUT_UPSTREAM_CONCURRENCY || 64),
       images: N,
       image: { ...image, mib: round(rows[0].bytes / N / 2 ** 20, 2) },
       reps,

@@ -20,7 +20,7 @@ export const BENCH_SETTINGS = { no_match: 'deny', scopes: [{ name: 'bench', imag
 /**
  * @param {{ dir: string, name: string, distDir: string, bundleFile: string, upstream: {url: string, host: string, ca?: string},
  *           logLevel?: string, dataDir?: string, nodeArgs?: string[], extra?: object, settings?: object,
- *           env?: Record<string, string>, productFlags?: string[], port?: number, agent?: object }} o
+ *           env?: Record<string, string>, productFlags?: string[], port?: number, agent?: object, upstreamExtra?: object }} o
  *   extra.tls serves HTTPS: `agent` (an undici Agent trusting its CA) is then what the bench reaches it with.
  */
 export async function startPortcullis(o) {
@@ -31,7 +31,7 @@ export async function startPortcullis(o) {
   const config = {
     listen: `127.0.0.1:${port}`,
     dataDir,
-    upstreams: [{ name: 'bench', registry: o.upstream.host, url: o.upstream.url, ...(o.upstream.ca ? { ca: o.upstream.ca } : {}) }],
+    upstreams: [{ name: 'bench', registry: o.upstream.host, url: o.upstream.url, ...(o.upstream.ca ? { ca: o.upstream.ca } : {}), ...o.upstreamExtra }],
     // Plain paths (/v2/bench/app/...) go to the bench upstream, like Docker's registry-mirrors.
     defaultUpstream: 'bench',
     policy: { bundleFile: o.bundleFile, settings: o.settings ?? BENCH_SETTINGS },
