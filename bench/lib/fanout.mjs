@@ -32,7 +32,7 @@ async function pool(items, n, f) {
 export async function fanoutPhase(o) {
   const N = o.QUICK ? 40 : 200;
   const image = o.QUICK ? { layers: 2, layerMiB: 0.5 } : { layers: 2, layerMiB: 1.5 };
-  const reps = o.QUICK ? 1 : 2;
+  const reps = Number(process.env.BENCH_FANOUT_REPS || (o.QUICK ? 1 : 2));
   // A fresh process, so that the peak is this phase's; every client comes from 127.0.0.1, so the per-client
   // connection cap is off (as in the hostile phase); everything else at its default (upstream concurrency 64).
   const pc = await startPortcullis({
