@@ -108,6 +108,6 @@ async function decide(delay, pc, repo, img) {
     serial_round_trips: depth,
     new_connections: delay.connections - conns,
     critical_path: chain.map((r) => `${r.method} ${short(r.path).replace(/sha256[:-]([0-9a-f]{12})[0-9a-f]{52}/g, 'sha256-$1…')}`),
-    requests: reqs.map((r) => ({ method: r.method, path: short(r.path), start_ms: round(r.start - t0, 1), end_ms: round(r.end - t0, 1) })),
+    requests: reqs.map((r) => ({ conn: r.conn, method: r.method, path: short(r.path), start_ms: round(r.start - t0, 1), end_ms: round(r.end - t0, 1) })),
   };
 }
