@@ -3,7 +3,7 @@
  * `npm run bench`: Portcullis side by side with CNCF Distribution's proxy mode and with direct pulls, in one run, on
  * loopback, reported as ratios against the targets of DESIGN §10. See bench/README.md.
  *
- *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile,scale,cluster] [--scale-blobs N] [--log-level info]
+ *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile,scale,cluster,fanout,latency,tls,disk] [--scale-blobs N] [--log-level info]
  *                      [--dist DIR] [--cpu-prof DIR] [--keep] [--node-flags 'FLAGS']
  *
  * Every process it starts (registries, Portcullis, skopeo, curl, wrk) is killed on exit, error or signal.
@@ -24,6 +24,10 @@ import { killAll, run } from './lib/proc.mjs';
 import { clusterPhase } from './lib/cluster.mjs';
 import { startRegistry } from './lib/registry.mjs';
 import { scalePhase } from './lib/scale.mjs';
+import { diskPhase } from './lib/disk.mjs';
+import { fanoutPhase } from './lib/fanout.mjs';
+import { latencyPhase } from './lib/latency.mjs';
+import { tlsPhase } from './lib/tls.mjs';
 import { fmt, median, round, summary } from './lib/stats.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -32,7 +36,7 @@ const { values: args } = parseArgs({
   options: {
     out: { type: 'string' },
     quick: { type: 'boolean', default: false },
-    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile,scale,cluster' },
+    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile,scale,cluster,fanout,latency,tls,disk' },
     /** The scale phase's blob count (10^6 by default; tags, decisions and closures scale with it). */
     'scale-blobs': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
@@ -89,6 +93,13 @@ const TARGETS = {
   cluster_manifest_rps_ratio: { op: '>=', value: 0.8, text: 'warm manifest GET req/s, storage.meta: redis ÷ embedded store (SQLite) ≥ 0.8 (issue 13)' },
   replica_kill_ok: { op: '==', value: true, text: 'kill -9 of the owner mid-herd: correct bytes for every client (issue 13)' },
   hostile_manifest_p99_ms: { op: '<=', value: 50, text: 'manifest GET p99 under that load ≤ 50 ms (issue 10)' },
+  fanout_throughput_ratio: { op: '>=', value: 0.9, text: '200 clients × 200 different cold images: bytes/s through Portcullis ÷ direct ≥ 0.9 (issue 16)' },
+  fanout_peak_rss_mib: { op: '<=', value: 400, text: 'peak RSS during that fan-out ≤ 400 MiB (issue 16)' },
+  fanout_failures: { op: '==', value: 0, text: 'failed pulls in the fan-out = 0 (issue 16)' },
+  cold_decision_ms_at_50ms: { op: '<=', value: 215, text: 'cold decision with the upstream 50 ms RTT away, median ≤ 215 ms (issue 16)' },
+  cold_decision_upstream_round_trips: { op: '<=', value: 4, text: 'serial upstream round trips per cold decision ≤ 4 (issue 16)' },
+  disk_warm_ratio: { op: '<=', value: 1.03, text: 'warm pull ÷ direct, client output on the real disk ≤ 1.03 (issue 16)' },
+  disk_cold_ratio: { op: '<=', value: 1.1, text: 'cold pull ÷ direct, client output on the real disk ≤ 1.10 (issue 16)' },
 };
 
 /** utime + stime of a process, in seconds (USER_HZ is 100 on Linux). */
@@ -252,7 +263,7 @@ async function main() {
         await signImage(signing, upstream.host, repo, img.digest);
         // Each platform of an index is decided on its own evidence (issue 10), so CI scans and reports each one.
         const digests = [img.digest, ...(img.children ?? []).map((c) => c.digest)];
-        for (const inst of instances) for (const d of digests) await pushReport(inst.url, reportToken, upstream.host, repo, d);
+        for (const inst of instances) for (const d of digests) await pushReport(inst.url, reportToken, upstream.host, repo, d, inst.agent);
       }
       return img;
     };
@@ -693,6 +704,13 @@ async function main() {
       );
     }
 
+    // ------------------------------------------------------------------------ issue 16: fanout, latency, tls, disk
+    for (const [name, phase] of Object.entries({ fanout: fanoutPhase, latency: latencyPhase, tls: tlsPhase, disk: diskPhase })) {
+      if (!phases.has(name)) continue;
+      const ctx = { P, QUICK, tmp, clients, upstream, peer, pc, pcOpts, seed, instances, log, cpuSeconds, peerAttempt, nodeArgs, logLevel: args['log-level'] };
+      Object.assign(result, await phase(ctx));
+    }
+
     if (phases.has('hostile')) {
       const H = P.hostile;
       // 2,000 idle and 100 stalled sockets in this process and as many in Portcullis, plus wrk's.
@@ -891,6 +909,28 @@ function printTable(r) {
     ['scale: decision overhead full ÷ empty', r.scale_decision_overhead_ratio, undefined, '≤ 1.2', r.targets.scale_decision_overhead_ratio],
     ['scale: start with full stores, s', r.scale_startup_s, undefined, '≤ 3', r.targets.scale_startup_s],
     ['scale: first byte p99 while evicting, ms', r.eviction_p99_first_byte_ms, undefined, '≤ 50', r.targets.eviction_p99_first_byte_ms],
+    ['fanout: 200 × 200 images, bytes/s ÷ direct', r.fanout_throughput_ratio, undefined, '≥ 0.9', r.targets.fanout_throughput_ratio],
+    ['fanout: peak RSS, MiB', r.fanout_peak_rss_mib, undefined, '≤ 400', r.targets.fanout_peak_rss_mib],
+    ['fanout: failed pulls', r.fanout_failures, undefined, '= 0', r.targets.fanout_failures],
+    ['cold decision at 50 ms RTT, ms', r.cold_decision_ms_at_50ms, undefined, '≤ 215', r.targets.cold_decision_ms_at_50ms],
+    ['  the same with no added delay, ms', r.cold_decision_ms_at_0ms, undefined, '', null],
+    ['  serial upstream round trips', r.cold_decision_upstream_round_trips, undefined, '≤ 4', r.targets.cold_decision_upstream_round_trips],
+    [
+      'tls: CPU s/GiB cold (plain)',
+      r.tls_cold_cpu_s_per_gib !== undefined ? `${r.tls_cold_cpu_s_per_gib} (${r.tls_plain_cold_cpu_s_per_gib})` : undefined,
+      undefined,
+      '',
+      null,
+    ],
+    [
+      'tls: CPU s/GiB warm (plain)',
+      r.tls_warm_cpu_s_per_gib !== undefined ? `${r.tls_warm_cpu_s_per_gib} (${r.tls_plain_warm_cpu_s_per_gib})` : undefined,
+      undefined,
+      '',
+      null,
+    ],
+    ['disk: warm pull ÷ direct', r.disk_warm_ratio, r.disk_dist_warm_ratio, '≤ 1.03', r.targets.disk_warm_ratio],
+    ['disk: cold pull ÷ direct', r.disk_cold_ratio, r.disk_dist_cold_ratio, '≤ 1.10', r.targets.disk_cold_ratio],
   ];
   const cell = (v) => (v === undefined || v === null ? '—' : typeof v === 'number' ? String(v) : v);
   const w = [38, 12, 14, 16, 6];

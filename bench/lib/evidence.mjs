@@ -6,6 +6,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { request } from 'undici';
 import { findTool, runOk } from './proc.mjs';
 
 export const AUTHORITY = 'bench-key';
@@ -38,8 +39,8 @@ export async function signImage(signing, host, repo, digest) {
   );
 }
 
-/** A clean Trivy report (no findings) bound to the digest, pushed like CI does. */
-export async function pushReport(pcUrl, token, registry, repo, digest) {
+/** A clean Trivy report (no findings) bound to the digest, pushed like CI does; `dispatcher` for an instance on TLS. */
+export async function pushReport(pcUrl, token, registry, repo, digest, dispatcher) {
   const ref = `${registry}/${repo}@${digest}`;
   const body = JSON.stringify({
     SchemaVersion: 2,
@@ -48,13 +49,20 @@ export async function pushReport(pcUrl, token, registry, repo, digest) {
     Metadata: { RepoDigests: [ref], OS: { Family: 'debian', Name: '12' } },
     Results: [{ Target: `${ref} (debian 12)`, Class: 'os-pkgs', Type: 'debian', Vulnerabilities: [] }],
   });
-  const res = await fetch(`${pcUrl}/api/v1/reports/${registry}/${repo}@${digest}`, {
-    method: 'PUT',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-    body,
-  });
-  const text = await res.text();
-  if (res.status !== 201 && res.status !== 200) throw new Error(`report push for ${ref}: HTTP ${res.status} ${text.slice(0, 300)}`);
+  const url = `${pcUrl}/api/v1/reports/${registry}/${repo}@${digest}`;
+  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+  let status;
+  let text;
+  if (dispatcher) {
+    const res = await request(url, { method: 'PUT', headers, body, dispatcher });
+    status = res.statusCode;
+    text = await res.body.text();
+  } else {
+    const res = await fetch(url, { method: 'PUT', headers, body });
+    status = res.status;
+    text = await res.text();
+  }
+  if (status !== 201 && status !== 200) throw new Error(`report push for ${ref}: HTTP ${status} ${text.slice(0, 300)}`);
 }
 
 /** The policy settings and config sections that require both kinds of evidence. */

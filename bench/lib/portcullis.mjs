@@ -4,6 +4,7 @@
  */
 import { closeSync, openSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { request } from 'undici';
 import { startDaemon } from './proc.mjs';
 import { freePort, waitHttp } from './registry.mjs';
 
@@ -17,9 +18,10 @@ export const PRODUCT_NODE_FLAGS = ['--max-semi-space-size=8'];
 export const BENCH_SETTINGS = { no_match: 'deny', scopes: [{ name: 'bench', images: ['**'], deny_tags: ['latest'] }] };
 
 /**
- * @param {{ dir: string, name: string, distDir: string, bundleFile: string, upstream: {url: string, host: string},
+ * @param {{ dir: string, name: string, distDir: string, bundleFile: string, upstream: {url: string, host: string, ca?: string},
  *           logLevel?: string, dataDir?: string, nodeArgs?: string[], extra?: object, settings?: object,
- *           env?: Record<string, string>, productFlags?: string[], port?: number }} o
+ *           env?: Record<string, string>, productFlags?: string[], port?: number, agent?: object, upstreamExtra?: object }} o
+ *   extra.tls serves HTTPS: `agent` (an undici Agent trusting its CA) is then what the bench reaches it with.
  */
 export async function startPortcullis(o) {
   const home = join(o.dir, o.name);
@@ -29,7 +31,7 @@ export async function startPortcullis(o) {
   const config = {
     listen: `127.0.0.1:${port}`,
     dataDir,
-    upstreams: [{ name: 'bench', registry: o.upstream.host, url: o.upstream.url }],
+    upstreams: [{ name: 'bench', registry: o.upstream.host, url: o.upstream.url, ...(o.upstream.ca ? { ca: o.upstream.ca } : {}), ...o.upstreamExtra }],
     // Plain paths (/v2/bench/app/...) go to the bench upstream, like Docker's registry-mirrors.
     defaultUpstream: 'bench',
     policy: { bundleFile: o.bundleFile, settings: o.settings ?? BENCH_SETTINGS },
@@ -52,11 +54,11 @@ export async function startPortcullis(o) {
     },
   );
   closeSync(fd);
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${config.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   try {
     const deadline = Date.now() + 20_000;
     for (;;) {
-      const status = await waitHttp(`${url}/readyz`, 20_000, () => d.exitInfo !== undefined);
+      const status = await waitHttp(`${url}/readyz`, 20_000, () => d.exitInfo !== undefined, o.agent);
       if (status === 200) break;
       if (Date.now() > deadline) throw new Error(`${url}/readyz stayed ${status}`);
       await new Promise((r) => setTimeout(r, 100));
@@ -70,11 +72,13 @@ export async function startPortcullis(o) {
     url,
     host: `127.0.0.1:${port}`,
     pid: d.pid,
+    agent: o.agent,
     dataDir,
     logPath,
     decisionLogPath: config.decisionLog.file,
     config,
     async metrics() {
+      if (o.agent) return parseProm(await (await request(`${url}/metrics`, { dispatcher: o.agent })).body.text());
       const res = await fetch(`${url}/metrics`);
       return parseProm(await res.text());
     },

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { openSync, closeSync, readSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { request } from 'undici';
 import { requireTool, sleep, startDaemon } from './proc.mjs';
 
 export function freePort() {
@@ -29,11 +30,17 @@ export function parseAccessLine(line) {
   return { method: m[1], path: m[2], status: Number(m[3]), bytes: m[4] === '-' ? 0 : Number(m[4]), userAgent: m[5] };
 }
 
-export async function waitHttp(url, timeoutMs, isDead) {
+/** `dispatcher`: an undici Agent (one that trusts the bench's CA, for a server on TLS). */
+export async function waitHttp(url, timeoutMs, isDead, dispatcher) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (isDead?.()) throw new Error(`process exited before ${url} answered`);
     try {
+      if (dispatcher) {
+        const res = await request(url, { dispatcher, signal: AbortSignal.timeout(1000) });
+        await res.body.arrayBuffer();
+        return res.statusCode;
+      }
       const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
       await res.arrayBuffer();
       return res.status;
@@ -45,9 +52,10 @@ export async function waitHttp(url, timeoutMs, isDead) {
 }
 
 /**
- * @param {{ dir: string, name: string, remoteUrl?: string }} opts  remoteUrl makes it a pull-through proxy.
+ * @param {{ dir: string, name: string, remoteUrl?: string, dataDir?: string, tls?: { cert: string, key: string, agent: object } }} opts
+ *   remoteUrl makes it a pull-through proxy; dataDir serves another registry's storage (read-only use); tls serves HTTPS.
  */
-export async function startRegistry({ dir, name, remoteUrl }) {
+export async function startRegistry({ dir, name, remoteUrl, dataDir, tls }) {
   const bin = requireTool('docker-registry');
   const home = join(dir, name);
   mkdirSync(home, { recursive: true });
@@ -60,7 +68,7 @@ export async function startRegistry({ dir, name, remoteUrl }) {
     '  formatter: text',
     'storage:',
     '  filesystem:',
-    `    rootdirectory: ${q(join(home, 'data'))}`,
+    `    rootdirectory: ${q(dataDir ?? join(home, 'data'))}`,
     '  delete:',
     '    enabled: true',
     '  cache:',
@@ -71,6 +79,7 @@ export async function startRegistry({ dir, name, remoteUrl }) {
     '  headers:',
     '    X-Content-Type-Options: [nosniff]',
   ];
+  if (tls) lines.push('  tls:', `    certificate: ${q(tls.cert)}`, `    key: ${q(tls.key)}`);
   if (remoteUrl) lines.push('proxy:', `  remoteurl: ${q(remoteUrl)}`);
   const configPath = join(home, 'config.yml');
   writeFileSync(configPath, lines.join('\n') + '\n');
@@ -78,8 +87,8 @@ export async function startRegistry({ dir, name, remoteUrl }) {
   const fd = openSync(logPath, 'a');
   const d = startDaemon(bin, ['serve', configPath], { stdio: ['ignore', fd, fd] });
   closeSync(fd);
-  const url = `http://127.0.0.1:${port}`;
-  await waitHttp(`${url}/v2/`, 15_000, () => d.exitInfo !== undefined);
+  const url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+  await waitHttp(`${url}/v2/`, 15_000, () => d.exitInfo !== undefined, tls?.agent);
   return {
     name,
     url,

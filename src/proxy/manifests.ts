@@ -32,9 +32,19 @@ export interface ManifestService {
    * Tag → the manifest it points to, with its bytes and parse: a caller that asked by tag has the manifest in hand
    * and never looks it up again by digest. Concurrent resolutions of the same tag share one upstream round trip.
    */
-  resolveTag(route: Route, tag: string): Promise<ResolvedTag>;
+  resolveTag(route: Route, tag: string, opts?: ResolveOptions): Promise<ResolvedTag>;
   /** Manifest bytes by digest, from cache or upstream; the bytes always hash to `digest`. */
   get(route: Route, digest: Digest): Promise<Manifest>;
+}
+
+export interface ResolveOptions {
+  /**
+   * A tag this replica holds no mapping for is fetched with one GET by tag instead of a HEAD and then a GET by digest.
+   * For the tags a decision looks up once per digest (the `.sig`/`.att` and referrers tag-schema tags) the HEAD saves
+   * nothing (a found tag's manifest is fetched anyway, and a 404 costs the same) and puts one more round trip on the
+   * decision's critical path. A mapping past its TTL is still re-checked with a HEAD.
+   */
+  getWhenUnknown?: boolean;
 }
 
 export interface ResolvedTag {
@@ -78,13 +88,13 @@ export class ProxyManifestService implements ManifestService {
     this.now = o.now ?? Date.now;
   }
 
-  resolveTag(route: Route, tag: string): Promise<ResolvedTag> {
+  resolveTag(route: Route, tag: string, opts: ResolveOptions = {}): Promise<ResolvedTag> {
     const key = `${route.upstream.name}\n${route.repository}\n${tag}`;
     if (this.tagFlights.has(key)) this.metrics.singleflightWaiters.inc({ kind: 'tag' });
-    return this.tagFlights.run(key, () => this.doResolveTag(route, tag));
+    return this.tagFlights.run(key, () => this.doResolveTag(route, tag, opts));
   }
 
-  private async doResolveTag(route: Route, tag: string): Promise<ResolvedTag> {
+  private async doResolveTag(route: Route, tag: string, opts: ResolveOptions): Promise<ResolvedTag> {
     const { upstream, repository } = route;
     const cached = this.meta.getTag(upstream.name, repository, tag);
     const now = this.now();
@@ -105,6 +115,7 @@ export class ProxyManifestService implements ManifestService {
     };
     this.metrics.cacheLookups.inc({ kind: 'tag', result: 'miss' });
     if (upstream.kind === 'portcullis') return this.resolveChainedTag(route, tag, serveStale);
+    if (!cached && opts.getWhenUnknown) return this.resolveTagByGet(route, tag);
     let res: UpstreamResponse;
     try {
       res = await this.clientFor(upstream.name).send({
@@ -182,6 +193,16 @@ export class ProxyManifestService implements ManifestService {
       return serveStale(toRegistryError(e, upstream.name));
     }
     this.meta.putTag(upstream.name, repository, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() });
+    return { manifest: m, stale: false };
+  }
+
+  /** One GET by tag (ResolveOptions.getWhenUnknown): nothing cached to fall back on, so any failure is the answer. */
+  private async resolveTagByGet(route: Route, tag: string): Promise<ResolvedTag> {
+    const { upstream, repository } = route;
+    const m = await this.fetchAndStore(route, tag, undefined);
+    const entry: TagEntry = { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() };
+    this.meta.putTag(upstream.name, repository, tag, entry);
+    this.shared?.putTag(upstream.name, repository, tag, entry, this.config.cache.tagTTL + this.config.cache.staleIfError);
     return { manifest: m, stale: false };
   }
 

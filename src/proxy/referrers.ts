@@ -79,7 +79,7 @@ export class ProxyReferrersService implements ReferrersService {
 
   private async resolveFallbackTag(route: Route, subject: Digest): Promise<Manifest> {
     const tag = `${subject.slice(0, subject.indexOf(':'))}-${digestHex(subject)}`;
-    return (await this.manifests.resolveTag(route, tag)).manifest;
+    return (await this.manifests.resolveTag(route, tag, { getWhenUnknown: true })).manifest;
   }
 
   private finish(manifests: Descriptor[], artifactType: string | undefined, applied: boolean, source: ReferrersResult['source']): ReferrersResult {

@@ -74,7 +74,12 @@ export class Discoverer {
     this.referrers = new ProxyReferrersService(o.clientFor, o.manifests);
   }
 
-  async discover(route: Route, digest: Digest, budget: DiscoveryBudget): Promise<Discovery> {
+  /**
+   * @param onFound called with each artifact as soon as it is found, so that the caller can fetch its blobs while
+   *   the other lookups are still out (the blobs of the `.sig` tag need not wait for the referrers fallback): every
+   *   artifact passed to it is also in the result.
+   */
+  async discover(route: Route, digest: Digest, budget: DiscoveryBudget, onFound?: (a: FoundArtifact) => void): Promise<Discovery> {
     const errors: string[] = [];
     const note =
       (what: string) =>
@@ -84,15 +89,19 @@ export class Discoverer {
         return undefined;
       };
     const hex = digestHex(digest);
+    const found = <T extends FoundArtifact | undefined>(a: T): T => {
+      if (a) onFound?.(a);
+      return a;
+    };
     const [refs, sig, att] = await Promise.all([
-      this.fromReferrers(route, digest, budget).catch(note('referrers')),
-      this.byTag(route, `sha256-${hex}.sig`, 'cosign-sig', 'sig-tag', budget).catch(note(`tag sha256-${hex.slice(0, 12)}….sig`)),
-      this.byTag(route, `sha256-${hex}.att`, 'cosign-att', 'att-tag', budget).catch(note(`tag sha256-${hex.slice(0, 12)}….att`)),
+      this.fromReferrers(route, digest, budget, found).catch(note('referrers')),
+      this.byTag(route, `sha256-${hex}.sig`, 'cosign-sig', 'sig-tag', budget).then(found, note(`tag sha256-${hex.slice(0, 12)}….sig`)),
+      this.byTag(route, `sha256-${hex}.att`, 'cosign-att', 'att-tag', budget).then(found, note(`tag sha256-${hex.slice(0, 12)}….att`)),
     ]);
     return { artifacts: [...(refs ?? []), ...(sig ? [sig] : []), ...(att ? [att] : [])], errors };
   }
 
-  private async fromReferrers(route: Route, digest: Digest, budget: DiscoveryBudget): Promise<FoundArtifact[]> {
+  private async fromReferrers(route: Route, digest: Digest, budget: DiscoveryBudget, found: (a: FoundArtifact) => FoundArtifact): Promise<FoundArtifact[]> {
     if (!digest.startsWith('sha256:')) return [];
     const list = await this.referrers.list(route, digest, undefined);
     const via = list.source === 'tag-schema' ? 'tag-schema' : 'referrers';
@@ -111,7 +120,7 @@ export class Discoverer {
           // The index is the upstream's claim; the manifest itself must say what it is and what it refers to.
           const actualKind = artifactKindOf(manifest.parsed.artifactType ?? manifest.parsed.config?.mediaType) ?? kind;
           if (manifest.parsed.subject && manifest.parsed.subject.digest !== digest) return;
-          out.push({ kind: actualKind, via, manifest });
+          out.push(found({ kind: actualKind, via, manifest }));
         } catch (e) {
           if (!isNotFound(e) && !(e instanceof BudgetExceededError)) errors.push(`referrer ${d.digest}: ${errorText(e)}`);
         }
@@ -124,7 +133,7 @@ export class Discoverer {
   private async byTag(route: Route, tag: string, kind: ArtifactKind, via: FoundArtifact['via'], budget: DiscoveryBudget): Promise<FoundArtifact | undefined> {
     // Charged before the lookup: resolving a tag already fetches its manifest (a 404 costs the same request).
     budget.artifact();
-    const { manifest } = await this.manifests.resolveTag(route, tag);
+    const { manifest } = await this.manifests.resolveTag(route, tag, { getWhenUnknown: true });
     budget.bytes(manifest.bytes.length);
     if (manifest.parsed.kind !== 'image') return undefined;
     return { kind, via, manifest };

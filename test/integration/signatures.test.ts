@@ -188,7 +188,7 @@ describe('discovery', () => {
       expect((await get(p, up, 'signed/app/manifests/v1')).status).toBe(200);
       const paths = up.requests().map((r) => `${r.method} ${r.path.split('?')[0]}`);
       expect(paths).toContain(`GET /v2/signed/app/referrers/${image.digest}`);
-      expect(paths).toContain(`HEAD /v2/signed/app/manifests/sha256-${image.digest.slice(7)}`);
+      expect(paths).toContain(`GET /v2/signed/app/manifests/sha256-${image.digest.slice(7)}`);
     } finally {
       await p.stop();
       await up.stop();
