@@ -48,6 +48,7 @@ export interface SlabPoolOptions {
 export class SlabPool {
   private readonly idle: Buffer[] = [];
   private taken = 0;
+  private fresh = 0;
   private lastTake: number;
   private trimArmed = false;
   /** Idle slabs kept once the pool has been quiet. */
@@ -67,7 +68,7 @@ export class SlabPool {
    * take, the pool keeps `keepIdle`: a steady transfer takes a slab per MiB and is never trimmed.
    */
   constructor(
-    private readonly maxIdle: number,
+    readonly maxIdle: number,
     readonly slabSize = SLAB_SIZE,
     opts: SlabPoolOptions = {},
   ) {
@@ -80,7 +81,11 @@ export class SlabPool {
 
   /** A slab with one reference, for `size` bytes (≤ slabSize; only full-size slabs are recycled). */
   take(size = this.slabSize): Slab {
-    const buf = size === this.slabSize ? (this.idle.pop() ?? Buffer.allocUnsafeSlow(size)) : Buffer.allocUnsafeSlow(size);
+    let buf = size === this.slabSize ? this.idle.pop() : undefined;
+    if (!buf) {
+      buf = Buffer.allocUnsafeSlow(size);
+      this.fresh++;
+    }
     this.taken++;
     this.lastTake = this.now();
     return new Slab(buf, this);
@@ -127,6 +132,14 @@ export class SlabPool {
 
   get idleCount(): number {
     return this.idle.length;
+  }
+
+  /**
+   * Buffers allocated rather than taken from the idle ones, since the pool was made. Each is new memory (page faults,
+   * and external memory that V8 answers with major GCs): a steady transfer keeps this flat (cache/download.ts).
+   */
+  get allocations(): number {
+    return this.fresh;
   }
 }
 
