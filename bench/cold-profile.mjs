@@ -6,6 +6,7 @@
  * warm-blob reads; V8Worker = concurrent GC) and user/system, from /proc/PID/task/TID/stat.
  *
  *   node bench/cold-profile.mjs DIST[,NODE_FLAG...] [DIST[,NODE_FLAG...] ...] [--reps N] [--perf DIR] [--keep]
+ *   node bench/cold-profile.mjs --analyze DIR/A-*.data            # groups the samples of earlier perf files again
  *   node bench/cold-profile.mjs dist,--trace-gc --reps 2 --keep    # keeps the temp dir: K/portcullis.log has the GC trace
  *
  * With --perf DIR, `perf record` samples every thread of each proxy during its cold pulls only (the proxy runs with
@@ -36,6 +37,7 @@ const opt = (name) => {
 const reps = Number(opt('--reps') ?? 4);
 const perfDir = opt('--perf');
 const keep = args.includes('--keep') ? (args.splice(args.indexOf('--keep'), 1), true) : false;
+const analyze = args[0] === '--analyze';
 if (args.length === 0) {
   console.error('usage: node bench/cold-profile.mjs DIST[,NODE_FLAG...] [DIST...] [--reps N] [--perf DIR]');
   process.exit(2);
@@ -69,6 +71,7 @@ const sum = (o) => Object.values(o).reduce((x, y) => x + y, 0);
 /** What a perf sample's symbol is spent on; the first pattern that matches wins. */
 const CATEGORIES = [
   ['sha256', /sha256|sha1_|SHA256/i],
+  ['memcpy in user space (slab copies)', /memmove|memcpy/],
   [
     'page cache (new pages, write to file)',
     /copy_page_from_iter|copy_folio_from_iter|clear_page|filemap_|folio_|__filemap|shmem_|ext4_|generic_perform_write|iomap_|page_cache|lru_|get_page_from_freelist|rmqueue|__alloc_pages|handle_mm_fault|do_anonymous_page|asm_exc_page_fault|zap_|release_pages|free_unref|truncate|mark_buffer|jbd2|xas_|workingset|mem_cgroup|memcg|node_dirty|balance_dirty/,
@@ -77,11 +80,11 @@ const CATEGORIES = [
     'socket, kernel (tcp, loopback, copies)',
     /tcp_|skb|sock_|__sys_|inet_|ip_|net_rx|napi|__netif|process_backlog|copy_user|_copy_to_iter|_copy_from_iter|sk_|__dev_queue|loopback|csum|__kfree_skb|kmalloc_reserve|__alloc_skb/,
   ],
-  ['kernel, other (syscalls, scheduling, epoll, futex)', /^(?!Builtin)[a-z_0-9.]+$/],
-  ['memcpy in user space (slab copies)', /memmove|memcpy|__memcpy/],
-  ['V8 GC', /Heap|Mark|Scaveng|Sweep|Evacuat|GCTracer|Compact|Marking|ConcurrentMark|MinorMS|ArrayBufferSweeper|BackingStore/],
-  ['JavaScript (JS frames, builtins, IC)', /^(JS:|LazyCompile:|Function:|Builtin:|Bytecode|Handler:|Stub:|RegExp:|Baseline:|Maglev:|Turbofan:|\*|~)/],
-  ['node/V8 runtime (C++)', /node::|v8::|Runtime_|uv_|Builtins_/],
+  ['V8 GC', /Heap|Mark|Scaveng|Sweep|Evacuat|GCTracer|Compact|Marking|ConcurrentMark|MinorMS|ArrayBufferSweeper|BackingStore|FlushedBytecode/],
+  ['JavaScript (JS frames, builtins, IC)', /^(JS:|LazyCompile:|Function:|Builtins_|Bytecode|Handler:|Stub:|RegExp|Baseline:|Maglev:|Turbofan:|\*|~)/],
+  ['node/V8 runtime (C++), libc', /node::|v8::|Runtime_|uv_|__GI_|pthread|absl::|_int_malloc|_int_free|malloc|std::/],
+  ['kernel with interrupts off (paravirt irq enable: page allocator, faults, host exits)', /^pvm_|irq_enable|_raw_spin_unlock_irq/],
+  ['kernel, other (syscalls, scheduling, epoll, futex)', /^[a-z_0-9.]+$/],
 ];
 
 async function perfStart(pid, out) {
@@ -120,6 +123,12 @@ async function perfBreakdown(files) {
   return { cats, top };
 }
 
+if (analyze) {
+  // Re-reads perf files written by an earlier --perf run: node bench/cold-profile.mjs --analyze DIR/A-*.data
+  const { cats, top } = await perfBreakdown(args.slice(1));
+  console.log(JSON.stringify({ pct: Object.fromEntries(Object.entries(cats).sort((x, y) => y[1] - x[1])), top }, null, 1));
+  process.exit(0);
+}
 const tmp = await mkdtemp(join(os.tmpdir(), 'portcullis-prof-'));
 try {
   const upstream = await startRegistry({ dir: tmp, name: 'upstream' });
