@@ -3,7 +3,8 @@
  * Where a cold pull's CPU goes: builds side by side against one upstream Distribution, alternating, each pulling a
  * fresh 200 MiB, 5-layer image cold and then warm with curl. For each pull, the proxy's CPU seconds per GiB split by
  * thread (MainThread = JavaScript, hashing and socket syscalls; libuv-worker = temp-file writes, fsync, rename and
- * warm-blob reads; V8Worker = concurrent GC) and user/system, from /proc/PID/task/TID/stat.
+ * warm-blob reads; V8Worker = concurrent GC) and user/system, from /proc/PID/task/TID/stat. A cold pull's CPU is
+ * counted until its blobs are in the cache (the client has its last byte before the write-behind ends).
  *
  *   node bench/cold-profile.mjs DIST[,NODE_FLAG...] [DIST[,NODE_FLAG...] ...] [--reps N] [--perf DIR] [--keep]
  *   node bench/cold-profile.mjs --analyze DIR/A-*.data            # groups the samples of earlier perf files again
@@ -159,6 +160,9 @@ try {
       const perf = perfFile ? await perfStart(pc.pid, perfFile) : undefined;
       let t0 = threadCpu(pc.pid);
       const coldMs = await curlPull(pc.url, repo, 'v1', img.blobs);
+      // Until the blobs are in the cache (the temp dir is empty): the write-behind belongs to the cold pull.
+      const tmpDir = join(pc.dataDir, 'tmp');
+      for (let i = 0; i < 3000 && readdirSync(tmpDir).length > 0; i++) await new Promise((r) => setTimeout(r, 20));
       const cold = diff(t0, threadCpu(pc.pid));
       if (perf) {
         await perf.stop();

@@ -61,7 +61,7 @@ export class SlabPool {
    * @param maxIdle slabs kept for reuse while transfers run; more are left to the GC (idle slabs count in RSS).
    * @param slabSize the size of the slabs this pool recycles.
    *
-   * Why trim: a burst (a cold download writes up to 48 MiB behind its readers) fills the pool to `maxIdle`, and a
+   * Why trim: a burst (a cold download writes up to 16 MiB behind its readers) fills the pool to `maxIdle`, and a
    * full pool is memory that nothing uses until the next burst. Measured with the bench's hostile phase, the 32 idle
    * slabs that a 256 MiB cold download left behind were the largest single item of the process's memory before the
    * hostile clients arrived (and the stalled readers' small slabs then came on top). After `trimAfterMs` without a
