@@ -384,9 +384,10 @@ describe('Download.writeTo and write-behind', () => {
 
   it('back-to-back cold downloads whose disk lags recycle their slabs: the second allocates none', async () => {
     const { mgr, store } = setup();
-    for (let i = 0; i < 2; i++) {
+    // Made up front, so that nothing slow runs between the two (the pool trims itself after 5 s without a take).
+    const blobs = [randomBytes(40 * MiB), randomBytes(40 * MiB)];
+    for (const [i, blob] of blobs.entries()) {
       const openDisk = shutDisk(store);
-      const blob = randomBytes(40 * MiB);
       const allocated = slabPool.allocations;
       let held = false;
       const d = mgr.getOrStart(sha256(blob), reusingSource(blob, 256 * 1024, { onHeld: () => void (held = true) })).download;
