@@ -2,7 +2,9 @@
 /**
  * Two Portcullis builds or Node flag sets side by side against one upstream Distribution, in alternating order:
  * warm manifest GET req/s, p99 and the proxy's CPU per 1,000 requests (wrk, 5 s), then a cold and a warm curl pull of a fresh 200 MiB, 5-layer image on
- * each, with the proxy's CPU seconds per GiB (from /proc) and its VmHWM. No evidence requirement (policy only).
+ * each, with the proxy's CPU seconds per GiB (from /proc) and its VmHWM. No evidence requirement (policy only). Cold CPU
+ * twice: until the client has its last byte (coldCpuPerGiB), and until the blob is in the cache (coldCachedCpuPerGiB:
+ * the write-behind's file writes, fsync and rename, which otherwise land in the warm pull's figure).
  *
  *   node bench/ab.mjs DIST[,NODE_FLAG...] DIST[,NODE_FLAG...] [REPS]
  *   node bench/ab.mjs dist dist,--max-semi-space-size=8 4      # the product's flag against none
@@ -10,7 +12,7 @@
  * Medians as JSON on stdout, one line per rep on stderr. Every process it starts is killed at the end; its temp dir
  * (configs, logs) is removed unless AB_KEEP=1.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -54,7 +56,17 @@ try {
     await curlPull(p.url, 'ab/m', 'v1', m.blobs);
     await wrkManifest(`${p.url}/v2/ab/m/manifests/v1`, { seconds: 3 });
   }
-  const empty = () => ({ rps: [], p99: [], cpuMsPer1kReq: [], coldMs: [], coldCpuPerGiB: [], warmMs: [], warmCpuPerGiB: [], hwmMiB: [] });
+  const empty = () => ({
+    rps: [],
+    p99: [],
+    cpuMsPer1kReq: [],
+    coldMs: [],
+    coldCpuPerGiB: [],
+    coldCachedCpuPerGiB: [],
+    warmMs: [],
+    warmCpuPerGiB: [],
+    hwmMiB: [],
+  });
   const res = { A: empty(), B: empty() };
   /** One curl pull of every blob; returns [wall ms, proxy CPU s per GiB]. */
   const pull = async (k, repo, img) => {
@@ -62,6 +74,15 @@ try {
     const t0 = performance.now();
     await curlPull(pcs[k].url, repo, 'v1', img.blobs);
     return [performance.now() - t0, (cpu(pcs[k].pid) - c0) / (img.bytes / 2 ** 30)];
+  };
+  /**
+   * Waits until the proxy has committed every download (its temp dir is empty): the client has its last byte before
+   * the cache file is written, fsynced and renamed, and that CPU belongs to the cold pull, not to the warm one after.
+   * Polls the directory, not /metrics, so that the wait costs the proxy nothing.
+   */
+  const settled = async (k) => {
+    const dir = join(pcs[k].dataDir, 'tmp');
+    for (let i = 0; i < 3000 && readdirSync(dir).length > 0; i++) await new Promise((r) => setTimeout(r, 20));
   };
   for (let rep = 0; rep < reps; rep++) {
     const order = rep % 2 ? ['B', 'A'] : ['A', 'B'];
@@ -76,17 +97,21 @@ try {
     for (const k of order) {
       const repo = `ab/i${k.toLowerCase()}${rep}`;
       const img = await pushImage(upstream.url, repo, 'v1', { layers: 5, layerMiB: 40, tmpDir: tmp });
+      const c0 = cpu(pcs[k].pid);
       const [coldMs, coldCpu] = await pull(k, repo, img);
+      await settled(k);
+      const coldCached = (cpu(pcs[k].pid) - c0) / (img.bytes / 2 ** 30);
       const [warmMs, warmCpu] = await pull(k, repo, img);
       res[k].coldMs.push(coldMs);
       res[k].coldCpuPerGiB.push(coldCpu);
+      res[k].coldCachedCpuPerGiB.push(coldCached);
       res[k].warmMs.push(warmMs);
       res[k].warmCpuPerGiB.push(warmCpu);
       res[k].hwmMiB.push(pcs[k].memory().hwmMiB);
     }
     const line = (k) => {
       const r = res[k];
-      return `${k} ${r.rps.at(-1).toFixed(0)} req/s p99 ${r.p99.at(-1)} ms ${r.cpuMsPer1kReq.at(-1).toFixed(0)} CPU ms/1k req; cold ${r.coldMs.at(-1).toFixed(0)} ms ${r.coldCpuPerGiB.at(-1).toFixed(2)} s/GiB; warm ${r.warmMs.at(-1).toFixed(0)} ms ${r.warmCpuPerGiB.at(-1).toFixed(2)} s/GiB; VmHWM ${r.hwmMiB.at(-1).toFixed(0)} MiB`;
+      return `${k} ${r.rps.at(-1).toFixed(0)} req/s p99 ${r.p99.at(-1)} ms ${r.cpuMsPer1kReq.at(-1).toFixed(0)} CPU ms/1k req; cold ${r.coldMs.at(-1).toFixed(0)} ms ${r.coldCpuPerGiB.at(-1).toFixed(2)} s/GiB (${r.coldCachedCpuPerGiB.at(-1).toFixed(2)} until cached); warm ${r.warmMs.at(-1).toFixed(0)} ms ${r.warmCpuPerGiB.at(-1).toFixed(2)} s/GiB; VmHWM ${r.hwmMiB.at(-1).toFixed(0)} MiB`;
     };
     console.error(`rep ${rep + 1}/${reps}: ${line('A')} | ${line('B')}`);
   }

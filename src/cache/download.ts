@@ -32,12 +32,21 @@ const SLAB = SLAB_SIZE;
 const WINDOW_KEEP = 4 * 1024 * 1024;
 /**
  * Received but not yet written. Up to MIN_UNWRITTEN a download never waits for the disk; beyond it, it waits when
- * it holds MAX_UNWRITTEN itself or all downloads together hold TOTAL_UNWRITTEN. Large enough that a typical layer
- * reaches its clients at network speed while the disk catches up behind, small enough to bound memory.
+ * it holds MAX_UNWRITTEN itself or all downloads together hold TOTAL_UNWRITTEN. Large enough that the client side
+ * never waits for a disk write in flight, small enough that what two downloads hold at once (TOTAL_UNWRITTEN plus a
+ * WINDOW_KEEP each: a pull's next layer starts while the last one's tail is still being written) fits the slab
+ * pool's 32 idle slabs (slabs.ts), so that back-to-back cold downloads recycle the same memory.
+ *
+ * Why not more: every slab beyond the pool is fresh memory, and on this VM (free page reporting, bench/README.md)
+ * its first touch faults into the host; it is also external memory that makes V8 start major GCs. With 48/128 MiB a
+ * cold 200 MiB pull (disk slower than the socket, so the backlog grew to a whole layer) peaked at 85 slabs in use
+ * and allocated ~80 fresh ones per pull: V8's GC threads took about 1 s of CPU per GiB, the main thread another few
+ * tenths in page faults, and VmHWM was 230 MiB. With 16/32 MiB the GC threads took 0.05–0.3 s/GiB and VmHWM 155–175 MiB,
+ * at the same pull time: a client on a network cannot outrun the page cache for long anyway (bench/cold-profile.mjs).
  */
 const MIN_UNWRITTEN = 8 * 1024 * 1024;
-const MAX_UNWRITTEN = 48 * 1024 * 1024;
-const TOTAL_UNWRITTEN = 128 * 1024 * 1024;
+export const MAX_UNWRITTEN = 16 * 1024 * 1024;
+export const TOTAL_UNWRITTEN = 24 * 1024 * 1024;
 let totalUnwritten = 0;
 
 /** Received but not yet written, over every running download (a metric). */

@@ -48,6 +48,7 @@ export interface SlabPoolOptions {
 export class SlabPool {
   private readonly idle: Buffer[] = [];
   private taken = 0;
+  private fresh = 0;
   private lastTake: number;
   private trimArmed = false;
   /** Idle slabs kept once the pool has been quiet. */
@@ -60,14 +61,14 @@ export class SlabPool {
    * @param maxIdle slabs kept for reuse while transfers run; more are left to the GC (idle slabs count in RSS).
    * @param slabSize the size of the slabs this pool recycles.
    *
-   * Why trim: a burst (a cold download writes up to 48 MiB behind its readers) fills the pool to `maxIdle`, and a
+   * Why trim: a burst (a cold download writes up to 16 MiB behind its readers) fills the pool to `maxIdle`, and a
    * full pool is memory that nothing uses until the next burst. Measured with the bench's hostile phase, the 32 idle
    * slabs that a 256 MiB cold download left behind were the largest single item of the process's memory before the
    * hostile clients arrived (and the stalled readers' small slabs then came on top). After `trimAfterMs` without a
    * take, the pool keeps `keepIdle`: a steady transfer takes a slab per MiB and is never trimmed.
    */
   constructor(
-    private readonly maxIdle: number,
+    readonly maxIdle: number,
     readonly slabSize = SLAB_SIZE,
     opts: SlabPoolOptions = {},
   ) {
@@ -80,7 +81,11 @@ export class SlabPool {
 
   /** A slab with one reference, for `size` bytes (≤ slabSize; only full-size slabs are recycled). */
   take(size = this.slabSize): Slab {
-    const buf = size === this.slabSize ? (this.idle.pop() ?? Buffer.allocUnsafeSlow(size)) : Buffer.allocUnsafeSlow(size);
+    let buf = size === this.slabSize ? this.idle.pop() : undefined;
+    if (!buf) {
+      buf = Buffer.allocUnsafeSlow(size);
+      this.fresh++;
+    }
     this.taken++;
     this.lastTake = this.now();
     return new Slab(buf, this);
@@ -127,6 +132,14 @@ export class SlabPool {
 
   get idleCount(): number {
     return this.idle.length;
+  }
+
+  /**
+   * Buffers allocated rather than taken from the idle ones, since the pool was made. Each is new memory (page faults,
+   * and external memory that V8 answers with major GCs): a steady transfer keeps this flat (cache/download.ts).
+   */
+  get allocations(): number {
+    return this.fresh;
   }
 }
 

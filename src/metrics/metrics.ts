@@ -301,7 +301,7 @@ export class Metrics {
   });
   readonly downloadsUnwritten = new Gauge({
     name: 'portcullis_blob_download_unwritten_bytes',
-    help: 'Bytes of running downloads received (and served) but not yet in the cache file: the write-behind backlog; near its cap (128 MiB) the disk is holding back the upstream',
+    help: 'Bytes of running downloads received (and served) but not yet in the cache file: the write-behind backlog; near its cap (24 MiB) the disk is holding back the upstream',
     registers: [this.registry],
     collect: () => {
       this.downloadsUnwritten.set(this.downloads.unwrittenBytes());

@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { FileBlobStore } from '../../src/cache/blobstore.js';
 import { DownloadManager } from '../../src/cache/download-manager.js';
-import { unwrittenDownloadBytes, type Download, type DownloadSource } from '../../src/cache/download.js';
+import { MAX_UNWRITTEN, TOTAL_UNWRITTEN, unwrittenDownloadBytes, type Download, type DownloadSource } from '../../src/cache/download.js';
 import { SLAB_SIZE, SlabPool, slabPool, smallSlabPool } from '../../src/cache/slabs.js';
 import type { ByteSource } from '../../src/util/byte-source.js';
 import { cleanupTempDirs, sha256, tempDir, until } from './helpers.js';
@@ -291,7 +291,7 @@ describe('Download.writeTo and write-behind', () => {
     expect(r.data.length).toBe(0);
   }, 30_000);
 
-  it('verified bytes reach the client while the disk is still writing; the upstream waits once 48 MiB are unwritten', async () => {
+  it('verified bytes reach the client while the disk is still writing; the upstream waits once MAX_UNWRITTEN bytes are unwritten', async () => {
     const { mgr, store } = setup();
     // A disk that takes no writes until the test opens it.
     let openDisk!: () => void;
@@ -318,7 +318,7 @@ describe('Download.writeTo and write-behind', () => {
     expect(d1.verified).toBe(true);
     expect(d1.state).toBe('running');
 
-    // Larger than the per-download cap: the source is held once 48 MiB wait for the disk.
+    // Larger than the per-download cap: the source is held once MAX_UNWRITTEN bytes wait for the disk.
     const big = randomBytes(64 * MiB);
     let offered = 0;
     let heldAfter: number | undefined;
@@ -330,11 +330,11 @@ describe('Download.writeTo and write-behind', () => {
     // The download holds the source (its chunk promise stays pending while the disk is shut): nothing more can come.
     await until(() => heldAfter !== undefined, 'the download to hold the source');
     expect(offered).toBe(heldAfter);
-    expect(d2.bytesAvailable).toBeGreaterThanOrEqual(48 * MiB);
-    expect(d2.bytesAvailable).toBeLessThanOrEqual(48 * MiB + 256 * 1024);
+    expect(d2.bytesAvailable).toBeGreaterThanOrEqual(MAX_UNWRITTEN);
+    expect(d2.bytesAvailable).toBeLessThanOrEqual(MAX_UNWRITTEN + 256 * 1024);
     expect(offered).toBeLessThan(big.length - 256 * 1024);
     // The backlog metric sees both downloads' unwritten bytes.
-    expect(unwrittenDownloadBytes()).toBeGreaterThanOrEqual(48 * MiB + small.length);
+    expect(unwrittenDownloadBytes()).toBeGreaterThanOrEqual(MAX_UNWRITTEN + small.length);
 
     openDisk();
     await Promise.all([d1.finished, d2.finished]);
@@ -343,5 +343,61 @@ describe('Download.writeTo and write-behind', () => {
     expect(d2.state).toBe('done');
     expect(store.has(sha256(small))).toBe(true);
     expect(store.has(sha256(big))).toBe(true);
+  }, 60_000);
+
+  /** A store whose temp-file writes wait until the returned function opens the disk (a disk slower than the network). */
+  function shutDisk(store: FileBlobStore): () => void {
+    let openDisk!: () => void;
+    const disk = new Promise<void>((r) => (openDisk = r));
+    const createWriter = store.createWriter.bind(store);
+    store.createWriter = async (digest, size) => {
+      const w = await createWriter(digest, size);
+      const write = w.write.bind(w);
+      w.write = async (chunk: Buffer) => {
+        await disk;
+        return write(chunk);
+      };
+      return w;
+    };
+    return openDisk;
+  }
+
+  it('two downloads whose disk lags hold no more slabs than the pool keeps idle', async () => {
+    const { mgr, store } = setup();
+    const openDisk = shutDisk(store);
+    const before = slabPool.inUse;
+    const blobs = [randomBytes(40 * MiB), randomBytes(40 * MiB)];
+    const held: Array<number | undefined> = [undefined, undefined];
+    const ds = blobs.map((b, i) => mgr.getOrStart(sha256(b), reusingSource(b, 256 * 1024, { onHeld: (off) => void (held[i] ??= off) })).download);
+    await until(() => held.every((h) => h !== undefined), 'both downloads to hold their sources');
+    // Each is held well before its end (the disk takes nothing), and what both hold fits the idle pool, so a pull's
+    // overlapping layers recycle memory instead of allocating it (a fresh slab is a page fault and GC pressure).
+    for (const h of held) expect(h).toBeLessThan(40 * MiB - 256 * 1024);
+    const inUse = slabPool.inUse - before;
+    expect(inUse).toBeGreaterThanOrEqual(Math.floor(TOTAL_UNWRITTEN / SLAB_SIZE));
+    expect(inUse).toBeLessThanOrEqual(slabPool.maxIdle);
+    openDisk();
+    await Promise.all(ds.map((d) => d.finished));
+    expect(ds.map((d) => d.state)).toEqual(['done', 'done']);
+    expect(slabPool.inUse).toBe(before);
+  }, 60_000);
+
+  it('back-to-back cold downloads whose disk lags recycle their slabs: the second allocates none', async () => {
+    const { mgr, store } = setup();
+    // Made up front, so that nothing slow runs between the two (the pool trims itself after 5 s without a take).
+    const blobs = [randomBytes(40 * MiB), randomBytes(40 * MiB)];
+    for (const [i, blob] of blobs.entries()) {
+      const openDisk = shutDisk(store);
+      const allocated = slabPool.allocations;
+      let held = false;
+      const d = mgr.getOrStart(sha256(blob), reusingSource(blob, 256 * 1024, { onHeld: () => void (held = true) })).download;
+      await until(() => held, 'the download to hold its source');
+      openDisk();
+      await d.finished;
+      expect(d.state).toBe('done');
+      expect(store.has(sha256(blob))).toBe(true);
+      // The first may find the pool trimmed; the second finds every slab the first used idle (40 MiB is 40 whole slabs).
+      if (i === 1) expect(slabPool.allocations - allocated).toBe(0);
+    }
   }, 60_000);
 });
