@@ -5,8 +5,10 @@
  */
 import { readSecret } from '../config/load.js';
 import type { Config } from '../config/schema.js';
+import { TieredHints } from './closure-hints.js';
+import { DurableState } from './durable-state.js';
 import type { DurableEpoch } from './epoch.js';
-import { LOCAL_ONLY, type DurableDocuments, type EpochSource, type SharedState } from './shared.js';
+import { LOCAL_ONLY, type DurableDocuments, type EpochSource, type HintStore, type SharedState } from './shared.js';
 
 export interface OpenShared {
   shared: SharedState;
@@ -14,6 +16,10 @@ export interface OpenShared {
   epoch: EpochSource | undefined;
   /** Durable documents in the bucket (storage.blobs: s3): pushed reports every replica reads. */
   documents: DurableDocuments | undefined;
+  /** Admitted manifests, closure hints, tag mappings and evidence in the bucket (storage.blobs: s3). */
+  durable: DurableState | undefined;
+  /** Closure hints from Redis, then the bucket; undefined when neither is configured (nothing to share). */
+  hints: HintStore | undefined;
   close(): Promise<void>;
 }
 
@@ -21,7 +27,7 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
   const r = config.storage.redis;
   const s3 = config.storage.s3;
   let documents: DurableDocuments | undefined;
-  let durable: DurableEpoch | undefined;
+  let durableEpoch: DurableEpoch | undefined;
   if (config.storage.blobs === 's3' && s3) {
     const [{ s3Client }, { S3DurableEpoch }, { S3Documents }] = await Promise.all([
       import('./s3-client.js'),
@@ -30,9 +36,12 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
     ]);
     const client = s3Client(s3, (ref) => readSecret(ref));
     documents = new S3Documents({ client, bucket: s3.bucket, prefix: s3.prefix });
-    durable = new S3DurableEpoch({ client, bucket: s3.bucket, prefix: s3.prefix });
+    durableEpoch = new S3DurableEpoch({ client, bucket: s3.bucket, prefix: s3.prefix });
   }
-  if (config.storage.meta !== 'redis' || !r) return { shared: LOCAL_ONLY, epoch: undefined, documents, close: () => Promise.resolve() };
+  if (config.storage.meta !== 'redis' || !r) {
+    const durable = documents ? new DurableState({ docs: documents, onError: o.onError }) : undefined;
+    return { shared: LOCAL_ONLY, epoch: undefined, documents, durable, hints: durable, close: () => Promise.resolve() };
+  }
   const [{ redisClients }, { RedisShared }, { EpochTracker }] = await Promise.all([
     import('./redis-client.js'),
     import('./redis-shared.js'),
@@ -44,9 +53,10 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
     (err) => o.onError('redis connection', err),
   );
   const shared = new RedisShared({ ...conns, keyPrefix: r.keyPrefix, onError: o.onError });
+  const durable = documents ? new DurableState({ docs: documents, signingKey: conns.signingKey, onError: o.onError }) : undefined;
   const epoch = new EpochTracker({
     channel: shared,
-    durable,
+    durable: durableEpoch,
     dataDir: config.dataDir,
     maxStaleness: r.maxStaleness,
     pollInterval: r.pollInterval,
@@ -61,6 +71,8 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
     shared,
     epoch,
     documents,
+    durable,
+    hints: durable ? new TieredHints([shared, durable]) : shared,
     close: async () => {
       epoch.close();
       await shared.close();
