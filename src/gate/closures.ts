@@ -125,12 +125,7 @@ export class Closures {
     if (!admission.serve) return;
     const members = membersOf(s.manifest);
     this.meta.putMembers(upstream.name, repository, under || s.manifest.digest, s.manifest.digest, members, expiresAt);
-    this.share(
-      s.route,
-      { root: (under || s.manifest.digest) as Digest, voucher: s.manifest.digest, tag: s.root ? (s.root.tag ?? '') : tag },
-      s.manifest,
-      expiresAt,
-    );
+    this.share(s.route, { root: under || s.manifest.digest, voucher: s.manifest.digest, tag: s.root ? (s.root.tag ?? '') : tag }, s.manifest, expiresAt);
   }
 
   /** Tells the other replicas (hints) and the bucket (the manifest) what this admission vouches for. */

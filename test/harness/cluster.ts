@@ -13,7 +13,8 @@ import type { RunningSeaweed } from './seaweedfs.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const CLI = path.join(ROOT, 'dist', 'cli.js');
-const READY_MS = 30_000;
+// A bound, not a measure: three Node processes compiling the policy at once on a loaded 2-core machine take a while.
+const READY_MS = 90_000;
 const OUTPUT_KEEP = 200_000;
 
 export interface Replica {
