@@ -78,12 +78,14 @@ export class DurableState implements HintStore {
 
   // Closure hints
 
-  putHints(upstream: string, repository: string, link: ClosureLink, members: readonly ClosureMember[], expiresAt: number): void {
+  async putHints(upstream: string, repository: string, link: ClosureLink, members: readonly ClosureMember[], expiresAt: number): Promise<void> {
+    const writes: Array<Promise<void>> = [];
     for (const m of members.slice(0, 1_000)) {
       const key = `closures/${repoKey(upstream, repository)}/${name(m.digest)}/${sha(`${link.root}\n${link.voucher}\n${m.role}\n${link.tag}`).slice(0, 32)}.json`;
       const body = this.entries.sign(key, { v: 1, role: m.role, root: link.root, voucher: link.voucher, tag: link.tag, expiresAt });
-      this.docs.put(key, Buffer.from(body)).catch((e: unknown) => this.onError('store closure hints in the bucket', e));
+      writes.push(this.docs.put(key, Buffer.from(body)).catch((e: unknown) => this.onError('store closure hints in the bucket', e)));
     }
+    await Promise.all(writes);
   }
 
   /**

@@ -122,16 +122,19 @@ export class RedisShared implements SharedState, EpochChannel {
     return out;
   }
 
-  putHints(upstream: string, repository: string, link: ClosureLink, members: readonly ClosureMember[], expiresAt: number): void {
+  async putHints(upstream: string, repository: string, link: ClosureLink, members: readonly ClosureMember[], expiresAt: number): Promise<void> {
     if (!this.up || expiresAt <= Date.now()) return;
-    for (const m of members.slice(0, 1_000)) {
+    const writes = members.slice(0, 1_000).map(async (m) => {
       const k = this.linksKey(upstream, repository, m.digest);
       const entry = this.entries.sign(k, { v: 1, role: m.role, root: link.root, voucher: link.voucher, tag: link.tag });
-      this.o.client.eval(ADD_HINT, 1, k, String(Date.now()), String(expiresAt), entry, String(MAX_HINTS_PER_MEMBER)).catch((e: unknown) => {
+      try {
+        await this.o.client.eval(ADD_HINT, 1, k, String(Date.now()), String(expiresAt), entry, String(MAX_HINTS_PER_MEMBER));
+      } catch (e) {
         this.up = false;
         this.o.onError?.('share closure hints', e);
-      });
-    }
+      }
+    });
+    await Promise.all(writes);
   }
 
   private linksKey(upstream: string, repository: string, member: string): string {

@@ -54,8 +54,12 @@ export interface ClosureLink {
 export interface HintStore {
   /** Hints for `member` in this repository, latest expiry first, at most `limit`; [] when the store is unreachable. */
   getHints(upstream: string, repository: string, member: Digest, limit: number): Promise<ClosureHint[]>;
-  /** Records `link` as the voucher of each member (fire and forget: sharing never fails a request). */
-  putHints(upstream: string, repository: string, link: ClosureLink, members: readonly ClosureMember[], expiresAt: number): void;
+  /**
+   * Records `link` as the voucher of each member. Resolves once written (or failed: sharing never fails a request,
+   * and the promise never rejects), so that the manifest response leaves after its hints: the client's next
+   * request, on another replica, finds them.
+   */
+  putHints(upstream: string, repository: string, link: ClosureLink, members: readonly ClosureMember[], expiresAt: number): Promise<void>;
 }
 
 export interface SharedState extends HintStore {
@@ -93,7 +97,7 @@ export const LOCAL_ONLY: SharedState = {
   getTag: () => Promise.resolve(undefined),
   putTag: () => undefined,
   getHints: () => Promise.resolve([]),
-  putHints: () => undefined,
+  putHints: () => Promise.resolve(),
 };
 
 /**

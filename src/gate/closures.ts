@@ -101,8 +101,11 @@ export class Closures {
     this.gate = o.gate;
   }
 
-  /** Records a decision about a manifest and, for an allow, what it vouches for. Repository-level ones are not kept. */
-  record(s: Subject, admission: Admission, basis: string): void {
+  /**
+   * Records a decision about a manifest and, for an allow, what it vouches for. Repository-level ones are not kept.
+   * Resolves once the other replicas can see the closure hints (bounded by the Redis command timeout).
+   */
+  async record(s: Subject, admission: Admission, basis: string): Promise<void> {
     if (!s.manifest) return;
     const { upstream, repository } = s.route;
     const now = this.now();
@@ -125,13 +128,13 @@ export class Closures {
     if (!admission.serve) return;
     const members = membersOf(s.manifest);
     this.meta.putMembers(upstream.name, repository, under || s.manifest.digest, s.manifest.digest, members, expiresAt);
-    this.share(s.route, { root: under || s.manifest.digest, voucher: s.manifest.digest, tag: s.root ? (s.root.tag ?? '') : tag }, s.manifest, expiresAt);
+    await this.share(s.route, { root: under || s.manifest.digest, voucher: s.manifest.digest, tag: s.root ? (s.root.tag ?? '') : tag }, s.manifest, expiresAt);
   }
 
   /** Tells the other replicas (hints) and the bucket (the manifest) what this admission vouches for. */
-  private share(route: Route, link: { root: Digest; voucher: Digest; tag: string }, voucher: Manifest, expiresAt: number): void {
+  private async share(route: Route, link: { root: Digest; voucher: Digest; tag: string }, voucher: Manifest, expiresAt: number): Promise<void> {
     this.durable?.putManifest(route.upstream.name, route.repository, voucher);
-    this.hints?.putHints(route.upstream.name, route.repository, link, membersOf(voucher), expiresAt);
+    await this.hints?.putHints(route.upstream.name, route.repository, link, membersOf(voucher), expiresAt);
   }
 
   /** A cached allow was reused: keep its admission and members alive (at most one write per half closure TTL). */
@@ -139,7 +142,7 @@ export class Closures {
     if (!s.manifest) return;
     const at = this.writes.get(writeKey(s.route, s.manifest.digest, s.root?.manifest.digest ?? '', s.tag ?? ''));
     if (at !== undefined && this.now() - at < this.opts.closureTTL / 2) return;
-    this.record(s, admission, basis);
+    void this.record(s, admission, basis);
   }
 
   forget(): void {
@@ -341,7 +344,7 @@ export class Closures {
     this.writes.set(key, now);
     this.meta.putMembers(route.upstream.name, route.repository, root, voucher, membersOf(child), now + this.opts.closureTTL);
     // Hinted under the child itself, so that another replica admits the child (and so covers it) on its way down.
-    this.share(route, { root, voucher: child.digest, tag: this.rootTag(route, root) ?? '' }, child, now + this.opts.closureTTL);
+    void this.share(route, { root, voucher: child.digest, tag: this.rootTag(route, root) ?? '' }, child, now + this.opts.closureTTL);
   }
 
   /** The admission a covered child is served on (for its decision id). */

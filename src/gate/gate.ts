@@ -368,7 +368,7 @@ export class Gate implements AdmissionGate {
     if (this.keyOf(s) !== key) return undefined;
     const admission = d.admission;
     this.decisions.set(key, { admission, expiresAt: d.expiresAt });
-    if (admission.serve) this.closures.record(s, admission, this.basis());
+    if (admission.serve) await this.closures.record(s, admission, this.basis());
     for (const o of this.observers) {
       try {
         o.onCacheHit?.(s.route);
@@ -437,7 +437,7 @@ export class Gate implements AdmissionGate {
       }
     }
     // Recorded only now, so that nothing of an image is served by digest before its decision is on record.
-    this.closures.record(s, admission, basis);
+    await this.closures.record(s, admission, basis);
     return admission;
   }
 

@@ -122,7 +122,15 @@ export async function startCluster(o: StartClusterOptions): Promise<RunningClust
     await writeFile(config, JSON.stringify(doc, null, 2));
     return spawnReplica(`http://127.0.0.1:${port}`, config, env);
   };
-  const replicas = await Promise.all(ports.map((port, i) => start(port, i, urls)));
+  // One that fails to start must not leave the others running.
+  const started = await Promise.allSettled(ports.map((port, i) => start(port, i, urls)));
+  const replicas = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    for (const r of replicas) r.kill('SIGKILL');
+    await Promise.all(replicas.map((r) => r.exited));
+    throw failed.reason;
+  }
   const extra: Replica[] = [];
   return {
     replicas,

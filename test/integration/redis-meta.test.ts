@@ -160,7 +160,7 @@ describe('decisions and tags shared across replicas', () => {
     const c = redis.client();
     try {
       const keys = (await c.keys('share:*')).map((k) => k.replace(/[0-9a-f]{64}$/, '<sha256>')).sort();
-      expect([...new Set(keys)]).toEqual(['share:v1:decision:<sha256>', 'share:v1:epoch', 'share:v1:tag:<sha256>']);
+      expect([...new Set(keys)]).toEqual(['share:v1:decision:<sha256>', 'share:v1:epoch', 'share:v1:links:<sha256>', 'share:v1:tag:<sha256>']);
     } finally {
       c.disconnect();
     }
