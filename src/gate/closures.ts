@@ -221,6 +221,14 @@ export class Closures {
       return { link: l };
     }
     if (!this.hints) return { denial };
+    // A root this replica admitted under this basis, asked for by digest (containerd's GET after a tag HEAD): its own
+    // decision answers from the cache; the warm path asks nothing of Redis or the bucket.
+    if (
+      roles === CHILD_ROLES &&
+      this.meta.admissions(route.upstream.name, route.repository, member, '', now).some((r) => r.serve && r.basis === this.gate.basis())
+    ) {
+      return { denial };
+    }
     // No local link vouches for it: another replica may have admitted a root that lists it.
     const shared = await this.fromHints(req, member, roles, budget, depth);
     return shared.link ? shared : { denial: denial ?? shared.denial };
