@@ -157,7 +157,9 @@ describe('Redis flushed and the upstream stopped', () => {
     await redis.flush();
     await reg.stop();
     fresh = await cluster.addReplica();
-    await copyAndCheck(fresh.host, 'team/app:v1', app, 'copy from the fresh replica');
+    await copyAndCheck(fresh.host, 'team/app:v1', app, 'copy from the fresh replica').catch((e: unknown) => {
+      throw new Error(`${String(e)}\nfresh replica's log:\n${fresh.output().slice(-4000)}`);
+    });
     await copyAndCheck(fresh.host, `team/app@${app.digest}`, app, 'copy by digest from the fresh replica');
     // Never admitted, so never kept in the bucket: with the upstream down there is nothing to decide it on.
     const denied = await status(`${fresh.url}/v2/${ALIAS}/team/app/manifests/latest`, true);
