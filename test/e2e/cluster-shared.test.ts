@@ -10,6 +10,7 @@
  * - Forged closure hints in Redis (a wrong signature; a valid one naming an admitted root that does not list the
  *   blob) never admit anything.
  */
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { createHash, createHmac } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -21,6 +22,7 @@ import { MANIFEST_ACCEPT, pushImage, type PushedImage } from '../harness/images.
 import { startRedis, type RunningRedis } from '../harness/redis.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { startSeaweed, type RunningSeaweed } from '../harness/seaweedfs.js';
+import { until } from '../harness/wait.js';
 
 const BUCKET = 'portcullis-shared';
 const ALIAS = 'upstream.shared';
@@ -154,6 +156,12 @@ describe('forged closure hints in Redis', () => {
 describe('Redis flushed and the upstream stopped', () => {
   let fresh: Replica;
   it('a replica started afterwards with an empty data dir serves the cached admitted image from the bucket, and still refuses the denied one', async () => {
+    // The bucket is written behind the responses: wait until the tag mapping and the admitted manifests landed.
+    const s3 = weed.client();
+    const count = async (prefix: string): Promise<number> =>
+      (await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: `shared/meta/v1/${prefix}` }))).KeyCount ?? 0;
+    await until(async () => (await count('tags/')) >= 1 && (await count('manifests/')) >= 1, 'durable tag and manifest', 30_000);
+    s3.destroy();
     await redis.flush();
     await reg.stop();
     fresh = await cluster.addReplica();
