@@ -6,8 +6,10 @@
 import { readSecret } from '../config/load.js';
 import type { SharedBuckets } from '../auth/rate-limit.js';
 import type { Config } from '../config/schema.js';
+import { TieredHints } from './closure-hints.js';
+import { DurableState } from './durable-state.js';
 import type { DurableEpoch } from './epoch.js';
-import { LOCAL_ONLY, type DurableDocuments, type EpochSource, type SharedState } from './shared.js';
+import { LOCAL_ONLY, type DurableDocuments, type EpochSource, type HintStore, type SharedState } from './shared.js';
 
 export interface OpenShared {
   shared: SharedState;
@@ -17,6 +19,10 @@ export interface OpenShared {
   documents: DurableDocuments | undefined;
   /** Rate-limit buckets every replica shares (storage.meta: redis); undefined: each replica its own. */
   buckets: SharedBuckets | undefined;
+  /** Admitted manifests, closure hints, tag mappings and evidence in the bucket (storage.blobs: s3). */
+  durable: DurableState | undefined;
+  /** Closure hints from Redis, then the bucket; undefined when neither is configured (nothing to share). */
+  hints: HintStore | undefined;
   close(): Promise<void>;
 }
 
@@ -24,7 +30,7 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
   const r = config.storage.redis;
   const s3 = config.storage.s3;
   let documents: DurableDocuments | undefined;
-  let durable: DurableEpoch | undefined;
+  let durableEpoch: DurableEpoch | undefined;
   if (config.storage.blobs === 's3' && s3) {
     const [{ s3Client }, { S3DurableEpoch }, { S3Documents }] = await Promise.all([
       import('./s3-client.js'),
@@ -33,9 +39,12 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
     ]);
     const client = s3Client(s3, (ref) => readSecret(ref));
     documents = new S3Documents({ client, bucket: s3.bucket, prefix: s3.prefix });
-    durable = new S3DurableEpoch({ client, bucket: s3.bucket, prefix: s3.prefix });
+    durableEpoch = new S3DurableEpoch({ client, bucket: s3.bucket, prefix: s3.prefix });
   }
-  if (config.storage.meta !== 'redis' || !r) return { shared: LOCAL_ONLY, epoch: undefined, documents, buckets: undefined, close: () => Promise.resolve() };
+  if (config.storage.meta !== 'redis' || !r) {
+    const durable = documents ? new DurableState({ docs: documents, onError: o.onError }) : undefined;
+    return { shared: LOCAL_ONLY, epoch: undefined, documents, buckets: undefined, durable, hints: durable, close: () => Promise.resolve() };
+  }
   const [{ redisClients }, { RedisShared }, { EpochTracker }, { RedisBuckets }] = await Promise.all([
     import('./redis-client.js'),
     import('./redis-shared.js'),
@@ -49,9 +58,10 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
   );
   const shared = new RedisShared({ ...conns, keyPrefix: r.keyPrefix, onError: o.onError });
   const buckets = new RedisBuckets({ client: conns.client, keyPrefix: r.keyPrefix, attempt: (what, f) => shared.attempt(what, f) });
+  const durable = documents ? new DurableState({ docs: documents, signingKey: conns.signingKey, onError: o.onError }) : undefined;
   const epoch = new EpochTracker({
     channel: shared,
-    durable,
+    durable: durableEpoch,
     dataDir: config.dataDir,
     maxStaleness: r.maxStaleness,
     pollInterval: r.pollInterval,
@@ -67,6 +77,8 @@ export async function openShared(config: Config, o: { now?: () => number; onErro
     epoch,
     documents,
     buckets,
+    durable,
+    hints: durable ? new TieredHints([shared, durable]) : shared,
     close: async () => {
       epoch.close();
       await shared.close();

@@ -6,9 +6,12 @@
  */
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
+import type { Digest } from '../routing/reference.js';
+import { hintFrom, MAX_HINTS_PER_MEMBER } from './closure-hints.js';
+import { EntryMac } from './entry-mac.js';
 import type { EpochChannel } from './epoch.js';
-import type { TagEntry } from './metastore.js';
-import type { SharedDecision, SharedState } from './shared.js';
+import type { ClosureMember, TagEntry } from './metastore.js';
+import type { ClosureHint, ClosureLink, SharedDecision, SharedState } from './shared.js';
 
 /*
  * Every script touches ONE key (KEYS[1]), so that it runs on Redis Cluster (a script's keys must share a hash slot).
@@ -35,6 +38,19 @@ if not raw or n > cur then
 end
 return cur`;
 
+/**
+ * Adds one hint (ARGV[3] scored ARGV[2]) to a member's sorted set, drops the expired ones (score <= ARGV[1]) and all
+ * but the ARGV[4] latest, and lets the key expire with its latest hint: bounded per member, gone when unused.
+ */
+const ADD_HINT = `redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local n = redis.call('ZCARD', KEYS[1])
+local max = tonumber(ARGV[4])
+if n > max then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max - 1) end
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if top[2] then redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(top[2]))) end
+return n`;
+
 export interface RedisSharedOptions {
   /** Commands (GET, SET, EVAL): one server (plain or found through Sentinel) or a Redis Cluster. */
   client: Redis | Cluster;
@@ -48,11 +64,13 @@ export interface RedisSharedOptions {
 
 export class RedisShared implements SharedState, EpochChannel {
   private up = true;
-  private readonly keys: { epoch: string; events: string; decision: string; tag: string };
+  private readonly keys: { epoch: string; events: string; decision: string; tag: string; links: string };
+  private readonly entries: EntryMac;
 
   constructor(private readonly o: RedisSharedOptions) {
     const v = `${o.keyPrefix}v1:`;
-    this.keys = { epoch: `${v}epoch`, events: `${v}epoch:events`, decision: `${v}decision:`, tag: `${v}tag:` };
+    this.keys = { epoch: `${v}epoch`, events: `${v}epoch:events`, decision: `${v}decision:`, tag: `${v}tag:`, links: `${v}links:` };
+    this.entries = new EntryMac(o.signingKey);
   }
 
   get healthy(): boolean {
@@ -86,6 +104,46 @@ export class RedisShared implements SharedState, EpochChannel {
     if (ttlMs <= 0) return;
     const k = this.keys.tag + hash(`${upstream}\n${repository}\n${tag}`);
     this.set(k, this.signed(k, { v: 1, ...e }), Math.ceil(ttlMs), 'share a tag');
+  }
+
+  async getHints(upstream: string, repository: string, member: Digest, limit: number): Promise<ClosureHint[]> {
+    if (!this.up) return [];
+    const k = this.linksKey(upstream, repository, member);
+    let rows: string[];
+    try {
+      rows = await this.o.client.zrevrangebyscore(k, '+inf', `(${Date.now()}`, 'WITHSCORES', 'LIMIT', 0, Math.min(limit, MAX_HINTS_PER_MEMBER));
+    } catch (e) {
+      this.up = false;
+      this.o.onError?.('read closure hints', e);
+      return [];
+    }
+    const out: ClosureHint[] = [];
+    for (let i = 0; i + 1 < rows.length; i += 2) {
+      const e = this.entries.open(k, rows[i]);
+      // Unsigned entries count only when the operator chose to trust Redis (allowUnsigned).
+      const h = e && hintFrom(e.payload, e.signed || !this.entries.signing, Number(rows[i + 1]));
+      if (h) out.push(h);
+    }
+    return out;
+  }
+
+  async putHints(upstream: string, repository: string, link: ClosureLink, members: readonly ClosureMember[], expiresAt: number): Promise<void> {
+    if (!this.up || expiresAt <= Date.now()) return;
+    const writes = members.slice(0, 1_000).map(async (m) => {
+      const k = this.linksKey(upstream, repository, m.digest);
+      const entry = this.entries.sign(k, { v: 1, role: m.role, root: link.root, voucher: link.voucher, tag: link.tag });
+      try {
+        await this.o.client.eval(ADD_HINT, 1, k, String(Date.now()), String(expiresAt), entry, String(MAX_HINTS_PER_MEMBER));
+      } catch (e) {
+        this.up = false;
+        this.o.onError?.('share closure hints', e);
+      }
+    });
+    await Promise.all(writes);
+  }
+
+  private linksKey(upstream: string, repository: string, member: string): string {
+    return this.keys.links + hash(`${upstream}\n${repository}\n${member}`);
   }
 
   /** Resolves once the command connection is up, or after `ms` (then the replica starts degraded). */

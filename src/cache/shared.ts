@@ -16,6 +16,9 @@
  *   <keyPrefix>v1:tag:<sha256>          JSON {v:1, digest, mediaType, size, checkedAt}; hash of upstream\nrepo\ntag
  *   <keyPrefix>v1:bucket:<sha256>       hash {tokens, at}: a quota's token bucket (redis-buckets.ts); hash of
  *                                       `quota:<identity|address>:<kind>\n<who>`; PEXPIRE = time to refill
+ *   <keyPrefix>v1:links:<sha256>        sorted set, hash of upstream\nrepo\nmember: closure hints (below), each member
+ *                                       the JSON {v:1, role, root, voucher, tag} (signed), scored by its expiry (ms);
+ *                                       at most 32 per member (the latest expiries), PEXPIREAT the latest
  * A later layout takes `v2:`; replicas of both versions can then share one Redis without reading each other's keys.
  * (`bucket:` was added within v1: a replica without it never reads those keys, and one with it reads only its own.)
  *
@@ -24,7 +27,8 @@
  * an argument, since PUBLISH is not keyed and a cluster forwards it to every node), the bucket script. A new script
  * or MULTI over several keys must put them in one slot (`<keyPrefix>v1:{<name>}:…`) and move the layout to v2.
  */
-import type { TagEntry } from './metastore.js';
+import type { Digest } from '../routing/reference.js';
+import type { ClosureMember, MemberRole, TagEntry } from './metastore.js';
 
 /** A decision another replica made, as it stored it (the gate checks the shape: Redis is a cache, not an authority). */
 export interface SharedDecision {
@@ -32,7 +36,41 @@ export interface SharedDecision {
   expiresAt: number;
 }
 
-export interface SharedState {
+/**
+ * A closure hint: "`member` is listed in `role` by `voucher`, in the closure of `root`, which a replica admitted
+ * (for `tag`)". Another replica left it so that a replica that never served the root can find the root to decide.
+ * A hint is never an admission (gate/closures.ts): the root is decided again by this replica's gate, and the member
+ * must be listed by the digest-verified manifests it names.
+ */
+export interface ClosureHint {
+  role: MemberRole;
+  root: Digest;
+  voucher: Digest;
+  /** The tag the root was admitted for ('' by digest); null when the entry carried no valid signature. */
+  tag: string | null;
+  expiresAt: number;
+}
+
+/** What a replica records after an admission: the root, the manifest that lists the members, the root's tag. */
+export interface ClosureLink {
+  root: Digest;
+  voucher: Digest;
+  tag: string;
+}
+
+/** Closure hints by member digest (Redis, the bucket, or both: closure-hints.ts). */
+export interface HintStore {
+  /** Hints for `member` in this repository, latest expiry first, at most `limit`; [] when the store is unreachable. */
+  getHints(upstream: string, repository: string, member: Digest, limit: number): Promise<ClosureHint[]>;
+  /**
+   * Records `link` as the voucher of each member. Resolves once written (or failed: sharing never fails a request,
+   * and the promise never rejects), so that the manifest response leaves after its hints: the client's next
+   * request, on another replica, finds them.
+   */
+  putHints(upstream: string, repository: string, link: ClosureLink, members: readonly ClosureMember[], expiresAt: number): Promise<void>;
+}
+
+export interface SharedState extends HintStore {
   /** True when Redis answered recently: otherwise lookups miss at once instead of waiting for a timeout. */
   readonly healthy: boolean;
   getDecision(key: string): Promise<SharedDecision | undefined>;
@@ -66,6 +104,8 @@ export const LOCAL_ONLY: SharedState = {
   putDecision: () => undefined,
   getTag: () => Promise.resolve(undefined),
   putTag: () => undefined,
+  getHints: () => Promise.resolve([]),
+  putHints: () => Promise.resolve(),
 };
 
 /**

@@ -11,14 +11,23 @@
  * one indexed query on the warm path. When the basis changed (a new policy, settings or trust revision), the root is
  * decided again inline from what the store holds (its manifest, the tag it was admitted for) and, if still allowed,
  * the request is served; if not, it is refused with the new decision's reason.
+ *
+ * Replicas of a central tier (storage.meta: redis and/or storage.blobs: s3) share closure hints: after an admission a
+ * replica leaves "member M is listed by voucher V under root R, admitted for tag T" in Redis and in the bucket. A
+ * replica with no local link for a member (a round-robin balancer sent it the blob, not the manifest) reads those
+ * hints and has its own gate decide each root R under the current basis: a decision another replica shared under
+ * the same key (signed, same basis) is reused, otherwise R is decided here from its manifest (this store, the
+ * bucket, or the upstream). The admission records R's closure from R's digest-verified manifest, and the member is
+ * then served only if a local link vouches for it, as always. A hint admits nothing: it only says which root to ask.
  */
 import { LRUCache } from 'lru-cache';
-import type { AdmissionRecord, MemberLink, MemberRole, MetaStore } from '../cache/metastore.js';
+import type { AdmissionRecord, MemberLink, MemberRole, MetaStore, StoredManifest } from '../cache/metastore.js';
+import type { HintStore } from '../cache/shared.js';
 import type { Manifest } from '../proxy/manifests.js';
 import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
 import { isRunnable } from '../oci/artifacts.js';
-import { needsOwnDecision, rootKind } from './classify.js';
+import { admittedRootKind, needsOwnDecision, rootKind } from './classify.js';
 import type { ChildRequest, DigestRequest, ManifestSource, MemberRequest, RootRequest } from './gate.js';
 import { errorAdmission, membersOf, type Subject } from './input.js';
 import type { Admission } from '../policy/contract.js';
@@ -41,6 +50,11 @@ const MAX_LINKS = 8;
 const MAX_REDECIDE = 2;
 /** Nested indexes deeper than this are not followed. */
 const MAX_DEPTH = 4;
+/** At most this many shared hints are tried for one request (each may cost a manifest read and a decision). */
+const MAX_HINT_TRIES = 8;
+
+/** What is left of one request's hint tries, shared down the nested lookups it starts. */
+type Budget = { tries: number };
 
 type Vouch = { link: MemberLink } | { link?: undefined; denial: Admission | undefined };
 type Reaffirmed = { serve: true } | { serve: false; denial: Admission | undefined };
@@ -56,6 +70,10 @@ export interface ClosuresOptions {
   now: () => number;
   /** The gate's decisions, for members that need one of their own. */
   gate: DecisionHooks;
+  /** Closure hints other replicas left (storage.meta: redis, storage.blobs: s3); absent on a lone instance. */
+  hints?: HintStore | undefined;
+  /** Where admitted manifests are kept durably (the bucket), so that any replica can decide their roots again. */
+  durable?: { putManifest(upstream: string, repository: string, m: StoredManifest): void } | undefined;
 }
 
 export class Closures {
@@ -70,8 +88,12 @@ export class Closures {
   private readonly opts: { closureTTL: number; pruneBatch: number };
   private readonly now: () => number;
   private readonly gate: DecisionHooks;
+  private readonly hints: HintStore | undefined;
+  private readonly durable: ClosuresOptions['durable'];
 
   constructor(o: ClosuresOptions) {
+    this.hints = o.hints;
+    this.durable = o.durable;
     this.meta = o.meta;
     this.manifests = o.manifests;
     this.opts = { closureTTL: o.closureTTL, pruneBatch: o.pruneBatch };
@@ -79,8 +101,11 @@ export class Closures {
     this.gate = o.gate;
   }
 
-  /** Records a decision about a manifest and, for an allow, what it vouches for. Repository-level ones are not kept. */
-  record(s: Subject, admission: Admission, basis: string): void {
+  /**
+   * Records a decision about a manifest and, for an allow, what it vouches for. Repository-level ones are not kept.
+   * Resolves once the other replicas can see the closure hints (bounded by the Redis command timeout).
+   */
+  async record(s: Subject, admission: Admission, basis: string): Promise<void> {
     if (!s.manifest) return;
     const { upstream, repository } = s.route;
     const now = this.now();
@@ -100,7 +125,16 @@ export class Closures {
       expiresAt,
     });
     this.writes.set(writeKey(s.route, s.manifest.digest, under, tag), now);
-    if (admission.serve) this.meta.putMembers(upstream.name, repository, under || s.manifest.digest, s.manifest.digest, membersOf(s.manifest), expiresAt);
+    if (!admission.serve) return;
+    const members = membersOf(s.manifest);
+    this.meta.putMembers(upstream.name, repository, under || s.manifest.digest, s.manifest.digest, members, expiresAt);
+    await this.share(s.route, { root: under || s.manifest.digest, voucher: s.manifest.digest, tag: s.root ? (s.root.tag ?? '') : tag }, s.manifest, expiresAt);
+  }
+
+  /** Tells the other replicas (hints) and the bucket (the manifest) what this admission vouches for. */
+  private async share(route: Route, link: { root: Digest; voucher: Digest; tag: string }, voucher: Manifest, expiresAt: number): Promise<void> {
+    this.durable?.putManifest(route.upstream.name, route.repository, voucher);
+    await this.hints?.putHints(route.upstream.name, route.repository, link, membersOf(voucher), expiresAt);
   }
 
   /** A cached allow was reused: keep its admission and members alive (at most one write per half closure TTL). */
@@ -108,7 +142,7 @@ export class Closures {
     if (!s.manifest) return;
     const at = this.writes.get(writeKey(s.route, s.manifest.digest, s.root?.manifest.digest ?? '', s.tag ?? ''));
     if (at !== undefined && this.now() - at < this.opts.closureTTL / 2) return;
-    this.record(s, admission, basis);
+    void this.record(s, admission, basis);
   }
 
   forget(): void {
@@ -125,15 +159,19 @@ export class Closures {
   }
 
   async admitBlob(req: MemberRequest): Promise<BlobVerdict> {
-    const v = await this.vouch(req, req.digest, BLOB_ROLES);
+    const v = await this.vouch(req, req.digest, BLOB_ROLES, { tries: MAX_HINT_TRIES }, 0);
     return v.link ? { serve: true, root: v.link.root } : { serve: false, denial: v.denial };
   }
 
-  async admitByDigest(req: DigestRequest): Promise<Admission> {
+  admitByDigest(req: DigestRequest): Promise<Admission> {
+    return this.byDigest(req, { tries: MAX_HINT_TRIES }, 0);
+  }
+
+  private async byDigest(req: DigestRequest, budget: Budget, depth: number): Promise<Admission> {
     const { route, manifest } = req;
     const asRoot = (): Promise<Admission> =>
       this.gate.admitRoot({ route, method: req.method, client: req.client, tag: null, manifest, kind: rootKind(manifest.parsed, null) });
-    const v = await this.vouch(req, manifest.digest, CHILD_ROLES);
+    const v = await this.vouch(req, manifest.digest, CHILD_ROLES, budget, depth);
     // Listed by no index admitted now (or only as a blob): a root of its own, with a decision of its own.
     if (!v.link) return asRoot();
     const { root, voucher } = v.link;
@@ -157,7 +195,7 @@ export class Closures {
   }
 
   /** Finds a link that vouches for `member` in one of `roles`, deciding its root (and child) again if the basis changed. */
-  private async vouch(req: MemberRequest | DigestRequest, member: Digest, roles: readonly MemberRole[]): Promise<Vouch> {
+  private async vouch(req: MemberRequest | DigestRequest, member: Digest, roles: readonly MemberRole[], budget: Budget, depth: number): Promise<Vouch> {
     const { route } = req;
     const now = this.now();
     const fast = this.meta.validLink(route.upstream.name, route.repository, member, roles, this.gate.basis(), now);
@@ -181,6 +219,67 @@ export class Closures {
         }
       }
       return { link: l };
+    }
+    if (!this.hints) return { denial };
+    // A root this replica admitted under this basis, asked for by digest (containerd's GET after a tag HEAD): its own
+    // decision answers from the cache; the warm path asks nothing of Redis or the bucket.
+    if (
+      roles === CHILD_ROLES &&
+      this.meta.admissions(route.upstream.name, route.repository, member, '', now).some((r) => r.serve && r.basis === this.gate.basis())
+    ) {
+      return { denial };
+    }
+    // No local link vouches for it: another replica may have admitted a root that lists it.
+    const shared = await this.fromHints(req, member, roles, budget, depth);
+    return shared.link ? shared : { denial: denial ?? shared.denial };
+  }
+
+  /**
+   * The roots other replicas admitted that list `member`, each decided now by this replica's gate (which records its
+   * closure from its digest-verified manifest); then a local link must vouch for the member, as for any request.
+   * A voucher below the root (a platform manifest of an index) is admitted as a client asking for it by digest would
+   * have it admitted. Forged or stale hints cost a decision at most: they cannot make a link the manifests lack.
+   */
+  private async fromHints(req: MemberRequest | DigestRequest, member: Digest, roles: readonly MemberRole[], budget: Budget, depth: number): Promise<Vouch> {
+    if (depth >= MAX_DEPTH) return { denial: undefined };
+    const { route } = req;
+    const hints = await this.hints!.getHints(route.upstream.name, route.repository, member, MAX_LINKS);
+    const seen = new Set<string>();
+    let denial: Admission | undefined;
+    for (const h of hints) {
+      const k = `${h.root}\n${h.voucher}\n${h.tag}`;
+      if (!roles.includes(h.role) || seen.has(k)) continue;
+      seen.add(k);
+      if (budget.tries-- <= 0) break;
+      let root: Manifest;
+      try {
+        root = await this.manifests.get(route, h.root);
+      } catch (e) {
+        denial ??= errorAdmission('', 'closure.unavailable', `admitted manifest ${h.root} could not be read to decide it: ${errorText(e)}`);
+        continue;
+      }
+      // As it was admitted (its tag, when a signed hint says which); else as a root decided again for another request.
+      const kind = h.tag !== null ? rootKind(root.parsed, h.tag || null) : admittedRootKind(root.parsed);
+      const a = await this.gate.admitRoot({ route, method: 'GET', client: req.client, tag: h.tag || null, manifest: root, kind });
+      if (!a.serve) {
+        denial ??= a;
+        continue;
+      }
+      if (h.voucher !== h.root) {
+        let voucher: Manifest;
+        try {
+          voucher = await this.manifests.get(route, h.voucher);
+        } catch {
+          continue;
+        }
+        const c = await this.byDigest({ route, method: 'GET', client: req.client, manifest: voucher }, budget, depth + 1);
+        if (!c.serve) {
+          denial ??= c;
+          continue;
+        }
+      }
+      const link = this.meta.validLink(route.upstream.name, route.repository, member, roles, this.gate.basis(), this.now());
+      if (link) return { link };
     }
     return { denial };
   }
@@ -252,6 +351,8 @@ export class Closures {
     if (at !== undefined && now - at < this.opts.closureTTL / 2) return;
     this.writes.set(key, now);
     this.meta.putMembers(route.upstream.name, route.repository, root, voucher, membersOf(child), now + this.opts.closureTTL);
+    // Hinted under the child itself, so that another replica admits the child (and so covers it) on its way down.
+    void this.share(route, { root, voucher: child.digest, tag: this.rootTag(route, root) ?? '' }, child, now + this.opts.closureTTL);
   }
 
   /** The admission a covered child is served on (for its decision id). */

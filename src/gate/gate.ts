@@ -21,7 +21,7 @@ import { parseManifest } from '../oci/mediatypes.js';
 import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
 import { basisKey, type Basis } from './basis.js';
-import { Closures, type BlobVerdict } from './closures.js';
+import { Closures, type BlobVerdict, type ClosuresOptions } from './closures.js';
 import { buildInput, errorAdmission, mergeSignatures, NO_EVIDENCE, toAdmission, type Client, type Evidence, type Subject } from './input.js';
 import type { Admission, AttestedEvidence, Decider, EvidenceContext, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../policy/contract.js';
 import { errorText } from '../util/error-text.js';
@@ -62,6 +62,8 @@ export interface GateDeps {
   shared?: SharedState | undefined;
   /** The cluster's invalidation epoch, part of the basis; bumped when a report changes or the policy swaps. */
   epoch?: EpochSource | undefined;
+  /** Closure hints and durable admitted manifests shared with other replicas (closures.ts). */
+  closures?: Pick<ClosuresOptions, 'hints' | 'durable'>;
 }
 
 export interface ManifestSource {
@@ -201,6 +203,7 @@ export class Gate implements AdmissionGate {
       closureTTL: opts.closureTTL,
       pruneBatch: opts.pruneBatch ?? 2_000,
       now,
+      ...deps.closures,
       gate: {
         basis: () => this.basis(),
         admitRoot: (r) => this.admitRoot(r),
@@ -365,7 +368,7 @@ export class Gate implements AdmissionGate {
     if (this.keyOf(s) !== key) return undefined;
     const admission = d.admission;
     this.decisions.set(key, { admission, expiresAt: d.expiresAt });
-    if (admission.serve) this.closures.record(s, admission, this.basis());
+    if (admission.serve) await this.closures.record(s, admission, this.basis());
     for (const o of this.observers) {
       try {
         o.onCacheHit?.(s.route);
@@ -434,7 +437,7 @@ export class Gate implements AdmissionGate {
       }
     }
     // Recorded only now, so that nothing of an image is served by digest before its decision is on record.
-    this.closures.record(s, admission, basis);
+    await this.closures.record(s, admission, basis);
     return admission;
   }
 

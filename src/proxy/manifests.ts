@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import type { Config } from '../config/schema.js';
 import type { MetaStore, StoredManifest, TagEntry } from '../cache/metastore.js';
 import type { SharedState } from '../cache/shared.js';
+import type { DurableState } from '../cache/durable-state.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Route } from '../routing/route.js';
 import { digestAlgorithm, isDigest, type Digest } from '../routing/reference.js';
@@ -66,7 +67,16 @@ export interface ManifestServiceOptions {
   now?: () => number;
   /** Tag mappings other replicas checked (storage.meta: redis), consulted when this replica's own is missing or old. */
   shared?: SharedState | undefined;
+  /**
+   * The bucket's admitted manifests and tag mappings (storage.blobs: s3): a manifest missing here is read there
+   * before the upstream (verified against its digest), and a tag the upstream cannot confirm falls back on the
+   * mapping any replica last confirmed, within staleIfError, as this replica's own stale mapping would.
+   */
+  durable?: Pick<DurableState, 'getManifest' | 'getTag' | 'putTag'> | undefined;
 }
+
+/** A confirmed tag mapping is written to the bucket at most this often while it does not change. */
+const DURABLE_TAG_EVERY = 3_600_000;
 
 export class ProxyManifestService implements ManifestService {
   private readonly tagFlights = new SingleFlight<string, ResolvedTag>();
@@ -78,9 +88,13 @@ export class ProxyManifestService implements ManifestService {
   private readonly metrics: Metrics;
   private readonly now: () => number;
   private readonly shared: SharedState | undefined;
+  private readonly durable: ManifestServiceOptions['durable'];
+  /** When each tag mapping was last written to the bucket, and what it said. */
+  private readonly durableTags = new Map<string, { digest: string; at: number }>();
 
   constructor(o: ManifestServiceOptions) {
     this.shared = o.shared;
+    this.durable = o.durable;
     this.config = o.config;
     this.meta = o.meta;
     this.clientFor = o.clientFor;
@@ -107,9 +121,11 @@ export class ProxyManifestService implements ManifestService {
     const fromPeer = await this.sharedTag(route, tag, cached, now);
     if (fromPeer) return fromPeer;
     const serveStale = async (why: RegistryError | Error): Promise<ResolvedTag> => {
-      if (cached && now - cached.checkedAt < ttl + this.config.cache.staleIfError) {
+      // A replica that never saw the tag takes the mapping another one confirmed last (signed, in the bucket).
+      const last = cached ?? (await this.durable?.getTag(upstream.name, repository, tag).catch(() => undefined));
+      if (last && now - Math.min(last.checkedAt, now) < ttl + this.config.cache.staleIfError) {
         this.metrics.cacheLookups.inc({ kind: 'tag', result: 'stale' });
-        return { manifest: await this.get(route, cached.digest), stale: true };
+        return { manifest: await this.get(route, last.digest), stale: true };
       }
       throw why;
     };
@@ -151,7 +167,19 @@ export class ProxyManifestService implements ManifestService {
     const entry: TagEntry = { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() };
     this.meta.putTag(upstream.name, repository, tag, entry);
     this.shared?.putTag(upstream.name, repository, tag, entry, this.config.cache.tagTTL + this.config.cache.staleIfError);
+    this.keepTag(route, tag, entry);
     return { manifest: m, stale: false };
+  }
+
+  /** The confirmed mapping into the bucket: when it changed, else at most every DURABLE_TAG_EVERY (bounded map). */
+  private keepTag(route: Route, tag: string, entry: TagEntry): void {
+    if (!this.durable) return;
+    const key = `${route.upstream.name}\n${route.repository}\n${tag}`;
+    const last = this.durableTags.get(key);
+    if (last && last.digest === entry.digest && entry.checkedAt - last.at < DURABLE_TAG_EVERY) return;
+    if (this.durableTags.size >= 10_000) this.durableTags.clear();
+    this.durableTags.set(key, { digest: entry.digest, at: entry.checkedAt });
+    this.durable.putTag(route.upstream.name, route.repository, tag, entry);
   }
 
   /**
@@ -215,7 +243,25 @@ export class ProxyManifestService implements ManifestService {
     const key = `${route.upstream.name}\n${route.repository}\n${digest}`;
     if (this.getFlights.has(key)) this.metrics.singleflightWaiters.inc({ kind: 'manifest' });
     else this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'miss' });
-    return this.getFlights.run(key, () => this.fetchAndStore(route, digest, digest));
+    return this.getFlights.run(key, async () => (await this.fromBucket(route, digest)) ?? this.fetchAndStore(route, digest, digest));
+  }
+
+  /** An admitted manifest another replica kept in the bucket: its bytes hash to `digest` (checked there), and parse. */
+  private async fromBucket(route: Route, digest: Digest): Promise<Manifest | undefined> {
+    const { upstream, repository } = route;
+    // A central tier's answers are re-asked on the node (chain.ts), never taken from a bucket.
+    if (!this.durable || upstream.kind === 'portcullis') return undefined;
+    const kept = await this.durable.getManifest(upstream.name, repository, digest, this.config.limits.maxManifestSize).catch(() => undefined);
+    if (!kept) return undefined;
+    let parsed: ParsedManifest;
+    try {
+      parsed = parseManifest(kept.bytes, kept.mediaType);
+    } catch {
+      return undefined;
+    }
+    const m: Manifest = { ...kept, mediaType: parsed.mediaType, parsed };
+    this.meta.putManifest(upstream.name, repository, m);
+    return m;
   }
 
   private async fetchAndStore(route: Route, ref: string, expected: Digest | undefined): Promise<Manifest> {

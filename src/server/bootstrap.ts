@@ -146,7 +146,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     ...clock,
     onError: (what, err) => log.warn({ err: errorText(err), what }, 'redis unavailable; serving from the local store'),
   });
-  const { shared, epoch, documents, buckets } = sharedState;
+  const { shared, epoch, documents, buckets, durable, hints } = sharedState;
   const blobStore = await openBlobStore(
     config,
     {
@@ -174,7 +174,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     if (!c) throw new Error(`no client for upstream ${name}`);
     return c;
   };
-  const manifests = new ProxyManifestService({ config, meta, clientFor, metrics, shared, ...clock });
+  const manifests = new ProxyManifestService({ config, meta, clientFor, metrics, shared, durable, ...clock });
 
   // Evidence: one scan service for the provider and the report API, the signature provider.
   const evidenceDeps: EvidenceDeps = { config, clientFor, manifests, router, meta, metrics, log, dataDir: config.dataDir };
@@ -188,7 +188,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
   const ring = config.ui.enabled ? new DecisionRing(config.ui.recentDecisions, now) : undefined;
   if (ring && config.decisionLog.sink === 'file' && config.decisionLog.file) ring.loadLogFile(config.decisionLog.file);
 
-  const signatures = await createSignatureProvider(evidenceDeps, clock);
+  const signatures = await createSignatureProvider(evidenceDeps, { ...clock, durable });
   // The decisions a candidate policy's impact replays (operations.ts).
   const recent = new RecentDecisions();
 
@@ -216,6 +216,8 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
     // reports (in the bucket) or there are none.
     shared: config.scan?.reports && !documents ? undefined : shared,
     epoch,
+    // Closure hints name roots for this gate to decide (never a decision): shared whatever the reports' location.
+    closures: { hints, durable },
     ...clock,
   });
   // Another replica's report push or delete bumped the epoch: read reports again (from the bucket) before deciding.

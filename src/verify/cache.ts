@@ -12,6 +12,15 @@ import type { AttestedEvidence } from '../policy/contract.js';
 export type CachedEvidence = AttestedEvidence;
 
 /**
+ * Verified evidence kept in the bucket (storage.blobs: s3; cache/durable-state.ts), signed with
+ * storage.redis.signingKey: another replica deciding the image while the upstream is down reads it there.
+ */
+export interface DurableEvidence {
+  getEvidence(id: string, now: number): Promise<{ value: unknown; expiresAt: number } | undefined>;
+  putEvidence(id: string, value: unknown, expiresAt: number): void;
+}
+
+/**
  * The in-memory copy is bounded by bytes as well as entries: an entry holds attestation predicates (up to
  * maxPredicateSize each), so 10,000 entries alone could hold gigabytes for digests an upstream's owner made up.
  */
@@ -34,7 +43,10 @@ export class EvidenceCache {
   private readonly st: { get: StatementSync; put: StatementSync; prune: StatementSync } | undefined;
   private puts = 0;
 
-  constructor(dataDir: string | undefined) {
+  constructor(
+    dataDir: string | undefined,
+    private readonly durable?: DurableEvidence,
+  ) {
     if (!dataDir) return;
     mkdirSync(dataDir, { recursive: true });
     this.db = new DatabaseSync(join(dataDir, 'signatures.sqlite'));
@@ -67,8 +79,21 @@ export class EvidenceCache {
     }
   }
 
-  put(id: string, value: CachedEvidence, expiresAt: number, now: number): void {
+  /** Evidence another replica verified for this key (trust revision included), signed and unexpired; kept here then. */
+  async kept(id: string, now: number): Promise<CachedEvidence | undefined> {
+    const d = await this.durable?.getEvidence(`${FORMAT}\n${id}`, now).catch(() => undefined);
+    const v = d?.value as CachedEvidence | undefined;
+    if (!d || !v || typeof v.signatures !== 'object' || v.signatures === null || !Array.isArray(v.signatures.verified) || !Array.isArray(v.attestations)) {
+      return undefined;
+    }
+    this.put(id, v, d.expiresAt, now);
+    return v;
+  }
+
+  /** `durable`: into the bucket as well (verified evidence only: what the upstream is needed to rebuild). */
+  put(id: string, value: CachedEvidence, expiresAt: number, now: number, durable = false): void {
     const key = `${FORMAT}\n${id}`;
+    if (durable) this.durable?.putEvidence(key, value, expiresAt);
     const body = JSON.stringify(value);
     this.memory.set(key, { value, expiresAt, size: body.length });
     try {

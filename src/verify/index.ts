@@ -9,11 +9,15 @@
 import type { SignatureProvider } from '../policy/contract.js';
 import type { EvidenceDeps } from '../policy/evidence.js';
 import type { Config } from '../config/schema.js';
+import type { DurableEvidence } from './cache.js';
 import { SignatureEvidenceProvider } from './provider.js';
 import { loadTrust } from './trust.js';
 import { TufTrustedRoot } from './tuf.js';
 
-export async function createSignatureProvider(deps: EvidenceDeps, opts: { now?: () => number } = {}): Promise<SignatureProvider | undefined> {
+export async function createSignatureProvider(
+  deps: EvidenceDeps,
+  opts: { now?: () => number; durable?: DurableEvidence | undefined } = {},
+): Promise<SignatureProvider | undefined> {
   const cfg = deps.config.signatures;
   if (!cfg || cfg.authorities.length === 0) return undefined;
   const now = opts.now ?? Date.now;
@@ -36,7 +40,7 @@ export async function createSignatureProvider(deps: EvidenceDeps, opts: { now?: 
     ];
   });
   await Promise.all(tuf.map((s) => s.refresh()));
-  return new SignatureEvidenceProvider(deps, cfg, { now, tuf });
+  return new SignatureEvidenceProvider(deps, cfg, { now, tuf, durable: opts.durable });
 }
 
 /**

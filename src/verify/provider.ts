@@ -28,7 +28,7 @@ import type { Manifest } from '../proxy/manifests.js';
 import type { Descriptor } from '../oci/mediatypes.js';
 import { isAccessory } from '../oci/artifacts.js';
 import { BudgetExceededError, DiscoveryBudget } from './budget.js';
-import { EvidenceCache, type CachedEvidence } from './cache.js';
+import { EvidenceCache, type CachedEvidence, type DurableEvidence } from './cache.js';
 import type { SignaturesConfig } from '../config/signatures.js';
 import type { SignatureCode } from '../policy/codes.js';
 import { cosignItems, reject, type CosignItem, type Outcome } from './cosign.js';
@@ -81,9 +81,10 @@ export class SignatureEvidenceProvider implements SignatureProvider {
   constructor(
     private readonly deps: EvidenceDeps,
     private readonly config: SignaturesConfig,
-    opts: { now?: () => number; tuf?: readonly TufTrustedRoot[] } = {},
+    opts: { now?: () => number; tuf?: readonly TufTrustedRoot[]; durable?: DurableEvidence | undefined } = {},
   ) {
     this.now = opts.now ?? Date.now;
+
     this.tuf = opts.tuf ?? [];
     this.trust = loadTrust(config);
     this.log = deps.log.child({ component: 'signatures' });
@@ -94,7 +95,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       maxSignatures: config.maxSignatures,
       maxBlobSize: config.maxBlobSize,
     });
-    this.cache = new EvidenceCache(deps.dataDir);
+    this.cache = new EvidenceCache(deps.dataDir, opts.durable);
     const r = config.revocation;
     this.revocation = new Revocation({
       now: this.now,
@@ -161,7 +162,7 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       }
       // A caller that joins a running check is neither a hit nor a new miss.
       if (!this.flights.has(key)) this.metrics.signatureCache.inc({ result: 'miss' });
-      return await this.flights.run(key, () => this.compute(ctx, key));
+      return await this.flights.run(key, async () => (await this.cache.kept(key, this.now())) ?? this.compute(ctx, key));
     } catch (e) {
       return errorEvidence('CHECK_FAILED', `signature check failed: ${errorText(e)}`);
     }
@@ -210,7 +211,8 @@ export class SignatureEvidenceProvider implements SignatureProvider {
       const ttl = result.signatures.verified.length ? this.config.cache.verifiedTTL : this.config.cache.unverifiedTTL;
       // Never past the moment a verified signature stops verifying (its certificate or its expiry).
       const until = Math.min(this.now() + ttl, validUntil);
-      if (until > this.now()) this.cache.put(key, result, until, this.now());
+      // Verified evidence goes to the bucket too: a replica deciding this image while the upstream is down needs it.
+      if (until > this.now()) this.cache.put(key, result, until, this.now(), result.signatures.verified.length > 0);
     }
     return result;
   }

@@ -116,7 +116,8 @@ async function pullImage(base: string, repo: string, img: PushedImage, i: number
 }
 
 async function objects(): Promise<Array<{ key: string; size: number }>> {
-  const r = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: PREFIX }));
+  // The blobs only: the durable documents (manifests, closure hints) live beside them under meta/.
+  const r = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: `${PREFIX}v1/blobs/` }));
   return (r.Contents ?? []).map((o) => ({ key: o.Key ?? '', size: o.Size ?? 0 }));
 }
 

@@ -13,7 +13,8 @@ import type { RunningSeaweed } from './seaweedfs.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const CLI = path.join(ROOT, 'dist', 'cli.js');
-const READY_MS = 30_000;
+// A bound, not a measure: three Node processes compiling the policy at once on a loaded 2-core machine take a while.
+const READY_MS = 90_000;
 const OUTPUT_KEEP = 200_000;
 
 export interface Replica {
@@ -38,12 +39,21 @@ export interface StartClusterOptions {
   /** Extra `cluster` settings (probeInterval, failuresToDown, …). */
   cluster?: Record<string, unknown>;
   logLevel?: string;
+  /** Policy settings (default: every image admitted). */
+  settings?: Record<string, unknown>;
+  /** `storage.meta: redis` on this server, entries signed with `signingKey` (32+ bytes). */
+  redis?: { url: string; signingKey: string; keyPrefix?: string };
 }
 
 export interface RunningCluster {
   replicas: Replica[];
   /** The shared HMAC key (tests sign their own internal requests with it). */
   secret: Buffer;
+  /**
+   * Starts one more replica with an empty data dir (no SQLite, no local cache), on the same bucket and Redis; it
+   * lists the others as peers, they do not list it (it takes no ownership from them).
+   */
+  addReplica(): Promise<Replica>;
   stop(): Promise<void>;
 }
 
@@ -68,46 +78,74 @@ export async function startCluster(o: StartClusterOptions): Promise<RunningClust
     if (!ports.includes(p)) ports.push(p);
   }
   const urls = ports.map((p) => `http://127.0.0.1:${p}`);
-  const replicas = await Promise.all(
-    ports.map(async (port, i) => {
-      const dataDir = path.join(o.dir, `replica-${i}`);
-      const config = path.join(o.dir, `replica-${i}.json`);
-      const doc = {
-        listen: `127.0.0.1:${port}`,
-        dataDir,
-        upstreams: [{ ...o.upstream, retries: 2 }],
-        log: { level: o.logLevel ?? 'warn' },
-        decisionLog: { sink: 'none' },
-        shutdownGrace: '2s',
-        policy: {
-          bundleFile: path.join(ROOT, 'policies', 'bundle.tar.gz'),
-          settings: { no_match: 'deny', scopes: [{ name: 'all', images: ['**'] }] },
+  const env = { PC_S3_AK: o.weed.accessKeyId, PC_S3_SK: o.weed.secretAccessKey, ...(o.redis ? { PC_REDIS_SIGNING_KEY: o.redis.signingKey } : {}) };
+  const start = async (port: number, i: number, peers: string[]): Promise<Replica> => {
+    const dataDir = path.join(o.dir, `replica-${i}`);
+    const config = path.join(o.dir, `replica-${i}.json`);
+    const doc = {
+      listen: `127.0.0.1:${port}`,
+      dataDir,
+      upstreams: [{ ...o.upstream, retries: 2 }],
+      log: { level: o.logLevel ?? 'warn' },
+      decisionLog: { sink: 'none' },
+      shutdownGrace: '2s',
+      policy: {
+        bundleFile: path.join(ROOT, 'policies', 'bundle.tar.gz'),
+        settings: o.settings ?? { no_match: 'deny', scopes: [{ name: 'all', images: ['**'] }] },
+      },
+      storage: {
+        blobs: 's3',
+        s3: {
+          endpoint: o.weed.endpoint,
+          region: 'us-east-1',
+          bucket: o.bucket,
+          prefix: o.prefix,
+          forcePathStyle: true,
+          allowInsecureHttp: true,
+          credentials: { accessKeyId: { env: 'PC_S3_AK' }, secretAccessKey: { env: 'PC_S3_SK' } },
+          partSize: '5MiB',
         },
-        storage: {
-          blobs: 's3',
-          s3: {
-            endpoint: o.weed.endpoint,
-            region: 'us-east-1',
-            bucket: o.bucket,
-            prefix: o.prefix,
-            forcePathStyle: true,
-            allowInsecureHttp: true,
-            credentials: { accessKeyId: { env: 'PC_S3_AK' }, secretAccessKey: { env: 'PC_S3_SK' } },
-            partSize: '5MiB',
-          },
-        },
-        cluster: { self: urls[i], peers: urls, secret: { file: secretFile }, probeInterval: '500ms', ...o.cluster },
-      };
-      await writeFile(config, JSON.stringify(doc, null, 2));
-      return spawnReplica(urls[i]!, config, { PC_S3_AK: o.weed.accessKeyId, PC_S3_SK: o.weed.secretAccessKey });
-    }),
-  );
+        ...(o.redis
+          ? {
+              meta: 'redis',
+              redis: {
+                url: o.redis.url,
+                allowInsecure: true,
+                signingKey: { env: 'PC_REDIS_SIGNING_KEY' },
+                ...(o.redis.keyPrefix ? { keyPrefix: o.redis.keyPrefix } : {}),
+              },
+            }
+          : {}),
+      },
+      cluster: { self: `http://127.0.0.1:${port}`, peers, secret: { file: secretFile }, probeInterval: '500ms', ...o.cluster },
+    };
+    await writeFile(config, JSON.stringify(doc, null, 2));
+    return spawnReplica(`http://127.0.0.1:${port}`, config, env);
+  };
+  // One that fails to start must not leave the others running.
+  const started = await Promise.allSettled(ports.map((port, i) => start(port, i, urls)));
+  const replicas = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    for (const r of replicas) r.kill('SIGKILL');
+    await Promise.all(replicas.map((r) => r.exited));
+    throw failed.reason;
+  }
+  const extra: Replica[] = [];
   return {
     replicas,
     secret,
+    async addReplica() {
+      let port = await freePort();
+      while (ports.includes(port)) port = await freePort();
+      ports.push(port);
+      const r = await start(port, ports.length - 1, [...urls, `http://127.0.0.1:${port}`]);
+      extra.push(r);
+      return r;
+    },
     async stop() {
-      for (const r of replicas) r.kill('SIGKILL');
-      await Promise.all(replicas.map((r) => r.exited));
+      for (const r of [...replicas, ...extra]) r.kill('SIGKILL');
+      await Promise.all([...replicas, ...extra].map((r) => r.exited));
     },
   };
 }

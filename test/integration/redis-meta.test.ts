@@ -156,11 +156,31 @@ describe('decisions and tags shared across replicas', () => {
     expect(reg.requests().filter((q) => q.path.endsWith('/manifests/v1'))).toEqual([]);
   });
 
+  it('blobs on a replica that never served the manifest: found through the shared closure hints; the warm path then asks Redis nothing', async () => {
+    const img3 = await pushImage(reg.url, 'team/shared', 'v3', { layers: 2 });
+    expect((await manifest(a, 'team/shared', 'v3')).status).toBe(200);
+    // B never served the manifest: its blob GETs find the root in Redis, decide it (reusing A's decision), and serve.
+    for (const blob of [img3.config, ...img3.layers]) expect((await fetch(`${b.p.url}/v2/${reg.host}/team/shared/blobs/${blob.digest}`)).status).toBe(200);
+    const c = redis.client();
+    const lookups = async (): Promise<number> => Number(/cmdstat_zrevrangebyscore:calls=(\d+)/.exec(await c.info('commandstats'))?.[1] ?? 0);
+    try {
+      const before = await lookups();
+      // Warm, on both replicas: the root by digest (containerd's GET after its tag HEAD) and every blob.
+      for (const r of [a, b]) {
+        expect((await manifest(r, 'team/shared', img3.digest)).status).toBe(200);
+        for (const blob of [img3.config, ...img3.layers]) expect((await fetch(`${r.p.url}/v2/${reg.host}/team/shared/blobs/${blob.digest}`)).status).toBe(200);
+      }
+      expect(await lookups()).toBe(before);
+    } finally {
+      c.disconnect();
+    }
+  });
+
   it('the keys carry the layout version under the configured prefix', async () => {
     const c = redis.client();
     try {
       const keys = (await c.keys('share:*')).map((k) => k.replace(/[0-9a-f]{64}$/, '<sha256>')).sort();
-      expect([...new Set(keys)]).toEqual(['share:v1:decision:<sha256>', 'share:v1:epoch', 'share:v1:tag:<sha256>']);
+      expect([...new Set(keys)]).toEqual(['share:v1:decision:<sha256>', 'share:v1:epoch', 'share:v1:links:<sha256>', 'share:v1:tag:<sha256>']);
     } finally {
       c.disconnect();
     }
