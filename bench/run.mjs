@@ -3,7 +3,7 @@
  * `npm run bench`: Portcullis side by side with CNCF Distribution's proxy mode and with direct pulls, in one run, on
  * loopback, reported as ratios against the targets of DESIGN §10. See bench/README.md.
  *
- *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile,scale,cluster] [--scale-blobs N] [--log-level info]
+ *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile,scale,huge,cluster] [--scale-blobs N] [--log-level info]
  *                      [--dist DIR] [--cpu-prof DIR] [--keep] [--node-flags 'FLAGS']
  *
  * Every process it starts (registries, Portcullis, skopeo, curl, wrk) is killed on exit, error or signal.
@@ -23,6 +23,7 @@ import { BENCH_SETTINGS, PRODUCT_NODE_FLAGS, histogram, histogramDelta, histogra
 import { killAll, run } from './lib/proc.mjs';
 import { clusterPhase } from './lib/cluster.mjs';
 import { startRegistry } from './lib/registry.mjs';
+import { hugePhase } from './lib/huge.mjs';
 import { scalePhase } from './lib/scale.mjs';
 import { fmt, median, round, summary } from './lib/stats.mjs';
 
@@ -32,7 +33,7 @@ const { values: args } = parseArgs({
   options: {
     out: { type: 'string' },
     quick: { type: 'boolean', default: false },
-    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile,scale,cluster' },
+    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile,scale,huge,cluster' },
     /** The scale phase's blob count (10^6 by default; tags, decisions and closures scale with it). */
     'scale-blobs': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
@@ -691,6 +692,10 @@ async function main() {
       );
     }
 
+    if (phases.has('huge')) {
+      Object.assign(result, await hugePhase({ pc, seed, log, reps: QUICK ? 2 : 3, layers: 128, platforms: 32 }));
+    }
+
     if (phases.has('hostile')) {
       const H = P.hostile;
       // 2,000 idle and 100 stalled sockets in this process and as many in Portcullis, plus wrk's.
@@ -889,6 +894,27 @@ function printTable(r) {
     ['scale: decision overhead full ÷ empty', r.scale_decision_overhead_ratio, undefined, '≤ 1.2', r.targets.scale_decision_overhead_ratio],
     ['scale: start with full stores, s', r.scale_startup_s, undefined, '≤ 3', r.targets.scale_startup_s],
     ['scale: first byte p99 while evicting, ms', r.eviction_p99_first_byte_ms, undefined, '≤ 50', r.targets.eviction_p99_first_byte_ms],
+    [
+      'huge: cold decision ms, 1 / 128 layers',
+      r.huge ? `${r.huge.decision_ms.image_1} / ${r.huge.decision_ms.image_128}` : undefined,
+      undefined,
+      'linear',
+      null,
+    ],
+    [
+      'huge: cold decision ms, 1 / 32 platforms',
+      r.huge ? `${r.huge.decision_ms.index_1} / ${r.huge.decision_ms.index_32}` : undefined,
+      undefined,
+      'linear',
+      null,
+    ],
+    [
+      'huge: children ms, 1 / 32 platforms',
+      r.huge ? `${r.huge.decision_ms.index_1_children} / ${r.huge.decision_ms.index_32_children}` : undefined,
+      undefined,
+      'linear',
+      null,
+    ],
   ];
   const cell = (v) => (v === undefined || v === null ? '—' : typeof v === 'number' ? String(v) : v);
   const w = [38, 12, 14, 16, 6];
