@@ -64,7 +64,7 @@ export class BlobIndex {
       return;
     }
     // Oldest first until the new entry fits, as lru-cache did.
-    while (this.weight + Math.max(1, size) > this.maxSize) this.evictOldest();
+    while (this.weight + Math.max(1, size) > this.maxSize && this.lru.length > 0) this.evictOldest();
     this.lru.add(digest, size, lastAccess);
     this.counted(size);
   }
