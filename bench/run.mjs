@@ -3,7 +3,7 @@
  * `npm run bench`: Portcullis side by side with CNCF Distribution's proxy mode and with direct pulls, in one run, on
  * loopback, reported as ratios against the targets of DESIGN §10. See bench/README.md.
  *
- *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile,scale,cluster,fanout,latency,tls,disk] [--scale-blobs N] [--log-level info]
+ *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile,scale,huge,cluster,fanout,latency,tls,disk] [--scale-blobs N] [--log-level info]
  *                      [--dist DIR] [--cpu-prof DIR] [--keep] [--node-flags 'FLAGS']
  *
  * Every process it starts (registries, Portcullis, skopeo, curl, wrk) is killed on exit, error or signal.
@@ -23,6 +23,7 @@ import { BENCH_SETTINGS, PRODUCT_NODE_FLAGS, histogram, histogramDelta, histogra
 import { killAll, run } from './lib/proc.mjs';
 import { clusterPhase } from './lib/cluster.mjs';
 import { startRegistry } from './lib/registry.mjs';
+import { hugePhase } from './lib/huge.mjs';
 import { scalePhase } from './lib/scale.mjs';
 import { diskPhase } from './lib/disk.mjs';
 import { fanoutPhase } from './lib/fanout.mjs';
@@ -36,7 +37,7 @@ const { values: args } = parseArgs({
   options: {
     out: { type: 'string' },
     quick: { type: 'boolean', default: false },
-    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile,scale,cluster,fanout,latency,tls,disk' },
+    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile,scale,huge,cluster,fanout,latency,tls,disk' },
     /** The scale phase's blob count (10^6 by default; tags, decisions and closures scale with it). */
     'scale-blobs': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
@@ -704,6 +705,10 @@ async function main() {
       );
     }
 
+    if (phases.has('huge')) {
+      Object.assign(result, await hugePhase({ pc, seed, log, reps: QUICK ? 2 : 3, layers: 128, platforms: 32 }));
+    }
+
     // ------------------------------------------------------------------------ issue 16: fanout, latency, tls, disk
     for (const [name, phase] of Object.entries({ fanout: fanoutPhase, latency: latencyPhase, tls: tlsPhase, disk: diskPhase })) {
       if (!phases.has(name)) continue;
@@ -931,6 +936,27 @@ function printTable(r) {
     ],
     ['disk: warm pull ÷ direct', r.disk_warm_ratio, r.disk_dist_warm_ratio, '≤ 1.03', r.targets.disk_warm_ratio],
     ['disk: cold pull ÷ direct', r.disk_cold_ratio, r.disk_dist_cold_ratio, '≤ 1.10', r.targets.disk_cold_ratio],
+    [
+      'huge: cold decision ms, 1 / 128 layers',
+      r.huge ? `${r.huge.decision_ms.image_1} / ${r.huge.decision_ms.image_128}` : undefined,
+      undefined,
+      'linear',
+      null,
+    ],
+    [
+      'huge: cold decision ms, 1 / 32 platforms',
+      r.huge ? `${r.huge.decision_ms.index_1} / ${r.huge.decision_ms.index_32}` : undefined,
+      undefined,
+      'linear',
+      null,
+    ],
+    [
+      'huge: children ms, 1 / 32 platforms',
+      r.huge ? `${r.huge.decision_ms.index_1_children} / ${r.huge.decision_ms.index_32_children}` : undefined,
+      undefined,
+      'linear',
+      null,
+    ],
   ];
   const cell = (v) => (v === undefined || v === null ? '—' : typeof v === 'number' ? String(v) : v);
   const w = [38, 12, 14, 16, 6];

@@ -4,8 +4,8 @@
  * reader lets go. The filesystem store unlinks a file then; the S3 store deletes an object. Shared so that both
  * stores evict the same way and the rule "never a blob being read" is written once.
  */
-import { LRUCache } from 'lru-cache';
 import type { Digest } from '../routing/reference.js';
+import { DigestLru } from './digest-lru.js';
 
 export interface BlobIndexEvents {
   onEvict?: (digest: Digest, size: number) => void;
@@ -20,11 +20,14 @@ export interface IndexedBlob {
 }
 
 export class BlobIndex {
-  private readonly lru: LRUCache<Digest, IndexedBlob>;
+  /** Packed (digest-lru.ts): a million entries must not be a million objects for every major GC to mark. */
+  private readonly lru = new DigestLru();
   private readonly readers = new Map<Digest, number>();
   /** Evicted while being read: removed when the last reader releases. */
   private readonly doomed = new Set<Digest>();
   private bytes = 0;
+  /** What the bound counts: every entry weighs at least 1, so that empty blobs cannot pile up unbounded. */
+  private weight = 0;
 
   readonly maxSize: number;
   /** Removes the bytes of an entry that left the index and has no reader (unlink, DeleteObject). */
@@ -37,19 +40,6 @@ export class BlobIndex {
     this.removeBytes = o.removeBytes;
     this.events = o.events ?? {};
     this.now = o.now ?? Date.now;
-    const maxSize = o.maxSize;
-    this.lru = new LRUCache<Digest, IndexedBlob>({
-      maxSize,
-      sizeCalculation: (e) => Math.max(1, e.size),
-      dispose: (e, digest, reason) => {
-        this.bytes -= e.size;
-        if (reason === 'evict') {
-          this.events.onEvict?.(digest, e.size);
-          this.removeWhenUnused(digest);
-        }
-        this.events.onSizeChange?.(this.bytes, this.lru.size);
-      },
-    });
   }
 
   get totalBytes(): number {
@@ -57,7 +47,7 @@ export class BlobIndex {
   }
 
   get entries(): number {
-    return this.lru.size;
+    return this.lru.length;
   }
 
   /**
@@ -68,27 +58,33 @@ export class BlobIndex {
     this.doomed.delete(digest);
     if (this.lru.has(digest)) return;
     if (Math.max(1, size) > this.maxSize) {
-      // lru-cache silently refuses an entry larger than maxSize: never count it, and leave no untracked bytes behind.
+      // Never count an entry larger than the bound, and leave no untracked bytes behind.
       this.events.onEvict?.(digest, size);
       this.removeWhenUnused(digest);
       return;
     }
-    this.bytes += size;
-    this.lru.set(digest, { digest, size, lastAccess });
-    this.events.onSizeChange?.(this.bytes, this.lru.size);
+    // Oldest first until the new entry fits, as lru-cache did.
+    while (this.weight + Math.max(1, size) > this.maxSize && this.lru.length > 0) this.evictOldest();
+    this.lru.add(digest, size, lastAccess);
+    this.counted(size);
   }
 
   /**
-   * Adds blobs that a scan found while the store was already in use (oldest first): they go below every entry tracked
-   * meanwhile in recency, since those were just read or written. Entries already tracked or being evicted are skipped.
+   * Adds blobs that a scan found while the store was already in use, NEWEST FIRST: each goes below every entry
+   * tracked so far in recency (entries tracked meanwhile were just read or written, and the scan's own come in
+   * descending age). Entries already tracked or being evicted are skipped. Nothing is evicted here, so that a batch
+   * can be added in slices; evictDown() restores the bound once the last slice is in.
    */
   trackOlder(found: Iterable<IndexedBlob>): void {
-    const newer = this.list();
-    const known = new Set(newer.map((e) => e.digest));
-    // 'delete' disposal only adjusts the byte count: nothing is removed here.
-    this.lru.clear();
-    for (const f of found) if (!known.has(f.digest) && !this.doomed.has(f.digest)) this.track(f.digest, f.size, f.lastAccess);
-    for (const e of newer) this.track(e.digest, e.size, e.lastAccess);
+    for (const f of found) {
+      if (this.doomed.has(f.digest) || Math.max(1, f.size) > this.maxSize) continue;
+      if (this.lru.add(f.digest, f.size, f.lastAccess, false)) this.counted(f.size);
+    }
+  }
+
+  /** Evicts the least recently used until the bound holds (after trackOlder). */
+  evictDown(): void {
+    while (this.weight > this.maxSize && this.lru.length > 0) this.evictOldest();
   }
 
   has(digest: Digest): boolean {
@@ -97,18 +93,18 @@ export class BlobIndex {
 
   /** Size without touching recency. */
   size(digest: Digest): number | undefined {
-    return this.doomed.has(digest) ? undefined : this.lru.peek(digest)?.size;
+    return this.doomed.has(digest) ? undefined : this.lru.peek(digest);
   }
 
   /** Pins an entry for reading and makes it most recently used; returns its size and the unpin, or undefined. */
   acquire(digest: Digest): { size: number; release: () => void } | undefined {
-    const e = this.lru.get(digest);
-    if (e === undefined || this.doomed.has(digest)) return undefined;
-    e.lastAccess = this.now();
+    if (this.doomed.has(digest)) return undefined;
+    const size = this.lru.touch(digest, this.now());
+    if (size === undefined) return undefined;
     this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
     let released = false;
     return {
-      size: e.size,
+      size,
       release: () => {
         if (released) return;
         released = true;
@@ -129,24 +125,43 @@ export class BlobIndex {
 
   /** Drops an entry; its bytes go once no reader holds them. */
   remove(digest: Digest): void {
-    this.lru.delete(digest);
+    this.uncount(this.lru.delete(digest));
     this.removeWhenUnused(digest);
   }
 
   /** Forgets an entry whose bytes are already gone (deleted behind our back): nothing to remove. */
   forget(digest: Digest): void {
     this.doomed.delete(digest);
-    const e = this.lru.peek(digest);
-    if (e === undefined) return;
-    // dispose() would count an eviction and remove bytes only for reason 'evict'; 'delete' just adjusts the total.
-    this.lru.delete(digest);
+    this.uncount(this.lru.delete(digest));
   }
 
   /** Every entry, least recently used first. */
   list(): IndexedBlob[] {
     const out: IndexedBlob[] = [];
-    for (const e of this.lru.rvalues()) if (e) out.push({ ...e });
+    for (const e of this.lru.entries()) out.push({ digest: e.digest, size: e.size, lastAccess: e.time });
     return out;
+  }
+
+  private evictOldest(): void {
+    const e = this.lru.oldest();
+    if (e === undefined) return;
+    this.lru.delete(e.digest);
+    this.uncount(e.size);
+    this.events.onEvict?.(e.digest, e.size);
+    this.removeWhenUnused(e.digest);
+  }
+
+  private counted(size: number): void {
+    this.bytes += size;
+    this.weight += Math.max(1, size);
+    this.events.onSizeChange?.(this.bytes, this.lru.length);
+  }
+
+  private uncount(size: number | undefined): void {
+    if (size === undefined) return;
+    this.bytes -= size;
+    this.weight -= Math.max(1, size);
+    this.events.onSizeChange?.(this.bytes, this.lru.length);
   }
 
   private removeWhenUnused(digest: Digest): void {

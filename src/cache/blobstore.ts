@@ -171,13 +171,22 @@ export class FileBlobStore implements BlobStore {
         }
       }
     }
-    // Oldest first, so the most recently written end up most recently used.
-    const order = Array.from(digests.keys()).sort((a, b) => mtimes[a]! - mtimes[b]!);
-    this.index.trackOlder(
-      (function* (gone: ReadonlySet<Digest>) {
-        for (const i of order) if (!gone.has(digests[i]!)) yield { digest: digests[i]!, size: sizes[i]!, lastAccess: mtimes[i]! };
-      })(this.gone),
-    );
+    // Below everything used meanwhile, the most recently written highest: added newest first, each below the last,
+    // in slices so that serving goes on between them (a million entries in one go held the event loop for seconds).
+    const order = Uint32Array.from(digests.keys()).sort((a, b) => mtimes[b]! - mtimes[a]!);
+    for (let at = 0; at < order.length; at += sliceSize * 8) {
+      const end = Math.min(order.length, at + sliceSize * 8);
+      this.index.trackOlder(
+        (function* (gone: ReadonlySet<Digest>) {
+          for (let k = at; k < end; k++) {
+            const i = order[k]!;
+            if (!gone.has(digests[i]!)) yield { digest: digests[i]!, size: sizes[i]!, lastAccess: mtimes[i]! };
+          }
+        })(this.gone),
+      );
+      if (end < order.length) await new Promise((r) => setImmediate(r));
+    }
+    this.index.evictDown();
     this.scanning = false;
     this.gone.clear();
   }

@@ -12,7 +12,6 @@
  * Fail closed: an exception anywhere in evidence or policy evaluation becomes a deny whose message carries it.
  */
 import { randomUUID } from 'node:crypto';
-import { LRUCache } from 'lru-cache';
 import type { MetaStore } from '../cache/metastore.js';
 import type { EpochSource, SharedState } from '../cache/shared.js';
 import { measureUpstreamWait } from '../metrics/upstream-wait.js';
@@ -22,6 +21,7 @@ import type { Digest } from '../routing/reference.js';
 import type { Route } from '../routing/route.js';
 import { basisKey, type Basis } from './basis.js';
 import { Closures, type BlobVerdict, type ClosuresOptions } from './closures.js';
+import { DecisionCache } from './decision-cache.js';
 import { buildInput, errorAdmission, mergeSignatures, NO_EVIDENCE, toAdmission, type Client, type Evidence, type Subject } from './input.js';
 import type { Admission, AttestedEvidence, Decider, EvidenceContext, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../policy/contract.js';
 import { errorText } from '../util/error-text.js';
@@ -167,7 +167,7 @@ const notConfiguredSignatures: SignatureProvider = {
 const notConfiguredScan: ScanProvider = { scan: () => Promise.resolve({ status: 'not_configured', code: 'NOT_CONFIGURED' }) };
 
 export class Gate implements AdmissionGate {
-  private readonly decisions: LRUCache<string, { admission: Admission; expiresAt: number }>;
+  private readonly decisions: DecisionCache<{ admission: Admission; expiresAt: number }>;
   private readonly flights = new SingleFlight<string, Admission>();
   /** Decisions made while the scan was pending or missing: not cached, so a result counts as soon as it arrives. */
   private readonly transient = new WeakSet<Admission>();
@@ -195,7 +195,7 @@ export class Gate implements AdmissionGate {
     this.scan = deps.scan ?? notConfiguredScan;
     this.observers = deps.observers ?? [];
     const now = (this.now = deps.now ?? Date.now);
-    this.decisions = new LRUCache({ max: opts.decisionCacheSize ?? 20_000 });
+    this.decisions = new DecisionCache(opts.decisionCacheSize ?? 20_000);
     const manifests: ManifestSource = opts.manifests ?? { get: (route, digest) => Promise.resolve(this.storedManifest(route, digest)) };
     this.closures = new Closures({
       meta,
@@ -249,14 +249,7 @@ export class Gate implements AdmissionGate {
    */
   forgetDigest(digest: Digest): number {
     const roots = new Set<string>([digest, ...this.meta.rootsContaining(digest)]);
-    let n = 0;
-    for (const key of [...this.decisions.keys()]) {
-      const [, , d, under] = key.split('\n', 4);
-      if (roots.has(d ?? '') || roots.has(under ?? '')) {
-        this.decisions.delete(key);
-        n++;
-      }
-    }
+    const n = this.decisions.forget(roots);
     for (const root of roots) this.meta.dropRoot(root as Digest);
     this.closures.forget();
     // The other replicas hold their own decisions about it: the epoch bump makes them all decide again.
@@ -347,7 +340,7 @@ export class Gate implements AdmissionGate {
       const ttl = admission.outcome === 'allow' ? this.opts.allowTTL : this.opts.denyTTL;
       if (!this.transient.has(admission)) {
         const entry = { admission, expiresAt: this.now() + ttl };
-        this.decisions.set(key, entry);
+        this.decisions.set(key, entry, namedDigests(s));
         this.shared?.putDecision(key, { admission: { ...admission, cached: false }, expiresAt: entry.expiresAt });
       }
       return admission;
@@ -367,7 +360,7 @@ export class Gate implements AdmissionGate {
     // The basis may have moved while Redis answered (an epoch bump): then the entry's key is no longer ours.
     if (this.keyOf(s) !== key) return undefined;
     const admission = d.admission;
-    this.decisions.set(key, { admission, expiresAt: d.expiresAt });
+    this.decisions.set(key, { admission, expiresAt: d.expiresAt }, namedDigests(s));
     if (admission.serve) await this.closures.record(s, admission, this.basis());
     for (const o of this.observers) {
       try {
@@ -474,10 +467,7 @@ export class Gate implements AdmissionGate {
    * those of other roots that list it (forgetDigest drops those too, which would cut their running pulls).
    */
   forgetRoot(root: Digest): void {
-    for (const key of [...this.decisions.keys()]) {
-      const [, , d, under] = key.split('\n', 4);
-      if (d === root || under === root) this.decisions.delete(key);
-    }
+    this.decisions.forget([root]);
     this.meta.dropRoot(root);
     this.closures.forget();
   }
@@ -519,6 +509,11 @@ export class Gate implements AdmissionGate {
     if (!m) throw new Error(`manifest ${digest} is not in the metadata store`);
     return { ...m, parsed: parseManifest(m.bytes, m.mediaType) };
   }
+}
+
+/** The digests a decision's cache key names (keyOf): the manifest decided and the root it was decided under. */
+function namedDigests(s: Subject): string[] {
+  return [s.manifest?.digest ?? '', s.root?.manifest.digest ?? ''];
 }
 
 function withSubject(list: PolicyInput['attestations'], digest: string): PolicyInput['attestations'] {

@@ -1,4 +1,5 @@
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { LRUCache } from 'lru-cache';
+import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { SqliteMetaStore, type MetaStore } from '../../src/cache/metastore.js';
 import { Gate, type DecisionObserver, type GateOptions, type RootRequest } from '../../src/gate/gate.js';
 import type { Decider, PolicyInput, PolicyResult, ScanProvider, SignatureProvider } from '../../src/policy/contract.js';
@@ -221,6 +222,27 @@ describe('Gate: closures', () => {
     expect(decider.calls).toHaveLength(5);
     expect(g.vouchedBy(a, amd.digest, 'manifest')).toBe(idx.digest);
     expect(g.forgetDigest(d('9'))).toBe(0);
+  });
+
+  it('forgetDigest and forgetRoot never walk every cached decision (they look the digest up: issue 16)', async () => {
+    const decider = new FakeDecider('r1', ALLOW);
+    const g = gate(decider);
+    const r = route('library/nginx');
+    const target = image(d('a'), [d('b')]);
+    await g.admitRoot(req(r, target));
+    const other = image(d('7'), [d('8')]);
+    for (let i = 0; i < 200; i++) await g.admitRoot(req(route(`many/r${i}`), other));
+    const walks = (['keys', 'rkeys', 'entries', 'rentries', 'values', 'rvalues', 'forEach', 'rforEach', 'dump'] as const).map((m) =>
+      vi.spyOn(LRUCache.prototype, m),
+    );
+    try {
+      expect(g.forgetDigest(target.digest)).toBe(1);
+      g.forgetRoot(other.digest);
+      for (const w of walks) expect(w).not.toHaveBeenCalled();
+    } finally {
+      for (const w of walks) w.mockRestore();
+    }
+    expect(g.cachedDecisions).toBe(0);
   });
 
   it('closures expire after closureTTL', async () => {
