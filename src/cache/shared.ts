@@ -15,6 +15,8 @@
  *                                       client identity and basis (policy, settings, trust revision, epoch)
  *   <keyPrefix>v1:tag:<sha256>          JSON {v:1, digest, mediaType, size, checkedAt}; hash of upstream\nrepo\ntag
  * A later layout takes `v2:`; replicas of both versions can then share one Redis without reading each other's keys.
+ * Messages are versioned by their channel's name (`v1:epoch:events` carries decimal epochs, nothing else; a
+ * receiver ignores what does not parse), and every value by its `v` field as well as its key.
  */
 import type { TagEntry } from './metastore.js';
 
