@@ -38,6 +38,10 @@ export interface StartClusterOptions {
   /** Extra `cluster` settings (probeInterval, failuresToDown, …). */
   cluster?: Record<string, unknown>;
   logLevel?: string;
+  /** Per replica, the `cli.js` to run (default this build's dist/cli.js): the rolling-upgrade test runs an older build. */
+  clis?: string[];
+  /** Merged into every replica's config (its `storage` into theirs): storage.meta redis, scan settings, … */
+  extra?: Record<string, unknown>;
 }
 
 export interface RunningCluster {
@@ -98,8 +102,10 @@ export async function startCluster(o: StartClusterOptions): Promise<RunningClust
         },
         cluster: { self: urls[i], peers: urls, secret: { file: secretFile }, probeInterval: '500ms', ...o.cluster },
       };
+      const { storage: extraStorage, ...extra } = (o.extra ?? {}) as { storage?: Record<string, unknown> };
+      Object.assign(doc, extra, { storage: { ...doc.storage, ...extraStorage } });
       await writeFile(config, JSON.stringify(doc, null, 2));
-      return spawnReplica(urls[i]!, config, { PC_S3_AK: o.weed.accessKeyId, PC_S3_SK: o.weed.secretAccessKey });
+      return spawnReplica(urls[i]!, config, { PC_S3_AK: o.weed.accessKeyId, PC_S3_SK: o.weed.secretAccessKey }, o.clis?.[i] ?? CLI);
     }),
   );
   return {
@@ -112,8 +118,8 @@ export async function startCluster(o: StartClusterOptions): Promise<RunningClust
   };
 }
 
-async function spawnReplica(url: string, config: string, env: Record<string, string>): Promise<Replica> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT, env: { ...process.env, ...env } });
+async function spawnReplica(url: string, config: string, env: Record<string, string>, cli: string): Promise<Replica> {
+  const child = spawn(process.execPath, [cli, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT, env: { ...process.env, ...env } });
   live.add(child);
   let out = '';
   const keep = (b: Buffer): void => {
