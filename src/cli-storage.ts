@@ -5,12 +5,19 @@
  */
 import { parseArgs } from 'node:util';
 import type { Config } from './config/schema.js';
+import { backup, restore } from './server/backup.js';
 import { importToS3 } from './server/storage-import.js';
 
 export const STORAGE_USAGE = `  portcullis storage import --from CACHE_DIR [--config FILE] [--concurrency N] [--json]
       uploads every blob of a filesystem cache into the S3 bucket of the config (storage.blobs: s3), each verified
       against its digest (a damaged one is skipped and reported; exit 1), those already there skipped; and the
-      pushed reports of CACHE_DIR/scan.sqlite into the bucket`;
+      pushed reports of CACHE_DIR/scan.sqlite into the bucket
+  portcullis backup --out FILE [--config FILE]
+      what is durable (pushed reports in scan.sqlite; with storage.blobs: s3 the bucket's durable documents) into
+      one JSON Lines file with versions and SHA-256s
+  portcullis restore --in FILE [--config FILE]
+      verifies the whole backup (versions, every SHA-256), then writes what is missing; stop the node first
+      (scan.sqlite); replicas on the bucket may run (the restore bumps the invalidation epoch)`;
 
 export async function storageImport(args: string[], load: (file: string | undefined) => Config): Promise<number> {
   const { values } = parseArgs({
@@ -34,4 +41,33 @@ export async function storageImport(args: string[], load: (file: string | undefi
     for (const f of r.failed) process.stdout.write(`  failed  ${f.digest}: ${f.reason}\n`);
   }
   return r.corrupt.length || r.failed.length ? 1 : 0;
+}
+
+export async function backupCommand(args: string[], load: (file: string | undefined) => Config): Promise<number> {
+  const { values } = parseArgs({ args, options: { out: { type: 'string' }, config: { type: 'string', short: 'c' } } });
+  if (!values.out) {
+    process.stderr.write(`usage:\n${STORAGE_USAGE}\n`);
+    return 2;
+  }
+  const s = await backup(load(values.config), values.out);
+  process.stdout.write(`${values.out}: ${s.reports} report versions, ${s.documents} bucket documents\n`);
+  return 0;
+}
+
+export async function restoreCommand(args: string[], load: (file: string | undefined) => Config): Promise<number> {
+  const { values } = parseArgs({ args, options: { in: { type: 'string' }, config: { type: 'string', short: 'c' } } });
+  if (!values.in) {
+    process.stderr.write(`usage:\n${STORAGE_USAGE}\n`);
+    return 2;
+  }
+  try {
+    const s = await restore(load(values.config), values.in);
+    process.stdout.write(
+      `restored ${s.reports.restored} report versions (${s.reports.present} already there), ${s.documents.restored} bucket documents (${s.documents.present} already there)\n`,
+    );
+    return 0;
+  } catch (e) {
+    process.stderr.write(`restore refused: ${e instanceof Error ? e.message : String(e)}\n`);
+    return 1;
+  }
 }

@@ -22,7 +22,7 @@ import { policySource } from './server/bootstrap.js';
 import { formatWarm, type WarmReport } from './server/warm.js';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
-import { STORAGE_USAGE, storageImport } from './cli-storage.js';
+import { backupCommand, restoreCommand, STORAGE_USAGE, storageImport } from './cli-storage.js';
 
 const USAGE = `usage:
   portcullis serve [--config FILE]
@@ -337,6 +337,10 @@ async function main(argv: string[]): Promise<number | undefined> {
       break;
     case 'warm':
       return warmCommand(rest);
+    case 'backup':
+      return backupCommand(rest, (f) => load(configPath(f)));
+    case 'restore':
+      return restoreCommand(rest, (f) => load(configPath(f)));
     case 'storage':
       if (rest[0] === 'import') return storageImport(rest.slice(1), (f) => load(configPath(f)));
       break;

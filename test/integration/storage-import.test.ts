@@ -3,10 +3,13 @@
  * SeaweedFS and a real Distribution registry: a cache filled by pulling through a filesystem-backed proxy is imported
  * (every blob re-hashed; a damaged one skipped, reported and never visible in the bucket; pushed reports published),
  * then an S3-backed proxy on the same data dir serves the image with the upstream STOPPED. A second import uploads
- * nothing. And the bucket's layout marker: written on first use, a newer one refused.
+ * nothing. And the bucket's layout marker: written on first use, a newer one refused. And `portcullis backup` /
+ * `restore` of what is durable: a CRITICAL report pushed, backed up, wiped (data dir and bucket documents), restored:
+ * the image is denied again; a damaged backup is refused before anything is written.
  */
 import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { DeleteObjectCommand } from '@aws-sdk/client-s3';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +18,7 @@ import { S3BlobStore } from '../../src/cache/s3-blobstore.js';
 import { LayoutTooNewError } from '../../src/cache/layout.js';
 import { parseConfig } from '../../src/config/load.js';
 import { storageSchema } from '../../src/config/storage.js';
+import { backup, restore } from '../../src/server/backup.js';
 import { importToS3 } from '../../src/server/storage-import.js';
 import { MANIFEST_ACCEPT, pushImage, sha256 } from '../harness/images.js';
 import { startProxy } from '../harness/proxy.js';
@@ -24,6 +28,7 @@ import { startSeaweed, type RunningSeaweed } from '../harness/seaweedfs.js';
 const BUCKET = 'portcullis-import';
 const REPORT_TOKEN = 'import-report-token-77d1';
 const clean = readFileSync('test/fixtures/scan/trivy-clean.json', 'utf8');
+const critical = readFileSync('test/fixtures/scan/trivy-critical.json', 'utf8');
 const ZERO = `sha256:${'0'.repeat(64)}`;
 
 let weed: RunningSeaweed;
@@ -157,5 +162,70 @@ describe("the bucket's layout marker", () => {
     await expect(b.ready).rejects.toBeInstanceOf(LayoutTooNewError);
     await expect(b.ready).rejects.toThrow(`s3://${BUCKET}/future/layout.json: blob layout version 3`);
     await b.close();
+  });
+});
+
+describe('backup and restore of what is durable', () => {
+  it('a CRITICAL report pushed, backed up, wiped and restored is in force again; a damaged backup writes nothing', async () => {
+    const img = await pushImage(reg.url, 'backup/app', 'v1');
+    const dataDir = join(tmp, 'backed-up');
+    const upstreams = [{ name: 'local', registry: reg.host, url: reg.url }];
+    const settings = { no_match: 'deny', scopes: [{ name: 'all', images: ['**'], scan: { on_missing: 'allow' } }] };
+    const extra = { scan: { ...scan, admin: { token: { env: 'PC_IMPORT_REPORT_TOKEN' } } }, storage: s3Storage('backup/') };
+    const manifest = async (url: string): Promise<Response> => fetch(`${url}/v2/${reg.host}/backup/app/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
+    const p1 = await startProxy({ upstreams, dataDir, settings, extra });
+    try {
+      expect((await manifest(p1.url)).status).toBe(200);
+      const pushed = await fetch(`${p1.url}/api/v1/reports/${reg.host}/backup/app@${img.digest}`, {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${REPORT_TOKEN}`, 'content-type': 'application/json' },
+        body: critical.replaceAll(`registry.example/demo/app@${ZERO}`, `${reg.host}/backup/app@${img.digest}`),
+      });
+      expect(pushed.status).toBe(201);
+      expect((await manifest(p1.url)).status).toBe(403);
+    } finally {
+      await p1.stop({ keepData: true });
+    }
+    const config = parseConfig(JSON.stringify({ dataDir, upstreams, ...extra, policy: { bundleFile: 'policies/bundle.tar.gz' } }), 'backup.json', {});
+    const file = join(tmp, 'portcullis.backup');
+    expect(await backup(config, file)).toEqual({ reports: 1, documents: 1 });
+    const lines = readFileSync(file, 'utf8').trim().split('\n');
+    expect(JSON.parse(lines[0]!)).toMatchObject({ format: 'portcullis-backup', version: 1, schemas: { 'scan.sqlite': 1 }, layout: 1 });
+
+    // Lose everything durable: the node's data dir and the bucket's report documents.
+    const wipe = async (): Promise<void> => {
+      rmSync(dataDir, { recursive: true, force: true });
+      const docs = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'backup/meta/v1/reports/' }));
+      for (const o of docs.Contents ?? []) await s3.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: o.Key }));
+    };
+    await wipe();
+    const p2 = await startProxy({ upstreams, dataDir, settings, extra });
+    try {
+      expect((await manifest(p2.url)).status).toBe(200);
+    } finally {
+      await p2.stop();
+    }
+    await wipe();
+
+    // A damaged copy (one byte of an item changed) is refused as a whole, before anything is written.
+    const damaged = join(tmp, 'damaged.backup');
+    const item = JSON.parse(lines[1]!) as { data: string };
+    const flipped = Buffer.from(item.data, 'base64');
+    flipped[10] ^= 1;
+    writeFileSync(damaged, readFileSync(file, 'utf8').replace(item.data, flipped.toString('base64')));
+    await expect(restore(config, damaged)).rejects.toThrow(/sha256/);
+    const none = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'backup/meta/v1/reports/' }));
+    expect(none.Contents ?? []).toEqual([]);
+
+    expect(await restore(config, file)).toEqual({ reports: { restored: 1, present: 0 }, documents: { restored: 1, present: 0 } });
+    expect(await restore(config, file)).toEqual({ reports: { restored: 0, present: 1 }, documents: { restored: 0, present: 1 } });
+    const p3 = await startProxy({ upstreams, dataDir, settings, extra });
+    try {
+      const denied = await manifest(p3.url);
+      expect(denied.status).toBe(403);
+      expect(denied.headers.get('portcullis-reason')).toMatch(/CRITICAL|critical/);
+    } finally {
+      await p3.stop();
+    }
   });
 });
