@@ -20,7 +20,6 @@ import { BLOB_LAYOUT_VERSION } from '../cache/layout.js';
 import { openShared } from '../cache/open-shared.js';
 import type { DurableDocuments } from '../cache/shared.js';
 import type { Config } from '../config/schema.js';
-import type { Finding } from '../scan/normalize.js';
 import { SCAN_MIGRATIONS, ScanStore, type StoredReport } from '../scan/store.js';
 import { latestVersion } from '../util/sqlite-migrate.js';
 

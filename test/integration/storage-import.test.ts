@@ -211,7 +211,7 @@ describe('backup and restore of what is durable', () => {
     const damaged = join(tmp, 'damaged.backup');
     const item = JSON.parse(lines[1]!) as { data: string };
     const flipped = Buffer.from(item.data, 'base64');
-    flipped[10] ^= 1;
+    flipped[10] = flipped[10]! ^ 1;
     writeFileSync(damaged, readFileSync(file, 'utf8').replace(item.data, flipped.toString('base64')));
     await expect(restore(config, damaged)).rejects.toThrow(/sha256/);
     const none = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'backup/meta/v1/reports/' }));
