@@ -13,7 +13,7 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { S3BlobStore } from '../../src/cache/s3-blobstore.js';
 import { LayoutTooNewError } from '../../src/cache/layout.js';
 import { parseConfig } from '../../src/config/load.js';
@@ -167,19 +167,22 @@ describe("the bucket's layout marker", () => {
 
 describe('backup and restore of what is durable', () => {
   it('a CRITICAL report pushed, backed up, wiped and restored is in force again; a damaged backup writes nothing', async () => {
-    const img = await pushImage(reg.url, 'backup/app', 'v1');
+    // Its own upstream: the import test above stopped the shared one.
+    const up = await startRegistry();
+    onTestFinished(() => up.stop());
+    const img = await pushImage(up.url, 'backup/app', 'v1');
     const dataDir = join(tmp, 'backed-up');
-    const upstreams = [{ name: 'local', registry: reg.host, url: reg.url }];
+    const upstreams = [{ name: 'local', registry: up.host, url: up.url }];
     const settings = { no_match: 'deny', scopes: [{ name: 'all', images: ['**'], scan: { on_missing: 'allow' } }] };
     const extra = { scan: { ...scan, admin: { token: { env: 'PC_IMPORT_REPORT_TOKEN' } } }, storage: s3Storage('backup/') };
-    const manifest = async (url: string): Promise<Response> => fetch(`${url}/v2/${reg.host}/backup/app/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
+    const manifest = async (url: string): Promise<Response> => fetch(`${url}/v2/${up.host}/backup/app/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
     const p1 = await startProxy({ upstreams, dataDir, settings, extra });
     try {
       expect((await manifest(p1.url)).status).toBe(200);
-      const pushed = await fetch(`${p1.url}/api/v1/reports/${reg.host}/backup/app@${img.digest}`, {
+      const pushed = await fetch(`${p1.url}/api/v1/reports/${up.host}/backup/app@${img.digest}`, {
         method: 'PUT',
         headers: { authorization: `Bearer ${REPORT_TOKEN}`, 'content-type': 'application/json' },
-        body: critical.replaceAll(`registry.example/demo/app@${ZERO}`, `${reg.host}/backup/app@${img.digest}`),
+        body: critical.replaceAll(`registry.example/demo/app@${ZERO}`, `${up.host}/backup/app@${img.digest}`),
       });
       expect(pushed.status).toBe(201);
       expect((await manifest(p1.url)).status).toBe(403);
