@@ -22,6 +22,7 @@ import { policySource } from './server/bootstrap.js';
 import { formatWarm, type WarmReport } from './server/warm.js';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { backupCommand, restoreCommand, STORAGE_USAGE, storageImport } from './cli-storage.js';
 
 const USAGE = `usage:
   portcullis serve [--config FILE]
@@ -45,6 +46,7 @@ const USAGE = `usage:
       the client configuration that cannot fall back to the real registries, for this config's upstreams;
       printed, or written under DIR (the client's certs.d or registries.conf.d directory); --fallback adds
       a central tier after a node instance (containerd/docker)
+${STORAGE_USAGE}
 
 The config defaults to $PORTCULLIS_CONFIG or config/portcullis.yaml.`;
 
@@ -335,6 +337,13 @@ async function main(argv: string[]): Promise<number | undefined> {
       break;
     case 'warm':
       return warmCommand(rest);
+    case 'backup':
+      return backupCommand(rest, (f) => load(configPath(f)));
+    case 'restore':
+      return restoreCommand(rest, (f) => load(configPath(f)));
+    case 'storage':
+      if (rest[0] === 'import') return storageImport(rest.slice(1), (f) => load(configPath(f)));
+      break;
     case 'client-config':
       return clientConfigCommand(rest);
     case '--help':

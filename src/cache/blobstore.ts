@@ -18,6 +18,7 @@ import { BlobIndex, type BlobIndexEvents, type IndexedBlob } from './blob-index.
 import { sendFileRange } from './sendfile.js';
 import { createSpool, removeOrphanedSpools, safeReaddir } from './spool.js';
 import { SLAB_SIZE } from './slabs.js';
+import { ensureFileLayout } from './layout.js';
 
 /** Files the start-up scan stats between two yields to the event loop (about a millisecond of work). */
 const SCAN_SLICE = 512;
@@ -138,6 +139,8 @@ export class FileBlobStore implements BlobStore {
     this.tmpDir = join(dataDir, 'tmp');
     this.index = new BlobIndex({ maxSize, removeBytes: (digest) => this.unlinkNow(digest), events });
     mkdirSync(this.blobsDir, { recursive: true });
+    // Before anything is read or written: a layout from a newer release stops the start (cache/layout.ts).
+    ensureFileLayout(this.blobsDir);
     removeOrphanedSpools(this.tmpDir);
     this.indexed = this.scan(events.scanSlice ?? SCAN_SLICE);
   }

@@ -8,6 +8,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import type { Digest } from '../routing/reference.js';
+import { migrate, type Migration } from '../util/sqlite-migrate.js';
 
 /**
  * What the proxy stores, the gate and re-evaluation need of the metadata store (the implementation, SqliteMetaStore,
@@ -105,7 +106,11 @@ export interface MemberLink {
   role: MemberRole;
 }
 
-const SCHEMA = `
+/**
+ * Schema version 1, frozen: a later change is a new migration below, never an edit here (a file at version 1 never
+ * runs this again). IF NOT EXISTS because files from before versions existed (user_version 0) already hold it.
+ */
+const SCHEMA_V1 = `
 CREATE TABLE IF NOT EXISTS tags (
   upstream TEXT NOT NULL, repository TEXT NOT NULL, tag TEXT NOT NULL,
   digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, checked_at INTEGER NOT NULL,
@@ -144,13 +149,25 @@ CREATE INDEX IF NOT EXISTS admissions_under ON admissions (under);
  * a basis no proxy ever has: never served on their own strength, but a blob request finds its root and re-decides
  * it inline, so an upgrade does not fail a pull that is running.
  */
-const MIGRATE_V1 = `
+const LEGACY_CLOSURES = `
 INSERT OR IGNORE INTO admissions (upstream, repository, digest, under, tag, kind, basis, serve, decision_id, reason, decided_at, expires_at)
   SELECT upstream, repository, root, '', '', 'manifest', 'legacy', 1, 'legacy', '', 0, MAX(expires_at) FROM closures GROUP BY upstream, repository, root;
 INSERT OR IGNORE INTO closure_members (upstream, repository, member, role, root, voucher, expires_at)
   SELECT upstream, repository, member, CASE kind WHEN 'blob' THEN 'layer' ELSE 'child' END, root, root, expires_at FROM closures WHERE member != root;
 DROP TABLE closures;
 `;
+
+/** The schema's history, oldest first (util/sqlite-migrate.ts): each runs once, forward, in a transaction. */
+export const META_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    what: 'versioned baseline (tags, manifests, admissions, closure members); legacy closures become admissions',
+    up: (db) => {
+      db.exec(SCHEMA_V1);
+      if (db.prepare("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = 'closures'").get()) db.exec(LEGACY_CLOSURES);
+    },
+  },
+];
 
 /**
  * Lookups by digest alone, across repositories (a pushed report forgets every root that contains its digest): each
@@ -176,11 +193,16 @@ export class SqliteMetaStore implements MetaStore {
 
   constructor(dataDir: string) {
     mkdirSync(dataDir, { recursive: true });
-    this.db = new DatabaseSync(join(dataDir, 'meta.sqlite'));
-    this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;');
-    this.db.exec(SCHEMA);
-    if (this.db.prepare("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = 'closures'").get())
-      this.inTransaction(() => this.db.exec(MIGRATE_V1));
+    const file = join(dataDir, 'meta.sqlite');
+    this.db = new DatabaseSync(file);
+    this.db.exec('PRAGMA busy_timeout = 5000;');
+    try {
+      migrate(this.db, file, META_MIGRATIONS);
+    } catch (e) {
+      this.db.close();
+      throw e;
+    }
+    this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;');
     const p = (sql: string): StatementSync => this.db.prepare(sql);
     this.st = {
       getTag: p('SELECT digest, media_type, size, checked_at FROM tags WHERE upstream = ? AND repository = ? AND tag = ?'),

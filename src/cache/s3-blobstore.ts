@@ -32,6 +32,7 @@ import { digestAlgorithm, digestHex, isDigest, type Digest } from '../routing/re
 import { drained, prematureClose } from '../util/drain.js';
 import { BlobIndex, type BlobIndexEvents } from './blob-index.js';
 import type { BlobLease, BlobStore, BlobWriter, FileBlobStore, StoredBlob, WriterOptions } from './blobstore.js';
+import { ensureBucketLayout } from './s3-layout.js';
 import { s3Status, s3UploadHooks } from './s3-upload.js';
 import { createSpool, removeOrphanedSpools } from './spool.js';
 
@@ -92,7 +93,8 @@ export class S3BlobStore implements BlobStore {
       now: this.now,
     });
     removeOrphanedSpools(opts.tmpDir);
-    this.ready = this.sweep().then(() => {});
+    // The bucket's layout marker first: a layout from a newer release stops the start before anything is listed.
+    this.ready = ensureBucketLayout({ client: this.client, bucket: this.bucket, prefix: opts.config.prefix }).then(() => this.sweep().then(() => {}));
     this.ready.catch(() => {});
     this.sweeper = setInterval(() => {
       this.sweep().catch((e: unknown) => this.opts.events?.onError?.('sweep', e));

@@ -26,6 +26,9 @@
  * key needs a `{hash tag}`: GET/SET of one entry, the epoch scripts (bump, raise: the key, and the channel passed as
  * an argument, since PUBLISH is not keyed and a cluster forwards it to every node), the bucket script. A new script
  * or MULTI over several keys must put them in one slot (`<keyPrefix>v1:{<name>}:…`) and move the layout to v2.
+ *
+ * Messages are versioned by their channel's name (`v1:epoch:events` carries decimal epochs, nothing else; a
+ * receiver ignores what does not parse), and every value by its `v` field as well as its key.
  */
 import type { Digest } from '../routing/reference.js';
 import type { ClosureMember, MemberRole, TagEntry } from './metastore.js';

@@ -29,6 +29,16 @@ export class ReportMirror {
     await this.docs.put(`${this.versionPrefix(r)}${randomBytes(6).toString('hex')}.json`, Buffer.from(JSON.stringify(doc)));
   }
 
+  /**
+   * Stores a report unless the bucket already holds this version (same image, scan time and push time): for imports
+   * and restores, which may run again. True when it was stored.
+   */
+  async publishOnce(r: Published): Promise<boolean> {
+    if ((await this.docs.list(this.versionPrefix(r), 1)).length > 0) return false;
+    await this.publish(r);
+    return true;
+  }
+
   /** The report in force for this digest in the bucket (newest scan time, then newest push), or null. */
   async latest(digest: string): Promise<(ScanResult & { uploadedAt: number }) | null> {
     const keys = await this.docs.list(`reports/${digest}/`, MAX_VERSIONS);

@@ -15,6 +15,7 @@ import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import type { Finding, ScanResult } from './normalize.js';
 import type { ReportFormat } from './formats.js';
 import type { ScanCode } from '../policy/codes.js';
+import { migrate, type Migration } from '../util/sqlite-migrate.js';
 
 export interface StoredReport {
   /** The version's id, increasing with every push. */
@@ -49,7 +50,11 @@ export interface ScannerRecord {
   error: { message: string; at: number; code?: ScanCode } | null;
 }
 
-const SCHEMA = `
+/**
+ * Schema version 1, frozen: a later change is a new migration below, never an edit here. IF NOT EXISTS because files
+ * from before versions existed (user_version 0) already hold it.
+ */
+const SCHEMA_V1 = `
 CREATE TABLE IF NOT EXISTS scan_report_versions (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   registry TEXT NOT NULL, repository TEXT NOT NULL, digest TEXT NOT NULL,
@@ -65,6 +70,24 @@ CREATE TABLE IF NOT EXISTS scanner_scans (
   error TEXT, error_at INTEGER, error_code TEXT
 ) WITHOUT ROWID;
 `;
+
+/** The schema's history, oldest first (util/sqlite-migrate.ts): each runs once, forward, in a transaction. */
+export const SCAN_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    what: 'versioned baseline (report versions, scanner scans); the one-row-per-image reports become the first version of each history',
+    up: (db) => {
+      db.exec(SCHEMA_V1);
+      // Scanner errors gained a code: files from before lack the column.
+      const cols = db.prepare("SELECT name FROM pragma_table_info('scanner_scans')").all() as Array<{ name: string }>;
+      if (!cols.some((c) => c.name === 'error_code')) db.exec('ALTER TABLE scanner_scans ADD COLUMN error_code TEXT');
+      if (db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'scan_reports'").get()) {
+        db.exec(`INSERT INTO scan_report_versions (${DATA_COLS}, findings, body) SELECT ${DATA_COLS}, findings, body FROM scan_reports ORDER BY uploaded_at;
+                 DROP TABLE scan_reports;`);
+      }
+    },
+  },
+];
 
 interface ReportRow {
   id: number;
@@ -113,10 +136,16 @@ export class ScanStore {
 
   constructor(dataDir: string) {
     mkdirSync(dataDir, { recursive: true });
-    this.db = new DatabaseSync(join(dataDir, 'scan.sqlite'));
-    this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;');
-    this.db.exec(SCHEMA);
-    this.migrate();
+    const file = join(dataDir, 'scan.sqlite');
+    this.db = new DatabaseSync(file);
+    this.db.exec('PRAGMA busy_timeout = 5000;');
+    try {
+      migrate(this.db, file, SCAN_MIGRATIONS);
+    } catch (e) {
+      this.db.close();
+      throw e;
+    }
+    this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;');
     const p = (sql: string): StatementSync => this.db.prepare(sql);
     this.st = {
       putReport: p(`INSERT INTO scan_report_versions (${DATA_COLS}, findings, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
@@ -137,27 +166,6 @@ export class ScanStore {
                      job_next_poll_at = excluded.job_next_poll_at, job_upstream = excluded.job_upstream, job_repository = excluded.job_repository,
                      job_mime = excluded.job_mime, error = excluded.error, error_at = excluded.error_at, error_code = excluded.error_code`),
     };
-  }
-
-  /**
-   * Reports stored by earlier versions (one row per image, replaced on every push) become the first version of
-   * each image's history.
-   */
-  private migrate(): void {
-    // Scanner errors gained a code: files from before lack the column.
-    const cols = this.db.prepare("SELECT name FROM pragma_table_info('scanner_scans')").all() as Array<{ name: string }>;
-    if (!cols.some((c) => c.name === 'error_code')) this.db.exec('ALTER TABLE scanner_scans ADD COLUMN error_code TEXT');
-    const old = this.db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'scan_reports'").get();
-    if (!old) return;
-    this.db.exec('BEGIN IMMEDIATE');
-    try {
-      this.db.exec(`INSERT INTO scan_report_versions (${DATA_COLS}, findings, body) SELECT ${DATA_COLS}, findings, body FROM scan_reports ORDER BY uploaded_at;
-                    DROP TABLE scan_reports;`);
-      this.db.exec('COMMIT');
-    } catch (e) {
-      this.db.exec('ROLLBACK');
-      throw e;
-    }
   }
 
   /**

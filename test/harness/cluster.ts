@@ -43,6 +43,10 @@ export interface StartClusterOptions {
   settings?: Record<string, unknown>;
   /** `storage.meta: redis` on this server, entries signed with `signingKey` (32+ bytes). */
   redis?: { url: string; signingKey: string; keyPrefix?: string };
+  /** Per replica, the `cli.js` to run (default this build's dist/cli.js): the rolling-upgrade test runs an older build. */
+  clis?: string[];
+  /** Merged into every replica's config (its `storage` into theirs): storage.meta redis, scan settings, … */
+  extra?: Record<string, unknown>;
 }
 
 export interface RunningCluster {
@@ -119,8 +123,10 @@ export async function startCluster(o: StartClusterOptions): Promise<RunningClust
       },
       cluster: { self: `http://127.0.0.1:${port}`, peers, secret: { file: secretFile }, probeInterval: '500ms', ...o.cluster },
     };
+    const { storage: extraStorage, ...extraConfig } = (o.extra ?? {}) as { storage?: Record<string, unknown> };
+    Object.assign(doc, extraConfig, { storage: { ...doc.storage, ...extraStorage } });
     await writeFile(config, JSON.stringify(doc, null, 2));
-    return spawnReplica(`http://127.0.0.1:${port}`, config, env);
+    return spawnReplica(`http://127.0.0.1:${port}`, config, env, o.clis?.[i] ?? CLI);
   };
   // One that fails to start must not leave the others running.
   const started = await Promise.allSettled(ports.map((port, i) => start(port, i, urls)));
@@ -150,8 +156,8 @@ export async function startCluster(o: StartClusterOptions): Promise<RunningClust
   };
 }
 
-async function spawnReplica(url: string, config: string, env: Record<string, string>): Promise<Replica> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT, env: { ...process.env, ...env } });
+async function spawnReplica(url: string, config: string, env: Record<string, string>, cli: string = CLI): Promise<Replica> {
+  const child = spawn(process.execPath, [cli, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT, env: { ...process.env, ...env } });
   live.add(child);
   let out = '';
   const keep = (b: Buffer): void => {

@@ -72,7 +72,8 @@ function withLocalCache(s: Record<string, unknown>): Record<string, unknown> {
 
 async function objects(prefix: string): Promise<Array<{ key: string; size: number }>> {
   const r = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix }));
-  return (r.Contents ?? []).map((o) => ({ key: o.Key ?? '', size: o.Size ?? 0 }));
+  // The layout marker (cache/s3-layout.ts) sits at the prefix's root; these tests count blobs.
+  return (r.Contents ?? []).filter((o) => o.Key !== `${prefix}layout.json`).map((o) => ({ key: o.Key ?? '', size: o.Size ?? 0 }));
 }
 
 async function uploads(prefix: string): Promise<Array<{ key: string; id: string }>> {

@@ -349,7 +349,7 @@ describe('BlobStore', () => {
       const { dir } = await filled(5);
       // The first file the scan visits (directory order) is stat-ed before the constructor returns: removing it
       // afterwards must not let the scan's listing bring it back.
-      const alg = readdirSync(join(dir, 'blobs'))[0]!;
+      const alg = readdirSync(join(dir, 'blobs')).find((n) => n !== 'layout.json')!;
       const prefix = readdirSync(join(dir, 'blobs', alg))[0]!;
       const first = `${alg}:${readdirSync(join(dir, 'blobs', alg, prefix))[0]!}` as Digest;
       const s = new FileBlobStore(dir, 1 << 20, { scanSlice: 1 });

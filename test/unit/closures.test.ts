@@ -329,7 +329,8 @@ describe('upgrade', () => {
     const old = new DatabaseSync(join(dir, 'meta.sqlite'));
     old.exec(`DROP TABLE IF EXISTS admissions; DROP TABLE IF EXISTS closure_members;
       CREATE TABLE closures (upstream TEXT NOT NULL, repository TEXT NOT NULL, member TEXT NOT NULL, root TEXT NOT NULL,
-        kind TEXT NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (upstream, repository, member, root)) WITHOUT ROWID;`);
+        kind TEXT NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (upstream, repository, member, root)) WITHOUT ROWID;
+      PRAGMA user_version = 0; -- a file from before schema versions`);
     const put = old.prepare('INSERT INTO closures VALUES (?, ?, ?, ?, ?, ?)');
     for (const [member, kind] of [
       [img.digest, 'manifest'],
