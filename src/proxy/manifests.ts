@@ -71,6 +71,14 @@ export interface ManifestServiceOptions {
 export class ProxyManifestService implements ManifestService {
   private readonly tagFlights = new SingleFlight<string, ResolvedTag>();
   private readonly getFlights = new SingleFlight<string, Manifest>();
+  /**
+   * Recently served manifests, verified and parsed, by upstream, repository and digest (the metastore's own scope: a
+   * digest cached for one repository is never served from another's entry). A manifest by digest never changes and
+   * the metastore never forgets one, so this only saves the warm path a metastore read (two queries and a copy of the
+   * bytes) and a JSON parse per request. Least recently used first; bounded in entries and bytes.
+   */
+  private readonly recent = new Map<string, Manifest>();
+  private recentBytes = 0;
 
   private readonly config: Config;
   private readonly meta: MetaStore;
@@ -89,17 +97,34 @@ export class ProxyManifestService implements ManifestService {
   }
 
   resolveTag(route: Route, tag: string, opts: ResolveOptions = {}): Promise<ResolvedTag> {
+    // A mapping within its TTL is served without a flight (nothing to share: no upstream round trip).
+    const fresh = this.freshTag(route, tag);
+    if (fresh) {
+      this.metrics.cacheLookups.inc({ kind: 'tag', result: 'hit' });
+      return this.get(route, fresh.digest).then((manifest) => ({ manifest, stale: false }));
+    }
     const key = `${route.upstream.name}\n${route.repository}\n${tag}`;
     if (this.tagFlights.has(key)) this.metrics.singleflightWaiters.inc({ kind: 'tag' });
     return this.tagFlights.run(key, () => this.doResolveTag(route, tag, opts));
+  }
+
+  /** The tag's mapping if it was confirmed within its TTL. */
+  private freshTag(route: Route, tag: string): TagEntry | undefined {
+    const cached = this.meta.getTag(route.upstream.name, route.repository, tag);
+    return cached && this.now() - cached.checkedAt < this.tagTTL(route) ? cached : undefined;
+  }
+
+  /** A central Portcullis is asked again at least every `recheck`: a tag it now denies is not served for longer. */
+  private tagTTL(route: Route): number {
+    const upstream = route.upstream;
+    return upstream.kind === 'portcullis' ? Math.min(this.config.cache.tagTTL, upstream.recheck) : this.config.cache.tagTTL;
   }
 
   private async doResolveTag(route: Route, tag: string, opts: ResolveOptions): Promise<ResolvedTag> {
     const { upstream, repository } = route;
     const cached = this.meta.getTag(upstream.name, repository, tag);
     const now = this.now();
-    // A central Portcullis is asked again at least every `recheck`: a tag it now denies is not served for longer.
-    const ttl = upstream.kind === 'portcullis' ? Math.min(this.config.cache.tagTTL, upstream.recheck) : this.config.cache.tagTTL;
+    const ttl = this.tagTTL(route);
     if (cached && now - cached.checkedAt < ttl) {
       this.metrics.cacheLookups.inc({ kind: 'tag', result: 'hit' });
       return { manifest: await this.get(route, cached.digest), stale: false };
@@ -207,12 +232,19 @@ export class ProxyManifestService implements ManifestService {
   }
 
   get(route: Route, digest: Digest): Promise<Manifest> {
+    const key = `${route.upstream.name}\n${route.repository}\n${digest}`;
+    const recent = this.recent.get(key);
+    if (recent) {
+      this.recent.delete(key);
+      this.recent.set(key, recent);
+      this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'hit' });
+      return Promise.resolve(recent);
+    }
     const cached = this.meta.getManifest(route.upstream.name, route.repository, digest);
     if (cached) {
       this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'hit' });
-      return Promise.resolve({ ...cached, parsed: parseManifest(cached.bytes, cached.mediaType) });
+      return Promise.resolve(this.remember(key, { ...cached, parsed: parseManifest(cached.bytes, cached.mediaType) }));
     }
-    const key = `${route.upstream.name}\n${route.repository}\n${digest}`;
     if (this.getFlights.has(key)) this.metrics.singleflightWaiters.inc({ kind: 'manifest' });
     else this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'miss' });
     return this.getFlights.run(key, () => this.fetchAndStore(route, digest, digest));
@@ -276,9 +308,30 @@ export class ProxyManifestService implements ManifestService {
     }
     const m: Manifest = { digest: actual, mediaType: parsed.mediaType, bytes, parsed };
     this.meta.putManifest(upstream.name, repository, m);
+    return this.remember(`${upstream.name}\n${repository}\n${actual}`, m);
+  }
+
+  private remember(key: string, m: Manifest): Manifest {
+    if (m.bytes.length > RECENT_MAX_BYTES / 8) return m;
+    const old = this.recent.get(key);
+    if (old) {
+      this.recent.delete(key);
+      this.recentBytes -= old.bytes.length;
+    }
+    this.recent.set(key, m);
+    this.recentBytes += m.bytes.length;
+    for (const [k, v] of this.recent) {
+      if (this.recent.size <= RECENT_MAX_ENTRIES && this.recentBytes <= RECENT_MAX_BYTES) break;
+      this.recent.delete(k);
+      this.recentBytes -= v.bytes.length;
+    }
     return m;
   }
 }
+
+/** The in-memory manifest cache's bounds (ProxyManifestService.recent); a manifest over 1/8 of the bytes is not kept. */
+const RECENT_MAX_ENTRIES = 1024;
+const RECENT_MAX_BYTES = 16 * 1024 * 1024;
 
 /** Maps an upstream status that is not 200/404 onto the error the client should see. */
 export function statusError(res: UpstreamResponse, upstream: string, what: string): RegistryError {
