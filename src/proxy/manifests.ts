@@ -78,6 +78,8 @@ export class ProxyManifestService implements ManifestService {
    * bytes) and a JSON parse per request. Least recently used first; bounded in entries and bytes.
    */
   private readonly recent = new Map<string, Manifest>();
+  /** The tag mappings this process read or wrote (freshTag), least recently used first, at most RECENT_MAX_TAGS. */
+  private readonly tags = new Map<string, TagEntry>();
   private recentBytes = 0;
 
   private readonly config: Config;
@@ -108,10 +110,36 @@ export class ProxyManifestService implements ManifestService {
     return this.tagFlights.run(key, () => this.doResolveTag(route, tag, opts));
   }
 
-  /** The tag's mapping if it was confirmed within its TTL. */
+  /**
+   * The tag's mapping if it was confirmed within its TTL: this process's own copy while that is fresh (every tag
+   * write of this process goes through putTag/deleteTag below), else the metastore's row.
+   */
   private freshTag(route: Route, tag: string): TagEntry | undefined {
+    const key = `${route.upstream.name}\n${route.repository}\n${tag}`;
+    const now = this.now();
+    const ttl = this.tagTTL(route);
+    const mine = this.tags.get(key);
+    if (mine && now - mine.checkedAt < ttl) return mine;
     const cached = this.meta.getTag(route.upstream.name, route.repository, tag);
-    return cached && this.now() - cached.checkedAt < this.tagTTL(route) ? cached : undefined;
+    if (!cached || now - cached.checkedAt >= ttl) return undefined;
+    this.rememberTag(key, cached);
+    return cached;
+  }
+
+  private putTag(route: Route, tag: string, e: TagEntry): void {
+    this.meta.putTag(route.upstream.name, route.repository, tag, e);
+    this.rememberTag(`${route.upstream.name}\n${route.repository}\n${tag}`, e);
+  }
+
+  private deleteTag(route: Route, tag: string): void {
+    this.tags.delete(`${route.upstream.name}\n${route.repository}\n${tag}`);
+    this.meta.deleteTag(route.upstream.name, route.repository, tag);
+  }
+
+  private rememberTag(key: string, e: TagEntry): void {
+    this.tags.delete(key);
+    this.tags.set(key, e);
+    if (this.tags.size > RECENT_MAX_TAGS) this.tags.delete(this.tags.keys().next().value!);
   }
 
   /** A central Portcullis is asked again at least every `recheck`: a tag it now denies is not served for longer. */
@@ -158,7 +186,7 @@ export class ProxyManifestService implements ManifestService {
     if (refusal) throw refusal;
     res.body.resume();
     if (res.status === 404) {
-      this.meta.deleteTag(upstream.name, repository, tag);
+      this.deleteTag(route, tag);
       throw errors.manifestUnknown(`manifest unknown: ${route.registry}/${repository}:${tag} not found upstream`);
     }
     if (res.status !== 200) return serveStale(statusError(res, upstream.name, `${repository}:${tag}`));
@@ -174,7 +202,7 @@ export class ProxyManifestService implements ManifestService {
       return serveStale(toRegistryError(e, upstream.name));
     }
     const entry: TagEntry = { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() };
-    this.meta.putTag(upstream.name, repository, tag, entry);
+    this.putTag(route, tag, entry);
     this.shared?.putTag(upstream.name, repository, tag, entry, this.config.cache.tagTTL + this.config.cache.staleIfError);
     return { manifest: m, stale: false };
   }
@@ -198,7 +226,7 @@ export class ProxyManifestService implements ManifestService {
       return undefined;
     }
     this.metrics.cacheLookups.inc({ kind: 'tag', result: 'shared' });
-    this.meta.putTag(upstream.name, repository, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt });
+    this.putTag(route, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt });
     return { manifest: m, stale: false };
   }
 
@@ -213,11 +241,11 @@ export class ProxyManifestService implements ManifestService {
     try {
       m = await this.fetchAndStore(route, tag, undefined);
     } catch (e) {
-      if (e instanceof RegistryError && e.code === 'MANIFEST_UNKNOWN') this.meta.deleteTag(upstream.name, repository, tag);
+      if (e instanceof RegistryError && e.code === 'MANIFEST_UNKNOWN') this.deleteTag(route, tag);
       if (e instanceof RegistryError && (e.code === 'DENIED' || e.code === 'MANIFEST_UNKNOWN')) throw e;
       return serveStale(toRegistryError(e, upstream.name));
     }
-    this.meta.putTag(upstream.name, repository, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() });
+    this.putTag(route, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() });
     return { manifest: m, stale: false };
   }
 
@@ -226,7 +254,7 @@ export class ProxyManifestService implements ManifestService {
     const { upstream, repository } = route;
     const m = await this.fetchAndStore(route, tag, undefined);
     const entry: TagEntry = { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() };
-    this.meta.putTag(upstream.name, repository, tag, entry);
+    this.putTag(route, tag, entry);
     this.shared?.putTag(upstream.name, repository, tag, entry, this.config.cache.tagTTL + this.config.cache.staleIfError);
     return { manifest: m, stale: false };
   }
@@ -332,6 +360,7 @@ export class ProxyManifestService implements ManifestService {
 /** The in-memory manifest cache's bounds (ProxyManifestService.recent); a manifest over 1/8 of the bytes is not kept. */
 const RECENT_MAX_ENTRIES = 1024;
 const RECENT_MAX_BYTES = 16 * 1024 * 1024;
+const RECENT_MAX_TAGS = 4096;
 
 /** Maps an upstream status that is not 200/404 onto the error the client should see. */
 export function statusError(res: UpstreamResponse, upstream: string, what: string): RegistryError {

@@ -111,4 +111,25 @@ describe('warm manifest path', () => {
     expect(s.sent.at(-1)!.method).toBe('HEAD');
     s.meta.close();
   });
+
+  test('a fresh tag is resolved without a metastore read; a tag gone upstream is forgotten in memory too', async () => {
+    const s = setup();
+    const bytes = image(5);
+    s.bodies.set('v1', bytes);
+    s.bodies.set(sha256(bytes), bytes);
+    await s.svc.resolveTag(s.route, 'v1');
+    const tagReads = vi.spyOn(s.meta, 'getTag');
+    for (let i = 0; i < 50; i++) await s.svc.resolveTag(s.route, 'v1');
+    expect(tagReads).toHaveBeenCalledTimes(0);
+    // Past the TTL the upstream says 404: the mapping goes, from the metastore and from memory.
+    s.bodies.delete('v1');
+    s.now.t += s.config.cache.tagTTL;
+    await expect(s.svc.resolveTag(s.route, 'v1')).rejects.toThrow(/not found upstream/);
+    expect(s.meta.getTag('up', 'lib/app', 'v1')).toBeUndefined();
+    s.now.t -= s.config.cache.tagTTL;
+    const before = s.sent.length;
+    await expect(s.svc.resolveTag(s.route, 'v1')).rejects.toThrow(/not found upstream/);
+    expect(s.sent.length).toBe(before + 1);
+    s.meta.close();
+  });
 });
