@@ -236,7 +236,7 @@ export class ProxyManifestService implements ManifestService {
    * a stale mapping; only a failure to reach it is.
    */
   private async resolveChainedTag(route: Route, tag: string, serveStale: (why: RegistryError | Error) => Promise<ResolvedTag>): Promise<ResolvedTag> {
-    const { upstream, repository } = route;
+    const { upstream } = route;
     let m: Manifest;
     try {
       m = await this.fetchAndStore(route, tag, undefined);
