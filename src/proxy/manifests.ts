@@ -81,6 +81,16 @@ const DURABLE_TAG_EVERY = 3_600_000;
 export class ProxyManifestService implements ManifestService {
   private readonly tagFlights = new SingleFlight<string, ResolvedTag>();
   private readonly getFlights = new SingleFlight<string, Manifest>();
+  /**
+   * Recently served manifests, verified and parsed, by upstream, repository and digest (the metastore's own scope: a
+   * digest cached for one repository is never served from another's entry). A manifest by digest never changes and
+   * the metastore never forgets one, so this only saves the warm path a metastore read (two queries and a copy of the
+   * bytes) and a JSON parse per request. Least recently used first; bounded in entries and bytes.
+   */
+  private readonly recent = new Map<string, Manifest>();
+  /** The tag mappings this process read or wrote (freshTag), least recently used first, at most RECENT_MAX_TAGS. */
+  private readonly tags = new Map<string, TagEntry>();
+  private recentBytes = 0;
 
   private readonly config: Config;
   private readonly meta: MetaStore;
@@ -103,17 +113,60 @@ export class ProxyManifestService implements ManifestService {
   }
 
   resolveTag(route: Route, tag: string, opts: ResolveOptions = {}): Promise<ResolvedTag> {
+    // A mapping within its TTL is served without a flight (nothing to share: no upstream round trip).
+    const fresh = this.freshTag(route, tag);
+    if (fresh) {
+      this.metrics.cacheLookups.inc({ kind: 'tag', result: 'hit' });
+      return this.get(route, fresh.digest).then((manifest) => ({ manifest, stale: false }));
+    }
     const key = `${route.upstream.name}\n${route.repository}\n${tag}`;
     if (this.tagFlights.has(key)) this.metrics.singleflightWaiters.inc({ kind: 'tag' });
     return this.tagFlights.run(key, () => this.doResolveTag(route, tag, opts));
+  }
+
+  /**
+   * The tag's mapping if it was confirmed within its TTL: this process's own copy while that is fresh (every tag
+   * write of this process goes through putTag/deleteTag below), else the metastore's row.
+   */
+  private freshTag(route: Route, tag: string): TagEntry | undefined {
+    const key = `${route.upstream.name}\n${route.repository}\n${tag}`;
+    const now = this.now();
+    const ttl = this.tagTTL(route);
+    const mine = this.tags.get(key);
+    if (mine && now - mine.checkedAt < ttl) return mine;
+    const cached = this.meta.getTag(route.upstream.name, route.repository, tag);
+    if (!cached || now - cached.checkedAt >= ttl) return undefined;
+    this.rememberTag(key, cached);
+    return cached;
+  }
+
+  private putTag(route: Route, tag: string, e: TagEntry): void {
+    this.meta.putTag(route.upstream.name, route.repository, tag, e);
+    this.rememberTag(`${route.upstream.name}\n${route.repository}\n${tag}`, e);
+  }
+
+  private deleteTag(route: Route, tag: string): void {
+    this.tags.delete(`${route.upstream.name}\n${route.repository}\n${tag}`);
+    this.meta.deleteTag(route.upstream.name, route.repository, tag);
+  }
+
+  private rememberTag(key: string, e: TagEntry): void {
+    this.tags.delete(key);
+    this.tags.set(key, e);
+    if (this.tags.size > RECENT_MAX_TAGS) this.tags.delete(this.tags.keys().next().value!);
+  }
+
+  /** A central Portcullis is asked again at least every `recheck`: a tag it now denies is not served for longer. */
+  private tagTTL(route: Route): number {
+    const upstream = route.upstream;
+    return upstream.kind === 'portcullis' ? Math.min(this.config.cache.tagTTL, upstream.recheck) : this.config.cache.tagTTL;
   }
 
   private async doResolveTag(route: Route, tag: string, opts: ResolveOptions): Promise<ResolvedTag> {
     const { upstream, repository } = route;
     const cached = this.meta.getTag(upstream.name, repository, tag);
     const now = this.now();
-    // A central Portcullis is asked again at least every `recheck`: a tag it now denies is not served for longer.
-    const ttl = upstream.kind === 'portcullis' ? Math.min(this.config.cache.tagTTL, upstream.recheck) : this.config.cache.tagTTL;
+    const ttl = this.tagTTL(route);
     if (cached && now - cached.checkedAt < ttl) {
       this.metrics.cacheLookups.inc({ kind: 'tag', result: 'hit' });
       return { manifest: await this.get(route, cached.digest), stale: false };
@@ -149,7 +202,7 @@ export class ProxyManifestService implements ManifestService {
     if (refusal) throw refusal;
     res.body.resume();
     if (res.status === 404) {
-      this.meta.deleteTag(upstream.name, repository, tag);
+      this.deleteTag(route, tag);
       throw errors.manifestUnknown(`manifest unknown: ${route.registry}/${repository}:${tag} not found upstream`);
     }
     if (res.status !== 200) return serveStale(statusError(res, upstream.name, `${repository}:${tag}`));
@@ -165,7 +218,7 @@ export class ProxyManifestService implements ManifestService {
       return serveStale(toRegistryError(e, upstream.name));
     }
     const entry: TagEntry = { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() };
-    this.meta.putTag(upstream.name, repository, tag, entry);
+    this.putTag(route, tag, entry);
     this.shared?.putTag(upstream.name, repository, tag, entry, this.config.cache.tagTTL + this.config.cache.staleIfError);
     this.keepTag(route, tag, entry);
     return { manifest: m, stale: false };
@@ -201,7 +254,7 @@ export class ProxyManifestService implements ManifestService {
       return undefined;
     }
     this.metrics.cacheLookups.inc({ kind: 'tag', result: 'shared' });
-    this.meta.putTag(upstream.name, repository, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt });
+    this.putTag(route, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt });
     return { manifest: m, stale: false };
   }
 
@@ -211,16 +264,16 @@ export class ProxyManifestService implements ManifestService {
    * a stale mapping; only a failure to reach it is.
    */
   private async resolveChainedTag(route: Route, tag: string, serveStale: (why: RegistryError | Error) => Promise<ResolvedTag>): Promise<ResolvedTag> {
-    const { upstream, repository } = route;
+    const { upstream } = route;
     let m: Manifest;
     try {
       m = await this.fetchAndStore(route, tag, undefined);
     } catch (e) {
-      if (e instanceof RegistryError && e.code === 'MANIFEST_UNKNOWN') this.meta.deleteTag(upstream.name, repository, tag);
+      if (e instanceof RegistryError && e.code === 'MANIFEST_UNKNOWN') this.deleteTag(route, tag);
       if (e instanceof RegistryError && (e.code === 'DENIED' || e.code === 'MANIFEST_UNKNOWN')) throw e;
       return serveStale(toRegistryError(e, upstream.name));
     }
-    this.meta.putTag(upstream.name, repository, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() });
+    this.putTag(route, tag, { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() });
     return { manifest: m, stale: false };
   }
 
@@ -229,18 +282,25 @@ export class ProxyManifestService implements ManifestService {
     const { upstream, repository } = route;
     const m = await this.fetchAndStore(route, tag, undefined);
     const entry: TagEntry = { digest: m.digest, mediaType: m.mediaType, size: m.bytes.length, checkedAt: this.now() };
-    this.meta.putTag(upstream.name, repository, tag, entry);
+    this.putTag(route, tag, entry);
     this.shared?.putTag(upstream.name, repository, tag, entry, this.config.cache.tagTTL + this.config.cache.staleIfError);
     return { manifest: m, stale: false };
   }
 
   get(route: Route, digest: Digest): Promise<Manifest> {
+    const key = `${route.upstream.name}\n${route.repository}\n${digest}`;
+    const recent = this.recent.get(key);
+    if (recent) {
+      this.recent.delete(key);
+      this.recent.set(key, recent);
+      this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'hit' });
+      return Promise.resolve(recent);
+    }
     const cached = this.meta.getManifest(route.upstream.name, route.repository, digest);
     if (cached) {
       this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'hit' });
-      return Promise.resolve({ ...cached, parsed: parseManifest(cached.bytes, cached.mediaType) });
+      return Promise.resolve(this.remember(key, { ...cached, parsed: parseManifest(cached.bytes, cached.mediaType) }));
     }
-    const key = `${route.upstream.name}\n${route.repository}\n${digest}`;
     if (this.getFlights.has(key)) this.metrics.singleflightWaiters.inc({ kind: 'manifest' });
     else this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'miss' });
     return this.getFlights.run(key, async () => (await this.fromBucket(route, digest)) ?? this.fetchAndStore(route, digest, digest));
@@ -322,9 +382,31 @@ export class ProxyManifestService implements ManifestService {
     }
     const m: Manifest = { digest: actual, mediaType: parsed.mediaType, bytes, parsed };
     this.meta.putManifest(upstream.name, repository, m);
+    return this.remember(`${upstream.name}\n${repository}\n${actual}`, m);
+  }
+
+  private remember(key: string, m: Manifest): Manifest {
+    if (m.bytes.length > RECENT_MAX_BYTES / 8) return m;
+    const old = this.recent.get(key);
+    if (old) {
+      this.recent.delete(key);
+      this.recentBytes -= old.bytes.length;
+    }
+    this.recent.set(key, m);
+    this.recentBytes += m.bytes.length;
+    for (const [k, v] of this.recent) {
+      if (this.recent.size <= RECENT_MAX_ENTRIES && this.recentBytes <= RECENT_MAX_BYTES) break;
+      this.recent.delete(k);
+      this.recentBytes -= v.bytes.length;
+    }
     return m;
   }
 }
+
+/** The in-memory manifest cache's bounds (ProxyManifestService.recent); a manifest over 1/8 of the bytes is not kept. */
+const RECENT_MAX_ENTRIES = 1024;
+const RECENT_MAX_BYTES = 16 * 1024 * 1024;
+const RECENT_MAX_TAGS = 4096;
 
 /** Maps an upstream status that is not 200/404 onto the error the client should see. */
 export function statusError(res: UpstreamResponse, upstream: string, what: string): RegistryError {
