@@ -38,6 +38,8 @@ export interface StartClusterOptions {
   /** Extra `cluster` settings (probeInterval, failuresToDown, …). */
   cluster?: Record<string, unknown>;
   logLevel?: string;
+  /** Extra `storage.s3` settings (partSize, abandonedUploadAge, …). */
+  s3?: Record<string, unknown>;
 }
 
 export interface RunningCluster {
@@ -94,6 +96,7 @@ export async function startCluster(o: StartClusterOptions): Promise<RunningClust
             allowInsecureHttp: true,
             credentials: { accessKeyId: { env: 'PC_S3_AK' }, secretAccessKey: { env: 'PC_S3_SK' } },
             partSize: '5MiB',
+            ...o.s3,
           },
         },
         cluster: { self: urls[i], peers: urls, secret: { file: secretFile }, probeInterval: '500ms', ...o.cluster },
@@ -112,7 +115,8 @@ export async function startCluster(o: StartClusterOptions): Promise<RunningClust
   };
 }
 
-async function spawnReplica(url: string, config: string, env: Record<string, string>): Promise<Replica> {
+/** Starts `node dist/cli.js serve --config <config>` and waits until `<url>/readyz` answers 200. */
+export async function spawnReplica(url: string, config: string, env: Record<string, string>): Promise<Replica> {
   const child = spawn(process.execPath, [CLI, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT, env: { ...process.env, ...env } });
   live.add(child);
   let out = '';

@@ -45,7 +45,17 @@ function assertBinary(): string {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-export async function startSeaweed(): Promise<RunningSeaweed> {
+export interface StartSeaweedOptions {
+  /**
+   * Bytes the test may store at once, counting aborted parts (volumes reclaim space only when vacuumed). Default:
+   * 16 volumes of 64 MB; a larger figure gets 256 MB volumes, enough of them, and a margin.
+   */
+  capacity?: number;
+}
+
+export async function startSeaweed(o: StartSeaweedOptions = {}): Promise<RunningSeaweed> {
+  const volumeMB = o.capacity !== undefined && o.capacity > 768 * 1024 ** 2 ? 256 : 64;
+  const volumes = Math.max(16, Math.ceil((o.capacity ?? 0) / (volumeMB * 1024 ** 2)) + 8);
   const version = assertBinary();
   if (!hooked) {
     hooked = true;
@@ -78,10 +88,10 @@ export async function startSeaweed(): Promise<RunningSeaweed> {
     '-ip.bind=127.0.0.1',
     `-master.port=${master}`,
     `-master.port.grpc=${masterGrpc}`,
-    '-master.volumeSizeLimitMB=64',
+    `-master.volumeSizeLimitMB=${volumeMB}`,
     `-volume.port=${volume}`,
     `-volume.port.grpc=${volumeGrpc}`,
-    '-volume.max=16',
+    `-volume.max=${volumes}`,
     '-filer',
     `-filer.port=${filer}`,
     `-filer.port.grpc=${filerGrpc}`,
