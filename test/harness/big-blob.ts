@@ -23,14 +23,14 @@ export function bigBlobSize(fallbackGiB: number): number {
 }
 
 /** `size` bytes of the seed's stream, 1 MiB at a time. */
-export function* blobChunks(seed: string, size: number): Generator<Buffer> {
+function* blobChunks(seed: string, size: number): Generator<Buffer> {
   const key = createHash('sha256').update(seed).digest();
   const cipher = createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
   const zeros = Buffer.alloc(CHUNK);
   for (let at = 0; at < size; at += CHUNK) yield cipher.update(zeros.subarray(0, Math.min(CHUNK, size - at)));
 }
 
-export interface BigLayer {
+interface BigLayer {
   digest: string;
   size: number;
   /** sha256 of bytes [0, split) and [split, size), for a resumed transfer. */
@@ -115,7 +115,7 @@ export async function pushBigImage(registryUrl: string, repo: string, tag: strin
   return { repo, tag, layer };
 }
 
-export interface HashedGet {
+interface HashedGet {
   status: number;
   bytes: number;
   digest: string;
@@ -163,7 +163,7 @@ export function hashedGet(url: string, o: { range?: string; stopAfter?: number; 
 }
 
 /** The kernel's peak resident set of a process in MiB (VmHWM), or undefined once it is gone. */
-export function peakRssMiB(pid: number): number | undefined {
+function peakRssMiB(pid: number): number | undefined {
   try {
     const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) / 1024 : undefined;
