@@ -3,7 +3,7 @@
  * `npm run bench`: Portcullis side by side with CNCF Distribution's proxy mode and with direct pulls, in one run, on
  * loopback, reported as ratios against the targets of DESIGN §10. See bench/README.md.
  *
- *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile,scale,huge,cluster,fanout,latency,tls,disk] [--scale-blobs N] [--log-level info]
+ *   node bench/run.mjs [--out FILE] [--quick] [--phases pulls,herd,wrk,auth,rss,index,hostile,scale,huge,cluster,bigblob,fanout,latency,tls,disk] [--scale-blobs N] [--bigblob-gib N] [--log-level info]
  *                      [--dist DIR] [--cpu-prof DIR] [--keep] [--node-flags 'FLAGS']
  *
  * Every process it starts (registries, Portcullis, skopeo, curl, wrk) is killed on exit, error or signal.
@@ -21,6 +21,7 @@ import { MANIFEST_ACCEPT, pushImage, pushIndex } from './lib/images.mjs';
 import { evidenceConfig, pushReport, setupSigning, signImage } from './lib/evidence.mjs';
 import { BENCH_SETTINGS, PRODUCT_NODE_FLAGS, histogram, histogramDelta, histogramQuantile, startPortcullis } from './lib/portcullis.mjs';
 import { killAll, run } from './lib/proc.mjs';
+import { bigblobPhase } from './lib/bigblob.mjs';
 import { clusterPhase } from './lib/cluster.mjs';
 import { startRegistry } from './lib/registry.mjs';
 import { hugePhase } from './lib/huge.mjs';
@@ -37,9 +38,11 @@ const { values: args } = parseArgs({
   options: {
     out: { type: 'string' },
     quick: { type: 'boolean', default: false },
-    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile,scale,huge,cluster,fanout,latency,tls,disk' },
+    phases: { type: 'string', default: 'pulls,herd,wrk,auth,rss,index,hostile,scale,huge,cluster,bigblob,fanout,latency,tls,disk' },
     /** The scale phase's blob count (10^6 by default; tags, decisions and closures scale with it). */
     'scale-blobs': { type: 'string' },
+    /** The bigblob phase's layer size in GiB (12 by default, 1 with --quick). */
+    'bigblob-gib': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
     dist: { type: 'string', default: join(ROOT, 'dist') },
     'cpu-prof': { type: 'string' },
@@ -68,6 +71,7 @@ const P = {
   index: QUICK ? { layers: 1, layerMiB: 4 } : { layers: 2, layerMiB: 16 },
   indexReps: QUICK ? 1 : 2,
   scaleBlobs: Number(args['scale-blobs'] ?? (QUICK ? 100_000 : 1_000_000)),
+  bigblobGiB: Number(args['bigblob-gib'] ?? (QUICK ? 1 : 12)),
   hostile: { idle: 2000, stalled: 100, blob: QUICK ? { layers: 1, layerMiB: 64 } : { layers: 1, layerMiB: 256 } },
 };
 const phases = new Set(args.phases.split(',').map((s) => s.trim()));
@@ -93,6 +97,12 @@ const TARGETS = {
   cluster_cold_ratio: { op: '<=', value: 1.2, text: 'cold pull through a 3-replica cluster ÷ direct ≤ 1.20 (issue 13)' },
   cluster_manifest_rps_ratio: { op: '>=', value: 0.8, text: 'warm manifest GET req/s, storage.meta: redis ÷ embedded store (SQLite) ≥ 0.8 (issue 13)' },
   replica_kill_ok: { op: '==', value: true, text: 'kill -9 of the owner mid-herd: correct bytes for every client (issue 13)' },
+  bigblob_resume_ok: {
+    op: '==',
+    value: true,
+    text: '12 GiB layer through a cache a quarter its size: right bytes, Range resume after a disconnect half way (issue 16)',
+  },
+  bigblob_peak_rss_mib: { op: '<=', value: 300, text: 'peak RSS while a 12 GiB layer streams through a smaller cache ≤ 300 MiB (issue 16)' },
   hostile_manifest_p99_ms: { op: '<=', value: 50, text: 'manifest GET p99 under that load ≤ 50 ms (issue 10)' },
   fanout_throughput_ratio: { op: '>=', value: 0.9, text: '200 clients × 200 different cold images: bytes/s through Portcullis ÷ direct ≥ 0.9 (issue 16)' },
   fanout_peak_rss_mib: { op: '<=', value: 400, text: 'peak RSS during that fan-out ≤ 400 MiB (issue 16)' },
@@ -256,16 +266,23 @@ async function main() {
     /** Portcullis instances that need scan reports for the images seeded from now on. */
     const instances = [pc];
     /** Pushes an image (or index) to the upstream, signs it and pushes its report to every Portcullis instance. */
+    /** Signs an image pushed otherwise and pushes its report to the given instances. */
+    const attest = async (repo, digest, to = instances, children = []) => {
+      if (!signing) return;
+      await signImage(signing, upstream.host, repo, digest);
+      // Each platform of an index is decided on its own evidence (issue 10), so CI scans and reports each one.
+      for (const inst of to) for (const d of [digest, ...children]) await pushReport(inst.url, reportToken, upstream.host, repo, d, inst.agent);
+    };
     const seed = async (repo, tag, opts, platforms) => {
       const img = platforms
         ? await pushIndex(upstream.url, repo, tag, platforms, { ...opts, tmpDir: tmp })
         : await pushImage(upstream.url, repo, tag, { ...opts, tmpDir: tmp });
-      if (signing) {
-        await signImage(signing, upstream.host, repo, img.digest);
-        // Each platform of an index is decided on its own evidence (issue 10), so CI scans and reports each one.
-        const digests = [img.digest, ...(img.children ?? []).map((c) => c.digest)];
-        for (const inst of instances) for (const d of digests) await pushReport(inst.url, reportToken, upstream.host, repo, d, inst.agent);
-      }
+      await attest(
+        repo,
+        img.digest,
+        instances,
+        (img.children ?? []).map((c) => c.digest),
+      );
       return img;
     };
     const procs = { portcullis: pc.pid, upstream: upstream.pid, peer: peer.pid };
@@ -484,6 +501,19 @@ async function main() {
       result.cluster_cold_ratio = round(c.cold_ratio.median, 3);
       result.replica_kill_ok = c.kill.replica_kill_ok;
       result.cluster_manifest_rps_ratio = c.manifest_rps.cluster_manifest_rps_ratio;
+    }
+
+    // --------------------------------------------------------------------------------- bigblob (issue 16 item 5)
+    if (phases.has('bigblob')) {
+      const b = await bigblobPhase({ dir: tmp, upstream, pcOpts, log, size: Math.round(P.bigblobGiB * 2 ** 30), attest });
+      result.bigblob = b;
+      result.bigblob_peak_rss_mib = b.peak_rss_mib;
+      result.bigblob_throughput_ratio = b.throughput_ratio;
+      result.bigblob_resume_ok = b.resume_ok && b.correct.whole;
+      log(
+        `bigblob: ${b.blob_gib} GiB through a ${b.cache_max_gib} GiB cache: ${b.portcullis_mib_per_s} MiB/s vs direct ${b.direct_mib_per_s} (ratio ${b.throughput_ratio}); ` +
+          `peak RSS ${b.peak_rss_mib} MiB; resume ${b.resume_ok ? 'ok' : 'WRONG'}; spool peak ${b.max_spool_gib} GiB, cache after ${b.cache_after_mib} MiB, ${b.tmp_files_after} temp files left`,
+      );
     }
 
     // ------------------------------------------------------------------------------------ manifest throughput
@@ -957,6 +987,9 @@ function printTable(r) {
       'linear',
       null,
     ],
+    ['bigblob: peak RSS, MiB', r.bigblob_peak_rss_mib, undefined, '≤ 300', r.targets.bigblob_peak_rss_mib],
+    ['bigblob: throughput ÷ direct', r.bigblob_throughput_ratio, undefined, '', null],
+    ['bigblob: right bytes, Range resume', r.bigblob_resume_ok, undefined, '= true', r.targets.bigblob_resume_ok],
   ];
   const cell = (v) => (v === undefined || v === null ? '—' : typeof v === 'number' ? String(v) : v);
   const w = [38, 12, 14, 16, 6];

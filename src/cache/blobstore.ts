@@ -39,6 +39,12 @@ export interface BlobStore {
    * tracks it if so. Only shared stores have it (S3); a replica of a cluster calls it before a cold download.
    */
   refresh?(digest: Digest): Promise<void>;
+  /**
+   * Another writer of this digest is known dead (a cluster owner lost mid-transfer): drops what it left unfinished
+   * in the shared store (an S3 multipart upload begun before `before`, ms since the epoch) now, not after the
+   * sweeper's age bound; resolves to how many. Only shared stores have it.
+   */
+  abortUploadsOf?(digest: Digest, before: number): Promise<number>;
   /** Pins a blob for reading (eviction waits for release()) and makes it most recently used; undefined on a miss. */
   lease(digest: Digest): BlobLease | undefined;
   /** Starts a verified write; the blob becomes visible only through BlobWriter.commit(), after its digest matched. */

@@ -341,6 +341,45 @@ export class S3BlobStore implements BlobStore {
     return { aborted, found: found.length };
   }
 
+  /**
+   * A writer of this digest is known to be dead (a cluster owner whose stream broke: killed, partitioned): aborts the
+   * incomplete uploads under its key that this process is not running and that began before `before` (ms since the
+   * epoch, this clock), at once rather than after abandonedUploadAge, so that a 12 GiB blob's parts do not sit in the
+   * bucket for a day. The time bound spares an upload a live replica began after the loss (the owner's successor);
+   * the replicas that lost the same owner upload their copy only at commit, long after this. Bounded like the sweep.
+   */
+  async abortUploadsOf(digest: Digest, before: number): Promise<number> {
+    const key = this.keyFor(digest);
+    let aborted = 0;
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    for (let page = 0; page < MAX_LIST_PAGES; page++) {
+      const r = await this.client.send(
+        new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: key, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
+      );
+      for (const u of r.Uploads ?? []) {
+        if (u.Key !== key || !u.UploadId || this.active.has(u.UploadId)) continue;
+        if ((u.Initiated?.getTime() ?? 0) > before) continue;
+        if (await this.abortUpload(u.Key, u.UploadId)) aborted++;
+      }
+      if (!r.IsTruncated) break;
+      keyMarker = r.NextKeyMarker;
+      uploadIdMarker = r.NextUploadIdMarker;
+    }
+    return aborted;
+  }
+
+  /** True when aborted; false when it was already gone (completed or aborted meanwhile by its writer). */
+  private async abortUpload(key: string, uploadId: string): Promise<boolean> {
+    try {
+      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId }));
+      return true;
+    } catch (e) {
+      if (s3Status(e) !== 404) throw e;
+      return false;
+    }
+  }
+
   private async abortAbandonedUploads(): Promise<number> {
     const cutoff = this.now() - this.opts.config.abandonedUploadAge;
     let aborted = 0;
@@ -353,13 +392,7 @@ export class S3BlobStore implements BlobStore {
       for (const u of r.Uploads ?? []) {
         if (!u.Key || !u.UploadId || this.active.has(u.UploadId)) continue;
         if ((u.Initiated?.getTime() ?? 0) > cutoff) continue;
-        try {
-          await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.Key, UploadId: u.UploadId }));
-          aborted++;
-        } catch (e) {
-          // Completed or aborted meanwhile by its writer: nothing left to do.
-          if (s3Status(e) !== 404) throw e;
-        }
+        if (await this.abortUpload(u.Key, u.UploadId)) aborted++;
       }
       if (!r.IsTruncated) break;
       keyMarker = r.NextKeyMarker;

@@ -225,7 +225,7 @@ export async function buildProxy(config: Config, opts: BuildOptions = {}): Promi
   // A new policy revision (bundle pushed, external OPA's bundle changed): admissions re-decide on use.
   const stopPolicyEvents = policy.onSwap(() => gate.policyChanged());
 
-  const cluster = config.cluster ? buildCluster(config.cluster, log, now) : undefined;
+  const cluster = config.cluster ? buildCluster(config.cluster, log, now, blobStore) : undefined;
   const blobs = new ProxyBlobService({
     store: blobStore,
     downloads,
@@ -348,7 +348,7 @@ function clusterKey(c: ClusterConfig, env: NodeJS.ProcessEnv = process.env, now:
  * source of cold blobs. The secret is read now, so that a missing or short key stops the start, and again every
  * CLUSTER_KEY_REFRESH_MS, so that a rotated key is picked up without a restart.
  */
-function buildCluster(c: ClusterConfig, log: Logger, now: (() => number) | undefined) {
+function buildCluster(c: ClusterConfig, log: Logger, now: (() => number) | undefined, store: BlobStore) {
   const cached = clusterKey(c, process.env, now ?? Date.now, log);
   const key = (): Buffer => cached.get();
   const client = new PeerClient({
@@ -376,7 +376,15 @@ function buildCluster(c: ClusterConfig, log: Logger, now: (() => number) | undef
       else if (e.kind === 'refused') log.warn({ peer: e.peer, digest: e.digest, status: e.status }, 'blob owner refused; fetching from the upstream');
       else if (e.kind === 'unreachable')
         log.warn({ peer: e.peer, digest: e.digest, err: errorText(e.error) }, 'blob owner unreachable; asking the next replica');
-      else log.warn({ peer: e.peer, digest: e.digest, offset: e.offset, err: errorText(e.error) }, 'blob owner stream broke; resuming from the upstream');
+      else {
+        log.warn({ peer: e.peer, digest: e.digest, offset: e.offset, err: errorText(e.error) }, 'blob owner stream broke; resuming from the upstream');
+        // The owner's multipart upload of this blob will never complete: abort it now (issue 13: a dead owner's
+        // 12 GiB of parts must not wait a day for the sweeper). Best effort: the sweeper remains the backstop.
+        store
+          .abortUploadsOf?.(e.digest, (now ?? Date.now)())
+          .then((n) => n > 0 && log.info({ peer: e.peer, digest: e.digest, aborted: n }, "aborted the lost owner's incomplete upload"))
+          .catch((err: unknown) => log.warn({ digest: e.digest, err: errorText(err) }, "could not abort the lost owner's upload; the sweeper will"));
+      }
     },
   });
   return { key, tokenTTL: c.tokenTTL, client, membership, source };

@@ -47,6 +47,8 @@ export interface StartClusterOptions {
   clis?: string[];
   /** Merged into every replica's config (its `storage` into theirs): storage.meta redis, scan settings, … */
   extra?: Record<string, unknown>;
+  /** Extra `storage.s3` settings (partSize, abandonedUploadAge, …). */
+  s3?: Record<string, unknown>;
 }
 
 export interface RunningCluster {
@@ -108,6 +110,7 @@ export async function startCluster(o: StartClusterOptions): Promise<RunningClust
           allowInsecureHttp: true,
           credentials: { accessKeyId: { env: 'PC_S3_AK' }, secretAccessKey: { env: 'PC_S3_SK' } },
           partSize: '5MiB',
+          ...o.s3,
         },
         ...(o.redis
           ? {
@@ -156,7 +159,8 @@ export async function startCluster(o: StartClusterOptions): Promise<RunningClust
   };
 }
 
-async function spawnReplica(url: string, config: string, env: Record<string, string>, cli: string = CLI): Promise<Replica> {
+/** Starts `node <cli> serve --config <config>` (this build's dist/cli.js by default) and waits until `<url>/readyz` answers 200. */
+export async function spawnReplica(url: string, config: string, env: Record<string, string>, cli: string = CLI): Promise<Replica> {
   const child = spawn(process.execPath, [cli, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT, env: { ...process.env, ...env } });
   live.add(child);
   let out = '';

@@ -76,7 +76,19 @@ function selfSigned(dir: string): { cert: string; key: string } {
   return { cert, key };
 }
 
-export async function startSeaweed(opts: { tls?: boolean } = {}): Promise<RunningSeaweed> {
+export interface StartSeaweedOptions {
+  /**
+   * Bytes the test may store at once, counting aborted parts (volumes reclaim space only when vacuumed). Default:
+   * 16 volumes of 64 MB; a larger figure gets 256 MB volumes, enough of them, and a margin.
+   */
+  capacity?: number;
+  /** Serve the S3 API over https as well (a self-signed certificate for 127.0.0.1): `RunningSeaweed.https`. */
+  tls?: boolean;
+}
+
+export async function startSeaweed(o: StartSeaweedOptions = {}): Promise<RunningSeaweed> {
+  const volumeMB = o.capacity !== undefined && o.capacity > 768 * 1024 ** 2 ? 256 : 64;
+  const volumes = Math.max(16, Math.ceil((o.capacity ?? 0) / (volumeMB * 1024 ** 2)) + 8);
   const version = assertBinary();
   if (!hooked) {
     hooked = true;
@@ -112,7 +124,7 @@ export async function startSeaweed(opts: { tls?: boolean } = {}): Promise<Runnin
     number,
     number,
   ];
-  const tls = opts.tls ? selfSigned(dir) : undefined;
+  const tls = o.tls ? selfSigned(dir) : undefined;
   const args = [
     'server',
     `-dir=${dir}`,
@@ -120,10 +132,10 @@ export async function startSeaweed(opts: { tls?: boolean } = {}): Promise<Runnin
     '-ip.bind=127.0.0.1',
     `-master.port=${master}`,
     `-master.port.grpc=${masterGrpc}`,
-    '-master.volumeSizeLimitMB=64',
+    `-master.volumeSizeLimitMB=${volumeMB}`,
     `-volume.port=${volume}`,
     `-volume.port.grpc=${volumeGrpc}`,
-    '-volume.max=16',
+    `-volume.max=${volumes}`,
     '-filer',
     `-filer.port=${filer}`,
     `-filer.port.grpc=${filerGrpc}`,

@@ -335,6 +335,39 @@ describe('S3BlobStore on SeaweedFS', () => {
     }
   });
 
+  it("abortUploadsOf: a lost writer's upload of that digest is aborted at once; this store's own, another digest's and a newer one stay", async () => {
+    const prefix = 'lost-owner/';
+    const dead = await store(prefix);
+    const other = await store(prefix);
+    const survivor = await store(prefix);
+    const bytes = randomBytes(6 * MiB);
+    const elsewhere = randomBytes(6 * MiB);
+    // Each writer uploads one full part as the bytes are written, then stops: the "owner" never commits (killed).
+    const wDead = await dead.store.createWriter(sha(bytes), bytes.length);
+    await wDead.write(bytes);
+    const wOther = await other.store.createWriter(sha(elsewhere), elsewhere.length);
+    await wOther.write(elsewhere);
+    const wMine = await survivor.store.createWriter(sha(bytes), bytes.length);
+    await wMine.write(bytes);
+    try {
+      expect(await uploads(prefix)).toHaveLength(3);
+      // Begun after the moment given (S3 dates have whole seconds): spared, it may be a live successor's.
+      expect(await survivor.store.abortUploadsOf(sha(bytes), Date.now() - 60_000)).toBe(0);
+      expect(await uploads(prefix)).toHaveLength(3);
+      // The dead owner's goes; the survivor's own upload of the same key and the other digest's stay.
+      expect(await survivor.store.abortUploadsOf(sha(bytes), Date.now())).toBe(1);
+      expect(await uploads(prefix)).toHaveLength(2);
+      // The survivor's own upload still completes into a verified object.
+      await wMine.commit();
+      expect(await objects(prefix)).toHaveLength(1);
+      expect(await uploads(prefix)).toHaveLength(1);
+    } finally {
+      await wOther.abort();
+      await wDead.abort();
+      await Promise.all([dead.done(), other.done(), survivor.done()]);
+    }
+  });
+
   it('a second writer of the same digest is harmless: If-None-Match keeps the first object', async () => {
     const prefix = 'twice/';
     const a = await store(prefix, { partSize: '5MiB' });
