@@ -59,7 +59,7 @@ describe('durable state in the bucket', () => {
   it("a closure hint's tag counts only when signed with the key; a wrongly signed hint is dropped", async () => {
     const docs = new MemoryDocs();
     const signed = new DurableState({ docs, signingKey: KEY });
-    signed.putHints('up', 'team/app', { root: d('a'), voucher: d('a'), tag: 'v1' }, [{ digest: d('b'), role: 'layer' }], 1_000);
+    await signed.putHints('up', 'team/app', { root: d('a'), voucher: d('a'), tag: 'v1' }, [{ digest: d('b'), role: 'layer' }], 1_000);
     await settle();
     expect(await signed.getHints('up', 'team/app', d('b'), 8)).toEqual([{ role: 'layer', root: d('a'), voucher: d('a'), tag: 'v1', expiresAt: 1_000 }]);
     // The same document read by a replica with another key: dropped. Read without any key: its tag is not trusted.
@@ -78,7 +78,7 @@ describe('durable state in the bucket', () => {
   it('hints are bounded per member and ordered by expiry', async () => {
     const docs = new MemoryDocs();
     const s = new DurableState({ docs, signingKey: KEY });
-    for (let i = 0; i < 40; i++) s.putHints('up', 'r', { root: d('a'), voucher: d('a'), tag: `t${i}` }, [{ digest: d('b'), role: 'layer' }], 1_000 + i);
+    for (let i = 0; i < 40; i++) await s.putHints('up', 'r', { root: d('a'), voucher: d('a'), tag: `t${i}` }, [{ digest: d('b'), role: 'layer' }], 1_000 + i);
     await settle();
     const hints = await s.getHints('up', 'r', d('b'), 8);
     expect(hints).toHaveLength(8);
