@@ -344,10 +344,19 @@ describe('hostile strings in the browser', () => {
         check: () => Promise.reject(new Error('unused')),
       }),
     });
-    const server = createServer((req, res) => void ui.handle(req, res, new URL(req.url ?? '/', 'http://x')));
+    // A handler that throws answers 500 at once (and the test fails on the status) instead of leaving the browser
+    // waiting for a response that never comes.
+    const server = createServer((req, res) => {
+      ui.handle(req, res, new URL(req.url ?? '/', 'http://x')).catch((e: unknown) => {
+        if (!res.headersSent) res.writeHead(500);
+        res.end(String(e));
+      });
+    });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     const page = await ctx.newPage();
+    // Bounded: a stuck navigation fails with its own message well inside the test's timeout.
+    page.setDefaultTimeout(30_000);
     const dialogs: string[] = [];
     page.on('dialog', (d) => {
       dialogs.push(d.message());
