@@ -28,7 +28,7 @@ async function ossl(args: string[]): Promise<void> {
   expectOk(await runTool('openssl', args), `openssl ${args[0]}`);
 }
 
-async function makeCa(dir: string, name: string): Promise<CertFiles> {
+async function makeCa(dir: string, name: string, extra: string[] = []): Promise<CertFiles> {
   const c = { cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) };
   await ossl([
     'req',
@@ -46,8 +46,14 @@ async function makeCa(dir: string, name: string): Promise<CertFiles> {
     '2',
     '-subj',
     `/CN=${name}`,
+    ...extra,
   ]);
   return c;
+}
+
+/** A self-signed certificate for 127.0.0.1 (its own trust anchor): for a test server that needs TLS and nothing more. */
+export function selfSignedServer(dir: string, name = 'server'): Promise<CertFiles> {
+  return makeCa(dir, name, ['-addext', 'subjectAltName=IP:127.0.0.1']);
 }
 
 async function issue(dir: string, ca: CertFiles, name: string, cn: string, ext: string, days: string): Promise<CertFiles> {

@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { selfSignedServer } from './pki.js';
 import { freePort } from './registry.js';
 
 export interface RunningSeaweed {
@@ -46,35 +47,6 @@ function assertBinary(): string {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** A self-signed certificate for 127.0.0.1 (openssl), to serve S3 over https as a production store does. */
-function selfSigned(dir: string): { cert: string; key: string } {
-  const cert = join(dir, 's3-cert.pem');
-  const key = join(dir, 's3-key.pem');
-  const r = spawnSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-days',
-      '2',
-      '-subj',
-      '/CN=127.0.0.1',
-    ].concat(['-addext', 'subjectAltName=IP:127.0.0.1']),
-    { encoding: 'utf8' },
-  );
-  if (r.status !== 0) throw new Error(`openssl could not make the S3 test certificate: ${r.error?.message ?? r.stderr}`);
-  return { cert, key };
-}
 
 export interface StartSeaweedOptions {
   /**
@@ -124,7 +96,7 @@ export async function startSeaweed(o: StartSeaweedOptions = {}): Promise<Running
     number,
     number,
   ];
-  const tls = o.tls ? selfSigned(dir) : undefined;
+  const tls = o.tls ? await selfSignedServer(dir, 's3') : undefined;
   const args = [
     'server',
     `-dir=${dir}`,
