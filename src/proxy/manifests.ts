@@ -7,7 +7,6 @@
  * Bytes are fetched by digest, hashed exactly as received (never re-serialized) and refused on any mismatch, so
  * the cache only ever holds manifests that match their digest.
  */
-import { LRUCache } from 'lru-cache';
 import { createHash } from 'node:crypto';
 import type { Config } from '../config/schema.js';
 import type { MetaStore, StoredManifest, TagEntry } from '../cache/metastore.js';
@@ -88,14 +87,10 @@ export class ProxyManifestService implements ManifestService {
    * the metastore never forgets one, so this only saves the warm path a metastore read (two queries and a copy of the
    * bytes) and a JSON parse per request. Least recently used first; bounded in entries and bytes.
    */
-  private readonly recent = new LRUCache<string, Manifest>({
-    max: RECENT_MAX_ENTRIES,
-    maxSize: RECENT_MAX_BYTES,
-    maxEntrySize: RECENT_MAX_BYTES / 8,
-    sizeCalculation: (m) => Math.max(1, m.bytes.length),
-  });
+  private readonly recent = new Map<string, Manifest>();
   /** The tag mappings this process read or wrote (freshTag), least recently used first, at most RECENT_MAX_TAGS. */
-  private readonly tags = new LRUCache<string, TagEntry>({ max: RECENT_MAX_TAGS });
+  private readonly tags = new Map<string, TagEntry>();
+  private recentBytes = 0;
 
   private readonly config: Config;
   private readonly meta: MetaStore;
@@ -141,18 +136,24 @@ export class ProxyManifestService implements ManifestService {
     if (mine && now - mine.checkedAt < ttl) return mine;
     const cached = this.meta.getTag(route.upstream.name, route.repository, tag);
     if (!cached || now - cached.checkedAt >= ttl) return undefined;
-    this.tags.set(key, cached);
+    this.rememberTag(key, cached);
     return cached;
   }
 
   private putTag(route: Route, tag: string, e: TagEntry): void {
     this.meta.putTag(route.upstream.name, route.repository, tag, e);
-    this.tags.set(`${route.upstream.name}\n${route.repository}\n${tag}`, e);
+    this.rememberTag(`${route.upstream.name}\n${route.repository}\n${tag}`, e);
   }
 
   private deleteTag(route: Route, tag: string): void {
     this.tags.delete(`${route.upstream.name}\n${route.repository}\n${tag}`);
     this.meta.deleteTag(route.upstream.name, route.repository, tag);
+  }
+
+  private rememberTag(key: string, e: TagEntry): void {
+    this.tags.delete(key);
+    this.tags.set(key, e);
+    if (this.tags.size > RECENT_MAX_TAGS) this.tags.delete(this.tags.keys().next().value!);
   }
 
   /** A central Portcullis is asked again at least every `recheck`: a tag it now denies is not served for longer. */
@@ -290,6 +291,8 @@ export class ProxyManifestService implements ManifestService {
     const key = `${route.upstream.name}\n${route.repository}\n${digest}`;
     const recent = this.recent.get(key);
     if (recent) {
+      this.recent.delete(key);
+      this.recent.set(key, recent);
       this.metrics.cacheLookups.inc({ kind: 'manifest', result: 'hit' });
       return Promise.resolve(recent);
     }
@@ -382,9 +385,20 @@ export class ProxyManifestService implements ManifestService {
     return this.remember(`${upstream.name}\n${repository}\n${actual}`, m);
   }
 
-  /** Keeps m for the warm path (lru-cache leaves out one over maxEntrySize) and returns it. */
   private remember(key: string, m: Manifest): Manifest {
+    if (m.bytes.length > RECENT_MAX_BYTES / 8) return m;
+    const old = this.recent.get(key);
+    if (old) {
+      this.recent.delete(key);
+      this.recentBytes -= old.bytes.length;
+    }
     this.recent.set(key, m);
+    this.recentBytes += m.bytes.length;
+    for (const [k, v] of this.recent) {
+      if (this.recent.size <= RECENT_MAX_ENTRIES && this.recentBytes <= RECENT_MAX_BYTES) break;
+      this.recent.delete(k);
+      this.recentBytes -= v.bytes.length;
+    }
     return m;
   }
 }
